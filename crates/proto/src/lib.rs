@@ -1,0 +1,75 @@
+//! Cloister wire types.
+//!
+//! Everything that crosses a process boundary is defined here, without I/O.
+//!
+//! ```text
+//!   device ──(SignedRequest)──▶ KM ──(SealedRoomKey)──▶ device
+//!   device ──(SignedStatement / Envelope)──▶ server ──(history, WS)──▶ devices
+//!   KM ──(SignedCert, SignedNotice)──▶ server, devices
+//! ```
+//!
+//! **Signed bytes, parsed after verification.** Every signed object travels as
+//! the exact bytes that were signed (`body`, base64 in JSON) next to the
+//! signature. A receiver verifies the signature over those bytes first and only
+//! then parses them. There is no re-serialisation step, so there is no
+//! canonicalisation to get wrong: the bytes hashed into a chain or bound as
+//! AEAD associated data are the bytes that were signed. See
+//! `docs/adr/0002-signed-bytes.md`.
+#![forbid(unsafe_code)]
+
+pub mod b64;
+pub mod ids;
+pub mod km;
+pub mod room;
+pub mod server;
+
+pub use ids::{DeviceId, IdError, MessageId, RoomId, TenantId, UserId};
+
+/// Upper bounds shared by every service; inputs above them are refused.
+pub mod limits {
+    /// Largest JSON request body the services accept (bytes), attachments excepted.
+    pub const MAX_JSON_BODY: usize = 2 * 1024 * 1024;
+    /// Largest encrypted message body (bytes of ciphertext).
+    pub const MAX_MESSAGE_CIPHERTEXT: usize = 256 * 1024;
+    /// Largest text a user may send (bytes of UTF-8).
+    pub const MAX_TEXT: usize = 64 * 1024;
+    /// Default largest attachment (bytes of plaintext).
+    pub const DEFAULT_MAX_ATTACHMENT: u64 = 100 * 1024 * 1024;
+    /// Largest membership-log batch in one key request.
+    pub const MAX_LOG_BATCH: usize = 10_000;
+    /// Members of one room.
+    pub const MAX_ROOM_MEMBERS: usize = 10_000;
+    /// Epochs in one key request.
+    pub const MAX_EPOCHS_PER_REQUEST: usize = 1_000;
+    /// Allowed clock skew for signed requests and messages (seconds).
+    pub const MAX_SKEW_SECS: u64 = 300;
+    /// Largest page of history.
+    pub const MAX_PAGE: u32 = 1_000;
+    /// Chunk size of attachment encryption (plaintext bytes per chunk).
+    pub const FILE_CHUNK: usize = 64 * 1024;
+}
+
+/// JSON error body returned by every HTTP endpoint: `{ "error": code, "message": ... }`.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct ErrorBody {
+    /// Stable machine-readable code, e.g. `not_member`.
+    pub error: String,
+    /// Human-readable explanation; never contains secrets or internals.
+    pub message: String,
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,178 @@
+//! Messaging-server protocol: sessions, messages, history, live events.
+
+use crate::b64::{Bytes, Fixed};
+use crate::km::{SignedCert, SignedNotice};
+use crate::room::{RoomKind, RoomSettings, SignedStatement};
+use crate::{DeviceId, MessageId, RoomId, TenantId, UserId};
+use serde::{Deserialize, Serialize};
+
+/// Register a tenant on the server (operator only).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterTenant {
+    pub tenant: TenantId,
+    pub km_sign_pk: Fixed<32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegisterDevice {
+    pub cert: SignedCert,
+}
+
+/// Login: the device signs `("cloister-login-v1", device, ts, nonce)`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoginRequest {
+    pub device: DeviceId,
+    pub ts: u64,
+    pub nonce: Fixed<16>,
+    pub sig: Fixed<64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LoginResponse {
+    pub token: String,
+    pub expires_at: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostNotice {
+    pub notice: SignedNotice,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppendLog {
+    pub entry: SignedStatement,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppendLogResponse {
+    pub seq: u64,
+    pub head: Fixed<32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LogPage {
+    pub room: RoomId,
+    pub entries: Vec<SignedStatement>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomSummary {
+    pub room: RoomId,
+    pub kind: RoomKind,
+    pub settings: RoomSettings,
+    pub epoch: u64,
+    pub members: Vec<UserId>,
+    pub owners: Vec<UserId>,
+    pub log_seq: u64,
+}
+
+/// The signed, authenticated-but-cleartext header of a message. Its exact bytes
+/// are the AEAD associated data and are covered by the sender's signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MessageHeader {
+    pub v: u8,
+    pub room: RoomId,
+    pub epoch: u64,
+    pub id: MessageId,
+    pub sender: UserId,
+    pub device: DeviceId,
+    /// Milliseconds since the Unix epoch.
+    pub ts: u64,
+}
+
+/// An encrypted message as sent and stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Envelope {
+    /// JSON of [`MessageHeader`], exactly as signed.
+    pub header: Bytes,
+    pub ciphertext: Bytes,
+    /// Ed25519 signature by the sender device over header and ciphertext.
+    pub sig: Fixed<64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PostMessageResponse {
+    pub seq: u64,
+}
+
+/// A stored message with the server's order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredMessage {
+    pub seq: u64,
+    pub envelope: Envelope,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryPage {
+    pub room: RoomId,
+    /// Oldest first.
+    pub messages: Vec<StoredMessage>,
+    /// Pass as `before` to get the previous page; absent at the start of history.
+    pub next_before: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BlobResponse {
+    pub id: String,
+    pub size: u64,
+}
+
+/// Events pushed over the WebSocket.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    Message {
+        room: RoomId,
+        seq: u64,
+        envelope: Envelope,
+    },
+    Membership {
+        room: RoomId,
+        seq: u64,
+    },
+}
+
+/// Plaintext inside a message (encrypted end to end).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Content {
+    Text {
+        text: String,
+    },
+    File {
+        name: String,
+        size: u64,
+        blob: String,
+        /// Per-file key; only ever inside an encrypted message.
+        key: Fixed<32>,
+        /// SHA-256 of the encrypted blob.
+        blob_sha256: Fixed<32>,
+        /// SHA-256 of the plaintext file.
+        sha256: Fixed<32>,
+    },
+}
+
+/// Cert lookup response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeviceCerts {
+    pub certs: Vec<SignedCert>,
+}
+
+/// A tenant as registered on the server.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TenantInfo {
+    pub tenant: TenantId,
+    pub km_sign_pk: Fixed<32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Ok {
+    pub ok: bool,
+}
