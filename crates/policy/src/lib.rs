@@ -1,0 +1,312 @@
+//! Room rules as pure functions.
+//!
+//! ```text
+//!  SignedStatement + actor's verified cert ──apply()──▶ new RoomState (staged)
+//!  RoomState ──may_read(user, epoch)──▶ key release decision (KM)
+//!  RoomState ──may_post(user)──▶ routing decision (server)
+//! ```
+//!
+//! The KM and the server both replay a room's log through [`apply`]; neither
+//! believes a statement it has not verified here. Epochs are a pure function
+//! of the log: removing or losing a member starts a new epoch, and so does
+//! adding one when `view_history` is off. Nobody can make the KM release a key
+//! for an epoch that the verified log does not contain.
+#![forbid(unsafe_code)]
+
+use cloister_crypto::signed::{entry_hash, verify_statement};
+use cloister_proto::room::{Action, RoomKind, RoomSettings, SignedStatement, Statement};
+use cloister_proto::{RoomId, TenantId, UserId};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Why a membership statement was refused.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PolicyError {
+    #[error("bad signature on membership statement {seq}")]
+    BadSignature { seq: u64 },
+    #[error("malformed membership statement: {0}")]
+    Malformed(String),
+    #[error("membership statement signed by {cert_user}'s device claims to act as {claimed}")]
+    ActorMismatch { cert_user: UserId, claimed: UserId },
+    #[error("membership statement is for another room")]
+    WrongRoom,
+    #[error("membership log out of order: expected seq {expected}, got {got}")]
+    Gap { expected: u64, got: u64 },
+    #[error("membership log chain broken at seq {seq}: previous hash does not match")]
+    BrokenChain { seq: u64 },
+    #[error("the first statement of a room must create it")]
+    GenesisExpected,
+    #[error("the room already exists")]
+    AlreadyCreated,
+    #[error("{0} is not a member of the room")]
+    NotMember(UserId),
+    #[error("{0} is already a member of the room")]
+    AlreadyMember(UserId),
+    #[error("{0} is not an owner of the room")]
+    NotOwner(UserId),
+    #[error("only owners may add members to this room")]
+    InviteNotAllowed,
+    #[error("a 1:1 conversation has exactly two members and fixed settings")]
+    ImImmutable,
+    #[error("an IM needs exactly one other member")]
+    BadIm,
+    #[error("room member limit reached")]
+    TooManyMembers,
+    #[error("room name too long (at most 200 bytes)")]
+    NameTooLong,
+    #[error("the only owner cannot leave; promote another owner first")]
+    LastOwner,
+}
+
+/// One stretch of epochs a user may read: `[from, until)`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Grant {
+    pub from: u64,
+    pub until: Option<u64>,
+}
+
+/// A room's state after replaying its verified log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoomState {
+    pub room: RoomId,
+    pub tenant: TenantId,
+    pub kind: RoomKind,
+    pub settings: RoomSettings,
+    pub epoch: u64,
+    /// Seq of the last applied statement.
+    pub seq: u64,
+    /// Chain hash of the last applied statement.
+    pub head: [u8; 32],
+    pub owners: BTreeSet<UserId>,
+    pub members: BTreeSet<UserId>,
+    pub grants: BTreeMap<UserId, Vec<Grant>>,
+}
+
+impl RoomState {
+    /// May `user` hold the key of `epoch`?
+    pub fn may_read(&self, user: &UserId, epoch: u64) -> bool {
+        epoch <= self.epoch
+            && self.grants.get(user).is_some_and(|gs| {
+                gs.iter()
+                    .any(|g| g.from <= epoch && g.until.is_none_or(|u| epoch < u))
+            })
+    }
+
+    /// May `user` post in the current epoch?
+    pub fn may_post(&self, user: &UserId) -> bool {
+        self.members.contains(user) && (!self.settings.read_only || self.owners.contains(user))
+    }
+
+    pub fn is_member(&self, user: &UserId) -> bool {
+        self.members.contains(user)
+    }
+
+    fn grant(&mut self, user: &UserId, from: u64) {
+        self.grants.entry(user.clone()).or_default().push(Grant { from, until: None });
+    }
+
+    fn close(&mut self, user: &UserId, until: u64) {
+        if let Some(gs) = self.grants.get_mut(user) {
+            for g in gs.iter_mut().filter(|g| g.until.is_none()) {
+                g.until = Some(until);
+            }
+        }
+    }
+}
+
+/// Deterministic id of the 1:1 conversation between two users.
+pub fn im_room_id(a: &UserId, b: &UserId) -> RoomId {
+    let (x, y) = if a <= b { (a, b) } else { (b, a) };
+    let mut v = b"cloister/im/v1\0".to_vec();
+    v.extend_from_slice(x.as_str().as_bytes());
+    v.push(0);
+    v.extend_from_slice(y.as_str().as_bytes());
+    let h = cloister_crypto::sha256(&v);
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&h[..16]);
+    RoomId(id)
+}
+
+/// Verify one log entry against the current state and return the staged new
+/// state. `actor_user` and `actor_pk` come from the actor device's certificate,
+/// which the caller has verified (issuer, expiry, revocation).
+pub fn apply(
+    state: Option<&RoomState>,
+    room: &RoomId,
+    entry: &SignedStatement,
+    actor_user: &UserId,
+    actor_pk: &[u8; 32],
+) -> Result<(RoomState, Statement), PolicyError> {
+    let peek_seq = cloister_crypto::signed::peek_statement(entry)
+        .map(|s| s.seq)
+        .map_err(|e| PolicyError::Malformed(e.to_string()))?;
+    let st = verify_statement(actor_pk, entry)
+        .map_err(|_| PolicyError::BadSignature { seq: peek_seq })?;
+    if &st.actor_user != actor_user {
+        return Err(PolicyError::ActorMismatch {
+            cert_user: actor_user.clone(),
+            claimed: st.actor_user.clone(),
+        });
+    }
+    if &st.room != room {
+        return Err(PolicyError::WrongRoom);
+    }
+    let hash = entry_hash(entry);
+    let next = match state {
+        None => genesis(&st, hash)?,
+        Some(s) => step(s, &st, hash)?,
+    };
+    Ok((next, st))
+}
+
+fn genesis(st: &Statement, hash: [u8; 32]) -> Result<RoomState, PolicyError> {
+    let Action::Create { kind, settings, members } = &st.action else {
+        return Err(PolicyError::GenesisExpected);
+    };
+    if st.seq != 0 {
+        return Err(PolicyError::Gap { expected: 0, got: st.seq });
+    }
+    if st.prev.0 != [0u8; 32] {
+        return Err(PolicyError::BrokenChain { seq: 0 });
+    }
+    if settings.name.len() > 200 {
+        return Err(PolicyError::NameTooLong);
+    }
+    let creator = &st.actor_user;
+    let others: BTreeSet<UserId> = members.iter().filter(|m| *m != creator).cloned().collect();
+    if others.len() + 1 > cloister_proto::limits::MAX_ROOM_MEMBERS {
+        return Err(PolicyError::TooManyMembers);
+    }
+    if *kind == RoomKind::Im {
+        if others.len() != 1 || members.len() != 1 {
+            return Err(PolicyError::BadIm);
+        }
+        let Some(other) = others.iter().next() else {
+            return Err(PolicyError::BadIm);
+        };
+        if st.room != im_room_id(creator, other) {
+            return Err(PolicyError::BadIm);
+        }
+    }
+    let mut s = RoomState {
+        room: st.room,
+        tenant: creator.tenant(),
+        kind: *kind,
+        settings: settings.clone(),
+        epoch: 0,
+        seq: 0,
+        head: hash,
+        owners: BTreeSet::new(),
+        members: BTreeSet::new(),
+        grants: BTreeMap::new(),
+    };
+    if *kind == RoomKind::Room {
+        s.owners.insert(creator.clone());
+    }
+    for u in std::iter::once(creator).chain(others.iter()) {
+        s.members.insert(u.clone());
+        s.grant(u, 0);
+    }
+    Ok(s)
+}
+
+fn step(s: &RoomState, st: &Statement, hash: [u8; 32]) -> Result<RoomState, PolicyError> {
+    if st.seq != s.seq + 1 {
+        return Err(PolicyError::Gap { expected: s.seq + 1, got: st.seq });
+    }
+    if st.prev.0 != s.head {
+        return Err(PolicyError::BrokenChain { seq: st.seq });
+    }
+    let actor = &st.actor_user;
+    if !s.members.contains(actor) {
+        return Err(PolicyError::NotMember(actor.clone()));
+    }
+    let is_owner = s.owners.contains(actor);
+    let mut n = s.clone();
+    n.seq = st.seq;
+    n.head = hash;
+    let im = s.kind == RoomKind::Im;
+    match &st.action {
+        Action::Create { .. } => return Err(PolicyError::AlreadyCreated),
+        Action::Add { user } => {
+            if im {
+                return Err(PolicyError::ImImmutable);
+            }
+            if !is_owner && !s.settings.members_may_invite {
+                return Err(PolicyError::InviteNotAllowed);
+            }
+            if s.members.contains(user) {
+                return Err(PolicyError::AlreadyMember(user.clone()));
+            }
+            if s.members.len() >= cloister_proto::limits::MAX_ROOM_MEMBERS {
+                return Err(PolicyError::TooManyMembers);
+            }
+            let from = if s.settings.view_history {
+                0
+            } else {
+                n.epoch += 1;
+                n.epoch
+            };
+            n.members.insert(user.clone());
+            n.grant(user, from);
+        }
+        Action::Remove { user } => {
+            if im {
+                return Err(PolicyError::ImImmutable);
+            }
+            if !is_owner {
+                return Err(PolicyError::NotOwner(actor.clone()));
+            }
+            if !s.members.contains(user) {
+                return Err(PolicyError::NotMember(user.clone()));
+            }
+            if user == actor && s.owners.len() == 1 {
+                return Err(PolicyError::LastOwner);
+            }
+            n.epoch += 1;
+            n.members.remove(user);
+            n.owners.remove(user);
+            n.close(user, n.epoch);
+        }
+        Action::Leave => {
+            if im {
+                return Err(PolicyError::ImImmutable);
+            }
+            if is_owner && s.owners.len() == 1 && s.members.len() > 1 {
+                return Err(PolicyError::LastOwner);
+            }
+            n.epoch += 1;
+            n.members.remove(actor);
+            n.owners.remove(actor);
+            n.close(actor, n.epoch);
+        }
+        Action::Promote { user } => {
+            if im {
+                return Err(PolicyError::ImImmutable);
+            }
+            if !is_owner {
+                return Err(PolicyError::NotOwner(actor.clone()));
+            }
+            if !s.members.contains(user) {
+                return Err(PolicyError::NotMember(user.clone()));
+            }
+            n.owners.insert(user.clone());
+        }
+        Action::Settings { settings } => {
+            if im {
+                return Err(PolicyError::ImImmutable);
+            }
+            if !is_owner {
+                return Err(PolicyError::NotOwner(actor.clone()));
+            }
+            if settings.name.len() > 200 {
+                return Err(PolicyError::NameTooLong);
+            }
+            n.settings = settings.clone();
+        }
+    }
+    Ok(n)
+}
+
+#[cfg(test)]
+mod tests;
