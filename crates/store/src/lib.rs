@@ -1,0 +1,199 @@
+//! Storage for the Cloister services.
+//!
+//! ```text
+//!  server crate ──▶ dyn ServerStore ──▶ SqliteServerStore (server.db, WAL)
+//!  km crate     ──▶ dyn KmStore     ──▶ SqliteKmStore     (km.db, WAL)
+//! ```
+//!
+//! Callers only see the traits, so another backend (PostgreSQL) is a new
+//! implementation chosen by URL, not a change to the services. Stores hold
+//! opaque bytes (certificates, signed statements, envelopes, wrapped keys):
+//! they never interpret or see plaintext, and every multi-row change is one
+//! transaction.
+#![forbid(unsafe_code)]
+
+use async_trait::async_trait;
+
+mod sqlite;
+pub use sqlite::{SqliteKmStore, SqliteServerStore, open_sqlite};
+
+/// Storage errors. `Backend` details are logged, never shown to API callers.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A uniqueness or precondition check failed (e.g. the log moved on).
+    #[error("conflict: {0}")]
+    Conflict(&'static str),
+    #[error("storage backend error: {0}")]
+    Backend(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Backend(e.to_string())
+    }
+}
+
+pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A device as the server knows it.
+#[derive(Debug, Clone)]
+pub struct DeviceRow {
+    pub device: String,
+    pub tenant: String,
+    pub user: String,
+    /// JSON of the KM-signed certificate.
+    pub cert: Vec<u8>,
+    pub revoked: bool,
+}
+
+/// A log entry with its position and chain hash.
+#[derive(Debug, Clone)]
+pub struct LogRow {
+    pub seq: u64,
+    /// JSON of the signed statement.
+    pub entry: Vec<u8>,
+    pub hash: Vec<u8>,
+}
+
+/// A room's derived state after its last verified entry.
+#[derive(Debug, Clone)]
+pub struct RoomRow {
+    pub room: String,
+    pub seq: u64,
+    /// JSON of the replayed room state.
+    pub state: Vec<u8>,
+}
+
+/// A message to store.
+#[derive(Debug, Clone)]
+pub struct NewMessage {
+    pub room: String,
+    pub msg_id: String,
+    pub epoch: u64,
+    pub device: String,
+    pub ts: u64,
+    pub header: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub sig: Vec<u8>,
+}
+
+/// A stored message.
+#[derive(Debug, Clone)]
+pub struct MessageRow {
+    pub seq: u64,
+    pub header: Vec<u8>,
+    pub ciphertext: Vec<u8>,
+    pub sig: Vec<u8>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BlobRow {
+    pub id: String,
+    pub room: String,
+    pub device: String,
+    pub size: u64,
+}
+
+/// Outcome of one message in a batch insert.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Inserted {
+    Seq(u64),
+    Duplicate,
+}
+
+/// The messaging server's storage.
+#[async_trait]
+pub trait ServerStore: Send + Sync + 'static {
+    /// Register a tenant; registering the same key again is a no-op, another key conflicts.
+    async fn put_tenant(&self, tenant: &str, km_pk: &[u8]) -> Result<()>;
+    async fn get_tenant(&self, tenant: &str) -> Result<Option<Vec<u8>>>;
+
+    async fn put_device(&self, d: &DeviceRow) -> Result<()>;
+    async fn get_device(&self, device: &str) -> Result<Option<DeviceRow>>;
+    async fn devices_of_user(&self, user: &str) -> Result<Vec<DeviceRow>>;
+    async fn revoke_device(&self, device: &str) -> Result<()>;
+    async fn disable_user(&self, user: &str) -> Result<()>;
+    async fn is_user_disabled(&self, user: &str) -> Result<bool>;
+    /// Devices revoked and users disabled (to prime the in-memory deny list).
+    async fn deny_list(&self) -> Result<(Vec<String>, Vec<String>)>;
+
+    /// Append one verified log entry and the room's new state, atomically,
+    /// only if the stored state is at `entry.seq - 1` (or absent for seq 0).
+    /// `members` is the full member list after the entry.
+    async fn append_log(
+        &self,
+        room: &str,
+        entry: &LogRow,
+        state: &[u8],
+        members: &[String],
+    ) -> Result<()>;
+    async fn get_log(&self, room: &str, from_seq: u64, limit: u32) -> Result<Vec<LogRow>>;
+    async fn get_room(&self, room: &str) -> Result<Option<RoomRow>>;
+    async fn rooms_of_user(&self, user: &str) -> Result<Vec<RoomRow>>;
+
+    /// Insert messages in one transaction; duplicates (same message id) are reported, not stored.
+    async fn insert_messages(&self, batch: &[NewMessage]) -> Result<Vec<Inserted>>;
+    /// Messages of a room with seq < `before`, newest `limit`, returned oldest first.
+    async fn history(&self, room: &str, before: u64, limit: u32) -> Result<Vec<MessageRow>>;
+
+    async fn put_blob(&self, b: &BlobRow) -> Result<()>;
+    async fn get_blob(&self, id: &str) -> Result<Option<BlobRow>>;
+}
+
+/// A user as the KM knows it.
+#[derive(Debug, Clone)]
+pub struct KmUserRow {
+    pub user: String,
+    pub roles: String,
+    pub status: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct KmDeviceRow {
+    pub device: String,
+    pub user: String,
+    pub cert: Vec<u8>,
+    pub status: String,
+    pub issued_at: u64,
+}
+
+/// The Key Manager's storage. Room keys are only ever stored wrapped.
+#[async_trait]
+pub trait KmStore: Send + Sync + 'static {
+    async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Insert a meta value; fails with `Conflict` if it exists.
+    async fn init_meta(&self, key: &str, value: &[u8]) -> Result<()>;
+
+    async fn upsert_user(&self, u: &KmUserRow) -> Result<()>;
+    async fn get_user(&self, user: &str) -> Result<Option<KmUserRow>>;
+    async fn set_user_status(&self, user: &str, status: &str) -> Result<bool>;
+    async fn list_users(&self) -> Result<Vec<KmUserRow>>;
+
+    async fn put_code(&self, code_hash: &[u8], user: &str, expires_at: u64) -> Result<()>;
+    /// Remove and return an enrolment code (single use).
+    async fn take_code(&self, code_hash: &[u8]) -> Result<Option<(String, u64)>>;
+
+    async fn put_device(&self, d: &KmDeviceRow) -> Result<()>;
+    async fn get_device(&self, device: &str) -> Result<Option<KmDeviceRow>>;
+    async fn devices_of_user(&self, user: &str) -> Result<Vec<KmDeviceRow>>;
+    async fn set_device_status(&self, device: &str, status: &str) -> Result<bool>;
+
+    async fn get_room(&self, room: &str) -> Result<Option<RoomRow>>;
+    /// Append verified entries and the new state atomically, only if the
+    /// stored state is still at `expected_seq` (`None`: room unknown).
+    async fn append_log(
+        &self,
+        room: &str,
+        expected_seq: Option<u64>,
+        entries: &[LogRow],
+        state: &[u8],
+    ) -> Result<()>;
+    async fn get_log_hash(&self, room: &str, seq: u64) -> Result<Option<Vec<u8>>>;
+
+    async fn get_room_key(&self, room: &str, epoch: u64) -> Result<Option<Vec<u8>>>;
+    /// Store a wrapped key unless one exists; return the one that is stored.
+    async fn put_room_key(&self, room: &str, epoch: u64, wrapped: &[u8]) -> Result<Vec<u8>>;
+
+    /// Record a request nonce; false if it was already used. Prunes nonces older than `prune_before`.
+    async fn use_nonce(&self, device: &str, nonce: &[u8], ts: u64, prune_before: u64) -> Result<bool>;
+}

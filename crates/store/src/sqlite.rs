@@ -1,0 +1,680 @@
+//! SQLite (WAL) implementations.
+
+use crate::{
+    BlobRow, DeviceRow, Inserted, KmDeviceRow, KmStore, KmUserRow, LogRow, MessageRow,
+    NewMessage, Result, RoomRow, ServerStore, StoreError,
+};
+use async_trait::async_trait;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::path::Path;
+use std::time::Duration;
+
+/// Open (creating if needed) a SQLite database in WAL mode with full fsync.
+pub async fn open_sqlite(path: &Path, max_conns: u32) -> Result<SqlitePool> {
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full)
+        .busy_timeout(Duration::from_secs(10))
+        .foreign_keys(true);
+    Ok(SqlitePoolOptions::new()
+        .max_connections(max_conns)
+        .connect_with(opts)
+        .await?)
+}
+
+async fn migrate(pool: &SqlitePool, ddl: &'static str) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    for stmt in ddl.split(';').map(str::trim).filter(|s| !s.is_empty()) {
+        sqlx::query(stmt).execute(&mut *tx).await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+fn u(v: i64) -> u64 {
+    v.max(0) as u64
+}
+
+fn i(v: u64) -> i64 {
+    v.min(i64::MAX as u64) as i64
+}
+
+const SERVER_DDL: &str = "
+CREATE TABLE IF NOT EXISTS tenants (tenant TEXT PRIMARY KEY, km_pk BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, tenant TEXT NOT NULL, user_id TEXT NOT NULL,
+    cert BLOB NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
+CREATE INDEX IF NOT EXISTS devices_user ON devices(user_id);
+CREATE TABLE IF NOT EXISTS disabled_users (user_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, seq INTEGER NOT NULL, state BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS room_log (room TEXT NOT NULL, seq INTEGER NOT NULL, entry BLOB NOT NULL,
+    hash BLOB NOT NULL, PRIMARY KEY (room, seq));
+CREATE TABLE IF NOT EXISTS room_members (room TEXT NOT NULL, user_id TEXT NOT NULL, PRIMARY KEY (user_id, room));
+CREATE TABLE IF NOT EXISTS messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, room TEXT NOT NULL,
+    msg_id TEXT NOT NULL UNIQUE, epoch INTEGER NOT NULL, device TEXT NOT NULL, ts INTEGER NOT NULL,
+    header BLOB NOT NULL, ciphertext BLOB NOT NULL, sig BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS messages_room ON messages(room, seq);
+CREATE TABLE IF NOT EXISTS blobs (id TEXT PRIMARY KEY, room TEXT NOT NULL, device TEXT NOT NULL, size INTEGER NOT NULL)
+";
+
+/// The messaging server's SQLite store.
+#[derive(Clone)]
+pub struct SqliteServerStore {
+    pool: SqlitePool,
+}
+
+impl SqliteServerStore {
+    pub async fn open(path: &Path) -> Result<Self> {
+        let pool = open_sqlite(path, 8).await?;
+        migrate(&pool, SERVER_DDL).await?;
+        Ok(SqliteServerStore { pool })
+    }
+}
+
+fn device_row(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceRow> {
+    Ok(DeviceRow {
+        device: r.try_get("device")?,
+        tenant: r.try_get("tenant")?,
+        user: r.try_get("user_id")?,
+        cert: r.try_get("cert")?,
+        revoked: r.try_get::<i64, _>("revoked")? != 0,
+    })
+}
+
+fn room_row(r: &sqlx::sqlite::SqliteRow) -> Result<RoomRow> {
+    Ok(RoomRow {
+        room: r.try_get("room")?,
+        seq: u(r.try_get("seq")?),
+        state: r.try_get("state")?,
+    })
+}
+
+#[async_trait]
+impl ServerStore for SqliteServerStore {
+    async fn put_tenant(&self, tenant: &str, km_pk: &[u8]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let existing: Option<Vec<u8>> = sqlx::query_scalar("SELECT km_pk FROM tenants WHERE tenant = ?")
+            .bind(tenant)
+            .fetch_optional(&mut *tx)
+            .await?;
+        match existing {
+            Some(k) if k == km_pk => return Ok(()),
+            Some(_) => return Err(StoreError::Conflict("tenant already registered with another KM key")),
+            None => {}
+        }
+        sqlx::query("INSERT INTO tenants (tenant, km_pk) VALUES (?, ?)")
+            .bind(tenant)
+            .bind(km_pk)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_tenant(&self, tenant: &str) -> Result<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar("SELECT km_pk FROM tenants WHERE tenant = ?")
+            .bind(tenant)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn put_device(&self, d: &DeviceRow) -> Result<()> {
+        // A revoked device stays revoked even if its certificate is presented again.
+        sqlx::query(
+            "INSERT INTO devices (device, tenant, user_id, cert, revoked) VALUES (?, ?, ?, ?, ?)
+             ON CONFLICT(device) DO UPDATE SET cert = excluded.cert WHERE devices.revoked = 0",
+        )
+        .bind(&d.device)
+        .bind(&d.tenant)
+        .bind(&d.user)
+        .bind(&d.cert)
+        .bind(d.revoked as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_device(&self, device: &str) -> Result<Option<DeviceRow>> {
+        let r = sqlx::query("SELECT * FROM devices WHERE device = ?")
+            .bind(device)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(device_row).transpose()
+    }
+
+    async fn devices_of_user(&self, user: &str) -> Result<Vec<DeviceRow>> {
+        let rows = sqlx::query("SELECT * FROM devices WHERE user_id = ? ORDER BY device")
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(device_row).collect()
+    }
+
+    async fn revoke_device(&self, device: &str) -> Result<()> {
+        sqlx::query("UPDATE devices SET revoked = 1 WHERE device = ?")
+            .bind(device)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn disable_user(&self, user: &str) -> Result<()> {
+        sqlx::query("INSERT OR IGNORE INTO disabled_users (user_id) VALUES (?)")
+            .bind(user)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn is_user_disabled(&self, user: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM disabled_users WHERE user_id = ?")
+            .bind(user)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn deny_list(&self) -> Result<(Vec<String>, Vec<String>)> {
+        let devs = sqlx::query_scalar("SELECT device FROM devices WHERE revoked = 1")
+            .fetch_all(&self.pool)
+            .await?;
+        let users = sqlx::query_scalar("SELECT user_id FROM disabled_users")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok((devs, users))
+    }
+
+    async fn append_log(&self, room: &str, entry: &LogRow, state: &[u8], members: &[String]) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        let cur: Option<i64> = sqlx::query_scalar("SELECT seq FROM rooms WHERE room = ?")
+            .bind(room)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let ok = match cur {
+            None => entry.seq == 0,
+            Some(s) => u(s) + 1 == entry.seq,
+        };
+        if !ok {
+            return Err(StoreError::Conflict("the room's log has moved on; fetch it and retry"));
+        }
+        sqlx::query("INSERT INTO room_log (room, seq, entry, hash) VALUES (?, ?, ?, ?)")
+            .bind(room)
+            .bind(i(entry.seq))
+            .bind(&entry.entry)
+            .bind(&entry.hash)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "INSERT INTO rooms (room, seq, state) VALUES (?, ?, ?)
+             ON CONFLICT(room) DO UPDATE SET seq = excluded.seq, state = excluded.state",
+        )
+        .bind(room)
+        .bind(i(entry.seq))
+        .bind(state)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM room_members WHERE room = ?")
+            .bind(room)
+            .execute(&mut *tx)
+            .await?;
+        for m in members {
+            sqlx::query("INSERT INTO room_members (room, user_id) VALUES (?, ?)")
+                .bind(room)
+                .bind(m)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_log(&self, room: &str, from_seq: u64, limit: u32) -> Result<Vec<LogRow>> {
+        let rows = sqlx::query("SELECT seq, entry, hash FROM room_log WHERE room = ? AND seq >= ? ORDER BY seq LIMIT ?")
+            .bind(room)
+            .bind(i(from_seq))
+            .bind(limit as i64)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LogRow {
+                    seq: u(r.try_get("seq")?),
+                    entry: r.try_get("entry")?,
+                    hash: r.try_get("hash")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn get_room(&self, room: &str) -> Result<Option<RoomRow>> {
+        let r = sqlx::query("SELECT room, seq, state FROM rooms WHERE room = ?")
+            .bind(room)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(room_row).transpose()
+    }
+
+    async fn rooms_of_user(&self, user: &str) -> Result<Vec<RoomRow>> {
+        let rows = sqlx::query(
+            "SELECT r.room, r.seq, r.state FROM room_members m JOIN rooms r ON r.room = m.room
+             WHERE m.user_id = ? ORDER BY r.room",
+        )
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(room_row).collect()
+    }
+
+    async fn insert_messages(&self, batch: &[NewMessage]) -> Result<Vec<Inserted>> {
+        let mut tx = self.pool.begin().await?;
+        let mut out = Vec::with_capacity(batch.len());
+        for m in batch {
+            let seq: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO messages (room, msg_id, epoch, device, ts, header, ciphertext, sig)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(msg_id) DO NOTHING RETURNING seq",
+            )
+            .bind(&m.room)
+            .bind(&m.msg_id)
+            .bind(i(m.epoch))
+            .bind(&m.device)
+            .bind(i(m.ts))
+            .bind(&m.header)
+            .bind(&m.ciphertext)
+            .bind(&m.sig)
+            .fetch_optional(&mut *tx)
+            .await?;
+            out.push(match seq {
+                Some(s) => Inserted::Seq(u(s)),
+                None => Inserted::Duplicate,
+            });
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn history(&self, room: &str, before: u64, limit: u32) -> Result<Vec<MessageRow>> {
+        let rows = sqlx::query(
+            "SELECT seq, header, ciphertext, sig FROM messages WHERE room = ? AND seq < ?
+             ORDER BY seq DESC LIMIT ?",
+        )
+        .bind(room)
+        .bind(i(before))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                Ok(MessageRow {
+                    seq: u(r.try_get("seq")?),
+                    header: r.try_get("header")?,
+                    ciphertext: r.try_get("ciphertext")?,
+                    sig: r.try_get("sig")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn put_blob(&self, b: &BlobRow) -> Result<()> {
+        sqlx::query("INSERT INTO blobs (id, room, device, size) VALUES (?, ?, ?, ?)")
+            .bind(&b.id)
+            .bind(&b.room)
+            .bind(&b.device)
+            .bind(i(b.size))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => {
+                    StoreError::Conflict("blob id already used")
+                }
+                e => e.into(),
+            })?;
+        Ok(())
+    }
+
+    async fn get_blob(&self, id: &str) -> Result<Option<BlobRow>> {
+        let r = sqlx::query("SELECT id, room, device, size FROM blobs WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.map(|r| {
+            Ok(BlobRow {
+                id: r.try_get("id")?,
+                room: r.try_get("room")?,
+                device: r.try_get("device")?,
+                size: u(r.try_get("size")?),
+            })
+        })
+        .transpose()
+    }
+}
+
+const KM_DDL: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS users (user_id TEXT PRIMARY KEY, roles TEXT NOT NULL, status TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS enrol_codes (code_hash BLOB PRIMARY KEY, user_id TEXT NOT NULL, expires_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, user_id TEXT NOT NULL, cert BLOB NOT NULL,
+    status TEXT NOT NULL, issued_at INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS km_devices_user ON devices(user_id);
+CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, seq INTEGER NOT NULL, state BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS room_log (room TEXT NOT NULL, seq INTEGER NOT NULL, entry BLOB NOT NULL,
+    hash BLOB NOT NULL, PRIMARY KEY (room, seq));
+CREATE TABLE IF NOT EXISTS room_keys (room TEXT NOT NULL, epoch INTEGER NOT NULL, wrapped BLOB NOT NULL,
+    PRIMARY KEY (room, epoch));
+CREATE TABLE IF NOT EXISTS nonces (device TEXT NOT NULL, nonce BLOB NOT NULL, ts INTEGER NOT NULL,
+    PRIMARY KEY (device, nonce));
+CREATE INDEX IF NOT EXISTS nonces_ts ON nonces(ts)
+";
+
+/// The Key Manager's SQLite store.
+#[derive(Clone)]
+pub struct SqliteKmStore {
+    pool: SqlitePool,
+}
+
+impl SqliteKmStore {
+    pub async fn open(path: &Path) -> Result<Self> {
+        let pool = open_sqlite(path, 8).await?;
+        migrate(&pool, KM_DDL).await?;
+        Ok(SqliteKmStore { pool })
+    }
+}
+
+fn km_device(r: &sqlx::sqlite::SqliteRow) -> Result<KmDeviceRow> {
+    Ok(KmDeviceRow {
+        device: r.try_get("device")?,
+        user: r.try_get("user_id")?,
+        cert: r.try_get("cert")?,
+        status: r.try_get("status")?,
+        issued_at: u(r.try_get("issued_at")?),
+    })
+}
+
+fn km_user(r: &sqlx::sqlite::SqliteRow) -> Result<KmUserRow> {
+    Ok(KmUserRow {
+        user: r.try_get("user_id")?,
+        roles: r.try_get("roles")?,
+        status: r.try_get("status")?,
+    })
+}
+
+#[async_trait]
+impl KmStore for SqliteKmStore {
+    async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn init_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        let r = sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict("already initialised"));
+        }
+        Ok(())
+    }
+
+    async fn upsert_user(&self, u: &KmUserRow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO users (user_id, roles, status) VALUES (?, ?, ?)
+             ON CONFLICT(user_id) DO UPDATE SET roles = excluded.roles, status = excluded.status",
+        )
+        .bind(&u.user)
+        .bind(&u.roles)
+        .bind(&u.status)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_user(&self, user: &str) -> Result<Option<KmUserRow>> {
+        let r = sqlx::query("SELECT * FROM users WHERE user_id = ?")
+            .bind(user)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(km_user).transpose()
+    }
+
+    async fn set_user_status(&self, user: &str, status: &str) -> Result<bool> {
+        let r = sqlx::query("UPDATE users SET status = ? WHERE user_id = ?")
+            .bind(status)
+            .bind(user)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn list_users(&self) -> Result<Vec<KmUserRow>> {
+        let rows = sqlx::query("SELECT * FROM users ORDER BY user_id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(km_user).collect()
+    }
+
+    async fn put_code(&self, code_hash: &[u8], user: &str, expires_at: u64) -> Result<()> {
+        let mut tx = self.pool.begin().await?;
+        // One live code per user: a new code replaces the old one.
+        sqlx::query("DELETE FROM enrol_codes WHERE user_id = ?")
+            .bind(user)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO enrol_codes (code_hash, user_id, expires_at) VALUES (?, ?, ?)")
+            .bind(code_hash)
+            .bind(user)
+            .bind(i(expires_at))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn take_code(&self, code_hash: &[u8]) -> Result<Option<(String, u64)>> {
+        let r = sqlx::query("DELETE FROM enrol_codes WHERE code_hash = ? RETURNING user_id, expires_at")
+            .bind(code_hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.map(|r| Ok((r.try_get("user_id")?, u(r.try_get("expires_at")?))))
+            .transpose()
+    }
+
+    async fn put_device(&self, d: &KmDeviceRow) -> Result<()> {
+        sqlx::query("INSERT INTO devices (device, user_id, cert, status, issued_at) VALUES (?, ?, ?, ?, ?)")
+            .bind(&d.device)
+            .bind(&d.user)
+            .bind(&d.cert)
+            .bind(&d.status)
+            .bind(i(d.issued_at))
+            .execute(&self.pool)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Database(d) if d.is_unique_violation() => {
+                    StoreError::Conflict("device already enrolled")
+                }
+                e => e.into(),
+            })?;
+        Ok(())
+    }
+
+    async fn get_device(&self, device: &str) -> Result<Option<KmDeviceRow>> {
+        let r = sqlx::query("SELECT * FROM devices WHERE device = ?")
+            .bind(device)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(km_device).transpose()
+    }
+
+    async fn devices_of_user(&self, user: &str) -> Result<Vec<KmDeviceRow>> {
+        let rows = sqlx::query("SELECT * FROM devices WHERE user_id = ? ORDER BY issued_at, device")
+            .bind(user)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(km_device).collect()
+    }
+
+    async fn set_device_status(&self, device: &str, status: &str) -> Result<bool> {
+        let r = sqlx::query("UPDATE devices SET status = ? WHERE device = ?")
+            .bind(status)
+            .bind(device)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    async fn get_room(&self, room: &str) -> Result<Option<RoomRow>> {
+        let r = sqlx::query("SELECT room, seq, state FROM rooms WHERE room = ?")
+            .bind(room)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(room_row).transpose()
+    }
+
+    async fn append_log(
+        &self,
+        room: &str,
+        expected_seq: Option<u64>,
+        entries: &[LogRow],
+        state: &[u8],
+    ) -> Result<()> {
+        let Some(last) = entries.last() else {
+            return Ok(());
+        };
+        let mut tx = self.pool.begin().await?;
+        let cur: Option<i64> = sqlx::query_scalar("SELECT seq FROM rooms WHERE room = ?")
+            .bind(room)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if cur.map(u) != expected_seq {
+            return Err(StoreError::Conflict("the room's verified log moved on concurrently"));
+        }
+        for e in entries {
+            sqlx::query("INSERT INTO room_log (room, seq, entry, hash) VALUES (?, ?, ?, ?)")
+                .bind(room)
+                .bind(i(e.seq))
+                .bind(&e.entry)
+                .bind(&e.hash)
+                .execute(&mut *tx)
+                .await?;
+        }
+        sqlx::query(
+            "INSERT INTO rooms (room, seq, state) VALUES (?, ?, ?)
+             ON CONFLICT(room) DO UPDATE SET seq = excluded.seq, state = excluded.state",
+        )
+        .bind(room)
+        .bind(i(last.seq))
+        .bind(state)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_log_hash(&self, room: &str, seq: u64) -> Result<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar("SELECT hash FROM room_log WHERE room = ? AND seq = ?")
+            .bind(room)
+            .bind(i(seq))
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn get_room_key(&self, room: &str, epoch: u64) -> Result<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar("SELECT wrapped FROM room_keys WHERE room = ? AND epoch = ?")
+            .bind(room)
+            .bind(i(epoch))
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn put_room_key(&self, room: &str, epoch: u64, wrapped: &[u8]) -> Result<Vec<u8>> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT OR IGNORE INTO room_keys (room, epoch, wrapped) VALUES (?, ?, ?)")
+            .bind(room)
+            .bind(i(epoch))
+            .bind(wrapped)
+            .execute(&mut *tx)
+            .await?;
+        let stored: Vec<u8> = sqlx::query_scalar("SELECT wrapped FROM room_keys WHERE room = ? AND epoch = ?")
+            .bind(room)
+            .bind(i(epoch))
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    async fn use_nonce(&self, device: &str, nonce: &[u8], ts: u64, prune_before: u64) -> Result<bool> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("DELETE FROM nonces WHERE ts < ?")
+            .bind(i(prune_before))
+            .execute(&mut *tx)
+            .await?;
+        let r = sqlx::query("INSERT OR IGNORE INTO nonces (device, nonce, ts) VALUES (?, ?, ?)")
+            .bind(device)
+            .bind(nonce)
+            .bind(i(ts))
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() == 1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn server_store_basics() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteServerStore::open(&dir.path().join("s.db")).await.unwrap();
+        s.put_tenant("acme", b"k1").await.unwrap();
+        s.put_tenant("acme", b"k1").await.unwrap();
+        assert!(matches!(s.put_tenant("acme", b"k2").await, Err(StoreError::Conflict(_))));
+        let e = LogRow { seq: 0, entry: b"e0".to_vec(), hash: b"h0".to_vec() };
+        s.append_log("r1", &e, b"st", &["a@acme".into()]).await.unwrap();
+        // replaying seq 0 or skipping ahead conflicts and writes nothing
+        assert!(s.append_log("r1", &e, b"x", &[]).await.is_err());
+        let e2 = LogRow { seq: 2, entry: b"e2".to_vec(), hash: b"h2".to_vec() };
+        assert!(s.append_log("r1", &e2, b"x", &[]).await.is_err());
+        assert_eq!(s.get_room("r1").await.unwrap().unwrap().state, b"st");
+        assert_eq!(s.rooms_of_user("a@acme").await.unwrap().len(), 1);
+        let m = NewMessage {
+            room: "r1".into(),
+            msg_id: "m1".into(),
+            epoch: 0,
+            device: "d".into(),
+            ts: 1,
+            header: b"h".to_vec(),
+            ciphertext: b"c".to_vec(),
+            sig: b"s".to_vec(),
+        };
+        let r = s.insert_messages(&[m.clone(), m.clone()]).await.unwrap();
+        assert!(matches!(r[0], Inserted::Seq(_)));
+        assert_eq!(r[1], Inserted::Duplicate);
+        assert_eq!(s.history("r1", u64::MAX, 10).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn km_store_codes_and_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = SqliteKmStore::open(&dir.path().join("k.db")).await.unwrap();
+        s.put_code(b"h", "a@acme", 10).await.unwrap();
+        assert_eq!(s.take_code(b"h").await.unwrap(), Some(("a@acme".into(), 10)));
+        assert_eq!(s.take_code(b"h").await.unwrap(), None, "codes are single use");
+        let k1 = s.put_room_key("r", 0, b"w1").await.unwrap();
+        let k2 = s.put_room_key("r", 0, b"w2").await.unwrap();
+        assert_eq!(k1, k2, "first key wins");
+        assert!(s.use_nonce("d", b"n", 5, 0).await.unwrap());
+        assert!(!s.use_nonce("d", b"n", 5, 0).await.unwrap());
+        s.init_meta("x", b"1").await.unwrap();
+        assert!(s.init_meta("x", b"2").await.is_err());
+    }
+}
