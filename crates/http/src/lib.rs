@@ -1,0 +1,116 @@
+//! The HTTP edge shared by the KM and the messaging server.
+//!
+//! Every error leaves as `{ "error": code, "message": ... }` with a precise
+//! status. Internal details (database, crypto) are logged server-side under a
+//! correlation id and never sent to the caller.
+#![forbid(unsafe_code)]
+
+use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use cloister_proto::ErrorBody;
+use serde::de::DeserializeOwned;
+
+/// An API error: status, stable code, human message.
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError { status, code, message: message.into() }
+    }
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+    pub fn unauthorized(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, code, message)
+    }
+    pub fn forbidden(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, code, message)
+    }
+    pub fn not_found(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, code, message)
+    }
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, message)
+    }
+    pub fn too_large(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::PAYLOAD_TOO_LARGE, "too_large", message)
+    }
+    /// An internal failure: the detail is logged with an id; the caller sees only the id.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        let id = cloister_proto::now_millis();
+        tracing::error!(error_id = id, "internal error: {detail}");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("internal error (reference {id}); nothing was changed"),
+        )
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}): {}", self.status.as_u16(), self.code, self.message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody { error: self.code.to_string(), message: self.message };
+        (self.status, axum::Json(body)).into_response()
+    }
+}
+
+/// JSON body extractor with precise errors (size, content type, syntax, schema).
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    S: Send + Sync,
+    T: DeserializeOwned,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let ct_ok = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("application/json"));
+        if !ct_ok {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "expected Content-Type: application/json",
+            ));
+        }
+        let bytes = axum::body::Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::too_large(format!(
+                    "request body larger than {} bytes",
+                    cloister_proto::limits::MAX_JSON_BODY
+                ))
+            } else {
+                ApiError::bad_request("bad_body", "could not read the request body")
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(ApiJson)
+            .map_err(|e| ApiError::bad_request("malformed_json", format!("invalid request body: {e}")))
+    }
+}
+
+/// Map a path or query parameter parse error.
+pub fn bad_param(what: &str, e: impl std::fmt::Display) -> ApiError {
+    ApiError::bad_request("bad_parameter", format!("invalid {what}: {e}"))
+}
+
+/// Fallback for unknown routes.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no_such_endpoint", "no such endpoint")
+}

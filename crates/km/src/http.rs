@@ -1,0 +1,49 @@
+//! The KM's HTTP API (axum).
+//!
+//! | method | path          | body            | answer |
+//! |--------|---------------|-----------------|--------|
+//! | GET    | `/v1/info`    |                 | [`KmInfo`] |
+//! | POST   | `/v1/enrol`   | [`EnrolRequest`]| [`SignedCert`] |
+//! | POST   | `/v1/request` | [`SignedRequest`] | depends on the op |
+
+use crate::Km;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use cloister_http::{ApiError, ApiJson};
+use cloister_proto::km::{EnrolRequest, KmInfo, SignedCert, SignedRequest};
+use std::sync::Arc;
+
+pub fn router(km: Arc<Km>) -> Router {
+    Router::new()
+        .route("/v1/info", get(info))
+        .route("/v1/enrol", post(enrol))
+        .route("/v1/request", post(request))
+        .fallback(cloister_http::not_found)
+        .layer(DefaultBodyLimit::max(cloister_proto::limits::MAX_JSON_BODY))
+        .with_state(km)
+}
+
+async fn info(State(km): State<Arc<Km>>) -> Json<KmInfo> {
+    Json(km.info())
+}
+
+async fn enrol(State(km): State<Arc<Km>>, ApiJson(req): ApiJson<EnrolRequest>) -> Result<Json<SignedCert>, ApiError> {
+    km.enrol(&req).await.map(Json)
+}
+
+async fn request(
+    State(km): State<Arc<Km>>,
+    ApiJson(req): ApiJson<SignedRequest>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    km.handle(&req).await.map(Json)
+}
+
+/// Serve until `shutdown` resolves.
+pub async fn serve(
+    km: Arc<Km>,
+    listener: tokio::net::TcpListener,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(km)).with_graceful_shutdown(shutdown).await
+}

@@ -1,0 +1,565 @@
+//! The tenant Key Manager (KM).
+//!
+//! ```text
+//!   admin device ──SignedRequest(AddUser)──▶ KM ──▶ one-time enrolment code
+//!   new device ──EnrolRequest(code, keys, proof)──▶ KM ──▶ SignedCert
+//!   device ──SignedRequest(RoomKeys{room, epochs, log})──▶ KM
+//!        KM: verify cert + signature + freshness
+//!            verify & append log entries (cloister-policy::apply)
+//!            may_read(user, epoch)? ── no ──▶ 403, logged
+//!            unwrap(TMK, room key) ── HPKE seal to device ──▶ SealedRoomKey + lease
+//! ```
+//!
+//! Room keys exist only wrapped under the TMK in the KM's store; the TMK is
+//! behind a [`provider::KeyProvider`]. The KM trusts no statement it has not
+//! verified itself: the messaging server only relays the membership log.
+#![forbid(unsafe_code)]
+
+pub mod http;
+pub mod provider;
+
+use cloister_crypto::signed::{
+    enrol_transcript, sign_cert, sign_notice, verify_cert, verify_request,
+};
+use cloister_crypto::{KmSigner, RoomKey, hpke_seal, keys::verify, sha256};
+use cloister_http::ApiError;
+use cloister_policy::RoomState;
+use cloister_proto::b64::Fixed;
+use cloister_proto::km::{
+    AddUserResponse, AdminResponse, DeviceCert, DeviceRecord, EnrolRequest, KmInfo, KmOp, Notice,
+    RequestBody, Role, RoomKeysResponse, SignedCert, SignedRequest, UserRecord,
+};
+use cloister_proto::room::SignedStatement;
+use cloister_proto::{DeviceId, RoomId, TenantId, UserId, limits, now_millis, now_secs};
+use cloister_store::{KmDeviceRow, KmStore, KmUserRow, LogRow};
+use provider::KeyProvider;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+/// KM settings.
+#[derive(Debug, Clone)]
+pub struct KmConfig {
+    /// How long a released key may be used before the device must ask again.
+    pub lease_secs: u64,
+    /// Certificate lifetime.
+    pub cert_secs: u64,
+    /// Enrolment code lifetime.
+    pub code_secs: u64,
+}
+
+impl Default for KmConfig {
+    fn default() -> Self {
+        KmConfig { lease_secs: 3600, cert_secs: 365 * 24 * 3600, code_secs: 7 * 24 * 3600 }
+    }
+}
+
+/// Startup and initialisation errors (request errors are [`ApiError`]s).
+#[derive(Debug, thiserror::Error)]
+pub enum KmError {
+    #[error(transparent)]
+    Provider(#[from] provider::ProviderError),
+    #[error("storage: {0}")]
+    Store(#[from] cloister_store::StoreError),
+    #[error("the KM at {0} is not initialised; run `cloister km init` first")]
+    NotInitialised(String),
+    #[error("the KM at {0} is already initialised")]
+    AlreadyInitialised(String),
+    #[error("corrupt KM state: {0}")]
+    Corrupt(&'static str),
+    #[error("{0}")]
+    Crypto(#[from] cloister_crypto::CryptoError),
+}
+
+const META_TENANT: &str = "tenant";
+const META_SIGNER: &str = "signer_wrapped";
+const SIGNER_AAD: &[u8] = b"cloister/km-signer/v1";
+const BOOTSTRAP_ADMIN: &str = "admin";
+
+/// Files of a KM data directory.
+pub fn tmk_path(dir: &Path) -> PathBuf {
+    dir.join("tmk.sealed")
+}
+pub fn db_path(dir: &Path) -> PathBuf {
+    dir.join("km.db")
+}
+
+/// The running Key Manager.
+pub struct Km {
+    tenant: TenantId,
+    signer: KmSigner,
+    provider: Arc<dyn KeyProvider>,
+    store: Arc<dyn KmStore>,
+    config: KmConfig,
+    rooms: Mutex<HashMap<RoomId, Arc<RoomState>>>,
+    /// Nonces of key requests (replay of a key request only re-seals keys to the
+    /// same device, so an in-memory window suffices; admin nonces are durable).
+    recent_nonces: Mutex<HashMap<(DeviceId, [u8; 16]), u64>>,
+    /// Serialises log ingestion per KM (a room's log is appended in order).
+    ingest: tokio::sync::Mutex<()>,
+}
+
+/// What `init` returns: the public KM description and the bootstrap admin code.
+#[derive(Debug)]
+pub struct InitOutput {
+    pub info: KmInfo,
+    pub admin_user: UserId,
+    pub admin_code: String,
+}
+
+fn random_code() -> Result<String, cloister_crypto::CryptoError> {
+    // 20 characters of Crockford base32 = 100 bits.
+    const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
+    let raw = cloister_crypto::random_bytes::<20>()?;
+    let s: String = raw.iter().map(|b| ALPHABET[(b & 31) as usize] as char).collect();
+    Ok(format!("{}-{}-{}-{}", &s[..5], &s[5..10], &s[10..15], &s[15..]))
+}
+
+fn code_hash(code: &str) -> [u8; 32] {
+    let norm: String = code.chars().filter(|c| *c != '-').collect::<String>().to_ascii_uppercase();
+    sha256(norm.as_bytes())
+}
+
+fn roles_str(r: &[Role]) -> String {
+    r.iter()
+        .map(|r| match r {
+            Role::Admin => "admin",
+            Role::User => "user",
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn parse_roles(s: &str) -> Vec<Role> {
+    s.split(',')
+        .filter_map(|r| match r {
+            "admin" => Some(Role::Admin),
+            "user" => Some(Role::User),
+            _ => None,
+        })
+        .collect()
+}
+
+fn room_key_aad(tenant: &TenantId, room: &RoomId, epoch: u64) -> Vec<u8> {
+    format!("cloister/room-key-wrap/v1|{}|{}|{}", tenant, room, epoch).into_bytes()
+}
+
+fn store_err(e: cloister_store::StoreError) -> ApiError {
+    ApiError::internal(e)
+}
+
+impl Km {
+    /// Initialise a tenant: a new TMK (via `provider`), a signing key wrapped
+    /// under it, and the bootstrap admin with a one-time enrolment code.
+    pub async fn init(
+        store: Arc<dyn KmStore>,
+        provider: Arc<dyn KeyProvider>,
+        tenant: TenantId,
+        config: KmConfig,
+    ) -> Result<(Km, InitOutput), KmError> {
+        if store.get_meta(META_TENANT).await?.is_some() {
+            return Err(KmError::AlreadyInitialised(tenant.to_string()));
+        }
+        let signer = KmSigner::generate()?;
+        let wrapped = provider.wrap(SIGNER_AAD, signer.secret_bytes().expose())?;
+        store.init_meta(META_SIGNER, &wrapped).await?;
+        store.init_meta(META_TENANT, tenant.as_str().as_bytes()).await?;
+        let km = Km::new(tenant.clone(), signer, provider, store, config);
+        let admin_user: UserId = format!("{BOOTSTRAP_ADMIN}@{tenant}")
+            .parse()
+            .map_err(|_| KmError::Corrupt("tenant id"))?;
+        let code = km
+            .add_user(&admin_user, &[Role::Admin, Role::User])
+            .await
+            .map_err(|_| KmError::Corrupt("could not create bootstrap admin"))?;
+        let info = km.info();
+        Ok((km, InitOutput { info, admin_user, admin_code: code.code }))
+    }
+
+    /// Open an initialised KM.
+    pub async fn open(
+        store: Arc<dyn KmStore>,
+        provider: Arc<dyn KeyProvider>,
+        config: KmConfig,
+    ) -> Result<Km, KmError> {
+        let tenant = store
+            .get_meta(META_TENANT)
+            .await?
+            .ok_or_else(|| KmError::NotInitialised("this data directory".into()))?;
+        let tenant: TenantId = std::str::from_utf8(&tenant)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or(KmError::Corrupt("tenant id"))?;
+        let wrapped = store.get_meta(META_SIGNER).await?.ok_or(KmError::Corrupt("signing key"))?;
+        let secret = provider.unwrap(SIGNER_AAD, &wrapped)?;
+        let signer = KmSigner::from_secret(secret.expose())?;
+        Ok(Km::new(tenant, signer, provider, store, config))
+    }
+
+    fn new(
+        tenant: TenantId,
+        signer: KmSigner,
+        provider: Arc<dyn KeyProvider>,
+        store: Arc<dyn KmStore>,
+        config: KmConfig,
+    ) -> Km {
+        Km {
+            tenant,
+            signer,
+            provider,
+            store,
+            config,
+            rooms: Mutex::new(HashMap::new()),
+            recent_nonces: Mutex::new(HashMap::new()),
+            ingest: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn info(&self) -> KmInfo {
+        KmInfo { tenant: self.tenant.clone(), sign_pk: Fixed(self.signer.public()) }
+    }
+
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    /// Create (or reactivate) a user and issue a fresh one-time enrolment code.
+    pub async fn add_user(&self, user: &UserId, roles: &[Role]) -> Result<AddUserResponse, ApiError> {
+        if user.tenant() != self.tenant {
+            return Err(ApiError::bad_request(
+                "wrong_tenant",
+                format!("{user} is not a user of tenant {}", self.tenant),
+            ));
+        }
+        let mut roles: Vec<Role> = roles.to_vec();
+        if !roles.contains(&Role::User) {
+            roles.push(Role::User);
+        }
+        roles.sort();
+        roles.dedup();
+        self.store
+            .upsert_user(&KmUserRow { user: user.to_string(), roles: roles_str(&roles), status: "active".into() })
+            .await
+            .map_err(store_err)?;
+        let code = random_code().map_err(ApiError::internal)?;
+        let expires_at = now_secs() + self.config.code_secs;
+        self.store.put_code(&code_hash(&code), user.as_str(), expires_at).await.map_err(store_err)?;
+        tracing::info!(%user, "enrolment code issued");
+        Ok(AddUserResponse { user: user.clone(), code, expires_at })
+    }
+
+    /// Enrol a device with a one-time code.
+    pub async fn enrol(&self, req: &EnrolRequest) -> Result<SignedCert, ApiError> {
+        let transcript = enrol_transcript(&req.user, &req.code, &req.sign_pk.0, &req.hpke_pk.0);
+        verify(&req.sign_pk.0, cloister_crypto::signed::ENROL, &transcript, &req.pop.0).map_err(|_| {
+            ApiError::unauthorized("bad_proof", "proof of possession of the device key is invalid")
+        })?;
+        let invalid = || ApiError::unauthorized("invalid_code", "enrolment code is invalid, expired or already used");
+        let (user, expires) =
+            self.store.take_code(&code_hash(&req.code)).await.map_err(store_err)?.ok_or_else(invalid)?;
+        if user != req.user.as_str() || expires < now_secs() {
+            return Err(invalid());
+        }
+        let urow = self.store.get_user(&user).await.map_err(store_err)?.ok_or_else(invalid)?;
+        if urow.status != "active" {
+            return Err(ApiError::forbidden("user_disabled", format!("{user} is disabled")));
+        }
+        let device = cloister_crypto::keys::device_id_for(&req.sign_pk.0);
+        let now = now_secs();
+        let cert = DeviceCert {
+            tenant: self.tenant.clone(),
+            user: req.user.clone(),
+            device,
+            sign_pk: req.sign_pk,
+            hpke_pk: req.hpke_pk,
+            roles: parse_roles(&urow.roles),
+            issued_at: now,
+            not_after: now + self.config.cert_secs,
+        };
+        let signed = sign_cert(&self.signer, &cert).map_err(ApiError::internal)?;
+        self.store
+            .put_device(&KmDeviceRow {
+                device: device.to_hex(),
+                user: user.clone(),
+                cert: serde_json::to_vec(&signed).map_err(ApiError::internal)?,
+                status: "active".into(),
+                issued_at: now,
+            })
+            .await
+            .map_err(|e| match e {
+                cloister_store::StoreError::Conflict(_) => {
+                    ApiError::conflict("device_exists", "this device key is already enrolled")
+                }
+                e => store_err(e),
+            })?;
+        tracing::info!(%user, %device, "device certified");
+        Ok(signed)
+    }
+
+    /// Look up an active device's certificate (issued by this KM) and its user.
+    async fn active_cert(&self, device: &DeviceId) -> Result<DeviceCert, ApiError> {
+        let unknown = || ApiError::unauthorized("unknown_device", format!("device {device} is not enrolled with this KM"));
+        let row = self.store.get_device(&device.to_hex()).await.map_err(store_err)?.ok_or_else(unknown)?;
+        if row.status != "active" {
+            return Err(ApiError::forbidden("device_revoked", format!("device {device} is revoked")));
+        }
+        let sc: SignedCert = serde_json::from_slice(&row.cert).map_err(ApiError::internal)?;
+        let cert = verify_cert(&self.signer.public(), &sc).map_err(ApiError::internal)?;
+        if cert.not_after < now_secs() {
+            return Err(ApiError::forbidden("cert_expired", format!("the certificate of device {device} has expired")));
+        }
+        let user = self.store.get_user(cert.user.as_str()).await.map_err(store_err)?;
+        if user.map(|u| u.status) != Some("active".into()) {
+            return Err(ApiError::forbidden("user_disabled", format!("{} is disabled", cert.user)));
+        }
+        Ok(cert)
+    }
+
+    /// Handle any signed request.
+    pub async fn handle(&self, req: &SignedRequest) -> Result<serde_json::Value, ApiError> {
+        let cert = self.active_cert(&req.device).await?;
+        let body: RequestBody = verify_request(&cert.sign_pk.0, req)
+            .map_err(|_| ApiError::unauthorized("bad_signature", "request signature is invalid"))?;
+        let now = now_millis();
+        let skew = limits::MAX_SKEW_SECS * 1000;
+        if body.ts + skew < now || body.ts > now + skew {
+            return Err(ApiError::unauthorized("stale_request", "request timestamp is outside the allowed clock skew"));
+        }
+        let fresh = match &body.op {
+            KmOp::RoomKeys { .. } => self.use_nonce_mem(&req.device, &body.nonce.0, body.ts),
+            _ => self
+                .store
+                .use_nonce(&req.device.to_hex(), &body.nonce.0, body.ts, now.saturating_sub(2 * skew))
+                .await
+                .map_err(store_err)?,
+        };
+        if !fresh {
+            return Err(ApiError::conflict("replayed_request", "this request was already processed"));
+        }
+        match body.op {
+            KmOp::RoomKeys { room, epochs, log_from, log } => {
+                let r = self.room_keys(&cert, &room, &epochs, log_from, &log).await?;
+                json(&r)
+            }
+            op => {
+                if !cert.roles.contains(&Role::Admin) {
+                    tracing::warn!(user = %cert.user, "admin operation refused: not an admin");
+                    return Err(ApiError::forbidden("not_admin", "this operation needs the admin role"));
+                }
+                match op {
+                    KmOp::AddUser { user, roles } => json(&self.add_user(&user, &roles).await?),
+                    KmOp::DisableUser { user } => json(&self.disable_user(&user).await?),
+                    KmOp::RevokeDevice { device } => json(&self.revoke_device(&device).await?),
+                    KmOp::ListUsers => json(&self.list_users().await?),
+                    KmOp::RoomKeys { .. } => Err(ApiError::internal("unreachable op")),
+                }
+            }
+        }
+    }
+
+    fn use_nonce_mem(&self, device: &DeviceId, nonce: &[u8; 16], ts: u64) -> bool {
+        let Ok(mut map) = self.recent_nonces.lock() else {
+            return false;
+        };
+        let cutoff = now_millis().saturating_sub(2 * limits::MAX_SKEW_SECS * 1000);
+        if map.len() > 100_000 {
+            map.retain(|_, t| *t >= cutoff);
+        }
+        map.insert((*device, *nonce), ts).is_none()
+    }
+
+    async fn disable_user(&self, user: &UserId) -> Result<AdminResponse, ApiError> {
+        if !self.store.set_user_status(user.as_str(), "disabled").await.map_err(store_err)? {
+            return Err(ApiError::not_found("unknown_user", format!("no user {user}")));
+        }
+        tracing::info!(%user, "user disabled");
+        let n = Notice::UserDisabled { tenant: self.tenant.clone(), user: user.clone(), ts: now_secs() };
+        Ok(AdminResponse { notice: Some(sign_notice(&self.signer, &n).map_err(ApiError::internal)?) })
+    }
+
+    async fn revoke_device(&self, device: &DeviceId) -> Result<AdminResponse, ApiError> {
+        if !self.store.set_device_status(&device.to_hex(), "revoked").await.map_err(store_err)? {
+            return Err(ApiError::not_found("unknown_device", format!("no device {device}")));
+        }
+        tracing::info!(%device, "device revoked");
+        let n = Notice::DeviceRevoked { tenant: self.tenant.clone(), device: *device, ts: now_secs() };
+        Ok(AdminResponse { notice: Some(sign_notice(&self.signer, &n).map_err(ApiError::internal)?) })
+    }
+
+    async fn list_users(&self) -> Result<Vec<UserRecord>, ApiError> {
+        let mut out = Vec::new();
+        for u in self.store.list_users().await.map_err(store_err)? {
+            let devices = self
+                .store
+                .devices_of_user(&u.user)
+                .await
+                .map_err(store_err)?
+                .into_iter()
+                .filter_map(|d| {
+                    Some(DeviceRecord { device: d.device.parse().ok()?, status: d.status, issued_at: d.issued_at })
+                })
+                .collect();
+            let Ok(user) = u.user.parse() else { continue };
+            out.push(UserRecord { user, status: u.status, roles: parse_roles(&u.roles), devices });
+        }
+        Ok(out)
+    }
+
+    async fn room_state(&self, room: &RoomId) -> Result<Option<Arc<RoomState>>, ApiError> {
+        if let Some(s) = self.rooms.lock().ok().and_then(|m| m.get(room).cloned()) {
+            return Ok(Some(s));
+        }
+        let Some(row) = self.store.get_room(&room.to_hex()).await.map_err(store_err)? else {
+            return Ok(None);
+        };
+        let s: Arc<RoomState> = Arc::new(serde_json::from_slice(&row.state).map_err(ApiError::internal)?);
+        if let Ok(mut m) = self.rooms.lock() {
+            m.insert(*room, s.clone());
+        }
+        Ok(Some(s))
+    }
+
+    /// Verify and append log entries the KM does not have yet.
+    async fn ingest(&self, room: &RoomId, log_from: u64, log: &[SignedStatement]) -> Result<Option<Arc<RoomState>>, ApiError> {
+        if log.len() > limits::MAX_LOG_BATCH {
+            return Err(ApiError::too_large(format!("at most {} log entries per request", limits::MAX_LOG_BATCH)));
+        }
+        if log.is_empty() {
+            return self.room_state(room).await;
+        }
+        let _guard = self.ingest.lock().await;
+        let current = self.room_state(room).await?;
+        let known_next = current.as_ref().map_or(0, |s| s.seq + 1);
+        if log_from > known_next {
+            return Err(ApiError::conflict(
+                "log_behind",
+                format!("the KM has this room's log up to seq {}; send entries from {known_next}", known_next as i64 - 1),
+            ));
+        }
+        let mut state = current.as_deref().cloned();
+        let mut new_rows = Vec::new();
+        for (i, entry) in log.iter().enumerate() {
+            let seq = log_from + i as u64;
+            let hash = cloister_crypto::signed::entry_hash(entry);
+            if seq < known_next {
+                // Already verified: it must be the very same entry (fork detection).
+                let stored = self.store.get_log_hash(&room.to_hex(), seq).await.map_err(store_err)?;
+                if stored.as_deref() != Some(&hash[..]) {
+                    tracing::warn!(%room, seq, "membership log fork detected");
+                    return Err(ApiError::conflict(
+                        "log_fork",
+                        format!("entry {seq} differs from the one the KM verified earlier: the log was forked or rewritten"),
+                    ));
+                }
+                continue;
+            }
+            let peek = cloister_crypto::signed::peek_statement(entry)
+                .map_err(|e| ApiError::bad_request("bad_statement", e.to_string()))?;
+            let actor = self.active_cert(&peek.actor).await.map_err(|e| {
+                ApiError::forbidden("bad_statement", format!("membership statement {seq} rejected: actor {}", e.message))
+            })?;
+            let (next, _) = cloister_policy::apply(state.as_ref(), room, entry, &actor.user, &actor.sign_pk.0)
+                .map_err(|e| {
+                    tracing::warn!(%room, seq, error = %e, "membership statement rejected");
+                    ApiError::forbidden("bad_statement", format!("membership statement {seq} rejected: {e}"))
+                })?;
+            if next.tenant != self.tenant {
+                return Err(ApiError::forbidden("wrong_tenant", "room belongs to another tenant"));
+            }
+            new_rows.push(LogRow {
+                seq,
+                entry: serde_json::to_vec(entry).map_err(ApiError::internal)?,
+                hash: hash.to_vec(),
+            });
+            state = Some(next);
+        }
+        let Some(state) = state else {
+            return Ok(None);
+        };
+        if !new_rows.is_empty() {
+            let bytes = serde_json::to_vec(&state).map_err(ApiError::internal)?;
+            self.store
+                .append_log(&room.to_hex(), current.as_ref().map(|s| s.seq), &new_rows, &bytes)
+                .await
+                .map_err(store_err)?;
+        }
+        let state = Arc::new(state);
+        if let Ok(mut m) = self.rooms.lock() {
+            m.insert(*room, state.clone());
+        }
+        Ok(Some(state))
+    }
+
+    async fn room_key(&self, room: &RoomId, epoch: u64) -> Result<RoomKey, ApiError> {
+        let aad = room_key_aad(&self.tenant, room, epoch);
+        let wrapped = match self.store.get_room_key(&room.to_hex(), epoch).await.map_err(store_err)? {
+            Some(w) => w,
+            None => {
+                let k = RoomKey::generate().map_err(ApiError::internal)?;
+                let w = self.provider.wrap(&aad, k.expose()).map_err(ApiError::internal)?;
+                self.store.put_room_key(&room.to_hex(), epoch, &w).await.map_err(store_err)?
+            }
+        };
+        let k = self.provider.unwrap(&aad, &wrapped).map_err(ApiError::internal)?;
+        RoomKey::from_slice(k.expose()).map_err(ApiError::internal)
+    }
+
+    async fn room_keys(
+        &self,
+        cert: &DeviceCert,
+        room: &RoomId,
+        epochs: &[u64],
+        log_from: u64,
+        log: &[SignedStatement],
+    ) -> Result<RoomKeysResponse, ApiError> {
+        if epochs.is_empty() || epochs.len() > limits::MAX_EPOCHS_PER_REQUEST {
+            return Err(ApiError::bad_request(
+                "bad_epochs",
+                format!("ask for 1 to {} epochs", limits::MAX_EPOCHS_PER_REQUEST),
+            ));
+        }
+        let state = self
+            .ingest(room, log_from, log)
+            .await?
+            .ok_or_else(|| ApiError::not_found("unknown_room", format!("the KM has no verified log for room {room}; send it")))?;
+        for &e in epochs {
+            if !state.may_read(&cert.user, e) {
+                let why = if e > state.epoch {
+                    format!("epoch {e} of room {room} does not exist in the verified membership log")
+                } else {
+                    format!("{} is not entitled to epoch {e} of room {room}", cert.user)
+                };
+                tracing::warn!(user = %cert.user, device = %cert.device, %room, epoch = e, "key release refused");
+                return Err(ApiError::forbidden("not_entitled", why));
+            }
+        }
+        let lease_until = now_secs() + self.config.lease_secs;
+        let mut keys = Vec::with_capacity(epochs.len());
+        for &e in epochs {
+            let k = self.room_key(room, e).await?;
+            keys.push(
+                hpke_seal::seal_room_key(&cert.hpke_pk.0, &self.tenant, room, e, &cert.device, lease_until, &k)
+                    .map_err(ApiError::internal)?,
+            );
+        }
+        tracing::info!(user = %cert.user, device = %cert.device, %room, ?epochs, "room keys released");
+        Ok(RoomKeysResponse { keys, log_seq: state.seq })
+    }
+}
+
+fn json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, ApiError> {
+    serde_json::to_value(v).map_err(ApiError::internal)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_are_normalised_and_unique() {
+        let c = random_code().unwrap();
+        assert_eq!(c.len(), 23);
+        assert_eq!(code_hash(&c), code_hash(&c.to_lowercase().replace('-', "")));
+        assert_ne!(random_code().unwrap(), c);
+    }
+}
