@@ -1,0 +1,596 @@
+//! HTTP + WebSocket API of the messaging server.
+//!
+//! | method | path | auth | body / answer |
+//! |---|---|---|---|
+//! | POST | `/v1/tenants` | operator token | `RegisterTenant` |
+//! | GET | `/v1/tenants/{tenant}` | | `TenantInfo` |
+//! | POST | `/v1/devices` | KM-signed cert | `RegisterDevice` |
+//! | GET | `/v1/devices/{device}` | session | `SignedCert` |
+//! | POST | `/v1/session` | device signature | `LoginRequest` → `LoginResponse` |
+//! | POST | `/v1/notices` | KM signature | `PostNotice` |
+//! | GET | `/v1/rooms` | session | `[RoomSummary]` |
+//! | GET | `/v1/rooms/{room}` | member | `RoomSummary` |
+//! | GET/POST | `/v1/rooms/{room}/log` | member / actor | `LogPage` / `AppendLog` |
+//! | GET/POST | `/v1/rooms/{room}/messages` | member | `HistoryPage` / `Envelope` |
+//! | PUT | `/v1/rooms/{room}/blobs/{id}` | member | streamed bytes → `BlobResponse` |
+//! | GET | `/v1/blobs/{id}` | member of the blob's room | streamed bytes |
+//! | GET | `/v1/ws` | session (header or `?token=`) | stream of `Event` |
+
+use crate::writer::Job;
+use crate::{Caller, Server};
+use axum::body::Body;
+use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use cloister_crypto::signed::{LOGIN, login_transcript, verify_cert, verify_notice};
+use cloister_http::{ApiError, ApiJson, bad_param};
+use cloister_policy::RoomState;
+use cloister_proto::b64::Fixed;
+use cloister_proto::km::{Notice, SignedCert};
+use cloister_proto::room::SignedStatement;
+use cloister_proto::server::{
+    AppendLog, AppendLogResponse, BlobResponse, Envelope, Event, HistoryPage, LogPage,
+    LoginRequest, LoginResponse, Ok as OkBody, PostMessageResponse, PostNotice, RegisterDevice,
+    RegisterTenant, RoomSummary, StoredMessage, TenantInfo,
+};
+use cloister_proto::{DeviceId, RoomId, TenantId, limits, now_millis, now_secs};
+use cloister_store::{BlobRow, DeviceRow, Inserted, LogRow, NewMessage};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use std::sync::Arc;
+use tokio::io::AsyncWriteExt;
+
+type S = State<Arc<Server>>;
+
+pub fn router(server: Arc<Server>) -> Router {
+    let blob_limit = server.config.max_attachment as usize + 1;
+    Router::new()
+        .route("/v1/tenants", post(register_tenant))
+        .route("/v1/tenants/{tenant}", get(get_tenant))
+        .route("/v1/devices", post(register_device))
+        .route("/v1/devices/{device}", get(get_device))
+        .route("/v1/session", post(login))
+        .route("/v1/notices", post(post_notice))
+        .route("/v1/rooms", get(list_rooms))
+        .route("/v1/rooms/{room}", get(get_room))
+        .route("/v1/rooms/{room}/log", get(get_log).post(append_log))
+        .route("/v1/rooms/{room}/messages", get(history).post(post_message))
+        .route(
+            "/v1/rooms/{room}/blobs/{id}",
+            put(put_blob).layer(DefaultBodyLimit::max(blob_limit)),
+        )
+        .route("/v1/blobs/{id}", get(get_blob))
+        .route("/v1/ws", get(ws))
+        .fallback(cloister_http::not_found)
+        .layer(DefaultBodyLimit::max(limits::MAX_JSON_BODY))
+        .with_state(server)
+}
+
+// ---------- authentication ----------
+
+const TOKEN_LEN: usize = 16 + 8 + 32;
+
+fn make_token(key: &[u8; 32], device: &DeviceId, expires: u64) -> String {
+    let mac = cloister_crypto::hmac_sha256(key, &[b"cloister/session/v1", device.as_bytes(), &expires.to_be_bytes()]);
+    let mut t = Vec::with_capacity(TOKEN_LEN);
+    t.extend_from_slice(device.as_bytes());
+    t.extend_from_slice(&expires.to_be_bytes());
+    t.extend_from_slice(&mac);
+    cloister_proto::b64::encode(&t)
+}
+
+fn check_token(key: &[u8; 32], token: &str) -> Result<DeviceId, ApiError> {
+    let bad = || ApiError::unauthorized("bad_token", "session token is invalid or expired; log in again");
+    let raw = cloister_proto::b64::decode(token).map_err(|_| bad())?;
+    if raw.len() != TOKEN_LEN {
+        return Err(bad());
+    }
+    let mut dev = [0u8; 16];
+    dev.copy_from_slice(&raw[..16]);
+    let mut exp = [0u8; 8];
+    exp.copy_from_slice(&raw[16..24]);
+    let expires = u64::from_be_bytes(exp);
+    let device = DeviceId(dev);
+    let mac = cloister_crypto::hmac_sha256(key, &[b"cloister/session/v1", device.as_bytes(), &exp]);
+    if !cloister_crypto::ct_eq(&mac, &raw[24..]) || expires < now_secs() {
+        return Err(bad());
+    }
+    Ok(device)
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+}
+
+async fn authenticate(server: &Server, token: &str) -> Result<Caller, ApiError> {
+    let device = check_token(&server.session_key, token)?;
+    let cert = server.cert(&device).await?;
+    server.check_standing(&cert)?;
+    Ok(Caller { device, user: cert.user.clone(), tenant: cert.tenant.clone(), cert })
+}
+
+impl FromRequestParts<Arc<Server>> for Caller {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, server: &Arc<Server>) -> Result<Self, ApiError> {
+        let token = bearer(&parts.headers)
+            .ok_or_else(|| ApiError::unauthorized("no_token", "missing Authorization: Bearer <session token>"))?;
+        authenticate(server, token).await
+    }
+}
+
+fn parse_room(s: &str) -> Result<RoomId, ApiError> {
+    s.parse().map_err(|e| bad_param("room id", e))
+}
+
+// ---------- tenants, devices, sessions, notices ----------
+
+async fn register_tenant(State(s): S, headers: HeaderMap, ApiJson(req): ApiJson<RegisterTenant>) -> Result<Json<OkBody>, ApiError> {
+    let ok = bearer(&headers)
+        .is_some_and(|t| cloister_crypto::ct_eq(&cloister_crypto::sha256(t.as_bytes()), &s.operator_token_hash));
+    if !ok {
+        return Err(ApiError::unauthorized("not_operator", "registering a tenant needs the operator token"));
+    }
+    s.store.put_tenant(req.tenant.as_str(), &req.km_sign_pk.0).await.map_err(|e| match e {
+        cloister_store::StoreError::Conflict(m) => ApiError::conflict("tenant_exists", m),
+        e => ApiError::internal(e),
+    })?;
+    tracing::info!(tenant = %req.tenant, "tenant registered");
+    Ok(Json(OkBody { ok: true }))
+}
+
+async fn get_tenant(State(s): S, Path(tenant): Path<String>) -> Result<Json<TenantInfo>, ApiError> {
+    let tenant: TenantId = tenant.parse().map_err(|e| bad_param("tenant", e))?;
+    let k = s.tenant_key(&tenant).await?;
+    Ok(Json(TenantInfo { tenant, km_sign_pk: Fixed(k) }))
+}
+
+async fn register_device(State(s): S, ApiJson(req): ApiJson<RegisterDevice>) -> Result<Json<OkBody>, ApiError> {
+    // Learn the claimed tenant, then verify against that tenant's pinned KM key.
+    let peek: cloister_proto::km::DeviceCert = serde_json::from_slice(req.cert.body.as_slice())
+        .map_err(|_| ApiError::bad_request("bad_certificate", "certificate body is malformed"))?;
+    let key = s.tenant_key(&peek.tenant).await?;
+    let cert = verify_cert(&key, &req.cert)
+        .map_err(|e| ApiError::forbidden("bad_certificate", format!("certificate rejected: {e}")))?;
+    s.check_standing(&cert)?;
+    s.store
+        .put_device(&DeviceRow {
+            device: cert.device.to_hex(),
+            tenant: cert.tenant.to_string(),
+            user: cert.user.to_string(),
+            cert: serde_json::to_vec(&req.cert).map_err(ApiError::internal)?,
+            revoked: false,
+        })
+        .await
+        .map_err(ApiError::internal)?;
+    if let Ok(mut m) = s.certs.write() {
+        m.remove(&cert.device);
+    }
+    Ok(Json(OkBody { ok: true }))
+}
+
+async fn get_device(State(s): S, _c: Caller, Path(device): Path<String>) -> Result<Json<SignedCert>, ApiError> {
+    let device: DeviceId = device.parse().map_err(|e| bad_param("device id", e))?;
+    let row = s
+        .store
+        .get_device(&device.to_hex())
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::not_found("unknown_device", format!("device {device} is not registered")))?;
+    Ok(Json(serde_json::from_slice(&row.cert).map_err(ApiError::internal)?))
+}
+
+async fn login(State(s): S, ApiJson(req): ApiJson<LoginRequest>) -> Result<Json<LoginResponse>, ApiError> {
+    let cert = s.cert(&req.device).await.map_err(|_| {
+        ApiError::unauthorized("unknown_device", format!("device {} is not registered", req.device))
+    })?;
+    s.check_standing(&cert)?;
+    cloister_crypto::keys::verify(&cert.sign_pk.0, LOGIN, &login_transcript(&req.device, req.ts, &req.nonce.0), &req.sig.0)
+        .map_err(|_| ApiError::unauthorized("bad_signature", "login signature is invalid"))?;
+    let now = now_millis();
+    let skew = limits::MAX_SKEW_SECS * 1000;
+    if req.ts + skew < now || req.ts > now + skew {
+        return Err(ApiError::unauthorized("stale_request", "login timestamp is outside the allowed clock skew"));
+    }
+    {
+        let mut n = s.login_nonces.lock().map_err(|_| ApiError::internal("lock poisoned"))?;
+        if n.len() > 100_000 {
+            n.retain(|_, t| *t + 2 * skew >= now);
+        }
+        if n.insert(req.nonce.0, req.ts).is_some() {
+            return Err(ApiError::conflict("replayed_request", "this login was already used"));
+        }
+    }
+    let expires_at = now_secs() + s.config.session_secs;
+    Ok(Json(LoginResponse { token: make_token(&s.session_key, &req.device, expires_at), expires_at }))
+}
+
+async fn post_notice(State(s): S, ApiJson(req): ApiJson<PostNotice>) -> Result<Json<OkBody>, ApiError> {
+    let peek: Notice = serde_json::from_slice(req.notice.body.as_slice())
+        .map_err(|_| ApiError::bad_request("bad_notice", "notice body is malformed"))?;
+    let key = s.tenant_key(peek.tenant()).await?;
+    let notice = verify_notice(&key, &req.notice)
+        .map_err(|_| ApiError::forbidden("bad_signature", "notice is not signed by the tenant's KM"))?;
+    match &notice {
+        Notice::UserDisabled { user, .. } => {
+            if user.tenant() != *notice.tenant() {
+                return Err(ApiError::forbidden("wrong_tenant", "a KM can only act on its own users"));
+            }
+            s.store.disable_user(user.as_str()).await.map_err(ApiError::internal)?;
+            if let Ok(mut d) = s.disabled.write() {
+                d.insert(user.clone());
+            }
+            s.hub.drop_where(Some(user), None);
+            tracing::info!(%user, "user disabled by KM notice");
+        }
+        Notice::DeviceRevoked { device, .. } => {
+            let cert = s.cert(device).await?;
+            if cert.tenant != *notice.tenant() {
+                return Err(ApiError::forbidden("wrong_tenant", "a KM can only act on its own devices"));
+            }
+            s.store.revoke_device(&device.to_hex()).await.map_err(ApiError::internal)?;
+            if let Ok(mut r) = s.revoked.write() {
+                r.insert(*device);
+            }
+            s.hub.drop_where(None, Some(device));
+            tracing::info!(%device, "device revoked by KM notice");
+        }
+    }
+    Ok(Json(OkBody { ok: true }))
+}
+
+// ---------- rooms and the membership log ----------
+
+fn summary(st: &RoomState) -> RoomSummary {
+    RoomSummary {
+        room: st.room,
+        kind: st.kind,
+        settings: st.settings.clone(),
+        epoch: st.epoch,
+        members: st.members.iter().cloned().collect(),
+        owners: st.owners.iter().cloned().collect(),
+        log_seq: st.seq,
+    }
+}
+
+async fn list_rooms(State(s): S, c: Caller) -> Result<Json<Vec<RoomSummary>>, ApiError> {
+    let rows = s.store.rooms_of_user(c.user.as_str()).await.map_err(ApiError::internal)?;
+    let mut out = Vec::with_capacity(rows.len());
+    for r in rows {
+        let st: RoomState = serde_json::from_slice(&r.state).map_err(ApiError::internal)?;
+        out.push(summary(&st));
+    }
+    Ok(Json(out))
+}
+
+async fn get_room(State(s): S, c: Caller, Path(room): Path<String>) -> Result<Json<RoomSummary>, ApiError> {
+    let room = parse_room(&room)?;
+    let st = s.member_room(&room, &c.user).await?;
+    Ok(Json(summary(&st)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    #[serde(default)]
+    from: u64,
+    limit: Option<u32>,
+}
+
+async fn get_log(
+    State(s): S,
+    c: Caller,
+    Path(room): Path<String>,
+    q: Result<Query<LogQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<LogPage>, ApiError> {
+    let room = parse_room(&room)?;
+    let Query(q) = q.map_err(|e| bad_param("query", e.body_text()))?;
+    // Anyone who ever held a grant may read the log (it is what justifies their keys).
+    match s.room(&room).await? {
+        Some(st) if st.grants.contains_key(&c.user) => {}
+        _ => return Err(ApiError::not_found("no_such_room", format!("no room {room} that you are a member of"))),
+    }
+    let limit = q.limit.unwrap_or(limits::MAX_PAGE).clamp(1, limits::MAX_PAGE);
+    let rows = s.store.get_log(&room.to_hex(), q.from, limit).await.map_err(ApiError::internal)?;
+    let entries = rows
+        .iter()
+        .map(|r| serde_json::from_slice::<SignedStatement>(&r.entry))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(ApiError::internal)?;
+    Ok(Json(LogPage { room, entries }))
+}
+
+async fn append_log(
+    State(s): S,
+    c: Caller,
+    Path(room): Path<String>,
+    ApiJson(req): ApiJson<AppendLog>,
+) -> Result<Json<AppendLogResponse>, ApiError> {
+    let room = parse_room(&room)?;
+    if req.entry.actor != c.device {
+        return Err(ApiError::forbidden("not_actor", "a device may only submit statements it signed itself"));
+    }
+    let _guard = s.log_lock.lock().await;
+    let current = s.room(&room).await?;
+    let (next, st) = cloister_policy::apply(current.as_deref(), &room, &req.entry, &c.user, &c.cert.sign_pk.0)
+        .map_err(|e| match e {
+            cloister_policy::PolicyError::Gap { .. } | cloister_policy::PolicyError::BrokenChain { .. } => {
+                ApiError::conflict("log_conflict", format!("{e}; fetch the log and retry"))
+            }
+            cloister_policy::PolicyError::BadSignature { .. } => ApiError::unauthorized("bad_signature", e.to_string()),
+            e => ApiError::forbidden("policy", e.to_string()),
+        })?;
+    if next.tenant != c.tenant {
+        return Err(ApiError::forbidden("wrong_tenant", "rooms can only be changed by their own tenant's users"));
+    }
+    if let Some(u) = next.members.iter().find(|u| u.tenant() != next.tenant) {
+        return Err(ApiError::forbidden(
+            "cross_tenant",
+            format!("{u} belongs to another firm; cross-firm rooms are not enabled on this server"),
+        ));
+    }
+    let row = LogRow {
+        seq: st.seq,
+        entry: serde_json::to_vec(&req.entry).map_err(ApiError::internal)?,
+        hash: next.head.to_vec(),
+    };
+    let members: Vec<String> = next.members.iter().map(|m| m.to_string()).collect();
+    let state_bytes = serde_json::to_vec(&next).map_err(ApiError::internal)?;
+    s.store.append_log(&room.to_hex(), &row, &state_bytes, &members).await.map_err(|e| match e {
+        cloister_store::StoreError::Conflict(m) => ApiError::conflict("log_conflict", m),
+        e => ApiError::internal(e),
+    })?;
+    let next = Arc::new(next);
+    if let Ok(mut m) = s.rooms.lock() {
+        m.insert(room, next.clone());
+    }
+    // Tell old and new members.
+    let ev = Event::Membership { room, seq: st.seq };
+    if let Ok(j) = serde_json::to_string(&ev) {
+        let mut users: Vec<_> = next.members.iter().collect();
+        if let Some(cur) = &current {
+            users.extend(cur.members.iter().filter(|u| !next.members.contains(*u)));
+        }
+        s.hub.send(users.into_iter(), Arc::from(j));
+    }
+    tracing::info!(%room, seq = st.seq, actor = %c.user, "membership statement accepted");
+    Ok(Json(AppendLogResponse { seq: st.seq, head: Fixed(next.head) }))
+}
+
+// ---------- messages ----------
+
+async fn post_message(
+    State(s): S,
+    c: Caller,
+    Path(room): Path<String>,
+    ApiJson(env): ApiJson<Envelope>,
+) -> Result<Json<PostMessageResponse>, ApiError> {
+    let room = parse_room(&room)?;
+    if env.ciphertext.len() > limits::MAX_MESSAGE_CIPHERTEXT {
+        return Err(ApiError::too_large(format!("message ciphertext over {} bytes", limits::MAX_MESSAGE_CIPHERTEXT)));
+    }
+    let h = cloister_crypto::message::verify_envelope(&c.cert.sign_pk.0, &env)
+        .map_err(|e| ApiError::unauthorized("bad_signature", format!("message rejected: {e}")))?;
+    if h.device != c.device || h.sender != c.user {
+        return Err(ApiError::forbidden("not_sender", "the message header names another sender"));
+    }
+    if h.room != room {
+        return Err(ApiError::bad_request("wrong_room", "the message header names another room"));
+    }
+    let now = now_millis();
+    let skew = limits::MAX_SKEW_SECS * 1000;
+    if h.ts + skew < now || h.ts > now + skew {
+        return Err(ApiError::bad_request("stale_message", "message timestamp is outside the allowed clock skew"));
+    }
+    let st = s.member_room(&room, &c.user).await?;
+    if !st.may_post(&c.user) {
+        return Err(ApiError::forbidden("read_only", "only owners may post in this room"));
+    }
+    if h.epoch != st.epoch {
+        return Err(ApiError::conflict(
+            "stale_epoch",
+            format!("the room is at epoch {}; message was sealed for epoch {}", st.epoch, h.epoch),
+        ));
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let job = Job {
+        msg: NewMessage {
+            room: room.to_hex(),
+            msg_id: h.id.to_hex(),
+            epoch: h.epoch,
+            device: c.device.to_hex(),
+            ts: h.ts,
+            header: env.header.0.clone(),
+            ciphertext: env.ciphertext.0.clone(),
+            sig: env.sig.0.to_vec(),
+        },
+        room,
+        envelope: env,
+        state: st,
+        reply: tx,
+    };
+    if !s.writer.submit(job).await {
+        return Err(ApiError::internal("message writer stopped"));
+    }
+    match rx.await {
+        Ok(Ok(Inserted::Seq(seq))) => Ok(Json(PostMessageResponse { seq })),
+        Ok(Ok(Inserted::Duplicate)) => Err(ApiError::conflict(
+            "duplicate_message",
+            format!("message {} was already accepted (replay)", h.id),
+        )),
+        Ok(Err(e)) => Err(ApiError::internal(e)),
+        Err(_) => Err(ApiError::internal("message writer dropped the request")),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HistoryQuery {
+    before: Option<u64>,
+    limit: Option<u32>,
+}
+
+async fn history(
+    State(s): S,
+    c: Caller,
+    Path(room): Path<String>,
+    q: Result<Query<HistoryQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<HistoryPage>, ApiError> {
+    let room = parse_room(&room)?;
+    let Query(q) = q.map_err(|e| bad_param("query", e.body_text()))?;
+    s.member_room(&room, &c.user).await?;
+    let limit = q.limit.unwrap_or(100).clamp(1, limits::MAX_PAGE);
+    let before = q.before.unwrap_or(i64::MAX as u64);
+    let rows = s.store.history(&room.to_hex(), before, limit).await.map_err(ApiError::internal)?;
+    let next_before = if rows.len() as u32 == limit { rows.first().map(|r| r.seq) } else { None };
+    let mut messages = Vec::with_capacity(rows.len());
+    for r in rows {
+        let sig: [u8; 64] = r.sig.try_into().map_err(|_| ApiError::internal("corrupt signature"))?;
+        messages.push(StoredMessage {
+            seq: r.seq,
+            envelope: Envelope { header: r.header.into(), ciphertext: r.ciphertext.into(), sig: Fixed(sig) },
+        });
+    }
+    Ok(Json(HistoryPage { room, messages, next_before }))
+}
+
+// ---------- blobs ----------
+
+fn parse_blob_id(id: &str) -> Result<String, ApiError> {
+    let ok = id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok { Ok(id.to_owned()) } else { Err(bad_param("blob id", "expected 32 lowercase hex digits")) }
+}
+
+async fn put_blob(
+    State(s): S,
+    c: Caller,
+    Path((room, id)): Path<(String, String)>,
+    body: Body,
+) -> Result<Json<BlobResponse>, ApiError> {
+    let room = parse_room(&room)?;
+    let id = parse_blob_id(&id)?;
+    let st = s.member_room(&room, &c.user).await?;
+    if !st.may_post(&c.user) {
+        return Err(ApiError::forbidden("read_only", "only owners may post in this room"));
+    }
+    if s.store.get_blob(&id).await.map_err(ApiError::internal)?.is_some() {
+        return Err(ApiError::conflict("blob_exists", "a blob with this id already exists"));
+    }
+    let final_path = s.blob_dir.join(&id);
+    let tmp = s.blob_dir.join(format!("{id}.part-{}", now_millis()));
+    let result = async {
+        let mut f = tokio::fs::File::create(&tmp).await.map_err(ApiError::internal)?;
+        let mut size: u64 = 0;
+        let mut stream = body.into_data_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| {
+                ApiError::too_large(format!("attachment larger than {} bytes, or the upload was cut", s.config.max_attachment))
+            })?;
+            size += chunk.len() as u64;
+            if size > s.config.max_attachment {
+                return Err(ApiError::too_large(format!("attachment larger than {} bytes", s.config.max_attachment)));
+            }
+            f.write_all(&chunk).await.map_err(ApiError::internal)?;
+        }
+        f.sync_all().await.map_err(ApiError::internal)?;
+        Ok(size)
+    }
+    .await;
+    let size = match result {
+        Ok(n) => n,
+        Err(e) => {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+    };
+    tokio::fs::rename(&tmp, &final_path).await.map_err(ApiError::internal)?;
+    let row = BlobRow { id: id.clone(), room: room.to_hex(), device: c.device.to_hex(), size };
+    if let Err(e) = s.store.put_blob(&row).await {
+        let _ = tokio::fs::remove_file(&final_path).await;
+        return Err(match e {
+            cloister_store::StoreError::Conflict(m) => ApiError::conflict("blob_exists", m),
+            e => ApiError::internal(e),
+        });
+    }
+    Ok(Json(BlobResponse { id, size }))
+}
+
+async fn get_blob(State(s): S, c: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let id = parse_blob_id(&id)?;
+    let nf = || ApiError::not_found("no_such_blob", "no such attachment in a room you are a member of");
+    let row = s.store.get_blob(&id).await.map_err(ApiError::internal)?.ok_or_else(nf)?;
+    let room: RoomId = row.room.parse().map_err(ApiError::internal)?;
+    s.member_room(&room, &c.user).await.map_err(|_| nf())?;
+    let f = tokio::fs::File::open(s.blob_dir.join(&id)).await.map_err(ApiError::internal)?;
+    let stream = tokio_util::io::ReaderStream::with_capacity(f, 64 * 1024);
+    Ok((
+        StatusCode::OK,
+        [(axum::http::header::CONTENT_LENGTH, row.size.to_string())],
+        Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+// ---------- WebSocket ----------
+
+#[derive(Deserialize)]
+struct WsQuery {
+    token: Option<String>,
+}
+
+async fn ws(State(s): S, headers: HeaderMap, Query(q): Query<WsQuery>, up: WebSocketUpgrade) -> Result<Response, ApiError> {
+    let token = bearer(&headers)
+        .map(str::to_owned)
+        .or(q.token)
+        .ok_or_else(|| ApiError::unauthorized("no_token", "missing session token"))?;
+    let caller = authenticate(&s, &token).await?;
+    Ok(up.on_upgrade(move |sock| run_ws(s, caller, sock)))
+}
+
+async fn run_ws(s: Arc<Server>, c: Caller, sock: WebSocket) {
+    let (id, mut rx) = s.hub.register(&c.user, c.device);
+    let (mut sink, mut stream) = sock.split();
+    loop {
+        tokio::select! {
+            ev = rx.recv() => match ev {
+                Some(text) => {
+                    if sink.send(WsMessage::Text(text.as_ref().into())).await.is_err() {
+                        break;
+                    }
+                }
+                None => break, // dropped by the hub (revoked, disabled, too slow)
+            },
+            inc = stream.next() => match inc {
+                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => {} // clients do not send on this stream
+            },
+        }
+    }
+    s.hub.unregister(&c.user, id);
+    let _ = sink.close().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tokens() {
+        let k = [7u8; 32];
+        let d = DeviceId([1; 16]);
+        let t = make_token(&k, &d, now_secs() + 60);
+        assert_eq!(check_token(&k, &t).unwrap(), d);
+        assert!(check_token(&[8u8; 32], &t).is_err());
+        assert!(check_token(&k, &make_token(&k, &d, now_secs() - 1)).is_err());
+        let mut raw = cloister_proto::b64::decode(&t).unwrap();
+        raw[0] ^= 1;
+        assert!(check_token(&k, &cloister_proto::b64::encode(&raw)).is_err());
+        assert!(check_token(&k, "garbage").is_err());
+    }
+}

@@ -1,0 +1,90 @@
+//! Live delivery: every connected device of every room member gets each event.
+//!
+//! Connections are indexed by user, not by room, so membership changes need no
+//! resubscription: fan-out reads the member list of the room's current state.
+//! A connection whose queue is full is dropped (the client reconnects and
+//! catches up from history), so one slow reader never slows a room.
+
+use cloister_proto::{DeviceId, UserId};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use tokio::sync::mpsc;
+
+const QUEUE: usize = 4096;
+
+struct Conn {
+    id: u64,
+    device: DeviceId,
+    tx: mpsc::Sender<Arc<str>>,
+}
+
+#[derive(Clone, Default)]
+pub struct Hub {
+    conns: Arc<RwLock<HashMap<UserId, Vec<Conn>>>>,
+    next: Arc<AtomicU64>,
+    count: Arc<AtomicUsize>,
+}
+
+impl Hub {
+    pub fn register(&self, user: &UserId, device: DeviceId) -> (u64, mpsc::Receiver<Arc<str>>) {
+        let (tx, rx) = mpsc::channel(QUEUE);
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        if let Ok(mut m) = self.conns.write() {
+            m.entry(user.clone()).or_default().push(Conn { id, device, tx });
+            self.count.fetch_add(1, Ordering::Relaxed);
+        }
+        (id, rx)
+    }
+
+    pub fn unregister(&self, user: &UserId, id: u64) {
+        if let Ok(mut m) = self.conns.write() {
+            if let Some(v) = m.get_mut(user) {
+                let before = v.len();
+                v.retain(|c| c.id != id);
+                self.count.fetch_sub(before - v.len(), Ordering::Relaxed);
+                if v.is_empty() {
+                    m.remove(user);
+                }
+            }
+        }
+    }
+
+    pub fn connections(&self) -> usize {
+        self.count.load(Ordering::Relaxed)
+    }
+
+    /// Queue `event` for every connection of the given users.
+    pub fn send<'a>(&self, users: impl Iterator<Item = &'a UserId>, event: Arc<str>) {
+        let mut full = Vec::new();
+        if let Ok(m) = self.conns.read() {
+            for u in users {
+                if let Some(conns) = m.get(u) {
+                    for c in conns {
+                        if c.tx.try_send(event.clone()).is_err() {
+                            full.push((u.clone(), c.id));
+                        }
+                    }
+                }
+            }
+        }
+        for (u, id) in full {
+            tracing::warn!(user = %u, "dropping a live connection that fell behind");
+            self.unregister(&u, id);
+        }
+    }
+
+    /// Close every connection of a device (revoked) or of a user (disabled).
+    pub fn drop_where(&self, user: Option<&UserId>, device: Option<&DeviceId>) {
+        if let Ok(mut m) = self.conns.write() {
+            let mut removed = 0;
+            for (u, v) in m.iter_mut() {
+                let before = v.len();
+                v.retain(|c| user != Some(u) && device != Some(&c.device));
+                removed += before - v.len();
+            }
+            m.retain(|_, v| !v.is_empty());
+            self.count.fetch_sub(removed, Ordering::Relaxed);
+        }
+    }
+}

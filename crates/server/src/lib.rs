@@ -1,0 +1,261 @@
+//! The messaging server: stores and routes ciphertext, never plaintext.
+//!
+//! ```text
+//!  device ──HTTP──▶ auth (session MAC + deny list)
+//!     POST log entry ──▶ policy::apply (2nd line of defence) ──▶ store.append_log
+//!     POST message   ──▶ signature + membership + epoch checks
+//!                    ──▶ writer task: group commit (one fsync per batch)
+//!                    ──▶ hub: fan-out to every connected device of every member (WS)
+//!     PUT blob       ──▶ streamed to disk with a size limit
+//! ```
+//!
+//! Confidentiality never depends on this process: it holds no key. It
+//! enforces membership and revocation anyway, so a revoked device or a
+//! non-member cannot even fetch ciphertext.
+#![forbid(unsafe_code)]
+
+mod api;
+mod hub;
+mod writer;
+
+pub use api::router;
+
+use cloister_crypto::signed::verify_cert;
+use cloister_http::ApiError;
+use cloister_policy::RoomState;
+use cloister_proto::km::DeviceCert;
+use cloister_proto::{DeviceId, RoomId, TenantId, UserId};
+use cloister_store::ServerStore;
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// Server settings.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest attachment accepted, in bytes of ciphertext.
+    pub max_attachment: u64,
+    /// Session lifetime in seconds.
+    pub session_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_attachment: cloister_proto::limits::DEFAULT_MAX_ATTACHMENT + (1 << 20),
+            session_secs: 12 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("storage: {0}")]
+    Store(#[from] cloister_store::StoreError),
+    #[error("cannot prepare data directory {path}: {reason}")]
+    Io { path: String, reason: String },
+    #[error("{0}")]
+    Crypto(#[from] cloister_crypto::CryptoError),
+}
+
+/// The authenticated caller of a request.
+#[derive(Debug, Clone)]
+pub struct Caller {
+    pub device: DeviceId,
+    pub user: UserId,
+    pub tenant: TenantId,
+    pub cert: Arc<DeviceCert>,
+}
+
+/// Shared server state.
+pub struct Server {
+    store: Arc<dyn ServerStore>,
+    blob_dir: PathBuf,
+    session_key: [u8; 32],
+    operator_token_hash: [u8; 32],
+    config: ServerConfig,
+    tenants: RwLock<HashMap<TenantId, [u8; 32]>>,
+    certs: RwLock<HashMap<DeviceId, Arc<DeviceCert>>>,
+    revoked: RwLock<HashSet<DeviceId>>,
+    disabled: RwLock<HashSet<UserId>>,
+    rooms: Mutex<HashMap<RoomId, Arc<RoomState>>>,
+    login_nonces: Mutex<HashMap<[u8; 16], u64>>,
+    /// Serialises log appends so the second-line policy check sees a stable head.
+    log_lock: tokio::sync::Mutex<()>,
+    hub: hub::Hub,
+    writer: writer::Writer,
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> ServerError {
+    ServerError::Io { path: path.display().to_string(), reason: e.to_string() }
+}
+
+/// Read a 32-byte secret from `path`, creating it (mode 0600) if absent.
+fn secret_file(path: &Path) -> Result<[u8; 32], ServerError> {
+    match std::fs::read(path) {
+        Ok(b) if b.len() == 32 => {
+            let mut k = [0u8; 32];
+            k.copy_from_slice(&b);
+            Ok(k)
+        }
+        Ok(_) => Err(ServerError::Io { path: path.display().to_string(), reason: "corrupt key file".into() }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let k = cloister_crypto::random_bytes::<32>()?;
+            write_private(path, &k).map_err(|e| io_err(path, e))?;
+            Ok(k)
+        }
+        Err(e) => Err(io_err(path, e)),
+    }
+}
+
+fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(path)?;
+    f.write_all(data)?;
+    f.sync_all()
+}
+
+/// The operator token file of a server data directory.
+pub fn operator_token_path(dir: &Path) -> PathBuf {
+    dir.join("operator.token")
+}
+
+impl Server {
+    /// Open (creating if needed) a server data directory with the SQLite store.
+    pub async fn open_dir(dir: &Path, config: ServerConfig) -> Result<Arc<Server>, ServerError> {
+        std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
+        let store = cloister_store::SqliteServerStore::open(&dir.join("server.db")).await?;
+        Self::open(Arc::new(store), dir, config).await
+    }
+
+    /// Open with any store; `dir` holds blobs and the server's own secrets.
+    pub async fn open(
+        store: Arc<dyn ServerStore>,
+        dir: &Path,
+        config: ServerConfig,
+    ) -> Result<Arc<Server>, ServerError> {
+        let blob_dir = dir.join("blobs");
+        std::fs::create_dir_all(&blob_dir).map_err(|e| io_err(&blob_dir, e))?;
+        let session_key = secret_file(&dir.join("session.key"))?;
+        let tok_path = operator_token_path(dir);
+        if !tok_path.exists() {
+            let t = cloister_proto::b64::encode(&cloister_crypto::random_bytes::<24>()?);
+            write_private(&tok_path, t.as_bytes()).map_err(|e| io_err(&tok_path, e))?;
+        }
+        let token = std::fs::read(&tok_path).map_err(|e| io_err(&tok_path, e))?;
+        let operator_token_hash = cloister_crypto::sha256(String::from_utf8_lossy(&token).trim().as_bytes());
+        let (revoked, disabled) = store.deny_list().await?;
+        let hub = hub::Hub::default();
+        let writer = writer::Writer::start(store.clone(), hub.clone());
+        Ok(Arc::new(Server {
+            store,
+            blob_dir,
+            session_key,
+            operator_token_hash,
+            config,
+            tenants: RwLock::new(HashMap::new()),
+            certs: RwLock::new(HashMap::new()),
+            revoked: RwLock::new(revoked.iter().filter_map(|d| d.parse().ok()).collect()),
+            disabled: RwLock::new(disabled.iter().filter_map(|u| u.parse().ok()).collect()),
+            rooms: Mutex::new(HashMap::new()),
+            login_nonces: Mutex::new(HashMap::new()),
+            log_lock: tokio::sync::Mutex::new(()),
+            hub,
+            writer,
+        }))
+    }
+
+    /// Number of live WebSocket connections.
+    pub fn connections(&self) -> usize {
+        self.hub.connections()
+    }
+
+    async fn tenant_key(&self, tenant: &TenantId) -> Result<[u8; 32], ApiError> {
+        if let Some(k) = self.tenants.read().ok().and_then(|m| m.get(tenant).copied()) {
+            return Ok(k);
+        }
+        let k = self
+            .store
+            .get_tenant(tenant.as_str())
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found("unknown_tenant", format!("tenant {tenant} is not registered on this server")))?;
+        let k: [u8; 32] = k.try_into().map_err(|_| ApiError::internal("corrupt tenant key"))?;
+        if let Ok(mut m) = self.tenants.write() {
+            m.insert(tenant.clone(), k);
+        }
+        Ok(k)
+    }
+
+    fn is_revoked(&self, d: &DeviceId) -> bool {
+        self.revoked.read().map(|s| s.contains(d)).unwrap_or(true)
+    }
+
+    fn is_disabled(&self, u: &UserId) -> bool {
+        self.disabled.read().map(|s| s.contains(u)).unwrap_or(true)
+    }
+
+    /// A device's verified certificate (from cache or store).
+    async fn cert(&self, device: &DeviceId) -> Result<Arc<DeviceCert>, ApiError> {
+        if let Some(c) = self.certs.read().ok().and_then(|m| m.get(device).cloned()) {
+            return Ok(c);
+        }
+        let row = self
+            .store
+            .get_device(&device.to_hex())
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| ApiError::not_found("unknown_device", format!("device {device} is not registered")))?;
+        let sc: cloister_proto::km::SignedCert = serde_json::from_slice(&row.cert).map_err(ApiError::internal)?;
+        let tenant: TenantId = row.tenant.parse().map_err(ApiError::internal)?;
+        let key = self.tenant_key(&tenant).await?;
+        let cert = Arc::new(verify_cert(&key, &sc).map_err(ApiError::internal)?);
+        if let Ok(mut m) = self.certs.write() {
+            m.insert(*device, cert.clone());
+        }
+        Ok(cert)
+    }
+
+    /// The caller's certificate must be current: not revoked, user not disabled, not expired.
+    fn check_standing(&self, cert: &DeviceCert) -> Result<(), ApiError> {
+        if self.is_revoked(&cert.device) {
+            return Err(ApiError::forbidden("device_revoked", "this device has been revoked"));
+        }
+        if self.is_disabled(&cert.user) {
+            return Err(ApiError::forbidden("user_disabled", format!("{} is disabled", cert.user)));
+        }
+        if cert.not_after < cloister_proto::now_secs() {
+            return Err(ApiError::forbidden("cert_expired", "the device certificate has expired"));
+        }
+        Ok(())
+    }
+
+    async fn room(&self, room: &RoomId) -> Result<Option<Arc<RoomState>>, ApiError> {
+        if let Some(s) = self.rooms.lock().ok().and_then(|m| m.get(room).cloned()) {
+            return Ok(Some(s));
+        }
+        let Some(row) = self.store.get_room(&room.to_hex()).await.map_err(ApiError::internal)? else {
+            return Ok(None);
+        };
+        let s: Arc<RoomState> = Arc::new(serde_json::from_slice(&row.state).map_err(ApiError::internal)?);
+        if let Ok(mut m) = self.rooms.lock() {
+            m.insert(*room, s.clone());
+        }
+        Ok(Some(s))
+    }
+
+    /// The room, if `user` is a current member; a uniform 404 otherwise (no existence oracle).
+    async fn member_room(&self, room: &RoomId, user: &UserId) -> Result<Arc<RoomState>, ApiError> {
+        match self.room(room).await? {
+            Some(s) if s.is_member(user) => Ok(s),
+            _ => Err(ApiError::not_found("no_such_room", format!("no room {room} that you are a member of"))),
+        }
+    }
+}
