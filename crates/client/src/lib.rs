@@ -1,0 +1,731 @@
+//! Cloister client SDK: everything a device does, with all cryptography on the device.
+//!
+//! ```text
+//!  Client ──HTTP──▶ KM      enrol, signed requests (room keys, admin)
+//!         ──HTTP──▶ server  session, membership log, messages, blobs
+//!         ──WS────▶ server  live events
+//!  local:  Home (encrypted keystore + leased key cache)
+//!          verified room state (replays the membership log, trusting only KM-signed certs)
+//! ```
+//!
+//! The client believes nothing the server says without checking it: the
+//! membership log is replayed through `cloister-policy` with certificates
+//! verified against the pinned KM key, and every message's signature, sender
+//! certificate, sender membership and associated data are checked before it
+//! is shown.
+#![forbid(unsafe_code)]
+
+mod api;
+pub mod store;
+
+use cloister_crypto::passphrase::Cost;
+use cloister_crypto::signed::{self, sign_statement};
+use cloister_crypto::{CryptoError, DeviceKeys, RoomKey, message};
+use cloister_policy::{PolicyError, RoomState};
+use cloister_proto::b64::Fixed;
+use cloister_proto::km::{
+    AddUserResponse, AdminResponse, DeviceCert, EnrolRequest, KmInfo, KmOp, RequestBody, Role,
+    RoomKeysResponse, SignedNotice, UserRecord,
+};
+use cloister_proto::room::{Action, RoomKind, RoomSettings, SignedStatement, Statement};
+use cloister_proto::server::{
+    AppendLog, AppendLogResponse, BlobResponse, Content, Envelope, Event, HistoryPage, LogPage,
+    LoginRequest, LoginResponse, MessageHeader, PostMessageResponse, PostNotice, RegisterDevice,
+    RegisterTenant, RoomSummary, TenantInfo,
+};
+use cloister_proto::{DeviceId, MessageId, RoomId, TenantId, UserId, limits, now_millis, now_secs};
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Mutex;
+use store::{CachedKey, Home, Profile};
+
+pub use api::ApiFailure;
+
+/// Everything that can go wrong on the device, each with a one-line message.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{0}")]
+    Api(#[from] ApiFailure),
+    #[error("cannot reach {url}: {reason}")]
+    Network { url: String, reason: String },
+    #[error("{0}")]
+    Crypto(#[from] CryptoError),
+    #[error("membership log rejected: {0}")]
+    Policy(#[from] PolicyError),
+    #[error("{0}")]
+    Local(String),
+    #[error("rejected message {id}: {reason}")]
+    BadMessage { id: String, reason: String },
+    #[error("invalid input: {0}")]
+    Input(String),
+}
+
+impl ClientError {
+    /// The API error code, if the failure came from a service.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api(a) => Some(&a.code),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+/// A message as shown to the user, after every check passed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Received {
+    pub seq: u64,
+    pub id: MessageId,
+    pub room: RoomId,
+    pub epoch: u64,
+    pub sender: UserId,
+    pub device: DeviceId,
+    /// Milliseconds since the Unix epoch (sender's clock).
+    pub ts: u64,
+    pub content: Content,
+}
+
+struct RoomCache {
+    state: RoomState,
+    entries: Vec<SignedStatement>,
+}
+
+/// A device.
+pub struct Client {
+    http: reqwest::Client,
+    profile: Profile,
+    keys: DeviceKeys,
+    home: Home,
+    token: Mutex<Option<(String, u64)>>,
+    key_cache: Mutex<HashMap<(RoomId, u64), CachedKey>>,
+    km_seq: Mutex<HashMap<RoomId, u64>>,
+    certs: Mutex<HashMap<DeviceId, DeviceCert>>,
+    rooms: tokio::sync::Mutex<HashMap<RoomId, RoomCache>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Client({} device {})", self.profile.user, self.profile.device)
+    }
+}
+
+/// Where the device's state lives.
+pub enum Storage<'a> {
+    /// A profile directory sealed with a passphrase.
+    Dir { path: &'a Path, passphrase: &'a [u8], cost: Cost },
+    /// Memory only (benchmarks, the in-process demo's extra devices).
+    Memory,
+}
+
+fn trim_url(u: &str) -> String {
+    u.trim_end_matches('/').to_owned()
+}
+
+/// Register a tenant's KM with a messaging server (operator action).
+pub async fn register_tenant(http: &reqwest::Client, server: &str, operator_token: &str, km: &KmInfo) -> Result<()> {
+    let body = RegisterTenant { tenant: km.tenant.clone(), km_sign_pk: km.sign_pk };
+    let _: serde_json::Value =
+        api::send(http.post(format!("{}/v1/tenants", trim_url(server))).bearer_auth(operator_token).json(&body)).await?;
+    Ok(())
+}
+
+/// Fetch a KM's public description.
+pub async fn km_info(http: &reqwest::Client, km: &str) -> Result<KmInfo> {
+    api::send(http.get(format!("{}/v1/info", trim_url(km)))).await
+}
+
+impl Client {
+    /// Enrol a new device with a one-time code and save it to `storage`.
+    pub async fn enrol(
+        http: reqwest::Client,
+        server: &str,
+        km: &str,
+        user: &UserId,
+        code: &str,
+        storage: Storage<'_>,
+    ) -> Result<Client> {
+        let (server, km) = (trim_url(server), trim_url(km));
+        let info = km_info(&http, &km).await?;
+        if user.tenant() != info.tenant {
+            return Err(ClientError::Input(format!("{user} is not a user of tenant {}", info.tenant)));
+        }
+        // The server must know the same KM key for this tenant (pinning check).
+        let tinfo: TenantInfo = api::send(http.get(format!("{server}/v1/tenants/{}", info.tenant))).await?;
+        if tinfo.km_sign_pk != info.sign_pk {
+            return Err(ClientError::Local(format!(
+                "the server has a different KM key registered for tenant {}; refusing to enrol",
+                info.tenant
+            )));
+        }
+        let keys = DeviceKeys::generate()?;
+        let pop = keys.sign(
+            signed::ENROL,
+            &signed::enrol_transcript(user, code, &keys.sign_pk(), &keys.hpke_pk()),
+        );
+        let req = EnrolRequest {
+            user: user.clone(),
+            code: code.to_owned(),
+            sign_pk: Fixed(keys.sign_pk()),
+            hpke_pk: Fixed(keys.hpke_pk()),
+            pop: Fixed(pop),
+        };
+        let cert: cloister_proto::km::SignedCert = api::send(http.post(format!("{km}/v1/enrol")).json(&req)).await?;
+        let parsed = signed::verify_cert(&info.sign_pk.0, &cert)?;
+        if parsed.device != keys.device_id() || parsed.hpke_pk.0 != keys.hpke_pk() || &parsed.user != user {
+            return Err(ClientError::Local("the KM returned a certificate for other keys".into()));
+        }
+        let _: serde_json::Value =
+            api::send(http.post(format!("{server}/v1/devices")).json(&RegisterDevice { cert: cert.clone() })).await?;
+        let profile = Profile {
+            server,
+            km,
+            tenant: info.tenant,
+            user: user.clone(),
+            device: keys.device_id(),
+            km_sign_pk: info.sign_pk,
+            cert,
+        };
+        let home = match storage {
+            Storage::Dir { path, passphrase, cost } => Home::create(path, passphrase, cost, &keys, &profile)?,
+            Storage::Memory => Home::in_memory()?,
+        };
+        Ok(Self::from_parts(http, profile, keys, home))
+    }
+
+    /// Open an enrolled device profile.
+    pub fn open(http: reqwest::Client, dir: &Path, passphrase: &[u8]) -> Result<Client> {
+        let (home, keys, profile) = Home::open(dir, passphrase)?;
+        Ok(Self::from_parts(http, profile, keys, home))
+    }
+
+    fn from_parts(http: reqwest::Client, profile: Profile, keys: DeviceKeys, home: Home) -> Client {
+        let cache = home.load_keys();
+        Client {
+            http,
+            profile,
+            keys,
+            home,
+            token: Mutex::new(None),
+            key_cache: Mutex::new(cache),
+            km_seq: Mutex::new(HashMap::new()),
+            certs: Mutex::new(HashMap::new()),
+            rooms: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn profile(&self) -> &Profile {
+        &self.profile
+    }
+    pub fn user(&self) -> &UserId {
+        &self.profile.user
+    }
+    pub fn device(&self) -> DeviceId {
+        self.profile.device
+    }
+    pub fn tenant(&self) -> &TenantId {
+        &self.profile.tenant
+    }
+
+    // ---------- sessions and KM requests ----------
+
+    async fn token(&self) -> Result<String> {
+        if let Some((t, exp)) = self.token.lock().ok().and_then(|g| g.clone()) {
+            if exp > now_secs() + 60 {
+                return Ok(t);
+            }
+        }
+        let ts = now_millis();
+        let nonce = cloister_crypto::random_bytes::<16>()?;
+        let sig = self.keys.sign(signed::LOGIN, &signed::login_transcript(&self.device(), ts, &nonce));
+        let req = LoginRequest { device: self.device(), ts, nonce: Fixed(nonce), sig: Fixed(sig) };
+        let r: LoginResponse =
+            api::send(self.http.post(format!("{}/v1/session", self.profile.server)).json(&req)).await?;
+        if let Ok(mut g) = self.token.lock() {
+            *g = Some((r.token.clone(), r.expires_at));
+        }
+        Ok(r.token)
+    }
+
+    /// Send an authenticated request to the server.
+    async fn server<T: serde::de::DeserializeOwned>(
+        &self,
+        build: impl Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    ) -> Result<T> {
+        let token = self.token().await?;
+        api::send(build(&self.http, &self.profile.server).bearer_auth(token)).await
+    }
+
+    async fn km<T: serde::de::DeserializeOwned>(&self, op: KmOp) -> Result<T> {
+        let body = RequestBody {
+            device: self.device(),
+            ts: now_millis(),
+            nonce: Fixed(cloister_crypto::random_bytes::<16>()?),
+            op,
+        };
+        let req = signed::sign_request(&self.keys, &body)?;
+        api::send(self.http.post(format!("{}/v1/request", self.profile.km)).json(&req)).await
+    }
+
+    // ---------- admin ----------
+
+    /// Admin: create a user and get a one-time enrolment code.
+    pub async fn admin_add_user(&self, user: &UserId, admin: bool) -> Result<AddUserResponse> {
+        let roles = if admin { vec![Role::Admin, Role::User] } else { vec![Role::User] };
+        self.km(KmOp::AddUser { user: user.clone(), roles }).await
+    }
+
+    async fn forward_notice(&self, r: AdminResponse) -> Result<()> {
+        if let Some(n) = r.notice {
+            self.post_notice(&n).await?;
+        }
+        Ok(())
+    }
+
+    /// Forward a KM-signed notice to the server (it verifies the KM signature).
+    pub async fn post_notice(&self, n: &SignedNotice) -> Result<()> {
+        let _: serde_json::Value = api::send(
+            self.http
+                .post(format!("{}/v1/notices", self.profile.server))
+                .json(&PostNotice { notice: n.clone() }),
+        )
+        .await?;
+        Ok(())
+    }
+
+    /// Admin: disable a user at the KM (no more keys) and the server (no more access).
+    pub async fn admin_disable_user(&self, user: &UserId) -> Result<()> {
+        let r: AdminResponse = self.km(KmOp::DisableUser { user: user.clone() }).await?;
+        self.forward_notice(r).await
+    }
+
+    /// Admin: revoke a device at the KM and the server.
+    pub async fn admin_revoke_device(&self, device: &DeviceId) -> Result<()> {
+        let r: AdminResponse = self.km(KmOp::RevokeDevice { device: *device }).await?;
+        self.forward_notice(r).await
+    }
+
+    pub async fn admin_list_users(&self) -> Result<Vec<UserRecord>> {
+        self.km(KmOp::ListUsers).await
+    }
+
+    // ---------- certificates and verified room state ----------
+
+    /// A device certificate, fetched from the server and verified against the pinned KM key.
+    pub async fn cert_of(&self, device: &DeviceId) -> Result<DeviceCert> {
+        if let Some(c) = self.certs.lock().ok().and_then(|m| m.get(device).cloned()) {
+            return Ok(c);
+        }
+        let sc: cloister_proto::km::SignedCert = self.server(|h, s| h.get(format!("{s}/v1/devices/{device}"))).await?;
+        let c = signed::verify_cert(&self.profile.km_sign_pk.0, &sc)
+            .map_err(|e| ClientError::Local(format!("certificate of device {device} is not from our KM: {e}")))?;
+        if c.device != *device {
+            return Err(ClientError::Local(format!("server returned another device's certificate for {device}")));
+        }
+        if let Ok(mut m) = self.certs.lock() {
+            m.insert(*device, c.clone());
+        }
+        Ok(c)
+    }
+
+    /// The room's state, replayed locally from its membership log.
+    pub async fn room_state(&self, room: &RoomId) -> Result<RoomState> {
+        let mut rooms = self.rooms.lock().await;
+        let from = rooms.get(room).map_or(0, |c| c.state.seq + 1);
+        let mut from_seq = from;
+        loop {
+            let page: LogPage = self
+                .server(|h, s| h.get(format!("{s}/v1/rooms/{room}/log?from={from_seq}&limit={}", limits::MAX_PAGE)))
+                .await?;
+            let n = page.entries.len();
+            for e in page.entries {
+                let peek = signed::peek_statement(&e)?;
+                let cert = self.cert_of(&peek.actor).await?;
+                let cur = rooms.get(room).map(|c| &c.state);
+                let (next, _) = cloister_policy::apply(cur, room, &e, &cert.user, &cert.sign_pk.0)?;
+                match rooms.get_mut(room) {
+                    Some(c) => {
+                        c.state = next;
+                        c.entries.push(e);
+                    }
+                    None => {
+                        rooms.insert(*room, RoomCache { state: next, entries: vec![e] });
+                    }
+                }
+            }
+            if (n as u32) < limits::MAX_PAGE {
+                break;
+            }
+            from_seq += n as u64;
+        }
+        rooms
+            .get(room)
+            .map(|c| c.state.clone())
+            .ok_or_else(|| ClientError::Local(format!("room {room} has no membership log")))
+    }
+
+    async fn log_since(&self, room: &RoomId, from: u64) -> Vec<SignedStatement> {
+        let rooms = self.rooms.lock().await;
+        rooms
+            .get(room)
+            .map(|c| c.entries.iter().skip(from as usize).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    async fn append(&self, room: &RoomId, action: Action) -> Result<RoomState> {
+        for attempt in 0..3 {
+            let prev = match self.room_state(room).await {
+                Ok(s) => Some(s),
+                Err(ClientError::Api(a)) if a.code == "no_such_room" && matches!(action, Action::Create { .. }) => None,
+                Err(e) => return Err(e),
+            };
+            let st = Statement {
+                room: *room,
+                seq: prev.as_ref().map_or(0, |s| s.seq + 1),
+                prev: Fixed(prev.as_ref().map_or([0; 32], |s| s.head)),
+                actor: self.device(),
+                actor_user: self.user().clone(),
+                ts: now_millis(),
+                action: action.clone(),
+            };
+            // Check locally first: a clear error beats a round trip.
+            let entry = sign_statement(&self.keys, &st)?;
+            cloister_policy::apply(prev.as_ref(), room, &entry, self.user(), &self.keys.sign_pk())?;
+            let r: Result<AppendLogResponse> = self
+                .server(|h, s| h.post(format!("{s}/v1/rooms/{room}/log")).json(&AppendLog { entry: entry.clone() }))
+                .await;
+            match r {
+                Ok(_) => return self.room_state(room).await,
+                Err(ClientError::Api(a)) if a.code == "log_conflict" && attempt < 2 => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Local("the room's log kept changing; try again".into()))
+    }
+
+    // ---------- rooms ----------
+
+    /// Create a room; the creator becomes its owner.
+    pub async fn create_room(&self, settings: RoomSettings, members: &[UserId]) -> Result<RoomId> {
+        let room = RoomId(cloister_crypto::random_bytes::<16>()?);
+        self.append(&room, Action::Create { kind: RoomKind::Room, settings, members: members.to_vec() }).await?;
+        Ok(room)
+    }
+
+    /// Open (creating if needed) the 1:1 conversation with `other`.
+    pub async fn im(&self, other: &UserId) -> Result<RoomId> {
+        if other == self.user() {
+            return Err(ClientError::Input("cannot open an IM with yourself".into()));
+        }
+        let room = cloister_policy::im_room_id(self.user(), other);
+        match self.room_state(&room).await {
+            Ok(_) => Ok(room),
+            Err(ClientError::Api(a)) if a.code == "no_such_room" => {
+                let action = Action::Create {
+                    kind: RoomKind::Im,
+                    settings: RoomSettings::default(),
+                    members: vec![other.clone()],
+                };
+                match self.append(&room, action).await {
+                    Ok(_) => Ok(room),
+                    // the other side created it at the same moment
+                    Err(ClientError::Api(a)) if a.code == "log_conflict" => Ok(room),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn add_member(&self, room: &RoomId, user: &UserId) -> Result<RoomState> {
+        self.append(room, Action::Add { user: user.clone() }).await
+    }
+    pub async fn remove_member(&self, room: &RoomId, user: &UserId) -> Result<RoomState> {
+        self.append(room, Action::Remove { user: user.clone() }).await
+    }
+    pub async fn leave(&self, room: &RoomId) -> Result<RoomState> {
+        self.append(room, Action::Leave).await
+    }
+    pub async fn promote(&self, room: &RoomId, user: &UserId) -> Result<RoomState> {
+        self.append(room, Action::Promote { user: user.clone() }).await
+    }
+    pub async fn set_settings(&self, room: &RoomId, settings: RoomSettings) -> Result<RoomState> {
+        self.append(room, Action::Settings { settings }).await
+    }
+
+    /// Rooms the server lists for this user (names and members as the server reports them).
+    pub async fn list_rooms(&self) -> Result<Vec<RoomSummary>> {
+        self.server(|h, s| h.get(format!("{s}/v1/rooms"))).await
+    }
+
+    // ---------- keys ----------
+
+    /// Room keys for the given epochs: from the leased cache, else from the KM.
+    pub async fn room_keys(&self, room: &RoomId, epochs: &[u64]) -> Result<HashMap<u64, RoomKey>> {
+        let now = now_secs();
+        let mut out = HashMap::new();
+        let mut missing = Vec::new();
+        if let Ok(cache) = self.key_cache.lock() {
+            for &e in epochs {
+                match cache.get(&(*room, e)) {
+                    Some(k) if k.lease_until > now => {
+                        out.insert(e, k.key.clone());
+                    }
+                    _ => missing.push(e),
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        missing.sort_unstable();
+        missing.dedup();
+        self.room_state(room).await?;
+        let from = self.km_seq.lock().ok().and_then(|m| m.get(room).map(|s| s + 1)).unwrap_or(0);
+        let mut r: Result<RoomKeysResponse> = self
+            .km(KmOp::RoomKeys { room: *room, epochs: missing.clone(), log_from: from, log: self.log_since(room, from).await })
+            .await;
+        if matches!(&r, Err(ClientError::Api(a)) if a.code == "log_behind") {
+            r = self
+                .km(KmOp::RoomKeys { room: *room, epochs: missing.clone(), log_from: 0, log: self.log_since(room, 0).await })
+                .await;
+        }
+        let r = r?;
+        if let Ok(mut m) = self.km_seq.lock() {
+            m.insert(*room, r.log_seq);
+        }
+        let mut cache = self.key_cache.lock().map_err(|_| ClientError::Local("key cache poisoned".into()))?;
+        for sk in &r.keys {
+            if sk.room != *room || !missing.contains(&sk.epoch) {
+                return Err(ClientError::Local("the KM answered with a key for something else".into()));
+            }
+            let key = cloister_crypto::hpke_seal::open_room_key(&self.keys, &self.profile.tenant, sk)?;
+            cache.insert((*room, sk.epoch), CachedKey { key: key.clone(), lease_until: sk.lease_until });
+            out.insert(sk.epoch, key);
+        }
+        self.home.save_keys(&cache)?;
+        for e in &missing {
+            if !out.contains_key(e) {
+                return Err(ClientError::Local(format!("the KM did not release epoch {e}")));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Forget cached keys (e.g. to force a fresh check with the KM).
+    pub fn clear_key_cache(&self) -> Result<()> {
+        let mut c = self.key_cache.lock().map_err(|_| ClientError::Local("key cache poisoned".into()))?;
+        c.clear();
+        self.home.save_keys(&c)
+    }
+
+    // ---------- messages ----------
+
+    /// Encrypt, sign and post a message; returns (message id, server seq).
+    pub async fn send(&self, room: &RoomId, content: &Content) -> Result<(MessageId, u64)> {
+        if let Content::Text { text } = content {
+            if text.len() > limits::MAX_TEXT {
+                return Err(ClientError::Input(format!("message text over {} bytes", limits::MAX_TEXT)));
+            }
+        }
+        for attempt in 0..2 {
+            let st = self.room_state(room).await?;
+            let keys = self.room_keys(room, &[st.epoch]).await?;
+            let key = keys.get(&st.epoch).ok_or_else(|| ClientError::Local("no key".into()))?;
+            let header = MessageHeader {
+                v: 1,
+                room: *room,
+                epoch: st.epoch,
+                id: MessageId(cloister_crypto::random_bytes::<16>()?),
+                sender: self.user().clone(),
+                device: self.device(),
+                ts: now_millis(),
+            };
+            let env = message::seal_message(&self.keys, key, &header, content)?;
+            let r: Result<PostMessageResponse> =
+                self.server(|h, s| h.post(format!("{s}/v1/rooms/{room}/messages")).json(&env)).await;
+            match r {
+                Ok(p) => return Ok((header.id, p.seq)),
+                Err(ClientError::Api(a)) if a.code == "stale_epoch" && attempt == 0 => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Local("the room's epoch kept changing; try again".into()))
+    }
+
+    pub async fn send_text(&self, room: &RoomId, text: &str) -> Result<(MessageId, u64)> {
+        self.send(room, &Content::Text { text: text.to_owned() }).await
+    }
+
+    /// Post a pre-built envelope as-is (tests of the server's checks; replays).
+    pub async fn post_envelope(&self, room: &RoomId, env: &Envelope) -> Result<u64> {
+        let r: PostMessageResponse =
+            self.server(|h, s| h.post(format!("{s}/v1/rooms/{room}/messages")).json(env)).await?;
+        Ok(r.seq)
+    }
+
+    /// Seal a message without sending it (tests and tools).
+    pub async fn seal(&self, room: &RoomId, content: &Content) -> Result<Envelope> {
+        let st = self.room_state(room).await?;
+        let keys = self.room_keys(room, &[st.epoch]).await?;
+        let key = keys.get(&st.epoch).ok_or_else(|| ClientError::Local("no key".into()))?;
+        let header = MessageHeader {
+            v: 1,
+            room: *room,
+            epoch: st.epoch,
+            id: MessageId(cloister_crypto::random_bytes::<16>()?),
+            sender: self.user().clone(),
+            device: self.device(),
+            ts: now_millis(),
+        };
+        Ok(message::seal_message(&self.keys, key, &header, content)?)
+    }
+
+    /// Verify and decrypt one envelope that the server says belongs to `room`.
+    pub async fn open_envelope(&self, room: &RoomId, seq: u64, env: &Envelope) -> Result<Received> {
+        let bad = |id: String, reason: String| ClientError::BadMessage { id, reason };
+        let h = message::peek_header(env).map_err(|e| bad(format!("at seq {seq}"), e.to_string()))?;
+        let id = h.id.to_hex();
+        if h.room != *room {
+            return Err(bad(id, format!("it was addressed to room {}, not {room} (re-addressed)", h.room)));
+        }
+        let cert = self.cert_of(&h.device).await.map_err(|e| bad(id.clone(), e.to_string()))?;
+        if cert.user != h.sender {
+            return Err(bad(id, format!("device {} belongs to {}, not {}", h.device, cert.user, h.sender)));
+        }
+        message::verify_envelope(&cert.sign_pk.0, env)
+            .map_err(|_| bad(id.clone(), "signature does not verify (forged or tampered)".into()))?;
+        let mut st = self.room_state(room).await?;
+        if h.epoch > st.epoch {
+            st = self.room_state(room).await?;
+        }
+        if !st.may_read(&h.sender, h.epoch) {
+            return Err(bad(id, format!("{} was not a member of the room at epoch {}", h.sender, h.epoch)));
+        }
+        let keys = self.room_keys(room, &[h.epoch]).await?;
+        let key = keys.get(&h.epoch).ok_or_else(|| ClientError::Local("no key".into()))?;
+        let content = message::decrypt_envelope(key, &h, env).map_err(|e| bad(id, e.to_string()))?;
+        Ok(Received { seq, id: h.id, room: *room, epoch: h.epoch, sender: h.sender, device: h.device, ts: h.ts, content })
+    }
+
+    /// One page of history (oldest first), each message verified and decrypted.
+    /// Messages that fail a check are returned as errors in place, not dropped silently.
+    pub async fn read(&self, room: &RoomId, limit: u32, before: Option<u64>) -> Result<Vec<Result<Received>>> {
+        let limit = limit.clamp(1, limits::MAX_PAGE);
+        let q = match before {
+            Some(b) => format!("limit={limit}&before={b}"),
+            None => format!("limit={limit}"),
+        };
+        let page: HistoryPage = self.server(|h, s| h.get(format!("{s}/v1/rooms/{room}/messages?{q}"))).await?;
+        // Fetch all needed epochs in one KM request.
+        let mut epochs: Vec<u64> = page
+            .messages
+            .iter()
+            .filter_map(|m| message::peek_header(&m.envelope).ok().map(|h| h.epoch))
+            .collect();
+        epochs.sort_unstable();
+        epochs.dedup();
+        let st = self.room_state(room).await?;
+        let readable: Vec<u64> = epochs.into_iter().filter(|e| st.may_read(self.user(), *e)).collect();
+        if !readable.is_empty() {
+            self.room_keys(room, &readable).await?;
+        }
+        let mut seen = HashSet::new();
+        let mut out = Vec::with_capacity(page.messages.len());
+        for m in &page.messages {
+            let r = self.open_envelope(room, m.seq, &m.envelope).await;
+            let r = match r {
+                Ok(rc) if !seen.insert(rc.id) => Err(ClientError::BadMessage {
+                    id: rc.id.to_hex(),
+                    reason: "the same message appears twice (replayed)".into(),
+                }),
+                other => other,
+            };
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Connect to the live event stream.
+    pub async fn connect_events(&self) -> Result<api::EventStream> {
+        let token = self.token().await?;
+        api::EventStream::connect(&self.profile.server, &token).await
+    }
+
+    /// Follow a room live: verified, decrypted messages as they arrive.
+    pub async fn next_message(&self, stream: &mut api::EventStream, room: &RoomId) -> Result<Option<Received>> {
+        loop {
+            match stream.next().await? {
+                None => return Ok(None),
+                Some(Event::Message { room: r, seq, envelope }) if r == *room => {
+                    return self.open_envelope(room, seq, &envelope).await.map(Some);
+                }
+                Some(_) => continue,
+            }
+        }
+    }
+
+    // ---------- files ----------
+
+    /// Encrypt a file in chunks while uploading it, then send a message that carries its key.
+    pub async fn send_file(&self, room: &RoomId, path: &Path) -> Result<(MessageId, u64)> {
+        let meta = std::fs::metadata(path).map_err(|e| ClientError::Input(format!("{}: {e}", path.display())))?;
+        if !meta.is_file() {
+            return Err(ClientError::Input(format!("{} is not a file", path.display())));
+        }
+        if meta.len() > limits::DEFAULT_MAX_ATTACHMENT {
+            return Err(ClientError::Input(format!(
+                "{} is {} bytes; the limit is {} bytes",
+                path.display(),
+                meta.len(),
+                limits::DEFAULT_MAX_ATTACHMENT
+            )));
+        }
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "file".into());
+        let file_key = RoomKey::generate()?;
+        let blob = cloister_proto::b64::Fixed(cloister_crypto::random_bytes::<16>()?);
+        let blob_id = hex_id(&blob.0);
+        let up = api::upload_encrypted(path, &file_key)?;
+        let token = self.token().await?;
+        let resp: BlobResponse = api::send(
+            self.http
+                .put(format!("{}/v1/rooms/{room}/blobs/{blob_id}", self.profile.server))
+                .bearer_auth(token)
+                .body(reqwest::Body::wrap_stream(up.stream)),
+        )
+        .await?;
+        let (size, sha, blob_sha) = up.digests.await.map_err(|_| ClientError::Local("upload task failed".into()))??;
+        if resp.size != size.1 {
+            return Err(ClientError::Local("the server stored a different number of bytes than were sent".into()));
+        }
+        let content = Content::File {
+            name,
+            size: size.0,
+            blob: blob_id,
+            key: Fixed(*file_key.expose()),
+            blob_sha256: Fixed(blob_sha),
+            sha256: Fixed(sha),
+        };
+        self.send(room, &content).await
+    }
+
+    /// Download, verify and decrypt an attachment to `out` (written only if every check passes).
+    pub async fn get_file(&self, content: &Content, out: &Path) -> Result<u64> {
+        let Content::File { blob, key, blob_sha256, sha256, size, .. } = content else {
+            return Err(ClientError::Input("that message is not a file".into()));
+        };
+        let token = self.token().await?;
+        let resp = api::send_raw(
+            self.http.get(format!("{}/v1/blobs/{blob}", self.profile.server)).bearer_auth(token),
+        )
+        .await?;
+        api::download_decrypt(resp, &RoomKey::from_bytes(key.0), &blob_sha256.0, &sha256.0, *size, out).await
+    }
+}
+
+fn hex_id(b: &[u8; 16]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}

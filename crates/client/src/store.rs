@@ -1,0 +1,183 @@
+//! The device's local profile and encrypted keystore.
+//!
+//! ```text
+//!  HOME/profile.json     server and KM URLs, tenant, user, device, KM key, certificate (public)
+//!  HOME/keys.sealed      Argon2id(passphrase) → AES-256-GCM( device secrets ‖ cache key )
+//!  HOME/keycache.sealed  AES-256-GCM(cache key, released room keys with their leases)
+//! ```
+//!
+//! Room keys are only usable while their lease from the KM is valid; expired
+//! entries are dropped when the cache is read, so a crypto-lock at the KM
+//! reaches the device within one lease period.
+
+use crate::ClientError;
+use cloister_crypto::passphrase::{self, Cost};
+use cloister_crypto::{DeviceKeys, RoomKey, wrap};
+use cloister_proto::b64::Fixed;
+use cloister_proto::km::SignedCert;
+use cloister_proto::{DeviceId, RoomId, TenantId, UserId, now_secs};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+/// Public part of a device profile.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Profile {
+    pub server: String,
+    pub km: String,
+    pub tenant: TenantId,
+    pub user: UserId,
+    pub device: DeviceId,
+    /// The tenant KM's signing key, pinned at enrolment.
+    pub km_sign_pk: Fixed<32>,
+    pub cert: SignedCert,
+}
+
+/// A room key as cached on the device.
+#[derive(Clone)]
+pub struct CachedKey {
+    pub key: RoomKey,
+    pub lease_until: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct CacheFile {
+    keys: Vec<(RoomId, u64, Fixed<32>, u64)>,
+}
+
+/// Where a device keeps its state; `None` keeps everything in memory (benches).
+pub struct Home {
+    dir: Option<PathBuf>,
+    cache_key: RoomKey,
+}
+
+const CACHE_AAD: &[u8] = b"cloister/keycache/v1";
+
+fn io(path: &Path, e: std::io::Error) -> ClientError {
+    ClientError::Local(format!("{}: {e}", path.display()))
+}
+
+/// Write a file readable only by its owner, atomically.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), ClientError> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts.open(&tmp).map_err(|e| io(&tmp, e))?;
+    f.write_all(data).map_err(|e| io(&tmp, e))?;
+    f.sync_all().map_err(|e| io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| io(path, e))
+}
+
+impl Home {
+    pub fn in_memory() -> Result<Self, ClientError> {
+        Ok(Home { dir: None, cache_key: RoomKey::generate()? })
+    }
+
+    /// Create a new profile directory with sealed keys. Fails if one exists.
+    pub fn create(
+        dir: &Path,
+        pass: &[u8],
+        cost: Cost,
+        keys: &DeviceKeys,
+        profile: &Profile,
+    ) -> Result<Self, ClientError> {
+        std::fs::create_dir_all(dir).map_err(|e| io(dir, e))?;
+        if dir.join("keys.sealed").exists() {
+            return Err(ClientError::Local(format!(
+                "{} already holds an enrolled device; use another --home",
+                dir.display()
+            )));
+        }
+        let cache_key = RoomKey::generate()?;
+        let mut secret = Zeroizing::new(keys.to_secret_bytes().expose().to_vec());
+        secret.extend_from_slice(cache_key.expose());
+        let sealed = passphrase::seal(pass, &secret, cost)?;
+        write_private(&dir.join("keys.sealed"), &sealed)?;
+        let home = Home { dir: Some(dir.to_owned()), cache_key };
+        home.save_profile(profile)?;
+        Ok(home)
+    }
+
+    /// Open an existing profile directory.
+    pub fn open(dir: &Path, pass: &[u8]) -> Result<(Self, DeviceKeys, Profile), ClientError> {
+        let kp = dir.join("keys.sealed");
+        let sealed = std::fs::read(&kp).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                ClientError::Local(format!(
+                    "no enrolled device in {}; run `cloister enrol` first or pass --home",
+                    dir.display()
+                ))
+            } else {
+                io(&kp, e)
+            }
+        })?;
+        let secret = passphrase::open(pass, &sealed).map_err(|e| match e {
+            cloister_crypto::CryptoError::Passphrase => {
+                ClientError::Local("wrong passphrase for this device's keystore".into())
+            }
+            e => ClientError::Crypto(e),
+        })?;
+        let s = secret.expose();
+        if s.len() != 96 {
+            return Err(ClientError::Local("keystore is corrupt".into()));
+        }
+        let keys = DeviceKeys::from_secret_bytes(&s[..64])?;
+        let cache_key = RoomKey::from_slice(&s[64..])?;
+        let pp = dir.join("profile.json");
+        let profile: Profile = serde_json::from_slice(&std::fs::read(&pp).map_err(|e| io(&pp, e))?)
+            .map_err(|e| ClientError::Local(format!("{}: {e}", pp.display())))?;
+        if profile.device != keys.device_id() {
+            return Err(ClientError::Local("profile does not match the keystore".into()));
+        }
+        Ok((Home { dir: Some(dir.to_owned()), cache_key }, keys, profile))
+    }
+
+    pub fn save_profile(&self, p: &Profile) -> Result<(), ClientError> {
+        if let Some(d) = &self.dir {
+            let bytes = serde_json::to_vec_pretty(p).map_err(|e| ClientError::Local(e.to_string()))?;
+            write_private(&d.join("profile.json"), &bytes)?;
+        }
+        Ok(())
+    }
+
+    /// Load cached room keys whose lease is still valid.
+    pub fn load_keys(&self) -> HashMap<(RoomId, u64), CachedKey> {
+        let mut out = HashMap::new();
+        let Some(d) = &self.dir else { return out };
+        let Ok(bytes) = std::fs::read(d.join("keycache.sealed")) else { return out };
+        let Ok(plain) = wrap::unwrap(&self.cache_key, CACHE_AAD, &bytes) else {
+            tracing::warn!("key cache unreadable; ignoring it");
+            return out;
+        };
+        let Ok(cf) = serde_json::from_slice::<CacheFile>(plain.expose()) else { return out };
+        let now = now_secs();
+        for (room, epoch, key, lease_until) in cf.keys {
+            if lease_until > now {
+                out.insert((room, epoch), CachedKey { key: RoomKey::from_bytes(key.0), lease_until });
+            }
+        }
+        out
+    }
+
+    pub fn save_keys(&self, keys: &HashMap<(RoomId, u64), CachedKey>) -> Result<(), ClientError> {
+        let Some(d) = &self.dir else { return Ok(()) };
+        let now = now_secs();
+        let cf = CacheFile {
+            keys: keys
+                .iter()
+                .filter(|(_, v)| v.lease_until > now)
+                .map(|((r, e), v)| (*r, *e, Fixed(*v.key.expose()), v.lease_until))
+                .collect(),
+        };
+        let plain = Zeroizing::new(serde_json::to_vec(&cf).map_err(|e| ClientError::Local(e.to_string()))?);
+        let sealed = wrap::wrap(&self.cache_key, CACHE_AAD, &plain)?;
+        write_private(&d.join("keycache.sealed"), &sealed)
+    }
+}
