@@ -364,6 +364,23 @@ impl Client {
             .ok_or_else(|| ClientError::Local(format!("room {room} has no membership log")))
     }
 
+    /// Run `f` on the locally verified room state, fetching new log entries only
+    /// when nothing is cached or `refresh` is set.
+    pub async fn with_state<R>(&self, room: &RoomId, refresh: bool, f: impl FnOnce(&RoomState) -> R) -> Result<R> {
+        if !refresh {
+            let rooms = self.rooms.lock().await;
+            if let Some(c) = rooms.get(room) {
+                return Ok(f(&c.state));
+            }
+        }
+        self.room_state(room).await?;
+        let rooms = self.rooms.lock().await;
+        rooms
+            .get(room)
+            .map(|c| f(&c.state))
+            .ok_or_else(|| ClientError::Local(format!("room {room} has no membership log")))
+    }
+
     async fn log_since(&self, room: &RoomId, from: u64) -> Vec<SignedStatement> {
         let rooms = self.rooms.lock().await;
         rooms
@@ -529,23 +546,10 @@ impl Client {
             }
         }
         for attempt in 0..2 {
-            let st = self.room_state(room).await?;
-            let keys = self.room_keys(room, &[st.epoch]).await?;
-            let key = keys.get(&st.epoch).ok_or_else(|| ClientError::Local("no key".into()))?;
-            let header = MessageHeader {
-                v: 1,
-                room: *room,
-                epoch: st.epoch,
-                id: MessageId(cloister_crypto::random_bytes::<16>()?),
-                sender: self.user().clone(),
-                device: self.device(),
-                ts: now_millis(),
-            };
-            let env = message::seal_message(&self.keys, key, &header, content)?;
-            let r: Result<PostMessageResponse> =
-                self.server(|h, s| h.post(format!("{s}/v1/rooms/{room}/messages")).json(&env)).await;
-            match r {
-                Ok(p) => return Ok((header.id, p.seq)),
+            let env = self.seal_with(room, content, attempt > 0).await?;
+            let id = message::peek_header(&env)?.id;
+            match self.post_envelope(room, &env).await {
+                Ok(seq) => return Ok((id, seq)),
                 Err(ClientError::Api(a)) if a.code == "stale_epoch" && attempt == 0 => continue,
                 Err(e) => return Err(e),
             }
@@ -566,13 +570,17 @@ impl Client {
 
     /// Seal a message without sending it (tests and tools).
     pub async fn seal(&self, room: &RoomId, content: &Content) -> Result<Envelope> {
-        let st = self.room_state(room).await?;
-        let keys = self.room_keys(room, &[st.epoch]).await?;
-        let key = keys.get(&st.epoch).ok_or_else(|| ClientError::Local("no key".into()))?;
+        self.seal_with(room, content, false).await
+    }
+
+    async fn seal_with(&self, room: &RoomId, content: &Content, refresh: bool) -> Result<Envelope> {
+        let epoch = self.with_state(room, refresh, |s| s.epoch).await?;
+        let keys = self.room_keys(room, &[epoch]).await?;
+        let key = keys.get(&epoch).ok_or_else(|| ClientError::Local("no key".into()))?;
         let header = MessageHeader {
             v: 1,
             room: *room,
-            epoch: st.epoch,
+            epoch,
             id: MessageId(cloister_crypto::random_bytes::<16>()?),
             sender: self.user().clone(),
             device: self.device(),
@@ -595,11 +603,13 @@ impl Client {
         }
         message::verify_envelope(&cert.sign_pk.0, env)
             .map_err(|_| bad(id.clone(), "signature does not verify (forged or tampered)".into()))?;
-        let mut st = self.room_state(room).await?;
-        if h.epoch > st.epoch {
-            st = self.room_state(room).await?;
+        let check = |s: &RoomState| (h.epoch <= s.epoch, s.may_read(&h.sender, h.epoch));
+        let mut ok = self.with_state(room, false, check).await?;
+        if !ok.0 || !ok.1 {
+            // Our copy may be behind: refresh once before refusing.
+            ok = self.with_state(room, true, check).await?;
         }
-        if !st.may_read(&h.sender, h.epoch) {
+        if !ok.1 {
             return Err(bad(id, format!("{} was not a member of the room at epoch {}", h.sender, h.epoch)));
         }
         let keys = self.room_keys(room, &[h.epoch]).await?;
@@ -625,8 +635,9 @@ impl Client {
             .collect();
         epochs.sort_unstable();
         epochs.dedup();
-        let st = self.room_state(room).await?;
-        let readable: Vec<u64> = epochs.into_iter().filter(|e| st.may_read(self.user(), *e)).collect();
+        let me = self.user().clone();
+        let readable: Vec<u64> =
+            self.with_state(room, true, |st| epochs.into_iter().filter(|e| st.may_read(&me, *e)).collect()).await?;
         if !readable.is_empty() {
             self.room_keys(room, &readable).await?;
         }

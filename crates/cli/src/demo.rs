@@ -1,0 +1,273 @@
+//! `cloister demo`: the whole stack in one process, a realistic morning on a
+//! rates desk, and a final scan of the server's storage for plaintext.
+
+use crate::{BoxError, Stack, StackOptions};
+use cloister_client::{Client, Received, Storage};
+use cloister_crypto::passphrase::Cost;
+use cloister_proto::UserId;
+use cloister_proto::room::RoomSettings;
+use cloister_proto::server::Content;
+use std::path::Path;
+
+struct Demo {
+    json: bool,
+    failures: Vec<String>,
+    steps: Vec<serde_json::Value>,
+}
+
+impl Demo {
+    fn say(&mut self, who: &str, what: impl AsRef<str>) {
+        if !self.json {
+            println!("  {who:<14} {}", what.as_ref());
+        }
+        self.steps.push(serde_json::json!({"who": who, "what": what.as_ref()}));
+    }
+    fn section(&self, title: &str) {
+        if !self.json {
+            println!("\n== {title}");
+        }
+    }
+    fn check(&mut self, ok: bool, what: &str) {
+        let mark = if ok { "ok  " } else { "FAIL" };
+        if !self.json {
+            println!("  [{mark}] {what}");
+        }
+        self.steps.push(serde_json::json!({"check": what, "ok": ok}));
+        if !ok {
+            self.failures.push(what.to_owned());
+        }
+    }
+}
+
+fn uid(s: &str) -> Result<UserId, BoxError> {
+    s.parse().map_err(|e: cloister_proto::IdError| e.to_string().into())
+}
+
+fn render(r: &Received) -> String {
+    match &r.content {
+        Content::Text { text } => format!("{} (epoch {}): {}", r.sender.name(), r.epoch, text),
+        Content::File { name, size, .. } => format!("{} (epoch {}): [file {name}, {size} bytes]", r.sender.name(), r.epoch),
+    }
+}
+
+async fn enrol(stack: &Stack, admin: &Client, dir: &Path, name: &str) -> Result<Client, BoxError> {
+    let user = uid(&format!("{name}@acme"))?;
+    let code = admin.admin_add_user(&user, false).await?.code;
+    let path = dir.join(name);
+    Ok(Client::enrol(
+        reqwest::Client::new(),
+        &stack.server_url,
+        &stack.km_url,
+        &user,
+        &code,
+        Storage::Dir { path: &path, passphrase: b"demo device passphrase", cost: Cost::DEFAULT },
+    )
+    .await?)
+}
+
+async fn show_history(d: &mut Demo, who: &str, c: &Client, room: &cloister_proto::RoomId) -> Result<Vec<Received>, BoxError> {
+    let msgs = c.read(room, 100, None).await?;
+    let mut ok = Vec::new();
+    for m in msgs {
+        match m {
+            Ok(r) => {
+                d.say(who, format!("sees  {}", render(&r)));
+                ok.push(r);
+            }
+            Err(e) => d.say(who, format!("cannot read: {e}")),
+        }
+    }
+    Ok(ok)
+}
+
+/// Bytes of every file under `dir`.
+fn scan_for(dir: &Path, needles: &[Vec<u8>]) -> Result<(usize, u64, Vec<String>), BoxError> {
+    let mut found = Vec::new();
+    let (mut files, mut bytes) = (0usize, 0u64);
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d)? {
+            let p = e?.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let data = std::fs::read(&p)?;
+            files += 1;
+            bytes += data.len() as u64;
+            for n in needles {
+                if data.windows(n.len()).any(|w| w == n.as_slice()) {
+                    found.push(format!("{} contains {:?}", p.display(), String::from_utf8_lossy(n)));
+                }
+            }
+        }
+    }
+    Ok((files, bytes, found))
+}
+
+/// Run the demo; `Ok(true)` only if every check held.
+pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> {
+    let tmp;
+    let dir = match data_dir {
+        Some(d) => {
+            if d.join("km").exists() || d.join("server").exists() {
+                return Err(format!("{} already holds demo data; give an empty or new directory", d.display()).into());
+            }
+            d.to_owned()
+        }
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_owned()
+        }
+    };
+    let mut d = Demo { json, failures: Vec::new(), steps: Vec::new() };
+    let stack = Stack::start(&dir, StackOptions::new("acme".parse()?)).await?;
+    let clients = dir.join("clients");
+
+    d.section("Acme Bank starts Cloister");
+    d.say("operator", format!("server on {} (data in {})", stack.server_url, dir.join("server").display()));
+    d.say("key custodian", format!("KM on {} holds Acme's master key (data in {})", stack.km_url, dir.join("km").display()));
+    let admin_code = stack.admin_code.clone().ok_or("KM was not freshly initialised")?;
+    let admin = Client::enrol(
+        reqwest::Client::new(),
+        &stack.server_url,
+        &stack.km_url,
+        &uid("admin@acme")?,
+        &admin_code,
+        Storage::Dir { path: &clients.join("admin"), passphrase: b"demo device passphrase", cost: Cost::DEFAULT },
+    )
+    .await?;
+    d.say("admin", "enrolled the admin laptop with the bootstrap code");
+    let alice = enrol(&stack, &admin, &clients, "alice").await?;
+    let bob = enrol(&stack, &admin, &clients, "bob").await?;
+    let carol = enrol(&stack, &admin, &clients, "carol").await?;
+    d.say("admin", "enrolled alice (rates trader), bob (rates trader), carol (sales) with one-time codes");
+
+    d.section("The rates desk talks");
+    let desk = alice
+        .create_room(
+            RoomSettings { name: "rates-desk".into(), ..Default::default() },
+            &[bob.user().clone(), carol.user().clone()],
+        )
+        .await?;
+    d.say("alice", format!("created room rates-desk ({desk}) with bob and carol"));
+    let mut secrets: Vec<String> = Vec::new();
+    let lines = [
+        (&alice, "Morning all. UST 10y trading 4.12 bid, looks heavy into CPI"),
+        (&bob, "Client XJ-77 wants 250mm 5y payer swaption, indication by 10:30"),
+        (&carol, "Pension fund Harbourview asking for 2s10s steepener ideas"),
+    ];
+    for (c, t) in lines {
+        c.send_text(&desk, t).await?;
+        d.say(c.user().name(), format!("says  {t}"));
+        secrets.push(t.to_owned());
+    }
+
+    d.section("A private IM");
+    let im = alice.im(bob.user()).await?;
+    let t1 = "Between us: I am axed to sell 40mm of the 2033s";
+    alice.send_text(&im, t1).await?;
+    secrets.push(t1.into());
+    let got = bob.read(&im, 10, None).await?;
+    let seen = got.iter().filter_map(|r| r.as_ref().ok()).any(|r| matches!(&r.content, Content::Text { text } if text == t1));
+    d.say("bob", format!("reads alice's IM: {t1:?}"));
+    d.check(seen, "bob decrypts and verifies alice's IM");
+    let carol_im = carol.read(&im, 10, None).await;
+    d.check(carol_im.is_err(), "carol, not in the IM, is refused by the server");
+
+    d.section("A file");
+    let file_text = "TERM SHEET: 5y payer swaption, notional 250mm, strike ATM+10, client XJ-77. CONFIDENTIAL. ";
+    let file_body = file_text.repeat(3000); // ~270 KB, several encrypted chunks
+    let src = dir.join("termsheet.txt");
+    std::fs::write(&src, &file_body)?;
+    let (_, fseq) = bob.send_file(&desk, &src).await?;
+    std::fs::remove_file(&src)?;
+    d.say("bob", format!("sends termsheet.txt ({} bytes), encrypted in 64 KiB chunks", file_body.len()));
+    let msgs = carol.read(&desk, 20, None).await?;
+    let fmsg = msgs.into_iter().filter_map(Result::ok).find(|m| m.seq == fseq).ok_or("carol cannot see the file message")?;
+    let out = dir.join("carol-termsheet.txt");
+    carol.get_file(&fmsg.content, &out).await?;
+    let same = std::fs::read(&out)? == file_body.as_bytes();
+    std::fs::remove_file(&out)?;
+    d.say("carol", "downloads and decrypts termsheet.txt; hashes verified");
+    d.check(same, "carol's copy of the file is byte-identical");
+    secrets.push("TERM SHEET: 5y payer swaption".into());
+
+    d.section("Carol moves to another desk");
+    let st = alice.remove_member(&desk, carol.user()).await?;
+    d.say("alice", format!("removes carol; the room moves to epoch {}", st.epoch));
+    let t2 = "Now that sales is out: we pull the XJ-77 indication to 4.05";
+    alice.send_text(&desk, t2).await?;
+    secrets.push(t2.into());
+    d.say("alice", format!("says  {t2}"));
+    carol.clear_key_cache()?;
+    let refused = carol.room_keys(&desk, &[st.epoch]).await;
+    match &refused {
+        Err(e) => d.say("carol", format!("asks the KM for epoch {}: refused: {e}", st.epoch)),
+        Ok(_) => d.say("carol", "was given the new key!"),
+    }
+    d.check(
+        matches!(&refused, Err(e) if e.code() == Some("not_entitled")),
+        "the KM refuses carol the key of the new epoch",
+    );
+    d.check(carol.read(&desk, 10, None).await.is_err(), "the server no longer serves carol the room");
+
+    d.section("Bob gets a new laptop");
+    let code = admin.admin_add_user(bob.user(), false).await?.code;
+    let bob2 = Client::enrol(
+        reqwest::Client::new(),
+        &stack.server_url,
+        &stack.km_url,
+        bob.user(),
+        &code,
+        Storage::Dir { path: &clients.join("bob-laptop2"), passphrase: b"demo device passphrase", cost: Cost::DEFAULT },
+    )
+    .await?;
+    d.say("admin", format!("issues bob a code; new device {}", bob2.device()));
+    let hist = show_history(&mut d, "bob (new)", &bob2, &desk).await?;
+    let texts: Vec<String> = hist
+        .iter()
+        .filter_map(|r| match &r.content {
+            Content::Text { text } => Some(text.clone()),
+            _ => None,
+        })
+        .collect();
+    d.check(
+        texts.iter().any(|t| t.starts_with("Morning all")) && texts.iter().any(|t| t == t2),
+        "bob's new device reads the whole history, both epochs (keys fetched from the KM)",
+    );
+    admin.admin_revoke_device(&bob.device()).await?;
+    d.say("admin", format!("revokes bob's old device {}", bob.device()));
+    bob.clear_key_cache()?;
+    let r = bob.room_keys(&desk, &[0]).await;
+    d.check(matches!(&r, Err(e) if e.code() == Some("device_revoked")), "the KM refuses keys to the revoked device");
+    d.check(bob.read(&desk, 5, None).await.is_err(), "the server refuses the revoked device");
+
+    d.section("What the operator holds");
+    let needles: Vec<Vec<u8>> = secrets
+        .iter()
+        .flat_map(|s| {
+            // whole sentences and distinctive fragments of each
+            let mut v = vec![s.as_bytes().to_vec()];
+            v.extend(s.split_whitespace().filter(|w| w.len() >= 8).map(|w| w.as_bytes().to_vec()));
+            v
+        })
+        .collect();
+    let (files, bytes, found) = scan_for(&dir.join("server"), &needles)?;
+    d.say("auditor", format!("scanned {files} files, {bytes} bytes of server storage for {} plaintext strings", needles.len()));
+    for f in &found {
+        d.say("auditor", format!("FOUND: {f}"));
+    }
+    d.check(found.is_empty(), "the server's storage holds none of the plaintext it carried");
+
+    stack.stop().await;
+    let ok = d.failures.is_empty();
+    if json {
+        println!("{}", serde_json::json!({"ok": ok, "failures": d.failures, "steps": d.steps}));
+    } else if ok {
+        println!("\nAll checks held.");
+    } else {
+        println!("\n{} check(s) failed: {:?}", d.failures.len(), d.failures);
+    }
+    Ok(ok)
+}

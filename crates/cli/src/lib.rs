@@ -1,0 +1,144 @@
+//! Library side of the `cloister` command: running the services in-process
+//! (for `cloister demo`, `cloister bench` and the integration tests).
+//!
+//! ```text
+//!  Stack::start(dir) ── dir/km:     KM (SQLite + passphrase-sealed TMK file) on 127.0.0.1:port
+//!                    └─ dir/server: messaging server (SQLite + blobs)          on 127.0.0.1:port
+//!                    and registers the tenant's KM key with the server.
+//! ```
+#![forbid(unsafe_code)]
+
+pub mod bench;
+pub mod demo;
+
+use cloister_crypto::passphrase::Cost;
+use cloister_km::provider::{FileKeyProvider, KeyProvider};
+use cloister_km::{Km, KmConfig};
+use cloister_proto::TenantId;
+use cloister_server::{Server, ServerConfig};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Open (or initialise) a KM in `dir`. Returns the KM and, on first
+/// initialisation, the bootstrap admin's enrolment code.
+pub async fn open_km(
+    dir: &Path,
+    tenant: Option<&TenantId>,
+    pass: &[u8],
+    cost: Cost,
+    config: KmConfig,
+) -> Result<(Arc<Km>, Option<String>), BoxError> {
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let store = Arc::new(cloister_store::SqliteKmStore::open(&cloister_km::db_path(dir)).await?);
+    let tmk = cloister_km::tmk_path(dir);
+    if tmk.exists() {
+        let provider: Arc<dyn KeyProvider> = Arc::new(FileKeyProvider::open(&tmk, pass)?);
+        Ok((Arc::new(Km::open(store, provider, config).await?), None))
+    } else {
+        let tenant = tenant.ok_or("this KM is not initialised: pass --tenant to create it")?;
+        let provider: Arc<dyn KeyProvider> = Arc::new(FileKeyProvider::create(&tmk, pass, cost)?);
+        let (km, out) = Km::init(store, provider, tenant.clone(), config).await?;
+        Ok((Arc::new(km), Some(out.admin_code)))
+    }
+}
+
+/// A running KM and server in this process.
+pub struct Stack {
+    pub dir: PathBuf,
+    pub km: Arc<Km>,
+    pub server: Arc<Server>,
+    pub km_url: String,
+    pub server_url: String,
+    pub km_addr: SocketAddr,
+    pub server_addr: SocketAddr,
+    pub operator_token: String,
+    /// The bootstrap admin's one-time code (first start only).
+    pub admin_code: Option<String>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// Options for [`Stack::start`].
+pub struct StackOptions {
+    pub tenant: TenantId,
+    pub km_passphrase: Vec<u8>,
+    pub cost: Cost,
+    pub km_addr: SocketAddr,
+    pub server_addr: SocketAddr,
+    pub km_config: KmConfig,
+    pub server_config: ServerConfig,
+}
+
+impl StackOptions {
+    pub fn new(tenant: TenantId) -> Self {
+        let any: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0));
+        StackOptions {
+            tenant,
+            km_passphrase: b"demo passphrase (development only)".to_vec(),
+            cost: Cost::DEFAULT,
+            km_addr: any,
+            server_addr: any,
+            km_config: KmConfig::default(),
+            server_config: ServerConfig::default(),
+        }
+    }
+}
+
+impl Stack {
+    /// Start (or restart) a KM in `dir/km` and a server in `dir/server`.
+    pub async fn start(dir: &Path, o: StackOptions) -> Result<Stack, BoxError> {
+        let (km, admin_code) = open_km(&dir.join("km"), Some(&o.tenant), &o.km_passphrase, o.cost, o.km_config).await?;
+        let server = Server::open_dir(&dir.join("server"), o.server_config).await?;
+        let token_path = cloister_server::operator_token_path(&dir.join("server"));
+        let operator_token = std::fs::read_to_string(&token_path)?.trim().to_owned();
+
+        let kl = tokio::net::TcpListener::bind(o.km_addr).await?;
+        let sl = tokio::net::TcpListener::bind(o.server_addr).await?;
+        let (km_addr, server_addr) = (kl.local_addr()?, sl.local_addr()?);
+        let r1 = cloister_km::http::router(km.clone());
+        let r2 = cloister_server::router(server.clone());
+        let tasks = vec![
+            tokio::spawn(async move {
+                if let Err(e) = axum_serve(kl, r1).await {
+                    tracing::error!("KM stopped: {e}");
+                }
+            }),
+            tokio::spawn(async move {
+                if let Err(e) = axum_serve(sl, r2).await {
+                    tracing::error!("server stopped: {e}");
+                }
+            }),
+        ];
+        let stack = Stack {
+            dir: dir.to_owned(),
+            km_url: format!("http://{km_addr}"),
+            server_url: format!("http://{server_addr}"),
+            km,
+            server,
+            km_addr,
+            server_addr,
+            operator_token,
+            admin_code,
+            tasks,
+        };
+        let http = reqwest::Client::new();
+        cloister_client::register_tenant(&http, &stack.server_url, &stack.operator_token, &stack.km.info()).await?;
+        Ok(stack)
+    }
+
+    /// Stop both services abruptly (like a crash: no graceful drain).
+    pub async fn stop(self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+        for t in self.tasks {
+            let _ = t.await;
+        }
+    }
+}
+
+async fn axum_serve(l: tokio::net::TcpListener, r: axum::Router) -> std::io::Result<()> {
+    axum::serve(l, r).await
+}

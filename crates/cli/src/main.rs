@@ -1,0 +1,564 @@
+//! `cloister`: one binary for the services, users, admins, the demo and the load tool.
+#![forbid(unsafe_code)]
+
+use clap::{Args, Parser, Subcommand};
+use cloister_cli::BoxError;
+use cloister_client::{Client, Received, Storage};
+use cloister_crypto::passphrase::Cost;
+use cloister_proto::room::RoomSettings;
+use cloister_proto::server::Content;
+use cloister_proto::{DeviceId, RoomId, TenantId, UserId};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "cloister", version, about = "End-to-end encrypted messaging with compliance, for regulated firms")]
+struct Cli {
+    /// Device profile directory (keys, certificate, key cache).
+    #[arg(long, global = true, env = "CLOISTER_HOME")]
+    home: Option<PathBuf>,
+    /// File holding the passphrase of the device keystore (else $CLOISTER_PASSPHRASE).
+    #[arg(long, global = true)]
+    passphrase_file: Option<PathBuf>,
+    /// Print machine-readable JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the whole stack in one process and play a realistic scenario.
+    Demo {
+        /// Keep all data here (default: a temporary directory, removed at the end).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+    },
+    /// Load test: N clients in rooms of M members over loopback.
+    Bench(cloister_cli::bench::BenchArgs),
+    /// The tenant Key Manager.
+    #[command(subcommand)]
+    Km(KmCmd),
+    /// The messaging server.
+    Server {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7300")]
+        listen: String,
+    },
+    /// Tenant administration (needs an admin device).
+    #[command(subcommand)]
+    Admin(AdminCmd),
+    /// Enrol this device with a one-time code from an admin.
+    Enrol {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        km: String,
+        #[arg(long)]
+        user: String,
+        #[arg(long)]
+        code: String,
+    },
+    /// Show this device's identity.
+    Whoami,
+    /// Rooms.
+    #[command(subcommand)]
+    Room(RoomCmd),
+    /// Open (or create) the 1:1 conversation with USER; prints its room id.
+    Im { user: String },
+    /// Send a message or a file.
+    Send {
+        room: String,
+        text: Option<String>,
+        #[arg(long, conflicts_with = "text")]
+        file: Option<PathBuf>,
+    },
+    /// Read history, decrypted and verified.
+    Read {
+        room: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        #[arg(long)]
+        before: Option<u64>,
+    },
+    /// Follow a room live.
+    Tail {
+        room: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
+    },
+    /// Download and decrypt the file sent in message SEQ of ROOM.
+    GetFile {
+        room: String,
+        seq: u64,
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum KmCmd {
+    /// Create the tenant: master key (sealed with the passphrase), signing key, bootstrap admin code.
+    Init {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        tenant: String,
+        #[command(flatten)]
+        pass: KmPass,
+    },
+    /// Serve the KM API.
+    Serve {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7400")]
+        listen: String,
+        #[command(flatten)]
+        pass: KmPass,
+    },
+}
+
+#[derive(Args)]
+struct KmPass {
+    /// File holding the KM passphrase (else $CLOISTER_KM_PASSPHRASE).
+    #[arg(long = "km-passphrase-file")]
+    file: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum AdminCmd {
+    /// Register a tenant's KM with a server (operator token needed).
+    RegisterTenant {
+        #[arg(long)]
+        server: String,
+        #[arg(long)]
+        km: String,
+        #[arg(long)]
+        operator_token_file: PathBuf,
+    },
+    /// Create a user (or re-issue a code) and print a one-time enrolment code.
+    AddUser {
+        user: String,
+        #[arg(long)]
+        admin: bool,
+    },
+    /// Disable a user: no more keys, no more server access.
+    DisableUser { user: String },
+    /// Revoke one device.
+    RevokeDevice { device: String },
+    /// List users and their devices.
+    ListUsers,
+}
+
+#[derive(Subcommand)]
+enum RoomCmd {
+    /// Create a room; prints its id.
+    Create {
+        name: String,
+        #[arg(long = "member")]
+        members: Vec<String>,
+        /// New members cannot read messages from before they joined.
+        #[arg(long)]
+        no_history: bool,
+        #[arg(long)]
+        members_may_invite: bool,
+        #[arg(long)]
+        read_only: bool,
+    },
+    Add { room: String, user: String },
+    Remove { room: String, user: String },
+    Leave { room: String },
+    Promote { room: String, user: String },
+    List,
+    Members { room: String },
+    /// Show or change settings.
+    Settings {
+        room: String,
+        #[arg(long)]
+        name: Option<String>,
+        #[arg(long)]
+        history: Option<bool>,
+        #[arg(long)]
+        members_may_invite: Option<bool>,
+        #[arg(long)]
+        read_only: Option<bool>,
+    },
+}
+
+fn read_secret(file: Option<&Path>, env: &str) -> Result<Vec<u8>, BoxError> {
+    if let Some(f) = file {
+        let s = std::fs::read_to_string(f).map_err(|e| format!("{}: {e}", f.display()))?;
+        return Ok(s.trim_end_matches(['\n', '\r']).as_bytes().to_vec());
+    }
+    match std::env::var(env) {
+        Ok(v) if !v.is_empty() => Ok(v.into_bytes()),
+        _ => Err(format!("no passphrase: set ${env} or pass a passphrase file").into()),
+    }
+}
+
+fn parse<T: std::str::FromStr>(s: &str) -> Result<T, BoxError>
+where
+    T::Err: std::fmt::Display,
+{
+    s.parse::<T>().map_err(|e| e.to_string().into())
+}
+
+struct Ctx {
+    home: Option<PathBuf>,
+    pass_file: Option<PathBuf>,
+    json: bool,
+}
+
+impl Ctx {
+    fn home(&self) -> Result<&Path, BoxError> {
+        self.home
+            .as_deref()
+            .ok_or_else(|| "no device profile: pass --home DIR or set CLOISTER_HOME".into())
+    }
+    fn client(&self) -> Result<Client, BoxError> {
+        let pass = read_secret(self.pass_file.as_deref(), "CLOISTER_PASSPHRASE")?;
+        Ok(Client::open(reqwest::Client::new(), self.home()?, &pass)?)
+    }
+    fn emit(&self, human: impl std::fmt::Display, machine: serde_json::Value) {
+        if self.json {
+            println!("{machine}");
+        } else {
+            println!("{human}");
+        }
+    }
+}
+
+/// Resolve a room argument: a room id, or the name of one of the user's rooms.
+async fn resolve_room(c: &Client, s: &str) -> Result<RoomId, BoxError> {
+    if let Ok(id) = s.parse::<RoomId>() {
+        return Ok(id);
+    }
+    let rooms = c.list_rooms().await?;
+    let matches: Vec<_> = rooms.iter().filter(|r| r.settings.name == s).collect();
+    match matches.as_slice() {
+        [one] => Ok(one.room),
+        [] => Err(format!("no room named {s:?} among your rooms (use the room id)").into()),
+        _ => Err(format!("several rooms are named {s:?}; use the room id").into()),
+    }
+}
+
+fn show(r: &Received) -> String {
+    let when = r.ts / 1000;
+    let body = match &r.content {
+        Content::Text { text } => text.clone(),
+        Content::File { name, size, .. } => format!("[file {name}, {size} bytes; cloister get-file {} {}]", r.room, r.seq),
+    };
+    format!("#{:<6} epoch {} {} {}: {}", r.seq, r.epoch, when, r.sender, body)
+}
+
+fn received_json(r: &Received) -> serde_json::Value {
+    let content = match &r.content {
+        Content::Text { text } => json!({"type": "text", "text": text}),
+        Content::File { name, size, .. } => json!({"type": "file", "name": name, "size": size}),
+    };
+    json!({"seq": r.seq, "id": r.id.to_hex(), "room": r.room.to_hex(), "epoch": r.epoch,
+           "sender": r.sender, "device": r.device.to_hex(), "ts": r.ts, "verified": true, "content": content})
+}
+
+async fn shutdown_signal() {
+    let _ = tokio::signal::ctrl_c().await;
+}
+
+async fn run(cli: Cli) -> Result<(), BoxError> {
+    let ctx = Ctx { home: cli.home, pass_file: cli.passphrase_file, json: cli.json };
+    match cli.cmd {
+        Cmd::Demo { data_dir } => {
+            let ok = cloister_cli::demo::run(data_dir.as_deref(), ctx.json).await?;
+            if !ok {
+                return Err("the demo found a problem (see above)".into());
+            }
+        }
+        Cmd::Bench(args) => cloister_cli::bench::run(args, ctx.json).await?,
+        Cmd::Km(KmCmd::Init { data_dir, tenant, pass }) => {
+            let tenant: TenantId = parse(&tenant)?;
+            if cloister_km::tmk_path(&data_dir).exists() {
+                return Err(format!("{} already holds an initialised KM", data_dir.display()).into());
+            }
+            let p = read_secret(pass.file.as_deref(), "CLOISTER_KM_PASSPHRASE")?;
+            let (km, code) =
+                cloister_cli::open_km(&data_dir, Some(&tenant), &p, Cost::DEFAULT, Default::default()).await?;
+            let info = km.info();
+            let code = code.unwrap_or_default();
+            ctx.emit(
+                format!(
+                    "tenant {} initialised\nKM signing key: {}\nbootstrap admin: admin@{}\none-time enrolment code: {code}",
+                    info.tenant,
+                    cloister_proto::b64::encode(&info.sign_pk.0),
+                    info.tenant
+                ),
+                json!({"tenant": info.tenant, "km_sign_pk": info.sign_pk, "admin": format!("admin@{}", info.tenant), "code": code}),
+            );
+        }
+        Cmd::Km(KmCmd::Serve { data_dir, listen, pass }) => {
+            let p = read_secret(pass.file.as_deref(), "CLOISTER_KM_PASSPHRASE")?;
+            if !cloister_km::tmk_path(&data_dir).exists() {
+                return Err(format!("no KM in {}; run `cloister km init` first", data_dir.display()).into());
+            }
+            let (km, _) = cloister_cli::open_km(&data_dir, None, &p, Cost::DEFAULT, Default::default()).await?;
+            let l = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            eprintln!("KM for tenant {} listening on http://{}", km.tenant(), l.local_addr()?);
+            cloister_km::http::serve(km, l, shutdown_signal()).await?;
+        }
+        Cmd::Server { data_dir, listen } => {
+            let server = cloister_server::Server::open_dir(&data_dir, Default::default()).await?;
+            let l = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            eprintln!(
+                "server listening on http://{}; operator token in {}",
+                l.local_addr()?,
+                cloister_server::operator_token_path(&data_dir).display()
+            );
+            axum::serve(l, cloister_server::router(server)).with_graceful_shutdown(shutdown_signal()).await?;
+        }
+        Cmd::Admin(AdminCmd::RegisterTenant { server, km, operator_token_file }) => {
+            let http = reqwest::Client::new();
+            let tok = std::fs::read_to_string(&operator_token_file)
+                .map_err(|e| format!("{}: {e}", operator_token_file.display()))?;
+            let info = cloister_client::km_info(&http, &km).await?;
+            cloister_client::register_tenant(&http, &server, tok.trim(), &info).await?;
+            ctx.emit(format!("tenant {} registered", info.tenant), json!({"tenant": info.tenant}));
+        }
+        Cmd::Admin(AdminCmd::AddUser { user, admin }) => {
+            let c = ctx.client()?;
+            let r = c.admin_add_user(&parse(&user)?, admin).await?;
+            ctx.emit(
+                format!("user {}\none-time enrolment code: {}", r.user, r.code),
+                json!({"user": r.user, "code": r.code, "expires_at": r.expires_at}),
+            );
+        }
+        Cmd::Admin(AdminCmd::DisableUser { user }) => {
+            let c = ctx.client()?;
+            let u: UserId = parse(&user)?;
+            c.admin_disable_user(&u).await?;
+            ctx.emit(format!("{u} disabled"), json!({"user": u, "status": "disabled"}));
+        }
+        Cmd::Admin(AdminCmd::RevokeDevice { device }) => {
+            let c = ctx.client()?;
+            let d: DeviceId = parse(&device)?;
+            c.admin_revoke_device(&d).await?;
+            ctx.emit(format!("device {d} revoked"), json!({"device": d, "status": "revoked"}));
+        }
+        Cmd::Admin(AdminCmd::ListUsers) => {
+            let c = ctx.client()?;
+            let users = c.admin_list_users().await?;
+            let mut lines = Vec::new();
+            for u in &users {
+                lines.push(format!("{} ({}) roles={:?}", u.user, u.status, u.roles));
+                for d in &u.devices {
+                    lines.push(format!("  device {} ({})", d.device, d.status));
+                }
+            }
+            ctx.emit(lines.join("\n"), serde_json::to_value(&users)?);
+        }
+        Cmd::Enrol { server, km, user, code } => {
+            let pass = read_secret(ctx.pass_file.as_deref(), "CLOISTER_PASSPHRASE")?;
+            let u: UserId = parse(&user)?;
+            let c = Client::enrol(
+                reqwest::Client::new(),
+                &server,
+                &km,
+                &u,
+                &code,
+                Storage::Dir { path: ctx.home()?, passphrase: &pass, cost: Cost::DEFAULT },
+            )
+            .await?;
+            ctx.emit(
+                format!("enrolled {} as device {}", c.user(), c.device()),
+                json!({"user": c.user(), "device": c.device(), "tenant": c.tenant()}),
+            );
+        }
+        Cmd::Whoami => {
+            let c = ctx.client()?;
+            let p = c.profile();
+            ctx.emit(
+                format!("{} device {} (tenant {}, server {}, KM {})", p.user, p.device, p.tenant, p.server, p.km),
+                json!({"user": p.user, "device": p.device, "tenant": p.tenant, "server": p.server, "km": p.km}),
+            );
+        }
+        Cmd::Room(rc) => room_cmd(&ctx, rc).await?,
+        Cmd::Im { user } => {
+            let c = ctx.client()?;
+            let room = c.im(&parse(&user)?).await?;
+            ctx.emit(room.to_hex(), json!({"room": room}));
+        }
+        Cmd::Send { room, text, file } => {
+            let c = ctx.client()?;
+            let room = resolve_room(&c, &room).await?;
+            let (id, seq) = match (text, file) {
+                (Some(t), None) => c.send_text(&room, &t).await?,
+                (None, Some(f)) => c.send_file(&room, &f).await?,
+                _ => return Err("give either TEXT or --file PATH".into()),
+            };
+            ctx.emit(format!("sent #{seq} ({id})"), json!({"room": room, "seq": seq, "id": id}));
+        }
+        Cmd::Read { room, limit, before } => {
+            let c = ctx.client()?;
+            let room = resolve_room(&c, &room).await?;
+            let msgs = c.read(&room, limit, before).await?;
+            let mut lines = Vec::new();
+            let mut items = Vec::new();
+            let mut bad = 0;
+            for m in &msgs {
+                match m {
+                    Ok(r) => {
+                        lines.push(show(r));
+                        items.push(received_json(r));
+                    }
+                    Err(e) => {
+                        bad += 1;
+                        lines.push(format!("!! {e}"));
+                        items.push(json!({"error": e.to_string()}));
+                    }
+                }
+            }
+            ctx.emit(lines.join("\n"), json!({"room": room, "messages": items}));
+            if bad > 0 {
+                return Err(format!("{bad} message(s) failed verification").into());
+            }
+        }
+        Cmd::Tail { room, count } => {
+            let c = ctx.client()?;
+            let room = resolve_room(&c, &room).await?;
+            let mut stream = c.connect_events().await?;
+            let mut n = 0;
+            while count.is_none_or(|k| n < k) {
+                match c.next_message(&mut stream, &room).await {
+                    Ok(Some(r)) => ctx.emit(show(&r), received_json(&r)),
+                    Ok(None) => return Err("the server closed the live stream".into()),
+                    Err(e) => eprintln!("!! {e}"),
+                }
+                n += 1;
+            }
+        }
+        Cmd::GetFile { room, seq, out } => {
+            let c = ctx.client()?;
+            let room = resolve_room(&c, &room).await?;
+            let page = c.read(&room, 1, Some(seq + 1)).await?;
+            let msg = page
+                .into_iter()
+                .next()
+                .ok_or_else(|| format!("no message #{seq} in this room"))??;
+            if msg.seq != seq {
+                return Err(format!("no message #{seq} in this room").into());
+            }
+            let n = c.get_file(&msg.content, &out).await?;
+            ctx.emit(format!("wrote {} ({n} bytes, verified)", out.display()), json!({"out": out, "bytes": n}));
+        }
+    }
+    Ok(())
+}
+
+async fn room_cmd(ctx: &Ctx, rc: RoomCmd) -> Result<(), BoxError> {
+    let c = ctx.client()?;
+    let members_json = |st: &cloister_policy::RoomState| {
+        json!({"room": st.room, "epoch": st.epoch, "members": st.members, "owners": st.owners, "settings": st.settings})
+    };
+    match rc {
+        RoomCmd::Create { name, members, no_history, members_may_invite, read_only } => {
+            let members = members.iter().map(|m| parse(m)).collect::<Result<Vec<UserId>, _>>()?;
+            let settings = RoomSettings { name, view_history: !no_history, members_may_invite, read_only };
+            let room = c.create_room(settings, &members).await?;
+            ctx.emit(room.to_hex(), json!({"room": room}));
+        }
+        RoomCmd::Add { room, user } => {
+            let room = resolve_room(&c, &room).await?;
+            let st = c.add_member(&room, &parse(&user)?).await?;
+            ctx.emit(format!("added {user}; room at epoch {}", st.epoch), members_json(&st));
+        }
+        RoomCmd::Remove { room, user } => {
+            let room = resolve_room(&c, &room).await?;
+            let st = c.remove_member(&room, &parse(&user)?).await?;
+            ctx.emit(format!("removed {user}; room at epoch {}", st.epoch), members_json(&st));
+        }
+        RoomCmd::Leave { room } => {
+            let room = resolve_room(&c, &room).await?;
+            let st = c.leave(&room).await?;
+            ctx.emit(format!("left room {room}"), members_json(&st));
+        }
+        RoomCmd::Promote { room, user } => {
+            let room = resolve_room(&c, &room).await?;
+            let st = c.promote(&room, &parse(&user)?).await?;
+            ctx.emit(format!("{user} is now an owner"), members_json(&st));
+        }
+        RoomCmd::List => {
+            let rooms = c.list_rooms().await?;
+            let lines: Vec<String> = rooms
+                .iter()
+                .map(|r| format!("{} {:?} {:<20} epoch {} members {}", r.room, r.kind, r.settings.name, r.epoch, r.members.len()))
+                .collect();
+            ctx.emit(lines.join("\n"), serde_json::to_value(&rooms)?);
+        }
+        RoomCmd::Members { room } => {
+            let room = resolve_room(&c, &room).await?;
+            let st = c.room_state(&room).await?;
+            let lines: Vec<String> = st
+                .members
+                .iter()
+                .map(|m| format!("{m}{}", if st.owners.contains(m) { " (owner)" } else { "" }))
+                .collect();
+            ctx.emit(lines.join("\n"), members_json(&st));
+        }
+        RoomCmd::Settings { room, name, history, members_may_invite, read_only } => {
+            let room = resolve_room(&c, &room).await?;
+            let mut st = c.room_state(&room).await?;
+            if name.is_some() || history.is_some() || members_may_invite.is_some() || read_only.is_some() {
+                let mut s = st.settings.clone();
+                if let Some(n) = name {
+                    s.name = n;
+                }
+                if let Some(h) = history {
+                    s.view_history = h;
+                }
+                if let Some(m) = members_may_invite {
+                    s.members_may_invite = m;
+                }
+                if let Some(r) = read_only {
+                    s.read_only = r;
+                }
+                st = c.set_settings(&room, s).await?;
+            }
+            let s = &st.settings;
+            ctx.emit(
+                format!(
+                    "name={:?} view_history={} members_may_invite={} read_only={}",
+                    s.name, s.view_history, s.members_may_invite, s.read_only
+                ),
+                members_json(&st),
+            );
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The demo and the load tool print their own story; services log warnings.
+    let quiet = matches!(cli.cmd, Cmd::Demo { .. } | Cmd::Bench(_));
+    let filter = std::env::var("CLOISTER_LOG").unwrap_or_else(|_| if quiet { "error" } else { "warn" }.into());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
