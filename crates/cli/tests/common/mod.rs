@@ -1,0 +1,187 @@
+//! Shared helpers for integration tests: a real KM and server on ephemeral
+//! ports, SDK clients, and "raw" devices that speak the wire protocol directly.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use cloister_cli::{Stack, StackOptions};
+use cloister_client::{Client, Storage};
+use cloister_crypto::DeviceKeys;
+use cloister_crypto::passphrase::Cost;
+use cloister_crypto::signed;
+use cloister_proto::b64::Fixed;
+use cloister_proto::km::{DeviceCert, EnrolRequest, KmOp, RequestBody, SignedCert};
+use cloister_proto::{ErrorBody, UserId};
+use std::path::Path;
+
+pub struct World {
+    pub dir: tempfile::TempDir,
+    pub stack: Stack,
+    pub admin: Client,
+    pub http: reqwest::Client,
+}
+
+pub fn opts() -> StackOptions {
+    let mut o = StackOptions::new("acme".parse().unwrap());
+    o.cost = Cost::TEST;
+    o
+}
+
+impl World {
+    pub async fn new() -> World {
+        Self::with(opts()).await
+    }
+
+    pub async fn with(o: StackOptions) -> World {
+        let dir = tempfile::tempdir().unwrap();
+        let stack = Stack::start(dir.path(), o).await.unwrap();
+        let http = reqwest::Client::new();
+        let admin = Client::enrol(
+            http.clone(),
+            &stack.server_url,
+            &stack.km_url,
+            &"admin@acme".parse().unwrap(),
+            stack.admin_code.as_deref().unwrap(),
+            Storage::Memory,
+        )
+        .await
+        .unwrap();
+        World { dir, stack, admin, http }
+    }
+
+    pub fn uid(name: &str) -> UserId {
+        format!("{name}@acme").parse().unwrap()
+    }
+
+    /// A new user with one in-memory device.
+    pub async fn user(&self, name: &str) -> Client {
+        self.device_of(&Self::uid(name)).await
+    }
+
+    /// Another device for an existing (or new) user.
+    pub async fn device_of(&self, user: &UserId) -> Client {
+        let code = self.admin.admin_add_user(user, false).await.unwrap().code;
+        Client::enrol(self.http.clone(), &self.stack.server_url, &self.stack.km_url, user, &code, Storage::Memory)
+            .await
+            .unwrap()
+    }
+
+    /// A device stored on disk (for restart tests).
+    pub async fn disk_user(&self, name: &str, dir: &Path) -> Client {
+        let user = Self::uid(name);
+        let code = self.admin.admin_add_user(&user, false).await.unwrap().code;
+        Client::enrol(
+            self.http.clone(),
+            &self.stack.server_url,
+            &self.stack.km_url,
+            &user,
+            &code,
+            Storage::Dir { path: dir, passphrase: b"pw", cost: Cost::TEST },
+        )
+        .await
+        .unwrap()
+    }
+
+    pub async fn raw(&self, name: &str) -> RawDevice {
+        let user = Self::uid(name);
+        let code = self.admin.admin_add_user(&user, false).await.unwrap().code;
+        RawDevice::enrol(self, &user, &code).await
+    }
+}
+
+/// A device driven by hand, to send what an honest SDK never would.
+pub struct RawDevice {
+    pub keys: DeviceKeys,
+    pub user: UserId,
+    pub cert: DeviceCert,
+    pub signed_cert: SignedCert,
+    pub km_url: String,
+    pub server_url: String,
+    pub http: reqwest::Client,
+}
+
+impl RawDevice {
+    pub async fn enrol(w: &World, user: &UserId, code: &str) -> RawDevice {
+        let keys = DeviceKeys::generate().unwrap();
+        let pop = keys.sign(signed::ENROL, &signed::enrol_transcript(user, code, &keys.sign_pk(), &keys.hpke_pk()));
+        let req = EnrolRequest {
+            user: user.clone(),
+            code: code.into(),
+            sign_pk: Fixed(keys.sign_pk()),
+            hpke_pk: Fixed(keys.hpke_pk()),
+            pop: Fixed(pop),
+        };
+        let r = w.http.post(format!("{}/v1/enrol", w.stack.km_url)).json(&req).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let signed_cert: SignedCert = r.json().await.unwrap();
+        let cert = signed::verify_cert(&w.stack.km.info().sign_pk.0, &signed_cert).unwrap();
+        let r = w
+            .http
+            .post(format!("{}/v1/devices", w.stack.server_url))
+            .json(&cloister_proto::server::RegisterDevice { cert: signed_cert.clone() })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        RawDevice {
+            keys,
+            user: user.clone(),
+            cert,
+            signed_cert,
+            km_url: w.stack.km_url.clone(),
+            server_url: w.stack.server_url.clone(),
+            http: w.http.clone(),
+        }
+    }
+
+    /// Send a signed KM request; returns (status, JSON body).
+    pub async fn km(&self, op: KmOp) -> (u16, serde_json::Value) {
+        let body = RequestBody {
+            device: self.keys.device_id(),
+            ts: cloister_proto::now_millis(),
+            nonce: Fixed(cloister_crypto::random_bytes::<16>().unwrap()),
+            op,
+        };
+        let req = signed::sign_request(&self.keys, &body).unwrap();
+        let r = self.http.post(format!("{}/v1/request", self.km_url)).json(&req).send().await.unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
+    pub async fn token(&self) -> String {
+        let ts = cloister_proto::now_millis();
+        let nonce = cloister_crypto::random_bytes::<16>().unwrap();
+        let sig = self.keys.sign(signed::LOGIN, &signed::login_transcript(&self.keys.device_id(), ts, &nonce));
+        let req = cloister_proto::server::LoginRequest { device: self.keys.device_id(), ts, nonce: Fixed(nonce), sig: Fixed(sig) };
+        let r = self.http.post(format!("{}/v1/session", self.server_url)).json(&req).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        r.json::<cloister_proto::server::LoginResponse>().await.unwrap().token
+    }
+}
+
+/// Assert an error response: status, JSON body with the given code.
+pub async fn expect_error(r: reqwest::Response, status: u16, code: &str) -> String {
+    assert_eq!(r.status().as_u16(), status, "status");
+    let b: ErrorBody = r.json().await.expect("error body is JSON {error, message}");
+    assert_eq!(b.error, code, "error code (message: {})", b.message);
+    assert!(!b.message.is_empty());
+    b.message
+}
+
+/// Every file under `dir`, concatenated per file.
+pub fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push((p.clone(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out
+}
+
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
