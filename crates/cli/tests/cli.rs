@@ -1,0 +1,260 @@
+//! The `cloister` binary end to end: real `km serve` and `server` processes,
+//! devices in profile directories, every command a person uses.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_cloister");
+
+struct Procs(Vec<Child>);
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn cmd(home: Option<&Path>) -> Command {
+    let mut c = Command::new(BIN);
+    c.env_remove("CLOISTER_HOME").env("CLOISTER_PASSPHRASE", "device pass").env("CLOISTER_KM_PASSPHRASE", "km pass");
+    if let Some(h) = home {
+        c.arg("--home").arg(h);
+    }
+    c
+}
+
+fn ok(out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap()
+}
+
+fn json(out: Output) -> Value {
+    serde_json::from_str(ok(out).trim()).unwrap()
+}
+
+/// A failing command: non-zero exit, exactly one line on stderr starting with "error:".
+fn fails(out: Output) -> String {
+    assert!(!out.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&out.stdout));
+    let err = String::from_utf8(out.stderr).unwrap();
+    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "one clear line on stderr, got: {err}");
+    assert!(lines[0].starts_with("error: "), "{err}");
+    lines[0].to_owned()
+}
+
+fn port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn wait_http(url: &str) {
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(url.trim_start_matches("http://")).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("{url} never came up");
+}
+
+struct Env {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    km: String,
+    server: String,
+    _procs: Procs,
+}
+
+impl Env {
+    fn home(&self, name: &str) -> PathBuf {
+        self.root.join("homes").join(name)
+    }
+    fn run(&self, who: &str, args: &[&str]) -> Output {
+        cmd(Some(&self.home(who))).args(args).output().unwrap()
+    }
+    fn enrol(&self, who: &str, code: &str) {
+        let out = self.run(who, &["--json", "enrol", "--server", &self.server, "--km", &self.km, "--user", &format!("{who}@acme"), "--code", code]);
+        let v = json(out);
+        assert_eq!(v["user"], format!("{who}@acme"));
+    }
+    fn add_user(&self, who: &str) -> String {
+        let v = json(self.run("admin", &["--json", "admin", "add-user", &format!("{who}@acme")]));
+        v["code"].as_str().unwrap().to_owned()
+    }
+}
+
+fn setup() -> Env {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let init = json(cmd(None).args(["--json", "km", "init", "--tenant", "acme", "--data-dir"]).arg(root.join("km")).output().unwrap());
+    let code = init["code"].as_str().unwrap().to_owned();
+    // a second init refuses to overwrite the master key
+    fails(cmd(None).args(["km", "init", "--tenant", "acme", "--data-dir"]).arg(root.join("km")).output().unwrap());
+    let (kp, sp) = (port(), port());
+    let km = cmd(None)
+        .args(["km", "serve", "--listen", &format!("127.0.0.1:{kp}"), "--data-dir"])
+        .arg(root.join("km"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = cmd(None)
+        .args(["server", "--listen", &format!("127.0.0.1:{sp}"), "--data-dir"])
+        .arg(root.join("server"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let procs = Procs(vec![km, server]);
+    let (km, server) = (format!("http://127.0.0.1:{kp}"), format!("http://127.0.0.1:{sp}"));
+    wait_http(&km);
+    wait_http(&server);
+    let token = root.join("server/operator.token");
+    for _ in 0..100 {
+        if token.exists() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    ok(cmd(None)
+        .args(["admin", "register-tenant", "--server", &server, "--km", &km, "--operator-token-file"])
+        .arg(&token)
+        .output()
+        .unwrap());
+    let env = Env { _dir: dir, root, km, server, _procs: procs };
+    let out = env.run("admin", &["--json", "enrol", "--server", &env.server, "--km", &env.km, "--user", "admin@acme", "--code", &code]);
+    json(out);
+    env
+}
+
+#[test]
+fn a_morning_on_the_desk_through_the_cli() {
+    let e = setup();
+    for u in ["alice", "bob", "carol"] {
+        let code = e.add_user(u);
+        e.enrol(u, &code);
+    }
+    // whoami
+    let me = json(e.run("alice", &["--json", "whoami"]));
+    assert_eq!(me["user"], "alice@acme");
+    // rooms
+    let room = json(e.run("alice", &["--json", "room", "create", "rates", "--member", "bob@acme", "--member", "carol@acme"]));
+    let room = room["room"].as_str().unwrap().to_owned();
+    let list = json(e.run("bob", &["--json", "room", "list"]));
+    assert_eq!(list[0]["room"], room);
+    let members = ok(e.run("alice", &["room", "members", "rates"]));
+    assert!(members.contains("alice@acme (owner)") && members.contains("carol@acme"), "{members}");
+    // send by name, read by id, both verified
+    ok(e.run("alice", &["send", "rates", "UST 10y 4.12 bid"]));
+    ok(e.run("bob", &["send", &room, "seen, thanks"]));
+    let read = json(e.run("carol", &["--json", "read", "rates", "--limit", "10"]));
+    let msgs = read["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 2);
+    assert_eq!(msgs[0]["content"]["text"], "UST 10y 4.12 bid");
+    assert_eq!(msgs[0]["sender"], "alice@acme");
+    assert_eq!(msgs[0]["verified"], true);
+    // IM
+    let im = json(e.run("alice", &["--json", "im", "bob@acme"]))["room"].as_str().unwrap().to_owned();
+    ok(e.run("alice", &["send", &im, "private: axed in the 2033s"]));
+    let text = ok(e.run("bob", &["read", &im]));
+    assert!(text.contains("private: axed in the 2033s"), "{text}");
+    // files
+    let src = e.root.join("sheet.txt");
+    std::fs::write(&src, "TERM SHEET\n".repeat(20_000)).unwrap();
+    let sent = json(e.run("bob", &["--json", "send", "rates", "--file", src.to_str().unwrap()]));
+    let seq = sent["seq"].as_u64().unwrap().to_string();
+    let out = e.root.join("got.txt");
+    ok(e.run("carol", &["get-file", "rates", &seq, "--out", out.to_str().unwrap()]));
+    assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&src).unwrap());
+    // live: carol tails, alice sends
+    let mut tail = cmd(Some(&e.home("carol")))
+        .args(["--json", "tail", &room, "--count", "1"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(700));
+    ok(e.run("alice", &["send", "rates", "live update"]));
+    let mut waited = 0;
+    while tail.try_wait().unwrap().is_none() && waited < 100 {
+        std::thread::sleep(Duration::from_millis(100));
+        waited += 1;
+    }
+    let out = tail.wait_with_output().unwrap();
+    let line: Value = serde_json::from_str(ok(out).trim()).unwrap();
+    assert_eq!(line["content"]["text"], "live update");
+    // settings and removal
+    ok(e.run("alice", &["room", "settings", "rates", "--history", "false"]));
+    let s = json(e.run("alice", &["--json", "room", "settings", "rates"]));
+    assert_eq!(s["settings"]["view_history"], false);
+    let r = json(e.run("alice", &["--json", "room", "remove", "rates", "carol@acme"]));
+    assert_eq!(r["epoch"], 1);
+    let err = fails(e.run("carol", &["read", &room]));
+    assert!(err.contains("no_such_room"), "{err}");
+    // admin: list, disable, revoke
+    let users = json(e.run("admin", &["--json", "admin", "list-users"]));
+    assert_eq!(users.as_array().unwrap().len(), 4);
+    ok(e.run("admin", &["admin", "disable-user", "carol@acme"]));
+    let err = fails(e.run("carol", &["room", "list"]));
+    assert!(err.contains("disabled"), "{err}");
+    let bob_dev = json(e.run("bob", &["--json", "whoami"]))["device"].as_str().unwrap().to_owned();
+    ok(e.run("admin", &["admin", "revoke-device", &bob_dev]));
+    let err = fails(e.run("bob", &["send", &room, "hello?"]));
+    assert!(err.contains("revoked"), "{err}");
+}
+
+#[test]
+fn cli_errors_are_one_clear_line() {
+    let e = setup();
+    // no passphrase
+    let out = Command::new(BIN).arg("--home").arg(e.home("admin")).args(["room", "list"]).env_remove("CLOISTER_PASSPHRASE").output().unwrap();
+    assert!(fails(out).contains("CLOISTER_PASSPHRASE"));
+    // wrong passphrase
+    let out = cmd(Some(&e.home("admin"))).env("CLOISTER_PASSPHRASE", "nope").args(["room", "list"]).output().unwrap();
+    assert!(fails(out).contains("wrong passphrase"));
+    // no home
+    assert!(fails(cmd(None).args(["room", "list"]).output().unwrap()).contains("--home"));
+    // home without a device
+    assert!(fails(e.run("nobody", &["whoami"])).contains("cloister enrol"));
+    // bad ids
+    assert!(fails(e.run("admin", &["admin", "add-user", "Not A User"])).contains("invalid user id"));
+    assert!(fails(e.run("admin", &["admin", "revoke-device", "xyz"])).contains("invalid device id"));
+    assert!(fails(e.run("admin", &["read", "no-such-room"])).contains("no room named"));
+    // a bad or reused enrolment code
+    let out = e.run("eve", &["enrol", "--server", &e.server, "--km", &e.km, "--user", "eve@acme", "--code", "AAAAA-BBBBB-CCCCC-DDDDD"]);
+    let err = fails(out);
+    assert!(err.contains("invalid_code"), "{err}");
+    assert!(!e.home("eve").join("keys.sealed").exists(), "no half-enrolled profile is left behind");
+    // a service that is down
+    let out = e.run("admin", &["enrol", "--server", "http://127.0.0.1:9", "--km", "http://127.0.0.1:9", "--user", "x@acme", "--code", "c"]);
+    assert!(fails(out).contains("cannot reach"));
+    // a file that is too big or missing
+    let out = e.run("admin", &["send", "x", "--file", "/definitely/not/here"]);
+    fails(out);
+    // the operator token file must be right
+    let bad = e.root.join("bad.token");
+    std::fs::write(&bad, "nope").unwrap();
+    let out = cmd(None)
+        .args(["admin", "register-tenant", "--server", &e.server, "--km", &e.km, "--operator-token-file"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(fails(out).contains("not_operator"));
+    // KM with the wrong passphrase refuses to start
+    let out = cmd(None)
+        .env("CLOISTER_KM_PASSPHRASE", "wrong")
+        .args(["km", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(e.root.join("km"))
+        .output()
+        .unwrap();
+    assert!(fails(out).contains("cannot unlock"));
+}
