@@ -66,7 +66,9 @@ impl Drop for Procs {
 }
 
 fn free_port() -> Result<u16, BoxError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 async fn wait_up(http: &reqwest::Client, url: &str) -> Result<(), BoxError> {
@@ -93,24 +95,44 @@ async fn spawn_stack(dir: &std::path::Path) -> Result<(Procs, String, String, St
         return Err(format!("km init failed: {}", String::from_utf8_lossy(&out.stderr)).into());
     }
     let init: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let code = init["code"].as_str().ok_or("km init printed no code")?.to_owned();
+    let code = init["code"]
+        .as_str()
+        .ok_or("km init printed no code")?
+        .to_owned();
     let (kp, sp) = (free_port()?, free_port()?);
     let km = Command::new(&exe)
-        .args(["km", "serve", "--listen", &format!("127.0.0.1:{kp}"), "--data-dir"])
+        .args([
+            "km",
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{kp}"),
+            "--data-dir",
+        ])
         .arg(dir.join("km"))
         .env("CLOISTER_KM_PASSPHRASE", pass)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
     let server = Command::new(&exe)
-        .args(["server", "--listen", &format!("127.0.0.1:{sp}"), "--data-dir"])
+        .args([
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{sp}"),
+            "--data-dir",
+        ])
         .arg(dir.join("server"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
     let server_pid = server.id();
-    let procs = Procs { children: vec![km, server], server_pid };
-    let (km_url, server_url) = (format!("http://127.0.0.1:{kp}"), format!("http://127.0.0.1:{sp}"));
+    let procs = Procs {
+        children: vec![km, server],
+        server_pid,
+    };
+    let (km_url, server_url) = (
+        format!("http://127.0.0.1:{kp}"),
+        format!("http://127.0.0.1:{sp}"),
+    );
     let http = reqwest::Client::new();
     wait_up(&http, &format!("{km_url}/v1/info")).await?;
     wait_up(&http, &format!("{server_url}/v1/tenants/bench")).await?;
@@ -141,7 +163,9 @@ fn bar(json: bool, len: u64, msg: &'static str) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let b = indicatif::ProgressBar::new(len);
-    if let Ok(style) = indicatif::ProgressStyle::with_template("{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}") {
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{msg:>10} [{bar:40}] {pos}/{len} {per_sec} eta {eta}",
+    ) {
         b.set_style(style.progress_chars("=> "));
     }
     b.set_message(msg);
@@ -149,7 +173,12 @@ fn bar(json: bool, len: u64, msg: &'static str) -> indicatif::ProgressBar {
 }
 
 pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
-    if a.clients < 2 || a.room_size < 2 || a.room_size > a.clients || a.messages == 0 || a.window == 0 {
+    if a.clients < 2
+        || a.room_size < 2
+        || a.room_size > a.clients
+        || a.messages == 0
+        || a.window == 0
+    {
         return Err("need clients >= room-size >= 2, messages >= 1, window >= 1".into());
     }
     if a.clients > 5000 || a.messages > 1_000_000 {
@@ -163,7 +192,11 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
         let mut o = StackOptions::new("bench".parse()?);
         o.cost = cloister_crypto::passphrase::Cost::TEST;
         let s = Stack::start(&dir, o).await?;
-        let r = (s.km_url.clone(), s.server_url.clone(), s.admin_code.clone().ok_or("KM not fresh")?);
+        let r = (
+            s.km_url.clone(),
+            s.server_url.clone(),
+            s.admin_code.clone().ok_or("KM not fresh")?,
+        );
         stack = Some(s);
         r
     } else {
@@ -171,19 +204,38 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
         procs = Some(p);
         (k, s, c)
     };
-    let http = reqwest::Client::builder().pool_max_idle_per_host(4096).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(4096)
+        .build()?;
     let admin_user: UserId = "admin@bench".parse()?;
-    let admin = Arc::new(Client::enrol(http.clone(), &server_url, &km_url, &admin_user, &admin_code, Storage::Memory).await?);
+    let admin = Arc::new(
+        Client::enrol(
+            http.clone(),
+            &server_url,
+            &km_url,
+            &admin_user,
+            &admin_code,
+            Storage::Memory,
+        )
+        .await?,
+    );
 
     // Enrol users.
     let pb = bar(json, a.clients as u64, "enrolling");
     let clients: Vec<Arc<Client>> = futures_util::stream::iter(0..a.clients)
         .map(|i| {
-            let (admin, http, km_url, server_url, pb) = (admin.clone(), http.clone(), km_url.clone(), server_url.clone(), pb.clone());
+            let (admin, http, km_url, server_url, pb) = (
+                admin.clone(),
+                http.clone(),
+                km_url.clone(),
+                server_url.clone(),
+                pb.clone(),
+            );
             async move {
                 let user: UserId = format!("u{i}@bench").parse()?;
                 let code = admin.admin_add_user(&user, false).await?.code;
-                let c = Client::enrol(http, &server_url, &km_url, &user, &code, Storage::Memory).await?;
+                let c = Client::enrol(http, &server_url, &km_url, &user, &code, Storage::Memory)
+                    .await?;
                 pb.inc(1);
                 Ok::<_, BoxError>(Arc::new(c))
             }
@@ -203,7 +255,13 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
         }
         let members: Vec<UserId> = group[1..].iter().map(|c| c.user().clone()).collect();
         let room = group[0]
-            .create_room(cloister_proto::room::RoomSettings { name: format!("bench-{}", rooms.len()), ..Default::default() }, &members)
+            .create_room(
+                cloister_proto::room::RoomSettings {
+                    name: format!("bench-{}", rooms.len()),
+                    ..Default::default()
+                },
+                &members,
+            )
             .await?;
         rooms.push((room, group.to_vec()));
     }
@@ -237,22 +295,36 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
         for c in members {
             let mut stream = c.connect_events().await?;
             let (c, room) = (c.clone(), *room);
-            let (sent_at, received, lat, vf) = (sent_at.clone(), received.clone(), latencies.clone(), verify_failures.clone());
+            let (sent_at, received, lat, vf) = (
+                sent_at.clone(),
+                received.clone(),
+                latencies.clone(),
+                verify_failures.clone(),
+            );
             let every = a.verify_every.max(1);
             receivers.push(tokio::spawn(async move {
                 let me = c.device();
                 let mut n: u64 = 0;
                 while let Ok(Some(ev)) = stream.next().await {
-                    let Event::Message { room: r, seq, envelope } = ev else { continue };
+                    let Event::Message {
+                        room: r,
+                        seq,
+                        envelope,
+                    } = ev
+                    else {
+                        continue;
+                    };
                     if r != room {
                         continue;
                     }
-                    let Ok(h) = cloister_crypto::message::peek_header(&envelope) else { continue };
+                    let Ok(h) = cloister_crypto::message::peek_header(&envelope) else {
+                        continue;
+                    };
                     if h.device == me {
                         continue;
                     }
                     n += 1;
-                    if n % every == 0 {
+                    if n.is_multiple_of(every) {
                         match c.open_envelope(&room, seq, &envelope).await {
                             Ok(_) => {
                                 let t0 = sent_at.lock().ok().and_then(|m| m.get(&h.id).copied());
@@ -278,7 +350,9 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
     let mut senders = Vec::new();
     let mut expected_deliveries = 0u64;
     for (room, members) in &rooms {
-        let k = nsenders_per_room.unwrap_or(members.len()).min(members.len());
+        let k = nsenders_per_room
+            .unwrap_or(members.len())
+            .min(members.len());
         expected_deliveries += (k * a.messages * (members.len() - 1)) as u64;
         for c in members.iter().take(k) {
             senders.push((*room, c.clone()));
@@ -290,26 +364,34 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for (room, c) in senders {
-        let (sent_at, pb, text, window, n) = (sent_at.clone(), pb.clone(), text.clone(), a.window, a.messages);
+        let (sent_at, pb, text, window, n) = (
+            sent_at.clone(),
+            pb.clone(),
+            text.clone(),
+            a.window,
+            a.messages,
+        );
         tasks.push(tokio::spawn(async move {
-            let results: Vec<Result<(), cloister_client::ClientError>> = futures_util::stream::iter(0..n)
-                .map(|_| {
-                    let (c, sent_at, pb, text) = (c.clone(), sent_at.clone(), pb.clone(), text.clone());
-                    async move {
-                        let start = Instant::now();
-                        let env = c.seal(&room, &Content::Text { text }).await?;
-                        let id = cloister_crypto::message::peek_header(&env)?.id;
-                        if let Ok(mut m) = sent_at.lock() {
-                            m.insert(id, start);
+            let results: Vec<Result<(), cloister_client::ClientError>> =
+                futures_util::stream::iter(0..n)
+                    .map(|_| {
+                        let (c, sent_at, pb, text) =
+                            (c.clone(), sent_at.clone(), pb.clone(), text.clone());
+                        async move {
+                            let start = Instant::now();
+                            let env = c.seal(&room, &Content::Text { text }).await?;
+                            let id = cloister_crypto::message::peek_header(&env)?.id;
+                            if let Ok(mut m) = sent_at.lock() {
+                                m.insert(id, start);
+                            }
+                            c.post_envelope(&room, &env).await?;
+                            pb.inc(1);
+                            Ok(())
                         }
-                        c.post_envelope(&room, &env).await?;
-                        pb.inc(1);
-                        Ok(())
-                    }
-                })
-                .buffer_unordered(window)
-                .collect()
-                .await;
+                    })
+                    .buffer_unordered(window)
+                    .collect()
+                    .await;
             results.into_iter().filter(|r| r.is_err()).count()
         }));
     }
@@ -348,16 +430,38 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
     if json {
         println!("{report}");
     } else {
-        println!("clients {} in {} room(s) of {}, {} B messages, window {}, {}", a.clients, rooms.len(), a.room_size, a.size, a.window, report["mode"]);
-        println!("accepted   {accepted} messages in {send_secs:.2} s = {:.0} msg/s ({send_errors} errors)", accepted as f64 / send_secs);
-        println!("delivered  {got}/{expected_deliveries} in {deliver_secs:.2} s = {:.0} deliveries/s", got as f64 / deliver_secs);
+        println!(
+            "clients {} in {} room(s) of {}, {} B messages, window {}, {}",
+            a.clients,
+            rooms.len(),
+            a.room_size,
+            a.size,
+            a.window,
+            report["mode"]
+        );
+        println!(
+            "accepted   {accepted} messages in {send_secs:.2} s = {:.0} msg/s ({send_errors} errors)",
+            accepted as f64 / send_secs
+        );
+        println!(
+            "delivered  {got}/{expected_deliveries} in {deliver_secs:.2} s = {:.0} deliveries/s",
+            got as f64 / deliver_secs
+        );
         println!(
             "latency    p50 {:.2} ms  p90 {:.2} ms  p99 {:.2} ms  max {:.2} ms  ({} verified+decrypted samples, {} failures)",
-            pct(&lat, 0.5), pct(&lat, 0.9), pct(&lat, 0.99), lat.last().copied().unwrap_or(f64::NAN), lat.len(),
+            pct(&lat, 0.5),
+            pct(&lat, 0.9),
+            pct(&lat, 0.99),
+            lat.last().copied().unwrap_or(f64::NAN),
+            lat.len(),
             verify_failures.load(Ordering::Relaxed)
         );
         if let (Some(c), Some(e)) = (server_rss_connected, server_rss_end) {
-            println!("server RSS {:.1} MiB with all clients connected, {:.1} MiB at the end", c as f64 / 1024.0, e as f64 / 1024.0);
+            println!(
+                "server RSS {:.1} MiB with all clients connected, {:.1} MiB at the end",
+                c as f64 / 1024.0,
+                e as f64 / 1024.0
+            );
         }
     }
     drop(procs);
@@ -365,7 +469,10 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
         s.stop().await;
     }
     if got < expected_deliveries || send_errors > 0 || verify_failures.load(Ordering::Relaxed) > 0 {
-        return Err(format!("incomplete run: {got}/{expected_deliveries} deliveries, {send_errors} send errors").into());
+        return Err(format!(
+            "incomplete run: {got}/{expected_deliveries} deliveries, {send_errors} send errors"
+        )
+        .into());
     }
     Ok(())
 }

@@ -20,7 +20,8 @@ impl Demo {
         if !self.json {
             println!("  {who:<14} {}", what.as_ref());
         }
-        self.steps.push(serde_json::json!({"who": who, "what": what.as_ref()}));
+        self.steps
+            .push(serde_json::json!({"who": who, "what": what.as_ref()}));
     }
     fn section(&self, title: &str) {
         if !self.json {
@@ -32,7 +33,8 @@ impl Demo {
         if !self.json {
             println!("  [{mark}] {what}");
         }
-        self.steps.push(serde_json::json!({"check": what, "ok": ok}));
+        self.steps
+            .push(serde_json::json!({"check": what, "ok": ok}));
         if !ok {
             self.failures.push(what.to_owned());
         }
@@ -40,13 +42,18 @@ impl Demo {
 }
 
 fn uid(s: &str) -> Result<UserId, BoxError> {
-    s.parse().map_err(|e: cloister_proto::IdError| e.to_string().into())
+    s.parse()
+        .map_err(|e: cloister_proto::IdError| e.to_string().into())
 }
 
 fn render(r: &Received) -> String {
     match &r.content {
         Content::Text { text } => format!("{} (epoch {}): {}", r.sender.name(), r.epoch, text),
-        Content::File { name, size, .. } => format!("{} (epoch {}): [file {name}, {size} bytes]", r.sender.name(), r.epoch),
+        Content::File { name, size, .. } => format!(
+            "{} (epoch {}): [file {name}, {size} bytes]",
+            r.sender.name(),
+            r.epoch
+        ),
     }
 }
 
@@ -60,12 +67,21 @@ async fn enrol(stack: &Stack, admin: &Client, dir: &Path, name: &str) -> Result<
         &stack.km_url,
         &user,
         &code,
-        Storage::Dir { path: &path, passphrase: b"demo device passphrase", cost: Cost::DEFAULT },
+        Storage::Dir {
+            path: &path,
+            passphrase: b"demo device passphrase",
+            cost: Cost::DEFAULT,
+        },
     )
     .await?)
 }
 
-async fn show_history(d: &mut Demo, who: &str, c: &Client, room: &cloister_proto::RoomId) -> Result<Vec<Received>, BoxError> {
+async fn show_history(
+    d: &mut Demo,
+    who: &str,
+    c: &Client,
+    room: &cloister_proto::RoomId,
+) -> Result<Vec<Received>, BoxError> {
     let msgs = c.read(room, 100, None).await?;
     let mut ok = Vec::new();
     for m in msgs {
@@ -97,7 +113,11 @@ fn scan_for(dir: &Path, needles: &[Vec<u8>]) -> Result<(usize, u64, Vec<String>)
             bytes += data.len() as u64;
             for n in needles {
                 if data.windows(n.len()).any(|w| w == n.as_slice()) {
-                    found.push(format!("{} contains {:?}", p.display(), String::from_utf8_lossy(n)));
+                    found.push(format!(
+                        "{} contains {:?}",
+                        p.display(),
+                        String::from_utf8_lossy(n)
+                    ));
                 }
             }
         }
@@ -111,7 +131,11 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
     let dir = match data_dir {
         Some(d) => {
             if d.join("km").exists() || d.join("server").exists() {
-                return Err(format!("{} already holds demo data; give an empty or new directory", d.display()).into());
+                return Err(format!(
+                    "{} already holds demo data; give an empty or new directory",
+                    d.display()
+                )
+                .into());
             }
             d.to_owned()
         }
@@ -120,42 +144,85 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
             tmp.path().to_owned()
         }
     };
-    let mut d = Demo { json, failures: Vec::new(), steps: Vec::new() };
+    let mut d = Demo {
+        json,
+        failures: Vec::new(),
+        steps: Vec::new(),
+    };
     let stack = Stack::start(&dir, StackOptions::new("acme".parse()?)).await?;
     let clients = dir.join("clients");
 
     d.section("Acme Bank starts Cloister");
-    d.say("operator", format!("server on {} (data in {})", stack.server_url, dir.join("server").display()));
-    d.say("key custodian", format!("KM on {} holds Acme's master key (data in {})", stack.km_url, dir.join("km").display()));
-    let admin_code = stack.admin_code.clone().ok_or("KM was not freshly initialised")?;
+    d.say(
+        "operator",
+        format!(
+            "server on {} (data in {})",
+            stack.server_url,
+            dir.join("server").display()
+        ),
+    );
+    d.say(
+        "key custodian",
+        format!(
+            "KM on {} holds Acme's master key (data in {})",
+            stack.km_url,
+            dir.join("km").display()
+        ),
+    );
+    let admin_code = stack
+        .admin_code
+        .clone()
+        .ok_or("KM was not freshly initialised")?;
     let admin = Client::enrol(
         reqwest::Client::new(),
         &stack.server_url,
         &stack.km_url,
         &uid("admin@acme")?,
         &admin_code,
-        Storage::Dir { path: &clients.join("admin"), passphrase: b"demo device passphrase", cost: Cost::DEFAULT },
+        Storage::Dir {
+            path: &clients.join("admin"),
+            passphrase: b"demo device passphrase",
+            cost: Cost::DEFAULT,
+        },
     )
     .await?;
     d.say("admin", "enrolled the admin laptop with the bootstrap code");
     let alice = enrol(&stack, &admin, &clients, "alice").await?;
     let bob = enrol(&stack, &admin, &clients, "bob").await?;
     let carol = enrol(&stack, &admin, &clients, "carol").await?;
-    d.say("admin", "enrolled alice (rates trader), bob (rates trader), carol (sales) with one-time codes");
+    d.say(
+        "admin",
+        "enrolled alice (rates trader), bob (rates trader), carol (sales) with one-time codes",
+    );
 
     d.section("The rates desk talks");
     let desk = alice
         .create_room(
-            RoomSettings { name: "rates-desk".into(), ..Default::default() },
+            RoomSettings {
+                name: "rates-desk".into(),
+                ..Default::default()
+            },
             &[bob.user().clone(), carol.user().clone()],
         )
         .await?;
-    d.say("alice", format!("created room rates-desk ({desk}) with bob and carol"));
+    d.say(
+        "alice",
+        format!("created room rates-desk ({desk}) with bob and carol"),
+    );
     let mut secrets: Vec<String> = Vec::new();
     let lines = [
-        (&alice, "Morning all. UST 10y trading 4.12 bid, looks heavy into CPI"),
-        (&bob, "Client XJ-77 wants 250mm 5y payer swaption, indication by 10:30"),
-        (&carol, "Pension fund Harbourview asking for 2s10s steepener ideas"),
+        (
+            &alice,
+            "Morning all. UST 10y trading 4.12 bid, looks heavy into CPI",
+        ),
+        (
+            &bob,
+            "Client XJ-77 wants 250mm 5y payer swaption, indication by 10:30",
+        ),
+        (
+            &carol,
+            "Pension fund Harbourview asking for 2s10s steepener ideas",
+        ),
     ];
     for (c, t) in lines {
         c.send_text(&desk, t).await?;
@@ -169,11 +236,17 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
     alice.send_text(&im, t1).await?;
     secrets.push(t1.into());
     let got = bob.read(&im, 10, None).await?;
-    let seen = got.iter().filter_map(|r| r.as_ref().ok()).any(|r| matches!(&r.content, Content::Text { text } if text == t1));
+    let seen = got
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .any(|r| matches!(&r.content, Content::Text { text } if text == t1));
     d.say("bob", format!("reads alice's IM: {t1:?}"));
     d.check(seen, "bob decrypts and verifies alice's IM");
     let carol_im = carol.read(&im, 10, None).await;
-    d.check(carol_im.is_err(), "carol, not in the IM, is refused by the server");
+    d.check(
+        carol_im.is_err(),
+        "carol, not in the IM, is refused by the server",
+    );
 
     d.section("A file");
     let file_text = "TERM SHEET: 5y payer swaption, notional 250mm, strike ATM+10, client XJ-77. CONFIDENTIAL. ";
@@ -182,20 +255,36 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
     std::fs::write(&src, &file_body)?;
     let (_, fseq) = bob.send_file(&desk, &src).await?;
     std::fs::remove_file(&src)?;
-    d.say("bob", format!("sends termsheet.txt ({} bytes), encrypted in 64 KiB chunks", file_body.len()));
+    d.say(
+        "bob",
+        format!(
+            "sends termsheet.txt ({} bytes), encrypted in 64 KiB chunks",
+            file_body.len()
+        ),
+    );
     let msgs = carol.read(&desk, 20, None).await?;
-    let fmsg = msgs.into_iter().filter_map(Result::ok).find(|m| m.seq == fseq).ok_or("carol cannot see the file message")?;
+    let fmsg = msgs
+        .into_iter()
+        .filter_map(Result::ok)
+        .find(|m| m.seq == fseq)
+        .ok_or("carol cannot see the file message")?;
     let out = dir.join("carol-termsheet.txt");
     carol.get_file(&fmsg.content, &out).await?;
     let same = std::fs::read(&out)? == file_body.as_bytes();
     std::fs::remove_file(&out)?;
-    d.say("carol", "downloads and decrypts termsheet.txt; hashes verified");
+    d.say(
+        "carol",
+        "downloads and decrypts termsheet.txt; hashes verified",
+    );
     d.check(same, "carol's copy of the file is byte-identical");
     secrets.push("TERM SHEET: 5y payer swaption".into());
 
     d.section("Carol moves to another desk");
     let st = alice.remove_member(&desk, carol.user()).await?;
-    d.say("alice", format!("removes carol; the room moves to epoch {}", st.epoch));
+    d.say(
+        "alice",
+        format!("removes carol; the room moves to epoch {}", st.epoch),
+    );
     let t2 = "Now that sales is out: we pull the XJ-77 indication to 4.05";
     alice.send_text(&desk, t2).await?;
     secrets.push(t2.into());
@@ -203,14 +292,20 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
     carol.clear_key_cache()?;
     let refused = carol.room_keys(&desk, &[st.epoch]).await;
     match &refused {
-        Err(e) => d.say("carol", format!("asks the KM for epoch {}: refused: {e}", st.epoch)),
+        Err(e) => d.say(
+            "carol",
+            format!("asks the KM for epoch {}: refused: {e}", st.epoch),
+        ),
         Ok(_) => d.say("carol", "was given the new key!"),
     }
     d.check(
         matches!(&refused, Err(e) if e.code() == Some("not_entitled")),
         "the KM refuses carol the key of the new epoch",
     );
-    d.check(carol.read(&desk, 10, None).await.is_err(), "the server no longer serves carol the room");
+    d.check(
+        carol.read(&desk, 10, None).await.is_err(),
+        "the server no longer serves carol the room",
+    );
 
     d.section("Bob gets a new laptop");
     let code = admin.admin_add_user(bob.user(), false).await?.code;
@@ -220,10 +315,17 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
         &stack.km_url,
         bob.user(),
         &code,
-        Storage::Dir { path: &clients.join("bob-laptop2"), passphrase: b"demo device passphrase", cost: Cost::DEFAULT },
+        Storage::Dir {
+            path: &clients.join("bob-laptop2"),
+            passphrase: b"demo device passphrase",
+            cost: Cost::DEFAULT,
+        },
     )
     .await?;
-    d.say("admin", format!("issues bob a code; new device {}", bob2.device()));
+    d.say(
+        "admin",
+        format!("issues bob a code; new device {}", bob2.device()),
+    );
     let hist = show_history(&mut d, "bob (new)", &bob2, &desk).await?;
     let texts: Vec<String> = hist
         .iter()
@@ -237,11 +339,20 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
         "bob's new device reads the whole history, both epochs (keys fetched from the KM)",
     );
     admin.admin_revoke_device(&bob.device()).await?;
-    d.say("admin", format!("revokes bob's old device {}", bob.device()));
+    d.say(
+        "admin",
+        format!("revokes bob's old device {}", bob.device()),
+    );
     bob.clear_key_cache()?;
     let r = bob.room_keys(&desk, &[0]).await;
-    d.check(matches!(&r, Err(e) if e.code() == Some("device_revoked")), "the KM refuses keys to the revoked device");
-    d.check(bob.read(&desk, 5, None).await.is_err(), "the server refuses the revoked device");
+    d.check(
+        matches!(&r, Err(e) if e.code() == Some("device_revoked")),
+        "the KM refuses keys to the revoked device",
+    );
+    d.check(
+        bob.read(&desk, 5, None).await.is_err(),
+        "the server refuses the revoked device",
+    );
 
     d.section("What the operator holds");
     let needles: Vec<Vec<u8>> = secrets
@@ -249,21 +360,37 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
         .flat_map(|s| {
             // whole sentences and distinctive fragments of each
             let mut v = vec![s.as_bytes().to_vec()];
-            v.extend(s.split_whitespace().filter(|w| w.len() >= 8).map(|w| w.as_bytes().to_vec()));
+            v.extend(
+                s.split_whitespace()
+                    .filter(|w| w.len() >= 8)
+                    .map(|w| w.as_bytes().to_vec()),
+            );
             v
         })
         .collect();
     let (files, bytes, found) = scan_for(&dir.join("server"), &needles)?;
-    d.say("auditor", format!("scanned {files} files, {bytes} bytes of server storage for {} plaintext strings", needles.len()));
+    d.say(
+        "auditor",
+        format!(
+            "scanned {files} files, {bytes} bytes of server storage for {} plaintext strings",
+            needles.len()
+        ),
+    );
     for f in &found {
         d.say("auditor", format!("FOUND: {f}"));
     }
-    d.check(found.is_empty(), "the server's storage holds none of the plaintext it carried");
+    d.check(
+        found.is_empty(),
+        "the server's storage holds none of the plaintext it carried",
+    );
 
     stack.stop().await;
     let ok = d.failures.is_empty();
     if json {
-        println!("{}", serde_json::json!({"ok": ok, "failures": d.failures, "steps": d.steps}));
+        println!(
+            "{}",
+            serde_json::json!({"ok": ok, "failures": d.failures, "steps": d.steps})
+        );
     } else if ok {
         println!("\nAll checks held.");
     } else {

@@ -89,7 +89,14 @@ impl StackOptions {
 impl Stack {
     /// Start (or restart) a KM in `dir/km` and a server in `dir/server`.
     pub async fn start(dir: &Path, o: StackOptions) -> Result<Stack, BoxError> {
-        let (km, admin_code) = open_km(&dir.join("km"), Some(&o.tenant), &o.km_passphrase, o.cost, o.km_config).await?;
+        let (km, admin_code) = open_km(
+            &dir.join("km"),
+            Some(&o.tenant),
+            &o.km_passphrase,
+            o.cost,
+            o.km_config,
+        )
+        .await?;
         let server = Server::open_dir(&dir.join("server"), o.server_config).await?;
         let token_path = cloister_server::operator_token_path(&dir.join("server"));
         let operator_token = std::fs::read_to_string(&token_path)?.trim().to_owned();
@@ -124,7 +131,13 @@ impl Stack {
             tasks,
         };
         let http = reqwest::Client::new();
-        cloister_client::register_tenant(&http, &stack.server_url, &stack.operator_token, &stack.km.info()).await?;
+        cloister_client::register_tenant(
+            &http,
+            &stack.server_url,
+            &stack.operator_token,
+            &stack.km.info(),
+        )
+        .await?;
         Ok(stack)
     }
 

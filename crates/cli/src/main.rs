@@ -13,7 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(name = "cloister", version, about = "End-to-end encrypted messaging with compliance, for regulated firms")]
+#[command(
+    name = "cloister",
+    version,
+    about = "End-to-end encrypted messaging with compliance, for regulated firms"
+)]
 struct Cli {
     /// Device profile directory (keys, certificate, key cache).
     #[arg(long, global = true, env = "CLOISTER_HOME")]
@@ -169,12 +173,25 @@ enum RoomCmd {
         #[arg(long)]
         read_only: bool,
     },
-    Add { room: String, user: String },
-    Remove { room: String, user: String },
-    Leave { room: String },
-    Promote { room: String, user: String },
+    Add {
+        room: String,
+        user: String,
+    },
+    Remove {
+        room: String,
+        user: String,
+    },
+    Leave {
+        room: String,
+    },
+    Promote {
+        room: String,
+        user: String,
+    },
     List,
-    Members { room: String },
+    Members {
+        room: String,
+    },
     /// Show or change settings.
     Settings {
         room: String,
@@ -250,9 +267,15 @@ fn show(r: &Received) -> String {
     let when = r.ts / 1000;
     let body = match &r.content {
         Content::Text { text } => text.clone(),
-        Content::File { name, size, .. } => format!("[file {name}, {size} bytes; cloister get-file {} {}]", r.room, r.seq),
+        Content::File { name, size, .. } => format!(
+            "[file {name}, {size} bytes; cloister get-file {} {}]",
+            r.room, r.seq
+        ),
     };
-    format!("#{:<6} epoch {} {} {}: {}", r.seq, r.epoch, when, r.sender, body)
+    format!(
+        "#{:<6} epoch {} {} {}: {}",
+        r.seq, r.epoch, when, r.sender, body
+    )
 }
 
 fn received_json(r: &Received) -> serde_json::Value {
@@ -269,7 +292,11 @@ async fn shutdown_signal() {
 }
 
 async fn run(cli: Cli) -> Result<(), BoxError> {
-    let ctx = Ctx { home: cli.home, pass_file: cli.passphrase_file, json: cli.json };
+    let ctx = Ctx {
+        home: cli.home,
+        pass_file: cli.passphrase_file,
+        json: cli.json,
+    };
     match cli.cmd {
         Cmd::Demo { data_dir } => {
             let ok = cloister_cli::demo::run(data_dir.as_deref(), ctx.json).await?;
@@ -278,14 +305,26 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             }
         }
         Cmd::Bench(args) => cloister_cli::bench::run(args, ctx.json).await?,
-        Cmd::Km(KmCmd::Init { data_dir, tenant, pass }) => {
+        Cmd::Km(KmCmd::Init {
+            data_dir,
+            tenant,
+            pass,
+        }) => {
             let tenant: TenantId = parse(&tenant)?;
             if cloister_km::tmk_path(&data_dir).exists() {
-                return Err(format!("{} already holds an initialised KM", data_dir.display()).into());
+                return Err(
+                    format!("{} already holds an initialised KM", data_dir.display()).into(),
+                );
             }
             let p = read_secret(pass.file.as_deref(), "CLOISTER_KM_PASSPHRASE")?;
-            let (km, code) =
-                cloister_cli::open_km(&data_dir, Some(&tenant), &p, Cost::DEFAULT, Default::default()).await?;
+            let (km, code) = cloister_cli::open_km(
+                &data_dir,
+                Some(&tenant),
+                &p,
+                Cost::DEFAULT,
+                Default::default(),
+            )
+            .await?;
             let info = km.info();
             let code = code.unwrap_or_default();
             ctx.emit(
@@ -298,33 +337,60 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 json!({"tenant": info.tenant, "km_sign_pk": info.sign_pk, "admin": format!("admin@{}", info.tenant), "code": code}),
             );
         }
-        Cmd::Km(KmCmd::Serve { data_dir, listen, pass }) => {
+        Cmd::Km(KmCmd::Serve {
+            data_dir,
+            listen,
+            pass,
+        }) => {
             let p = read_secret(pass.file.as_deref(), "CLOISTER_KM_PASSPHRASE")?;
             if !cloister_km::tmk_path(&data_dir).exists() {
-                return Err(format!("no KM in {}; run `cloister km init` first", data_dir.display()).into());
+                return Err(format!(
+                    "no KM in {}; run `cloister km init` first",
+                    data_dir.display()
+                )
+                .into());
             }
-            let (km, _) = cloister_cli::open_km(&data_dir, None, &p, Cost::DEFAULT, Default::default()).await?;
-            let l = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-            eprintln!("KM for tenant {} listening on http://{}", km.tenant(), l.local_addr()?);
+            let (km, _) =
+                cloister_cli::open_km(&data_dir, None, &p, Cost::DEFAULT, Default::default())
+                    .await?;
+            let l = tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            eprintln!(
+                "KM for tenant {} listening on http://{}",
+                km.tenant(),
+                l.local_addr()?
+            );
             cloister_km::http::serve(km, l, shutdown_signal()).await?;
         }
         Cmd::Server { data_dir, listen } => {
             let server = cloister_server::Server::open_dir(&data_dir, Default::default()).await?;
-            let l = tokio::net::TcpListener::bind(&listen).await.map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            let l = tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             eprintln!(
                 "server listening on http://{}; operator token in {}",
                 l.local_addr()?,
                 cloister_server::operator_token_path(&data_dir).display()
             );
-            axum::serve(l, cloister_server::router(server)).with_graceful_shutdown(shutdown_signal()).await?;
+            axum::serve(l, cloister_server::router(server))
+                .with_graceful_shutdown(shutdown_signal())
+                .await?;
         }
-        Cmd::Admin(AdminCmd::RegisterTenant { server, km, operator_token_file }) => {
+        Cmd::Admin(AdminCmd::RegisterTenant {
+            server,
+            km,
+            operator_token_file,
+        }) => {
             let http = reqwest::Client::new();
             let tok = std::fs::read_to_string(&operator_token_file)
                 .map_err(|e| format!("{}: {e}", operator_token_file.display()))?;
             let info = cloister_client::km_info(&http, &km).await?;
             cloister_client::register_tenant(&http, &server, tok.trim(), &info).await?;
-            ctx.emit(format!("tenant {} registered", info.tenant), json!({"tenant": info.tenant}));
+            ctx.emit(
+                format!("tenant {} registered", info.tenant),
+                json!({"tenant": info.tenant}),
+            );
         }
         Cmd::Admin(AdminCmd::AddUser { user, admin }) => {
             let c = ctx.client()?;
@@ -338,13 +404,19 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let c = ctx.client()?;
             let u: UserId = parse(&user)?;
             c.admin_disable_user(&u).await?;
-            ctx.emit(format!("{u} disabled"), json!({"user": u, "status": "disabled"}));
+            ctx.emit(
+                format!("{u} disabled"),
+                json!({"user": u, "status": "disabled"}),
+            );
         }
         Cmd::Admin(AdminCmd::RevokeDevice { device }) => {
             let c = ctx.client()?;
             let d: DeviceId = parse(&device)?;
             c.admin_revoke_device(&d).await?;
-            ctx.emit(format!("device {d} revoked"), json!({"device": d, "status": "revoked"}));
+            ctx.emit(
+                format!("device {d} revoked"),
+                json!({"device": d, "status": "revoked"}),
+            );
         }
         Cmd::Admin(AdminCmd::ListUsers) => {
             let c = ctx.client()?;
@@ -358,7 +430,12 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             }
             ctx.emit(lines.join("\n"), serde_json::to_value(&users)?);
         }
-        Cmd::Enrol { server, km, user, code } => {
+        Cmd::Enrol {
+            server,
+            km,
+            user,
+            code,
+        } => {
             let pass = read_secret(ctx.pass_file.as_deref(), "CLOISTER_PASSPHRASE")?;
             let u: UserId = parse(&user)?;
             let c = Client::enrol(
@@ -367,7 +444,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 &km,
                 &u,
                 &code,
-                Storage::Dir { path: ctx.home()?, passphrase: &pass, cost: Cost::DEFAULT },
+                Storage::Dir {
+                    path: ctx.home()?,
+                    passphrase: &pass,
+                    cost: Cost::DEFAULT,
+                },
             )
             .await?;
             ctx.emit(
@@ -397,9 +478,16 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 (None, Some(f)) => c.send_file(&room, &f).await?,
                 _ => return Err("give either TEXT or --file PATH".into()),
             };
-            ctx.emit(format!("sent #{seq} ({id})"), json!({"room": room, "seq": seq, "id": id}));
+            ctx.emit(
+                format!("sent #{seq} ({id})"),
+                json!({"room": room, "seq": seq, "id": id}),
+            );
         }
-        Cmd::Read { room, limit, before } => {
+        Cmd::Read {
+            room,
+            limit,
+            before,
+        } => {
             let c = ctx.client()?;
             let room = resolve_room(&c, &room).await?;
             let msgs = c.read(&room, limit, before).await?;
@@ -450,7 +538,10 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 return Err(format!("no message #{seq} in this room").into());
             }
             let n = c.get_file(&msg.content, &out).await?;
-            ctx.emit(format!("wrote {} ({n} bytes, verified)", out.display()), json!({"out": out, "bytes": n}));
+            ctx.emit(
+                format!("wrote {} ({n} bytes, verified)", out.display()),
+                json!({"out": out, "bytes": n}),
+            );
         }
     }
     Ok(())
@@ -458,25 +549,43 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
 
 async fn room_cmd(ctx: &Ctx, rc: RoomCmd) -> Result<(), BoxError> {
     let c = ctx.client()?;
-    let members_json = |st: &cloister_policy::RoomState| {
-        json!({"room": st.room, "epoch": st.epoch, "members": st.members, "owners": st.owners, "settings": st.settings})
-    };
+    let members_json = |st: &cloister_policy::RoomState| json!({"room": st.room, "epoch": st.epoch, "members": st.members, "owners": st.owners, "settings": st.settings});
     match rc {
-        RoomCmd::Create { name, members, no_history, members_may_invite, read_only } => {
-            let members = members.iter().map(|m| parse(m)).collect::<Result<Vec<UserId>, _>>()?;
-            let settings = RoomSettings { name, view_history: !no_history, members_may_invite, read_only };
+        RoomCmd::Create {
+            name,
+            members,
+            no_history,
+            members_may_invite,
+            read_only,
+        } => {
+            let members = members
+                .iter()
+                .map(|m| parse(m))
+                .collect::<Result<Vec<UserId>, _>>()?;
+            let settings = RoomSettings {
+                name,
+                view_history: !no_history,
+                members_may_invite,
+                read_only,
+            };
             let room = c.create_room(settings, &members).await?;
             ctx.emit(room.to_hex(), json!({"room": room}));
         }
         RoomCmd::Add { room, user } => {
             let room = resolve_room(&c, &room).await?;
             let st = c.add_member(&room, &parse(&user)?).await?;
-            ctx.emit(format!("added {user}; room at epoch {}", st.epoch), members_json(&st));
+            ctx.emit(
+                format!("added {user}; room at epoch {}", st.epoch),
+                members_json(&st),
+            );
         }
         RoomCmd::Remove { room, user } => {
             let room = resolve_room(&c, &room).await?;
             let st = c.remove_member(&room, &parse(&user)?).await?;
-            ctx.emit(format!("removed {user}; room at epoch {}", st.epoch), members_json(&st));
+            ctx.emit(
+                format!("removed {user}; room at epoch {}", st.epoch),
+                members_json(&st),
+            );
         }
         RoomCmd::Leave { room } => {
             let room = resolve_room(&c, &room).await?;
@@ -492,7 +601,16 @@ async fn room_cmd(ctx: &Ctx, rc: RoomCmd) -> Result<(), BoxError> {
             let rooms = c.list_rooms().await?;
             let lines: Vec<String> = rooms
                 .iter()
-                .map(|r| format!("{} {:?} {:<20} epoch {} members {}", r.room, r.kind, r.settings.name, r.epoch, r.members.len()))
+                .map(|r| {
+                    format!(
+                        "{} {:?} {:<20} epoch {} members {}",
+                        r.room,
+                        r.kind,
+                        r.settings.name,
+                        r.epoch,
+                        r.members.len()
+                    )
+                })
                 .collect();
             ctx.emit(lines.join("\n"), serde_json::to_value(&rooms)?);
         }
@@ -502,14 +620,33 @@ async fn room_cmd(ctx: &Ctx, rc: RoomCmd) -> Result<(), BoxError> {
             let lines: Vec<String> = st
                 .members
                 .iter()
-                .map(|m| format!("{m}{}", if st.owners.contains(m) { " (owner)" } else { "" }))
+                .map(|m| {
+                    format!(
+                        "{m}{}",
+                        if st.owners.contains(m) {
+                            " (owner)"
+                        } else {
+                            ""
+                        }
+                    )
+                })
                 .collect();
             ctx.emit(lines.join("\n"), members_json(&st));
         }
-        RoomCmd::Settings { room, name, history, members_may_invite, read_only } => {
+        RoomCmd::Settings {
+            room,
+            name,
+            history,
+            members_may_invite,
+            read_only,
+        } => {
             let room = resolve_room(&c, &room).await?;
             let mut st = c.room_state(&room).await?;
-            if name.is_some() || history.is_some() || members_may_invite.is_some() || read_only.is_some() {
+            if name.is_some()
+                || history.is_some()
+                || members_may_invite.is_some()
+                || read_only.is_some()
+            {
                 let mut s = st.settings.clone();
                 if let Some(n) = name {
                     s.name = n;
@@ -542,12 +679,16 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo and the load tool print their own story; services log warnings.
     let quiet = matches!(cli.cmd, Cmd::Demo { .. } | Cmd::Bench(_));
-    let filter = std::env::var("CLOISTER_LOG").unwrap_or_else(|_| if quiet { "error" } else { "warn" }.into());
+    let filter = std::env::var("CLOISTER_LOG")
+        .unwrap_or_else(|_| if quiet { "error" } else { "warn" }.into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
         .try_init();
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");

@@ -21,7 +21,9 @@ impl Drop for Procs {
 
 fn cmd(home: Option<&Path>) -> Command {
     let mut c = Command::new(BIN);
-    c.env_remove("CLOISTER_HOME").env("CLOISTER_PASSPHRASE", "device pass").env("CLOISTER_KM_PASSPHRASE", "km pass");
+    c.env_remove("CLOISTER_HOME")
+        .env("CLOISTER_PASSPHRASE", "device pass")
+        .env("CLOISTER_KM_PASSPHRASE", "km pass");
     if let Some(h) = home {
         c.arg("--home").arg(h);
     }
@@ -44,7 +46,11 @@ fn json(out: Output) -> Value {
 
 /// A failing command: non-zero exit, exactly one line on stderr starting with "error:".
 fn fails(out: Output) -> String {
-    assert!(!out.status.success(), "expected failure, got: {}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "expected failure, got: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     let err = String::from_utf8(out.stderr).unwrap();
     let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
     assert_eq!(lines.len(), 1, "one clear line on stderr, got: {err}");
@@ -53,7 +59,11 @@ fn fails(out: Output) -> String {
 }
 
 fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_http(url: &str) {
@@ -82,12 +92,29 @@ impl Env {
         cmd(Some(&self.home(who))).args(args).output().unwrap()
     }
     fn enrol(&self, who: &str, code: &str) {
-        let out = self.run(who, &["--json", "enrol", "--server", &self.server, "--km", &self.km, "--user", &format!("{who}@acme"), "--code", code]);
+        let out = self.run(
+            who,
+            &[
+                "--json",
+                "enrol",
+                "--server",
+                &self.server,
+                "--km",
+                &self.km,
+                "--user",
+                &format!("{who}@acme"),
+                "--code",
+                code,
+            ],
+        );
         let v = json(out);
         assert_eq!(v["user"], format!("{who}@acme"));
     }
     fn add_user(&self, who: &str) -> String {
-        let v = json(self.run("admin", &["--json", "admin", "add-user", &format!("{who}@acme")]));
+        let v = json(self.run(
+            "admin",
+            &["--json", "admin", "add-user", &format!("{who}@acme")],
+        ));
         v["code"].as_str().unwrap().to_owned()
     }
 }
@@ -95,27 +122,53 @@ impl Env {
 fn setup() -> Env {
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
-    let init = json(cmd(None).args(["--json", "km", "init", "--tenant", "acme", "--data-dir"]).arg(root.join("km")).output().unwrap());
+    let init = json(
+        cmd(None)
+            .args(["--json", "km", "init", "--tenant", "acme", "--data-dir"])
+            .arg(root.join("km"))
+            .output()
+            .unwrap(),
+    );
     let code = init["code"].as_str().unwrap().to_owned();
     // a second init refuses to overwrite the master key
-    fails(cmd(None).args(["km", "init", "--tenant", "acme", "--data-dir"]).arg(root.join("km")).output().unwrap());
+    fails(
+        cmd(None)
+            .args(["km", "init", "--tenant", "acme", "--data-dir"])
+            .arg(root.join("km"))
+            .output()
+            .unwrap(),
+    );
     let (kp, sp) = (port(), port());
     let km = cmd(None)
-        .args(["km", "serve", "--listen", &format!("127.0.0.1:{kp}"), "--data-dir"])
+        .args([
+            "km",
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{kp}"),
+            "--data-dir",
+        ])
         .arg(root.join("km"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let server = cmd(None)
-        .args(["server", "--listen", &format!("127.0.0.1:{sp}"), "--data-dir"])
+        .args([
+            "server",
+            "--listen",
+            &format!("127.0.0.1:{sp}"),
+            "--data-dir",
+        ])
         .arg(root.join("server"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let procs = Procs(vec![km, server]);
-    let (km, server) = (format!("http://127.0.0.1:{kp}"), format!("http://127.0.0.1:{sp}"));
+    let (km, server) = (
+        format!("http://127.0.0.1:{kp}"),
+        format!("http://127.0.0.1:{sp}"),
+    );
     wait_http(&km);
     wait_http(&server);
     let token = root.join("server/operator.token");
@@ -126,12 +179,40 @@ fn setup() -> Env {
         std::thread::sleep(Duration::from_millis(50));
     }
     ok(cmd(None)
-        .args(["admin", "register-tenant", "--server", &server, "--km", &km, "--operator-token-file"])
+        .args([
+            "admin",
+            "register-tenant",
+            "--server",
+            &server,
+            "--km",
+            &km,
+            "--operator-token-file",
+        ])
         .arg(&token)
         .output()
         .unwrap());
-    let env = Env { _dir: dir, root, km, server, _procs: procs };
-    let out = env.run("admin", &["--json", "enrol", "--server", &env.server, "--km", &env.km, "--user", "admin@acme", "--code", &code]);
+    let env = Env {
+        _dir: dir,
+        root,
+        km,
+        server,
+        _procs: procs,
+    };
+    let out = env.run(
+        "admin",
+        &[
+            "--json",
+            "enrol",
+            "--server",
+            &env.server,
+            "--km",
+            &env.km,
+            "--user",
+            "admin@acme",
+            "--code",
+            &code,
+        ],
+    );
     json(out);
     env
 }
@@ -147,12 +228,27 @@ fn a_morning_on_the_desk_through_the_cli() {
     let me = json(e.run("alice", &["--json", "whoami"]));
     assert_eq!(me["user"], "alice@acme");
     // rooms
-    let room = json(e.run("alice", &["--json", "room", "create", "rates", "--member", "bob@acme", "--member", "carol@acme"]));
+    let room = json(e.run(
+        "alice",
+        &[
+            "--json",
+            "room",
+            "create",
+            "rates",
+            "--member",
+            "bob@acme",
+            "--member",
+            "carol@acme",
+        ],
+    ));
     let room = room["room"].as_str().unwrap().to_owned();
     let list = json(e.run("bob", &["--json", "room", "list"]));
     assert_eq!(list[0]["room"], room);
     let members = ok(e.run("alice", &["room", "members", "rates"]));
-    assert!(members.contains("alice@acme (owner)") && members.contains("carol@acme"), "{members}");
+    assert!(
+        members.contains("alice@acme (owner)") && members.contains("carol@acme"),
+        "{members}"
+    );
     // send by name, read by id, both verified
     ok(e.run("alice", &["send", "rates", "UST 10y 4.12 bid"]));
     ok(e.run("bob", &["send", &room, "seen, thanks"]));
@@ -163,17 +259,26 @@ fn a_morning_on_the_desk_through_the_cli() {
     assert_eq!(msgs[0]["sender"], "alice@acme");
     assert_eq!(msgs[0]["verified"], true);
     // IM
-    let im = json(e.run("alice", &["--json", "im", "bob@acme"]))["room"].as_str().unwrap().to_owned();
+    let im = json(e.run("alice", &["--json", "im", "bob@acme"]))["room"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     ok(e.run("alice", &["send", &im, "private: axed in the 2033s"]));
     let text = ok(e.run("bob", &["read", &im]));
     assert!(text.contains("private: axed in the 2033s"), "{text}");
     // files
     let src = e.root.join("sheet.txt");
     std::fs::write(&src, "TERM SHEET\n".repeat(20_000)).unwrap();
-    let sent = json(e.run("bob", &["--json", "send", "rates", "--file", src.to_str().unwrap()]));
+    let sent = json(e.run(
+        "bob",
+        &["--json", "send", "rates", "--file", src.to_str().unwrap()],
+    ));
     let seq = sent["seq"].as_u64().unwrap().to_string();
     let out = e.root.join("got.txt");
-    ok(e.run("carol", &["get-file", "rates", &seq, "--out", out.to_str().unwrap()]));
+    ok(e.run(
+        "carol",
+        &["get-file", "rates", &seq, "--out", out.to_str().unwrap()],
+    ));
     assert_eq!(std::fs::read(&out).unwrap(), std::fs::read(&src).unwrap());
     // live: carol tails, alice sends
     let mut tail = cmd(Some(&e.home("carol")))
@@ -193,10 +298,16 @@ fn a_morning_on_the_desk_through_the_cli() {
     let line: Value = serde_json::from_str(ok(out).trim()).unwrap();
     assert_eq!(line["content"]["text"], "live update");
     // settings and removal
-    ok(e.run("alice", &["room", "settings", "rates", "--history", "false"]));
+    ok(e.run(
+        "alice",
+        &["room", "settings", "rates", "--history", "false"],
+    ));
     let s = json(e.run("alice", &["--json", "room", "settings", "rates"]));
     assert_eq!(s["settings"]["view_history"], false);
-    let r = json(e.run("alice", &["--json", "room", "remove", "rates", "carol@acme"]));
+    let r = json(e.run(
+        "alice",
+        &["--json", "room", "remove", "rates", "carol@acme"],
+    ));
     assert_eq!(r["epoch"], 1);
     let err = fails(e.run("carol", &["read", &room]));
     assert!(err.contains("no_such_room"), "{err}");
@@ -206,7 +317,10 @@ fn a_morning_on_the_desk_through_the_cli() {
     ok(e.run("admin", &["admin", "disable-user", "carol@acme"]));
     let err = fails(e.run("carol", &["room", "list"]));
     assert!(err.contains("disabled"), "{err}");
-    let bob_dev = json(e.run("bob", &["--json", "whoami"]))["device"].as_str().unwrap().to_owned();
+    let bob_dev = json(e.run("bob", &["--json", "whoami"]))["device"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     ok(e.run("admin", &["admin", "revoke-device", &bob_dev]));
     let err = fails(e.run("bob", &["send", &room, "hello?"]));
     assert!(err.contains("revoked"), "{err}");
@@ -216,26 +330,69 @@ fn a_morning_on_the_desk_through_the_cli() {
 fn cli_errors_are_one_clear_line() {
     let e = setup();
     // no passphrase
-    let out = Command::new(BIN).arg("--home").arg(e.home("admin")).args(["room", "list"]).env_remove("CLOISTER_PASSPHRASE").output().unwrap();
+    let out = Command::new(BIN)
+        .arg("--home")
+        .arg(e.home("admin"))
+        .args(["room", "list"])
+        .env_remove("CLOISTER_PASSPHRASE")
+        .output()
+        .unwrap();
     assert!(fails(out).contains("CLOISTER_PASSPHRASE"));
     // wrong passphrase
-    let out = cmd(Some(&e.home("admin"))).env("CLOISTER_PASSPHRASE", "nope").args(["room", "list"]).output().unwrap();
+    let out = cmd(Some(&e.home("admin")))
+        .env("CLOISTER_PASSPHRASE", "nope")
+        .args(["room", "list"])
+        .output()
+        .unwrap();
     assert!(fails(out).contains("wrong passphrase"));
     // no home
     assert!(fails(cmd(None).args(["room", "list"]).output().unwrap()).contains("--home"));
     // home without a device
     assert!(fails(e.run("nobody", &["whoami"])).contains("cloister enrol"));
     // bad ids
-    assert!(fails(e.run("admin", &["admin", "add-user", "Not A User"])).contains("invalid user id"));
-    assert!(fails(e.run("admin", &["admin", "revoke-device", "xyz"])).contains("invalid device id"));
+    assert!(
+        fails(e.run("admin", &["admin", "add-user", "Not A User"])).contains("invalid user id")
+    );
+    assert!(
+        fails(e.run("admin", &["admin", "revoke-device", "xyz"])).contains("invalid device id")
+    );
     assert!(fails(e.run("admin", &["read", "no-such-room"])).contains("no room named"));
     // a bad or reused enrolment code
-    let out = e.run("eve", &["enrol", "--server", &e.server, "--km", &e.km, "--user", "eve@acme", "--code", "AAAAA-BBBBB-CCCCC-DDDDD"]);
+    let out = e.run(
+        "eve",
+        &[
+            "enrol",
+            "--server",
+            &e.server,
+            "--km",
+            &e.km,
+            "--user",
+            "eve@acme",
+            "--code",
+            "AAAAA-BBBBB-CCCCC-DDDDD",
+        ],
+    );
     let err = fails(out);
     assert!(err.contains("invalid_code"), "{err}");
-    assert!(!e.home("eve").join("keys.sealed").exists(), "no half-enrolled profile is left behind");
+    assert!(
+        !e.home("eve").join("keys.sealed").exists(),
+        "no half-enrolled profile is left behind"
+    );
     // a service that is down
-    let out = e.run("admin", &["enrol", "--server", "http://127.0.0.1:9", "--km", "http://127.0.0.1:9", "--user", "x@acme", "--code", "c"]);
+    let out = e.run(
+        "admin",
+        &[
+            "enrol",
+            "--server",
+            "http://127.0.0.1:9",
+            "--km",
+            "http://127.0.0.1:9",
+            "--user",
+            "x@acme",
+            "--code",
+            "c",
+        ],
+    );
     assert!(fails(out).contains("cannot reach"));
     // a file that is too big or missing
     let out = e.run("admin", &["send", "x", "--file", "/definitely/not/here"]);
@@ -244,7 +401,15 @@ fn cli_errors_are_one_clear_line() {
     let bad = e.root.join("bad.token");
     std::fs::write(&bad, "nope").unwrap();
     let out = cmd(None)
-        .args(["admin", "register-tenant", "--server", &e.server, "--km", &e.km, "--operator-token-file"])
+        .args([
+            "admin",
+            "register-tenant",
+            "--server",
+            &e.server,
+            "--km",
+            &e.km,
+            "--operator-token-file",
+        ])
         .arg(&bad)
         .output()
         .unwrap();
@@ -257,4 +422,38 @@ fn cli_errors_are_one_clear_line() {
         .output()
         .unwrap();
     assert!(fails(out).contains("cannot unlock"));
+}
+
+#[test]
+fn the_demo_runs_and_every_check_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let v = json(
+        cmd(None)
+            .args(["--json", "demo", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["failures"].as_array().unwrap().is_empty());
+    let checks = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s.get("check").is_some())
+        .count();
+    assert!(checks >= 9, "{checks} checks");
+    assert!(data.join("server/server.db").exists() && data.join("km/tmk.sealed").exists());
+    // refusing to reuse a directory that already holds demo data
+    assert!(
+        fails(
+            cmd(None)
+                .args(["demo", "--data-dir"])
+                .arg(&data)
+                .output()
+                .unwrap()
+        )
+        .contains("already holds")
+    );
 }

@@ -16,10 +16,25 @@ async fn everything_acknowledged_survives_a_restart() {
     let homes = tempfile::tempdir().unwrap();
     let alice = w.disk_user("alice", &homes.path().join("alice")).await;
     let bob = w.disk_user("bob", &homes.path().join("bob")).await;
-    let room = alice.create_room(RoomSettings { name: "desk".into(), ..Default::default() }, &[bob.user().clone()]).await.unwrap();
+    let room = alice
+        .create_room(
+            RoomSettings {
+                name: "desk".into(),
+                ..Default::default()
+            },
+            &[bob.user().clone()],
+        )
+        .await
+        .unwrap();
     let mut sent = Vec::new();
     for i in 0..25 {
-        sent.push(alice.send_text(&room, &format!("message {i}")).await.unwrap().0);
+        sent.push(
+            alice
+                .send_text(&room, &format!("message {i}"))
+                .await
+                .unwrap()
+                .0,
+        );
     }
     alice.remove_member(&room, bob.user()).await.unwrap();
     alice.send_text(&room, "after removal").await.unwrap();
@@ -28,7 +43,12 @@ async fn everything_acknowledged_survives_a_restart() {
     let (_, fseq) = alice.send_file(&room, &f).await.unwrap();
 
     // Crash both services (abort, no graceful drain) and start them again on the same ports.
-    let World { dir, stack, admin, http } = w;
+    let World {
+        dir,
+        stack,
+        admin,
+        http,
+    } = w;
     let (km_addr, server_addr) = (stack.km_addr, stack.server_addr);
     stack.stop().await;
     drop((alice, bob, admin));
@@ -36,7 +56,10 @@ async fn everything_acknowledged_survives_a_restart() {
     o.km_addr = km_addr;
     o.server_addr = server_addr;
     let stack = Stack::start(dir.path(), o).await.unwrap();
-    assert!(stack.admin_code.is_none(), "the KM reopened, not re-initialised");
+    assert!(
+        stack.admin_code.is_none(),
+        "the KM reopened, not re-initialised"
+    );
 
     // Devices reopen from disk; keys come from the leased cache or the KM.
     let alice = Client::open(http.clone(), &homes.path().join("alice"), b"pw").unwrap();
@@ -45,14 +68,20 @@ async fn everything_acknowledged_survives_a_restart() {
     let ids: Vec<_> = got.iter().map(|r| r.as_ref().unwrap().id).collect();
     assert_eq!(got.len(), 27);
     assert_eq!(&ids[..25], &sent[..]);
-    let file = got.iter().find_map(|r| r.as_ref().ok().filter(|m| m.seq == fseq)).unwrap();
+    let file = got
+        .iter()
+        .find_map(|r| r.as_ref().ok().filter(|m| m.seq == fseq))
+        .unwrap();
     let out = homes.path().join("out.bin");
     alice.get_file(&file.content, &out).await.unwrap();
     assert_eq!(std::fs::read(&out).unwrap(), vec![9u8; 200_000]);
     // the removal survived too: bob is still refused the new epoch
     let bob = Client::open(http.clone(), &homes.path().join("bob"), b"pw").unwrap();
     bob.clear_key_cache().unwrap();
-    assert_eq!(bob.room_keys(&room, &[1]).await.unwrap_err().code(), Some("not_entitled"));
+    assert_eq!(
+        bob.room_keys(&room, &[1]).await.unwrap_err().code(),
+        Some("not_entitled")
+    );
     // a wrong passphrase does not open the keystore, and says so
     let e = Client::open(http, &homes.path().join("bob"), b"wrong").unwrap_err();
     assert!(e.to_string().contains("wrong passphrase"), "{e}");
@@ -65,7 +94,10 @@ async fn attachments_limits_tampering_and_no_partial_output() {
     o.server_config.max_attachment = 300_000;
     let w = World::with(o).await;
     let (alice, bob) = (w.user("alice").await, w.user("bob").await);
-    let room = alice.create_room(RoomSettings::default(), &[bob.user().clone()]).await.unwrap();
+    let room = alice
+        .create_room(RoomSettings::default(), &[bob.user().clone()])
+        .await
+        .unwrap();
     let tmp = tempfile::tempdir().unwrap();
 
     // too large for this server: 413, nothing left behind
@@ -74,23 +106,44 @@ async fn attachments_limits_tampering_and_no_partial_output() {
     let e = alice.send_file(&room, &big).await.unwrap_err();
     assert_eq!(e.code(), Some("too_large"), "{e}");
     let blobs = w.dir.path().join("server/blobs");
-    assert_eq!(std::fs::read_dir(&blobs).unwrap().count(), 0, "no partial blob remains");
-    assert!(bob.read(&room, 10, None).await.unwrap().is_empty(), "no message was sent");
+    assert_eq!(
+        std::fs::read_dir(&blobs).unwrap().count(),
+        0,
+        "no partial blob remains"
+    );
+    assert!(
+        bob.read(&room, 10, None).await.unwrap().is_empty(),
+        "no message was sent"
+    );
 
     // a file that is not there, a directory
-    assert!(matches!(alice.send_file(&room, &tmp.path().join("missing")).await, Err(cloister_client::ClientError::Input(_))));
-    assert!(matches!(alice.send_file(&room, tmp.path()).await, Err(cloister_client::ClientError::Input(_))));
+    assert!(matches!(
+        alice.send_file(&room, &tmp.path().join("missing")).await,
+        Err(cloister_client::ClientError::Input(_))
+    ));
+    assert!(matches!(
+        alice.send_file(&room, tmp.path()).await,
+        Err(cloister_client::ClientError::Input(_))
+    ));
 
     // a good file, then the stored ciphertext is altered by the operator
     let ok = tmp.path().join("ok.bin");
     let data: Vec<u8> = (0..250_000u32).map(|i| (i % 253) as u8).collect();
     std::fs::write(&ok, &data).unwrap();
     let (_, seq) = alice.send_file(&room, &ok).await.unwrap();
-    let msg = bob.read(&room, 10, None).await.unwrap().into_iter().find_map(|r| r.ok().filter(|m| m.seq == seq)).unwrap();
+    let msg = bob
+        .read(&room, 10, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .find_map(|r| r.ok().filter(|m| m.seq == seq))
+        .unwrap();
     let out = tmp.path().join("copy.bin");
     assert_eq!(bob.get_file(&msg.content, &out).await.unwrap(), 250_000);
     assert_eq!(std::fs::read(&out).unwrap(), data);
-    let Content::File { blob, .. } = &msg.content else { panic!() };
+    let Content::File { blob, .. } = &msg.content else {
+        panic!()
+    };
     let path = blobs.join(blob);
     let mut stored = std::fs::read(&path).unwrap();
     stored[70_000] ^= 1;
@@ -99,7 +152,13 @@ async fn attachments_limits_tampering_and_no_partial_output() {
     let e = bob.get_file(&msg.content, &out2).await.unwrap_err();
     assert!(e.to_string().contains("altered"), "{e}");
     assert!(!out2.exists(), "nothing is written when a check fails");
-    assert!(std::fs::read_dir(tmp.path()).unwrap().all(|e| !e.unwrap().file_name().to_string_lossy().contains("part")));
+    assert!(
+        std::fs::read_dir(tmp.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains("part"))
+    );
     // truncated by the operator
     std::fs::write(&path, &stored[..100_000]).unwrap();
     assert!(bob.get_file(&msg.content, &out2).await.is_err());
@@ -109,30 +168,91 @@ async fn attachments_limits_tampering_and_no_partial_output() {
 #[tokio::test]
 async fn live_delivery_and_revocation_closes_the_stream() {
     let w = World::new().await;
-    let (alice, bob, carol) = (w.user("alice").await, w.user("bob").await, w.user("carol").await);
-    let room = alice.create_room(RoomSettings::default(), &[bob.user().clone(), carol.user().clone()]).await.unwrap();
+    let (alice, bob, carol) = (
+        w.user("alice").await,
+        w.user("bob").await,
+        w.user("carol").await,
+    );
+    let room = alice
+        .create_room(
+            RoomSettings::default(),
+            &[bob.user().clone(), carol.user().clone()],
+        )
+        .await
+        .unwrap();
     let mut bob_stream = bob.connect_events().await.unwrap();
     let mut carol_stream = carol.connect_events().await.unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     alice.send_text(&room, "live one").await.unwrap();
-    let got = tokio::time::timeout(Duration::from_secs(5), bob.next_message(&mut bob_stream, &room)).await.unwrap().unwrap().unwrap();
-    assert_eq!(got.content, Content::Text { text: "live one".into() });
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        bob.next_message(&mut bob_stream, &room),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        got.content,
+        Content::Text {
+            text: "live one".into()
+        }
+    );
     assert_eq!(&got.sender, alice.user());
-    let got = tokio::time::timeout(Duration::from_secs(5), carol.next_message(&mut carol_stream, &room)).await.unwrap().unwrap().unwrap();
-    assert_eq!(got.content, Content::Text { text: "live one".into() });
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        carol.next_message(&mut carol_stream, &room),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        got.content,
+        Content::Text {
+            text: "live one".into()
+        }
+    );
 
     // revoking carol's device drops her live stream
     w.admin.admin_revoke_device(&carol.device()).await.unwrap();
     alice.send_text(&room, "after revocation").await.unwrap();
-    let end = tokio::time::timeout(Duration::from_secs(5), carol.next_message(&mut carol_stream, &room)).await.unwrap();
-    assert!(matches!(end, Ok(None) | Err(_)), "stream closed, got {end:?}");
+    let end = tokio::time::timeout(
+        Duration::from_secs(5),
+        carol.next_message(&mut carol_stream, &room),
+    )
+    .await
+    .unwrap();
+    assert!(
+        matches!(end, Ok(None) | Err(_)),
+        "stream closed, got {end:?}"
+    );
     // bob still gets it
-    let got = tokio::time::timeout(Duration::from_secs(5), bob.next_message(&mut bob_stream, &room)).await.unwrap().unwrap().unwrap();
-    assert_eq!(got.content, Content::Text { text: "after revocation".into() });
+    let got = tokio::time::timeout(
+        Duration::from_secs(5),
+        bob.next_message(&mut bob_stream, &room),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        got.content,
+        Content::Text {
+            text: "after revocation".into()
+        }
+    );
     // and a removed member stops receiving
     alice.remove_member(&room, bob.user()).await.unwrap();
-    alice.send_text(&room, "bob should not see this").await.unwrap();
-    let r = tokio::time::timeout(Duration::from_millis(500), bob.next_message(&mut bob_stream, &room)).await;
+    alice
+        .send_text(&room, "bob should not see this")
+        .await
+        .unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_millis(500),
+        bob.next_message(&mut bob_stream, &room),
+    )
+    .await;
     assert!(r.is_err(), "nothing delivered to a removed member");
 }
 
@@ -141,20 +261,35 @@ async fn history_pages_and_ims() {
     let w = World::new().await;
     let (alice, bob) = (w.user("alice").await, w.user("bob").await);
     let im = alice.im(bob.user()).await.unwrap();
-    assert_eq!(bob.im(alice.user()).await.unwrap(), im, "both sides find the same IM");
+    assert_eq!(
+        bob.im(alice.user()).await.unwrap(),
+        im,
+        "both sides find the same IM"
+    );
     for i in 0..12 {
         bob.send_text(&im, &format!("m{i}")).await.unwrap();
     }
     let page1 = alice.read(&im, 5, None).await.unwrap();
     let last_seq = page1[0].as_ref().unwrap().seq;
     let page2 = alice.read(&im, 5, Some(last_seq)).await.unwrap();
-    let text = |r: &cloister_client::Result<cloister_client::Received>| match &r.as_ref().unwrap().content {
-        Content::Text { text } => text.clone(),
-        _ => String::new(),
-    };
-    assert_eq!(page1.iter().map(text).collect::<Vec<_>>(), ["m7", "m8", "m9", "m10", "m11"]);
-    assert_eq!(page2.iter().map(text).collect::<Vec<_>>(), ["m2", "m3", "m4", "m5", "m6"]);
+    let text =
+        |r: &cloister_client::Result<cloister_client::Received>| match &r.as_ref().unwrap().content
+        {
+            Content::Text { text } => text.clone(),
+            _ => String::new(),
+        };
+    assert_eq!(
+        page1.iter().map(text).collect::<Vec<_>>(),
+        ["m7", "m8", "m9", "m10", "m11"]
+    );
+    assert_eq!(
+        page2.iter().map(text).collect::<Vec<_>>(),
+        ["m2", "m3", "m4", "m5", "m6"]
+    );
     let carol = w.user("carol").await;
-    assert!(alice.add_member(&im, carol.user()).await.is_err(), "IMs are fixed");
+    assert!(
+        alice.add_member(&im, carol.user()).await.is_err(),
+        "IMs are fixed"
+    );
     assert!(carol.read(&im, 5, None).await.is_err());
 }

@@ -22,7 +22,10 @@ pub struct ApiFailure {
 }
 
 fn net(e: reqwest::Error) -> ClientError {
-    let url = e.url().map(|u| format!("{}://{}", u.scheme(), u.authority())).unwrap_or_default();
+    let url = e
+        .url()
+        .map(|u| format!("{}://{}", u.scheme(), u.authority()))
+        .unwrap_or_default();
     let reason = if e.is_connect() {
         "connection refused or unreachable".to_string()
     } else if e.is_timeout() {
@@ -45,10 +48,16 @@ pub(crate) async fn send_raw(req: reqwest::RequestBuilder) -> Result<reqwest::Re
         error: "http_error".into(),
         message: format!("HTTP {status}"),
     });
-    Err(ClientError::Api(ApiFailure { status, code: body.error, message: body.message }))
+    Err(ClientError::Api(ApiFailure {
+        status,
+        code: body.error,
+        message: body.message,
+    }))
 }
 
-pub(crate) async fn send<T: serde::de::DeserializeOwned>(req: reqwest::RequestBuilder) -> Result<T> {
+pub(crate) async fn send<T: serde::de::DeserializeOwned>(
+    req: reqwest::RequestBuilder,
+) -> Result<T> {
     let resp = send_raw(req).await?;
     let bytes = resp.bytes().await.map_err(net)?;
     serde_json::from_slice(&bytes)
@@ -57,7 +66,9 @@ pub(crate) async fn send<T: serde::de::DeserializeOwned>(req: reqwest::RequestBu
 
 /// Live events from the server.
 pub struct EventStream {
-    ws: tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    ws: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
 }
 
 impl EventStream {
@@ -68,19 +79,28 @@ impl EventStream {
         } else if let Some(rest) = server.strip_prefix("https://") {
             format!("wss://{rest}/v1/ws")
         } else {
-            return Err(ClientError::Input(format!("server URL {server} must start with http:// or https://")));
+            return Err(ClientError::Input(format!(
+                "server URL {server} must start with http:// or https://"
+            )));
         };
         let mut req = url
             .as_str()
             .into_client_request()
-            .map_err(|e| ClientError::Network { url: url.clone(), reason: e.to_string() })?;
+            .map_err(|e| ClientError::Network {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
         let auth = format!("Bearer {token}")
             .parse()
             .map_err(|_| ClientError::Local("bad token".into()))?;
         req.headers_mut().insert("authorization", auth);
-        let (ws, _) = tokio_tungstenite::connect_async(req)
-            .await
-            .map_err(|e| ClientError::Network { url, reason: e.to_string() })?;
+        let (ws, _) =
+            tokio_tungstenite::connect_async(req)
+                .await
+                .map_err(|e| ClientError::Network {
+                    url,
+                    reason: e.to_string(),
+                })?;
         Ok(EventStream { ws })
     }
 
@@ -91,7 +111,10 @@ impl EventStream {
             match self.ws.next().await {
                 None | Some(Ok(Message::Close(_))) => return Ok(None),
                 Some(Err(e)) => {
-                    return Err(ClientError::Network { url: "live stream".into(), reason: e.to_string() });
+                    return Err(ClientError::Network {
+                        url: "live stream".into(),
+                        reason: e.to_string(),
+                    });
                 }
                 Some(Ok(Message::Text(t))) => {
                     return serde_json::from_str(t.as_str())
@@ -126,7 +149,8 @@ fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
 
 /// Read, encrypt and stream a file in bounded memory (a few chunks in flight).
 pub(crate) fn upload_encrypted(path: &Path, key: &RoomKey) -> Result<Upload> {
-    let mut f = std::fs::File::open(path).map_err(|e| ClientError::Input(format!("{}: {e}", path.display())))?;
+    let mut f = std::fs::File::open(path)
+        .map_err(|e| ClientError::Input(format!("{}: {e}", path.display())))?;
     let mut sealer = FileSealer::new(key)?;
     let (tx, rx) = mpsc::channel::<std::io::Result<bytes::Bytes>>(4);
     let (dtx, drx) = oneshot::channel();
@@ -139,12 +163,19 @@ pub(crate) fn upload_encrypted(path: &Path, key: &RoomKey) -> Result<Upload> {
             let io = |e: std::io::Error| ClientError::Local(format!("reading the file: {e}"));
             let mut n = read_full(&mut f, &mut cur).map_err(io)?;
             loop {
-                let m = if n == FILE_CHUNK { read_full(&mut f, &mut next).map_err(io)? } else { 0 };
+                let m = if n == FILE_CHUNK {
+                    read_full(&mut f, &mut next).map_err(io)?
+                } else {
+                    0
+                };
                 plain_sha.update(&cur[..n]);
                 plain_n += n as u64;
                 let last = m == 0;
                 let ct = if last {
-                    let s = std::mem::replace(&mut sealer, FileSealer::new(&RoomKey::from_bytes([0; 32]))?);
+                    let s = std::mem::replace(
+                        &mut sealer,
+                        FileSealer::new(&RoomKey::from_bytes([0; 32]))?,
+                    );
                     s.last(&cur[..n])?
                 } else {
                     sealer.next(&cur[..n])?
@@ -166,7 +197,10 @@ pub(crate) fn upload_encrypted(path: &Path, key: &RoomKey) -> Result<Upload> {
     let stream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
         rx.recv().await.map(|item| (item, rx))
     }));
-    Ok(Upload { stream, digests: drx })
+    Ok(Upload {
+        stream,
+        digests: drx,
+    })
 }
 
 /// Stream-decrypt a download to a temporary file; rename into place only if
@@ -189,7 +223,11 @@ pub(crate) async fn download_decrypt(
         let mut buf: Vec<u8> = Vec::with_capacity(2 * SEALED_CHUNK);
         let mut written = 0u64;
         let mut stream = resp.bytes_stream();
-        let bad = || ClientError::Local("attachment failed to decrypt: altered, truncated or the wrong key".into());
+        let bad = || {
+            ClientError::Local(
+                "attachment failed to decrypt: altered, truncated or the wrong key".into(),
+            )
+        };
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(net)?;
             ct_sha.update(&chunk);
@@ -204,7 +242,9 @@ pub(crate) async fn download_decrypt(
                 if written > size {
                     return Err(bad());
                 }
-                file.write_all(&pt).await.map_err(|e| ClientError::Local(e.to_string()))?;
+                file.write_all(&pt)
+                    .await
+                    .map_err(|e| ClientError::Local(e.to_string()))?;
                 buf = rest;
             }
         }
@@ -212,10 +252,16 @@ pub(crate) async fn download_decrypt(
         let pt = o.last(&buf).map_err(|_| bad())?;
         pt_sha.update(&pt);
         written += pt.len() as u64;
-        file.write_all(&pt).await.map_err(|e| ClientError::Local(e.to_string()))?;
-        file.sync_all().await.map_err(|e| ClientError::Local(e.to_string()))?;
+        file.write_all(&pt)
+            .await
+            .map_err(|e| ClientError::Local(e.to_string()))?;
+        file.sync_all()
+            .await
+            .map_err(|e| ClientError::Local(e.to_string()))?;
         if ct_sha.finish() != *blob_sha || pt_sha.finish() != *sha || written != size {
-            return Err(ClientError::Local("attachment does not match the hashes in its message".into()));
+            return Err(ClientError::Local(
+                "attachment does not match the hashes in its message".into(),
+            ));
         }
         Ok(written)
     }

@@ -106,14 +106,22 @@ pub struct Client {
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Client({} device {})", self.profile.user, self.profile.device)
+        write!(
+            f,
+            "Client({} device {})",
+            self.profile.user, self.profile.device
+        )
     }
 }
 
 /// Where the device's state lives.
 pub enum Storage<'a> {
     /// A profile directory sealed with a passphrase.
-    Dir { path: &'a Path, passphrase: &'a [u8], cost: Cost },
+    Dir {
+        path: &'a Path,
+        passphrase: &'a [u8],
+        cost: Cost,
+    },
     /// Memory only (benchmarks, the in-process demo's extra devices).
     Memory,
 }
@@ -123,10 +131,22 @@ fn trim_url(u: &str) -> String {
 }
 
 /// Register a tenant's KM with a messaging server (operator action).
-pub async fn register_tenant(http: &reqwest::Client, server: &str, operator_token: &str, km: &KmInfo) -> Result<()> {
-    let body = RegisterTenant { tenant: km.tenant.clone(), km_sign_pk: km.sign_pk };
-    let _: serde_json::Value =
-        api::send(http.post(format!("{}/v1/tenants", trim_url(server))).bearer_auth(operator_token).json(&body)).await?;
+pub async fn register_tenant(
+    http: &reqwest::Client,
+    server: &str,
+    operator_token: &str,
+    km: &KmInfo,
+) -> Result<()> {
+    let body = RegisterTenant {
+        tenant: km.tenant.clone(),
+        km_sign_pk: km.sign_pk,
+    };
+    let _: serde_json::Value = api::send(
+        http.post(format!("{}/v1/tenants", trim_url(server)))
+            .bearer_auth(operator_token)
+            .json(&body),
+    )
+    .await?;
     Ok(())
 }
 
@@ -148,10 +168,14 @@ impl Client {
         let (server, km) = (trim_url(server), trim_url(km));
         let info = km_info(&http, &km).await?;
         if user.tenant() != info.tenant {
-            return Err(ClientError::Input(format!("{user} is not a user of tenant {}", info.tenant)));
+            return Err(ClientError::Input(format!(
+                "{user} is not a user of tenant {}",
+                info.tenant
+            )));
         }
         // The server must know the same KM key for this tenant (pinning check).
-        let tinfo: TenantInfo = api::send(http.get(format!("{server}/v1/tenants/{}", info.tenant))).await?;
+        let tinfo: TenantInfo =
+            api::send(http.get(format!("{server}/v1/tenants/{}", info.tenant))).await?;
         if tinfo.km_sign_pk != info.sign_pk {
             return Err(ClientError::Local(format!(
                 "the server has a different KM key registered for tenant {}; refusing to enrol",
@@ -170,13 +194,22 @@ impl Client {
             hpke_pk: Fixed(keys.hpke_pk()),
             pop: Fixed(pop),
         };
-        let cert: cloister_proto::km::SignedCert = api::send(http.post(format!("{km}/v1/enrol")).json(&req)).await?;
+        let cert: cloister_proto::km::SignedCert =
+            api::send(http.post(format!("{km}/v1/enrol")).json(&req)).await?;
         let parsed = signed::verify_cert(&info.sign_pk.0, &cert)?;
-        if parsed.device != keys.device_id() || parsed.hpke_pk.0 != keys.hpke_pk() || &parsed.user != user {
-            return Err(ClientError::Local("the KM returned a certificate for other keys".into()));
+        if parsed.device != keys.device_id()
+            || parsed.hpke_pk.0 != keys.hpke_pk()
+            || &parsed.user != user
+        {
+            return Err(ClientError::Local(
+                "the KM returned a certificate for other keys".into(),
+            ));
         }
-        let _: serde_json::Value =
-            api::send(http.post(format!("{server}/v1/devices")).json(&RegisterDevice { cert: cert.clone() })).await?;
+        let _: serde_json::Value = api::send(
+            http.post(format!("{server}/v1/devices"))
+                .json(&RegisterDevice { cert: cert.clone() }),
+        )
+        .await?;
         let profile = Profile {
             server,
             km,
@@ -187,7 +220,11 @@ impl Client {
             cert,
         };
         let home = match storage {
-            Storage::Dir { path, passphrase, cost } => Home::create(path, passphrase, cost, &keys, &profile)?,
+            Storage::Dir {
+                path,
+                passphrase,
+                cost,
+            } => Home::create(path, passphrase, cost, &keys, &profile)?,
             Storage::Memory => Home::in_memory()?,
         };
         Ok(Self::from_parts(http, profile, keys, home))
@@ -230,17 +267,29 @@ impl Client {
     // ---------- sessions and KM requests ----------
 
     async fn token(&self) -> Result<String> {
-        if let Some((t, exp)) = self.token.lock().ok().and_then(|g| g.clone()) {
-            if exp > now_secs() + 60 {
-                return Ok(t);
-            }
+        if let Some((t, exp)) = self.token.lock().ok().and_then(|g| g.clone())
+            && exp > now_secs() + 60
+        {
+            return Ok(t);
         }
         let ts = now_millis();
         let nonce = cloister_crypto::random_bytes::<16>()?;
-        let sig = self.keys.sign(signed::LOGIN, &signed::login_transcript(&self.device(), ts, &nonce));
-        let req = LoginRequest { device: self.device(), ts, nonce: Fixed(nonce), sig: Fixed(sig) };
-        let r: LoginResponse =
-            api::send(self.http.post(format!("{}/v1/session", self.profile.server)).json(&req)).await?;
+        let sig = self.keys.sign(
+            signed::LOGIN,
+            &signed::login_transcript(&self.device(), ts, &nonce),
+        );
+        let req = LoginRequest {
+            device: self.device(),
+            ts,
+            nonce: Fixed(nonce),
+            sig: Fixed(sig),
+        };
+        let r: LoginResponse = api::send(
+            self.http
+                .post(format!("{}/v1/session", self.profile.server))
+                .json(&req),
+        )
+        .await?;
         if let Ok(mut g) = self.token.lock() {
             *g = Some((r.token.clone(), r.expires_at));
         }
@@ -265,15 +314,28 @@ impl Client {
             op,
         };
         let req = signed::sign_request(&self.keys, &body)?;
-        api::send(self.http.post(format!("{}/v1/request", self.profile.km)).json(&req)).await
+        api::send(
+            self.http
+                .post(format!("{}/v1/request", self.profile.km))
+                .json(&req),
+        )
+        .await
     }
 
     // ---------- admin ----------
 
     /// Admin: create a user and get a one-time enrolment code.
     pub async fn admin_add_user(&self, user: &UserId, admin: bool) -> Result<AddUserResponse> {
-        let roles = if admin { vec![Role::Admin, Role::User] } else { vec![Role::User] };
-        self.km_request(KmOp::AddUser { user: user.clone(), roles }).await
+        let roles = if admin {
+            vec![Role::Admin, Role::User]
+        } else {
+            vec![Role::User]
+        };
+        self.km_request(KmOp::AddUser {
+            user: user.clone(),
+            roles,
+        })
+        .await
     }
 
     async fn forward_notice(&self, r: AdminResponse) -> Result<()> {
@@ -296,13 +358,17 @@ impl Client {
 
     /// Admin: disable a user at the KM (no more keys) and the server (no more access).
     pub async fn admin_disable_user(&self, user: &UserId) -> Result<()> {
-        let r: AdminResponse = self.km_request(KmOp::DisableUser { user: user.clone() }).await?;
+        let r: AdminResponse = self
+            .km_request(KmOp::DisableUser { user: user.clone() })
+            .await?;
         self.forward_notice(r).await
     }
 
     /// Admin: revoke a device at the KM and the server.
     pub async fn admin_revoke_device(&self, device: &DeviceId) -> Result<()> {
-        let r: AdminResponse = self.km_request(KmOp::RevokeDevice { device: *device }).await?;
+        let r: AdminResponse = self
+            .km_request(KmOp::RevokeDevice { device: *device })
+            .await?;
         self.forward_notice(r).await
     }
 
@@ -317,11 +383,18 @@ impl Client {
         if let Some(c) = self.certs.lock().ok().and_then(|m| m.get(device).cloned()) {
             return Ok(c);
         }
-        let sc: cloister_proto::km::SignedCert = self.server(|h, s| h.get(format!("{s}/v1/devices/{device}"))).await?;
-        let c = signed::verify_cert(&self.profile.km_sign_pk.0, &sc)
-            .map_err(|e| ClientError::Local(format!("certificate of device {device} is not from our KM: {e}")))?;
+        let sc: cloister_proto::km::SignedCert = self
+            .server(|h, s| h.get(format!("{s}/v1/devices/{device}")))
+            .await?;
+        let c = signed::verify_cert(&self.profile.km_sign_pk.0, &sc).map_err(|e| {
+            ClientError::Local(format!(
+                "certificate of device {device} is not from our KM: {e}"
+            ))
+        })?;
         if c.device != *device {
-            return Err(ClientError::Local(format!("server returned another device's certificate for {device}")));
+            return Err(ClientError::Local(format!(
+                "server returned another device's certificate for {device}"
+            )));
         }
         if let Ok(mut m) = self.certs.lock() {
             m.insert(*device, c.clone());
@@ -336,7 +409,12 @@ impl Client {
         let mut from_seq = from;
         loop {
             let page: LogPage = self
-                .server(|h, s| h.get(format!("{s}/v1/rooms/{room}/log?from={from_seq}&limit={}", limits::MAX_PAGE)))
+                .server(|h, s| {
+                    h.get(format!(
+                        "{s}/v1/rooms/{room}/log?from={from_seq}&limit={}",
+                        limits::MAX_PAGE
+                    ))
+                })
                 .await?;
             let n = page.entries.len();
             for e in page.entries {
@@ -350,7 +428,13 @@ impl Client {
                         c.entries.push(e);
                     }
                     None => {
-                        rooms.insert(*room, RoomCache { state: next, entries: vec![e] });
+                        rooms.insert(
+                            *room,
+                            RoomCache {
+                                state: next,
+                                entries: vec![e],
+                            },
+                        );
                     }
                 }
             }
@@ -367,7 +451,12 @@ impl Client {
 
     /// Run `f` on the locally verified room state, fetching new log entries only
     /// when nothing is cached or `refresh` is set.
-    pub async fn with_state<R>(&self, room: &RoomId, refresh: bool, f: impl FnOnce(&RoomState) -> R) -> Result<R> {
+    pub async fn with_state<R>(
+        &self,
+        room: &RoomId,
+        refresh: bool,
+        f: impl FnOnce(&RoomState) -> R,
+    ) -> Result<R> {
         if !refresh {
             let rooms = self.rooms.lock().await;
             if let Some(c) = rooms.get(room) {
@@ -394,7 +483,11 @@ impl Client {
         for attempt in 0..3 {
             let prev = match self.room_state(room).await {
                 Ok(s) => Some(s),
-                Err(ClientError::Api(a)) if a.code == "no_such_room" && matches!(action, Action::Create { .. }) => None,
+                Err(ClientError::Api(a))
+                    if a.code == "no_such_room" && matches!(action, Action::Create { .. }) =>
+                {
+                    None
+                }
                 Err(e) => return Err(e),
             };
             let st = Statement {
@@ -408,9 +501,19 @@ impl Client {
             };
             // Check locally first: a clear error beats a round trip.
             let entry = sign_statement(&self.keys, &st)?;
-            cloister_policy::apply(prev.as_ref(), room, &entry, self.user(), &self.keys.sign_pk())?;
+            cloister_policy::apply(
+                prev.as_ref(),
+                room,
+                &entry,
+                self.user(),
+                &self.keys.sign_pk(),
+            )?;
             let r: Result<AppendLogResponse> = self
-                .server(|h, s| h.post(format!("{s}/v1/rooms/{room}/log")).json(&AppendLog { entry: entry.clone() }))
+                .server(|h, s| {
+                    h.post(format!("{s}/v1/rooms/{room}/log")).json(&AppendLog {
+                        entry: entry.clone(),
+                    })
+                })
                 .await;
             match r {
                 Ok(_) => return self.room_state(room).await,
@@ -418,7 +521,9 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        Err(ClientError::Local("the room's log kept changing; try again".into()))
+        Err(ClientError::Local(
+            "the room's log kept changing; try again".into(),
+        ))
     }
 
     // ---------- rooms ----------
@@ -426,7 +531,15 @@ impl Client {
     /// Create a room; the creator becomes its owner.
     pub async fn create_room(&self, settings: RoomSettings, members: &[UserId]) -> Result<RoomId> {
         let room = RoomId(cloister_crypto::random_bytes::<16>()?);
-        self.append(&room, Action::Create { kind: RoomKind::Room, settings, members: members.to_vec() }).await?;
+        self.append(
+            &room,
+            Action::Create {
+                kind: RoomKind::Room,
+                settings,
+                members: members.to_vec(),
+            },
+        )
+        .await?;
         Ok(room)
     }
 
@@ -459,13 +572,15 @@ impl Client {
         self.append(room, Action::Add { user: user.clone() }).await
     }
     pub async fn remove_member(&self, room: &RoomId, user: &UserId) -> Result<RoomState> {
-        self.append(room, Action::Remove { user: user.clone() }).await
+        self.append(room, Action::Remove { user: user.clone() })
+            .await
     }
     pub async fn leave(&self, room: &RoomId) -> Result<RoomState> {
         self.append(room, Action::Leave).await
     }
     pub async fn promote(&self, room: &RoomId, user: &UserId) -> Result<RoomState> {
-        self.append(room, Action::Promote { user: user.clone() }).await
+        self.append(room, Action::Promote { user: user.clone() })
+            .await
     }
     pub async fn set_settings(&self, room: &RoomId, settings: RoomSettings) -> Result<RoomState> {
         self.append(room, Action::Settings { settings }).await
@@ -505,32 +620,61 @@ impl Client {
             Err(ClientError::Api(a)) if a.code == "no_such_room" => {}
             Err(e) => return Err(e),
         }
-        let from = self.km_seq.lock().ok().and_then(|m| m.get(room).map(|s| s + 1)).unwrap_or(0);
+        let from = self
+            .km_seq
+            .lock()
+            .ok()
+            .and_then(|m| m.get(room).map(|s| s + 1))
+            .unwrap_or(0);
         let mut r: Result<RoomKeysResponse> = self
-            .km_request(KmOp::RoomKeys { room: *room, epochs: missing.clone(), log_from: from, log: self.log_since(room, from).await })
+            .km_request(KmOp::RoomKeys {
+                room: *room,
+                epochs: missing.clone(),
+                log_from: from,
+                log: self.log_since(room, from).await,
+            })
             .await;
         if matches!(&r, Err(ClientError::Api(a)) if a.code == "log_behind") {
             r = self
-                .km_request(KmOp::RoomKeys { room: *room, epochs: missing.clone(), log_from: 0, log: self.log_since(room, 0).await })
+                .km_request(KmOp::RoomKeys {
+                    room: *room,
+                    epochs: missing.clone(),
+                    log_from: 0,
+                    log: self.log_since(room, 0).await,
+                })
                 .await;
         }
         let r = r?;
         if let Ok(mut m) = self.km_seq.lock() {
             m.insert(*room, r.log_seq);
         }
-        let mut cache = self.key_cache.lock().map_err(|_| ClientError::Local("key cache poisoned".into()))?;
+        let mut cache = self
+            .key_cache
+            .lock()
+            .map_err(|_| ClientError::Local("key cache poisoned".into()))?;
         for sk in &r.keys {
             if sk.room != *room || !missing.contains(&sk.epoch) {
-                return Err(ClientError::Local("the KM answered with a key for something else".into()));
+                return Err(ClientError::Local(
+                    "the KM answered with a key for something else".into(),
+                ));
             }
-            let key = cloister_crypto::hpke_seal::open_room_key(&self.keys, &self.profile.tenant, sk)?;
-            cache.insert((*room, sk.epoch), CachedKey { key: key.clone(), lease_until: sk.lease_until });
+            let key =
+                cloister_crypto::hpke_seal::open_room_key(&self.keys, &self.profile.tenant, sk)?;
+            cache.insert(
+                (*room, sk.epoch),
+                CachedKey {
+                    key: key.clone(),
+                    lease_until: sk.lease_until,
+                },
+            );
             out.insert(sk.epoch, key);
         }
         self.home.save_keys(&cache)?;
         for e in &missing {
             if !out.contains_key(e) {
-                return Err(ClientError::Local(format!("the KM did not release epoch {e}")));
+                return Err(ClientError::Local(format!(
+                    "the KM did not release epoch {e}"
+                )));
             }
         }
         Ok(out)
@@ -538,7 +682,10 @@ impl Client {
 
     /// Forget cached keys (e.g. to force a fresh check with the KM).
     pub fn clear_key_cache(&self) -> Result<()> {
-        let mut c = self.key_cache.lock().map_err(|_| ClientError::Local("key cache poisoned".into()))?;
+        let mut c = self
+            .key_cache
+            .lock()
+            .map_err(|_| ClientError::Local("key cache poisoned".into()))?;
         c.clear();
         self.home.save_keys(&c)
     }
@@ -547,10 +694,13 @@ impl Client {
 
     /// Encrypt, sign and post a message; returns (message id, server seq).
     pub async fn send(&self, room: &RoomId, content: &Content) -> Result<(MessageId, u64)> {
-        if let Content::Text { text } = content {
-            if text.len() > limits::MAX_TEXT {
-                return Err(ClientError::Input(format!("message text over {} bytes", limits::MAX_TEXT)));
-            }
+        if let Content::Text { text } = content
+            && text.len() > limits::MAX_TEXT
+        {
+            return Err(ClientError::Input(format!(
+                "message text over {} bytes",
+                limits::MAX_TEXT
+            )));
         }
         for attempt in 0..2 {
             let env = self.seal_with(room, content, attempt > 0).await?;
@@ -561,17 +711,26 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
-        Err(ClientError::Local("the room's epoch kept changing; try again".into()))
+        Err(ClientError::Local(
+            "the room's epoch kept changing; try again".into(),
+        ))
     }
 
     pub async fn send_text(&self, room: &RoomId, text: &str) -> Result<(MessageId, u64)> {
-        self.send(room, &Content::Text { text: text.to_owned() }).await
+        self.send(
+            room,
+            &Content::Text {
+                text: text.to_owned(),
+            },
+        )
+        .await
     }
 
     /// Post a pre-built envelope as-is (tests of the server's checks; replays).
     pub async fn post_envelope(&self, room: &RoomId, env: &Envelope) -> Result<u64> {
-        let r: PostMessageResponse =
-            self.server(|h, s| h.post(format!("{s}/v1/rooms/{room}/messages")).json(env)).await?;
+        let r: PostMessageResponse = self
+            .server(|h, s| h.post(format!("{s}/v1/rooms/{room}/messages")).json(env))
+            .await?;
         Ok(r.seq)
     }
 
@@ -583,7 +742,9 @@ impl Client {
     async fn seal_with(&self, room: &RoomId, content: &Content, refresh: bool) -> Result<Envelope> {
         let epoch = self.with_state(room, refresh, |s| s.epoch).await?;
         let keys = self.room_keys(room, &[epoch]).await?;
-        let key = keys.get(&epoch).ok_or_else(|| ClientError::Local("no key".into()))?;
+        let key = keys
+            .get(&epoch)
+            .ok_or_else(|| ClientError::Local("no key".into()))?;
         let header = MessageHeader {
             v: 1,
             room: *room,
@@ -599,17 +760,37 @@ impl Client {
     /// Verify and decrypt one envelope that the server says belongs to `room`.
     pub async fn open_envelope(&self, room: &RoomId, seq: u64, env: &Envelope) -> Result<Received> {
         let bad = |id: String, reason: String| ClientError::BadMessage { id, reason };
-        let h = message::peek_header(env).map_err(|e| bad(format!("at seq {seq}"), e.to_string()))?;
+        let h =
+            message::peek_header(env).map_err(|e| bad(format!("at seq {seq}"), e.to_string()))?;
         let id = h.id.to_hex();
         if h.room != *room {
-            return Err(bad(id, format!("it was addressed to room {}, not {room} (re-addressed)", h.room)));
+            return Err(bad(
+                id,
+                format!(
+                    "it was addressed to room {}, not {room} (re-addressed)",
+                    h.room
+                ),
+            ));
         }
-        let cert = self.cert_of(&h.device).await.map_err(|e| bad(id.clone(), e.to_string()))?;
+        let cert = self
+            .cert_of(&h.device)
+            .await
+            .map_err(|e| bad(id.clone(), e.to_string()))?;
         if cert.user != h.sender {
-            return Err(bad(id, format!("device {} belongs to {}, not {}", h.device, cert.user, h.sender)));
+            return Err(bad(
+                id,
+                format!(
+                    "device {} belongs to {}, not {}",
+                    h.device, cert.user, h.sender
+                ),
+            ));
         }
-        message::verify_envelope(&cert.sign_pk.0, env)
-            .map_err(|_| bad(id.clone(), "signature does not verify (forged or tampered)".into()))?;
+        message::verify_envelope(&cert.sign_pk.0, env).map_err(|_| {
+            bad(
+                id.clone(),
+                "signature does not verify (forged or tampered)".into(),
+            )
+        })?;
         let check = |s: &RoomState| (h.epoch <= s.epoch, s.may_read(&h.sender, h.epoch));
         let mut ok = self.with_state(room, false, check).await?;
         if !ok.0 || !ok.1 {
@@ -617,23 +798,48 @@ impl Client {
             ok = self.with_state(room, true, check).await?;
         }
         if !ok.1 {
-            return Err(bad(id, format!("{} was not a member of the room at epoch {}", h.sender, h.epoch)));
+            return Err(bad(
+                id,
+                format!(
+                    "{} was not a member of the room at epoch {}",
+                    h.sender, h.epoch
+                ),
+            ));
         }
         let keys = self.room_keys(room, &[h.epoch]).await?;
-        let key = keys.get(&h.epoch).ok_or_else(|| ClientError::Local("no key".into()))?;
-        let content = message::decrypt_envelope(key, &h, env).map_err(|e| bad(id, e.to_string()))?;
-        Ok(Received { seq, id: h.id, room: *room, epoch: h.epoch, sender: h.sender, device: h.device, ts: h.ts, content })
+        let key = keys
+            .get(&h.epoch)
+            .ok_or_else(|| ClientError::Local("no key".into()))?;
+        let content =
+            message::decrypt_envelope(key, &h, env).map_err(|e| bad(id, e.to_string()))?;
+        Ok(Received {
+            seq,
+            id: h.id,
+            room: *room,
+            epoch: h.epoch,
+            sender: h.sender,
+            device: h.device,
+            ts: h.ts,
+            content,
+        })
     }
 
     /// One page of history (oldest first), each message verified and decrypted.
     /// Messages that fail a check are returned as errors in place, not dropped silently.
-    pub async fn read(&self, room: &RoomId, limit: u32, before: Option<u64>) -> Result<Vec<Result<Received>>> {
+    pub async fn read(
+        &self,
+        room: &RoomId,
+        limit: u32,
+        before: Option<u64>,
+    ) -> Result<Vec<Result<Received>>> {
         let limit = limit.clamp(1, limits::MAX_PAGE);
         let q = match before {
             Some(b) => format!("limit={limit}&before={b}"),
             None => format!("limit={limit}"),
         };
-        let page: HistoryPage = self.server(|h, s| h.get(format!("{s}/v1/rooms/{room}/messages?{q}"))).await?;
+        let page: HistoryPage = self
+            .server(|h, s| h.get(format!("{s}/v1/rooms/{room}/messages?{q}")))
+            .await?;
         // Fetch all needed epochs in one KM request.
         let mut epochs: Vec<u64> = page
             .messages
@@ -643,8 +849,14 @@ impl Client {
         epochs.sort_unstable();
         epochs.dedup();
         let me = self.user().clone();
-        let readable: Vec<u64> =
-            self.with_state(room, true, |st| epochs.into_iter().filter(|e| st.may_read(&me, *e)).collect()).await?;
+        let readable: Vec<u64> = self
+            .with_state(room, true, |st| {
+                epochs
+                    .into_iter()
+                    .filter(|e| st.may_read(&me, *e))
+                    .collect()
+            })
+            .await?;
         if !readable.is_empty() {
             self.room_keys(room, &readable).await?;
         }
@@ -671,11 +883,19 @@ impl Client {
     }
 
     /// Follow a room live: verified, decrypted messages as they arrive.
-    pub async fn next_message(&self, stream: &mut api::EventStream, room: &RoomId) -> Result<Option<Received>> {
+    pub async fn next_message(
+        &self,
+        stream: &mut api::EventStream,
+        room: &RoomId,
+    ) -> Result<Option<Received>> {
         loop {
             match stream.next().await? {
                 None => return Ok(None),
-                Some(Event::Message { room: r, seq, envelope }) if r == *room => {
+                Some(Event::Message {
+                    room: r,
+                    seq,
+                    envelope,
+                }) if r == *room => {
                     return self.open_envelope(room, seq, &envelope).await.map(Some);
                 }
                 Some(_) => continue,
@@ -687,9 +907,13 @@ impl Client {
 
     /// Encrypt a file in chunks while uploading it, then send a message that carries its key.
     pub async fn send_file(&self, room: &RoomId, path: &Path) -> Result<(MessageId, u64)> {
-        let meta = std::fs::metadata(path).map_err(|e| ClientError::Input(format!("{}: {e}", path.display())))?;
+        let meta = std::fs::metadata(path)
+            .map_err(|e| ClientError::Input(format!("{}: {e}", path.display())))?;
         if !meta.is_file() {
-            return Err(ClientError::Input(format!("{} is not a file", path.display())));
+            return Err(ClientError::Input(format!(
+                "{} is not a file",
+                path.display()
+            )));
         }
         if meta.len() > limits::DEFAULT_MAX_ATTACHMENT {
             return Err(ClientError::Input(format!(
@@ -710,14 +934,22 @@ impl Client {
         let token = self.token().await?;
         let resp: BlobResponse = api::send(
             self.http
-                .put(format!("{}/v1/rooms/{room}/blobs/{blob_id}", self.profile.server))
+                .put(format!(
+                    "{}/v1/rooms/{room}/blobs/{blob_id}",
+                    self.profile.server
+                ))
                 .bearer_auth(token)
                 .body(reqwest::Body::wrap_stream(up.stream)),
         )
         .await?;
-        let (size, sha, blob_sha) = up.digests.await.map_err(|_| ClientError::Local("upload task failed".into()))??;
+        let (size, sha, blob_sha) = up
+            .digests
+            .await
+            .map_err(|_| ClientError::Local("upload task failed".into()))??;
         if resp.size != size.1 {
-            return Err(ClientError::Local("the server stored a different number of bytes than were sent".into()));
+            return Err(ClientError::Local(
+                "the server stored a different number of bytes than were sent".into(),
+            ));
         }
         let content = Content::File {
             name,
@@ -732,15 +964,33 @@ impl Client {
 
     /// Download, verify and decrypt an attachment to `out` (written only if every check passes).
     pub async fn get_file(&self, content: &Content, out: &Path) -> Result<u64> {
-        let Content::File { blob, key, blob_sha256, sha256, size, .. } = content else {
+        let Content::File {
+            blob,
+            key,
+            blob_sha256,
+            sha256,
+            size,
+            ..
+        } = content
+        else {
             return Err(ClientError::Input("that message is not a file".into()));
         };
         let token = self.token().await?;
         let resp = api::send_raw(
-            self.http.get(format!("{}/v1/blobs/{blob}", self.profile.server)).bearer_auth(token),
+            self.http
+                .get(format!("{}/v1/blobs/{blob}", self.profile.server))
+                .bearer_auth(token),
         )
         .await?;
-        api::download_decrypt(resp, &RoomKey::from_bytes(key.0), &blob_sha256.0, &sha256.0, *size, out).await
+        api::download_decrypt(
+            resp,
+            &RoomKey::from_bytes(key.0),
+            &blob_sha256.0,
+            &sha256.0,
+            *size,
+            out,
+        )
+        .await
     }
 }
 

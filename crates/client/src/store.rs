@@ -77,7 +77,10 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), ClientError> {
 
 impl Home {
     pub fn in_memory() -> Result<Self, ClientError> {
-        Ok(Home { dir: None, cache_key: RoomKey::generate()? })
+        Ok(Home {
+            dir: None,
+            cache_key: RoomKey::generate()?,
+        })
     }
 
     /// Create a new profile directory with sealed keys. Fails if one exists.
@@ -100,7 +103,10 @@ impl Home {
         secret.extend_from_slice(cache_key.expose());
         let sealed = passphrase::seal(pass, &secret, cost)?;
         write_private(&dir.join("keys.sealed"), &sealed)?;
-        let home = Home { dir: Some(dir.to_owned()), cache_key };
+        let home = Home {
+            dir: Some(dir.to_owned()),
+            cache_key,
+        };
         home.save_profile(profile)?;
         Ok(home)
     }
@@ -134,14 +140,24 @@ impl Home {
         let profile: Profile = serde_json::from_slice(&std::fs::read(&pp).map_err(|e| io(&pp, e))?)
             .map_err(|e| ClientError::Local(format!("{}: {e}", pp.display())))?;
         if profile.device != keys.device_id() {
-            return Err(ClientError::Local("profile does not match the keystore".into()));
+            return Err(ClientError::Local(
+                "profile does not match the keystore".into(),
+            ));
         }
-        Ok((Home { dir: Some(dir.to_owned()), cache_key }, keys, profile))
+        Ok((
+            Home {
+                dir: Some(dir.to_owned()),
+                cache_key,
+            },
+            keys,
+            profile,
+        ))
     }
 
     pub fn save_profile(&self, p: &Profile) -> Result<(), ClientError> {
         if let Some(d) = &self.dir {
-            let bytes = serde_json::to_vec_pretty(p).map_err(|e| ClientError::Local(e.to_string()))?;
+            let bytes =
+                serde_json::to_vec_pretty(p).map_err(|e| ClientError::Local(e.to_string()))?;
             write_private(&d.join("profile.json"), &bytes)?;
         }
         Ok(())
@@ -151,16 +167,26 @@ impl Home {
     pub fn load_keys(&self) -> HashMap<(RoomId, u64), CachedKey> {
         let mut out = HashMap::new();
         let Some(d) = &self.dir else { return out };
-        let Ok(bytes) = std::fs::read(d.join("keycache.sealed")) else { return out };
+        let Ok(bytes) = std::fs::read(d.join("keycache.sealed")) else {
+            return out;
+        };
         let Ok(plain) = wrap::unwrap(&self.cache_key, CACHE_AAD, &bytes) else {
             tracing::warn!("key cache unreadable; ignoring it");
             return out;
         };
-        let Ok(cf) = serde_json::from_slice::<CacheFile>(plain.expose()) else { return out };
+        let Ok(cf) = serde_json::from_slice::<CacheFile>(plain.expose()) else {
+            return out;
+        };
         let now = now_secs();
         for (room, epoch, key, lease_until) in cf.keys {
             if lease_until > now {
-                out.insert((room, epoch), CachedKey { key: RoomKey::from_bytes(key.0), lease_until });
+                out.insert(
+                    (room, epoch),
+                    CachedKey {
+                        key: RoomKey::from_bytes(key.0),
+                        lease_until,
+                    },
+                );
             }
         }
         out
@@ -176,7 +202,8 @@ impl Home {
                 .map(|((r, e), v)| (*r, *e, Fixed(*v.key.expose()), v.lease_until))
                 .collect(),
         };
-        let plain = Zeroizing::new(serde_json::to_vec(&cf).map_err(|e| ClientError::Local(e.to_string()))?);
+        let plain =
+            Zeroizing::new(serde_json::to_vec(&cf).map_err(|e| ClientError::Local(e.to_string()))?);
         let sealed = wrap::wrap(&self.cache_key, CACHE_AAD, &plain)?;
         write_private(&d.join("keycache.sealed"), &sealed)
     }

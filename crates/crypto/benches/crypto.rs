@@ -1,1 +1,96 @@
-fn main() {}
+//! Hot cryptographic paths: message seal/open, HPKE key release, signatures, file chunks.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cloister_crypto::{DeviceKeys, KmSigner, RoomKey, file, hpke_seal, keys, message};
+use cloister_proto::server::{Content, MessageHeader};
+use cloister_proto::{MessageId, RoomId, TenantId};
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::hint::black_box;
+
+fn header(k: &DeviceKeys) -> MessageHeader {
+    MessageHeader {
+        v: 1,
+        room: RoomId([1; 16]),
+        epoch: 3,
+        id: MessageId([2; 16]),
+        sender: "alice@acme".parse().unwrap(),
+        device: k.device_id(),
+        ts: 1_700_000_000_000,
+    }
+}
+
+fn messages(c: &mut Criterion) {
+    let k = DeviceKeys::generate().unwrap();
+    let rk = RoomKey::generate().unwrap();
+    let h = header(&k);
+    let mut g = c.benchmark_group("message");
+    for size in [1024usize, 64 * 1024] {
+        let content = Content::Text {
+            text: "x".repeat(size),
+        };
+        let env = message::seal_message(&k, &rk, &h, &content).unwrap();
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_function(format!("seal/{}KiB", size / 1024), |b| {
+            b.iter(|| message::seal_message(&k, &rk, black_box(&h), black_box(&content)).unwrap())
+        });
+        g.bench_function(format!("open/{}KiB", size / 1024), |b| {
+            b.iter(|| message::open_message(&k.sign_pk(), &rk, black_box(&env)).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn key_release_primitives(c: &mut Criterion) {
+    let dev = DeviceKeys::generate().unwrap();
+    let km = KmSigner::generate().unwrap();
+    let t: TenantId = "acme".parse().unwrap();
+    let room = RoomId([5; 16]);
+    let rk = RoomKey::generate().unwrap();
+    let sealed =
+        hpke_seal::seal_room_key(&dev.hpke_pk(), &t, &room, 0, &dev.device_id(), 9, &rk).unwrap();
+    let msg = vec![7u8; 300];
+    let sig = dev.sign("d", &msg);
+    let mut g = c.benchmark_group("primitives");
+    g.bench_function("hpke_seal_room_key", |b| {
+        b.iter(|| {
+            hpke_seal::seal_room_key(
+                &dev.hpke_pk(),
+                &t,
+                &room,
+                0,
+                &dev.device_id(),
+                9,
+                black_box(&rk),
+            )
+            .unwrap()
+        })
+    });
+    g.bench_function("hpke_open_room_key", |b| {
+        b.iter(|| hpke_seal::open_room_key(&dev, &t, black_box(&sealed)).unwrap())
+    });
+    g.bench_function("ed25519_sign_300B", |b| {
+        b.iter(|| km.sign("d", black_box(&msg)))
+    });
+    g.bench_function("ed25519_verify_300B", |b| {
+        b.iter(|| keys::verify(&dev.sign_pk(), "d", black_box(&msg), &sig).unwrap())
+    });
+    g.finish();
+}
+
+fn files(c: &mut Criterion) {
+    let key = RoomKey::generate().unwrap();
+    let data = vec![3u8; 4 * 1024 * 1024];
+    let ct = file::seal_all(&key, &data).unwrap();
+    let mut g = c.benchmark_group("file");
+    g.throughput(Throughput::Bytes(data.len() as u64));
+    g.bench_function("seal_4MiB", |b| {
+        b.iter(|| file::seal_all(&key, black_box(&data)).unwrap())
+    });
+    g.bench_function("open_4MiB", |b| {
+        b.iter(|| file::open_all(&key, black_box(&ct)).unwrap())
+    });
+    g.finish();
+}
+
+criterion_group!(benches, messages, key_release_primitives, files);
+criterion_main!(benches);

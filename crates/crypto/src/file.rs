@@ -4,8 +4,8 @@
 
 use crate::{CryptoError, RoomKey};
 use aead_stream::{DecryptorBE32, EncryptorBE32};
-use aes_gcm::aead::KeyInit;
 use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::KeyInit;
 
 /// Size of one encrypted chunk (plaintext chunk plus GCM tag).
 pub const SEALED_CHUNK: usize = cloister_proto::limits::FILE_CHUNK + 16;
@@ -28,10 +28,14 @@ impl FileSealer {
         })
     }
     pub fn next(&mut self, chunk: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.inner.encrypt_next(chunk).map_err(|_| CryptoError::Encrypt)
+        self.inner
+            .encrypt_next(chunk)
+            .map_err(|_| CryptoError::Encrypt)
     }
     pub fn last(self, chunk: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.inner.encrypt_last(chunk).map_err(|_| CryptoError::Encrypt)
+        self.inner
+            .encrypt_last(chunk)
+            .map_err(|_| CryptoError::Encrypt)
     }
 }
 
@@ -49,10 +53,14 @@ impl FileOpener {
         })
     }
     pub fn next(&mut self, chunk: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.inner.decrypt_next(chunk).map_err(|_| CryptoError::Decrypt)
+        self.inner
+            .decrypt_next(chunk)
+            .map_err(|_| CryptoError::Decrypt)
     }
     pub fn last(self, chunk: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        self.inner.decrypt_last(chunk).map_err(|_| CryptoError::Decrypt)
+        self.inner
+            .decrypt_last(chunk)
+            .map_err(|_| CryptoError::Decrypt)
     }
 }
 
@@ -102,7 +110,14 @@ mod tests {
     #[test]
     fn roundtrip_sizes() {
         let k = RoomKey::generate().unwrap();
-        for n in [0, 1, FILE_CHUNK - 1, FILE_CHUNK, FILE_CHUNK + 1, 3 * FILE_CHUNK] {
+        for n in [
+            0,
+            1,
+            FILE_CHUNK - 1,
+            FILE_CHUNK,
+            FILE_CHUNK + 1,
+            3 * FILE_CHUNK,
+        ] {
             let data: Vec<u8> = (0..n).map(|i| (i % 251) as u8).collect();
             let ct = seal_all(&k, &data).unwrap();
             assert_eq!(open_all(&k, &ct).unwrap(), data, "size {n}");

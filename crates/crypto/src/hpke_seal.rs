@@ -41,8 +41,9 @@ pub fn seal(
 ) -> Result<([u8; 32], Vec<u8>), CryptoError> {
     let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(recipient_pk)
         .map_err(|_| CryptoError::Malformed("HPKE public key"))?;
-    let (enc, ct) = hpke::single_shot_seal::<Aead, Kdf, Kem>(&OpModeS::Base, &pk, info, plaintext, aad)
-        .map_err(|_| CryptoError::Encrypt)?;
+    let (enc, ct) =
+        hpke::single_shot_seal::<Aead, Kdf, Kem>(&OpModeS::Base, &pk, info, plaintext, aad)
+            .map_err(|_| CryptoError::Encrypt)?;
     let mut e = [0u8; 32];
     e.copy_from_slice(&enc.to_bytes());
     Ok((e, ct))
@@ -123,10 +124,16 @@ mod tests {
 
         let mut wrong_epoch = s.clone();
         wrong_epoch.epoch = 5;
-        assert_eq!(open_room_key(&dev, &t, &wrong_epoch), Err(CryptoError::Decrypt));
+        assert_eq!(
+            open_room_key(&dev, &t, &wrong_epoch),
+            Err(CryptoError::Decrypt)
+        );
         let mut longer_lease = s.clone();
         longer_lease.lease_until = 1000;
-        assert_eq!(open_room_key(&dev, &t, &longer_lease), Err(CryptoError::Decrypt));
+        assert_eq!(
+            open_room_key(&dev, &t, &longer_lease),
+            Err(CryptoError::Decrypt)
+        );
         let other = DeviceKeys::generate().unwrap();
         assert!(open_room_key(&other, &t, &s).is_err());
     }

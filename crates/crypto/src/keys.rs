@@ -62,7 +62,11 @@ pub struct DeviceKeys {
 
 impl std::fmt::Debug for DeviceKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "DeviceKeys(device={}, <secrets redacted>)", self.device_id())
+        write!(
+            f,
+            "DeviceKeys(device={}, <secrets redacted>)",
+            self.device_id()
+        )
     }
 }
 
@@ -199,8 +203,14 @@ mod tests {
         let k = DeviceKeys::generate().unwrap();
         let sig = k.sign("a", b"hello");
         verify(&k.sign_pk(), "a", b"hello", &sig).unwrap();
-        assert_eq!(verify(&k.sign_pk(), "b", b"hello", &sig), Err(CryptoError::BadSignature));
-        assert_eq!(verify(&k.sign_pk(), "a", b"hellp", &sig), Err(CryptoError::BadSignature));
+        assert_eq!(
+            verify(&k.sign_pk(), "b", b"hello", &sig),
+            Err(CryptoError::BadSignature)
+        );
+        assert_eq!(
+            verify(&k.sign_pk(), "a", b"hellp", &sig),
+            Err(CryptoError::BadSignature)
+        );
         assert!(verify(&k.sign_pk(), "ab", b"hello", &sig).is_err());
     }
 

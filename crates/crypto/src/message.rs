@@ -3,8 +3,8 @@
 
 use crate::keys::{DeviceKeys, verify};
 use crate::{CryptoError, RoomKey};
-use aes_gcm::aead::{Aead, KeyInit, Payload};
 use aes_gcm::Aes256Gcm;
+use aes_gcm::aead::{Aead, KeyInit, Payload};
 use cloister_proto::b64::{Bytes, Fixed};
 use cloister_proto::server::{Content, Envelope, MessageHeader};
 use zeroize::Zeroizing;
@@ -12,7 +12,10 @@ use zeroize::Zeroizing;
 pub const MESSAGE: &str = "cloister/message/v1";
 const KEY_INFO: &[u8] = b"cloister/message-key/v1";
 
-fn message_cipher(room_key: &RoomKey, msg_id: &[u8; 16]) -> Result<(Aes256Gcm, [u8; 12]), CryptoError> {
+fn message_cipher(
+    room_key: &RoomKey,
+    msg_id: &[u8; 16],
+) -> Result<(Aes256Gcm, [u8; 12]), CryptoError> {
     let hk = hkdf::Hkdf::<sha2::Sha256>::new(Some(msg_id), room_key.expose());
     let mut okm = Zeroizing::new([0u8; 44]);
     hk.expand(KEY_INFO, &mut okm[..])
@@ -71,8 +74,8 @@ pub fn seal_raw(
 
 /// Parse a header without verifying (to learn sender, room and epoch).
 pub fn peek_header(env: &Envelope) -> Result<MessageHeader, CryptoError> {
-    let h: MessageHeader =
-        serde_json::from_slice(env.header.as_slice()).map_err(|_| CryptoError::Malformed("message header"))?;
+    let h: MessageHeader = serde_json::from_slice(env.header.as_slice())
+        .map_err(|_| CryptoError::Malformed("message header"))?;
     if h.v != 1 {
         return Err(CryptoError::Malformed("message header (unknown version)"));
     }
@@ -138,7 +141,14 @@ mod tests {
             device: k.device_id(),
             ts: 1000,
         };
-        (k, RoomKey::generate().unwrap(), h, Content::Text { text: "buy 100 ACME".into() })
+        (
+            k,
+            RoomKey::generate().unwrap(),
+            h,
+            Content::Text {
+                text: "buy 100 ACME".into(),
+            },
+        )
     }
 
     #[test]
@@ -156,19 +166,43 @@ mod tests {
         // flipped ciphertext bit
         let mut t = env.clone();
         t.ciphertext.0[0] ^= 1;
-        assert_eq!(open_message(&k.sign_pk(), &rk, &t), Err(CryptoError::BadSignature));
+        assert_eq!(
+            open_message(&k.sign_pk(), &rk, &t),
+            Err(CryptoError::BadSignature)
+        );
         // another member (who knows the room key) forges a message as alice
         let mallory = DeviceKeys::generate().unwrap();
-        let forged = seal_message(&mallory, &rk, &h, &Content::Text { text: "sell".into() }).unwrap();
-        assert_eq!(open_message(&k.sign_pk(), &rk, &forged), Err(CryptoError::BadSignature));
+        let forged = seal_message(
+            &mallory,
+            &rk,
+            &h,
+            &Content::Text {
+                text: "sell".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            open_message(&k.sign_pk(), &rk, &forged),
+            Err(CryptoError::BadSignature)
+        );
         // re-addressed to another room, re-signed by the sender: the AAD binding breaks decryption
         let mut h2 = h.clone();
         h2.room = RoomId([9; 16]);
         let hb = serde_json::to_vec(&h2).unwrap();
         let sig = k.sign(MESSAGE, &signed_part(&hb, env.ciphertext.as_slice()));
-        let moved = Envelope { header: Bytes(hb), ciphertext: env.ciphertext.clone(), sig: Fixed(sig) };
-        assert_eq!(open_message(&k.sign_pk(), &rk, &moved), Err(CryptoError::Decrypt));
+        let moved = Envelope {
+            header: Bytes(hb),
+            ciphertext: env.ciphertext.clone(),
+            sig: Fixed(sig),
+        };
+        assert_eq!(
+            open_message(&k.sign_pk(), &rk, &moved),
+            Err(CryptoError::Decrypt)
+        );
         // wrong room key
-        assert_eq!(open_message(&k.sign_pk(), &RoomKey::generate().unwrap(), &env), Err(CryptoError::Decrypt));
+        assert_eq!(
+            open_message(&k.sign_pk(), &RoomKey::generate().unwrap(), &env),
+            Err(CryptoError::Decrypt)
+        );
     }
 }

@@ -19,14 +19,24 @@ pub struct Cost {
 
 impl Cost {
     /// OWASP's first recommended Argon2id setting (19 MiB, t=2, p=1).
-    pub const DEFAULT: Cost = Cost { m_kib: 19 * 1024, t: 2, p: 1 };
+    pub const DEFAULT: Cost = Cost {
+        m_kib: 19 * 1024,
+        t: 2,
+        p: 1,
+    };
     /// Cheap setting for tests and benchmarks only.
-    pub const TEST: Cost = Cost { m_kib: 256, t: 1, p: 1 };
+    pub const TEST: Cost = Cost {
+        m_kib: 256,
+        t: 1,
+        p: 1,
+    };
 }
 
 fn derive(pass: &[u8], salt: &[u8], cost: Cost) -> Result<RoomKey, CryptoError> {
     if cost.m_kib > 4 * 1024 * 1024 || cost.t > 64 || cost.p > 16 {
-        return Err(CryptoError::Malformed("sealed file (cost parameters out of range)"));
+        return Err(CryptoError::Malformed(
+            "sealed file (cost parameters out of range)",
+        ));
     }
     let params = argon2::Params::new(cost.m_kib, cost.t, cost.p, Some(32))
         .map_err(|_| CryptoError::Malformed("sealed file (cost parameters)"))?;
@@ -55,14 +65,20 @@ pub fn seal(pass: &[u8], secret: &[u8], cost: Cost) -> Result<Vec<u8>, CryptoErr
 /// Open a file sealed by [`seal`].
 pub fn open(pass: &[u8], sealed: &[u8]) -> Result<SecretBytes, CryptoError> {
     if sealed.len() < HEADER + 28 || &sealed[..5] != MAGIC {
-        return Err(CryptoError::Malformed("sealed file (not a Cloister sealed file)"));
+        return Err(CryptoError::Malformed(
+            "sealed file (not a Cloister sealed file)",
+        ));
     }
     let u32_at = |i: usize| {
         let mut b = [0u8; 4];
         b.copy_from_slice(&sealed[i..i + 4]);
         u32::from_be_bytes(b)
     };
-    let cost = Cost { m_kib: u32_at(5), t: u32_at(9), p: u32_at(13) };
+    let cost = Cost {
+        m_kib: u32_at(5),
+        t: u32_at(9),
+        p: u32_at(13),
+    };
     let (header, rest) = sealed.split_at(HEADER);
     let kek = derive(pass, &header[17..], cost)?;
     wrap::unwrap(&kek, header, rest).map_err(|_| CryptoError::Passphrase)

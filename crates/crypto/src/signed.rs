@@ -3,7 +3,9 @@
 use crate::keys::{DeviceKeys, KmSigner, verify};
 use crate::{CryptoError, sha256};
 use cloister_proto::b64::{Bytes, Fixed};
-use cloister_proto::km::{DeviceCert, Notice, RequestBody, SignedCert, SignedNotice, SignedRequest};
+use cloister_proto::km::{
+    DeviceCert, Notice, RequestBody, SignedCert, SignedNotice, SignedRequest,
+};
 use cloister_proto::room::{SignedStatement, Statement};
 use cloister_proto::{DeviceId, UserId};
 use serde::Serialize;
@@ -41,7 +43,9 @@ pub fn verify_cert(km_pk: &[u8; 32], c: &SignedCert) -> Result<DeviceCert, Crypt
     verify(km_pk, CERT, c.body.as_slice(), &c.sig.0)?;
     let cert: DeviceCert = parse(c.body.as_slice(), "certificate")?;
     if crate::keys::device_id_for(&cert.sign_pk.0) != cert.device {
-        return Err(CryptoError::Malformed("certificate (device id does not match key)"));
+        return Err(CryptoError::Malformed(
+            "certificate (device id does not match key)",
+        ));
     }
     if cert.user.tenant() != cert.tenant {
         return Err(CryptoError::Malformed("certificate (user outside tenant)"));
@@ -64,7 +68,9 @@ pub fn sign_statement(keys: &DeviceKeys, st: &Statement) -> Result<SignedStateme
 pub fn peek_statement(s: &SignedStatement) -> Result<Statement, CryptoError> {
     let st: Statement = parse(s.body.as_slice(), "membership statement")?;
     if st.actor != s.actor {
-        return Err(CryptoError::Malformed("membership statement (actor mismatch)"));
+        return Err(CryptoError::Malformed(
+            "membership statement (actor mismatch)",
+        ));
     }
     Ok(st)
 }
@@ -135,7 +141,12 @@ pub fn login_transcript(device: &DeviceId, ts: u64, nonce: &[u8; 16]) -> Vec<u8>
 }
 
 /// Bytes a device signs when enrolling (proof of possession of both keys' owner).
-pub fn enrol_transcript(user: &UserId, code: &str, sign_pk: &[u8; 32], hpke_pk: &[u8; 32]) -> Vec<u8> {
+pub fn enrol_transcript(
+    user: &UserId,
+    code: &str,
+    sign_pk: &[u8; 32],
+    hpke_pk: &[u8; 32],
+) -> Vec<u8> {
     let mut v = Vec::new();
     for part in [user.as_str().as_bytes(), code.as_bytes()] {
         v.extend_from_slice(&(part.len() as u32).to_be_bytes());
@@ -149,9 +160,9 @@ pub fn enrol_transcript(user: &UserId, code: &str, sign_pk: &[u8; 32], hpke_pk: 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use cloister_proto::RoomId;
     use cloister_proto::km::Role;
     use cloister_proto::room::{Action, RoomKind, RoomSettings};
-    use cloister_proto::RoomId;
 
     fn cert_for(k: &DeviceKeys) -> DeviceCert {
         DeviceCert {

@@ -54,12 +54,14 @@ fn rfc9180_x25519_sha256_aes256gcm() {
     let sk: [u8; 32] = h(&v, "skRm").try_into().unwrap();
     let enc: [u8; 32] = h(&v, "enc").try_into().unwrap();
     let e0 = &v["encryptions"][0];
-    let pt = cloister_crypto::hpke_seal::open(&sk, &enc, &h(&v, "info"), &h(e0, "aad"), &h(e0, "ct"))
-        .unwrap();
+    let pt =
+        cloister_crypto::hpke_seal::open(&sk, &enc, &h(&v, "info"), &h(e0, "aad"), &h(e0, "ct"))
+            .unwrap();
     assert_eq!(pt, h(e0, "pt"));
     // and refuses it with the wrong associated data
     assert!(
-        cloister_crypto::hpke_seal::open(&sk, &enc, &h(&v, "info"), b"other", &h(e0, "ct")).is_err()
+        cloister_crypto::hpke_seal::open(&sk, &enc, &h(&v, "info"), b"other", &h(e0, "ct"))
+            .is_err()
     );
 }
 

@@ -28,7 +28,10 @@ async fn info(State(km): State<Arc<Km>>) -> Json<KmInfo> {
     Json(km.info())
 }
 
-async fn enrol(State(km): State<Arc<Km>>, ApiJson(req): ApiJson<EnrolRequest>) -> Result<Json<SignedCert>, ApiError> {
+async fn enrol(
+    State(km): State<Arc<Km>>,
+    ApiJson(req): ApiJson<EnrolRequest>,
+) -> Result<Json<SignedCert>, ApiError> {
     km.enrol(&req).await.map(Json)
 }
 
@@ -45,5 +48,7 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(km)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(km))
+        .with_graceful_shutdown(shutdown)
+        .await
 }

@@ -50,7 +50,11 @@ pub struct KmConfig {
 
 impl Default for KmConfig {
     fn default() -> Self {
-        KmConfig { lease_secs: 3600, cert_secs: 365 * 24 * 3600, code_secs: 7 * 24 * 3600 }
+        KmConfig {
+            lease_secs: 3600,
+            cert_secs: 365 * 24 * 3600,
+            code_secs: 7 * 24 * 3600,
+        }
     }
 }
 
@@ -97,6 +101,13 @@ pub struct Km {
     recent_nonces: Mutex<HashMap<(DeviceId, [u8; 16]), u64>>,
     /// Serialises log ingestion per KM (a room's log is appended in order).
     ingest: tokio::sync::Mutex<()>,
+    /// Verified certificates of devices found active (device active, user
+    /// active). The KM is the only writer of that state, so it evicts entries
+    /// itself on revocation and disabling.
+    active: Mutex<HashMap<DeviceId, Arc<DeviceCert>>>,
+    /// Room keys as stored: wrapped under the TMK. Every use still unwraps
+    /// through the key provider, so a crypto-lock takes effect at once.
+    wrapped: Mutex<HashMap<(RoomId, u64), Arc<Vec<u8>>>>,
 }
 
 /// What `init` returns: the public KM description and the bootstrap admin code.
@@ -111,12 +122,25 @@ fn random_code() -> Result<String, cloister_crypto::CryptoError> {
     // 20 characters of Crockford base32 = 100 bits.
     const ALPHABET: &[u8; 32] = b"0123456789ABCDEFGHJKMNPQRSTVWXYZ";
     let raw = cloister_crypto::random_bytes::<20>()?;
-    let s: String = raw.iter().map(|b| ALPHABET[(b & 31) as usize] as char).collect();
-    Ok(format!("{}-{}-{}-{}", &s[..5], &s[5..10], &s[10..15], &s[15..]))
+    let s: String = raw
+        .iter()
+        .map(|b| ALPHABET[(b & 31) as usize] as char)
+        .collect();
+    Ok(format!(
+        "{}-{}-{}-{}",
+        &s[..5],
+        &s[5..10],
+        &s[10..15],
+        &s[15..]
+    ))
 }
 
 fn code_hash(code: &str) -> [u8; 32] {
-    let norm: String = code.chars().filter(|c| *c != '-').collect::<String>().to_ascii_uppercase();
+    let norm: String = code
+        .chars()
+        .filter(|c| *c != '-')
+        .collect::<String>()
+        .to_ascii_uppercase();
     sha256(norm.as_bytes())
 }
 
@@ -163,7 +187,9 @@ impl Km {
         let signer = KmSigner::generate()?;
         let wrapped = provider.wrap(SIGNER_AAD, signer.secret_bytes().expose())?;
         store.init_meta(META_SIGNER, &wrapped).await?;
-        store.init_meta(META_TENANT, tenant.as_str().as_bytes()).await?;
+        store
+            .init_meta(META_TENANT, tenant.as_str().as_bytes())
+            .await?;
         let km = Km::new(tenant.clone(), signer, provider, store, config);
         let admin_user: UserId = format!("{BOOTSTRAP_ADMIN}@{tenant}")
             .parse()
@@ -173,7 +199,14 @@ impl Km {
             .await
             .map_err(|_| KmError::Corrupt("could not create bootstrap admin"))?;
         let info = km.info();
-        Ok((km, InitOutput { info, admin_user, admin_code: code.code }))
+        Ok((
+            km,
+            InitOutput {
+                info,
+                admin_user,
+                admin_code: code.code,
+            },
+        ))
     }
 
     /// Open an initialised KM.
@@ -190,7 +223,10 @@ impl Km {
             .ok()
             .and_then(|t| t.parse().ok())
             .ok_or(KmError::Corrupt("tenant id"))?;
-        let wrapped = store.get_meta(META_SIGNER).await?.ok_or(KmError::Corrupt("signing key"))?;
+        let wrapped = store
+            .get_meta(META_SIGNER)
+            .await?
+            .ok_or(KmError::Corrupt("signing key"))?;
         let secret = provider.unwrap(SIGNER_AAD, &wrapped)?;
         let signer = KmSigner::from_secret(secret.expose())?;
         Ok(Km::new(tenant, signer, provider, store, config))
@@ -212,11 +248,16 @@ impl Km {
             rooms: Mutex::new(HashMap::new()),
             recent_nonces: Mutex::new(HashMap::new()),
             ingest: tokio::sync::Mutex::new(()),
+            active: Mutex::new(HashMap::new()),
+            wrapped: Mutex::new(HashMap::new()),
         }
     }
 
     pub fn info(&self) -> KmInfo {
-        KmInfo { tenant: self.tenant.clone(), sign_pk: Fixed(self.signer.public()) }
+        KmInfo {
+            tenant: self.tenant.clone(),
+            sign_pk: Fixed(self.signer.public()),
+        }
     }
 
     pub fn tenant(&self) -> &TenantId {
@@ -224,7 +265,11 @@ impl Km {
     }
 
     /// Create (or reactivate) a user and issue a fresh one-time enrolment code.
-    pub async fn add_user(&self, user: &UserId, roles: &[Role]) -> Result<AddUserResponse, ApiError> {
+    pub async fn add_user(
+        &self,
+        user: &UserId,
+        roles: &[Role],
+    ) -> Result<AddUserResponse, ApiError> {
         if user.tenant() != self.tenant {
             return Err(ApiError::bad_request(
                 "wrong_tenant",
@@ -238,31 +283,68 @@ impl Km {
         roles.sort();
         roles.dedup();
         self.store
-            .upsert_user(&KmUserRow { user: user.to_string(), roles: roles_str(&roles), status: "active".into() })
+            .upsert_user(&KmUserRow {
+                user: user.to_string(),
+                roles: roles_str(&roles),
+                status: "active".into(),
+            })
             .await
             .map_err(store_err)?;
         let code = random_code().map_err(ApiError::internal)?;
         let expires_at = now_secs() + self.config.code_secs;
-        self.store.put_code(&code_hash(&code), user.as_str(), expires_at).await.map_err(store_err)?;
+        self.store
+            .put_code(&code_hash(&code), user.as_str(), expires_at)
+            .await
+            .map_err(store_err)?;
         tracing::info!(%user, "enrolment code issued");
-        Ok(AddUserResponse { user: user.clone(), code, expires_at })
+        Ok(AddUserResponse {
+            user: user.clone(),
+            code,
+            expires_at,
+        })
     }
 
     /// Enrol a device with a one-time code.
     pub async fn enrol(&self, req: &EnrolRequest) -> Result<SignedCert, ApiError> {
         let transcript = enrol_transcript(&req.user, &req.code, &req.sign_pk.0, &req.hpke_pk.0);
-        verify(&req.sign_pk.0, cloister_crypto::signed::ENROL, &transcript, &req.pop.0).map_err(|_| {
-            ApiError::unauthorized("bad_proof", "proof of possession of the device key is invalid")
+        verify(
+            &req.sign_pk.0,
+            cloister_crypto::signed::ENROL,
+            &transcript,
+            &req.pop.0,
+        )
+        .map_err(|_| {
+            ApiError::unauthorized(
+                "bad_proof",
+                "proof of possession of the device key is invalid",
+            )
         })?;
-        let invalid = || ApiError::unauthorized("invalid_code", "enrolment code is invalid, expired or already used");
-        let (user, expires) =
-            self.store.take_code(&code_hash(&req.code)).await.map_err(store_err)?.ok_or_else(invalid)?;
+        let invalid = || {
+            ApiError::unauthorized(
+                "invalid_code",
+                "enrolment code is invalid, expired or already used",
+            )
+        };
+        let (user, expires) = self
+            .store
+            .take_code(&code_hash(&req.code))
+            .await
+            .map_err(store_err)?
+            .ok_or_else(invalid)?;
         if user != req.user.as_str() || expires < now_secs() {
             return Err(invalid());
         }
-        let urow = self.store.get_user(&user).await.map_err(store_err)?.ok_or_else(invalid)?;
+        let urow = self
+            .store
+            .get_user(&user)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(invalid)?;
         if urow.status != "active" {
-            return Err(ApiError::forbidden("user_disabled", format!("{user} is disabled")));
+            return Err(ApiError::forbidden(
+                "user_disabled",
+                format!("{user} is disabled"),
+            ));
         }
         let device = cloister_crypto::keys::device_id_for(&req.sign_pk.0);
         let now = now_secs();
@@ -297,20 +379,58 @@ impl Km {
     }
 
     /// Look up an active device's certificate (issued by this KM) and its user.
-    async fn active_cert(&self, device: &DeviceId) -> Result<DeviceCert, ApiError> {
-        let unknown = || ApiError::unauthorized("unknown_device", format!("device {device} is not enrolled with this KM"));
-        let row = self.store.get_device(&device.to_hex()).await.map_err(store_err)?.ok_or_else(unknown)?;
+    async fn active_cert(&self, device: &DeviceId) -> Result<Arc<DeviceCert>, ApiError> {
+        let cached = self.active.lock().ok().and_then(|m| m.get(device).cloned());
+        let cert = match cached {
+            Some(c) => c,
+            None => {
+                let c = Arc::new(self.load_active_cert(device).await?);
+                if let Ok(mut m) = self.active.lock() {
+                    m.insert(*device, c.clone());
+                }
+                c
+            }
+        };
+        if cert.not_after < now_secs() {
+            return Err(ApiError::forbidden(
+                "cert_expired",
+                format!("the certificate of device {device} has expired"),
+            ));
+        }
+        Ok(cert)
+    }
+
+    async fn load_active_cert(&self, device: &DeviceId) -> Result<DeviceCert, ApiError> {
+        let unknown = || {
+            ApiError::unauthorized(
+                "unknown_device",
+                format!("device {device} is not enrolled with this KM"),
+            )
+        };
+        let row = self
+            .store
+            .get_device(&device.to_hex())
+            .await
+            .map_err(store_err)?
+            .ok_or_else(unknown)?;
         if row.status != "active" {
-            return Err(ApiError::forbidden("device_revoked", format!("device {device} is revoked")));
+            return Err(ApiError::forbidden(
+                "device_revoked",
+                format!("device {device} is revoked"),
+            ));
         }
         let sc: SignedCert = serde_json::from_slice(&row.cert).map_err(ApiError::internal)?;
         let cert = verify_cert(&self.signer.public(), &sc).map_err(ApiError::internal)?;
-        if cert.not_after < now_secs() {
-            return Err(ApiError::forbidden("cert_expired", format!("the certificate of device {device} has expired")));
-        }
-        let user = self.store.get_user(cert.user.as_str()).await.map_err(store_err)?;
+        let user = self
+            .store
+            .get_user(cert.user.as_str())
+            .await
+            .map_err(store_err)?;
         if user.map(|u| u.status) != Some("active".into()) {
-            return Err(ApiError::forbidden("user_disabled", format!("{} is disabled", cert.user)));
+            return Err(ApiError::forbidden(
+                "user_disabled",
+                format!("{} is disabled", cert.user),
+            ));
         }
         Ok(cert)
     }
@@ -323,28 +443,49 @@ impl Km {
         let now = now_millis();
         let skew = limits::MAX_SKEW_SECS * 1000;
         if body.ts + skew < now || body.ts > now + skew {
-            return Err(ApiError::unauthorized("stale_request", "request timestamp is outside the allowed clock skew"));
+            return Err(ApiError::unauthorized(
+                "stale_request",
+                "request timestamp is outside the allowed clock skew",
+            ));
         }
         let fresh = match &body.op {
             KmOp::RoomKeys { .. } => self.use_nonce_mem(&req.device, &body.nonce.0, body.ts),
             _ => self
                 .store
-                .use_nonce(&req.device.to_hex(), &body.nonce.0, body.ts, now.saturating_sub(2 * skew))
+                .use_nonce(
+                    &req.device.to_hex(),
+                    &body.nonce.0,
+                    body.ts,
+                    now.saturating_sub(2 * skew),
+                )
                 .await
                 .map_err(store_err)?,
         };
         if !fresh {
-            return Err(ApiError::conflict("replayed_request", "this request was already processed"));
+            return Err(ApiError::conflict(
+                "replayed_request",
+                "this request was already processed",
+            ));
         }
         match body.op {
-            KmOp::RoomKeys { room, epochs, log_from, log } => {
-                let r = self.room_keys(&cert, &room, &epochs, log_from, &log).await?;
+            KmOp::RoomKeys {
+                room,
+                epochs,
+                log_from,
+                log,
+            } => {
+                let r = self
+                    .room_keys(&cert, &room, &epochs, log_from, &log)
+                    .await?;
                 json(&r)
             }
             op => {
                 if !cert.roles.contains(&Role::Admin) {
                     tracing::warn!(user = %cert.user, "admin operation refused: not an admin");
-                    return Err(ApiError::forbidden("not_admin", "this operation needs the admin role"));
+                    return Err(ApiError::forbidden(
+                        "not_admin",
+                        "this operation needs the admin role",
+                    ));
                 }
                 match op {
                     KmOp::AddUser { user, roles } => json(&self.add_user(&user, &roles).await?),
@@ -369,21 +510,55 @@ impl Km {
     }
 
     async fn disable_user(&self, user: &UserId) -> Result<AdminResponse, ApiError> {
-        if !self.store.set_user_status(user.as_str(), "disabled").await.map_err(store_err)? {
-            return Err(ApiError::not_found("unknown_user", format!("no user {user}")));
+        if !self
+            .store
+            .set_user_status(user.as_str(), "disabled")
+            .await
+            .map_err(store_err)?
+        {
+            return Err(ApiError::not_found(
+                "unknown_user",
+                format!("no user {user}"),
+            ));
+        }
+        if let Ok(mut m) = self.active.lock() {
+            m.retain(|_, c| &c.user != user);
         }
         tracing::info!(%user, "user disabled");
-        let n = Notice::UserDisabled { tenant: self.tenant.clone(), user: user.clone(), ts: now_secs() };
-        Ok(AdminResponse { notice: Some(sign_notice(&self.signer, &n).map_err(ApiError::internal)?) })
+        let n = Notice::UserDisabled {
+            tenant: self.tenant.clone(),
+            user: user.clone(),
+            ts: now_secs(),
+        };
+        Ok(AdminResponse {
+            notice: Some(sign_notice(&self.signer, &n).map_err(ApiError::internal)?),
+        })
     }
 
     async fn revoke_device(&self, device: &DeviceId) -> Result<AdminResponse, ApiError> {
-        if !self.store.set_device_status(&device.to_hex(), "revoked").await.map_err(store_err)? {
-            return Err(ApiError::not_found("unknown_device", format!("no device {device}")));
+        if !self
+            .store
+            .set_device_status(&device.to_hex(), "revoked")
+            .await
+            .map_err(store_err)?
+        {
+            return Err(ApiError::not_found(
+                "unknown_device",
+                format!("no device {device}"),
+            ));
+        }
+        if let Ok(mut m) = self.active.lock() {
+            m.remove(device);
         }
         tracing::info!(%device, "device revoked");
-        let n = Notice::DeviceRevoked { tenant: self.tenant.clone(), device: *device, ts: now_secs() };
-        Ok(AdminResponse { notice: Some(sign_notice(&self.signer, &n).map_err(ApiError::internal)?) })
+        let n = Notice::DeviceRevoked {
+            tenant: self.tenant.clone(),
+            device: *device,
+            ts: now_secs(),
+        };
+        Ok(AdminResponse {
+            notice: Some(sign_notice(&self.signer, &n).map_err(ApiError::internal)?),
+        })
     }
 
     async fn list_users(&self) -> Result<Vec<UserRecord>, ApiError> {
@@ -396,11 +571,20 @@ impl Km {
                 .map_err(store_err)?
                 .into_iter()
                 .filter_map(|d| {
-                    Some(DeviceRecord { device: d.device.parse().ok()?, status: d.status, issued_at: d.issued_at })
+                    Some(DeviceRecord {
+                        device: d.device.parse().ok()?,
+                        status: d.status,
+                        issued_at: d.issued_at,
+                    })
                 })
                 .collect();
             let Ok(user) = u.user.parse() else { continue };
-            out.push(UserRecord { user, status: u.status, roles: parse_roles(&u.roles), devices });
+            out.push(UserRecord {
+                user,
+                status: u.status,
+                roles: parse_roles(&u.roles),
+                devices,
+            });
         }
         Ok(out)
     }
@@ -409,10 +593,16 @@ impl Km {
         if let Some(s) = self.rooms.lock().ok().and_then(|m| m.get(room).cloned()) {
             return Ok(Some(s));
         }
-        let Some(row) = self.store.get_room(&room.to_hex()).await.map_err(store_err)? else {
+        let Some(row) = self
+            .store
+            .get_room(&room.to_hex())
+            .await
+            .map_err(store_err)?
+        else {
             return Ok(None);
         };
-        let s: Arc<RoomState> = Arc::new(serde_json::from_slice(&row.state).map_err(ApiError::internal)?);
+        let s: Arc<RoomState> =
+            Arc::new(serde_json::from_slice(&row.state).map_err(ApiError::internal)?);
         if let Ok(mut m) = self.rooms.lock() {
             m.insert(*room, s.clone());
         }
@@ -420,9 +610,17 @@ impl Km {
     }
 
     /// Verify and append log entries the KM does not have yet.
-    async fn ingest(&self, room: &RoomId, log_from: u64, log: &[SignedStatement]) -> Result<Option<Arc<RoomState>>, ApiError> {
+    async fn ingest(
+        &self,
+        room: &RoomId,
+        log_from: u64,
+        log: &[SignedStatement],
+    ) -> Result<Option<Arc<RoomState>>, ApiError> {
         if log.len() > limits::MAX_LOG_BATCH {
-            return Err(ApiError::too_large(format!("at most {} log entries per request", limits::MAX_LOG_BATCH)));
+            return Err(ApiError::too_large(format!(
+                "at most {} log entries per request",
+                limits::MAX_LOG_BATCH
+            )));
         }
         if log.is_empty() {
             return self.room_state(room).await;
@@ -433,7 +631,10 @@ impl Km {
         if log_from > known_next {
             return Err(ApiError::conflict(
                 "log_behind",
-                format!("the KM has this room's log up to seq {}; send entries from {known_next}", known_next as i64 - 1),
+                format!(
+                    "the KM has this room's log up to seq {}; send entries from {known_next}",
+                    known_next as i64 - 1
+                ),
             ));
         }
         let mut state = current.as_deref().cloned();
@@ -443,12 +644,18 @@ impl Km {
             let hash = cloister_crypto::signed::entry_hash(entry);
             if seq < known_next {
                 // Already verified: it must be the very same entry (fork detection).
-                let stored = self.store.get_log_hash(&room.to_hex(), seq).await.map_err(store_err)?;
+                let stored = self
+                    .store
+                    .get_log_hash(&room.to_hex(), seq)
+                    .await
+                    .map_err(store_err)?;
                 if stored.as_deref() != Some(&hash[..]) {
                     tracing::warn!(%room, seq, "membership log fork detected");
                     return Err(ApiError::conflict(
                         "log_fork",
-                        format!("entry {seq} differs from the one the KM verified earlier: the log was forked or rewritten"),
+                        format!(
+                            "entry {seq} differs from the one the KM verified earlier: the log was forked or rewritten"
+                        ),
                     ));
                 }
                 continue;
@@ -456,15 +663,25 @@ impl Km {
             let peek = cloister_crypto::signed::peek_statement(entry)
                 .map_err(|e| ApiError::bad_request("bad_statement", e.to_string()))?;
             let actor = self.active_cert(&peek.actor).await.map_err(|e| {
-                ApiError::forbidden("bad_statement", format!("membership statement {seq} rejected: actor {}", e.message))
+                ApiError::forbidden(
+                    "bad_statement",
+                    format!("membership statement {seq} rejected: actor {}", e.message),
+                )
             })?;
-            let (next, _) = cloister_policy::apply(state.as_ref(), room, entry, &actor.user, &actor.sign_pk.0)
-                .map_err(|e| {
-                    tracing::warn!(%room, seq, error = %e, "membership statement rejected");
-                    ApiError::forbidden("bad_statement", format!("membership statement {seq} rejected: {e}"))
-                })?;
+            let (next, _) =
+                cloister_policy::apply(state.as_ref(), room, entry, &actor.user, &actor.sign_pk.0)
+                    .map_err(|e| {
+                        tracing::warn!(%room, seq, error = %e, "membership statement rejected");
+                        ApiError::forbidden(
+                            "bad_statement",
+                            format!("membership statement {seq} rejected: {e}"),
+                        )
+                    })?;
             if next.tenant != self.tenant {
-                return Err(ApiError::forbidden("wrong_tenant", "room belongs to another tenant"));
+                return Err(ApiError::forbidden(
+                    "wrong_tenant",
+                    "room belongs to another tenant",
+                ));
             }
             new_rows.push(LogRow {
                 seq,
@@ -479,7 +696,12 @@ impl Km {
         if !new_rows.is_empty() {
             let bytes = serde_json::to_vec(&state).map_err(ApiError::internal)?;
             self.store
-                .append_log(&room.to_hex(), current.as_ref().map(|s| s.seq), &new_rows, &bytes)
+                .append_log(
+                    &room.to_hex(),
+                    current.as_ref().map(|s| s.seq),
+                    &new_rows,
+                    &bytes,
+                )
                 .await
                 .map_err(store_err)?;
         }
@@ -492,15 +714,44 @@ impl Km {
 
     async fn room_key(&self, room: &RoomId, epoch: u64) -> Result<RoomKey, ApiError> {
         let aad = room_key_aad(&self.tenant, room, epoch);
-        let wrapped = match self.store.get_room_key(&room.to_hex(), epoch).await.map_err(store_err)? {
+        let cached = self
+            .wrapped
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&(*room, epoch)).cloned());
+        let wrapped = match cached {
             Some(w) => w,
             None => {
-                let k = RoomKey::generate().map_err(ApiError::internal)?;
-                let w = self.provider.wrap(&aad, k.expose()).map_err(ApiError::internal)?;
-                self.store.put_room_key(&room.to_hex(), epoch, &w).await.map_err(store_err)?
+                let w = match self
+                    .store
+                    .get_room_key(&room.to_hex(), epoch)
+                    .await
+                    .map_err(store_err)?
+                {
+                    Some(w) => w,
+                    None => {
+                        let k = RoomKey::generate().map_err(ApiError::internal)?;
+                        let w = self
+                            .provider
+                            .wrap(&aad, k.expose())
+                            .map_err(ApiError::internal)?;
+                        self.store
+                            .put_room_key(&room.to_hex(), epoch, &w)
+                            .await
+                            .map_err(store_err)?
+                    }
+                };
+                let w = Arc::new(w);
+                if let Ok(mut m) = self.wrapped.lock() {
+                    m.insert((*room, epoch), w.clone());
+                }
+                w
             }
         };
-        let k = self.provider.unwrap(&aad, &wrapped).map_err(ApiError::internal)?;
+        let k = self
+            .provider
+            .unwrap(&aad, &wrapped)
+            .map_err(ApiError::internal)?;
         RoomKey::from_slice(k.expose()).map_err(ApiError::internal)
     }
 
@@ -518,14 +769,18 @@ impl Km {
                 format!("ask for 1 to {} epochs", limits::MAX_EPOCHS_PER_REQUEST),
             ));
         }
-        let state = self
-            .ingest(room, log_from, log)
-            .await?
-            .ok_or_else(|| ApiError::not_found("unknown_room", format!("the KM has no verified log for room {room}; send it")))?;
+        let state = self.ingest(room, log_from, log).await?.ok_or_else(|| {
+            ApiError::not_found(
+                "unknown_room",
+                format!("the KM has no verified log for room {room}; send it"),
+            )
+        })?;
         for &e in epochs {
             if !state.may_read(&cert.user, e) {
                 let why = if e > state.epoch {
-                    format!("epoch {e} of room {room} does not exist in the verified membership log")
+                    format!(
+                        "epoch {e} of room {room} does not exist in the verified membership log"
+                    )
                 } else {
                     format!("{} is not entitled to epoch {e} of room {room}", cert.user)
                 };
@@ -538,12 +793,23 @@ impl Km {
         for &e in epochs {
             let k = self.room_key(room, e).await?;
             keys.push(
-                hpke_seal::seal_room_key(&cert.hpke_pk.0, &self.tenant, room, e, &cert.device, lease_until, &k)
-                    .map_err(ApiError::internal)?,
+                hpke_seal::seal_room_key(
+                    &cert.hpke_pk.0,
+                    &self.tenant,
+                    room,
+                    e,
+                    &cert.device,
+                    lease_until,
+                    &k,
+                )
+                .map_err(ApiError::internal)?,
             );
         }
         tracing::info!(user = %cert.user, device = %cert.device, %room, ?epochs, "room keys released");
-        Ok(RoomKeysResponse { keys, log_seq: state.seq })
+        Ok(RoomKeysResponse {
+            keys,
+            log_seq: state.seq,
+        })
     }
 }
 

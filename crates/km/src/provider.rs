@@ -55,7 +55,9 @@ impl FileKeyProvider {
             reason: e.to_string(),
         })?;
         let tmk = passphrase::open(pass, &sealed).map_err(ProviderError::Unlock)?;
-        Ok(FileKeyProvider { tmk: RoomKey::from_slice(tmk.expose())? })
+        Ok(FileKeyProvider {
+            tmk: RoomKey::from_slice(tmk.expose())?,
+        })
     }
 }
 

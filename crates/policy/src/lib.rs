@@ -102,7 +102,10 @@ impl RoomState {
     }
 
     fn grant(&mut self, user: &UserId, from: u64) {
-        self.grants.entry(user.clone()).or_default().push(Grant { from, until: None });
+        self.grants
+            .entry(user.clone())
+            .or_default()
+            .push(Grant { from, until: None });
     }
 
     fn close(&mut self, user: &UserId, until: u64) {
@@ -160,11 +163,19 @@ pub fn apply(
 }
 
 fn genesis(st: &Statement, hash: [u8; 32]) -> Result<RoomState, PolicyError> {
-    let Action::Create { kind, settings, members } = &st.action else {
+    let Action::Create {
+        kind,
+        settings,
+        members,
+    } = &st.action
+    else {
         return Err(PolicyError::GenesisExpected);
     };
     if st.seq != 0 {
-        return Err(PolicyError::Gap { expected: 0, got: st.seq });
+        return Err(PolicyError::Gap {
+            expected: 0,
+            got: st.seq,
+        });
     }
     if st.prev.0 != [0u8; 32] {
         return Err(PolicyError::BrokenChain { seq: 0 });
@@ -212,7 +223,10 @@ fn genesis(st: &Statement, hash: [u8; 32]) -> Result<RoomState, PolicyError> {
 
 fn step(s: &RoomState, st: &Statement, hash: [u8; 32]) -> Result<RoomState, PolicyError> {
     if st.seq != s.seq + 1 {
-        return Err(PolicyError::Gap { expected: s.seq + 1, got: st.seq });
+        return Err(PolicyError::Gap {
+            expected: s.seq + 1,
+            got: st.seq,
+        });
     }
     if st.prev.0 != s.head {
         return Err(PolicyError::BrokenChain { seq: st.seq });

@@ -10,7 +10,10 @@ struct Actor {
 }
 
 fn actor(name: &str) -> Actor {
-    Actor { user: format!("{name}@acme").parse().unwrap(), keys: DeviceKeys::generate().unwrap() }
+    Actor {
+        user: format!("{name}@acme").parse().unwrap(),
+        keys: DeviceKeys::generate().unwrap(),
+    }
 }
 
 fn stmt(a: &Actor, room: RoomId, s: Option<&RoomState>, action: Action) -> SignedStatement {
@@ -26,7 +29,12 @@ fn stmt(a: &Actor, room: RoomId, s: Option<&RoomState>, action: Action) -> Signe
     sign_statement(&a.keys, &st).unwrap()
 }
 
-fn run(s: Option<&RoomState>, room: RoomId, a: &Actor, action: Action) -> Result<RoomState, PolicyError> {
+fn run(
+    s: Option<&RoomState>,
+    room: RoomId,
+    a: &Actor,
+    action: Action,
+) -> Result<RoomState, PolicyError> {
     let e = stmt(a, room, s, action);
     apply(s, &room, &e, &a.user, &a.keys.sign_pk()).map(|(n, _)| n)
 }
@@ -38,7 +46,11 @@ fn create(a: &Actor, room: RoomId, members: &[&Actor], view_history: bool) -> Ro
         a,
         Action::Create {
             kind: RoomKind::Room,
-            settings: RoomSettings { name: "desk".into(), view_history, ..Default::default() },
+            settings: RoomSettings {
+                name: "desk".into(),
+                view_history,
+                ..Default::default()
+            },
             members: members.iter().map(|m| m.user.clone()).collect(),
         },
     )
@@ -52,10 +64,24 @@ fn remove_starts_epoch_and_removed_member_cannot_read_it() {
     let s0 = create(&a, room, &[&b, &c], true);
     assert_eq!(s0.epoch, 0);
     assert!(s0.may_read(&b.user, 0));
-    let s1 = run(Some(&s0), room, &a, Action::Remove { user: b.user.clone() }).unwrap();
+    let s1 = run(
+        Some(&s0),
+        room,
+        &a,
+        Action::Remove {
+            user: b.user.clone(),
+        },
+    )
+    .unwrap();
     assert_eq!(s1.epoch, 1);
-    assert!(s1.may_read(&b.user, 0), "removed member keeps what they had");
-    assert!(!s1.may_read(&b.user, 1), "removed member refused the new epoch");
+    assert!(
+        s1.may_read(&b.user, 0),
+        "removed member keeps what they had"
+    );
+    assert!(
+        !s1.may_read(&b.user, 1),
+        "removed member refused the new epoch"
+    );
     assert!(s1.may_read(&c.user, 1));
     assert!(!s1.may_read(&c.user, 2), "future epochs do not exist yet");
     assert!(!s1.may_post(&b.user));
@@ -66,14 +92,30 @@ fn view_history_false_starts_epoch_on_add() {
     let (a, b, d) = (actor("alice"), actor("bob"), actor("dave"));
     let room = RoomId([2; 16]);
     let s0 = create(&a, room, &[&b], false);
-    let s1 = run(Some(&s0), room, &a, Action::Add { user: d.user.clone() }).unwrap();
+    let s1 = run(
+        Some(&s0),
+        room,
+        &a,
+        Action::Add {
+            user: d.user.clone(),
+        },
+    )
+    .unwrap();
     assert_eq!(s1.epoch, 1);
     assert!(!s1.may_read(&d.user, 0));
     assert!(s1.may_read(&d.user, 1));
     // with view_history the newcomer reads everything
     let room2 = RoomId([3; 16]);
     let t0 = create(&a, room2, &[&b], true);
-    let t1 = run(Some(&t0), room2, &a, Action::Add { user: d.user.clone() }).unwrap();
+    let t1 = run(
+        Some(&t0),
+        room2,
+        &a,
+        Action::Add {
+            user: d.user.clone(),
+        },
+    )
+    .unwrap();
     assert_eq!(t1.epoch, 0);
     assert!(t1.may_read(&d.user, 0));
 }
@@ -84,18 +126,42 @@ fn rights_are_enforced() {
     let room = RoomId([4; 16]);
     let s0 = create(&a, room, &[&b], true);
     assert_eq!(
-        run(Some(&s0), room, &b, Action::Remove { user: a.user.clone() }),
+        run(
+            Some(&s0),
+            room,
+            &b,
+            Action::Remove {
+                user: a.user.clone()
+            }
+        ),
         Err(PolicyError::NotOwner(b.user.clone()))
     );
     assert_eq!(
-        run(Some(&s0), room, &b, Action::Add { user: m.user.clone() }),
+        run(
+            Some(&s0),
+            room,
+            &b,
+            Action::Add {
+                user: m.user.clone()
+            }
+        ),
         Err(PolicyError::InviteNotAllowed)
     );
     assert_eq!(
-        run(Some(&s0), room, &m, Action::Add { user: m.user.clone() }),
+        run(
+            Some(&s0),
+            room,
+            &m,
+            Action::Add {
+                user: m.user.clone()
+            }
+        ),
         Err(PolicyError::NotMember(m.user.clone()))
     );
-    assert_eq!(run(Some(&s0), room, &a, Action::Leave), Err(PolicyError::LastOwner));
+    assert_eq!(
+        run(Some(&s0), room, &a, Action::Leave),
+        Err(PolicyError::LastOwner)
+    );
 }
 
 #[test]
@@ -104,7 +170,14 @@ fn forged_statements_are_rejected() {
     let room = RoomId([5; 16]);
     let s0 = create(&a, room, &[&b], true);
     // bad signature: mallory signs, claims alice's key
-    let e = stmt(&m, room, Some(&s0), Action::Add { user: m.user.clone() });
+    let e = stmt(
+        &m,
+        room,
+        Some(&s0),
+        Action::Add {
+            user: m.user.clone(),
+        },
+    );
     assert!(matches!(
         apply(Some(&s0), &room, &e, &a.user, &a.keys.sign_pk()),
         Err(PolicyError::BadSignature { .. })
@@ -133,12 +206,27 @@ fn forged_statements_are_rejected() {
     let e4 = sign_statement(&a.keys, &st3).unwrap();
     assert_eq!(
         apply(Some(&s0), &room, &e4, &a.user, &a.keys.sign_pk()).map(|x| x.0),
-        Err(PolicyError::Gap { expected: 1, got: 5 })
+        Err(PolicyError::Gap {
+            expected: 1,
+            got: 5
+        })
     );
     // replay of genesis into another room
     let other = RoomId([6; 16]);
-    let g = stmt(&a, room, None, Action::Create { kind: RoomKind::Room, settings: Default::default(), members: vec![] });
-    assert_eq!(apply(None, &other, &g, &a.user, &a.keys.sign_pk()).map(|x| x.0), Err(PolicyError::WrongRoom));
+    let g = stmt(
+        &a,
+        room,
+        None,
+        Action::Create {
+            kind: RoomKind::Room,
+            settings: Default::default(),
+            members: vec![],
+        },
+    );
+    assert_eq!(
+        apply(None, &other, &g, &a.user, &a.keys.sign_pk()).map(|x| x.0),
+        Err(PolicyError::WrongRoom)
+    );
 }
 
 #[test]
@@ -146,12 +234,41 @@ fn ims_are_fixed() {
     let (a, b, c) = (actor("alice"), actor("bob"), actor("carol"));
     let room = im_room_id(&a.user, &b.user);
     assert_eq!(room, im_room_id(&b.user, &a.user));
-    let s0 = run(None, room, &a, Action::Create { kind: RoomKind::Im, settings: Default::default(), members: vec![b.user.clone()] }).unwrap();
+    let s0 = run(
+        None,
+        room,
+        &a,
+        Action::Create {
+            kind: RoomKind::Im,
+            settings: Default::default(),
+            members: vec![b.user.clone()],
+        },
+    )
+    .unwrap();
     assert!(s0.may_read(&b.user, 0));
-    assert_eq!(run(Some(&s0), room, &a, Action::Add { user: c.user.clone() }), Err(PolicyError::ImImmutable));
+    assert_eq!(
+        run(
+            Some(&s0),
+            room,
+            &a,
+            Action::Add {
+                user: c.user.clone()
+            }
+        ),
+        Err(PolicyError::ImImmutable)
+    );
     // an IM under a room id that is not the pair's is refused
     assert_eq!(
-        run(None, RoomId([7; 16]), &a, Action::Create { kind: RoomKind::Im, settings: Default::default(), members: vec![b.user.clone()] }),
+        run(
+            None,
+            RoomId([7; 16]),
+            &a,
+            Action::Create {
+                kind: RoomKind::Im,
+                settings: Default::default(),
+                members: vec![b.user.clone()]
+            }
+        ),
         Err(PolicyError::BadIm)
     );
 }

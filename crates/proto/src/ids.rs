@@ -139,9 +139,21 @@ macro_rules! hex_id {
     };
 }
 
-hex_id!(DeviceId, "device", "A device: the first 16 bytes of SHA-256 of its signing key.");
-hex_id!(RoomId, "room", "A room or 1:1 conversation (random, or derived for IMs).");
-hex_id!(MessageId, "message", "A message (random, chosen by the sender).");
+hex_id!(
+    DeviceId,
+    "device",
+    "A device: the first 16 bytes of SHA-256 of its signing key."
+);
+hex_id!(
+    RoomId,
+    "room",
+    "A room or 1:1 conversation (random, or derived for IMs)."
+);
+hex_id!(
+    MessageId,
+    "message",
+    "A message (random, chosen by the sender)."
+);
 
 macro_rules! str_id_impls {
     ($name:ident) => {
@@ -176,7 +188,16 @@ mod tests {
         let u: UserId = "alice.smith@acme-bank".parse().unwrap();
         assert_eq!(u.tenant().as_str(), "acme-bank");
         assert_eq!(u.name(), "alice.smith");
-        for bad in ["", "alice", "@acme", "alice@", "Alice@acme", "a@b@c", "a b@acme", "a@-x"] {
+        for bad in [
+            "",
+            "alice",
+            "@acme",
+            "alice@",
+            "Alice@acme",
+            "a@b@c",
+            "a b@acme",
+            "a@-x",
+        ] {
             assert!(bad.parse::<UserId>().is_err(), "{bad}");
         }
     }
@@ -185,9 +206,17 @@ mod tests {
     fn hex_ids() {
         let r: RoomId = "00112233445566778899aabbccddeeff".parse().unwrap();
         assert_eq!(r.to_hex(), "00112233445566778899aabbccddeeff");
-        assert!("00112233445566778899AABBCCDDEEFF".parse::<RoomId>().is_err());
+        assert!(
+            "00112233445566778899AABBCCDDEEFF"
+                .parse::<RoomId>()
+                .is_err()
+        );
         assert!("0011".parse::<RoomId>().is_err());
-        assert!("../../../etc/passwd0000000000000".parse::<RoomId>().is_err());
+        assert!(
+            "../../../etc/passwd0000000000000"
+                .parse::<RoomId>()
+                .is_err()
+        );
     }
 
     proptest! {

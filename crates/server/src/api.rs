@@ -75,7 +75,14 @@ pub fn router(server: Arc<Server>) -> Router {
 const TOKEN_LEN: usize = 16 + 8 + 32;
 
 fn make_token(key: &[u8; 32], device: &DeviceId, expires: u64) -> String {
-    let mac = cloister_crypto::hmac_sha256(key, &[b"cloister/session/v1", device.as_bytes(), &expires.to_be_bytes()]);
+    let mac = cloister_crypto::hmac_sha256(
+        key,
+        &[
+            b"cloister/session/v1",
+            device.as_bytes(),
+            &expires.to_be_bytes(),
+        ],
+    );
     let mut t = Vec::with_capacity(TOKEN_LEN);
     t.extend_from_slice(device.as_bytes());
     t.extend_from_slice(&expires.to_be_bytes());
@@ -84,7 +91,12 @@ fn make_token(key: &[u8; 32], device: &DeviceId, expires: u64) -> String {
 }
 
 fn check_token(key: &[u8; 32], token: &str) -> Result<DeviceId, ApiError> {
-    let bad = || ApiError::unauthorized("bad_token", "session token is invalid or expired; log in again");
+    let bad = || {
+        ApiError::unauthorized(
+            "bad_token",
+            "session token is invalid or expired; log in again",
+        )
+    };
     let raw = cloister_proto::b64::decode(token).map_err(|_| bad())?;
     if raw.len() != TOKEN_LEN {
         return Err(bad());
@@ -113,14 +125,20 @@ async fn authenticate(server: &Server, token: &str) -> Result<Caller, ApiError> 
     let device = check_token(&server.session_key, token)?;
     let cert = server.cert(&device).await?;
     server.check_standing(&cert)?;
-    Ok(Caller { device, user: cert.user.clone(), tenant: cert.tenant.clone(), cert })
+    Ok(Caller {
+        device,
+        user: cert.user.clone(),
+        tenant: cert.tenant.clone(),
+        cert,
+    })
 }
 
 impl FromRequestParts<Arc<Server>> for Caller {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut Parts, server: &Arc<Server>) -> Result<Self, ApiError> {
-        let token = bearer(&parts.headers)
-            .ok_or_else(|| ApiError::unauthorized("no_token", "missing Authorization: Bearer <session token>"))?;
+        let token = bearer(&parts.headers).ok_or_else(|| {
+            ApiError::unauthorized("no_token", "missing Authorization: Bearer <session token>")
+        })?;
         authenticate(server, token).await
     }
 }
@@ -131,16 +149,30 @@ fn parse_room(s: &str) -> Result<RoomId, ApiError> {
 
 // ---------- tenants, devices, sessions, notices ----------
 
-async fn register_tenant(State(s): S, headers: HeaderMap, ApiJson(req): ApiJson<RegisterTenant>) -> Result<Json<OkBody>, ApiError> {
-    let ok = bearer(&headers)
-        .is_some_and(|t| cloister_crypto::ct_eq(&cloister_crypto::sha256(t.as_bytes()), &s.operator_token_hash));
+async fn register_tenant(
+    State(s): S,
+    headers: HeaderMap,
+    ApiJson(req): ApiJson<RegisterTenant>,
+) -> Result<Json<OkBody>, ApiError> {
+    let ok = bearer(&headers).is_some_and(|t| {
+        cloister_crypto::ct_eq(
+            &cloister_crypto::sha256(t.as_bytes()),
+            &s.operator_token_hash,
+        )
+    });
     if !ok {
-        return Err(ApiError::unauthorized("not_operator", "registering a tenant needs the operator token"));
+        return Err(ApiError::unauthorized(
+            "not_operator",
+            "registering a tenant needs the operator token",
+        ));
     }
-    s.store.put_tenant(req.tenant.as_str(), &req.km_sign_pk.0).await.map_err(|e| match e {
-        cloister_store::StoreError::Conflict(m) => ApiError::conflict("tenant_exists", m),
-        e => ApiError::internal(e),
-    })?;
+    s.store
+        .put_tenant(req.tenant.as_str(), &req.km_sign_pk.0)
+        .await
+        .map_err(|e| match e {
+            cloister_store::StoreError::Conflict(m) => ApiError::conflict("tenant_exists", m),
+            e => ApiError::internal(e),
+        })?;
     tracing::info!(tenant = %req.tenant, "tenant registered");
     Ok(Json(OkBody { ok: true }))
 }
@@ -148,16 +180,23 @@ async fn register_tenant(State(s): S, headers: HeaderMap, ApiJson(req): ApiJson<
 async fn get_tenant(State(s): S, Path(tenant): Path<String>) -> Result<Json<TenantInfo>, ApiError> {
     let tenant: TenantId = tenant.parse().map_err(|e| bad_param("tenant", e))?;
     let k = s.tenant_key(&tenant).await?;
-    Ok(Json(TenantInfo { tenant, km_sign_pk: Fixed(k) }))
+    Ok(Json(TenantInfo {
+        tenant,
+        km_sign_pk: Fixed(k),
+    }))
 }
 
-async fn register_device(State(s): S, ApiJson(req): ApiJson<RegisterDevice>) -> Result<Json<OkBody>, ApiError> {
+async fn register_device(
+    State(s): S,
+    ApiJson(req): ApiJson<RegisterDevice>,
+) -> Result<Json<OkBody>, ApiError> {
     // Learn the claimed tenant, then verify against that tenant's pinned KM key.
     let peek: cloister_proto::km::DeviceCert = serde_json::from_slice(req.cert.body.as_slice())
         .map_err(|_| ApiError::bad_request("bad_certificate", "certificate body is malformed"))?;
     let key = s.tenant_key(&peek.tenant).await?;
-    let cert = verify_cert(&key, &req.cert)
-        .map_err(|e| ApiError::forbidden("bad_certificate", format!("certificate rejected: {e}")))?;
+    let cert = verify_cert(&key, &req.cert).map_err(|e| {
+        ApiError::forbidden("bad_certificate", format!("certificate rejected: {e}"))
+    })?;
     s.check_standing(&cert)?;
     s.store
         .put_device(&DeviceRow {
@@ -175,54 +214,98 @@ async fn register_device(State(s): S, ApiJson(req): ApiJson<RegisterDevice>) -> 
     Ok(Json(OkBody { ok: true }))
 }
 
-async fn get_device(State(s): S, _c: Caller, Path(device): Path<String>) -> Result<Json<SignedCert>, ApiError> {
+async fn get_device(
+    State(s): S,
+    _c: Caller,
+    Path(device): Path<String>,
+) -> Result<Json<SignedCert>, ApiError> {
     let device: DeviceId = device.parse().map_err(|e| bad_param("device id", e))?;
     let row = s
         .store
         .get_device(&device.to_hex())
         .await
         .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::not_found("unknown_device", format!("device {device} is not registered")))?;
-    Ok(Json(serde_json::from_slice(&row.cert).map_err(ApiError::internal)?))
+        .ok_or_else(|| {
+            ApiError::not_found(
+                "unknown_device",
+                format!("device {device} is not registered"),
+            )
+        })?;
+    Ok(Json(
+        serde_json::from_slice(&row.cert).map_err(ApiError::internal)?,
+    ))
 }
 
-async fn login(State(s): S, ApiJson(req): ApiJson<LoginRequest>) -> Result<Json<LoginResponse>, ApiError> {
+async fn login(
+    State(s): S,
+    ApiJson(req): ApiJson<LoginRequest>,
+) -> Result<Json<LoginResponse>, ApiError> {
     let cert = s.cert(&req.device).await.map_err(|_| {
-        ApiError::unauthorized("unknown_device", format!("device {} is not registered", req.device))
+        ApiError::unauthorized(
+            "unknown_device",
+            format!("device {} is not registered", req.device),
+        )
     })?;
     s.check_standing(&cert)?;
-    cloister_crypto::keys::verify(&cert.sign_pk.0, LOGIN, &login_transcript(&req.device, req.ts, &req.nonce.0), &req.sig.0)
-        .map_err(|_| ApiError::unauthorized("bad_signature", "login signature is invalid"))?;
+    cloister_crypto::keys::verify(
+        &cert.sign_pk.0,
+        LOGIN,
+        &login_transcript(&req.device, req.ts, &req.nonce.0),
+        &req.sig.0,
+    )
+    .map_err(|_| ApiError::unauthorized("bad_signature", "login signature is invalid"))?;
     let now = now_millis();
     let skew = limits::MAX_SKEW_SECS * 1000;
     if req.ts + skew < now || req.ts > now + skew {
-        return Err(ApiError::unauthorized("stale_request", "login timestamp is outside the allowed clock skew"));
+        return Err(ApiError::unauthorized(
+            "stale_request",
+            "login timestamp is outside the allowed clock skew",
+        ));
     }
     {
-        let mut n = s.login_nonces.lock().map_err(|_| ApiError::internal("lock poisoned"))?;
+        let mut n = s
+            .login_nonces
+            .lock()
+            .map_err(|_| ApiError::internal("lock poisoned"))?;
         if n.len() > 100_000 {
             n.retain(|_, t| *t + 2 * skew >= now);
         }
         if n.insert(req.nonce.0, req.ts).is_some() {
-            return Err(ApiError::conflict("replayed_request", "this login was already used"));
+            return Err(ApiError::conflict(
+                "replayed_request",
+                "this login was already used",
+            ));
         }
     }
     let expires_at = now_secs() + s.config.session_secs;
-    Ok(Json(LoginResponse { token: make_token(&s.session_key, &req.device, expires_at), expires_at }))
+    Ok(Json(LoginResponse {
+        token: make_token(&s.session_key, &req.device, expires_at),
+        expires_at,
+    }))
 }
 
-async fn post_notice(State(s): S, ApiJson(req): ApiJson<PostNotice>) -> Result<Json<OkBody>, ApiError> {
+async fn post_notice(
+    State(s): S,
+    ApiJson(req): ApiJson<PostNotice>,
+) -> Result<Json<OkBody>, ApiError> {
     let peek: Notice = serde_json::from_slice(req.notice.body.as_slice())
         .map_err(|_| ApiError::bad_request("bad_notice", "notice body is malformed"))?;
     let key = s.tenant_key(peek.tenant()).await?;
-    let notice = verify_notice(&key, &req.notice)
-        .map_err(|_| ApiError::forbidden("bad_signature", "notice is not signed by the tenant's KM"))?;
+    let notice = verify_notice(&key, &req.notice).map_err(|_| {
+        ApiError::forbidden("bad_signature", "notice is not signed by the tenant's KM")
+    })?;
     match &notice {
         Notice::UserDisabled { user, .. } => {
             if user.tenant() != *notice.tenant() {
-                return Err(ApiError::forbidden("wrong_tenant", "a KM can only act on its own users"));
+                return Err(ApiError::forbidden(
+                    "wrong_tenant",
+                    "a KM can only act on its own users",
+                ));
             }
-            s.store.disable_user(user.as_str()).await.map_err(ApiError::internal)?;
+            s.store
+                .disable_user(user.as_str())
+                .await
+                .map_err(ApiError::internal)?;
             if let Ok(mut d) = s.disabled.write() {
                 d.insert(user.clone());
             }
@@ -232,9 +315,15 @@ async fn post_notice(State(s): S, ApiJson(req): ApiJson<PostNotice>) -> Result<J
         Notice::DeviceRevoked { device, .. } => {
             let cert = s.cert(device).await?;
             if cert.tenant != *notice.tenant() {
-                return Err(ApiError::forbidden("wrong_tenant", "a KM can only act on its own devices"));
+                return Err(ApiError::forbidden(
+                    "wrong_tenant",
+                    "a KM can only act on its own devices",
+                ));
             }
-            s.store.revoke_device(&device.to_hex()).await.map_err(ApiError::internal)?;
+            s.store
+                .revoke_device(&device.to_hex())
+                .await
+                .map_err(ApiError::internal)?;
             if let Ok(mut r) = s.revoked.write() {
                 r.insert(*device);
             }
@@ -260,7 +349,11 @@ fn summary(st: &RoomState) -> RoomSummary {
 }
 
 async fn list_rooms(State(s): S, c: Caller) -> Result<Json<Vec<RoomSummary>>, ApiError> {
-    let rows = s.store.rooms_of_user(c.user.as_str()).await.map_err(ApiError::internal)?;
+    let rows = s
+        .store
+        .rooms_of_user(c.user.as_str())
+        .await
+        .map_err(ApiError::internal)?;
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
         let st: RoomState = serde_json::from_slice(&r.state).map_err(ApiError::internal)?;
@@ -269,7 +362,11 @@ async fn list_rooms(State(s): S, c: Caller) -> Result<Json<Vec<RoomSummary>>, Ap
     Ok(Json(out))
 }
 
-async fn get_room(State(s): S, c: Caller, Path(room): Path<String>) -> Result<Json<RoomSummary>, ApiError> {
+async fn get_room(
+    State(s): S,
+    c: Caller,
+    Path(room): Path<String>,
+) -> Result<Json<RoomSummary>, ApiError> {
     let room = parse_room(&room)?;
     let st = s.member_room(&room, &c.user).await?;
     Ok(Json(summary(&st)))
@@ -294,10 +391,22 @@ async fn get_log(
     // Anyone who ever held a grant may read the log (it is what justifies their keys).
     match s.room(&room).await? {
         Some(st) if st.grants.contains_key(&c.user) => {}
-        _ => return Err(ApiError::not_found("no_such_room", format!("no room {room} that you are a member of"))),
+        _ => {
+            return Err(ApiError::not_found(
+                "no_such_room",
+                format!("no room {room} that you are a member of"),
+            ));
+        }
     }
-    let limit = q.limit.unwrap_or(limits::MAX_PAGE).clamp(1, limits::MAX_PAGE);
-    let rows = s.store.get_log(&room.to_hex(), q.from, limit).await.map_err(ApiError::internal)?;
+    let limit = q
+        .limit
+        .unwrap_or(limits::MAX_PAGE)
+        .clamp(1, limits::MAX_PAGE);
+    let rows = s
+        .store
+        .get_log(&room.to_hex(), q.from, limit)
+        .await
+        .map_err(ApiError::internal)?;
     let entries = rows
         .iter()
         .map(|r| serde_json::from_slice::<SignedStatement>(&r.entry))
@@ -314,20 +423,35 @@ async fn append_log(
 ) -> Result<Json<AppendLogResponse>, ApiError> {
     let room = parse_room(&room)?;
     if req.entry.actor != c.device {
-        return Err(ApiError::forbidden("not_actor", "a device may only submit statements it signed itself"));
+        return Err(ApiError::forbidden(
+            "not_actor",
+            "a device may only submit statements it signed itself",
+        ));
     }
     let _guard = s.log_lock.lock().await;
     let current = s.room(&room).await?;
-    let (next, st) = cloister_policy::apply(current.as_deref(), &room, &req.entry, &c.user, &c.cert.sign_pk.0)
-        .map_err(|e| match e {
-            cloister_policy::PolicyError::Gap { .. } | cloister_policy::PolicyError::BrokenChain { .. } => {
-                ApiError::conflict("log_conflict", format!("{e}; fetch the log and retry"))
-            }
-            cloister_policy::PolicyError::BadSignature { .. } => ApiError::unauthorized("bad_signature", e.to_string()),
-            e => ApiError::forbidden("policy", e.to_string()),
-        })?;
+    let (next, st) = cloister_policy::apply(
+        current.as_deref(),
+        &room,
+        &req.entry,
+        &c.user,
+        &c.cert.sign_pk.0,
+    )
+    .map_err(|e| match e {
+        cloister_policy::PolicyError::Gap { .. }
+        | cloister_policy::PolicyError::BrokenChain { .. } => {
+            ApiError::conflict("log_conflict", format!("{e}; fetch the log and retry"))
+        }
+        cloister_policy::PolicyError::BadSignature { .. } => {
+            ApiError::unauthorized("bad_signature", e.to_string())
+        }
+        e => ApiError::forbidden("policy", e.to_string()),
+    })?;
     if next.tenant != c.tenant {
-        return Err(ApiError::forbidden("wrong_tenant", "rooms can only be changed by their own tenant's users"));
+        return Err(ApiError::forbidden(
+            "wrong_tenant",
+            "rooms can only be changed by their own tenant's users",
+        ));
     }
     if let Some(u) = next.members.iter().find(|u| u.tenant() != next.tenant) {
         return Err(ApiError::forbidden(
@@ -342,10 +466,13 @@ async fn append_log(
     };
     let members: Vec<String> = next.members.iter().map(|m| m.to_string()).collect();
     let state_bytes = serde_json::to_vec(&next).map_err(ApiError::internal)?;
-    s.store.append_log(&room.to_hex(), &row, &state_bytes, &members).await.map_err(|e| match e {
-        cloister_store::StoreError::Conflict(m) => ApiError::conflict("log_conflict", m),
-        e => ApiError::internal(e),
-    })?;
+    s.store
+        .append_log(&room.to_hex(), &row, &state_bytes, &members)
+        .await
+        .map_err(|e| match e {
+            cloister_store::StoreError::Conflict(m) => ApiError::conflict("log_conflict", m),
+            e => ApiError::internal(e),
+        })?;
     let next = Arc::new(next);
     if let Ok(mut m) = s.rooms.lock() {
         m.insert(room, next.clone());
@@ -360,7 +487,10 @@ async fn append_log(
         s.hub.send(users.into_iter(), Arc::from(j));
     }
     tracing::info!(%room, seq = st.seq, actor = %c.user, "membership statement accepted");
-    Ok(Json(AppendLogResponse { seq: st.seq, head: Fixed(next.head) }))
+    Ok(Json(AppendLogResponse {
+        seq: st.seq,
+        head: Fixed(next.head),
+    }))
 }
 
 // ---------- messages ----------
@@ -373,29 +503,47 @@ async fn post_message(
 ) -> Result<Json<PostMessageResponse>, ApiError> {
     let room = parse_room(&room)?;
     if env.ciphertext.len() > limits::MAX_MESSAGE_CIPHERTEXT {
-        return Err(ApiError::too_large(format!("message ciphertext over {} bytes", limits::MAX_MESSAGE_CIPHERTEXT)));
+        return Err(ApiError::too_large(format!(
+            "message ciphertext over {} bytes",
+            limits::MAX_MESSAGE_CIPHERTEXT
+        )));
     }
     let h = cloister_crypto::message::verify_envelope(&c.cert.sign_pk.0, &env)
         .map_err(|e| ApiError::unauthorized("bad_signature", format!("message rejected: {e}")))?;
     if h.device != c.device || h.sender != c.user {
-        return Err(ApiError::forbidden("not_sender", "the message header names another sender"));
+        return Err(ApiError::forbidden(
+            "not_sender",
+            "the message header names another sender",
+        ));
     }
     if h.room != room {
-        return Err(ApiError::bad_request("wrong_room", "the message header names another room"));
+        return Err(ApiError::bad_request(
+            "wrong_room",
+            "the message header names another room",
+        ));
     }
     let now = now_millis();
     let skew = limits::MAX_SKEW_SECS * 1000;
     if h.ts + skew < now || h.ts > now + skew {
-        return Err(ApiError::bad_request("stale_message", "message timestamp is outside the allowed clock skew"));
+        return Err(ApiError::bad_request(
+            "stale_message",
+            "message timestamp is outside the allowed clock skew",
+        ));
     }
     let st = s.member_room(&room, &c.user).await?;
     if !st.may_post(&c.user) {
-        return Err(ApiError::forbidden("read_only", "only owners may post in this room"));
+        return Err(ApiError::forbidden(
+            "read_only",
+            "only owners may post in this room",
+        ));
     }
     if h.epoch != st.epoch {
         return Err(ApiError::conflict(
             "stale_epoch",
-            format!("the room is at epoch {}; message was sealed for epoch {}", st.epoch, h.epoch),
+            format!(
+                "the room is at epoch {}; message was sealed for epoch {}",
+                st.epoch, h.epoch
+            ),
         ));
     }
     let (tx, rx) = tokio::sync::oneshot::channel();
@@ -447,24 +595,50 @@ async fn history(
     s.member_room(&room, &c.user).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, limits::MAX_PAGE);
     let before = q.before.unwrap_or(i64::MAX as u64);
-    let rows = s.store.history(&room.to_hex(), before, limit).await.map_err(ApiError::internal)?;
-    let next_before = if rows.len() as u32 == limit { rows.first().map(|r| r.seq) } else { None };
+    let rows = s
+        .store
+        .history(&room.to_hex(), before, limit)
+        .await
+        .map_err(ApiError::internal)?;
+    let next_before = if rows.len() as u32 == limit {
+        rows.first().map(|r| r.seq)
+    } else {
+        None
+    };
     let mut messages = Vec::with_capacity(rows.len());
     for r in rows {
-        let sig: [u8; 64] = r.sig.try_into().map_err(|_| ApiError::internal("corrupt signature"))?;
+        let sig: [u8; 64] = r
+            .sig
+            .try_into()
+            .map_err(|_| ApiError::internal("corrupt signature"))?;
         messages.push(StoredMessage {
             seq: r.seq,
-            envelope: Envelope { header: r.header.into(), ciphertext: r.ciphertext.into(), sig: Fixed(sig) },
+            envelope: Envelope {
+                header: r.header.into(),
+                ciphertext: r.ciphertext.into(),
+                sig: Fixed(sig),
+            },
         });
     }
-    Ok(Json(HistoryPage { room, messages, next_before }))
+    Ok(Json(HistoryPage {
+        room,
+        messages,
+        next_before,
+    }))
 }
 
 // ---------- blobs ----------
 
 fn parse_blob_id(id: &str) -> Result<String, ApiError> {
-    let ok = id.len() == 32 && id.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-    if ok { Ok(id.to_owned()) } else { Err(bad_param("blob id", "expected 32 lowercase hex digits")) }
+    let ok = id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    if ok {
+        Ok(id.to_owned())
+    } else {
+        Err(bad_param("blob id", "expected 32 lowercase hex digits"))
+    }
 }
 
 async fn put_blob(
@@ -477,24 +651,43 @@ async fn put_blob(
     let id = parse_blob_id(&id)?;
     let st = s.member_room(&room, &c.user).await?;
     if !st.may_post(&c.user) {
-        return Err(ApiError::forbidden("read_only", "only owners may post in this room"));
+        return Err(ApiError::forbidden(
+            "read_only",
+            "only owners may post in this room",
+        ));
     }
-    if s.store.get_blob(&id).await.map_err(ApiError::internal)?.is_some() {
-        return Err(ApiError::conflict("blob_exists", "a blob with this id already exists"));
+    if s.store
+        .get_blob(&id)
+        .await
+        .map_err(ApiError::internal)?
+        .is_some()
+    {
+        return Err(ApiError::conflict(
+            "blob_exists",
+            "a blob with this id already exists",
+        ));
     }
     let final_path = s.blob_dir.join(&id);
     let tmp = s.blob_dir.join(format!("{id}.part-{}", now_millis()));
     let result = async {
-        let mut f = tokio::fs::File::create(&tmp).await.map_err(ApiError::internal)?;
+        let mut f = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(ApiError::internal)?;
         let mut size: u64 = 0;
         let mut stream = body.into_data_stream();
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|_| {
-                ApiError::too_large(format!("attachment larger than {} bytes, or the upload was cut", s.config.max_attachment))
+                ApiError::too_large(format!(
+                    "attachment larger than {} bytes, or the upload was cut",
+                    s.config.max_attachment
+                ))
             })?;
             size += chunk.len() as u64;
             if size > s.config.max_attachment {
-                return Err(ApiError::too_large(format!("attachment larger than {} bytes", s.config.max_attachment)));
+                return Err(ApiError::too_large(format!(
+                    "attachment larger than {} bytes",
+                    s.config.max_attachment
+                )));
             }
             f.write_all(&chunk).await.map_err(ApiError::internal)?;
         }
@@ -509,8 +702,15 @@ async fn put_blob(
             return Err(e);
         }
     };
-    tokio::fs::rename(&tmp, &final_path).await.map_err(ApiError::internal)?;
-    let row = BlobRow { id: id.clone(), room: room.to_hex(), device: c.device.to_hex(), size };
+    tokio::fs::rename(&tmp, &final_path)
+        .await
+        .map_err(ApiError::internal)?;
+    let row = BlobRow {
+        id: id.clone(),
+        room: room.to_hex(),
+        device: c.device.to_hex(),
+        size,
+    };
     if let Err(e) = s.store.put_blob(&row).await {
         let _ = tokio::fs::remove_file(&final_path).await;
         return Err(match e {
@@ -523,11 +723,23 @@ async fn put_blob(
 
 async fn get_blob(State(s): S, c: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_blob_id(&id)?;
-    let nf = || ApiError::not_found("no_such_blob", "no such attachment in a room you are a member of");
-    let row = s.store.get_blob(&id).await.map_err(ApiError::internal)?.ok_or_else(nf)?;
+    let nf = || {
+        ApiError::not_found(
+            "no_such_blob",
+            "no such attachment in a room you are a member of",
+        )
+    };
+    let row = s
+        .store
+        .get_blob(&id)
+        .await
+        .map_err(ApiError::internal)?
+        .ok_or_else(nf)?;
     let room: RoomId = row.room.parse().map_err(ApiError::internal)?;
     s.member_room(&room, &c.user).await.map_err(|_| nf())?;
-    let f = tokio::fs::File::open(s.blob_dir.join(&id)).await.map_err(ApiError::internal)?;
+    let f = tokio::fs::File::open(s.blob_dir.join(&id))
+        .await
+        .map_err(ApiError::internal)?;
     let stream = tokio_util::io::ReaderStream::with_capacity(f, 64 * 1024);
     Ok((
         StatusCode::OK,
@@ -544,7 +756,12 @@ struct WsQuery {
     token: Option<String>,
 }
 
-async fn ws(State(s): S, headers: HeaderMap, Query(q): Query<WsQuery>, up: WebSocketUpgrade) -> Result<Response, ApiError> {
+async fn ws(
+    State(s): S,
+    headers: HeaderMap,
+    Query(q): Query<WsQuery>,
+    up: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
     let token = bearer(&headers)
         .map(str::to_owned)
         .or(q.token)

@@ -31,21 +31,23 @@ impl Hub {
         let (tx, rx) = mpsc::channel(QUEUE);
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut m) = self.conns.write() {
-            m.entry(user.clone()).or_default().push(Conn { id, device, tx });
+            m.entry(user.clone())
+                .or_default()
+                .push(Conn { id, device, tx });
             self.count.fetch_add(1, Ordering::Relaxed);
         }
         (id, rx)
     }
 
     pub fn unregister(&self, user: &UserId, id: u64) {
-        if let Ok(mut m) = self.conns.write() {
-            if let Some(v) = m.get_mut(user) {
-                let before = v.len();
-                v.retain(|c| c.id != id);
-                self.count.fetch_sub(before - v.len(), Ordering::Relaxed);
-                if v.is_empty() {
-                    m.remove(user);
-                }
+        if let Ok(mut m) = self.conns.write()
+            && let Some(v) = m.get_mut(user)
+        {
+            let before = v.len();
+            v.retain(|c| c.id != id);
+            self.count.fetch_sub(before - v.len(), Ordering::Relaxed);
+            if v.is_empty() {
+                m.remove(user);
             }
         }
     }

@@ -87,7 +87,10 @@ pub struct Server {
 }
 
 fn io_err(path: &Path, e: std::io::Error) -> ServerError {
-    ServerError::Io { path: path.display().to_string(), reason: e.to_string() }
+    ServerError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
 }
 
 /// Read a 32-byte secret from `path`, creating it (mode 0600) if absent.
@@ -98,7 +101,10 @@ fn secret_file(path: &Path) -> Result<[u8; 32], ServerError> {
             k.copy_from_slice(&b);
             Ok(k)
         }
-        Ok(_) => Err(ServerError::Io { path: path.display().to_string(), reason: "corrupt key file".into() }),
+        Ok(_) => Err(ServerError::Io {
+            path: path.display().to_string(),
+            reason: "corrupt key file".into(),
+        }),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let k = cloister_crypto::random_bytes::<32>()?;
             write_private(path, &k).map_err(|e| io_err(path, e))?;
@@ -150,7 +156,8 @@ impl Server {
             write_private(&tok_path, t.as_bytes()).map_err(|e| io_err(&tok_path, e))?;
         }
         let token = std::fs::read(&tok_path).map_err(|e| io_err(&tok_path, e))?;
-        let operator_token_hash = cloister_crypto::sha256(String::from_utf8_lossy(&token).trim().as_bytes());
+        let operator_token_hash =
+            cloister_crypto::sha256(String::from_utf8_lossy(&token).trim().as_bytes());
         let (revoked, disabled) = store.deny_list().await?;
         let hub = hub::Hub::default();
         let writer = writer::Writer::start(store.clone(), hub.clone());
@@ -178,7 +185,12 @@ impl Server {
     }
 
     async fn tenant_key(&self, tenant: &TenantId) -> Result<[u8; 32], ApiError> {
-        if let Some(k) = self.tenants.read().ok().and_then(|m| m.get(tenant).copied()) {
+        if let Some(k) = self
+            .tenants
+            .read()
+            .ok()
+            .and_then(|m| m.get(tenant).copied())
+        {
             return Ok(k);
         }
         let k = self
@@ -186,8 +198,15 @@ impl Server {
             .get_tenant(tenant.as_str())
             .await
             .map_err(ApiError::internal)?
-            .ok_or_else(|| ApiError::not_found("unknown_tenant", format!("tenant {tenant} is not registered on this server")))?;
-        let k: [u8; 32] = k.try_into().map_err(|_| ApiError::internal("corrupt tenant key"))?;
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    "unknown_tenant",
+                    format!("tenant {tenant} is not registered on this server"),
+                )
+            })?;
+        let k: [u8; 32] = k
+            .try_into()
+            .map_err(|_| ApiError::internal("corrupt tenant key"))?;
         if let Ok(mut m) = self.tenants.write() {
             m.insert(tenant.clone(), k);
         }
@@ -212,8 +231,14 @@ impl Server {
             .get_device(&device.to_hex())
             .await
             .map_err(ApiError::internal)?
-            .ok_or_else(|| ApiError::not_found("unknown_device", format!("device {device} is not registered")))?;
-        let sc: cloister_proto::km::SignedCert = serde_json::from_slice(&row.cert).map_err(ApiError::internal)?;
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    "unknown_device",
+                    format!("device {device} is not registered"),
+                )
+            })?;
+        let sc: cloister_proto::km::SignedCert =
+            serde_json::from_slice(&row.cert).map_err(ApiError::internal)?;
         let tenant: TenantId = row.tenant.parse().map_err(ApiError::internal)?;
         let key = self.tenant_key(&tenant).await?;
         let cert = Arc::new(verify_cert(&key, &sc).map_err(ApiError::internal)?);
@@ -226,13 +251,22 @@ impl Server {
     /// The caller's certificate must be current: not revoked, user not disabled, not expired.
     fn check_standing(&self, cert: &DeviceCert) -> Result<(), ApiError> {
         if self.is_revoked(&cert.device) {
-            return Err(ApiError::forbidden("device_revoked", "this device has been revoked"));
+            return Err(ApiError::forbidden(
+                "device_revoked",
+                "this device has been revoked",
+            ));
         }
         if self.is_disabled(&cert.user) {
-            return Err(ApiError::forbidden("user_disabled", format!("{} is disabled", cert.user)));
+            return Err(ApiError::forbidden(
+                "user_disabled",
+                format!("{} is disabled", cert.user),
+            ));
         }
         if cert.not_after < cloister_proto::now_secs() {
-            return Err(ApiError::forbidden("cert_expired", "the device certificate has expired"));
+            return Err(ApiError::forbidden(
+                "cert_expired",
+                "the device certificate has expired",
+            ));
         }
         Ok(())
     }
@@ -241,10 +275,16 @@ impl Server {
         if let Some(s) = self.rooms.lock().ok().and_then(|m| m.get(room).cloned()) {
             return Ok(Some(s));
         }
-        let Some(row) = self.store.get_room(&room.to_hex()).await.map_err(ApiError::internal)? else {
+        let Some(row) = self
+            .store
+            .get_room(&room.to_hex())
+            .await
+            .map_err(ApiError::internal)?
+        else {
             return Ok(None);
         };
-        let s: Arc<RoomState> = Arc::new(serde_json::from_slice(&row.state).map_err(ApiError::internal)?);
+        let s: Arc<RoomState> =
+            Arc::new(serde_json::from_slice(&row.state).map_err(ApiError::internal)?);
         if let Ok(mut m) = self.rooms.lock() {
             m.insert(*room, s.clone());
         }
@@ -255,7 +295,10 @@ impl Server {
     async fn member_room(&self, room: &RoomId, user: &UserId) -> Result<Arc<RoomState>, ApiError> {
         match self.room(room).await? {
             Some(s) if s.is_member(user) => Ok(s),
-            _ => Err(ApiError::not_found("no_such_room", format!("no room {room} that you are a member of"))),
+            _ => Err(ApiError::not_found(
+                "no_such_room",
+                format!("no room {room} that you are a member of"),
+            )),
         }
     }
 }

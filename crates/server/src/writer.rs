@@ -43,7 +43,11 @@ impl Writer {
                     Ok(results) => {
                         for (job, res) in batch.drain(..).zip(results) {
                             if let Inserted::Seq(seq) = res {
-                                let ev = Event::Message { room: job.room, seq, envelope: job.envelope };
+                                let ev = Event::Message {
+                                    room: job.room,
+                                    seq,
+                                    envelope: job.envelope,
+                                };
                                 if let Ok(s) = serde_json::to_string(&ev) {
                                     hub.send(job.state.members.iter(), Arc::from(s));
                                 }

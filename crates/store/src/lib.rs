@@ -195,5 +195,11 @@ pub trait KmStore: Send + Sync + 'static {
     async fn put_room_key(&self, room: &str, epoch: u64, wrapped: &[u8]) -> Result<Vec<u8>>;
 
     /// Record a request nonce; false if it was already used. Prunes nonces older than `prune_before`.
-    async fn use_nonce(&self, device: &str, nonce: &[u8], ts: u64, prune_before: u64) -> Result<bool>;
+    async fn use_nonce(
+        &self,
+        device: &str,
+        nonce: &[u8],
+        ts: u64,
+        prune_before: u64,
+    ) -> Result<bool>;
 }

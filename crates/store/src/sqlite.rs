@@ -1,8 +1,8 @@
 //! SQLite (WAL) implementations.
 
 use crate::{
-    BlobRow, DeviceRow, Inserted, KmDeviceRow, KmStore, KmUserRow, LogRow, MessageRow,
-    NewMessage, Result, RoomRow, ServerStore, StoreError,
+    BlobRow, DeviceRow, Inserted, KmDeviceRow, KmStore, KmUserRow, LogRow, MessageRow, NewMessage,
+    Result, RoomRow, ServerStore, StoreError,
 };
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -95,13 +95,18 @@ fn room_row(r: &sqlx::sqlite::SqliteRow) -> Result<RoomRow> {
 impl ServerStore for SqliteServerStore {
     async fn put_tenant(&self, tenant: &str, km_pk: &[u8]) -> Result<()> {
         let mut tx = self.pool.begin().await?;
-        let existing: Option<Vec<u8>> = sqlx::query_scalar("SELECT km_pk FROM tenants WHERE tenant = ?")
-            .bind(tenant)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let existing: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT km_pk FROM tenants WHERE tenant = ?")
+                .bind(tenant)
+                .fetch_optional(&mut *tx)
+                .await?;
         match existing {
             Some(k) if k == km_pk => return Ok(()),
-            Some(_) => return Err(StoreError::Conflict("tenant already registered with another KM key")),
+            Some(_) => {
+                return Err(StoreError::Conflict(
+                    "tenant already registered with another KM key",
+                ));
+            }
             None => {}
         }
         sqlx::query("INSERT INTO tenants (tenant, km_pk) VALUES (?, ?)")
@@ -114,10 +119,12 @@ impl ServerStore for SqliteServerStore {
     }
 
     async fn get_tenant(&self, tenant: &str) -> Result<Option<Vec<u8>>> {
-        Ok(sqlx::query_scalar("SELECT km_pk FROM tenants WHERE tenant = ?")
-            .bind(tenant)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT km_pk FROM tenants WHERE tenant = ?")
+                .bind(tenant)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     async fn put_device(&self, d: &DeviceRow) -> Result<()> {
@@ -186,7 +193,13 @@ impl ServerStore for SqliteServerStore {
         Ok((devs, users))
     }
 
-    async fn append_log(&self, room: &str, entry: &LogRow, state: &[u8], members: &[String]) -> Result<()> {
+    async fn append_log(
+        &self,
+        room: &str,
+        entry: &LogRow,
+        state: &[u8],
+        members: &[String],
+    ) -> Result<()> {
         let mut tx = self.pool.begin().await?;
         let cur: Option<i64> = sqlx::query_scalar("SELECT seq FROM rooms WHERE room = ?")
             .bind(room)
@@ -197,7 +210,9 @@ impl ServerStore for SqliteServerStore {
             Some(s) => u(s) + 1 == entry.seq,
         };
         if !ok {
-            return Err(StoreError::Conflict("the room's log has moved on; fetch it and retry"));
+            return Err(StoreError::Conflict(
+                "the room's log has moved on; fetch it and retry",
+            ));
         }
         sqlx::query("INSERT INTO room_log (room, seq, entry, hash) VALUES (?, ?, ?, ?)")
             .bind(room)
@@ -478,29 +493,33 @@ impl KmStore for SqliteKmStore {
     }
 
     async fn take_code(&self, code_hash: &[u8]) -> Result<Option<(String, u64)>> {
-        let r = sqlx::query("DELETE FROM enrol_codes WHERE code_hash = ? RETURNING user_id, expires_at")
-            .bind(code_hash)
-            .fetch_optional(&self.pool)
-            .await?;
+        let r = sqlx::query(
+            "DELETE FROM enrol_codes WHERE code_hash = ? RETURNING user_id, expires_at",
+        )
+        .bind(code_hash)
+        .fetch_optional(&self.pool)
+        .await?;
         r.map(|r| Ok((r.try_get("user_id")?, u(r.try_get("expires_at")?))))
             .transpose()
     }
 
     async fn put_device(&self, d: &KmDeviceRow) -> Result<()> {
-        sqlx::query("INSERT INTO devices (device, user_id, cert, status, issued_at) VALUES (?, ?, ?, ?, ?)")
-            .bind(&d.device)
-            .bind(&d.user)
-            .bind(&d.cert)
-            .bind(&d.status)
-            .bind(i(d.issued_at))
-            .execute(&self.pool)
-            .await
-            .map_err(|e| match e {
-                sqlx::Error::Database(d) if d.is_unique_violation() => {
-                    StoreError::Conflict("device already enrolled")
-                }
-                e => e.into(),
-            })?;
+        sqlx::query(
+            "INSERT INTO devices (device, user_id, cert, status, issued_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&d.device)
+        .bind(&d.user)
+        .bind(&d.cert)
+        .bind(&d.status)
+        .bind(i(d.issued_at))
+        .execute(&self.pool)
+        .await
+        .map_err(|e| match e {
+            sqlx::Error::Database(d) if d.is_unique_violation() => {
+                StoreError::Conflict("device already enrolled")
+            }
+            e => e.into(),
+        })?;
         Ok(())
     }
 
@@ -513,10 +532,11 @@ impl KmStore for SqliteKmStore {
     }
 
     async fn devices_of_user(&self, user: &str) -> Result<Vec<KmDeviceRow>> {
-        let rows = sqlx::query("SELECT * FROM devices WHERE user_id = ? ORDER BY issued_at, device")
-            .bind(user)
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT * FROM devices WHERE user_id = ? ORDER BY issued_at, device")
+                .bind(user)
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(km_device).collect()
     }
 
@@ -553,7 +573,9 @@ impl KmStore for SqliteKmStore {
             .fetch_optional(&mut *tx)
             .await?;
         if cur.map(u) != expected_seq {
-            return Err(StoreError::Conflict("the room's verified log moved on concurrently"));
+            return Err(StoreError::Conflict(
+                "the room's verified log moved on concurrently",
+            ));
         }
         for e in entries {
             sqlx::query("INSERT INTO room_log (room, seq, entry, hash) VALUES (?, ?, ?, ?)")
@@ -578,19 +600,23 @@ impl KmStore for SqliteKmStore {
     }
 
     async fn get_log_hash(&self, room: &str, seq: u64) -> Result<Option<Vec<u8>>> {
-        Ok(sqlx::query_scalar("SELECT hash FROM room_log WHERE room = ? AND seq = ?")
-            .bind(room)
-            .bind(i(seq))
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT hash FROM room_log WHERE room = ? AND seq = ?")
+                .bind(room)
+                .bind(i(seq))
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     async fn get_room_key(&self, room: &str, epoch: u64) -> Result<Option<Vec<u8>>> {
-        Ok(sqlx::query_scalar("SELECT wrapped FROM room_keys WHERE room = ? AND epoch = ?")
-            .bind(room)
-            .bind(i(epoch))
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(
+            sqlx::query_scalar("SELECT wrapped FROM room_keys WHERE room = ? AND epoch = ?")
+                .bind(room)
+                .bind(i(epoch))
+                .fetch_optional(&self.pool)
+                .await?,
+        )
     }
 
     async fn put_room_key(&self, room: &str, epoch: u64, wrapped: &[u8]) -> Result<Vec<u8>> {
@@ -601,16 +627,23 @@ impl KmStore for SqliteKmStore {
             .bind(wrapped)
             .execute(&mut *tx)
             .await?;
-        let stored: Vec<u8> = sqlx::query_scalar("SELECT wrapped FROM room_keys WHERE room = ? AND epoch = ?")
-            .bind(room)
-            .bind(i(epoch))
-            .fetch_one(&mut *tx)
-            .await?;
+        let stored: Vec<u8> =
+            sqlx::query_scalar("SELECT wrapped FROM room_keys WHERE room = ? AND epoch = ?")
+                .bind(room)
+                .bind(i(epoch))
+                .fetch_one(&mut *tx)
+                .await?;
         tx.commit().await?;
         Ok(stored)
     }
 
-    async fn use_nonce(&self, device: &str, nonce: &[u8], ts: u64, prune_before: u64) -> Result<bool> {
+    async fn use_nonce(
+        &self,
+        device: &str,
+        nonce: &[u8],
+        ts: u64,
+        prune_before: u64,
+    ) -> Result<bool> {
         let mut tx = self.pool.begin().await?;
         sqlx::query("DELETE FROM nonces WHERE ts < ?")
             .bind(i(prune_before))
@@ -634,15 +667,30 @@ mod tests {
     #[tokio::test]
     async fn server_store_basics() {
         let dir = tempfile::tempdir().unwrap();
-        let s = SqliteServerStore::open(&dir.path().join("s.db")).await.unwrap();
+        let s = SqliteServerStore::open(&dir.path().join("s.db"))
+            .await
+            .unwrap();
         s.put_tenant("acme", b"k1").await.unwrap();
         s.put_tenant("acme", b"k1").await.unwrap();
-        assert!(matches!(s.put_tenant("acme", b"k2").await, Err(StoreError::Conflict(_))));
-        let e = LogRow { seq: 0, entry: b"e0".to_vec(), hash: b"h0".to_vec() };
-        s.append_log("r1", &e, b"st", &["a@acme".into()]).await.unwrap();
+        assert!(matches!(
+            s.put_tenant("acme", b"k2").await,
+            Err(StoreError::Conflict(_))
+        ));
+        let e = LogRow {
+            seq: 0,
+            entry: b"e0".to_vec(),
+            hash: b"h0".to_vec(),
+        };
+        s.append_log("r1", &e, b"st", &["a@acme".into()])
+            .await
+            .unwrap();
         // replaying seq 0 or skipping ahead conflicts and writes nothing
         assert!(s.append_log("r1", &e, b"x", &[]).await.is_err());
-        let e2 = LogRow { seq: 2, entry: b"e2".to_vec(), hash: b"h2".to_vec() };
+        let e2 = LogRow {
+            seq: 2,
+            entry: b"e2".to_vec(),
+            hash: b"h2".to_vec(),
+        };
         assert!(s.append_log("r1", &e2, b"x", &[]).await.is_err());
         assert_eq!(s.get_room("r1").await.unwrap().unwrap().state, b"st");
         assert_eq!(s.rooms_of_user("a@acme").await.unwrap().len(), 1);
@@ -667,8 +715,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = SqliteKmStore::open(&dir.path().join("k.db")).await.unwrap();
         s.put_code(b"h", "a@acme", 10).await.unwrap();
-        assert_eq!(s.take_code(b"h").await.unwrap(), Some(("a@acme".into(), 10)));
-        assert_eq!(s.take_code(b"h").await.unwrap(), None, "codes are single use");
+        assert_eq!(
+            s.take_code(b"h").await.unwrap(),
+            Some(("a@acme".into(), 10))
+        );
+        assert_eq!(
+            s.take_code(b"h").await.unwrap(),
+            None,
+            "codes are single use"
+        );
         let k1 = s.put_room_key("r", 0, b"w1").await.unwrap();
         let k2 = s.put_room_key("r", 0, b"w2").await.unwrap();
         assert_eq!(k1, k2, "first key wins");

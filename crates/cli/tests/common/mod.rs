@@ -44,7 +44,12 @@ impl World {
         )
         .await
         .unwrap();
-        World { dir, stack, admin, http }
+        World {
+            dir,
+            stack,
+            admin,
+            http,
+        }
     }
 
     pub fn uid(name: &str) -> UserId {
@@ -59,9 +64,16 @@ impl World {
     /// Another device for an existing (or new) user.
     pub async fn device_of(&self, user: &UserId) -> Client {
         let code = self.admin.admin_add_user(user, false).await.unwrap().code;
-        Client::enrol(self.http.clone(), &self.stack.server_url, &self.stack.km_url, user, &code, Storage::Memory)
-            .await
-            .unwrap()
+        Client::enrol(
+            self.http.clone(),
+            &self.stack.server_url,
+            &self.stack.km_url,
+            user,
+            &code,
+            Storage::Memory,
+        )
+        .await
+        .unwrap()
     }
 
     /// A device stored on disk (for restart tests).
@@ -74,7 +86,11 @@ impl World {
             &self.stack.km_url,
             &user,
             &code,
-            Storage::Dir { path: dir, passphrase: b"pw", cost: Cost::TEST },
+            Storage::Dir {
+                path: dir,
+                passphrase: b"pw",
+                cost: Cost::TEST,
+            },
         )
         .await
         .unwrap()
@@ -101,7 +117,10 @@ pub struct RawDevice {
 impl RawDevice {
     pub async fn enrol(w: &World, user: &UserId, code: &str) -> RawDevice {
         let keys = DeviceKeys::generate().unwrap();
-        let pop = keys.sign(signed::ENROL, &signed::enrol_transcript(user, code, &keys.sign_pk(), &keys.hpke_pk()));
+        let pop = keys.sign(
+            signed::ENROL,
+            &signed::enrol_transcript(user, code, &keys.sign_pk(), &keys.hpke_pk()),
+        );
         let req = EnrolRequest {
             user: user.clone(),
             code: code.into(),
@@ -109,14 +128,22 @@ impl RawDevice {
             hpke_pk: Fixed(keys.hpke_pk()),
             pop: Fixed(pop),
         };
-        let r = w.http.post(format!("{}/v1/enrol", w.stack.km_url)).json(&req).send().await.unwrap();
+        let r = w
+            .http
+            .post(format!("{}/v1/enrol", w.stack.km_url))
+            .json(&req)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
         let signed_cert: SignedCert = r.json().await.unwrap();
         let cert = signed::verify_cert(&w.stack.km.info().sign_pk.0, &signed_cert).unwrap();
         let r = w
             .http
             .post(format!("{}/v1/devices", w.stack.server_url))
-            .json(&cloister_proto::server::RegisterDevice { cert: signed_cert.clone() })
+            .json(&cloister_proto::server::RegisterDevice {
+                cert: signed_cert.clone(),
+            })
             .send()
             .await
             .unwrap();
@@ -141,18 +168,41 @@ impl RawDevice {
             op,
         };
         let req = signed::sign_request(&self.keys, &body).unwrap();
-        let r = self.http.post(format!("{}/v1/request", self.km_url)).json(&req).send().await.unwrap();
+        let r = self
+            .http
+            .post(format!("{}/v1/request", self.km_url))
+            .json(&req)
+            .send()
+            .await
+            .unwrap();
         (r.status().as_u16(), r.json().await.unwrap())
     }
 
     pub async fn token(&self) -> String {
         let ts = cloister_proto::now_millis();
         let nonce = cloister_crypto::random_bytes::<16>().unwrap();
-        let sig = self.keys.sign(signed::LOGIN, &signed::login_transcript(&self.keys.device_id(), ts, &nonce));
-        let req = cloister_proto::server::LoginRequest { device: self.keys.device_id(), ts, nonce: Fixed(nonce), sig: Fixed(sig) };
-        let r = self.http.post(format!("{}/v1/session", self.server_url)).json(&req).send().await.unwrap();
+        let sig = self.keys.sign(
+            signed::LOGIN,
+            &signed::login_transcript(&self.keys.device_id(), ts, &nonce),
+        );
+        let req = cloister_proto::server::LoginRequest {
+            device: self.keys.device_id(),
+            ts,
+            nonce: Fixed(nonce),
+            sig: Fixed(sig),
+        };
+        let r = self
+            .http
+            .post(format!("{}/v1/session", self.server_url))
+            .json(&req)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(r.status(), 200);
-        r.json::<cloister_proto::server::LoginResponse>().await.unwrap().token
+        r.json::<cloister_proto::server::LoginResponse>()
+            .await
+            .unwrap()
+            .token
     }
 }
 

@@ -1,0 +1,129 @@
+//! Key release at the KM (`Km::handle` for one room-epoch key, warm caches,
+//! SQLite store, file TMK provider), measured next to the primitives it must
+//! run: one Ed25519 verification and one HPKE seal. The ratio is reported in
+//! docs/benchmarks.md.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cloister_crypto::passphrase::Cost;
+use cloister_crypto::signed::{self, sign_statement};
+use cloister_crypto::{DeviceKeys, RoomKey, hpke_seal, keys};
+use cloister_km::provider::{FileKeyProvider, KeyProvider};
+use cloister_km::{Km, KmConfig};
+use cloister_proto::b64::Fixed;
+use cloister_proto::km::{EnrolRequest, KmOp, RequestBody, Role};
+use cloister_proto::room::{Action, RoomKind, RoomSettings, Statement};
+use cloister_proto::{RoomId, TenantId, UserId};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
+use std::sync::Arc;
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let tenant: TenantId = "acme".parse().unwrap();
+    let (km, dev, room) = rt.block_on(async {
+        let store = Arc::new(
+            cloister_store::SqliteKmStore::open(&dir.path().join("km.db"))
+                .await
+                .unwrap(),
+        );
+        let provider: Arc<dyn KeyProvider> =
+            Arc::new(FileKeyProvider::create(&dir.path().join("tmk"), b"pw", Cost::TEST).unwrap());
+        let (km, _) = Km::init(store, provider, tenant.clone(), KmConfig::default())
+            .await
+            .unwrap();
+        let user: UserId = "alice@acme".parse().unwrap();
+        let code = km.add_user(&user, &[Role::User]).await.unwrap().code;
+        let dev = DeviceKeys::generate().unwrap();
+        let pop = dev.sign(
+            signed::ENROL,
+            &signed::enrol_transcript(&user, &code, &dev.sign_pk(), &dev.hpke_pk()),
+        );
+        km.enrol(&EnrolRequest {
+            user: user.clone(),
+            code,
+            sign_pk: Fixed(dev.sign_pk()),
+            hpke_pk: Fixed(dev.hpke_pk()),
+            pop: Fixed(pop),
+        })
+        .await
+        .unwrap();
+        let room = RoomId([9; 16]);
+        let g = sign_statement(
+            &dev,
+            &Statement {
+                room,
+                seq: 0,
+                prev: Fixed([0; 32]),
+                actor: dev.device_id(),
+                actor_user: user,
+                ts: 1,
+                action: Action::Create {
+                    kind: RoomKind::Room,
+                    settings: RoomSettings::default(),
+                    members: vec![],
+                },
+            },
+        )
+        .unwrap();
+        let req = |log| RequestBody {
+            device: dev.device_id(),
+            ts: cloister_proto::now_millis(),
+            nonce: Fixed(cloister_crypto::random_bytes().unwrap()),
+            op: KmOp::RoomKeys {
+                room,
+                epochs: vec![0],
+                log_from: 0,
+                log,
+            },
+        };
+        km.handle(&signed::sign_request(&dev, &req(vec![g])).unwrap())
+            .await
+            .unwrap();
+        (Arc::new(km), dev, room)
+    });
+    let make = || {
+        let body = RequestBody {
+            device: dev.device_id(),
+            ts: cloister_proto::now_millis(),
+            nonce: Fixed(cloister_crypto::random_bytes().unwrap()),
+            op: KmOp::RoomKeys {
+                room,
+                epochs: vec![0],
+                log_from: 1,
+                log: vec![],
+            },
+        };
+        signed::sign_request(&dev, &body).unwrap()
+    };
+    let mut g = c.benchmark_group("km");
+    g.bench_function("key_release_1_epoch", |b| {
+        b.iter_batched(
+            make,
+            |req| rt.block_on(km.handle(&req)).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
+    // The primitives' limit, measured in the same run.
+    let sample = make();
+    let rk = RoomKey::generate().unwrap();
+    g.bench_function("limit_verify_plus_hpke_seal", |b| {
+        b.iter(|| {
+            keys::verify(
+                &dev.sign_pk(),
+                signed::KM_REQUEST,
+                sample.body.as_slice(),
+                &sample.sig.0,
+            )
+            .unwrap();
+            hpke_seal::seal_room_key(&dev.hpke_pk(), &tenant, &room, 0, &dev.device_id(), 1, &rk)
+                .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
