@@ -150,6 +150,15 @@ fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> Option<f64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = s.rsplit_once(')')?.1;
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
 fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -361,6 +370,8 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
     let total = (senders.len() * a.messages) as u64;
     let pb = bar(json, total, "sending");
     let text = "x".repeat(a.size);
+    let server_cpu0 = procs.as_ref().and_then(|p| cpu_secs(p.server_pid));
+    let self_cpu0 = cpu_secs(std::process::id());
     let t0 = Instant::now();
     let mut tasks = Vec::new();
     for (room, c) in senders {
@@ -408,6 +419,12 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
     }
     let deliver_secs = t0.elapsed().as_secs_f64();
     let server_rss_end = procs.as_ref().and_then(|p| rss_kib(p.server_pid));
+    let server_cpu = procs
+        .as_ref()
+        .and_then(|p| Some(cpu_secs(p.server_pid)? - server_cpu0?));
+    let clients_cpu = cpu_secs(std::process::id())
+        .zip(self_cpu0)
+        .map(|(a, b)| a - b);
     for r in &receivers {
         r.abort();
     }
@@ -425,6 +442,7 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
         "deliveries_per_sec": got as f64 / deliver_secs,
         "verify_failures": verify_failures.load(Ordering::Relaxed),
         "latency_ms": {"samples": lat.len(), "p50": pct(&lat, 0.5), "p90": pct(&lat, 0.9), "p99": pct(&lat, 0.99), "max": lat.last().copied().unwrap_or(f64::NAN)},
+        "cpu_seconds": {"server": server_cpu, "clients_and_bench": clients_cpu},
         "server_rss_mib": {"connected": server_rss_connected.map(|k| k as f64 / 1024.0), "end": server_rss_end.map(|k| k as f64 / 1024.0)},
     });
     if json {
@@ -456,6 +474,12 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
             lat.len(),
             verify_failures.load(Ordering::Relaxed)
         );
+        if let (Some(s), Some(c)) = (server_cpu, clients_cpu) {
+            println!(
+                "cpu        server {s:.2} s, clients {c:.2} s (over {deliver_secs:.2} s wall, 2 cores = {:.2} core-s)",
+                2.0 * deliver_secs
+            );
+        }
         if let (Some(c), Some(e)) = (server_rss_connected, server_rss_end) {
             println!(
                 "server RSS {:.1} MiB with all clients connected, {:.1} MiB at the end",

@@ -188,10 +188,28 @@ fn sign_with(key: &SigningKey, domain: &str, msg: &[u8]) -> [u8; 64] {
 
 /// Verify an Ed25519 signature over `domain ‖ 0x00 ‖ msg` (strict verification).
 pub fn verify(pk: &[u8; 32], domain: &str, msg: &[u8], sig: &[u8; 64]) -> Result<(), CryptoError> {
-    let vk = VerifyingKey::from_bytes(pk).map_err(|_| CryptoError::BadSignature)?;
-    let sig = ed25519_dalek::Signature::from_bytes(sig);
-    vk.verify_strict(&framed(domain, msg), &sig)
-        .map_err(|_| CryptoError::BadSignature)
+    VerifyKey::from_bytes(pk)?.verify(domain, msg, sig)
+}
+
+/// A parsed (decompressed) Ed25519 public key, for callers that verify many
+/// signatures by the same key: parsing costs a field exponentiation.
+#[derive(Clone, Debug)]
+pub struct VerifyKey(VerifyingKey);
+
+impl VerifyKey {
+    pub fn from_bytes(pk: &[u8; 32]) -> Result<Self, CryptoError> {
+        VerifyingKey::from_bytes(pk)
+            .map(VerifyKey)
+            .map_err(|_| CryptoError::BadSignature)
+    }
+
+    /// Strict verification over `domain ‖ 0x00 ‖ msg`.
+    pub fn verify(&self, domain: &str, msg: &[u8], sig: &[u8; 64]) -> Result<(), CryptoError> {
+        let sig = ed25519_dalek::Signature::from_bytes(sig);
+        self.0
+            .verify_strict(&framed(domain, msg), &sig)
+            .map_err(|_| CryptoError::BadSignature)
+    }
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! Message sealing: per-message key from HKDF(room-epoch key, message id),
 //! AES-256-GCM with the header bytes as associated data, Ed25519 by the sender.
 
-use crate::keys::{DeviceKeys, verify};
+use crate::keys::DeviceKeys;
 use crate::{CryptoError, RoomKey};
 use aes_gcm::Aes256Gcm;
 use aes_gcm::aead::{Aead, KeyInit, Payload};
@@ -84,8 +84,15 @@ pub fn peek_header(env: &Envelope) -> Result<MessageHeader, CryptoError> {
 
 /// Verify the sender's signature over header and ciphertext, then parse the header.
 pub fn verify_envelope(sender_pk: &[u8; 32], env: &Envelope) -> Result<MessageHeader, CryptoError> {
-    verify(
-        sender_pk,
+    verify_envelope_with(&crate::keys::VerifyKey::from_bytes(sender_pk)?, env)
+}
+
+/// [`verify_envelope`] with an already parsed key.
+pub fn verify_envelope_with(
+    sender: &crate::keys::VerifyKey,
+    env: &Envelope,
+) -> Result<MessageHeader, CryptoError> {
+    sender.verify(
         MESSAGE,
         &signed_part(env.header.as_slice(), env.ciphertext.as_slice()),
         &env.sig.0,

@@ -484,7 +484,7 @@ async fn append_log(
         if let Some(cur) = &current {
             users.extend(cur.members.iter().filter(|u| !next.members.contains(*u)));
         }
-        s.hub.send(users.into_iter(), Arc::from(j));
+        s.hub.send(users.into_iter(), None, j.into());
     }
     tracing::info!(%room, seq = st.seq, actor = %c.user, "membership statement accepted");
     Ok(Json(AppendLogResponse {
@@ -508,7 +508,7 @@ async fn post_message(
             limits::MAX_MESSAGE_CIPHERTEXT
         )));
     }
-    let h = cloister_crypto::message::verify_envelope(&c.cert.sign_pk.0, &env)
+    let h = cloister_crypto::message::verify_envelope_with(&c.cert.key, &env)
         .map_err(|e| ApiError::unauthorized("bad_signature", format!("message rejected: {e}")))?;
     if h.device != c.device || h.sender != c.user {
         return Err(ApiError::forbidden(
@@ -561,6 +561,7 @@ async fn post_message(
         room,
         envelope: env,
         state: st,
+        sender: c.device,
         reply: tx,
     };
     if !s.writer.submit(job).await {
@@ -767,7 +768,14 @@ async fn ws(
         .or(q.token)
         .ok_or_else(|| ApiError::unauthorized("no_token", "missing session token"))?;
     let caller = authenticate(&s, &token).await?;
-    Ok(up.on_upgrade(move |sock| run_ws(s, caller, sock)))
+    // Clients only listen on this stream: small read buffers and message
+    // limits; a modest write buffer keeps 1,000s of connections cheap.
+    Ok(up
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(16 * 1024)
+        .max_message_size(64 * 1024)
+        .max_frame_size(64 * 1024)
+        .on_upgrade(move |sock| run_ws(s, caller, sock)))
 }
 
 async fn run_ws(s: Arc<Server>, c: Caller, sock: WebSocket) {
@@ -777,7 +785,15 @@ async fn run_ws(s: Arc<Server>, c: Caller, sock: WebSocket) {
         tokio::select! {
             ev = rx.recv() => match ev {
                 Some(text) => {
-                    if sink.send(WsMessage::Text(text.as_ref().into())).await.is_err() {
+                    // Under load, write everything queued and flush once.
+                    let mut ok = sink.feed(WsMessage::Text(text)).await.is_ok();
+                    let mut n = 1;
+                    while ok && n < 256 {
+                        let Ok(more) = rx.try_recv() else { break };
+                        ok = sink.feed(WsMessage::Text(more)).await.is_ok();
+                        n += 1;
+                    }
+                    if !ok || sink.flush().await.is_err() {
                         break;
                     }
                 }

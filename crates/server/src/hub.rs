@@ -2,9 +2,11 @@
 //!
 //! Connections are indexed by user, not by room, so membership changes need no
 //! resubscription: fan-out reads the member list of the room's current state.
+//! Events are `Utf8Bytes`: serialised once, shared by every connection.
 //! A connection whose queue is full is dropped (the client reconnects and
 //! catches up from history), so one slow reader never slows a room.
 
+use axum::extract::ws::Utf8Bytes;
 use cloister_proto::{DeviceId, UserId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -16,7 +18,7 @@ const QUEUE: usize = 4096;
 struct Conn {
     id: u64,
     device: DeviceId,
-    tx: mpsc::Sender<Arc<str>>,
+    tx: mpsc::Sender<Utf8Bytes>,
 }
 
 #[derive(Clone, Default)]
@@ -27,7 +29,7 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn register(&self, user: &UserId, device: DeviceId) -> (u64, mpsc::Receiver<Arc<str>>) {
+    pub fn register(&self, user: &UserId, device: DeviceId) -> (u64, mpsc::Receiver<Utf8Bytes>) {
         let (tx, rx) = mpsc::channel(QUEUE);
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         if let Ok(mut m) = self.conns.write() {
@@ -56,13 +58,19 @@ impl Hub {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// Queue `event` for every connection of the given users.
-    pub fn send<'a>(&self, users: impl Iterator<Item = &'a UserId>, event: Arc<str>) {
+    /// Queue `event` for every connection of the given users, except `skip`
+    /// (the device that sent it, which already has it).
+    pub fn send<'a>(
+        &self,
+        users: impl Iterator<Item = &'a UserId>,
+        skip: Option<DeviceId>,
+        event: Utf8Bytes,
+    ) {
         let mut full = Vec::new();
         if let Ok(m) = self.conns.read() {
             for u in users {
                 if let Some(conns) = m.get(u) {
-                    for c in conns {
+                    for c in conns.iter().filter(|c| Some(c.device) != skip) {
                         if c.tx.try_send(event.clone()).is_err() {
                             full.push((u.clone(), c.id));
                         }

@@ -64,7 +64,21 @@ pub struct Caller {
     pub device: DeviceId,
     pub user: UserId,
     pub tenant: TenantId,
-    pub cert: Arc<DeviceCert>,
+    pub cert: Arc<CertEntry>,
+}
+
+/// A verified certificate with its parsed signing key.
+#[derive(Debug)]
+pub struct CertEntry {
+    pub cert: DeviceCert,
+    pub key: cloister_crypto::keys::VerifyKey,
+}
+
+impl std::ops::Deref for CertEntry {
+    type Target = DeviceCert;
+    fn deref(&self) -> &DeviceCert {
+        &self.cert
+    }
 }
 
 /// Shared server state.
@@ -75,7 +89,7 @@ pub struct Server {
     operator_token_hash: [u8; 32],
     config: ServerConfig,
     tenants: RwLock<HashMap<TenantId, [u8; 32]>>,
-    certs: RwLock<HashMap<DeviceId, Arc<DeviceCert>>>,
+    certs: RwLock<HashMap<DeviceId, Arc<CertEntry>>>,
     revoked: RwLock<HashSet<DeviceId>>,
     disabled: RwLock<HashSet<UserId>>,
     rooms: Mutex<HashMap<RoomId, Arc<RoomState>>>,
@@ -222,7 +236,7 @@ impl Server {
     }
 
     /// A device's verified certificate (from cache or store).
-    async fn cert(&self, device: &DeviceId) -> Result<Arc<DeviceCert>, ApiError> {
+    async fn cert(&self, device: &DeviceId) -> Result<Arc<CertEntry>, ApiError> {
         if let Some(c) = self.certs.read().ok().and_then(|m| m.get(device).cloned()) {
             return Ok(c);
         }
@@ -241,7 +255,10 @@ impl Server {
             serde_json::from_slice(&row.cert).map_err(ApiError::internal)?;
         let tenant: TenantId = row.tenant.parse().map_err(ApiError::internal)?;
         let key = self.tenant_key(&tenant).await?;
-        let cert = Arc::new(verify_cert(&key, &sc).map_err(ApiError::internal)?);
+        let cert = verify_cert(&key, &sc).map_err(ApiError::internal)?;
+        let vk = cloister_crypto::keys::VerifyKey::from_bytes(&cert.sign_pk.0)
+            .map_err(ApiError::internal)?;
+        let cert = Arc::new(CertEntry { cert, key: vk });
         if let Ok(mut m) = self.certs.write() {
             m.insert(*device, cert.clone());
         }

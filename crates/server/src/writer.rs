@@ -17,6 +17,7 @@ pub struct Job {
     pub room: RoomId,
     pub envelope: Envelope,
     pub state: Arc<RoomState>,
+    pub sender: cloister_proto::DeviceId,
     pub reply: oneshot::Sender<Result<Inserted, String>>,
 }
 
@@ -49,7 +50,7 @@ impl Writer {
                                     envelope: job.envelope,
                                 };
                                 if let Ok(s) = serde_json::to_string(&ev) {
-                                    hub.send(job.state.members.iter(), Arc::from(s));
+                                    hub.send(job.state.members.iter(), Some(job.sender), s.into());
                                 }
                             }
                             let _ = job.reply.send(Ok(res));
