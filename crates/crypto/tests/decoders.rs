@@ -2,7 +2,9 @@
 //! panicking, and no mutation of a valid object is accepted.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use cloister_crypto::{DeviceKeys, KmSigner, RoomKey, file, hpke_seal, message, passphrase, signed, wrap};
+use cloister_crypto::{
+    DeviceKeys, KmSigner, RoomKey, file, hpke_seal, message, passphrase, signed, wrap,
+};
 use cloister_proto::b64::{Bytes, Fixed};
 use cloister_proto::km::{DeviceCert, Role, SignedCert, SignedRequest};
 use cloister_proto::room::SignedStatement;
@@ -11,11 +13,19 @@ use cloister_proto::{MessageId, RoomId};
 use proptest::prelude::*;
 
 fn any_envelope() -> impl Strategy<Value = Envelope> {
-    (proptest::collection::vec(any::<u8>(), 0..300), proptest::collection::vec(any::<u8>(), 0..300), proptest::array::uniform32(any::<u8>()))
+    (
+        proptest::collection::vec(any::<u8>(), 0..300),
+        proptest::collection::vec(any::<u8>(), 0..300),
+        proptest::array::uniform32(any::<u8>()),
+    )
         .prop_map(|(h, c, s)| {
             let mut sig = [0u8; 64];
             sig[..32].copy_from_slice(&s);
-            Envelope { header: Bytes(h), ciphertext: Bytes(c), sig: Fixed(sig) }
+            Envelope {
+                header: Bytes(h),
+                ciphertext: Bytes(c),
+                sig: Fixed(sig),
+            }
         })
 }
 
