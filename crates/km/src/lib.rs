@@ -37,6 +37,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+/// Wrapped room keys by (room, epoch).
+type WrappedKeys = HashMap<(RoomId, u64), Arc<Vec<u8>>>;
+
 /// KM settings.
 #[derive(Debug, Clone)]
 pub struct KmConfig {
@@ -107,7 +110,7 @@ pub struct Km {
     active: Mutex<HashMap<DeviceId, Arc<DeviceCert>>>,
     /// Room keys as stored: wrapped under the TMK. Every use still unwraps
     /// through the key provider, so a crypto-lock takes effect at once.
-    wrapped: Mutex<HashMap<(RoomId, u64), Arc<Vec<u8>>>>,
+    wrapped: Mutex<WrappedKeys>,
 }
 
 /// What `init` returns: the public KM description and the bootstrap admin code.
