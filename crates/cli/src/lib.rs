@@ -8,6 +8,7 @@
 //! ```
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod bench;
 pub mod demo;
 
@@ -36,11 +37,14 @@ pub async fn open_km(
     let tmk = cloister_km::tmk_path(dir);
     if tmk.exists() {
         let provider: Arc<dyn KeyProvider> = Arc::new(FileKeyProvider::open(&tmk, pass)?);
-        Ok((Arc::new(Km::open(store, provider, config).await?), None))
+        Ok((
+            Arc::new(Km::open(store.clone(), store, provider, config).await?),
+            None,
+        ))
     } else {
         let tenant = tenant.ok_or("this KM is not initialised: pass --tenant to create it")?;
         let provider: Arc<dyn KeyProvider> = Arc::new(FileKeyProvider::create(&tmk, pass, cost)?);
-        let (km, out) = Km::init(store, provider, tenant.clone(), config).await?;
+        let (km, out) = Km::init(store.clone(), store, provider, tenant.clone(), config).await?;
         Ok((Arc::new(km), Some(out.admin_code)))
     }
 }

@@ -71,6 +71,9 @@ enum Cmd {
     /// Rooms.
     #[command(subcommand)]
     Room(RoomCmd),
+    /// The tenant's audit transparency log.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Open (or create) the 1:1 conversation with USER; prints its room id.
     Im { user: String },
     /// Send a message or a file.
@@ -156,6 +159,61 @@ enum AdminCmd {
     RevokeDevice { device: String },
     /// List users and their devices.
     ListUsers,
+}
+
+#[derive(Subcommand)]
+enum AuditCmd {
+    /// The latest signed checkpoint, checked against the last one this device saw.
+    Checkpoint,
+    /// Audit entries (admin).
+    List {
+        #[arg(long)]
+        room: Option<String>,
+        /// Only entries at or after this time (seconds since the Unix epoch).
+        #[arg(long)]
+        since: Option<u64>,
+        /// Only this kind of entry (e.g. key_released).
+        #[arg(long)]
+        kind: Option<String>,
+        #[arg(long, default_value_t = 0)]
+        from: u64,
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
+    /// An entry's inclusion proof against the latest checkpoint, verified here (admin).
+    Prove { entry: u64 },
+    /// A consistency proof from OLD_SIZE to the latest checkpoint.
+    Consistency { old_size: u64 },
+    /// Every device ever given a key of ROOM, each release proven in the log.
+    WhoHasKeys { room: String },
+    /// Write checkpoint.note, log.key and entries.jsonl to a directory (admin).
+    Export {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Verify offline with the log's public key.
+    Verify {
+        /// The log's verifier key (`name+id+key`), or @FILE.
+        #[arg(long)]
+        key: String,
+        /// A directory written by `audit export` (checkpoint.note, entries.jsonl).
+        #[arg(long)]
+        dir: Option<PathBuf>,
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        /// entries.jsonl: recompute the whole tree.
+        #[arg(long)]
+        entries: Option<PathBuf>,
+        /// A remembered older checkpoint (signed note).
+        #[arg(long)]
+        previous: Option<PathBuf>,
+        /// Consistency proof JSON from `audit consistency --json`.
+        #[arg(long)]
+        consistency: Option<PathBuf>,
+        /// Inclusion proof JSON from `audit prove --json` (repeatable).
+        #[arg(long = "inclusion")]
+        inclusion: Vec<PathBuf>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -465,6 +523,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             );
         }
         Cmd::Room(rc) => room_cmd(&ctx, rc).await?,
+        Cmd::Audit(ac) => audit_cmd(&ctx, ac).await?,
         Cmd::Im { user } => {
             let c = ctx.client()?;
             let room = c.im(&parse(&user)?).await?;
@@ -543,6 +602,154 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 json!({"out": out, "bytes": n}),
             );
         }
+    }
+    Ok(())
+}
+
+fn b64std(b: &[u8]) -> String {
+    cloister_proto::b64::encode(b)
+}
+
+async fn audit_cmd(ctx: &Ctx, ac: AuditCmd) -> Result<(), BoxError> {
+    if let AuditCmd::Verify {
+        key,
+        dir,
+        checkpoint,
+        entries,
+        previous,
+        consistency,
+        inclusion,
+    } = ac
+    {
+        let key = match key.strip_prefix('@') {
+            Some(f) => std::fs::read_to_string(f)
+                .map_err(|e| format!("{f}: {e}"))?
+                .trim()
+                .to_owned(),
+            None => key,
+        };
+        let cp = checkpoint
+            .or_else(|| dir.as_ref().map(|d| d.join("checkpoint.note")))
+            .ok_or("give --checkpoint FILE or --dir DIR")?;
+        let entries = entries.or_else(|| dir.as_ref().map(|d| d.join("entries.jsonl")));
+        let input = cloister_cli::audit::VerifyInput {
+            key: &key,
+            checkpoint: &cp,
+            entries: entries.as_deref(),
+            previous: previous.as_deref(),
+            consistency: consistency.as_deref(),
+            inclusion: &inclusion,
+        };
+        let lines = cloister_cli::audit::verify(&input)?;
+        ctx.emit(lines.join("\n"), json!({"ok": true, "checks": lines}));
+        return Ok(());
+    }
+    let c = ctx.client()?;
+    match ac {
+        AuditCmd::Checkpoint => {
+            let (cp, note) = c.audit_checkpoint().await?;
+            ctx.emit(note.trim_end(), json!({"origin": cp.origin, "size": cp.size, "root": b64std(&cp.root), "note": note}));
+        }
+        AuditCmd::List {
+            room,
+            since,
+            kind,
+            from,
+            limit,
+        } => {
+            let room = match room {
+                Some(r) => Some(resolve_room(&c, &r).await?),
+                None => None,
+            };
+            let rows = c
+                .audit_list(from, limit, kind, room, since.map(|s| s * 1000))
+                .await?;
+            let lines: Vec<String> = rows
+                .iter()
+                .map(|(i, r)| {
+                    format!(
+                        "{i:>6} {} {}",
+                        r.ts / 1000,
+                        serde_json::to_string(&r.event).unwrap_or_default()
+                    )
+                })
+                .collect();
+            let items: Vec<_> = rows
+                .iter()
+                .map(|(i, r)| json!({"index": i, "record": r}))
+                .collect();
+            ctx.emit(lines.join("\n"), json!({"entries": items}));
+        }
+        AuditCmd::Prove { entry } => {
+            let (p, _) = c.audit_prove(entry).await?;
+            let rec = String::from_utf8_lossy(p.data.as_slice()).into_owned();
+            ctx.emit(
+                format!("entry {} is included in the signed checkpoint of size {} ({} proof hashes, verified)\n{rec}", p.index, p.size, p.proof.len()),
+                serde_json::to_value(&p)?,
+            );
+        }
+        AuditCmd::Consistency { old_size } => {
+            let (p, _) = c.audit_consistency(old_size).await?;
+            ctx.emit(
+                format!(
+                    "consistency proof {} -> {}: {} hashes",
+                    p.old,
+                    p.new,
+                    p.proof.len()
+                ),
+                serde_json::to_value(&p)?,
+            );
+        }
+        AuditCmd::WhoHasKeys { room } => {
+            let room = resolve_room(&c, &room).await?;
+            let rel = c.who_has_keys(&room).await?;
+            let lines: Vec<String> = rel
+                .iter()
+                .map(|r| {
+                    format!(
+                        "#{:<6} {} device {} epochs {:?} (proven)",
+                        r.index, r.user, r.device, r.epochs
+                    )
+                })
+                .collect();
+            ctx.emit(lines.join("\n"), json!({"room": room, "releases": rel}));
+        }
+        AuditCmd::Export { out } => {
+            let (cp, note) = c.audit_checkpoint().await?;
+            std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+            let mut lines = String::new();
+            let mut from = 0;
+            while from < cp.size {
+                let rows = c.audit_list(from, 10_000, None, None, None).await?;
+                if rows.is_empty() {
+                    break;
+                }
+                for (i, r) in rows {
+                    if i >= cp.size {
+                        break;
+                    }
+                    let e = cloister_cli::audit::ExportedEntry {
+                        index: i,
+                        data: r.to_bytes()?.into(),
+                    };
+                    lines.push_str(&serde_json::to_string(&e)?);
+                    lines.push('\n');
+                    from = i + 1;
+                }
+            }
+            std::fs::write(out.join("entries.jsonl"), lines)?;
+            std::fs::write(out.join("checkpoint.note"), &note)?;
+            std::fs::write(out.join("log.key"), format!("{}\n", c.profile().log_key))?;
+            ctx.emit(
+                format!(
+                    "exported {} entries and the signed checkpoint to {}",
+                    cp.size,
+                    out.display()
+                ),
+                json!({"out": out, "size": cp.size}),
+            );
+        }
+        AuditCmd::Verify { .. } => {}
     }
     Ok(())
 }

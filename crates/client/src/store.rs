@@ -32,6 +32,8 @@ pub struct Profile {
     /// The tenant KM's signing key, pinned at enrolment.
     pub km_sign_pk: Fixed<32>,
     pub cert: SignedCert,
+    /// Verifier key of the tenant's audit log, pinned at enrolment.
+    pub log_key: String,
 }
 
 /// A room key as cached on the device.
@@ -50,6 +52,7 @@ struct CacheFile {
 pub struct Home {
     dir: Option<PathBuf>,
     cache_key: RoomKey,
+    checkpoint: std::sync::Mutex<Option<String>>,
 }
 
 const CACHE_AAD: &[u8] = b"cloister/keycache/v1";
@@ -80,6 +83,7 @@ impl Home {
         Ok(Home {
             dir: None,
             cache_key: RoomKey::generate()?,
+            checkpoint: Default::default(),
         })
     }
 
@@ -106,6 +110,7 @@ impl Home {
         let home = Home {
             dir: Some(dir.to_owned()),
             cache_key,
+            checkpoint: Default::default(),
         };
         home.save_profile(profile)?;
         Ok(home)
@@ -148,6 +153,7 @@ impl Home {
             Home {
                 dir: Some(dir.to_owned()),
                 cache_key,
+                checkpoint: Default::default(),
             },
             keys,
             profile,
@@ -206,5 +212,25 @@ impl Home {
             Zeroizing::new(serde_json::to_vec(&cf).map_err(|e| ClientError::Local(e.to_string()))?);
         let sealed = wrap::wrap(&self.cache_key, CACHE_AAD, &plain)?;
         write_private(&d.join("keycache.sealed"), &sealed)
+    }
+}
+
+impl Home {
+    /// The last audit checkpoint this device accepted (a signed note).
+    pub fn last_checkpoint(&self) -> Option<String> {
+        if let Some(d) = &self.dir {
+            return std::fs::read_to_string(d.join("checkpoint.note")).ok();
+        }
+        self.checkpoint.lock().ok().and_then(|c| c.clone())
+    }
+
+    pub fn save_checkpoint(&self, note: &str) -> Result<(), ClientError> {
+        if let Some(d) = &self.dir {
+            return write_private(&d.join("checkpoint.note"), note.as_bytes());
+        }
+        if let Ok(mut c) = self.checkpoint.lock() {
+            *c = Some(note.to_owned());
+        }
+        Ok(())
     }
 }

@@ -172,6 +172,11 @@ impl KmSigner {
     pub fn sign(&self, domain: &str, msg: &[u8]) -> [u8; 64] {
         sign_with(&self.0, domain, msg)
     }
+    /// Sign bytes as they are, for formats that define their own framing
+    /// (C2SP signed notes sign the note text).
+    pub fn sign_raw(&self, msg: &[u8]) -> [u8; 64] {
+        self.0.sign(msg).to_bytes()
+    }
 }
 
 fn framed(domain: &str, msg: &[u8]) -> Vec<u8> {
@@ -205,9 +210,14 @@ impl VerifyKey {
 
     /// Strict verification over `domain ‖ 0x00 ‖ msg`.
     pub fn verify(&self, domain: &str, msg: &[u8], sig: &[u8; 64]) -> Result<(), CryptoError> {
+        self.verify_raw(&framed(domain, msg), sig)
+    }
+
+    /// Strict verification over the bytes as they are.
+    pub fn verify_raw(&self, msg: &[u8], sig: &[u8; 64]) -> Result<(), CryptoError> {
         let sig = ed25519_dalek::Signature::from_bytes(sig);
         self.0
-            .verify_strict(&framed(domain, msg), &sig)
+            .verify_strict(msg, &sig)
             .map_err(|_| CryptoError::BadSignature)
     }
 }

@@ -31,11 +31,17 @@ fn bench(c: &mut Criterion) {
         );
         let provider: Arc<dyn KeyProvider> =
             Arc::new(FileKeyProvider::create(&dir.path().join("tmk"), b"pw", Cost::TEST).unwrap());
-        let (km, _) = Km::init(store, provider, tenant.clone(), KmConfig::default())
-            .await
-            .unwrap();
+        let (km, _) = Km::init(
+            store.clone(),
+            store,
+            provider,
+            tenant.clone(),
+            KmConfig::default(),
+        )
+        .await
+        .unwrap();
         let user: UserId = "alice@acme".parse().unwrap();
-        let code = km.add_user(&user, &[Role::User]).await.unwrap().code;
+        let code = km.add_user(None, &user, &[Role::User]).await.unwrap().code;
         let dev = DeviceKeys::generate().unwrap();
         let pop = dev.sign(
             signed::ENROL,

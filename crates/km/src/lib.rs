@@ -15,6 +15,7 @@
 //! verified itself: the messaging server only relays the membership log.
 #![forbid(unsafe_code)]
 
+pub mod audit;
 pub mod http;
 pub mod provider;
 
@@ -23,11 +24,13 @@ use cloister_crypto::signed::{
 };
 use cloister_crypto::{KmSigner, RoomKey, hpke_seal, keys::verify, sha256};
 use cloister_http::ApiError;
+use cloister_log::{AuditEvent, AuditRecord};
 use cloister_policy::RoomState;
 use cloister_proto::b64::Fixed;
 use cloister_proto::km::{
-    AddUserResponse, AdminResponse, DeviceCert, DeviceRecord, EnrolRequest, KmInfo, KmOp, Notice,
-    RequestBody, Role, RoomKeysResponse, SignedCert, SignedRequest, UserRecord,
+    AddUserResponse, AdminResponse, AuditEntry, AuditListResponse, CheckpointResponse,
+    ConsistencyProof, DeviceCert, DeviceRecord, EnrolRequest, InclusionProof, KmInfo, KmOp, Notice,
+    RequestBody, Role, RoomKeysResponse, SignedCert, SignedRequest, UserRecord, WhoHasKeysResponse,
 };
 use cloister_proto::room::SignedStatement;
 use cloister_proto::{DeviceId, RoomId, TenantId, UserId, limits, now_millis, now_secs};
@@ -76,11 +79,15 @@ pub enum KmError {
     Corrupt(&'static str),
     #[error("{0}")]
     Crypto(#[from] cloister_crypto::CryptoError),
+    #[error("audit log: {0}")]
+    Audit(#[from] audit::AuditOpenError),
 }
 
 const META_TENANT: &str = "tenant";
 const META_SIGNER: &str = "signer_wrapped";
 const SIGNER_AAD: &[u8] = b"cloister/km-signer/v1";
+const META_LOG_SIGNER: &str = "log_signer_wrapped";
+const LOG_SIGNER_AAD: &[u8] = b"cloister/log-signer/v1";
 const BOOTSTRAP_ADMIN: &str = "admin";
 
 /// Files of a KM data directory.
@@ -111,6 +118,7 @@ pub struct Km {
     /// Room keys as stored: wrapped under the TMK. Every use still unwraps
     /// through the key provider, so a crypto-lock takes effect at once.
     wrapped: Mutex<WrappedKeys>,
+    audit: Arc<audit::AuditLog>,
 }
 
 /// What `init` returns: the public KM description and the bootstrap admin code.
@@ -180,6 +188,7 @@ impl Km {
     /// under it, and the bootstrap admin with a one-time enrolment code.
     pub async fn init(
         store: Arc<dyn KmStore>,
+        audit_store: Arc<dyn cloister_store::AuditStore>,
         provider: Arc<dyn KeyProvider>,
         tenant: TenantId,
         config: KmConfig,
@@ -190,15 +199,28 @@ impl Km {
         let signer = KmSigner::generate()?;
         let wrapped = provider.wrap(SIGNER_AAD, signer.secret_bytes().expose())?;
         store.init_meta(META_SIGNER, &wrapped).await?;
+        let log_signer = Self::log_signer(&store, &provider).await?;
         store
             .init_meta(META_TENANT, tenant.as_str().as_bytes())
             .await?;
-        let km = Km::new(tenant.clone(), signer, provider, store, config);
+        let audit =
+            audit::AuditLog::open(audit_store, log_signer, audit::origin_for(&tenant)).await?;
+        let km = Km::new(tenant.clone(), signer, provider, store, config, audit);
+        km.record(
+            None,
+            AuditEvent::TenantInitialised {
+                tenant: tenant.clone(),
+                km_key: cloister_proto::b64::encode(&km.signer.public()),
+                log_key: km.audit.verifier_key(),
+            },
+        )
+        .await
+        .map_err(|_| KmError::Corrupt("could not write the audit log"))?;
         let admin_user: UserId = format!("{BOOTSTRAP_ADMIN}@{tenant}")
             .parse()
             .map_err(|_| KmError::Corrupt("tenant id"))?;
         let code = km
-            .add_user(&admin_user, &[Role::Admin, Role::User])
+            .add_user(None, &admin_user, &[Role::Admin, Role::User])
             .await
             .map_err(|_| KmError::Corrupt("could not create bootstrap admin"))?;
         let info = km.info();
@@ -215,6 +237,7 @@ impl Km {
     /// Open an initialised KM.
     pub async fn open(
         store: Arc<dyn KmStore>,
+        audit_store: Arc<dyn cloister_store::AuditStore>,
         provider: Arc<dyn KeyProvider>,
         config: KmConfig,
     ) -> Result<Km, KmError> {
@@ -232,7 +255,45 @@ impl Km {
             .ok_or(KmError::Corrupt("signing key"))?;
         let secret = provider.unwrap(SIGNER_AAD, &wrapped)?;
         let signer = KmSigner::from_secret(secret.expose())?;
-        Ok(Km::new(tenant, signer, provider, store, config))
+        let log_signer = Self::log_signer(&store, &provider).await?;
+        let audit =
+            audit::AuditLog::open(audit_store, log_signer, audit::origin_for(&tenant)).await?;
+        Ok(Km::new(tenant, signer, provider, store, config, audit))
+    }
+
+    /// The audit log's signing key, wrapped under the TMK (created on first use).
+    async fn log_signer(
+        store: &Arc<dyn KmStore>,
+        provider: &Arc<dyn KeyProvider>,
+    ) -> Result<KmSigner, KmError> {
+        if let Some(w) = store.get_meta(META_LOG_SIGNER).await? {
+            return Ok(KmSigner::from_secret(
+                provider.unwrap(LOG_SIGNER_AAD, &w)?.expose(),
+            )?);
+        }
+        let k = KmSigner::generate()?;
+        store
+            .init_meta(
+                META_LOG_SIGNER,
+                &provider.wrap(LOG_SIGNER_AAD, k.secret_bytes().expose())?,
+            )
+            .await?;
+        Ok(k)
+    }
+
+    /// Append an audit record; fails closed.
+    async fn record(&self, actor: Option<&UserId>, event: AuditEvent) -> Result<u64, ApiError> {
+        self.audit
+            .append(&AuditRecord {
+                ts: now_millis(),
+                actor: actor.cloned(),
+                event,
+            })
+            .await
+    }
+
+    pub fn audit(&self) -> &Arc<audit::AuditLog> {
+        &self.audit
     }
 
     fn new(
@@ -241,6 +302,7 @@ impl Km {
         provider: Arc<dyn KeyProvider>,
         store: Arc<dyn KmStore>,
         config: KmConfig,
+        audit: Arc<audit::AuditLog>,
     ) -> Km {
         Km {
             tenant,
@@ -253,6 +315,7 @@ impl Km {
             ingest: tokio::sync::Mutex::new(()),
             active: Mutex::new(HashMap::new()),
             wrapped: Mutex::new(HashMap::new()),
+            audit,
         }
     }
 
@@ -260,6 +323,7 @@ impl Km {
         KmInfo {
             tenant: self.tenant.clone(),
             sign_pk: Fixed(self.signer.public()),
+            log_key: self.audit.verifier_key(),
         }
     }
 
@@ -270,6 +334,7 @@ impl Km {
     /// Create (or reactivate) a user and issue a fresh one-time enrolment code.
     pub async fn add_user(
         &self,
+        actor: Option<&UserId>,
         user: &UserId,
         roles: &[Role],
     ) -> Result<AddUserResponse, ApiError> {
@@ -293,6 +358,14 @@ impl Km {
             })
             .await
             .map_err(store_err)?;
+        self.record(
+            actor,
+            AuditEvent::UserAdded {
+                user: user.clone(),
+                roles: roles.clone(),
+            },
+        )
+        .await?;
         let code = random_code().map_err(ApiError::internal)?;
         let expires_at = now_secs() + self.config.code_secs;
         self.store
@@ -377,6 +450,14 @@ impl Km {
                 }
                 e => store_err(e),
             })?;
+        self.record(
+            Some(&req.user),
+            AuditEvent::DeviceCertified {
+                user: req.user.clone(),
+                device,
+            },
+        )
+        .await?;
         tracing::info!(%user, %device, "device certified");
         Ok(signed)
     }
@@ -440,7 +521,13 @@ impl Km {
 
     /// Handle any signed request.
     pub async fn handle(&self, req: &SignedRequest) -> Result<serde_json::Value, ApiError> {
-        let cert = self.active_cert(&req.device).await?;
+        let cert = match self.active_cert(&req.device).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.record_refusal(req, &e).await;
+                return Err(e);
+            }
+        };
         let body: RequestBody = verify_request(&cert.sign_pk.0, req)
             .map_err(|_| ApiError::unauthorized("bad_signature", "request signature is invalid"))?;
         let now = now_millis();
@@ -451,10 +538,14 @@ impl Km {
                 "request timestamp is outside the allowed clock skew",
             ));
         }
-        let fresh = match &body.op {
-            KmOp::RoomKeys { .. } => self.use_nonce_mem(&req.device, &body.nonce.0, body.ts),
-            _ => self
-                .store
+        // Reads and key requests use the in-memory nonce window; admin
+        // changes a durable one (docs/adr/0004-throughput-choices.md).
+        let durable = matches!(
+            body.op,
+            KmOp::AddUser { .. } | KmOp::DisableUser { .. } | KmOp::RevokeDevice { .. }
+        );
+        let fresh = if durable {
+            self.store
                 .use_nonce(
                     &req.device.to_hex(),
                     &body.nonce.0,
@@ -462,7 +553,9 @@ impl Km {
                     now.saturating_sub(2 * skew),
                 )
                 .await
-                .map_err(store_err)?,
+                .map_err(store_err)?
+        } else {
+            self.use_nonce_mem(&req.device, &body.nonce.0, body.ts)
         };
         if !fresh {
             return Err(ApiError::conflict(
@@ -470,18 +563,35 @@ impl Km {
                 "this request was already processed",
             ));
         }
+        let actor = Some(&cert.user);
         match body.op {
             KmOp::RoomKeys {
                 room,
                 epochs,
                 log_from,
                 log,
-            } => {
-                let r = self
+            } => json(
+                &self
                     .room_keys(&cert, &room, &epochs, log_from, &log)
-                    .await?;
-                json(&r)
+                    .await?,
+            ),
+            KmOp::AuditCheckpoint => {
+                let (_, note) = self.audit.checkpoint().await?;
+                json(&CheckpointResponse {
+                    checkpoint: note,
+                    log_key: self.audit.verifier_key(),
+                })
             }
+            KmOp::AuditConsistency { old, new } => {
+                let new = new.unwrap_or_else(|| self.audit.size());
+                let proof = self.audit.consistency_proof(old, new)?;
+                json(&ConsistencyProof {
+                    old,
+                    new,
+                    proof: proof.into_iter().map(Fixed).collect(),
+                })
+            }
+            KmOp::WhoHasKeys { room } => json(&self.who_has_keys(&cert, &room).await?),
             op => {
                 if !cert.roles.contains(&Role::Admin) {
                     tracing::warn!(user = %cert.user, "admin operation refused: not an admin");
@@ -491,12 +601,155 @@ impl Km {
                     ));
                 }
                 match op {
-                    KmOp::AddUser { user, roles } => json(&self.add_user(&user, &roles).await?),
-                    KmOp::DisableUser { user } => json(&self.disable_user(&user).await?),
-                    KmOp::RevokeDevice { device } => json(&self.revoke_device(&device).await?),
+                    KmOp::AddUser { user, roles } => {
+                        json(&self.add_user(actor, &user, &roles).await?)
+                    }
+                    KmOp::DisableUser { user } => json(&self.disable_user(actor, &user).await?),
+                    KmOp::RevokeDevice { device } => {
+                        json(&self.revoke_device(actor, &device).await?)
+                    }
                     KmOp::ListUsers => json(&self.list_users().await?),
-                    KmOp::RoomKeys { .. } => Err(ApiError::internal("unreachable op")),
+                    KmOp::AuditList {
+                        from,
+                        limit,
+                        kind,
+                        room,
+                        since_ms,
+                    } => {
+                        if kind
+                            .as_deref()
+                            .is_some_and(|k| !AuditEvent::KINDS.contains(&k))
+                        {
+                            return Err(ApiError::bad_request(
+                                "bad_kind",
+                                format!("unknown kind; one of {}", AuditEvent::KINDS.join(", ")),
+                            ));
+                        }
+                        let q = cloister_store::AuditQuery {
+                            from,
+                            limit: limit.clamp(1, 10_000),
+                            kind,
+                            room: room.map(|r| r.to_hex()),
+                            since_ms,
+                        };
+                        let rows = self.audit.store().audit_list(&q).await.map_err(store_err)?;
+                        json(&AuditListResponse {
+                            entries: rows
+                                .into_iter()
+                                .map(|r| AuditEntry {
+                                    index: r.index,
+                                    data: r.data.into(),
+                                })
+                                .collect(),
+                        })
+                    }
+                    KmOp::AuditProve { index, size } => json(&self.prove(index, size).await?),
+                    _ => Err(ApiError::internal("unreachable op")),
                 }
+            }
+        }
+    }
+
+    async fn prove(&self, index: u64, size: Option<u64>) -> Result<InclusionProof, ApiError> {
+        let size = size.unwrap_or_else(|| self.audit.size());
+        let proof = self.audit.inclusion_proof(index, size)?;
+        let data = self
+            .audit
+            .store()
+            .audit_get(index)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| {
+                ApiError::not_found("no_such_entry", format!("no audit entry {index}"))
+            })?;
+        Ok(InclusionProof {
+            index,
+            size,
+            data: data.into(),
+            proof: proof.into_iter().map(Fixed).collect(),
+        })
+    }
+
+    /// Every key release of a room with inclusion proofs against one checkpoint.
+    async fn who_has_keys(
+        &self,
+        cert: &DeviceCert,
+        room: &RoomId,
+    ) -> Result<WhoHasKeysResponse, ApiError> {
+        let allowed = cert.roles.contains(&Role::Admin)
+            || self
+                .room_state(room)
+                .await?
+                .is_some_and(|s| s.grants.contains_key(&cert.user));
+        if !allowed {
+            return Err(ApiError::forbidden(
+                "not_entitled",
+                format!("{} was never a member of room {room}", cert.user),
+            ));
+        }
+        let (cp, note) = self.audit.checkpoint().await?;
+        let mut releases = Vec::new();
+        let mut from = 0;
+        loop {
+            let q = cloister_store::AuditQuery {
+                from,
+                limit: 1000,
+                kind: Some("key_released".into()),
+                room: Some(room.to_hex()),
+                since_ms: None,
+            };
+            let rows = self.audit.store().audit_list(&q).await.map_err(store_err)?;
+            let n = rows.len();
+            for r in rows {
+                from = r.index + 1;
+                if r.index >= cp.size {
+                    continue;
+                }
+                let proof = self.audit.inclusion_proof(r.index, cp.size)?;
+                releases.push(InclusionProof {
+                    index: r.index,
+                    size: cp.size,
+                    data: r.data.into(),
+                    proof: proof.into_iter().map(Fixed).collect(),
+                });
+            }
+            if n < 1000 {
+                break;
+            }
+        }
+        Ok(WhoHasKeysResponse {
+            checkpoint: note,
+            releases,
+        })
+    }
+
+    /// Log a refused key request from a device that is no longer in good standing.
+    async fn record_refusal(&self, req: &SignedRequest, e: &ApiError) {
+        if !matches!(e.code, "device_revoked" | "user_disabled" | "cert_expired") {
+            return;
+        }
+        let Ok(Some(row)) = self.store.get_device(&req.device.to_hex()).await else {
+            return;
+        };
+        let Ok(sc) = serde_json::from_slice::<SignedCert>(&row.cert) else {
+            return;
+        };
+        let Ok(cert) = verify_cert(&self.signer.public(), &sc) else {
+            return;
+        };
+        let Ok(body) = verify_request(&cert.sign_pk.0, req) else {
+            return;
+        };
+        if let KmOp::RoomKeys { room, epochs, .. } = body.op {
+            let ev = AuditEvent::KeyRefused {
+                room,
+                epochs,
+                user: cert.user.clone(),
+                device: cert.device,
+                reason: e.code.to_owned(),
+            };
+            if let Err(err) = self.record(Some(&cert.user), ev).await {
+                tracing::error!("could not log a refused key request: {err}");
             }
         }
     }
@@ -512,18 +765,29 @@ impl Km {
         map.insert((*device, *nonce), ts).is_none()
     }
 
-    async fn disable_user(&self, user: &UserId) -> Result<AdminResponse, ApiError> {
-        if !self
+    async fn disable_user(
+        &self,
+        actor: Option<&UserId>,
+        user: &UserId,
+    ) -> Result<AdminResponse, ApiError> {
+        if self
             .store
-            .set_user_status(user.as_str(), "disabled")
+            .get_user(user.as_str())
             .await
             .map_err(store_err)?
+            .is_none()
         {
             return Err(ApiError::not_found(
                 "unknown_user",
                 format!("no user {user}"),
             ));
         }
+        self.record(actor, AuditEvent::UserDisabled { user: user.clone() })
+            .await?;
+        self.store
+            .set_user_status(user.as_str(), "disabled")
+            .await
+            .map_err(store_err)?;
         if let Ok(mut m) = self.active.lock() {
             m.retain(|_, c| &c.user != user);
         }
@@ -538,18 +802,29 @@ impl Km {
         })
     }
 
-    async fn revoke_device(&self, device: &DeviceId) -> Result<AdminResponse, ApiError> {
-        if !self
+    async fn revoke_device(
+        &self,
+        actor: Option<&UserId>,
+        device: &DeviceId,
+    ) -> Result<AdminResponse, ApiError> {
+        if self
             .store
-            .set_device_status(&device.to_hex(), "revoked")
+            .get_device(&device.to_hex())
             .await
             .map_err(store_err)?
+            .is_none()
         {
             return Err(ApiError::not_found(
                 "unknown_device",
                 format!("no device {device}"),
             ));
         }
+        self.record(actor, AuditEvent::DeviceRevoked { device: *device })
+            .await?;
+        self.store
+            .set_device_status(&device.to_hex(), "revoked")
+            .await
+            .map_err(store_err)?;
         if let Ok(mut m) = self.active.lock() {
             m.remove(device);
         }
@@ -642,6 +917,7 @@ impl Km {
         }
         let mut state = current.as_deref().cloned();
         let mut new_rows = Vec::new();
+        let mut accepted = Vec::new();
         for (i, entry) in log.iter().enumerate() {
             let seq = log_from + i as u64;
             let hash = cloister_crypto::signed::entry_hash(entry);
@@ -671,15 +947,32 @@ impl Km {
                     format!("membership statement {seq} rejected: actor {}", e.message),
                 )
             })?;
-            let (next, _) =
-                cloister_policy::apply(state.as_ref(), room, entry, &actor.user, &actor.sign_pk.0)
-                    .map_err(|e| {
-                        tracing::warn!(%room, seq, error = %e, "membership statement rejected");
-                        ApiError::forbidden(
-                            "bad_statement",
-                            format!("membership statement {seq} rejected: {e}"),
-                        )
-                    })?;
+            let (next, st) = match cloister_policy::apply(
+                state.as_ref(),
+                room,
+                entry,
+                &actor.user,
+                &actor.sign_pk.0,
+            ) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(%room, seq, error = %e, "membership statement rejected");
+                    self.record(
+                        Some(&actor.user),
+                        AuditEvent::MembershipRejected {
+                            room: *room,
+                            seq,
+                            reason: e.to_string(),
+                        },
+                    )
+                    .await?;
+                    return Err(ApiError::forbidden(
+                        "bad_statement",
+                        format!("membership statement {seq} rejected: {e}"),
+                    ));
+                }
+            };
+            accepted.push((seq, st.actor_user.clone(), op_name(&st.action)));
             if next.tenant != self.tenant {
                 return Err(ApiError::forbidden(
                     "wrong_tenant",
@@ -707,6 +1000,18 @@ impl Km {
                 )
                 .await
                 .map_err(store_err)?;
+        }
+        for (seq, actor_user, op) in accepted {
+            self.record(
+                Some(&actor_user),
+                AuditEvent::MembershipAccepted {
+                    room: *room,
+                    seq,
+                    actor_user: actor_user.clone(),
+                    op: op.into(),
+                },
+            )
+            .await?;
         }
         let state = Arc::new(state);
         if let Ok(mut m) = self.rooms.lock() {
@@ -788,6 +1093,17 @@ impl Km {
                     format!("{} is not entitled to epoch {e} of room {room}", cert.user)
                 };
                 tracing::warn!(user = %cert.user, device = %cert.device, %room, epoch = e, "key release refused");
+                self.record(
+                    Some(&cert.user),
+                    AuditEvent::KeyRefused {
+                        room: *room,
+                        epochs: epochs.to_vec(),
+                        user: cert.user.clone(),
+                        device: cert.device,
+                        reason: "not_entitled".into(),
+                    },
+                )
+                .await?;
                 return Err(ApiError::forbidden("not_entitled", why));
             }
         }
@@ -808,11 +1124,35 @@ impl Km {
                 .map_err(ApiError::internal)?,
             );
         }
+        // The release is acknowledged only once it is durable in the audit log.
+        self.record(
+            Some(&cert.user),
+            AuditEvent::KeyReleased {
+                room: *room,
+                epochs: epochs.to_vec(),
+                user: cert.user.clone(),
+                device: cert.device,
+                lease_until,
+            },
+        )
+        .await?;
         tracing::info!(user = %cert.user, device = %cert.device, %room, ?epochs, "room keys released");
         Ok(RoomKeysResponse {
             keys,
             log_seq: state.seq,
         })
+    }
+}
+
+fn op_name(a: &cloister_proto::room::Action) -> &'static str {
+    use cloister_proto::room::Action;
+    match a {
+        Action::Create { .. } => "create",
+        Action::Add { .. } => "add",
+        Action::Remove { .. } => "remove",
+        Action::Leave => "leave",
+        Action::Promote { .. } => "promote",
+        Action::Settings { .. } => "settings",
     }
 }
 

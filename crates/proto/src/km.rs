@@ -44,6 +44,8 @@ pub struct KmInfo {
     pub tenant: TenantId,
     /// Ed25519 key that signs certificates and notices.
     pub sign_pk: Fixed<32>,
+    /// Verifier key (C2SP note format) of the tenant's audit log.
+    pub log_key: String,
 }
 
 /// A device asks for a certificate with a one-time enrolment code.
@@ -90,6 +92,66 @@ pub enum KmOp {
     RevokeDevice { device: DeviceId },
     /// Admin: list users and devices.
     ListUsers,
+    /// The audit log's latest signed checkpoint.
+    AuditCheckpoint,
+    /// Admin: audit entries, filtered.
+    AuditList {
+        #[serde(default)]
+        from: u64,
+        limit: u32,
+        kind: Option<String>,
+        room: Option<RoomId>,
+        since_ms: Option<u64>,
+    },
+    /// Admin: an entry with its inclusion proof in the tree of `size` (default: current).
+    AuditProve { index: u64, size: Option<u64> },
+    /// Consistency proof from `old` to `new` (default: current).
+    AuditConsistency { old: u64, new: Option<u64> },
+    /// Every key release of a room, each with its inclusion proof.
+    WhoHasKeys { room: RoomId },
+}
+
+/// A signed audit checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CheckpointResponse {
+    /// C2SP signed note holding a tlog-checkpoint.
+    pub checkpoint: String,
+    pub log_key: String,
+}
+
+/// An audit entry: its index and the exact bytes hashed into the log.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub index: u64,
+    pub data: Bytes,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditListResponse {
+    pub entries: Vec<AuditEntry>,
+}
+
+/// An entry and its inclusion proof in the tree of `size` leaves.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct InclusionProof {
+    pub index: u64,
+    pub size: u64,
+    pub data: Bytes,
+    pub proof: Vec<Fixed<32>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ConsistencyProof {
+    pub old: u64,
+    pub new: u64,
+    pub proof: Vec<Fixed<32>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WhoHasKeysResponse {
+    /// The checkpoint all proofs are against.
+    pub checkpoint: String,
+    pub releases: Vec<InclusionProof>,
 }
 
 /// A signed KM request as it travels.

@@ -203,3 +203,45 @@ pub trait KmStore: Send + Sync + 'static {
         prune_before: u64,
     ) -> Result<bool>;
 }
+
+/// An audit log entry to append.
+#[derive(Debug, Clone)]
+pub struct AuditIn {
+    pub index: u64,
+    pub ts: u64,
+    pub kind: String,
+    pub room: Option<String>,
+    /// The exact bytes that are hashed into the log.
+    pub data: Vec<u8>,
+}
+
+/// A stored audit log entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditRow {
+    pub index: u64,
+    pub data: Vec<u8>,
+}
+
+/// Filters for listing audit entries.
+#[derive(Debug, Clone, Default)]
+pub struct AuditQuery {
+    pub from: u64,
+    pub limit: u32,
+    pub kind: Option<String>,
+    pub room: Option<String>,
+    pub since_ms: Option<u64>,
+}
+
+/// Storage of a tenant's audit transparency log.
+#[async_trait]
+pub trait AuditStore: Send + Sync + 'static {
+    /// Append entries in one transaction; their indexes must continue the log.
+    async fn audit_append(&self, rows: &[AuditIn]) -> Result<()>;
+    /// Every entry, in index order (to rebuild the tree on start).
+    async fn audit_all(&self) -> Result<Vec<AuditRow>>;
+    async fn audit_get(&self, index: u64) -> Result<Option<Vec<u8>>>;
+    async fn audit_list(&self, q: &AuditQuery) -> Result<Vec<AuditRow>>;
+    /// Remember a checkpoint the log signed (the newest is checked on start).
+    async fn audit_put_checkpoint(&self, size: u64, note: &str) -> Result<()>;
+    async fn audit_latest_checkpoint(&self) -> Result<Option<(u64, String)>>;
+}

@@ -1,8 +1,8 @@
 //! SQLite (WAL) implementations.
 
 use crate::{
-    BlobRow, DeviceRow, Inserted, KmDeviceRow, KmStore, KmUserRow, LogRow, MessageRow, NewMessage,
-    Result, RoomRow, ServerStore, StoreError,
+    AuditIn, AuditQuery, AuditRow, AuditStore, BlobRow, DeviceRow, Inserted, KmDeviceRow, KmStore,
+    KmUserRow, LogRow, MessageRow, NewMessage, Result, RoomRow, ServerStore, StoreError,
 };
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -382,7 +382,12 @@ CREATE TABLE IF NOT EXISTS room_keys (room TEXT NOT NULL, epoch INTEGER NOT NULL
     PRIMARY KEY (room, epoch));
 CREATE TABLE IF NOT EXISTS nonces (device TEXT NOT NULL, nonce BLOB NOT NULL, ts INTEGER NOT NULL,
     PRIMARY KEY (device, nonce));
-CREATE INDEX IF NOT EXISTS nonces_ts ON nonces(ts)
+CREATE INDEX IF NOT EXISTS nonces_ts ON nonces(ts);
+CREATE TABLE IF NOT EXISTS audit_log (idx INTEGER PRIMARY KEY, ts INTEGER NOT NULL, kind TEXT NOT NULL,
+    room TEXT, data BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_room ON audit_log(room, idx);
+CREATE INDEX IF NOT EXISTS audit_kind ON audit_log(kind, idx);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL)
 ";
 
 /// The Key Manager's SQLite store.
@@ -657,6 +662,113 @@ impl KmStore for SqliteKmStore {
             .await?;
         tx.commit().await?;
         Ok(r.rows_affected() == 1)
+    }
+}
+
+#[async_trait]
+impl AuditStore for SqliteKmStore {
+    async fn audit_append(&self, rows: &[AuditIn]) -> Result<()> {
+        let Some(first) = rows.first() else {
+            return Ok(());
+        };
+        let mut tx = self.pool.begin().await?;
+        let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_log")
+            .fetch_one(&mut *tx)
+            .await?;
+        if u(next) != first.index {
+            return Err(StoreError::Conflict(
+                "audit log index does not continue the log",
+            ));
+        }
+        // Multi-row inserts keep the per-entry cost low.
+        for chunk in rows.chunks(100) {
+            let mut sql = String::from("INSERT INTO audit_log (idx, ts, kind, room, data) VALUES ");
+            for (n, _) in chunk.iter().enumerate() {
+                sql.push_str(if n == 0 {
+                    "(?, ?, ?, ?, ?)"
+                } else {
+                    ", (?, ?, ?, ?, ?)"
+                });
+            }
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for r in chunk {
+                q = q
+                    .bind(i(r.index))
+                    .bind(i(r.ts))
+                    .bind(&r.kind)
+                    .bind(&r.room)
+                    .bind(&r.data);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn audit_all(&self) -> Result<Vec<AuditRow>> {
+        let rows = sqlx::query("SELECT idx, data FROM audit_log ORDER BY idx")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    index: u(r.try_get("idx")?),
+                    data: r.try_get("data")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit_get(&self, index: u64) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT data FROM audit_log WHERE idx = ?")
+                .bind(i(index))
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn audit_list(&self, q: &AuditQuery) -> Result<Vec<AuditRow>> {
+        let rows = sqlx::query(
+            "SELECT idx, data FROM audit_log WHERE idx >= ?
+               AND (? IS NULL OR kind = ?) AND (? IS NULL OR room = ?) AND (? IS NULL OR ts >= ?)
+             ORDER BY idx LIMIT ?",
+        )
+        .bind(i(q.from))
+        .bind(&q.kind)
+        .bind(&q.kind)
+        .bind(&q.room)
+        .bind(&q.room)
+        .bind(q.since_ms.map(i))
+        .bind(q.since_ms.map(i))
+        .bind(q.limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    index: u(r.try_get("idx")?),
+                    data: r.try_get("data")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn audit_put_checkpoint(&self, size: u64, note: &str) -> Result<()> {
+        sqlx::query("INSERT OR REPLACE INTO audit_checkpoints (size, note) VALUES (?, ?)")
+            .bind(i(size))
+            .bind(note)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn audit_latest_checkpoint(&self) -> Result<Option<(u64, String)>> {
+        let r = sqlx::query("SELECT size, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1")
+            .fetch_optional(&self.pool)
+            .await?;
+        r.map(|r| Ok((u(r.try_get("size")?), r.try_get("note")?)))
+            .transpose()
     }
 }
 
