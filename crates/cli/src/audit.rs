@@ -46,6 +46,17 @@ pub fn verify(input: &VerifyInput<'_>) -> Result<Vec<String>, String> {
         cp.size,
         hex(&cp.root)
     ));
+    if let Some(prev) = input.previous {
+        let old = v
+            .verify_checkpoint(&read(prev)?)
+            .map_err(|e| format!("previous checkpoint: {e}"))?;
+        if old.size > cp.size {
+            return Err(format!(
+                "ROLLBACK: the checkpoint has {} entries but the remembered one had {}",
+                cp.size, old.size
+            ));
+        }
+    }
 
     for p in input.inclusion {
         let proof: InclusionProof = serde_json::from_str(&read(p)?)
@@ -170,4 +181,36 @@ fn check_inclusion(p: &InclusionProof, cp: &Checkpoint) -> Result<(), String> {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// Write `checkpoint.note`, `log.key` and `entries.jsonl` (every entry the
+/// checkpoint commits to) to `out`; returns the checkpoint size.
+pub async fn export(c: &cloister_client::Client, out: &Path) -> Result<u64, crate::BoxError> {
+    let (cp, note) = c.audit_checkpoint().await?;
+    std::fs::create_dir_all(out).map_err(|e| format!("{}: {e}", out.display()))?;
+    let mut lines = String::new();
+    let mut from = 0;
+    while from < cp.size {
+        let rows = c.audit_list(from, 10_000, None, None, None).await?;
+        if rows.is_empty() {
+            break;
+        }
+        for (i, _, data) in rows {
+            if i >= cp.size {
+                break;
+            }
+            // The exact stored bytes, never re-encoded.
+            let e = ExportedEntry {
+                index: i,
+                data: data.into(),
+            };
+            lines.push_str(&serde_json::to_string(&e)?);
+            lines.push('\n');
+            from = i + 1;
+        }
+    }
+    std::fs::write(out.join("entries.jsonl"), lines)?;
+    std::fs::write(out.join("checkpoint.note"), &note)?;
+    std::fs::write(out.join("log.key"), format!("{}\n", c.profile().log_key))?;
+    Ok(cp.size)
 }

@@ -666,7 +666,7 @@ async fn audit_cmd(ctx: &Ctx, ac: AuditCmd) -> Result<(), BoxError> {
                 .await?;
             let lines: Vec<String> = rows
                 .iter()
-                .map(|(i, r)| {
+                .map(|(i, r, _)| {
                     format!(
                         "{i:>6} {} {}",
                         r.ts / 1000,
@@ -676,7 +676,7 @@ async fn audit_cmd(ctx: &Ctx, ac: AuditCmd) -> Result<(), BoxError> {
                 .collect();
             let items: Vec<_> = rows
                 .iter()
-                .map(|(i, r)| json!({"index": i, "record": r}))
+                .map(|(i, r, _)| json!({"index": i, "record": r}))
                 .collect();
             ctx.emit(lines.join("\n"), json!({"entries": items}));
         }
@@ -715,38 +715,13 @@ async fn audit_cmd(ctx: &Ctx, ac: AuditCmd) -> Result<(), BoxError> {
             ctx.emit(lines.join("\n"), json!({"room": room, "releases": rel}));
         }
         AuditCmd::Export { out } => {
-            let (cp, note) = c.audit_checkpoint().await?;
-            std::fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
-            let mut lines = String::new();
-            let mut from = 0;
-            while from < cp.size {
-                let rows = c.audit_list(from, 10_000, None, None, None).await?;
-                if rows.is_empty() {
-                    break;
-                }
-                for (i, r) in rows {
-                    if i >= cp.size {
-                        break;
-                    }
-                    let e = cloister_cli::audit::ExportedEntry {
-                        index: i,
-                        data: r.to_bytes()?.into(),
-                    };
-                    lines.push_str(&serde_json::to_string(&e)?);
-                    lines.push('\n');
-                    from = i + 1;
-                }
-            }
-            std::fs::write(out.join("entries.jsonl"), lines)?;
-            std::fs::write(out.join("checkpoint.note"), &note)?;
-            std::fs::write(out.join("log.key"), format!("{}\n", c.profile().log_key))?;
+            let size = cloister_cli::audit::export(&c, &out).await?;
             ctx.emit(
                 format!(
-                    "exported {} entries and the signed checkpoint to {}",
-                    cp.size,
+                    "exported {size} entries and the signed checkpoint to {}",
                     out.display()
                 ),
-                json!({"out": out, "size": cp.size}),
+                json!({"out": out, "size": size}),
             );
         }
         AuditCmd::Verify { .. } => {}

@@ -1074,7 +1074,7 @@ impl Client {
         kind: Option<String>,
         room: Option<RoomId>,
         since_ms: Option<u64>,
-    ) -> Result<Vec<(u64, cloister_log::AuditRecord)>> {
+    ) -> Result<Vec<(u64, cloister_log::AuditRecord, Vec<u8>)>> {
         let r: cloister_proto::km::AuditListResponse = self
             .km_request(KmOp::AuditList {
                 from,
@@ -1088,7 +1088,7 @@ impl Client {
             .into_iter()
             .map(|e| {
                 cloister_log::AuditRecord::from_bytes(e.data.as_slice())
-                    .map(|rec| (e.index, rec))
+                    .map(|rec| (e.index, rec, e.data.0.clone()))
                     .map_err(|e| ClientError::Local(format!("unreadable audit entry: {e}")))
             })
             .collect()

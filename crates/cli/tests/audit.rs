@@ -1,0 +1,370 @@
+//! The audit transparency log: every security event is recorded, proofs
+//! verify, and tampering (altered, deleted, reordered entries, rollback,
+//! fork) is detected by the KM, by clients and by the offline verifier.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use cloister_cli::Stack;
+use cloister_client::ClientError;
+use cloister_proto::room::RoomSettings;
+use common::*;
+use std::collections::BTreeSet;
+
+async fn scenario(
+    w: &World,
+) -> (
+    cloister_client::Client,
+    cloister_client::Client,
+    cloister_client::Client,
+    cloister_proto::RoomId,
+) {
+    let (alice, bob, carol) = (
+        w.user("alice").await,
+        w.user("bob").await,
+        w.user("carol").await,
+    );
+    let room = alice
+        .create_room(
+            RoomSettings {
+                name: "desk".into(),
+                ..Default::default()
+            },
+            &[bob.user().clone(), carol.user().clone()],
+        )
+        .await
+        .unwrap();
+    alice
+        .send_text(&room, "AUDIT-SECRET message text")
+        .await
+        .unwrap();
+    bob.read(&room, 10, None).await.unwrap();
+    carol.read(&room, 10, None).await.unwrap();
+    alice.remove_member(&room, carol.user()).await.unwrap();
+    carol.clear_key_cache().unwrap();
+    assert!(carol.room_keys(&room, &[1]).await.is_err());
+    (alice, bob, carol, room)
+}
+
+#[tokio::test]
+async fn every_security_event_is_logged_without_secrets() {
+    let w = World::new().await;
+    let (alice, _bob, carol, room) = scenario(&w).await;
+    w.admin.admin_revoke_device(&carol.device()).await.unwrap();
+    // straight to the KM (the server already refuses carol)
+    let r: Result<serde_json::Value, _> = carol
+        .km_request(cloister_proto::km::KmOp::RoomKeys {
+            room,
+            epochs: vec![0],
+            log_from: 0,
+            log: vec![],
+        })
+        .await;
+    assert_eq!(r.unwrap_err().code(), Some("device_revoked"));
+    w.admin.admin_disable_user(alice.user()).await.unwrap();
+
+    let rows = w.admin.audit_list(0, 1000, None, None, None).await.unwrap();
+    let kinds: BTreeSet<&str> = rows.iter().map(|(_, r, _)| r.event.kind()).collect();
+    for k in cloister_log::AuditEvent::KINDS {
+        if k != "membership_rejected" {
+            assert!(kinds.contains(k), "missing {k}: {kinds:?}");
+        }
+    }
+    // indexes are contiguous from 0
+    assert!(
+        rows.iter()
+            .enumerate()
+            .all(|(i, (idx, _, _))| *idx == i as u64)
+    );
+    // the refusal of the revoked device says why
+    assert!(rows.iter().any(|(_, r, _)| matches!(&r.event,
+        cloister_log::AuditEvent::KeyRefused { reason, device, .. } if reason == "device_revoked" && *device == carol.device())));
+    // no message content, no enrolment code, no key material
+    for (_, _, data) in &rows {
+        let s = String::from_utf8_lossy(data);
+        assert!(!s.contains("AUDIT-SECRET"));
+    }
+    // filters
+    let rel = w
+        .admin
+        .audit_list(0, 1000, Some("key_released".into()), Some(room), None)
+        .await
+        .unwrap();
+    assert!(!rel.is_empty() && rel.iter().all(|(_, r, _)| r.event.kind() == "key_released"));
+    let e = w
+        .admin
+        .audit_list(0, 10, Some("nonsense".into()), None, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("bad_kind"));
+    // only admins list the log
+    let bob2 = w.user("bob2").await;
+    assert_eq!(
+        bob2.audit_list(0, 10, None, None, None)
+            .await
+            .unwrap_err()
+            .code(),
+        Some("not_admin")
+    );
+}
+
+#[tokio::test]
+async fn proofs_verify_and_who_has_keys() {
+    let w = World::new().await;
+    let (alice, bob, carol, room) = scenario(&w).await;
+    let (cp1, _) = alice.audit_checkpoint().await.unwrap();
+    let (p, _) = w.admin.audit_prove(3).await.unwrap();
+    assert_eq!(p.index, 3);
+    // more activity; the client checks consistency from what it saw
+    bob.send_text(&room, "more").await.unwrap();
+    let (cp2, _) = alice.audit_checkpoint().await.unwrap();
+    assert!(cp2.size >= cp1.size);
+    let (c, _) = alice.audit_consistency(cp1.size).await.unwrap();
+    let proof: Vec<[u8; 32]> = c.proof.iter().map(|h| h.0).collect();
+    cloister_log::verify_consistency(
+        cp1.size,
+        c.new,
+        &cp1.root,
+        &alice.audit_checkpoint().await.unwrap().0.root,
+        &proof,
+    )
+    .unwrap();
+
+    let rel = bob.who_has_keys(&room).await.unwrap();
+    let users: BTreeSet<String> = rel.iter().map(|r| r.user.to_string()).collect();
+    assert!(
+        users.contains("alice@acme") && users.contains("bob@acme") && users.contains("carol@acme"),
+        "{users:?}"
+    );
+    assert!(
+        rel.iter()
+            .any(|r| r.user == *carol.user() && r.epochs == vec![0])
+    );
+    assert!(
+        !rel.iter()
+            .any(|r| r.user == *carol.user() && r.epochs.contains(&1)),
+        "carol never got epoch 1"
+    );
+    // a stranger may not ask
+    let mallory = w.user("mallory").await;
+    assert_eq!(
+        mallory.who_has_keys(&room).await.unwrap_err().code(),
+        Some("not_entitled")
+    );
+    // a proof for altered data does not verify
+    let (mut p, note) = w.admin.audit_prove(5).await.unwrap();
+    p.data.0[3] ^= 1;
+    let cp = cloister_log::NoteVerifier::parse(&w.stack.km.info().log_key)
+        .unwrap()
+        .verify_checkpoint(&note)
+        .unwrap();
+    assert!(cloister_client::check_inclusion(&p, &cp).is_err());
+}
+
+fn km_db(w: &std::path::Path) -> std::path::PathBuf {
+    w.join("km/km.db")
+}
+
+async fn sql(db: &std::path::Path, stmts: &[&'static str]) {
+    let pool = cloister_store::open_sqlite(db, 1).await.unwrap();
+    for s in stmts {
+        sqlx_exec(&pool, s).await;
+    }
+    pool.close().await;
+}
+
+async fn sqlx_exec(pool: &sqlx::SqlitePool, s: &'static str) {
+    sqlx::query(s).execute(pool).await.unwrap();
+}
+
+async fn restart(
+    w: World,
+    tamper: &[&'static str],
+) -> (
+    tempfile::TempDir,
+    Result<Stack, String>,
+    cloister_client::Client,
+) {
+    let World {
+        dir, stack, admin, ..
+    } = w;
+    let (k, s) = (stack.km_addr, stack.server_addr);
+    stack.stop().await;
+    sql(&km_db(dir.path()), tamper).await;
+    let mut o = opts();
+    o.km_addr = k;
+    o.server_addr = s;
+    let st = Stack::start(dir.path(), o).await.map_err(|e| e.to_string());
+    (dir, st, admin)
+}
+
+#[tokio::test]
+async fn the_km_refuses_to_start_on_an_altered_deleted_or_reordered_log() {
+    let cases: [&[&'static str]; 3] = [
+        &[
+            "UPDATE audit_log SET data = CAST(REPLACE(CAST(data AS TEXT), 'alice', 'alicf') AS BLOB) WHERE idx = 3",
+        ],
+        &["DELETE FROM audit_log WHERE idx = 2"],
+        &[
+            "UPDATE audit_log SET idx = -1 WHERE idx = 4",
+            "UPDATE audit_log SET idx = 4 WHERE idx = 5",
+            "UPDATE audit_log SET idx = 5 WHERE idx = -1",
+        ],
+    ];
+    for tamper in cases {
+        let w = World::new().await;
+        scenario(&w).await;
+        w.admin.audit_checkpoint().await.unwrap(); // the KM signs and remembers a checkpoint
+        let (_dir, st, _) = restart(w, tamper).await;
+        let e = st
+            .err()
+            .unwrap_or_else(|| panic!("KM started on a tampered log ({tamper:?})"));
+        assert!(e.contains("audit log"), "{tamper:?}: {e}");
+    }
+}
+
+#[tokio::test]
+async fn clients_detect_rollback_and_fork() {
+    // Rollback: an attacker deletes the newest entries and the KM's remembered checkpoints.
+    let w = World::new().await;
+    let (alice, ..) = scenario(&w).await;
+    let (seen, _) = alice.audit_checkpoint().await.unwrap();
+    let (_dir, st, _) = restart(
+        w,
+        &[
+            "DELETE FROM audit_log WHERE idx >= 10",
+            "DELETE FROM audit_checkpoints",
+        ],
+    )
+    .await;
+    let st = st.unwrap();
+    let e = alice.audit_checkpoint().await.unwrap_err();
+    assert!(matches!(e, ClientError::Audit(_)), "{e}");
+    assert!(e.to_string().contains("rolled back"), "{e}");
+    assert!(seen.size > 10);
+    st.stop().await;
+
+    // Fork: an old entry is rewritten (and the remembered checkpoints removed).
+    let w = World::new().await;
+    let (alice, ..) = scenario(&w).await;
+    alice.audit_checkpoint().await.unwrap();
+    let (_dir, st, _) = restart(
+        w,
+        &[
+            "UPDATE audit_log SET data = CAST(REPLACE(CAST(data AS TEXT), 'carol', 'carl0') AS BLOB) WHERE kind = 'user_added'",
+            "DELETE FROM audit_checkpoints",
+        ],
+    )
+    .await;
+    let st = st.unwrap();
+    let e = alice.audit_checkpoint().await.unwrap_err();
+    assert!(matches!(e, ClientError::Audit(_)), "{e}");
+    assert!(e.to_string().contains("forked"), "{e}");
+    st.stop().await;
+}
+
+#[tokio::test]
+async fn offline_verifier_detects_tampering() {
+    let w = World::new().await;
+    let (alice, ..) = scenario(&w).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let old_dir = tmp.path().join("old");
+    let old_size = cloister_cli::audit::export(&w.admin, &old_dir)
+        .await
+        .unwrap();
+    alice
+        .send_text(&alice.im(&World::uid("bob")).await.unwrap(), "later")
+        .await
+        .unwrap();
+    let dir = tmp.path().join("new");
+    let size = cloister_cli::audit::export(&w.admin, &dir).await.unwrap();
+    assert!(size > old_size);
+    let key = std::fs::read_to_string(dir.join("log.key"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    let (cons, _) = w.admin.audit_consistency(old_size).await.unwrap();
+    let cons_file = tmp.path().join("cons.json");
+    std::fs::write(&cons_file, serde_json::to_vec(&cons).unwrap()).unwrap();
+    let (incl, _) = w.admin.audit_prove(2).await.unwrap();
+    let incl_file = tmp.path().join("incl.json");
+    std::fs::write(&incl_file, serde_json::to_vec(&incl).unwrap()).unwrap();
+
+    let entries = dir.join("entries.jsonl");
+    let checkpoint = dir.join("checkpoint.note");
+    let previous = old_dir.join("checkpoint.note");
+    let inclusion = vec![incl_file.clone()];
+    let run = |entries: Option<&std::path::Path>,
+               previous: Option<&std::path::Path>,
+               checkpoint: &std::path::Path| {
+        cloister_cli::audit::verify(&cloister_cli::audit::VerifyInput {
+            key: &key,
+            checkpoint,
+            entries,
+            previous,
+            consistency: Some(&cons_file),
+            inclusion: &inclusion,
+        })
+    };
+    let ok = run(Some(&entries), Some(&previous), &checkpoint).unwrap();
+    assert!(
+        ok.iter().any(|l| l.contains("reproduce the signed root")),
+        "{ok:?}"
+    );
+
+    let original = std::fs::read_to_string(&entries).unwrap();
+    let lines: Vec<&str> = original.lines().collect();
+    let write = |s: String| std::fs::write(&entries, s).unwrap();
+    // altered
+    let mut e5: cloister_cli::audit::ExportedEntry = serde_json::from_str(lines[5]).unwrap();
+    e5.data.0[2] ^= 1;
+    let mut v = lines.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+    v[5] = serde_json::to_string(&e5).unwrap();
+    write(v.join("\n"));
+    assert!(
+        run(Some(&entries), None, &checkpoint)
+            .unwrap_err()
+            .contains("TAMPERED")
+    );
+    // deleted
+    let mut v: Vec<&str> = lines.clone();
+    v.remove(4);
+    write(v.join("\n"));
+    assert!(
+        run(Some(&entries), None, &checkpoint)
+            .unwrap_err()
+            .contains("TAMPERED")
+    );
+    // reordered (indexes kept in order, data swapped)
+    let mut a: cloister_cli::audit::ExportedEntry = serde_json::from_str(lines[6]).unwrap();
+    let mut b: cloister_cli::audit::ExportedEntry = serde_json::from_str(lines[7]).unwrap();
+    std::mem::swap(&mut a.data, &mut b.data);
+    let mut v = lines.iter().map(|l| l.to_string()).collect::<Vec<_>>();
+    v[6] = serde_json::to_string(&a).unwrap();
+    v[7] = serde_json::to_string(&b).unwrap();
+    write(v.join("\n"));
+    assert!(
+        run(Some(&entries), None, &checkpoint)
+            .unwrap_err()
+            .contains("TAMPERED")
+    );
+    write(original);
+    // rollback: a checkpoint older than the one remembered
+    assert!(
+        run(None, Some(&checkpoint), &previous)
+            .unwrap_err()
+            .contains("ROLLBACK")
+    );
+    // a forged checkpoint (edited size) fails its signature
+    let forged = tmp.path().join("forged.note");
+    std::fs::write(
+        &forged,
+        std::fs::read_to_string(&checkpoint).unwrap().replacen(
+            &format!("\n{size}\n"),
+            &format!("\n{}\n", size + 1),
+            1,
+        ),
+    )
+    .unwrap();
+    assert!(run(None, None, &forged).is_err());
+}
