@@ -457,3 +457,61 @@ fn the_demo_runs_and_every_check_holds() {
         .contains("already holds")
     );
 }
+
+#[test]
+fn audit_commands_through_the_cli() {
+    let e = setup();
+    for u in ["alice", "bob"] {
+        let code = e.add_user(u);
+        e.enrol(u, &code);
+    }
+    ok(e.run("alice", &["room", "create", "desk", "--member", "bob@acme"]));
+    ok(e.run("alice", &["send", "desk", "hello"]));
+    // alice remembers an early checkpoint
+    let early = json(e.run("alice", &["--json", "audit", "checkpoint"]));
+    let early_note = e.root.join("early.note");
+    std::fs::write(&early_note, early["note"].as_str().unwrap()).unwrap();
+    let early_size = early["size"].as_u64().unwrap();
+    ok(e.run("bob", &["read", "desk"]));
+    // who has the keys: alice and bob, proven
+    let who = json(e.run("bob", &["--json", "audit", "who-has-keys", "desk"]));
+    let users: Vec<&str> = who["releases"].as_array().unwrap().iter().map(|r| r["user"].as_str().unwrap()).collect();
+    assert!(users.contains(&"alice@acme") && users.contains(&"bob@acme"), "{users:?}");
+    // admin: list, prove, consistency, export
+    let list = json(e.run("admin", &["--json", "audit", "list", "--kind", "key_released"]));
+    assert!(list["entries"].as_array().unwrap().len() >= 2);
+    let proof = ok(e.run("admin", &["--json", "audit", "prove", "1"]));
+    let proof_file = e.root.join("proof.json");
+    std::fs::write(&proof_file, proof).unwrap();
+    let cons = ok(e.run("admin", &["--json", "audit", "consistency", &early_size.to_string()]));
+    let cons_file = e.root.join("cons.json");
+    std::fs::write(&cons_file, cons).unwrap();
+    let dir = e.root.join("export");
+    ok(e.run("admin", &["audit", "export", "--out", dir.to_str().unwrap()]));
+    let key = format!("@{}", dir.join("log.key").display());
+    // offline verification: no home, no services needed
+    let v = json(
+        cmd(None)
+            .args(["--json", "audit", "verify", "--key", &key, "--dir", dir.to_str().unwrap(), "--inclusion"])
+            .arg(&proof_file)
+            .arg("--previous")
+            .arg(&early_note)
+            .arg("--consistency")
+            .arg(&cons_file)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    // delete one exported entry: the verifier says TAMPERED in one line
+    let entries = dir.join("entries.jsonl");
+    let text = std::fs::read_to_string(&entries).unwrap();
+    let kept: Vec<&str> = text.lines().enumerate().filter(|(i, _)| *i != 2).map(|(_, l)| l).collect();
+    std::fs::write(&entries, kept.join("\n")).unwrap();
+    let err = fails(cmd(None).args(["audit", "verify", "--key", &key, "--dir", dir.to_str().unwrap()]).output().unwrap());
+    assert!(err.contains("TAMPERED"), "{err}");
+    // a wrong key is refused
+    let err = fails(cmd(None).args(["audit", "verify", "--key", "x+00000000+AAAA", "--dir", dir.to_str().unwrap()]).output().unwrap());
+    assert!(err.contains("log key"), "{err}");
+    // users cannot list the log
+    assert!(fails(e.run("bob", &["audit", "list"])).contains("not_admin"));
+}
