@@ -347,7 +347,12 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
     );
     // Straight to the KM, as a modified client would (the server refuses it too).
     let r: Result<serde_json::Value, _> = bob
-        .km_request(cloister_proto::km::KmOp::RoomKeys { room: desk, epochs: vec![0], log_from: 0, log: vec![] })
+        .km_request(cloister_proto::km::KmOp::RoomKeys {
+            room: desk,
+            epochs: vec![0],
+            log_from: 0,
+            log: vec![],
+        })
         .await;
     d.check(
         matches!(&r, Err(e) if e.code() == Some("device_revoked")),
@@ -360,17 +365,27 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
 
     d.section("The audit trail");
     let (cp, note) = admin.audit_checkpoint().await?;
-    d.say("auditor", format!("latest signed checkpoint ({} entries):", cp.size));
+    d.say(
+        "auditor",
+        format!("latest signed checkpoint ({} entries):", cp.size),
+    );
     for line in note.trim_end().lines() {
         d.say("", format!("    {line}"));
     }
     let watched = alice.audit_checkpoint().await;
     d.check(
         watched.as_ref().is_ok_and(|(c, _)| c.size >= cp.size),
-        &format!("alice's device proves the log consistent with the checkpoint it saw at size {}", early.size),
+        &format!(
+            "alice's device proves the log consistent with the checkpoint it saw at size {}",
+            early.size
+        ),
     );
     let rows = admin.audit_list(0, 10_000, None, None, None).await?;
-    let pick = |kind: &str| rows.iter().find(|(_, r, _)| r.event.kind() == kind).map(|(i, _, _)| *i);
+    let pick = |kind: &str| {
+        rows.iter()
+            .find(|(_, r, _)| r.event.kind() == kind)
+            .map(|(i, _, _)| *i)
+    };
     let mut proven = 0;
     for (kind, idx) in [
         ("key_released", pick("key_released")),
@@ -379,19 +394,37 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
     ] {
         if let Some(i) = idx {
             let (p, _) = admin.audit_prove(i).await?;
-            d.say("auditor", format!("entry {i} ({kind}) is in the log: {} proof hashes, verified", p.proof.len()));
+            d.say(
+                "auditor",
+                format!(
+                    "entry {i} ({kind}) is in the log: {} proof hashes, verified",
+                    p.proof.len()
+                ),
+            );
             proven += 1;
         }
     }
-    d.check(proven == 3, "inclusion proofs verify for a key release, a refusal and a revocation");
+    d.check(
+        proven == 3,
+        "inclusion proofs verify for a key release, a refusal and a revocation",
+    );
     let who = bob2.who_has_keys(&desk).await?;
-    d.say("bob (new)", "asks who ever received the keys of rates-desk (each release proven in the log):");
+    d.say(
+        "bob (new)",
+        "asks who ever received the keys of rates-desk (each release proven in the log):",
+    );
     for r in &who {
-        d.say("", format!("    {} device {} epochs {:?}", r.user, r.device, r.epochs));
+        d.say(
+            "",
+            format!("    {} device {} epochs {:?}", r.user, r.device, r.epochs),
+        );
     }
     d.check(
-        who.iter().any(|r| r.user == *carol.user() && r.epochs == vec![0])
-            && !who.iter().any(|r| r.user == *carol.user() && r.epochs.contains(&1)),
+        who.iter()
+            .any(|r| r.user == *carol.user() && r.epochs == vec![0])
+            && !who
+                .iter()
+                .any(|r| r.user == *carol.user() && r.epochs.contains(&1)),
         "key release transparency: carol got epoch 0 and never epoch 1",
     );
 

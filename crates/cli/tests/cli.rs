@@ -475,24 +475,50 @@ fn audit_commands_through_the_cli() {
     ok(e.run("bob", &["read", "desk"]));
     // who has the keys: alice and bob, proven
     let who = json(e.run("bob", &["--json", "audit", "who-has-keys", "desk"]));
-    let users: Vec<&str> = who["releases"].as_array().unwrap().iter().map(|r| r["user"].as_str().unwrap()).collect();
-    assert!(users.contains(&"alice@acme") && users.contains(&"bob@acme"), "{users:?}");
+    let users: Vec<&str> = who["releases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["user"].as_str().unwrap())
+        .collect();
+    assert!(
+        users.contains(&"alice@acme") && users.contains(&"bob@acme"),
+        "{users:?}"
+    );
     // admin: list, prove, consistency, export
-    let list = json(e.run("admin", &["--json", "audit", "list", "--kind", "key_released"]));
+    let list = json(e.run(
+        "admin",
+        &["--json", "audit", "list", "--kind", "key_released"],
+    ));
     assert!(list["entries"].as_array().unwrap().len() >= 2);
     let proof = ok(e.run("admin", &["--json", "audit", "prove", "1"]));
     let proof_file = e.root.join("proof.json");
     std::fs::write(&proof_file, proof).unwrap();
-    let cons = ok(e.run("admin", &["--json", "audit", "consistency", &early_size.to_string()]));
+    let cons = ok(e.run(
+        "admin",
+        &["--json", "audit", "consistency", &early_size.to_string()],
+    ));
     let cons_file = e.root.join("cons.json");
     std::fs::write(&cons_file, cons).unwrap();
     let dir = e.root.join("export");
-    ok(e.run("admin", &["audit", "export", "--out", dir.to_str().unwrap()]));
+    ok(e.run(
+        "admin",
+        &["audit", "export", "--out", dir.to_str().unwrap()],
+    ));
     let key = format!("@{}", dir.join("log.key").display());
     // offline verification: no home, no services needed
     let v = json(
         cmd(None)
-            .args(["--json", "audit", "verify", "--key", &key, "--dir", dir.to_str().unwrap(), "--inclusion"])
+            .args([
+                "--json",
+                "audit",
+                "verify",
+                "--key",
+                &key,
+                "--dir",
+                dir.to_str().unwrap(),
+                "--inclusion",
+            ])
             .arg(&proof_file)
             .arg("--previous")
             .arg(&early_note)
@@ -505,12 +531,41 @@ fn audit_commands_through_the_cli() {
     // delete one exported entry: the verifier says TAMPERED in one line
     let entries = dir.join("entries.jsonl");
     let text = std::fs::read_to_string(&entries).unwrap();
-    let kept: Vec<&str> = text.lines().enumerate().filter(|(i, _)| *i != 2).map(|(_, l)| l).collect();
+    let kept: Vec<&str> = text
+        .lines()
+        .enumerate()
+        .filter(|(i, _)| *i != 2)
+        .map(|(_, l)| l)
+        .collect();
     std::fs::write(&entries, kept.join("\n")).unwrap();
-    let err = fails(cmd(None).args(["audit", "verify", "--key", &key, "--dir", dir.to_str().unwrap()]).output().unwrap());
+    let err = fails(
+        cmd(None)
+            .args([
+                "audit",
+                "verify",
+                "--key",
+                &key,
+                "--dir",
+                dir.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap(),
+    );
     assert!(err.contains("TAMPERED"), "{err}");
     // a wrong key is refused
-    let err = fails(cmd(None).args(["audit", "verify", "--key", "x+00000000+AAAA", "--dir", dir.to_str().unwrap()]).output().unwrap());
+    let err = fails(
+        cmd(None)
+            .args([
+                "audit",
+                "verify",
+                "--key",
+                "x+00000000+AAAA",
+                "--dir",
+                dir.to_str().unwrap(),
+            ])
+            .output()
+            .unwrap(),
+    );
     assert!(err.contains("log key"), "{err}");
     // users cannot list the log
     assert!(fails(e.run("bob", &["audit", "list"])).contains("not_admin"));
