@@ -92,5 +92,39 @@ fn files(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, messages, key_release_primitives, files);
+fn capture(c: &mut Criterion) {
+    use cloister_crypto::{capture, escrow};
+    use cloister_proto::b64::Fixed;
+    use cloister_proto::vault::AuditEnvelope;
+    let (pk, _sk) = escrow::generate().unwrap();
+    let t: TenantId = "acme".parse().unwrap();
+    let index_key = RoomKey::generate().unwrap();
+    let text: String = "Client XJ-77 wants 250mm 5y payer swaption, indication by 10:30 "
+        .repeat(16)[..1024]
+        .to_owned();
+    let env = AuditEnvelope {
+        message_id: MessageId([1; 16]),
+        room: RoomId([2; 16]),
+        epoch: 0,
+        sender: "alice@acme".parse().unwrap(),
+        device: cloister_proto::DeviceId([3; 16]),
+        participants: (0..10)
+            .map(|i| format!("u{i}@acme").parse().unwrap())
+            .collect(),
+        ts: 1_795_305_600_000,
+        ciphertext_sha256: Fixed([4; 32]),
+        content: Content::Text { text },
+        attachment_sha256: vec![],
+    };
+    let mut g = c.benchmark_group("capture");
+    g.bench_function("seal_envelope_1KiB", |b| {
+        b.iter(|| capture::seal(&pk, &t, black_box(&env)).unwrap())
+    });
+    g.bench_function("tokens_1KiB_10_participants", |b| {
+        b.iter(|| capture::tokens(&index_key, black_box(&env)))
+    });
+    g.finish();
+}
+
+criterion_group!(benches, messages, key_release_primitives, files, capture);
 criterion_main!(benches);

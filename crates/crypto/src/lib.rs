@@ -13,6 +13,9 @@
 //! Secrets are zeroized on drop and never printed by `Debug`.
 #![forbid(unsafe_code)]
 
+pub mod blind;
+pub mod capture;
+pub mod escrow;
 pub mod file;
 pub mod hpke_seal;
 pub mod keys;

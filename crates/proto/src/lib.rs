@@ -22,6 +22,7 @@ pub mod ids;
 pub mod km;
 pub mod room;
 pub mod server;
+pub mod vault;
 
 pub use ids::{DeviceId, IdError, MessageId, RoomId, TenantId, UserId};
 
