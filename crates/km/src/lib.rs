@@ -532,7 +532,7 @@ impl Km {
             .map_err(|_| ApiError::unauthorized("bad_signature", "request signature is invalid"))?;
         let now = now_millis();
         let skew = limits::MAX_SKEW_SECS * 1000;
-        if body.ts + skew < now || body.ts > now + skew {
+        if !cloister_proto::within_skew(body.ts) {
             return Err(ApiError::unauthorized(
                 "stale_request",
                 "request timestamp is outside the allowed clock skew",

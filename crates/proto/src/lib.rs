@@ -67,6 +67,13 @@ pub fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// Is a signed timestamp (milliseconds) within the allowed clock skew of now?
+pub fn within_skew(ts_ms: u64) -> bool {
+    let now = now_millis();
+    let skew = limits::MAX_SKEW_SECS * 1000;
+    ts_ms.saturating_add(skew) >= now && ts_ms <= now.saturating_add(skew)
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_millis() -> u64 {
     std::time::SystemTime::now()

@@ -220,17 +220,7 @@ async fn get_device(
     Path(device): Path<String>,
 ) -> Result<Json<SignedCert>, ApiError> {
     let device: DeviceId = device.parse().map_err(|e| bad_param("device id", e))?;
-    let row = s
-        .store
-        .get_device(&device.to_hex())
-        .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| {
-            ApiError::not_found(
-                "unknown_device",
-                format!("device {device} is not registered"),
-            )
-        })?;
+    let row = s.device_row(&device).await?;
     Ok(Json(
         serde_json::from_slice(&row.cert).map_err(ApiError::internal)?,
     ))
@@ -256,7 +246,7 @@ async fn login(
     .map_err(|_| ApiError::unauthorized("bad_signature", "login signature is invalid"))?;
     let now = now_millis();
     let skew = limits::MAX_SKEW_SECS * 1000;
-    if req.ts + skew < now || req.ts > now + skew {
+    if !cloister_proto::within_skew(req.ts) {
         return Err(ApiError::unauthorized(
             "stale_request",
             "login timestamp is outside the allowed clock skew",
@@ -522,9 +512,7 @@ async fn post_message(
             "the message header names another room",
         ));
     }
-    let now = now_millis();
-    let skew = limits::MAX_SKEW_SECS * 1000;
-    if h.ts + skew < now || h.ts > now + skew {
+    if !cloister_proto::within_skew(h.ts) {
         return Err(ApiError::bad_request(
             "stale_message",
             "message timestamp is outside the allowed clock skew",

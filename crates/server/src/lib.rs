@@ -240,17 +240,7 @@ impl Server {
         if let Some(c) = self.certs.read().ok().and_then(|m| m.get(device).cloned()) {
             return Ok(c);
         }
-        let row = self
-            .store
-            .get_device(&device.to_hex())
-            .await
-            .map_err(ApiError::internal)?
-            .ok_or_else(|| {
-                ApiError::not_found(
-                    "unknown_device",
-                    format!("device {device} is not registered"),
-                )
-            })?;
+        let row = self.device_row(device).await?;
         let sc: cloister_proto::km::SignedCert =
             serde_json::from_slice(&row.cert).map_err(ApiError::internal)?;
         let tenant: TenantId = row.tenant.parse().map_err(ApiError::internal)?;
@@ -263,6 +253,20 @@ impl Server {
             m.insert(*device, cert.clone());
         }
         Ok(cert)
+    }
+
+    /// A registered device's stored row.
+    async fn device_row(&self, device: &DeviceId) -> Result<cloister_store::DeviceRow, ApiError> {
+        self.store
+            .get_device(&device.to_hex())
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| {
+                ApiError::not_found(
+                    "unknown_device",
+                    format!("device {device} is not registered"),
+                )
+            })
     }
 
     /// The caller's certificate must be current: not revoked, user not disabled, not expired.
