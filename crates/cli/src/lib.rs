@@ -62,6 +62,7 @@ pub struct Stack {
     /// The bootstrap admin's one-time code (first start only).
     pub admin_code: Option<String>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    shutdown: tokio::sync::watch::Sender<bool>,
 }
 
 /// Options for [`Stack::start`].
@@ -110,14 +111,19 @@ impl Stack {
         let (km_addr, server_addr) = (kl.local_addr()?, sl.local_addr()?);
         let r1 = cloister_km::http::router(km.clone());
         let r2 = cloister_server::router(server.clone());
+        let (shutdown, rx) = tokio::sync::watch::channel(false);
+        let signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        };
+        let (s1, s2) = (signal(rx.clone()), signal(rx));
         let tasks = vec![
             tokio::spawn(async move {
-                if let Err(e) = axum_serve(kl, r1).await {
+                if let Err(e) = cloister_http::serve(kl, r1, s1).await {
                     tracing::error!("KM stopped: {e}");
                 }
             }),
             tokio::spawn(async move {
-                if let Err(e) = axum_serve(sl, r2).await {
+                if let Err(e) = cloister_http::serve(sl, r2, s2).await {
                     tracing::error!("server stopped: {e}");
                 }
             }),
@@ -133,6 +139,7 @@ impl Stack {
             operator_token,
             admin_code,
             tasks,
+            shutdown,
         };
         let http = reqwest::Client::new();
         cloister_client::register_tenant(
@@ -145,17 +152,20 @@ impl Stack {
         Ok(stack)
     }
 
-    /// Stop both services abruptly (like a crash: no graceful drain).
+    /// Stop both services: stop accepting, close every connection (live
+    /// streams and idle keep-alives included), and wait for both to end, so a
+    /// restarted stack on the same ports is the only one answering.
     pub async fn stop(self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        let _ = self.shutdown.send(true);
+        self.server.close_connections();
         for t in self.tasks {
-            let _ = t.await;
+            let abort = t.abort_handle();
+            if tokio::time::timeout(std::time::Duration::from_secs(5), t)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
         }
     }
-}
-
-async fn axum_serve(l: tokio::net::TcpListener, r: axum::Router) -> std::io::Result<()> {
-    axum::serve(l, r).await
 }

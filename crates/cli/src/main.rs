@@ -431,9 +431,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 l.local_addr()?,
                 cloister_server::operator_token_path(&data_dir).display()
             );
-            axum::serve(l, cloister_server::router(server))
-                .with_graceful_shutdown(shutdown_signal())
-                .await?;
+            cloister_http::serve(l, cloister_server::router(server), shutdown_signal()).await?;
         }
         Cmd::Admin(AdminCmd::RegisterTenant {
             server,

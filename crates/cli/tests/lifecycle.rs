@@ -293,3 +293,42 @@ async fn history_pages_and_ims() {
     );
     assert!(carol.read(&im, 5, None).await.is_err());
 }
+
+/// Many devices enrolling, creating rooms and fetching keys at once: every
+/// write transaction (enrolment, nonces, log, keys, audit) must serialise
+/// cleanly, with no "database is locked" failures.
+#[tokio::test]
+async fn concurrent_enrolments_rooms_and_releases() {
+    let w = std::sync::Arc::new(World::new().await);
+    let mut tasks = Vec::new();
+    for i in 0..16 {
+        let w = w.clone();
+        tasks.push(tokio::spawn(async move {
+            let a = w.user(&format!("a{i}")).await;
+            let b = w.user(&format!("b{i}")).await;
+            let room = a
+                .create_room(RoomSettings::default(), &[b.user().clone()])
+                .await
+                .unwrap();
+            a.send_text(&room, "hello").await.unwrap();
+            b.read(&room, 5, None)
+                .await
+                .unwrap()
+                .into_iter()
+                .for_each(|r| {
+                    r.unwrap();
+                });
+            a.remove_member(&room, b.user()).await.unwrap();
+            a.send_text(&room, "epoch 1").await.unwrap();
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let rows = w
+        .admin
+        .audit_list(0, 10_000, Some("key_released".into()), None, None)
+        .await
+        .unwrap();
+    assert!(rows.len() >= 48, "{} releases logged", rows.len());
+}

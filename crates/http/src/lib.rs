@@ -129,3 +129,22 @@ pub fn bad_param(what: &str, e: impl std::fmt::Display) -> ApiError {
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no_such_endpoint", "no such endpoint")
 }
+
+/// Serve a router on a listener until `shutdown` resolves, with TCP_NODELAY
+/// on every connection: small frames (WebSocket events, JSON answers) leave
+/// at once instead of waiting on Nagle's algorithm and delayed ACKs.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!("cannot set TCP_NODELAY: {e}");
+        }
+    });
+    axum::serve(listener, router)
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -48,7 +48,5 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(km))
-        .with_graceful_shutdown(shutdown)
-        .await
+    cloister_http::serve(listener, router(km), shutdown).await
 }

@@ -84,6 +84,15 @@ impl Hub {
         }
     }
 
+    /// Close every connection.
+    pub fn close_all(&self) {
+        if let Ok(mut m) = self.conns.write() {
+            let n: usize = m.values().map(Vec::len).sum();
+            m.clear();
+            self.count.fetch_sub(n, Ordering::Relaxed);
+        }
+    }
+
     /// Close every connection of a device (revoked) or of a user (disabled).
     pub fn drop_where(&self, user: Option<&UserId>, device: Option<&DeviceId>) {
         if let Ok(mut m) = self.conns.write() {

@@ -193,6 +193,11 @@ impl Server {
         }))
     }
 
+    /// Close every live WebSocket connection (used when stopping).
+    pub fn close_connections(&self) {
+        self.hub.close_all();
+    }
+
     /// Number of live WebSocket connections.
     pub fn connections(&self) -> usize {
         self.hub.connections()

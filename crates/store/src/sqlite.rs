@@ -25,8 +25,12 @@ pub async fn open_sqlite(path: &Path, max_conns: u32) -> Result<SqlitePool> {
         .await?)
 }
 
+// Every transaction here writes, so each starts with BEGIN IMMEDIATE: it takes
+// the write lock up front and waits (busy_timeout) for it, instead of failing
+// with SQLITE_BUSY when a read lock cannot be upgraded.
+
 async fn migrate(pool: &SqlitePool, ddl: &'static str) -> Result<()> {
-    let mut tx = pool.begin().await?;
+    let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     for stmt in ddl.split(';').map(str::trim).filter(|s| !s.is_empty()) {
         sqlx::query(stmt).execute(&mut *tx).await?;
     }
@@ -94,7 +98,7 @@ fn room_row(r: &sqlx::sqlite::SqliteRow) -> Result<RoomRow> {
 #[async_trait]
 impl ServerStore for SqliteServerStore {
     async fn put_tenant(&self, tenant: &str, km_pk: &[u8]) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let existing: Option<Vec<u8>> =
             sqlx::query_scalar("SELECT km_pk FROM tenants WHERE tenant = ?")
                 .bind(tenant)
@@ -200,7 +204,7 @@ impl ServerStore for SqliteServerStore {
         state: &[u8],
         members: &[String],
     ) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let cur: Option<i64> = sqlx::query_scalar("SELECT seq FROM rooms WHERE room = ?")
             .bind(room)
             .fetch_optional(&mut *tx)
@@ -283,7 +287,7 @@ impl ServerStore for SqliteServerStore {
     }
 
     async fn insert_messages(&self, batch: &[NewMessage]) -> Result<Vec<Inserted>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut out = Vec::with_capacity(batch.len());
         for m in batch {
             let seq: Option<i64> = sqlx::query_scalar(
@@ -481,7 +485,7 @@ impl KmStore for SqliteKmStore {
     }
 
     async fn put_code(&self, code_hash: &[u8], user: &str, expires_at: u64) -> Result<()> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         // One live code per user: a new code replaces the old one.
         sqlx::query("DELETE FROM enrol_codes WHERE user_id = ?")
             .bind(user)
@@ -572,7 +576,7 @@ impl KmStore for SqliteKmStore {
         let Some(last) = entries.last() else {
             return Ok(());
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let cur: Option<i64> = sqlx::query_scalar("SELECT seq FROM rooms WHERE room = ?")
             .bind(room)
             .fetch_optional(&mut *tx)
@@ -625,7 +629,7 @@ impl KmStore for SqliteKmStore {
     }
 
     async fn put_room_key(&self, room: &str, epoch: u64, wrapped: &[u8]) -> Result<Vec<u8>> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("INSERT OR IGNORE INTO room_keys (room, epoch, wrapped) VALUES (?, ?, ?)")
             .bind(room)
             .bind(i(epoch))
@@ -649,7 +653,7 @@ impl KmStore for SqliteKmStore {
         ts: u64,
         prune_before: u64,
     ) -> Result<bool> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         sqlx::query("DELETE FROM nonces WHERE ts < ?")
             .bind(i(prune_before))
             .execute(&mut *tx)
@@ -671,7 +675,7 @@ impl AuditStore for SqliteKmStore {
         let Some(first) = rows.first() else {
             return Ok(());
         };
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_log")
             .fetch_one(&mut *tx)
             .await?;
