@@ -159,6 +159,24 @@ enum AdminCmd {
     RevokeDevice { device: String },
     /// List users and their devices.
     ListUsers,
+    /// The tenant's threshold escrow key.
+    #[command(subcommand)]
+    Escrow(EscrowCmd),
+}
+
+#[derive(Subcommand)]
+enum EscrowCmd {
+    /// Create the escrow key and split it among custodians (once per tenant).
+    Init {
+        /// A custodian user (repeat; each needs an enrolled device).
+        #[arg(long = "custodian", required = true)]
+        custodians: Vec<String>,
+        /// How many custodians must approve a decryption.
+        #[arg(long)]
+        threshold: u8,
+    },
+    /// Show the KM-signed escrow descriptor.
+    Show,
 }
 
 #[derive(Subcommand)]
@@ -472,6 +490,41 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             ctx.emit(
                 format!("device {d} revoked"),
                 json!({"device": d, "status": "revoked"}),
+            );
+        }
+        Cmd::Admin(AdminCmd::Escrow(EscrowCmd::Init {
+            custodians,
+            threshold,
+        })) => {
+            let c = ctx.client()?;
+            let us = custodians
+                .iter()
+                .map(|u| parse(u))
+                .collect::<Result<Vec<UserId>, _>>()?;
+            let d = c.admin_escrow_init(&us, threshold).await?;
+            ctx.emit(
+                format!(
+                    "escrow key {} created; any {} of {} custodians can open the archive; the private key was never stored",
+                    b64std(&d.public.0),
+                    d.threshold,
+                    d.custodians.len()
+                ),
+                serde_json::to_value(&d)?,
+            );
+        }
+        Cmd::Admin(AdminCmd::Escrow(EscrowCmd::Show)) => {
+            let c = ctx.client()?;
+            let d = c.escrow_info().await?;
+            let names: Vec<String> = d.custodians.iter().map(|u| u.to_string()).collect();
+            ctx.emit(
+                format!(
+                    "escrow key {} threshold {} of {}: {}",
+                    b64std(&d.public.0),
+                    d.threshold,
+                    names.len(),
+                    names.join(", ")
+                ),
+                serde_json::to_value(&d)?,
             );
         }
         Cmd::Admin(AdminCmd::ListUsers) => {

@@ -570,3 +570,61 @@ fn audit_commands_through_the_cli() {
     // users cannot list the log
     assert!(fails(e.run("bob", &["audit", "list"])).contains("not_admin"));
 }
+
+#[test]
+fn escrow_init_through_the_cli() {
+    let e = setup();
+    for u in ["cust1", "cust2", "cust3"] {
+        let code = e.add_user(u);
+        e.enrol(u, &code);
+    }
+    let d = json(e.run(
+        "admin",
+        &[
+            "--json",
+            "admin",
+            "escrow",
+            "init",
+            "--custodian",
+            "cust1@acme",
+            "--custodian",
+            "cust2@acme",
+            "--custodian",
+            "cust3@acme",
+            "--threshold",
+            "2",
+        ],
+    ));
+    assert_eq!(d["threshold"], 2);
+    assert_eq!(d["custodians"].as_array().unwrap().len(), 3);
+    let shown = json(e.run("cust2", &["--json", "admin", "escrow", "show"]));
+    assert_eq!(shown["public"], d["public"]);
+    let err = fails(e.run(
+        "admin",
+        &[
+            "admin",
+            "escrow",
+            "init",
+            "--custodian",
+            "cust1@acme",
+            "--custodian",
+            "cust2@acme",
+            "--threshold",
+            "2",
+        ],
+    ));
+    assert!(err.contains("escrow_exists"), "{err}");
+    let err = fails(e.run(
+        "admin",
+        &[
+            "admin",
+            "escrow",
+            "init",
+            "--custodian",
+            "cust1@acme",
+            "--threshold",
+            "2",
+        ],
+    ));
+    assert!(err.contains("invalid input"), "{err}");
+}

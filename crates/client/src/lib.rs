@@ -1170,6 +1170,139 @@ impl Client {
     }
 }
 
+impl Client {
+    /// Admin: create the tenant's escrow key, split its private key k-of-n
+    /// among `custodians` (one share each, sealed to their newest active
+    /// device), register the public key and the sealed shares with the KM,
+    /// and forget the private key. Returns the KM-signed descriptor.
+    pub async fn admin_escrow_init(
+        &self,
+        custodians: &[UserId],
+        threshold: u8,
+    ) -> Result<cloister_proto::km::EscrowDescriptor> {
+        use cloister_crypto::escrow;
+        let n = custodians.len();
+        if !(2..=32).contains(&n) || threshold < 2 || threshold as usize > n {
+            return Err(ClientError::Input(format!(
+                "need 2 to 32 custodians and 2 <= threshold <= custodians; got {n} and {threshold}"
+            )));
+        }
+        let users = self.admin_list_users().await?;
+        let mut devices = Vec::with_capacity(n);
+        for c in custodians {
+            let u = users
+                .iter()
+                .find(|u| &u.user == c && u.status == "active")
+                .ok_or_else(|| ClientError::Input(format!("{c} is not an active user")))?;
+            let d = u
+                .devices
+                .iter()
+                .filter(|d| d.status == "active")
+                .max_by_key(|d| d.issued_at)
+                .ok_or_else(|| {
+                    ClientError::Input(format!("{c} has no enrolled device to hold a share"))
+                })?;
+            devices.push(self.cert_of(&d.device).await?);
+        }
+        let (public, secret) = escrow::generate()?;
+        let shares = escrow::split(&secret, threshold, n as u8)?;
+        // Check the split before anything leaves this process.
+        let check: Vec<_> = shares.iter().take(threshold as usize).cloned().collect();
+        escrow::combine(&check, threshold, &public)?;
+        drop(secret);
+        let mut sealed = Vec::with_capacity(n);
+        for (i, (share, cert)) in shares.iter().zip(&devices).enumerate() {
+            let number = i as u8 + 1;
+            let ctx = signed::share_context(&self.profile.tenant, &public, number);
+            let (enc, ct) = escrow::seal_share(&cert.hpke_pk.0, &ctx, share)?;
+            sealed.push(cloister_proto::km::SealedShare {
+                custodian: cert.user.clone(),
+                device: cert.device,
+                number,
+                enc: Fixed(enc),
+                ct: ct.into(),
+            });
+        }
+        drop(shares);
+        let signed: cloister_proto::km::SignedEscrow = self
+            .km_request(KmOp::EscrowInit {
+                public: Fixed(public),
+                threshold,
+                shares: sealed,
+            })
+            .await?;
+        let d = signed::verify_escrow(&self.profile.km_sign_pk.0, &signed)?;
+        if d.public.0 != public {
+            return Err(ClientError::Local(
+                "the KM registered another escrow key".into(),
+            ));
+        }
+        Ok(d)
+    }
+
+    /// The tenant's escrow descriptor, verified against the pinned KM key.
+    pub async fn escrow_info(&self) -> Result<cloister_proto::km::EscrowDescriptor> {
+        let signed: cloister_proto::km::SignedEscrow = self.km_request(KmOp::EscrowInfo).await?;
+        let d = signed::verify_escrow(&self.profile.km_sign_pk.0, &signed)?;
+        if d.tenant != self.profile.tenant {
+            return Err(ClientError::Local(
+                "escrow descriptor of another tenant".into(),
+            ));
+        }
+        Ok(d)
+    }
+
+    /// Custodian: open my escrow share(s): (share number, share).
+    pub async fn my_escrow_shares(&self) -> Result<Vec<(u8, cloister_crypto::SecretBytes)>> {
+        let d = self.escrow_info().await?;
+        let shares: Vec<cloister_proto::km::SealedShare> =
+            self.km_request(KmOp::MyEscrowShare).await?;
+        let mut out = Vec::new();
+        for s in shares {
+            if s.device != self.device() {
+                return Err(ClientError::Input(format!(
+                    "your share is sealed to your device {}, not this one",
+                    s.device
+                )));
+            }
+            let ctx = signed::share_context(&self.profile.tenant, &d.public.0, s.number);
+            let share =
+                cloister_crypto::escrow::open_share(&self.keys, &ctx, &s.enc.0, s.ct.as_slice())?;
+            out.push((s.number, share));
+        }
+        Ok(out)
+    }
+
+    /// Blind-index keys of the given periods.
+    pub async fn index_keys(&self, periods: &[u32]) -> Result<HashMap<u32, RoomKey>> {
+        let r: cloister_proto::km::IndexKeysResponse = self
+            .km_request(KmOp::IndexKeys {
+                periods: periods.to_vec(),
+            })
+            .await?;
+        let mut out = HashMap::new();
+        for sk in &r.keys {
+            let p = u32::try_from(sk.epoch)
+                .map_err(|_| ClientError::Local("bad index period".into()))?;
+            if sk.room != RoomId([0; 16]) || !periods.contains(&p) {
+                return Err(ClientError::Local(
+                    "the KM answered with another key".into(),
+                ));
+            }
+            out.insert(
+                p,
+                cloister_crypto::hpke_seal::open_room_key(&self.keys, &self.profile.tenant, sk)?,
+            );
+        }
+        if periods.iter().any(|p| !out.contains_key(p)) {
+            return Err(ClientError::Local(
+                "the KM did not release every index key asked for".into(),
+            ));
+        }
+        Ok(out)
+    }
+}
+
 /// Check an inclusion proof against a verified checkpoint.
 pub fn check_inclusion(
     p: &cloister_proto::km::InclusionProof,

@@ -17,6 +17,7 @@ pub const KM_REQUEST: &str = "cloister/km-request/v1";
 pub const NOTICE: &str = "cloister/notice/v1";
 pub const LOGIN: &str = "cloister/login/v1";
 pub const ENROL: &str = "cloister/enrol/v1";
+pub const ESCROW: &str = "cloister/escrow/v1";
 const ENTRY_HASH: &str = "cloister/log-entry/v1";
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, CryptoError> {
@@ -129,6 +130,36 @@ pub fn sign_notice(km: &KmSigner, n: &Notice) -> Result<SignedNotice, CryptoErro
 pub fn verify_notice(km_pk: &[u8; 32], n: &SignedNotice) -> Result<Notice, CryptoError> {
     verify(km_pk, NOTICE, n.body.as_slice(), &n.sig.0)?;
     parse(n.body.as_slice(), "notice")
+}
+
+/// KM: sign the escrow descriptor.
+pub fn sign_escrow(
+    km: &KmSigner,
+    d: &cloister_proto::km::EscrowDescriptor,
+) -> Result<cloister_proto::km::SignedEscrow, CryptoError> {
+    let body = to_json(d)?;
+    let sig = km.sign(ESCROW, &body);
+    Ok(cloister_proto::km::SignedEscrow {
+        body: Bytes(body),
+        sig: Fixed(sig),
+    })
+}
+
+/// Verify an escrow descriptor against the tenant KM key.
+pub fn verify_escrow(
+    km_pk: &[u8; 32],
+    s: &cloister_proto::km::SignedEscrow,
+) -> Result<cloister_proto::km::EscrowDescriptor, CryptoError> {
+    verify(km_pk, ESCROW, s.body.as_slice(), &s.sig.0)?;
+    parse(s.body.as_slice(), "escrow descriptor")
+}
+
+/// Context a share is sealed under: tenant, escrow key, share number.
+pub fn share_context(tenant: &cloister_proto::TenantId, public: &[u8; 32], number: u8) -> Vec<u8> {
+    let mut v = format!("cloister/escrow-share/v1|{tenant}|").into_bytes();
+    v.extend_from_slice(public);
+    v.push(number);
+    v
 }
 
 /// Bytes a device signs to log in to the server.

@@ -29,8 +29,9 @@ use cloister_policy::RoomState;
 use cloister_proto::b64::Fixed;
 use cloister_proto::km::{
     AddUserResponse, AdminResponse, AuditEntry, AuditListResponse, CheckpointResponse,
-    ConsistencyProof, DeviceCert, DeviceRecord, EnrolRequest, InclusionProof, KmInfo, KmOp, Notice,
-    RequestBody, Role, RoomKeysResponse, SignedCert, SignedRequest, UserRecord, WhoHasKeysResponse,
+    ConsistencyProof, DeviceCert, DeviceRecord, EnrolRequest, EscrowDescriptor, InclusionProof,
+    IndexKeysResponse, KmInfo, KmOp, Notice, RequestBody, Role, RoomKeysResponse, SealedShare,
+    SignedCert, SignedEscrow, SignedRequest, UserRecord, WhoHasKeysResponse,
 };
 use cloister_proto::room::SignedStatement;
 use cloister_proto::{DeviceId, RoomId, TenantId, UserId, limits, now_millis, now_secs};
@@ -39,6 +40,11 @@ use provider::KeyProvider;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+
+/// Storage name of the blind-index keys (not a valid room id, so no room can collide).
+const INDEX_KEYS: &str = "index";
+/// Index keys are sealed to devices as "room" zero (reserved: no room may use it).
+const INDEX_ROOM: RoomId = RoomId([0; 16]);
 
 /// Wrapped room keys by (room, epoch).
 type WrappedKeys = HashMap<(RoomId, u64), Arc<Vec<u8>>>;
@@ -542,7 +548,10 @@ impl Km {
         // changes a durable one (docs/adr/0004-throughput-choices.md).
         let durable = matches!(
             body.op,
-            KmOp::AddUser { .. } | KmOp::DisableUser { .. } | KmOp::RevokeDevice { .. }
+            KmOp::AddUser { .. }
+                | KmOp::DisableUser { .. }
+                | KmOp::RevokeDevice { .. }
+                | KmOp::EscrowInit { .. }
         );
         let fresh = if durable {
             self.store
@@ -592,6 +601,36 @@ impl Km {
                 })
             }
             KmOp::WhoHasKeys { room } => json(&self.who_has_keys(&cert, &room).await?),
+            KmOp::EscrowInfo => {
+                let d = self
+                    .store
+                    .get_escrow()
+                    .await
+                    .map_err(store_err)?
+                    .ok_or_else(|| {
+                        ApiError::not_found(
+                            "no_escrow",
+                            "the tenant's escrow key is not initialised",
+                        )
+                    })?;
+                let signed: SignedEscrow =
+                    serde_json::from_slice(&d).map_err(ApiError::internal)?;
+                json(&signed)
+            }
+            KmOp::MyEscrowShare => {
+                let rows = self
+                    .store
+                    .escrow_shares_of(cert.user.as_str())
+                    .await
+                    .map_err(store_err)?;
+                let shares = rows
+                    .into_iter()
+                    .map(|(_, b)| serde_json::from_slice::<SealedShare>(&b))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(ApiError::internal)?;
+                json(&shares)
+            }
+            KmOp::IndexKeys { periods } => json(&self.index_keys(&cert, &periods).await?),
             op => {
                 if !cert.roles.contains(&Role::Admin) {
                     tracing::warn!(user = %cert.user, "admin operation refused: not an admin");
@@ -644,10 +683,176 @@ impl Km {
                         })
                     }
                     KmOp::AuditProve { index, size } => json(&self.prove(index, size).await?),
+                    KmOp::EscrowInit {
+                        public,
+                        threshold,
+                        shares,
+                    } => json(
+                        &self
+                            .escrow_init(&cert.user, public, threshold, shares)
+                            .await?,
+                    ),
                     _ => Err(ApiError::internal("unreachable op")),
                 }
             }
         }
+    }
+
+    /// Register the escrow key and its custodians' sealed shares (once).
+    async fn escrow_init(
+        &self,
+        actor: &UserId,
+        public: Fixed<32>,
+        threshold: u8,
+        shares: Vec<SealedShare>,
+    ) -> Result<SignedEscrow, ApiError> {
+        let n = shares.len();
+        if !(2..=32).contains(&n) || threshold < 2 || threshold as usize > n {
+            return Err(ApiError::bad_request(
+                "bad_escrow",
+                format!(
+                    "need 2 to 32 shares and a threshold of 2..={n}; got {n} shares, threshold {threshold}"
+                ),
+            ));
+        }
+        let mut numbers: Vec<u8> = shares.iter().map(|s| s.number).collect();
+        numbers.sort_unstable();
+        if numbers != (1..=n as u8).collect::<Vec<_>>() {
+            return Err(ApiError::bad_request(
+                "bad_escrow",
+                "shares must be numbered 1..=n, each once",
+            ));
+        }
+        let mut custodians: Vec<UserId> = Vec::new();
+        for sh in &shares {
+            let dev = self.active_cert(&sh.device).await.map_err(|e| {
+                ApiError::bad_request(
+                    "bad_escrow",
+                    format!("custodian device {}: {}", sh.device, e.message),
+                )
+            })?;
+            if dev.user != sh.custodian {
+                return Err(ApiError::bad_request(
+                    "bad_escrow",
+                    format!("device {} does not belong to {}", sh.device, sh.custodian),
+                ));
+            }
+            if custodians.contains(&sh.custodian) {
+                return Err(ApiError::bad_request(
+                    "bad_escrow",
+                    format!("{} holds two shares", sh.custodian),
+                ));
+            }
+            custodians.push(sh.custodian.clone());
+        }
+        let d = EscrowDescriptor {
+            tenant: self.tenant.clone(),
+            public,
+            threshold,
+            custodians: custodians.clone(),
+            created: now_secs(),
+        };
+        let signed =
+            cloister_crypto::signed::sign_escrow(&self.signer, &d).map_err(ApiError::internal)?;
+        if self.store.get_escrow().await.map_err(store_err)?.is_some() {
+            return Err(ApiError::conflict(
+                "escrow_exists",
+                "the tenant's escrow key is already initialised",
+            ));
+        }
+        self.record(
+            Some(actor),
+            AuditEvent::EscrowInitialised {
+                public: cloister_proto::b64::encode(&public.0),
+                threshold,
+                custodians,
+            },
+        )
+        .await?;
+        let rows = shares
+            .iter()
+            .map(|s| Ok((s.custodian.to_string(), s.number, serde_json::to_vec(s)?)))
+            .collect::<Result<Vec<_>, serde_json::Error>>()
+            .map_err(ApiError::internal)?;
+        self.store
+            .init_escrow(
+                &serde_json::to_vec(&signed).map_err(ApiError::internal)?,
+                &rows,
+            )
+            .await
+            .map_err(|e| match e {
+                cloister_store::StoreError::Conflict(m) => ApiError::conflict("escrow_exists", m),
+                e => store_err(e),
+            })?;
+        tracing::info!(threshold, shares = n, "escrow key initialised");
+        Ok(signed)
+    }
+
+    /// Blind-index keys per period (random, wrapped under the TMK), sealed to the device.
+    async fn index_keys(
+        &self,
+        cert: &DeviceCert,
+        periods: &[u32],
+    ) -> Result<IndexKeysResponse, ApiError> {
+        if periods.is_empty() || periods.len() > 120 {
+            return Err(ApiError::bad_request(
+                "bad_periods",
+                "ask for 1 to 120 periods",
+            ));
+        }
+        let lease_until = now_secs() + self.config.lease_secs;
+        let mut keys = Vec::with_capacity(periods.len());
+        for &p in periods {
+            let aad = format!("cloister/index-key-wrap/v1|{}|{p}", self.tenant).into_bytes();
+            let wrapped = match self
+                .store
+                .get_room_key(INDEX_KEYS, p as u64)
+                .await
+                .map_err(store_err)?
+            {
+                Some(w) => w,
+                None => {
+                    let k = RoomKey::generate().map_err(ApiError::internal)?;
+                    let w = self
+                        .provider
+                        .wrap(&aad, k.expose())
+                        .map_err(ApiError::internal)?;
+                    self.store
+                        .put_room_key(INDEX_KEYS, p as u64, &w)
+                        .await
+                        .map_err(store_err)?
+                }
+            };
+            let k = RoomKey::from_slice(
+                self.provider
+                    .unwrap(&aad, &wrapped)
+                    .map_err(ApiError::internal)?
+                    .expose(),
+            )
+            .map_err(ApiError::internal)?;
+            keys.push(
+                hpke_seal::seal_room_key(
+                    &cert.hpke_pk.0,
+                    &self.tenant,
+                    &INDEX_ROOM,
+                    p as u64,
+                    &cert.device,
+                    lease_until,
+                    &k,
+                )
+                .map_err(ApiError::internal)?,
+            );
+        }
+        self.record(
+            Some(&cert.user),
+            AuditEvent::IndexKeysReleased {
+                periods: periods.to_vec(),
+                user: cert.user.clone(),
+                device: cert.device,
+            },
+        )
+        .await?;
+        Ok(IndexKeysResponse { keys })
     }
 
     async fn prove(&self, index: u64, size: Option<u64>) -> Result<InclusionProof, ApiError> {

@@ -64,6 +64,16 @@ pub enum AuditEvent {
         seq: u64,
         reason: String,
     },
+    EscrowInitialised {
+        public: String,
+        threshold: u8,
+        custodians: Vec<UserId>,
+    },
+    IndexKeysReleased {
+        periods: Vec<u32>,
+        user: UserId,
+        device: DeviceId,
+    },
 }
 
 impl AuditEvent {
@@ -79,6 +89,8 @@ impl AuditEvent {
             AuditEvent::KeyRefused { .. } => "key_refused",
             AuditEvent::MembershipAccepted { .. } => "membership_accepted",
             AuditEvent::MembershipRejected { .. } => "membership_rejected",
+            AuditEvent::EscrowInitialised { .. } => "escrow_initialised",
+            AuditEvent::IndexKeysReleased { .. } => "index_keys_released",
         }
     }
 
@@ -93,7 +105,7 @@ impl AuditEvent {
         }
     }
 
-    pub const KINDS: [&'static str; 9] = [
+    pub const KINDS: [&'static str; 11] = [
         "tenant_initialised",
         "user_added",
         "user_disabled",
@@ -103,6 +115,8 @@ impl AuditEvent {
         "key_refused",
         "membership_accepted",
         "membership_rejected",
+        "escrow_initialised",
+        "index_keys_released",
     ];
 }
 

@@ -177,6 +177,10 @@ fn genesis(st: &Statement, hash: [u8; 32]) -> Result<RoomState, PolicyError> {
             got: st.seq,
         });
     }
+    if st.room == RoomId([0; 16]) {
+        // Reserved: blind-index keys are released under room id zero.
+        return Err(PolicyError::Malformed("room id 0 is reserved".into()));
+    }
     if st.prev.0 != [0u8; 32] {
         return Err(PolicyError::BrokenChain { seq: 0 });
     }

@@ -109,6 +109,56 @@ pub enum KmOp {
     AuditConsistency { old: u64, new: Option<u64> },
     /// Every key release of a room, each with its inclusion proof.
     WhoHasKeys { room: RoomId },
+    /// Admin: register the tenant's escrow public key and the shares of its
+    /// private key, each sealed to one custodian's device (once per tenant).
+    EscrowInit {
+        public: Fixed<32>,
+        threshold: u8,
+        shares: Vec<SealedShare>,
+    },
+    /// The KM-signed escrow descriptor (any device: it seals audit envelopes to it).
+    EscrowInfo,
+    /// Custodian: my sealed share.
+    MyEscrowShare,
+    /// Blind-index keys of the given periods, sealed to the requesting device.
+    IndexKeys { periods: Vec<u32> },
+}
+
+/// One escrow share sealed (HPKE) to a custodian's device.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SealedShare {
+    pub custodian: UserId,
+    pub device: DeviceId,
+    /// 1-based share number.
+    pub number: u8,
+    pub enc: Fixed<32>,
+    pub ct: Bytes,
+}
+
+/// The tenant's escrow public key and policy, signed by the KM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EscrowDescriptor {
+    pub tenant: TenantId,
+    pub public: Fixed<32>,
+    pub threshold: u8,
+    pub custodians: Vec<UserId>,
+    pub created: u64,
+}
+
+/// A KM-signed escrow descriptor (signed bytes, domain `cloister/escrow/v1`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignedEscrow {
+    pub body: Bytes,
+    pub sig: Fixed<64>,
+}
+
+/// Blind-index keys, each sealed like a room key (its "room" is the zero id and
+/// its "epoch" the period).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IndexKeysResponse {
+    pub keys: Vec<SealedRoomKey>,
 }
 
 /// A signed audit checkpoint.

@@ -194,6 +194,12 @@ pub trait KmStore: Send + Sync + 'static {
     /// Store a wrapped key unless one exists; return the one that is stored.
     async fn put_room_key(&self, room: &str, epoch: u64, wrapped: &[u8]) -> Result<Vec<u8>>;
 
+    /// Store the escrow descriptor and its sealed shares once; `Conflict` if set.
+    async fn init_escrow(&self, descriptor: &[u8], shares: &[(String, u8, Vec<u8>)]) -> Result<()>;
+    async fn get_escrow(&self) -> Result<Option<Vec<u8>>>;
+    /// The sealed share(s) of a custodian: (number, share JSON).
+    async fn escrow_shares_of(&self, custodian: &str) -> Result<Vec<(u8, Vec<u8>)>>;
+
     /// Record a request nonce; false if it was already used. Prunes nonces older than `prune_before`.
     async fn use_nonce(
         &self,

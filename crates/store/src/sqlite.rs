@@ -391,7 +391,9 @@ CREATE TABLE IF NOT EXISTS audit_log (idx INTEGER PRIMARY KEY, ts INTEGER NOT NU
     room TEXT, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS audit_room ON audit_log(room, idx);
 CREATE INDEX IF NOT EXISTS audit_kind ON audit_log(kind, idx);
-CREATE TABLE IF NOT EXISTS audit_checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL)
+CREATE TABLE IF NOT EXISTS audit_checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS escrow (id INTEGER PRIMARY KEY CHECK (id = 1), descriptor BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS escrow_shares (number INTEGER PRIMARY KEY, custodian TEXT NOT NULL, share BLOB NOT NULL)
 ";
 
 /// The Key Manager's SQLite store.
@@ -644,6 +646,47 @@ impl KmStore for SqliteKmStore {
                 .await?;
         tx.commit().await?;
         Ok(stored)
+    }
+
+    async fn init_escrow(&self, descriptor: &[u8], shares: &[(String, u8, Vec<u8>)]) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let r = sqlx::query("INSERT OR IGNORE INTO escrow (id, descriptor) VALUES (1, ?)")
+            .bind(descriptor)
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict("escrow is already initialised"));
+        }
+        for (custodian, number, share) in shares {
+            sqlx::query("INSERT INTO escrow_shares (number, custodian, share) VALUES (?, ?, ?)")
+                .bind(*number as i64)
+                .bind(custodian)
+                .bind(share)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn get_escrow(&self) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT descriptor FROM escrow WHERE id = 1")
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn escrow_shares_of(&self, custodian: &str) -> Result<Vec<(u8, Vec<u8>)>> {
+        let rows = sqlx::query(
+            "SELECT number, share FROM escrow_shares WHERE custodian = ? ORDER BY number",
+        )
+        .bind(custodian)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<i64, _>("number")? as u8, r.try_get("share")?)))
+            .collect()
     }
 
     async fn use_nonce(
