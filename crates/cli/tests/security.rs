@@ -140,6 +140,20 @@ async fn key_release_refusals() {
     assert_eq!(code(&e), "device_revoked", "{e}");
     assert!(alice2.room_keys(&room, &[0, 1]).await.is_ok());
 
+    // a disabled user cannot be given a new enrolment code
+    let e = w
+        .admin
+        .admin_add_user(carol.user(), false)
+        .await
+        .unwrap_err();
+    assert_eq!(code(&e), "user_disabled", "{e}");
+
+    // a new code for an existing admin never demotes them
+    w.admin.admin_add_user(&World::uid("admin"), false).await.unwrap();
+    let users = w.admin.admin_list_users().await.unwrap();
+    let admin = users.iter().find(|u| u.user.as_str() == "admin@acme").unwrap();
+    assert!(admin.roles.contains(&cloister_proto::km::Role::Admin));
+
     // only admins run admin operations
     let e = dave
         .admin_add_user(&World::uid("eve"), true)

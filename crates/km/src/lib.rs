@@ -354,6 +354,23 @@ impl Km {
         if !roles.contains(&Role::User) {
             roles.push(Role::User);
         }
+        // An existing user gets a new code for another device: roles are only
+        // ever added here, never taken away; a disabled user stays disabled
+        // (the server keeps refusing them, so re-enabling would split the two).
+        if let Some(existing) = self
+            .store
+            .get_user(user.as_str())
+            .await
+            .map_err(store_err)?
+        {
+            if existing.status != "active" {
+                return Err(ApiError::conflict(
+                    "user_disabled",
+                    format!("{user} is disabled; re-enabling is not supported"),
+                ));
+            }
+            roles.extend(parse_roles(&existing.roles));
+        }
         roles.sort();
         roles.dedup();
         self.store
