@@ -149,9 +149,15 @@ async fn key_release_refusals() {
     assert_eq!(code(&e), "user_disabled", "{e}");
 
     // a new code for an existing admin never demotes them
-    w.admin.admin_add_user(&World::uid("admin"), false).await.unwrap();
+    w.admin
+        .admin_add_user(&World::uid("admin"), false)
+        .await
+        .unwrap();
     let users = w.admin.admin_list_users().await.unwrap();
-    let admin = users.iter().find(|u| u.user.as_str() == "admin@acme").unwrap();
+    let admin = users
+        .iter()
+        .find(|u| u.user.as_str() == "admin@acme")
+        .unwrap();
     assert!(admin.roles.contains(&cloister_proto::km::Role::Admin));
 
     // only admins run admin operations

@@ -821,32 +821,8 @@ impl Km {
         let mut keys = Vec::with_capacity(periods.len());
         for &p in periods {
             let aad = format!("cloister/index-key-wrap/v1|{}|{p}", self.tenant).into_bytes();
-            let wrapped = match self
-                .store
-                .get_room_key(INDEX_KEYS, p as u64)
-                .await
-                .map_err(store_err)?
-            {
-                Some(w) => w,
-                None => {
-                    let k = RoomKey::generate().map_err(ApiError::internal)?;
-                    let w = self
-                        .provider
-                        .wrap(&aad, k.expose())
-                        .map_err(ApiError::internal)?;
-                    self.store
-                        .put_room_key(INDEX_KEYS, p as u64, &w)
-                        .await
-                        .map_err(store_err)?
-                }
-            };
-            let k = RoomKey::from_slice(
-                self.provider
-                    .unwrap(&aad, &wrapped)
-                    .map_err(ApiError::internal)?
-                    .expose(),
-            )
-            .map_err(ApiError::internal)?;
+            let wrapped = self.wrapped_key(INDEX_KEYS, p as u64, &aad).await?;
+            let k = self.unwrap_key(&aad, &wrapped)?;
             keys.push(
                 hpke_seal::seal_room_key(
                     &cert.hpke_pk.0,
@@ -1252,35 +1228,38 @@ impl Km {
         let wrapped = match cached {
             Some(w) => w,
             None => {
-                let w = match self
-                    .store
-                    .get_room_key(&room.to_hex(), epoch)
-                    .await
-                    .map_err(store_err)?
-                {
-                    Some(w) => w,
-                    None => {
-                        let k = RoomKey::generate().map_err(ApiError::internal)?;
-                        let w = self
-                            .provider
-                            .wrap(&aad, k.expose())
-                            .map_err(ApiError::internal)?;
-                        self.store
-                            .put_room_key(&room.to_hex(), epoch, &w)
-                            .await
-                            .map_err(store_err)?
-                    }
-                };
-                let w = Arc::new(w);
+                let w = Arc::new(self.wrapped_key(&room.to_hex(), epoch, &aad).await?);
                 if let Ok(mut m) = self.wrapped.lock() {
                     m.insert((*room, epoch), w.clone());
                 }
                 w
             }
         };
+        self.unwrap_key(&aad, &wrapped)
+    }
+
+    /// The key stored under (name, n), wrapped under the TMK; created at random on first use.
+    async fn wrapped_key(&self, name: &str, n: u64, aad: &[u8]) -> Result<Vec<u8>, ApiError> {
+        if let Some(w) = self.store.get_room_key(name, n).await.map_err(store_err)? {
+            return Ok(w);
+        }
+        let k = RoomKey::generate().map_err(ApiError::internal)?;
+        let w = self
+            .provider
+            .wrap(aad, k.expose())
+            .map_err(ApiError::internal)?;
+        // If another request created it first, the stored one wins.
+        self.store
+            .put_room_key(name, n, &w)
+            .await
+            .map_err(store_err)
+    }
+
+    /// Unwrap through the key provider (every use: a crypto-lock takes effect at once).
+    fn unwrap_key(&self, aad: &[u8], wrapped: &[u8]) -> Result<RoomKey, ApiError> {
         let k = self
             .provider
-            .unwrap(&aad, &wrapped)
+            .unwrap(aad, wrapped)
             .map_err(ApiError::internal)?;
         RoomKey::from_slice(k.expose()).map_err(ApiError::internal)
     }

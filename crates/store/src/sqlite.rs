@@ -38,6 +38,14 @@ async fn migrate(pool: &SqlitePool, ddl: &'static str) -> Result<()> {
     Ok(())
 }
 
+/// Map a uniqueness violation to `Conflict(msg)`, anything else to `Backend`.
+fn unique(msg: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
+    move |e| match e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => StoreError::Conflict(msg),
+        e => e.into(),
+    }
+}
+
 fn u(v: i64) -> u64 {
     v.max(0) as u64
 }
@@ -346,12 +354,7 @@ impl ServerStore for SqliteServerStore {
             .bind(i(b.size))
             .execute(&self.pool)
             .await
-            .map_err(|e| match e {
-                sqlx::Error::Database(d) if d.is_unique_violation() => {
-                    StoreError::Conflict("blob id already used")
-                }
-                e => e.into(),
-            })?;
+            .map_err(unique("blob id already used"))?;
         Ok(())
     }
 
@@ -525,12 +528,7 @@ impl KmStore for SqliteKmStore {
         .bind(i(d.issued_at))
         .execute(&self.pool)
         .await
-        .map_err(|e| match e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => {
-                StoreError::Conflict("device already enrolled")
-            }
-            e => e.into(),
-        })?;
+        .map_err(unique("device already enrolled"))?;
         Ok(())
     }
 
