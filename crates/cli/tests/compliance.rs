@@ -144,3 +144,141 @@ async fn index_keys_per_period_are_shared_by_the_tenant_and_logged() {
         "{body}"
     );
 }
+
+/// Start the tenant's vault in this process on an ephemeral port.
+async fn start_vault(w: &World) -> String {
+    let km = w.stack.km.info();
+    let v = cloister_vault::Vault::open_dir(
+        &w.dir.path().join("vault"),
+        Some((&km.tenant, km.sign_pk.0)),
+    )
+    .await
+    .unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let r = cloister_vault::router(std::sync::Arc::new(v));
+    tokio::spawn(async move { cloister_http::serve(l, r, std::future::pending()).await });
+    url
+}
+
+#[tokio::test]
+async fn sent_messages_are_captured_and_searchable_by_token_only() {
+    use cloister_crypto::blind::Field;
+    let w = World::new().await;
+    let (alice, bob, c1, c2) = (
+        w.user("alice").await,
+        w.user("bob").await,
+        w.user("cust1").await,
+        w.user("cust2").await,
+    );
+    w.admin
+        .admin_escrow_init(&[c1.user().clone(), c2.user().clone()], 2)
+        .await
+        .unwrap();
+    let vault = start_vault(&w).await;
+    alice.set_vault(&vault).await.unwrap();
+    w.admin.set_vault(&vault).await.unwrap();
+    let room = alice
+        .create_room(RoomSettings::default(), &[bob.user().clone()])
+        .await
+        .unwrap();
+    alice
+        .send_text(&room, "VAULTSECRET sell Harbourview bonds")
+        .await
+        .unwrap();
+    alice.send_text(&room, "lunch at noon").await.unwrap();
+
+    let now = cloister_proto::now_millis();
+    let (from, to) = (now - 86_400_000, now + 86_400_000);
+    let hits = w
+        .admin
+        .compliance_search(&[(Field::Keyword, "harbourview".into())], from, to, 50)
+        .await
+        .unwrap();
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0].room, room);
+    // AND of terms, sender
+    let both = w
+        .admin
+        .compliance_search(
+            &[
+                (Field::Keyword, "sell".into()),
+                (Field::Sender, "alice@acme".into()),
+            ],
+            from,
+            to,
+            50,
+        )
+        .await
+        .unwrap();
+    assert_eq!(both.len(), 1);
+    let none = w
+        .admin
+        .compliance_search(
+            &[
+                (Field::Keyword, "sell".into()),
+                (Field::Keyword, "lunch".into()),
+            ],
+            from,
+            to,
+            50,
+        )
+        .await
+        .unwrap();
+    assert!(none.is_empty(), "AND semantics");
+    let never = w
+        .admin
+        .compliance_search(&[(Field::Keyword, "neversent".into())], from, to, 50)
+        .await
+        .unwrap();
+    assert!(never.is_empty());
+    let room_hits = w
+        .admin
+        .compliance_search(&[(Field::Room, room.to_hex())], from, to, 50)
+        .await
+        .unwrap();
+    assert_eq!(room_hits.len(), 2);
+    // a non-compliance user may not search
+    bob.set_vault(&vault).await.unwrap();
+    let e = bob
+        .compliance_search(&[(Field::Keyword, "sell".into())], from, to, 50)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("not_compliance"));
+    // the vault's files hold no plaintext and no term
+    for (path, data) in files_under(&w.dir.path().join("vault")) {
+        for n in [
+            &b"VAULTSECRET"[..],
+            b"Harbourview",
+            b"harbourview",
+            b"lunch",
+        ] {
+            assert!(
+                !contains(&data, n),
+                "{} holds {:?}",
+                path.display(),
+                String::from_utf8_lossy(n)
+            );
+        }
+    }
+    // a request signed by another key than the certificate's is refused
+    let raw = w.raw("mallory").await;
+    let op = cloister_proto::vault::VaultOp::Search {
+        ts: cloister_proto::now_millis(),
+        queries: vec![],
+        from_ms: 0,
+        to_ms: 1,
+        limit: 1,
+    };
+    let mut req =
+        cloister_crypto::signed::sign_vault_request(&raw.keys, &raw.signed_cert, &op).unwrap();
+    req.sig.0[0] ^= 1;
+    let r = w
+        .http
+        .post(format!("{vault}/v1/request"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 401, "bad_request_signature").await;
+}

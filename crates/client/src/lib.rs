@@ -105,6 +105,16 @@ pub struct Client {
     km_seq: Mutex<HashMap<RoomId, u64>>,
     certs: Mutex<HashMap<DeviceId, DeviceCert>>,
     rooms: tokio::sync::Mutex<HashMap<RoomId, RoomCache>>,
+    vault: Mutex<Option<VaultTarget>>,
+    escrow: Mutex<Option<cloister_proto::km::EscrowDescriptor>>,
+    index_cache: Mutex<HashMap<u32, RoomKey>>,
+}
+
+/// Where this device captures: the vault URL and its receipt key.
+#[derive(Debug, Clone)]
+pub struct VaultTarget {
+    pub url: String,
+    pub receipt_pk: [u8; 32],
 }
 
 impl std::fmt::Debug for Client {
@@ -252,6 +262,9 @@ impl Client {
             km_seq: Mutex::new(HashMap::new()),
             certs: Mutex::new(HashMap::new()),
             rooms: tokio::sync::Mutex::new(HashMap::new()),
+            vault: Mutex::new(None),
+            escrow: Mutex::new(None),
+            index_cache: Mutex::new(HashMap::new()),
         }
     }
 
@@ -709,6 +722,8 @@ impl Client {
         for attempt in 0..2 {
             let env = self.seal_with(room, content, attempt > 0).await?;
             let id = message::peek_header(&env)?.id;
+            // Capture first: the archive holds every message this device sends.
+            self.capture_envelope(room, &env, content).await?;
             match self.post_envelope(room, &env).await {
                 Ok(seq) => return Ok((id, seq)),
                 Err(ClientError::Api(a)) if a.code == "stale_epoch" && attempt == 0 => continue,
@@ -1300,6 +1315,188 @@ impl Client {
             ));
         }
         Ok(out)
+    }
+}
+
+impl Client {
+    /// Capture every message this device sends into the tenant's vault.
+    /// The vault's tenant must be this device's tenant.
+    pub async fn set_vault(&self, url: &str) -> Result<VaultTarget> {
+        let url = trim_url(url);
+        let info: cloister_proto::vault::VaultInfo =
+            api::send(self.http.get(format!("{url}/v1/info"))).await?;
+        if info.tenant != self.profile.tenant {
+            return Err(ClientError::Local(format!(
+                "the vault at {url} serves tenant {}, not {}",
+                info.tenant, self.profile.tenant
+            )));
+        }
+        let t = VaultTarget {
+            url,
+            receipt_pk: info.receipt_pk.0,
+        };
+        if let Ok(mut v) = self.vault.lock() {
+            *v = Some(t.clone());
+        }
+        Ok(t)
+    }
+
+    async fn escrow_cached(&self) -> Result<cloister_proto::km::EscrowDescriptor> {
+        if let Some(d) = self.escrow.lock().ok().and_then(|e| e.clone()) {
+            return Ok(d);
+        }
+        let d = self.escrow_info().await?;
+        if let Ok(mut e) = self.escrow.lock() {
+            *e = Some(d.clone());
+        }
+        Ok(d)
+    }
+
+    async fn index_key(&self, period: u32) -> Result<RoomKey> {
+        if let Some(k) = self
+            .index_cache
+            .lock()
+            .ok()
+            .and_then(|c| c.get(&period).cloned())
+        {
+            return Ok(k);
+        }
+        let keys = self.index_keys(&[period]).await?;
+        let k = keys
+            .get(&period)
+            .cloned()
+            .ok_or_else(|| ClientError::Local("no index key".into()))?;
+        if let Ok(mut c) = self.index_cache.lock() {
+            c.insert(period, k.clone());
+        }
+        Ok(k)
+    }
+
+    async fn capture_envelope(
+        &self,
+        room: &RoomId,
+        env: &Envelope,
+        content: &Content,
+    ) -> Result<()> {
+        let Some(vault) = self.vault.lock().ok().and_then(|v| v.clone()) else {
+            return Ok(());
+        };
+        let h = message::peek_header(env)?;
+        let escrow = self.escrow_cached().await?;
+        let participants = self
+            .with_state(room, false, |s| {
+                s.members.iter().cloned().collect::<Vec<_>>()
+            })
+            .await?;
+        let ct_sha = cloister_crypto::sha256(env.ciphertext.as_slice());
+        let attachments = match content {
+            Content::File { sha256, .. } => vec![*sha256],
+            Content::Text { .. } => vec![],
+        };
+        let audit = cloister_proto::vault::AuditEnvelope {
+            message_id: h.id,
+            room: h.room,
+            epoch: h.epoch,
+            sender: h.sender.clone(),
+            device: h.device,
+            participants,
+            ts: h.ts,
+            ciphertext_sha256: Fixed(ct_sha),
+            content: content.clone(),
+            attachment_sha256: attachments,
+        };
+        let sealed =
+            cloister_crypto::capture::seal(&escrow.public.0, &self.profile.tenant, &audit)?;
+        let period = cloister_crypto::blind::period_of(h.ts);
+        let key = self.index_key(period).await?;
+        let tokens = cloister_crypto::capture::tokens(&key, &audit)
+            .into_iter()
+            .map(Fixed)
+            .collect();
+        let capture = cloister_proto::vault::Capture {
+            envelope: serde_json::to_vec(&sealed)
+                .map_err(|e| ClientError::Local(e.to_string()))?
+                .into(),
+            period,
+            tokens,
+        };
+        let envelope_sha = cloister_crypto::sha256(capture.envelope.as_slice());
+        let op = cloister_proto::vault::VaultOp::Capture {
+            ts: now_millis(),
+            capture,
+        };
+        let req = signed::sign_vault_request(&self.keys, &self.profile.cert, &op)?;
+        let r: cloister_proto::vault::SignedReceipt = api::send(
+            self.http
+                .post(format!("{}/v1/request", vault.url))
+                .json(&req),
+        )
+        .await?;
+        let receipt = signed::verify_receipt(&vault.receipt_pk, &r).map_err(|_| {
+            ClientError::Local("the vault's receipt is not signed by the vault".into())
+        })?;
+        if receipt.message_id != h.id
+            || receipt.ciphertext_sha256.0 != ct_sha
+            || receipt.envelope_sha256.0 != envelope_sha
+        {
+            return Err(ClientError::Local(
+                "the vault's receipt is for something else".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Compliance search: messages matching every term, in a date range.
+    /// Terms are turned into tokens here; the vault never sees them.
+    pub async fn compliance_search(
+        &self,
+        terms: &[(cloister_crypto::blind::Field, String)],
+        from_ms: u64,
+        to_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<cloister_proto::vault::SearchHit>> {
+        let vault = self
+            .vault
+            .lock()
+            .ok()
+            .and_then(|v| v.clone())
+            .ok_or_else(|| ClientError::Input("no vault configured for this device".into()))?;
+        if terms.is_empty() {
+            return Err(ClientError::Input("give at least one search term".into()));
+        }
+        if from_ms > to_ms {
+            return Err(ClientError::Input(
+                "the date range ends before it starts".into(),
+            ));
+        }
+        let periods = cloister_crypto::blind::periods_between(from_ms, to_ms, 120);
+        let keys = self.index_keys(&periods).await?;
+        let mut queries = Vec::with_capacity(periods.len());
+        for p in &periods {
+            let k = keys
+                .get(p)
+                .ok_or_else(|| ClientError::Local("missing index key".into()))?;
+            let tokens = terms
+                .iter()
+                .map(|(f, t)| Fixed(cloister_crypto::blind::token(k, *f, t)))
+                .collect();
+            queries.push(cloister_proto::vault::PeriodQuery { period: *p, tokens });
+        }
+        let op = cloister_proto::vault::VaultOp::Search {
+            ts: now_millis(),
+            queries,
+            from_ms,
+            to_ms,
+            limit,
+        };
+        let req = signed::sign_vault_request(&self.keys, &self.profile.cert, &op)?;
+        let r: cloister_proto::vault::SearchResponse = api::send(
+            self.http
+                .post(format!("{}/v1/request", vault.url))
+                .json(&req),
+        )
+        .await?;
+        Ok(r.hits)
     }
 }
 

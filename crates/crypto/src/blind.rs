@@ -85,6 +85,39 @@ pub fn period_of(ts_ms: u64) -> u32 {
     ((y - 1970) * 12 + (m - 1)) as u32
 }
 
+/// Milliseconds at 00:00 UTC of `YYYY-MM-DD`, or `None` if it is not a date.
+pub fn parse_day(s: &str) -> Option<u64> {
+    let mut it = s.trim().split('-');
+    let (y, m, d) = (
+        it.next()?.parse::<i64>().ok()?,
+        it.next()?.parse::<i64>().ok()?,
+        it.next()?.parse::<i64>().ok()?,
+    );
+    if it.next().is_some()
+        || !(1970..=9999).contains(&y)
+        || !(1..=12).contains(&m)
+        || !(1..=31).contains(&d)
+    {
+        return None;
+    }
+    // H. Hinnant's days_from_civil.
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let ms = u64::try_from(days).ok()? * 86_400_000;
+    (day_of(ms) == format!("{y:04}-{m:02}-{d:02}")).then_some(ms)
+}
+
+/// Every period from `from_ms` to `to_ms` inclusive (at most `max`).
+pub fn periods_between(from_ms: u64, to_ms: u64, max: usize) -> Vec<u32> {
+    let (a, b) = (period_of(from_ms), period_of(to_ms));
+    (a..=b).take(max).collect()
+}
+
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
 /// (H. Hinnant's `civil_from_days`).
 fn civil(days: u64) -> (i64, i64, i64) {
@@ -149,5 +182,14 @@ mod tests {
         assert_eq!(period_of(0), 0);
         assert_eq!(period_of(1_795_305_600_000), 56 * 12 + 10);
         assert_ne!(period_of(1_795_305_600_000), period_of(1_798_761_600_000)); // Nov vs Jan
+        assert_eq!(parse_day("2026-11-22"), Some(1_795_305_600_000));
+        assert_eq!(parse_day("2000-02-29"), Some(951_782_400_000));
+        assert_eq!(parse_day("2001-02-29"), None);
+        assert_eq!(parse_day("2026-13-01"), None);
+        assert_eq!(parse_day("yesterday"), None);
+        assert_eq!(
+            periods_between(1_795_305_600_000, 1_798_761_600_000, 100).len(),
+            3
+        );
     }
 }

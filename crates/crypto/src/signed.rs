@@ -18,6 +18,8 @@ pub const NOTICE: &str = "cloister/notice/v1";
 pub const LOGIN: &str = "cloister/login/v1";
 pub const ENROL: &str = "cloister/enrol/v1";
 pub const ESCROW: &str = "cloister/escrow/v1";
+pub const VAULT_REQUEST: &str = "cloister/vault-request/v1";
+pub const RECEIPT: &str = "cloister/receipt/v1";
 const ENTRY_HASH: &str = "cloister/log-entry/v1";
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, CryptoError> {
@@ -152,6 +154,53 @@ pub fn verify_escrow(
 ) -> Result<cloister_proto::km::EscrowDescriptor, CryptoError> {
     verify(km_pk, ESCROW, s.body.as_slice(), &s.sig.0)?;
     parse(s.body.as_slice(), "escrow descriptor")
+}
+
+/// Device: sign a vault request (the certificate travels with it).
+pub fn sign_vault_request(
+    keys: &DeviceKeys,
+    cert: &SignedCert,
+    op: &cloister_proto::vault::VaultOp,
+) -> Result<cloister_proto::vault::VaultRequest, CryptoError> {
+    let body = to_json(op)?;
+    let sig = keys.sign(VAULT_REQUEST, &body);
+    Ok(cloister_proto::vault::VaultRequest {
+        cert: cert.clone(),
+        body: Bytes(body),
+        sig: Fixed(sig),
+    })
+}
+
+/// Vault: verify a request's certificate (under the KM key) and signature; returns both.
+pub fn verify_vault_request(
+    km_pk: &[u8; 32],
+    r: &cloister_proto::vault::VaultRequest,
+) -> Result<(DeviceCert, cloister_proto::vault::VaultOp), CryptoError> {
+    let cert = verify_cert(km_pk, &r.cert)?;
+    verify(&cert.sign_pk.0, VAULT_REQUEST, r.body.as_slice(), &r.sig.0)?;
+    Ok((cert, parse(r.body.as_slice(), "vault request")?))
+}
+
+/// Vault: sign a receipt.
+pub fn sign_receipt(
+    vault: &KmSigner,
+    r: &cloister_proto::vault::Receipt,
+) -> Result<cloister_proto::vault::SignedReceipt, CryptoError> {
+    let body = to_json(r)?;
+    let sig = vault.sign(RECEIPT, &body);
+    Ok(cloister_proto::vault::SignedReceipt {
+        body: Bytes(body),
+        sig: Fixed(sig),
+    })
+}
+
+/// Verify a receipt against the vault's key.
+pub fn verify_receipt(
+    vault_pk: &[u8; 32],
+    r: &cloister_proto::vault::SignedReceipt,
+) -> Result<cloister_proto::vault::Receipt, CryptoError> {
+    verify(vault_pk, RECEIPT, r.body.as_slice(), &r.sig.0)?;
+    parse(r.body.as_slice(), "receipt")
 }
 
 /// Context a share is sealed under: tenant, escrow key, share number.

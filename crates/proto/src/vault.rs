@@ -40,12 +40,91 @@ pub struct SealedEnvelope {
     pub ct: Bytes,
 }
 
-/// A capture as submitted to the vault: the sealed envelope and its tokens.
+/// A capture as submitted to the vault: the sealed envelope (its exact JSON
+/// bytes, which the receipt hashes) and its blind-index tokens.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Capture {
-    pub envelope: SealedEnvelope,
+    /// JSON of [`SealedEnvelope`].
+    pub envelope: Bytes,
     /// Index-key period the tokens were made under.
     pub period: u32,
     pub tokens: Vec<Fixed<16>>,
+}
+
+/// A request to the vault, signed by a device of the tenant; the device's
+/// KM-signed certificate travels with it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultRequest {
+    pub cert: crate::km::SignedCert,
+    /// JSON of [`VaultOp`], exactly as signed.
+    pub body: Bytes,
+    pub sig: Fixed<64>,
+}
+
+/// What a vault request asks for.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
+pub enum VaultOp {
+    /// Store a capture; answered with a signed receipt.
+    Capture { ts: u64, capture: Capture },
+    /// Compliance search (admin for now): every term of a period must match.
+    Search {
+        ts: u64,
+        queries: Vec<PeriodQuery>,
+        from_ms: u64,
+        to_ms: u64,
+        limit: u32,
+    },
+}
+
+/// The AND of `tokens` within one index-key period.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeriodQuery {
+    pub period: u32,
+    pub tokens: Vec<Fixed<16>>,
+}
+
+/// The vault's statement that it holds an envelope for a message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Receipt {
+    pub tenant: TenantId,
+    pub message_id: MessageId,
+    pub ciphertext_sha256: Fixed<32>,
+    /// SHA-256 of the sealed envelope's JSON bytes.
+    pub envelope_sha256: Fixed<32>,
+    pub received_ms: u64,
+}
+
+/// A receipt as signed bytes (domain `cloister/receipt/v1`, vault key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedReceipt {
+    pub body: Bytes,
+    pub sig: Fixed<64>,
+}
+
+/// Public description of a tenant's vault.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VaultInfo {
+    pub tenant: TenantId,
+    /// Ed25519 key that signs receipts.
+    pub receipt_pk: Fixed<32>,
+}
+
+/// One search hit: metadata only; reading content needs a decryption session.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SearchHit {
+    pub message_id: MessageId,
+    pub room: RoomId,
+    pub ts: u64,
+    pub ciphertext_sha256: Fixed<32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SearchResponse {
+    pub hits: Vec<SearchHit>,
 }

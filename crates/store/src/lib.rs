@@ -15,7 +15,7 @@
 use async_trait::async_trait;
 
 mod sqlite;
-pub use sqlite::{SqliteKmStore, SqliteServerStore, open_sqlite};
+pub use sqlite::{SqliteKmStore, SqliteServerStore, SqliteVaultStore, open_sqlite};
 
 /// Storage errors. `Backend` details are logged, never shown to API callers.
 #[derive(Debug, thiserror::Error)]
@@ -250,4 +250,48 @@ pub trait AuditStore: Send + Sync + 'static {
     /// Remember a checkpoint the log signed (the newest is checked on start).
     async fn audit_put_checkpoint(&self, size: u64, note: &str) -> Result<()>;
     async fn audit_latest_checkpoint(&self) -> Result<Option<(u64, String)>>;
+}
+
+/// A capture to store in the vault.
+#[derive(Debug, Clone)]
+pub struct CaptureRow {
+    pub message_id: String,
+    pub room: String,
+    pub ts: u64,
+    pub ciphertext_sha256: Vec<u8>,
+    pub envelope: Vec<u8>,
+    pub envelope_sha256: Vec<u8>,
+    pub receipt: Vec<u8>,
+    pub period: u32,
+    pub tokens: Vec<Vec<u8>>,
+    pub device: String,
+}
+
+/// A search hit as stored.
+#[derive(Debug, Clone)]
+pub struct HitRow {
+    pub message_id: String,
+    pub room: String,
+    pub ts: u64,
+    pub ciphertext_sha256: Vec<u8>,
+}
+
+/// Storage of the compliance vault: sealed envelopes, and blind-index tokens
+/// kept in their own table.
+#[async_trait]
+pub trait VaultStore: Send + Sync + 'static {
+    async fn vault_meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    async fn vault_init_meta(&self, key: &str, value: &[u8]) -> Result<()>;
+    /// Store a capture. If the message is already captured with the same
+    /// envelope, return the stored receipt; with another envelope, `Conflict`.
+    async fn put_capture(&self, c: &CaptureRow) -> Result<Option<Vec<u8>>>;
+    /// Messages having every token of each (period, tokens) query (OR across periods).
+    async fn search(
+        &self,
+        queries: &[(u32, Vec<Vec<u8>>)],
+        from_ms: u64,
+        to_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<HitRow>>;
+    async fn envelope_count(&self) -> Result<u64>;
 }

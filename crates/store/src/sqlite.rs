@@ -1,8 +1,9 @@
 //! SQLite (WAL) implementations.
 
 use crate::{
-    AuditIn, AuditQuery, AuditRow, AuditStore, BlobRow, DeviceRow, Inserted, KmDeviceRow, KmStore,
-    KmUserRow, LogRow, MessageRow, NewMessage, Result, RoomRow, ServerStore, StoreError,
+    AuditIn, AuditQuery, AuditRow, AuditStore, BlobRow, CaptureRow, DeviceRow, HitRow, Inserted,
+    KmDeviceRow, KmStore, KmUserRow, LogRow, MessageRow, NewMessage, Result, RoomRow, ServerStore,
+    StoreError, VaultStore,
 };
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -888,5 +889,153 @@ mod tests {
         assert!(!s.use_nonce("d", b"n", 5, 0).await.unwrap());
         s.init_meta("x", b"1").await.unwrap();
         assert!(s.init_meta("x", b"2").await.is_err());
+    }
+}
+
+const VAULT_DDL: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS envelopes (message_id TEXT PRIMARY KEY, room TEXT NOT NULL, ts INTEGER NOT NULL,
+    ciphertext_sha256 BLOB NOT NULL, envelope BLOB NOT NULL, envelope_sha256 BLOB NOT NULL,
+    receipt BLOB NOT NULL, device TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS envelopes_ts ON envelopes(ts);
+CREATE TABLE IF NOT EXISTS tokens (period INTEGER NOT NULL, token BLOB NOT NULL, message_id TEXT NOT NULL,
+    PRIMARY KEY (period, token, message_id))
+";
+
+/// The compliance vault's SQLite store.
+#[derive(Clone)]
+pub struct SqliteVaultStore {
+    pool: SqlitePool,
+}
+
+impl SqliteVaultStore {
+    pub async fn open(path: &Path) -> Result<Self> {
+        let pool = open_sqlite(path, 8).await?;
+        migrate(&pool, VAULT_DDL).await?;
+        Ok(SqliteVaultStore { pool })
+    }
+}
+
+#[async_trait]
+impl VaultStore for SqliteVaultStore {
+    async fn vault_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+            .bind(key)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    async fn vault_init_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        let r = sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)")
+            .bind(key)
+            .bind(value)
+            .execute(&self.pool)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict("already initialised"));
+        }
+        Ok(())
+    }
+
+    async fn put_capture(&self, c: &CaptureRow) -> Result<Option<Vec<u8>>> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let existing =
+            sqlx::query("SELECT envelope_sha256, receipt FROM envelopes WHERE message_id = ?")
+                .bind(&c.message_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some(r) = existing {
+            let sha: Vec<u8> = r.try_get("envelope_sha256")?;
+            if sha != c.envelope_sha256 {
+                return Err(StoreError::Conflict(
+                    "another envelope is already captured for this message",
+                ));
+            }
+            return Ok(Some(r.try_get("receipt")?));
+        }
+        sqlx::query(
+            "INSERT INTO envelopes (message_id, room, ts, ciphertext_sha256, envelope, envelope_sha256, receipt, device)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&c.message_id)
+        .bind(&c.room)
+        .bind(i(c.ts))
+        .bind(&c.ciphertext_sha256)
+        .bind(&c.envelope)
+        .bind(&c.envelope_sha256)
+        .bind(&c.receipt)
+        .bind(&c.device)
+        .execute(&mut *tx)
+        .await?;
+        for t in &c.tokens {
+            sqlx::query(
+                "INSERT OR IGNORE INTO tokens (period, token, message_id) VALUES (?, ?, ?)",
+            )
+            .bind(c.period as i64)
+            .bind(t)
+            .bind(&c.message_id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(None)
+    }
+
+    async fn search(
+        &self,
+        queries: &[(u32, Vec<Vec<u8>>)],
+        from_ms: u64,
+        to_ms: u64,
+        limit: u32,
+    ) -> Result<Vec<HitRow>> {
+        let mut out: Vec<HitRow> = Vec::new();
+        for (period, toks) in queries {
+            if toks.is_empty() {
+                continue;
+            }
+            let mut sql = String::from(
+                "SELECT e.message_id, e.room, e.ts, e.ciphertext_sha256 FROM envelopes e JOIN
+                   (SELECT message_id FROM tokens WHERE period = ? AND token IN (",
+            );
+            for n in 0..toks.len() {
+                sql.push_str(if n == 0 { "?" } else { ", ?" });
+            }
+            sql.push_str(
+                ") GROUP BY message_id HAVING COUNT(DISTINCT token) = ?) m ON m.message_id = e.message_id
+                 WHERE e.ts >= ? AND e.ts <= ? ORDER BY e.ts LIMIT ?",
+            );
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(*period as i64);
+            for t in toks {
+                q = q.bind(t);
+            }
+            let mut distinct = toks.clone();
+            distinct.sort();
+            distinct.dedup();
+            let rows = q
+                .bind(distinct.len() as i64)
+                .bind(i(from_ms))
+                .bind(i(to_ms))
+                .bind(limit as i64)
+                .fetch_all(&self.pool)
+                .await?;
+            for r in rows {
+                out.push(HitRow {
+                    message_id: r.try_get("message_id")?,
+                    room: r.try_get("room")?,
+                    ts: u(r.try_get("ts")?),
+                    ciphertext_sha256: r.try_get("ciphertext_sha256")?,
+                });
+            }
+        }
+        out.sort_by_key(|h| h.ts);
+        out.truncate(limit as usize);
+        Ok(out)
+    }
+
+    async fn envelope_count(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM envelopes")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(u(n))
     }
 }
