@@ -46,17 +46,22 @@ pub fn verify(input: &VerifyInput<'_>) -> Result<Vec<String>, String> {
         cp.size,
         hex(&cp.root)
     ));
-    if let Some(prev) = input.previous {
-        let old = v
-            .verify_checkpoint(&read(prev)?)
-            .map_err(|e| format!("previous checkpoint: {e}"))?;
-        if old.size > cp.size {
-            return Err(format!(
-                "ROLLBACK: the checkpoint has {} entries but the remembered one had {}",
-                cp.size, old.size
-            ));
+    // A remembered older checkpoint: checked first, so a rollback is reported as such.
+    let previous = match input.previous {
+        Some(prev) => {
+            let old = v
+                .verify_checkpoint(&read(prev)?)
+                .map_err(|e| format!("previous checkpoint: {e}"))?;
+            if old.size > cp.size {
+                return Err(format!(
+                    "ROLLBACK: the checkpoint has {} entries but the remembered one had {}",
+                    cp.size, old.size
+                ));
+            }
+            Some(old)
         }
-    }
+        None => None,
+    };
 
     for p in input.inclusion {
         let proof: InclusionProof = serde_json::from_str(&read(p)?)
@@ -68,16 +73,7 @@ pub fn verify(input: &VerifyInput<'_>) -> Result<Vec<String>, String> {
         ));
     }
 
-    if let Some(prev) = input.previous {
-        let old = v
-            .verify_checkpoint(&read(prev)?)
-            .map_err(|e| format!("previous checkpoint: {e}"))?;
-        if old.size > cp.size {
-            return Err(format!(
-                "ROLLBACK: the checkpoint has {} entries but the remembered one had {}",
-                cp.size, old.size
-            ));
-        }
+    if let Some(old) = previous {
         match input.consistency {
             Some(cf) => {
                 let p: ConsistencyProof = serde_json::from_str(&read(cf)?)

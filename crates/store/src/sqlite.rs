@@ -47,6 +47,27 @@ fn unique(msg: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
     }
 }
 
+/// A value of a `meta (key, value)` table.
+async fn meta_get(pool: &SqlitePool, key: &str) -> Result<Option<Vec<u8>>> {
+    Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+        .bind(key)
+        .fetch_optional(pool)
+        .await?)
+}
+
+/// Set a `meta` value once; `Conflict` if it is already set.
+async fn meta_init(pool: &SqlitePool, key: &str, value: &[u8]) -> Result<()> {
+    let r = sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)")
+        .bind(key)
+        .bind(value)
+        .execute(pool)
+        .await?;
+    if r.rows_affected() == 0 {
+        return Err(StoreError::Conflict("already initialised"));
+    }
+    Ok(())
+}
+
 fn u(v: i64) -> u64 {
     v.max(0) as u64
 }
@@ -435,22 +456,11 @@ fn km_user(r: &sqlx::sqlite::SqliteRow) -> Result<KmUserRow> {
 #[async_trait]
 impl KmStore for SqliteKmStore {
     async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?)
+        meta_get(&self.pool, key).await
     }
 
     async fn init_meta(&self, key: &str, value: &[u8]) -> Result<()> {
-        let r = sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)")
-            .bind(key)
-            .bind(value)
-            .execute(&self.pool)
-            .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::Conflict("already initialised"));
-        }
-        Ok(())
+        meta_init(&self.pool, key, value).await
     }
 
     async fn upsert_user(&self, u: &KmUserRow) -> Result<()> {
@@ -919,22 +929,11 @@ impl SqliteVaultStore {
 #[async_trait]
 impl VaultStore for SqliteVaultStore {
     async fn vault_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
-            .bind(key)
-            .fetch_optional(&self.pool)
-            .await?)
+        meta_get(&self.pool, key).await
     }
 
     async fn vault_init_meta(&self, key: &str, value: &[u8]) -> Result<()> {
-        let r = sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)")
-            .bind(key)
-            .bind(value)
-            .execute(&self.pool)
-            .await?;
-        if r.rows_affected() == 0 {
-            return Err(StoreError::Conflict("already initialised"));
-        }
-        Ok(())
+        meta_init(&self.pool, key, value).await
     }
 
     async fn put_capture(&self, c: &CaptureRow) -> Result<Option<Vec<u8>>> {
