@@ -3,8 +3,10 @@
 //!
 //! ```text
 //!  Stack::start(dir) ── dir/km:     KM (SQLite + passphrase-sealed TMK file) on 127.0.0.1:port
-//!                    └─ dir/server: messaging server (SQLite + blobs)          on 127.0.0.1:port
-//!                    and registers the tenant's KM key with the server.
+//!                    ├─ dir/server: messaging server (SQLite + blobs)          on 127.0.0.1:port
+//!                    └─ dir/vault:  the tenant's compliance vault (SQLite)       on 127.0.0.1:port
+//!                    and registers the tenant's KM key with the server (the
+//!                    vault is registered with the KM by an admin device).
 //! ```
 #![forbid(unsafe_code)]
 
@@ -54,8 +56,10 @@ pub struct Stack {
     pub dir: PathBuf,
     pub km: Arc<Km>,
     pub server: Arc<Server>,
+    pub vault: Arc<cloister_vault::Vault>,
     pub km_url: String,
     pub server_url: String,
+    pub vault_url: String,
     pub km_addr: SocketAddr,
     pub server_addr: SocketAddr,
     pub operator_token: String,
@@ -72,6 +76,7 @@ pub struct StackOptions {
     pub cost: Cost,
     pub km_addr: SocketAddr,
     pub server_addr: SocketAddr,
+    pub vault_addr: SocketAddr,
     pub km_config: KmConfig,
     pub server_config: ServerConfig,
 }
@@ -85,6 +90,7 @@ impl StackOptions {
             cost: Cost::DEFAULT,
             km_addr: any,
             server_addr: any,
+            vault_addr: any,
             km_config: KmConfig::default(),
             server_config: ServerConfig::default(),
         }
@@ -103,19 +109,29 @@ impl Stack {
         )
         .await?;
         let server = Server::open_dir(&dir.join("server"), o.server_config).await?;
+        let vdir = dir.join("vault");
+        let info = km.info();
+        let vault = Arc::new(if cloister_vault::db_path(&vdir).exists() {
+            cloister_vault::Vault::open_dir(&vdir, None).await?
+        } else {
+            cloister_vault::Vault::open_dir(&vdir, Some((&info.tenant, info.sign_pk.0))).await?
+        });
         let token_path = cloister_server::operator_token_path(&dir.join("server"));
         let operator_token = std::fs::read_to_string(&token_path)?.trim().to_owned();
 
         let kl = tokio::net::TcpListener::bind(o.km_addr).await?;
         let sl = tokio::net::TcpListener::bind(o.server_addr).await?;
+        let vl = tokio::net::TcpListener::bind(o.vault_addr).await?;
         let (km_addr, server_addr) = (kl.local_addr()?, sl.local_addr()?);
+        let vault_url = format!("http://{}", vl.local_addr()?);
         let r1 = cloister_km::http::router(km.clone());
         let r2 = cloister_server::router(server.clone());
+        let r3 = cloister_vault::router(vault.clone());
         let (shutdown, rx) = tokio::sync::watch::channel(false);
         let signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let (s1, s2) = (signal(rx.clone()), signal(rx));
+        let (s1, s2, s3) = (signal(rx.clone()), signal(rx.clone()), signal(rx));
         let tasks = vec![
             tokio::spawn(async move {
                 if let Err(e) = cloister_http::serve(kl, r1, s1).await {
@@ -127,6 +143,11 @@ impl Stack {
                     tracing::error!("server stopped: {e}");
                 }
             }),
+            tokio::spawn(async move {
+                if let Err(e) = cloister_http::serve(vl, r3, s3).await {
+                    tracing::error!("vault stopped: {e}");
+                }
+            }),
         ];
         let stack = Stack {
             dir: dir.to_owned(),
@@ -134,6 +155,8 @@ impl Stack {
             server_url: format!("http://{server_addr}"),
             km,
             server,
+            vault,
+            vault_url,
             km_addr,
             server_addr,
             operator_token,

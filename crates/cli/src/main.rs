@@ -1,6 +1,8 @@
 //! `cloister`: one binary for the services, users, admins, the demo and the load tool.
 #![forbid(unsafe_code)]
 
+mod compliance_cmd;
+
 use clap::{Args, Parser, Subcommand};
 use cloister_cli::BoxError;
 use cloister_client::{Client, Received, Storage};
@@ -98,6 +100,15 @@ enum Cmd {
         #[arg(long)]
         count: Option<u64>,
     },
+    /// The tenant's compliance vault service.
+    #[command(subcommand)]
+    Vault(compliance_cmd::VaultCmd),
+    /// Compliance: search, cases, approvals, export, retention.
+    #[command(subcommand)]
+    Compliance(compliance_cmd::ComplianceCmd),
+    /// eDiscovery exports.
+    #[command(subcommand)]
+    Export(compliance_cmd::ExportCmd),
     /// Download and decrypt the file sent in message SEQ of ROOM.
     GetFile {
         room: String,
@@ -152,6 +163,9 @@ enum AdminCmd {
         user: String,
         #[arg(long)]
         admin: bool,
+        /// A role: compliance, custodian, surveillance, admin (repeatable).
+        #[arg(long = "role")]
+        roles: Vec<String>,
     },
     /// Disable a user: no more keys, no more server access.
     DisableUser { user: String },
@@ -162,6 +176,9 @@ enum AdminCmd {
     /// The tenant's threshold escrow key.
     #[command(subcommand)]
     Escrow(EscrowCmd),
+    /// The tenant's compliance vault and capture policy.
+    #[command(subcommand)]
+    Vault(compliance_cmd::AdminVaultCmd),
 }
 
 #[derive(Subcommand)]
@@ -466,9 +483,17 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 json!({"tenant": info.tenant}),
             );
         }
-        Cmd::Admin(AdminCmd::AddUser { user, admin }) => {
+        Cmd::Admin(AdminCmd::AddUser { user, admin, roles }) => {
             let c = ctx.client()?;
-            let r = c.admin_add_user(&parse(&user)?, admin).await?;
+            let mut rs = roles
+                .iter()
+                .map(|r| parse(r))
+                .collect::<Result<Vec<cloister_proto::km::Role>, _>>()?;
+            if admin {
+                rs.push(cloister_proto::km::Role::Admin);
+            }
+            rs.push(cloister_proto::km::Role::User);
+            let r = c.admin_add_user_roles(&parse(&user)?, &rs).await?;
             ctx.emit(
                 format!("user {}\none-time enrolment code: {}", r.user, r.code),
                 json!({"user": r.user, "code": r.code, "expires_at": r.expires_at}),
@@ -574,6 +599,10 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             );
         }
         Cmd::Room(rc) => room_cmd(&ctx, rc).await?,
+        Cmd::Vault(vc) => compliance_cmd::vault_cmd(&ctx, vc).await?,
+        Cmd::Admin(AdminCmd::Vault(vc)) => compliance_cmd::admin_vault_cmd(&ctx, vc).await?,
+        Cmd::Compliance(cc) => compliance_cmd::compliance_cmd(&ctx, cc).await?,
+        Cmd::Export(ec) => compliance_cmd::export_cmd(&ctx, ec)?,
         Cmd::Audit(ac) => audit_cmd(&ctx, ac).await?,
         Cmd::Im { user } => {
             let c = ctx.client()?;
@@ -582,6 +611,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         }
         Cmd::Send { room, text, file } => {
             let c = ctx.client()?;
+            c.use_registered_vault().await?;
             let room = resolve_room(&c, &room).await?;
             let (id, seq) = match (text, file) {
                 (Some(t), None) => c.send_text(&room, &t).await?,
@@ -599,6 +629,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             before,
         } => {
             let c = ctx.client()?;
+            c.use_registered_vault().await?;
             let room = resolve_room(&c, &room).await?;
             let msgs = c.read(&room, limit, before).await?;
             let mut lines = Vec::new();

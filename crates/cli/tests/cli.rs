@@ -572,12 +572,31 @@ fn audit_commands_through_the_cli() {
 }
 
 #[test]
-fn escrow_init_through_the_cli() {
-    let e = setup();
+fn compliance_through_the_cli() {
+    let mut e = setup();
+    let add = |e: &Env, who: &str, role: &str| {
+        let v = json(e.run(
+            "admin",
+            &[
+                "--json",
+                "admin",
+                "add-user",
+                &format!("{who}@acme"),
+                "--role",
+                role,
+            ],
+        ));
+        e.enrol(who, v["code"].as_str().unwrap());
+    };
     for u in ["cust1", "cust2", "cust3"] {
+        add(&e, u, "custodian");
+    }
+    add(&e, "officer", "compliance");
+    for u in ["alice", "bob"] {
         let code = e.add_user(u);
         e.enrol(u, &code);
     }
+    // escrow: 2 of 3, once
     let d = json(e.run(
         "admin",
         &[
@@ -596,7 +615,6 @@ fn escrow_init_through_the_cli() {
         ],
     ));
     assert_eq!(d["threshold"], 2);
-    assert_eq!(d["custodians"].as_array().unwrap().len(), 3);
     let shown = json(e.run("cust2", &["--json", "admin", "escrow", "show"]));
     assert_eq!(shown["public"], d["public"]);
     let err = fails(e.run(
@@ -627,4 +645,146 @@ fn escrow_init_through_the_cli() {
         ],
     ));
     assert!(err.contains("invalid input"), "{err}");
+
+    // the vault: its own process and data directory, registered with the KM
+    let vdir = e.root.join("vault");
+    let v = json(
+        cmd(None)
+            .args(["--json", "vault", "init", "--km", &e.km, "--data-dir"])
+            .arg(&vdir)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["tenant"], "acme");
+    let vp = port();
+    let vault_url = format!("http://127.0.0.1:{vp}");
+    e._procs.0.push(
+        cmd(None)
+            .args([
+                "vault",
+                "serve",
+                "--listen",
+                &format!("127.0.0.1:{vp}"),
+                "--data-dir",
+            ])
+            .arg(&vdir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_http(&vault_url);
+    let err = fails(e.run(
+        "alice",
+        &["admin", "vault", "register", "--url", &vault_url],
+    ));
+    assert!(err.contains("not_admin"), "{err}");
+    let r = json(e.run(
+        "admin",
+        &[
+            "--json",
+            "admin",
+            "vault",
+            "register",
+            "--url",
+            &vault_url,
+            "--capture",
+            "required",
+        ],
+    ));
+    assert_eq!(r["capture_required"], true);
+
+    // traffic: captured on send (the server demands the receipt)
+    let room = ok(e.run("alice", &["room", "create", "desk", "--member", "bob@acme"]))
+        .trim()
+        .to_owned();
+    ok(e.run(
+        "alice",
+        &["send", &room, "Harbourview 2033s: sell 40mm at 101.5"],
+    ));
+    ok(e.run("bob", &["send", &room, "agreed, lunch later"]));
+
+    // search: metadata only, officer only
+    let hits = json(e.run(
+        "officer",
+        &[
+            "--json",
+            "compliance",
+            "search",
+            "--term",
+            "harbourview",
+            "--sender",
+            "alice@acme",
+        ],
+    ));
+    assert_eq!(hits["hits"].as_array().unwrap().len(), 1);
+    let none = json(e.run(
+        "officer",
+        &["--json", "compliance", "search", "--term", "neversent"],
+    ));
+    assert!(none["hits"].as_array().unwrap().is_empty());
+    let err = fails(e.run("alice", &["compliance", "search", "--term", "harbourview"]));
+    assert!(err.contains("not_compliance"), "{err}");
+
+    // a case, approvals, a refused and a successful export, offline verify
+    let today = cloister_crypto::blind::day_of(cloister_proto::now_millis());
+    ok(e.run(
+        "officer",
+        &[
+            "compliance",
+            "case",
+            "open",
+            "case-1",
+            "--title",
+            "Harbourview",
+            "--custodian",
+            "alice@acme",
+            "--from",
+            &today,
+            "--to",
+            &today,
+        ],
+    ));
+    let list = json(e.run("cust1", &["--json", "compliance", "case", "list"]));
+    assert_eq!(list[0]["case"], "case-1");
+    ok(e.run("cust1", &["compliance", "approve", "case-1"]));
+    let out = e.root.join("export");
+    let err = fails(e.run(
+        "officer",
+        &[
+            "compliance",
+            "export",
+            "case-1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    ));
+    assert!(err.contains("nothing was decrypted"), "{err}");
+    ok(e.run("cust3", &["compliance", "approve", "case-1"]));
+    let x = json(e.run(
+        "officer",
+        &[
+            "--json",
+            "compliance",
+            "export",
+            "case-1",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    ));
+    assert_eq!(x["summary"]["messages"], 2);
+    let v = json(e.run(
+        "bob",
+        &["--json", "export", "verify", out.to_str().unwrap()],
+    ));
+    assert_eq!(v["messages"], 2);
+    let jsonl = out.join("messages.jsonl");
+    let mut t = std::fs::read_to_string(&jsonl).unwrap();
+    t = t.replace("101.5", "99.0");
+    std::fs::write(&jsonl, t).unwrap();
+    let err = fails(e.run("bob", &["export", "verify", out.to_str().unwrap()]));
+    assert!(
+        err.contains("TAMPERED") && err.contains("messages.jsonl"),
+        "{err}"
+    );
 }

@@ -1,9 +1,12 @@
-//! Escrow initialisation and blind-index keys, against the real KM.
+//! Compliance against the real KM, server and vault: escrow, blind-index
+//! keys, enforced capture, search, cases and approvals, eDiscovery export,
+//! legal hold and retention, surveillance.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
 
 use cloister_crypto::escrow;
+use cloister_proto::km::Role::{Compliance, Custodian, Surveillance};
 use cloister_proto::room::{Action, RoomKind, RoomSettings};
 use common::*;
 
@@ -11,12 +14,19 @@ use common::*;
 async fn escrow_init_splits_k_of_n_among_custodians() {
     let w = World::new().await;
     let (c1, c2, c3, trader) = (
-        w.user("cust1").await,
-        w.user("cust2").await,
-        w.user("cust3").await,
+        w.user_with("cust1", &[Custodian]).await,
+        w.user_with("cust2", &[Custodian]).await,
+        w.user_with("cust3", &[Custodian]).await,
         w.user("trader").await,
     );
     let custodians = [c1.user().clone(), c2.user().clone(), c3.user().clone()];
+    // a user without the custodian role cannot hold a share
+    let e = w
+        .admin
+        .admin_escrow_init(&[c1.user().clone(), trader.user().clone()], 2)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("bad_escrow"), "{e}");
 
     // input checks before anything is created
     assert!(w.admin.admin_escrow_init(&custodians, 4).await.is_err());
@@ -145,38 +155,26 @@ async fn index_keys_per_period_are_shared_by_the_tenant_and_logged() {
     );
 }
 
-/// Start the tenant's vault in this process on an ephemeral port.
-async fn start_vault(w: &World) -> String {
-    let km = w.stack.km.info();
-    let v = cloister_vault::Vault::open_dir(
-        &w.dir.path().join("vault"),
-        Some((&km.tenant, km.sign_pk.0)),
-    )
-    .await
-    .unwrap();
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    let r = cloister_vault::router(std::sync::Arc::new(v));
-    tokio::spawn(async move { cloister_http::serve(l, r, std::future::pending()).await });
-    url
-}
-
 #[tokio::test]
 async fn sent_messages_are_captured_and_searchable_by_token_only() {
     use cloister_crypto::blind::Field;
     let w = World::new().await;
-    let (alice, bob, c1, c2) = (
+    let (alice, bob, c1, c2, officer) = (
         w.user("alice").await,
         w.user("bob").await,
-        w.user("cust1").await,
-        w.user("cust2").await,
+        w.user_with("cust1", &[Custodian]).await,
+        w.user_with("cust2", &[Custodian]).await,
+        w.user_with("officer", &[Compliance]).await,
     );
     w.admin
         .admin_escrow_init(&[c1.user().clone(), c2.user().clone()], 2)
         .await
         .unwrap();
-    let vault = start_vault(&w).await;
+    // the vault must be the one the KM registered
+    assert!(alice.set_vault(&w.stack.vault_url).await.is_err());
+    let vault = w.register_vault(false).await;
     alice.set_vault(&vault).await.unwrap();
+    officer.use_registered_vault().await.unwrap().unwrap();
     w.admin.set_vault(&vault).await.unwrap();
     let room = alice
         .create_room(RoomSettings::default(), &[bob.user().clone()])
@@ -190,16 +188,14 @@ async fn sent_messages_are_captured_and_searchable_by_token_only() {
 
     let now = cloister_proto::now_millis();
     let (from, to) = (now - 86_400_000, now + 86_400_000);
-    let hits = w
-        .admin
+    let hits = officer
         .compliance_search(&[(Field::Keyword, "harbourview".into())], from, to, 50)
         .await
         .unwrap();
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].room, room);
     // AND of terms, sender
-    let both = w
-        .admin
+    let both = officer
         .compliance_search(
             &[
                 (Field::Keyword, "sell".into()),
@@ -212,8 +208,7 @@ async fn sent_messages_are_captured_and_searchable_by_token_only() {
         .await
         .unwrap();
     assert_eq!(both.len(), 1);
-    let none = w
-        .admin
+    let none = officer
         .compliance_search(
             &[
                 (Field::Keyword, "sell".into()),
@@ -226,25 +221,27 @@ async fn sent_messages_are_captured_and_searchable_by_token_only() {
         .await
         .unwrap();
     assert!(none.is_empty(), "AND semantics");
-    let never = w
-        .admin
+    let never = officer
         .compliance_search(&[(Field::Keyword, "neversent".into())], from, to, 50)
         .await
         .unwrap();
     assert!(never.is_empty());
-    let room_hits = w
-        .admin
+    let room_hits = officer
         .compliance_search(&[(Field::Room, room.to_hex())], from, to, 50)
         .await
         .unwrap();
     assert_eq!(room_hits.len(), 2);
-    // a non-compliance user may not search
+    // neither a user nor an admin without the compliance role may search
     bob.set_vault(&vault).await.unwrap();
-    let e = bob
-        .compliance_search(&[(Field::Keyword, "sell".into())], from, to, 50)
-        .await
-        .unwrap_err();
-    assert_eq!(e.code(), Some("not_compliance"));
+    for c in [&bob, &w.admin] {
+        let e = c
+            .compliance_search(&[(Field::Keyword, "sell".into())], from, to, 50)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some("not_compliance"));
+    }
+    // every ingestion is an entry of the vault's own log
+    assert_eq!(w.stack.vault.log_size(), 2);
     // the vault's files hold no plaintext and no term
     for (path, data) in files_under(&w.dir.path().join("vault")) {
         for n in [
@@ -281,4 +278,481 @@ async fn sent_messages_are_captured_and_searchable_by_token_only() {
         .await
         .unwrap();
     expect_error(r, 401, "bad_request_signature").await;
+}
+
+fn text(t: &str) -> cloister_proto::server::Content {
+    cloister_proto::server::Content::Text { text: t.into() }
+}
+
+#[tokio::test]
+async fn capture_required_refuses_messages_without_a_valid_receipt() {
+    let w = World::new().await;
+    let (alice, bob, c1, c2) = (
+        w.user("alice").await,
+        w.user("bob").await,
+        w.user_with("cust1", &[Custodian]).await,
+        w.user_with("cust2", &[Custodian]).await,
+    );
+    w.admin
+        .admin_escrow_init(&[c1.user().clone(), c2.user().clone()], 2)
+        .await
+        .unwrap();
+    let room = alice
+        .create_room(RoomSettings::default(), &[bob.user().clone()])
+        .await
+        .unwrap();
+    // policy optional first: no receipt needed
+    let first: cloister_proto::km::VaultRegisterResponse = w
+        .admin
+        .km_request(cloister_proto::km::KmOp::VaultRegister {
+            url: w.stack.vault_url.clone(),
+            receipt_pk: w.stack.vault.info().receipt_pk,
+            log_key: w.stack.vault.info().log_key,
+            capture_required: false,
+        })
+        .await
+        .unwrap();
+    w.admin.post_notice(&first.notice).await.unwrap();
+    bob.send_text(&room, "no capture yet").await.unwrap();
+    w.register_vault(true).await;
+
+    // a client that skips capture cannot post
+    let e = bob.send_text(&room, "uncaptured").await.unwrap_err();
+    assert_eq!(e.code(), Some("capture_required"), "{e}");
+    assert!(e.to_string().contains("vault receipt"), "{e}");
+    // a receipt for another message, or a forged one, is refused
+    alice.use_registered_vault().await.unwrap().unwrap();
+    let (m1, m2) = (text("one"), text("two"));
+    let mut e1 = alice.seal(&room, &m1).await.unwrap();
+    let mut e2 = alice.seal(&room, &m2).await.unwrap();
+    let r1 = alice.capture(&room, &e1, &m1).await.unwrap().unwrap();
+    e2.receipt = Some(r1.clone());
+    let e = alice.post_envelope(&room, &e2).await.unwrap_err();
+    assert_eq!(e.code(), Some("bad_receipt"), "{e}");
+    let mut forged = r1.clone();
+    forged.sig.0[3] ^= 1;
+    e1.receipt = Some(forged);
+    let e = alice.post_envelope(&room, &e1).await.unwrap_err();
+    assert_eq!(e.code(), Some("bad_receipt"), "{e}");
+    // the genuine receipt passes; the SDK does all of this in `send`
+    e1.receipt = Some(r1);
+    alice.post_envelope(&room, &e1).await.unwrap();
+    alice.send_text(&room, "captured").await.unwrap();
+    // an older policy notice cannot be replayed to switch capture off
+    let e = w.admin.post_notice(&first.notice).await.unwrap_err();
+    assert_eq!(e.code(), Some("stale_notice"), "{e}");
+    assert_eq!(
+        bob.send_text(&room, "still refused")
+            .await
+            .unwrap_err()
+            .code(),
+        Some("capture_required")
+    );
+    // the server kept nothing it refused; the vault holds what was captured
+    let msgs = bob.read(&room, 50, None).await.unwrap();
+    assert_eq!(msgs.len(), 3);
+    assert_eq!(w.stack.vault.envelope_count().await.unwrap(), 2);
+}
+
+/// Users, escrow 2-of-3, a vault with capture required, and traffic in two rooms.
+struct CaseWorld {
+    w: World,
+    alice: cloister_client::Client,
+    carol: cloister_client::Client,
+    officer: cloister_client::Client,
+    custodians: Vec<cloister_client::Client>,
+    room_a: cloister_proto::RoomId,
+    room_b: cloister_proto::RoomId,
+}
+
+async fn case_world() -> CaseWorld {
+    let w = World::new().await;
+    let (alice, bob, carol, dave) = (
+        w.user("alice").await,
+        w.user("bob").await,
+        w.user("carol").await,
+        w.user("dave").await,
+    );
+    let officer = w.user_with("officer", &[Compliance]).await;
+    let mut custodians = Vec::new();
+    for n in ["cust1", "cust2", "cust3"] {
+        custodians.push(w.user_with(n, &[Custodian]).await);
+    }
+    let names: Vec<_> = custodians.iter().map(|c| c.user().clone()).collect();
+    w.admin.admin_escrow_init(&names, 2).await.unwrap();
+    w.register_vault(true).await;
+    for c in [&alice, &bob, &carol, &dave, &officer] {
+        c.use_registered_vault().await.unwrap().unwrap();
+    }
+    let room_a = alice
+        .create_room(RoomSettings::default(), &[bob.user().clone()])
+        .await
+        .unwrap();
+    let room_b = carol
+        .create_room(RoomSettings::default(), &[dave.user().clone()])
+        .await
+        .unwrap();
+    alice
+        .send_text(&room_a, "Harbourview 2033s: sell 40mm at 101.5")
+        .await
+        .unwrap();
+    let f = w.dir.path().join("term-sheet.txt");
+    std::fs::write(&f, b"TERMSHEET Harbourview 40mm 101.5").unwrap();
+    alice.send_file(&room_a, &f).await.unwrap();
+    bob.send_text(&room_a, "agreed").await.unwrap();
+    carol
+        .send_text(&room_b, "OUTOFSCOPE lunch gossip")
+        .await
+        .unwrap();
+    CaseWorld {
+        w,
+        alice,
+        carol,
+        officer,
+        custodians,
+        room_a,
+        room_b,
+    }
+}
+
+fn today_scope(
+    custodians: Vec<cloister_proto::UserId>,
+    rooms: Vec<cloister_proto::RoomId>,
+) -> cloister_proto::km::CaseScope {
+    let now = cloister_proto::now_millis();
+    cloister_proto::km::CaseScope {
+        custodians,
+        rooms,
+        from_ms: now - 3_600_000,
+        to_ms: now + 3_600_000,
+    }
+}
+
+#[tokio::test]
+async fn a_case_decrypts_only_its_scope_and_only_with_k_approvals() {
+    let cw = case_world().await;
+    let (w, officer) = (&cw.w, &cw.officer);
+    let alpha = officer
+        .case_open(
+            "alpha",
+            "Harbourview inquiry",
+            today_scope(vec![cw.alice.user().clone()], vec![]),
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(alpha.version, 1);
+    officer
+        .case_open("beta", "other", today_scope(vec![], vec![cw.room_b]), false)
+        .await
+        .unwrap();
+    // only compliance opens cases; only custodians approve
+    assert_eq!(
+        cw.alice
+            .case_open("x", "", today_scope(vec![], vec![cw.room_a]), false)
+            .await
+            .unwrap_err()
+            .code(),
+        Some("not_entitled")
+    );
+    assert_eq!(
+        cw.alice.case_approve("alpha").await.unwrap_err().code(),
+        Some("not_entitled")
+    );
+    // K-1 approvals: nothing is decrypted, and the KM refuses to log a session
+    cw.custodians[0].case_approve("alpha").await.unwrap();
+    assert_eq!(
+        cw.custodians[0]
+            .case_approve("alpha")
+            .await
+            .unwrap_err()
+            .code(),
+        Some("already_approved")
+    );
+    let out = w.dir.path().join("export-alpha");
+    let e = officer
+        .case_export("alpha", &out, &|_, _| {})
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("nothing was decrypted"), "{e}");
+    assert!(!out.exists() || std::fs::read_dir(&out).unwrap().next().is_none());
+    let e = officer
+        .km_request::<serde_json::Value>(cloister_proto::km::KmOp::CaseStep {
+            case: "alpha".into(),
+            step: "session_opened".into(),
+            count: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("not_enough_approvals"));
+
+    // an approval replayed from another case counts for nothing: copy
+    // cust1's approval of alpha into beta, next to cust2's real one
+    cw.custodians[1].case_approve("beta").await.unwrap();
+    let km_db = w.dir.path().join("km").join("km.db");
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}", km_db.display()))
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO approvals (case_id, version, custodian, blob)
+         SELECT 'beta', 1, custodian, blob FROM approvals WHERE case_id = 'alpha'",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    let e = officer
+        .case_export("beta", &w.dir.path().join("export-beta"), &|_, _| {})
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("1 valid approval(s) of the 2"),
+        "{e}"
+    );
+
+    // K approvals: exactly alice's conversations are exported
+    cw.custodians[2].case_approve("alpha").await.unwrap();
+    let seen = std::sync::Mutex::new(Vec::new());
+    let r = officer
+        .case_export("alpha", &out, &|d, t| seen.lock().unwrap().push((d, t)))
+        .await
+        .unwrap();
+    assert_eq!(r.summary.messages, 3);
+    assert_eq!(seen.lock().unwrap().last(), Some(&(3, 3)), "progress");
+    for (path, data) in files_under(&out) {
+        assert!(!contains(&data, b"OUTOFSCOPE"), "{}", path.display());
+    }
+    // the EML files parse with a standard MIME parser
+    let mut emls: Vec<_> = std::fs::read_dir(out.join("messages"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    emls.sort();
+    assert_eq!(emls.len(), 3);
+    let mut attachments = 0;
+    for p in &emls {
+        let bytes = std::fs::read(p).unwrap();
+        let m = mail_parser::MessageParser::default().parse(&bytes).unwrap();
+        let from = m
+            .from()
+            .unwrap()
+            .first()
+            .unwrap()
+            .address()
+            .unwrap()
+            .to_owned();
+        assert!(from == "alice@acme" || from == "bob@acme", "{from}");
+        assert!(m.subject().unwrap().contains(&cw.room_a.to_string()));
+        assert!(m.message_id().unwrap().ends_with("@acme.cloister"));
+        assert_eq!(
+            m.header("X-Cloister-Room").unwrap().as_text().unwrap(),
+            cw.room_a.to_string()
+        );
+        assert!(m.header("X-Cloister-Envelope").is_some());
+        assert!(m.header("X-Cloister-Epoch").is_some());
+        if m.attachment_count() > 0 {
+            attachments += 1;
+            assert_eq!(
+                m.attachment(0).unwrap().contents(),
+                b"TERMSHEET Harbourview 40mm 101.5"
+            );
+        }
+    }
+    assert_eq!(attachments, 1);
+    let jsonl = std::fs::read_to_string(out.join("messages.jsonl")).unwrap();
+    assert_eq!(jsonl.lines().count(), 3);
+    assert!(jsonl.contains("sell 40mm"));
+
+    // verify offline; any altered, missing or added file fails it
+    let km_pk = w.stack.km.info().sign_pk.0;
+    let v = cloister_client::export::verify(&out, Some(km_pk)).unwrap();
+    assert_eq!(v.messages, 3);
+    assert!(cloister_client::export::verify(&out, Some([7; 32])).is_err());
+    let eml = emls[0].clone();
+    let orig = std::fs::read(&eml).unwrap();
+    let mut edited = orig.clone();
+    let n = edited.len() - 3;
+    edited[n] ^= 0x20;
+    std::fs::write(&eml, &edited).unwrap();
+    let e = cloister_client::export::verify(&out, None).unwrap_err();
+    assert!(e.contains("altered"), "{e}");
+    std::fs::remove_file(&eml).unwrap();
+    let e = cloister_client::export::verify(&out, None).unwrap_err();
+    assert!(e.contains("missing"), "{e}");
+    std::fs::write(&eml, &orig).unwrap();
+    std::fs::write(out.join("messages").join("extra.eml"), b"From: x\r\n\r\nhi").unwrap();
+    let e = cloister_client::export::verify(&out, None).unwrap_err();
+    assert!(e.contains("added"), "{e}");
+    std::fs::remove_file(out.join("messages").join("extra.eml")).unwrap();
+    let mp = out.join("manifest.json");
+    let m = std::fs::read_to_string(&mp).unwrap();
+    std::fs::write(&mp, m.replace("\"exported_ms\"", "\"exported_ms\" ")).unwrap();
+    let e = cloister_client::export::verify(&out, None).unwrap_err();
+    assert!(e.contains("signature"), "{e}");
+    std::fs::write(&mp, m).unwrap();
+    cloister_client::export::verify(&out, Some(km_pk)).unwrap();
+
+    // every step is in the audit log
+    let steps: Vec<String> = w
+        .admin
+        .audit_list(0, 1000, Some("case_step".into()), None, None)
+        .await
+        .unwrap()
+        .iter()
+        .map(|(_, r, _)| match &r.event {
+            cloister_log::AuditEvent::CaseStep { case, step, .. } => format!("{case}:{step}"),
+            _ => unreachable!(),
+        })
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "alpha:session_opened",
+            "alpha:decrypted",
+            "alpha:zeroized",
+            "alpha:exported"
+        ]
+    );
+    for kind in ["case_opened", "case_approved"] {
+        assert!(
+            !w.admin
+                .audit_list(0, 10, Some(kind.into()), None, None)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    }
+    // rescoping needs fresh approvals
+    let v2 = officer
+        .case_rescope("alpha", today_scope(vec![], vec![cw.room_a]))
+        .await
+        .unwrap();
+    assert_eq!(v2.version, 2);
+    let e = officer
+        .case_export("alpha", &w.dir.path().join("again"), &|_, _| {})
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("0 valid approval(s)"), "{e}");
+    // the vault's files hold no plaintext
+    for (path, data) in files_under(&w.dir.path().join("vault")) {
+        for n in [&b"Harbourview"[..], b"OUTOFSCOPE", b"TERMSHEET"] {
+            assert!(!contains(&data, n), "{} holds plaintext", path.display());
+        }
+    }
+}
+
+#[tokio::test]
+async fn retention_shreds_expired_keys_and_envelopes_but_keeps_held_ones() {
+    let cw = case_world().await;
+    let w = &cw.w;
+    // a hold over carol's conversations, twenty days back
+    let now = cloister_proto::now_millis();
+    cw.officer
+        .case_open(
+            "hold-carol",
+            "litigation hold",
+            cloister_proto::km::CaseScope {
+                custodians: vec![cw.carol.user().clone()],
+                rooms: vec![],
+                from_ms: now - 20 * 86_400_000,
+                to_ms: now + 86_400_000,
+            },
+            true,
+        )
+        .await
+        .unwrap();
+    // each room moves to epoch 1 (a member removed) and gets a message there
+    let bob: cloister_proto::UserId = "bob@acme".parse().unwrap();
+    let dave: cloister_proto::UserId = "dave@acme".parse().unwrap();
+    cw.alice.remove_member(&cw.room_a, &bob).await.unwrap();
+    cw.carol.remove_member(&cw.room_b, &dave).await.unwrap();
+    cw.alice.send_text(&cw.room_a, "epoch one").await.unwrap();
+    cw.carol.send_text(&cw.room_b, "epoch one").await.unwrap();
+    // ten days pass (for the KM's key records and the vault's envelopes)
+    let ten = 10 * 86_400_000i64;
+    for (db, sql) in [
+        (
+            "km/km.db",
+            "UPDATE room_keys SET created_ms = created_ms - ?",
+        ),
+        ("vault/vault.db", "UPDATE envelopes SET ts = ts - ?"),
+    ] {
+        let pool =
+            sqlx::SqlitePool::connect(&format!("sqlite://{}", w.dir.path().join(db).display()))
+                .await
+                .unwrap();
+        sqlx::query(sql).bind(ten).execute(&pool).await.unwrap();
+    }
+    // only compliance sets and runs retention
+    assert_eq!(
+        cw.alice.retention_set("group", 7).await.unwrap_err().code(),
+        Some("not_entitled")
+    );
+    assert_eq!(
+        cw.officer
+            .retention_set("forever", 7)
+            .await
+            .unwrap_err()
+            .code(),
+        Some("bad_retention")
+    );
+    cw.officer.retention_set("group", 7).await.unwrap();
+    let log_before = w.stack.vault.log_size();
+    let (r, p) = cw.officer.retention_run().await.unwrap();
+    assert_eq!(r.shredded, vec![(cw.room_a, 0)]);
+    assert_eq!(r.held, vec![(cw.room_b, 0)]);
+    assert_eq!((p.deleted, p.kept_for_hold), (4, 2));
+    // expired data is unrecoverable: the epoch key is gone, the envelopes too
+    cw.alice.clear_key_cache().unwrap();
+    let e = cw.alice.read(&cw.room_a, 50, None).await.unwrap_err();
+    assert_eq!(e.code(), Some("key_shredded"), "{e}");
+    assert_eq!(w.stack.vault.envelope_count().await.unwrap(), 2);
+    // held data survives, readable by its members
+    cw.carol.clear_key_cache().unwrap();
+    let msgs = cw.carol.read(&cw.room_b, 50, None).await.unwrap();
+    assert!(msgs.iter().all(|m| m.is_ok()));
+    // deletions are log entries at the KM and the vault
+    let shred = w
+        .admin
+        .audit_list(0, 100, Some("key_shredded".into()), None, None)
+        .await
+        .unwrap();
+    assert_eq!(shred.len(), 1);
+    for kind in ["retention_set", "vault_registered"] {
+        let rows = w
+            .admin
+            .audit_list(0, 100, Some(kind.into()), None, None)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1, "{kind}");
+    }
+    assert_eq!(
+        w.stack.vault.log_size(),
+        log_before + 4,
+        "one entry per deletion"
+    );
+    // the purge order cannot be replayed; a new run finds nothing more
+    let e = cw.officer.apply_purge(&r.order).await.unwrap_err();
+    assert_eq!(e.code(), Some("stale_order"), "{e}");
+    let (r2, p2) = cw.officer.retention_run().await.unwrap();
+    assert!(r2.shredded.is_empty());
+    assert_eq!((p2.deleted, p2.kept_for_hold), (0, 2));
+}
+
+#[tokio::test]
+async fn surveillance_reads_a_room_live_and_every_release_is_visible() {
+    let cw = case_world().await;
+    let w = &cw.w;
+    let watcher = w.user_with("watcher", &[Surveillance]).await;
+    let msgs = watcher.read(&cw.room_a, 50, None).await.unwrap();
+    assert_eq!(msgs.len(), 3);
+    assert!(msgs.iter().all(|m| m.is_ok()));
+    let who = w.admin.who_has_keys(&cw.room_a).await.unwrap();
+    assert!(
+        who.iter()
+            .any(|r| &r.user == watcher.user() && r.surveillance),
+        "the surveillance release is visible in who-has-keys"
+    );
+    // compliance without the surveillance entitlement cannot
+    let e = cw.officer.read(&cw.room_a, 50, None).await.unwrap_err();
+    assert_eq!(e.code(), Some("no_such_room"), "{e}");
 }

@@ -16,6 +16,8 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod compliance;
+pub mod export;
 pub mod store;
 
 use cloister_crypto::passphrase::Cost;
@@ -110,11 +112,15 @@ pub struct Client {
     index_cache: Mutex<HashMap<u32, RoomKey>>,
 }
 
-/// Where this device captures: the vault URL and its receipt key.
+/// Where this device captures: the tenant's vault as the KM registered it.
 #[derive(Debug, Clone)]
 pub struct VaultTarget {
     pub url: String,
     pub receipt_pk: [u8; 32],
+    /// C2SP verifier key of the vault's ingestion log.
+    pub log_key: String,
+    /// The tenant requires a receipt for every message.
+    pub required: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -348,9 +354,19 @@ impl Client {
         } else {
             vec![Role::User]
         };
+        self.admin_add_user_roles(user, &roles).await
+    }
+
+    /// Admin: create a user with roles (or add roles to an existing one; the
+    /// new roles are in the certificate of the device enrolled with the code).
+    pub async fn admin_add_user_roles(
+        &self,
+        user: &UserId,
+        roles: &[Role],
+    ) -> Result<AddUserResponse> {
         self.km_request(KmOp::AddUser {
             user: user.clone(),
-            roles,
+            roles: roles.to_vec(),
         })
         .await
     }
@@ -720,10 +736,11 @@ impl Client {
             )));
         }
         for attempt in 0..2 {
-            let env = self.seal_with(room, content, attempt > 0).await?;
+            let mut env = self.seal_with(room, content, attempt > 0).await?;
             let id = message::peek_header(&env)?.id;
-            // Capture first: the archive holds every message this device sends.
-            self.capture_envelope(room, &env, content).await?;
+            // Capture first: the archive holds every message this device
+            // sends, and the server may demand the vault's receipt.
+            env.receipt = self.capture_envelope(room, &env, content, false).await?;
             match self.post_envelope(room, &env).await {
                 Ok(seq) => return Ok((id, seq)),
                 Err(ClientError::Api(a)) if a.code == "stale_epoch" && attempt == 0 => continue,
@@ -883,6 +900,18 @@ impl Client {
         let mut out = Vec::with_capacity(page.messages.len());
         for m in &page.messages {
             let r = self.open_envelope(room, m.seq, &m.envelope).await;
+            if let Ok(rc) = &r
+                && rc.sender.tenant() == self.profile.tenant
+                && rc.sender != *self.user()
+            {
+                // The recipient's capture (idempotent at the vault).
+                if let Err(e) = self
+                    .capture_envelope(room, &m.envelope, &rc.content, true)
+                    .await
+                {
+                    tracing::warn!(message = %rc.id, "capture of a received message failed: {e}");
+                }
+            }
             let r = match r {
                 Ok(rc) if !seen.insert(rc.id) => Err(ClientError::BadMessage {
                     id: rc.id.to_hex(),
@@ -1021,6 +1050,8 @@ pub struct KeyRelease {
     pub user: UserId,
     pub device: DeviceId,
     pub epochs: Vec<u64>,
+    /// Released to a surveillance role (not a member of the room).
+    pub surveillance: bool,
 }
 
 impl Client {
@@ -1163,6 +1194,7 @@ impl Client {
                     epochs,
                     user,
                     device,
+                    surveillance,
                     ..
                 } if r == *room => {
                     out.push(KeyRelease {
@@ -1171,6 +1203,7 @@ impl Client {
                         user,
                         device,
                         epochs,
+                        surveillance,
                     });
                 }
                 _ => {
@@ -1182,321 +1215,6 @@ impl Client {
             }
         }
         Ok(out)
-    }
-}
-
-impl Client {
-    /// Admin: create the tenant's escrow key, split its private key k-of-n
-    /// among `custodians` (one share each, sealed to their newest active
-    /// device), register the public key and the sealed shares with the KM,
-    /// and forget the private key. Returns the KM-signed descriptor.
-    pub async fn admin_escrow_init(
-        &self,
-        custodians: &[UserId],
-        threshold: u8,
-    ) -> Result<cloister_proto::km::EscrowDescriptor> {
-        use cloister_crypto::escrow;
-        let n = custodians.len();
-        if !(2..=32).contains(&n) || threshold < 2 || threshold as usize > n {
-            return Err(ClientError::Input(format!(
-                "need 2 to 32 custodians and 2 <= threshold <= custodians; got {n} and {threshold}"
-            )));
-        }
-        let users = self.admin_list_users().await?;
-        let mut devices = Vec::with_capacity(n);
-        for c in custodians {
-            let u = users
-                .iter()
-                .find(|u| &u.user == c && u.status == "active")
-                .ok_or_else(|| ClientError::Input(format!("{c} is not an active user")))?;
-            let d = u
-                .devices
-                .iter()
-                .filter(|d| d.status == "active")
-                .max_by_key(|d| d.issued_at)
-                .ok_or_else(|| {
-                    ClientError::Input(format!("{c} has no enrolled device to hold a share"))
-                })?;
-            devices.push(self.cert_of(&d.device).await?);
-        }
-        let (public, secret) = escrow::generate()?;
-        let shares = escrow::split(&secret, threshold, n as u8)?;
-        // Check the split before anything leaves this process.
-        let check: Vec<_> = shares.iter().take(threshold as usize).cloned().collect();
-        escrow::combine(&check, threshold, &public)?;
-        drop(secret);
-        let mut sealed = Vec::with_capacity(n);
-        for (i, (share, cert)) in shares.iter().zip(&devices).enumerate() {
-            let number = i as u8 + 1;
-            let ctx = signed::share_context(&self.profile.tenant, &public, number);
-            let (enc, ct) = escrow::seal_share(&cert.hpke_pk.0, &ctx, share)?;
-            sealed.push(cloister_proto::km::SealedShare {
-                custodian: cert.user.clone(),
-                device: cert.device,
-                number,
-                enc: Fixed(enc),
-                ct: ct.into(),
-            });
-        }
-        drop(shares);
-        let signed: cloister_proto::km::SignedEscrow = self
-            .km_request(KmOp::EscrowInit {
-                public: Fixed(public),
-                threshold,
-                shares: sealed,
-            })
-            .await?;
-        let d = signed::verify_escrow(&self.profile.km_sign_pk.0, &signed)?;
-        if d.public.0 != public {
-            return Err(ClientError::Local(
-                "the KM registered another escrow key".into(),
-            ));
-        }
-        Ok(d)
-    }
-
-    /// The tenant's escrow descriptor, verified against the pinned KM key.
-    pub async fn escrow_info(&self) -> Result<cloister_proto::km::EscrowDescriptor> {
-        let signed: cloister_proto::km::SignedEscrow = self.km_request(KmOp::EscrowInfo).await?;
-        let d = signed::verify_escrow(&self.profile.km_sign_pk.0, &signed)?;
-        if d.tenant != self.profile.tenant {
-            return Err(ClientError::Local(
-                "escrow descriptor of another tenant".into(),
-            ));
-        }
-        Ok(d)
-    }
-
-    /// Custodian: open my escrow share(s): (share number, share).
-    pub async fn my_escrow_shares(&self) -> Result<Vec<(u8, cloister_crypto::SecretBytes)>> {
-        let d = self.escrow_info().await?;
-        let shares: Vec<cloister_proto::km::SealedShare> =
-            self.km_request(KmOp::MyEscrowShare).await?;
-        let mut out = Vec::new();
-        for s in shares {
-            if s.device != self.device() {
-                return Err(ClientError::Input(format!(
-                    "your share is sealed to your device {}, not this one",
-                    s.device
-                )));
-            }
-            let ctx = signed::share_context(&self.profile.tenant, &d.public.0, s.number);
-            let share =
-                cloister_crypto::escrow::open_share(&self.keys, &ctx, &s.enc.0, s.ct.as_slice())?;
-            out.push((s.number, share));
-        }
-        Ok(out)
-    }
-
-    /// Blind-index keys of the given periods.
-    pub async fn index_keys(&self, periods: &[u32]) -> Result<HashMap<u32, RoomKey>> {
-        let r: cloister_proto::km::IndexKeysResponse = self
-            .km_request(KmOp::IndexKeys {
-                periods: periods.to_vec(),
-            })
-            .await?;
-        let mut out = HashMap::new();
-        for sk in &r.keys {
-            let p = u32::try_from(sk.epoch)
-                .map_err(|_| ClientError::Local("bad index period".into()))?;
-            if sk.room != RoomId([0; 16]) || !periods.contains(&p) {
-                return Err(ClientError::Local(
-                    "the KM answered with another key".into(),
-                ));
-            }
-            out.insert(
-                p,
-                cloister_crypto::hpke_seal::open_room_key(&self.keys, &self.profile.tenant, sk)?,
-            );
-        }
-        if periods.iter().any(|p| !out.contains_key(p)) {
-            return Err(ClientError::Local(
-                "the KM did not release every index key asked for".into(),
-            ));
-        }
-        Ok(out)
-    }
-}
-
-impl Client {
-    /// Capture every message this device sends into the tenant's vault.
-    /// The vault's tenant must be this device's tenant.
-    pub async fn set_vault(&self, url: &str) -> Result<VaultTarget> {
-        let url = trim_url(url);
-        let info: cloister_proto::vault::VaultInfo =
-            api::send(self.http.get(format!("{url}/v1/info"))).await?;
-        if info.tenant != self.profile.tenant {
-            return Err(ClientError::Local(format!(
-                "the vault at {url} serves tenant {}, not {}",
-                info.tenant, self.profile.tenant
-            )));
-        }
-        let t = VaultTarget {
-            url,
-            receipt_pk: info.receipt_pk.0,
-        };
-        if let Ok(mut v) = self.vault.lock() {
-            *v = Some(t.clone());
-        }
-        Ok(t)
-    }
-
-    async fn escrow_cached(&self) -> Result<cloister_proto::km::EscrowDescriptor> {
-        if let Some(d) = self.escrow.lock().ok().and_then(|e| e.clone()) {
-            return Ok(d);
-        }
-        let d = self.escrow_info().await?;
-        if let Ok(mut e) = self.escrow.lock() {
-            *e = Some(d.clone());
-        }
-        Ok(d)
-    }
-
-    async fn index_key(&self, period: u32) -> Result<RoomKey> {
-        if let Some(k) = self
-            .index_cache
-            .lock()
-            .ok()
-            .and_then(|c| c.get(&period).cloned())
-        {
-            return Ok(k);
-        }
-        let keys = self.index_keys(&[period]).await?;
-        let k = keys
-            .get(&period)
-            .cloned()
-            .ok_or_else(|| ClientError::Local("no index key".into()))?;
-        if let Ok(mut c) = self.index_cache.lock() {
-            c.insert(period, k.clone());
-        }
-        Ok(k)
-    }
-
-    async fn capture_envelope(
-        &self,
-        room: &RoomId,
-        env: &Envelope,
-        content: &Content,
-    ) -> Result<()> {
-        let Some(vault) = self.vault.lock().ok().and_then(|v| v.clone()) else {
-            return Ok(());
-        };
-        let h = message::peek_header(env)?;
-        let escrow = self.escrow_cached().await?;
-        let participants = self
-            .with_state(room, false, |s| {
-                s.members.iter().cloned().collect::<Vec<_>>()
-            })
-            .await?;
-        let ct_sha = cloister_crypto::sha256(env.ciphertext.as_slice());
-        let attachments = match content {
-            Content::File { sha256, .. } => vec![*sha256],
-            Content::Text { .. } => vec![],
-        };
-        let audit = cloister_proto::vault::AuditEnvelope {
-            message_id: h.id,
-            room: h.room,
-            epoch: h.epoch,
-            sender: h.sender.clone(),
-            device: h.device,
-            participants,
-            ts: h.ts,
-            ciphertext_sha256: Fixed(ct_sha),
-            content: content.clone(),
-            attachment_sha256: attachments,
-        };
-        let sealed =
-            cloister_crypto::capture::seal(&escrow.public.0, &self.profile.tenant, &audit)?;
-        let period = cloister_crypto::blind::period_of(h.ts);
-        let key = self.index_key(period).await?;
-        let tokens = cloister_crypto::capture::tokens(&key, &audit)
-            .into_iter()
-            .map(Fixed)
-            .collect();
-        let capture = cloister_proto::vault::Capture {
-            envelope: serde_json::to_vec(&sealed)
-                .map_err(|e| ClientError::Local(e.to_string()))?
-                .into(),
-            period,
-            tokens,
-        };
-        let envelope_sha = cloister_crypto::sha256(capture.envelope.as_slice());
-        let op = cloister_proto::vault::VaultOp::Capture {
-            ts: now_millis(),
-            capture,
-        };
-        let req = signed::sign_vault_request(&self.keys, &self.profile.cert, &op)?;
-        let r: cloister_proto::vault::SignedReceipt = api::send(
-            self.http
-                .post(format!("{}/v1/request", vault.url))
-                .json(&req),
-        )
-        .await?;
-        let receipt = signed::verify_receipt(&vault.receipt_pk, &r).map_err(|_| {
-            ClientError::Local("the vault's receipt is not signed by the vault".into())
-        })?;
-        if receipt.message_id != h.id
-            || receipt.ciphertext_sha256.0 != ct_sha
-            || receipt.envelope_sha256.0 != envelope_sha
-        {
-            return Err(ClientError::Local(
-                "the vault's receipt is for something else".into(),
-            ));
-        }
-        Ok(())
-    }
-
-    /// Compliance search: messages matching every term, in a date range.
-    /// Terms are turned into tokens here; the vault never sees them.
-    pub async fn compliance_search(
-        &self,
-        terms: &[(cloister_crypto::blind::Field, String)],
-        from_ms: u64,
-        to_ms: u64,
-        limit: u32,
-    ) -> Result<Vec<cloister_proto::vault::SearchHit>> {
-        let vault = self
-            .vault
-            .lock()
-            .ok()
-            .and_then(|v| v.clone())
-            .ok_or_else(|| ClientError::Input("no vault configured for this device".into()))?;
-        if terms.is_empty() {
-            return Err(ClientError::Input("give at least one search term".into()));
-        }
-        if from_ms > to_ms {
-            return Err(ClientError::Input(
-                "the date range ends before it starts".into(),
-            ));
-        }
-        let periods = cloister_crypto::blind::periods_between(from_ms, to_ms, 120);
-        let keys = self.index_keys(&periods).await?;
-        let mut queries = Vec::with_capacity(periods.len());
-        for p in &periods {
-            let k = keys
-                .get(p)
-                .ok_or_else(|| ClientError::Local("missing index key".into()))?;
-            let tokens = terms
-                .iter()
-                .map(|(f, t)| Fixed(cloister_crypto::blind::token(k, *f, t)))
-                .collect();
-            queries.push(cloister_proto::vault::PeriodQuery { period: *p, tokens });
-        }
-        let op = cloister_proto::vault::VaultOp::Search {
-            ts: now_millis(),
-            queries,
-            from_ms,
-            to_ms,
-            limit,
-        };
-        let req = signed::sign_vault_request(&self.keys, &self.profile.cert, &op)?;
-        let r: cloister_proto::vault::SearchResponse = api::send(
-            self.http
-                .post(format!("{}/v1/request", vault.url))
-                .json(&req),
-        )
-        .await?;
-        Ok(r.hits)
     }
 }
 

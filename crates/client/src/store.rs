@@ -53,6 +53,7 @@ pub struct Home {
     dir: Option<PathBuf>,
     cache_key: RoomKey,
     checkpoint: std::sync::Mutex<Option<String>>,
+    sessions: std::sync::Mutex<HashMap<String, Zeroizing<[u8; 32]>>>,
 }
 
 const CACHE_AAD: &[u8] = b"cloister/keycache/v1";
@@ -84,6 +85,7 @@ impl Home {
             dir: None,
             cache_key: RoomKey::generate()?,
             checkpoint: Default::default(),
+            sessions: Default::default(),
         })
     }
 
@@ -111,6 +113,7 @@ impl Home {
             dir: Some(dir.to_owned()),
             cache_key,
             checkpoint: Default::default(),
+            sessions: Default::default(),
         };
         home.save_profile(profile)?;
         Ok(home)
@@ -154,6 +157,7 @@ impl Home {
                 dir: Some(dir.to_owned()),
                 cache_key,
                 checkpoint: Default::default(),
+                sessions: Default::default(),
             },
             keys,
             profile,
@@ -215,7 +219,42 @@ impl Home {
     }
 }
 
+const SESSION_AAD: &[u8] = b"cloister/case-session/v1";
+
 impl Home {
+    /// Keep a case's decryption-session key (sealed under the keystore's
+    /// cache key) until the case is exported.
+    pub fn save_session(&self, case: &str, secret: &[u8; 32]) -> Result<(), ClientError> {
+        if let Some(d) = &self.dir {
+            let sd = d.join("sessions");
+            std::fs::create_dir_all(&sd).map_err(|e| io(&sd, e))?;
+            let aad = [SESSION_AAD, case.as_bytes()].concat();
+            let sealed = wrap::wrap(&self.cache_key, &aad, secret)?;
+            return write_private(&sd.join(format!("{case}.sealed")), &sealed);
+        }
+        if let Ok(mut m) = self.sessions.lock() {
+            m.insert(case.to_owned(), Zeroizing::new(*secret));
+        }
+        Ok(())
+    }
+
+    pub fn load_session(&self, case: &str) -> Result<Option<Zeroizing<[u8; 32]>>, ClientError> {
+        if let Some(d) = &self.dir {
+            let p = d.join("sessions").join(format!("{case}.sealed"));
+            let Ok(bytes) = std::fs::read(&p) else {
+                return Ok(None);
+            };
+            let aad = [SESSION_AAD, case.as_bytes()].concat();
+            let plain = wrap::unwrap(&self.cache_key, &aad, &bytes)?;
+            let arr: [u8; 32] = plain
+                .expose()
+                .try_into()
+                .map_err(|_| ClientError::Local("session key is corrupt".into()))?;
+            return Ok(Some(Zeroizing::new(arr)));
+        }
+        Ok(self.sessions.lock().ok().and_then(|m| m.get(case).cloned()))
+    }
+
     /// The last audit checkpoint this device accepted (a signed note).
     pub fn last_checkpoint(&self) -> Option<String> {
         if let Some(d) = &self.dir {

@@ -73,64 +73,44 @@ pub fn token(index_key: &RoomKey, field: Field, term: &str) -> [u8; 16] {
     t
 }
 
+/// RFC 3339 UTC time of a millisecond timestamp (`YYYY-MM-DDTHH:MM:SS.mmmZ`).
+pub fn rfc3339(ts_ms: u64) -> String {
+    humantime::format_rfc3339_millis(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ts_ms),
+    )
+    .to_string()
+}
+
 /// UTC calendar date of a millisecond timestamp, `YYYY-MM-DD`.
 pub fn day_of(ts_ms: u64) -> String {
-    let (y, m, d) = civil(ts_ms / 86_400_000);
-    format!("{y:04}-{m:02}-{d:02}")
+    let mut s = rfc3339(ts_ms);
+    s.truncate(10);
+    s
 }
 
 /// Index-key period of a timestamp: months since 1970-01 (UTC).
 pub fn period_of(ts_ms: u64) -> u32 {
-    let (y, m, _) = civil(ts_ms / 86_400_000);
-    ((y - 1970) * 12 + (m - 1)) as u32
+    let d = day_of(ts_ms);
+    let y: u32 = d[..4].parse().unwrap_or(1970);
+    let m: u32 = d[5..7].parse().unwrap_or(1);
+    (y.saturating_sub(1970)) * 12 + m.saturating_sub(1)
 }
 
 /// Milliseconds at 00:00 UTC of `YYYY-MM-DD`, or `None` if it is not a date.
 pub fn parse_day(s: &str) -> Option<u64> {
-    let mut it = s.trim().split('-');
-    let (y, m, d) = (
-        it.next()?.parse::<i64>().ok()?,
-        it.next()?.parse::<i64>().ok()?,
-        it.next()?.parse::<i64>().ok()?,
-    );
-    if it.next().is_some()
-        || !(1970..=9999).contains(&y)
-        || !(1..=12).contains(&m)
-        || !(1..=31).contains(&d)
-    {
+    let s = s.trim();
+    if s.len() != 10 {
         return None;
     }
-    // H. Hinnant's days_from_civil.
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let mp = if m > 2 { m - 3 } else { m + 9 };
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    let ms = u64::try_from(days).ok()? * 86_400_000;
-    (day_of(ms) == format!("{y:04}-{m:02}-{d:02}")).then_some(ms)
+    let t = humantime::parse_rfc3339(&format!("{s}T00:00:00Z")).ok()?;
+    let ms = t.duration_since(std::time::UNIX_EPOCH).ok()?.as_millis();
+    u64::try_from(ms).ok()
 }
 
 /// Every period from `from_ms` to `to_ms` inclusive (at most `max`).
 pub fn periods_between(from_ms: u64, to_ms: u64, max: usize) -> Vec<u32> {
     let (a, b) = (period_of(from_ms), period_of(to_ms));
     (a..=b).take(max).collect()
-}
-
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian
-/// (H. Hinnant's `civil_from_days`).
-fn civil(days: u64) -> (i64, i64, i64) {
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let y = yoe + era * 400;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (if m <= 2 { y + 1 } else { y }, m, d)
 }
 
 #[cfg(test)]

@@ -29,6 +29,16 @@ impl std::fmt::Debug for EscrowSecret {
 }
 
 impl EscrowSecret {
+    /// Rebuild from stored bytes (a decryption session's key kept in the
+    /// officer's encrypted keystore between commands).
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        EscrowSecret(Zeroizing::new(b))
+    }
+
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     /// The matching public key.
     pub fn public(&self) -> Result<[u8; 32], CryptoError> {
         let sk = <HpkeKem as hpke::Kem>::PrivateKey::from_bytes(&self.0[..])
@@ -109,6 +119,16 @@ pub fn open_share(
     ct: &[u8],
 ) -> Result<SecretBytes, CryptoError> {
     hpke_seal::open(keys.hpke_secret(), enc, SHARE_INFO, context, ct).map(SecretBytes::new)
+}
+
+/// Open a share re-sealed to a decryption session's key.
+pub fn open_session_share(
+    session: &EscrowSecret,
+    context: &[u8],
+    enc: &[u8; 32],
+    ct: &[u8],
+) -> Result<SecretBytes, CryptoError> {
+    hpke_seal::open(&session.0, enc, SHARE_INFO, context, ct).map(SecretBytes::new)
 }
 
 /// Seal an audit envelope to the tenant's escrow public key.

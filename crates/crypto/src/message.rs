@@ -69,6 +69,7 @@ pub fn seal_raw(
         header: Bytes(header_bytes),
         ciphertext: Bytes(ct),
         sig: Fixed(sig),
+        receipt: None,
     })
 }
 
@@ -201,6 +202,7 @@ mod tests {
             header: Bytes(hb),
             ciphertext: env.ciphertext.clone(),
             sig: Fixed(sig),
+            receipt: None,
         };
         assert_eq!(
             open_message(&k.sign_pk(), &rk, &moved),

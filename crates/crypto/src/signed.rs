@@ -20,7 +20,67 @@ pub const ENROL: &str = "cloister/enrol/v1";
 pub const ESCROW: &str = "cloister/escrow/v1";
 pub const VAULT_REQUEST: &str = "cloister/vault-request/v1";
 pub const RECEIPT: &str = "cloister/receipt/v1";
+pub const CASE: &str = "cloister/case/v1";
+pub const APPROVAL: &str = "cloister/approval/v1";
+pub const VAULT: &str = "cloister/vault/v1";
+pub const PURGE: &str = "cloister/purge/v1";
 const ENTRY_HASH: &str = "cloister/log-entry/v1";
+
+/// KM: sign any JSON object under a domain.
+pub fn km_sign_blob<T: Serialize>(
+    km: &KmSigner,
+    domain: &str,
+    v: &T,
+) -> Result<cloister_proto::km::SignedBlob, CryptoError> {
+    let body = to_json(v)?;
+    let sig = km.sign(domain, &body);
+    Ok(cloister_proto::km::SignedBlob {
+        body: Bytes(body),
+        sig: Fixed(sig),
+    })
+}
+
+/// Device: sign any JSON object under a domain.
+pub fn device_sign_blob<T: Serialize>(
+    keys: &DeviceKeys,
+    domain: &str,
+    v: &T,
+) -> Result<cloister_proto::km::SignedBlob, CryptoError> {
+    let body = to_json(v)?;
+    let sig = keys.sign(domain, &body);
+    Ok(cloister_proto::km::SignedBlob {
+        body: Bytes(body),
+        sig: Fixed(sig),
+    })
+}
+
+/// Verify a signed blob under a domain, then parse it.
+pub fn verify_blob<T: DeserializeOwned>(
+    pk: &[u8; 32],
+    domain: &str,
+    b: &cloister_proto::km::SignedBlob,
+    what: &'static str,
+) -> Result<T, CryptoError> {
+    verify(pk, domain, b.body.as_slice(), &b.sig.0)?;
+    parse(b.body.as_slice(), what)
+}
+
+/// Context a share is re-sealed under for a case's decryption session: the
+/// case, its version and exact signed bytes, and the share number. A share
+/// released for one case (or version) cannot be opened as another's.
+pub fn approval_context(
+    tenant: &cloister_proto::TenantId,
+    case: &str,
+    version: u32,
+    case_sha256: &[u8; 32],
+    number: u8,
+) -> Vec<u8> {
+    let mut v = format!("cloister/case-share/v1|{tenant}|{}|{case}|", case.len()).into_bytes();
+    v.extend_from_slice(&version.to_be_bytes());
+    v.extend_from_slice(case_sha256);
+    v.push(number);
+    v
+}
 
 fn to_json<T: Serialize>(v: &T) -> Result<Vec<u8>, CryptoError> {
     serde_json::to_vec(v).map_err(|_| CryptoError::Encrypt)

@@ -25,6 +25,7 @@ fn any_envelope() -> impl Strategy<Value = Envelope> {
                 header: Bytes(h),
                 ciphertext: Bytes(c),
                 sig: Fixed(sig),
+                receipt: None,
             }
         })
 }

@@ -187,6 +187,7 @@ fn appends(c: &mut Criterion) {
             user: "alice@acme".parse().unwrap(),
             device: cloister_proto::DeviceId([2; 16]),
             lease_until: 3,
+            surveillance: false,
         },
     };
     const N: u64 = 20_000;

@@ -122,6 +122,15 @@ impl AuditLog {
 
     /// Append a record; returns its index once it is durable.
     pub async fn append(&self, rec: &AuditRecord) -> Result<u64, ApiError> {
+        self.append_with(rec, None).await
+    }
+
+    /// Append a record and commit `side` in the same transaction.
+    pub async fn append_with(
+        &self,
+        rec: &AuditRecord,
+        side: Option<cloister_store::SideEffect>,
+    ) -> Result<u64, ApiError> {
         let data = rec.to_bytes().map_err(ApiError::internal)?;
         let row = AuditIn {
             index: 0,
@@ -129,6 +138,7 @@ impl AuditLog {
             kind: rec.event.kind().to_owned(),
             room: rec.event.room().map(|r| r.to_hex()),
             data,
+            side,
         };
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -215,14 +225,15 @@ async fn appender(
             }
         }
         let start = tree.read().map(|t| t.len()).unwrap_or(0);
-        let rows: Vec<AuditIn> = batch
-            .iter()
-            .enumerate()
-            .map(|(i, j)| AuditIn {
+        let mut rows: Vec<AuditIn> = Vec::with_capacity(batch.len());
+        let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+        for (i, j) in batch.drain(..).enumerate() {
+            rows.push(AuditIn {
                 index: start + i as u64,
-                ..j.row.clone()
-            })
-            .collect();
+                ..j.row
+            });
+            replies.push(j.reply);
+        }
         match store.audit_append(&rows).await {
             Ok(()) => {
                 if let Ok(mut t) = tree.write() {
@@ -230,14 +241,14 @@ async fn appender(
                         t.push(leaf_hash(&r.data));
                     }
                 }
-                for (j, r) in batch.drain(..).zip(rows.iter()) {
-                    let _ = j.reply.send(Ok(r.index));
+                for (reply, r) in replies.into_iter().zip(rows.iter()) {
+                    let _ = reply.send(Ok(r.index));
                 }
             }
             Err(e) => {
                 tracing::error!("audit append failed: {e}");
-                for j in batch.drain(..) {
-                    let _ = j.reply.send(Err(e.to_string()));
+                for reply in replies {
+                    let _ = reply.send(Err(e.to_string()));
                 }
             }
         }

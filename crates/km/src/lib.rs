@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod compliance;
 pub mod http;
 pub mod provider;
 
@@ -162,23 +163,11 @@ fn code_hash(code: &str) -> [u8; 32] {
 }
 
 fn roles_str(r: &[Role]) -> String {
-    r.iter()
-        .map(|r| match r {
-            Role::Admin => "admin",
-            Role::User => "user",
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    r.iter().map(Role::as_str).collect::<Vec<_>>().join(",")
 }
 
 fn parse_roles(s: &str) -> Vec<Role> {
-    s.split(',')
-        .filter_map(|r| match r {
-            "admin" => Some(Role::Admin),
-            "user" => Some(Role::User),
-            _ => None,
-        })
-        .collect()
+    s.split(',').filter_map(|r| r.parse().ok()).collect()
 }
 
 fn room_key_aad(tenant: &TenantId, room: &RoomId, epoch: u64) -> Vec<u8> {
@@ -569,6 +558,13 @@ impl Km {
                 | KmOp::DisableUser { .. }
                 | KmOp::RevokeDevice { .. }
                 | KmOp::EscrowInit { .. }
+                | KmOp::VaultRegister { .. }
+                | KmOp::CaseOpen { .. }
+                | KmOp::CaseRescope { .. }
+                | KmOp::CaseApprove { .. }
+                | KmOp::CaseStep { .. }
+                | KmOp::RetentionSet { .. }
+                | KmOp::RetentionRun
         );
         let fresh = if durable {
             self.store
@@ -648,6 +644,16 @@ impl Km {
                 json(&shares)
             }
             KmOp::IndexKeys { periods } => json(&self.index_keys(&cert, &periods).await?),
+            op @ (KmOp::VaultRegister { .. }
+            | KmOp::VaultInfo
+            | KmOp::CaseOpen { .. }
+            | KmOp::CaseRescope { .. }
+            | KmOp::CaseList
+            | KmOp::CaseApprove { .. }
+            | KmOp::CaseApprovals { .. }
+            | KmOp::CaseStep { .. }
+            | KmOp::RetentionSet { .. }
+            | KmOp::RetentionRun) => self.compliance_op(&cert, op).await,
             op => {
                 if !cert.roles.contains(&Role::Admin) {
                     tracing::warn!(user = %cert.user, "admin operation refused: not an admin");
@@ -748,6 +754,15 @@ impl Km {
                     format!("custodian device {}: {}", sh.device, e.message),
                 )
             })?;
+            if !dev.roles.contains(&Role::Custodian) {
+                return Err(ApiError::bad_request(
+                    "bad_escrow",
+                    format!(
+                        "{} does not have the custodian role (its device was enrolled without it)",
+                        sh.custodian
+                    ),
+                ));
+            }
             if dev.user != sh.custodian {
                 return Err(ApiError::bad_request(
                     "bad_escrow",
@@ -1241,6 +1256,13 @@ impl Km {
     /// The key stored under (name, n), wrapped under the TMK; created at random on first use.
     async fn wrapped_key(&self, name: &str, n: u64, aad: &[u8]) -> Result<Vec<u8>, ApiError> {
         if let Some(w) = self.store.get_room_key(name, n).await.map_err(store_err)? {
+            if w.is_empty() {
+                return Err(ApiError::new(
+                    axum::http::StatusCode::GONE,
+                    "key_shredded",
+                    format!("the key of epoch {n} was destroyed by retention"),
+                ));
+            }
             return Ok(w);
         }
         let k = RoomKey::generate().map_err(ApiError::internal)?;
@@ -1284,7 +1306,15 @@ impl Km {
                 format!("the KM has no verified log for room {room}; send it"),
             )
         })?;
+        // A surveillance role may read any existing epoch of a room of its
+        // tenant; every such release is logged as one.
+        let surveil = cert.roles.contains(&Role::Surveillance);
+        let mut surveillance = false;
         for &e in epochs {
+            if !state.may_read(&cert.user, e) && surveil && e <= state.epoch {
+                surveillance = true;
+                continue;
+            }
             if !state.may_read(&cert.user, e) {
                 let why = if e > state.epoch {
                     format!(
@@ -1334,10 +1364,11 @@ impl Km {
                 user: cert.user.clone(),
                 device: cert.device,
                 lease_until,
+                surveillance,
             },
         )
         .await?;
-        tracing::info!(user = %cert.user, device = %cert.device, %room, ?epochs, "room keys released");
+        tracing::info!(user = %cert.user, device = %cert.device, %room, ?epochs, surveillance, "room keys released");
         Ok(RoomKeysResponse {
             keys,
             log_seq: state.seq,

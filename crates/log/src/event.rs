@@ -45,6 +45,9 @@ pub enum AuditEvent {
         user: UserId,
         device: DeviceId,
         lease_until: u64,
+        /// Released to a surveillance role, not to a member.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        surveillance: bool,
     },
     KeyRefused {
         room: RoomId,
@@ -74,6 +77,58 @@ pub enum AuditEvent {
         user: UserId,
         device: DeviceId,
     },
+    VaultRegistered {
+        url: String,
+        receipt_pk: String,
+        log_key: String,
+        capture_required: bool,
+    },
+    CaseOpened {
+        case: String,
+        version: u32,
+        custodians: Vec<UserId>,
+        rooms: Vec<RoomId>,
+        from_ms: u64,
+        to_ms: u64,
+        hold: bool,
+    },
+    CaseApproved {
+        case: String,
+        version: u32,
+        custodian: UserId,
+        device: DeviceId,
+    },
+    /// A decryption-session step reported by the case officer's device
+    /// (`session_opened`, `decrypted`, `exported`, `zeroized`).
+    CaseStep {
+        case: String,
+        version: u32,
+        step: String,
+        count: u64,
+    },
+    RetentionSet {
+        room_kind: String,
+        days: u32,
+    },
+    /// A room-epoch key destroyed by retention.
+    KeyShredded {
+        room: RoomId,
+        epoch: u64,
+    },
+    /// The vault stored a sealed envelope (the vault's own ingestion log).
+    EnvelopeIngested {
+        message_id: String,
+        room: RoomId,
+        envelope_sha256: String,
+        ciphertext_sha256: String,
+        device: DeviceId,
+    },
+    /// The vault deleted an expired envelope (retention).
+    EnvelopeDeleted {
+        message_id: String,
+        room: RoomId,
+        envelope_sha256: String,
+    },
 }
 
 impl AuditEvent {
@@ -91,6 +146,14 @@ impl AuditEvent {
             AuditEvent::MembershipRejected { .. } => "membership_rejected",
             AuditEvent::EscrowInitialised { .. } => "escrow_initialised",
             AuditEvent::IndexKeysReleased { .. } => "index_keys_released",
+            AuditEvent::VaultRegistered { .. } => "vault_registered",
+            AuditEvent::CaseOpened { .. } => "case_opened",
+            AuditEvent::CaseApproved { .. } => "case_approved",
+            AuditEvent::CaseStep { .. } => "case_step",
+            AuditEvent::RetentionSet { .. } => "retention_set",
+            AuditEvent::KeyShredded { .. } => "key_shredded",
+            AuditEvent::EnvelopeIngested { .. } => "envelope_ingested",
+            AuditEvent::EnvelopeDeleted { .. } => "envelope_deleted",
         }
     }
 
@@ -100,12 +163,15 @@ impl AuditEvent {
             AuditEvent::KeyReleased { room, .. }
             | AuditEvent::KeyRefused { room, .. }
             | AuditEvent::MembershipAccepted { room, .. }
-            | AuditEvent::MembershipRejected { room, .. } => Some(*room),
+            | AuditEvent::MembershipRejected { room, .. }
+            | AuditEvent::KeyShredded { room, .. }
+            | AuditEvent::EnvelopeIngested { room, .. }
+            | AuditEvent::EnvelopeDeleted { room, .. } => Some(*room),
             _ => None,
         }
     }
 
-    pub const KINDS: [&'static str; 11] = [
+    pub const KINDS: [&'static str; 19] = [
         "tenant_initialised",
         "user_added",
         "user_disabled",
@@ -117,6 +183,14 @@ impl AuditEvent {
         "membership_rejected",
         "escrow_initialised",
         "index_keys_released",
+        "vault_registered",
+        "case_opened",
+        "case_approved",
+        "case_step",
+        "retention_set",
+        "key_shredded",
+        "envelope_ingested",
+        "envelope_deleted",
     ];
 }
 
@@ -144,6 +218,7 @@ mod tests {
                 user: "alice@acme".parse().unwrap(),
                 device: DeviceId([2; 16]),
                 lease_until: 9,
+                surveillance: false,
             },
         };
         let b = r.to_bytes().unwrap();

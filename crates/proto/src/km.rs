@@ -12,6 +12,44 @@ pub enum Role {
     Admin,
     /// Ordinary user.
     User,
+    /// Compliance officer: searches the archive, opens cases, exports, holds
+    /// and runs retention.
+    Compliance,
+    /// Holds one share of the escrow key; approves cases.
+    Custodian,
+    /// May read rooms it is not a member of (live surveillance); every such
+    /// key release is logged.
+    Surveillance,
+}
+
+impl Role {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::Admin => "admin",
+            Role::User => "user",
+            Role::Compliance => "compliance",
+            Role::Custodian => "custodian",
+            Role::Surveillance => "surveillance",
+        }
+    }
+}
+
+impl std::str::FromStr for Role {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "admin" => Role::Admin,
+            "user" => Role::User,
+            "compliance" => Role::Compliance,
+            "custodian" => Role::Custodian,
+            "surveillance" => Role::Surveillance,
+            _ => {
+                return Err(format!(
+                    "unknown role {s:?} (admin, user, compliance, custodian, surveillance)"
+                ));
+            }
+        })
+    }
 }
 
 /// The body of a device certificate, signed by the tenant KM.
@@ -122,6 +160,186 @@ pub enum KmOp {
     MyEscrowShare,
     /// Blind-index keys of the given periods, sealed to the requesting device.
     IndexKeys { periods: Vec<u32> },
+    /// Admin: register the tenant's vault (its receipt and log keys) and its
+    /// capture policy; answered with the KM-signed descriptor and a notice for
+    /// the messaging server.
+    VaultRegister {
+        url: String,
+        receipt_pk: Fixed<32>,
+        log_key: String,
+        capture_required: bool,
+    },
+    /// The KM-signed vault descriptor.
+    VaultInfo,
+    /// Compliance: open a case with its scope and the decryption session's
+    /// ephemeral public key.
+    CaseOpen {
+        case: String,
+        title: String,
+        scope: CaseScope,
+        session_pk: Fixed<32>,
+        hold: bool,
+    },
+    /// Compliance (the case's officer): replace a case's scope (approvals
+    /// given for the old scope no longer count).
+    CaseRescope { case: String, scope: CaseScope },
+    /// Compliance and custodians: every case.
+    CaseList,
+    /// Custodian: approve a case, releasing my share re-sealed to its session key.
+    CaseApprove { approval: SignedBlob },
+    /// Compliance (the case's officer): the case and its approvals.
+    CaseApprovals { case: String },
+    /// Compliance (the case's officer): record a step of the decryption session
+    /// (`session_opened` must succeed before anything is decrypted).
+    CaseStep {
+        case: String,
+        step: String,
+        count: u64,
+    },
+    /// Compliance: set retention (days) for a room kind (`im` or `group`).
+    RetentionSet { kind: String, days: u32 },
+    /// Compliance: apply retention now: crypto-shred the room-epoch keys that
+    /// expired and no hold covers; answered with a KM-signed purge order for
+    /// the vault.
+    RetentionRun,
+}
+
+/// What a case covers: messages in `[from_ms, to_ms]` in any of `rooms`
+/// (all rooms if empty) that any of `custodians` sent or received (anyone if
+/// empty). At least one room or custodian must be named.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CaseScope {
+    pub custodians: Vec<UserId>,
+    pub rooms: Vec<RoomId>,
+    pub from_ms: u64,
+    pub to_ms: u64,
+}
+
+impl CaseScope {
+    /// Is a message (room, time, sender and participants) inside this scope?
+    pub fn covers(&self, room: &RoomId, ts: u64, people: &[&UserId]) -> bool {
+        ts >= self.from_ms
+            && ts <= self.to_ms
+            && (self.rooms.is_empty() || self.rooms.contains(room))
+            && (self.custodians.is_empty() || people.iter().any(|p| self.custodians.contains(p)))
+    }
+}
+
+/// A compliance case, signed by the KM (domain `cloister/case/v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Case {
+    pub tenant: TenantId,
+    pub case: String,
+    pub title: String,
+    pub officer: UserId,
+    pub officer_device: DeviceId,
+    /// X25519 key of the decryption session; its private half never leaves
+    /// the officer's device.
+    pub session_pk: Fixed<32>,
+    pub scope: CaseScope,
+    /// Bumped on every rescope; approvals name the version they approve.
+    pub version: u32,
+    /// The scope is under legal hold: retention does not delete it.
+    pub hold: bool,
+    pub opened_ms: u64,
+}
+
+/// A custodian's approval of one version of a case, signed by the
+/// custodian's device (domain `cloister/approval/v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approval {
+    pub tenant: TenantId,
+    pub case: String,
+    pub version: u32,
+    /// SHA-256 of the KM-signed case body being approved.
+    pub case_sha256: Fixed<32>,
+    pub custodian: UserId,
+    pub device: DeviceId,
+    /// The custodian's escrow share, re-sealed to the case's session key.
+    pub number: u8,
+    pub enc: Fixed<32>,
+    pub ct: Bytes,
+    pub ts: u64,
+}
+
+/// Any signed JSON object as it travels: the exact signed bytes and the signature.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedBlob {
+    pub body: Bytes,
+    pub sig: Fixed<64>,
+}
+
+/// A case and the approvals given for its current version, each with the
+/// approving device's certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaseApprovals {
+    pub case: SignedBlob,
+    pub approvals: Vec<ApprovalWithCert>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ApprovalWithCert {
+    pub approval: SignedBlob,
+    pub cert: SignedCert,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CaseListResponse {
+    pub cases: Vec<SignedBlob>,
+}
+
+/// The tenant's vault as registered with the KM (signed, domain `cloister/vault/v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaultDescriptor {
+    pub tenant: TenantId,
+    pub url: String,
+    /// Ed25519 key that signs capture receipts.
+    pub receipt_pk: Fixed<32>,
+    /// C2SP verifier key of the vault's ingestion log.
+    pub log_key: String,
+    pub capture_required: bool,
+    pub registered_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct VaultRegisterResponse {
+    pub vault: SignedBlob,
+    /// Forward to the messaging server (capture policy).
+    pub notice: SignedNotice,
+}
+
+/// What retention may delete in one room: envelopes older than `before_ms`
+/// outside every held range.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomPurge {
+    pub room: RoomId,
+    pub before_ms: u64,
+    /// `[from_ms, to_ms]` ranges under hold.
+    pub held: Vec<(u64, u64)>,
+}
+
+/// KM-signed order for the vault to delete expired envelopes (domain `cloister/purge/v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PurgeOrder {
+    pub tenant: TenantId,
+    pub rooms: Vec<RoomPurge>,
+    pub issued_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RetentionRunResponse {
+    pub order: SignedBlob,
+    /// (room, epoch) keys destroyed by this run.
+    pub shredded: Vec<(RoomId, u64)>,
+    /// (room, epoch) keys that expired but are kept for a hold.
+    pub held: Vec<(RoomId, u64)>,
 }
 
 /// One escrow share sealed (HPKE) to a custodian's device.
@@ -256,12 +474,22 @@ pub enum Notice {
         device: DeviceId,
         ts: u64,
     },
+    /// The tenant's capture policy: with `required`, every message needs a
+    /// receipt signed by `receipt_pk`. The newest `ts` wins.
+    CapturePolicy {
+        tenant: TenantId,
+        receipt_pk: Fixed<32>,
+        required: bool,
+        ts: u64,
+    },
 }
 
 impl Notice {
     pub fn tenant(&self) -> &TenantId {
         match self {
-            Notice::UserDisabled { tenant, .. } | Notice::DeviceRevoked { tenant, .. } => tenant,
+            Notice::UserDisabled { tenant, .. }
+            | Notice::DeviceRevoked { tenant, .. }
+            | Notice::CapturePolicy { tenant, .. } => tenant,
         }
     }
 }

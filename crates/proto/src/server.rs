@@ -95,6 +95,10 @@ pub struct Envelope {
     pub ciphertext: Bytes,
     /// Ed25519 signature by the sender device over header and ciphertext.
     pub sig: Fixed<64>,
+    /// The sender's vault receipt for this message (needed when the tenant
+    /// requires capture; not stored or forwarded by the server).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub receipt: Option<crate::vault::SignedReceipt>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

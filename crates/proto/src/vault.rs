@@ -50,6 +50,10 @@ pub struct Capture {
     /// Index-key period the tokens were made under.
     pub period: u32,
     pub tokens: Vec<Fixed<16>>,
+    /// Captured by a recipient: if the message is already in the vault, its
+    /// existing receipt is returned instead of a conflict.
+    #[serde(default)]
+    pub received: bool,
 }
 
 /// A request to the vault, signed by a device of the tenant; the device's
@@ -77,6 +81,47 @@ pub enum VaultOp {
         to_ms: u64,
         limit: u32,
     },
+    /// The ingestion log's newest signed checkpoint.
+    Checkpoint { ts: u64 },
+    /// Case officer: sealed envelopes inside a KM-signed case's rooms and
+    /// time range (and, if `tokens` is not empty, having any of them: the
+    /// custodians' sender/participant tokens), in log order after `after`,
+    /// each with its inclusion proof in the log of `size` entries.
+    Fetch {
+        ts: u64,
+        case: crate::km::SignedBlob,
+        tokens: Vec<PeriodQuery>,
+        after: Option<u64>,
+        limit: u32,
+        size: u64,
+    },
+    /// Apply a KM-signed retention purge order.
+    Purge {
+        ts: u64,
+        order: crate::km::SignedBlob,
+    },
+}
+
+/// One envelope of a case fetch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FetchedEnvelope {
+    /// JSON of [`SealedEnvelope`] exactly as captured.
+    pub envelope: Bytes,
+    /// Its `envelope_ingested` entry in the vault's log, with inclusion proof.
+    pub entry: crate::km::InclusionProof,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FetchResponse {
+    pub items: Vec<FetchedEnvelope>,
+    /// Log index to continue after, if there may be more.
+    pub next: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PurgeResponse {
+    pub deleted: u64,
+    pub kept_for_hold: u64,
 }
 
 /// The AND of `tokens` within one index-key period.
@@ -97,6 +142,8 @@ pub struct Receipt {
     /// SHA-256 of the sealed envelope's JSON bytes.
     pub envelope_sha256: Fixed<32>,
     pub received_ms: u64,
+    /// Index of the `envelope_ingested` entry in the vault's log.
+    pub log_index: u64,
 }
 
 /// A receipt as signed bytes (domain `cloister/receipt/v1`, vault key).
@@ -113,6 +160,8 @@ pub struct VaultInfo {
     pub tenant: TenantId,
     /// Ed25519 key that signs receipts.
     pub receipt_pk: Fixed<32>,
+    /// C2SP verifier key of the ingestion log.
+    pub log_key: String,
 }
 
 /// One search hit: metadata only; reading content needs a decryption session.

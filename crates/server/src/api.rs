@@ -320,6 +320,38 @@ async fn post_notice(
             s.hub.drop_where(None, Some(device));
             tracing::info!(%device, "device revoked by KM notice");
         }
+        Notice::CapturePolicy {
+            tenant,
+            receipt_pk,
+            required,
+            ts,
+        } => {
+            let receipt_key = cloister_crypto::keys::VerifyKey::from_bytes(&receipt_pk.0)
+                .map_err(|_| ApiError::bad_request("bad_notice", "receipt key is malformed"))?;
+            let notice_bytes = serde_json::to_vec(&req.notice).map_err(ApiError::internal)?;
+            if !s
+                .store
+                .put_capture_policy(tenant.as_str(), *ts, &notice_bytes)
+                .await
+                .map_err(ApiError::internal)?
+            {
+                return Err(ApiError::conflict(
+                    "stale_notice",
+                    "a newer capture policy is already in force (replayed notice)",
+                ));
+            }
+            if let Ok(mut m) = s.capture.write() {
+                m.insert(
+                    tenant.clone(),
+                    crate::CapturePolicy {
+                        receipt_key,
+                        required: *required,
+                        ts: *ts,
+                    },
+                );
+            }
+            tracing::info!(%tenant, required, "capture policy updated by KM notice");
+        }
     }
     Ok(Json(OkBody { ok: true }))
 }
@@ -358,7 +390,7 @@ async fn get_room(
     Path(room): Path<String>,
 ) -> Result<Json<RoomSummary>, ApiError> {
     let room = parse_room(&room)?;
-    let st = s.member_room(&room, &c.user).await?;
+    let st = s.readable_room(&room, &c).await?;
     Ok(Json(summary(&st)))
 }
 
@@ -381,6 +413,7 @@ async fn get_log(
     // Anyone who ever held a grant may read the log (it is what justifies their keys).
     match s.room(&room).await? {
         Some(st) if st.grants.contains_key(&c.user) => {}
+        Some(_) if s.readable_room(&room, &c).await.is_ok() => {}
         _ => {
             return Err(ApiError::not_found(
                 "no_such_room",
@@ -489,7 +522,7 @@ async fn post_message(
     State(s): S,
     c: Caller,
     Path(room): Path<String>,
-    ApiJson(env): ApiJson<Envelope>,
+    ApiJson(mut env): ApiJson<Envelope>,
 ) -> Result<Json<PostMessageResponse>, ApiError> {
     let room = parse_room(&room)?;
     if env.ciphertext.len() > limits::MAX_MESSAGE_CIPHERTEXT {
@@ -518,6 +551,13 @@ async fn post_message(
             "message timestamp is outside the allowed clock skew",
         ));
     }
+    if let Some(policy) = s.capture_policy(&c.tenant)
+        && policy.required
+    {
+        check_receipt(&policy, &c.tenant, &h.id, &env)?;
+    }
+    // The receipt served its purpose; it is neither stored nor forwarded.
+    env.receipt = None;
     let st = s.member_room(&room, &c.user).await?;
     if !st.may_post(&c.user) {
         return Err(ApiError::forbidden(
@@ -566,6 +606,47 @@ async fn post_message(
     }
 }
 
+/// `capture = required`: the message needs a receipt from the sender's
+/// tenant vault for exactly this message id and ciphertext.
+fn check_receipt(
+    policy: &crate::CapturePolicy,
+    tenant: &TenantId,
+    id: &cloister_proto::MessageId,
+    env: &Envelope,
+) -> Result<(), ApiError> {
+    let Some(r) = &env.receipt else {
+        return Err(ApiError::forbidden(
+            "capture_required",
+            "tenant policy requires every message to be captured by the compliance vault first; no vault receipt was attached",
+        ));
+    };
+    policy
+        .receipt_key
+        .verify(
+            cloister_crypto::signed::RECEIPT,
+            r.body.as_slice(),
+            &r.sig.0,
+        )
+        .map_err(|_| {
+            ApiError::forbidden(
+                "bad_receipt",
+                "the vault receipt is not signed by the tenant's registered vault",
+            )
+        })?;
+    let receipt: cloister_proto::vault::Receipt = serde_json::from_slice(r.body.as_slice())
+        .map_err(|_| ApiError::bad_request("bad_receipt", "the vault receipt is malformed"))?;
+    if receipt.tenant != *tenant
+        || receipt.message_id != *id
+        || receipt.ciphertext_sha256.0 != cloister_crypto::sha256(env.ciphertext.as_slice())
+    {
+        return Err(ApiError::forbidden(
+            "bad_receipt",
+            "the vault receipt is for another message or ciphertext",
+        ));
+    }
+    Ok(())
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HistoryQuery {
@@ -581,7 +662,7 @@ async fn history(
 ) -> Result<Json<HistoryPage>, ApiError> {
     let room = parse_room(&room)?;
     let Query(q) = q.map_err(|e| bad_param("query", e.body_text()))?;
-    s.member_room(&room, &c.user).await?;
+    s.readable_room(&room, &c).await?;
     let limit = q.limit.unwrap_or(100).clamp(1, limits::MAX_PAGE);
     let before = q.before.unwrap_or(i64::MAX as u64);
     let rows = s
@@ -606,6 +687,7 @@ async fn history(
                 header: r.header.into(),
                 ciphertext: r.ciphertext.into(),
                 sig: Fixed(sig),
+                receipt: None,
             },
         });
     }
@@ -725,7 +807,13 @@ async fn get_blob(State(s): S, c: Caller, Path(id): Path<String>) -> Result<Resp
         .map_err(ApiError::internal)?
         .ok_or_else(nf)?;
     let room: RoomId = row.room.parse().map_err(ApiError::internal)?;
-    s.member_room(&room, &c.user).await.map_err(|_| nf())?;
+    // Compliance may fetch attachment ciphertext of its tenant for an
+    // export (the file key comes only from a k-of-n decrypted envelope).
+    let compliance = c.cert.roles.contains(&cloister_proto::km::Role::Compliance)
+        && s.room(&room).await?.is_some_and(|st| st.tenant == c.tenant);
+    if !compliance {
+        s.readable_room(&room, &c).await.map_err(|_| nf())?;
+    }
     let f = tokio::fs::File::open(s.blob_dir.join(&id))
         .await
         .map_err(ApiError::internal)?;

@@ -81,6 +81,14 @@ impl std::ops::Deref for CertEntry {
     }
 }
 
+/// A tenant's capture policy, from its KM's newest signed notice.
+#[derive(Debug, Clone)]
+pub struct CapturePolicy {
+    pub receipt_key: cloister_crypto::keys::VerifyKey,
+    pub required: bool,
+    pub ts: u64,
+}
+
 /// Shared server state.
 pub struct Server {
     store: Arc<dyn ServerStore>,
@@ -89,6 +97,8 @@ pub struct Server {
     operator_token_hash: [u8; 32],
     config: ServerConfig,
     tenants: RwLock<HashMap<TenantId, [u8; 32]>>,
+    /// Tenants' capture policies: (receipt key, required, notice ts).
+    capture: RwLock<HashMap<TenantId, CapturePolicy>>,
     certs: RwLock<HashMap<DeviceId, Arc<CertEntry>>>,
     revoked: RwLock<HashSet<DeviceId>>,
     disabled: RwLock<HashSet<UserId>>,
@@ -173,6 +183,29 @@ impl Server {
         let operator_token_hash =
             cloister_crypto::sha256(String::from_utf8_lossy(&token).trim().as_bytes());
         let (revoked, disabled) = store.deny_list().await?;
+        // Policies were verified against the KM key when they arrived.
+        let mut capture = HashMap::new();
+        for n in store.capture_policies().await? {
+            let Ok(sn) = serde_json::from_slice::<cloister_proto::km::SignedNotice>(&n) else {
+                continue;
+            };
+            if let Ok(cloister_proto::km::Notice::CapturePolicy {
+                tenant,
+                receipt_pk,
+                required,
+                ts,
+            }) = serde_json::from_slice(sn.body.as_slice())
+            {
+                capture.insert(
+                    tenant,
+                    CapturePolicy {
+                        receipt_key: cloister_crypto::keys::VerifyKey::from_bytes(&receipt_pk.0)?,
+                        required,
+                        ts,
+                    },
+                );
+            }
+        }
         let hub = hub::Hub::default();
         let writer = writer::Writer::start(store.clone(), hub.clone());
         Ok(Arc::new(Server {
@@ -182,6 +215,7 @@ impl Server {
             operator_token_hash,
             config,
             tenants: RwLock::new(HashMap::new()),
+            capture: RwLock::new(capture),
             certs: RwLock::new(HashMap::new()),
             revoked: RwLock::new(revoked.iter().filter_map(|d| d.parse().ok()).collect()),
             disabled: RwLock::new(disabled.iter().filter_map(|u| u.parse().ok()).collect()),
@@ -315,6 +349,34 @@ impl Server {
             m.insert(*room, s.clone());
         }
         Ok(Some(s))
+    }
+
+    /// The room, if the caller may read it: a current member, or a
+    /// surveillance role of the room's tenant (read-only; its keys are
+    /// released, and logged, by the KM). A uniform 404 otherwise.
+    async fn readable_room(&self, room: &RoomId, c: &Caller) -> Result<Arc<RoomState>, ApiError> {
+        match self.room(room).await? {
+            Some(s)
+                if s.is_member(&c.user)
+                    || (s.tenant == c.tenant
+                        && c.cert
+                            .roles
+                            .contains(&cloister_proto::km::Role::Surveillance)) =>
+            {
+                Ok(s)
+            }
+            _ => Err(ApiError::not_found(
+                "no_such_room",
+                format!("no room {room} that you are a member of"),
+            )),
+        }
+    }
+
+    fn capture_policy(&self, tenant: &TenantId) -> Option<CapturePolicy> {
+        self.capture
+            .read()
+            .ok()
+            .and_then(|m| m.get(tenant).cloned())
     }
 
     /// The room, if `user` is a current member; a uniform 404 otherwise (no existence oracle).

@@ -136,6 +136,11 @@ pub trait ServerStore: Send + Sync + 'static {
     /// Messages of a room with seq < `before`, newest `limit`, returned oldest first.
     async fn history(&self, room: &str, before: u64, limit: u32) -> Result<Vec<MessageRow>>;
 
+    /// Store a tenant's capture policy (KM-signed notice JSON) if `ts` is
+    /// newer than the stored one; false if it is not.
+    async fn put_capture_policy(&self, tenant: &str, ts: u64, notice: &[u8]) -> Result<bool>;
+    /// Every tenant's stored capture policy notice.
+    async fn capture_policies(&self) -> Result<Vec<Vec<u8>>>;
     async fn put_blob(&self, b: &BlobRow) -> Result<()>;
     async fn get_blob(&self, id: &str) -> Result<Option<BlobRow>>;
 }
@@ -190,9 +195,32 @@ pub trait KmStore: Send + Sync + 'static {
     ) -> Result<()>;
     async fn get_log_hash(&self, room: &str, seq: u64) -> Result<Option<Vec<u8>>>;
 
+    /// A wrapped room key; an empty value means it was crypto-shredded.
     async fn get_room_key(&self, room: &str, epoch: u64) -> Result<Option<Vec<u8>>>;
     /// Store a wrapped key unless one exists; return the one that is stored.
     async fn put_room_key(&self, room: &str, epoch: u64, wrapped: &[u8]) -> Result<Vec<u8>>;
+    /// Every room the KM knows.
+    async fn list_rooms(&self) -> Result<Vec<RoomRow>>;
+    /// (epoch, created ms, shredded) of each key of a room, in epoch order.
+    async fn room_keys_of(&self, room: &str) -> Result<Vec<(u64, u64, bool)>>;
+    /// Destroy a wrapped room key (its row stays, empty, so it is never re-created).
+    async fn shred_room_key(&self, room: &str, epoch: u64) -> Result<()>;
+    /// Set (or replace) a meta value.
+    async fn set_meta(&self, key: &str, value: &[u8]) -> Result<()>;
+    /// Insert or replace a case (KM-signed bytes) at a version.
+    async fn put_case(&self, case: &str, version: u32, blob: &[u8]) -> Result<()>;
+    async fn get_case(&self, case: &str) -> Result<Option<Vec<u8>>>;
+    async fn list_cases(&self) -> Result<Vec<Vec<u8>>>;
+    /// Store one custodian's approval of a case version; `Conflict` if they already approved it.
+    async fn put_approval(
+        &self,
+        case: &str,
+        version: u32,
+        custodian: &str,
+        blob: &[u8],
+    ) -> Result<()>;
+    /// The approvals of a case version: (custodian, approval JSON).
+    async fn approvals(&self, case: &str, version: u32) -> Result<Vec<(String, Vec<u8>)>>;
 
     /// Store the escrow descriptor and its sealed shares once; `Conflict` if set.
     async fn init_escrow(&self, descriptor: &[u8], shares: &[(String, u8, Vec<u8>)]) -> Result<()>;
@@ -219,6 +247,18 @@ pub struct AuditIn {
     pub room: Option<String>,
     /// The exact bytes that are hashed into the log.
     pub data: Vec<u8>,
+    /// Work committed in the same transaction as the entry (the vault: a
+    /// capture and its log entry are stored together or not at all).
+    pub side: Option<SideEffect>,
+}
+
+/// A change committed atomically with an audit entry.
+#[derive(Debug, Clone)]
+pub enum SideEffect {
+    /// Store a capture; its `log_index` is the entry's index.
+    Capture(Box<CaptureRow>),
+    /// Delete an envelope and its tokens (retention).
+    DeleteEnvelope { message_id: String },
 }
 
 /// A stored audit log entry.
@@ -261,10 +301,44 @@ pub struct CaptureRow {
     pub ciphertext_sha256: Vec<u8>,
     pub envelope: Vec<u8>,
     pub envelope_sha256: Vec<u8>,
-    pub receipt: Vec<u8>,
+    pub received_ms: u64,
     pub period: u32,
     pub tokens: Vec<Vec<u8>>,
     pub device: String,
+}
+
+/// What the vault remembers of a capture (enough to re-issue its receipt).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaptureMeta {
+    pub ciphertext_sha256: Vec<u8>,
+    pub envelope_sha256: Vec<u8>,
+    pub received_ms: u64,
+    pub log_index: u64,
+}
+
+/// A stored envelope as fetched for a case.
+#[derive(Debug, Clone)]
+pub struct EnvelopeRow {
+    pub message_id: String,
+    pub room: String,
+    pub ts: u64,
+    pub envelope: Vec<u8>,
+    pub envelope_sha256: Vec<u8>,
+    pub log_index: u64,
+}
+
+/// Which envelopes a case fetch may return.
+#[derive(Debug, Clone, Default)]
+pub struct FetchQuery {
+    /// Room ids (hex); empty: any room.
+    pub rooms: Vec<String>,
+    pub from_ms: u64,
+    pub to_ms: u64,
+    /// (period, tokens): an envelope must carry any one of them; empty: no token filter.
+    pub any_tokens: Vec<(u32, Vec<Vec<u8>>)>,
+    /// Only log indexes above this.
+    pub after: Option<u64>,
+    pub limit: u32,
 }
 
 /// A search hit as stored.
@@ -282,9 +356,20 @@ pub struct HitRow {
 pub trait VaultStore: Send + Sync + 'static {
     async fn vault_meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
     async fn vault_init_meta(&self, key: &str, value: &[u8]) -> Result<()>;
-    /// Store a capture. If the message is already captured with the same
-    /// envelope, return the stored receipt; with another envelope, `Conflict`.
-    async fn put_capture(&self, c: &CaptureRow) -> Result<Option<Vec<u8>>>;
+    async fn vault_set_meta(&self, key: &str, value: &[u8]) -> Result<()>;
+    /// A captured message's metadata (captures are stored through
+    /// [`AuditStore::audit_append`] with a [`SideEffect::Capture`]).
+    async fn get_capture(&self, message_id: &str) -> Result<Option<CaptureMeta>>;
+    /// Envelopes for a case, in log order.
+    async fn fetch(&self, q: &FetchQuery) -> Result<Vec<EnvelopeRow>>;
+    /// Envelopes of `room` older than `before_ms` outside every held range:
+    /// (message id, envelope SHA-256), and how many were kept for a hold.
+    async fn expired(
+        &self,
+        room: &str,
+        before_ms: u64,
+        held: &[(u64, u64)],
+    ) -> Result<(Vec<(String, Vec<u8>)>, u64)>;
     /// Messages having every token of each (period, tokens) query (OR across periods).
     async fn search(
         &self,

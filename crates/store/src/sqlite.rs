@@ -1,9 +1,9 @@
 //! SQLite (WAL) implementations.
 
 use crate::{
-    AuditIn, AuditQuery, AuditRow, AuditStore, BlobRow, CaptureRow, DeviceRow, HitRow, Inserted,
-    KmDeviceRow, KmStore, KmUserRow, LogRow, MessageRow, NewMessage, Result, RoomRow, ServerStore,
-    StoreError, VaultStore,
+    AuditIn, AuditQuery, AuditRow, AuditStore, BlobRow, CaptureMeta, DeviceRow, EnvelopeRow,
+    FetchQuery, HitRow, Inserted, KmDeviceRow, KmStore, KmUserRow, LogRow, MessageRow, NewMessage,
+    Result, RoomRow, ServerStore, SideEffect, StoreError, VaultStore,
 };
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -68,6 +68,22 @@ async fn meta_init(pool: &SqlitePool, key: &str, value: &[u8]) -> Result<()> {
     Ok(())
 }
 
+async fn meta_set(pool: &SqlitePool, key: &str, value: &[u8]) -> Result<()> {
+    sqlx::query("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)")
+        .bind(key)
+        .bind(value)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 fn u(v: i64) -> u64 {
     v.max(0) as u64
 }
@@ -82,6 +98,7 @@ CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, tenant TEXT NOT NUL
     cert BLOB NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS devices_user ON devices(user_id);
 CREATE TABLE IF NOT EXISTS disabled_users (user_id TEXT PRIMARY KEY);
+CREATE TABLE IF NOT EXISTS capture_policy (tenant TEXT PRIMARY KEY, ts INTEGER NOT NULL, notice BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, seq INTEGER NOT NULL, state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS room_log (room TEXT NOT NULL, seq INTEGER NOT NULL, entry BLOB NOT NULL,
     hash BLOB NOT NULL, PRIMARY KEY (room, seq));
@@ -368,6 +385,26 @@ impl ServerStore for SqliteServerStore {
         Ok(out)
     }
 
+    async fn put_capture_policy(&self, tenant: &str, ts: u64, notice: &[u8]) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO capture_policy (tenant, ts, notice) VALUES (?, ?, ?)
+             ON CONFLICT(tenant) DO UPDATE SET ts = excluded.ts, notice = excluded.notice
+             WHERE excluded.ts > capture_policy.ts",
+        )
+        .bind(tenant)
+        .bind(i(ts))
+        .bind(notice)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn capture_policies(&self) -> Result<Vec<Vec<u8>>> {
+        Ok(sqlx::query_scalar("SELECT notice FROM capture_policy")
+            .fetch_all(&self.pool)
+            .await?)
+    }
+
     async fn put_blob(&self, b: &BlobRow) -> Result<()> {
         sqlx::query("INSERT INTO blobs (id, room, device, size) VALUES (?, ?, ?, ?)")
             .bind(&b.id)
@@ -408,7 +445,10 @@ CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, seq INTEGER NOT NULL, s
 CREATE TABLE IF NOT EXISTS room_log (room TEXT NOT NULL, seq INTEGER NOT NULL, entry BLOB NOT NULL,
     hash BLOB NOT NULL, PRIMARY KEY (room, seq));
 CREATE TABLE IF NOT EXISTS room_keys (room TEXT NOT NULL, epoch INTEGER NOT NULL, wrapped BLOB NOT NULL,
-    PRIMARY KEY (room, epoch));
+    created_ms INTEGER NOT NULL, PRIMARY KEY (room, epoch));
+CREATE TABLE IF NOT EXISTS cases (case_id TEXT PRIMARY KEY, version INTEGER NOT NULL, blob BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS approvals (case_id TEXT NOT NULL, version INTEGER NOT NULL, custodian TEXT NOT NULL,
+    blob BLOB NOT NULL, PRIMARY KEY (case_id, version, custodian));
 CREATE TABLE IF NOT EXISTS nonces (device TEXT NOT NULL, nonce BLOB NOT NULL, ts INTEGER NOT NULL,
     PRIMARY KEY (device, nonce));
 CREATE INDEX IF NOT EXISTS nonces_ts ON nonces(ts);
@@ -641,12 +681,15 @@ impl KmStore for SqliteKmStore {
 
     async fn put_room_key(&self, room: &str, epoch: u64, wrapped: &[u8]) -> Result<Vec<u8>> {
         let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        sqlx::query("INSERT OR IGNORE INTO room_keys (room, epoch, wrapped) VALUES (?, ?, ?)")
-            .bind(room)
+        sqlx::query(
+            "INSERT OR IGNORE INTO room_keys (room, epoch, wrapped, created_ms) VALUES (?, ?, ?, ?)",
+        )
+        .bind(room)
             .bind(i(epoch))
-            .bind(wrapped)
-            .execute(&mut *tx)
-            .await?;
+        .bind(wrapped)
+        .bind(i(now_ms()))
+        .execute(&mut *tx)
+        .await?;
         let stored: Vec<u8> =
             sqlx::query_scalar("SELECT wrapped FROM room_keys WHERE room = ? AND epoch = ?")
                 .bind(room)
@@ -655,6 +698,104 @@ impl KmStore for SqliteKmStore {
                 .await?;
         tx.commit().await?;
         Ok(stored)
+    }
+
+    async fn list_rooms(&self) -> Result<Vec<RoomRow>> {
+        let rows = sqlx::query("SELECT room, seq, state FROM rooms ORDER BY room")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(room_row).collect()
+    }
+
+    async fn room_keys_of(&self, room: &str) -> Result<Vec<(u64, u64, bool)>> {
+        let rows = sqlx::query(
+            "SELECT epoch, created_ms, length(wrapped) = 0 AS shredded FROM room_keys WHERE room = ? ORDER BY epoch",
+        )
+        .bind(room)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    u(r.try_get("epoch")?),
+                    u(r.try_get("created_ms")?),
+                    r.try_get("shredded")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn shred_room_key(&self, room: &str, epoch: u64) -> Result<()> {
+        sqlx::query("UPDATE room_keys SET wrapped = x'' WHERE room = ? AND epoch = ?")
+            .bind(room)
+            .bind(i(epoch))
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        meta_set(&self.pool, key, value).await
+    }
+
+    async fn put_case(&self, case: &str, version: u32, blob: &[u8]) -> Result<()> {
+        sqlx::query("INSERT OR REPLACE INTO cases (case_id, version, blob) VALUES (?, ?, ?)")
+            .bind(case)
+            .bind(version as i64)
+            .bind(blob)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn get_case(&self, case: &str) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT blob FROM cases WHERE case_id = ?")
+                .bind(case)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn list_cases(&self) -> Result<Vec<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT blob FROM cases ORDER BY case_id")
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn put_approval(
+        &self,
+        case: &str,
+        version: u32,
+        custodian: &str,
+        blob: &[u8],
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO approvals (case_id, version, custodian, blob) VALUES (?, ?, ?, ?)",
+        )
+        .bind(case)
+        .bind(version as i64)
+        .bind(custodian)
+        .bind(blob)
+        .execute(&self.pool)
+        .await
+        .map_err(unique("this custodian already approved this case"))?;
+        Ok(())
+    }
+
+    async fn approvals(&self, case: &str, version: u32) -> Result<Vec<(String, Vec<u8>)>> {
+        let rows = sqlx::query(
+            "SELECT custodian, blob FROM approvals WHERE case_id = ? AND version = ? ORDER BY custodian",
+        )
+        .bind(case)
+        .bind(version as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("custodian")?, r.try_get("blob")?)))
+            .collect()
     }
 
     async fn init_escrow(&self, descriptor: &[u8], shares: &[(String, u8, Vec<u8>)]) -> Result<()> {
@@ -721,8 +862,11 @@ impl KmStore for SqliteKmStore {
     }
 }
 
+/// The audit log tables, shared by the KM's and the vault's stores.
+macro_rules! sqlite_audit_store {
+    ($t:ty) => {
 #[async_trait]
-impl AuditStore for SqliteKmStore {
+impl AuditStore for $t {
     async fn audit_append(&self, rows: &[AuditIn]) -> Result<()> {
         let Some(first) = rows.first() else {
             return Ok(());
@@ -735,6 +879,11 @@ impl AuditStore for SqliteKmStore {
             return Err(StoreError::Conflict(
                 "audit log index does not continue the log",
             ));
+        }
+        for r in rows {
+            if let Some(side) = &r.side {
+                apply_side_effect(&mut tx, r.index, side).await?;
+            }
         }
         // Multi-row inserts keep the per-entry cost low.
         for chunk in rows.chunks(100) {
@@ -827,6 +976,62 @@ impl AuditStore for SqliteKmStore {
             .transpose()
     }
 }
+    };
+}
+
+sqlite_audit_store!(SqliteKmStore);
+sqlite_audit_store!(SqliteVaultStore);
+
+async fn apply_side_effect(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    index: u64,
+    side: &SideEffect,
+) -> Result<()> {
+    match side {
+        SideEffect::Capture(c) => {
+            sqlx::query(
+                "INSERT INTO envelopes (message_id, room, ts, ciphertext_sha256, envelope, envelope_sha256,
+                   received_ms, log_index, device) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&c.message_id)
+            .bind(&c.room)
+            .bind(i(c.ts))
+            .bind(&c.ciphertext_sha256)
+            .bind(&c.envelope)
+            .bind(&c.envelope_sha256)
+            .bind(i(c.received_ms))
+            .bind(i(index))
+            .bind(&c.device)
+            .execute(&mut **tx)
+            .await
+            .map_err(unique("this message is already captured"))?;
+            for chunk in c.tokens.chunks(200) {
+                let mut sql = String::from(
+                    "INSERT OR IGNORE INTO tokens (period, token, message_id) VALUES ",
+                );
+                for n in 0..chunk.len() {
+                    sql.push_str(if n == 0 { "(?, ?, ?)" } else { ", (?, ?, ?)" });
+                }
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                for t in chunk {
+                    q = q.bind(c.period as i64).bind(t).bind(&c.message_id);
+                }
+                q.execute(&mut **tx).await?;
+            }
+        }
+        SideEffect::DeleteEnvelope { message_id } => {
+            sqlx::query("DELETE FROM tokens WHERE message_id = ?")
+                .bind(message_id)
+                .execute(&mut **tx)
+                .await?;
+            sqlx::query("DELETE FROM envelopes WHERE message_id = ?")
+                .bind(message_id)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {
@@ -906,10 +1111,18 @@ const VAULT_DDL: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS envelopes (message_id TEXT PRIMARY KEY, room TEXT NOT NULL, ts INTEGER NOT NULL,
     ciphertext_sha256 BLOB NOT NULL, envelope BLOB NOT NULL, envelope_sha256 BLOB NOT NULL,
-    receipt BLOB NOT NULL, device TEXT NOT NULL);
+    received_ms INTEGER NOT NULL, log_index INTEGER NOT NULL, device TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS envelopes_ts ON envelopes(ts);
+CREATE INDEX IF NOT EXISTS envelopes_room ON envelopes(room, ts);
+CREATE UNIQUE INDEX IF NOT EXISTS envelopes_log ON envelopes(log_index);
 CREATE TABLE IF NOT EXISTS tokens (period INTEGER NOT NULL, token BLOB NOT NULL, message_id TEXT NOT NULL,
-    PRIMARY KEY (period, token, message_id))
+    PRIMARY KEY (period, token, message_id)) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS tokens_msg ON tokens(message_id);
+CREATE TABLE IF NOT EXISTS audit_log (idx INTEGER PRIMARY KEY, ts INTEGER NOT NULL, kind TEXT NOT NULL,
+    room TEXT, data BLOB NOT NULL);
+CREATE INDEX IF NOT EXISTS audit_room ON audit_log(room, idx);
+CREATE INDEX IF NOT EXISTS audit_kind ON audit_log(kind, idx);
+CREATE TABLE IF NOT EXISTS audit_checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL)
 ";
 
 /// The compliance vault's SQLite store.
@@ -936,48 +1149,106 @@ impl VaultStore for SqliteVaultStore {
         meta_init(&self.pool, key, value).await
     }
 
-    async fn put_capture(&self, c: &CaptureRow) -> Result<Option<Vec<u8>>> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        let existing =
-            sqlx::query("SELECT envelope_sha256, receipt FROM envelopes WHERE message_id = ?")
-                .bind(&c.message_id)
-                .fetch_optional(&mut *tx)
-                .await?;
-        if let Some(r) = existing {
-            let sha: Vec<u8> = r.try_get("envelope_sha256")?;
-            if sha != c.envelope_sha256 {
-                return Err(StoreError::Conflict(
-                    "another envelope is already captured for this message",
-                ));
-            }
-            return Ok(Some(r.try_get("receipt")?));
-        }
-        sqlx::query(
-            "INSERT INTO envelopes (message_id, room, ts, ciphertext_sha256, envelope, envelope_sha256, receipt, device)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+    async fn vault_set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        meta_set(&self.pool, key, value).await
+    }
+
+    async fn get_capture(&self, message_id: &str) -> Result<Option<CaptureMeta>> {
+        let r = sqlx::query(
+            "SELECT ciphertext_sha256, envelope_sha256, received_ms, log_index FROM envelopes WHERE message_id = ?",
         )
-        .bind(&c.message_id)
-        .bind(&c.room)
-        .bind(i(c.ts))
-        .bind(&c.ciphertext_sha256)
-        .bind(&c.envelope)
-        .bind(&c.envelope_sha256)
-        .bind(&c.receipt)
-        .bind(&c.device)
-        .execute(&mut *tx)
+        .bind(message_id)
+        .fetch_optional(&self.pool)
         .await?;
-        for t in &c.tokens {
-            sqlx::query(
-                "INSERT OR IGNORE INTO tokens (period, token, message_id) VALUES (?, ?, ?)",
-            )
-            .bind(c.period as i64)
-            .bind(t)
-            .bind(&c.message_id)
-            .execute(&mut *tx)
-            .await?;
+        r.map(|r| {
+            Ok(CaptureMeta {
+                ciphertext_sha256: r.try_get("ciphertext_sha256")?,
+                envelope_sha256: r.try_get("envelope_sha256")?,
+                received_ms: u(r.try_get("received_ms")?),
+                log_index: u(r.try_get("log_index")?),
+            })
+        })
+        .transpose()
+    }
+
+    async fn fetch(&self, q: &FetchQuery) -> Result<Vec<EnvelopeRow>> {
+        let mut sql = String::from(
+            "SELECT message_id, room, ts, envelope, envelope_sha256, log_index FROM envelopes
+             WHERE ts >= ? AND ts <= ? AND log_index > ?",
+        );
+        if !q.rooms.is_empty() {
+            sql.push_str(" AND room IN (");
+            for n in 0..q.rooms.len() {
+                sql.push_str(if n == 0 { "?" } else { ", ?" });
+            }
+            sql.push(')');
         }
-        tx.commit().await?;
-        Ok(None)
+        let toks: Vec<(u32, &Vec<u8>)> = q
+            .any_tokens
+            .iter()
+            .flat_map(|(p, ts)| ts.iter().map(move |t| (*p, t)))
+            .collect();
+        if !toks.is_empty() {
+            sql.push_str(" AND message_id IN (SELECT message_id FROM tokens WHERE ");
+            for n in 0..toks.len() {
+                sql.push_str(if n == 0 {
+                    "(period = ? AND token = ?)"
+                } else {
+                    " OR (period = ? AND token = ?)"
+                });
+            }
+            sql.push(')');
+        }
+        sql.push_str(" ORDER BY log_index LIMIT ?");
+        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+            .bind(i(q.from_ms))
+            .bind(i(q.to_ms))
+            .bind(q.after.map(i).unwrap_or(-1));
+        for r in &q.rooms {
+            query = query.bind(r);
+        }
+        for (p, t) in toks {
+            query = query.bind(p as i64).bind(t);
+        }
+        let rows = query.bind(q.limit as i64).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| {
+                Ok(EnvelopeRow {
+                    message_id: r.try_get("message_id")?,
+                    room: r.try_get("room")?,
+                    ts: u(r.try_get("ts")?),
+                    envelope: r.try_get("envelope")?,
+                    envelope_sha256: r.try_get("envelope_sha256")?,
+                    log_index: u(r.try_get("log_index")?),
+                })
+            })
+            .collect()
+    }
+
+    async fn expired(
+        &self,
+        room: &str,
+        before_ms: u64,
+        held: &[(u64, u64)],
+    ) -> Result<(Vec<(String, Vec<u8>)>, u64)> {
+        let rows = sqlx::query(
+            "SELECT message_id, ts, envelope_sha256 FROM envelopes WHERE room = ? AND ts < ? ORDER BY ts",
+        )
+        .bind(room)
+        .bind(i(before_ms))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::new();
+        let mut kept = 0u64;
+        for r in rows {
+            let ts = u(r.try_get("ts")?);
+            if held.iter().any(|(a, b)| ts >= *a && ts <= *b) {
+                kept += 1;
+                continue;
+            }
+            out.push((r.try_get("message_id")?, r.try_get("envelope_sha256")?));
+        }
+        Ok((out, kept))
     }
 
     async fn search(

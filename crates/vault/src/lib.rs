@@ -4,7 +4,13 @@
 //!  device ──VaultRequest{cert, Capture}──▶ vault: verify cert (pinned KM key) + signature
 //!        store sealed envelope (opaque) and its tokens (separate table)
 //!        ◀── SignedReceipt{message id, ciphertext hash, envelope hash}
+//!        and an `envelope_ingested` entry in the vault's own transparency
+//!        log, both in one transaction (group-committed)
 //!  compliance ──VaultRequest{Search}──▶ tokens only ─▶ message ids and metadata
+//!  case officer ──VaultRequest{Fetch, KM-signed case}──▶ sealed envelopes in
+//!        the case's rooms and time range, each with its inclusion proof
+//!  compliance ──VaultRequest{Purge, KM-signed order}──▶ delete expired
+//!        envelopes outside holds; each deletion is a log entry
 //! ```
 //!
 //! The vault cannot read envelopes (they are sealed to the escrow key, whose
@@ -13,23 +19,28 @@
 #![forbid(unsafe_code)]
 
 use cloister_crypto::KmSigner;
-use cloister_crypto::signed::{sign_receipt, verify_vault_request};
+use cloister_crypto::signed::{self, sign_receipt, verify_blob, verify_vault_request};
 use cloister_http::ApiError;
+use cloister_km::audit::AuditLog;
+use cloister_log::{AuditEvent, AuditRecord};
 use cloister_proto::b64::Fixed;
-use cloister_proto::km::Role;
+use cloister_proto::km::{Case, CheckpointResponse, DeviceCert, InclusionProof, PurgeOrder, Role};
 use cloister_proto::vault::{
-    Receipt, SealedEnvelope, SearchHit, SearchResponse, SignedReceipt, VaultInfo, VaultOp,
-    VaultRequest,
+    Capture, FetchResponse, FetchedEnvelope, PeriodQuery, PurgeResponse, Receipt, SealedEnvelope,
+    SearchHit, SearchResponse, SignedReceipt, VaultInfo, VaultOp, VaultRequest,
 };
-use cloister_proto::{TenantId, limits, now_millis, now_secs};
-use cloister_store::{CaptureRow, VaultStore};
+use cloister_proto::{MessageId, TenantId, limits, now_millis, now_secs};
+use cloister_store::{AuditStore, CaptureMeta, CaptureRow, FetchQuery, SideEffect, VaultStore};
+use std::collections::HashSet;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// Most tokens per capture.
 pub const MAX_TOKENS: usize = 4096;
 /// Largest sealed envelope (bytes).
 pub const MAX_ENVELOPE: usize = 512 * 1024;
+/// Most envelopes per fetch page.
+pub const MAX_FETCH: u32 = 500;
 
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
@@ -43,6 +54,8 @@ pub enum VaultError {
     Corrupt(&'static str),
     #[error("{0}")]
     Crypto(#[from] cloister_crypto::CryptoError),
+    #[error("ingestion log: {0}")]
+    Log(#[from] cloister_km::audit::AuditOpenError),
     #[error("cannot write {path}: {reason}")]
     Io { path: String, reason: String },
 }
@@ -53,16 +66,58 @@ pub struct Vault {
     km_pk: [u8; 32],
     signer: KmSigner,
     store: Arc<dyn VaultStore>,
+    log: Arc<AuditLog>,
+    /// Messages whose capture is being stored (one at a time per message).
+    inflight: Mutex<HashSet<MessageId>>,
 }
 
 const META_TENANT: &str = "tenant";
 const META_KM: &str = "km_sign_pk";
 const META_SIGNER: &str = "receipt_key";
+const META_LOG_SIGNER: &str = "log_key";
+const META_LAST_PURGE: &str = "last_purge";
+
+fn role(cert: &DeviceCert, r: Role, what: &str) -> Result<(), ApiError> {
+    if cert.roles.contains(&r) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(
+            "not_compliance",
+            format!("{what} needs the {} role", r.as_str()),
+        ))
+    }
+}
+
+fn fresh(ts: u64) -> Result<(), ApiError> {
+    if cloister_proto::within_skew(ts) {
+        Ok(())
+    } else {
+        Err(ApiError::unauthorized(
+            "stale_request",
+            "request timestamp is outside the allowed clock skew",
+        ))
+    }
+}
+
+fn check_queries(queries: &[PeriodQuery], max_tokens: usize) -> Result<(), ApiError> {
+    if queries.len() > 120
+        || queries
+            .iter()
+            .any(|q| q.tokens.is_empty() || q.tokens.len() > max_tokens)
+    {
+        return Err(ApiError::bad_request(
+            "bad_query",
+            format!("give at most 120 periods, each with 1 to {max_tokens} tokens"),
+        ));
+    }
+    Ok(())
+}
 
 impl Vault {
     /// Initialise a vault for `tenant`, pinning its KM's signing key.
     pub async fn init(
         store: Arc<dyn VaultStore>,
+        audit: Arc<dyn AuditStore>,
         tenant: &TenantId,
         km_pk: [u8; 32],
     ) -> Result<Vault, VaultError> {
@@ -70,22 +125,24 @@ impl Vault {
             return Err(VaultError::AlreadyInitialised(tenant.to_string()));
         }
         let signer = KmSigner::generate()?;
+        let log_signer = KmSigner::generate()?;
         store
             .vault_init_meta(META_SIGNER, signer.secret_bytes().expose())
+            .await?;
+        store
+            .vault_init_meta(META_LOG_SIGNER, log_signer.secret_bytes().expose())
             .await?;
         store.vault_init_meta(META_KM, &km_pk).await?;
         store
             .vault_init_meta(META_TENANT, tenant.as_str().as_bytes())
             .await?;
-        Ok(Vault {
-            tenant: tenant.clone(),
-            km_pk,
-            signer,
-            store,
-        })
+        Self::open(store, audit).await
     }
 
-    pub async fn open(store: Arc<dyn VaultStore>) -> Result<Vault, VaultError> {
+    pub async fn open(
+        store: Arc<dyn VaultStore>,
+        audit: Arc<dyn AuditStore>,
+    ) -> Result<Vault, VaultError> {
         let tenant = store
             .vault_meta(META_TENANT)
             .await?
@@ -103,11 +160,23 @@ impl Vault {
             .vault_meta(META_SIGNER)
             .await?
             .ok_or(VaultError::Corrupt("receipt key"))?;
+        let log_key = store
+            .vault_meta(META_LOG_SIGNER)
+            .await?
+            .ok_or(VaultError::Corrupt("log key"))?;
+        let log = AuditLog::open(
+            audit,
+            KmSigner::from_secret(&log_key)?,
+            cloister_km::compliance::vault_origin(&tenant),
+        )
+        .await?;
         Ok(Vault {
             tenant,
             km_pk: km,
             signer: KmSigner::from_secret(&key)?,
             store,
+            log,
+            inflight: Mutex::new(HashSet::new()),
         })
     }
 
@@ -120,11 +189,10 @@ impl Vault {
             path: dir.display().to_string(),
             reason: e.to_string(),
         })?;
-        let store: Arc<dyn VaultStore> =
-            Arc::new(cloister_store::SqliteVaultStore::open(&dir.join("vault.db")).await?);
+        let store = Arc::new(cloister_store::SqliteVaultStore::open(&db_path(dir)).await?);
         match init {
-            Some((t, k)) => Vault::init(store, t, k).await,
-            None => Vault::open(store).await,
+            Some((t, k)) => Vault::init(store.clone(), store, t, k).await,
+            None => Vault::open(store.clone(), store).await,
         }
     }
 
@@ -132,7 +200,12 @@ impl Vault {
         VaultInfo {
             tenant: self.tenant.clone(),
             receipt_pk: Fixed(self.signer.public()),
+            log_key: self.log.verifier_key(),
         }
+    }
+
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
     }
 
     pub async fn envelope_count(&self) -> Result<u64, ApiError> {
@@ -140,6 +213,34 @@ impl Vault {
             .envelope_count()
             .await
             .map_err(ApiError::internal)
+    }
+
+    /// Entries in the ingestion log.
+    pub fn log_size(&self) -> u64 {
+        self.log.size()
+    }
+
+    fn receipt(&self, message_id: MessageId, m: &CaptureMeta) -> Result<SignedReceipt, ApiError> {
+        let r = Receipt {
+            tenant: self.tenant.clone(),
+            message_id,
+            ciphertext_sha256: Fixed(
+                m.ciphertext_sha256
+                    .clone()
+                    .try_into()
+                    .map_err(|_| ApiError::internal("corrupt hash"))?,
+            ),
+            envelope_sha256: Fixed(
+                m.envelope_sha256
+                    .clone()
+                    .try_into()
+                    .map_err(|_| ApiError::internal("corrupt hash"))?,
+            ),
+            received_ms: m.received_ms,
+            log_index: m.log_index,
+        };
+        // Ed25519 is deterministic: a re-issued receipt is the same bytes.
+        sign_receipt(&self.signer, &r).map_err(ApiError::internal)
     }
 
     /// Handle a signed request.
@@ -161,63 +262,8 @@ impl Vault {
         }
         match op {
             VaultOp::Capture { ts, capture } => {
-                if !cloister_proto::within_skew(ts) {
-                    return Err(ApiError::unauthorized(
-                        "stale_request",
-                        "request timestamp is outside the allowed clock skew",
-                    ));
-                }
-                if capture.envelope.len() > MAX_ENVELOPE || capture.tokens.len() > MAX_TOKENS {
-                    return Err(ApiError::too_large(format!(
-                        "a capture holds at most {MAX_ENVELOPE} bytes of envelope and {MAX_TOKENS} tokens"
-                    )));
-                }
-                let env: SealedEnvelope = serde_json::from_slice(capture.envelope.as_slice())
-                    .map_err(|e| {
-                        ApiError::bad_request(
-                            "bad_envelope",
-                            format!("sealed envelope is malformed: {e}"),
-                        )
-                    })?;
-                if env.tenant != self.tenant {
-                    return Err(ApiError::forbidden(
-                        "wrong_tenant",
-                        "the envelope is sealed for another tenant",
-                    ));
-                }
-                let envelope_sha256 = cloister_crypto::sha256(capture.envelope.as_slice());
-                let receipt = Receipt {
-                    tenant: self.tenant.clone(),
-                    message_id: env.message_id,
-                    ciphertext_sha256: env.ciphertext_sha256,
-                    envelope_sha256: Fixed(envelope_sha256),
-                    received_ms: now_millis(),
-                };
-                let signed = sign_receipt(&self.signer, &receipt).map_err(ApiError::internal)?;
-                let row = CaptureRow {
-                    message_id: env.message_id.to_hex(),
-                    room: env.room.to_hex(),
-                    ts: env.ts,
-                    ciphertext_sha256: env.ciphertext_sha256.0.to_vec(),
-                    envelope: capture.envelope.0.clone(),
-                    envelope_sha256: envelope_sha256.to_vec(),
-                    receipt: serde_json::to_vec(&signed).map_err(ApiError::internal)?,
-                    period: capture.period,
-                    tokens: capture.tokens.iter().map(|t| t.0.to_vec()).collect(),
-                    device: cert.device.to_hex(),
-                };
-                let stored = self.store.put_capture(&row).await.map_err(|e| match e {
-                    cloister_store::StoreError::Conflict(m) => {
-                        ApiError::conflict("capture_conflict", m)
-                    }
-                    e => ApiError::internal(e),
-                })?;
-                let out: SignedReceipt = match stored {
-                    Some(prev) => serde_json::from_slice(&prev).map_err(ApiError::internal)?,
-                    None => signed,
-                };
-                tracing::info!(message = %env.message_id, device = %cert.device, "envelope captured");
-                json(&out)
+                fresh(ts)?;
+                json(&self.capture(&cert, capture).await?)
             }
             VaultOp::Search {
                 ts,
@@ -226,29 +272,15 @@ impl Vault {
                 to_ms,
                 limit,
             } => {
-                if !cloister_proto::within_skew(ts) {
-                    return Err(ApiError::unauthorized(
-                        "stale_request",
-                        "request timestamp is outside the allowed clock skew",
-                    ));
-                }
-                if !cert.roles.contains(&Role::Admin) {
-                    return Err(ApiError::forbidden(
-                        "not_compliance",
-                        "searching the archive needs the compliance role",
-                    ));
-                }
-                if queries.is_empty()
-                    || queries.len() > 120
-                    || queries
-                        .iter()
-                        .any(|q| q.tokens.is_empty() || q.tokens.len() > 64)
-                {
+                fresh(ts)?;
+                role(&cert, Role::Compliance, "searching the archive")?;
+                if queries.is_empty() {
                     return Err(ApiError::bad_request(
                         "bad_query",
-                        "give 1 to 120 periods, each with 1 to 64 tokens",
+                        "give at least one period",
                     ));
                 }
+                check_queries(&queries, 64)?;
                 let q: Vec<(u32, Vec<Vec<u8>>)> = queries
                     .iter()
                     .map(|p| (p.period, p.tokens.iter().map(|t| t.0.to_vec()).collect()))
@@ -272,8 +304,278 @@ impl Vault {
                 tracing::info!(user = %cert.user, "archive searched");
                 json(&SearchResponse { hits })
             }
+            VaultOp::Checkpoint { ts } => {
+                fresh(ts)?;
+                let (_, note) = self.log.checkpoint().await?;
+                json(&CheckpointResponse {
+                    checkpoint: note,
+                    log_key: self.log.verifier_key(),
+                })
+            }
+            VaultOp::Fetch {
+                ts,
+                case,
+                tokens,
+                after,
+                limit,
+                size,
+            } => {
+                fresh(ts)?;
+                role(&cert, Role::Compliance, "fetching a case's envelopes")?;
+                let c: Case =
+                    verify_blob(&self.km_pk, signed::CASE, &case, "case").map_err(|_| {
+                        ApiError::forbidden("bad_case", "the case is not signed by the tenant's KM")
+                    })?;
+                if c.tenant != self.tenant
+                    || c.officer != cert.user
+                    || c.officer_device != cert.device
+                {
+                    return Err(ApiError::forbidden(
+                        "not_case_officer",
+                        "only the case officer's device may fetch its envelopes",
+                    ));
+                }
+                check_queries(&tokens, 400)?;
+                if size > self.log.size() {
+                    return Err(ApiError::bad_request(
+                        "bad_size",
+                        format!("the ingestion log has {} entries", self.log.size()),
+                    ));
+                }
+                let q = FetchQuery {
+                    rooms: c.scope.rooms.iter().map(|r| r.to_hex()).collect(),
+                    from_ms: c.scope.from_ms,
+                    to_ms: c.scope.to_ms,
+                    any_tokens: tokens
+                        .iter()
+                        .map(|p| (p.period, p.tokens.iter().map(|t| t.0.to_vec()).collect()))
+                        .collect(),
+                    after,
+                    limit: limit.clamp(1, MAX_FETCH),
+                };
+                let rows = self.store.fetch(&q).await.map_err(ApiError::internal)?;
+                let full = rows.len() as u32 == q.limit;
+                let mut items = Vec::with_capacity(rows.len());
+                let mut next = None;
+                for r in rows {
+                    next = Some(r.log_index);
+                    if r.log_index >= size {
+                        continue;
+                    }
+                    let data = self
+                        .log
+                        .store()
+                        .audit_get(r.log_index)
+                        .await
+                        .map_err(ApiError::internal)?
+                        .ok_or_else(|| ApiError::internal("ingestion entry missing"))?;
+                    let proof = self.log.inclusion_proof(r.log_index, size)?;
+                    items.push(FetchedEnvelope {
+                        envelope: r.envelope.into(),
+                        entry: InclusionProof {
+                            index: r.log_index,
+                            size,
+                            data: data.into(),
+                            proof: proof.into_iter().map(Fixed).collect(),
+                        },
+                    });
+                }
+                tracing::info!(user = %cert.user, case = %c.case, n = items.len(), "case envelopes fetched");
+                json(&FetchResponse {
+                    items,
+                    next: if full { next } else { None },
+                })
+            }
+            VaultOp::Purge { ts, order } => {
+                fresh(ts)?;
+                role(&cert, Role::Compliance, "applying retention")?;
+                json(&self.purge(&cert, &order).await?)
+            }
         }
     }
+
+    async fn capture(
+        &self,
+        cert: &DeviceCert,
+        capture: Capture,
+    ) -> Result<SignedReceipt, ApiError> {
+        if capture.envelope.len() > MAX_ENVELOPE || capture.tokens.len() > MAX_TOKENS {
+            return Err(ApiError::too_large(format!(
+                "a capture holds at most {MAX_ENVELOPE} bytes of envelope and {MAX_TOKENS} tokens"
+            )));
+        }
+        let env: SealedEnvelope =
+            serde_json::from_slice(capture.envelope.as_slice()).map_err(|e| {
+                ApiError::bad_request("bad_envelope", format!("sealed envelope is malformed: {e}"))
+            })?;
+        if env.tenant != self.tenant {
+            return Err(ApiError::forbidden(
+                "wrong_tenant",
+                "the envelope is sealed for another tenant",
+            ));
+        }
+        let envelope_sha256 = cloister_crypto::sha256(capture.envelope.as_slice());
+        {
+            let mut f = self
+                .inflight
+                .lock()
+                .map_err(|_| ApiError::internal("inflight lock"))?;
+            if !f.insert(env.message_id) {
+                return Err(ApiError::conflict(
+                    "capture_in_progress",
+                    "this message is being captured; retry",
+                ));
+            }
+        }
+        let result = self.ingest(cert, &env, &capture, envelope_sha256).await;
+        if let Ok(mut f) = self.inflight.lock() {
+            f.remove(&env.message_id);
+        }
+        result
+    }
+
+    async fn ingest(
+        &self,
+        cert: &DeviceCert,
+        env: &SealedEnvelope,
+        capture: &Capture,
+        envelope_sha256: [u8; 32],
+    ) -> Result<SignedReceipt, ApiError> {
+        let id = env.message_id.to_hex();
+        // Idempotent: the same envelope (or, from a recipient, any envelope of
+        // the same ciphertext) gets the stored receipt. Checked while no other
+        // capture of this message can start.
+        if let Some(m) = self
+            .store
+            .get_capture(&id)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            if m.envelope_sha256 == envelope_sha256
+                || (capture.received && m.ciphertext_sha256 == env.ciphertext_sha256.0)
+            {
+                return self.receipt(env.message_id, &m);
+            }
+            return Err(ApiError::conflict(
+                "capture_conflict",
+                "another envelope is already captured for this message",
+            ));
+        }
+        let received_ms = now_millis();
+        let row = CaptureRow {
+            message_id: id.clone(),
+            room: env.room.to_hex(),
+            ts: env.ts,
+            ciphertext_sha256: env.ciphertext_sha256.0.to_vec(),
+            envelope: capture.envelope.0.clone(),
+            envelope_sha256: envelope_sha256.to_vec(),
+            received_ms,
+            period: capture.period,
+            tokens: capture.tokens.iter().map(|t| t.0.to_vec()).collect(),
+            device: cert.device.to_hex(),
+        };
+        let rec = AuditRecord {
+            ts: received_ms,
+            actor: Some(cert.user.clone()),
+            event: AuditEvent::EnvelopeIngested {
+                message_id: id,
+                room: env.room,
+                envelope_sha256: hex(&envelope_sha256),
+                ciphertext_sha256: hex(&env.ciphertext_sha256.0),
+                device: cert.device,
+            },
+        };
+        let log_index = self
+            .log
+            .append_with(&rec, Some(SideEffect::Capture(Box::new(row))))
+            .await?;
+        tracing::debug!(message = %env.message_id, device = %cert.device, log_index, "envelope captured");
+        self.receipt(
+            env.message_id,
+            &CaptureMeta {
+                ciphertext_sha256: env.ciphertext_sha256.0.to_vec(),
+                envelope_sha256: envelope_sha256.to_vec(),
+                received_ms,
+                log_index,
+            },
+        )
+    }
+
+    async fn purge(
+        &self,
+        cert: &DeviceCert,
+        order: &cloister_proto::km::SignedBlob,
+    ) -> Result<PurgeResponse, ApiError> {
+        let o: PurgeOrder =
+            verify_blob(&self.km_pk, signed::PURGE, order, "purge order").map_err(|_| {
+                ApiError::forbidden(
+                    "bad_order",
+                    "the purge order is not signed by the tenant's KM",
+                )
+            })?;
+        if o.tenant != self.tenant {
+            return Err(ApiError::forbidden(
+                "wrong_tenant",
+                "the purge order is for another tenant",
+            ));
+        }
+        let last = self
+            .store
+            .vault_meta(META_LAST_PURGE)
+            .await
+            .map_err(ApiError::internal)?
+            .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0);
+        if o.issued_ms <= last || o.issued_ms + 3_600_000 < now_millis() {
+            return Err(ApiError::conflict(
+                "stale_order",
+                "this purge order is older than one already applied, or over an hour old (replayed)",
+            ));
+        }
+        let (mut deleted, mut kept) = (0u64, 0u64);
+        for rp in &o.rooms {
+            let (expired, held) = self
+                .store
+                .expired(&rp.room.to_hex(), rp.before_ms, &rp.held)
+                .await
+                .map_err(ApiError::internal)?;
+            kept += held;
+            for (message_id, sha) in expired {
+                let rec = AuditRecord {
+                    ts: now_millis(),
+                    actor: Some(cert.user.clone()),
+                    event: AuditEvent::EnvelopeDeleted {
+                        message_id: message_id.clone(),
+                        room: rp.room,
+                        envelope_sha256: hex(&sha),
+                    },
+                };
+                self.log
+                    .append_with(&rec, Some(SideEffect::DeleteEnvelope { message_id }))
+                    .await?;
+                deleted += 1;
+            }
+        }
+        self.store
+            .vault_set_meta(META_LAST_PURGE, &o.issued_ms.to_be_bytes())
+            .await
+            .map_err(ApiError::internal)?;
+        tracing::info!(deleted, kept, "retention purge applied");
+        Ok(PurgeResponse {
+            deleted,
+            kept_for_hold: kept,
+        })
+    }
+}
+
+/// The vault database file of a data directory.
+pub fn db_path(dir: &Path) -> std::path::PathBuf {
+    dir.join("vault.db")
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, ApiError> {

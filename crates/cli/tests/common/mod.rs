@@ -61,19 +61,45 @@ impl World {
         self.device_of(&Self::uid(name)).await
     }
 
-    /// Another device for an existing (or new) user.
-    pub async fn device_of(&self, user: &UserId) -> Client {
-        let code = self.admin.admin_add_user(user, false).await.unwrap().code;
+    /// A new user with roles (compliance, custodian, surveillance…).
+    pub async fn user_with(&self, name: &str, roles: &[cloister_proto::km::Role]) -> Client {
+        let user = Self::uid(name);
+        let code = self
+            .admin
+            .admin_add_user_roles(&user, roles)
+            .await
+            .unwrap()
+            .code;
+        self.enrol_in_memory(&user, &code).await
+    }
+
+    async fn enrol_in_memory(&self, user: &UserId, code: &str) -> Client {
         Client::enrol(
             self.http.clone(),
             &self.stack.server_url,
             &self.stack.km_url,
             user,
-            &code,
+            code,
             Storage::Memory,
         )
         .await
         .unwrap()
+    }
+
+    /// Register the stack's vault with the KM (capture required or not) and
+    /// return its URL.
+    pub async fn register_vault(&self, required: bool) -> String {
+        self.admin
+            .admin_vault_register(&self.stack.vault_url, required)
+            .await
+            .unwrap();
+        self.stack.vault_url.clone()
+    }
+
+    /// Another device for an existing (or new) user.
+    pub async fn device_of(&self, user: &UserId) -> Client {
+        let code = self.admin.admin_add_user(user, false).await.unwrap().code;
+        self.enrol_in_memory(user, &code).await
     }
 
     /// A device stored on disk (for restart tests).

@@ -1,0 +1,465 @@
+//! eDiscovery export of a case, and its offline verification.
+//!
+//! ```text
+//!  DIR/messages/<ts>-<message id>.eml   RFC 5322 (MIME attachments), one per message
+//!  DIR/sealed/<message id>.json         the sealed envelope as the vault ingested it
+//!  DIR/messages.jsonl                   one JSON object per message
+//!  DIR/manifest.json                    every file's SHA-256 and size; every envelope's
+//!                                       ingestion-log entry + inclusion proof; the signed
+//!                                       checkpoint; the KM-signed case and vault descriptor;
+//!                                       the exporting device's certificate
+//!  DIR/manifest.sig                     the exporting device's signature over manifest.json
+//! ```
+//!
+//! `verify` needs nothing but the directory (and, to pin it, the tenant KM
+//! key): a changed, missing or added file, a forged proof or checkpoint, or an
+//! edited manifest fails it.
+
+use cloister_crypto::keys::verify as verify_sig;
+use cloister_crypto::signed::{self, verify_blob, verify_cert};
+use cloister_crypto::{DeviceKeys, sha256};
+use cloister_log::{AuditEvent, AuditRecord, NoteVerifier};
+use cloister_proto::b64::{self, Fixed};
+use cloister_proto::km::{Case, InclusionProof, SignedBlob, SignedCert, VaultDescriptor};
+use cloister_proto::server::Content;
+use cloister_proto::vault::AuditEnvelope;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+/// Domain of the exporting device's signature over `manifest.json`.
+pub const EXPORT: &str = "cloister/export/v1";
+pub const FORMAT: &str = "cloister-export/v1";
+
+/// One decrypted message to export.
+pub struct ExportItem {
+    pub envelope: AuditEnvelope,
+    /// The sealed envelope's exact bytes (as ingested).
+    pub sealed: Vec<u8>,
+    /// Its ingestion-log entry with an inclusion proof.
+    pub entry: InclusionProof,
+    /// The decrypted attachment, if the message is a file and it could be fetched.
+    pub attachment: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: String,
+    pub case: SignedBlob,
+    pub vault: SignedBlob,
+    /// The tenant KM's signing key (compare it with the one you trust, or pin it).
+    pub km_sign_pk: Fixed<32>,
+    /// C2SP signed note of the vault's ingestion log every proof is against.
+    pub checkpoint: String,
+    pub exported_by: SignedCert,
+    pub exported_ms: u64,
+    pub files: Vec<FileEntry>,
+    pub envelopes: Vec<EnvelopeEntry>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileEntry {
+    pub path: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvelopeEntry {
+    pub message_id: String,
+    pub eml: String,
+    pub sealed: String,
+    pub entry: InclusionProof,
+}
+
+/// One line of `messages.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JsonLine {
+    pub message_id: String,
+    pub room: String,
+    pub epoch: u64,
+    pub sender: String,
+    pub device: String,
+    pub participants: Vec<String>,
+    pub ts: u64,
+    pub date: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub text: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub file: Option<JsonFile>,
+    pub ciphertext_sha256: String,
+    pub envelope_sha256: String,
+    pub log_index: u64,
+    pub eml: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JsonFile {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+    pub included: bool,
+}
+
+/// Who exports, and what vouches for the export.
+#[derive(Clone, Copy)]
+pub struct Source<'a> {
+    /// The case officer's device (signs the manifest).
+    pub keys: &'a DeviceKeys,
+    pub cert: &'a SignedCert,
+    /// The KM-signed case and vault descriptor.
+    pub case: &'a SignedBlob,
+    pub vault: &'a SignedBlob,
+    pub km_sign_pk: [u8; 32],
+    /// The vault log's checkpoint every inclusion proof is against.
+    pub checkpoint: &'a str,
+}
+
+/// What was written.
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportSummary {
+    pub messages: u64,
+    pub files: u64,
+    pub bytes: u64,
+}
+
+/// What `verify` checked.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    pub case: String,
+    pub tenant: String,
+    pub messages: u64,
+    pub files: u64,
+    pub bytes: u64,
+    pub checkpoint_size: u64,
+    pub km_sign_pk: String,
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn io_err(p: &Path, e: std::io::Error) -> String {
+    format!("{}: {e}", p.display())
+}
+
+fn eml(item: &ExportItem, envelope_sha256: &str, tenant: &str) -> Result<Vec<u8>, String> {
+    use mail_builder::MessageBuilder;
+    use mail_builder::headers::address::Address;
+    use mail_builder::headers::raw::Raw;
+    let e = &item.envelope;
+    let others: Vec<Address> = e
+        .participants
+        .iter()
+        .filter(|p| **p != e.sender)
+        .map(|p| Address::from(p.to_string()))
+        .collect();
+    let names: Vec<String> = e.participants.iter().map(|p| p.to_string()).collect();
+    let preview = match &e.content {
+        Content::Text { text } => text.lines().next().unwrap_or("").chars().take(60).collect(),
+        Content::File { name, .. } => format!("file {name}"),
+    };
+    let mut m = MessageBuilder::new()
+        .from(Address::from(e.sender.to_string()))
+        .to(if others.is_empty() {
+            Address::from(e.sender.to_string())
+        } else {
+            Address::new_list(others)
+        })
+        .subject(format!(
+            "[room {}] {} | {}",
+            e.room,
+            names.join(", "),
+            preview
+        ))
+        .date((e.ts / 1000) as i64)
+        .message_id(format!("{}@{tenant}.cloister", e.message_id))
+        .header("X-Cloister-Room", Raw::new(e.room.to_string()))
+        .header("X-Cloister-Epoch", Raw::new(e.epoch.to_string()))
+        .header("X-Cloister-Message-Id", Raw::new(e.message_id.to_string()))
+        .header("X-Cloister-Envelope", Raw::new(envelope_sha256.to_owned()))
+        .header(
+            "X-Cloister-Log-Index",
+            Raw::new(item.entry.index.to_string()),
+        )
+        .header("X-Cloister-Device", Raw::new(e.device.to_string()))
+        .header("X-Cloister-Timestamp-Ms", Raw::new(e.ts.to_string()));
+    match &e.content {
+        Content::Text { text } => m = m.text_body(text.clone()),
+        Content::File {
+            name, size, sha256, ..
+        } => {
+            m = m.text_body(format!(
+                "File: {name} ({size} bytes, SHA-256 {})\n{}",
+                hex(&sha256.0),
+                if item.attachment.is_some() {
+                    "The file is attached."
+                } else {
+                    "The file could not be retrieved from the messaging server."
+                }
+            ));
+            if let Some(bytes) = &item.attachment {
+                m = m.attachment("application/octet-stream", name.clone(), bytes.as_slice());
+            }
+        }
+    }
+    m.write_to_vec().map_err(|e| e.to_string())
+}
+
+/// Write an export. `progress(done, total)` is called after each message.
+pub fn write(
+    dir: &Path,
+    src: &Source<'_>,
+    items: &[ExportItem],
+    progress: &dyn Fn(u64, u64),
+) -> Result<ExportSummary, String> {
+    let Source {
+        keys,
+        cert,
+        case,
+        vault,
+        km_sign_pk,
+        checkpoint,
+    } = *src;
+    if dir.exists()
+        && std::fs::read_dir(dir)
+            .map_err(|e| io_err(dir, e))?
+            .next()
+            .is_some()
+    {
+        return Err(format!(
+            "{} is not empty; export into a new directory",
+            dir.display()
+        ));
+    }
+    let c: Case = serde_json::from_slice(case.body.as_slice()).map_err(|e| e.to_string())?;
+    for sub in ["messages", "sealed"] {
+        std::fs::create_dir_all(dir.join(sub)).map_err(|e| io_err(dir, e))?;
+    }
+    let mut files = Vec::new();
+    let mut envelopes = Vec::new();
+    let mut jsonl = Vec::new();
+    let mut bytes = 0u64;
+    let mut put = |rel: String, data: &[u8], files: &mut Vec<FileEntry>| -> Result<(), String> {
+        let p = dir.join(&rel);
+        std::fs::write(&p, data).map_err(|e| io_err(&p, e))?;
+        bytes += data.len() as u64;
+        files.push(FileEntry {
+            path: rel,
+            sha256: hex(&sha256(data)),
+            size: data.len() as u64,
+        });
+        Ok(())
+    };
+    let total = items.len() as u64;
+    for (n, it) in items.iter().enumerate() {
+        let e = &it.envelope;
+        let env_sha = hex(&sha256(&it.sealed));
+        let eml_path = format!("messages/{}-{}.eml", e.ts, e.message_id);
+        let sealed_path = format!("sealed/{}.json", e.message_id);
+        put(
+            eml_path.clone(),
+            &eml(it, &env_sha, c.tenant.as_str())?,
+            &mut files,
+        )?;
+        put(sealed_path.clone(), &it.sealed, &mut files)?;
+        let (text, file) = match &e.content {
+            Content::Text { text } => (Some(text.clone()), None),
+            Content::File {
+                name, size, sha256, ..
+            } => (
+                None,
+                Some(JsonFile {
+                    name: name.clone(),
+                    size: *size,
+                    sha256: hex(&sha256.0),
+                    included: it.attachment.is_some(),
+                }),
+            ),
+        };
+        let line = JsonLine {
+            message_id: e.message_id.to_string(),
+            room: e.room.to_string(),
+            epoch: e.epoch,
+            sender: e.sender.to_string(),
+            device: e.device.to_string(),
+            participants: e.participants.iter().map(|p| p.to_string()).collect(),
+            ts: e.ts,
+            date: cloister_crypto::blind::rfc3339(e.ts),
+            text,
+            file,
+            ciphertext_sha256: hex(&e.ciphertext_sha256.0),
+            envelope_sha256: env_sha,
+            log_index: it.entry.index,
+            eml: eml_path.clone(),
+        };
+        serde_json::to_writer(&mut jsonl, &line).map_err(|e| e.to_string())?;
+        jsonl.push(b'\n');
+        envelopes.push(EnvelopeEntry {
+            message_id: e.message_id.to_string(),
+            eml: eml_path,
+            sealed: sealed_path,
+            entry: it.entry.clone(),
+        });
+        progress(n as u64 + 1, total);
+    }
+    put("messages.jsonl".into(), &jsonl, &mut files)?;
+    let m = Manifest {
+        format: FORMAT.into(),
+        case: case.clone(),
+        vault: vault.clone(),
+        km_sign_pk: Fixed(km_sign_pk),
+        checkpoint: checkpoint.to_owned(),
+        exported_by: cert.clone(),
+        exported_ms: cloister_proto::now_millis(),
+        files: files.clone(),
+        envelopes,
+    };
+    let mb = serde_json::to_vec_pretty(&m).map_err(|e| e.to_string())?;
+    let p = dir.join("manifest.json");
+    std::fs::write(&p, &mb).map_err(|e| io_err(&p, e))?;
+    let sig = keys.sign(EXPORT, &mb);
+    let p = dir.join("manifest.sig");
+    std::fs::write(&p, b64::encode(&sig)).map_err(|e| io_err(&p, e))?;
+    Ok(ExportSummary {
+        messages: total,
+        files: files.len() as u64 + 2,
+        bytes: bytes + mb.len() as u64,
+    })
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<(), String> {
+    for e in std::fs::read_dir(dir).map_err(|e| io_err(dir, e))? {
+        let e = e.map_err(|e| io_err(dir, e))?;
+        let p: PathBuf = e.path();
+        let ft = e.file_type().map_err(|e| io_err(&p, e))?;
+        if ft.is_dir() {
+            walk(root, &p, out)?;
+        } else {
+            let rel = p
+                .strip_prefix(root)
+                .map_err(|e| e.to_string())?
+                .components()
+                .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join("/");
+            out.push(rel);
+        }
+    }
+    Ok(())
+}
+
+/// Verify an export directory offline. With `pinned_km`, the export must
+/// come from that tenant KM.
+pub fn verify(dir: &Path, pinned_km: Option<[u8; 32]>) -> Result<VerifyReport, String> {
+    let mp = dir.join("manifest.json");
+    let mb = std::fs::read(&mp).map_err(|e| format!("TAMPERED: {}", io_err(&mp, e)))?;
+    let sp = dir.join("manifest.sig");
+    let sig_text =
+        std::fs::read_to_string(&sp).map_err(|e| format!("TAMPERED: {}", io_err(&sp, e)))?;
+    let m: Manifest = serde_json::from_slice(&mb)
+        .map_err(|e| format!("TAMPERED: manifest.json is malformed: {e}"))?;
+    if m.format != FORMAT {
+        return Err(format!("unsupported export format {:?}", m.format));
+    }
+    let km = m.km_sign_pk.0;
+    if let Some(p) = pinned_km
+        && p != km
+    {
+        return Err("TAMPERED: the export names another tenant KM key than the pinned one".into());
+    }
+    let cert = verify_cert(&km, &m.exported_by)
+        .map_err(|_| "TAMPERED: the exporting device's certificate is not signed by the KM")?;
+    let sig: [u8; 64] = b64::decode(sig_text.trim())
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("TAMPERED: manifest.sig is malformed")?;
+    verify_sig(&cert.sign_pk.0, EXPORT, &mb, &sig)
+        .map_err(|_| "TAMPERED: manifest.json does not match the exporting device's signature")?;
+    let case: Case = verify_blob(&km, signed::CASE, &m.case, "case")
+        .map_err(|_| "TAMPERED: the case is not signed by the KM")?;
+    let vault: VaultDescriptor = verify_blob(&km, signed::VAULT, &m.vault, "vault")
+        .map_err(|_| "TAMPERED: the vault descriptor is not signed by the KM")?;
+    if cert.user != case.officer || cert.tenant != case.tenant || vault.tenant != case.tenant {
+        return Err("TAMPERED: the export was not made by the case officer of this tenant".into());
+    }
+    let verifier = NoteVerifier::parse(&vault.log_key).map_err(|e| e.to_string())?;
+    let cp = verifier.verify_checkpoint(&m.checkpoint).map_err(|e| {
+        format!("TAMPERED: the checkpoint does not verify under the vault's log key: {e}")
+    })?;
+
+    // Files: exactly the listed ones, each with its hash.
+    let mut present = Vec::new();
+    walk(dir, dir, &mut present)?;
+    let listed: BTreeMap<&str, &FileEntry> = m.files.iter().map(|f| (f.path.as_str(), f)).collect();
+    for p in &present {
+        if p != "manifest.json" && p != "manifest.sig" && !listed.contains_key(p.as_str()) {
+            return Err(format!(
+                "TAMPERED: {p} is not listed in the manifest (added)"
+            ));
+        }
+    }
+    let mut bytes = 0u64;
+    for f in &m.files {
+        let p = dir.join(&f.path);
+        let data = std::fs::read(&p).map_err(|_| format!("TAMPERED: {} is missing", f.path))?;
+        if hex(&sha256(&data)) != f.sha256 || data.len() as u64 != f.size {
+            return Err(format!("TAMPERED: {} was altered", f.path));
+        }
+        bytes += data.len() as u64;
+    }
+    // Envelopes: each sealed file is the one the vault's log recorded.
+    for e in &m.envelopes {
+        if e.entry.size != cp.size {
+            return Err(format!(
+                "TAMPERED: the proof of {} is for size {}, the checkpoint is {}",
+                e.message_id, e.entry.size, cp.size
+            ));
+        }
+        let proof: Vec<[u8; 32]> = e.entry.proof.iter().map(|h| h.0).collect();
+        cloister_log::verify_inclusion(
+            e.entry.index,
+            e.entry.size,
+            &cloister_log::leaf_hash(e.entry.data.as_slice()),
+            &proof,
+            &cp.root,
+        )
+        .map_err(|_| format!("TAMPERED: {} is not in the vault's log", e.message_id))?;
+        let rec = AuditRecord::from_bytes(e.entry.data.as_slice())
+            .map_err(|_| format!("TAMPERED: the log entry of {} is unreadable", e.message_id))?;
+        let AuditEvent::EnvelopeIngested {
+            message_id,
+            envelope_sha256,
+            ..
+        } = rec.event
+        else {
+            return Err(format!(
+                "TAMPERED: the log entry of {} is not an ingestion",
+                e.message_id
+            ));
+        };
+        let sealed = std::fs::read(dir.join(&e.sealed))
+            .map_err(|_| format!("TAMPERED: {} is missing", e.sealed))?;
+        if message_id != e.message_id || hex(&sha256(&sealed)) != envelope_sha256 {
+            return Err(format!(
+                "TAMPERED: {} does not match the envelope the vault ingested",
+                e.sealed
+            ));
+        }
+        if !listed.contains_key(e.eml.as_str()) {
+            return Err(format!("TAMPERED: {} is not listed", e.eml));
+        }
+    }
+    Ok(VerifyReport {
+        case: case.case,
+        tenant: case.tenant.to_string(),
+        messages: m.envelopes.len() as u64,
+        files: m.files.len() as u64,
+        bytes,
+        checkpoint_size: cp.size,
+        km_sign_pk: b64::encode(&km),
+    })
+}
