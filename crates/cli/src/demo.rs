@@ -5,6 +5,7 @@ use crate::{BoxError, Stack, StackOptions};
 use cloister_client::{Client, Received, Storage};
 use cloister_crypto::passphrase::Cost;
 use cloister_proto::UserId;
+use cloister_proto::km::Role;
 use cloister_proto::room::RoomSettings;
 use cloister_proto::server::Content;
 use std::path::Path;
@@ -58,8 +59,18 @@ fn render(r: &Received) -> String {
 }
 
 async fn enrol(stack: &Stack, admin: &Client, dir: &Path, name: &str) -> Result<Client, BoxError> {
+    enrol_as(stack, admin, dir, name, &[Role::User]).await
+}
+
+async fn enrol_as(
+    stack: &Stack,
+    admin: &Client,
+    dir: &Path,
+    name: &str,
+    roles: &[Role],
+) -> Result<Client, BoxError> {
     let user = uid(&format!("{name}@acme"))?;
-    let code = admin.admin_add_user(&user, false).await?.code;
+    let code = admin.admin_add_user_roles(&user, roles).await?.code;
     let path = dir.join(name);
     Ok(Client::enrol(
         reqwest::Client::new(),
@@ -193,6 +204,35 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
     d.say(
         "admin",
         "enrolled alice (rates trader), bob (rates trader), carol (sales) with one-time codes",
+    );
+
+    d.section("Compliance is set up before anyone talks");
+    let olivia = enrol_as(&stack, &admin, &clients, "olivia", &[Role::Compliance]).await?;
+    let mut custodians = Vec::new();
+    for n in ["cora", "cole", "cruz"] {
+        custodians.push(enrol_as(&stack, &admin, &clients, n, &[Role::Custodian]).await?);
+    }
+    d.say(
+        "admin",
+        "enrolled olivia (compliance officer) and cora, cole, cruz (escrow custodians)",
+    );
+    let names: Vec<UserId> = custodians.iter().map(|c| c.user().clone()).collect();
+    let esc = admin.admin_escrow_init(&names, 2).await?;
+    d.say(
+        "admin",
+        format!(
+            "created the escrow key; any {} of {} custodians can open the archive, nobody alone; the whole private key was never stored",
+            esc.threshold,
+            esc.custodians.len()
+        ),
+    );
+    let vd = admin.admin_vault_register(&stack.vault_url, true).await?;
+    d.say(
+        "admin",
+        format!(
+            "registered the vault on {} with capture = required: the server refuses any message without the vault's receipt",
+            vd.url
+        ),
     );
 
     d.section("The rates desk talks");
@@ -428,6 +468,89 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
         "key release transparency: carol got epoch 0 and never epoch 1",
     );
 
+    d.section("Compliance reviews the desk");
+    olivia.use_registered_vault().await?;
+    let now = cloister_proto::now_millis();
+    let hits = olivia
+        .compliance_search(
+            &[(cloister_crypto::blind::Field::Keyword, "harbourview".into())],
+            now - 86_400_000,
+            now + 86_400_000,
+            100,
+        )
+        .await?;
+    d.say(
+        "olivia",
+        format!(
+            "searches the archive for \"harbourview\" with blind tokens: {} hit(s), metadata only",
+            hits.len()
+        ),
+    );
+    d.check(
+        !hits.is_empty(),
+        "keyword search finds the captured message",
+    );
+    let case = olivia
+        .case_open(
+            "harbourview-inquiry",
+            "Harbourview inquiry",
+            cloister_proto::km::CaseScope {
+                custodians: vec![alice.user().clone()],
+                rooms: vec![],
+                from_ms: now - 86_400_000,
+                to_ms: now + 86_400_000,
+            },
+            true,
+        )
+        .await?;
+    d.say(
+        "olivia",
+        format!(
+            "opens case {} (alice's conversations today, under legal hold)",
+            case.case
+        ),
+    );
+    custodians[0].case_approve(&case.case).await?;
+    d.say(
+        "cora",
+        "approves the case: her share is re-sealed to the case's session key",
+    );
+    let out = dir.join("export");
+    let refused = olivia.case_export(&case.case, &out, &|_, _| {}).await;
+    if let Err(e) = &refused {
+        d.say("olivia", format!("tries to export with 1 approval: {e}"));
+    }
+    d.check(refused.is_err(), "with K-1 approvals nothing is decrypted");
+    custodians[1].case_approve(&case.case).await?;
+    d.say("cole", "approves the case");
+    let x = olivia.case_export(&case.case, &out, &|_, _| {}).await?;
+    d.say(
+        "olivia",
+        format!(
+            "exports with {} of {} approvals: {} message(s), {} files, {} bytes (EML + JSONL + signed manifest) in {}",
+            x.approvals,
+            x.threshold,
+            x.summary.messages,
+            x.summary.files,
+            x.summary.bytes,
+            out.display()
+        ),
+    );
+    let v = cloister_client::export::verify(&out, Some(stack.km.info().sign_pk.0));
+    if let Ok(r) = &v {
+        d.say(
+            "regulator",
+            format!(
+                "cloister export verify: {} message(s), {} files match; every envelope proven in the vault log (size {})",
+                r.messages, r.files, r.checkpoint_size
+            ),
+        );
+    }
+    d.check(
+        v.is_ok() && x.summary.messages > 0,
+        "the export verifies offline",
+    );
+
     d.section("What the operator holds");
     let needles: Vec<Vec<u8>> = secrets
         .iter()
@@ -456,6 +579,18 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
     d.check(
         found.is_empty(),
         "the server's storage holds none of the plaintext it carried",
+    );
+    let (vfiles, vbytes, vfound) = scan_for(&dir.join("vault"), &needles)?;
+    d.say(
+        "auditor",
+        format!("scanned {vfiles} files, {vbytes} bytes of the vault for the same strings"),
+    );
+    for f in &vfound {
+        d.say("auditor", format!("FOUND: {f}"));
+    }
+    d.check(
+        vfound.is_empty(),
+        "the vault's storage holds no plaintext either (envelopes are sealed to the escrow key)",
     );
 
     stack.stop().await;

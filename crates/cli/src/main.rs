@@ -611,7 +611,6 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         }
         Cmd::Send { room, text, file } => {
             let c = ctx.client()?;
-            c.use_registered_vault().await?;
             let room = resolve_room(&c, &room).await?;
             let (id, seq) = match (text, file) {
                 (Some(t), None) => c.send_text(&room, &t).await?,
@@ -629,7 +628,6 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             before,
         } => {
             let c = ctx.client()?;
-            c.use_registered_vault().await?;
             let room = resolve_room(&c, &room).await?;
             let msgs = c.read(&room, limit, before).await?;
             let mut lines = Vec::new();

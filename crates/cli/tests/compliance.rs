@@ -313,11 +313,14 @@ async fn capture_required_refuses_messages_without_a_valid_receipt() {
         .await
         .unwrap();
     w.admin.post_notice(&first.notice).await.unwrap();
-    bob.send_text(&room, "no capture yet").await.unwrap();
+    // while capture is optional, a message without a receipt is accepted
+    let plain = bob.seal(&room, &text("no capture yet")).await.unwrap();
+    bob.post_envelope(&room, &plain).await.unwrap();
     w.register_vault(true).await;
 
     // a client that skips capture cannot post
-    let e = bob.send_text(&room, "uncaptured").await.unwrap_err();
+    let skipped = bob.seal(&room, &text("uncaptured")).await.unwrap();
+    let e = bob.post_envelope(&room, &skipped).await.unwrap_err();
     assert_eq!(e.code(), Some("capture_required"), "{e}");
     assert!(e.to_string().contains("vault receipt"), "{e}");
     // a receipt for another message, or a forged one, is refused
@@ -342,16 +345,15 @@ async fn capture_required_refuses_messages_without_a_valid_receipt() {
     let e = w.admin.post_notice(&first.notice).await.unwrap_err();
     assert_eq!(e.code(), Some("stale_notice"), "{e}");
     assert_eq!(
-        bob.send_text(&room, "still refused")
-            .await
-            .unwrap_err()
-            .code(),
+        bob.post_envelope(&room, &skipped).await.unwrap_err().code(),
         Some("capture_required")
     );
+    // the SDK captures on its own once a vault is registered
+    bob.send_text(&room, "captured by the SDK").await.unwrap();
     // the server kept nothing it refused; the vault holds what was captured
     let msgs = bob.read(&room, 50, None).await.unwrap();
-    assert_eq!(msgs.len(), 3);
-    assert_eq!(w.stack.vault.envelope_count().await.unwrap(), 2);
+    assert_eq!(msgs.len(), 4);
+    assert_eq!(w.stack.vault.envelope_count().await.unwrap(), 3);
 }
 
 /// Users, escrow 2-of-3, a vault with capture required, and traffic in two rooms.

@@ -167,7 +167,10 @@ impl Client {
     /// Capture into the tenant's registered vault from now on (if one is
     /// registered). Returns whether capture is on and required.
     pub async fn use_registered_vault(&self) -> Result<Option<VaultTarget>> {
-        let Some((_, d)) = self.vault_descriptor().await? else {
+        let found = self.vault_descriptor().await?;
+        self.vault_checked
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        let Some((_, d)) = found else {
             return Ok(None);
         };
         let t = VaultTarget {
@@ -300,6 +303,14 @@ impl Client {
         content: &Content,
         received: bool,
     ) -> Result<Option<cloister_proto::vault::SignedReceipt>> {
+        // Capture is not up to the application: the first message this
+        // device handles looks up the tenant's registered vault.
+        if !self
+            .vault_checked
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            self.use_registered_vault().await?;
+        }
         let Some(vault) = self.vault.lock().ok().and_then(|v| v.clone()) else {
             return Ok(None);
         };

@@ -108,6 +108,8 @@ pub struct Client {
     certs: Mutex<HashMap<DeviceId, DeviceCert>>,
     rooms: tokio::sync::Mutex<HashMap<RoomId, RoomCache>>,
     vault: Mutex<Option<VaultTarget>>,
+    /// Whether the KM was asked for the tenant's registered vault yet.
+    vault_checked: std::sync::atomic::AtomicBool,
     escrow: Mutex<Option<cloister_proto::km::EscrowDescriptor>>,
     index_cache: Mutex<HashMap<u32, RoomKey>>,
 }
@@ -269,6 +271,7 @@ impl Client {
             certs: Mutex::new(HashMap::new()),
             rooms: tokio::sync::Mutex::new(HashMap::new()),
             vault: Mutex::new(None),
+            vault_checked: Default::default(),
             escrow: Mutex::new(None),
             index_cache: Mutex::new(HashMap::new()),
         }
