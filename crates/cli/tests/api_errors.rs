@@ -455,7 +455,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     /// Arbitrary bytes to every JSON endpoint: always a 4xx JSON error, never a 5xx or a hang.
     #[test]
-    fn arbitrary_bodies_get_4xx(body in proptest::collection::vec(any::<u8>(), 0..512), which in 0usize..6) {
+    fn arbitrary_bodies_get_4xx(body in proptest::collection::vec(any::<u8>(), 0..512), which in 0usize..7) {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
             let w = shared_world().await;
@@ -466,6 +466,7 @@ proptest! {
                 format!("{}/v1/devices", w.1),
                 format!("{}/v1/notices", w.1),
                 format!("{}/v1/tenants", w.1),
+                format!("{}/v1/request", w.2),
             ];
             let r = reqwest::Client::new().post(&urls[which]).header("content-type", "application/json").body(body).send().await.unwrap();
             let st = r.status().as_u16();
@@ -478,9 +479,9 @@ proptest! {
 }
 
 /// One stack shared by the property test's cases, on its own runtime thread.
-async fn shared_world() -> (String, String) {
+async fn shared_world() -> (String, String, String) {
     use std::sync::OnceLock;
-    static URLS: OnceLock<(String, String)> = OnceLock::new();
+    static URLS: OnceLock<(String, String, String)> = OnceLock::new();
     if let Some(u) = URLS.get() {
         return u.clone();
     }
@@ -489,8 +490,12 @@ async fn shared_world() -> (String, String) {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async move {
             let w = World::new().await;
-            tx.send((w.stack.km_url.clone(), w.stack.server_url.clone()))
-                .unwrap();
+            tx.send((
+                w.stack.km_url.clone(),
+                w.stack.server_url.clone(),
+                w.stack.vault_url.clone(),
+            ))
+            .unwrap();
             std::future::pending::<()>().await;
         });
     });

@@ -758,3 +758,219 @@ async fn surveillance_reads_a_room_live_and_every_release_is_visible() {
     let e = cw.officer.read(&cw.room_a, 50, None).await.unwrap_err();
     assert_eq!(e.code(), Some("no_such_room"), "{e}");
 }
+
+#[tokio::test]
+async fn vault_and_case_inputs_are_checked_and_change_nothing() {
+    use cloister_proto::b64::{Bytes, Fixed};
+    use cloister_proto::km::KmOp;
+    use cloister_proto::vault::{Capture, SealedEnvelope, VaultOp};
+    let cw = case_world().await;
+    let w = &cw.w;
+    let vault = w.stack.vault_url.clone();
+    let raw = w.raw_with("rawofficer", &[Compliance, Custodian]).await;
+    let now = cloister_proto::now_millis;
+    let count = w.stack.vault.envelope_count().await.unwrap();
+    let log = w.stack.vault.log_size();
+    let capture = |envelope: Vec<u8>, tokens: usize, ts: u64| VaultOp::Capture {
+        ts,
+        capture: Capture {
+            envelope: Bytes(envelope),
+            period: 0,
+            tokens: vec![Fixed([0; 16]); tokens],
+            received: false,
+        },
+    };
+    let sealed = |tenant: &str, id: cloister_proto::MessageId| {
+        serde_json::to_vec(&SealedEnvelope {
+            tenant: tenant.parse().unwrap(),
+            message_id: id,
+            room: cw.room_a,
+            ts: now(),
+            ciphertext_sha256: Fixed([1; 32]),
+            enc: Fixed([2; 32]),
+            ct: Bytes(vec![3; 40]),
+        })
+        .unwrap()
+    };
+    let id = cloister_proto::MessageId([9; 16]);
+    for (op, status, code) in [
+        (capture(b"not json".to_vec(), 1, now()), 400, "bad_envelope"),
+        (capture(sealed("acme", id), 4097, now()), 413, "too_large"),
+        (
+            capture(sealed("acme", id), 1, now() - 3_600_000),
+            401,
+            "stale_request",
+        ),
+        (capture(sealed("other", id), 1, now()), 403, "wrong_tenant"),
+    ] {
+        let (st, body) = raw.vault(&vault, &op).await;
+        assert_eq!((st, body["error"].as_str()), (status, Some(code)), "{body}");
+    }
+    // another envelope for a message already captured
+    let hits = cw
+        .officer
+        .compliance_search(
+            &[(cloister_crypto::blind::Field::Room, cw.room_a.to_hex())],
+            now() - 3_600_000,
+            now() + 3_600_000,
+            10,
+        )
+        .await
+        .unwrap();
+    let (st, body) = raw
+        .vault(
+            &vault,
+            &capture(sealed("acme", hits[0].message_id), 1, now()),
+        )
+        .await;
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (409, Some("capture_conflict"))
+    );
+    // a forged case, someone else's case, a forged purge order
+    let case = cw
+        .officer
+        .case_open("gamma", "", today_scope(vec![], vec![cw.room_a]), false)
+        .await
+        .unwrap();
+    let (_, list) = cw
+        .officer
+        .case_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(b, c)| (c, b))
+        .find(|(c, _)| c.case == case.case)
+        .unwrap();
+    let fetch = |case: cloister_proto::km::SignedBlob, size: u64| VaultOp::Fetch {
+        ts: now(),
+        case,
+        tokens: vec![],
+        after: None,
+        limit: 10,
+        size,
+    };
+    let mut forged = list.clone();
+    forged.sig.0[0] ^= 1;
+    let (st, body) = raw.vault(&vault, &fetch(forged.clone(), 1)).await;
+    assert_eq!((st, body["error"].as_str()), (403, Some("bad_case")));
+    let (st, body) = raw.vault(&vault, &fetch(list.clone(), 1)).await;
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (403, Some("not_case_officer"))
+    );
+    let (st, body) = raw
+        .vault(
+            &vault,
+            &VaultOp::Purge {
+                ts: now(),
+                order: forged,
+            },
+        )
+        .await;
+    assert_eq!((st, body["error"].as_str()), (403, Some("bad_order")));
+    // an ordinary user may not fetch, search or purge at all
+    let user = w.raw("plainuser").await;
+    let (st, body) = user.vault(&vault, &fetch(list.clone(), 1)).await;
+    assert_eq!((st, body["error"].as_str()), (403, Some("not_compliance")));
+
+    // KM: case inputs
+    let scope = today_scope(vec![], vec![cw.room_a]);
+    let open = |case: &str, scope: cloister_proto::km::CaseScope| KmOp::CaseOpen {
+        case: case.into(),
+        title: "t".into(),
+        scope,
+        session_pk: Fixed([5; 32]),
+        hold: false,
+    };
+    let mut backwards = scope.clone();
+    backwards.from_ms = backwards.to_ms + 1;
+    let empty = cloister_proto::km::CaseScope {
+        custodians: vec![],
+        rooms: vec![],
+        ..scope.clone()
+    };
+    let mut foreign = scope.clone();
+    foreign.custodians = vec!["eve@other".parse().unwrap()];
+    for (op, status, code) in [
+        (open("Bad Id!", scope.clone()), 400, "bad_case"),
+        (open(&"x".repeat(65), scope.clone()), 400, "bad_case"),
+        (open("ok-1", backwards), 400, "bad_scope"),
+        (open("ok-2", empty), 400, "bad_scope"),
+        (open("ok-3", foreign), 400, "bad_scope"),
+        (open("gamma", scope.clone()), 409, "case_exists"),
+        (
+            KmOp::CaseStep {
+                case: "gamma".into(),
+                step: "peek".into(),
+                count: 0,
+            },
+            400,
+            "bad_step",
+        ),
+        (
+            KmOp::CaseApprovals {
+                case: "gamma".into(),
+            },
+            403,
+            "not_case_officer",
+        ),
+        (
+            KmOp::CaseApprovals {
+                case: "nope".into(),
+            },
+            404,
+            "unknown_case",
+        ),
+        (
+            KmOp::RetentionSet {
+                kind: "group".into(),
+                days: 0,
+            },
+            400,
+            "bad_retention",
+        ),
+    ] {
+        let (st, body) = raw.km(op).await;
+        assert_eq!((st, body["error"].as_str()), (status, Some(code)), "{body}");
+    }
+    // an approval not signed by the sending device
+    let approval = cloister_crypto::signed::device_sign_blob(
+        &cloister_crypto::DeviceKeys::generate().unwrap(),
+        cloister_crypto::signed::APPROVAL,
+        &serde_json::json!({"case": "gamma"}),
+    )
+    .unwrap();
+    let (st, body) = raw.km(KmOp::CaseApprove { approval }).await;
+    assert_eq!((st, body["error"].as_str()), (401, Some("bad_signature")));
+    // a replayed case request
+    let body = cloister_proto::km::RequestBody {
+        device: raw.keys.device_id(),
+        ts: now(),
+        nonce: Fixed([7; 16]),
+        op: open("delta", scope.clone()),
+    };
+    let req = cloister_crypto::signed::sign_request(&raw.keys, &body).unwrap();
+    for expect in [200, 409] {
+        let r = w
+            .http
+            .post(format!("{}/v1/request", w.stack.km_url))
+            .json(&req)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), expect);
+    }
+    // nothing changed at the vault; only gamma and delta were opened
+    assert_eq!(w.stack.vault.envelope_count().await.unwrap(), count);
+    assert_eq!(w.stack.vault.log_size(), log);
+    let cases: Vec<String> = cw
+        .officer
+        .case_list()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, c)| c.case)
+        .collect();
+    assert_eq!(cases, ["delta", "gamma"]);
+}

@@ -122,6 +122,17 @@ impl World {
         .unwrap()
     }
 
+    pub async fn raw_with(&self, name: &str, roles: &[cloister_proto::km::Role]) -> RawDevice {
+        let user = Self::uid(name);
+        let code = self
+            .admin
+            .admin_add_user_roles(&user, roles)
+            .await
+            .unwrap()
+            .code;
+        RawDevice::enrol(self, &user, &code).await
+    }
+
     pub async fn raw(&self, name: &str) -> RawDevice {
         let user = Self::uid(name);
         let code = self.admin.admin_add_user(&user, false).await.unwrap().code;
@@ -183,6 +194,23 @@ impl RawDevice {
             server_url: w.stack.server_url.clone(),
             http: w.http.clone(),
         }
+    }
+
+    /// Send a signed vault request; returns (status, JSON body).
+    pub async fn vault(
+        &self,
+        vault_url: &str,
+        op: &cloister_proto::vault::VaultOp,
+    ) -> (u16, serde_json::Value) {
+        let req = signed::sign_vault_request(&self.keys, &self.signed_cert, op).unwrap();
+        let r = self
+            .http
+            .post(format!("{vault_url}/v1/request"))
+            .json(&req)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
     }
 
     /// Send a signed KM request; returns (status, JSON body).
