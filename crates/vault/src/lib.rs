@@ -19,7 +19,8 @@
 #![forbid(unsafe_code)]
 
 use cloister_crypto::KmSigner;
-use cloister_crypto::signed::{self, sign_receipt, verify_blob, verify_vault_request};
+use cloister_crypto::keys::VerifyKey;
+use cloister_crypto::signed::{self, sign_receipt, verify_blob};
 use cloister_http::ApiError;
 use cloister_km::audit::AuditLog;
 use cloister_log::{AuditEvent, AuditRecord};
@@ -31,7 +32,7 @@ use cloister_proto::vault::{
 };
 use cloister_proto::{MessageId, TenantId, limits, now_millis, now_secs};
 use cloister_store::{AuditStore, CaptureMeta, CaptureRow, FetchQuery, SideEffect, VaultStore};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
@@ -69,7 +70,16 @@ pub struct Vault {
     log: Arc<AuditLog>,
     /// Messages whose capture is being stored (one at a time per message).
     inflight: Mutex<HashSet<MessageId>>,
+    /// Certificates already verified under the KM key (by hash of their
+    /// signed bytes), with the device's parsed key: a device's next request
+    /// costs one signature check, not two.
+    certs: Mutex<HashMap<[u8; 32], Arc<VerifiedCert>>>,
 }
+
+/// A certificate verified under the KM key, with the device's parsed key.
+type VerifiedCert = (DeviceCert, VerifyKey);
+
+const MAX_CACHED_CERTS: usize = 10_000;
 
 const META_TENANT: &str = "tenant";
 const META_KM: &str = "km_sign_pk";
@@ -177,6 +187,7 @@ impl Vault {
             store,
             log,
             inflight: Mutex::new(HashSet::new()),
+            certs: Mutex::new(HashMap::new()),
         })
     }
 
@@ -243,11 +254,42 @@ impl Vault {
         sign_receipt(&self.signer, &r).map_err(ApiError::internal)
     }
 
+    /// The request's certificate (verified under the KM key, or found in
+    /// the cache) and its operation, verified under the device key.
+    fn verify(&self, req: &VaultRequest) -> Result<(DeviceCert, VaultOp), ApiError> {
+        let bad = |e: cloister_crypto::CryptoError| {
+            ApiError::unauthorized("bad_request_signature", format!("request rejected: {e}"))
+        };
+        let h = cloister_crypto::sha256(&[req.cert.body.as_slice(), &req.cert.sig.0].concat());
+        let cached = self.certs.lock().ok().and_then(|m| m.get(&h).cloned());
+        let entry = match cached {
+            Some(e) => e,
+            None => {
+                let cert = signed::verify_cert(&self.km_pk, &req.cert).map_err(bad)?;
+                let key = VerifyKey::from_bytes(&cert.sign_pk.0).map_err(bad)?;
+                let e = Arc::new((cert, key));
+                if let Ok(mut m) = self.certs.lock() {
+                    if m.len() >= MAX_CACHED_CERTS {
+                        m.clear();
+                    }
+                    m.insert(h, e.clone());
+                }
+                e
+            }
+        };
+        entry
+            .1
+            .verify(signed::VAULT_REQUEST, req.body.as_slice(), &req.sig.0)
+            .map_err(bad)?;
+        let op: VaultOp = serde_json::from_slice(req.body.as_slice()).map_err(|e| {
+            ApiError::bad_request("bad_request", format!("vault request is malformed: {e}"))
+        })?;
+        Ok((entry.0.clone(), op))
+    }
+
     /// Handle a signed request.
     pub async fn handle(&self, req: &VaultRequest) -> Result<serde_json::Value, ApiError> {
-        let (cert, op) = verify_vault_request(&self.km_pk, req).map_err(|e| {
-            ApiError::unauthorized("bad_request_signature", format!("request rejected: {e}"))
-        })?;
+        let (cert, op) = self.verify(req)?;
         if cert.tenant != self.tenant {
             return Err(ApiError::forbidden(
                 "wrong_tenant",

@@ -1,0 +1,312 @@
+//! The vault's hot paths: envelope ingest (`Vault::handle(Capture)`: request
+//! and certificate verification, one group-committed transaction holding the
+//! envelope, its tokens and its ingestion-log entry, a signed receipt) with
+//! 64 captures in flight; and blind-index search latency over a large
+//! archive (`CLOISTER_BENCH_ENVELOPES`, default 100,000; the figure in
+//! docs/benchmarks.md uses 1,000,000). The archive is built once under
+//! `target/` and reused.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use cloister_crypto::blind::{self, Field};
+use cloister_crypto::signed::{self, sign_cert};
+use cloister_crypto::{DeviceKeys, KmSigner, RoomKey};
+use cloister_log::{AuditEvent, AuditRecord};
+use cloister_proto::b64::{Bytes, Fixed};
+use cloister_proto::km::{DeviceCert, Role};
+use cloister_proto::vault::{Capture, PeriodQuery, SealedEnvelope, VaultOp, VaultRequest};
+use cloister_proto::{MessageId, RoomId, TenantId};
+use cloister_store::{AuditIn, AuditStore, CaptureRow, SideEffect};
+use cloister_vault::Vault;
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+struct Device {
+    keys: DeviceKeys,
+    cert: cloister_proto::km::SignedCert,
+}
+
+fn device(km: &KmSigner, tenant: &TenantId, roles: Vec<Role>) -> Device {
+    let keys = DeviceKeys::generate().unwrap();
+    let cert = sign_cert(
+        km,
+        &DeviceCert {
+            tenant: tenant.clone(),
+            user: "bench@acme".parse().unwrap(),
+            device: keys.device_id(),
+            sign_pk: Fixed(keys.sign_pk()),
+            hpke_pk: Fixed(keys.hpke_pk()),
+            roles,
+            issued_at: 0,
+            not_after: u64::MAX / 2,
+        },
+    )
+    .unwrap();
+    Device { keys, cert }
+}
+
+/// A capture shaped like a 1 KiB text message's: ~1.3 KB sealed envelope, 16 tokens.
+fn capture_req(d: &Device, tenant: &TenantId, n: u64) -> VaultRequest {
+    let mut id = [0u8; 16];
+    id[..8].copy_from_slice(&n.to_be_bytes());
+    id[8..].copy_from_slice(&cloister_crypto::random_bytes::<8>().unwrap());
+    let env = SealedEnvelope {
+        tenant: tenant.clone(),
+        message_id: MessageId(id),
+        room: RoomId([(n % 200) as u8 + 1; 16]),
+        ts: cloister_proto::now_millis(),
+        ciphertext_sha256: Fixed([3; 32]),
+        enc: Fixed([4; 32]),
+        ct: Bytes(vec![5; 1300]),
+    };
+    let op = VaultOp::Capture {
+        ts: cloister_proto::now_millis(),
+        capture: Capture {
+            envelope: Bytes(serde_json::to_vec(&env).unwrap()),
+            period: 1,
+            tokens: (0..16u8)
+                .map(|i| {
+                    let mut t = [i; 16];
+                    t[..8].copy_from_slice(&n.to_be_bytes());
+                    Fixed(t)
+                })
+                .collect(),
+            received: false,
+        },
+    };
+    signed::sign_vault_request(&d.keys, &d.cert, &op).unwrap()
+}
+
+fn ingest(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let dir = tempfile::tempdir().unwrap();
+    let tenant: TenantId = "acme".parse().unwrap();
+    let km = KmSigner::generate().unwrap();
+    let vault = Arc::new(
+        rt.block_on(Vault::open_dir(dir.path(), Some((&tenant, km.public()))))
+            .unwrap(),
+    );
+    let dev = device(&km, &tenant, vec![Role::User]);
+    const N: u64 = 20_000;
+    let mut g = c.benchmark_group("vault");
+    g.sample_size(10).measurement_time(Duration::from_secs(20));
+    g.throughput(Throughput::Elements(N));
+    let mut base = 0u64;
+    g.bench_function("ingest_20k_captures_64_in_flight", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let reqs: Vec<VaultRequest> = (0..N)
+                    .map(|i| capture_req(&dev, &tenant, base + i))
+                    .collect();
+                base += N;
+                let v = vault.clone();
+                total += rt.block_on(async move {
+                    let reqs = Arc::new(reqs);
+                    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+                    let t = Instant::now();
+                    let mut tasks = Vec::new();
+                    for _ in 0..64 {
+                        let (v, reqs, next) = (v.clone(), reqs.clone(), next.clone());
+                        tasks.push(tokio::spawn(async move {
+                            loop {
+                                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let Some(r) = reqs.get(i) else { break };
+                                v.handle(r).await.unwrap();
+                            }
+                        }));
+                    }
+                    for t in tasks {
+                        t.await.unwrap();
+                    }
+                    t.elapsed()
+                });
+            }
+            total
+        })
+    });
+    g.finish();
+}
+
+const WORDS: usize = 20_000;
+const USERS: u64 = 1_000;
+const ROOMS: u64 = 5_000;
+
+fn word(i: usize) -> String {
+    format!("w{i}")
+}
+
+/// Build (or reuse) an archive of `n` envelopes over 12 months: each from one
+/// of 1,000 senders in one of 5,000 rooms, with 8 keywords drawn from a
+/// Zipf-like vocabulary of 20,000 words, tokens made with real index keys.
+async fn archive(path: &Path, n: u64, tenant: &TenantId, km: &KmSigner) -> Arc<Vault> {
+    let db = cloister_vault::db_path(path);
+    if db.exists() {
+        return Arc::new(Vault::open_dir(path, None).await.unwrap());
+    }
+    let vault = Vault::open_dir(path, Some((tenant, km.public())))
+        .await
+        .unwrap();
+    drop(vault);
+    let store = cloister_store::SqliteVaultStore::open(&db).await.unwrap();
+    let keys: Vec<RoomKey> = (0..12)
+        .map(|p| RoomKey::from_bytes([p as u8 + 1; 32]))
+        .collect();
+    let start_ms = 1_767_225_600_000u64; // 2026-01-01
+    let span = 365 * 86_400_000u64;
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let t = Instant::now();
+    let mut index = 0u64;
+    while index < n {
+        let mut rows = Vec::with_capacity(2000);
+        for _ in 0..2000.min(n - index) {
+            let ts = start_ms + index * (span / n);
+            let period = blind::period_of(ts);
+            let k = &keys[(period as usize) % 12];
+            let sender = format!("u{}@acme", next() % USERS);
+            let room = RoomId({
+                let mut r = [0u8; 16];
+                r[..8].copy_from_slice(&(next() % ROOMS + 1).to_be_bytes());
+                r
+            });
+            let mut toks = vec![
+                blind::token(k, Field::Sender, &sender),
+                blind::token(k, Field::Room, &room.to_hex()),
+                blind::token(k, Field::Day, &blind::day_of(ts)),
+            ];
+            for _ in 0..8 {
+                // Zipf-like: low word numbers are far more frequent.
+                let r = (next() % 1_000_000) as f64 / 1_000_000.0;
+                let w = ((WORDS as f64).powf(r) as usize).min(WORDS - 1);
+                toks.push(blind::token(k, Field::Keyword, &word(w)));
+            }
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&index.to_be_bytes());
+            let message_id = MessageId(id);
+            let rec = AuditRecord {
+                ts,
+                actor: None,
+                event: AuditEvent::EnvelopeIngested {
+                    message_id: message_id.to_hex(),
+                    room,
+                    envelope_sha256: "00".repeat(32),
+                    ciphertext_sha256: "00".repeat(32),
+                    device: cloister_proto::DeviceId([1; 16]),
+                },
+            };
+            rows.push(AuditIn {
+                index,
+                ts,
+                kind: "envelope_ingested".into(),
+                room: Some(room.to_hex()),
+                data: rec.to_bytes().unwrap(),
+                side: Some(SideEffect::Capture(Box::new(CaptureRow {
+                    message_id: message_id.to_hex(),
+                    room: room.to_hex(),
+                    ts,
+                    ciphertext_sha256: vec![0; 32],
+                    envelope: vec![7; 1300],
+                    envelope_sha256: vec![0; 32],
+                    received_ms: ts,
+                    period,
+                    tokens: toks.iter().map(|t| t.to_vec()).collect(),
+                    device: "01".repeat(16),
+                }))),
+            });
+            index += 1;
+        }
+        store.audit_append(&rows).await.unwrap();
+        if index.is_multiple_of(100_000) {
+            eprintln!("archive: {index} envelopes in {:.0?}", t.elapsed());
+        }
+    }
+    drop(store);
+    Arc::new(Vault::open_dir(path, None).await.unwrap())
+}
+
+fn search(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+    let n: u64 = std::env::var("CLOISTER_BENCH_ENVELOPES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100_000);
+    let tenant: TenantId = "acme".parse().unwrap();
+    // A fixed KM key, so a cached archive stays valid across runs.
+    let km = KmSigner::from_secret(&[42; 32]).unwrap();
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/bench-vault")
+        .join(n.to_string());
+    let vault = rt.block_on(archive(&path, n, &tenant, &km));
+    let officer = device(&km, &tenant, vec![Role::Compliance]);
+    let keys: Vec<RoomKey> = (0..12)
+        .map(|p| RoomKey::from_bytes([p as u8 + 1; 32]))
+        .collect();
+    let start_ms = 1_767_225_600_000u64;
+    let p0 = blind::period_of(start_ms);
+    // one month, every period's tokens: a rare and a common keyword, AND a sender
+    let query = |terms: &[(Field, String)], months: u32| {
+        let queries = (0..months)
+            .map(|m| {
+                let p = p0 + m;
+                let k = &keys[(p as usize) % 12];
+                PeriodQuery {
+                    period: p,
+                    tokens: terms
+                        .iter()
+                        .map(|(f, t)| Fixed(blind::token(k, *f, t)))
+                        .collect(),
+                }
+            })
+            .collect();
+        let op = VaultOp::Search {
+            ts: cloister_proto::now_millis(),
+            queries,
+            from_ms: start_ms,
+            to_ms: start_ms + months as u64 * 31 * 86_400_000,
+            limit: 100,
+        };
+        signed::sign_vault_request(&officer.keys, &officer.cert, &op).unwrap()
+    };
+    let mut g = c.benchmark_group(format!("vault_search_{n}"));
+    g.sample_size(50);
+    for (name, terms, months) in [
+        (
+            "rare_keyword_1_month",
+            vec![(Field::Keyword, word(15_000))],
+            1,
+        ),
+        (
+            "common_keyword_and_sender_1_month",
+            vec![(Field::Keyword, word(3)), (Field::Sender, "u7@acme".into())],
+            1,
+        ),
+        (
+            "two_keywords_12_months",
+            vec![(Field::Keyword, word(50)), (Field::Keyword, word(400))],
+            12,
+        ),
+    ] {
+        let req = query(&terms, months);
+        g.bench_function(name, |b| {
+            b.iter(|| rt.block_on(vault.handle(&req)).unwrap());
+        });
+    }
+    g.finish();
+}
+
+fn benches(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    ingest(c, &rt);
+    search(c, &rt);
+}
+
+criterion_group!(vault, benches);
+criterion_main!(vault);
