@@ -748,6 +748,26 @@ async fn surveillance_reads_a_room_live_and_every_release_is_visible() {
     let msgs = watcher.read(&cw.room_a, 50, None).await.unwrap();
     assert_eq!(msgs.len(), 3);
     assert!(msgs.iter().all(|m| m.is_ok()));
+    // live: the watcher's stream carries the room's next message, decrypted
+    let mut stream = watcher.connect_events().await.unwrap();
+    cw.alice
+        .send_text(&cw.room_a, "live to compliance")
+        .await
+        .unwrap();
+    let live = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        watcher.next_message(&mut stream, &cw.room_a),
+    )
+    .await
+    .unwrap()
+    .unwrap()
+    .unwrap();
+    assert_eq!(
+        live.content,
+        cloister_proto::server::Content::Text {
+            text: "live to compliance".into()
+        }
+    );
     let who = w.admin.who_has_keys(&cw.room_a).await.unwrap();
     assert!(
         who.iter()

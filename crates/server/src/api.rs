@@ -856,6 +856,12 @@ async fn ws(
 
 async fn run_ws(s: Arc<Server>, c: Caller, sock: WebSocket) {
     let (id, mut rx) = s.hub.register(&c.user, c.device);
+    if c.cert
+        .roles
+        .contains(&cloister_proto::km::Role::Surveillance)
+    {
+        s.hub.watch(&c.tenant, &c.user);
+    }
     let (mut sink, mut stream) = sock.split();
     loop {
         tokio::select! {

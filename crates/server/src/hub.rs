@@ -7,8 +7,8 @@
 //! catches up from history), so one slow reader never slows a room.
 
 use axum::extract::ws::Utf8Bytes;
-use cloister_proto::{DeviceId, UserId};
-use std::collections::HashMap;
+use cloister_proto::{DeviceId, TenantId, UserId};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use tokio::sync::mpsc;
@@ -24,6 +24,10 @@ struct Conn {
 #[derive(Clone, Default)]
 pub struct Hub {
     conns: Arc<RwLock<HashMap<UserId, Vec<Conn>>>>,
+    /// Connected users with the surveillance role, per tenant: they receive
+    /// every message of their tenant's rooms (their keys come from the KM,
+    /// which logs each release).
+    watchers: Arc<RwLock<HashMap<TenantId, HashSet<UserId>>>>,
     next: Arc<AtomicU64>,
     count: Arc<AtomicUsize>,
 }
@@ -50,8 +54,29 @@ impl Hub {
             self.count.fetch_sub(before - v.len(), Ordering::Relaxed);
             if v.is_empty() {
                 m.remove(user);
+                if let Ok(mut w) = self.watchers.write() {
+                    for set in w.values_mut() {
+                        set.remove(user);
+                    }
+                }
             }
         }
+    }
+
+    /// Deliver every message of `tenant`'s rooms to `user` (surveillance).
+    pub fn watch(&self, tenant: &TenantId, user: &UserId) {
+        if let Ok(mut w) = self.watchers.write() {
+            w.entry(tenant.clone()).or_default().insert(user.clone());
+        }
+    }
+
+    /// The surveillance users of a tenant who are connected.
+    pub fn watchers(&self, tenant: &TenantId) -> Vec<UserId> {
+        self.watchers
+            .read()
+            .ok()
+            .and_then(|w| w.get(tenant).map(|s| s.iter().cloned().collect()))
+            .unwrap_or_default()
     }
 
     pub fn connections(&self) -> usize {

@@ -50,7 +50,11 @@ impl Writer {
                                     envelope: job.envelope,
                                 };
                                 if let Ok(s) = serde_json::to_string(&ev) {
-                                    hub.send(job.state.members.iter(), Some(job.sender), s.into());
+                                    let watchers = hub.watchers(&job.state.tenant);
+                                    let users = job.state.members.iter().chain(
+                                        watchers.iter().filter(|w| !job.state.members.contains(*w)),
+                                    );
+                                    hub.send(users, Some(job.sender), s.into());
                                 }
                             }
                             let _ = job.reply.send(Ok(res));
