@@ -44,7 +44,7 @@ pub fn verify(input: &VerifyInput<'_>) -> Result<Vec<String>, String> {
         "checkpoint signature valid: {} size {} root {}",
         cp.origin,
         cp.size,
-        hex(&cp.root)
+        hex::encode(cp.root)
     ));
     // A remembered older checkpoint: checked first, so a rollback is reported as such.
     let previous = match input.previous {
@@ -173,10 +173,6 @@ fn check_inclusion(p: &InclusionProof, cp: &Checkpoint) -> Result<(), String> {
         &cp.root,
     )
     .map_err(|_| format!("entry {} is NOT included in the checkpoint", p.index))
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// Write `checkpoint.note`, `log.key` and `entries.jsonl` (every entry the

@@ -707,7 +707,7 @@ impl Client {
                 let sealed: cloister_proto::vault::SealedEnvelope =
                     serde_json::from_slice(it.envelope.as_slice())
                         .map_err(|e| ClientError::Local(format!("malformed envelope: {e}")))?;
-                let sha = hex_bytes(&cloister_crypto::sha256(it.envelope.as_slice()));
+                let sha = hex::encode(cloister_crypto::sha256(it.envelope.as_slice()));
                 match &rec.event {
                     cloister_log::AuditEvent::EnvelopeIngested {
                         message_id,
@@ -765,7 +765,7 @@ impl Client {
     async fn fetch_attachment(&self, content: &Content) -> Option<Vec<u8>> {
         let tmp = std::env::temp_dir().join(format!(
             "cloister-attachment-{}",
-            hex_bytes(&cloister_crypto::random_bytes::<16>().ok()?)
+            hex::encode(cloister_crypto::random_bytes::<16>().ok()?)
         ));
         let r = self.get_file(content, &tmp).await;
         let bytes = std::fs::read(&tmp).ok();
@@ -825,8 +825,4 @@ impl Client {
         )
         .await
     }
-}
-
-fn hex_bytes(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

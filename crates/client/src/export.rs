@@ -138,10 +138,6 @@ pub struct VerifyReport {
     pub km_sign_pk: String,
 }
 
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
-}
-
 fn io_err(p: &Path, e: std::io::Error) -> String {
     format!("{}: {e}", p.display())
 }
@@ -194,7 +190,7 @@ fn eml(item: &ExportItem, envelope_sha256: &str, tenant: &str) -> Result<Vec<u8>
         } => {
             m = m.text_body(format!(
                 "File: {name} ({size} bytes, SHA-256 {})\n{}",
-                hex(&sha256.0),
+                hex::encode(sha256.0),
                 if item.attachment.is_some() {
                     "The file is attached."
                 } else {
@@ -249,7 +245,7 @@ pub fn write(
         bytes += data.len() as u64;
         files.push(FileEntry {
             path: rel,
-            sha256: hex(&sha256(data)),
+            sha256: hex::encode(sha256(data)),
             size: data.len() as u64,
         });
         Ok(())
@@ -257,7 +253,7 @@ pub fn write(
     let total = items.len() as u64;
     for (n, it) in items.iter().enumerate() {
         let e = &it.envelope;
-        let env_sha = hex(&sha256(&it.sealed));
+        let env_sha = hex::encode(sha256(&it.sealed));
         let eml_path = format!("messages/{}-{}.eml", e.ts, e.message_id);
         let sealed_path = format!("sealed/{}.json", e.message_id);
         put(
@@ -275,7 +271,7 @@ pub fn write(
                 Some(JsonFile {
                     name: name.clone(),
                     size: *size,
-                    sha256: hex(&sha256.0),
+                    sha256: hex::encode(sha256.0),
                     included: it.attachment.is_some(),
                 }),
             ),
@@ -291,7 +287,7 @@ pub fn write(
             date: cloister_crypto::blind::rfc3339(e.ts),
             text,
             file,
-            ciphertext_sha256: hex(&e.ciphertext_sha256.0),
+            ciphertext_sha256: hex::encode(e.ciphertext_sha256.0),
             envelope_sha256: env_sha,
             log_index: it.entry.index,
             eml: eml_path.clone(),
@@ -406,7 +402,7 @@ pub fn verify(dir: &Path, pinned_km: Option<[u8; 32]>) -> Result<VerifyReport, S
     for f in &m.files {
         let p = dir.join(&f.path);
         let data = std::fs::read(&p).map_err(|_| format!("TAMPERED: {} is missing", f.path))?;
-        if hex(&sha256(&data)) != f.sha256 || data.len() as u64 != f.size {
+        if hex::encode(sha256(&data)) != f.sha256 || data.len() as u64 != f.size {
             return Err(format!("TAMPERED: {} was altered", f.path));
         }
         bytes += data.len() as u64;
@@ -443,7 +439,7 @@ pub fn verify(dir: &Path, pinned_km: Option<[u8; 32]>) -> Result<VerifyReport, S
         };
         let sealed = std::fs::read(dir.join(&e.sealed))
             .map_err(|_| format!("TAMPERED: {} is missing", e.sealed))?;
-        if message_id != e.message_id || hex(&sha256(&sealed)) != envelope_sha256 {
+        if message_id != e.message_id || hex::encode(sha256(&sealed)) != envelope_sha256 {
             return Err(format!(
                 "TAMPERED: {} does not match the envelope the vault ingested",
                 e.sealed

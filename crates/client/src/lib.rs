@@ -980,7 +980,7 @@ impl Client {
             .unwrap_or_else(|| "file".into());
         let file_key = RoomKey::generate()?;
         let blob = cloister_proto::b64::Fixed(cloister_crypto::random_bytes::<16>()?);
-        let blob_id = hex_id(&blob.0);
+        let blob_id = hex::encode(blob.0);
         let up = api::upload_encrypted(path, &file_key)?;
         let token = self.token().await?;
         let resp: BlobResponse = api::send(
@@ -1246,8 +1246,4 @@ pub fn check_inclusion(
             p.index
         ))
     })
-}
-
-fn hex_id(b: &[u8; 16]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -199,12 +199,7 @@ pub fn sign_escrow(
     km: &KmSigner,
     d: &cloister_proto::km::EscrowDescriptor,
 ) -> Result<cloister_proto::km::SignedEscrow, CryptoError> {
-    let body = to_json(d)?;
-    let sig = km.sign(ESCROW, &body);
-    Ok(cloister_proto::km::SignedEscrow {
-        body: Bytes(body),
-        sig: Fixed(sig),
-    })
+    km_sign_blob(km, ESCROW, d)
 }
 
 /// Verify an escrow descriptor against the tenant KM key.
@@ -212,8 +207,7 @@ pub fn verify_escrow(
     km_pk: &[u8; 32],
     s: &cloister_proto::km::SignedEscrow,
 ) -> Result<cloister_proto::km::EscrowDescriptor, CryptoError> {
-    verify(km_pk, ESCROW, s.body.as_slice(), &s.sig.0)?;
-    parse(s.body.as_slice(), "escrow descriptor")
+    verify_blob(km_pk, ESCROW, s, "escrow descriptor")
 }
 
 /// Device: sign a vault request (the certificate travels with it).
@@ -231,27 +225,12 @@ pub fn sign_vault_request(
     })
 }
 
-/// Vault: verify a request's certificate (under the KM key) and signature; returns both.
-pub fn verify_vault_request(
-    km_pk: &[u8; 32],
-    r: &cloister_proto::vault::VaultRequest,
-) -> Result<(DeviceCert, cloister_proto::vault::VaultOp), CryptoError> {
-    let cert = verify_cert(km_pk, &r.cert)?;
-    verify(&cert.sign_pk.0, VAULT_REQUEST, r.body.as_slice(), &r.sig.0)?;
-    Ok((cert, parse(r.body.as_slice(), "vault request")?))
-}
-
 /// Vault: sign a receipt.
 pub fn sign_receipt(
     vault: &KmSigner,
     r: &cloister_proto::vault::Receipt,
 ) -> Result<cloister_proto::vault::SignedReceipt, CryptoError> {
-    let body = to_json(r)?;
-    let sig = vault.sign(RECEIPT, &body);
-    Ok(cloister_proto::vault::SignedReceipt {
-        body: Bytes(body),
-        sig: Fixed(sig),
-    })
+    km_sign_blob(vault, RECEIPT, r)
 }
 
 /// Verify a receipt against the vault's key.
@@ -259,8 +238,7 @@ pub fn verify_receipt(
     vault_pk: &[u8; 32],
     r: &cloister_proto::vault::SignedReceipt,
 ) -> Result<cloister_proto::vault::Receipt, CryptoError> {
-    verify(vault_pk, RECEIPT, r.body.as_slice(), &r.sig.0)?;
-    parse(r.body.as_slice(), "receipt")
+    verify_blob(vault_pk, RECEIPT, r, "receipt")
 }
 
 /// Context a share is sealed under: tenant, escrow key, share number.

@@ -366,11 +366,7 @@ pub struct EscrowDescriptor {
 }
 
 /// A KM-signed escrow descriptor (signed bytes, domain `cloister/escrow/v1`).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct SignedEscrow {
-    pub body: Bytes,
-    pub sig: Fixed<64>,
-}
+pub type SignedEscrow = SignedBlob;
 
 /// Blind-index keys, each sealed like a room key (its "room" is the zero id and
 /// its "epoch" the period).

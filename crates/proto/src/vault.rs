@@ -147,12 +147,7 @@ pub struct Receipt {
 }
 
 /// A receipt as signed bytes (domain `cloister/receipt/v1`, vault key).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SignedReceipt {
-    pub body: Bytes,
-    pub sig: Fixed<64>,
-}
+pub type SignedReceipt = crate::km::SignedBlob;
 
 /// Public description of a tenant's vault.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -976,8 +976,13 @@ sqlite_audit_store!(SqliteVaultStore);
 
 /// `PREFIX VALUES (?, …), …` for `rows` rows of `cols` columns.
 fn insert_sql(prefix: &str, cols: usize, rows: usize) -> String {
-    let one = format!("({})", vec!["?"; cols].join(", "));
+    let one = format!("({})", placeholders(cols));
     format!("{prefix} VALUES {}", vec![one; rows].join(", "))
+}
+
+/// `?, ?, …` (`n` of them).
+fn placeholders(n: usize) -> String {
+    vec!["?"; n].join(", ")
 }
 
 /// The captures and deletions riding on a batch of audit entries, as a few
@@ -1192,11 +1197,7 @@ impl VaultStore for SqliteVaultStore {
              WHERE ts >= ? AND ts <= ? AND log_index > ?",
         );
         if !q.rooms.is_empty() {
-            sql.push_str(" AND room IN (");
-            for n in 0..q.rooms.len() {
-                sql.push_str(if n == 0 { "?" } else { ", ?" });
-            }
-            sql.push(')');
+            sql.push_str(&format!(" AND room IN ({})", placeholders(q.rooms.len())));
         }
         let toks: Vec<(u32, &Vec<u8>)> = q
             .any_tokens
@@ -1282,9 +1283,7 @@ impl VaultStore for SqliteVaultStore {
                 "SELECT e.message_id, e.room, e.ts, e.ciphertext_sha256 FROM envelopes e JOIN
                    (SELECT message_id FROM tokens WHERE period = ? AND token IN (",
             );
-            for n in 0..toks.len() {
-                sql.push_str(if n == 0 { "?" } else { ", ?" });
-            }
+            sql.push_str(&placeholders(toks.len()));
             sql.push_str(
                 ") GROUP BY message_id HAVING COUNT(DISTINCT token) = ?) m ON m.message_id = e.message_id
                  WHERE e.ts >= ? AND e.ts <= ? ORDER BY e.ts LIMIT ?",

@@ -323,10 +323,7 @@ impl Vault {
                     ));
                 }
                 check_queries(&queries, 64)?;
-                let q: Vec<(u32, Vec<Vec<u8>>)> = queries
-                    .iter()
-                    .map(|p| (p.period, p.tokens.iter().map(|t| t.0.to_vec()).collect()))
-                    .collect();
+                let q = token_queries(&queries);
                 let rows = self
                     .store
                     .search(&q, from_ms, to_ms, limit.clamp(1, limits::MAX_PAGE))
@@ -388,10 +385,7 @@ impl Vault {
                     rooms: c.scope.rooms.iter().map(|r| r.to_hex()).collect(),
                     from_ms: c.scope.from_ms,
                     to_ms: c.scope.to_ms,
-                    any_tokens: tokens
-                        .iter()
-                        .map(|p| (p.period, p.tokens.iter().map(|t| t.0.to_vec()).collect()))
-                        .collect(),
+                    any_tokens: token_queries(&tokens),
                     after,
                     limit: limit.clamp(1, MAX_FETCH),
                 };
@@ -522,8 +516,8 @@ impl Vault {
             event: AuditEvent::EnvelopeIngested {
                 message_id: id,
                 room: env.room,
-                envelope_sha256: hex(&envelope_sha256),
-                ciphertext_sha256: hex(&env.ciphertext_sha256.0),
+                envelope_sha256: hex::encode(envelope_sha256),
+                ciphertext_sha256: hex::encode(env.ciphertext_sha256.0),
                 device: cert.device,
             },
         };
@@ -590,7 +584,7 @@ impl Vault {
                     event: AuditEvent::EnvelopeDeleted {
                         message_id: message_id.clone(),
                         room: rp.room,
-                        envelope_sha256: hex(&sha),
+                        envelope_sha256: hex::encode(&sha),
                     },
                 };
                 self.log
@@ -611,13 +605,17 @@ impl Vault {
     }
 }
 
+/// Period queries as the store takes them.
+fn token_queries(queries: &[PeriodQuery]) -> Vec<(u32, Vec<Vec<u8>>)> {
+    queries
+        .iter()
+        .map(|p| (p.period, p.tokens.iter().map(|t| t.0.to_vec()).collect()))
+        .collect()
+}
+
 /// The vault database file of a data directory.
 pub fn db_path(dir: &Path) -> std::path::PathBuf {
     dir.join("vault.db")
-}
-
-fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 fn json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, ApiError> {
