@@ -73,10 +73,15 @@ pub fn token(index_key: &RoomKey, field: Field, term: &str) -> [u8; 16] {
     t
 }
 
-/// RFC 3339 UTC time of a millisecond timestamp (`YYYY-MM-DDTHH:MM:SS.mmmZ`).
+/// Last millisecond of the year 9999, the latest time RFC 3339 can write.
+const MAX_MS: u64 = 253_402_300_799_999;
+
+/// RFC 3339 UTC time of a millisecond timestamp (`YYYY-MM-DDTHH:MM:SS.mmmZ`);
+/// timestamps past the year 9999 (only a forged message can carry one) are
+/// written as its last millisecond.
 pub fn rfc3339(ts_ms: u64) -> String {
     humantime::format_rfc3339_millis(
-        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ts_ms),
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(ts_ms.min(MAX_MS)),
     )
     .to_string()
 }
@@ -157,6 +162,8 @@ mod tests {
     #[test]
     fn dates_and_periods() {
         assert_eq!(day_of(0), "1970-01-01");
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(period_of(u64::MAX), period_of(MAX_MS));
         assert_eq!(day_of(951_782_400_000), "2000-02-29");
         assert_eq!(day_of(1_795_305_600_000), "2026-11-22");
         assert_eq!(period_of(0), 0);

@@ -379,7 +379,7 @@ impl Km {
             ));
         }
         c.scope = scope;
-        c.version += 1;
+        c.version = c.version.saturating_add(1);
         self.put_case(&c).await
     }
 

@@ -563,7 +563,7 @@ impl Vault {
             .and_then(|b| <[u8; 8]>::try_from(b.as_slice()).ok())
             .map(u64::from_be_bytes)
             .unwrap_or(0);
-        if o.issued_ms <= last || o.issued_ms + 3_600_000 < now_millis() {
+        if o.issued_ms <= last || o.issued_ms.saturating_add(3_600_000) < now_millis() {
             return Err(ApiError::conflict(
                 "stale_order",
                 "this purge order is older than one already applied, or over an hour old (replayed)",
