@@ -9,6 +9,23 @@ use cloister_log::{
 use cloister_proto::km::{ConsistencyProof, InclusionProof};
 use std::path::Path;
 
+/// One line of `cloister audit who-has-keys`: releases to a surveillance
+/// role are marked in the plain output, not only in `--json`.
+pub fn release_line(r: &cloister_client::KeyRelease) -> String {
+    format!(
+        "#{:<6} {} device {} epochs {:?}{} (proven)",
+        r.index,
+        r.user,
+        r.device,
+        r.epochs,
+        if r.surveillance {
+            " SURVEILLANCE (not a member)"
+        } else {
+            ""
+        }
+    )
+}
+
 /// What to verify; every path is a file written by `cloister audit ... --json`
 /// or `cloister audit export`.
 #[derive(Debug)]

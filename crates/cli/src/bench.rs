@@ -135,7 +135,7 @@ async fn spawn_stack(dir: &std::path::Path) -> Result<(Procs, String, String, St
     );
     let http = reqwest::Client::new();
     wait_up(&http, &format!("{km_url}/v1/info")).await?;
-    wait_up(&http, &format!("{server_url}/v1/tenants/bench")).await?;
+    wait_up(&http, &format!("{server_url}/v1/rooms")).await?;
     let token = std::fs::read_to_string(cloister_server::operator_token_path(&dir.join("server")))?;
     let info = cloister_client::km_info(&http, &km_url).await?;
     cloister_client::register_tenant(&http, &server_url, token.trim(), &info).await?;

@@ -783,15 +783,7 @@ async fn audit_cmd(ctx: &Ctx, ac: AuditCmd) -> Result<(), BoxError> {
         AuditCmd::WhoHasKeys { room } => {
             let room = resolve_room(&c, &room).await?;
             let rel = c.who_has_keys(&room).await?;
-            let lines: Vec<String> = rel
-                .iter()
-                .map(|r| {
-                    format!(
-                        "#{:<6} {} device {} epochs {:?} (proven)",
-                        r.index, r.user, r.device, r.epochs
-                    )
-                })
-                .collect();
+            let lines: Vec<String> = rel.iter().map(cloister_cli::audit::release_line).collect();
             ctx.emit(lines.join("\n"), json!({"room": room, "releases": rel}));
         }
         AuditCmd::Export { out } => {

@@ -774,6 +774,20 @@ async fn surveillance_reads_a_room_live_and_every_release_is_visible() {
             .any(|r| &r.user == watcher.user() && r.surveillance),
         "the surveillance release is visible in who-has-keys"
     );
+    let plain: Vec<String> = who.iter().map(cloister_cli::audit::release_line).collect();
+    assert!(
+        plain
+            .iter()
+            .any(|l| l.contains(watcher.user().as_str()) && l.contains("SURVEILLANCE")),
+        "and in its plain output: {plain:?}"
+    );
+    assert!(
+        plain
+            .iter()
+            .filter(|l| l.contains("SURVEILLANCE"))
+            .all(|l| l.contains(watcher.user().as_str())),
+        "{plain:?}"
+    );
     // compliance without the surveillance entitlement cannot
     let e = cw.officer.read(&cw.room_a, 50, None).await.unwrap_err();
     assert_eq!(e.code(), Some("no_such_room"), "{e}");

@@ -32,8 +32,8 @@ use cloister_proto::km::{
 use cloister_proto::room::{Action, RoomKind, RoomSettings, SignedStatement, Statement};
 use cloister_proto::server::{
     AppendLog, AppendLogResponse, BlobResponse, Content, Envelope, Event, HistoryPage, LogPage,
-    LoginRequest, LoginResponse, MessageHeader, PostMessageResponse, PostNotice, RegisterDevice,
-    RegisterTenant, RoomSummary, TenantInfo,
+    LoginRequest, LoginResponse, MessageHeader, PinCheck, PinCheckResponse, PostMessageResponse,
+    PostNotice, RegisterDevice, RegisterTenant, RoomSummary,
 };
 use cloister_proto::{DeviceId, MessageId, RoomId, TenantId, UserId, limits, now_millis, now_secs};
 use std::collections::{HashMap, HashSet};
@@ -195,11 +195,16 @@ impl Client {
             )));
         }
         // The server must know the same KM key for this tenant (pinning check).
-        let tinfo: TenantInfo =
-            api::send(http.get(format!("{server}/v1/tenants/{}", info.tenant))).await?;
-        if tinfo.km_sign_pk != info.sign_pk {
+        let pin: PinCheckResponse = api::send(
+            http.post(format!("{server}/v1/tenants/{}/pin", info.tenant))
+                .json(&PinCheck {
+                    km_sign_pk: info.sign_pk,
+                }),
+        )
+        .await?;
+        if !pin.pinned {
             return Err(ClientError::Local(format!(
-                "the server has a different KM key registered for tenant {}; refusing to enrol",
+                "the server does not have this KM's key registered for tenant {}; refusing to enrol",
                 info.tenant
             )));
         }
@@ -566,7 +571,7 @@ impl Client {
 
     /// Create a room; the creator becomes its owner.
     pub async fn create_room(&self, settings: RoomSettings, members: &[UserId]) -> Result<RoomId> {
-        let room = RoomId(cloister_crypto::random_bytes::<16>()?);
+        let room = cloister_policy::room_id_from_random(cloister_crypto::random_bytes::<16>()?);
         self.append(
             &room,
             Action::Create {
@@ -586,7 +591,23 @@ impl Client {
         }
         let room = cloister_policy::im_room_id(self.user(), other);
         match self.room_state(&room).await {
-            Ok(_) => Ok(room),
+            Ok(st) => {
+                // The policy admits nothing else at this id; check anyway
+                // before sending anything into it.
+                let pair: std::collections::BTreeSet<UserId> =
+                    [self.user().clone(), other.clone()].into();
+                if st.kind != RoomKind::Im || st.members != pair {
+                    tracing::error!(%room, "room at the 1:1 id is not this IM");
+                    return Err(ClientError::Local(format!(
+                        "SECURITY ALERT: room {room} at the 1:1 id of {} and {other} is not their IM \
+                         (kind {:?}, members {:?}); refusing to use it",
+                        self.user(),
+                        st.kind,
+                        st.members
+                    )));
+                }
+                Ok(room)
+            }
             Err(ClientError::Api(a)) if a.code == "no_such_room" => {
                 let action = Action::Create {
                     kind: RoomKind::Im,

@@ -50,6 +50,10 @@ pub enum PolicyError {
     ImImmutable,
     #[error("an IM needs exactly one other member")]
     BadIm,
+    #[error(
+        "room id {0} is in the 1:1 id space: only the IM of the two users it is derived from may be created there"
+    )]
+    ImSpace(RoomId),
     #[error("room member limit reached")]
     TooManyMembers,
     #[error("room name too long (at most 200 bytes)")]
@@ -117,6 +121,22 @@ impl RoomState {
     }
 }
 
+/// The top bit of a room id's first byte splits the id space: set for 1:1
+/// conversations (derived from the two users), clear for named rooms (random).
+const IM_SPACE_BIT: u8 = 0x80;
+
+/// Is `room` in the 1:1 id space? Only the IM of the two users whose
+/// [`im_room_id`] it is may ever be created there.
+pub fn is_im_space(room: &RoomId) -> bool {
+    room.0[0] & IM_SPACE_BIT != 0
+}
+
+/// A named room's id from 16 random bytes (moved out of the 1:1 id space).
+pub fn room_id_from_random(mut bytes: [u8; 16]) -> RoomId {
+    bytes[0] &= !IM_SPACE_BIT;
+    RoomId(bytes)
+}
+
 /// Deterministic id of the 1:1 conversation between two users.
 pub fn im_room_id(a: &UserId, b: &UserId) -> RoomId {
     let (x, y) = if a <= b { (a, b) } else { (b, a) };
@@ -127,6 +147,7 @@ pub fn im_room_id(a: &UserId, b: &UserId) -> RoomId {
     let h = cloister_crypto::sha256(&v);
     let mut id = [0u8; 16];
     id.copy_from_slice(&h[..16]);
+    id[0] |= IM_SPACE_BIT;
     RoomId(id)
 }
 
@@ -192,16 +213,24 @@ fn genesis(st: &Statement, hash: [u8; 32]) -> Result<RoomState, PolicyError> {
     if others.len() + 1 > cloister_proto::limits::MAX_ROOM_MEMBERS {
         return Err(PolicyError::TooManyMembers);
     }
-    if *kind == RoomKind::Im {
-        if others.len() != 1 || members.len() != 1 {
-            return Err(PolicyError::BadIm);
+    match kind {
+        RoomKind::Im => {
+            if others.len() != 1 || members.len() != 1 {
+                return Err(PolicyError::BadIm);
+            }
+            let Some(other) = others.iter().next() else {
+                return Err(PolicyError::BadIm);
+            };
+            if st.room != im_room_id(creator, other) {
+                return Err(PolicyError::BadIm);
+            }
+            if *settings != RoomSettings::default() {
+                return Err(PolicyError::ImImmutable);
+            }
         }
-        let Some(other) = others.iter().next() else {
-            return Err(PolicyError::BadIm);
-        };
-        if st.room != im_room_id(creator, other) {
-            return Err(PolicyError::BadIm);
-        }
+        // Any other creation in the 1:1 id space would squat a conversation.
+        RoomKind::Room if is_im_space(&st.room) => return Err(PolicyError::ImSpace(st.room)),
+        RoomKind::Room => {}
     }
     let mut s = RoomState {
         room: st.room,

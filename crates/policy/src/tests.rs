@@ -273,6 +273,46 @@ fn ims_are_fixed() {
     );
 }
 
+#[test]
+fn the_im_id_space_cannot_be_squatted() {
+    let (a, b, m) = (actor("alice"), actor("bob"), actor("mallory"));
+    let room = im_room_id(&a.user, &b.user);
+    assert!(is_im_space(&room));
+    assert!(!is_im_space(&room_id_from_random([0xff; 16])));
+    // a third user creates a group room at alice and bob's IM id, with both in it
+    let squat = Action::Create {
+        kind: RoomKind::Room,
+        settings: Default::default(),
+        members: vec![a.user.clone(), b.user.clone()],
+    };
+    assert_eq!(run(None, room, &m, squat), Err(PolicyError::ImSpace(room)));
+    // nor may alice herself make a group room there
+    let own = Action::Create {
+        kind: RoomKind::Room,
+        settings: Default::default(),
+        members: vec![b.user.clone()],
+    };
+    assert_eq!(run(None, room, &a, own), Err(PolicyError::ImSpace(room)));
+    // an IM by a third party at that id is not theirs either
+    let im = |with: &Actor| Action::Create {
+        kind: RoomKind::Im,
+        settings: Default::default(),
+        members: vec![with.user.clone()],
+    };
+    assert_eq!(run(None, room, &m, im(&b)), Err(PolicyError::BadIm));
+    // an IM with non-default settings is refused
+    let named = Action::Create {
+        kind: RoomKind::Im,
+        settings: RoomSettings {
+            name: "rates".into(),
+            ..Default::default()
+        },
+        members: vec![b.user.clone()],
+    };
+    assert_eq!(run(None, room, &a, named), Err(PolicyError::ImImmutable));
+    assert!(run(None, room, &a, im(&b)).is_ok());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(64))]
     /// Random sequences of actions by random actors never panic, and the state

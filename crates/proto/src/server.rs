@@ -169,11 +169,17 @@ pub struct DeviceCerts {
     pub certs: Vec<SignedCert>,
 }
 
-/// A tenant as registered on the server.
+/// Is this KM key the one registered for the tenant? (Answered the same way
+/// for a missing tenant and a wrong key: no oracle of which tenants exist.)
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TenantInfo {
-    pub tenant: TenantId,
+#[serde(deny_unknown_fields)]
+pub struct PinCheck {
     pub km_sign_pk: Fixed<32>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PinCheckResponse {
+    pub pinned: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

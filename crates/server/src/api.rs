@@ -3,9 +3,9 @@
 //! | method | path | auth | body / answer |
 //! |---|---|---|---|
 //! | POST | `/v1/tenants` | operator token | `RegisterTenant` |
-//! | GET | `/v1/tenants/{tenant}` | | `TenantInfo` |
+//! | POST | `/v1/tenants/{tenant}/pin` | | `PinCheck` → `PinCheckResponse` |
 //! | POST | `/v1/devices` | KM-signed cert | `RegisterDevice` |
-//! | GET | `/v1/devices/{device}` | session | `SignedCert` |
+//! | GET | `/v1/devices/{device}` | session of the same tenant | `SignedCert` |
 //! | POST | `/v1/session` | device signature | `LoginRequest` → `LoginResponse` |
 //! | POST | `/v1/notices` | KM signature | `PostNotice` |
 //! | GET | `/v1/rooms` | session | `[RoomSummary]` |
@@ -34,8 +34,8 @@ use cloister_proto::km::{Notice, SignedCert};
 use cloister_proto::room::SignedStatement;
 use cloister_proto::server::{
     AppendLog, AppendLogResponse, BlobResponse, Envelope, Event, HistoryPage, LogPage,
-    LoginRequest, LoginResponse, Ok as OkBody, PostMessageResponse, PostNotice, RegisterDevice,
-    RegisterTenant, RoomSummary, StoredMessage, TenantInfo,
+    LoginRequest, LoginResponse, Ok as OkBody, PinCheck, PinCheckResponse, PostMessageResponse,
+    PostNotice, RegisterDevice, RegisterTenant, RoomSummary, StoredMessage,
 };
 use cloister_proto::{DeviceId, RoomId, TenantId, limits, now_millis, now_secs};
 use cloister_store::{BlobRow, DeviceRow, Inserted, LogRow, NewMessage};
@@ -50,7 +50,7 @@ pub fn router(server: Arc<Server>) -> Router {
     let blob_limit = server.config.max_attachment as usize + 1;
     Router::new()
         .route("/v1/tenants", post(register_tenant))
-        .route("/v1/tenants/{tenant}", get(get_tenant))
+        .route("/v1/tenants/{tenant}/pin", post(pin_check))
         .route("/v1/devices", post(register_device))
         .route("/v1/devices/{device}", get(get_device))
         .route("/v1/session", post(login))
@@ -177,13 +177,18 @@ async fn register_tenant(
     Ok(Json(OkBody { ok: true }))
 }
 
-async fn get_tenant(State(s): S, Path(tenant): Path<String>) -> Result<Json<TenantInfo>, ApiError> {
+async fn pin_check(
+    State(s): S,
+    Path(tenant): Path<String>,
+    ApiJson(req): ApiJson<PinCheck>,
+) -> Result<Json<PinCheckResponse>, ApiError> {
     let tenant: TenantId = tenant.parse().map_err(|e| bad_param("tenant", e))?;
-    let k = s.tenant_key(&tenant).await?;
-    Ok(Json(TenantInfo {
-        tenant,
-        km_sign_pk: Fixed(k),
-    }))
+    let pinned = match s.tenant_key(&tenant).await {
+        Ok(k) => cloister_crypto::ct_eq(&k, &req.km_sign_pk.0),
+        Err(e) if e.code == "unknown_tenant" => false,
+        Err(e) => return Err(e),
+    };
+    Ok(Json(PinCheckResponse { pinned }))
 }
 
 async fn register_device(
@@ -216,11 +221,19 @@ async fn register_device(
 
 async fn get_device(
     State(s): S,
-    _c: Caller,
+    c: Caller,
     Path(device): Path<String>,
 ) -> Result<Json<SignedCert>, ApiError> {
     let device: DeviceId = device.parse().map_err(|e| bad_param("device id", e))?;
     let row = s.device_row(&device).await?;
+    // Another tenant's certificates (user names, roles) are not for this
+    // caller: the same answer as for a device that does not exist.
+    if row.tenant != c.tenant.as_str() {
+        return Err(ApiError::not_found(
+            "unknown_device",
+            format!("device {device} is not registered"),
+        ));
+    }
     Ok(Json(
         serde_json::from_slice(&row.cert).map_err(ApiError::internal)?,
     ))

@@ -289,3 +289,90 @@ pub fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
 pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
     hay.windows(needle.len()).any(|w| w == needle)
 }
+
+/// A second firm on the same messaging server: its own KM (in this
+/// process) registered with the server, and a raw device of one of its users.
+pub struct Foreign {
+    pub km: std::sync::Arc<cloister_km::Km>,
+    pub km_url: String,
+    pub device: RawDevice,
+    _dir: tempfile::TempDir,
+}
+
+impl World {
+    pub async fn foreign(&self, tenant: &str) -> Foreign {
+        let dir = tempfile::tempdir().unwrap();
+        let t: cloister_proto::TenantId = tenant.parse().unwrap();
+        let (km, code) = cloister_cli::open_km(
+            dir.path(),
+            Some(&t),
+            b"other firm",
+            Cost::TEST,
+            cloister_km::KmConfig::default(),
+        )
+        .await
+        .unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let km_url = format!("http://{}", l.local_addr().unwrap());
+        let router = cloister_km::http::router(km.clone());
+        tokio::spawn(async move {
+            let _ = cloister_http::serve(l, router, std::future::pending()).await;
+        });
+        cloister_client::register_tenant(
+            &self.http,
+            &self.stack.server_url,
+            &self.stack.operator_token,
+            &km.info(),
+        )
+        .await
+        .unwrap();
+        let user: UserId = format!("admin@{tenant}").parse().unwrap();
+        let keys = DeviceKeys::generate().unwrap();
+        let code = code.unwrap();
+        let pop = keys.sign(
+            signed::ENROL,
+            &signed::enrol_transcript(&user, &code, &keys.sign_pk(), &keys.hpke_pk()),
+        );
+        let signed_cert: SignedCert = self
+            .http
+            .post(format!("{km_url}/v1/enrol"))
+            .json(&EnrolRequest {
+                user: user.clone(),
+                code,
+                sign_pk: Fixed(keys.sign_pk()),
+                hpke_pk: Fixed(keys.hpke_pk()),
+                pop: Fixed(pop),
+            })
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let cert = signed::verify_cert(&km.info().sign_pk.0, &signed_cert).unwrap();
+        let r = self
+            .http
+            .post(format!("{}/v1/devices", self.stack.server_url))
+            .json(&cloister_proto::server::RegisterDevice {
+                cert: signed_cert.clone(),
+            })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        Foreign {
+            km,
+            device: RawDevice {
+                keys,
+                user,
+                cert,
+                signed_cert,
+                km_url: km_url.clone(),
+                server_url: self.stack.server_url.clone(),
+                http: self.http.clone(),
+            },
+            km_url,
+            _dir: dir,
+        }
+    }
+}
