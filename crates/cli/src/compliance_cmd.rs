@@ -29,6 +29,16 @@ pub enum VaultCmd {
         data_dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:7500")]
         listen: String,
+        /// The KM's URL, if it moved since `vault init` (its deny list of
+        /// revoked devices and disabled users is pulled from there).
+        #[arg(long)]
+        km: Option<String>,
+        /// Seconds between pulls of the KM's deny list.
+        #[arg(long, default_value_t = 5)]
+        refresh_secs: u64,
+        /// Refuse every request once the deny list is this many seconds old.
+        #[arg(long, default_value_t = 60)]
+        max_age_secs: u64,
     },
 }
 
@@ -223,6 +233,7 @@ pub async fn vault_cmd(ctx: &Ctx, vc: VaultCmd) -> Result<(), BoxError> {
             let v =
                 cloister_vault::Vault::open_dir(&data_dir, Some((&info.tenant, info.sign_pk.0)))
                     .await?;
+            v.set_km_url(&km).await?;
             let i = v.info();
             ctx.emit(
                 format!(
@@ -234,8 +245,25 @@ pub async fn vault_cmd(ctx: &Ctx, vc: VaultCmd) -> Result<(), BoxError> {
                 serde_json::to_value(&i)?,
             );
         }
-        VaultCmd::Serve { data_dir, listen } => {
+        VaultCmd::Serve {
+            data_dir,
+            listen,
+            km,
+            refresh_secs,
+            max_age_secs,
+        } => {
+            if refresh_secs == 0 || refresh_secs >= max_age_secs {
+                return Err("--refresh-secs must be at least 1 and below --max-age-secs".into());
+            }
             let v = std::sync::Arc::new(cloister_vault::Vault::open_dir(&data_dir, None).await?);
+            if let Some(km) = km {
+                v.set_km_url(&km).await?;
+            }
+            v.set_standing_max_age(max_age_secs * 1000);
+            tokio::spawn(v.clone().keep_standing(
+                std::time::Duration::from_secs(refresh_secs),
+                std::future::pending(),
+            ));
             let l = tokio::net::TcpListener::bind(&listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

@@ -79,6 +79,8 @@ pub struct StackOptions {
     pub vault_addr: SocketAddr,
     pub km_config: KmConfig,
     pub server_config: ServerConfig,
+    /// How often the vault pulls the KM's deny list.
+    pub vault_refresh: std::time::Duration,
 }
 
 impl StackOptions {
@@ -93,6 +95,7 @@ impl StackOptions {
             vault_addr: any,
             km_config: KmConfig::default(),
             server_config: ServerConfig::default(),
+            vault_refresh: std::time::Duration::from_secs(5),
         }
     }
 }
@@ -131,7 +134,13 @@ impl Stack {
         let signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        let (s1, s2, s3) = (signal(rx.clone()), signal(rx.clone()), signal(rx));
+        vault.set_km_url(&format!("http://{km_addr}")).await?;
+        let (s1, s2, s3, s4) = (
+            signal(rx.clone()),
+            signal(rx.clone()),
+            signal(rx.clone()),
+            signal(rx),
+        );
         let tasks = vec![
             tokio::spawn(async move {
                 if let Err(e) = cloister_http::serve(kl, r1, s1).await {
@@ -148,6 +157,7 @@ impl Stack {
                     tracing::error!("vault stopped: {e}");
                 }
             }),
+            tokio::spawn(vault.clone().keep_standing(o.vault_refresh, s4)),
         ];
         let stack = Stack {
             dir: dir.to_owned(),

@@ -193,3 +193,443 @@ async fn metadata_stays_within_the_tenant() {
         .unwrap();
     assert_eq!(r.status(), 404);
 }
+
+/// Every call a device can make to the server, the KM and the vault, with
+/// `token` (a session obtained while it was in good standing). Returns
+/// (what, status, error code) for each.
+async fn every_call(
+    w: &World,
+    dev: &RawDevice,
+    token: &str,
+    room: cloister_proto::RoomId,
+) -> Vec<(String, u16, String)> {
+    use cloister_proto::km::{Role, SignedBlob};
+    use cloister_proto::vault::{Capture, PeriodQuery, VaultOp};
+    let s = &w.stack.server_url;
+    let mut out = Vec::new();
+    let mut push = |what: &str, status: u16, body: serde_json::Value| {
+        out.push((
+            what.to_owned(),
+            status,
+            body["error"].as_str().unwrap_or("").to_owned(),
+        ));
+    };
+    let send = |rb: reqwest::RequestBuilder| async move {
+        let r = rb.send().await.unwrap();
+        let st = r.status().as_u16();
+        (st, r.json::<serde_json::Value>().await.unwrap_or_default())
+    };
+    // server
+    let ts = now_millis();
+    let nonce = cloister_crypto::random_bytes::<16>().unwrap();
+    let login = cloister_proto::server::LoginRequest {
+        device: dev.keys.device_id(),
+        ts,
+        nonce: Fixed(nonce),
+        sig: Fixed(dev.keys.sign(
+            cloister_crypto::signed::LOGIN,
+            &cloister_crypto::signed::login_transcript(&dev.keys.device_id(), ts, &nonce),
+        )),
+    };
+    let (st, b) = send(w.http.post(format!("{s}/v1/session")).json(&login)).await;
+    push("server login", st, b);
+    let (st, b) = send(w.http.post(format!("{s}/v1/devices")).json(
+        &cloister_proto::server::RegisterDevice {
+            cert: dev.signed_cert.clone(),
+        },
+    ))
+    .await;
+    push("server register device", st, b);
+    let get = |path: String| w.http.get(format!("{s}{path}")).bearer_auth(token);
+    for path in [
+        "/v1/rooms".to_owned(),
+        format!("/v1/rooms/{room}"),
+        format!("/v1/rooms/{room}/log"),
+        format!("/v1/rooms/{room}/messages"),
+        format!("/v1/devices/{}", dev.keys.device_id()),
+        format!("/v1/blobs/{}", "AAAAAAAAAAAAAAAAAAAAAA"),
+    ] {
+        let (st, b) = send(get(path.clone())).await;
+        push(&format!("server GET {path}"), st, b);
+    }
+    let leave = sign_statement(
+        &dev.keys,
+        &Statement {
+            room,
+            seq: 1,
+            prev: Fixed([0; 32]),
+            actor: dev.keys.device_id(),
+            actor_user: dev.user.clone(),
+            ts: now_millis(),
+            action: Action::Leave,
+        },
+    )
+    .unwrap();
+    let (st, b) = send(
+        w.http
+            .post(format!("{s}/v1/rooms/{room}/log"))
+            .bearer_auth(token)
+            .json(&AppendLog { entry: leave }),
+    )
+    .await;
+    push("server append log", st, b);
+    let (st, b) = send(
+        w.http
+            .post(format!("{s}/v1/rooms/{room}/messages"))
+            .bearer_auth(token)
+            .json(&serde_json::json!({"header": "", "ciphertext": "", "sig": ""})),
+    )
+    .await;
+    push("server post message", st, b);
+    let (st, b) = send(
+        w.http
+            .put(format!("{s}/v1/rooms/{room}/blobs/AAAAAAAAAAAAAAAAAAAAAA"))
+            .bearer_auth(token)
+            .body(vec![1u8; 100]),
+    )
+    .await;
+    push("server put blob", st, b);
+    let (st, b) = send(
+        w.http
+            .get(format!("{s}/v1/ws"))
+            .bearer_auth(token)
+            .header("connection", "upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-version", "13")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+    )
+    .await;
+    push("server websocket", st, b);
+    // KM
+    for op in [
+        KmOp::RoomKeys {
+            room,
+            epochs: vec![0],
+            log_from: 0,
+            log: vec![],
+        },
+        KmOp::AuditCheckpoint,
+        KmOp::IndexKeys { periods: vec![1] },
+        KmOp::EscrowInfo,
+        KmOp::VaultInfo,
+        KmOp::CaseList,
+        KmOp::WhoHasKeys { room },
+        KmOp::AddUser {
+            user: World::uid("zed"),
+            roles: vec![Role::Admin],
+        },
+    ] {
+        let what = format!("KM {}", serde_json::to_value(&op).unwrap()["op"]);
+        let (st, b) = dev.km_at(&w.stack.km_url, op).await;
+        push(&what, st, b);
+    }
+    // vault
+    let garbage = SignedBlob {
+        body: cloister_proto::b64::Bytes(b"{}".to_vec()),
+        sig: Fixed([0; 64]),
+    };
+    let q = vec![PeriodQuery {
+        period: 1,
+        tokens: vec![Fixed([1; 16])],
+    }];
+    for op in [
+        VaultOp::Capture {
+            ts: now_millis(),
+            capture: Capture {
+                envelope: cloister_proto::b64::Bytes(b"{}".to_vec()),
+                period: 1,
+                tokens: vec![],
+                received: false,
+            },
+        },
+        VaultOp::Search {
+            ts: now_millis(),
+            queries: q.clone(),
+            from_ms: 0,
+            to_ms: u64::MAX,
+            limit: 10,
+        },
+        VaultOp::Checkpoint { ts: now_millis() },
+        VaultOp::Fetch {
+            ts: now_millis(),
+            case: garbage.clone(),
+            tokens: q,
+            after: None,
+            limit: 10,
+            size: 0,
+        },
+        VaultOp::Purge {
+            ts: now_millis(),
+            order: garbage.clone(),
+        },
+    ] {
+        let what = format!("vault {}", serde_json::to_value(&op).unwrap()["op"]);
+        let (st, b) = dev.vault(&w.stack.vault_url, &op).await;
+        push(&what, st, b);
+    }
+    out
+}
+
+/// What an attacker could have changed, counted in the services' databases.
+async fn footprint(w: &World) -> String {
+    let count = |db: &'static str, tables: &'static [&'static str]| {
+        let path = w.dir.path().join(db);
+        async move {
+            let pool = sqlx::SqlitePool::connect_with(
+                sqlx::sqlite::SqliteConnectOptions::new()
+                    .filename(&path)
+                    .read_only(true),
+            )
+            .await
+            .unwrap();
+            let mut out = Vec::new();
+            for t in tables {
+                let n: i64 =
+                    sqlx::query_scalar(sqlx::AssertSqlSafe(format!("SELECT COUNT(*) FROM {t}")))
+                        .fetch_one(&pool)
+                        .await
+                        .unwrap();
+                out.push(format!("{db}:{t}={n}"));
+            }
+            pool.close().await;
+            out.join(" ")
+        }
+    };
+    format!(
+        "{} {} {} vault: {} envelopes, log {}",
+        count(
+            "server/server.db",
+            &["messages", "room_log", "blobs", "devices", "rooms"]
+        )
+        .await,
+        count(
+            "km/km.db",
+            &["users", "devices", "room_log", "room_keys", "cases"]
+        )
+        .await,
+        count("vault/vault.db", &["envelopes", "tokens"]).await,
+        w.stack.vault.envelope_count().await.unwrap(),
+        w.stack.vault.log_size()
+    )
+}
+
+fn assert_all_refused(calls: &[(String, u16, String)], codes: &[&str]) {
+    let bad: Vec<_> = calls
+        .iter()
+        .filter(|(_, st, code)| !(*st >= 400 && codes.contains(&code.as_str())))
+        .collect();
+    assert!(bad.is_empty(), "not refused as {codes:?}: {bad:#?}");
+    assert!(calls.len() >= 25, "{}", calls.len());
+}
+
+/// A room with `dev` and `member` in it, one message, and the vault registered.
+async fn setup_room(w: &World, dev: &RawDevice, member: &RawDevice) -> cloister_proto::RoomId {
+    let room = cloister_policy::room_id_from_random(cloister_crypto::random_bytes().unwrap());
+    let genesis = sign_statement(
+        &member.keys,
+        &Statement {
+            room,
+            seq: 0,
+            prev: Fixed([0; 32]),
+            actor: member.keys.device_id(),
+            actor_user: member.user.clone(),
+            ts: now_millis(),
+            action: Action::Create {
+                kind: RoomKind::Room,
+                settings: RoomSettings::default(),
+                members: vec![dev.user.clone()],
+            },
+        },
+    )
+    .unwrap();
+    let r = w
+        .http
+        .post(format!("{}/v1/rooms/{room}/log", w.stack.server_url))
+        .bearer_auth(member.token().await)
+        .json(&AppendLog { entry: genesis })
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    room
+}
+
+#[tokio::test]
+async fn a_revoked_device_or_disabled_user_is_refused_by_every_service() {
+    let w = World::new().await;
+    w.register_vault(false).await;
+    let member = w.raw("bob").await;
+    for case in ["revoked", "disabled"] {
+        let dev = w
+            .raw_with(&format!("m{case}"), &[cloister_proto::km::Role::Compliance])
+            .await;
+        let room = setup_room(&w, &dev, &member).await;
+        let token = dev.token().await;
+        // in good standing, the vault answers it
+        let (st, b) = dev
+            .vault(
+                &w.stack.vault_url,
+                &cloister_proto::vault::VaultOp::Checkpoint { ts: now_millis() },
+            )
+            .await;
+        assert_eq!(st, 200, "{b}");
+        if case == "revoked" {
+            w.admin
+                .admin_revoke_device(&dev.keys.device_id())
+                .await
+                .unwrap();
+        } else {
+            w.admin.admin_disable_user(&dev.user).await.unwrap();
+        }
+        // the vault learns it from the KM by itself, within its refresh interval
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (st, _) = dev
+                .vault(
+                    &w.stack.vault_url,
+                    &cloister_proto::vault::VaultOp::Checkpoint { ts: now_millis() },
+                )
+                .await;
+            if st == 403 {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the vault never learnt"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        let before = footprint(&w).await;
+        let calls = every_call(&w, &dev, &token, room).await;
+        let code = if case == "revoked" {
+            "device_revoked"
+        } else {
+            "user_disabled"
+        };
+        assert_all_refused(&calls, &[code]);
+        assert_eq!(footprint(&w).await, before, "nothing written");
+    }
+}
+
+#[tokio::test]
+async fn an_expired_certificate_is_refused_by_every_service() {
+    let mut o = opts();
+    o.km_config.cert_secs = 4;
+    let w = World::with(o).await;
+    w.register_vault(false).await;
+    let member = w.raw("bob").await;
+    let dev = w
+        .raw_with("old", &[cloister_proto::km::Role::Compliance])
+        .await;
+    let room = setup_room(&w, &dev, &member).await;
+    let token = dev.token().await;
+    while cloister_proto::now_secs() <= dev.cert.not_after {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let before = footprint(&w).await;
+    let calls = every_call(&w, &dev, &token, room).await;
+    assert_all_refused(&calls, &["cert_expired"]);
+    assert_eq!(footprint(&w).await, before, "nothing written");
+}
+
+#[tokio::test]
+async fn another_tenants_device_gets_nothing_of_this_tenant() {
+    let w = World::new().await;
+    w.register_vault(false).await;
+    let member = w.raw("bob").await;
+    let alice = w.raw("alice").await;
+    let room = setup_room(&w, &alice, &member).await;
+    let globex = w.foreign("globex").await;
+    let token = globex.device.token().await;
+    let before = footprint(&w).await;
+    let calls = every_call(&w, &globex.device, &token, room).await;
+    // Its own session and its own room list are its tenant's business; every
+    // call on acme's room, acme's KM or acme's vault is refused.
+    let on_acme: Vec<_> = calls
+        .into_iter()
+        .filter(|(what, _, _)| {
+            !matches!(
+                what.as_str(),
+                "server login"
+                    | "server register device"
+                    | "server GET /v1/rooms"
+                    | "server websocket"
+            ) && !what.starts_with("server GET /v1/devices")
+        })
+        .collect();
+    let bad: Vec<_> = on_acme.iter().filter(|(_, st, _)| *st < 400).collect();
+    assert!(bad.is_empty(), "{bad:#?}");
+    // the KM does not know it; the vault finds its certificate is not signed
+    // by this tenant's KM
+    for (what, st, code) in &on_acme {
+        if what.starts_with("KM") {
+            assert_eq!((*st, code.as_str()), (401, "unknown_device"), "{what}");
+        }
+        if what.starts_with("vault") {
+            assert_eq!(
+                (*st, code.as_str()),
+                (401, "bad_request_signature"),
+                "{what}"
+            );
+        }
+    }
+    assert_eq!(footprint(&w).await, before, "nothing written");
+    // its own room list holds nothing of acme's
+    let r = w
+        .http
+        .get(format!("{}/v1/rooms", w.stack.server_url))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "[]");
+}
+
+#[tokio::test]
+async fn the_vault_fails_closed_when_it_cannot_reach_the_km() {
+    let w = World::new().await;
+    w.register_vault(false).await;
+    let dev = w
+        .raw_with("olivia", &[cloister_proto::km::Role::Compliance])
+        .await;
+    let op = cloister_proto::vault::VaultOp::Checkpoint { ts: now_millis() };
+    assert_eq!(dev.vault(&w.stack.vault_url, &op).await.0, 200);
+    // the KM moves out of reach, and the list the vault holds gets old
+    w.stack
+        .vault
+        .set_km_url("http://127.0.0.1:9")
+        .await
+        .unwrap();
+    w.stack.vault.set_standing_max_age(1);
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let (st, b) = dev.vault(&w.stack.vault_url, &op).await;
+    assert_eq!(
+        (st, b["error"].as_str()),
+        (503, Some("standing_unknown")),
+        "{b}"
+    );
+    assert!(
+        b["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot be confirmed"),
+        "{b}"
+    );
+    // back in reach: answered again
+    w.stack.vault.set_km_url(&w.stack.km_url).await.unwrap();
+    w.stack.vault.set_standing_max_age(60_000);
+    assert_eq!(dev.vault(&w.stack.vault_url, &op).await.0, 200);
+    // and the deny list endpoint of the KM answers only the registered vault
+    let r = w
+        .http
+        .post(format!("{}/v1/deny-list", w.stack.km_url))
+        .json(&cloister_proto::km::DenyListRequest {
+            tenant: "acme".parse().unwrap(),
+            ts: now_millis(),
+            sig: Fixed([0; 64]),
+        })
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 401, "not_vault").await;
+}

@@ -455,7 +455,7 @@ async fn a_case_decrypts_only_its_scope_and_only_with_k_approvals() {
             .await
             .unwrap_err()
             .code(),
-        Some("not_entitled")
+        Some("not_compliance")
     );
     assert_eq!(
         cw.alice.case_approve("alpha").await.unwrap_err().code(),
@@ -687,7 +687,7 @@ async fn retention_shreds_expired_keys_and_envelopes_but_keeps_held_ones() {
     // only compliance sets and runs retention
     assert_eq!(
         cw.alice.retention_set("group", 7).await.unwrap_err().code(),
-        Some("not_entitled")
+        Some("not_compliance")
     );
     assert_eq!(
         cw.officer

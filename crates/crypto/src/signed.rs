@@ -24,6 +24,19 @@ pub const CASE: &str = "cloister/case/v1";
 pub const APPROVAL: &str = "cloister/approval/v1";
 pub const VAULT: &str = "cloister/vault/v1";
 pub const PURGE: &str = "cloister/purge/v1";
+/// The KM's list of revoked devices and disabled users, for the vault.
+pub const DENY_LIST: &str = "cloister/deny-list/v1";
+/// The vault's request for that list, signed with its registered receipt key.
+pub const DENY_LIST_REQUEST: &str = "cloister/deny-list-request/v1";
+
+/// What the vault signs to ask the KM for its tenant's deny list.
+pub fn deny_list_transcript(tenant: &cloister_proto::TenantId, ts: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(tenant.as_str().len() + 12);
+    v.extend_from_slice(&(tenant.as_str().len() as u32).to_be_bytes());
+    v.extend_from_slice(tenant.as_str().as_bytes());
+    v.extend_from_slice(&ts.to_be_bytes());
+    v
+}
 const ENTRY_HASH: &str = "cloister/log-entry/v1";
 
 /// KM: sign any JSON object under a domain.

@@ -57,6 +57,36 @@ impl ApiError {
     }
 }
 
+/// The one mapping of device-standing refusals to HTTP.
+impl From<cloister_standing::StandingError> for ApiError {
+    fn from(e: cloister_standing::StandingError) -> Self {
+        use cloister_proto::km::Role;
+        use cloister_standing::StandingError as E;
+        let code = match &e {
+            E::WrongTenant { .. } => "wrong_tenant",
+            E::Expired(_) => "cert_expired",
+            E::Revoked(_) => "device_revoked",
+            E::Disabled(_) => "user_disabled",
+            E::MissingRole {
+                role: Role::Admin, ..
+            } => "not_admin",
+            E::MissingRole {
+                role: Role::Compliance,
+                ..
+            } => "not_compliance",
+            E::MissingRole { .. } => "not_entitled",
+            E::Unknown(_) => {
+                return Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "standing_unknown",
+                    e.to_string(),
+                );
+            }
+        };
+        Self::forbidden(code, e.to_string())
+    }
+}
+
 impl std::fmt::Display for ApiError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(

@@ -26,24 +26,15 @@ use cloister_proto::km::{
 use cloister_proto::room::RoomKind;
 use cloister_proto::{UserId, limits, now_millis};
 
+use cloister_audit::vault_origin;
+
 const META_VAULT: &str = "vault";
 const MAX_SCOPE: usize = 100;
 /// Session steps a case officer's device reports.
 pub const STEPS: [&str; 4] = ["session_opened", "decrypted", "exported", "zeroized"];
 
-fn need(cert: &DeviceCert, role: Role, what: &str) -> Result<(), ApiError> {
-    if cert.roles.contains(&role) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(
-            if role == Role::Admin {
-                "not_admin"
-            } else {
-                "not_entitled"
-            },
-            format!("{what} needs the {} role", role.as_str()),
-        ))
-    }
+fn need(cert: &DeviceCert, role: Role, what: &'static str) -> Result<(), ApiError> {
+    Ok(cloister_standing::require_role(cert, role, what)?)
 }
 
 fn valid_case_id(c: &str) -> bool {
@@ -230,6 +221,51 @@ impl Km {
             vault: blob,
             notice: sign_notice(&self.signer, &notice).map_err(ApiError::internal)?,
         })
+    }
+
+    /// The tenant's revoked devices and disabled users, signed, for the
+    /// registered vault only (it signs with its registered receipt key).
+    pub async fn deny_list(
+        &self,
+        req: &cloister_proto::km::DenyListRequest,
+    ) -> Result<SignedBlob, ApiError> {
+        let refuse = || {
+            ApiError::unauthorized(
+                "not_vault",
+                "only the tenant's registered vault may ask for the deny list",
+            )
+        };
+        if req.tenant != self.tenant {
+            return Err(refuse());
+        }
+        if !cloister_proto::within_skew(req.ts) {
+            return Err(ApiError::unauthorized(
+                "stale_request",
+                "request timestamp is outside the allowed clock skew",
+            ));
+        }
+        let d: VaultDescriptor = signed::verify_blob(
+            &self.signer.public(),
+            signed::VAULT,
+            &self.vault_info().await.map_err(|_| refuse())?,
+            "vault descriptor",
+        )
+        .map_err(ApiError::internal)?;
+        cloister_crypto::keys::verify(
+            &d.receipt_pk.0,
+            signed::DENY_LIST_REQUEST,
+            &signed::deny_list_transcript(&req.tenant, req.ts),
+            &req.sig.0,
+        )
+        .map_err(|_| refuse())?;
+        let (devices, users) = self.store.km_deny_list().await.map_err(store_err)?;
+        let body = cloister_standing::DenyListBody {
+            tenant: self.tenant.clone(),
+            issued_ms: now_millis(),
+            revoked: devices.iter().filter_map(|d| d.parse().ok()).collect(),
+            disabled: users.iter().filter_map(|u| u.parse().ok()).collect(),
+        };
+        km_sign_blob(&self.signer, signed::DENY_LIST, &body).map_err(ApiError::internal)
     }
 
     async fn vault_info(&self) -> Result<SignedBlob, ApiError> {
@@ -667,9 +703,4 @@ impl Km {
             held: held_keys,
         })
     }
-}
-
-/// The vault's ingestion log origin (and note key name) for a tenant.
-pub fn vault_origin(tenant: &cloister_proto::TenantId) -> String {
-    format!("cloister-vault/{tenant}")
 }

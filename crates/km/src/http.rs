@@ -5,13 +5,16 @@
 //! | GET    | `/v1/info`    |                 | [`KmInfo`] |
 //! | POST   | `/v1/enrol`   | [`EnrolRequest`]| [`SignedCert`] |
 //! | POST   | `/v1/request` | [`SignedRequest`] | depends on the op |
+//! | POST   | `/v1/deny-list` | [`DenyListRequest`] (vault-signed) | signed deny list |
 
 use crate::Km;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use cloister_http::{ApiError, ApiJson};
-use cloister_proto::km::{EnrolRequest, KmInfo, SignedCert, SignedRequest};
+use cloister_proto::km::{
+    DenyListRequest, EnrolRequest, KmInfo, SignedBlob, SignedCert, SignedRequest,
+};
 use std::sync::Arc;
 
 pub fn router(km: Arc<Km>) -> Router {
@@ -19,6 +22,7 @@ pub fn router(km: Arc<Km>) -> Router {
         .route("/v1/info", get(info))
         .route("/v1/enrol", post(enrol))
         .route("/v1/request", post(request))
+        .route("/v1/deny-list", post(deny_list))
         .fallback(cloister_http::not_found)
         .layer(DefaultBodyLimit::max(cloister_proto::limits::MAX_JSON_BODY))
         .with_state(km)
@@ -40,6 +44,13 @@ async fn request(
     ApiJson(req): ApiJson<SignedRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
     km.handle(&req).await.map(Json)
+}
+
+async fn deny_list(
+    State(km): State<Arc<Km>>,
+    ApiJson(req): ApiJson<DenyListRequest>,
+) -> Result<Json<SignedBlob>, ApiError> {
+    km.deny_list(&req).await.map(Json)
 }
 
 /// Serve until `shutdown` resolves.

@@ -15,7 +15,7 @@
 //! verified itself: the messaging server only relays the membership log.
 #![forbid(unsafe_code)]
 
-pub mod audit;
+pub use cloister_audit as audit;
 pub mod compliance;
 pub mod http;
 pub mod provider;
@@ -474,47 +474,50 @@ impl Km {
         Ok(signed)
     }
 
-    /// Look up an active device's certificate (issued by this KM) and its user.
+    /// A device's certificate (issued by this KM), if the device is in good
+    /// standing: the shared check over the KM's own records.
     async fn active_cert(&self, device: &DeviceId) -> Result<Arc<DeviceCert>, ApiError> {
         let cached = self.active.lock().ok().and_then(|m| m.get(device).cloned());
-        let cert = match cached {
-            Some(c) => c,
+        let (cert, facts) = match cached {
+            // Only active devices of active users are cached; revocation and
+            // disabling evict them.
+            Some(c) => (
+                c,
+                cloister_standing::Known {
+                    revoked: false,
+                    disabled: false,
+                },
+            ),
             None => {
-                let c = Arc::new(self.load_active_cert(device).await?);
-                if let Ok(mut m) = self.active.lock() {
-                    m.insert(*device, c.clone());
-                }
-                c
+                let (c, facts) = self.load_cert(device).await?;
+                (Arc::new(c), facts)
             }
         };
-        if cert.not_after < now_secs() {
-            return Err(ApiError::forbidden(
-                "cert_expired",
-                format!("the certificate of device {device} has expired"),
-            ));
+        cloister_standing::check(&cert, Some(&self.tenant), now_millis(), &facts)?;
+        if worth_caching(&facts)
+            && let Ok(mut m) = self.active.lock()
+        {
+            m.insert(*device, cert.clone());
         }
         Ok(cert)
     }
 
-    async fn load_active_cert(&self, device: &DeviceId) -> Result<DeviceCert, ApiError> {
-        let unknown = || {
-            ApiError::unauthorized(
-                "unknown_device",
-                format!("device {device} is not enrolled with this KM"),
-            )
-        };
+    /// A device's stored certificate and what the KM's records say of it.
+    async fn load_cert(
+        &self,
+        device: &DeviceId,
+    ) -> Result<(DeviceCert, cloister_standing::Known), ApiError> {
         let row = self
             .store
             .get_device(&device.to_hex())
             .await
             .map_err(store_err)?
-            .ok_or_else(unknown)?;
-        if row.status != "active" {
-            return Err(ApiError::forbidden(
-                "device_revoked",
-                format!("device {device} is revoked"),
-            ));
-        }
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "unknown_device",
+                    format!("device {device} is not enrolled with this KM"),
+                )
+            })?;
         let sc: SignedCert = serde_json::from_slice(&row.cert).map_err(ApiError::internal)?;
         let cert = verify_cert(&self.signer.public(), &sc).map_err(ApiError::internal)?;
         let user = self
@@ -522,13 +525,11 @@ impl Km {
             .get_user(cert.user.as_str())
             .await
             .map_err(store_err)?;
-        if user.map(|u| u.status) != Some("active".into()) {
-            return Err(ApiError::forbidden(
-                "user_disabled",
-                format!("{} is disabled", cert.user),
-            ));
-        }
-        Ok(cert)
+        let facts = cloister_standing::Known {
+            revoked: row.status != "active",
+            disabled: user.map(|u| u.status) != Some("active".into()),
+        };
+        Ok((cert, facts))
     }
 
     /// Handle any signed request.
@@ -1374,6 +1375,11 @@ impl Km {
             log_seq: state.seq,
         })
     }
+}
+
+/// Facts that admit the device (worth caching).
+fn worth_caching(f: &cloister_standing::Known) -> bool {
+    !f.revoked && !f.disabled
 }
 
 fn op_name(a: &cloister_proto::room::Action) -> &'static str {

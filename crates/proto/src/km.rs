@@ -292,6 +292,16 @@ pub struct CaseListResponse {
     pub cases: Vec<SignedBlob>,
 }
 
+/// The vault asks the KM for the tenant's revoked devices and disabled
+/// users, signing with the receipt key the KM registered for it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DenyListRequest {
+    pub tenant: TenantId,
+    pub ts: u64,
+    pub sig: Fixed<64>,
+}
+
 /// The tenant's vault as registered with the KM (signed, domain `cloister/vault/v1`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

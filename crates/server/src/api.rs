@@ -309,8 +309,8 @@ async fn post_notice(
                 .disable_user(user.as_str())
                 .await
                 .map_err(ApiError::internal)?;
-            if let Ok(mut d) = s.disabled.write() {
-                d.insert(user.clone());
+            if let Ok(mut d) = s.deny.write() {
+                d.disable(user.clone());
             }
             s.hub.drop_where(Some(user), None);
             tracing::info!(%user, "user disabled by KM notice");
@@ -327,8 +327,8 @@ async fn post_notice(
                 .revoke_device(&device.to_hex())
                 .await
                 .map_err(ApiError::internal)?;
-            if let Ok(mut r) = s.revoked.write() {
-                r.insert(*device);
+            if let Ok(mut r) = s.deny.write() {
+                r.revoke(*device);
             }
             s.hub.drop_where(None, Some(device));
             tracing::info!(%device, "device revoked by KM notice");

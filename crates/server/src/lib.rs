@@ -26,7 +26,7 @@ use cloister_policy::RoomState;
 use cloister_proto::km::DeviceCert;
 use cloister_proto::{DeviceId, RoomId, TenantId, UserId};
 use cloister_store::ServerStore;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -100,8 +100,8 @@ pub struct Server {
     /// Tenants' capture policies: (receipt key, required, notice ts).
     capture: RwLock<HashMap<TenantId, CapturePolicy>>,
     certs: RwLock<HashMap<DeviceId, Arc<CertEntry>>>,
-    revoked: RwLock<HashSet<DeviceId>>,
-    disabled: RwLock<HashSet<UserId>>,
+    /// Revoked devices and disabled users, from KM-signed notices.
+    deny: RwLock<cloister_standing::DenyList>,
     rooms: Mutex<HashMap<RoomId, Arc<RoomState>>>,
     login_nonces: Mutex<HashMap<[u8; 16], u64>>,
     /// Serialises log appends so the second-line policy check sees a stable head.
@@ -183,6 +183,13 @@ impl Server {
         let operator_token_hash =
             cloister_crypto::sha256(String::from_utf8_lossy(&token).trim().as_bytes());
         let (revoked, disabled) = store.deny_list().await?;
+        let mut deny = cloister_standing::DenyList::pushed();
+        for d in revoked.iter().filter_map(|d| d.parse().ok()) {
+            deny.revoke(d);
+        }
+        for u in disabled.iter().filter_map(|u| u.parse().ok()) {
+            deny.disable(u);
+        }
         // Policies were verified against the KM key when they arrived.
         let mut capture = HashMap::new();
         for n in store.capture_policies().await? {
@@ -217,8 +224,7 @@ impl Server {
             tenants: RwLock::new(HashMap::new()),
             capture: RwLock::new(capture),
             certs: RwLock::new(HashMap::new()),
-            revoked: RwLock::new(revoked.iter().filter_map(|d| d.parse().ok()).collect()),
-            disabled: RwLock::new(disabled.iter().filter_map(|u| u.parse().ok()).collect()),
+            deny: RwLock::new(deny),
             rooms: Mutex::new(HashMap::new()),
             login_nonces: Mutex::new(HashMap::new()),
             log_lock: tokio::sync::Mutex::new(()),
@@ -266,14 +272,6 @@ impl Server {
         Ok(k)
     }
 
-    fn is_revoked(&self, d: &DeviceId) -> bool {
-        self.revoked.read().map(|s| s.contains(d)).unwrap_or(true)
-    }
-
-    fn is_disabled(&self, u: &UserId) -> bool {
-        self.disabled.read().map(|s| s.contains(u)).unwrap_or(true)
-    }
-
     /// A device's verified certificate (from cache or store).
     async fn cert(&self, device: &DeviceId) -> Result<Arc<CertEntry>, ApiError> {
         if let Some(c) = self.certs.read().ok().and_then(|m| m.get(device).cloned()) {
@@ -308,27 +306,19 @@ impl Server {
             })
     }
 
-    /// The caller's certificate must be current: not revoked, user not disabled, not expired.
+    /// The caller's certificate must be current: not expired, not revoked,
+    /// user not disabled (the one standing check every service runs).
     fn check_standing(&self, cert: &DeviceCert) -> Result<(), ApiError> {
-        if self.is_revoked(&cert.device) {
-            return Err(ApiError::forbidden(
-                "device_revoked",
-                "this device has been revoked",
-            ));
-        }
-        if self.is_disabled(&cert.user) {
-            return Err(ApiError::forbidden(
-                "user_disabled",
-                format!("{} is disabled", cert.user),
-            ));
-        }
-        if cert.not_after < cloister_proto::now_secs() {
-            return Err(ApiError::forbidden(
-                "cert_expired",
-                "the device certificate has expired",
-            ));
-        }
-        Ok(())
+        let deny = self
+            .deny
+            .read()
+            .map_err(|_| ApiError::internal("deny list lock"))?;
+        Ok(cloister_standing::check(
+            cert,
+            None,
+            cloister_proto::now_millis(),
+            &*deny,
+        )?)
     }
 
     async fn room(&self, room: &RoomId) -> Result<Option<Arc<RoomState>>, ApiError> {

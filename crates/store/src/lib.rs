@@ -182,6 +182,8 @@ pub trait KmStore: Send + Sync + 'static {
     async fn get_device(&self, device: &str) -> Result<Option<KmDeviceRow>>;
     async fn devices_of_user(&self, user: &str) -> Result<Vec<KmDeviceRow>>;
     async fn set_device_status(&self, device: &str, status: &str) -> Result<bool>;
+    /// Devices not active and users not active (the tenant's deny list).
+    async fn km_deny_list(&self) -> Result<(Vec<String>, Vec<String>)>;
 
     async fn get_room(&self, room: &str) -> Result<Option<RoomRow>>;
     /// Append verified entries and the new state atomically, only if the

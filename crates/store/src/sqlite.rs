@@ -612,6 +612,16 @@ impl KmStore for SqliteKmStore {
         Ok(r.rows_affected() > 0)
     }
 
+    async fn km_deny_list(&self) -> Result<(Vec<String>, Vec<String>)> {
+        let devs = sqlx::query_scalar("SELECT device FROM devices WHERE status != 'active'")
+            .fetch_all(&self.pool)
+            .await?;
+        let users = sqlx::query_scalar("SELECT user_id FROM users WHERE status != 'active'")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok((devs, users))
+    }
+
     async fn get_room(&self, room: &str) -> Result<Option<RoomRow>> {
         let r = sqlx::query("SELECT room, seq, state FROM rooms WHERE room = ?")
             .bind(room)

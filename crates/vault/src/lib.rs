@@ -18,11 +18,11 @@
 //! tokens made with index keys it never sees).
 #![forbid(unsafe_code)]
 
+use cloister_audit::AuditLog;
 use cloister_crypto::KmSigner;
 use cloister_crypto::keys::VerifyKey;
 use cloister_crypto::signed::{self, sign_receipt, verify_blob};
 use cloister_http::ApiError;
-use cloister_km::audit::AuditLog;
 use cloister_log::{AuditEvent, AuditRecord};
 use cloister_proto::b64::Fixed;
 use cloister_proto::km::{Case, CheckpointResponse, DeviceCert, InclusionProof, PurgeOrder, Role};
@@ -30,7 +30,7 @@ use cloister_proto::vault::{
     Capture, FetchResponse, FetchedEnvelope, PeriodQuery, PurgeResponse, Receipt, SealedEnvelope,
     SearchHit, SearchResponse, SignedReceipt, VaultInfo, VaultOp, VaultRequest,
 };
-use cloister_proto::{MessageId, TenantId, limits, now_millis, now_secs};
+use cloister_proto::{MessageId, TenantId, limits, now_millis};
 use cloister_store::{AuditStore, CaptureMeta, CaptureRow, FetchQuery, SideEffect, VaultStore};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -56,7 +56,7 @@ pub enum VaultError {
     #[error("{0}")]
     Crypto(#[from] cloister_crypto::CryptoError),
     #[error("ingestion log: {0}")]
-    Log(#[from] cloister_km::audit::AuditOpenError),
+    Log(#[from] cloister_audit::AuditOpenError),
     #[error("cannot write {path}: {reason}")]
     Io { path: String, reason: String },
 }
@@ -70,6 +70,13 @@ pub struct Vault {
     log: Arc<AuditLog>,
     /// Messages whose capture is being stored (one at a time per message).
     inflight: Mutex<HashSet<MessageId>>,
+    /// Revoked devices and disabled users, pulled from the KM; requests are
+    /// refused while it is stale (fail closed).
+    deny: std::sync::RwLock<cloister_standing::DenyList>,
+    /// Where the deny list comes from, and one pull at a time.
+    km_url: std::sync::RwLock<Option<String>>,
+    pulling: tokio::sync::Mutex<()>,
+    http: reqwest::Client,
     /// Certificates already verified under the KM key (by hash of their
     /// signed bytes), with the device's parsed key: a device's next request
     /// costs one signature check, not two.
@@ -86,16 +93,13 @@ const META_KM: &str = "km_sign_pk";
 const META_SIGNER: &str = "receipt_key";
 const META_LOG_SIGNER: &str = "log_key";
 const META_LAST_PURGE: &str = "last_purge";
+const META_KM_URL: &str = "km_url";
 
-fn role(cert: &DeviceCert, r: Role, what: &str) -> Result<(), ApiError> {
-    if cert.roles.contains(&r) {
-        Ok(())
-    } else {
-        Err(ApiError::forbidden(
-            "not_compliance",
-            format!("{what} needs the {} role", r.as_str()),
-        ))
-    }
+/// How old the KM's deny list may be before the vault refuses every request.
+pub const DEFAULT_STANDING_MAX_AGE_MS: u64 = 60_000;
+
+fn role(cert: &DeviceCert, r: Role, what: &'static str) -> Result<(), ApiError> {
+    Ok(cloister_standing::require_role(cert, r, what)?)
 }
 
 fn fresh(ts: u64) -> Result<(), ApiError> {
@@ -174,10 +178,14 @@ impl Vault {
             .vault_meta(META_LOG_SIGNER)
             .await?
             .ok_or(VaultError::Corrupt("log key"))?;
+        let km_url = store
+            .vault_meta(META_KM_URL)
+            .await?
+            .and_then(|b| String::from_utf8(b).ok());
         let log = AuditLog::open(
             audit,
             KmSigner::from_secret(&log_key)?,
-            cloister_km::compliance::vault_origin(&tenant),
+            cloister_audit::vault_origin(&tenant),
         )
         .await?;
         Ok(Vault {
@@ -187,7 +195,13 @@ impl Vault {
             store,
             log,
             inflight: Mutex::new(HashSet::new()),
+            deny: std::sync::RwLock::new(cloister_standing::DenyList::pulled(
+                DEFAULT_STANDING_MAX_AGE_MS,
+            )),
             certs: Mutex::new(HashMap::new()),
+            km_url: std::sync::RwLock::new(km_url),
+            pulling: tokio::sync::Mutex::new(()),
+            http: reqwest::Client::new(),
         })
     }
 
@@ -217,6 +231,134 @@ impl Vault {
 
     pub fn tenant(&self) -> &TenantId {
         &self.tenant
+    }
+
+    /// Remember the KM's URL (where the deny list is pulled from).
+    pub async fn set_km_url(&self, url: &str) -> Result<(), VaultError> {
+        let url = url.trim_end_matches('/').to_owned();
+        self.store
+            .vault_set_meta(META_KM_URL, url.as_bytes())
+            .await?;
+        if let Ok(mut u) = self.km_url.write() {
+            *u = Some(url);
+        }
+        Ok(())
+    }
+
+    pub fn km_url(&self) -> Option<String> {
+        self.km_url.read().ok().and_then(|u| u.clone())
+    }
+
+    /// Pull the deny list from the KM now (one pull at a time).
+    pub async fn pull_deny_list(&self) -> Result<(), String> {
+        let _one = self.pulling.lock().await;
+        let url = self
+            .km_url()
+            .ok_or("the vault does not know its KM's URL (vault init --km)")?;
+        let r = self
+            .http
+            .post(format!("{url}/v1/deny-list"))
+            .json(&self.deny_list_request())
+            .timeout(std::time::Duration::from_secs(10))
+            .send()
+            .await
+            .map_err(|e| format!("cannot reach the KM at {url}: {e}"))?;
+        if !r.status().is_success() {
+            let status = r.status();
+            let body = r.text().await.unwrap_or_default();
+            return Err(format!("the KM refused the deny list ({status}): {body}"));
+        }
+        let blob: cloister_proto::km::SignedBlob = r
+            .json()
+            .await
+            .map_err(|e| format!("the KM's deny list is malformed: {e}"))?;
+        self.apply_deny_list(&blob).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+
+    /// Keep the deny list current: pull it every `every` until `stop`.
+    pub async fn keep_standing(
+        self: Arc<Self>,
+        every: std::time::Duration,
+        stop: impl std::future::Future<Output = ()>,
+    ) {
+        tokio::pin!(stop);
+        loop {
+            if let Err(e) = self.pull_deny_list().await {
+                tracing::warn!("vault deny list not refreshed: {e}");
+            }
+            tokio::select! {
+                _ = &mut stop => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+        }
+    }
+
+    /// Device standing under the deny list; if the list is stale, pull it
+    /// once before deciding (and refuse if that fails).
+    async fn check_standing(&self, cert: &DeviceCert) -> Result<(), ApiError> {
+        let check = || -> Result<(), cloister_standing::StandingError> {
+            let deny = self
+                .deny
+                .read()
+                .map_err(|_| cloister_standing::StandingError::Unknown("deny list lock".into()))?;
+            cloister_standing::check(cert, Some(&self.tenant), now_millis(), &*deny)
+        };
+        match check() {
+            Err(cloister_standing::StandingError::Unknown(_)) => {
+                if let Err(e) = self.pull_deny_list().await {
+                    tracing::warn!("vault deny list not refreshed: {e}");
+                }
+                Ok(check()?)
+            }
+            r => Ok(r?),
+        }
+    }
+
+    /// How old the KM's deny list may get before every request is refused.
+    pub fn set_standing_max_age(&self, max_age_ms: u64) {
+        if let Ok(mut d) = self.deny.write() {
+            *d = cloister_standing::DenyList::pulled(max_age_ms);
+        }
+    }
+
+    /// A request for the tenant's deny list, signed with the receipt key
+    /// the KM registered for this vault.
+    pub fn deny_list_request(&self) -> cloister_proto::km::DenyListRequest {
+        let ts = now_millis();
+        let sig = self.signer.sign(
+            signed::DENY_LIST_REQUEST,
+            &signed::deny_list_transcript(&self.tenant, ts),
+        );
+        cloister_proto::km::DenyListRequest {
+            tenant: self.tenant.clone(),
+            ts,
+            sig: Fixed(sig),
+        }
+    }
+
+    /// Take a KM-signed deny list. An older one than the list in force is
+    /// ignored (a replay cannot undo a revocation); a fresh one must be
+    /// recent, since its age is what makes the vault fail closed.
+    pub fn apply_deny_list(
+        &self,
+        blob: &cloister_proto::km::SignedBlob,
+    ) -> Result<bool, VaultError> {
+        let body: cloister_standing::DenyListBody =
+            verify_blob(&self.km_pk, signed::DENY_LIST, blob, "deny list")?;
+        if body.tenant != self.tenant {
+            return Err(VaultError::Corrupt("deny list for another tenant"));
+        }
+        if !cloister_proto::within_skew(body.issued_ms) {
+            return Err(VaultError::Corrupt(
+                "deny list issued outside the clock skew",
+            ));
+        }
+        let mut d = self
+            .deny
+            .write()
+            .map_err(|_| VaultError::Corrupt("deny list lock"))?;
+        Ok(d.replace(body))
     }
 
     pub async fn envelope_count(&self) -> Result<u64, ApiError> {
@@ -290,18 +432,7 @@ impl Vault {
     /// Handle a signed request.
     pub async fn handle(&self, req: &VaultRequest) -> Result<serde_json::Value, ApiError> {
         let (cert, op) = self.verify(req)?;
-        if cert.tenant != self.tenant {
-            return Err(ApiError::forbidden(
-                "wrong_tenant",
-                format!("this vault serves tenant {}", self.tenant),
-            ));
-        }
-        if cert.not_after < now_secs() {
-            return Err(ApiError::forbidden(
-                "cert_expired",
-                "the device certificate has expired",
-            ));
-        }
+        self.check_standing(&cert).await?;
         match op {
             VaultOp::Capture { ts, capture } => {
                 fresh(ts)?;

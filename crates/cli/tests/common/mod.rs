@@ -22,6 +22,7 @@ pub struct World {
 pub fn opts() -> StackOptions {
     let mut o = StackOptions::new("acme".parse().unwrap());
     o.cost = Cost::TEST;
+    o.vault_refresh = std::time::Duration::from_millis(200);
     o
 }
 
@@ -215,6 +216,11 @@ impl RawDevice {
 
     /// Send a signed KM request; returns (status, JSON body).
     pub async fn km(&self, op: KmOp) -> (u16, serde_json::Value) {
+        self.km_at(&self.km_url.clone(), op).await
+    }
+
+    /// Send a signed request to the KM at `km_url` (perhaps not its own).
+    pub async fn km_at(&self, km_url: &str, op: KmOp) -> (u16, serde_json::Value) {
         let body = RequestBody {
             device: self.keys.device_id(),
             ts: cloister_proto::now_millis(),
@@ -224,7 +230,7 @@ impl RawDevice {
         let req = signed::sign_request(&self.keys, &body).unwrap();
         let r = self
             .http
-            .post(format!("{}/v1/request", self.km_url))
+            .post(format!("{km_url}/v1/request"))
             .json(&req)
             .send()
             .await

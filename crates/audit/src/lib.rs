@@ -1,4 +1,5 @@
-//! The tenant's audit transparency log, as run by the KM.
+//! An append-only transparency log as a service runs it: the KM's audit log
+//! and the compliance vault's ingestion log are both this runtime.
 //!
 //! ```text
 //!  append(record) ──mpsc──▶ appender task: batch ─▶ one transaction (durable)
@@ -55,9 +56,14 @@ pub enum AuditOpenError {
     Store(#[from] cloister_store::StoreError),
 }
 
-/// The log's origin (and note key name) for a tenant.
+/// The KM's audit log origin (and note key name) for a tenant.
 pub fn origin_for(tenant: &cloister_proto::TenantId) -> String {
     format!("cloister-audit/{tenant}")
+}
+
+/// The vault's ingestion log origin (and note key name) for a tenant.
+pub fn vault_origin(tenant: &cloister_proto::TenantId) -> String {
+    format!("cloister-vault/{tenant}")
 }
 
 impl AuditLog {
