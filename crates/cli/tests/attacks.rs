@@ -340,6 +340,9 @@ async fn every_call(
                 period: 1,
                 tokens: vec![],
                 received: false,
+                header: cloister_proto::b64::Bytes(b"{}".to_vec()),
+                sig: Fixed([0; 64]),
+                sender_cert: dev.signed_cert.clone(),
             },
         },
         VaultOp::Search {

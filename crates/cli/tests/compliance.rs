@@ -328,7 +328,7 @@ async fn capture_required_refuses_messages_without_a_valid_receipt() {
     let (m1, m2) = (text("one"), text("two"));
     let mut e1 = alice.seal(&room, &m1).await.unwrap();
     let mut e2 = alice.seal(&room, &m2).await.unwrap();
-    let r1 = alice.capture(&room, &e1, &m1).await.unwrap().unwrap();
+    let r1 = alice.capture(&room, &e1).await.unwrap().unwrap();
     e2.receipt = Some(r1.clone());
     let e = alice.post_envelope(&room, &e2).await.unwrap_err();
     assert_eq!(e.code(), Some("bad_receipt"), "{e}");
@@ -812,6 +812,9 @@ async fn vault_and_case_inputs_are_checked_and_change_nothing() {
             period: 0,
             tokens: vec![Fixed([0; 16]); tokens],
             received: false,
+            header: Bytes(b"{}".to_vec()),
+            sig: Fixed([0; 64]),
+            sender_cert: raw.signed_cert.clone(),
         },
     };
     let sealed = |tenant: &str, id: cloister_proto::MessageId| {
@@ -840,7 +843,7 @@ async fn vault_and_case_inputs_are_checked_and_change_nothing() {
         let (st, body) = raw.vault(&vault, &op).await;
         assert_eq!((st, body["error"].as_str()), (status, Some(code)), "{body}");
     }
-    // another envelope for a message already captured
+    // an envelope for a message already captured, whose header raw did not sign
     let hits = cw
         .officer
         .compliance_search(
@@ -859,7 +862,8 @@ async fn vault_and_case_inputs_are_checked_and_change_nothing() {
         .await;
     assert_eq!(
         (st, body["error"].as_str()),
-        (409, Some("capture_conflict"))
+        (403, Some("unattributable")),
+        "{body}"
     );
     // a forged case, someone else's case, a forged purge order
     let case = cw

@@ -8,37 +8,78 @@ use cloister_client::export::{ExportItem, Source, write};
 use cloister_crypto::signed::{self, km_sign_blob};
 use cloister_crypto::{DeviceKeys, KmSigner, capture, escrow};
 use cloister_proto::b64::Fixed;
-use cloister_proto::km::{Case, CaseScope, DeviceCert, InclusionProof, Role, VaultDescriptor};
-use cloister_proto::server::Content;
+use cloister_proto::km::{
+    Case, CaseScope, DeviceCert, InclusionProof, Role, SignedCert, VaultDescriptor,
+};
+use cloister_proto::server::{Content, MessageHeader};
 use cloister_proto::vault::AuditEnvelope;
-use cloister_proto::{DeviceId, MessageId, RoomId, TenantId};
+use cloister_proto::{MessageId, RoomId, TenantId};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-fn envelope(i: u64, content: Content) -> AuditEnvelope {
+/// An audit envelope for a message `sender` really sent (so it is attributable).
+fn envelope(i: u64, content: Content, sender: &DeviceKeys) -> AuditEnvelope {
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&i.to_be_bytes());
-    AuditEnvelope {
-        message_id: MessageId(id),
+    let header = MessageHeader {
+        v: 1,
         room: RoomId([2; 16]),
         epoch: 0,
+        id: MessageId(id),
         sender: "alice@acme".parse().unwrap(),
-        device: DeviceId([3; 16]),
-        participants: vec!["alice@acme".parse().unwrap(), "bob@acme".parse().unwrap()],
+        device: sender.device_id(),
         ts: 1_795_305_600_000 + i,
-        ciphertext_sha256: Fixed([4; 32]),
+        commit: Fixed([0; 32]),
+    };
+    let (env, attribution) = cloister_crypto::message::seal_attributed(
+        sender,
+        &cloister_crypto::RoomKey::from_bytes([7; 32]),
+        &header,
+        &content,
+    )
+    .unwrap();
+    AuditEnvelope {
+        message_id: header.id,
+        room: header.room,
+        epoch: 0,
+        sender: header.sender,
+        device: header.device,
+        participants: vec!["alice@acme".parse().unwrap(), "bob@acme".parse().unwrap()],
+        ts: header.ts,
+        ciphertext_sha256: Fixed(cloister_crypto::sha256(env.ciphertext.as_slice())),
         content,
         attachment_sha256: vec![],
+        attribution,
     }
+}
+
+fn cert_for(km: &KmSigner, keys: &DeviceKeys, user: &str, role: Role) -> SignedCert {
+    signed::sign_cert(
+        km,
+        &DeviceCert {
+            tenant: "acme".parse().unwrap(),
+            user: user.parse().unwrap(),
+            device: keys.device_id(),
+            sign_pk: Fixed(keys.sign_pk()),
+            hpke_pk: Fixed(keys.hpke_pk()),
+            roles: vec![role],
+            issued_at: 0,
+            not_after: u64::MAX / 2,
+        },
+    )
+    .unwrap()
 }
 
 fn bench(c: &mut Criterion) {
     let tenant: TenantId = "acme".parse().unwrap();
     let (pk, sk) = escrow::generate().unwrap();
+    let km = KmSigner::generate().unwrap();
+    let alice = DeviceKeys::generate().unwrap();
+    let alice_cert = cert_for(&km, &alice, "alice@acme", Role::User);
     let text = "Harbourview 2033s: sell 40mm at 101.5, ".repeat(26); // ≈ 1 KiB
     let sealed = capture::seal(
         &pk,
         &tenant,
-        &envelope(0, Content::Text { text: text.clone() }),
+        &envelope(0, Content::Text { text: text.clone() }, &alice),
     )
     .unwrap();
     let mut g = c.benchmark_group("export");
@@ -47,22 +88,8 @@ fn bench(c: &mut Criterion) {
         b.iter(|| capture::open(&sk, &sealed).unwrap())
     });
 
-    let km = KmSigner::generate().unwrap();
     let dev = DeviceKeys::generate().unwrap();
-    let cert = signed::sign_cert(
-        &km,
-        &DeviceCert {
-            tenant: tenant.clone(),
-            user: "olivia@acme".parse().unwrap(),
-            device: dev.device_id(),
-            sign_pk: Fixed(dev.sign_pk()),
-            hpke_pk: Fixed(dev.hpke_pk()),
-            roles: vec![Role::Compliance],
-            issued_at: 0,
-            not_after: u64::MAX / 2,
-        },
-    )
-    .unwrap();
+    let cert = cert_for(&km, &dev, "olivia@acme", Role::Compliance);
     let case = km_sign_blob(
         &km,
         signed::CASE,
@@ -133,10 +160,11 @@ fn bench(c: &mut Criterion) {
                     Content::Text { text: text.clone() }
                 };
                 ExportItem {
-                    envelope: envelope(i, content),
+                    envelope: envelope(i, content, &alice),
                     sealed: sealed_bytes.clone(),
                     entry: entry.clone(),
                     attachment: with_files.then(|| file.clone()),
+                    sender_cert: Some(alice_cert.clone()),
                 }
             })
             .collect();

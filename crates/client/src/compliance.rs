@@ -289,9 +289,15 @@ impl Client {
         &self,
         room: &RoomId,
         env: &Envelope,
-        content: &Content,
     ) -> Result<Option<cloister_proto::vault::SignedReceipt>> {
-        self.capture_envelope(room, env, content, false).await
+        let h = message::peek_header(env)?;
+        let keys = self.room_keys(room, &[h.epoch]).await?;
+        let key = keys
+            .get(&h.epoch)
+            .ok_or_else(|| ClientError::Local("no key".into()))?;
+        let (content, att) = message::decrypt_attributed(key, &h, env)?;
+        self.capture_envelope(room, env, &content, &att, false)
+            .await
     }
 
     /// Seal the message's audit envelope into the vault and return the
@@ -301,6 +307,7 @@ impl Client {
         room: &RoomId,
         env: &Envelope,
         content: &Content,
+        attribution: &cloister_proto::vault::Attribution,
         received: bool,
     ) -> Result<Option<cloister_proto::vault::SignedReceipt>> {
         // Capture is not up to the application: the first message this
@@ -337,6 +344,7 @@ impl Client {
             ciphertext_sha256: Fixed(ct_sha),
             content: content.clone(),
             attachment_sha256: attachments,
+            attribution: attribution.clone(),
         };
         let sealed =
             cloister_crypto::capture::seal(&escrow.public.0, &self.profile.tenant, &audit)?;
@@ -353,6 +361,13 @@ impl Client {
             period,
             tokens,
             received,
+            header: env.header.clone(),
+            sig: env.sig,
+            sender_cert: if received {
+                self.signed_cert_of(&h.device).await?
+            } else {
+                self.profile.cert.clone()
+            },
         };
         let envelope_sha = cloister_crypto::sha256(capture.envelope.as_slice());
         let op = cloister_proto::vault::VaultOp::Capture {
@@ -736,11 +751,13 @@ impl Client {
                     Content::File { .. } => self.fetch_attachment(&env.content).await,
                     Content::Text { .. } => None,
                 };
+                let sender_cert = self.signed_cert_of(&env.device).await.ok();
                 items.push(crate::export::ExportItem {
                     envelope: env,
                     sealed: it.envelope.0,
                     entry: it.entry,
                     attachment,
+                    sender_cert,
                 });
             }
             match page.next {

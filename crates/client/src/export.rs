@@ -12,8 +12,15 @@
 //! ```
 //!
 //! `verify` needs nothing but the directory (and, to pin it, the tenant KM
-//! key): a changed, missing or added file, a forged proof or checkpoint, or an
-//! edited manifest fails it.
+//! key): a changed, missing or added file, a forged proof or checkpoint, an
+//! edited manifest, or a message its named sender did not sign fails it.
+//!
+//! Attribution: every exported message carries its sender device's
+//! KM-signed certificate, the signed header and signature, and the opening
+//! of the header's franking commitment (the exact plaintext and the
+//! franking key). An envelope that fails this check when the export is
+//! written (an insider sealed words nobody signed) is left out of the
+//! messages and listed under `unattributable` with the reason.
 
 use cloister_crypto::keys::verify as verify_sig;
 use cloister_crypto::signed::{self, verify_blob, verify_cert};
@@ -22,7 +29,7 @@ use cloister_log::{AuditEvent, AuditRecord, NoteVerifier};
 use cloister_proto::b64::{self, Fixed};
 use cloister_proto::km::{Case, InclusionProof, SignedBlob, SignedCert, VaultDescriptor};
 use cloister_proto::server::Content;
-use cloister_proto::vault::AuditEnvelope;
+use cloister_proto::vault::{Attribution, AuditEnvelope};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -40,6 +47,8 @@ pub struct ExportItem {
     pub entry: InclusionProof,
     /// The decrypted attachment, if the message is a file and it could be fetched.
     pub attachment: Option<Vec<u8>>,
+    /// The sender device's KM-signed certificate (`None`: not found).
+    pub sender_cert: Option<SignedCert>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -56,6 +65,16 @@ pub struct Manifest {
     pub exported_ms: u64,
     pub files: Vec<FileEntry>,
     pub envelopes: Vec<EnvelopeEntry>,
+    /// Envelopes in scope whose content their named sender did not sign.
+    pub unattributable: Vec<Unattributable>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Unattributable {
+    pub message_id: String,
+    pub log_index: u64,
+    pub reason: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -73,6 +92,8 @@ pub struct EnvelopeEntry {
     pub eml: String,
     pub sealed: String,
     pub entry: InclusionProof,
+    pub sender_cert: SignedCert,
+    pub attribution: Attribution,
 }
 
 /// One line of `messages.jsonl`.
@@ -122,6 +143,8 @@ pub struct Source<'a> {
 #[derive(Debug, Clone, Serialize)]
 pub struct ExportSummary {
     pub messages: u64,
+    /// Left out: their named sender did not sign them.
+    pub unattributable: u64,
     pub files: u64,
     pub bytes: u64,
 }
@@ -132,6 +155,8 @@ pub struct VerifyReport {
     pub case: String,
     pub tenant: String,
     pub messages: u64,
+    /// Envelopes the exporter left out as unattributable (listed, with reasons).
+    pub unattributable: u64,
     pub files: u64,
     pub bytes: u64,
     pub checkpoint_size: u64,
@@ -205,6 +230,52 @@ fn eml(item: &ExportItem, envelope_sha256: &str, tenant: &str) -> Result<Vec<u8>
     m.write_to_vec().map_err(|e| e.to_string())
 }
 
+/// Does `env` say exactly what its named sender's device signed? Checks
+/// the device certificate against the tenant KM key, the signature over the
+/// header and `ciphertext_sha256`, the franking commitment over the
+/// plaintext, and that the header and content are the envelope's.
+pub fn check_attribution(
+    km: &[u8; 32],
+    sender_cert: &SignedCert,
+    att: &Attribution,
+    ciphertext_sha256: &[u8; 32],
+) -> Result<(cloister_proto::server::MessageHeader, Content), String> {
+    let cert = verify_cert(km, sender_cert)
+        .map_err(|_| "the sender's certificate is not signed by the tenant KM".to_owned())?;
+    let key =
+        cloister_crypto::keys::VerifyKey::from_bytes(&cert.sign_pk.0).map_err(|e| e.to_string())?;
+    let (h, content) = cloister_crypto::message::verify_attribution(&key, att, ciphertext_sha256)
+        .map_err(|e| match e {
+        cloister_crypto::CryptoError::BadCommitment => {
+            "the content is not what the sender committed to".to_owned()
+        }
+        _ => "the sender's signature does not cover this message".to_owned(),
+    })?;
+    if h.device != cert.device || h.sender != cert.user {
+        return Err(format!(
+            "the header names {} on device {}, not the certificate's holder {}",
+            h.sender, h.device, cert.user
+        ));
+    }
+    Ok((h, content))
+}
+
+fn attributed(e: &AuditEnvelope, km: &[u8; 32], cert: Option<&SignedCert>) -> Result<(), String> {
+    let cert = cert.ok_or("the sender device's certificate was not found")?;
+    let (h, content) = check_attribution(km, cert, &e.attribution, &e.ciphertext_sha256.0)?;
+    if h.id != e.message_id
+        || h.room != e.room
+        || h.epoch != e.epoch
+        || h.ts != e.ts
+        || h.sender != e.sender
+        || h.device != e.device
+        || content != e.content
+    {
+        return Err("the envelope's message, sender or content differ from what was signed".into());
+    }
+    Ok(())
+}
+
 /// Write an export. `progress(done, total)` is called after each message.
 pub fn write(
     dir: &Path,
@@ -237,6 +308,7 @@ pub fn write(
     }
     let mut files = Vec::new();
     let mut envelopes = Vec::new();
+    let mut unattributable = Vec::new();
     let mut jsonl = Vec::new();
     let mut bytes = 0u64;
     let mut put = |rel: String, data: &[u8], files: &mut Vec<FileEntry>| -> Result<(), String> {
@@ -253,6 +325,16 @@ pub fn write(
     let total = items.len() as u64;
     for (n, it) in items.iter().enumerate() {
         let e = &it.envelope;
+        if let Err(reason) = attributed(e, &km_sign_pk, it.sender_cert.as_ref()) {
+            tracing::warn!(message = %e.message_id, "unattributable envelope left out: {reason}");
+            unattributable.push(Unattributable {
+                message_id: e.message_id.to_string(),
+                log_index: it.entry.index,
+                reason,
+            });
+            progress(n as u64 + 1, total);
+            continue;
+        }
         let env_sha = hex::encode(sha256(&it.sealed));
         let eml_path = format!("messages/{}-{}.eml", e.ts, e.message_id);
         let sealed_path = format!("sealed/{}.json", e.message_id);
@@ -299,6 +381,8 @@ pub fn write(
             eml: eml_path,
             sealed: sealed_path,
             entry: it.entry.clone(),
+            sender_cert: it.sender_cert.clone().ok_or("no sender certificate")?,
+            attribution: e.attribution.clone(),
         });
         progress(n as u64 + 1, total);
     }
@@ -313,6 +397,7 @@ pub fn write(
         exported_ms: cloister_proto::now_millis(),
         files: files.clone(),
         envelopes,
+        unattributable,
     };
     let mb = serde_json::to_vec_pretty(&m).map_err(|e| e.to_string())?;
     let p = dir.join("manifest.json");
@@ -321,7 +406,8 @@ pub fn write(
     let p = dir.join("manifest.sig");
     std::fs::write(&p, b64::encode(&sig)).map_err(|e| io_err(&p, e))?;
     Ok(ExportSummary {
-        messages: total,
+        messages: m.envelopes.len() as u64,
+        unattributable: m.unattributable.len() as u64,
         files: files.len() as u64 + 2,
         bytes: bytes + mb.len() as u64,
     })
@@ -407,6 +493,14 @@ pub fn verify(dir: &Path, pinned_km: Option<[u8; 32]>) -> Result<VerifyReport, S
         }
         bytes += data.len() as u64;
     }
+    let jl = std::fs::read(dir.join("messages.jsonl"))
+        .map_err(|_| "TAMPERED: messages.jsonl is missing".to_owned())?;
+    let mut lines: BTreeMap<String, JsonLine> = BTreeMap::new();
+    for l in jl.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+        let line: JsonLine = serde_json::from_slice(l)
+            .map_err(|_| "TAMPERED: messages.jsonl is malformed".to_owned())?;
+        lines.insert(line.message_id.clone(), line);
+    }
     // Envelopes: each sealed file is the one the vault's log recorded.
     for e in &m.envelopes {
         if e.entry.size != cp.size {
@@ -448,11 +542,42 @@ pub fn verify(dir: &Path, pinned_km: Option<[u8; 32]>) -> Result<VerifyReport, S
         if !listed.contains_key(e.eml.as_str()) {
             return Err(format!("TAMPERED: {} is not listed", e.eml));
         }
+        // Attribution: the named sender's device signed exactly this.
+        let s: cloister_proto::vault::SealedEnvelope = serde_json::from_slice(&sealed)
+            .map_err(|_| format!("TAMPERED: {} is malformed", e.sealed))?;
+        let (h, content) =
+            check_attribution(&km, &e.sender_cert, &e.attribution, &s.ciphertext_sha256.0)
+                .map_err(|why| format!("UNATTRIBUTABLE: message {}: {why}", e.message_id))?;
+        let line = lines.get(e.message_id.as_str()).ok_or_else(|| {
+            format!(
+                "TAMPERED: message {} is missing from messages.jsonl",
+                e.message_id
+            )
+        })?;
+        let text = match &content {
+            Content::Text { text } => Some(text),
+            Content::File { .. } => None,
+        };
+        if h.id != s.message_id
+            || h.room != s.room
+            || h.ts != s.ts
+            || line.sender != h.sender.as_str()
+            || line.device != h.device.to_string()
+            || line.ts != h.ts
+            || line.room != h.room.to_string()
+            || line.text.as_ref() != text
+        {
+            return Err(format!(
+                "UNATTRIBUTABLE: message {} is not shown as its sender signed it",
+                e.message_id
+            ));
+        }
     }
     Ok(VerifyReport {
         case: case.case,
         tenant: case.tenant.to_string(),
         messages: m.envelopes.len() as u64,
+        unattributable: m.unattributable.len() as u64,
         files: m.files.len() as u64,
         bytes,
         checkpoint_size: cp.size,

@@ -89,6 +89,9 @@ pub struct Received {
     /// Milliseconds since the Unix epoch (sender's clock).
     pub ts: u64,
     pub content: Content,
+    /// The sender's signed header and the commitment's opening (captured).
+    #[serde(skip)]
+    pub attribution: cloister_proto::vault::Attribution,
 }
 
 struct RoomCache {
@@ -105,7 +108,8 @@ pub struct Client {
     token: Mutex<Option<(String, u64)>>,
     key_cache: Mutex<HashMap<(RoomId, u64), CachedKey>>,
     km_seq: Mutex<HashMap<RoomId, u64>>,
-    certs: Mutex<HashMap<DeviceId, DeviceCert>>,
+    /// Verified certificates, with the signed form they came in.
+    certs: Mutex<HashMap<DeviceId, (DeviceCert, cloister_proto::km::SignedCert)>>,
     rooms: tokio::sync::Mutex<HashMap<RoomId, RoomCache>>,
     vault: Mutex<Option<VaultTarget>>,
     /// Whether the KM was asked for the tenant's registered vault yet.
@@ -421,6 +425,21 @@ impl Client {
 
     /// A device certificate, fetched from the server and verified against the pinned KM key.
     pub async fn cert_of(&self, device: &DeviceId) -> Result<DeviceCert> {
+        Ok(self.cert_entry(device).await?.0)
+    }
+
+    /// A device's KM-signed certificate, as verified.
+    pub async fn signed_cert_of(
+        &self,
+        device: &DeviceId,
+    ) -> Result<cloister_proto::km::SignedCert> {
+        Ok(self.cert_entry(device).await?.1)
+    }
+
+    async fn cert_entry(
+        &self,
+        device: &DeviceId,
+    ) -> Result<(DeviceCert, cloister_proto::km::SignedCert)> {
         if let Some(c) = self.certs.lock().ok().and_then(|m| m.get(device).cloned()) {
             return Ok(c);
         }
@@ -438,9 +457,9 @@ impl Client {
             )));
         }
         if let Ok(mut m) = self.certs.lock() {
-            m.insert(*device, c.clone());
+            m.insert(*device, (c.clone(), sc.clone()));
         }
-        Ok(c)
+        Ok((c, sc))
     }
 
     /// The room's state, replayed locally from its membership log.
@@ -760,11 +779,13 @@ impl Client {
             )));
         }
         for attempt in 0..2 {
-            let mut env = self.seal_with(room, content, attempt > 0).await?;
+            let (mut env, att) = self.seal_with(room, content, attempt > 0).await?;
             let id = message::peek_header(&env)?.id;
             // Capture first: the archive holds every message this device
             // sends, and the server may demand the vault's receipt.
-            env.receipt = self.capture_envelope(room, &env, content, false).await?;
+            env.receipt = self
+                .capture_envelope(room, &env, content, &att, false)
+                .await?;
             match self.post_envelope(room, &env).await {
                 Ok(seq) => return Ok((id, seq)),
                 Err(ClientError::Api(a)) if a.code == "stale_epoch" && attempt == 0 => continue,
@@ -796,10 +817,15 @@ impl Client {
 
     /// Seal a message without sending it (tests and tools).
     pub async fn seal(&self, room: &RoomId, content: &Content) -> Result<Envelope> {
-        self.seal_with(room, content, false).await
+        Ok(self.seal_with(room, content, false).await?.0)
     }
 
-    async fn seal_with(&self, room: &RoomId, content: &Content, refresh: bool) -> Result<Envelope> {
+    async fn seal_with(
+        &self,
+        room: &RoomId,
+        content: &Content,
+        refresh: bool,
+    ) -> Result<(Envelope, cloister_proto::vault::Attribution)> {
         let epoch = self.with_state(room, refresh, |s| s.epoch).await?;
         let keys = self.room_keys(room, &[epoch]).await?;
         let key = keys
@@ -813,8 +839,9 @@ impl Client {
             sender: self.user().clone(),
             device: self.device(),
             ts: now_millis(),
+            commit: Fixed([0; 32]),
         };
-        Ok(message::seal_message(&self.keys, key, &header, content)?)
+        Ok(message::seal_attributed(&self.keys, key, &header, content)?)
     }
 
     /// Verify and decrypt one envelope that the server says belongs to `room`.
@@ -870,8 +897,8 @@ impl Client {
         let key = keys
             .get(&h.epoch)
             .ok_or_else(|| ClientError::Local("no key".into()))?;
-        let content =
-            message::decrypt_envelope(key, &h, env).map_err(|e| bad(id, e.to_string()))?;
+        let (content, attribution) =
+            message::decrypt_attributed(key, &h, env).map_err(|e| bad(id, e.to_string()))?;
         Ok(Received {
             seq,
             id: h.id,
@@ -881,6 +908,7 @@ impl Client {
             device: h.device,
             ts: h.ts,
             content,
+            attribution,
         })
     }
 
@@ -930,7 +958,7 @@ impl Client {
             {
                 // The recipient's capture (idempotent at the vault).
                 if let Err(e) = self
-                    .capture_envelope(room, &m.envelope, &rc.content, true)
+                    .capture_envelope(room, &m.envelope, &rc.content, &rc.attribution, true)
                     .await
                 {
                     tracing::warn!(message = %rc.id, "capture of a received message failed: {e}");

@@ -122,6 +122,12 @@ mod tests {
                 text: "Sell 40mm of the 2033s to Harbourview".into(),
             },
             attachment_sha256: vec![],
+            attribution: cloister_proto::vault::Attribution {
+                header: Bytes(b"{}".to_vec()),
+                sig: Fixed([5; 64]),
+                franking_key: Fixed([6; 32]),
+                plaintext: Bytes(b"{}".to_vec()),
+            },
         }
     }
 

@@ -41,6 +41,8 @@ pub enum CryptoError {
     Passphrase,
     #[error("encryption failed")]
     Encrypt,
+    #[error("the message does not match its sender's signed commitment (unattributable)")]
+    BadCommitment,
 }
 
 /// Fill a buffer from the operating system's CSPRNG.

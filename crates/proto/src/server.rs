@@ -84,6 +84,9 @@ pub struct MessageHeader {
     pub device: DeviceId,
     /// Milliseconds since the Unix epoch.
     pub ts: u64,
+    /// Franking commitment to the plaintext: HMAC-SHA256 under the
+    /// message's franking key (docs/protocol.md).
+    pub commit: Fixed<32>,
 }
 
 /// An encrypted message as sent and stored.
@@ -93,7 +96,8 @@ pub struct Envelope {
     /// JSON of [`MessageHeader`], exactly as signed.
     pub header: Bytes,
     pub ciphertext: Bytes,
-    /// Ed25519 signature by the sender device over header and ciphertext.
+    /// Ed25519 signature by the sender device over the header and the
+    /// ciphertext's SHA-256.
     pub sig: Fixed<64>,
     /// The sender's vault receipt for this message (needed when the tenant
     /// requires capture; not stored or forwarded by the server).

@@ -24,6 +24,25 @@ pub struct AuditEnvelope {
     pub content: Content,
     /// SHA-256 of each attachment's plaintext.
     pub attachment_sha256: Vec<Fixed<32>>,
+    /// Proof that the sender's device wrote exactly this content.
+    pub attribution: Attribution,
+}
+
+/// What makes a captured message attributable: the sender device's signed
+/// header (which commits to the plaintext and the ciphertext's hash), its
+/// signature, and the opening of the commitment. Checked against the
+/// sender's KM-signed certificate, it proves who wrote exactly `plaintext`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attribution {
+    /// JSON of the message header, exactly as signed.
+    pub header: Bytes,
+    pub sig: Fixed<64>,
+    /// The message's franking key (derived from the epoch key and the
+    /// message id; opens the header's commitment and nothing else).
+    pub franking_key: Fixed<32>,
+    /// The exact plaintext bytes that were encrypted.
+    pub plaintext: Bytes,
 }
 
 /// An audit envelope sealed (HPKE) to the tenant's escrow public key. The
@@ -54,6 +73,12 @@ pub struct Capture {
     /// existing receipt is returned instead of a conflict.
     #[serde(default)]
     pub received: bool,
+    /// The sender's signed message header and signature, so the vault can
+    /// check who wrote the message before it stores anything.
+    pub header: Bytes,
+    pub sig: Fixed<64>,
+    /// The sender device's KM-signed certificate.
+    pub sender_cert: crate::km::SignedCert,
 }
 
 /// A request to the vault, signed by a device of the tenant; the device's

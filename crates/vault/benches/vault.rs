@@ -51,12 +51,33 @@ fn capture_req(d: &Device, tenant: &TenantId, n: u64) -> VaultRequest {
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&n.to_be_bytes());
     id[8..].copy_from_slice(&cloister_crypto::random_bytes::<8>().unwrap());
+    // The message the capture is for, really signed by the device.
+    let room = RoomId([(n % 200) as u8 + 1; 16]);
+    let ts = cloister_proto::now_millis();
+    let msg = cloister_crypto::message::seal_message(
+        &d.keys,
+        &RoomKey::from_bytes([7; 32]),
+        &cloister_proto::server::MessageHeader {
+            v: 1,
+            room,
+            epoch: 0,
+            id: MessageId(id),
+            sender: "bench@acme".parse().unwrap(),
+            device: d.keys.device_id(),
+            ts,
+            commit: Fixed([0; 32]),
+        },
+        &cloister_proto::server::Content::Text {
+            text: "x".repeat(1024),
+        },
+    )
+    .unwrap();
     let env = SealedEnvelope {
         tenant: tenant.clone(),
         message_id: MessageId(id),
-        room: RoomId([(n % 200) as u8 + 1; 16]),
-        ts: cloister_proto::now_millis(),
-        ciphertext_sha256: Fixed([3; 32]),
+        room,
+        ts,
+        ciphertext_sha256: Fixed(cloister_crypto::sha256(msg.ciphertext.as_slice())),
         enc: Fixed([4; 32]),
         ct: Bytes(vec![5; 1300]),
     };
@@ -73,6 +94,9 @@ fn capture_req(d: &Device, tenant: &TenantId, n: u64) -> VaultRequest {
                 })
                 .collect(),
             received: false,
+            header: msg.header.clone(),
+            sig: msg.sig,
+            sender_cert: d.cert.clone(),
         },
     };
     signed::sign_vault_request(&d.keys, &d.cert, &op).unwrap()
@@ -86,6 +110,22 @@ fn ingest(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
         rt.block_on(Vault::open_dir(dir.path(), Some((&tenant, km.public()))))
             .unwrap(),
     );
+    // Nobody is revoked: a KM-signed, current deny list.
+    vault
+        .apply_deny_list(
+            &signed::km_sign_blob(
+                &km,
+                signed::DENY_LIST,
+                &cloister_standing::DenyListBody {
+                    tenant: tenant.clone(),
+                    issued_ms: cloister_proto::now_millis(),
+                    revoked: vec![],
+                    disabled: vec![],
+                },
+            )
+            .unwrap(),
+        )
+        .unwrap();
     let dev = device(&km, &tenant, vec![Role::User]);
     const N: u64 = 20_000;
     let mut g = c.benchmark_group("vault");

@@ -396,29 +396,78 @@ impl Vault {
         sign_receipt(&self.signer, &r).map_err(ApiError::internal)
     }
 
+    /// A certificate verified under the KM key (or found in the cache).
+    fn verified_cert(
+        &self,
+        sc: &cloister_proto::km::SignedCert,
+    ) -> Result<Arc<VerifiedCert>, cloister_crypto::CryptoError> {
+        let h = cloister_crypto::sha256(&[sc.body.as_slice(), &sc.sig.0].concat());
+        if let Some(e) = self.certs.lock().ok().and_then(|m| m.get(&h).cloned()) {
+            return Ok(e);
+        }
+        let cert = signed::verify_cert(&self.km_pk, sc)?;
+        let key = VerifyKey::from_bytes(&cert.sign_pk.0)?;
+        let e = Arc::new((cert, key));
+        if let Ok(mut m) = self.certs.lock() {
+            if m.len() >= MAX_CACHED_CERTS {
+                m.clear();
+            }
+            m.insert(h, e.clone());
+        }
+        Ok(e)
+    }
+
+    /// Who wrote the captured message: the sender device's certificate
+    /// (signed by the tenant KM) and its signature over the header and the
+    /// ciphertext's hash; the header must name the envelope's message, room
+    /// and time. A device captures as sender only its own messages.
+    fn check_authorship(
+        &self,
+        cert: &DeviceCert,
+        env: &SealedEnvelope,
+        capture: &Capture,
+    ) -> Result<(), ApiError> {
+        let refuse =
+            |why: String| ApiError::forbidden("unattributable", format!("capture refused: {why}"));
+        let sender = self.verified_cert(&capture.sender_cert).map_err(|_| {
+            refuse("the sender's certificate is not signed by the tenant's KM".into())
+        })?;
+        if sender.0.tenant != self.tenant {
+            return Err(refuse("the sender belongs to another tenant".into()));
+        }
+        let h = cloister_crypto::message::verify_signed_header(
+            &sender.1,
+            capture.header.as_slice(),
+            &capture.sig.0,
+            &env.ciphertext_sha256.0,
+        )
+        .map_err(|_| refuse("the sender's signature does not cover this message".into()))?;
+        if h.id != env.message_id || h.room != env.room || h.ts != env.ts {
+            return Err(refuse(
+                "the envelope's message, room or time differ from the signed header".into(),
+            ));
+        }
+        if h.device != sender.0.device || h.sender != sender.0.user {
+            return Err(refuse(format!(
+                "the header names {} on device {}, not the certificate's holder",
+                h.sender, h.device
+            )));
+        }
+        if !capture.received && h.device != cert.device {
+            return Err(refuse(
+                "a device captures as sender only the messages it signed".into(),
+            ));
+        }
+        Ok(())
+    }
+
     /// The request's certificate (verified under the KM key, or found in
     /// the cache) and its operation, verified under the device key.
     fn verify(&self, req: &VaultRequest) -> Result<(DeviceCert, VaultOp), ApiError> {
         let bad = |e: cloister_crypto::CryptoError| {
             ApiError::unauthorized("bad_request_signature", format!("request rejected: {e}"))
         };
-        let h = cloister_crypto::sha256(&[req.cert.body.as_slice(), &req.cert.sig.0].concat());
-        let cached = self.certs.lock().ok().and_then(|m| m.get(&h).cloned());
-        let entry = match cached {
-            Some(e) => e,
-            None => {
-                let cert = signed::verify_cert(&self.km_pk, &req.cert).map_err(bad)?;
-                let key = VerifyKey::from_bytes(&cert.sign_pk.0).map_err(bad)?;
-                let e = Arc::new((cert, key));
-                if let Ok(mut m) = self.certs.lock() {
-                    if m.len() >= MAX_CACHED_CERTS {
-                        m.clear();
-                    }
-                    m.insert(h, e.clone());
-                }
-                e
-            }
-        };
+        let entry = self.verified_cert(&req.cert).map_err(bad)?;
         entry
             .1
             .verify(signed::VAULT_REQUEST, req.body.as_slice(), &req.sig.0)
@@ -581,6 +630,7 @@ impl Vault {
                 "the envelope is sealed for another tenant",
             ));
         }
+        self.check_authorship(cert, &env, &capture)?;
         let envelope_sha256 = cloister_crypto::sha256(capture.envelope.as_slice());
         {
             let mut f = self
