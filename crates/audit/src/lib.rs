@@ -2,12 +2,13 @@
 //! and the compliance vault's ingestion log are both this runtime.
 //!
 //! ```text
-//!  append(record) ──mpsc──▶ appender task: batch ─▶ one transaction (durable)
-//!                                           └──▶ tree.push(leaf hashes) ─▶ reply indexes
-//!  checkpoint() ─▶ sign {origin, size, root} as a C2SP signed note; remembered in the store
-//!  open(): rebuild the tree from the stored entries and check it against the
-//!          newest remembered checkpoint: altered, deleted, reordered or rolled
-//!          back entries stop the KM from starting.
+//!  append(record) ──mpsc──▶ appender task: batch ─▶ tree.push(leaf hashes)
+//!        ─▶ sign {origin, size, root} (C2SP signed note) for the batch
+//!        ─▶ entries + checkpoint in one transaction (durable) ─▶ reply indexes
+//!  checkpoint() ─▶ the newest batch's signed checkpoint
+//!  open(): rebuild the tree from the stored entries and check the whole of
+//!          it against the newest stored checkpoint: an altered, deleted,
+//!          inserted, reordered or rolled-back entry stops the service.
 //! ```
 
 use cloister_crypto::KmSigner;
@@ -15,6 +16,7 @@ use cloister_http::ApiError;
 use cloister_log::note::{NoteSigner, verifier_key};
 use cloister_log::{AuditRecord, Checkpoint, NoteVerifier, Tree, leaf_hash};
 use cloister_store::{AuditIn, AuditStore};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use tokio::sync::{mpsc, oneshot};
 
@@ -30,11 +32,14 @@ struct Job {
 /// The running audit log.
 pub struct AuditLog {
     origin: String,
-    signer: KmSigner,
+    signer: Arc<KmSigner>,
     tree: Arc<RwLock<Tree>>,
     store: Arc<dyn AuditStore>,
     tx: mpsc::Sender<Job>,
-    latest: Mutex<Option<(u64, String)>>,
+    /// The newest signed checkpoint (of the last committed batch).
+    latest: Arc<Mutex<Option<(u64, String)>>>,
+    /// Entries committed (the tree may briefly hold a batch being stored).
+    committed: Arc<AtomicU64>,
 }
 
 /// Why the stored log cannot be trusted.
@@ -46,6 +51,10 @@ pub enum AuditOpenError {
         "audit log has {have} entries but already signed a checkpoint of {signed}: it was rolled back"
     )]
     RolledBack { have: u64, signed: u64 },
+    #[error(
+        "audit log has {have} entries but its newest signed checkpoint covers {signed}: entries were added outside the log"
+    )]
+    Unsigned { have: u64, signed: u64 },
     #[error(
         "audit log does not match the checkpoint it signed at size {0}: entries were altered, deleted or reordered"
     )]
@@ -82,34 +91,65 @@ impl AuditLog {
         }
         let verifier = NoteVerifier::parse(&verifier_key(&origin, &signer.public()))
             .map_err(|e| AuditOpenError::BadCheckpoint(e.to_string()))?;
+        // Every committed batch stored its signed checkpoint with it, so the
+        // newest one must cover the whole stored log, exactly.
         let latest = store.audit_latest_checkpoint().await?;
-        if let Some((size, note)) = &latest {
-            let cp = verifier
-                .verify_checkpoint(note)
-                .map_err(|e| AuditOpenError::BadCheckpoint(e.to_string()))?;
-            if cp.size != *size || *size > tree.len() {
-                return Err(AuditOpenError::RolledBack {
-                    have: tree.len(),
-                    signed: cp.size,
-                });
+        let signed = match &latest {
+            Some((size, note)) => {
+                let cp = verifier
+                    .verify_checkpoint(note)
+                    .map_err(|e| AuditOpenError::BadCheckpoint(e.to_string()))?;
+                if cp.size != *size || cp.origin != origin {
+                    return Err(AuditOpenError::BadCheckpoint(
+                        "stored under another size or origin".into(),
+                    ));
+                }
+                if cp.size > tree.len() {
+                    return Err(AuditOpenError::RolledBack {
+                        have: tree.len(),
+                        signed: cp.size,
+                    });
+                }
+                let root = tree
+                    .root(cp.size)
+                    .map_err(|_| AuditOpenError::Mismatch(cp.size))?;
+                if root != cp.root {
+                    return Err(AuditOpenError::Mismatch(cp.size));
+                }
+                cp.size
             }
-            let root = tree
-                .root(cp.size)
-                .map_err(|_| AuditOpenError::Mismatch(cp.size))?;
-            if root != cp.root {
-                return Err(AuditOpenError::Mismatch(cp.size));
-            }
+            None => 0,
+        };
+        if tree.len() > signed {
+            return Err(AuditOpenError::Unsigned {
+                have: tree.len(),
+                signed,
+            });
         }
         let tree = Arc::new(RwLock::new(tree));
+        let signer = Arc::new(signer);
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
-        tokio::spawn(appender(rx, store.clone(), tree.clone()));
+        let latest = Arc::new(Mutex::new(latest));
+        let committed = Arc::new(AtomicU64::new(signed));
+        tokio::spawn(appender(
+            rx,
+            Appender {
+                store: store.clone(),
+                tree: tree.clone(),
+                signer: signer.clone(),
+                origin: origin.clone(),
+                latest: latest.clone(),
+                committed: committed.clone(),
+            },
+        ));
         Ok(Arc::new(AuditLog {
             origin,
             signer,
             tree,
             store,
             tx,
-            latest: Mutex::new(latest),
+            latest,
+            committed,
         }))
     }
 
@@ -122,8 +162,9 @@ impl AuditLog {
         verifier_key(&self.origin, &self.signer.public())
     }
 
+    /// Entries committed and covered by a signed checkpoint.
     pub fn size(&self) -> u64 {
-        self.tree.read().map(|t| t.len()).unwrap_or(0)
+        self.committed.load(Ordering::Acquire)
     }
 
     /// Append a record; returns its index once it is durable.
@@ -158,37 +199,24 @@ impl AuditLog {
         }
     }
 
-    /// A signed checkpoint of the current log (re-signed only when it grew).
+    /// The newest signed checkpoint: every committed batch has one. (An
+    /// empty log gets one signed here.)
     pub async fn checkpoint(&self) -> Result<(Checkpoint, String), ApiError> {
-        let (size, root) = {
-            let t = self
-                .tree
-                .read()
-                .map_err(|_| ApiError::internal("tree lock"))?;
-            (t.len(), t.root(t.len()).map_err(ApiError::internal)?)
-        };
-        let cp = Checkpoint {
-            origin: self.origin.clone(),
-            size,
-            root,
-        };
-        if let Some((s, note)) = self.latest.lock().ok().and_then(|l| l.clone())
-            && s == size
-        {
+        if let Some((_, note)) = self.latest.lock().ok().and_then(|l| l.clone()) {
+            let cp = Checkpoint::parse_body(note.split("\n\n").next().unwrap_or(""))
+                .map_err(ApiError::internal)?;
             return Ok((cp, note));
         }
-        let note = NoteSigner {
-            name: &self.origin,
-            key: &self.signer,
-        }
-        .sign(&cp.body())
-        .map_err(ApiError::internal)?;
-        self.store
-            .audit_put_checkpoint(size, &note)
-            .await
-            .map_err(ApiError::internal)?;
-        if let Ok(mut l) = self.latest.lock() {
-            *l = Some((size, note.clone()));
+        let cp = Checkpoint {
+            origin: self.origin.clone(),
+            size: 0,
+            root: cloister_log::tree::empty_root(),
+        };
+        let note = sign_checkpoint(&self.signer, &self.origin, &cp)?;
+        if let Ok(mut l) = self.latest.lock()
+            && l.is_none()
+        {
+            *l = Some((0, note.clone()));
         }
         Ok((cp, note))
     }
@@ -216,11 +244,52 @@ impl AuditLog {
     }
 }
 
-async fn appender(
-    mut rx: mpsc::Receiver<Job>,
+fn sign_checkpoint(signer: &KmSigner, origin: &str, cp: &Checkpoint) -> Result<String, ApiError> {
+    NoteSigner {
+        name: origin,
+        key: signer,
+    }
+    .sign(&cp.body())
+    .map_err(ApiError::internal)
+}
+
+struct Appender {
     store: Arc<dyn AuditStore>,
     tree: Arc<RwLock<Tree>>,
-) {
+    signer: Arc<KmSigner>,
+    origin: String,
+    latest: Arc<Mutex<Option<(u64, String)>>>,
+    committed: Arc<AtomicU64>,
+}
+
+impl Appender {
+    /// Push the batch into the tree and sign its checkpoint; the tree is
+    /// rolled back if the batch is not stored.
+    fn stage(&self, rows: &[AuditIn]) -> Result<(u64, String), String> {
+        let cp = {
+            let mut t = self.tree.write().map_err(|_| "tree lock".to_owned())?;
+            for r in rows {
+                t.push(leaf_hash(&r.data));
+            }
+            let size = t.len();
+            Checkpoint {
+                origin: self.origin.clone(),
+                size,
+                root: t.root(size).map_err(|e| e.to_string())?,
+            }
+        };
+        let note = sign_checkpoint(&self.signer, &self.origin, &cp).map_err(|e| e.message)?;
+        Ok((cp.size, note))
+    }
+
+    fn unstage(&self, size: u64) {
+        if let Ok(mut t) = self.tree.write() {
+            t.truncate(size);
+        }
+    }
+}
+
+async fn appender(mut rx: mpsc::Receiver<Job>, a: Appender) {
     let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
     while let Some(j) = rx.recv().await {
         batch.push(j);
@@ -230,7 +299,7 @@ async fn appender(
                 Err(_) => break,
             }
         }
-        let start = tree.read().map(|t| t.len()).unwrap_or(0);
+        let start = a.committed.load(Ordering::Acquire);
         let mut rows: Vec<AuditIn> = Vec::with_capacity(batch.len());
         let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
         for (i, j) in batch.drain(..).enumerate() {
@@ -240,13 +309,25 @@ async fn appender(
             });
             replies.push(j.reply);
         }
-        match store.audit_append(&rows).await {
-            Ok(()) => {
-                if let Ok(mut t) = tree.write() {
-                    for r in &rows {
-                        t.push(leaf_hash(&r.data));
-                    }
+        let stored = match a.stage(&rows) {
+            Ok((size, note)) => match a.store.audit_append(&rows, Some((size, &note))).await {
+                Ok(()) => Ok((size, note)),
+                Err(e) => {
+                    a.unstage(start);
+                    Err(e.to_string())
                 }
+            },
+            Err(e) => {
+                a.unstage(start);
+                Err(e)
+            }
+        };
+        match stored {
+            Ok((size, note)) => {
+                if let Ok(mut l) = a.latest.lock() {
+                    *l = Some((size, note));
+                }
+                a.committed.store(size, Ordering::Release);
                 for (reply, r) in replies.into_iter().zip(rows.iter()) {
                     let _ = reply.send(Ok(r.index));
                 }
@@ -254,7 +335,7 @@ async fn appender(
             Err(e) => {
                 tracing::error!("audit append failed: {e}");
                 for reply in replies {
-                    let _ = reply.send(Err(e.to_string()));
+                    let _ = reply.send(Err(e.clone()));
                 }
             }
         }

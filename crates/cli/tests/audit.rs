@@ -238,44 +238,77 @@ async fn the_km_refuses_to_start_on_an_altered_deleted_or_reordered_log() {
     }
 }
 
+/// Roll the KM back to an older consistent state, as restoring an old
+/// backup would: the entries after a stored checkpoint of at least 5, and
+/// the checkpoints after it, are gone.
+const RESTORE_OLD_BACKUP: &[&str] = &[
+    "DELETE FROM audit_log WHERE idx >= (SELECT MIN(size) FROM audit_checkpoints WHERE size >= 5)",
+    "DELETE FROM audit_checkpoints WHERE size > (SELECT MIN(size) FROM audit_checkpoints WHERE size >= 5)",
+];
+
 #[tokio::test]
 async fn clients_detect_rollback_and_fork() {
-    // Rollback: an attacker deletes the newest entries and the KM's remembered checkpoints.
+    // Rollback: the KM is restored from an old backup.
     let w = World::new().await;
     let (alice, ..) = scenario(&w).await;
     let (seen, _) = alice.audit_checkpoint().await.unwrap();
-    let (_dir, st, _) = restart(
-        w,
-        &[
-            "DELETE FROM audit_log WHERE idx >= 10",
-            "DELETE FROM audit_checkpoints",
-        ],
-    )
-    .await;
+    let (_dir, st, _) = restart(w, RESTORE_OLD_BACKUP).await;
     let st = st.unwrap();
     let e = alice.audit_checkpoint().await.unwrap_err();
     assert!(matches!(e, ClientError::Audit(_)), "{e}");
     assert!(e.to_string().contains("rolled back"), "{e}");
-    assert!(seen.size > 10);
+    assert!(seen.size > 5);
     st.stop().await;
 
-    // Fork: an old entry is rewritten (and the remembered checkpoints removed).
+    // Fork: the restored KM grows another history past what alice saw.
     let w = World::new().await;
     let (alice, ..) = scenario(&w).await;
-    alice.audit_checkpoint().await.unwrap();
-    let (_dir, st, _) = restart(
-        w,
-        &[
-            "UPDATE audit_log SET data = CAST(REPLACE(CAST(data AS TEXT), 'carol', 'carl0') AS BLOB) WHERE kind = 'user_added'",
-            "DELETE FROM audit_checkpoints",
-        ],
-    )
-    .await;
+    let (seen, _) = alice.audit_checkpoint().await.unwrap();
+    let (_dir, st, admin) = restart(w, RESTORE_OLD_BACKUP).await;
     let st = st.unwrap();
+    for i in 0..seen.size {
+        admin
+            .admin_add_user(&World::uid(&format!("fork{i}")), false)
+            .await
+            .unwrap();
+    }
     let e = alice.audit_checkpoint().await.unwrap_err();
     assert!(matches!(e, ClientError::Audit(_)), "{e}");
     assert!(e.to_string().contains("forked"), "{e}");
     st.stop().await;
+}
+
+/// Every acknowledged record is under a signed checkpoint, even if nobody
+/// asked for one: an edit made after the last one a client requested is
+/// caught when the KM starts.
+#[tokio::test]
+async fn an_acknowledged_record_cannot_be_rewritten_even_without_a_requested_checkpoint() {
+    let cases: [&[&'static str]; 2] = [
+        // `user_added x2@acme` becomes `zz@acme`
+        &[
+            "UPDATE audit_log SET data = CAST(REPLACE(CAST(data AS TEXT), 'x2@acme', 'zz@acme') AS BLOB) WHERE kind = 'user_added'",
+        ],
+        // and the newest signed checkpoint cannot simply be dropped with the newest entry altered
+        &[
+            "UPDATE audit_log SET data = CAST(REPLACE(CAST(data AS TEXT), 'x2@acme', 'zz@acme') AS BLOB) WHERE kind = 'user_added'",
+            "DELETE FROM audit_checkpoints WHERE size = (SELECT MAX(size) FROM audit_checkpoints)",
+        ],
+    ];
+    for tamper in cases {
+        let w = World::new().await;
+        let (alice, ..) = scenario(&w).await;
+        alice.audit_checkpoint().await.unwrap();
+        // acknowledged after the last checkpoint anyone asked for
+        w.admin
+            .admin_add_user(&World::uid("x2"), false)
+            .await
+            .unwrap();
+        let (_dir, st, _) = restart(w, tamper).await;
+        let e = st
+            .err()
+            .unwrap_or_else(|| panic!("KM started on a rewritten log ({tamper:?})"));
+        assert!(e.contains("audit log"), "{tamper:?}: {e}");
+    }
 }
 
 #[tokio::test]

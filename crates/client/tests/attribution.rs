@@ -233,9 +233,18 @@ fn forged_envelopes_are_left_out_and_an_export_showing_one_fails_verify() {
     let m: export::Manifest =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     let reasons: Vec<&str> = m.unattributable.iter().map(|u| u.reason.as_str()).collect();
-    assert!(reasons[0].contains("not what the sender committed to"), "{reasons:?}");
-    assert!(reasons[1].contains("signature does not cover"), "{reasons:?}");
-    assert!(reasons[2].contains("not the certificate's holder"), "{reasons:?}");
+    assert!(
+        reasons[0].contains("not what the sender committed to"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[1].contains("signature does not cover"),
+        "{reasons:?}"
+    );
+    assert!(
+        reasons[2].contains("not the certificate's holder"),
+        "{reasons:?}"
+    );
     let jsonl = std::fs::read_to_string(out.join("messages.jsonl")).unwrap();
     assert!(jsonl.contains("buy 10mm") && !jsonl.contains("off-book") && !jsonl.contains("4471"));
     let v = export::verify(&out, Some(f.km.public())).unwrap();
@@ -258,11 +267,7 @@ fn forged_envelopes_are_left_out_and_an_export_showing_one_fails_verify() {
     let mb = serde_json::to_vec_pretty(&m).unwrap();
     std::fs::write(out.join("manifest.json"), &mb).unwrap();
     let sig = f.officer.sign(export::EXPORT, &mb);
-    std::fs::write(
-        out.join("manifest.sig"),
-        cloister_proto::b64::encode(&sig),
-    )
-    .unwrap();
+    std::fs::write(out.join("manifest.sig"), cloister_proto::b64::encode(&sig)).unwrap();
     let err = export::verify(&out, Some(f.km.public())).unwrap_err();
     assert!(err.starts_with("UNATTRIBUTABLE"), "{err}");
     assert!(err.contains("not what the sender committed to"), "{err}");
@@ -270,7 +275,11 @@ fn forged_envelopes_are_left_out_and_an_export_showing_one_fails_verify() {
     // Showing the signed words but under another name fails too.
     let mut m2 = m.clone();
     m2.envelopes[0].attribution = honest.attribution.clone();
-    std::fs::write(out.join("messages.jsonl"), &jsonl.replace("alice@acme", "bob@acme")).unwrap();
+    std::fs::write(
+        out.join("messages.jsonl"),
+        jsonl.replace("alice@acme", "bob@acme"),
+    )
+    .unwrap();
     let jl = std::fs::read(out.join("messages.jsonl")).unwrap();
     for fe in m2.files.iter_mut().filter(|fe| fe.path == "messages.jsonl") {
         fe.sha256 = hex::encode(cloister_crypto::sha256(&jl));

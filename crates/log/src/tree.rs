@@ -85,6 +85,16 @@ impl Tree {
         }
     }
 
+    /// Drop every leaf from `size` on (undo appends that were not stored).
+    pub fn truncate(&mut self, size: u64) {
+        for (k, row) in self.levels.iter_mut().enumerate() {
+            row.truncate((size >> k) as usize);
+        }
+        while self.levels.last().is_some_and(|l| l.is_empty()) {
+            self.levels.pop();
+        }
+    }
+
     /// Leaf hash at `index`.
     pub fn leaf(&self, index: u64) -> Option<Hash> {
         self.levels
@@ -325,6 +335,29 @@ mod tests {
                     "size {size}"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn truncate_undoes_appends_exactly() {
+        for keep in 0..40u64 {
+            let mut t = Tree::new();
+            let mut fresh = Tree::new();
+            for i in 0..40u32 {
+                let l = leaf_hash(&i.to_be_bytes());
+                t.push(l);
+                if u64::from(i) < keep {
+                    fresh.push(l);
+                }
+            }
+            t.truncate(keep);
+            assert_eq!(t.len(), keep);
+            assert_eq!(t.root(keep).unwrap(), fresh.root(keep).unwrap());
+            // and grows again as if never extended
+            t.push(leaf_hash(b"x"));
+            fresh.push(leaf_hash(b"x"));
+            assert_eq!(t.root(keep + 1).unwrap(), fresh.root(keep + 1).unwrap());
+            assert_eq!(t.levels, fresh.levels);
         }
     }
 

@@ -283,8 +283,10 @@ pub struct AuditQuery {
 /// Storage of a tenant's audit transparency log.
 #[async_trait]
 pub trait AuditStore: Send + Sync + 'static {
-    /// Append entries in one transaction; their indexes must continue the log.
-    async fn audit_append(&self, rows: &[AuditIn]) -> Result<()>;
+    /// Append entries in one transaction; their indexes must continue the
+    /// log. The batch's signed checkpoint `(size, note)`, if given, is stored
+    /// in the same transaction.
+    async fn audit_append(&self, rows: &[AuditIn], checkpoint: Option<(u64, &str)>) -> Result<()>;
     /// Every entry, in index order (to rebuild the tree on start).
     async fn audit_all(&self) -> Result<Vec<AuditRow>>;
     async fn audit_get(&self, index: u64) -> Result<Option<Vec<u8>>>;

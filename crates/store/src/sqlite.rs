@@ -880,7 +880,7 @@ macro_rules! sqlite_audit_store {
     ($t:ty) => {
 #[async_trait]
 impl AuditStore for $t {
-    async fn audit_append(&self, rows: &[AuditIn]) -> Result<()> {
+    async fn audit_append(&self, rows: &[AuditIn], checkpoint: Option<(u64, &str)>) -> Result<()> {
         let Some(first) = rows.first() else {
             return Ok(());
         };
@@ -907,6 +907,13 @@ impl AuditStore for $t {
                     .bind(&r.data);
             }
             q.execute(&mut *tx).await?;
+        }
+        if let Some((size, note)) = checkpoint {
+            sqlx::query("INSERT OR REPLACE INTO audit_checkpoints (size, note) VALUES (?, ?)")
+                .bind(i(size))
+                .bind(note)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())

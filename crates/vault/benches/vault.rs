@@ -261,7 +261,7 @@ async fn archive(path: &Path, n: u64, tenant: &TenantId, km: &KmSigner) -> Arc<V
             });
             index += 1;
         }
-        store.audit_append(&rows).await.unwrap();
+        store.audit_append(&rows, None).await.unwrap();
         if index.is_multiple_of(100_000) {
             eprintln!("archive: {index} envelopes in {:.0?}", t.elapsed());
         }
