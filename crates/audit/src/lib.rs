@@ -11,6 +11,9 @@
 //!          inserted, reordered or rolled-back entry stops the service.
 //! ```
 
+mod witnessing;
+pub use witnessing::Witnesses;
+
 use cloister_crypto::KmSigner;
 use cloister_http::ApiError;
 use cloister_log::note::{NoteSigner, verifier_key};

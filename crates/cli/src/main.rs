@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod compliance_cmd;
+mod witness_cmd;
 
 use clap::{Args, Parser, Subcommand};
 use cloister_cli::BoxError;
@@ -76,6 +77,9 @@ enum Cmd {
     /// The tenant's audit transparency log.
     #[command(subcommand)]
     Audit(AuditCmd),
+    /// A transparency-log witness (cosigns checkpoints along one history).
+    #[command(subcommand)]
+    Witness(witness_cmd::WitnessCmd),
     /// Open (or create) the 1:1 conversation with USER; prints its room id.
     Im { user: String },
     /// Send a message or a file.
@@ -137,6 +141,9 @@ enum KmCmd {
         listen: String,
         #[command(flatten)]
         pass: KmPass,
+        /// A witness (URL) to submit the audit log's checkpoints to (repeatable).
+        #[arg(long = "witness")]
+        witnesses: Vec<String>,
     },
 }
 
@@ -200,6 +207,14 @@ enum EscrowCmd {
 enum AuditCmd {
     /// The latest signed checkpoint, checked against the last one this device saw.
     Checkpoint,
+    /// Require cosignatures from QUORUM of these witnesses on every checkpoint.
+    WitnessPolicy {
+        #[arg(long)]
+        quorum: usize,
+        /// A witness's cosignature key (`cloister witness init` prints it; repeatable).
+        #[arg(long = "witness", required = true)]
+        witnesses: Vec<String>,
+    },
     /// Audit entries (admin).
     List {
         #[arg(long)]
@@ -434,6 +449,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             data_dir,
             listen,
             pass,
+            witnesses,
         }) => {
             let p = read_secret(pass.file.as_deref(), "CLOISTER_KM_PASSPHRASE")?;
             if !cloister_km::tmk_path(&data_dir).exists() {
@@ -443,9 +459,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 )
                 .into());
             }
-            let (km, _) =
-                cloister_cli::open_km(&data_dir, None, &p, Cost::DEFAULT, Default::default())
-                    .await?;
+            let config = cloister_km::KmConfig {
+                witnesses,
+                ..Default::default()
+            };
+            let (km, _) = cloister_cli::open_km(&data_dir, None, &p, Cost::DEFAULT, config).await?;
             let l = tokio::net::TcpListener::bind(&listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -600,6 +618,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         }
         Cmd::Room(rc) => room_cmd(&ctx, rc).await?,
         Cmd::Vault(vc) => compliance_cmd::vault_cmd(&ctx, vc).await?,
+        Cmd::Witness(wc) => witness_cmd::witness_cmd(&ctx, wc).await?,
         Cmd::Admin(AdminCmd::Vault(vc)) => compliance_cmd::admin_vault_cmd(&ctx, vc).await?,
         Cmd::Compliance(cc) => compliance_cmd::compliance_cmd(&ctx, cc).await?,
         Cmd::Export(ec) => compliance_cmd::export_cmd(&ctx, ec)?,
@@ -726,6 +745,16 @@ async fn audit_cmd(ctx: &Ctx, ac: AuditCmd) -> Result<(), BoxError> {
     }
     let c = ctx.client()?;
     match ac {
+        AuditCmd::WitnessPolicy { quorum, witnesses } => {
+            c.set_witness_policy(&witnesses, quorum)?;
+            ctx.emit(
+                format!(
+                    "checkpoints now need cosignatures from {quorum} of {} witnesses",
+                    witnesses.len()
+                ),
+                json!({"quorum": quorum, "witnesses": witnesses}),
+            );
+        }
         AuditCmd::Checkpoint => {
             let (cp, note) = c.audit_checkpoint().await?;
             ctx.emit(note.trim_end(), json!({"origin": cp.origin, "size": cp.size, "root": b64std(&cp.root), "note": note}));

@@ -200,13 +200,24 @@ async fn restart(
     Result<Stack, String>,
     cloister_client::Client,
 ) {
+    restart_with(w, tamper, opts()).await
+}
+
+async fn restart_with(
+    w: World,
+    tamper: &[&'static str],
+    mut o: cloister_cli::StackOptions,
+) -> (
+    tempfile::TempDir,
+    Result<Stack, String>,
+    cloister_client::Client,
+) {
     let World {
         dir, stack, admin, ..
     } = w;
     let (k, s) = (stack.km_addr, stack.server_addr);
     stack.stop().await;
     sql(&km_db(dir.path()), tamper).await;
-    let mut o = opts();
     o.km_addr = k;
     o.server_addr = s;
     let st = Stack::start(dir.path(), o).await.map_err(|e| e.to_string());
@@ -415,4 +426,172 @@ async fn offline_verifier_detects_tampering() {
     )
     .unwrap();
     assert!(run(None, None, &forged).is_err());
+}
+
+/// A witness on a loopback port, following nothing yet.
+async fn start_witness(
+    name: &str,
+) -> (
+    std::sync::Arc<cloister_witness::Witness>,
+    String,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let w = std::sync::Arc::new(
+        cloister_witness::Witness::open_dir(dir.path(), Some(name))
+            .await
+            .unwrap(),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let r = cloister_witness::router(w.clone());
+    tokio::spawn(async move {
+        let _ = cloister_http::serve(l, r, std::future::pending()).await;
+    });
+    (w, url, dir)
+}
+
+/// A KM restored from an old backup grows a different history: the
+/// witnesses, which cosigned the honest one, refuse to cosign it, so a
+/// device requiring their quorum refuses the forked log even though it
+/// never saw the honest one itself.
+#[tokio::test]
+async fn witnesses_refuse_a_split_view_and_so_do_clients_that_require_them() {
+    let (w1, u1, _d1) = start_witness("witness.acme-vault/w1").await;
+    let (w2, u2, _d2) = start_witness("witness.operator/w2").await;
+    let mut o = opts();
+    o.km_config.witnesses = vec![u1.clone(), u2.clone()];
+    let w = World::with(o).await;
+    let info = w.stack.km.info();
+    for wit in [&w1, &w2] {
+        wit.follow(&info.log_key).await.unwrap();
+    }
+    let origin = cloister_log::NoteVerifier::parse(&info.log_key)
+        .unwrap()
+        .name;
+    let keys = vec![w1.key(), w2.key()];
+    let (alice, ..) = scenario(&w).await;
+    alice.set_witness_policy(&keys, 2).unwrap();
+    let (honest, note) = alice.audit_checkpoint().await.unwrap();
+    assert_eq!(note.matches('\u{2014}').count(), 3, "{note}");
+    assert_eq!(w1.cosigned_size(&origin).await, Some(honest.size));
+    assert_eq!(w2.cosigned_size(&origin).await, Some(honest.size));
+    // a policy naming a witness that did not cosign is not met
+    let (w3, _, _d3) = start_witness("witness.elsewhere/w3").await;
+    alice
+        .set_witness_policy(&[keys[0].clone(), w3.key()], 2)
+        .unwrap();
+    let e = alice.audit_checkpoint().await.unwrap_err();
+    assert!(e.to_string().contains("1 of the 2"), "{e}");
+    alice.set_witness_policy(&keys, 2).unwrap();
+    // bad policies are refused up front
+    assert!(alice.set_witness_policy(&keys, 3).is_err());
+    assert!(alice.set_witness_policy(&["junk".into()], 1).is_err());
+
+    // the KM is restored from an old backup and grows another history
+    let mut o = opts();
+    o.km_config.witnesses = vec![u1, u2];
+    let (_dir, st, admin) = restart_with(w, RESTORE_OLD_BACKUP, o).await;
+    let st = st.unwrap();
+    for i in 0..honest.size {
+        admin
+            .admin_add_user(&World::uid(&format!("fork{i}")), false)
+            .await
+            .unwrap();
+    }
+    // a device that never saw the honest log, with the witness policy
+    let http = reqwest::Client::new();
+    let enrol = |name: &'static str| {
+        let (admin, http, st) = (&admin, http.clone(), &st);
+        async move {
+            let u = World::uid(name);
+            let code = admin.admin_add_user(&u, false).await.unwrap().code;
+            cloister_client::Client::enrol(
+                http,
+                &st.server_url,
+                &st.km_url,
+                &u,
+                &code,
+                cloister_client::Storage::Memory,
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let carol = enrol("newcomer").await;
+    carol.set_witness_policy(&keys, 2).unwrap();
+    let e = carol.audit_checkpoint().await.unwrap_err();
+    assert!(matches!(e, ClientError::Audit(_)), "{e}");
+    assert!(e.to_string().contains("0 of the 2"), "{e}");
+    // without the policy it would have believed the forked log
+    let dave = enrol("trusting").await;
+    let (forked, _) = dave.audit_checkpoint().await.unwrap();
+    assert!(forked.size > honest.size);
+    // alice, who saw the honest log, also detects the fork herself
+    let e = alice.audit_checkpoint().await.unwrap_err();
+    assert!(matches!(e, ClientError::Audit(_)), "{e}");
+    // the witnesses still vouch for the honest history only
+    assert_eq!(w1.cosigned_size(&origin).await, Some(honest.size));
+    assert_eq!(w2.cosigned_size(&origin).await, Some(honest.size));
+    st.stop().await;
+}
+
+/// The witness's HTTP edge speaks C2SP tlog-witness: status codes and the
+/// `text/x.tlog.size` conflict body.
+#[tokio::test]
+async fn the_witness_http_interface() {
+    let (wit, url, _d) = start_witness("witness.test/w").await;
+    let w = World::new().await;
+    let http = reqwest::Client::new();
+    let post = |body: String| http.post(format!("{url}/add-checkpoint")).body(body).send();
+    let (_, note) = w.admin.audit_checkpoint().await.unwrap();
+    // an unknown log: 404
+    let r = post(format!("old 0\n\n{note}")).await.unwrap();
+    assert_eq!(r.status(), 404);
+    wit.follow(&w.stack.km.info().log_key).await.unwrap();
+    // malformed: 400
+    let r = post("old x\n\nnothing".into()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    // not signed by the log's key: 403
+    let r = post(format!(
+        "old 0\n\n{}",
+        note.replace("cloister-audit", "cloister-audiu")
+    ))
+    .await
+    .unwrap();
+    assert!(r.status() == 403 || r.status() == 404, "{}", r.status());
+    // first submission from 0: cosigned
+    let r = post(format!("old 0\n\n{note}")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .starts_with("\u{2014} witness.test/w ")
+    );
+    // the log grows; a submission claiming old 0 gets the witness's size back
+    w.admin
+        .admin_add_user(&World::uid("grow"), false)
+        .await
+        .unwrap();
+    let (cp2, note2) = w.admin.audit_checkpoint().await.unwrap();
+    let r = post(format!("old 0\n\n{note2}")).await.unwrap();
+    assert_eq!(r.status(), 409);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "text/x.tlog.size"
+    );
+    let size: u64 = r.text().await.unwrap().trim().parse().unwrap();
+    // a wrong consistency proof: 422
+    let bad = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=";
+    let r = post(format!("old {size}\n{bad}\n\n{note2}")).await.unwrap();
+    assert_eq!(r.status(), 422);
+    // old above new: 400
+    let r = post(format!("old {}\n\n{note2}", cp2.size + 1))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // an oversized body is refused without reading it all
+    let r = post("old 0\n".repeat(20_000)).await.unwrap();
+    assert_eq!(r.status(), 413);
 }

@@ -1123,11 +1123,36 @@ impl Client {
         Ok((cp, r.checkpoint))
     }
 
+    /// Require `quorum` of these witnesses' cosignatures on every audit
+    /// checkpoint this device accepts from now on.
+    pub fn set_witness_policy(&self, witnesses: &[String], quorum: usize) -> Result<()> {
+        cloister_log::witness::WitnessPolicy::parse(witnesses, quorum)
+            .map_err(|e| ClientError::Input(format!("witness policy: {e}")))?;
+        self.home.save_witness_policy(&store::WitnessPolicyConfig {
+            witnesses: witnesses.to_vec(),
+            quorum,
+        })
+    }
+
+    pub fn witness_policy(&self) -> Option<store::WitnessPolicyConfig> {
+        self.home.witness_policy()
+    }
+
     async fn accept_checkpoint(&self, note: &str) -> Result<cloister_log::Checkpoint> {
         let v = self.log_verifier()?;
         let cp = v
             .verify_checkpoint(note)
             .map_err(|e| ClientError::Audit(format!("checkpoint rejected: {e}")))?;
+        if let Some(p) = self.home.witness_policy() {
+            let policy = cloister_log::witness::WitnessPolicy::parse(&p.witnesses, p.quorum)
+                .map_err(|e| ClientError::Audit(format!("witness policy is invalid: {e}")))?;
+            policy.check(note).map_err(|e| {
+                ClientError::Audit(format!(
+                    "checkpoint of size {} rejected: {e} (a log that may show others another history)",
+                    cp.size
+                ))
+            })?;
+        }
         if let Some(old_note) = self.home.last_checkpoint() {
             let old = v.verify_checkpoint(&old_note).map_err(|e| {
                 ClientError::Audit(format!("remembered checkpoint is invalid: {e}"))

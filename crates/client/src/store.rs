@@ -36,6 +36,14 @@ pub struct Profile {
     pub log_key: String,
 }
 
+/// Witnesses whose cosignatures an audit checkpoint needs (k of n).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WitnessPolicyConfig {
+    /// Cosignature verifier keys (`name+id+key`).
+    pub witnesses: Vec<String>,
+    pub quorum: usize,
+}
+
 /// A room key as cached on the device.
 #[derive(Clone)]
 pub struct CachedKey {
@@ -53,6 +61,7 @@ pub struct Home {
     dir: Option<PathBuf>,
     cache_key: RoomKey,
     checkpoint: std::sync::Mutex<Option<String>>,
+    witnesses: std::sync::Mutex<Option<WitnessPolicyConfig>>,
     sessions: std::sync::Mutex<HashMap<String, Zeroizing<[u8; 32]>>>,
 }
 
@@ -85,6 +94,7 @@ impl Home {
             dir: None,
             cache_key: RoomKey::generate()?,
             checkpoint: Default::default(),
+            witnesses: std::sync::Mutex::new(None),
             sessions: Default::default(),
         })
     }
@@ -113,6 +123,7 @@ impl Home {
             dir: Some(dir.to_owned()),
             cache_key,
             checkpoint: Default::default(),
+            witnesses: std::sync::Mutex::new(None),
             sessions: Default::default(),
         };
         home.save_profile(profile)?;
@@ -157,6 +168,7 @@ impl Home {
                 dir: Some(dir.to_owned()),
                 cache_key,
                 checkpoint: Default::default(),
+                witnesses: std::sync::Mutex::new(None),
                 sessions: Default::default(),
             },
             keys,
@@ -261,6 +273,26 @@ impl Home {
             return std::fs::read_to_string(d.join("checkpoint.note")).ok();
         }
         self.checkpoint.lock().ok().and_then(|c| c.clone())
+    }
+
+    /// The witness policy this device enforces on audit checkpoints.
+    pub fn witness_policy(&self) -> Option<WitnessPolicyConfig> {
+        if let Some(d) = &self.dir {
+            let b = std::fs::read(d.join("witnesses.json")).ok()?;
+            return serde_json::from_slice(&b).ok();
+        }
+        self.witnesses.lock().ok().and_then(|c| c.clone())
+    }
+
+    pub fn save_witness_policy(&self, p: &WitnessPolicyConfig) -> Result<(), ClientError> {
+        if let Some(d) = &self.dir {
+            let b = serde_json::to_vec_pretty(p).map_err(|e| ClientError::Local(e.to_string()))?;
+            return write_private(&d.join("witnesses.json"), &b);
+        }
+        if let Ok(mut c) = self.witnesses.lock() {
+            *c = Some(p.clone());
+        }
+        Ok(())
     }
 
     pub fn save_checkpoint(&self, note: &str) -> Result<(), ClientError> {

@@ -59,6 +59,8 @@ pub struct KmConfig {
     pub cert_secs: u64,
     /// Enrolment code lifetime.
     pub code_secs: u64,
+    /// Witnesses (URLs) the audit log's checkpoints are submitted to.
+    pub witnesses: Vec<String>,
 }
 
 impl Default for KmConfig {
@@ -67,6 +69,7 @@ impl Default for KmConfig {
             lease_secs: 3600,
             cert_secs: 365 * 24 * 3600,
             code_secs: 7 * 24 * 3600,
+            witnesses: Vec::new(),
         }
     }
 }
@@ -126,6 +129,7 @@ pub struct Km {
     /// through the key provider, so a crypto-lock takes effect at once.
     wrapped: Mutex<WrappedKeys>,
     audit: Arc<audit::AuditLog>,
+    witnesses: audit::Witnesses,
 }
 
 /// What `init` returns: the public KM description and the bootstrap admin code.
@@ -299,6 +303,7 @@ impl Km {
         config: KmConfig,
         audit: Arc<audit::AuditLog>,
     ) -> Km {
+        let witnesses = audit::Witnesses::new(&config.witnesses);
         Km {
             tenant,
             signer,
@@ -311,6 +316,7 @@ impl Km {
             active: Mutex::new(HashMap::new()),
             wrapped: Mutex::new(HashMap::new()),
             audit,
+            witnesses,
         }
     }
 
@@ -599,7 +605,11 @@ impl Km {
                     .await?,
             ),
             KmOp::AuditCheckpoint => {
-                let (_, note) = self.audit.checkpoint().await?;
+                let (_, note) = if self.witnesses.is_empty() {
+                    self.audit.checkpoint().await?
+                } else {
+                    self.audit.cosigned_checkpoint(&self.witnesses).await?
+                };
                 json(&CheckpointResponse {
                     checkpoint: note,
                     log_key: self.audit.verifier_key(),

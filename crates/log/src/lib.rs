@@ -17,6 +17,7 @@
 pub mod event;
 pub mod note;
 pub mod tree;
+pub mod witness;
 
 pub use event::{AuditEvent, AuditRecord};
 pub use note::{Checkpoint, NoteError, NoteSigner, NoteVerifier};

@@ -16,7 +16,7 @@ use cloister_crypto::keys::VerifyKey;
 use crate::tree::Hash;
 
 const ED25519: u8 = 0x01;
-const DASH: &str = "\u{2014} ";
+pub(crate) const DASH: &str = "\u{2014} ";
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NoteError {
@@ -81,16 +81,21 @@ impl Checkpoint {
 }
 
 fn key_id(name: &str, pk: &[u8; 32]) -> [u8; 4] {
+    typed_key_id(name, ED25519, pk)
+}
+
+/// SHA-256(name ‖ "\n" ‖ type ‖ public key)[0..4].
+pub(crate) fn typed_key_id(name: &str, typ: u8, pk: &[u8; 32]) -> [u8; 4] {
     let mut v = Vec::with_capacity(name.len() + 34);
     v.extend_from_slice(name.as_bytes());
     v.push(b'\n');
-    v.push(ED25519);
+    v.push(typ);
     v.extend_from_slice(pk);
     let h = cloister_crypto::sha256(&v);
     [h[0], h[1], h[2], h[3]]
 }
 
-fn valid_name(name: &str) -> bool {
+pub(crate) fn valid_name(name: &str) -> bool {
     !name.is_empty() && !name.chars().any(|c| c.is_whitespace() || c == '+')
 }
 

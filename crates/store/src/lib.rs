@@ -15,7 +15,9 @@
 use async_trait::async_trait;
 
 mod sqlite;
+mod witness;
 pub use sqlite::{SqliteKmStore, SqliteServerStore, SqliteVaultStore, open_sqlite};
+pub use witness::{SqliteWitnessStore, WitnessedLog};
 
 /// Storage errors. `Backend` details are logged, never shown to API callers.
 #[derive(Debug, thiserror::Error)]

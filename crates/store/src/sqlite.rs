@@ -33,7 +33,7 @@ pub async fn open_sqlite(path: &Path, max_conns: u32) -> Result<SqlitePool> {
 // the write lock up front and waits (busy_timeout) for it, instead of failing
 // with SQLITE_BUSY when a read lock cannot be upgraded.
 
-async fn migrate(pool: &SqlitePool, ddl: &'static str) -> Result<()> {
+pub(crate) async fn migrate(pool: &SqlitePool, ddl: &'static str) -> Result<()> {
     let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
     for stmt in ddl.split(';').map(str::trim).filter(|s| !s.is_empty()) {
         sqlx::query(stmt).execute(&mut *tx).await?;
@@ -51,7 +51,7 @@ fn unique(msg: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
 }
 
 /// A value of a `meta (key, value)` table.
-async fn meta_get(pool: &SqlitePool, key: &str) -> Result<Option<Vec<u8>>> {
+pub(crate) async fn meta_get(pool: &SqlitePool, key: &str) -> Result<Option<Vec<u8>>> {
     Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
         .bind(key)
         .fetch_optional(pool)
@@ -59,7 +59,7 @@ async fn meta_get(pool: &SqlitePool, key: &str) -> Result<Option<Vec<u8>>> {
 }
 
 /// Set a `meta` value once; `Conflict` if it is already set.
-async fn meta_init(pool: &SqlitePool, key: &str, value: &[u8]) -> Result<()> {
+pub(crate) async fn meta_init(pool: &SqlitePool, key: &str, value: &[u8]) -> Result<()> {
     let r = sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)")
         .bind(key)
         .bind(value)

@@ -1,0 +1,124 @@
+//! Getting the log's checkpoints cosigned by witnesses (C2SP tlog-witness).
+//!
+//! ```text
+//!  cosigned(): newest checkpoint ─▶ each witness: add-checkpoint{old, proof}
+//!        409 (text/x.tlog.size) ─▶ retry once from the witness's size
+//!  ─▶ the note with every cosignature line obtained
+//! ```
+
+use crate::AuditLog;
+use cloister_http::ApiError;
+use cloister_log::Checkpoint;
+use cloister_log::witness::add_checkpoint_body;
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+/// The witnesses a log submits its checkpoints to.
+pub struct Witnesses {
+    urls: Vec<String>,
+    http: reqwest::Client,
+    /// The size each witness last cosigned (as far as this process knows).
+    sizes: Mutex<HashMap<String, u64>>,
+    /// The newest cosigned note.
+    cosigned: Mutex<Option<(u64, String)>>,
+}
+
+impl Witnesses {
+    pub fn new(urls: &[String]) -> Witnesses {
+        Witnesses {
+            urls: urls
+                .iter()
+                .map(|u| u.trim_end_matches('/').to_owned())
+                .collect(),
+            http: reqwest::Client::new(),
+            sizes: Mutex::new(HashMap::new()),
+            cosigned: Mutex::new(None),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.urls.is_empty()
+    }
+
+    /// One witness's cosignature lines for `note`, or why not.
+    async fn submit(
+        &self,
+        log: &AuditLog,
+        url: &str,
+        cp: &Checkpoint,
+        note: &str,
+    ) -> Result<String, String> {
+        let mut old = self
+            .sizes
+            .lock()
+            .ok()
+            .and_then(|m| m.get(url).copied())
+            .unwrap_or(0);
+        for _ in 0..2 {
+            let proof = if old == 0 || old > cp.size {
+                vec![]
+            } else {
+                log.consistency_proof(old, cp.size).map_err(|e| e.message)?
+            };
+            let r = self
+                .http
+                .post(format!("{url}/add-checkpoint"))
+                .body(add_checkpoint_body(old, &proof, note))
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await
+                .map_err(|e| format!("unreachable: {e}"))?;
+            let status = r.status();
+            let text = r.text().await.unwrap_or_default();
+            if status.is_success() {
+                if let Ok(mut m) = self.sizes.lock() {
+                    m.insert(url.to_owned(), cp.size);
+                }
+                return Ok(text);
+            }
+            if status == reqwest::StatusCode::CONFLICT
+                && let Ok(size) = text.trim().parse::<u64>()
+                && size != old
+            {
+                old = size;
+                continue;
+            }
+            return Err(format!("{status}: {}", text.trim()));
+        }
+        Err("the witness's size kept moving".into())
+    }
+}
+
+impl AuditLog {
+    /// The newest checkpoint with the cosignatures the witnesses gave.
+    /// Witnesses that refuse (a fork, a rollback) or cannot be reached add
+    /// nothing: clients that require their quorum will refuse the note.
+    pub async fn cosigned_checkpoint(
+        &self,
+        w: &Witnesses,
+    ) -> Result<(Checkpoint, String), ApiError> {
+        let (cp, note) = self.checkpoint().await?;
+        if let Some((size, n)) = w.cosigned.lock().ok().and_then(|c| c.clone())
+            && size == cp.size
+        {
+            return Ok((cp, n));
+        }
+        let mut out = note.clone();
+        let mut all = true;
+        for url in &w.urls {
+            match w.submit(self, url, &cp, &note).await {
+                Ok(lines) => out.push_str(&lines),
+                Err(e) => {
+                    all = false;
+                    tracing::warn!(witness = %url, size = cp.size, "no cosignature: {e}");
+                }
+            }
+        }
+        // Kept only when complete: a witness that was down is asked again.
+        if all && let Ok(mut c) = w.cosigned.lock() {
+            *c = Some((cp.size, out.clone()));
+        }
+        Ok((cp, out))
+    }
+}

@@ -1,0 +1,72 @@
+//! `cloister witness …`: run a transparency-log witness.
+
+use super::{Ctx, shutdown_signal};
+use clap::Subcommand;
+use cloister_cli::BoxError;
+use serde_json::json;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Subcommand)]
+pub enum WitnessCmd {
+    /// Create a witness key under a name (e.g. `witness.example.com/w1`).
+    Init {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        name: String,
+    },
+    /// Follow a log: its checkpoint verifier key (`cloister audit checkpoint`
+    /// shows the KM's; the vault's is in `vault init`'s output).
+    Follow {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long)]
+        log_key: String,
+    },
+    /// Serve `POST /add-checkpoint` (C2SP tlog-witness).
+    Serve {
+        #[arg(long)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "127.0.0.1:7600")]
+        listen: String,
+    },
+}
+
+pub async fn witness_cmd(ctx: &Ctx, wc: WitnessCmd) -> Result<(), BoxError> {
+    match wc {
+        WitnessCmd::Init { data_dir, name } => {
+            let w = cloister_witness::Witness::open_dir(&data_dir, Some(&name)).await?;
+            ctx.emit(
+                format!(
+                    "witness {} created\nkey: {}\nnext: `cloister witness follow --log-key KEY`, then give clients the key",
+                    w.name(),
+                    w.key()
+                ),
+                json!({"name": w.name(), "key": w.key()}),
+            );
+        }
+        WitnessCmd::Follow { data_dir, log_key } => {
+            let w = cloister_witness::Witness::open_dir(&data_dir, None).await?;
+            w.follow(&log_key).await?;
+            ctx.emit(
+                format!("witness {} now follows {}", w.name(), log_key.trim()),
+                json!({"name": w.name(), "log_key": log_key.trim()}),
+            );
+        }
+        WitnessCmd::Serve { data_dir, listen } => {
+            let w = Arc::new(cloister_witness::Witness::open_dir(&data_dir, None).await?);
+            let l = tokio::net::TcpListener::bind(&listen)
+                .await
+                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+            eprintln!(
+                "witness {} listening on http://{} (key {})",
+                w.name(),
+                l.local_addr()?,
+                w.key()
+            );
+            cloister_http::serve(l, cloister_witness::router(w), shutdown_signal()).await?;
+        }
+    }
+    Ok(())
+}
