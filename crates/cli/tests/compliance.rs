@@ -698,18 +698,153 @@ async fn retention_shreds_expired_keys_and_envelopes_but_keeps_held_ones() {
         Some("bad_retention")
     );
     cw.officer.retention_set("group", 7).await.unwrap();
+    // alice's device holds epoch 0's key in its cache
+    assert!(
+        cw.alice
+            .read(&cw.room_a, 50, None)
+            .await
+            .unwrap()
+            .iter()
+            .all(|m| m.is_ok())
+    );
+    // what must not survive: epoch 0's wrapped key, the envelopes and tokens
+    // of room a's expired messages (as stored)
+    let (old_key, old_envelopes, old_tokens) = {
+        let km = sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}",
+            w.dir.path().join("km/km.db").display()
+        ))
+        .await
+        .unwrap();
+        let key: Vec<u8> =
+            sqlx::query_scalar("SELECT wrapped FROM room_keys WHERE room = ? AND epoch = 0")
+                .bind(cw.room_a.to_hex())
+                .fetch_one(&km)
+                .await
+                .unwrap();
+        km.close().await;
+        let v = sqlx::SqlitePool::connect(&format!(
+            "sqlite://{}",
+            w.dir.path().join("vault/vault.db").display()
+        ))
+        .await
+        .unwrap();
+        let envs: Vec<(String, Vec<u8>)> =
+            sqlx::query_as("SELECT message_id, envelope FROM envelopes WHERE room = ?")
+                .bind(cw.room_a.to_hex())
+                .fetch_all(&v)
+                .await
+                .unwrap();
+        let toks: Vec<Vec<u8>> = sqlx::query_scalar(
+            "SELECT t.token FROM tokens t JOIN envelopes e ON e.message_id = t.message_id WHERE e.room = ?1 \
+             AND t.token NOT IN (SELECT t2.token FROM tokens t2 JOIN envelopes e2 ON e2.message_id = t2.message_id WHERE e2.room != ?1)",
+        )
+        .bind(cw.room_a.to_hex())
+        .fetch_all(&v)
+        .await
+        .unwrap();
+        v.close().await;
+        (key, envs, toks)
+    };
+    assert_eq!(old_envelopes.len(), 4);
+    assert!(!old_tokens.is_empty());
     let log_before = w.stack.vault.log_size();
     let (r, p) = cw.officer.retention_run().await.unwrap();
     assert_eq!(r.shredded, vec![(cw.room_a, 0)]);
     assert_eq!(r.held, vec![(cw.room_b, 0)]);
     assert_eq!((p.deleted, p.kept_for_hold), (4, 2));
-    // expired data is unrecoverable: the epoch key is gone, the envelopes too
-    cw.alice.clear_key_cache().unwrap();
-    let e = cw.alice.read(&cw.room_a, 50, None).await.unwrap_err();
-    assert_eq!(e.code(), Some("key_shredded"), "{e}");
     assert_eq!(w.stack.vault.envelope_count().await.unwrap(), 2);
+    // no byte of them is left in any file of the KM's or the vault's data
+    // directory (database, WAL, SHM, key files)
+    for (path, data) in files_under(&w.dir.path().join("km")) {
+        assert!(
+            !contains(&data, &old_key),
+            "wrapped key in {}",
+            path.display()
+        );
+    }
+    for (path, data) in files_under(&w.dir.path().join("vault")) {
+        // what the envelope alone holds: its sealed ciphertext and HPKE
+        // encapsulation, as stored (the ids and hashes stay in the
+        // ingestion log by design)
+        for (id, env) in &old_envelopes {
+            let j: serde_json::Value = serde_json::from_slice(env).unwrap();
+            for field in ["ct", "enc"] {
+                let stored = j[field].as_str().unwrap().as_bytes();
+                for window in stored.chunks(40).filter(|c| c.len() == 40) {
+                    assert!(
+                        !contains(&data, window),
+                        "envelope {id}'s {field} in {}",
+                        path.display()
+                    );
+                }
+            }
+        }
+        for t in &old_tokens {
+            assert!(!contains(&data, t), "a deleted token in {}", path.display());
+        }
+    }
+    // alice's device dropped the destroyed key at once: reading the room
+    // opens only epoch 1, and captures nothing again
+    let count = w.stack.vault.envelope_count().await.unwrap();
+    let msgs = cw.alice.read(&cw.room_a, 50, None).await.unwrap();
+    let expired: Vec<_> = msgs.iter().filter(|m| m.is_err()).collect();
+    assert_eq!(expired.len(), 3, "{msgs:?}");
+    assert!(expired.iter().all(|m| {
+        m.as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("destroyed by retention")
+    }));
+    assert_eq!(msgs.iter().filter(|m| m.is_ok()).count(), 1);
+    assert_eq!(w.stack.vault.envelope_count().await.unwrap(), count);
+    // the KM will not release it, and putting the old bytes back does not
+    // bring it back: they were wrapped under a destroyed key generation
+    let e = cw.alice.room_keys(&cw.room_a, &[0]).await.unwrap_err();
+    assert_eq!(e.code(), Some("key_shredded"), "{e}");
+    let km = sqlx::SqlitePool::connect(&format!(
+        "sqlite://{}",
+        w.dir.path().join("km/km.db").display()
+    ))
+    .await
+    .unwrap();
+    sqlx::query("UPDATE room_keys SET wrapped = ? WHERE room = ? AND epoch = 0")
+        .bind(&old_key)
+        .bind(cw.room_a.to_hex())
+        .execute(&km)
+        .await
+        .unwrap();
+    km.close().await;
+    let e = cw.alice.room_keys(&cw.room_a, &[0]).await.unwrap_err();
+    assert_eq!(e.code(), Some("key_shredded"), "{e}");
+    // the vault refuses to capture a deleted message again (tombstone)
+    let raw = w.raw("replayer").await;
+    let (id, env) = &old_envelopes[0];
+    let (st, body) = raw
+        .vault(
+            &w.stack.vault_url,
+            &cloister_proto::vault::VaultOp::Capture {
+                ts: cloister_proto::now_millis(),
+                capture: cloister_proto::vault::Capture {
+                    envelope: env.clone().into(),
+                    period: 0,
+                    tokens: vec![],
+                    received: true,
+                    header: cloister_proto::b64::Bytes(b"{}".to_vec()),
+                    sig: cloister_proto::b64::Fixed([0; 64]),
+                    sender_cert: raw.signed_cert.clone(),
+                },
+            },
+        )
+        .await;
+    assert_eq!(
+        (st, body["error"].as_str()),
+        (410, Some("capture_deleted")),
+        "{id}: {body}"
+    );
     // held data survives, readable by its members
     cw.carol.clear_key_cache().unwrap();
+    assert_eq!(w.stack.vault.envelope_count().await.unwrap(), 2);
     let msgs = cw.carol.read(&cw.room_b, 50, None).await.unwrap();
     assert!(msgs.iter().all(|m| m.is_ok()));
     // deletions are log entries at the KM and the vault
@@ -732,12 +867,15 @@ async fn retention_shreds_expired_keys_and_envelopes_but_keeps_held_ones() {
         log_before + 4,
         "one entry per deletion"
     );
-    // the purge order cannot be replayed; a new run finds nothing more
+    // the purge order cannot be replayed; a new run deletes nothing more
+    // (and scrubs the bytes put back above once again)
     let e = cw.officer.apply_purge(&r.order).await.unwrap_err();
     assert_eq!(e.code(), Some("stale_order"), "{e}");
     let (r2, p2) = cw.officer.retention_run().await.unwrap();
-    assert!(r2.shredded.is_empty());
+    assert_eq!(r2.shredded, vec![(cw.room_a, 0)]);
     assert_eq!((p2.deleted, p2.kept_for_hold), (0, 2));
+    let (r3, _) = cw.officer.retention_run().await.unwrap();
+    assert!(r3.shredded.is_empty());
 }
 
 #[tokio::test]

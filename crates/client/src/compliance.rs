@@ -826,6 +826,10 @@ impl Client {
     pub async fn retention_run(&self) -> Result<(RetentionRunResponse, PurgeResponse)> {
         self.vault_target()?;
         let r: RetentionRunResponse = self.km_request(KmOp::RetentionRun).await?;
+        // Every member's device drops the destroyed keys (the server tells them).
+        if let Some(n) = &r.notice {
+            self.post_notice(n).await?;
+        }
         let p = self.apply_purge(&r.order).await?;
         Ok((r, p))
     }

@@ -756,6 +756,24 @@ impl Client {
         Ok(out)
     }
 
+    /// Drop keys retention destroyed (announced by the KM through the server).
+    pub fn forget_keys(&self, room: &RoomId, epochs: &[u64]) -> Result<()> {
+        if epochs.is_empty() {
+            return Ok(());
+        }
+        let mut c = self
+            .key_cache
+            .lock()
+            .map_err(|_| ClientError::Local("key cache poisoned".into()))?;
+        let before = c.len();
+        c.retain(|(r, e), _| !(r == room && epochs.contains(e)));
+        if c.len() != before {
+            tracing::info!(%room, ?epochs, "keys destroyed by retention dropped from the cache");
+            self.home.save_keys(&c)?;
+        }
+        Ok(())
+    }
+
     /// Forget cached keys (e.g. to force a fresh check with the KM).
     pub fn clear_key_cache(&self) -> Result<()> {
         let mut c = self
@@ -928,11 +946,14 @@ impl Client {
         let page: HistoryPage = self
             .server(|h, s| h.get(format!("{s}/v1/rooms/{room}/messages?{q}")))
             .await?;
+        // Keys retention destroyed leave the cache before anything is opened.
+        self.forget_keys(room, &page.shredded)?;
         // Fetch all needed epochs in one KM request.
         let mut epochs: Vec<u64> = page
             .messages
             .iter()
             .filter_map(|m| message::peek_header(&m.envelope).ok().map(|h| h.epoch))
+            .filter(|e| !page.shredded.contains(e))
             .collect();
         epochs.sort_unstable();
         epochs.dedup();
@@ -951,6 +972,18 @@ impl Client {
         let mut seen = HashSet::new();
         let mut out = Vec::with_capacity(page.messages.len());
         for m in &page.messages {
+            if let Ok(h) = message::peek_header(&m.envelope)
+                && page.shredded.contains(&h.epoch)
+            {
+                out.push(Err(ClientError::BadMessage {
+                    id: h.id.to_hex(),
+                    reason: format!(
+                        "expired: the key of epoch {} was destroyed by retention",
+                        h.epoch
+                    ),
+                }));
+                continue;
+            }
             let r = self.open_envelope(room, m.seq, &m.envelope).await;
             if let Ok(rc) = &r
                 && rc.sender.tenant() == self.profile.tenant
@@ -998,6 +1031,7 @@ impl Client {
                 }) if r == *room => {
                     return self.open_envelope(room, seq, &envelope).await.map(Some);
                 }
+                Some(Event::KeysShredded { room: r, epochs }) => self.forget_keys(&r, &epochs)?,
                 Some(_) => continue,
             }
         }

@@ -687,6 +687,22 @@ impl Km {
                 held,
             });
         }
+        let notice = if shredded.is_empty() {
+            None
+        } else {
+            self.destroy_old_generations().await?;
+            Some(
+                sign_notice(
+                    &self.signer,
+                    &cloister_proto::km::Notice::KeysShredded {
+                        tenant: self.tenant.clone(),
+                        shredded: shredded.clone(),
+                        ts: cloister_proto::now_secs(),
+                    },
+                )
+                .map_err(ApiError::internal)?,
+            )
+        };
         let order = PurgeOrder {
             tenant: self.tenant.clone(),
             rooms,
@@ -701,6 +717,7 @@ impl Km {
             order: km_sign_blob(&self.signer, signed::PURGE, &order).map_err(ApiError::internal)?,
             shredded,
             held: held_keys,
+            notice,
         })
     }
 }

@@ -121,6 +121,8 @@ pub struct Km {
     recent_nonces: Mutex<HashMap<(DeviceId, [u8; 16]), u64>>,
     /// Serialises log ingestion per KM (a room's log is appended in order).
     ingest: tokio::sync::Mutex<()>,
+    /// Creating a key (read) against re-wrapping them all (write, retention).
+    keys_lock: tokio::sync::RwLock<()>,
     /// Verified certificates of devices found active (device active, user
     /// active). The KM is the only writer of that state, so it evicts entries
     /// itself on revocation and disabling.
@@ -313,6 +315,7 @@ impl Km {
             rooms: Mutex::new(HashMap::new()),
             recent_nonces: Mutex::new(HashMap::new()),
             ingest: tokio::sync::Mutex::new(()),
+            keys_lock: tokio::sync::RwLock::new(()),
             active: Mutex::new(HashMap::new()),
             wrapped: Mutex::new(HashMap::new()),
             audit,
@@ -846,7 +849,7 @@ impl Km {
         let lease_until = now_secs() + self.config.lease_secs;
         let mut keys = Vec::with_capacity(periods.len());
         for &p in periods {
-            let aad = format!("cloister/index-key-wrap/v1|{}|{p}", self.tenant).into_bytes();
+            let aad = self.key_aad(INDEX_KEYS, p as u64)?;
             let wrapped = self.wrapped_key(INDEX_KEYS, p as u64, &aad).await?;
             let k = self.unwrap_key(&aad, &wrapped)?;
             keys.push(
@@ -1264,7 +1267,68 @@ impl Km {
         self.unwrap_key(&aad, &wrapped)
     }
 
-    /// The key stored under (name, n), wrapped under the TMK; created at random on first use.
+    /// The associated data a stored key (name, n) is wrapped with.
+    fn key_aad(&self, name: &str, n: u64) -> Result<Vec<u8>, ApiError> {
+        if name == INDEX_KEYS {
+            return Ok(format!("cloister/index-key-wrap/v1|{}|{n}", self.tenant).into_bytes());
+        }
+        let room: RoomId = name.parse().map_err(ApiError::internal)?;
+        Ok(room_key_aad(&self.tenant, &room, n))
+    }
+
+    /// Retention's destruction: a new key generation, every kept key
+    /// re-wrapped under it, the older generations destroyed in the key
+    /// provider, and the database's old pages scrubbed. Shredded keys were
+    /// under a destroyed generation: no copy of their wrapped bytes (a page,
+    /// a WAL frame, a backup) can be unwrapped again.
+    pub(crate) async fn destroy_old_generations(&self) -> Result<u32, ApiError> {
+        let _all = self.keys_lock.write().await;
+        let g = self.provider.rotate().map_err(ApiError::internal)?;
+        let mut rewrapped = Vec::new();
+        for (name, n, w) in self.store.live_wrapped_keys().await.map_err(store_err)? {
+            if provider::generation_of(&w).is_some_and(|wg| wg >= g) {
+                continue;
+            }
+            let aad = self.key_aad(&name, n)?;
+            let k = self
+                .provider
+                .unwrap_destroyable(&aad, &w)
+                .map_err(ApiError::internal)?;
+            let nw = self
+                .provider
+                .wrap_destroyable(&aad, k.expose())
+                .map_err(ApiError::internal)?;
+            rewrapped.push((name, n, nw));
+        }
+        self.store
+            .rewrap_keys(&rewrapped)
+            .await
+            .map_err(store_err)?;
+        self.provider
+            .destroy_before(g)
+            .map_err(ApiError::internal)?;
+        if let Ok(mut m) = self.wrapped.lock() {
+            m.clear();
+        }
+        let mut scrubbed = self.store.km_scrub().await;
+        for _ in 0..20 {
+            if scrubbed.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            scrubbed = self.store.km_scrub().await;
+        }
+        scrubbed.map_err(store_err)?;
+        tracing::info!(
+            generation = g,
+            rewrapped = rewrapped.len(),
+            "older key generations destroyed"
+        );
+        Ok(g)
+    }
+
+    /// The key stored under (name, n), wrapped under the current generation;
+    /// created at random on first use.
     async fn wrapped_key(&self, name: &str, n: u64, aad: &[u8]) -> Result<Vec<u8>, ApiError> {
         if let Some(w) = self.store.get_room_key(name, n).await.map_err(store_err)? {
             if w.is_empty() {
@@ -1276,10 +1340,11 @@ impl Km {
             }
             return Ok(w);
         }
+        let _creating = self.keys_lock.read().await;
         let k = RoomKey::generate().map_err(ApiError::internal)?;
         let w = self
             .provider
-            .wrap(aad, k.expose())
+            .wrap_destroyable(aad, k.expose())
             .map_err(ApiError::internal)?;
         // If another request created it first, the stored one wins.
         self.store
@@ -1292,8 +1357,15 @@ impl Km {
     fn unwrap_key(&self, aad: &[u8], wrapped: &[u8]) -> Result<RoomKey, ApiError> {
         let k = self
             .provider
-            .unwrap(aad, wrapped)
-            .map_err(ApiError::internal)?;
+            .unwrap_destroyable(aad, wrapped)
+            .map_err(|e| match e {
+                provider::ProviderError::Destroyed(_) => ApiError::new(
+                    axum::http::StatusCode::GONE,
+                    "key_shredded",
+                    "this key was destroyed by retention",
+                ),
+                e => ApiError::internal(e),
+            })?;
         RoomKey::from_slice(k.expose()).map_err(ApiError::internal)
     }
 

@@ -4,6 +4,14 @@
 //! the trait exposes exactly that: a PKCS#11 provider can keep the TMK inside
 //! an HSM. Destroying the TMK (or its passphrase) makes every stored room key
 //! useless: the crypto-lock.
+//!
+//! Keys that retention must be able to destroy (room-epoch keys, index
+//! keys) are wrapped under a *generation* key instead: a random key-
+//! encryption key held by the provider. A retention run starts a new
+//! generation, re-wraps the keys it keeps, and destroys the older
+//! generations, so a shredded key's wrapped bytes (in a database page, a
+//! WAL frame, a backup) can never be unwrapped again: destruction does not
+//! depend on overwriting anything in the database.
 
 use cloister_crypto::{CryptoError, RoomKey, SecretBytes, passphrase, wrap};
 use std::path::Path;
@@ -18,6 +26,9 @@ pub enum ProviderError {
     Unlock(CryptoError),
     #[error("key operation failed: {0}")]
     Crypto(#[from] CryptoError),
+    /// Wrapped under a generation that retention destroyed.
+    #[error("the key was destroyed by retention (generation {0} no longer exists)")]
+    Destroyed(u32),
 }
 
 /// Wrap and unwrap secrets under the tenant master key.
@@ -26,11 +37,83 @@ pub trait KeyProvider: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     fn wrap(&self, aad: &[u8], secret: &[u8]) -> Result<Vec<u8>, ProviderError>;
     fn unwrap(&self, aad: &[u8], wrapped: &[u8]) -> Result<SecretBytes, ProviderError>;
+
+    /// Wrap under the current generation: `generation (u32 BE) ‖ wrapped`.
+    fn wrap_destroyable(&self, aad: &[u8], secret: &[u8]) -> Result<Vec<u8>, ProviderError>;
+    /// `Destroyed` if the generation it was wrapped under is gone.
+    fn unwrap_destroyable(&self, aad: &[u8], wrapped: &[u8]) -> Result<SecretBytes, ProviderError>;
+    /// The generation new wraps use.
+    fn generation(&self) -> u32;
+    /// Start a new generation (durably); returns it.
+    fn rotate(&self) -> Result<u32, ProviderError>;
+    /// Destroy every generation below `keep` (durably).
+    fn destroy_before(&self, keep: u32) -> Result<(), ProviderError>;
 }
 
-/// Development provider: the TMK lives in a file sealed with a passphrase (Argon2id).
+/// The generation a destroyable wrap was made under.
+pub fn generation_of(wrapped: &[u8]) -> Option<u32> {
+    wrapped
+        .get(..4)
+        .and_then(|b| b.try_into().ok())
+        .map(u32::from_be_bytes)
+}
+
+const RING_AAD: &[u8] = b"cloister/retention-ring/v1";
+
+/// Generation keys: the current one and those not yet destroyed.
+struct Ring {
+    current: u32,
+    keys: std::collections::BTreeMap<u32, RoomKey>,
+}
+
+impl Ring {
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(8 + 36 * self.keys.len());
+        v.extend_from_slice(&self.current.to_be_bytes());
+        for (g, k) in &self.keys {
+            v.extend_from_slice(&g.to_be_bytes());
+            v.extend_from_slice(k.expose());
+        }
+        v
+    }
+
+    fn decode(b: &[u8]) -> Result<Ring, ProviderError> {
+        let bad = || ProviderError::Crypto(CryptoError::Malformed("retention key ring"));
+        if b.len() < 4 || !(b.len() - 4).is_multiple_of(36) {
+            return Err(bad());
+        }
+        let current = u32::from_be_bytes(b[..4].try_into().map_err(|_| bad())?);
+        let mut keys = std::collections::BTreeMap::new();
+        for c in b[4..].chunks(36) {
+            let g = u32::from_be_bytes(c[..4].try_into().map_err(|_| bad())?);
+            keys.insert(g, RoomKey::from_slice(&c[4..])?);
+        }
+        if !keys.contains_key(&current) {
+            return Err(bad());
+        }
+        Ok(Ring { current, keys })
+    }
+}
+
+/// Development provider: the TMK lives in a file sealed with a passphrase
+/// (Argon2id); the generation keys in `retention.keys` beside it, sealed
+/// under the TMK and rewritten (temp file, fsync, rename, fsync of the
+/// directory) on every rotation and destruction.
 pub struct FileKeyProvider {
     tmk: RoomKey,
+    ring_path: std::path::PathBuf,
+    ring: std::sync::Mutex<Ring>,
+}
+
+fn io_err(path: &Path, e: std::io::Error) -> ProviderError {
+    ProviderError::Io {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    }
+}
+
+fn ring_path(tmk_path: &Path) -> std::path::PathBuf {
+    tmk_path.with_file_name("retention.keys")
 }
 
 impl FileKeyProvider {
@@ -41,23 +124,55 @@ impl FileKeyProvider {
         }
         let tmk = RoomKey::generate()?;
         let sealed = passphrase::seal(pass, tmk.expose(), cost)?;
-        write_private(path, &sealed).map_err(|e| ProviderError::Io {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
-        Ok(FileKeyProvider { tmk })
+        write_private(path, &sealed).map_err(|e| io_err(path, e))?;
+        Self::with_ring(tmk, path)
+    }
+
+    /// Load the generation ring (creating generation 1 if there is none).
+    fn with_ring(tmk: RoomKey, path: &Path) -> Result<Self, ProviderError> {
+        let rp = ring_path(path);
+        let ring = match std::fs::read(&rp) {
+            Ok(b) => Ring::decode(wrap::unwrap(&tmk, RING_AAD, &b)?.expose())?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let mut keys = std::collections::BTreeMap::new();
+                keys.insert(1, RoomKey::generate()?);
+                Ring { current: 1, keys }
+            }
+            Err(e) => return Err(io_err(&rp, e)),
+        };
+        let p = FileKeyProvider {
+            tmk,
+            ring_path: rp,
+            ring: std::sync::Mutex::new(ring),
+        };
+        p.save()?;
+        Ok(p)
+    }
+
+    fn save(&self) -> Result<(), ProviderError> {
+        let ring = self.lock()?;
+        let sealed = wrap::wrap(&self.tmk, RING_AAD, &ring.encode())?;
+        drop(ring);
+        write_private(&self.ring_path, &sealed).map_err(|e| io_err(&self.ring_path, e))?;
+        if let Some(dir) = self.ring_path.parent()
+            && let Ok(d) = std::fs::File::open(dir)
+        {
+            d.sync_all().map_err(|e| io_err(dir, e))?;
+        }
+        Ok(())
+    }
+
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Ring>, ProviderError> {
+        self.ring
+            .lock()
+            .map_err(|_| ProviderError::Crypto(CryptoError::Malformed("key ring lock")))
     }
 
     /// Unlock an existing TMK file.
     pub fn open(path: &Path, pass: &[u8]) -> Result<Self, ProviderError> {
-        let sealed = std::fs::read(path).map_err(|e| ProviderError::Io {
-            path: path.display().to_string(),
-            reason: e.to_string(),
-        })?;
+        let sealed = std::fs::read(path).map_err(|e| io_err(path, e))?;
         let tmk = passphrase::open(pass, &sealed).map_err(ProviderError::Unlock)?;
-        Ok(FileKeyProvider {
-            tmk: RoomKey::from_slice(tmk.expose())?,
-        })
+        Self::with_ring(RoomKey::from_slice(tmk.expose())?, path)
     }
 }
 
@@ -70,6 +185,43 @@ impl KeyProvider for FileKeyProvider {
     }
     fn unwrap(&self, aad: &[u8], wrapped: &[u8]) -> Result<SecretBytes, ProviderError> {
         Ok(wrap::unwrap(&self.tmk, aad, wrapped)?)
+    }
+    fn wrap_destroyable(&self, aad: &[u8], secret: &[u8]) -> Result<Vec<u8>, ProviderError> {
+        let ring = self.lock()?;
+        let k = ring
+            .keys
+            .get(&ring.current)
+            .ok_or(ProviderError::Destroyed(ring.current))?;
+        let mut out = ring.current.to_be_bytes().to_vec();
+        out.extend_from_slice(&wrap::wrap(k, aad, secret)?);
+        Ok(out)
+    }
+    fn unwrap_destroyable(&self, aad: &[u8], wrapped: &[u8]) -> Result<SecretBytes, ProviderError> {
+        let g = generation_of(wrapped).ok_or(CryptoError::Malformed("wrapped key"))?;
+        let ring = self.lock()?;
+        let k = ring.keys.get(&g).ok_or(ProviderError::Destroyed(g))?;
+        Ok(wrap::unwrap(k, aad, &wrapped[4..])?)
+    }
+    fn generation(&self) -> u32 {
+        self.lock().map(|r| r.current).unwrap_or(0)
+    }
+    fn rotate(&self) -> Result<u32, ProviderError> {
+        let g = {
+            let mut ring = self.lock()?;
+            let g = ring.current + 1;
+            ring.keys.insert(g, RoomKey::generate()?);
+            ring.current = g;
+            g
+        };
+        self.save()?;
+        Ok(g)
+    }
+    fn destroy_before(&self, keep: u32) -> Result<(), ProviderError> {
+        {
+            let mut ring = self.lock()?;
+            ring.keys.retain(|g, _| *g >= keep);
+        }
+        self.save()
     }
 }
 
@@ -90,4 +242,42 @@ pub fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
         f.sync_all()?;
     }
     std::fs::rename(&tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn destroyed_generations_stay_destroyed_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tmk.sealed");
+        let p = FileKeyProvider::create(&path, b"pw", passphrase::Cost::TEST).unwrap();
+        let old = p.wrap_destroyable(b"a", b"epoch key").unwrap();
+        assert_eq!(generation_of(&old), Some(1));
+        let g = p.rotate().unwrap();
+        let kept = p
+            .wrap_destroyable(b"a", p.unwrap_destroyable(b"a", &old).unwrap().expose())
+            .unwrap();
+        p.destroy_before(g).unwrap();
+        assert!(matches!(
+            p.unwrap_destroyable(b"a", &old),
+            Err(ProviderError::Destroyed(1))
+        ));
+        drop(p);
+        let p = FileKeyProvider::open(&path, b"pw").unwrap();
+        assert_eq!(p.generation(), 2);
+        assert!(matches!(
+            p.unwrap_destroyable(b"a", &old),
+            Err(ProviderError::Destroyed(1))
+        ));
+        assert_eq!(
+            p.unwrap_destroyable(b"a", &kept).unwrap().expose(),
+            b"epoch key"
+        );
+        // the ring file holds no trace of generation 1's key
+        let ring = std::fs::read(dir.path().join("retention.keys")).unwrap();
+        assert!(ring.len() < 4 + 16 + 12 + 4 + 2 * 36);
+    }
 }

@@ -350,6 +350,9 @@ pub struct RetentionRunResponse {
     pub shredded: Vec<(RoomId, u64)>,
     /// (room, epoch) keys that expired but are kept for a hold.
     pub held: Vec<(RoomId, u64)>,
+    /// `KeysShredded`, for the messaging server (when anything was shredded).
+    #[serde(default)]
+    pub notice: Option<SignedNotice>,
 }
 
 /// One escrow share sealed (HPKE) to a custodian's device.
@@ -488,6 +491,13 @@ pub enum Notice {
         required: bool,
         ts: u64,
     },
+    /// Retention destroyed these (room, epoch) keys: devices drop them from
+    /// their caches and the server tells every member.
+    KeysShredded {
+        tenant: TenantId,
+        shredded: Vec<(RoomId, u64)>,
+        ts: u64,
+    },
 }
 
 impl Notice {
@@ -495,7 +505,8 @@ impl Notice {
         match self {
             Notice::UserDisabled { tenant, .. }
             | Notice::DeviceRevoked { tenant, .. }
-            | Notice::CapturePolicy { tenant, .. } => tenant,
+            | Notice::CapturePolicy { tenant, .. }
+            | Notice::KeysShredded { tenant, .. } => tenant,
         }
     }
 }

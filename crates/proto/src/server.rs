@@ -124,6 +124,9 @@ pub struct HistoryPage {
     pub messages: Vec<StoredMessage>,
     /// Pass as `before` to get the previous page; absent at the start of history.
     pub next_before: Option<u64>,
+    /// Epochs of this room whose keys retention destroyed (drop them).
+    #[serde(default)]
+    pub shredded: Vec<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -144,6 +147,11 @@ pub enum Event {
     Membership {
         room: RoomId,
         seq: u64,
+    },
+    /// Retention destroyed these epochs' keys: drop them now.
+    KeysShredded {
+        room: RoomId,
+        epochs: Vec<u64>,
     },
 }
 

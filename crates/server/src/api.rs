@@ -365,6 +365,38 @@ async fn post_notice(
             }
             tracing::info!(%tenant, required, "capture policy updated by KM notice");
         }
+        Notice::KeysShredded {
+            tenant, shredded, ..
+        } => {
+            let mut by_room: std::collections::BTreeMap<RoomId, Vec<u64>> = Default::default();
+            for (room, e) in shredded {
+                by_room.entry(*room).or_default().push(*e);
+            }
+            let mut known = Vec::new();
+            for (room, epochs) in by_room {
+                let Some(st) = s.room(&room).await? else {
+                    continue;
+                };
+                if st.tenant != *tenant {
+                    return Err(ApiError::forbidden(
+                        "wrong_tenant",
+                        "a KM can only act on its own rooms",
+                    ));
+                }
+                known.push((room, epochs, st));
+            }
+            for (room, epochs, st) in known {
+                s.store
+                    .add_shredded(&room.to_hex(), &epochs)
+                    .await
+                    .map_err(ApiError::internal)?;
+                let ev = Event::KeysShredded { room, epochs };
+                if let Ok(j) = serde_json::to_string(&ev) {
+                    s.hub.send(st.members.iter(), None, j.into());
+                }
+            }
+            tracing::info!(%tenant, n = shredded.len(), "shredded epochs announced by KM notice");
+        }
     }
     Ok(Json(OkBody { ok: true }))
 }
@@ -704,10 +736,16 @@ async fn history(
             },
         });
     }
+    let shredded = s
+        .store
+        .shredded_epochs(&room.to_hex())
+        .await
+        .map_err(ApiError::internal)?;
     Ok(Json(HistoryPage {
         room,
         messages,
         next_before,
+        shredded,
     }))
 }
 

@@ -143,6 +143,9 @@ pub trait ServerStore: Send + Sync + 'static {
     async fn put_capture_policy(&self, tenant: &str, ts: u64, notice: &[u8]) -> Result<bool>;
     /// Every tenant's stored capture policy notice.
     async fn capture_policies(&self) -> Result<Vec<Vec<u8>>>;
+    /// Record epochs of a room whose keys retention destroyed.
+    async fn add_shredded(&self, room: &str, epochs: &[u64]) -> Result<()>;
+    async fn shredded_epochs(&self, room: &str) -> Result<Vec<u64>>;
     async fn put_blob(&self, b: &BlobRow) -> Result<()>;
     async fn get_blob(&self, id: &str) -> Result<Option<BlobRow>>;
 }
@@ -209,6 +212,14 @@ pub trait KmStore: Send + Sync + 'static {
     async fn room_keys_of(&self, room: &str) -> Result<Vec<(u64, u64, bool)>>;
     /// Destroy a wrapped room key (its row stays, empty, so it is never re-created).
     async fn shred_room_key(&self, room: &str, epoch: u64) -> Result<()>;
+    /// Every stored key that is not shredded: (name, number, wrapped).
+    async fn live_wrapped_keys(&self) -> Result<Vec<(String, u64, Vec<u8>)>>;
+    /// Replace wrapped keys (re-wrapped under a new generation) in one transaction.
+    async fn rewrap_keys(&self, keys: &[(String, u64, Vec<u8>)]) -> Result<()>;
+    /// Make deleted bytes unrecoverable from the database files: fold the
+    /// WAL into the database (whose freed space `secure_delete` zeroed) and
+    /// truncate the WAL file.
+    async fn km_scrub(&self) -> Result<()>;
     /// Set (or replace) a meta value.
     async fn set_meta(&self, key: &str, value: &[u8]) -> Result<()>;
     /// Insert or replace a case (KM-signed bytes) at a version.
@@ -366,6 +377,11 @@ pub trait VaultStore: Send + Sync + 'static {
     /// A captured message's metadata (captures are stored through
     /// [`AuditStore::audit_append`] with a [`SideEffect::Capture`]).
     async fn get_capture(&self, message_id: &str) -> Result<Option<CaptureMeta>>;
+    /// Was this message's envelope deleted by retention (a tombstone)?
+    async fn is_deleted(&self, message_id: &str) -> Result<bool>;
+    /// Make deleted bytes unrecoverable from the database files (see
+    /// [`KmStore::km_scrub`]).
+    async fn vault_scrub(&self) -> Result<()>;
     /// Envelopes for a case, in log order.
     async fn fetch(&self, q: &FetchQuery) -> Result<Vec<EnvelopeRow>>;
     /// Envelopes of `room` older than `before_ms` outside every held range:

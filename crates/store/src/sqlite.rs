@@ -22,7 +22,10 @@ pub async fn open_sqlite(path: &Path, max_conns: u32) -> Result<SqlitePool> {
         .foreign_keys(true)
         // 32 MiB page cache per connection: index pages of large tables stay
         // in memory instead of being re-read on every random insert.
-        .pragma("cache_size", "-32768");
+        .pragma("cache_size", "-32768")
+        // Deleted content is overwritten with zeros (retention must destroy,
+        // not hide; see `scrub`).
+        .pragma("secure_delete", "ON");
     Ok(SqlitePoolOptions::new()
         .max_connections(max_conns)
         .connect_with(opts)
@@ -51,6 +54,21 @@ fn unique(msg: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
 }
 
 /// A value of a `meta (key, value)` table.
+/// Fold the WAL into the database and truncate it, so no WAL frame keeps
+/// an old page image; with `secure_delete` the database's freed space is
+/// already zero. Fails if a reader keeps the WAL busy.
+pub(crate) async fn scrub(pool: &SqlitePool) -> Result<()> {
+    let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+        .fetch_one(pool)
+        .await?;
+    if busy != 0 {
+        return Err(StoreError::Backend(
+            "the WAL could not be truncated (a reader is busy); retry".into(),
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) async fn meta_get(pool: &SqlitePool, key: &str) -> Result<Option<Vec<u8>>> {
     Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
         .bind(key)
@@ -102,6 +120,7 @@ CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, tenant TEXT NOT NUL
 CREATE INDEX IF NOT EXISTS devices_user ON devices(user_id);
 CREATE TABLE IF NOT EXISTS disabled_users (user_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS capture_policy (tenant TEXT PRIMARY KEY, ts INTEGER NOT NULL, notice BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS shredded (room TEXT NOT NULL, epoch INTEGER NOT NULL, PRIMARY KEY (room, epoch)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, seq INTEGER NOT NULL, state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS room_log (room TEXT NOT NULL, seq INTEGER NOT NULL, entry BLOB NOT NULL,
     hash BLOB NOT NULL, PRIMARY KEY (room, seq));
@@ -400,6 +419,28 @@ impl ServerStore for SqliteServerStore {
         .execute(&self.pool)
         .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    async fn add_shredded(&self, room: &str, epochs: &[u64]) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for e in epochs {
+            sqlx::query("INSERT OR IGNORE INTO shredded (room, epoch) VALUES (?, ?)")
+                .bind(room)
+                .bind(i(*e))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn shredded_epochs(&self, room: &str) -> Result<Vec<u64>> {
+        let v: Vec<i64> =
+            sqlx::query_scalar("SELECT epoch FROM shredded WHERE room = ? ORDER BY epoch")
+                .bind(room)
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(v.into_iter().map(u).collect())
     }
 
     async fn capture_policies(&self) -> Result<Vec<Vec<u8>>> {
@@ -747,6 +788,40 @@ impl KmStore for SqliteKmStore {
         Ok(())
     }
 
+    async fn live_wrapped_keys(&self) -> Result<Vec<(String, u64, Vec<u8>)>> {
+        let rows =
+            sqlx::query("SELECT room, epoch, wrapped FROM room_keys WHERE length(wrapped) > 0")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("room")?,
+                    u(r.try_get("epoch")?),
+                    r.try_get("wrapped")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn rewrap_keys(&self, keys: &[(String, u64, Vec<u8>)]) -> Result<()> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        for (room, epoch, w) in keys {
+            sqlx::query("UPDATE room_keys SET wrapped = ? WHERE room = ? AND epoch = ? AND length(wrapped) > 0")
+                .bind(w)
+                .bind(room)
+                .bind(i(*epoch))
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn km_scrub(&self) -> Result<()> {
+        scrub(&self.pool).await
+    }
+
     async fn set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
         meta_set(&self.pool, key, value).await
     }
@@ -1065,6 +1140,12 @@ async fn apply_side_effects(
                 .bind(message_id)
                 .execute(&mut **tx)
                 .await?;
+            // Ids only: the message is never captured again.
+            sqlx::query("INSERT OR IGNORE INTO tombstones (message_id, deleted_ms) VALUES (?, ?)")
+                .bind(message_id)
+                .bind(i(now_ms()))
+                .execute(&mut **tx)
+                .await?;
         }
     }
     Ok(())
@@ -1159,7 +1240,8 @@ CREATE TABLE IF NOT EXISTS audit_log (idx INTEGER PRIMARY KEY, ts INTEGER NOT NU
     room TEXT, data BLOB NOT NULL);
 CREATE INDEX IF NOT EXISTS audit_room ON audit_log(room, idx);
 CREATE INDEX IF NOT EXISTS audit_kind ON audit_log(kind, idx);
-CREATE TABLE IF NOT EXISTS audit_checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL)
+CREATE TABLE IF NOT EXISTS audit_checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tombstones (message_id TEXT PRIMARY KEY, deleted_ms INTEGER NOT NULL)
 ";
 
 /// The compliance vault's SQLite store.
@@ -1188,6 +1270,20 @@ impl VaultStore for SqliteVaultStore {
 
     async fn vault_set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
         meta_set(&self.pool, key, value).await
+    }
+
+    async fn is_deleted(&self, message_id: &str) -> Result<bool> {
+        Ok(
+            sqlx::query_scalar::<_, i64>("SELECT 1 FROM tombstones WHERE message_id = ?")
+                .bind(message_id)
+                .fetch_optional(&self.pool)
+                .await?
+                .is_some(),
+        )
+    }
+
+    async fn vault_scrub(&self) -> Result<()> {
+        scrub(&self.pool).await
     }
 
     async fn get_capture(&self, message_id: &str) -> Result<Option<CaptureMeta>> {

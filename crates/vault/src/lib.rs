@@ -630,6 +630,18 @@ impl Vault {
                 "the envelope is sealed for another tenant",
             ));
         }
+        if self
+            .store
+            .is_deleted(&env.message_id.to_hex())
+            .await
+            .map_err(ApiError::internal)?
+        {
+            return Err(ApiError::new(
+                axum::http::StatusCode::GONE,
+                "capture_deleted",
+                "this message was deleted by retention; it is not captured again",
+            ));
+        }
         self.check_authorship(cert, &env, &capture)?;
         let envelope_sha256 = cloister_crypto::sha256(capture.envelope.as_slice());
         {
@@ -778,6 +790,19 @@ impl Vault {
             .vault_set_meta(META_LAST_PURGE, &o.issued_ms.to_be_bytes())
             .await
             .map_err(ApiError::internal)?;
+        if deleted > 0 {
+            // No WAL frame keeps a deleted envelope's page image; the
+            // database's freed space is already zero (secure_delete).
+            let mut r = self.store.vault_scrub().await;
+            for _ in 0..20 {
+                if r.is_ok() {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                r = self.store.vault_scrub().await;
+            }
+            r.map_err(ApiError::internal)?;
+        }
         tracing::info!(deleted, kept, "retention purge applied");
         Ok(PurgeResponse {
             deleted,
