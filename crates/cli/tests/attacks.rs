@@ -636,3 +636,183 @@ async fn the_vault_fails_closed_when_it_cannot_reach_the_km() {
         .unwrap();
     expect_error(r, 401, "not_vault").await;
 }
+
+/// An insider captures envelopes that lie about who wrote a message: the
+/// vault checks the sender's signature and certificate before it stores
+/// anything.
+#[tokio::test]
+async fn the_vault_refuses_an_envelope_that_lies_about_its_sender() {
+    use cloister_proto::vault::{Capture, SealedEnvelope, VaultOp};
+    let w = World::new().await;
+    let mut custodians = Vec::new();
+    for n in ["cust1", "cust2"] {
+        let c = w.user_with(n, &[cloister_proto::km::Role::Custodian]).await;
+        custodians.push(c.user().clone());
+    }
+    w.admin.admin_escrow_init(&custodians, 2).await.unwrap();
+    w.register_vault(true).await;
+    let alice = w.user("alice").await;
+    let bob = w.raw("bob").await;
+    let room = alice
+        .create_room(RoomSettings::default(), &[bob.user.clone()])
+        .await
+        .unwrap();
+    // an honest message from alice, captured by her device
+    alice.send_text(&room, "buy 10mm").await.unwrap();
+    // bob (a member) sees its envelope at the server
+    let page: cloister_proto::server::HistoryPage = w
+        .http
+        .get(format!("{}/v1/rooms/{room}/messages", w.stack.server_url))
+        .bearer_auth(bob.token().await)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let real = &page.messages[0].envelope;
+    let h = cloister_crypto::message::peek_header(real).unwrap();
+    let alice_cert: cloister_proto::km::SignedCert = w
+        .http
+        .get(format!("{}/v1/devices/{}", w.stack.server_url, h.device))
+        .bearer_auth(bob.token().await)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let count = w.stack.vault.envelope_count().await.unwrap();
+    let log = w.stack.vault.log_size();
+    let sealed = |id: cloister_proto::MessageId, ct_sha: [u8; 32], ts: u64| {
+        serde_json::to_vec(&SealedEnvelope {
+            tenant: "acme".parse().unwrap(),
+            message_id: id,
+            room,
+            ts,
+            ciphertext_sha256: Fixed(ct_sha),
+            enc: Fixed([2; 32]),
+            ct: cloister_proto::b64::Bytes(vec![3; 64]),
+        })
+        .unwrap()
+    };
+    let capture = |envelope: Vec<u8>,
+                   header: &cloister_proto::b64::Bytes,
+                   sig: Fixed<64>,
+                   cert: &cloister_proto::km::SignedCert,
+                   received: bool| VaultOp::Capture {
+        ts: now_millis(),
+        capture: Capture {
+            envelope: envelope.into(),
+            period: 0,
+            tokens: vec![],
+            received,
+            header: header.clone(),
+            sig,
+            sender_cert: cert.clone(),
+        },
+    };
+    let ct_sha = cloister_crypto::sha256(real.ciphertext.as_slice());
+    let new_id = cloister_proto::MessageId([0x5a; 16]);
+    let cases = [
+        // alice's real header, captured by bob as if he were its sender
+        (
+            "bob as the sender of alice's message",
+            capture(
+                sealed(h.id, ct_sha, h.ts),
+                &real.header,
+                real.sig,
+                &alice_cert,
+                false,
+            ),
+            "the messages it signed",
+        ),
+        // alice's header and signature moved onto another message id
+        (
+            "alice's signature on another message",
+            capture(
+                sealed(new_id, ct_sha, h.ts),
+                &real.header,
+                real.sig,
+                &alice_cert,
+                true,
+            ),
+            "differ from the signed header",
+        ),
+        // alice's header over another ciphertext
+        (
+            "alice's header over other bytes",
+            capture(
+                sealed(h.id, [9; 32], h.ts),
+                &real.header,
+                real.sig,
+                &alice_cert,
+                true,
+            ),
+            "signature does not cover",
+        ),
+        // a header bob signed that names alice, with alice's certificate
+        (
+            "bob's signature offered as alice's",
+            {
+                let mut lie = h.clone();
+                lie.id = new_id;
+                let hb = serde_json::to_vec(&lie).unwrap();
+                let env = cloister_crypto::message::seal_raw(
+                    &bob.keys,
+                    &cloister_crypto::RoomKey::from_bytes([1; 32]),
+                    new_id.as_bytes(),
+                    hb,
+                    b"{}",
+                )
+                .unwrap();
+                let sha = cloister_crypto::sha256(env.ciphertext.as_slice());
+                capture(
+                    sealed(new_id, sha, h.ts),
+                    &env.header,
+                    env.sig,
+                    &alice_cert,
+                    true,
+                )
+            },
+            "signature does not cover",
+        ),
+        // the same, with bob's own certificate: the header names someone else
+        (
+            "a header naming alice under bob's certificate",
+            {
+                let mut lie = h.clone();
+                lie.id = new_id;
+                let hb = serde_json::to_vec(&lie).unwrap();
+                let env = cloister_crypto::message::seal_raw(
+                    &bob.keys,
+                    &cloister_crypto::RoomKey::from_bytes([1; 32]),
+                    new_id.as_bytes(),
+                    hb,
+                    b"{}",
+                )
+                .unwrap();
+                let sha = cloister_crypto::sha256(env.ciphertext.as_slice());
+                capture(
+                    sealed(new_id, sha, h.ts),
+                    &env.header,
+                    env.sig,
+                    &bob.signed_cert,
+                    false,
+                )
+            },
+            "not the certificate's holder",
+        ),
+    ];
+    for (what, op, why) in cases {
+        let (st, b) = bob.vault(&w.stack.vault_url, &op).await;
+        assert_eq!(
+            (st, b["error"].as_str()),
+            (403, Some("unattributable")),
+            "{what}: {b}"
+        );
+        assert!(b["message"].as_str().unwrap().contains(why), "{what}: {b}");
+    }
+    assert_eq!(w.stack.vault.envelope_count().await.unwrap(), count);
+    assert_eq!(w.stack.vault.log_size(), log);
+}
