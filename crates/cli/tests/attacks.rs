@@ -654,7 +654,7 @@ async fn the_vault_refuses_an_envelope_that_lies_about_its_sender() {
     let alice = w.user("alice").await;
     let bob = w.raw("bob").await;
     let room = alice
-        .create_room(RoomSettings::default(), &[bob.user.clone()])
+        .create_room(RoomSettings::default(), std::slice::from_ref(&bob.user))
         .await
         .unwrap();
     // an honest message from alice, captured by her device
