@@ -63,6 +63,36 @@ fn bench(c: &mut Criterion) {
     g.bench_function("checkpoint_verify", |b| {
         b.iter(|| v.verify_checkpoint(black_box(&note)).unwrap())
     });
+    // A witness's work per submission (no I/O): parse the request, verify
+    // the log's signature and the consistency proof from its last size,
+    // cosign; and a client's check of a 2-of-2 policy.
+    use cloister_log::witness::{
+        AddCheckpoint, Cosigner, WitnessPolicy, add_checkpoint_body, note_text, witness_step,
+    };
+    let body = add_checkpoint_body(old, &cproof, &note);
+    let wk = KmSigner::generate().unwrap();
+    let w = Cosigner {
+        name: "witness.acme/w1",
+        key: &wk,
+    };
+    g.bench_function("witness_add_checkpoint", |b| {
+        b.iter(|| {
+            let req = AddCheckpoint::parse(black_box(&body)).unwrap();
+            let cp = witness_step(&v, Some((old, old_root)), &req).unwrap();
+            w.cosign(note_text(req.note).unwrap(), cp.size)
+        })
+    });
+    let wk2 = KmSigner::generate().unwrap();
+    let w2 = Cosigner {
+        name: "witness.acme/w2",
+        key: &wk2,
+    };
+    let text = note_text(&note).unwrap();
+    let cosigned = format!("{note}{}{}", w.cosign(text, 1), w2.cosign(text, 1));
+    let policy = WitnessPolicy::parse(&[w.key_string(), w2.key_string()], 2).unwrap();
+    g.bench_function("witness_policy_check_2_of_2", |b| {
+        b.iter(|| policy.check(black_box(&cosigned)).unwrap())
+    });
     g.finish();
 }
 
