@@ -160,7 +160,31 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
         failures: Vec::new(),
         steps: Vec::new(),
     };
-    let stack = Stack::start(&dir, StackOptions::new("acme".parse()?)).await?;
+    // Two witnesses of Acme's audit log: one on the vault's host, one run by
+    // the messaging operator.
+    let mut witnesses = Vec::new();
+    for (name, sub) in [
+        ("witness.acme-vault/w1", "witness-vault"),
+        ("witness.operator/w2", "witness-operator"),
+    ] {
+        let w = std::sync::Arc::new(
+            cloister_witness::Witness::open_dir(&dir.join(sub), Some(name)).await?,
+        );
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", l.local_addr()?);
+        let r = cloister_witness::router(w.clone());
+        tokio::spawn(async move {
+            let _ = cloister_http::serve(l, r, std::future::pending()).await;
+        });
+        witnesses.push((w, url));
+    }
+    let mut opts = StackOptions::new("acme".parse()?);
+    opts.km_config.witnesses = witnesses.iter().map(|(_, u)| u.clone()).collect();
+    let stack = Stack::start(&dir, opts).await?;
+    for (w, _) in &witnesses {
+        w.follow(&stack.km.info().log_key).await?;
+    }
+    let witness_keys: Vec<String> = witnesses.iter().map(|(w, _)| w.key()).collect();
     let clients = dir.join("clients");
 
     d.section("Acme Bank starts Cloister");
@@ -412,7 +436,16 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
     for line in note.trim_end().lines() {
         d.say("", format!("    {line}"));
     }
+    alice.set_witness_policy(&witness_keys, 2)?;
+    d.say(
+        "alice",
+        "requires both witnesses (the vault's host and the operator) to cosign every checkpoint",
+    );
     let watched = alice.audit_checkpoint().await;
+    d.check(
+        watched.as_ref().is_ok_and(|(_, n)| n.matches('\u{2014}').count() == 3),
+        "the checkpoint alice accepts is cosigned by both witnesses: no one can be shown another history",
+    );
     d.check(
         watched.as_ref().is_ok_and(|(c, _)| c.size >= cp.size),
         &format!(
@@ -541,7 +574,7 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
         d.say(
             "regulator",
             format!(
-                "cloister export verify: {} message(s), {} files match; every envelope proven in the vault log (size {})",
+                "cloister export verify: {} message(s), {} files match; every envelope proven in the vault log (size {}); every message signed by its sender's device, exactly as shown",
                 r.messages, r.files, r.checkpoint_size
             ),
         );
@@ -549,6 +582,10 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
     d.check(
         v.is_ok() && x.summary.messages > 0,
         "the export verifies offline",
+    );
+    d.check(
+        v.as_ref().is_ok_and(|r| r.unattributable == 0) && x.summary.unattributable == 0,
+        "every exported message is attributable to its sender's KM-certified device",
     );
 
     d.section("What the operator holds");

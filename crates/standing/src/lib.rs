@@ -144,6 +144,11 @@ impl DenyList {
         }
     }
 
+    /// Change how old a pulled list may get (the list itself is kept).
+    pub fn set_max_age(&mut self, max_age_ms: u64) {
+        self.max_age_ms = Some(max_age_ms);
+    }
+
     pub fn revoke(&mut self, device: DeviceId) {
         self.revoked.insert(device);
     }

@@ -318,7 +318,7 @@ impl Vault {
     /// How old the KM's deny list may get before every request is refused.
     pub fn set_standing_max_age(&self, max_age_ms: u64) {
         if let Ok(mut d) = self.deny.write() {
-            *d = cloister_standing::DenyList::pulled(max_age_ms);
+            d.set_max_age(max_age_ms);
         }
     }
 
