@@ -714,6 +714,18 @@ async fn the_vault_refuses_an_envelope_that_lies_about_its_sender() {
     };
     let ct_sha = cloister_crypto::sha256(real.ciphertext.as_slice());
     let new_id = cloister_proto::MessageId([0x5a; 16]);
+    // a message bob signed whose header names alice as its sender
+    let mut lie = h.clone();
+    lie.id = new_id;
+    let lie_env = cloister_crypto::message::seal_raw(
+        &bob.keys,
+        &cloister_crypto::RoomKey::from_bytes([1; 32]),
+        new_id.as_bytes(),
+        serde_json::to_vec(&lie).unwrap(),
+        b"{}",
+    )
+    .unwrap();
+    let lie_sha = cloister_crypto::sha256(lie_env.ciphertext.as_slice());
     let cases = [
         // alice's real header, captured by bob as if he were its sender
         (
@@ -754,53 +766,25 @@ async fn the_vault_refuses_an_envelope_that_lies_about_its_sender() {
         // a header bob signed that names alice, with alice's certificate
         (
             "bob's signature offered as alice's",
-            {
-                let mut lie = h.clone();
-                lie.id = new_id;
-                let hb = serde_json::to_vec(&lie).unwrap();
-                let env = cloister_crypto::message::seal_raw(
-                    &bob.keys,
-                    &cloister_crypto::RoomKey::from_bytes([1; 32]),
-                    new_id.as_bytes(),
-                    hb,
-                    b"{}",
-                )
-                .unwrap();
-                let sha = cloister_crypto::sha256(env.ciphertext.as_slice());
-                capture(
-                    sealed(new_id, sha, h.ts),
-                    &env.header,
-                    env.sig,
-                    &alice_cert,
-                    true,
-                )
-            },
+            capture(
+                sealed(new_id, lie_sha, h.ts),
+                &lie_env.header,
+                lie_env.sig,
+                &alice_cert,
+                true,
+            ),
             "signature does not cover",
         ),
         // the same, with bob's own certificate: the header names someone else
         (
             "a header naming alice under bob's certificate",
-            {
-                let mut lie = h.clone();
-                lie.id = new_id;
-                let hb = serde_json::to_vec(&lie).unwrap();
-                let env = cloister_crypto::message::seal_raw(
-                    &bob.keys,
-                    &cloister_crypto::RoomKey::from_bytes([1; 32]),
-                    new_id.as_bytes(),
-                    hb,
-                    b"{}",
-                )
-                .unwrap();
-                let sha = cloister_crypto::sha256(env.ciphertext.as_slice());
-                capture(
-                    sealed(new_id, sha, h.ts),
-                    &env.header,
-                    env.sig,
-                    &bob.signed_cert,
-                    false,
-                )
-            },
+            capture(
+                sealed(new_id, lie_sha, h.ts),
+                &lie_env.header,
+                lie_env.sig,
+                &bob.signed_cert,
+                false,
+            ),
             "not the certificate's holder",
         ),
     ];

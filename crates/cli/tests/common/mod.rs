@@ -154,6 +154,27 @@ pub struct RawDevice {
 
 impl RawDevice {
     pub async fn enrol(w: &World, user: &UserId, code: &str) -> RawDevice {
+        Self::enrol_at(
+            &w.http,
+            &w.stack.km_url,
+            &w.stack.km.info().sign_pk.0,
+            &w.stack.server_url,
+            user,
+            code,
+        )
+        .await
+    }
+
+    /// Enrol with the KM at `km_url` (whose key is `km_pk`) and register
+    /// the certificate with the server at `server_url`.
+    pub async fn enrol_at(
+        http: &reqwest::Client,
+        km_url: &str,
+        km_pk: &[u8; 32],
+        server_url: &str,
+        user: &UserId,
+        code: &str,
+    ) -> RawDevice {
         let keys = DeviceKeys::generate().unwrap();
         let pop = keys.sign(
             signed::ENROL,
@@ -166,19 +187,17 @@ impl RawDevice {
             hpke_pk: Fixed(keys.hpke_pk()),
             pop: Fixed(pop),
         };
-        let r = w
-            .http
-            .post(format!("{}/v1/enrol", w.stack.km_url))
+        let r = http
+            .post(format!("{km_url}/v1/enrol"))
             .json(&req)
             .send()
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
         let signed_cert: SignedCert = r.json().await.unwrap();
-        let cert = signed::verify_cert(&w.stack.km.info().sign_pk.0, &signed_cert).unwrap();
-        let r = w
-            .http
-            .post(format!("{}/v1/devices", w.stack.server_url))
+        let cert = signed::verify_cert(km_pk, &signed_cert).unwrap();
+        let r = http
+            .post(format!("{server_url}/v1/devices"))
             .json(&cloister_proto::server::RegisterDevice {
                 cert: signed_cert.clone(),
             })
@@ -191,9 +210,9 @@ impl RawDevice {
             user: user.clone(),
             cert,
             signed_cert,
-            km_url: w.stack.km_url.clone(),
-            server_url: w.stack.server_url.clone(),
-            http: w.http.clone(),
+            km_url: km_url.to_owned(),
+            server_url: server_url.to_owned(),
+            http: http.clone(),
         }
     }
 
@@ -333,50 +352,18 @@ impl World {
         .await
         .unwrap();
         let user: UserId = format!("admin@{tenant}").parse().unwrap();
-        let keys = DeviceKeys::generate().unwrap();
-        let code = code.unwrap();
-        let pop = keys.sign(
-            signed::ENROL,
-            &signed::enrol_transcript(&user, &code, &keys.sign_pk(), &keys.hpke_pk()),
-        );
-        let signed_cert: SignedCert = self
-            .http
-            .post(format!("{km_url}/v1/enrol"))
-            .json(&EnrolRequest {
-                user: user.clone(),
-                code,
-                sign_pk: Fixed(keys.sign_pk()),
-                hpke_pk: Fixed(keys.hpke_pk()),
-                pop: Fixed(pop),
-            })
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let cert = signed::verify_cert(&km.info().sign_pk.0, &signed_cert).unwrap();
-        let r = self
-            .http
-            .post(format!("{}/v1/devices", self.stack.server_url))
-            .json(&cloister_proto::server::RegisterDevice {
-                cert: signed_cert.clone(),
-            })
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        let device = RawDevice::enrol_at(
+            &self.http,
+            &km_url,
+            &km.info().sign_pk.0,
+            &self.stack.server_url,
+            &user,
+            &code.unwrap(),
+        )
+        .await;
         Foreign {
             km,
-            device: RawDevice {
-                keys,
-                user,
-                cert,
-                signed_cert,
-                km_url: km_url.clone(),
-                server_url: self.stack.server_url.clone(),
-                http: self.http.clone(),
-            },
+            device,
             km_url,
             _dir: dir,
         }
