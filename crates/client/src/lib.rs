@@ -18,6 +18,7 @@
 mod api;
 mod compliance;
 pub mod export;
+mod freshness;
 pub mod store;
 
 use cloister_crypto::passphrase::Cost;
@@ -116,6 +117,12 @@ pub struct Client {
     vault_checked: std::sync::atomic::AtomicBool,
     escrow: Mutex<Option<cloister_proto::km::EscrowDescriptor>>,
     index_cache: Mutex<HashMap<u32, RoomKey>>,
+    /// Room heads the KM signed, newest per room (freshness).
+    heads: Mutex<HashMap<RoomId, cloister_proto::km::RoomHead>>,
+    /// How old a KM-signed room head may be when sealing (ms).
+    freshness_ms: std::sync::atomic::AtomicU64,
+    /// What this device noticed the server doing (withholding, forking…).
+    alerts: Mutex<Vec<String>>,
 }
 
 /// Where this device captures: the tenant's vault as the KM registered it.
@@ -279,6 +286,9 @@ impl Client {
             km_seq: Mutex::new(HashMap::new()),
             certs: Mutex::new(HashMap::new()),
             rooms: tokio::sync::Mutex::new(HashMap::new()),
+            heads: Mutex::new(HashMap::new()),
+            freshness_ms: std::sync::atomic::AtomicU64::new(freshness::DEFAULT_FRESHNESS_MS),
+            alerts: Mutex::new(Vec::new()),
             vault: Mutex::new(None),
             vault_checked: Default::default(),
             escrow: Mutex::new(None),
@@ -477,27 +487,7 @@ impl Client {
                 })
                 .await?;
             let n = page.entries.len();
-            for e in page.entries {
-                let peek = signed::peek_statement(&e)?;
-                let cert = self.cert_of(&peek.actor).await?;
-                let cur = rooms.get(room).map(|c| &c.state);
-                let (next, _) = cloister_policy::apply(cur, room, &e, &cert.user, &cert.sign_pk.0)?;
-                match rooms.get_mut(room) {
-                    Some(c) => {
-                        c.state = next;
-                        c.entries.push(e);
-                    }
-                    None => {
-                        rooms.insert(
-                            *room,
-                            RoomCache {
-                                state: next,
-                                entries: vec![e],
-                            },
-                        );
-                    }
-                }
-            }
+            self.apply_entries(&mut rooms, room, page.entries).await?;
             if (n as u32) < limits::MAX_PAGE {
                 break;
             }
@@ -507,6 +497,37 @@ impl Client {
             .get(room)
             .map(|c| c.state.clone())
             .ok_or_else(|| ClientError::Local(format!("room {room} has no membership log")))
+    }
+
+    /// Verify and apply log entries (in order) to the cached room state.
+    async fn apply_entries(
+        &self,
+        rooms: &mut HashMap<RoomId, RoomCache>,
+        room: &RoomId,
+        entries: Vec<SignedStatement>,
+    ) -> Result<()> {
+        for e in entries {
+            let peek = signed::peek_statement(&e)?;
+            let cert = self.cert_of(&peek.actor).await?;
+            let cur = rooms.get(room).map(|c| &c.state);
+            let (next, _) = cloister_policy::apply(cur, room, &e, &cert.user, &cert.sign_pk.0)?;
+            match rooms.get_mut(room) {
+                Some(c) => {
+                    c.state = next;
+                    c.entries.push(e);
+                }
+                None => {
+                    rooms.insert(
+                        *room,
+                        RoomCache {
+                            state: next,
+                            entries: vec![e],
+                        },
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Run `f` on the locally verified room state, fetching new log entries only
@@ -576,7 +597,13 @@ impl Client {
                 })
                 .await;
             match r {
-                Ok(_) => return self.room_state(room).await,
+                Ok(_) => {
+                    let st = self.room_state(room).await?;
+                    // The KM learns the change now (not when someone next asks
+                    // for a key): every device's freshness bound runs from here.
+                    self.tell_km(room).await?;
+                    return Ok(st);
+                }
                 Err(ClientError::Api(a)) if a.code == "log_conflict" && attempt < 2 => continue,
                 Err(e) => return Err(e),
             }
@@ -724,6 +751,7 @@ impl Client {
         if let Ok(mut m) = self.km_seq.lock() {
             m.insert(*room, r.log_seq);
         }
+        self.accept_head(room, &r.head)?;
         let mut cache = self
             .key_cache
             .lock()
@@ -844,7 +872,8 @@ impl Client {
         content: &Content,
         refresh: bool,
     ) -> Result<(Envelope, cloister_proto::vault::Attribution)> {
-        let epoch = self.with_state(room, refresh, |s| s.epoch).await?;
+        // Never in an epoch older than the newest one the KM knows.
+        let epoch = self.current_state(room, refresh).await?.epoch;
         let keys = self.room_keys(room, &[epoch]).await?;
         let key = keys
             .get(&epoch)

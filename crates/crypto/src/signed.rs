@@ -24,6 +24,8 @@ pub const CASE: &str = "cloister/case/v1";
 pub const APPROVAL: &str = "cloister/approval/v1";
 pub const VAULT: &str = "cloister/vault/v1";
 pub const PURGE: &str = "cloister/purge/v1";
+/// The KM's signed head of a room's verified membership log.
+pub const ROOM_HEAD: &str = "cloister/room-head/v1";
 /// The KM's list of revoked devices and disabled users, for the vault.
 pub const DENY_LIST: &str = "cloister/deny-list/v1";
 /// The vault's request for that list, signed with its registered receipt key.

@@ -19,6 +19,7 @@ pub use cloister_audit as audit;
 pub mod compliance;
 pub mod http;
 pub mod provider;
+mod rooms;
 
 use cloister_crypto::signed::{
     enrol_transcript, sign_cert, sign_notice, verify_cert, verify_request,
@@ -180,7 +181,7 @@ fn room_key_aad(tenant: &TenantId, room: &RoomId, epoch: u64) -> Vec<u8> {
     format!("cloister/room-key-wrap/v1|{}|{}|{}", tenant, room, epoch).into_bytes()
 }
 
-fn store_err(e: cloister_store::StoreError) -> ApiError {
+pub(crate) fn store_err(e: cloister_store::StoreError) -> ApiError {
     ApiError::internal(e)
 }
 
@@ -628,6 +629,12 @@ impl Km {
                 })
             }
             KmOp::WhoHasKeys { room } => json(&self.who_has_keys(&cert, &room).await?),
+            KmOp::RoomHead {
+                room,
+                log_from,
+                log,
+            } => self.room_head(&cert, &room, log_from, &log).await,
+            KmOp::RoomLog { room, from } => self.room_log(&cert, &room, from).await,
             KmOp::EscrowInfo => {
                 let d = self
                     .store
@@ -1455,6 +1462,7 @@ impl Km {
         Ok(RoomKeysResponse {
             keys,
             log_seq: state.seq,
+            head: self.signed_head(&state)?,
         })
     }
 }
@@ -1476,7 +1484,7 @@ fn op_name(a: &cloister_proto::room::Action) -> &'static str {
     }
 }
 
-fn json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, ApiError> {
+pub(crate) fn json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, ApiError> {
     serde_json::to_value(v).map_err(ApiError::internal)
 }
 

@@ -147,6 +147,16 @@ pub enum KmOp {
     AuditConsistency { old: u64, new: Option<u64> },
     /// Every key release of a room, each with its inclusion proof.
     WhoHasKeys { room: RoomId },
+    /// The KM-signed head of a room's verified log (freshness). `log` may
+    /// carry entries from `log_from` the KM does not have yet.
+    RoomHead {
+        room: RoomId,
+        log_from: u64,
+        log: Vec<SignedStatement>,
+    },
+    /// Entries of a room's log as the KM verified them, from `from` (for a
+    /// client whose server withholds them).
+    RoomLog { room: RoomId, from: u64 },
     /// Admin: register the tenant's escrow public key and the shares of its
     /// private key, each sealed to one custodian's device (once per tenant).
     EscrowInit {
@@ -459,6 +469,32 @@ pub struct RoomKeysResponse {
     pub keys: Vec<SealedRoomKey>,
     /// Head of the KM's verified copy of the room's log.
     pub log_seq: u64,
+    /// The same head, KM-signed ([`RoomHead`], `cloister/room-head/v1`).
+    pub head: SignedBlob,
+}
+
+/// The newest head of a room's log the KM has verified, as of `issued_ms`.
+/// A device seals only in `epoch` (or later) once it holds a head of at most
+/// its freshness bound's age.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomHead {
+    pub tenant: TenantId,
+    pub room: RoomId,
+    pub seq: u64,
+    pub head: Fixed<32>,
+    pub epoch: u64,
+    pub issued_ms: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomHeadResponse {
+    pub head: SignedBlob,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomLogResponse {
+    pub entries: Vec<SignedStatement>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

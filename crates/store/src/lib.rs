@@ -201,6 +201,8 @@ pub trait KmStore: Send + Sync + 'static {
         state: &[u8],
     ) -> Result<()>;
     async fn get_log_hash(&self, room: &str, seq: u64) -> Result<Option<Vec<u8>>>;
+    /// Verified log entries of a room from `from_seq` (at most `limit`).
+    async fn km_log(&self, room: &str, from_seq: u64, limit: u32) -> Result<Vec<LogRow>>;
 
     /// A wrapped room key; an empty value means it was crypto-shredded.
     async fn get_room_key(&self, room: &str, epoch: u64) -> Result<Option<Vec<u8>>>;

@@ -723,6 +723,26 @@ impl KmStore for SqliteKmStore {
         )
     }
 
+    async fn km_log(&self, room: &str, from_seq: u64, limit: u32) -> Result<Vec<LogRow>> {
+        let rows = sqlx::query(
+            "SELECT seq, entry, hash FROM room_log WHERE room = ? AND seq >= ? ORDER BY seq LIMIT ?",
+        )
+        .bind(room)
+        .bind(i(from_seq))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(LogRow {
+                    seq: u(r.try_get("seq")?),
+                    entry: r.try_get("entry")?,
+                    hash: r.try_get("hash")?,
+                })
+            })
+            .collect()
+    }
+
     async fn get_room_key(&self, room: &str, epoch: u64) -> Result<Option<Vec<u8>>> {
         Ok(
             sqlx::query_scalar("SELECT wrapped FROM room_keys WHERE room = ? AND epoch = ?")

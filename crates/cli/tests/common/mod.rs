@@ -2,6 +2,8 @@
 //! ports, SDK clients, and "raw" devices that speak the wire protocol directly.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod proxy;
+
 use cloister_cli::{Stack, StackOptions};
 use cloister_client::{Client, Storage};
 use cloister_crypto::DeviceKeys;

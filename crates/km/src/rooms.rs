@@ -1,0 +1,83 @@
+//! Room freshness: the KM's signed head of a room's verified log, and the
+//! verified entries themselves, for devices whose server withholds them.
+
+use crate::{Km, json, store_err};
+use cloister_crypto::signed::{self, km_sign_blob};
+use cloister_http::ApiError;
+use cloister_policy::RoomState;
+use cloister_proto::b64::Fixed;
+use cloister_proto::km::{
+    DeviceCert, Role, RoomHead, RoomHeadResponse, RoomLogResponse, SignedBlob,
+};
+use cloister_proto::room::SignedStatement;
+use cloister_proto::{RoomId, limits, now_millis};
+
+impl Km {
+    /// The KM-signed head of a verified room state.
+    pub(crate) fn signed_head(&self, st: &RoomState) -> Result<SignedBlob, ApiError> {
+        let h = RoomHead {
+            tenant: self.tenant.clone(),
+            room: st.room,
+            seq: st.seq,
+            head: Fixed(st.head),
+            epoch: st.epoch,
+            issued_ms: now_millis(),
+        };
+        km_sign_blob(&self.signer, signed::ROOM_HEAD, &h).map_err(ApiError::internal)
+    }
+
+    /// Anyone who ever held a grant in the room, or the tenant's surveillance.
+    fn may_follow(cert: &DeviceCert, st: &RoomState) -> Result<(), ApiError> {
+        if st.grants.contains_key(&cert.user)
+            || (cert.roles.contains(&Role::Surveillance) && st.tenant == cert.tenant)
+        {
+            return Ok(());
+        }
+        Err(ApiError::not_found(
+            "unknown_room",
+            format!("no room {} that you were ever a member of", st.room),
+        ))
+    }
+
+    pub(crate) async fn room_head(
+        &self,
+        cert: &DeviceCert,
+        room: &RoomId,
+        log_from: u64,
+        log: &[SignedStatement],
+    ) -> Result<serde_json::Value, ApiError> {
+        let st = self.ingest(room, log_from, log).await?.ok_or_else(|| {
+            ApiError::not_found(
+                "unknown_room",
+                format!("the KM has no verified log for room {room}; send it"),
+            )
+        })?;
+        Self::may_follow(cert, &st)?;
+        json(&RoomHeadResponse {
+            head: self.signed_head(&st)?,
+        })
+    }
+
+    pub(crate) async fn room_log(
+        &self,
+        cert: &DeviceCert,
+        room: &RoomId,
+        from: u64,
+    ) -> Result<serde_json::Value, ApiError> {
+        let st = self.room_state(room).await?.ok_or_else(|| {
+            ApiError::not_found("unknown_room", format!("the KM has no log for room {room}"))
+        })?;
+        Self::may_follow(cert, &st)?;
+        let rows = self
+            .store
+            .km_log(&room.to_hex(), from, limits::MAX_PAGE)
+            .await
+            .map_err(store_err)?;
+        let entries = rows
+            .iter()
+            .map(|r| serde_json::from_slice(&r.entry))
+            .collect::<Result<Vec<SignedStatement>, _>>()
+            .map_err(ApiError::internal)?;
+        json(&RoomLogResponse { entries })
+    }
+}
