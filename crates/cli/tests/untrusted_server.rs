@@ -94,3 +94,252 @@ async fn a_withheld_removal_is_taken_from_the_km_within_the_freshness_bound() {
     let e = carol.room_keys(&room, &[1]).await.unwrap_err();
     assert_eq!(e.code(), Some("not_entitled"), "{e}");
 }
+
+/// alice sends `n` numbered messages into a room with bob (behind the
+/// proxy); bob reads them all once, honestly.
+async fn conversation(
+    w: &World,
+    proxy: &Proxy,
+    n: usize,
+) -> (Client, Client, cloister_proto::RoomId) {
+    let alice = w.user("alice").await;
+    let bob = behind(w, proxy, "bob").await;
+    let room = alice
+        .create_room(RoomSettings::default(), std::slice::from_ref(bob.user()))
+        .await
+        .unwrap();
+    for i in 1..=n {
+        alice.send_text(&room, &format!("m{i}")).await.unwrap();
+    }
+    (alice, bob, room)
+}
+
+fn texts(msgs: &[Result<cloister_client::Received, cloister_client::ClientError>]) -> Vec<String> {
+    msgs.iter()
+        .map(|m| match m {
+            Ok(r) => match &r.content {
+                cloister_proto::server::Content::Text { text } => text.clone(),
+                _ => "file".into(),
+            },
+            Err(e) => format!("ERR {e}"),
+        })
+        .collect()
+}
+
+fn alerted(c: &Client, words: &[&str]) -> bool {
+    c.alerts()
+        .iter()
+        .any(|a| words.iter().all(|w| a.contains(w)))
+}
+
+#[tokio::test]
+async fn history_replay_reorder_drop_and_withheld_tail_are_each_reported() {
+    let w = World::new().await;
+    let proxy = Proxy::start(&w.stack.server_url).await;
+    let (alice, bob, room) = conversation(&w, &proxy, 4).await;
+    let page = format!("/v1/rooms/{room}/messages");
+    assert_eq!(
+        texts(&bob.read(&room, 50, None).await.unwrap()),
+        ["m1", "m2", "m3", "m4"]
+    );
+    assert!(bob.alerts().is_empty(), "{:?}", bob.alerts());
+
+    // replay: m1 served again as the newest message
+    let p = page.clone();
+    proxy.on_json(move |q, v| {
+        if q.starts_with(&p) {
+            let msgs = v["messages"].as_array_mut().unwrap();
+            let mut old = msgs[0].clone();
+            old["seq"] = (msgs.last().unwrap()["seq"].as_u64().unwrap() + 1).into();
+            msgs.push(old);
+        }
+    });
+    let got = texts(&bob.read(&room, 50, None).await.unwrap());
+    assert!(got.last().unwrap().contains("replayed"), "{got:?}");
+    assert!(
+        alerted(&bob, &["replayed", "alice@acme"]),
+        "{:?}",
+        bob.alerts()
+    );
+
+    // reorder: m2 and m3 swapped (each keeps its place in the server's order)
+    let p = page.clone();
+    proxy.on_json(move |q, v| {
+        if q.starts_with(&p) {
+            let msgs = v["messages"].as_array_mut().unwrap();
+            let (a, b) = (msgs[1]["envelope"].clone(), msgs[2]["envelope"].clone());
+            msgs[1]["envelope"] = b;
+            msgs[2]["envelope"] = a;
+        }
+    });
+    // a new device of bob, which never saw this room, still sees the disorder
+    let bob2 = {
+        let code = w
+            .admin
+            .admin_add_user(bob.user(), false)
+            .await
+            .unwrap()
+            .code;
+        Client::enrol(
+            w.http.clone(),
+            &proxy.url,
+            &w.stack.km_url,
+            bob.user(),
+            &code,
+            Storage::Memory,
+        )
+        .await
+        .unwrap()
+    };
+    bob2.read(&room, 50, None).await.unwrap();
+    assert!(
+        alerted(&bob2, &["reordered", "alice@acme"]),
+        "{:?}",
+        bob2.alerts()
+    );
+
+    // drop: m2 taken out of the page
+    let p = page.clone();
+    proxy.on_json(move |q, v| {
+        if q.starts_with(&p) {
+            v["messages"].as_array_mut().unwrap().remove(1);
+        }
+    });
+    let bob3 = {
+        let code = w
+            .admin
+            .admin_add_user(bob.user(), false)
+            .await
+            .unwrap()
+            .code;
+        Client::enrol(
+            w.http.clone(),
+            &proxy.url,
+            &w.stack.km_url,
+            bob.user(),
+            &code,
+            Storage::Memory,
+        )
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        texts(&bob3.read(&room, 50, None).await.unwrap()),
+        ["m1", "m3", "m4"]
+    );
+    assert!(
+        alerted(&bob3, &["missing message 2", "alice@acme"]),
+        "{:?}",
+        bob3.alerts()
+    );
+
+    // withheld tail: the newest message hidden from a device that saw it
+    let p = page.clone();
+    proxy.on_json(move |q, v| {
+        if q.starts_with(&p) {
+            v["messages"].as_array_mut().unwrap().pop();
+        }
+    });
+    assert_eq!(
+        texts(&bob.read(&room, 50, None).await.unwrap()),
+        ["m1", "m2", "m3"]
+    );
+    assert!(
+        alerted(&bob, &["withheld", "number 4"]),
+        "{:?}",
+        bob.alerts()
+    );
+    drop(alice);
+}
+
+#[tokio::test]
+async fn a_replay_is_recognised_across_runs() {
+    let w = World::new().await;
+    let proxy = Proxy::start(&w.stack.server_url).await;
+    let alice = w.user("alice").await;
+    let home = w.dir.path().join("bob-home");
+    let user = World::uid("bob");
+    let code = w.admin.admin_add_user(&user, false).await.unwrap().code;
+    let bob = Client::enrol(
+        w.http.clone(),
+        &proxy.url,
+        &w.stack.km_url,
+        &user,
+        &code,
+        Storage::Dir {
+            path: &home,
+            passphrase: b"pw",
+            cost: cloister_crypto::passphrase::Cost::TEST,
+        },
+    )
+    .await
+    .unwrap();
+    let room = alice
+        .create_room(RoomSettings::default(), std::slice::from_ref(&user))
+        .await
+        .unwrap();
+    alice
+        .send_text(&room, "wire 5mm to Harbourview")
+        .await
+        .unwrap();
+    assert_eq!(texts(&bob.read(&room, 50, None).await.unwrap()).len(), 1);
+    drop(bob);
+    // a later run: the old message is served again as a new one
+    let page = format!("/v1/rooms/{room}/messages");
+    proxy.on_json(move |q, v| {
+        if q.starts_with(&page) {
+            let msgs = v["messages"].as_array_mut().unwrap();
+            msgs[0]["seq"] = 99.into();
+        }
+    });
+    let bob = Client::open(w.http.clone(), &home, b"pw").unwrap();
+    let got = texts(&bob.read(&room, 50, None).await.unwrap());
+    assert!(got[0].contains("replayed"), "{got:?}");
+    assert!(alerted(&bob, &["replayed", "seq 99"]), "{:?}", bob.alerts());
+}
+
+#[tokio::test]
+async fn the_live_stream_reports_duplicates_and_drops() {
+    let w = World::new().await;
+    let proxy = Proxy::start(&w.stack.server_url).await;
+    let (alice, bob, room) = conversation(&w, &proxy, 1).await;
+    bob.read(&room, 50, None).await.unwrap();
+    // every live message delivered twice; the second of m3 dropped instead
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let n2 = n.clone();
+    proxy.on_ws(move |f| {
+        if !f.contains("\"message\"") {
+            return vec![f];
+        }
+        match n2.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
+            1 => vec![],             // m3 dropped
+            _ => vec![f.clone(), f], // the others duplicated
+        }
+    });
+    let mut stream = bob.connect_events().await.unwrap();
+    for i in 2..=4 {
+        alice.send_text(&room, &format!("m{i}")).await.unwrap();
+    }
+    let mut shown = Vec::new();
+    for _ in 0..2 {
+        let m = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            bob.next_message(&mut stream, &room),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+        if let cloister_proto::server::Content::Text { text } = m.content {
+            shown.push(text);
+        }
+    }
+    assert_eq!(shown, ["m2", "m4"], "each shown once; m3 never arrived");
+    assert!(
+        alerted(&bob, &["missing message 3", "alice@acme"]),
+        "{:?}",
+        bob.alerts()
+    );
+    // the duplicate of m2 was noticed before m4 arrived
+    assert!(alerted(&bob, &["replayed"]), "{:?}", bob.alerts());
+}

@@ -29,6 +29,8 @@ fn envelope(i: u64, content: Content, sender: &DeviceKeys) -> AuditEnvelope {
         device: sender.device_id(),
         ts: 1_795_305_600_000 + i,
         commit: Fixed([0; 32]),
+        counter: 1,
+        after: vec![],
     };
     let (env, attribution) = cloister_crypto::message::seal_attributed(
         sender,

@@ -20,6 +20,7 @@ mod compliance;
 pub mod export;
 mod freshness;
 pub mod store;
+mod transcript;
 
 use cloister_crypto::passphrase::Cost;
 use cloister_crypto::signed::{self, sign_statement};
@@ -90,6 +91,10 @@ pub struct Received {
     /// Milliseconds since the Unix epoch (sender's clock).
     pub ts: u64,
     pub content: Content,
+    /// The sender device's counter in this room.
+    pub counter: u64,
+    /// The messages the sender had seen when sending.
+    pub after: Vec<MessageId>,
     /// The sender's signed header and the commitment's opening (captured).
     #[serde(skip)]
     pub attribution: cloister_proto::vault::Attribution,
@@ -123,6 +128,8 @@ pub struct Client {
     freshness_ms: std::sync::atomic::AtomicU64,
     /// What this device noticed the server doing (withholding, forking…).
     alerts: Mutex<Vec<String>>,
+    /// What this device remembers of each room's messages.
+    transcript: Mutex<transcript::Transcript>,
 }
 
 /// Where this device captures: the tenant's vault as the KM registered it.
@@ -276,7 +283,9 @@ impl Client {
 
     fn from_parts(http: reqwest::Client, profile: Profile, keys: DeviceKeys, home: Home) -> Client {
         let cache = home.load_keys();
+        let transcript = Mutex::new(transcript::Transcript::load(&home));
         Client {
+            transcript,
             http,
             profile,
             keys,
@@ -878,6 +887,7 @@ impl Client {
         let key = keys
             .get(&epoch)
             .ok_or_else(|| ClientError::Local("no key".into()))?;
+        let (counter, after) = self.next_counter(room)?;
         let header = MessageHeader {
             v: 1,
             room: *room,
@@ -887,6 +897,8 @@ impl Client {
             device: self.device(),
             ts: now_millis(),
             commit: Fixed([0; 32]),
+            counter,
+            after,
         };
         Ok(message::seal_attributed(&self.keys, key, &header, content)?)
     }
@@ -955,6 +967,8 @@ impl Client {
             device: h.device,
             ts: h.ts,
             content,
+            counter: h.counter,
+            after: h.after,
             attribution,
         })
     }
@@ -1027,14 +1041,22 @@ impl Client {
                 }
             }
             let r = match r {
-                Ok(rc) if !seen.insert(rc.id) => Err(ClientError::BadMessage {
-                    id: rc.id.to_hex(),
-                    reason: "the same message appears twice (replayed)".into(),
-                }),
+                Ok(rc) if !seen.insert(rc.id) => {
+                    let reason = format!(
+                        "message {} from {} appears twice (at seq {}): replayed",
+                        rc.id, rc.sender, rc.seq
+                    );
+                    self.alert(reason.clone());
+                    Err(ClientError::BadMessage {
+                        id: rc.id.to_hex(),
+                        reason,
+                    })
+                }
                 other => other,
             };
             out.push(r);
         }
+        self.check_page(room, &mut out, before.is_none())?;
         Ok(out)
     }
 
@@ -1058,7 +1080,13 @@ impl Client {
                     seq,
                     envelope,
                 }) if r == *room => {
-                    return self.open_envelope(room, seq, &envelope).await.map(Some);
+                    let m = self.open_envelope(room, seq, &envelope).await?;
+                    match self.check_live(room, &m) {
+                        Ok(()) => return Ok(Some(m)),
+                        // a replay: alerted, not shown
+                        Err(ClientError::BadMessage { .. }) => continue,
+                        Err(e) => return Err(e),
+                    }
                 }
                 Some(Event::KeysShredded { room: r, epochs }) => self.forget_keys(&r, &epochs)?,
                 Some(_) => continue,

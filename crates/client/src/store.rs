@@ -231,6 +231,30 @@ impl Home {
     }
 }
 
+impl Home {
+    /// A piece of device state sealed under the keystore's cache key
+    /// (`name.sealed`); `None` in memory or when absent or unreadable.
+    pub fn load_sealed(&self, name: &str) -> Option<Vec<u8>> {
+        let d = self.dir.as_ref()?;
+        let bytes = std::fs::read(d.join(format!("{name}.sealed"))).ok()?;
+        let aad = format!("cloister/device-state/v1|{name}");
+        match wrap::unwrap(&self.cache_key, aad.as_bytes(), &bytes) {
+            Ok(p) => Some(p.expose().to_vec()),
+            Err(_) => {
+                tracing::warn!("{name} state unreadable; ignoring it");
+                None
+            }
+        }
+    }
+
+    pub fn save_sealed(&self, name: &str, plain: &[u8]) -> Result<(), ClientError> {
+        let Some(d) = &self.dir else { return Ok(()) };
+        let aad = format!("cloister/device-state/v1|{name}");
+        let sealed = wrap::wrap(&self.cache_key, aad.as_bytes(), plain)?;
+        write_private(&d.join(format!("{name}.sealed")), &sealed)
+    }
+}
+
 const SESSION_AAD: &[u8] = b"cloister/case-session/v1";
 
 impl Home {

@@ -47,6 +47,8 @@ fn sent(n: u8, sender: &DeviceKeys, user: &str, text: &str, rk: &RoomKey) -> Aud
         device: sender.device_id(),
         ts: 1_795_305_600_000 + n as u64,
         commit: Fixed([0; 32]),
+        counter: 1,
+        after: vec![],
     };
     let content = Content::Text { text: text.into() };
     let (env, attribution) = message::seal_attributed(sender, rk, &header, &content).unwrap();

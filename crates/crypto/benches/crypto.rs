@@ -17,6 +17,8 @@ fn header(k: &DeviceKeys) -> MessageHeader {
         device: k.device_id(),
         ts: 1_700_000_000_000,
         commit: cloister_proto::b64::Fixed([0; 32]),
+        counter: 1,
+        after: vec![],
     }
 }
 

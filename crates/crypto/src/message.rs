@@ -253,6 +253,8 @@ mod tests {
             device: k.device_id(),
             ts: 1000,
             commit: Fixed([0; 32]),
+            counter: 1,
+            after: vec![],
         };
         (
             k,

@@ -51,7 +51,7 @@ proptest! {
         let _ = message::verify_envelope(&key, &env);
         let _ = message::decrypt_envelope(&RoomKey::from_bytes(key), &MessageHeader {
             v: 1, room: RoomId([0; 16]), epoch: 0, id: MessageId([0; 16]),
-            sender: "a@b".parse().unwrap(), device: cloister_proto::DeviceId([0; 16]), ts: 0, commit: Fixed([0; 32]) }, &env);
+            sender: "a@b".parse().unwrap(), device: cloister_proto::DeviceId([0; 16]), ts: 0, commit: Fixed([0; 32]), counter: 1, after: vec![] }, &env);
         let att = cloister_proto::vault::Attribution { header: env.header.clone(), sig: env.sig, franking_key: Fixed(key), plaintext: Bytes(blob.clone()) };
         if let Ok(vk) = cloister_crypto::keys::VerifyKey::from_bytes(&key) {
             let _ = message::verify_attribution(&vk, &att, &key);
@@ -72,7 +72,7 @@ proptest! {
         let k = DeviceKeys::generate().unwrap();
         let rk = RoomKey::generate().unwrap();
         let h = MessageHeader { v: 1, room: RoomId([1; 16]), epoch: 2, id: MessageId([3; 16]),
-            sender: "alice@acme".parse().unwrap(), device: k.device_id(), ts: 5, commit: Fixed([0; 32]) };
+            sender: "alice@acme".parse().unwrap(), device: k.device_id(), ts: 5, commit: Fixed([0; 32]), counter: 1, after: vec![] };
         let env = message::seal_message(&k, &rk, &h, &Content::Text { text: "flip me".into() }).unwrap();
         let total = env.header.len() + env.ciphertext.len() + 64;
         let p = pos % total;

@@ -87,7 +87,16 @@ pub struct MessageHeader {
     /// Franking commitment to the plaintext: HMAC-SHA256 under the
     /// message's franking key (docs/protocol.md).
     pub commit: Fixed<32>,
+    /// The sender device's message counter in this room (1, 2, …): a
+    /// recipient sees gaps, reordering and replays.
+    pub counter: u64,
+    /// The newest messages of this room the sender had verified (at most
+    /// [`MAX_AFTER`]): causal order a server cannot invert unnoticed.
+    pub after: Vec<crate::MessageId>,
 }
+
+/// Most message ids a header names in `after`.
+pub const MAX_AFTER: usize = 3;
 
 /// An encrypted message as sent and stored.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

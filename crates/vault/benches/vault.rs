@@ -66,6 +66,8 @@ fn capture_req(d: &Device, tenant: &TenantId, n: u64) -> VaultRequest {
             device: d.keys.device_id(),
             ts,
             commit: Fixed([0; 32]),
+            counter: 1,
+            after: vec![],
         },
         &cloister_proto::server::Content::Text {
             text: "x".repeat(1024),
