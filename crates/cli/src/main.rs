@@ -362,13 +362,8 @@ async fn resolve_room(c: &Client, s: &str) -> Result<RoomId, BoxError> {
     if let Ok(id) = s.parse::<RoomId>() {
         return Ok(id);
     }
-    let rooms = c.list_rooms().await?;
-    let matches: Vec<_> = rooms.iter().filter(|r| r.settings.name == s).collect();
-    match matches.as_slice() {
-        [one] => Ok(one.room),
-        [] => Err(format!("no room named {s:?} among your rooms (use the room id)").into()),
-        _ => Err(format!("several rooms are named {s:?}; use the room id").into()),
-    }
+    // Names come from the rooms' verified logs, never the server's list.
+    Ok(c.resolve_room_name(s).await?)
 }
 
 fn show(r: &Received) -> String {

@@ -343,3 +343,216 @@ async fn the_live_stream_reports_duplicates_and_drops() {
     // the duplicate of m2 was noticed before m4 arrived
     assert!(alerted(&bob, &["replayed"]), "{:?}", bob.alerts());
 }
+
+/// The server renames mallory's room to "rates" in bob's room list; bob's
+/// `send rates` still goes to the room whose verified log names it so.
+#[tokio::test]
+async fn room_names_come_from_the_verified_log_not_the_server() {
+    let w = World::new().await;
+    let proxy = Proxy::start(&w.stack.server_url).await;
+    let alice = w.user("alice").await;
+    let mallory = w.user("mallory").await;
+    let bob = behind(&w, &proxy, "bob").await;
+    let named = |n: &str| RoomSettings {
+        name: n.into(),
+        ..Default::default()
+    };
+    let rates = alice
+        .create_room(named("rates"), std::slice::from_ref(bob.user()))
+        .await
+        .unwrap();
+    let trap = mallory
+        .create_room(named("lunch"), std::slice::from_ref(bob.user()))
+        .await
+        .unwrap();
+    let (rates_s, trap_s) = (rates.to_string(), trap.to_string());
+    proxy.on_json(move |q, v| {
+        if q == "/v1/rooms" {
+            for r in v.as_array_mut().unwrap() {
+                let id = r["room"].as_str().unwrap().to_owned();
+                if id == trap_s {
+                    r["settings"]["name"] = "rates".into();
+                } else if id == rates_s {
+                    r["settings"]["name"] = "archive".into();
+                }
+            }
+        }
+    });
+    assert_eq!(bob.resolve_room_name("rates").await.unwrap(), rates);
+    let e = bob.resolve_room_name("archive").await.unwrap_err();
+    assert!(e.to_string().contains("no room named"), "{e}");
+    // two rooms really named alike: refused, not guessed
+    let twin = alice
+        .create_room(named("rates"), std::slice::from_ref(bob.user()))
+        .await
+        .unwrap();
+    let e = bob.resolve_room_name("rates").await.unwrap_err();
+    assert!(
+        e.to_string().contains("several") && e.to_string().contains(&twin.to_string()),
+        "{e}"
+    );
+}
+
+/// alice (an owner colluding with the operator) signs two different
+/// entries for the same place in the log; bob verified one of them, and
+/// after a restart the server serves the other history: bob's device,
+/// which remembers what it verified, refuses it as a fork.
+#[tokio::test]
+async fn a_rewritten_history_is_refused_by_a_device_that_remembers() {
+    use cloister_crypto::signed::{entry_hash, sign_statement};
+    use cloister_proto::b64::Fixed;
+    use cloister_proto::room::{Action, RoomKind, Statement};
+    let w = World::new().await;
+    let proxy = Proxy::start(&w.stack.server_url).await;
+    let alice = w.raw("alice").await;
+    let home = w.dir.path().join("bob-home");
+    let user = World::uid("bob");
+    let code = w.admin.admin_add_user(&user, false).await.unwrap().code;
+    let disk = || Storage::Dir {
+        path: &home,
+        passphrase: b"pw",
+        cost: cloister_crypto::passphrase::Cost::TEST,
+    };
+    let bob = Client::enrol(
+        w.http.clone(),
+        &proxy.url,
+        &w.stack.km_url,
+        &user,
+        &code,
+        disk(),
+    )
+    .await
+    .unwrap();
+    let dave = World::uid("dave");
+    let erin = World::uid("erin");
+    w.admin.admin_add_user(&dave, false).await.unwrap();
+    w.admin.admin_add_user(&erin, false).await.unwrap();
+    let room = cloister_policy::room_id_from_random([0x11; 16]);
+    let st = |seq, prev, action| Statement {
+        room,
+        seq,
+        prev: Fixed(prev),
+        actor: alice.keys.device_id(),
+        actor_user: alice.user.clone(),
+        ts: cloister_proto::now_millis(),
+        action,
+    };
+    let g = sign_statement(
+        &alice.keys,
+        &st(
+            0,
+            [0; 32],
+            Action::Create {
+                kind: RoomKind::Room,
+                settings: RoomSettings::default(),
+                members: vec![user.clone()],
+            },
+        ),
+    )
+    .unwrap();
+    let a = sign_statement(
+        &alice.keys,
+        &st(1, entry_hash(&g), Action::Add { user: dave.clone() }),
+    )
+    .unwrap();
+    let b = sign_statement(
+        &alice.keys,
+        &st(1, entry_hash(&g), Action::Add { user: erin.clone() }),
+    )
+    .unwrap();
+    let c = sign_statement(
+        &alice.keys,
+        &st(2, entry_hash(&b), Action::Promote { user: erin.clone() }),
+    )
+    .unwrap();
+    let token = alice.token().await;
+    for e in [&g, &a] {
+        let r = w
+            .http
+            .post(format!("{}/v1/rooms/{room}/log", w.stack.server_url))
+            .bearer_auth(&token)
+            .json(&cloister_proto::server::AppendLog { entry: e.clone() })
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let seen = bob.room_state(&room).await.unwrap();
+    assert!(seen.members.contains(&dave));
+    drop(bob);
+    // the operator now serves the other branch, extended
+    let forked = serde_json::to_value([&g, &b, &c]).unwrap();
+    let path = format!("/v1/rooms/{room}/log?from=");
+    proxy.on_json(move |q, v| {
+        if let Some(rest) = q.strip_prefix(&path) {
+            let from: usize = rest.split('&').next().unwrap().parse().unwrap();
+            let all = forked.as_array().unwrap();
+            v["entries"] = all[from.min(all.len())..].to_vec().into();
+        }
+    });
+    let bob = Client::open(w.http.clone(), &home, b"pw").unwrap();
+    let e = bob.room_state(&room).await.unwrap_err();
+    assert!(matches!(e, cloister_client::ClientError::Audit(_)), "{e}");
+    assert!(e.to_string().contains("fork"), "{e}");
+    assert!(
+        alerted(&bob, &["contradicts", &proxy.url]),
+        "{:?}",
+        bob.alerts()
+    );
+    // and its remembered state is still the one it verified
+    let (st, _) = bob
+        .with_state(&room, false, |s| (s.clone(), ()))
+        .await
+        .unwrap();
+    assert!(st.members.contains(&dave) && !st.members.contains(&erin));
+}
+
+/// The server withholds alice's settings change from bob, another owner:
+/// bob's own change is signed on the newest state the KM knows.
+#[tokio::test]
+async fn a_change_is_never_signed_on_stale_settings() {
+    let w = World::new().await;
+    let proxy = Proxy::start(&w.stack.server_url).await;
+    let alice = w.user("alice").await;
+    let bob = behind(&w, &proxy, "bob").await;
+    let room = alice
+        .create_room(RoomSettings::default(), std::slice::from_ref(bob.user()))
+        .await
+        .unwrap();
+    alice.promote(&room, bob.user()).await.unwrap();
+    bob.room_state(&room).await.unwrap();
+    let path = format!("/v1/rooms/{room}/log?from=");
+    proxy.on_json(move |q, v| {
+        if q.starts_with(&path) {
+            // nothing after what bob has (seq 1) is shown
+            let from: u64 = q[path.len()..].split('&').next().unwrap().parse().unwrap();
+            if from >= 2 {
+                v["entries"] = serde_json::json!([]);
+            }
+        }
+    });
+    alice
+        .set_settings(
+            &room,
+            RoomSettings {
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    bob.set_freshness(0);
+    let st = bob
+        .set_settings(
+            &room,
+            RoomSettings {
+                name: "rates".into(),
+                read_only: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(st.seq, 3, "signed after alice's change");
+    assert!(alerted(&bob, &["withheld"]), "{:?}", bob.alerts());
+}

@@ -100,10 +100,15 @@ pub struct Received {
     pub attribution: cloister_proto::vault::Attribution,
 }
 
+/// A room's verified state and the entries it was built from (kept,
+/// sealed, across runs: the past a server showed once cannot be changed).
+#[derive(serde::Serialize, serde::Deserialize)]
 struct RoomCache {
     state: RoomState,
     entries: Vec<SignedStatement>,
 }
+
+const ROOMS_STATE: &str = "rooms";
 
 /// A device.
 pub struct Client {
@@ -284,6 +289,10 @@ impl Client {
     fn from_parts(http: reqwest::Client, profile: Profile, keys: DeviceKeys, home: Home) -> Client {
         let cache = home.load_keys();
         let transcript = Mutex::new(transcript::Transcript::load(&home));
+        let rooms: HashMap<RoomId, RoomCache> = home
+            .load_sealed(ROOMS_STATE)
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
         Client {
             transcript,
             http,
@@ -294,7 +303,7 @@ impl Client {
             key_cache: Mutex::new(cache),
             km_seq: Mutex::new(HashMap::new()),
             certs: Mutex::new(HashMap::new()),
-            rooms: tokio::sync::Mutex::new(HashMap::new()),
+            rooms: tokio::sync::Mutex::new(rooms),
             heads: Mutex::new(HashMap::new()),
             freshness_ms: std::sync::atomic::AtomicU64::new(freshness::DEFAULT_FRESHNESS_MS),
             alerts: Mutex::new(Vec::new()),
@@ -508,18 +517,38 @@ impl Client {
             .ok_or_else(|| ClientError::Local(format!("room {room} has no membership log")))
     }
 
-    /// Verify and apply log entries (in order) to the cached room state.
+    /// Verify and apply log entries (in order) to the cached room state,
+    /// and keep it. An entry that does not extend what this device already
+    /// verified is a fork: the server shows another history.
     async fn apply_entries(
         &self,
         rooms: &mut HashMap<RoomId, RoomCache>,
         room: &RoomId,
         entries: Vec<SignedStatement>,
     ) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
         for e in entries {
             let peek = signed::peek_statement(&e)?;
             let cert = self.cert_of(&peek.actor).await?;
             let cur = rooms.get(room).map(|c| &c.state);
-            let (next, _) = cloister_policy::apply(cur, room, &e, &cert.user, &cert.sign_pk.0)?;
+            let (next, _) = match cloister_policy::apply(cur, room, &e, &cert.user, &cert.sign_pk.0)
+            {
+                Ok(x) => x,
+                Err(
+                    cloister_policy::PolicyError::BrokenChain { seq }
+                    | cloister_policy::PolicyError::Gap { got: seq, .. },
+                ) if cur.is_some() => {
+                    let msg = format!(
+                        "the server {} shows room {room} a membership history that contradicts the one this device verified (entry {seq} does not extend it): a fork",
+                        self.profile.server
+                    );
+                    self.alert(msg.clone());
+                    return Err(ClientError::Audit(msg));
+                }
+                Err(e) => return Err(e.into()),
+            };
             match rooms.get_mut(room) {
                 Some(c) => {
                     c.state = next;
@@ -536,7 +565,48 @@ impl Client {
                 }
             }
         }
-        Ok(())
+        if !self.home.persistent() {
+            return Ok(());
+        }
+        let b = serde_json::to_vec(&*rooms).map_err(|e| ClientError::Local(e.to_string()))?;
+        self.home.save_sealed(ROOMS_STATE, &b)
+    }
+
+    /// The room called `name` among this device's rooms, by the names in
+    /// their verified logs (never the server's room list); several rooms of
+    /// that name is an error.
+    pub async fn resolve_room_name(&self, name: &str) -> Result<RoomId> {
+        let mut ids: Vec<RoomId> = self
+            .list_rooms()
+            .await?
+            .into_iter()
+            .map(|r| r.room)
+            .collect();
+        ids.extend(self.rooms.lock().await.keys().copied());
+        ids.sort();
+        ids.dedup();
+        let mut found = Vec::new();
+        for id in ids {
+            let Ok(st) = self.room_state(&id).await else {
+                continue;
+            };
+            if st.settings.name == name && st.is_member(self.user()) {
+                found.push(id);
+            }
+        }
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(ClientError::Input(format!(
+                "no room named {name:?} among your rooms (use the room id)"
+            ))),
+            many => Err(ClientError::Input(format!(
+                "several of your rooms are named {name:?} ({}); use the room id",
+                many.iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
     }
 
     /// Run `f` on the locally verified room state, fetching new log entries only
@@ -571,7 +641,14 @@ impl Client {
 
     async fn append(&self, room: &RoomId, action: Action) -> Result<RoomState> {
         for attempt in 0..3 {
-            let prev = match self.room_state(room).await {
+            // A change is signed on the newest state the KM knows, never on
+            // what a withholding server shows.
+            let current = if matches!(action, Action::Create { .. }) {
+                self.room_state(room).await
+            } else {
+                self.current_state(room, true).await
+            };
+            let prev = match current {
                 Ok(s) => Some(s),
                 Err(ClientError::Api(a))
                     if a.code == "no_such_room" && matches!(action, Action::Create { .. }) =>
@@ -607,11 +684,19 @@ impl Client {
                 .await;
             match r {
                 Ok(_) => {
-                    let st = self.room_state(room).await?;
+                    // The server took our entry: it extends what we verified.
+                    {
+                        let mut rooms = self.rooms.lock().await;
+                        let next = rooms.get(room).map_or(0, |c| c.state.seq + 1);
+                        if next == st.seq {
+                            self.apply_entries(&mut rooms, room, vec![entry]).await?;
+                        }
+                    }
+                    let state = self.room_state(room).await?;
                     // The KM learns the change now (not when someone next asks
                     // for a key): every device's freshness bound runs from here.
                     self.tell_km(room).await?;
-                    return Ok(st);
+                    return Ok(state);
                 }
                 Err(ClientError::Api(a)) if a.code == "log_conflict" && attempt < 2 => continue,
                 Err(e) => return Err(e),

@@ -232,6 +232,11 @@ impl Home {
 }
 
 impl Home {
+    /// Whether this home keeps state on disk.
+    pub fn persistent(&self) -> bool {
+        self.dir.is_some()
+    }
+
     /// A piece of device state sealed under the keystore's cache key
     /// (`name.sealed`); `None` in memory or when absent or unreadable.
     pub fn load_sealed(&self, name: &str) -> Option<Vec<u8>> {

@@ -32,6 +32,8 @@ pub(crate) struct Transcript {
     high: HashMap<RoomId, HashMap<DeviceId, u64>>,
     /// Verified message ids per room with the server seq they came at.
     seen: HashMap<RoomId, BTreeMap<MessageId, u64>>,
+    /// The same ids in the order they were verified (to forget the oldest).
+    order: HashMap<RoomId, VecDeque<MessageId>>,
     /// The newest verified ids per room (for `after`).
     latest: HashMap<RoomId, VecDeque<MessageId>>,
 }
@@ -54,11 +56,13 @@ impl Transcript {
             .or_default();
         *high = (*high).max(r.counter);
         let seen = self.seen.entry(*room).or_default();
-        seen.insert(r.id, r.seq);
-        if seen.len() > REMEMBER {
-            // forget the oldest by seq
-            if let Some(oldest) = seen.iter().min_by_key(|(_, s)| **s).map(|(id, _)| *id) {
-                seen.remove(&oldest);
+        if seen.insert(r.id, r.seq).is_none() {
+            let order = self.order.entry(*room).or_default();
+            order.push_back(r.id);
+            while order.len() > REMEMBER {
+                if let Some(oldest) = order.pop_front() {
+                    seen.remove(&oldest);
+                }
             }
         }
         let latest = self.latest.entry(*room).or_default();
@@ -77,6 +81,9 @@ fn who(r: &Received) -> String {
 
 impl Client {
     fn save_transcript(&self, t: &Transcript) -> Result<()> {
+        if !self.home.persistent() {
+            return Ok(());
+        }
         let b = serde_json::to_vec(t).map_err(|e| ClientError::Local(e.to_string()))?;
         self.home.save_sealed(STATE, &b)
     }
