@@ -357,6 +357,16 @@ impl Ctx {
     }
 }
 
+/// Print what the device noticed its server doing, from alert `from` on;
+/// returns how many there are now.
+fn print_alerts(c: &Client, from: usize) -> usize {
+    let a = c.alerts();
+    for line in a.iter().skip(from) {
+        eprintln!("ALERT: {line}");
+    }
+    a.len()
+}
+
 /// Resolve a room argument: a room id, or the name of one of the user's rooms.
 async fn resolve_room(c: &Client, s: &str) -> Result<RoomId, BoxError> {
     if let Ok(id) = s.parse::<RoomId>() {
@@ -631,9 +641,10 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 (None, Some(f)) => c.send_file(&room, &f).await?,
                 _ => return Err("give either TEXT or --file PATH".into()),
             };
+            print_alerts(&c, 0);
             ctx.emit(
                 format!("sent #{seq} ({id})"),
-                json!({"room": room, "seq": seq, "id": id}),
+                json!({"room": room, "seq": seq, "id": id, "alerts": c.alerts()}),
             );
         }
         Cmd::Read {
@@ -660,7 +671,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                     }
                 }
             }
-            ctx.emit(lines.join("\n"), json!({"room": room, "messages": items}));
+            print_alerts(&c, 0);
+            ctx.emit(
+                lines.join("\n"),
+                json!({"room": room, "messages": items, "alerts": c.alerts()}),
+            );
             if bad > 0 {
                 return Err(format!("{bad} message(s) failed verification").into());
             }
@@ -670,8 +685,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let room = resolve_room(&c, &room).await?;
             let mut stream = c.connect_events().await?;
             let mut n = 0;
+            let mut alerted = print_alerts(&c, 0);
             while count.is_none_or(|k| n < k) {
-                match c.next_message(&mut stream, &room).await {
+                let next = c.next_message(&mut stream, &room).await;
+                alerted = print_alerts(&c, alerted);
+                match next {
                     Ok(Some(r)) => ctx.emit(show(&r), received_json(&r)),
                     Ok(None) => return Err("the server closed the live stream".into()),
                     Err(e) => eprintln!("!! {e}"),

@@ -26,6 +26,21 @@ async fn behind(w: &World, proxy: &Proxy, name: &str) -> Client {
     .unwrap()
 }
 
+fn named(n: &str) -> RoomSettings {
+    RoomSettings {
+        name: n.into(),
+        ..Default::default()
+    }
+}
+
+fn succeeded(out: &std::process::Output) {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn header_epoch(env: &serde_json::Value) -> u64 {
     let h: cloister_proto::b64::Bytes = serde_json::from_value(env["header"].clone()).unwrap();
     let h: serde_json::Value = serde_json::from_slice(h.as_slice()).unwrap();
@@ -353,10 +368,6 @@ async fn room_names_come_from_the_verified_log_not_the_server() {
     let alice = w.user("alice").await;
     let mallory = w.user("mallory").await;
     let bob = behind(&w, &proxy, "bob").await;
-    let named = |n: &str| RoomSettings {
-        name: n.into(),
-        ..Default::default()
-    };
     let rates = alice
         .create_room(named("rates"), std::slice::from_ref(bob.user()))
         .await
@@ -555,4 +566,93 @@ async fn a_change_is_never_signed_on_stale_settings() {
         .unwrap();
     assert_eq!(st.seq, 3, "signed after alice's change");
     assert!(alerted(&bob, &["withheld"]), "{:?}", bob.alerts());
+}
+
+/// The same attacks as a person at the command line sees them: `cloister
+/// send rates` goes to the verified "rates" although the server renamed
+/// another room, and `cloister read` prints the replay as an ALERT.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_shows_the_alerts() {
+    let w = World::new().await;
+    let proxy = Proxy::start(&w.stack.server_url).await;
+    let alice = w.user("alice").await;
+    let mallory = w.user("mallory").await;
+    let home = w.dir.path().join("bob-cli");
+    let code = w
+        .admin
+        .admin_add_user(&World::uid("bob"), false)
+        .await
+        .unwrap()
+        .code;
+    let cli = |args: Vec<String>| {
+        let home = home.clone();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_cloister"))
+                .env_remove("CLOISTER_HOME")
+                .env("CLOISTER_PASSPHRASE", "device pass")
+                .arg("--home")
+                .arg(&home)
+                .args(&args)
+                .output()
+                .unwrap()
+        })
+    };
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let out = cli(s(&[
+        "enrol",
+        "--server",
+        &proxy.url,
+        "--km",
+        &w.stack.km_url,
+        "--user",
+        "bob@acme",
+        "--code",
+        &code,
+    ]))
+    .await
+    .unwrap();
+    succeeded(&out);
+    let bob = World::uid("bob");
+    let rates = alice
+        .create_room(named("rates"), std::slice::from_ref(&bob))
+        .await
+        .unwrap();
+    let trap = mallory
+        .create_room(named("lunch"), std::slice::from_ref(&bob))
+        .await
+        .unwrap();
+    let trap_s = trap.to_string();
+    proxy.on_json(move |q, v| {
+        if q == "/v1/rooms" {
+            for r in v.as_array_mut().unwrap() {
+                if r["room"].as_str() == Some(&trap_s) {
+                    r["settings"]["name"] = "rates".into();
+                }
+            }
+        }
+    });
+    let out = cli(s(&["--json", "send", "rates", "UST 10y 4.12 bid"]))
+        .await
+        .unwrap();
+    succeeded(&out);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["room"].as_str().unwrap(), rates.to_string());
+    assert!(mallory.read(&trap, 10, None).await.unwrap().is_empty());
+    // bob reads, then the server replays alice's message as a new one
+    alice.send_text(&rates, "10y 4.13 offered").await.unwrap();
+    let out = cli(s(&["read", "rates"])).await.unwrap();
+    succeeded(&out);
+    let page = format!("/v1/rooms/{rates}/messages");
+    proxy.on_json(move |q, v| {
+        if q.starts_with(&page) {
+            let msgs = v["messages"].as_array_mut().unwrap();
+            let mut old = msgs[0].clone();
+            old["seq"] = 999.into();
+            msgs.push(old);
+        }
+    });
+    let out = cli(s(&["read", rates.to_string().as_str()])).await.unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("ALERT:") && err.contains("replayed"), "{err}");
 }
