@@ -22,6 +22,9 @@ use cloister_proto::km::{KmOp, RoomHead, RoomHeadResponse, RoomLogResponse, Sign
 use cloister_proto::{RoomId, now_millis};
 use std::sync::atomic::Ordering;
 
+/// Alerts kept in memory (the oldest are dropped; each is also logged).
+const MAX_ALERTS: usize = 1_000;
+
 /// Default bound on the age of the KM-signed head a send relies on.
 pub const DEFAULT_FRESHNESS_MS: u64 = 60_000;
 
@@ -39,6 +42,9 @@ impl Client {
     pub(crate) fn alert(&self, msg: String) {
         tracing::warn!("SERVER ALERT: {msg}");
         if let Ok(mut a) = self.alerts.lock() {
+            if a.len() >= MAX_ALERTS {
+                a.remove(0);
+            }
             a.push(msg);
         }
     }
