@@ -106,6 +106,28 @@ fn bench(c: &mut Criterion) {
         signed::sign_request(&dev, &body).unwrap()
     };
     let mut g = c.benchmark_group("km");
+    // The freshness check a sender makes once per room per freshness period:
+    // request verification, the verified room state, a signed head.
+    let head_req = || {
+        let body = RequestBody {
+            device: dev.device_id(),
+            ts: cloister_proto::now_millis(),
+            nonce: Fixed(cloister_crypto::random_bytes().unwrap()),
+            op: KmOp::RoomHead {
+                room,
+                log_from: 1,
+                log: vec![],
+            },
+        };
+        signed::sign_request(&dev, &body).unwrap()
+    };
+    g.bench_function("room_head", |b| {
+        b.iter_batched(
+            head_req,
+            |req| rt.block_on(km.handle(&req)).unwrap(),
+            BatchSize::SmallInput,
+        )
+    });
     // Latency of one release, alone: includes waiting for its audit record to be durable (fsync).
     g.bench_function("key_release_1_epoch_latency", |b| {
         b.iter_batched(
