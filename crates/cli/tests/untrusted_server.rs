@@ -656,3 +656,51 @@ async fn the_cli_shows_the_alerts() {
     assert!(!out.status.success());
     assert!(err.contains("ALERT:") && err.contains("replayed"), "{err}");
 }
+
+#[tokio::test]
+async fn the_live_stream_reports_reordering() {
+    let w = World::new().await;
+    let proxy = Proxy::start(&w.stack.server_url).await;
+    let (alice, bob, room) = conversation(&w, &proxy, 1).await;
+    bob.read(&room, 50, None).await.unwrap();
+    // the server holds m2 back and delivers it after m3
+    let held: std::sync::Arc<std::sync::Mutex<Option<String>>> = Default::default();
+    let h2 = held.clone();
+    let h2_done: std::sync::Arc<std::sync::Mutex<bool>> = Default::default();
+    proxy.on_ws(move |f| {
+        if !f.contains("\"message\"") {
+            return vec![f];
+        }
+        let mut h = h2.lock().unwrap();
+        match h.take() {
+            // the first message frame is held, then sent after the second
+            None if !*h2_done.lock().unwrap() => {
+                *h2_done.lock().unwrap() = true;
+                *h = Some(f);
+                vec![]
+            }
+            Some(first) => vec![f, first],
+            None => vec![f],
+        }
+    });
+    let mut stream = bob.connect_events().await.unwrap();
+    alice.send_text(&room, "m2").await.unwrap();
+    alice.send_text(&room, "m3").await.unwrap();
+    let mut shown = Vec::new();
+    for _ in 0..2 {
+        let m = tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            bob.next_message(&mut stream, &room),
+        )
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+        if let cloister_proto::server::Content::Text { text } = m.content {
+            shown.push(text);
+        }
+    }
+    assert_eq!(shown, ["m3", "m2"]);
+    assert!(alerted(&bob, &["missing message 2"]), "{:?}", bob.alerts());
+    assert!(alerted(&bob, &["out of order"]), "{:?}", bob.alerts());
+}
