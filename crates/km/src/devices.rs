@@ -1,0 +1,220 @@
+//! Devices: enrolment, standing (the shared check over the KM's records),
+//! revocation, and the record of refused requests.
+
+use super::*;
+use crate::users::{code_hash, parse_roles};
+
+impl Km {
+    /// Enrol a device with a one-time code.
+    pub async fn enrol(&self, req: &EnrolRequest) -> Result<SignedCert, ApiError> {
+        let transcript = enrol_transcript(&req.user, &req.code, &req.sign_pk.0, &req.hpke_pk.0);
+        verify(
+            &req.sign_pk.0,
+            cloister_crypto::signed::ENROL,
+            &transcript,
+            &req.pop.0,
+        )
+        .map_err(|_| {
+            ApiError::unauthorized(
+                "bad_proof",
+                "proof of possession of the device key is invalid",
+            )
+        })?;
+        let invalid = || {
+            ApiError::unauthorized(
+                "invalid_code",
+                "enrolment code is invalid, expired or already used",
+            )
+        };
+        let (user, expires) = self
+            .store
+            .take_code(&code_hash(&req.code))
+            .await
+            .map_err(store_err)?
+            .ok_or_else(invalid)?;
+        if user != req.user.as_str() || expires < now_secs() {
+            return Err(invalid());
+        }
+        let urow = self
+            .store
+            .get_user(&user)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(invalid)?;
+        if urow.status != "active" {
+            return Err(ApiError::forbidden(
+                "user_disabled",
+                format!("{user} is disabled"),
+            ));
+        }
+        let device = cloister_crypto::keys::device_id_for(&req.sign_pk.0);
+        let now = now_secs();
+        let cert = DeviceCert {
+            tenant: self.tenant.clone(),
+            user: req.user.clone(),
+            device,
+            sign_pk: req.sign_pk,
+            hpke_pk: req.hpke_pk,
+            roles: parse_roles(&urow.roles),
+            issued_at: now,
+            not_after: now + self.config.cert_secs,
+        };
+        let signed = sign_cert(&self.signer, &cert).map_err(ApiError::internal)?;
+        self.store
+            .put_device(&KmDeviceRow {
+                device: device.to_hex(),
+                user: user.clone(),
+                cert: serde_json::to_vec(&signed).map_err(ApiError::internal)?,
+                status: "active".into(),
+                issued_at: now,
+            })
+            .await
+            .map_err(|e| match e {
+                cloister_store::StoreError::Conflict(_) => {
+                    ApiError::conflict("device_exists", "this device key is already enrolled")
+                }
+                e => store_err(e),
+            })?;
+        self.record(
+            Some(&req.user),
+            AuditEvent::DeviceCertified {
+                user: req.user.clone(),
+                device,
+            },
+        )
+        .await?;
+        tracing::info!(%user, %device, "device certified");
+        Ok(signed)
+    }
+
+    /// A device's certificate (issued by this KM), if the device is in good
+    /// standing: the shared check over the KM's own records.
+    pub(crate) async fn active_cert(&self, device: &DeviceId) -> Result<Arc<DeviceCert>, ApiError> {
+        let cached = self.active.lock().ok().and_then(|m| m.get(device).cloned());
+        let (cert, facts) = match cached {
+            // Only active devices of active users are cached; revocation and
+            // disabling evict them.
+            Some(c) => (
+                c,
+                cloister_standing::Known {
+                    revoked: false,
+                    disabled: false,
+                },
+            ),
+            None => {
+                let (c, facts) = self.load_cert(device).await?;
+                (Arc::new(c), facts)
+            }
+        };
+        cloister_standing::check(&cert, Some(&self.tenant), now_millis(), &facts)?;
+        if worth_caching(&facts)
+            && let Ok(mut m) = self.active.lock()
+        {
+            m.insert(*device, cert.clone());
+        }
+        Ok(cert)
+    }
+
+    /// A device's stored certificate and what the KM's records say of it.
+    pub(crate) async fn load_cert(
+        &self,
+        device: &DeviceId,
+    ) -> Result<(DeviceCert, cloister_standing::Known), ApiError> {
+        let row = self
+            .store
+            .get_device(&device.to_hex())
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| {
+                ApiError::unauthorized(
+                    "unknown_device",
+                    format!("device {device} is not enrolled with this KM"),
+                )
+            })?;
+        let sc: SignedCert = serde_json::from_slice(&row.cert).map_err(ApiError::internal)?;
+        let cert = verify_cert(&self.signer.public(), &sc).map_err(ApiError::internal)?;
+        let user = self
+            .store
+            .get_user(cert.user.as_str())
+            .await
+            .map_err(store_err)?;
+        let facts = cloister_standing::Known {
+            revoked: row.status != "active",
+            disabled: user.map(|u| u.status) != Some("active".into()),
+        };
+        Ok((cert, facts))
+    }
+
+    pub(crate) async fn revoke_device(
+        &self,
+        actor: Option<&UserId>,
+        device: &DeviceId,
+    ) -> Result<AdminResponse, ApiError> {
+        if self
+            .store
+            .get_device(&device.to_hex())
+            .await
+            .map_err(store_err)?
+            .is_none()
+        {
+            return Err(ApiError::not_found(
+                "unknown_device",
+                format!("no device {device}"),
+            ));
+        }
+        self.record(actor, AuditEvent::DeviceRevoked { device: *device })
+            .await?;
+        self.store
+            .set_device_status(&device.to_hex(), "revoked")
+            .await
+            .map_err(store_err)?;
+        if let Ok(mut m) = self.active.lock() {
+            m.remove(device);
+        }
+        tracing::info!(%device, "device revoked");
+        let n = Notice::DeviceRevoked {
+            tenant: self.tenant.clone(),
+            device: *device,
+            ts: now_secs(),
+        };
+        Ok(AdminResponse {
+            notice: Some(sign_notice(&self.signer, &n).map_err(ApiError::internal)?),
+        })
+    }
+
+    /// Log a refused key request from a device that is no longer in good standing.
+    pub(crate) async fn record_refusal(&self, req: &SignedRequest, e: &ApiError) {
+        if !matches!(e.code, "device_revoked" | "user_disabled" | "cert_expired") {
+            return;
+        }
+        let Ok(Some(row)) = self.store.get_device(&req.device.to_hex()).await else {
+            return;
+        };
+        let Ok(sc) = serde_json::from_slice::<SignedCert>(&row.cert) else {
+            return;
+        };
+        let Ok(cert) = verify_cert(&self.signer.public(), &sc) else {
+            return;
+        };
+        let Ok(body) = verify_request(&cert.sign_pk.0, req) else {
+            return;
+        };
+        if let KmOp::RoomKeys { room, epochs, .. } = body.op {
+            let ev = AuditEvent::KeyRefused {
+                room,
+                epochs,
+                user: cert.user.clone(),
+                device: cert.device,
+                reason: e.code.to_owned(),
+            };
+            if let Err(err) = self.record(Some(&cert.user), ev).await {
+                tracing::error!("could not log a refused key request: {err}");
+            }
+        }
+    }
+}
+
+/// Facts that admit the device (worth caching).
+pub(crate) fn worth_caching(f: &cloister_standing::Known) -> bool {
+    !f.revoked && !f.disabled
+}

@@ -1,0 +1,217 @@
+//! The one entry point for signed requests: standing, signature,
+//! freshness, replay, then the operation's domain.
+
+use super::*;
+
+impl Km {
+    /// Handle any signed request.
+    pub async fn handle(&self, req: &SignedRequest) -> Result<serde_json::Value, ApiError> {
+        let cert = match self.active_cert(&req.device).await {
+            Ok(c) => c,
+            Err(e) => {
+                self.record_refusal(req, &e).await;
+                return Err(e);
+            }
+        };
+        let body: RequestBody = verify_request(&cert.sign_pk.0, req)
+            .map_err(|_| ApiError::unauthorized("bad_signature", "request signature is invalid"))?;
+        let now = now_millis();
+        let skew = limits::MAX_SKEW_SECS * 1000;
+        if !cloister_proto::within_skew(body.ts) {
+            return Err(ApiError::unauthorized(
+                "stale_request",
+                "request timestamp is outside the allowed clock skew",
+            ));
+        }
+        // Reads and key requests use the in-memory nonce window; admin
+        // changes a durable one (docs/adr/0004-throughput-choices.md).
+        let durable = matches!(
+            body.op,
+            KmOp::AddUser { .. }
+                | KmOp::DisableUser { .. }
+                | KmOp::RevokeDevice { .. }
+                | KmOp::EscrowInit { .. }
+                | KmOp::VaultRegister { .. }
+                | KmOp::CaseOpen { .. }
+                | KmOp::CaseRescope { .. }
+                | KmOp::CaseApprove { .. }
+                | KmOp::CaseStep { .. }
+                | KmOp::RetentionSet { .. }
+                | KmOp::RetentionRun
+        );
+        let fresh = if durable {
+            self.store
+                .use_nonce(
+                    &req.device.to_hex(),
+                    &body.nonce.0,
+                    body.ts,
+                    now.saturating_sub(2 * skew),
+                )
+                .await
+                .map_err(store_err)?
+        } else {
+            self.use_nonce_mem(&req.device, &body.nonce.0, body.ts)
+        };
+        if !fresh {
+            return Err(ApiError::conflict(
+                "replayed_request",
+                "this request was already processed",
+            ));
+        }
+        let actor = Some(&cert.user);
+        match body.op {
+            KmOp::RoomKeys {
+                room,
+                epochs,
+                log_from,
+                log,
+            } => json(
+                &self
+                    .room_keys(&cert, &room, &epochs, log_from, &log)
+                    .await?,
+            ),
+            KmOp::AuditCheckpoint => {
+                let (_, note) = if self.witnesses.is_empty() {
+                    self.audit.checkpoint().await?
+                } else {
+                    self.audit.cosigned_checkpoint(&self.witnesses).await?
+                };
+                json(&CheckpointResponse {
+                    checkpoint: note,
+                    log_key: self.audit.verifier_key(),
+                })
+            }
+            KmOp::AuditConsistency { old, new } => {
+                let new = new.unwrap_or_else(|| self.audit.size());
+                let proof = self.audit.consistency_proof(old, new)?;
+                json(&ConsistencyProof {
+                    old,
+                    new,
+                    proof: proof.into_iter().map(Fixed).collect(),
+                })
+            }
+            KmOp::WhoHasKeys { room } => json(&self.who_has_keys(&cert, &room).await?),
+            KmOp::RoomHead {
+                room,
+                log_from,
+                log,
+            } => self.room_head(&cert, &room, log_from, &log).await,
+            KmOp::RoomLog { room, from } => self.room_log(&cert, &room, from).await,
+            KmOp::EscrowInfo => {
+                let d = self
+                    .store
+                    .get_escrow()
+                    .await
+                    .map_err(store_err)?
+                    .ok_or_else(|| {
+                        ApiError::not_found(
+                            "no_escrow",
+                            "the tenant's escrow key is not initialised",
+                        )
+                    })?;
+                let signed: SignedEscrow =
+                    serde_json::from_slice(&d).map_err(ApiError::internal)?;
+                json(&signed)
+            }
+            KmOp::MyEscrowShare => {
+                let rows = self
+                    .store
+                    .escrow_shares_of(cert.user.as_str())
+                    .await
+                    .map_err(store_err)?;
+                let shares = rows
+                    .into_iter()
+                    .map(|(_, b)| serde_json::from_slice::<SealedShare>(&b))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(ApiError::internal)?;
+                json(&shares)
+            }
+            KmOp::IndexKeys { periods } => json(&self.index_keys(&cert, &periods).await?),
+            op @ (KmOp::VaultRegister { .. }
+            | KmOp::VaultInfo
+            | KmOp::CaseOpen { .. }
+            | KmOp::CaseRescope { .. }
+            | KmOp::CaseList
+            | KmOp::CaseApprove { .. }
+            | KmOp::CaseApprovals { .. }
+            | KmOp::CaseStep { .. }
+            | KmOp::RetentionSet { .. }
+            | KmOp::RetentionRun) => self.compliance_op(&cert, op).await,
+            op => {
+                if !cert.roles.contains(&Role::Admin) {
+                    tracing::warn!(user = %cert.user, "admin operation refused: not an admin");
+                    return Err(ApiError::forbidden(
+                        "not_admin",
+                        "this operation needs the admin role",
+                    ));
+                }
+                match op {
+                    KmOp::AddUser { user, roles } => {
+                        json(&self.add_user(actor, &user, &roles).await?)
+                    }
+                    KmOp::DisableUser { user } => json(&self.disable_user(actor, &user).await?),
+                    KmOp::RevokeDevice { device } => {
+                        json(&self.revoke_device(actor, &device).await?)
+                    }
+                    KmOp::ListUsers => json(&self.list_users().await?),
+                    KmOp::AuditList {
+                        from,
+                        limit,
+                        kind,
+                        room,
+                        since_ms,
+                    } => {
+                        if kind
+                            .as_deref()
+                            .is_some_and(|k| !AuditEvent::KINDS.contains(&k))
+                        {
+                            return Err(ApiError::bad_request(
+                                "bad_kind",
+                                format!("unknown kind; one of {}", AuditEvent::KINDS.join(", ")),
+                            ));
+                        }
+                        let q = cloister_store::AuditQuery {
+                            from,
+                            limit: limit.clamp(1, 10_000),
+                            kind,
+                            room: room.map(|r| r.to_hex()),
+                            since_ms,
+                        };
+                        let rows = self.audit.store().audit_list(&q).await.map_err(store_err)?;
+                        json(&AuditListResponse {
+                            entries: rows
+                                .into_iter()
+                                .map(|r| AuditEntry {
+                                    index: r.index,
+                                    data: r.data.into(),
+                                })
+                                .collect(),
+                        })
+                    }
+                    KmOp::AuditProve { index, size } => json(&self.prove(index, size).await?),
+                    KmOp::EscrowInit {
+                        public,
+                        threshold,
+                        shares,
+                    } => json(
+                        &self
+                            .escrow_init(&cert.user, public, threshold, shares)
+                            .await?,
+                    ),
+                    _ => Err(ApiError::internal("unreachable op")),
+                }
+            }
+        }
+    }
+
+    pub(crate) fn use_nonce_mem(&self, device: &DeviceId, nonce: &[u8; 16], ts: u64) -> bool {
+        let Ok(mut map) = self.recent_nonces.lock() else {
+            return false;
+        };
+        let cutoff = now_millis().saturating_sub(2 * limits::MAX_SKEW_SECS * 1000);
+        if map.len() > 100_000 {
+            map.retain(|_, t| *t >= cutoff);
+        }
+        map.insert((*device, *nonce), ts).is_none()
+    }
+}

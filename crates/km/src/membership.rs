@@ -1,0 +1,173 @@
+//! Rooms' membership logs as the KM verifies and keeps them.
+
+use super::*;
+
+impl Km {
+    pub(crate) async fn room_state(
+        &self,
+        room: &RoomId,
+    ) -> Result<Option<Arc<RoomState>>, ApiError> {
+        if let Some(s) = self.rooms.lock().ok().and_then(|m| m.get(room).cloned()) {
+            return Ok(Some(s));
+        }
+        let Some(row) = self
+            .store
+            .get_room(&room.to_hex())
+            .await
+            .map_err(store_err)?
+        else {
+            return Ok(None);
+        };
+        let s: Arc<RoomState> =
+            Arc::new(serde_json::from_slice(&row.state).map_err(ApiError::internal)?);
+        if let Ok(mut m) = self.rooms.lock() {
+            m.insert(*room, s.clone());
+        }
+        Ok(Some(s))
+    }
+
+    /// Verify and append log entries the KM does not have yet.
+    pub(crate) async fn ingest(
+        &self,
+        room: &RoomId,
+        log_from: u64,
+        log: &[SignedStatement],
+    ) -> Result<Option<Arc<RoomState>>, ApiError> {
+        if log.len() > limits::MAX_LOG_BATCH {
+            return Err(ApiError::too_large(format!(
+                "at most {} log entries per request",
+                limits::MAX_LOG_BATCH
+            )));
+        }
+        if log.is_empty() {
+            return self.room_state(room).await;
+        }
+        let _guard = self.ingest.lock().await;
+        let current = self.room_state(room).await?;
+        let known_next = current.as_ref().map_or(0, |s| s.seq + 1);
+        if log_from > known_next {
+            return Err(ApiError::conflict(
+                "log_behind",
+                format!(
+                    "the KM has this room's log up to seq {}; send entries from {known_next}",
+                    known_next as i64 - 1
+                ),
+            ));
+        }
+        let mut state = current.as_deref().cloned();
+        let mut new_rows = Vec::new();
+        let mut accepted = Vec::new();
+        for (i, entry) in log.iter().enumerate() {
+            let seq = log_from + i as u64;
+            let hash = cloister_crypto::signed::entry_hash(entry);
+            if seq < known_next {
+                // Already verified: it must be the very same entry (fork detection).
+                let stored = self
+                    .store
+                    .get_log_hash(&room.to_hex(), seq)
+                    .await
+                    .map_err(store_err)?;
+                if stored.as_deref() != Some(&hash[..]) {
+                    tracing::warn!(%room, seq, "membership log fork detected");
+                    return Err(ApiError::conflict(
+                        "log_fork",
+                        format!(
+                            "entry {seq} differs from the one the KM verified earlier: the log was forked or rewritten"
+                        ),
+                    ));
+                }
+                continue;
+            }
+            let peek = cloister_crypto::signed::peek_statement(entry)
+                .map_err(|e| ApiError::bad_request("bad_statement", e.to_string()))?;
+            let actor = self.active_cert(&peek.actor).await.map_err(|e| {
+                ApiError::forbidden(
+                    "bad_statement",
+                    format!("membership statement {seq} rejected: actor {}", e.message),
+                )
+            })?;
+            let (next, st) = match cloister_policy::apply(
+                state.as_ref(),
+                room,
+                entry,
+                &actor.user,
+                &actor.sign_pk.0,
+            ) {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(%room, seq, error = %e, "membership statement rejected");
+                    self.record(
+                        Some(&actor.user),
+                        AuditEvent::MembershipRejected {
+                            room: *room,
+                            seq,
+                            reason: e.to_string(),
+                        },
+                    )
+                    .await?;
+                    return Err(ApiError::forbidden(
+                        "bad_statement",
+                        format!("membership statement {seq} rejected: {e}"),
+                    ));
+                }
+            };
+            accepted.push((seq, st.actor_user.clone(), op_name(&st.action)));
+            if next.tenant != self.tenant {
+                return Err(ApiError::forbidden(
+                    "wrong_tenant",
+                    "room belongs to another tenant",
+                ));
+            }
+            new_rows.push(LogRow {
+                seq,
+                entry: serde_json::to_vec(entry).map_err(ApiError::internal)?,
+                hash: hash.to_vec(),
+            });
+            state = Some(next);
+        }
+        let Some(state) = state else {
+            return Ok(None);
+        };
+        if !new_rows.is_empty() {
+            let bytes = serde_json::to_vec(&state).map_err(ApiError::internal)?;
+            self.store
+                .append_log(
+                    &room.to_hex(),
+                    current.as_ref().map(|s| s.seq),
+                    &new_rows,
+                    &bytes,
+                )
+                .await
+                .map_err(store_err)?;
+        }
+        for (seq, actor_user, op) in accepted {
+            self.record(
+                Some(&actor_user),
+                AuditEvent::MembershipAccepted {
+                    room: *room,
+                    seq,
+                    actor_user: actor_user.clone(),
+                    op: op.into(),
+                },
+            )
+            .await?;
+        }
+        let state = Arc::new(state);
+        if let Ok(mut m) = self.rooms.lock() {
+            m.insert(*room, state.clone());
+        }
+        Ok(Some(state))
+    }
+}
+
+pub(crate) fn op_name(a: &cloister_proto::room::Action) -> &'static str {
+    use cloister_proto::room::Action;
+    match a {
+        Action::Create { .. } => "create",
+        Action::Add { .. } => "add",
+        Action::Remove { .. } => "remove",
+        Action::Leave => "leave",
+        Action::Promote { .. } => "promote",
+        Action::Settings { .. } => "settings",
+    }
+}
