@@ -1,0 +1,232 @@
+//! The tenant's audit log as a device sees it: checkpoints checked for
+//! consistency (and against the witness policy), proofs, key releases.
+
+use super::*;
+
+/// One verified key release, from `who_has_keys`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct KeyRelease {
+    pub index: u64,
+    pub ts: u64,
+    pub user: UserId,
+    pub device: DeviceId,
+    pub epochs: Vec<u64>,
+    /// Released to a surveillance role (not a member of the room).
+    pub surveillance: bool,
+}
+
+impl Client {
+    pub(crate) fn log_verifier(&self) -> Result<cloister_log::NoteVerifier> {
+        cloister_log::NoteVerifier::parse(&self.profile.log_key)
+            .map_err(|e| ClientError::Audit(format!("pinned audit log key is unusable: {e}")))
+    }
+
+    /// Fetch the latest audit checkpoint, verify its signature, and prove it
+    /// consistent with the last one this device accepted. A fork or a
+    /// rollback is an [`ClientError::Audit`] error and the new checkpoint is
+    /// not accepted.
+    pub async fn audit_checkpoint(&self) -> Result<(cloister_log::Checkpoint, String)> {
+        let r: cloister_proto::km::CheckpointResponse =
+            self.km_request(KmOp::AuditCheckpoint).await?;
+        let cp = self.accept_checkpoint(&r.checkpoint).await?;
+        Ok((cp, r.checkpoint))
+    }
+
+    /// Require `quorum` of these witnesses' cosignatures on every audit
+    /// checkpoint this device accepts from now on.
+    pub fn set_witness_policy(&self, witnesses: &[String], quorum: usize) -> Result<()> {
+        cloister_log::witness::WitnessPolicy::parse(witnesses, quorum)
+            .map_err(|e| ClientError::Input(format!("witness policy: {e}")))?;
+        self.home.save_witness_policy(&store::WitnessPolicyConfig {
+            witnesses: witnesses.to_vec(),
+            quorum,
+        })
+    }
+
+    pub fn witness_policy(&self) -> Option<store::WitnessPolicyConfig> {
+        self.home.witness_policy()
+    }
+
+    pub(crate) async fn accept_checkpoint(&self, note: &str) -> Result<cloister_log::Checkpoint> {
+        let v = self.log_verifier()?;
+        let cp = v
+            .verify_checkpoint(note)
+            .map_err(|e| ClientError::Audit(format!("checkpoint rejected: {e}")))?;
+        if let Some(p) = self.home.witness_policy() {
+            let policy = cloister_log::witness::WitnessPolicy::parse(&p.witnesses, p.quorum)
+                .map_err(|e| ClientError::Audit(format!("witness policy is invalid: {e}")))?;
+            policy.check(note).map_err(|e| {
+                ClientError::Audit(format!(
+                    "checkpoint of size {} rejected: {e} (a log that may show others another history)",
+                    cp.size
+                ))
+            })?;
+        }
+        if let Some(old_note) = self.home.last_checkpoint() {
+            let old = v.verify_checkpoint(&old_note).map_err(|e| {
+                ClientError::Audit(format!("remembered checkpoint is invalid: {e}"))
+            })?;
+            if cp.size < old.size {
+                return Err(ClientError::Audit(format!(
+                    "the log was rolled back: it now has {} entries, but this device saw {}",
+                    cp.size, old.size
+                )));
+            }
+            if cp.size == old.size && cp.root != old.root {
+                return Err(ClientError::Audit(format!(
+                    "the log was forked at size {}",
+                    cp.size
+                )));
+            }
+            if cp.size > old.size {
+                let p: cloister_proto::km::ConsistencyProof = self
+                    .km_request(KmOp::AuditConsistency {
+                        old: old.size,
+                        new: Some(cp.size),
+                    })
+                    .await?;
+                let proof: Vec<[u8; 32]> = p.proof.iter().map(|h| h.0).collect();
+                cloister_log::verify_consistency(old.size, cp.size, &old.root, &cp.root, &proof).map_err(|_| {
+                    ClientError::Audit(format!(
+                        "the log of size {} is not an extension of the one this device saw at size {}: it was forked or rewritten",
+                        cp.size, old.size
+                    ))
+                })?;
+            }
+        }
+        self.home.save_checkpoint(note)?;
+        Ok(cp)
+    }
+
+    /// Audit entries (admin).
+    pub async fn audit_list(
+        &self,
+        from: u64,
+        limit: u32,
+        kind: Option<String>,
+        room: Option<RoomId>,
+        since_ms: Option<u64>,
+    ) -> Result<Vec<(u64, cloister_log::AuditRecord, Vec<u8>)>> {
+        let r: cloister_proto::km::AuditListResponse = self
+            .km_request(KmOp::AuditList {
+                from,
+                limit,
+                kind,
+                room,
+                since_ms,
+            })
+            .await?;
+        r.entries
+            .into_iter()
+            .map(|e| {
+                cloister_log::AuditRecord::from_bytes(e.data.as_slice())
+                    .map(|rec| (e.index, rec, e.data.0.clone()))
+                    .map_err(|e| ClientError::Local(format!("unreadable audit entry: {e}")))
+            })
+            .collect()
+    }
+
+    /// An entry with its inclusion proof, checked against a freshly watched checkpoint.
+    pub async fn audit_prove(
+        &self,
+        index: u64,
+    ) -> Result<(cloister_proto::km::InclusionProof, String)> {
+        let (cp, note) = self.audit_checkpoint().await?;
+        if index >= cp.size {
+            return Err(ClientError::Input(format!(
+                "entry {index} is not in the log of {} entries",
+                cp.size
+            )));
+        }
+        let p: cloister_proto::km::InclusionProof = self
+            .km_request(KmOp::AuditProve {
+                index,
+                size: Some(cp.size),
+            })
+            .await?;
+        check_inclusion(&p, &cp)?;
+        Ok((p, note))
+    }
+
+    /// A consistency proof from `old` to the current checkpoint.
+    pub async fn audit_consistency(
+        &self,
+        old: u64,
+    ) -> Result<(cloister_proto::km::ConsistencyProof, String)> {
+        let (cp, note) = self.audit_checkpoint().await?;
+        let p: cloister_proto::km::ConsistencyProof = self
+            .km_request(KmOp::AuditConsistency {
+                old,
+                new: Some(cp.size),
+            })
+            .await?;
+        Ok((p, note))
+    }
+
+    /// Every device ever released a key of `room`, each release proven to be in the log.
+    pub async fn who_has_keys(&self, room: &RoomId) -> Result<Vec<KeyRelease>> {
+        let r: cloister_proto::km::WhoHasKeysResponse =
+            self.km_request(KmOp::WhoHasKeys { room: *room }).await?;
+        let cp = self.accept_checkpoint(&r.checkpoint).await?;
+        let mut out = Vec::with_capacity(r.releases.len());
+        for p in &r.releases {
+            check_inclusion(p, &cp)?;
+            let rec = cloister_log::AuditRecord::from_bytes(p.data.as_slice()).map_err(|e| {
+                ClientError::Audit(format!("unreadable audit entry {}: {e}", p.index))
+            })?;
+            match rec.event {
+                cloister_log::AuditEvent::KeyReleased {
+                    room: r,
+                    epochs,
+                    user,
+                    device,
+                    surveillance,
+                    ..
+                } if r == *room => {
+                    out.push(KeyRelease {
+                        index: p.index,
+                        ts: rec.ts,
+                        user,
+                        device,
+                        epochs,
+                        surveillance,
+                    });
+                }
+                _ => {
+                    return Err(ClientError::Audit(format!(
+                        "entry {} is not a key release of this room",
+                        p.index
+                    )));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Check an inclusion proof against a verified checkpoint.
+pub fn check_inclusion(
+    p: &cloister_proto::km::InclusionProof,
+    cp: &cloister_log::Checkpoint,
+) -> Result<()> {
+    if p.size != cp.size {
+        return Err(ClientError::Audit(format!(
+            "proof is for size {}, checkpoint is {}",
+            p.size, cp.size
+        )));
+    }
+    let proof: Vec<[u8; 32]> = p.proof.iter().map(|h| h.0).collect();
+    cloister_log::verify_inclusion(
+        p.index,
+        p.size,
+        &cloister_log::leaf_hash(p.data.as_slice()),
+        &proof,
+        &cp.root,
+    )
+    .map_err(|_| {
+        ClientError::Audit(format!(
+            "entry {} is not in the log the checkpoint commits to",
+            p.index
+        ))
+    })
+}

@@ -1,0 +1,345 @@
+//! Rooms as this device verifies them: certificates, membership logs
+//! (kept across runs), names, and membership changes.
+
+use super::*;
+
+impl Client {
+    /// A device certificate, fetched from the server and verified against the pinned KM key.
+    pub async fn cert_of(&self, device: &DeviceId) -> Result<DeviceCert> {
+        Ok(self.cert_entry(device).await?.0)
+    }
+
+    /// A device's KM-signed certificate, as verified.
+    pub async fn signed_cert_of(
+        &self,
+        device: &DeviceId,
+    ) -> Result<cloister_proto::km::SignedCert> {
+        Ok(self.cert_entry(device).await?.1)
+    }
+
+    pub(crate) async fn cert_entry(
+        &self,
+        device: &DeviceId,
+    ) -> Result<(DeviceCert, cloister_proto::km::SignedCert)> {
+        if let Some(c) = self.certs.lock().ok().and_then(|m| m.get(device).cloned()) {
+            return Ok(c);
+        }
+        let sc: cloister_proto::km::SignedCert = self
+            .server(|h, s| h.get(format!("{s}/v1/devices/{device}")))
+            .await?;
+        let c = signed::verify_cert(&self.profile.km_sign_pk.0, &sc).map_err(|e| {
+            ClientError::Local(format!(
+                "certificate of device {device} is not from our KM: {e}"
+            ))
+        })?;
+        if c.device != *device {
+            return Err(ClientError::Local(format!(
+                "server returned another device's certificate for {device}"
+            )));
+        }
+        if let Ok(mut m) = self.certs.lock() {
+            m.insert(*device, (c.clone(), sc.clone()));
+        }
+        Ok((c, sc))
+    }
+
+    /// The room's state, replayed locally from its membership log.
+    pub async fn room_state(&self, room: &RoomId) -> Result<RoomState> {
+        let mut rooms = self.rooms.lock().await;
+        let from = rooms.get(room).map_or(0, |c| c.state.seq + 1);
+        let mut from_seq = from;
+        loop {
+            let page: LogPage = self
+                .server(|h, s| {
+                    h.get(format!(
+                        "{s}/v1/rooms/{room}/log?from={from_seq}&limit={}",
+                        limits::MAX_PAGE
+                    ))
+                })
+                .await?;
+            let n = page.entries.len();
+            self.apply_entries(&mut rooms, room, page.entries).await?;
+            if (n as u32) < limits::MAX_PAGE {
+                break;
+            }
+            from_seq += n as u64;
+        }
+        rooms
+            .get(room)
+            .map(|c| c.state.clone())
+            .ok_or_else(|| ClientError::Local(format!("room {room} has no membership log")))
+    }
+
+    /// Verify and apply log entries (in order) to the cached room state,
+    /// and keep it. An entry that does not extend what this device already
+    /// verified is a fork: the server shows another history.
+    pub(crate) async fn apply_entries(
+        &self,
+        rooms: &mut HashMap<RoomId, RoomCache>,
+        room: &RoomId,
+        entries: Vec<SignedStatement>,
+    ) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        for e in entries {
+            let peek = signed::peek_statement(&e)?;
+            let cert = self.cert_of(&peek.actor).await?;
+            let cur = rooms.get(room).map(|c| &c.state);
+            let (next, _) = match cloister_policy::apply(cur, room, &e, &cert.user, &cert.sign_pk.0)
+            {
+                Ok(x) => x,
+                Err(
+                    cloister_policy::PolicyError::BrokenChain { seq }
+                    | cloister_policy::PolicyError::Gap { got: seq, .. },
+                ) if cur.is_some() => {
+                    let msg = format!(
+                        "the server {} shows room {room} a membership history that contradicts the one this device verified (entry {seq} does not extend it): a fork",
+                        self.profile.server
+                    );
+                    self.alert(msg.clone());
+                    return Err(ClientError::Audit(msg));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            match rooms.get_mut(room) {
+                Some(c) => {
+                    c.state = next;
+                    c.entries.push(e);
+                }
+                None => {
+                    rooms.insert(
+                        *room,
+                        RoomCache {
+                            state: next,
+                            entries: vec![e],
+                        },
+                    );
+                }
+            }
+        }
+        if !self.home.persistent() {
+            return Ok(());
+        }
+        let b = serde_json::to_vec(&*rooms).map_err(|e| ClientError::Local(e.to_string()))?;
+        self.home.save_sealed(ROOMS_STATE, &b)
+    }
+
+    /// The room called `name` among this device's rooms, by the names in
+    /// their verified logs (never the server's room list); several rooms of
+    /// that name is an error.
+    pub async fn resolve_room_name(&self, name: &str) -> Result<RoomId> {
+        let mut ids: Vec<RoomId> = self
+            .list_rooms()
+            .await?
+            .into_iter()
+            .map(|r| r.room)
+            .collect();
+        ids.extend(self.rooms.lock().await.keys().copied());
+        ids.sort();
+        ids.dedup();
+        let mut found = Vec::new();
+        for id in ids {
+            let Ok(st) = self.room_state(&id).await else {
+                continue;
+            };
+            if st.settings.name == name && st.is_member(self.user()) {
+                found.push(id);
+            }
+        }
+        match found.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(ClientError::Input(format!(
+                "no room named {name:?} among your rooms (use the room id)"
+            ))),
+            many => Err(ClientError::Input(format!(
+                "several of your rooms are named {name:?} ({}); use the room id",
+                many.iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))),
+        }
+    }
+
+    /// Run `f` on the locally verified room state, fetching new log entries only
+    /// when nothing is cached or `refresh` is set.
+    pub async fn with_state<R>(
+        &self,
+        room: &RoomId,
+        refresh: bool,
+        f: impl FnOnce(&RoomState) -> R,
+    ) -> Result<R> {
+        if !refresh {
+            let rooms = self.rooms.lock().await;
+            if let Some(c) = rooms.get(room) {
+                return Ok(f(&c.state));
+            }
+        }
+        self.room_state(room).await?;
+        let rooms = self.rooms.lock().await;
+        rooms
+            .get(room)
+            .map(|c| f(&c.state))
+            .ok_or_else(|| ClientError::Local(format!("room {room} has no membership log")))
+    }
+
+    pub(crate) async fn log_since(&self, room: &RoomId, from: u64) -> Vec<SignedStatement> {
+        let rooms = self.rooms.lock().await;
+        rooms
+            .get(room)
+            .map(|c| c.entries.iter().skip(from as usize).cloned().collect())
+            .unwrap_or_default()
+    }
+
+    pub(crate) async fn append(&self, room: &RoomId, action: Action) -> Result<RoomState> {
+        for attempt in 0..3 {
+            // A change is signed on the newest state the KM knows, never on
+            // what a withholding server shows.
+            let current = if matches!(action, Action::Create { .. }) {
+                self.room_state(room).await
+            } else {
+                self.current_state(room, true).await
+            };
+            let prev = match current {
+                Ok(s) => Some(s),
+                Err(ClientError::Api(a))
+                    if a.code == "no_such_room" && matches!(action, Action::Create { .. }) =>
+                {
+                    None
+                }
+                Err(e) => return Err(e),
+            };
+            let st = Statement {
+                room: *room,
+                seq: prev.as_ref().map_or(0, |s| s.seq + 1),
+                prev: Fixed(prev.as_ref().map_or([0; 32], |s| s.head)),
+                actor: self.device(),
+                actor_user: self.user().clone(),
+                ts: now_millis(),
+                action: action.clone(),
+            };
+            // Check locally first: a clear error beats a round trip.
+            let entry = sign_statement(&self.keys, &st)?;
+            cloister_policy::apply(
+                prev.as_ref(),
+                room,
+                &entry,
+                self.user(),
+                &self.keys.sign_pk(),
+            )?;
+            let r: Result<AppendLogResponse> = self
+                .server(|h, s| {
+                    h.post(format!("{s}/v1/rooms/{room}/log")).json(&AppendLog {
+                        entry: entry.clone(),
+                    })
+                })
+                .await;
+            match r {
+                Ok(_) => {
+                    // The server took our entry: it extends what we verified.
+                    {
+                        let mut rooms = self.rooms.lock().await;
+                        let next = rooms.get(room).map_or(0, |c| c.state.seq + 1);
+                        if next == st.seq {
+                            self.apply_entries(&mut rooms, room, vec![entry]).await?;
+                        }
+                    }
+                    let state = self.room_state(room).await?;
+                    // The KM learns the change now (not when someone next asks
+                    // for a key): every device's freshness bound runs from here.
+                    self.tell_km(room).await?;
+                    return Ok(state);
+                }
+                Err(ClientError::Api(a)) if a.code == "log_conflict" && attempt < 2 => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(ClientError::Local(
+            "the room's log kept changing; try again".into(),
+        ))
+    }
+
+    /// Create a room; the creator becomes its owner.
+    pub async fn create_room(&self, settings: RoomSettings, members: &[UserId]) -> Result<RoomId> {
+        let room = cloister_policy::room_id_from_random(cloister_crypto::random_bytes::<16>()?);
+        self.append(
+            &room,
+            Action::Create {
+                kind: RoomKind::Room,
+                settings,
+                members: members.to_vec(),
+            },
+        )
+        .await?;
+        Ok(room)
+    }
+
+    /// Open (creating if needed) the 1:1 conversation with `other`.
+    pub async fn im(&self, other: &UserId) -> Result<RoomId> {
+        if other == self.user() {
+            return Err(ClientError::Input("cannot open an IM with yourself".into()));
+        }
+        let room = cloister_policy::im_room_id(self.user(), other);
+        match self.room_state(&room).await {
+            Ok(st) => {
+                // The policy admits nothing else at this id; check anyway
+                // before sending anything into it.
+                let pair: std::collections::BTreeSet<UserId> =
+                    [self.user().clone(), other.clone()].into();
+                if st.kind != RoomKind::Im || st.members != pair {
+                    tracing::error!(%room, "room at the 1:1 id is not this IM");
+                    return Err(ClientError::Local(format!(
+                        "SECURITY ALERT: room {room} at the 1:1 id of {} and {other} is not their IM \
+                         (kind {:?}, members {:?}); refusing to use it",
+                        self.user(),
+                        st.kind,
+                        st.members
+                    )));
+                }
+                Ok(room)
+            }
+            Err(ClientError::Api(a)) if a.code == "no_such_room" => {
+                let action = Action::Create {
+                    kind: RoomKind::Im,
+                    settings: RoomSettings::default(),
+                    members: vec![other.clone()],
+                };
+                match self.append(&room, action).await {
+                    Ok(_) => Ok(room),
+                    // the other side created it at the same moment
+                    Err(ClientError::Api(a)) if a.code == "log_conflict" => Ok(room),
+                    Err(e) => Err(e),
+                }
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    pub async fn add_member(&self, room: &RoomId, user: &UserId) -> Result<RoomState> {
+        self.append(room, Action::Add { user: user.clone() }).await
+    }
+
+    pub async fn remove_member(&self, room: &RoomId, user: &UserId) -> Result<RoomState> {
+        self.append(room, Action::Remove { user: user.clone() })
+            .await
+    }
+
+    pub async fn leave(&self, room: &RoomId) -> Result<RoomState> {
+        self.append(room, Action::Leave).await
+    }
+
+    pub async fn promote(&self, room: &RoomId, user: &UserId) -> Result<RoomState> {
+        self.append(room, Action::Promote { user: user.clone() })
+            .await
+    }
+
+    pub async fn set_settings(&self, room: &RoomId, settings: RoomSettings) -> Result<RoomState> {
+        self.append(room, Action::Settings { settings }).await
+    }
+
+    /// Rooms the server lists for this user (names and members as the server reports them).
+    pub async fn list_rooms(&self) -> Result<Vec<RoomSummary>> {
+        self.server(|h, s| h.get(format!("{s}/v1/rooms"))).await
+    }
+}
