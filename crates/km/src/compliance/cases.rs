@@ -1,0 +1,331 @@
+//! Cases: scope, approvals by custodians (re-sealed shares), and the
+//! decryption session's logged steps.
+
+use super::*;
+
+impl Km {
+    pub(crate) fn check_scope(&self, scope: &CaseScope) -> Result<(), ApiError> {
+        if scope.from_ms > scope.to_ms {
+            return Err(ApiError::bad_request(
+                "bad_scope",
+                "the case's time range ends before it starts",
+            ));
+        }
+        if scope.custodians.is_empty() && scope.rooms.is_empty() {
+            return Err(ApiError::bad_request(
+                "bad_scope",
+                "a case names at least one custodian or room",
+            ));
+        }
+        if scope.custodians.len() > MAX_SCOPE || scope.rooms.len() > MAX_SCOPE {
+            return Err(ApiError::bad_request(
+                "bad_scope",
+                format!("a case names at most {MAX_SCOPE} custodians and {MAX_SCOPE} rooms"),
+            ));
+        }
+        if let Some(u) = scope.custodians.iter().find(|u| u.tenant() != self.tenant) {
+            return Err(ApiError::bad_request(
+                "bad_scope",
+                format!("{u} is not a user of tenant {}", self.tenant),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn get_case(&self, case: &str) -> Result<(SignedBlob, Case), ApiError> {
+        let b = self
+            .store
+            .get_case(case)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| ApiError::not_found("unknown_case", format!("no case {case:?}")))?;
+        let blob: SignedBlob = serde_json::from_slice(&b).map_err(ApiError::internal)?;
+        let c: Case = serde_json::from_slice(blob.body.as_slice()).map_err(ApiError::internal)?;
+        Ok((blob, c))
+    }
+
+    pub(crate) async fn put_case(&self, c: &Case) -> Result<SignedBlob, ApiError> {
+        let blob = km_sign_blob(&self.signer, signed::CASE, c).map_err(ApiError::internal)?;
+        self.record(
+            Some(&c.officer),
+            AuditEvent::CaseOpened {
+                case: c.case.clone(),
+                version: c.version,
+                custodians: c.scope.custodians.clone(),
+                rooms: c.scope.rooms.clone(),
+                from_ms: c.scope.from_ms,
+                to_ms: c.scope.to_ms,
+                hold: c.hold,
+            },
+        )
+        .await?;
+        self.store
+            .put_case(
+                &c.case,
+                c.version,
+                &serde_json::to_vec(&blob).map_err(ApiError::internal)?,
+            )
+            .await
+            .map_err(store_err)?;
+        Ok(blob)
+    }
+
+    pub(crate) async fn case_open(
+        &self,
+        cert: &DeviceCert,
+        case: String,
+        title: String,
+        scope: CaseScope,
+        session_pk: Fixed<32>,
+        hold: bool,
+    ) -> Result<SignedBlob, ApiError> {
+        if !valid_case_id(&case) {
+            return Err(ApiError::bad_request(
+                "bad_case",
+                "a case id is 1 to 64 of a-z, 0-9, '-', '_', '.'",
+            ));
+        }
+        if title.len() > 200 || title.chars().any(char::is_control) {
+            return Err(ApiError::bad_request(
+                "bad_case",
+                "a case title is at most 200 bytes without control characters",
+            ));
+        }
+        self.check_scope(&scope)?;
+        if self
+            .store
+            .get_case(&case)
+            .await
+            .map_err(store_err)?
+            .is_some()
+        {
+            return Err(ApiError::conflict(
+                "case_exists",
+                format!("case {case:?} already exists"),
+            ));
+        }
+        let c = Case {
+            tenant: self.tenant.clone(),
+            case,
+            title,
+            officer: cert.user.clone(),
+            officer_device: cert.device,
+            session_pk,
+            scope,
+            version: 1,
+            hold,
+            opened_ms: now_millis(),
+        };
+        let blob = self.put_case(&c).await?;
+        tracing::info!(case = %c.case, "case opened");
+        Ok(blob)
+    }
+
+    pub(crate) async fn case_rescope(
+        &self,
+        cert: &DeviceCert,
+        case: &str,
+        scope: CaseScope,
+    ) -> Result<SignedBlob, ApiError> {
+        self.check_scope(&scope)?;
+        let (_, mut c) = self.get_case(case).await?;
+        if c.officer != cert.user {
+            return Err(ApiError::forbidden(
+                "not_case_officer",
+                format!("case {case:?} belongs to {}", c.officer),
+            ));
+        }
+        c.scope = scope;
+        c.version = c.version.saturating_add(1);
+        self.put_case(&c).await
+    }
+
+    pub(crate) async fn escrow(&self) -> Result<EscrowDescriptor, ApiError> {
+        let d = self
+            .store
+            .get_escrow()
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| {
+                ApiError::not_found("no_escrow", "the tenant's escrow key is not initialised")
+            })?;
+        let s: SignedEscrow = serde_json::from_slice(&d).map_err(ApiError::internal)?;
+        serde_json::from_slice(s.body.as_slice()).map_err(ApiError::internal)
+    }
+
+    pub(crate) async fn case_approve(
+        &self,
+        cert: &DeviceCert,
+        blob: SignedBlob,
+    ) -> Result<(), ApiError> {
+        let a: Approval = verify_blob(&cert.sign_pk.0, signed::APPROVAL, &blob, "approval")
+            .map_err(|e| {
+                ApiError::unauthorized(
+                    "bad_signature",
+                    format!("the approval is not signed by this device: {e}"),
+                )
+            })?;
+        if a.custodian != cert.user || a.device != cert.device || a.tenant != self.tenant {
+            return Err(ApiError::forbidden(
+                "not_signer",
+                "an approval names its own custodian and device",
+            ));
+        }
+        if !cloister_proto::within_skew(a.ts) {
+            return Err(ApiError::bad_request(
+                "stale_approval",
+                "the approval's timestamp is outside the allowed clock skew",
+            ));
+        }
+        let (case_blob, c) = self.get_case(&a.case).await?;
+        if a.version != c.version || a.case_sha256.0 != sha256(case_blob.body.as_slice()) {
+            return Err(ApiError::conflict(
+                "stale_approval",
+                format!(
+                    "the approval is for another version of case {:?} (now version {})",
+                    a.case, c.version
+                ),
+            ));
+        }
+        let escrow = self.escrow().await?;
+        if !escrow.custodians.contains(&cert.user) {
+            return Err(ApiError::forbidden(
+                "not_custodian",
+                format!("{} holds no escrow share", cert.user),
+            ));
+        }
+        let mine = self
+            .store
+            .escrow_shares_of(cert.user.as_str())
+            .await
+            .map_err(store_err)?;
+        if !mine.iter().any(|(n, _)| *n == a.number) {
+            return Err(ApiError::forbidden(
+                "not_custodian",
+                format!("share {} is not {}'s", a.number, cert.user),
+            ));
+        }
+        self.store
+            .put_approval(
+                &a.case,
+                a.version,
+                cert.user.as_str(),
+                &serde_json::to_vec(&blob).map_err(ApiError::internal)?,
+            )
+            .await
+            .map_err(|e| match e {
+                cloister_store::StoreError::Conflict(m) => {
+                    ApiError::conflict("already_approved", m)
+                }
+                e => store_err(e),
+            })?;
+        self.record(
+            Some(&cert.user),
+            AuditEvent::CaseApproved {
+                case: a.case.clone(),
+                version: a.version,
+                custodian: cert.user.clone(),
+                device: cert.device,
+            },
+        )
+        .await?;
+        tracing::info!(case = %a.case, custodian = %cert.user, "case approved");
+        Ok(())
+    }
+
+    pub(crate) async fn case_approvals(
+        &self,
+        cert: &DeviceCert,
+        case: &str,
+    ) -> Result<CaseApprovals, ApiError> {
+        let (blob, c) = self.get_case(case).await?;
+        if c.officer != cert.user {
+            return Err(ApiError::forbidden(
+                "not_case_officer",
+                format!("case {case:?} belongs to {}", c.officer),
+            ));
+        }
+        let mut approvals = Vec::new();
+        for (_, b) in self
+            .store
+            .approvals(case, c.version)
+            .await
+            .map_err(store_err)?
+        {
+            let approval: SignedBlob = serde_json::from_slice(&b).map_err(ApiError::internal)?;
+            let a: Approval =
+                serde_json::from_slice(approval.body.as_slice()).map_err(ApiError::internal)?;
+            let row = self
+                .store
+                .get_device(&a.device.to_hex())
+                .await
+                .map_err(store_err)?
+                .ok_or_else(|| ApiError::internal("approving device vanished"))?;
+            let cert: SignedCert = serde_json::from_slice(&row.cert).map_err(ApiError::internal)?;
+            approvals.push(ApprovalWithCert { approval, cert });
+        }
+        Ok(CaseApprovals {
+            case: blob,
+            approvals,
+        })
+    }
+
+    pub(crate) async fn case_step(
+        &self,
+        cert: &DeviceCert,
+        case: &str,
+        step: &str,
+        count: u64,
+    ) -> Result<(), ApiError> {
+        let Some(step) = STEPS.iter().find(|s| **s == step) else {
+            return Err(ApiError::bad_request(
+                "bad_step",
+                format!("a session step is one of {}", STEPS.join(", ")),
+            ));
+        };
+        let (_, c) = self.get_case(case).await?;
+        if c.officer != cert.user || c.officer_device != cert.device {
+            return Err(ApiError::forbidden(
+                "not_case_officer",
+                format!(
+                    "case {case:?} belongs to {}'s device {}",
+                    c.officer, c.officer_device
+                ),
+            ));
+        }
+        if *step == "session_opened" {
+            let k = self.escrow().await?.threshold as usize;
+            let have = self
+                .store
+                .approvals(case, c.version)
+                .await
+                .map_err(store_err)?
+                .len();
+            if have < k {
+                return Err(ApiError::conflict(
+                    "not_enough_approvals",
+                    format!(
+                        "case {case:?} has {have} of the {k} approvals it needs; nothing may be decrypted"
+                    ),
+                ));
+            }
+        }
+        self.record(
+            Some(&cert.user),
+            AuditEvent::CaseStep {
+                case: case.to_owned(),
+                version: c.version,
+                step: (*step).to_owned(),
+                count,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+}
+
+pub(crate) fn valid_case_id(c: &str) -> bool {
+    (1..=64).contains(&c.len())
+        && c.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+}
