@@ -1,0 +1,218 @@
+//! Capture: who wrote the message (authorship), tombstones, and the
+//! group-committed ingestion with its signed receipt.
+
+use super::*;
+
+impl Vault {
+    pub(crate) fn receipt(
+        &self,
+        message_id: MessageId,
+        m: &CaptureMeta,
+    ) -> Result<SignedReceipt, ApiError> {
+        let r = Receipt {
+            tenant: self.tenant.clone(),
+            message_id,
+            ciphertext_sha256: Fixed(
+                m.ciphertext_sha256
+                    .clone()
+                    .try_into()
+                    .map_err(|_| ApiError::internal("corrupt hash"))?,
+            ),
+            envelope_sha256: Fixed(
+                m.envelope_sha256
+                    .clone()
+                    .try_into()
+                    .map_err(|_| ApiError::internal("corrupt hash"))?,
+            ),
+            received_ms: m.received_ms,
+            log_index: m.log_index,
+        };
+        // Ed25519 is deterministic: a re-issued receipt is the same bytes.
+        sign_receipt(&self.signer, &r).map_err(ApiError::internal)
+    }
+
+    /// A certificate verified under the KM key (or found in the cache).
+    pub(crate) fn verified_cert(
+        &self,
+        sc: &cloister_proto::km::SignedCert,
+    ) -> Result<Arc<VerifiedCert>, cloister_crypto::CryptoError> {
+        let h = cloister_crypto::sha256(&[sc.body.as_slice(), &sc.sig.0].concat());
+        if let Some(e) = self.certs.lock().ok().and_then(|m| m.get(&h).cloned()) {
+            return Ok(e);
+        }
+        let cert = signed::verify_cert(&self.km_pk, sc)?;
+        let key = VerifyKey::from_bytes(&cert.sign_pk.0)?;
+        let e = Arc::new((cert, key));
+        if let Ok(mut m) = self.certs.lock() {
+            if m.len() >= MAX_CACHED_CERTS {
+                m.clear();
+            }
+            m.insert(h, e.clone());
+        }
+        Ok(e)
+    }
+
+    /// Who wrote the captured message: the sender device's certificate
+    /// (signed by the tenant KM) and its signature over the header and the
+    /// ciphertext's hash; the header must name the envelope's message, room
+    /// and time. A device captures as sender only its own messages.
+    pub(crate) fn check_authorship(
+        &self,
+        cert: &DeviceCert,
+        env: &SealedEnvelope,
+        capture: &Capture,
+    ) -> Result<(), ApiError> {
+        let refuse =
+            |why: String| ApiError::forbidden("unattributable", format!("capture refused: {why}"));
+        let sender = self.verified_cert(&capture.sender_cert).map_err(|_| {
+            refuse("the sender's certificate is not signed by the tenant's KM".into())
+        })?;
+        if sender.0.tenant != self.tenant {
+            return Err(refuse("the sender belongs to another tenant".into()));
+        }
+        let h = cloister_crypto::message::verify_signed_header(
+            &sender.1,
+            capture.header.as_slice(),
+            &capture.sig.0,
+            &env.ciphertext_sha256.0,
+        )
+        .map_err(|_| refuse("the sender's signature does not cover this message".into()))?;
+        if h.id != env.message_id || h.room != env.room || h.ts != env.ts {
+            return Err(refuse(
+                "the envelope's message, room or time differ from the signed header".into(),
+            ));
+        }
+        if h.device != sender.0.device || h.sender != sender.0.user {
+            return Err(refuse(format!(
+                "the header names {} on device {}, not the certificate's holder",
+                h.sender, h.device
+            )));
+        }
+        if !capture.received && h.device != cert.device {
+            return Err(refuse(
+                "a device captures as sender only the messages it signed".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    pub(crate) async fn capture(
+        &self,
+        cert: &DeviceCert,
+        capture: Capture,
+    ) -> Result<SignedReceipt, ApiError> {
+        if capture.envelope.len() > MAX_ENVELOPE || capture.tokens.len() > MAX_TOKENS {
+            return Err(ApiError::too_large(format!(
+                "a capture holds at most {MAX_ENVELOPE} bytes of envelope and {MAX_TOKENS} tokens"
+            )));
+        }
+        let env: SealedEnvelope =
+            serde_json::from_slice(capture.envelope.as_slice()).map_err(|e| {
+                ApiError::bad_request("bad_envelope", format!("sealed envelope is malformed: {e}"))
+            })?;
+        if env.tenant != self.tenant {
+            return Err(ApiError::forbidden(
+                "wrong_tenant",
+                "the envelope is sealed for another tenant",
+            ));
+        }
+        if self
+            .store
+            .is_deleted(&env.message_id.to_hex())
+            .await
+            .map_err(ApiError::internal)?
+        {
+            return Err(ApiError::new(
+                axum::http::StatusCode::GONE,
+                "capture_deleted",
+                "this message was deleted by retention; it is not captured again",
+            ));
+        }
+        self.check_authorship(cert, &env, &capture)?;
+        let envelope_sha256 = cloister_crypto::sha256(capture.envelope.as_slice());
+        {
+            let mut f = self
+                .inflight
+                .lock()
+                .map_err(|_| ApiError::internal("inflight lock"))?;
+            if !f.insert(env.message_id) {
+                return Err(ApiError::conflict(
+                    "capture_in_progress",
+                    "this message is being captured; retry",
+                ));
+            }
+        }
+        let result = self.ingest(cert, &env, &capture, envelope_sha256).await;
+        if let Ok(mut f) = self.inflight.lock() {
+            f.remove(&env.message_id);
+        }
+        result
+    }
+
+    pub(crate) async fn ingest(
+        &self,
+        cert: &DeviceCert,
+        env: &SealedEnvelope,
+        capture: &Capture,
+        envelope_sha256: [u8; 32],
+    ) -> Result<SignedReceipt, ApiError> {
+        let id = env.message_id.to_hex();
+        // Idempotent: the same envelope (or, from a recipient, any envelope of
+        // the same ciphertext) gets the stored receipt. Checked while no other
+        // capture of this message can start.
+        if let Some(m) = self
+            .store
+            .get_capture(&id)
+            .await
+            .map_err(ApiError::internal)?
+        {
+            if m.envelope_sha256 == envelope_sha256
+                || (capture.received && m.ciphertext_sha256 == env.ciphertext_sha256.0)
+            {
+                return self.receipt(env.message_id, &m);
+            }
+            return Err(ApiError::conflict(
+                "capture_conflict",
+                "another envelope is already captured for this message",
+            ));
+        }
+        let received_ms = now_millis();
+        let row = CaptureRow {
+            message_id: id.clone(),
+            room: env.room.to_hex(),
+            ts: env.ts,
+            ciphertext_sha256: env.ciphertext_sha256.0.to_vec(),
+            envelope: capture.envelope.0.clone(),
+            envelope_sha256: envelope_sha256.to_vec(),
+            received_ms,
+            period: capture.period,
+            tokens: capture.tokens.iter().map(|t| t.0.to_vec()).collect(),
+            device: cert.device.to_hex(),
+        };
+        let rec = AuditRecord {
+            ts: received_ms,
+            actor: Some(cert.user.clone()),
+            event: AuditEvent::EnvelopeIngested {
+                message_id: id,
+                room: env.room,
+                envelope_sha256: hex::encode(envelope_sha256),
+                ciphertext_sha256: hex::encode(env.ciphertext_sha256.0),
+                device: cert.device,
+            },
+        };
+        let log_index = self
+            .log
+            .append_with(&rec, Some(SideEffect::Capture(Box::new(row))))
+            .await?;
+        tracing::debug!(message = %env.message_id, device = %cert.device, log_index, "envelope captured");
+        self.receipt(
+            env.message_id,
+            &CaptureMeta {
+                ciphertext_sha256: env.ciphertext_sha256.0.to_vec(),
+                envelope_sha256: envelope_sha256.to_vec(),
+                received_ms,
+                log_index,
+            },
+        )
+    }
+}
