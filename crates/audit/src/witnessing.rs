@@ -75,7 +75,7 @@ impl Witnesses {
                 if let Ok(mut m) = self.sizes.lock() {
                     m.insert(url.to_owned(), cp.size);
                 }
-                return Ok(text);
+                return signature_lines(&text);
             }
             if status == reqwest::StatusCode::CONFLICT
                 && let Ok(size) = text.trim().parse::<u64>()
@@ -88,6 +88,33 @@ impl Witnesses {
         }
         Err("the witness's size kept moving".into())
     }
+}
+
+/// A witness's answer as note signature lines (`— <name> <base64>`); anything
+/// else is refused, so one broken witness cannot break the note for all.
+fn signature_lines(text: &str) -> Result<String, String> {
+    let mut out = String::new();
+    for line in text.lines() {
+        let ok = line
+            .strip_prefix("\u{2014} ")
+            .and_then(|r| r.split_once(' '))
+            .is_some_and(|(name, b64)| {
+                !name.is_empty()
+                    && !b64.is_empty()
+                    && b64
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"+/=".contains(&b))
+            });
+        if !ok {
+            return Err(format!("not a cosignature line: {line:?}"));
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    if out.is_empty() {
+        return Err("no cosignature".into());
+    }
+    Ok(out)
 }
 
 impl AuditLog {

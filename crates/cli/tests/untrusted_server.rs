@@ -704,3 +704,34 @@ async fn the_live_stream_reports_reordering() {
     assert!(alerted(&bob, &["missing message 2"]), "{:?}", bob.alerts());
     assert!(alerted(&bob, &["out of order"]), "{:?}", bob.alerts());
 }
+
+/// The server claims, without the KM's signature, that the room's keys
+/// were destroyed: bob keeps his keys, reads on, and is told.
+#[tokio::test]
+async fn an_unsigned_retention_claim_is_ignored() {
+    let w = World::new().await;
+    let proxy = Proxy::start(&w.stack.server_url).await;
+    let (alice, bob, room) = conversation(&w, &proxy, 2).await;
+    let page = format!("/v1/rooms/{room}/messages");
+    let forged = cloister_proto::km::Notice::KeysShredded {
+        tenant: "acme".parse().unwrap(),
+        shredded: vec![(room, 0)],
+        ts: cloister_proto::now_secs(),
+    };
+    let forged = cloister_proto::km::SignedNotice {
+        body: serde_json::to_vec(&forged).unwrap().into(),
+        sig: cloister_proto::b64::Fixed([7; 64]),
+    };
+    let forged = serde_json::to_value(&forged).unwrap();
+    proxy.on_json(move |q, v| {
+        if q.starts_with(&page) {
+            v["shredded"] = serde_json::json!([forged.clone()]);
+        }
+    });
+    assert_eq!(
+        texts(&bob.read(&room, 50, None).await.unwrap()),
+        ["m1", "m2"]
+    );
+    assert!(alerted(&bob, &["did not sign"]), "{:?}", bob.alerts());
+    drop(alice);
+}

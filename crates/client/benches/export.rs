@@ -134,6 +134,7 @@ fn bench(c: &mut Criterion) {
         vault: &vault,
         km_sign_pk: km.public(),
         checkpoint: "checkpoint",
+        unopened: &[],
     };
     let sealed_bytes = serde_json::to_vec(&sealed).unwrap();
     let entry = InclusionProof {

@@ -137,6 +137,8 @@ pub struct Source<'a> {
     pub km_sign_pk: [u8; 32],
     /// The vault log's checkpoint every inclusion proof is against.
     pub checkpoint: &'a str,
+    /// In-scope envelopes that did not even open under the escrow key.
+    pub unopened: &'a [Unattributable],
 }
 
 /// What was written.
@@ -290,6 +292,7 @@ pub fn write(
         vault,
         km_sign_pk,
         checkpoint,
+        unopened,
     } = *src;
     if dir.exists()
         && std::fs::read_dir(dir)
@@ -308,7 +311,7 @@ pub fn write(
     }
     let mut files = Vec::new();
     let mut envelopes = Vec::new();
-    let mut unattributable = Vec::new();
+    let mut unattributable = unopened.to_vec();
     let mut jsonl = Vec::new();
     let mut bytes = 0u64;
     let mut put = |rel: String, data: &[u8], files: &mut Vec<FileEntry>| -> Result<(), String> {
@@ -499,7 +502,19 @@ pub fn verify(dir: &Path, pinned_km: Option<[u8; 32]>) -> Result<VerifyReport, S
     for l in jl.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
         let line: JsonLine = serde_json::from_slice(l)
             .map_err(|_| "TAMPERED: messages.jsonl is malformed".to_owned())?;
-        lines.insert(line.message_id.clone(), line);
+        if let Some(dup) = lines.insert(line.message_id.clone(), line) {
+            return Err(format!(
+                "TAMPERED: message {} appears twice in messages.jsonl",
+                dup.message_id
+            ));
+        }
+    }
+    if lines.len() != m.envelopes.len() {
+        return Err(format!(
+            "TAMPERED: messages.jsonl has {} messages, the manifest proves {}",
+            lines.len(),
+            m.envelopes.len()
+        ));
     }
     // Envelopes: each sealed file is the one the vault's log recorded.
     for e in &m.envelopes {
@@ -558,6 +573,16 @@ pub fn verify(dir: &Path, pinned_km: Option<[u8; 32]>) -> Result<VerifyReport, S
             Content::Text { text } => Some(text),
             Content::File { .. } => None,
         };
+        let file_ok = match (&content, &line.file) {
+            (
+                Content::File {
+                    name, size, sha256, ..
+                },
+                Some(f),
+            ) => f.name == *name && f.size == *size && f.sha256 == hex::encode(sha256.0),
+            (Content::Text { .. }, None) => true,
+            _ => false,
+        };
         if h.id != s.message_id
             || h.room != s.room
             || h.ts != s.ts
@@ -566,6 +591,8 @@ pub fn verify(dir: &Path, pinned_km: Option<[u8; 32]>) -> Result<VerifyReport, S
             || line.ts != h.ts
             || line.room != h.room.to_string()
             || line.text.as_ref() != text
+            || line.epoch != h.epoch
+            || !file_ok
         {
             return Err(format!(
                 "UNATTRIBUTABLE: message {} is not shown as its sender signed it",

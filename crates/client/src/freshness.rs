@@ -123,7 +123,8 @@ impl Client {
     pub(crate) async fn current_state(&self, room: &RoomId, refresh: bool) -> Result<RoomState> {
         let mut st = self.with_state(room, refresh, |s| s.clone()).await?;
         let head = self.fresh_head(room).await?;
-        if head.seq > st.seq && !refresh {
+        if head.seq > st.seq {
+            // once more from the server: the entry may be newer than our fetch
             st = self.room_state(room).await?;
         }
         if head.seq > st.seq {

@@ -92,6 +92,33 @@ impl Client {
         Ok(out)
     }
 
+    /// The epochs of `room` that KM-signed `keys_shredded` notices name (the
+    /// server relays them; an unsigned or foreign claim is ignored, with an
+    /// alert).
+    pub(crate) fn shredded_epochs(
+        &self,
+        room: &RoomId,
+        notices: &[cloister_proto::km::SignedNotice],
+    ) -> Vec<u64> {
+        let mut out = Vec::new();
+        for n in notices {
+            match signed::verify_notice(&self.profile.km_sign_pk.0, n) {
+                Ok(cloister_proto::km::Notice::KeysShredded {
+                    tenant, shredded, ..
+                }) if tenant == self.profile.tenant => {
+                    out.extend(shredded.iter().filter(|(r, _)| r == room).map(|(_, e)| *e));
+                }
+                _ => self.alert(format!(
+                    "the server {} relayed a retention notice for room {room} that our KM did not sign; ignored",
+                    self.profile.server
+                )),
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        out
+    }
+
     /// Drop keys retention destroyed (announced by the KM through the server).
     pub fn forget_keys(&self, room: &RoomId, epochs: &[u64]) -> Result<()> {
         if epochs.is_empty() {

@@ -14,8 +14,24 @@ impl Client {
                 limits::MAX_TEXT
             )));
         }
+        // One number per message: a retry reuses it, a failure gives it back,
+        // so recipients see no gap that is not the server's doing.
+        let number = self.next_counter(room)?;
+        let r = self.send_numbered(room, content, &number).await;
+        if r.is_err() {
+            self.release_counter(room, number.0)?;
+        }
+        r
+    }
+
+    async fn send_numbered(
+        &self,
+        room: &RoomId,
+        content: &Content,
+        number: &(u64, Vec<MessageId>),
+    ) -> Result<(MessageId, u64)> {
         for attempt in 0..2 {
-            let (mut env, att) = self.seal_with(room, content, attempt > 0).await?;
+            let (mut env, att) = self.seal_with(room, content, attempt > 0, number).await?;
             let id = message::peek_header(&env)?.id;
             // Capture first: the archive holds every message this device
             // sends, and the server may demand the vault's receipt.
@@ -53,7 +69,8 @@ impl Client {
 
     /// Seal a message without sending it (tests and tools).
     pub async fn seal(&self, room: &RoomId, content: &Content) -> Result<Envelope> {
-        Ok(self.seal_with(room, content, false).await?.0)
+        let number = self.next_counter(room)?;
+        Ok(self.seal_with(room, content, false, &number).await?.0)
     }
 
     pub(crate) async fn seal_with(
@@ -61,6 +78,7 @@ impl Client {
         room: &RoomId,
         content: &Content,
         refresh: bool,
+        number: &(u64, Vec<MessageId>),
     ) -> Result<(Envelope, cloister_proto::vault::Attribution)> {
         // Never in an epoch older than the newest one the KM knows.
         let epoch = self.current_state(room, refresh).await?.epoch;
@@ -68,7 +86,7 @@ impl Client {
         let key = keys
             .get(&epoch)
             .ok_or_else(|| ClientError::Local("no key".into()))?;
-        let (counter, after) = self.next_counter(room)?;
+        let (counter, after) = (number.0, number.1.clone());
         let header = MessageHeader {
             v: 1,
             room: *room,
@@ -171,13 +189,14 @@ impl Client {
             .server(|h, s| h.get(format!("{s}/v1/rooms/{room}/messages?{q}")))
             .await?;
         // Keys retention destroyed leave the cache before anything is opened.
-        self.forget_keys(room, &page.shredded)?;
+        let shredded = self.shredded_epochs(room, &page.shredded);
+        self.forget_keys(room, &shredded)?;
         // Fetch all needed epochs in one KM request.
         let mut epochs: Vec<u64> = page
             .messages
             .iter()
             .filter_map(|m| message::peek_header(&m.envelope).ok().map(|h| h.epoch))
-            .filter(|e| !page.shredded.contains(e))
+            .filter(|e| !shredded.contains(e))
             .collect();
         epochs.sort_unstable();
         epochs.dedup();
@@ -197,7 +216,7 @@ impl Client {
         let mut out = Vec::with_capacity(page.messages.len());
         for m in &page.messages {
             if let Ok(h) = message::peek_header(&m.envelope)
-                && page.shredded.contains(&h.epoch)
+                && shredded.contains(&h.epoch)
             {
                 out.push(Err(ClientError::BadMessage {
                     id: h.id.to_hex(),
@@ -277,7 +296,10 @@ impl Client {
                     }
                     Err(e) => return Err(e),
                 },
-                Some(Event::KeysShredded { room: r, epochs }) => self.forget_keys(&r, &epochs)?,
+                Some(Event::KeysShredded { room: r, notice }) => {
+                    let epochs = self.shredded_epochs(&r, std::slice::from_ref(&notice));
+                    self.forget_keys(&r, &epochs)?
+                }
                 Some(_) => continue,
             }
         }

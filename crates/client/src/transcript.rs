@@ -109,6 +109,19 @@ impl Client {
         Ok((counter, after))
     }
 
+    /// Give a number back after a send failed (only the newest one: a
+    /// later send may already have taken the next).
+    pub(crate) fn release_counter(&self, room: &RoomId, counter: u64) -> Result<()> {
+        let mut t = self.transcript()?;
+        if let Some(c) = t.sent.get_mut(room)
+            && *c == counter
+        {
+            *c -= 1;
+            self.save_transcript(&t)?;
+        }
+        Ok(())
+    }
+
     /// A message from the live stream: refuse a replay, alert on a gap or
     /// on disorder, remember it.
     pub(crate) fn check_live(&self, room: &RoomId, r: &Received) -> Result<()> {

@@ -192,6 +192,7 @@ fn write(f: &Fixture, dir: &Path) -> export::ExportSummary {
         vault: &f.vault,
         km_sign_pk: f.km.public(),
         checkpoint: &f.checkpoint,
+        unopened: &[],
     };
     export::write(dir, &src, &f.items, &|_, _| {}).unwrap()
 }

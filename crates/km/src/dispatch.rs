@@ -71,11 +71,7 @@ impl Km {
                     .await?,
             ),
             KmOp::AuditCheckpoint => {
-                let (_, note) = if self.witnesses.is_empty() {
-                    self.audit.checkpoint().await?
-                } else {
-                    self.audit.cosigned_checkpoint(&self.witnesses).await?
-                };
+                let (_, note) = self.checkpoint().await?;
                 json(&CheckpointResponse {
                     checkpoint: note,
                     log_key: self.audit.verifier_key(),

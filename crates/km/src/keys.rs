@@ -10,6 +10,7 @@ impl Km {
         cert: &DeviceCert,
         periods: &[u32],
     ) -> Result<IndexKeysResponse, ApiError> {
+        let _keys = self.keys_lock.read().await;
         if periods.is_empty() || periods.len() > 120 {
             return Err(ApiError::bad_request(
                 "bad_periods",
@@ -48,6 +49,9 @@ impl Km {
     }
 
     pub(crate) async fn room_key(&self, room: &RoomId, epoch: u64) -> Result<RoomKey, ApiError> {
+        // Not while a retention run re-wraps keys: a wrap read before it and
+        // cached after it would be under a destroyed generation.
+        let _keys = self.keys_lock.read().await;
         let aad = room_key_aad(&self.tenant, room, epoch);
         let cached = self
             .wrapped
@@ -128,7 +132,7 @@ impl Km {
     }
 
     /// The key stored under (name, n), wrapped under the current generation;
-    /// created at random on first use.
+    /// created at random on first use. Callers hold `keys_lock` (read).
     pub(crate) async fn wrapped_key(
         &self,
         name: &str,
@@ -145,7 +149,6 @@ impl Km {
             }
             return Ok(w);
         }
-        let _creating = self.keys_lock.read().await;
         let k = RoomKey::generate().map_err(ApiError::internal)?;
         let w = self
             .provider

@@ -48,6 +48,8 @@ pub trait KeyProvider: Send + Sync + 'static {
     fn rotate(&self) -> Result<u32, ProviderError>;
     /// Destroy every generation below `keep` (durably).
     fn destroy_before(&self, keep: u32) -> Result<(), ProviderError>;
+    /// How many generations exist (more than one: a destruction is pending).
+    fn generations(&self) -> usize;
 }
 
 /// The generation a destroyable wrap was made under.
@@ -61,6 +63,7 @@ pub fn generation_of(wrapped: &[u8]) -> Option<u32> {
 const RING_AAD: &[u8] = b"cloister/retention-ring/v1";
 
 /// Generation keys: the current one and those not yet destroyed.
+#[derive(Clone)]
 struct Ring {
     current: u32,
     keys: std::collections::BTreeMap<u32, RoomKey>,
@@ -150,9 +153,13 @@ impl FileKeyProvider {
     }
 
     fn save(&self) -> Result<(), ProviderError> {
-        let ring = self.lock()?;
+        let ring = self.lock()?.clone();
+        self.save_ring(&ring)
+    }
+
+    /// Write `ring` durably (the in-memory ring changes only after this).
+    fn save_ring(&self, ring: &Ring) -> Result<(), ProviderError> {
         let sealed = wrap::wrap(&self.tmk, RING_AAD, &ring.encode())?;
-        drop(ring);
         write_private(&self.ring_path, &sealed).map_err(|e| io_err(&self.ring_path, e))?;
         if let Some(dir) = self.ring_path.parent()
             && let Ok(d) = std::fs::File::open(dir)
@@ -206,22 +213,25 @@ impl KeyProvider for FileKeyProvider {
         self.lock().map(|r| r.current).unwrap_or(0)
     }
     fn rotate(&self) -> Result<u32, ProviderError> {
-        let g = {
-            let mut ring = self.lock()?;
-            let g = ring.current + 1;
-            ring.keys.insert(g, RoomKey::generate()?);
-            ring.current = g;
-            g
-        };
-        self.save()?;
+        let mut ring = self.lock()?;
+        let mut next = ring.clone();
+        let g = next.current + 1;
+        next.keys.insert(g, RoomKey::generate()?);
+        next.current = g;
+        self.save_ring(&next)?;
+        *ring = next;
         Ok(g)
     }
     fn destroy_before(&self, keep: u32) -> Result<(), ProviderError> {
-        {
-            let mut ring = self.lock()?;
-            ring.keys.retain(|g, _| *g >= keep);
-        }
-        self.save()
+        let mut ring = self.lock()?;
+        let mut next = ring.clone();
+        next.keys.retain(|g, _| *g >= keep);
+        self.save_ring(&next)?;
+        *ring = next;
+        Ok(())
+    }
+    fn generations(&self) -> usize {
+        self.lock().map(|r| r.keys.len()).unwrap_or(0)
     }
 }
 

@@ -4,6 +4,16 @@
 use super::*;
 
 impl Km {
+    /// The newest checkpoint as devices get it: with the witnesses'
+    /// cosignatures when witnesses are configured.
+    pub(crate) async fn checkpoint(&self) -> Result<(cloister_log::Checkpoint, String), ApiError> {
+        if self.witnesses.is_empty() {
+            self.audit.checkpoint().await
+        } else {
+            self.audit.cosigned_checkpoint(&self.witnesses).await
+        }
+    }
+
     pub(crate) async fn prove(
         &self,
         index: u64,
@@ -45,7 +55,7 @@ impl Km {
                 format!("{} was never a member of room {room}", cert.user),
             ));
         }
-        let (cp, note) = self.audit.checkpoint().await?;
+        let (cp, note) = self.checkpoint().await?;
         let mut releases = Vec::new();
         let mut from = 0;
         loop {

@@ -77,6 +77,7 @@ impl Cosigner<'_> {
 pub struct CosignatureVerifier {
     pub name: String,
     id: [u8; 4],
+    pk: [u8; 32],
     key: VerifyKey,
 }
 
@@ -102,6 +103,7 @@ impl CosignatureVerifier {
         Ok(CosignatureVerifier {
             name: name.to_owned(),
             id,
+            pk,
             key: VerifyKey::from_bytes(&pk).map_err(|_| NoteError::Key("invalid Ed25519 key"))?,
         })
     }
@@ -153,6 +155,14 @@ impl WitnessPolicy {
             return Err(NoteError::Key(
                 "the quorum must be between 1 and the number of witnesses",
             ));
+        }
+        // One key counts once, whatever names it is listed under (the
+        // cosigned message does not commit to the name).
+        let mut pks: Vec<[u8; 32]> = witnesses.iter().map(|w| w.pk).collect();
+        pks.sort_unstable();
+        pks.dedup();
+        if pks.len() != witnesses.len() {
+            return Err(NoteError::Key("a witness key is listed twice"));
         }
         Ok(WitnessPolicy { witnesses, quorum })
     }
@@ -322,6 +332,10 @@ mod tests {
             key: &wk,
         };
         let policy = WitnessPolicy::parse(&[w.key_string()], 1).unwrap();
+        // the same key twice (or under another name) is one witness
+        assert!(WitnessPolicy::parse(&[w.key_string(), w.key_string()], 2).is_err());
+        let renamed = witness_key("witness.other/w9", &wk.public());
+        assert!(WitnessPolicy::parse(&[w.key_string(), renamed], 2).is_err());
 
         let t1 = log(5, "a");
         let n1 = note(&t1);

@@ -133,9 +133,10 @@ pub struct HistoryPage {
     pub messages: Vec<StoredMessage>,
     /// Pass as `before` to get the previous page; absent at the start of history.
     pub next_before: Option<u64>,
-    /// Epochs of this room whose keys retention destroyed (drop them).
+    /// The KM-signed `keys_shredded` notices naming this room: devices
+    /// verify them and drop the keys of the epochs they name.
     #[serde(default)]
-    pub shredded: Vec<u64>,
+    pub shredded: Vec<crate::km::SignedNotice>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -157,10 +158,10 @@ pub enum Event {
         room: RoomId,
         seq: u64,
     },
-    /// Retention destroyed these epochs' keys: drop them now.
+    /// Retention destroyed keys of this room: the KM-signed notice.
     KeysShredded {
         room: RoomId,
-        epochs: Vec<u64>,
+        notice: crate::km::SignedNotice,
     },
 }
 

@@ -368,12 +368,11 @@ async fn post_notice(
         Notice::KeysShredded {
             tenant, shredded, ..
         } => {
-            let mut by_room: std::collections::BTreeMap<RoomId, Vec<u64>> = Default::default();
-            for (room, e) in shredded {
-                by_room.entry(*room).or_default().push(*e);
-            }
+            let rooms: std::collections::BTreeSet<RoomId> =
+                shredded.iter().map(|(r, _)| *r).collect();
+            let notice_bytes = serde_json::to_vec(&req.notice).map_err(ApiError::internal)?;
             let mut known = Vec::new();
-            for (room, epochs) in by_room {
+            for room in rooms {
                 let Some(st) = s.room(&room).await? else {
                     continue;
                 };
@@ -383,14 +382,17 @@ async fn post_notice(
                         "a KM can only act on its own rooms",
                     ));
                 }
-                known.push((room, epochs, st));
+                known.push((room, st));
             }
-            for (room, epochs, st) in known {
+            for (room, st) in known {
                 s.store
-                    .add_shredded(&room.to_hex(), &epochs)
+                    .add_shredded(&room.to_hex(), &notice_bytes)
                     .await
                     .map_err(ApiError::internal)?;
-                let ev = Event::KeysShredded { room, epochs };
+                let ev = Event::KeysShredded {
+                    room,
+                    notice: req.notice.clone(),
+                };
                 if let Ok(j) = serde_json::to_string(&ev) {
                     s.hub.send(st.members.iter(), None, j.into());
                 }
@@ -738,9 +740,12 @@ async fn history(
     }
     let shredded = s
         .store
-        .shredded_epochs(&room.to_hex())
+        .shredded_notices(&room.to_hex())
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(ApiError::internal)?
+        .iter()
+        .filter_map(|b| serde_json::from_slice(b).ok())
+        .collect();
     Ok(Json(HistoryPage {
         room,
         messages,

@@ -143,9 +143,9 @@ pub trait ServerStore: Send + Sync + 'static {
     async fn put_capture_policy(&self, tenant: &str, ts: u64, notice: &[u8]) -> Result<bool>;
     /// Every tenant's stored capture policy notice.
     async fn capture_policies(&self) -> Result<Vec<Vec<u8>>>;
-    /// Record epochs of a room whose keys retention destroyed.
-    async fn add_shredded(&self, room: &str, epochs: &[u64]) -> Result<()>;
-    async fn shredded_epochs(&self, room: &str) -> Result<Vec<u64>>;
+    /// Keep a KM-signed `keys_shredded` notice for a room.
+    async fn add_shredded(&self, room: &str, notice: &[u8]) -> Result<()>;
+    async fn shredded_notices(&self, room: &str) -> Result<Vec<Vec<u8>>>;
     async fn put_blob(&self, b: &BlobRow) -> Result<()>;
     async fn get_blob(&self, id: &str) -> Result<Option<BlobRow>>;
 }

@@ -120,7 +120,7 @@ CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, tenant TEXT NOT NUL
 CREATE INDEX IF NOT EXISTS devices_user ON devices(user_id);
 CREATE TABLE IF NOT EXISTS disabled_users (user_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS capture_policy (tenant TEXT PRIMARY KEY, ts INTEGER NOT NULL, notice BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS shredded (room TEXT NOT NULL, epoch INTEGER NOT NULL, PRIMARY KEY (room, epoch)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS shredded_notices (room TEXT NOT NULL, notice BLOB NOT NULL, PRIMARY KEY (room, notice)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, seq INTEGER NOT NULL, state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS room_log (room TEXT NOT NULL, seq INTEGER NOT NULL, entry BLOB NOT NULL,
     hash BLOB NOT NULL, PRIMARY KEY (room, seq));
@@ -421,26 +421,22 @@ impl ServerStore for SqliteServerStore {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn add_shredded(&self, room: &str, epochs: &[u64]) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
-        for e in epochs {
-            sqlx::query("INSERT OR IGNORE INTO shredded (room, epoch) VALUES (?, ?)")
-                .bind(room)
-                .bind(i(*e))
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
+    async fn add_shredded(&self, room: &str, notice: &[u8]) -> Result<()> {
+        sqlx::query("INSERT OR IGNORE INTO shredded_notices (room, notice) VALUES (?, ?)")
+            .bind(room)
+            .bind(notice)
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
-    async fn shredded_epochs(&self, room: &str) -> Result<Vec<u64>> {
-        let v: Vec<i64> =
-            sqlx::query_scalar("SELECT epoch FROM shredded WHERE room = ? ORDER BY epoch")
+    async fn shredded_notices(&self, room: &str) -> Result<Vec<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT notice FROM shredded_notices WHERE room = ?")
                 .bind(room)
                 .fetch_all(&self.pool)
-                .await?;
-        Ok(v.into_iter().map(u).collect())
+                .await?,
+        )
     }
 
     async fn capture_policies(&self) -> Result<Vec<Vec<u8>>> {

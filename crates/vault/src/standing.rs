@@ -120,6 +120,11 @@ impl Vault {
         if body.tenant != self.tenant {
             return Err(VaultError::Corrupt("deny list for another tenant"));
         }
+        // Not from the future: a list dated ahead would hide newer ones
+        // (a replay cannot undo a revocation, so the newest date wins).
+        if body.issued_ms > now_millis().saturating_add(30_000) {
+            return Err(VaultError::Corrupt("deny list dated in the future"));
+        }
         if !cloister_proto::within_skew(body.issued_ms) {
             return Err(VaultError::Corrupt(
                 "deny list issued outside the clock skew",

@@ -269,6 +269,7 @@ impl Client {
             ..c.scope.clone()
         };
         let mut items = Vec::new();
+        let mut unopened = Vec::new();
         let mut after = None;
         loop {
             let page: FetchResponse = self
@@ -310,7 +311,21 @@ impl Client {
                 if !room_time.covers(&sealed.room, sealed.ts, &[]) {
                     continue;
                 }
-                let env = cloister_crypto::capture::open(secret, &sealed)?;
+                // An envelope that does not even open (an insider sealed junk)
+                // is listed, not allowed to stop the whole export.
+                let env = match cloister_crypto::capture::open(secret, &sealed) {
+                    Ok(e) => e,
+                    Err(e) => {
+                        unopened.push(crate::export::Unattributable {
+                            message_id: sealed.message_id.to_string(),
+                            log_index: it.entry.index,
+                            reason: format!(
+                                "the sealed envelope does not open under the escrow key: {e}"
+                            ),
+                        });
+                        continue;
+                    }
+                };
                 let mut people: Vec<&UserId> = env.participants.iter().collect();
                 people.push(&env.sender);
                 if !c.scope.covers(&env.room, env.ts, &people) {
@@ -343,6 +358,7 @@ impl Client {
             vault: &vault_blob,
             km_sign_pk: self.profile.km_sign_pk.0,
             checkpoint: &cp.checkpoint,
+            unopened: &unopened,
         };
         crate::export::write(out, &src, &items, progress).map_err(ClientError::Local)
     }

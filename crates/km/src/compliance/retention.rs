@@ -96,10 +96,14 @@ impl Km {
                 held,
             });
         }
+        // A run that failed after shredding left older generations behind:
+        // destroy them now even if nothing new expired.
+        if !shredded.is_empty() || self.provider.generations() > 1 {
+            self.destroy_old_generations().await?;
+        }
         let notice = if shredded.is_empty() {
             None
         } else {
-            self.destroy_old_generations().await?;
             Some(
                 sign_notice(
                     &self.signer,
