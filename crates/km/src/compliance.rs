@@ -15,9 +15,9 @@ mod cases;
 mod retention;
 
 use super::{Km, json, store_err};
+use crate::error::Denied;
 use cloister_crypto::sha256;
 use cloister_crypto::signed::{self, km_sign_blob, sign_notice, verify_blob};
-use cloister_http::ApiError;
 use cloister_log::AuditEvent;
 use cloister_policy::RoomState;
 use cloister_proto::b64::Fixed;
@@ -36,7 +36,7 @@ const MAX_SCOPE: usize = 100;
 /// Session steps a case officer's device reports.
 pub const STEPS: [&str; 4] = ["session_opened", "decrypted", "exported", "zeroized"];
 
-fn need(cert: &DeviceCert, role: Role, what: &'static str) -> Result<(), ApiError> {
+fn need(cert: &DeviceCert, role: Role, what: &'static str) -> Result<(), Denied> {
     Ok(cloister_standing::require_role(cert, role, what)?)
 }
 
@@ -46,7 +46,7 @@ impl Km {
         &self,
         cert: &DeviceCert,
         op: KmOp,
-    ) -> Result<serde_json::Value, ApiError> {
+    ) -> Result<serde_json::Value, Denied> {
         match op {
             KmOp::VaultRegister {
                 url,
@@ -83,7 +83,7 @@ impl Km {
             KmOp::CaseList => {
                 if !cert.roles.contains(&Role::Compliance) && !cert.roles.contains(&Role::Custodian)
                 {
-                    return Err(ApiError::forbidden(
+                    return Err(Denied::forbidden(
                         "not_entitled",
                         "listing cases needs the compliance or custodian role",
                     ));
@@ -96,7 +96,7 @@ impl Km {
                     .iter()
                     .map(|b| serde_json::from_slice(b))
                     .collect::<Result<Vec<SignedBlob>, _>>()
-                    .map_err(ApiError::internal)?;
+                    .map_err(Denied::internal)?;
                 json(&CaseListResponse { cases })
             }
             KmOp::CaseApprove { approval } => {
@@ -116,13 +116,13 @@ impl Km {
             KmOp::RetentionSet { kind, days } => {
                 need(cert, Role::Compliance, "setting retention")?;
                 if kind != "im" && kind != "group" {
-                    return Err(ApiError::bad_request(
+                    return Err(Denied::malformed(
                         "bad_retention",
                         "room kind must be `im` or `group`",
                     ));
                 }
                 if !(1..=36_500).contains(&days) {
-                    return Err(ApiError::bad_request(
+                    return Err(Denied::malformed(
                         "bad_retention",
                         "retention must be 1 to 36500 days",
                     ));
@@ -145,7 +145,7 @@ impl Km {
                 need(cert, Role::Compliance, "running retention")?;
                 json(&self.retention_run(cert).await?)
             }
-            _ => Err(ApiError::internal("not a compliance operation")),
+            _ => Err(Denied::internal("not a compliance operation")),
         }
     }
 
@@ -156,21 +156,21 @@ impl Km {
         receipt_pk: Fixed<32>,
         log_key: String,
         capture_required: bool,
-    ) -> Result<VaultRegisterResponse, ApiError> {
+    ) -> Result<VaultRegisterResponse, Denied> {
         if url.len() > 200 || !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(ApiError::bad_request(
+            return Err(Denied::malformed(
                 "bad_vault",
                 "the vault URL must be http(s):// and at most 200 bytes",
             ));
         }
         let v = cloister_log::NoteVerifier::parse(&log_key).map_err(|e| {
-            ApiError::bad_request(
+            Denied::malformed(
                 "bad_vault",
                 format!("the vault's log key is malformed: {e}"),
             )
         })?;
         if v.name != vault_origin(&self.tenant) {
-            return Err(ApiError::bad_request(
+            return Err(Denied::malformed(
                 "bad_vault",
                 format!(
                     "the vault's log is named {:?}; tenant {} expects {:?}",
@@ -189,7 +189,7 @@ impl Km {
             capture_required,
             registered_ms: now,
         };
-        let blob = km_sign_blob(&self.signer, signed::VAULT, &d).map_err(ApiError::internal)?;
+        let blob = km_sign_blob(&self.signer, signed::VAULT, &d).map_err(Denied::internal)?;
         self.record(
             Some(actor),
             AuditEvent::VaultRegistered {
@@ -203,7 +203,7 @@ impl Km {
         self.store
             .set_meta(
                 META_VAULT,
-                &serde_json::to_vec(&blob).map_err(ApiError::internal)?,
+                &serde_json::to_vec(&blob).map_err(Denied::internal)?,
             )
             .await
             .map_err(store_err)?;
@@ -216,7 +216,7 @@ impl Km {
         tracing::info!(capture_required, "vault registered");
         Ok(VaultRegisterResponse {
             vault: blob,
-            notice: sign_notice(&self.signer, &notice).map_err(ApiError::internal)?,
+            notice: sign_notice(&self.signer, &notice).map_err(Denied::internal)?,
         })
     }
 
@@ -225,9 +225,9 @@ impl Km {
     pub async fn deny_list(
         &self,
         req: &cloister_proto::km::DenyListRequest,
-    ) -> Result<SignedBlob, ApiError> {
+    ) -> Result<SignedBlob, Denied> {
         let refuse = || {
-            ApiError::unauthorized(
+            Denied::unauthenticated(
                 "not_vault",
                 "only the tenant's registered vault may ask for the deny list",
             )
@@ -236,7 +236,7 @@ impl Km {
             return Err(refuse());
         }
         if !cloister_proto::within_skew(req.ts) {
-            return Err(ApiError::unauthorized(
+            return Err(Denied::unauthenticated(
                 "stale_request",
                 "request timestamp is outside the allowed clock skew",
             ));
@@ -247,7 +247,7 @@ impl Km {
             &self.vault_info().await.map_err(|_| refuse())?,
             "vault descriptor",
         )
-        .map_err(ApiError::internal)?;
+        .map_err(Denied::internal)?;
         cloister_crypto::keys::verify(
             &d.receipt_pk.0,
             signed::DENY_LIST_REQUEST,
@@ -262,21 +262,21 @@ impl Km {
             revoked: devices.iter().filter_map(|d| d.parse().ok()).collect(),
             disabled: users.iter().filter_map(|u| u.parse().ok()).collect(),
         };
-        km_sign_blob(&self.signer, signed::DENY_LIST, &body).map_err(ApiError::internal)
+        km_sign_blob(&self.signer, signed::DENY_LIST, &body).map_err(Denied::internal)
     }
 
-    async fn vault_info(&self) -> Result<SignedBlob, ApiError> {
+    async fn vault_info(&self) -> Result<SignedBlob, Denied> {
         let b = self
             .store
             .get_meta(META_VAULT)
             .await
             .map_err(store_err)?
             .ok_or_else(|| {
-                ApiError::not_found(
+                Denied::not_found(
                     "no_vault",
                     "no vault is registered; run `cloister admin vault register`",
                 )
             })?;
-        serde_json::from_slice(&b).map_err(ApiError::internal)
+        serde_json::from_slice(&b).map_err(Denied::internal)
     }
 }

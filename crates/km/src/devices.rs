@@ -6,7 +6,7 @@ use crate::users::{code_hash, parse_roles};
 
 impl Km {
     /// Enrol a device with a one-time code.
-    pub async fn enrol(&self, req: &EnrolRequest) -> Result<SignedCert, ApiError> {
+    pub async fn enrol(&self, req: &EnrolRequest) -> Result<SignedCert, Denied> {
         let transcript = enrol_transcript(&req.user, &req.code, &req.sign_pk.0, &req.hpke_pk.0);
         verify(
             &req.sign_pk.0,
@@ -15,13 +15,13 @@ impl Km {
             &req.pop.0,
         )
         .map_err(|_| {
-            ApiError::unauthorized(
+            Denied::unauthenticated(
                 "bad_proof",
                 "proof of possession of the device key is invalid",
             )
         })?;
         let invalid = || {
-            ApiError::unauthorized(
+            Denied::unauthenticated(
                 "invalid_code",
                 "enrolment code is invalid, expired or already used",
             )
@@ -42,7 +42,7 @@ impl Km {
             .map_err(store_err)?
             .ok_or_else(invalid)?;
         if urow.status != "active" {
-            return Err(ApiError::forbidden(
+            return Err(Denied::forbidden(
                 "user_disabled",
                 format!("{user} is disabled"),
             ));
@@ -59,19 +59,19 @@ impl Km {
             issued_at: now,
             not_after: now + self.config.cert_secs,
         };
-        let signed = sign_cert(&self.signer, &cert).map_err(ApiError::internal)?;
+        let signed = sign_cert(&self.signer, &cert).map_err(Denied::internal)?;
         self.store
             .put_device(&KmDeviceRow {
                 device: device.to_hex(),
                 user: user.clone(),
-                cert: serde_json::to_vec(&signed).map_err(ApiError::internal)?,
+                cert: serde_json::to_vec(&signed).map_err(Denied::internal)?,
                 status: "active".into(),
                 issued_at: now,
             })
             .await
             .map_err(|e| match e {
                 cloister_store::StoreError::Conflict(_) => {
-                    ApiError::conflict("device_exists", "this device key is already enrolled")
+                    Denied::conflict("device_exists", "this device key is already enrolled")
                 }
                 e => store_err(e),
             })?;
@@ -89,7 +89,7 @@ impl Km {
 
     /// A device's certificate (issued by this KM), if the device is in good
     /// standing: the shared check over the KM's own records.
-    pub(crate) async fn active_cert(&self, device: &DeviceId) -> Result<Arc<DeviceCert>, ApiError> {
+    pub(crate) async fn active_cert(&self, device: &DeviceId) -> Result<Arc<DeviceCert>, Denied> {
         let cached = self.active.lock().ok().and_then(|m| m.get(device).cloned());
         let (cert, facts) = match cached {
             // Only active devices of active users are cached; revocation and
@@ -119,20 +119,20 @@ impl Km {
     pub(crate) async fn load_cert(
         &self,
         device: &DeviceId,
-    ) -> Result<(DeviceCert, cloister_standing::Known), ApiError> {
+    ) -> Result<(DeviceCert, cloister_standing::Known), Denied> {
         let row = self
             .store
             .get_device(&device.to_hex())
             .await
             .map_err(store_err)?
             .ok_or_else(|| {
-                ApiError::unauthorized(
+                Denied::unauthenticated(
                     "unknown_device",
                     format!("device {device} is not enrolled with this KM"),
                 )
             })?;
-        let sc: SignedCert = serde_json::from_slice(&row.cert).map_err(ApiError::internal)?;
-        let cert = verify_cert(&self.signer.public(), &sc).map_err(ApiError::internal)?;
+        let sc: SignedCert = serde_json::from_slice(&row.cert).map_err(Denied::internal)?;
+        let cert = verify_cert(&self.signer.public(), &sc).map_err(Denied::internal)?;
         let user = self
             .store
             .get_user(cert.user.as_str())
@@ -149,7 +149,7 @@ impl Km {
         &self,
         actor: Option<&UserId>,
         device: &DeviceId,
-    ) -> Result<AdminResponse, ApiError> {
+    ) -> Result<AdminResponse, Denied> {
         if self
             .store
             .get_device(&device.to_hex())
@@ -157,7 +157,7 @@ impl Km {
             .map_err(store_err)?
             .is_none()
         {
-            return Err(ApiError::not_found(
+            return Err(Denied::not_found(
                 "unknown_device",
                 format!("no device {device}"),
             ));
@@ -178,12 +178,12 @@ impl Km {
             ts: now_secs(),
         };
         Ok(AdminResponse {
-            notice: Some(sign_notice(&self.signer, &n).map_err(ApiError::internal)?),
+            notice: Some(sign_notice(&self.signer, &n).map_err(Denied::internal)?),
         })
     }
 
     /// Log a refused key request from a device that is no longer in good standing.
-    pub(crate) async fn record_refusal(&self, req: &SignedRequest, e: &ApiError) {
+    pub(crate) async fn record_refusal(&self, req: &SignedRequest, e: &Denied) {
         if !matches!(e.code, "device_revoked" | "user_disabled" | "cert_expired") {
             return;
         }

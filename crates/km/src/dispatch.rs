@@ -5,7 +5,7 @@ use super::*;
 
 impl Km {
     /// Handle any signed request.
-    pub async fn handle(&self, req: &SignedRequest) -> Result<serde_json::Value, ApiError> {
+    pub async fn handle(&self, req: &SignedRequest) -> Result<serde_json::Value, Denied> {
         let cert = match self.active_cert(&req.device).await {
             Ok(c) => c,
             Err(e) => {
@@ -13,12 +13,13 @@ impl Km {
                 return Err(e);
             }
         };
-        let body: RequestBody = verify_request(&cert.sign_pk.0, req)
-            .map_err(|_| ApiError::unauthorized("bad_signature", "request signature is invalid"))?;
+        let body: RequestBody = verify_request(&cert.sign_pk.0, req).map_err(|_| {
+            Denied::unauthenticated("bad_signature", "request signature is invalid")
+        })?;
         let now = now_millis();
         let skew = limits::MAX_SKEW_SECS * 1000;
         if !cloister_proto::within_skew(body.ts) {
-            return Err(ApiError::unauthorized(
+            return Err(Denied::unauthenticated(
                 "stale_request",
                 "request timestamp is outside the allowed clock skew",
             ));
@@ -53,7 +54,7 @@ impl Km {
             self.use_nonce_mem(&req.device, &body.nonce.0, body.ts)
         };
         if !fresh {
-            return Err(ApiError::conflict(
+            return Err(Denied::conflict(
                 "replayed_request",
                 "this request was already processed",
             ));
@@ -100,13 +101,9 @@ impl Km {
                     .await
                     .map_err(store_err)?
                     .ok_or_else(|| {
-                        ApiError::not_found(
-                            "no_escrow",
-                            "the tenant's escrow key is not initialised",
-                        )
+                        Denied::not_found("no_escrow", "the tenant's escrow key is not initialised")
                     })?;
-                let signed: SignedEscrow =
-                    serde_json::from_slice(&d).map_err(ApiError::internal)?;
+                let signed: SignedEscrow = serde_json::from_slice(&d).map_err(Denied::internal)?;
                 json(&signed)
             }
             KmOp::MyEscrowShare => {
@@ -119,7 +116,7 @@ impl Km {
                     .into_iter()
                     .map(|(_, b)| serde_json::from_slice::<SealedShare>(&b))
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(ApiError::internal)?;
+                    .map_err(Denied::internal)?;
                 json(&shares)
             }
             KmOp::IndexKeys { periods } => json(&self.index_keys(&cert, &periods).await?),
@@ -136,7 +133,7 @@ impl Km {
             op => {
                 if !cert.roles.contains(&Role::Admin) {
                     tracing::warn!(user = %cert.user, "admin operation refused: not an admin");
-                    return Err(ApiError::forbidden(
+                    return Err(Denied::forbidden(
                         "not_admin",
                         "this operation needs the admin role",
                     ));
@@ -161,7 +158,7 @@ impl Km {
                             .as_deref()
                             .is_some_and(|k| !AuditEvent::KINDS.contains(&k))
                         {
-                            return Err(ApiError::bad_request(
+                            return Err(Denied::malformed(
                                 "bad_kind",
                                 format!("unknown kind; one of {}", AuditEvent::KINDS.join(", ")),
                             ));
@@ -194,7 +191,7 @@ impl Km {
                             .escrow_init(&cert.user, public, threshold, shares)
                             .await?,
                     ),
-                    _ => Err(ApiError::internal("unreachable op")),
+                    _ => Err(Denied::internal("unreachable op")),
                 }
             }
         }

@@ -11,10 +11,10 @@ impl Km {
         public: Fixed<32>,
         threshold: u8,
         shares: Vec<SealedShare>,
-    ) -> Result<SignedEscrow, ApiError> {
+    ) -> Result<SignedEscrow, Denied> {
         let n = shares.len();
         if !(2..=32).contains(&n) || threshold < 2 || threshold as usize > n {
-            return Err(ApiError::bad_request(
+            return Err(Denied::malformed(
                 "bad_escrow",
                 format!(
                     "need 2 to 32 shares and a threshold of 2..={n}; got {n} shares, threshold {threshold}"
@@ -24,7 +24,7 @@ impl Km {
         let mut numbers: Vec<u8> = shares.iter().map(|s| s.number).collect();
         numbers.sort_unstable();
         if numbers != (1..=n as u8).collect::<Vec<_>>() {
-            return Err(ApiError::bad_request(
+            return Err(Denied::malformed(
                 "bad_escrow",
                 "shares must be numbered 1..=n, each once",
             ));
@@ -32,13 +32,13 @@ impl Km {
         let mut custodians: Vec<UserId> = Vec::new();
         for sh in &shares {
             let dev = self.active_cert(&sh.device).await.map_err(|e| {
-                ApiError::bad_request(
+                Denied::malformed(
                     "bad_escrow",
                     format!("custodian device {}: {}", sh.device, e.message),
                 )
             })?;
             if !dev.roles.contains(&Role::Custodian) {
-                return Err(ApiError::bad_request(
+                return Err(Denied::malformed(
                     "bad_escrow",
                     format!(
                         "{} does not have the custodian role (its device was enrolled without it)",
@@ -47,13 +47,13 @@ impl Km {
                 ));
             }
             if dev.user != sh.custodian {
-                return Err(ApiError::bad_request(
+                return Err(Denied::malformed(
                     "bad_escrow",
                     format!("device {} does not belong to {}", sh.device, sh.custodian),
                 ));
             }
             if custodians.contains(&sh.custodian) {
-                return Err(ApiError::bad_request(
+                return Err(Denied::malformed(
                     "bad_escrow",
                     format!("{} holds two shares", sh.custodian),
                 ));
@@ -68,9 +68,9 @@ impl Km {
             created: now_secs(),
         };
         let signed =
-            cloister_crypto::signed::sign_escrow(&self.signer, &d).map_err(ApiError::internal)?;
+            cloister_crypto::signed::sign_escrow(&self.signer, &d).map_err(Denied::internal)?;
         if self.store.get_escrow().await.map_err(store_err)?.is_some() {
-            return Err(ApiError::conflict(
+            return Err(Denied::conflict(
                 "escrow_exists",
                 "the tenant's escrow key is already initialised",
             ));
@@ -88,15 +88,15 @@ impl Km {
             .iter()
             .map(|s| Ok((s.custodian.to_string(), s.number, serde_json::to_vec(s)?)))
             .collect::<Result<Vec<_>, serde_json::Error>>()
-            .map_err(ApiError::internal)?;
+            .map_err(Denied::internal)?;
         self.store
             .init_escrow(
-                &serde_json::to_vec(&signed).map_err(ApiError::internal)?,
+                &serde_json::to_vec(&signed).map_err(Denied::internal)?,
                 &rows,
             )
             .await
             .map_err(|e| match e {
-                cloister_store::StoreError::Conflict(m) => ApiError::conflict("escrow_exists", m),
+                cloister_store::StoreError::Conflict(m) => Denied::conflict("escrow_exists", m),
                 e => store_err(e),
             })?;
         tracing::info!(threshold, shares = n, "escrow key initialised");

@@ -17,6 +17,26 @@ use cloister_proto::km::{
 };
 use std::sync::Arc;
 
+/// The one mapping of the KM's refusals to HTTP.
+impl From<crate::Denied> for ApiError {
+    fn from(d: crate::Denied) -> Self {
+        use crate::Kind;
+        use axum::http::StatusCode as S;
+        let status = match d.kind {
+            Kind::Malformed => S::BAD_REQUEST,
+            Kind::Unauthenticated => S::UNAUTHORIZED,
+            Kind::Forbidden => S::FORBIDDEN,
+            Kind::NotFound => S::NOT_FOUND,
+            Kind::Conflict => S::CONFLICT,
+            Kind::Gone => S::GONE,
+            Kind::TooLarge => S::PAYLOAD_TOO_LARGE,
+            Kind::Unavailable => S::SERVICE_UNAVAILABLE,
+            Kind::Internal => S::INTERNAL_SERVER_ERROR,
+        };
+        ApiError::new(status, d.code, d.message)
+    }
+}
+
 pub fn router(km: Arc<Km>) -> Router {
     Router::new()
         .route("/v1/info", get(info))
@@ -36,21 +56,21 @@ async fn enrol(
     State(km): State<Arc<Km>>,
     ApiJson(req): ApiJson<EnrolRequest>,
 ) -> Result<Json<SignedCert>, ApiError> {
-    km.enrol(&req).await.map(Json)
+    Ok(Json(km.enrol(&req).await?))
 }
 
 async fn request(
     State(km): State<Arc<Km>>,
     ApiJson(req): ApiJson<SignedRequest>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    km.handle(&req).await.map(Json)
+    Ok(Json(km.handle(&req).await?))
 }
 
 async fn deny_list(
     State(km): State<Arc<Km>>,
     ApiJson(req): ApiJson<DenyListRequest>,
 ) -> Result<Json<SignedBlob>, ApiError> {
-    km.deny_list(&req).await.map(Json)
+    Ok(Json(km.deny_list(&req).await?))
 }
 
 /// Serve until `shutdown` resolves.

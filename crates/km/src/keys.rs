@@ -9,13 +9,10 @@ impl Km {
         &self,
         cert: &DeviceCert,
         periods: &[u32],
-    ) -> Result<IndexKeysResponse, ApiError> {
+    ) -> Result<IndexKeysResponse, Denied> {
         let _keys = self.keys_lock.read().await;
         if periods.is_empty() || periods.len() > 120 {
-            return Err(ApiError::bad_request(
-                "bad_periods",
-                "ask for 1 to 120 periods",
-            ));
+            return Err(Denied::malformed("bad_periods", "ask for 1 to 120 periods"));
         }
         let lease_until = now_secs() + self.config.lease_secs;
         let mut keys = Vec::with_capacity(periods.len());
@@ -33,7 +30,7 @@ impl Km {
                     lease_until,
                     &k,
                 )
-                .map_err(ApiError::internal)?,
+                .map_err(Denied::internal)?,
             );
         }
         self.record(
@@ -48,7 +45,7 @@ impl Km {
         Ok(IndexKeysResponse { keys })
     }
 
-    pub(crate) async fn room_key(&self, room: &RoomId, epoch: u64) -> Result<RoomKey, ApiError> {
+    pub(crate) async fn room_key(&self, room: &RoomId, epoch: u64) -> Result<RoomKey, Denied> {
         // Not while a retention run re-wraps keys: a wrap read before it and
         // cached after it would be under a destroyed generation.
         let _keys = self.keys_lock.read().await;
@@ -72,11 +69,11 @@ impl Km {
     }
 
     /// The associated data a stored key (name, n) is wrapped with.
-    pub(crate) fn key_aad(&self, name: &str, n: u64) -> Result<Vec<u8>, ApiError> {
+    pub(crate) fn key_aad(&self, name: &str, n: u64) -> Result<Vec<u8>, Denied> {
         if name == INDEX_KEYS {
             return Ok(format!("cloister/index-key-wrap/v1|{}|{n}", self.tenant).into_bytes());
         }
-        let room: RoomId = name.parse().map_err(ApiError::internal)?;
+        let room: RoomId = name.parse().map_err(Denied::internal)?;
         Ok(room_key_aad(&self.tenant, &room, n))
     }
 
@@ -85,9 +82,9 @@ impl Km {
     /// provider, and the database's old pages scrubbed. Shredded keys were
     /// under a destroyed generation: no copy of their wrapped bytes (a page,
     /// a WAL frame, a backup) can be unwrapped again.
-    pub(crate) async fn destroy_old_generations(&self) -> Result<u32, ApiError> {
+    pub(crate) async fn destroy_old_generations(&self) -> Result<u32, Denied> {
         let _all = self.keys_lock.write().await;
-        let g = self.provider.rotate().map_err(ApiError::internal)?;
+        let g = self.provider.rotate().map_err(Denied::internal)?;
         let mut rewrapped = Vec::new();
         for (name, n, w) in self.store.live_wrapped_keys().await.map_err(store_err)? {
             if provider::generation_of(&w).is_some_and(|wg| wg >= g) {
@@ -97,20 +94,18 @@ impl Km {
             let k = self
                 .provider
                 .unwrap_destroyable(&aad, &w)
-                .map_err(ApiError::internal)?;
+                .map_err(Denied::internal)?;
             let nw = self
                 .provider
                 .wrap_destroyable(&aad, k.expose())
-                .map_err(ApiError::internal)?;
+                .map_err(Denied::internal)?;
             rewrapped.push((name, n, nw));
         }
         self.store
             .rewrap_keys(&rewrapped)
             .await
             .map_err(store_err)?;
-        self.provider
-            .destroy_before(g)
-            .map_err(ApiError::internal)?;
+        self.provider.destroy_before(g).map_err(Denied::internal)?;
         if let Ok(mut m) = self.wrapped.lock() {
             m.clear();
         }
@@ -138,22 +133,21 @@ impl Km {
         name: &str,
         n: u64,
         aad: &[u8],
-    ) -> Result<Vec<u8>, ApiError> {
+    ) -> Result<Vec<u8>, Denied> {
         if let Some(w) = self.store.get_room_key(name, n).await.map_err(store_err)? {
             if w.is_empty() {
-                return Err(ApiError::new(
-                    axum::http::StatusCode::GONE,
+                return Err(Denied::gone(
                     "key_shredded",
                     format!("the key of epoch {n} was destroyed by retention"),
                 ));
             }
             return Ok(w);
         }
-        let k = RoomKey::generate().map_err(ApiError::internal)?;
+        let k = RoomKey::generate().map_err(Denied::internal)?;
         let w = self
             .provider
             .wrap_destroyable(aad, k.expose())
-            .map_err(ApiError::internal)?;
+            .map_err(Denied::internal)?;
         // If another request created it first, the stored one wins.
         self.store
             .put_room_key(name, n, &w)
@@ -162,19 +156,17 @@ impl Km {
     }
 
     /// Unwrap through the key provider (every use: a crypto-lock takes effect at once).
-    pub(crate) fn unwrap_key(&self, aad: &[u8], wrapped: &[u8]) -> Result<RoomKey, ApiError> {
+    pub(crate) fn unwrap_key(&self, aad: &[u8], wrapped: &[u8]) -> Result<RoomKey, Denied> {
         let k = self
             .provider
             .unwrap_destroyable(aad, wrapped)
             .map_err(|e| match e {
-                provider::ProviderError::Destroyed(_) => ApiError::new(
-                    axum::http::StatusCode::GONE,
-                    "key_shredded",
-                    "this key was destroyed by retention",
-                ),
-                e => ApiError::internal(e),
+                provider::ProviderError::Destroyed(_) => {
+                    Denied::gone("key_shredded", "this key was destroyed by retention")
+                }
+                e => Denied::internal(e),
             })?;
-        RoomKey::from_slice(k.expose()).map_err(ApiError::internal)
+        RoomKey::from_slice(k.expose()).map_err(Denied::internal)
     }
 
     pub(crate) async fn room_keys(
@@ -184,15 +176,15 @@ impl Km {
         epochs: &[u64],
         log_from: u64,
         log: &[SignedStatement],
-    ) -> Result<RoomKeysResponse, ApiError> {
+    ) -> Result<RoomKeysResponse, Denied> {
         if epochs.is_empty() || epochs.len() > limits::MAX_EPOCHS_PER_REQUEST {
-            return Err(ApiError::bad_request(
+            return Err(Denied::malformed(
                 "bad_epochs",
                 format!("ask for 1 to {} epochs", limits::MAX_EPOCHS_PER_REQUEST),
             ));
         }
         let state = self.ingest(room, log_from, log).await?.ok_or_else(|| {
-            ApiError::not_found(
+            Denied::not_found(
                 "unknown_room",
                 format!("the KM has no verified log for room {room}; send it"),
             )
@@ -226,7 +218,7 @@ impl Km {
                     },
                 )
                 .await?;
-                return Err(ApiError::forbidden("not_entitled", why));
+                return Err(Denied::forbidden("not_entitled", why));
             }
         }
         let lease_until = now_secs() + self.config.lease_secs;
@@ -243,7 +235,7 @@ impl Km {
                     lease_until,
                     &k,
                 )
-                .map_err(ApiError::internal)?,
+                .map_err(Denied::internal)?,
             );
         }
         // The release is acknowledged only once it is durable in the audit log.

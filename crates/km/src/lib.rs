@@ -17,6 +17,8 @@
 
 pub use cloister_audit as audit;
 pub mod compliance;
+mod error;
+pub use error::{Denied, Kind};
 mod devices;
 mod dispatch;
 mod escrow;
@@ -32,7 +34,6 @@ use cloister_crypto::signed::{
     enrol_transcript, sign_cert, sign_notice, verify_cert, verify_request,
 };
 use cloister_crypto::{KmSigner, RoomKey, hpke_seal, keys::verify, sha256};
-use cloister_http::ApiError;
 use cloister_log::{AuditEvent, AuditRecord};
 use cloister_policy::RoomState;
 use cloister_proto::b64::Fixed;
@@ -82,7 +83,7 @@ impl Default for KmConfig {
     }
 }
 
-/// Startup and initialisation errors (request errors are [`ApiError`]s).
+/// Startup and initialisation errors (request errors are [`Denied`]s).
 #[derive(Debug, thiserror::Error)]
 pub enum KmError {
     #[error(transparent)]
@@ -150,8 +151,8 @@ pub struct InitOutput {
     pub admin_code: String,
 }
 
-pub(crate) fn store_err(e: cloister_store::StoreError) -> ApiError {
-    ApiError::internal(e)
+pub(crate) fn store_err(e: cloister_store::StoreError) -> Denied {
+    Denied::internal(e)
 }
 
 impl Km {
@@ -253,14 +254,15 @@ impl Km {
     }
 
     /// Append an audit record; fails closed.
-    async fn record(&self, actor: Option<&UserId>, event: AuditEvent) -> Result<u64, ApiError> {
-        self.audit
+    async fn record(&self, actor: Option<&UserId>, event: AuditEvent) -> Result<u64, Denied> {
+        Ok(self
+            .audit
             .append(&AuditRecord {
                 ts: now_millis(),
                 actor: actor.cloned(),
                 event,
             })
-            .await
+            .await?)
     }
 
     pub fn audit(&self) -> &Arc<audit::AuditLog> {
@@ -306,6 +308,6 @@ impl Km {
     }
 }
 
-pub(crate) fn json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, ApiError> {
-    serde_json::to_value(v).map_err(ApiError::internal)
+pub(crate) fn json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, Denied> {
+    serde_json::to_value(v).map_err(Denied::internal)
 }

@@ -3,10 +3,7 @@
 use super::*;
 
 impl Km {
-    pub(crate) async fn room_state(
-        &self,
-        room: &RoomId,
-    ) -> Result<Option<Arc<RoomState>>, ApiError> {
+    pub(crate) async fn room_state(&self, room: &RoomId) -> Result<Option<Arc<RoomState>>, Denied> {
         if let Some(s) = self.rooms.lock().ok().and_then(|m| m.get(room).cloned()) {
             return Ok(Some(s));
         }
@@ -19,7 +16,7 @@ impl Km {
             return Ok(None);
         };
         let s: Arc<RoomState> =
-            Arc::new(serde_json::from_slice(&row.state).map_err(ApiError::internal)?);
+            Arc::new(serde_json::from_slice(&row.state).map_err(Denied::internal)?);
         if let Ok(mut m) = self.rooms.lock() {
             m.insert(*room, s.clone());
         }
@@ -32,9 +29,9 @@ impl Km {
         room: &RoomId,
         log_from: u64,
         log: &[SignedStatement],
-    ) -> Result<Option<Arc<RoomState>>, ApiError> {
+    ) -> Result<Option<Arc<RoomState>>, Denied> {
         if log.len() > limits::MAX_LOG_BATCH {
-            return Err(ApiError::too_large(format!(
+            return Err(Denied::too_large(format!(
                 "at most {} log entries per request",
                 limits::MAX_LOG_BATCH
             )));
@@ -46,7 +43,7 @@ impl Km {
         let current = self.room_state(room).await?;
         let known_next = current.as_ref().map_or(0, |s| s.seq + 1);
         if log_from > known_next {
-            return Err(ApiError::conflict(
+            return Err(Denied::conflict(
                 "log_behind",
                 format!(
                     "the KM has this room's log up to seq {}; send entries from {known_next}",
@@ -69,7 +66,7 @@ impl Km {
                     .map_err(store_err)?;
                 if stored.as_deref() != Some(&hash[..]) {
                     tracing::warn!(%room, seq, "membership log fork detected");
-                    return Err(ApiError::conflict(
+                    return Err(Denied::conflict(
                         "log_fork",
                         format!(
                             "entry {seq} differs from the one the KM verified earlier: the log was forked or rewritten"
@@ -79,9 +76,9 @@ impl Km {
                 continue;
             }
             let peek = cloister_crypto::signed::peek_statement(entry)
-                .map_err(|e| ApiError::bad_request("bad_statement", e.to_string()))?;
+                .map_err(|e| Denied::malformed("bad_statement", e.to_string()))?;
             let actor = self.active_cert(&peek.actor).await.map_err(|e| {
-                ApiError::forbidden(
+                Denied::forbidden(
                     "bad_statement",
                     format!("membership statement {seq} rejected: actor {}", e.message),
                 )
@@ -105,7 +102,7 @@ impl Km {
                         },
                     )
                     .await?;
-                    return Err(ApiError::forbidden(
+                    return Err(Denied::forbidden(
                         "bad_statement",
                         format!("membership statement {seq} rejected: {e}"),
                     ));
@@ -113,14 +110,14 @@ impl Km {
             };
             accepted.push((seq, st.actor_user.clone(), op_name(&st.action)));
             if next.tenant != self.tenant {
-                return Err(ApiError::forbidden(
+                return Err(Denied::forbidden(
                     "wrong_tenant",
                     "room belongs to another tenant",
                 ));
             }
             new_rows.push(LogRow {
                 seq,
-                entry: serde_json::to_vec(entry).map_err(ApiError::internal)?,
+                entry: serde_json::to_vec(entry).map_err(Denied::internal)?,
                 hash: hash.to_vec(),
             });
             state = Some(next);
@@ -129,7 +126,7 @@ impl Km {
             return Ok(None);
         };
         if !new_rows.is_empty() {
-            let bytes = serde_json::to_vec(&state).map_err(ApiError::internal)?;
+            let bytes = serde_json::to_vec(&state).map_err(Denied::internal)?;
             self.store
                 .append_log(
                     &room.to_hex(),

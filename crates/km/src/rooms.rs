@@ -1,9 +1,9 @@
 //! Room freshness: the KM's signed head of a room's verified log, and the
 //! verified entries themselves, for devices whose server withholds them.
 
+use crate::error::Denied;
 use crate::{Km, json, store_err};
 use cloister_crypto::signed::{self, km_sign_blob};
-use cloister_http::ApiError;
 use cloister_policy::RoomState;
 use cloister_proto::b64::Fixed;
 use cloister_proto::km::{
@@ -14,7 +14,7 @@ use cloister_proto::{RoomId, limits, now_millis};
 
 impl Km {
     /// The KM-signed head of a verified room state.
-    pub(crate) fn signed_head(&self, st: &RoomState) -> Result<SignedBlob, ApiError> {
+    pub(crate) fn signed_head(&self, st: &RoomState) -> Result<SignedBlob, Denied> {
         let h = RoomHead {
             tenant: self.tenant.clone(),
             room: st.room,
@@ -23,17 +23,17 @@ impl Km {
             epoch: st.epoch,
             issued_ms: now_millis(),
         };
-        km_sign_blob(&self.signer, signed::ROOM_HEAD, &h).map_err(ApiError::internal)
+        km_sign_blob(&self.signer, signed::ROOM_HEAD, &h).map_err(Denied::internal)
     }
 
     /// Anyone who ever held a grant in the room, or the tenant's surveillance.
-    fn may_follow(cert: &DeviceCert, st: &RoomState) -> Result<(), ApiError> {
+    fn may_follow(cert: &DeviceCert, st: &RoomState) -> Result<(), Denied> {
         if st.grants.contains_key(&cert.user)
             || (cert.roles.contains(&Role::Surveillance) && st.tenant == cert.tenant)
         {
             return Ok(());
         }
-        Err(ApiError::not_found(
+        Err(Denied::not_found(
             "unknown_room",
             format!("no room {} that you were ever a member of", st.room),
         ))
@@ -45,9 +45,9 @@ impl Km {
         room: &RoomId,
         log_from: u64,
         log: &[SignedStatement],
-    ) -> Result<serde_json::Value, ApiError> {
+    ) -> Result<serde_json::Value, Denied> {
         let st = self.ingest(room, log_from, log).await?.ok_or_else(|| {
-            ApiError::not_found(
+            Denied::not_found(
                 "unknown_room",
                 format!("the KM has no verified log for room {room}; send it"),
             )
@@ -63,9 +63,9 @@ impl Km {
         cert: &DeviceCert,
         room: &RoomId,
         from: u64,
-    ) -> Result<serde_json::Value, ApiError> {
+    ) -> Result<serde_json::Value, Denied> {
         let st = self.room_state(room).await?.ok_or_else(|| {
-            ApiError::not_found("unknown_room", format!("the KM has no log for room {room}"))
+            Denied::not_found("unknown_room", format!("the KM has no log for room {room}"))
         })?;
         Self::may_follow(cert, &st)?;
         let rows = self
@@ -77,7 +77,7 @@ impl Km {
             .iter()
             .map(|r| serde_json::from_slice(&r.entry))
             .collect::<Result<Vec<SignedStatement>, _>>()
-            .map_err(ApiError::internal)?;
+            .map_err(Denied::internal)?;
         json(&RoomLogResponse { entries })
     }
 }

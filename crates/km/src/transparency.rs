@@ -6,11 +6,11 @@ use super::*;
 impl Km {
     /// The newest checkpoint as devices get it: with the witnesses'
     /// cosignatures when witnesses are configured.
-    pub(crate) async fn checkpoint(&self) -> Result<(cloister_log::Checkpoint, String), ApiError> {
+    pub(crate) async fn checkpoint(&self) -> Result<(cloister_log::Checkpoint, String), Denied> {
         if self.witnesses.is_empty() {
-            self.audit.checkpoint().await
+            Ok(self.audit.checkpoint().await?)
         } else {
-            self.audit.cosigned_checkpoint(&self.witnesses).await
+            Ok(self.audit.cosigned_checkpoint(&self.witnesses).await?)
         }
     }
 
@@ -18,7 +18,7 @@ impl Km {
         &self,
         index: u64,
         size: Option<u64>,
-    ) -> Result<InclusionProof, ApiError> {
+    ) -> Result<InclusionProof, Denied> {
         let size = size.unwrap_or_else(|| self.audit.size());
         let proof = self.audit.inclusion_proof(index, size)?;
         let data = self
@@ -27,9 +27,7 @@ impl Km {
             .audit_get(index)
             .await
             .map_err(store_err)?
-            .ok_or_else(|| {
-                ApiError::not_found("no_such_entry", format!("no audit entry {index}"))
-            })?;
+            .ok_or_else(|| Denied::not_found("no_such_entry", format!("no audit entry {index}")))?;
         Ok(InclusionProof {
             index,
             size,
@@ -43,14 +41,14 @@ impl Km {
         &self,
         cert: &DeviceCert,
         room: &RoomId,
-    ) -> Result<WhoHasKeysResponse, ApiError> {
+    ) -> Result<WhoHasKeysResponse, Denied> {
         let allowed = cert.roles.contains(&Role::Admin)
             || self
                 .room_state(room)
                 .await?
                 .is_some_and(|s| s.grants.contains_key(&cert.user));
         if !allowed {
-            return Err(ApiError::forbidden(
+            return Err(Denied::forbidden(
                 "not_entitled",
                 format!("{} was never a member of room {room}", cert.user),
             ));

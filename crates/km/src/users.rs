@@ -9,9 +9,9 @@ impl Km {
         actor: Option<&UserId>,
         user: &UserId,
         roles: &[Role],
-    ) -> Result<AddUserResponse, ApiError> {
+    ) -> Result<AddUserResponse, Denied> {
         if user.tenant() != self.tenant {
-            return Err(ApiError::bad_request(
+            return Err(Denied::malformed(
                 "wrong_tenant",
                 format!("{user} is not a user of tenant {}", self.tenant),
             ));
@@ -30,7 +30,7 @@ impl Km {
             .map_err(store_err)?
         {
             if existing.status != "active" {
-                return Err(ApiError::conflict(
+                return Err(Denied::conflict(
                     "user_disabled",
                     format!("{user} is disabled; re-enabling is not supported"),
                 ));
@@ -55,7 +55,7 @@ impl Km {
             },
         )
         .await?;
-        let code = random_code().map_err(ApiError::internal)?;
+        let code = random_code().map_err(Denied::internal)?;
         let expires_at = now_secs() + self.config.code_secs;
         self.store
             .put_code(&code_hash(&code), user.as_str(), expires_at)
@@ -73,7 +73,7 @@ impl Km {
         &self,
         actor: Option<&UserId>,
         user: &UserId,
-    ) -> Result<AdminResponse, ApiError> {
+    ) -> Result<AdminResponse, Denied> {
         if self
             .store
             .get_user(user.as_str())
@@ -81,10 +81,7 @@ impl Km {
             .map_err(store_err)?
             .is_none()
         {
-            return Err(ApiError::not_found(
-                "unknown_user",
-                format!("no user {user}"),
-            ));
+            return Err(Denied::not_found("unknown_user", format!("no user {user}")));
         }
         self.record(actor, AuditEvent::UserDisabled { user: user.clone() })
             .await?;
@@ -102,11 +99,11 @@ impl Km {
             ts: now_secs(),
         };
         Ok(AdminResponse {
-            notice: Some(sign_notice(&self.signer, &n).map_err(ApiError::internal)?),
+            notice: Some(sign_notice(&self.signer, &n).map_err(Denied::internal)?),
         })
     }
 
-    pub(crate) async fn list_users(&self) -> Result<Vec<UserRecord>, ApiError> {
+    pub(crate) async fn list_users(&self) -> Result<Vec<UserRecord>, Denied> {
         let mut out = Vec::new();
         for u in self.store.list_users().await.map_err(store_err)? {
             let devices = self

@@ -4,27 +4,27 @@
 use super::*;
 
 impl Km {
-    pub(crate) fn check_scope(&self, scope: &CaseScope) -> Result<(), ApiError> {
+    pub(crate) fn check_scope(&self, scope: &CaseScope) -> Result<(), Denied> {
         if scope.from_ms > scope.to_ms {
-            return Err(ApiError::bad_request(
+            return Err(Denied::malformed(
                 "bad_scope",
                 "the case's time range ends before it starts",
             ));
         }
         if scope.custodians.is_empty() && scope.rooms.is_empty() {
-            return Err(ApiError::bad_request(
+            return Err(Denied::malformed(
                 "bad_scope",
                 "a case names at least one custodian or room",
             ));
         }
         if scope.custodians.len() > MAX_SCOPE || scope.rooms.len() > MAX_SCOPE {
-            return Err(ApiError::bad_request(
+            return Err(Denied::malformed(
                 "bad_scope",
                 format!("a case names at most {MAX_SCOPE} custodians and {MAX_SCOPE} rooms"),
             ));
         }
         if let Some(u) = scope.custodians.iter().find(|u| u.tenant() != self.tenant) {
-            return Err(ApiError::bad_request(
+            return Err(Denied::malformed(
                 "bad_scope",
                 format!("{u} is not a user of tenant {}", self.tenant),
             ));
@@ -32,20 +32,20 @@ impl Km {
         Ok(())
     }
 
-    pub(crate) async fn get_case(&self, case: &str) -> Result<(SignedBlob, Case), ApiError> {
+    pub(crate) async fn get_case(&self, case: &str) -> Result<(SignedBlob, Case), Denied> {
         let b = self
             .store
             .get_case(case)
             .await
             .map_err(store_err)?
-            .ok_or_else(|| ApiError::not_found("unknown_case", format!("no case {case:?}")))?;
-        let blob: SignedBlob = serde_json::from_slice(&b).map_err(ApiError::internal)?;
-        let c: Case = serde_json::from_slice(blob.body.as_slice()).map_err(ApiError::internal)?;
+            .ok_or_else(|| Denied::not_found("unknown_case", format!("no case {case:?}")))?;
+        let blob: SignedBlob = serde_json::from_slice(&b).map_err(Denied::internal)?;
+        let c: Case = serde_json::from_slice(blob.body.as_slice()).map_err(Denied::internal)?;
         Ok((blob, c))
     }
 
-    pub(crate) async fn put_case(&self, c: &Case) -> Result<SignedBlob, ApiError> {
-        let blob = km_sign_blob(&self.signer, signed::CASE, c).map_err(ApiError::internal)?;
+    pub(crate) async fn put_case(&self, c: &Case) -> Result<SignedBlob, Denied> {
+        let blob = km_sign_blob(&self.signer, signed::CASE, c).map_err(Denied::internal)?;
         self.record(
             Some(&c.officer),
             AuditEvent::CaseOpened {
@@ -63,7 +63,7 @@ impl Km {
             .put_case(
                 &c.case,
                 c.version,
-                &serde_json::to_vec(&blob).map_err(ApiError::internal)?,
+                &serde_json::to_vec(&blob).map_err(Denied::internal)?,
             )
             .await
             .map_err(store_err)?;
@@ -78,15 +78,15 @@ impl Km {
         scope: CaseScope,
         session_pk: Fixed<32>,
         hold: bool,
-    ) -> Result<SignedBlob, ApiError> {
+    ) -> Result<SignedBlob, Denied> {
         if !valid_case_id(&case) {
-            return Err(ApiError::bad_request(
+            return Err(Denied::malformed(
                 "bad_case",
                 "a case id is 1 to 64 of a-z, 0-9, '-', '_', '.'",
             ));
         }
         if title.len() > 200 || title.chars().any(char::is_control) {
-            return Err(ApiError::bad_request(
+            return Err(Denied::malformed(
                 "bad_case",
                 "a case title is at most 200 bytes without control characters",
             ));
@@ -99,7 +99,7 @@ impl Km {
             .map_err(store_err)?
             .is_some()
         {
-            return Err(ApiError::conflict(
+            return Err(Denied::conflict(
                 "case_exists",
                 format!("case {case:?} already exists"),
             ));
@@ -126,11 +126,11 @@ impl Km {
         cert: &DeviceCert,
         case: &str,
         scope: CaseScope,
-    ) -> Result<SignedBlob, ApiError> {
+    ) -> Result<SignedBlob, Denied> {
         self.check_scope(&scope)?;
         let (_, mut c) = self.get_case(case).await?;
         if c.officer != cert.user {
-            return Err(ApiError::forbidden(
+            return Err(Denied::forbidden(
                 "not_case_officer",
                 format!("case {case:?} belongs to {}", c.officer),
             ));
@@ -140,46 +140,46 @@ impl Km {
         self.put_case(&c).await
     }
 
-    pub(crate) async fn escrow(&self) -> Result<EscrowDescriptor, ApiError> {
+    pub(crate) async fn escrow(&self) -> Result<EscrowDescriptor, Denied> {
         let d = self
             .store
             .get_escrow()
             .await
             .map_err(store_err)?
             .ok_or_else(|| {
-                ApiError::not_found("no_escrow", "the tenant's escrow key is not initialised")
+                Denied::not_found("no_escrow", "the tenant's escrow key is not initialised")
             })?;
-        let s: SignedEscrow = serde_json::from_slice(&d).map_err(ApiError::internal)?;
-        serde_json::from_slice(s.body.as_slice()).map_err(ApiError::internal)
+        let s: SignedEscrow = serde_json::from_slice(&d).map_err(Denied::internal)?;
+        serde_json::from_slice(s.body.as_slice()).map_err(Denied::internal)
     }
 
     pub(crate) async fn case_approve(
         &self,
         cert: &DeviceCert,
         blob: SignedBlob,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Denied> {
         let a: Approval = verify_blob(&cert.sign_pk.0, signed::APPROVAL, &blob, "approval")
             .map_err(|e| {
-                ApiError::unauthorized(
+                Denied::unauthenticated(
                     "bad_signature",
                     format!("the approval is not signed by this device: {e}"),
                 )
             })?;
         if a.custodian != cert.user || a.device != cert.device || a.tenant != self.tenant {
-            return Err(ApiError::forbidden(
+            return Err(Denied::forbidden(
                 "not_signer",
                 "an approval names its own custodian and device",
             ));
         }
         if !cloister_proto::within_skew(a.ts) {
-            return Err(ApiError::bad_request(
+            return Err(Denied::malformed(
                 "stale_approval",
                 "the approval's timestamp is outside the allowed clock skew",
             ));
         }
         let (case_blob, c) = self.get_case(&a.case).await?;
         if a.version != c.version || a.case_sha256.0 != sha256(case_blob.body.as_slice()) {
-            return Err(ApiError::conflict(
+            return Err(Denied::conflict(
                 "stale_approval",
                 format!(
                     "the approval is for another version of case {:?} (now version {})",
@@ -189,7 +189,7 @@ impl Km {
         }
         let escrow = self.escrow().await?;
         if !escrow.custodians.contains(&cert.user) {
-            return Err(ApiError::forbidden(
+            return Err(Denied::forbidden(
                 "not_custodian",
                 format!("{} holds no escrow share", cert.user),
             ));
@@ -200,7 +200,7 @@ impl Km {
             .await
             .map_err(store_err)?;
         if !mine.iter().any(|(n, _)| *n == a.number) {
-            return Err(ApiError::forbidden(
+            return Err(Denied::forbidden(
                 "not_custodian",
                 format!("share {} is not {}'s", a.number, cert.user),
             ));
@@ -210,13 +210,11 @@ impl Km {
                 &a.case,
                 a.version,
                 cert.user.as_str(),
-                &serde_json::to_vec(&blob).map_err(ApiError::internal)?,
+                &serde_json::to_vec(&blob).map_err(Denied::internal)?,
             )
             .await
             .map_err(|e| match e {
-                cloister_store::StoreError::Conflict(m) => {
-                    ApiError::conflict("already_approved", m)
-                }
+                cloister_store::StoreError::Conflict(m) => Denied::conflict("already_approved", m),
                 e => store_err(e),
             })?;
         self.record(
@@ -237,10 +235,10 @@ impl Km {
         &self,
         cert: &DeviceCert,
         case: &str,
-    ) -> Result<CaseApprovals, ApiError> {
+    ) -> Result<CaseApprovals, Denied> {
         let (blob, c) = self.get_case(case).await?;
         if c.officer != cert.user {
-            return Err(ApiError::forbidden(
+            return Err(Denied::forbidden(
                 "not_case_officer",
                 format!("case {case:?} belongs to {}", c.officer),
             ));
@@ -252,16 +250,16 @@ impl Km {
             .await
             .map_err(store_err)?
         {
-            let approval: SignedBlob = serde_json::from_slice(&b).map_err(ApiError::internal)?;
+            let approval: SignedBlob = serde_json::from_slice(&b).map_err(Denied::internal)?;
             let a: Approval =
-                serde_json::from_slice(approval.body.as_slice()).map_err(ApiError::internal)?;
+                serde_json::from_slice(approval.body.as_slice()).map_err(Denied::internal)?;
             let row = self
                 .store
                 .get_device(&a.device.to_hex())
                 .await
                 .map_err(store_err)?
-                .ok_or_else(|| ApiError::internal("approving device vanished"))?;
-            let cert: SignedCert = serde_json::from_slice(&row.cert).map_err(ApiError::internal)?;
+                .ok_or_else(|| Denied::internal("approving device vanished"))?;
+            let cert: SignedCert = serde_json::from_slice(&row.cert).map_err(Denied::internal)?;
             approvals.push(ApprovalWithCert { approval, cert });
         }
         Ok(CaseApprovals {
@@ -276,16 +274,16 @@ impl Km {
         case: &str,
         step: &str,
         count: u64,
-    ) -> Result<(), ApiError> {
+    ) -> Result<(), Denied> {
         let Some(step) = STEPS.iter().find(|s| **s == step) else {
-            return Err(ApiError::bad_request(
+            return Err(Denied::malformed(
                 "bad_step",
                 format!("a session step is one of {}", STEPS.join(", ")),
             ));
         };
         let (_, c) = self.get_case(case).await?;
         if c.officer != cert.user || c.officer_device != cert.device {
-            return Err(ApiError::forbidden(
+            return Err(Denied::forbidden(
                 "not_case_officer",
                 format!(
                     "case {case:?} belongs to {}'s device {}",
@@ -302,7 +300,7 @@ impl Km {
                 .map_err(store_err)?
                 .len();
             if have < k {
-                return Err(ApiError::conflict(
+                return Err(Denied::conflict(
                     "not_enough_approvals",
                     format!(
                         "case {case:?} has {have} of the {k} approvals it needs; nothing may be decrypted"

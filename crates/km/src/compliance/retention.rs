@@ -4,7 +4,7 @@
 use super::*;
 
 impl Km {
-    pub(crate) async fn retention_days(&self, kind: &str) -> Result<Option<u32>, ApiError> {
+    pub(crate) async fn retention_days(&self, kind: &str) -> Result<Option<u32>, Denied> {
         Ok(self
             .store
             .get_meta(&format!("retention/{kind}"))
@@ -17,7 +17,7 @@ impl Km {
     pub(crate) async fn retention_run(
         &self,
         cert: &DeviceCert,
-    ) -> Result<RetentionRunResponse, ApiError> {
+    ) -> Result<RetentionRunResponse, Denied> {
         let now = now_millis();
         let days_im = self.retention_days("im").await?;
         let days_group = self.retention_days("group").await?;
@@ -36,7 +36,7 @@ impl Km {
         let mut shredded = Vec::new();
         let mut held_keys = Vec::new();
         for row in self.store.list_rooms().await.map_err(store_err)? {
-            let st: RoomState = serde_json::from_slice(&row.state).map_err(ApiError::internal)?;
+            let st: RoomState = serde_json::from_slice(&row.state).map_err(Denied::internal)?;
             let days = match st.kind {
                 RoomKind::Im => days_im,
                 _ => days_group,
@@ -113,7 +113,7 @@ impl Km {
                         ts: cloister_proto::now_secs(),
                     },
                 )
-                .map_err(ApiError::internal)?,
+                .map_err(Denied::internal)?,
             )
         };
         let order = PurgeOrder {
@@ -127,7 +127,7 @@ impl Km {
             "retention run"
         );
         Ok(RetentionRunResponse {
-            order: km_sign_blob(&self.signer, signed::PURGE, &order).map_err(ApiError::internal)?,
+            order: km_sign_blob(&self.signer, signed::PURGE, &order).map_err(Denied::internal)?,
             shredded,
             held: held_keys,
             notice,
