@@ -13,6 +13,8 @@
 //! for an epoch that the verified log does not contain.
 #![forbid(unsafe_code)]
 
+pub mod barriers;
+
 use cloister_crypto::signed::{entry_hash, verify_statement};
 use cloister_proto::room::{Action, RoomKind, RoomSettings, SignedStatement, Statement};
 use cloister_proto::{RoomId, TenantId, UserId};
