@@ -660,28 +660,12 @@ async fn the_vault_refuses_an_envelope_that_lies_about_its_sender() {
     // an honest message from alice, captured by her device
     alice.send_text(&room, "buy 10mm").await.unwrap();
     // bob (a member) sees its envelope at the server
-    let page: cloister_proto::server::HistoryPage = w
-        .http
-        .get(format!("{}/v1/rooms/{room}/messages", w.stack.server_url))
-        .bearer_auth(bob.token().await)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page: cloister_proto::server::HistoryPage =
+        bob.get(&format!("/v1/rooms/{room}/messages")).await;
     let real = &page.messages[0].envelope;
     let h = cloister_crypto::message::peek_header(real).unwrap();
-    let alice_cert: cloister_proto::km::SignedCert = w
-        .http
-        .get(format!("{}/v1/devices/{}", w.stack.server_url, h.device))
-        .bearer_auth(bob.token().await)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let alice_cert: cloister_proto::km::SignedCert =
+        bob.get(&format!("/v1/devices/{}", h.device)).await;
     let count = w.stack.vault.envelope_count().await.unwrap();
     let log = w.stack.vault.log_size();
     let sealed = |id: cloister_proto::MessageId, ct_sha: [u8; 32], ts: u64| {

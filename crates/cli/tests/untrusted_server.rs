@@ -10,7 +10,8 @@ use cloister_proto::room::RoomSettings;
 use common::proxy::Proxy;
 use common::*;
 
-/// A user whose device talks to the messaging server through `proxy`.
+/// A new device of user `name` (created if needed) that talks to the
+/// messaging server through `proxy`.
 async fn behind(w: &World, proxy: &Proxy, name: &str) -> Client {
     let user = World::uid(name);
     let code = w.admin.admin_add_user(&user, false).await.unwrap().code;
@@ -188,24 +189,7 @@ async fn history_replay_reorder_drop_and_withheld_tail_are_each_reported() {
         }
     });
     // a new device of bob, which never saw this room, still sees the disorder
-    let bob2 = {
-        let code = w
-            .admin
-            .admin_add_user(bob.user(), false)
-            .await
-            .unwrap()
-            .code;
-        Client::enrol(
-            w.http.clone(),
-            &proxy.url,
-            &w.stack.km_url,
-            bob.user(),
-            &code,
-            Storage::Memory,
-        )
-        .await
-        .unwrap()
-    };
+    let bob2 = behind(&w, &proxy, "bob").await;
     bob2.read(&room, 50, None).await.unwrap();
     assert!(
         alerted(&bob2, &["reordered", "alice@acme"]),
@@ -220,24 +204,7 @@ async fn history_replay_reorder_drop_and_withheld_tail_are_each_reported() {
             v["messages"].as_array_mut().unwrap().remove(1);
         }
     });
-    let bob3 = {
-        let code = w
-            .admin
-            .admin_add_user(bob.user(), false)
-            .await
-            .unwrap()
-            .code;
-        Client::enrol(
-            w.http.clone(),
-            &proxy.url,
-            &w.stack.km_url,
-            bob.user(),
-            &code,
-            Storage::Memory,
-        )
-        .await
-        .unwrap()
-    };
+    let bob3 = behind(&w, &proxy, "bob").await;
     assert_eq!(
         texts(&bob3.read(&room, 50, None).await.unwrap()),
         ["m1", "m3", "m4"]

@@ -8,67 +8,27 @@ use cloister_client::export::{ExportItem, Source, write};
 use cloister_crypto::signed::{self, km_sign_blob};
 use cloister_crypto::{DeviceKeys, KmSigner, capture, escrow};
 use cloister_proto::b64::Fixed;
-use cloister_proto::km::{
-    Case, CaseScope, DeviceCert, InclusionProof, Role, SignedCert, VaultDescriptor,
-};
-use cloister_proto::server::{Content, MessageHeader};
+use cloister_proto::km::{Case, CaseScope, InclusionProof, Role, VaultDescriptor};
+use cloister_proto::server::Content;
 use cloister_proto::vault::AuditEnvelope;
-use cloister_proto::{MessageId, RoomId, TenantId};
+use cloister_proto::{RoomId, TenantId};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 
-/// An audit envelope for a message `sender` really sent (so it is attributable).
-fn envelope(i: u64, content: Content, sender: &DeviceKeys) -> AuditEnvelope {
-    let mut id = [0u8; 16];
-    id[..8].copy_from_slice(&i.to_be_bytes());
-    let header = MessageHeader {
-        v: 1,
-        room: RoomId([2; 16]),
-        epoch: 0,
-        id: MessageId(id),
-        sender: "alice@acme".parse().unwrap(),
-        device: sender.device_id(),
-        ts: 1_795_305_600_000 + i,
-        commit: Fixed([0; 32]),
-        counter: 1,
-        after: vec![],
-    };
-    let (env, attribution) = cloister_crypto::message::seal_attributed(
-        sender,
-        &cloister_crypto::RoomKey::from_bytes([7; 32]),
-        &header,
-        &content,
-    )
-    .unwrap();
-    AuditEnvelope {
-        message_id: header.id,
-        room: header.room,
-        epoch: 0,
-        sender: header.sender,
-        device: header.device,
-        participants: vec!["alice@acme".parse().unwrap(), "bob@acme".parse().unwrap()],
-        ts: header.ts,
-        ciphertext_sha256: Fixed(cloister_crypto::sha256(env.ciphertext.as_slice())),
-        content,
-        attachment_sha256: vec![],
-        attribution,
-    }
-}
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::cert as cert_for;
 
-fn cert_for(km: &KmSigner, keys: &DeviceKeys, user: &str, role: Role) -> SignedCert {
-    signed::sign_cert(
-        km,
-        &DeviceCert {
-            tenant: "acme".parse().unwrap(),
-            user: user.parse().unwrap(),
-            device: keys.device_id(),
-            sign_pk: Fixed(keys.sign_pk()),
-            hpke_pk: Fixed(keys.hpke_pk()),
-            roles: vec![role],
-            issued_at: 0,
-            not_after: u64::MAX / 2,
-        },
+/// An attributable audit envelope of alice's message number `i`.
+fn envelope(i: u64, content: Content, sender: &DeviceKeys) -> AuditEnvelope {
+    support::attributed(
+        i,
+        RoomId([2; 16]),
+        sender,
+        "alice@acme",
+        content,
+        vec!["alice@acme".parse().unwrap(), "bob@acme".parse().unwrap()],
+        &cloister_crypto::RoomKey::from_bytes([7; 32]),
     )
-    .unwrap()
 }
 
 fn bench(c: &mut Criterion) {

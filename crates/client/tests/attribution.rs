@@ -5,66 +5,25 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use cloister_client::export::{self, ExportItem, Source};
-use cloister_crypto::signed::{self, km_sign_blob, sign_cert};
-use cloister_crypto::{DeviceKeys, KmSigner, RoomKey, capture, escrow, message};
+use cloister_crypto::signed::{self, km_sign_blob};
+use cloister_crypto::{DeviceKeys, KmSigner, RoomKey, capture, escrow};
 use cloister_log::{AuditEvent, AuditRecord, Checkpoint, NoteSigner, Tree, leaf_hash};
 use cloister_proto::b64::{Bytes, Fixed};
-use cloister_proto::km::{
-    Case, CaseScope, DeviceCert, InclusionProof, Role, SignedCert, VaultDescriptor,
-};
-use cloister_proto::server::{Content, MessageHeader};
+use cloister_proto::km::{Case, CaseScope, InclusionProof, Role, SignedCert, VaultDescriptor};
+use cloister_proto::server::Content;
 use cloister_proto::vault::AuditEnvelope;
-use cloister_proto::{MessageId, RoomId, TenantId, UserId};
+use cloister_proto::{RoomId, TenantId, UserId};
 use std::path::Path;
 
-fn cert(km: &KmSigner, keys: &DeviceKeys, user: &str, role: Role) -> SignedCert {
-    sign_cert(
-        km,
-        &DeviceCert {
-            tenant: "acme".parse().unwrap(),
-            user: user.parse().unwrap(),
-            device: keys.device_id(),
-            sign_pk: Fixed(keys.sign_pk()),
-            hpke_pk: Fixed(keys.hpke_pk()),
-            roles: vec![role],
-            issued_at: 0,
-            not_after: u64::MAX / 2,
-        },
-    )
-    .unwrap()
-}
+mod support;
+use support::cert;
 
 const ROOM: RoomId = RoomId([0x21; 16]);
 
 /// A message `sender` really sent, as its audit envelope.
 fn sent(n: u8, sender: &DeviceKeys, user: &str, text: &str, rk: &RoomKey) -> AuditEnvelope {
-    let header = MessageHeader {
-        v: 1,
-        room: ROOM,
-        epoch: 0,
-        id: MessageId([n; 16]),
-        sender: user.parse().unwrap(),
-        device: sender.device_id(),
-        ts: 1_795_305_600_000 + n as u64,
-        commit: Fixed([0; 32]),
-        counter: 1,
-        after: vec![],
-    };
     let content = Content::Text { text: text.into() };
-    let (env, attribution) = message::seal_attributed(sender, rk, &header, &content).unwrap();
-    AuditEnvelope {
-        message_id: header.id,
-        room: ROOM,
-        epoch: 0,
-        sender: header.sender,
-        device: header.device,
-        participants: vec![],
-        ts: header.ts,
-        ciphertext_sha256: Fixed(cloister_crypto::sha256(env.ciphertext.as_slice())),
-        content,
-        attachment_sha256: vec![],
-        attribution,
-    }
+    support::attributed(n as u64, ROOM, sender, user, content, vec![], rk)
 }
 
 struct Fixture {

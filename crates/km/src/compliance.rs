@@ -24,7 +24,7 @@ use cloister_proto::b64::Fixed;
 use cloister_proto::km::{
     Approval, ApprovalWithCert, Case, CaseApprovals, CaseListResponse, CaseScope, DeviceCert,
     EscrowDescriptor, KmOp, Notice, PurgeOrder, RetentionRunResponse, Role, RoomPurge, SignedBlob,
-    SignedCert, SignedEscrow, VaultDescriptor, VaultRegisterResponse,
+    SignedCert, VaultDescriptor, VaultRegisterResponse,
 };
 use cloister_proto::room::RoomKind;
 use cloister_proto::{UserId, limits, now_millis};

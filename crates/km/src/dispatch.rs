@@ -94,18 +94,7 @@ impl Km {
                 log,
             } => self.room_head(&cert, &room, log_from, &log).await,
             KmOp::RoomLog { room, from } => self.room_log(&cert, &room, from).await,
-            KmOp::EscrowInfo => {
-                let d = self
-                    .store
-                    .get_escrow()
-                    .await
-                    .map_err(store_err)?
-                    .ok_or_else(|| {
-                        Denied::not_found("no_escrow", "the tenant's escrow key is not initialised")
-                    })?;
-                let signed: SignedEscrow = serde_json::from_slice(&d).map_err(Denied::internal)?;
-                json(&signed)
-            }
+            KmOp::EscrowInfo => json(&self.signed_escrow().await?),
             KmOp::MyEscrowShare => {
                 let rows = self
                     .store

@@ -4,6 +4,19 @@
 use super::*;
 
 impl Km {
+    /// The tenant's KM-signed escrow descriptor.
+    pub(crate) async fn signed_escrow(&self) -> Result<SignedEscrow, Denied> {
+        let d = self
+            .store
+            .get_escrow()
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| {
+                Denied::not_found("no_escrow", "the tenant's escrow key is not initialised")
+            })?;
+        serde_json::from_slice(&d).map_err(Denied::internal)
+    }
+
     /// Register the escrow key and its custodians' sealed shares (once).
     pub(crate) async fn escrow_init(
         &self,

@@ -69,6 +69,28 @@ pub(crate) async fn scrub(pool: &SqlitePool) -> Result<()> {
     Ok(())
 }
 
+/// A room's membership-log entries from `from_seq` (the server's and the
+/// KM's `room_log` tables have the same shape).
+async fn log_rows(pool: &SqlitePool, room: &str, from_seq: u64, limit: u32) -> Result<Vec<LogRow>> {
+    let rows = sqlx::query(
+        "SELECT seq, entry, hash FROM room_log WHERE room = ? AND seq >= ? ORDER BY seq LIMIT ?",
+    )
+    .bind(room)
+    .bind(i(from_seq))
+    .bind(limit as i64)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(LogRow {
+                seq: u(r.try_get("seq")?),
+                entry: r.try_get("entry")?,
+                hash: r.try_get("hash")?,
+            })
+        })
+        .collect()
+}
+
 pub(crate) async fn meta_get(pool: &SqlitePool, key: &str) -> Result<Option<Vec<u8>>> {
     Ok(sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
         .bind(key)
@@ -319,21 +341,7 @@ impl ServerStore for SqliteServerStore {
     }
 
     async fn get_log(&self, room: &str, from_seq: u64, limit: u32) -> Result<Vec<LogRow>> {
-        let rows = sqlx::query("SELECT seq, entry, hash FROM room_log WHERE room = ? AND seq >= ? ORDER BY seq LIMIT ?")
-            .bind(room)
-            .bind(i(from_seq))
-            .bind(limit as i64)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(LogRow {
-                    seq: u(r.try_get("seq")?),
-                    entry: r.try_get("entry")?,
-                    hash: r.try_get("hash")?,
-                })
-            })
-            .collect()
+        log_rows(&self.pool, room, from_seq, limit).await
     }
 
     async fn get_room(&self, room: &str) -> Result<Option<RoomRow>> {
@@ -720,23 +728,7 @@ impl KmStore for SqliteKmStore {
     }
 
     async fn km_log(&self, room: &str, from_seq: u64, limit: u32) -> Result<Vec<LogRow>> {
-        let rows = sqlx::query(
-            "SELECT seq, entry, hash FROM room_log WHERE room = ? AND seq >= ? ORDER BY seq LIMIT ?",
-        )
-        .bind(room)
-        .bind(i(from_seq))
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(LogRow {
-                    seq: u(r.try_get("seq")?),
-                    entry: r.try_get("entry")?,
-                    hash: r.try_get("hash")?,
-                })
-            })
-            .collect()
+        log_rows(&self.pool, room, from_seq, limit).await
     }
 
     async fn get_room_key(&self, room: &str, epoch: u64) -> Result<Option<Vec<u8>>> {

@@ -259,6 +259,19 @@ impl RawDevice {
         (r.status().as_u16(), r.json().await.unwrap())
     }
 
+    /// `GET path` at the server with a fresh session; the JSON answer.
+    pub async fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.server_url))
+            .bearer_auth(self.token().await)
+            .send()
+            .await
+            .unwrap();
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().await.unwrap()
+    }
+
     pub async fn token(&self) -> String {
         let ts = cloister_proto::now_millis();
         let nonce = cloister_crypto::random_bytes::<16>().unwrap();

@@ -141,15 +141,7 @@ impl Km {
     }
 
     pub(crate) async fn escrow(&self) -> Result<EscrowDescriptor, Denied> {
-        let d = self
-            .store
-            .get_escrow()
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| {
-                Denied::not_found("no_escrow", "the tenant's escrow key is not initialised")
-            })?;
-        let s: SignedEscrow = serde_json::from_slice(&d).map_err(Denied::internal)?;
+        let s = self.signed_escrow().await?;
         serde_json::from_slice(s.body.as_slice()).map_err(Denied::internal)
     }
 
