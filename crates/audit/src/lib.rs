@@ -206,8 +206,10 @@ impl AuditLog {
     /// empty log gets one signed here.)
     pub async fn checkpoint(&self) -> Result<(Checkpoint, String), ApiError> {
         if let Some((_, note)) = self.latest.lock().ok().and_then(|l| l.clone()) {
-            let cp = Checkpoint::parse_body(note.split("\n\n").next().unwrap_or(""))
+            let text = cloister_log::note::split_note(&note)
+                .map(|(t, _)| t)
                 .map_err(ApiError::internal)?;
+            let cp = Checkpoint::parse_body(text).map_err(ApiError::internal)?;
             return Ok((cp, note));
         }
         let cp = Checkpoint {

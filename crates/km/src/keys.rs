@@ -109,15 +109,7 @@ impl Km {
         if let Ok(mut m) = self.wrapped.lock() {
             m.clear();
         }
-        let mut scrubbed = self.store.km_scrub().await;
-        for _ in 0..20 {
-            if scrubbed.is_ok() {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-            scrubbed = self.store.km_scrub().await;
-        }
-        scrubbed.map_err(store_err)?;
+        self.store.km_scrub().await.map_err(store_err)?;
         tracing::info!(
             generation = g,
             rewrapped = rewrapped.len(),

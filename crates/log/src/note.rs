@@ -148,6 +148,14 @@ pub fn verifier_key(name: &str, pk: &[u8; 32]) -> String {
     )
 }
 
+/// A signed note's text (ending in a newline) and its signature block.
+pub fn split_note(note: &str) -> Result<(&str, &str), NoteError> {
+    let split = note
+        .rfind("\n\n")
+        .ok_or(NoteError::Malformed("no signature block"))?;
+    Ok((&note[..split + 1], &note[split + 2..]))
+}
+
 /// Verifies notes signed by one Ed25519 key.
 #[derive(Debug, Clone)]
 pub struct NoteVerifier {
@@ -197,11 +205,7 @@ impl NoteVerifier {
 
     /// Verify a signed note; returns its text.
     pub fn verify<'n>(&self, note: &'n str) -> Result<&'n str, NoteError> {
-        let split = note
-            .rfind("\n\n")
-            .ok_or(NoteError::Malformed("no signature block"))?;
-        let text = &note[..split + 1];
-        let sigs = &note[split + 2..];
+        let (text, sigs) = split_note(note)?;
         if !sigs.ends_with('\n') {
             return Err(NoteError::Malformed(
                 "signature block must end with a newline",

@@ -44,10 +44,7 @@ fn hex_id(id: &[u8; 4]) -> String {
 
 /// The note text of a signed note (everything before the signature block).
 pub fn note_text(note: &str) -> Result<&str, NoteError> {
-    let split = note
-        .rfind("\n\n")
-        .ok_or(NoteError::Malformed("no signature block"))?;
-    Ok(&note[..split + 1])
+    Ok(crate::note::split_note(note)?.0)
 }
 
 /// A witness's signing side.
@@ -110,8 +107,8 @@ impl CosignatureVerifier {
 
     /// The time of this witness's valid cosignature on `note`, if any.
     pub fn verify(&self, note: &str) -> Result<u64, NoteError> {
-        let text = note_text(note)?;
-        for line in note[text.len() + 1..].lines() {
+        let (text, sigs) = crate::note::split_note(note)?;
+        for line in sigs.lines() {
             let Some((name, b64)) = line.strip_prefix(DASH).and_then(|r| r.split_once(' ')) else {
                 continue;
             };

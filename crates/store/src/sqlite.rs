@@ -56,17 +56,21 @@ fn unique(msg: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
 /// A value of a `meta (key, value)` table.
 /// Fold the WAL into the database and truncate it, so no WAL frame keeps
 /// an old page image; with `secure_delete` the database's freed space is
-/// already zero. Fails if a reader keeps the WAL busy.
+/// already zero. A busy reader is waited for (up to about a second), then
+/// it is an error.
 pub(crate) async fn scrub(pool: &SqlitePool) -> Result<()> {
-    let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
-        .fetch_one(pool)
-        .await?;
-    if busy != 0 {
-        return Err(StoreError::Backend(
-            "the WAL could not be truncated (a reader is busy); retry".into(),
-        ));
+    for _ in 0..20 {
+        let (busy, _, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(TRUNCATE)")
+            .fetch_one(pool)
+            .await?;
+        if busy == 0 {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    Ok(())
+    Err(StoreError::Backend(
+        "the WAL could not be truncated (a reader stays busy); retry".into(),
+    ))
 }
 
 /// A room's membership-log entries from `from_seq` (the server's and the

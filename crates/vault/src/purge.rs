@@ -67,15 +67,7 @@ impl Vault {
         if deleted > 0 {
             // No WAL frame keeps a deleted envelope's page image; the
             // database's freed space is already zero (secure_delete).
-            let mut r = self.store.vault_scrub().await;
-            for _ in 0..20 {
-                if r.is_ok() {
-                    break;
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                r = self.store.vault_scrub().await;
-            }
-            r.map_err(ApiError::internal)?;
+            self.store.vault_scrub().await.map_err(ApiError::internal)?;
         }
         tracing::info!(deleted, kept, "retention purge applied");
         Ok(PurgeResponse {
