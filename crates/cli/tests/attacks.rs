@@ -784,3 +784,73 @@ async fn the_vault_refuses_an_envelope_that_lies_about_its_sender() {
     assert_eq!(w.stack.vault.envelope_count().await.unwrap(), count);
     assert_eq!(w.stack.vault.log_size(), log);
 }
+
+/// The KM's room head and verified log are for the room's members (past
+/// and present) only: a stranger, another tenant's device and a revoked
+/// member get nothing.
+#[tokio::test]
+async fn the_kms_room_head_and_log_are_not_for_strangers() {
+    let w = World::new().await;
+    let alice = w.raw("alice").await;
+    let member = w.raw("bob").await;
+    let room = setup_room(&w, &member, &alice).await;
+    let head = |room| KmOp::RoomHead {
+        room,
+        log_from: 1,
+        log: vec![],
+    };
+    let log = |room| KmOp::RoomLog { room, from: 0 };
+    // a member gives the KM the room's log and gets the signed head
+    let page: cloister_proto::server::LogPage =
+        member.get(&format!("/v1/rooms/{room}/log?from=0")).await;
+    let (st, b) = member
+        .km(KmOp::RoomHead {
+            room,
+            log_from: 0,
+            log: page.entries,
+        })
+        .await;
+    assert_eq!(st, 200, "{b}");
+    // the members get both
+    assert_eq!(st, 200, "{b}");
+    let (st, b) = member.km(log(room)).await;
+    assert_eq!(st, 200, "{b}");
+    assert_eq!(b["entries"].as_array().unwrap().len(), 1);
+    // a stranger: the same answer as for a room that does not exist
+    let mallory = w.raw("mallory").await;
+    for op in [head(room), log(room)] {
+        let (st, b) = mallory.km(op).await;
+        assert_eq!(
+            (st, b["error"].as_str()),
+            (404, Some("unknown_room")),
+            "{b}"
+        );
+        assert!(!b.to_string().contains("bob@acme"), "{b}");
+    }
+    let nowhere = cloister_policy::room_id_from_random([0x44; 16]);
+    let (st, b) = mallory.km(log(nowhere)).await;
+    assert_eq!(
+        (st, b["error"].as_str()),
+        (404, Some("unknown_room")),
+        "{b}"
+    );
+    // another tenant's device is not known to this KM at all
+    let globex = w.foreign("globex").await;
+    let (st, b) = globex.device.km_at(&w.stack.km_url, log(room)).await;
+    assert_eq!(
+        (st, b["error"].as_str()),
+        (401, Some("unknown_device")),
+        "{b}"
+    );
+    // a revoked member: refused by standing
+    w.admin
+        .admin_revoke_device(&member.keys.device_id())
+        .await
+        .unwrap();
+    let (st, b) = member.km(log(room)).await;
+    assert_eq!(
+        (st, b["error"].as_str()),
+        (403, Some("device_revoked")),
+        "{b}"
+    );
+}
