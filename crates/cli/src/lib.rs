@@ -159,6 +159,8 @@ impl Stack {
             }),
             tokio::spawn(vault.clone().keep_standing(o.vault_refresh, s4)),
         ];
+        let mut tasks = tasks;
+        tasks.extend(km.push_notices_to(&format!("http://{server_addr}")));
         let stack = Stack {
             dir: dir.to_owned(),
             km_url: format!("http://{km_addr}"),

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod compliance_cmd;
+mod controls_cmd;
 mod witness_cmd;
 
 use clap::{Args, Parser, Subcommand};
@@ -58,6 +59,11 @@ enum Cmd {
     /// Tenant administration (needs an admin device).
     #[command(subcommand)]
     Admin(AdminCmd),
+    /// The firm's directory.
+    #[command(subcommand)]
+    Directory(controls_cmd::DirectoryCmd),
+    /// My entitlements.
+    Entitlements,
     /// Enrol this device with a one-time code from an admin.
     Enrol {
         #[arg(long)]
@@ -144,6 +150,10 @@ enum KmCmd {
         /// A witness (URL) to submit the audit log's checkpoints to (repeatable).
         #[arg(long = "witness")]
         witnesses: Vec<String>,
+        /// The messaging server to push notices to (standing changes from
+        /// SCIM, controls); without it an admin device forwards them.
+        #[arg(long)]
+        server: Option<String>,
     },
 }
 
@@ -186,6 +196,9 @@ enum AdminCmd {
     /// The tenant's compliance vault and capture policy.
     #[command(subcommand)]
     Vault(compliance_cmd::AdminVaultCmd),
+    /// Communication controls: entitlements, groups, barriers, profiles, SCIM tokens.
+    #[command(flatten)]
+    Controls(controls_cmd::ControlsAdminCmd),
 }
 
 #[derive(Subcommand)]
@@ -455,6 +468,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             listen,
             pass,
             witnesses,
+            server,
         }) => {
             let p = read_secret(pass.file.as_deref(), "CLOISTER_KM_PASSPHRASE")?;
             if !cloister_km::tmk_path(&data_dir).exists() {
@@ -477,6 +491,9 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 km.tenant(),
                 l.local_addr()?
             );
+            if let Some(server) = &server {
+                km.push_notices_to(server);
+            }
             cloister_km::http::serve(km, l, shutdown_signal()).await?;
         }
         Cmd::Server { data_dir, listen } => {
@@ -625,6 +642,9 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Cmd::Vault(vc) => compliance_cmd::vault_cmd(&ctx, vc).await?,
         Cmd::Witness(wc) => witness_cmd::witness_cmd(&ctx, wc).await?,
         Cmd::Admin(AdminCmd::Vault(vc)) => compliance_cmd::admin_vault_cmd(&ctx, vc).await?,
+        Cmd::Admin(AdminCmd::Controls(cc)) => controls_cmd::admin_cmd(&ctx, cc).await?,
+        Cmd::Directory(dc) => controls_cmd::directory_cmd(&ctx, dc).await?,
+        Cmd::Entitlements => controls_cmd::entitlements_cmd(&ctx).await?,
         Cmd::Compliance(cc) => compliance_cmd::compliance_cmd(&ctx, cc).await?,
         Cmd::Export(ec) => compliance_cmd::export_cmd(&ctx, ec)?,
         Cmd::Audit(ac) => audit_cmd(&ctx, ac).await?,

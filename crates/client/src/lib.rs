@@ -19,6 +19,7 @@ mod admin;
 mod api;
 mod audit;
 mod compliance;
+mod controls;
 pub mod export;
 mod files;
 mod freshness;
@@ -323,6 +324,11 @@ impl Client {
     pub fn profile(&self) -> &Profile {
         &self.profile
     }
+    /// The KM this device was enrolled with.
+    pub fn km_url(&self) -> &str {
+        &self.profile.km
+    }
+
     pub fn user(&self) -> &UserId {
         &self.profile.user
     }

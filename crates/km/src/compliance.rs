@@ -36,10 +36,6 @@ const MAX_SCOPE: usize = 100;
 /// Session steps a case officer's device reports.
 pub const STEPS: [&str; 4] = ["session_opened", "decrypted", "exported", "zeroized"];
 
-fn need(cert: &DeviceCert, role: Role, what: &'static str) -> Result<(), Denied> {
-    Ok(cloister_standing::require_role(cert, role, what)?)
-}
-
 impl Km {
     /// Compliance operations (vault, cases, approvals, sessions, retention).
     pub(crate) async fn compliance_op(
@@ -54,7 +50,7 @@ impl Km {
                 log_key,
                 capture_required,
             } => {
-                need(cert, Role::Admin, "registering the vault")?;
+                self.need(cert, Role::Admin, "registering the vault")?;
                 json(
                     &self
                         .vault_register(&cert.user, url, receipt_pk, log_key, capture_required)
@@ -69,7 +65,7 @@ impl Km {
                 session_pk,
                 hold,
             } => {
-                need(cert, Role::Compliance, "opening a case")?;
+                self.need(cert, Role::Compliance, "opening a case")?;
                 json(
                     &self
                         .case_open(cert, case, title, scope, session_pk, hold)
@@ -77,7 +73,7 @@ impl Km {
                 )
             }
             KmOp::CaseRescope { case, scope } => {
-                need(cert, Role::Compliance, "rescoping a case")?;
+                self.need(cert, Role::Compliance, "rescoping a case")?;
                 json(&self.case_rescope(cert, &case, scope).await?)
             }
             KmOp::CaseList => {
@@ -100,21 +96,21 @@ impl Km {
                 json(&CaseListResponse { cases })
             }
             KmOp::CaseApprove { approval } => {
-                need(cert, Role::Custodian, "approving a case")?;
+                self.need(cert, Role::Custodian, "approving a case")?;
                 self.case_approve(cert, approval).await?;
                 json(&cloister_proto::server::Ok { ok: true })
             }
             KmOp::CaseApprovals { case } => {
-                need(cert, Role::Compliance, "reading a case's approvals")?;
+                self.need(cert, Role::Compliance, "reading a case's approvals")?;
                 json(&self.case_approvals(cert, &case).await?)
             }
             KmOp::CaseStep { case, step, count } => {
-                need(cert, Role::Compliance, "a decryption session")?;
+                self.need(cert, Role::Compliance, "a decryption session")?;
                 self.case_step(cert, &case, &step, count).await?;
                 json(&cloister_proto::server::Ok { ok: true })
             }
             KmOp::RetentionSet { kind, days } => {
-                need(cert, Role::Compliance, "setting retention")?;
+                self.need(cert, Role::Compliance, "setting retention")?;
                 if kind != "im" && kind != "group" {
                     return Err(Denied::malformed(
                         "bad_retention",
@@ -142,7 +138,7 @@ impl Km {
                 json(&cloister_proto::server::Ok { ok: true })
             }
             KmOp::RetentionRun => {
-                need(cert, Role::Compliance, "running retention")?;
+                self.need(cert, Role::Compliance, "running retention")?;
                 json(&self.retention_run(cert).await?)
             }
             _ => Err(Denied::internal("not a compliance operation")),

@@ -39,6 +39,13 @@ impl Km {
                 | KmOp::CaseStep { .. }
                 | KmOp::RetentionSet { .. }
                 | KmOp::RetentionRun
+                | KmOp::Entitle { .. }
+                | KmOp::GroupSet { .. }
+                | KmOp::BarrierAdd { .. }
+                | KmOp::BarrierDisable { .. }
+                | KmOp::ProfileSet { .. }
+                | KmOp::ScimTokenIssue { .. }
+                | KmOp::ScimTokenRevoke { .. }
         );
         let fresh = if durable {
             self.store
@@ -119,6 +126,18 @@ impl Km {
             | KmOp::CaseStep { .. }
             | KmOp::RetentionSet { .. }
             | KmOp::RetentionRun) => self.compliance_op(&cert, op).await,
+            op @ (KmOp::DirectorySearch { .. }
+            | KmOp::MyEntitlements
+            | KmOp::Controls
+            | KmOp::Entitle { .. }
+            | KmOp::GroupSet { .. }
+            | KmOp::GroupList
+            | KmOp::BarrierAdd { .. }
+            | KmOp::BarrierList
+            | KmOp::BarrierDisable { .. }
+            | KmOp::ProfileSet { .. }
+            | KmOp::ScimTokenIssue { .. }
+            | KmOp::ScimTokenRevoke { .. }) => self.directory_op(&cert, op).await,
             op => {
                 if !cert.roles.contains(&Role::Admin) {
                     tracing::warn!(user = %cert.user, "admin operation refused: not an admin");

@@ -18,6 +18,8 @@ pub enum Kind {
     Conflict,
     /// It existed and was destroyed (retention).
     Gone,
+    /// The caller's precondition (an ETag) no longer holds.
+    Precondition,
     TooLarge,
     /// The KM cannot tell (a standing list it depends on is stale).
     Unavailable,
@@ -66,6 +68,9 @@ impl Denied {
     }
     pub fn gone(code: &'static str, message: impl Into<String>) -> Self {
         Self::of(Kind::Gone, code, message)
+    }
+    pub fn precondition(message: impl Into<String>) -> Self {
+        Self::of(Kind::Precondition, "precondition", message)
     }
     pub fn too_large(message: impl Into<String>) -> Self {
         Self::of(Kind::TooLarge, "too_large", message)

@@ -29,6 +29,7 @@ impl From<crate::Denied> for ApiError {
             Kind::NotFound => S::NOT_FOUND,
             Kind::Conflict => S::CONFLICT,
             Kind::Gone => S::GONE,
+            Kind::Precondition => S::PRECONDITION_FAILED,
             Kind::TooLarge => S::PAYLOAD_TOO_LARGE,
             Kind::Unavailable => S::SERVICE_UNAVAILABLE,
             Kind::Internal => S::INTERNAL_SERVER_ERROR,
@@ -45,7 +46,8 @@ pub fn router(km: Arc<Km>) -> Router {
         .route("/v1/deny-list", post(deny_list))
         .fallback(cloister_http::not_found)
         .layer(DefaultBodyLimit::max(cloister_proto::limits::MAX_JSON_BODY))
-        .with_state(km)
+        .with_state(km.clone())
+        .merge(crate::scim::router(km))
 }
 
 async fn info(State(km): State<Arc<Km>>) -> Json<KmInfo> {

@@ -213,6 +213,25 @@ impl Km {
                 return Err(Denied::forbidden("not_entitled", why));
             }
         }
+        // A barrier between two members (until the eviction lands): no keys.
+        if !surveillance
+            && state.is_member(&cert.user)
+            && let Err(w) = self.rules().may_hold_keys(&state, &cert.user)
+        {
+            tracing::warn!(user = %cert.user, %room, "key release refused: information barrier");
+            self.record(
+                Some(&cert.user),
+                AuditEvent::KeyRefused {
+                    room: *room,
+                    epochs: epochs.to_vec(),
+                    user: cert.user.clone(),
+                    device: cert.device,
+                    reason: format!("barrier: {w}"),
+                },
+            )
+            .await?;
+            return Err(Denied::forbidden("barrier", w.to_string()));
+        }
         let lease_until = now_secs() + self.config.lease_secs;
         let mut keys = Vec::with_capacity(epochs.len());
         for &e in epochs {

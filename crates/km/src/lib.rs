@@ -20,6 +20,7 @@ pub mod compliance;
 mod error;
 pub use error::{Denied, Kind};
 mod devices;
+mod directory;
 mod dispatch;
 mod escrow;
 pub mod http;
@@ -27,6 +28,7 @@ mod keys;
 mod membership;
 pub mod provider;
 mod rooms;
+mod scim;
 mod transparency;
 mod users;
 
@@ -41,7 +43,7 @@ use cloister_proto::km::{
     AddUserResponse, AdminResponse, AuditEntry, AuditListResponse, CheckpointResponse,
     ConsistencyProof, DeviceCert, DeviceRecord, EnrolRequest, EscrowDescriptor, InclusionProof,
     IndexKeysResponse, KmInfo, KmOp, Notice, RequestBody, Role, RoomKeysResponse, SealedShare,
-    SignedCert, SignedEscrow, SignedRequest, UserRecord, WhoHasKeysResponse,
+    SignedCert, SignedEscrow, SignedNotice, SignedRequest, UserRecord, WhoHasKeysResponse,
 };
 use cloister_proto::room::SignedStatement;
 use cloister_proto::{DeviceId, RoomId, TenantId, UserId, limits, now_millis, now_secs};
@@ -141,6 +143,8 @@ pub struct Km {
     wrapped: Mutex<WrappedKeys>,
     audit: Arc<audit::AuditLog>,
     witnesses: audit::Witnesses,
+    directory: directory::DirState,
+    notifier: directory::notify::Notifier,
 }
 
 /// What `init` returns: the public KM description and the bootstrap admin code.
@@ -178,6 +182,7 @@ impl Km {
         let audit =
             audit::AuditLog::open(audit_store, log_signer, audit::origin_for(&tenant)).await?;
         let km = Km::new(tenant.clone(), signer, provider, store, config, audit);
+        km.load_directory().await?;
         km.record(
             None,
             AuditEvent::TenantInitialised {
@@ -230,7 +235,9 @@ impl Km {
         let log_signer = Self::log_signer(&store, &provider).await?;
         let audit =
             audit::AuditLog::open(audit_store, log_signer, audit::origin_for(&tenant)).await?;
-        Ok(Km::new(tenant, signer, provider, store, config, audit))
+        let km = Km::new(tenant, signer, provider, store, config, audit);
+        km.load_directory().await?;
+        Ok(km)
     }
 
     /// The audit log's signing key, wrapped under the TMK (created on first use).
@@ -292,7 +299,32 @@ impl Km {
             wrapped: Mutex::new(HashMap::new()),
             audit,
             witnesses,
+            directory: Default::default(),
+            notifier: Default::default(),
         }
+    }
+
+    /// Require a role: carried by the device's certificate and not since
+    /// denied to the user (an entitlement revoked by an admin).
+    pub(crate) fn need(
+        &self,
+        cert: &DeviceCert,
+        role: Role,
+        what: &'static str,
+    ) -> Result<(), Denied> {
+        cloister_standing::require_role(cert, role, what)?;
+        let (_, denied) = self.dir().role_overrides(&cert.user);
+        if denied.contains(&role) {
+            return Err(Denied::forbidden(
+                "role_revoked",
+                format!(
+                    "{} no longer holds the {} role ({what})",
+                    cert.user,
+                    role.as_str()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     pub fn info(&self) -> KmInfo {

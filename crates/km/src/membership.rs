@@ -52,6 +52,7 @@ impl Km {
             ));
         }
         let mut state = current.as_deref().cloned();
+        let rules = self.rules();
         let mut new_rows = Vec::new();
         let mut accepted = Vec::new();
         for (i, entry) in log.iter().enumerate() {
@@ -108,6 +109,16 @@ impl Km {
                     ));
                 }
             };
+            // Controls judge what is being done now; an entry from before
+            // (the server checks each entry's time when it appends it) is
+            // history, and a room that breaks a barrier gets no keys anyway.
+            if cloister_proto::within_skew(st.ts)
+                && let Err(r) = rules.check_step(state.as_ref(), &st, &next)
+            {
+                return Err(self
+                    .refused("membership", &actor.user, Some(*room), r)
+                    .await);
+            }
             accepted.push((seq, st.actor_user.clone(), op_name(&st.action)));
             if next.tenant != self.tenant {
                 return Err(Denied::forbidden(

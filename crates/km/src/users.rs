@@ -55,6 +55,7 @@ impl Km {
             },
         )
         .await?;
+        self.ensure_dir_user(user, true).await?;
         let code = random_code().map_err(Denied::internal)?;
         let expires_at = now_secs() + self.config.code_secs;
         self.store
@@ -92,11 +93,12 @@ impl Km {
         if let Ok(mut m) = self.active.lock() {
             m.retain(|_, c| &c.user != user);
         }
+        self.dir_mark_inactive(user).await?;
         tracing::info!(%user, "user disabled");
         let n = Notice::UserDisabled {
             tenant: self.tenant.clone(),
             user: user.clone(),
-            ts: now_secs(),
+            ts: now_millis(),
         };
         Ok(AdminResponse {
             notice: Some(sign_notice(&self.signer, &n).map_err(Denied::internal)?),

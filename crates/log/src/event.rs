@@ -1,6 +1,7 @@
 //! Typed audit events. A record is stored and hashed as the exact JSON bytes
 //! produced here; no secret and no message content ever goes into one.
 
+use cloister_proto::controls::Entitlement;
 use cloister_proto::km::Role;
 use cloister_proto::{DeviceId, RoomId, TenantId, UserId};
 use serde::{Deserialize, Serialize};
@@ -129,6 +130,51 @@ pub enum AuditEvent {
         room: RoomId,
         envelope_sha256: String,
     },
+    /// A directory record changed (`via` scim or admin; `change` created,
+    /// replaced, patched, deleted, adopted; `fields` the attributes touched).
+    DirectoryChanged {
+        via: String,
+        resource: String,
+        id: String,
+        name: String,
+        change: String,
+        fields: Vec<String>,
+    },
+    UserEnabled {
+        user: UserId,
+    },
+    /// Entitlements granted or denied to a user, or granted to a group.
+    EntitlementsChanged {
+        target: String,
+        grant: Vec<Entitlement>,
+        revoke: Vec<Entitlement>,
+    },
+    BarrierAdded {
+        id: String,
+        a: String,
+        b: String,
+        reason: String,
+    },
+    BarrierDisabled {
+        id: String,
+        reason: String,
+    },
+    ScimTokenIssued {
+        id: String,
+        label: String,
+    },
+    ScimTokenRevoked {
+        id: String,
+    },
+    /// A communication control refused an action (`code`: entitlement or
+    /// barrier); key refusals are `key_refused`.
+    ControlRefused {
+        action: String,
+        user: UserId,
+        room: Option<RoomId>,
+        code: String,
+        reason: String,
+    },
 }
 
 impl AuditEvent {
@@ -154,6 +200,14 @@ impl AuditEvent {
             AuditEvent::KeyShredded { .. } => "key_shredded",
             AuditEvent::EnvelopeIngested { .. } => "envelope_ingested",
             AuditEvent::EnvelopeDeleted { .. } => "envelope_deleted",
+            AuditEvent::DirectoryChanged { .. } => "directory_changed",
+            AuditEvent::UserEnabled { .. } => "user_enabled",
+            AuditEvent::EntitlementsChanged { .. } => "entitlements_changed",
+            AuditEvent::BarrierAdded { .. } => "barrier_added",
+            AuditEvent::BarrierDisabled { .. } => "barrier_disabled",
+            AuditEvent::ScimTokenIssued { .. } => "scim_token_issued",
+            AuditEvent::ScimTokenRevoked { .. } => "scim_token_revoked",
+            AuditEvent::ControlRefused { .. } => "control_refused",
         }
     }
 
@@ -167,11 +221,12 @@ impl AuditEvent {
             | AuditEvent::KeyShredded { room, .. }
             | AuditEvent::EnvelopeIngested { room, .. }
             | AuditEvent::EnvelopeDeleted { room, .. } => Some(*room),
+            AuditEvent::ControlRefused { room, .. } => *room,
             _ => None,
         }
     }
 
-    pub const KINDS: [&'static str; 19] = [
+    pub const KINDS: [&'static str; 27] = [
         "tenant_initialised",
         "user_added",
         "user_disabled",
@@ -191,6 +246,14 @@ impl AuditEvent {
         "key_shredded",
         "envelope_ingested",
         "envelope_deleted",
+        "directory_changed",
+        "user_enabled",
+        "entitlements_changed",
+        "barrier_added",
+        "barrier_disabled",
+        "scim_token_issued",
+        "scim_token_revoked",
+        "control_refused",
     ];
 }
 

@@ -32,6 +32,7 @@ fn bench(c: &mut Criterion) {
             a: format!("g{}", next() % 1_000),
             b: format!("g{}", next() % 1_000),
             active: true,
+            reason: String::new(),
         })
         .collect();
     let b = Barriers::new(memberships, &policies);

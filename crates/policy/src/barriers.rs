@@ -13,20 +13,12 @@
 //! lookups for users in a few groups, whatever the number of policies.
 
 use cloister_proto::UserId;
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, HashMap, HashSet};
 
 /// A barrier group's name (e.g. `research`, from SCIM or an admin).
 pub type Group = String;
 
-/// A BLOCK policy between two groups. Disabled, never deleted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Barrier {
-    pub id: String,
-    pub a: Group,
-    pub b: Group,
-    pub active: bool,
-}
+pub use cloister_proto::controls::Barrier;
 
 /// Why a user may not be with another.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -154,6 +146,7 @@ mod tests {
             a: a.into(),
             b: b.into(),
             active,
+            reason: String::new(),
         }
     }
 

@@ -14,6 +14,7 @@
 #![forbid(unsafe_code)]
 
 pub mod barriers;
+pub mod controls;
 
 use cloister_crypto::signed::{entry_hash, verify_statement};
 use cloister_proto::room::{Action, RoomKind, RoomSettings, SignedStatement, Statement};

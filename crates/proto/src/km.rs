@@ -212,6 +212,114 @@ pub enum KmOp {
     /// expired and no hold covers; answered with a KM-signed purge order for
     /// the vault.
     RetentionRun,
+    /// Search the directory (name, title, department, desk, location, asset
+    /// class, job function); people a barrier separates from the searcher
+    /// are left out.
+    DirectorySearch {
+        query: String,
+        #[serde(default)]
+        limit: u32,
+    },
+    /// The caller's own entitlements.
+    MyEntitlements,
+    /// The KM-signed controls notice (barriers, groups, entitlements).
+    Controls,
+    /// Admin: grant or deny entitlements to a user, or grant them to every
+    /// member of a group (exactly one of `user` and `group`).
+    Entitle {
+        user: Option<UserId>,
+        group: Option<String>,
+        #[serde(default)]
+        grant: Vec<crate::controls::Entitlement>,
+        #[serde(default)]
+        revoke: Vec<crate::controls::Entitlement>,
+    },
+    /// Admin: create a group (if new) and change its members.
+    GroupSet {
+        name: String,
+        #[serde(default)]
+        add: Vec<UserId>,
+        #[serde(default)]
+        remove: Vec<UserId>,
+    },
+    /// Admin or compliance: every group with its members.
+    GroupList,
+    /// Admin or compliance: a BLOCK policy between two groups.
+    BarrierAdd {
+        a: String,
+        b: String,
+        reason: String,
+    },
+    /// Admin or compliance: every barrier, active and disabled.
+    BarrierList,
+    /// Admin or compliance: disable a barrier (it stays in the record).
+    BarrierDisable { id: String, reason: String },
+    /// Admin: set a user's directory attributes (absent fields unchanged).
+    ProfileSet {
+        user: UserId,
+        profile: ProfileUpdate,
+    },
+    /// Admin: mint a bearer token for the SCIM endpoint (shown once).
+    ScimTokenIssue { label: String },
+    /// Admin: revoke a SCIM token.
+    ScimTokenRevoke { id: String },
+}
+
+/// Directory attributes to change (`None`: unchanged).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProfileUpdate {
+    pub display_name: Option<String>,
+    pub title: Option<String>,
+    pub department: Option<String>,
+    pub desk: Option<String>,
+    pub location: Option<String>,
+    pub job_function: Option<String>,
+    pub asset_classes: Option<Vec<String>>,
+}
+
+/// A person as directory search shows them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirectoryEntry {
+    pub user: UserId,
+    pub display_name: String,
+    pub title: String,
+    pub department: String,
+    pub desk: String,
+    pub location: String,
+    pub job_function: String,
+    pub asset_classes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EntitlementsResponse {
+    pub user: UserId,
+    pub entitlements: Vec<crate::controls::Entitlement>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct GroupInfo {
+    pub name: String,
+    pub scim_id: String,
+    pub members: Vec<UserId>,
+    pub entitlements: Vec<crate::controls::Entitlement>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BarrierInfo {
+    pub barrier: crate::controls::Barrier,
+    pub created_ms: u64,
+    pub created_by: Option<UserId>,
+    pub disabled_ms: Option<u64>,
+    pub disabled_by: Option<UserId>,
+    pub disabled_reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScimTokenResponse {
+    pub id: String,
+    /// Shown once; the KM keeps only its hash.
+    pub token: String,
 }
 
 /// What a case covers: messages in `[from_ms, to_ms]` in any of `rooms`
@@ -534,6 +642,18 @@ pub enum Notice {
         shredded: Vec<(RoomId, u64)>,
         ts: u64,
     },
+    /// A disabled user is active again (SCIM `active: true`).
+    UserEnabled {
+        tenant: TenantId,
+        user: UserId,
+        ts: u64,
+    },
+    /// The tenant's communication controls; the highest version wins.
+    Controls {
+        tenant: TenantId,
+        controls: crate::controls::Controls,
+        ts: u64,
+    },
 }
 
 impl Notice {
@@ -542,7 +662,9 @@ impl Notice {
             Notice::UserDisabled { tenant, .. }
             | Notice::DeviceRevoked { tenant, .. }
             | Notice::CapturePolicy { tenant, .. }
-            | Notice::KeysShredded { tenant, .. } => tenant,
+            | Notice::KeysShredded { tenant, .. }
+            | Notice::UserEnabled { tenant, .. }
+            | Notice::Controls { tenant, .. } => tenant,
         }
     }
 }

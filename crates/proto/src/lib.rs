@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod b64;
+pub mod controls;
 pub mod ids;
 pub mod km;
 pub mod room;

@@ -26,6 +26,7 @@ fn bench(c: &mut Criterion) {
     let ctx = Ctx {
         core: SCHEMA_USER,
         case_exact: &["id", "externalid"],
+        extensions: &[SCHEMA_ENTERPRISE],
     };
     let dir = users(10_000);
     let f = parse_filter(&format!(

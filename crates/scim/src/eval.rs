@@ -16,6 +16,25 @@ pub struct Ctx<'a> {
     /// Case-exact attributes, lowercase `name` or `name.sub` (`id`,
     /// `externalid`, `members.value`); other strings ignore case.
     pub case_exact: &'a [&'a str],
+    /// The schema extensions' URIs: a path that is exactly one of them
+    /// names the whole extension object.
+    pub extensions: &'a [&'a str],
+}
+
+impl Ctx<'_> {
+    /// The extension a path names as a whole (`urn:…:enterprise:2.0:User`
+    /// parses as attribute `User` of schema `urn:…:2.0`), if it does.
+    pub fn whole_extension(&self, p: &crate::AttrPath) -> Option<&str> {
+        let uri = p.uri.as_deref()?;
+        if p.sub.is_some() {
+            return None;
+        }
+        self.extensions.iter().copied().find(|e| {
+            e.len() == uri.len() + 1 + p.name.len()
+                && e[..uri.len()].eq_ignore_ascii_case(uri)
+                && e[uri.len() + 1..].eq_ignore_ascii_case(&p.name)
+        })
+    }
 }
 
 impl Filter {

@@ -200,6 +200,15 @@ fn apply_at(
     ctx: &Ctx<'_>,
 ) -> Result<(), ScimError> {
     let create = op != OpKind::Remove;
+    if p.filter.is_none()
+        && let Some(ext) = ctx.whole_extension(&p.attr)
+    {
+        let obj = res
+            .as_object_mut()
+            .ok_or_else(|| bad(ScimType::InvalidValue, "resource is not an object"))?;
+        let key = key_ci(obj, ext).unwrap_or_else(|| ext.to_owned());
+        return at_attr(obj, &key, op, value);
+    }
     let Some(obj) = base_mut(res, &p.attr, ctx, create)? else {
         return Ok(());
     };

@@ -50,6 +50,14 @@ fn is_core(p: &AttrPath, ctx: &Ctx<'_>) -> bool {
 }
 
 fn copy_path(from: &Map<String, Value>, to: &mut Map<String, Value>, p: &AttrPath, ctx: &Ctx<'_>) {
+    if let Some(ext) = ctx.whole_extension(p) {
+        if let Some(k) = key_ci(from, ext)
+            && let Some(v) = from.get(&k)
+        {
+            to.insert(k, v.clone());
+        }
+        return;
+    }
     let (src, dst) = if is_core(p, ctx) {
         (Some(from), to)
     } else {
@@ -98,6 +106,12 @@ fn copy_path(from: &Map<String, Value>, to: &mut Map<String, Value>, p: &AttrPat
 }
 
 fn remove_path(obj: &mut Map<String, Value>, p: &AttrPath, ctx: &Ctx<'_>) {
+    if let Some(ext) = ctx.whole_extension(p) {
+        if let Some(k) = key_ci(obj, ext) {
+            obj.remove(&k);
+        }
+        return;
+    }
     let target = if is_core(p, ctx) {
         Some(obj)
     } else {

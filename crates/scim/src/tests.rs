@@ -5,6 +5,7 @@ use serde_json::json;
 const CTX: Ctx<'static> = Ctx {
     core: SCHEMA_USER,
     case_exact: &["id", "externalid", "members.value"],
+    extensions: &[SCHEMA_ENTERPRISE],
 };
 
 fn user() -> Value {
@@ -182,6 +183,21 @@ fn patch_operations() {
     assert_eq!(u[SCHEMA_ENTERPRISE]["department"], "Sales");
     patch(&mut u, json!([{"op": "remove", "path": "title"}])).unwrap_or_else(|e| panic!("{e}"));
     assert!(u.get("title").is_none());
+    // a whole extension by its URI, and removing what is already gone
+    patch(
+        &mut u,
+        json!([{"op": "add", "path": SCHEMA_ENTERPRISE, "value": {"division": "FICC"}}]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(u[SCHEMA_ENTERPRISE]["division"], "FICC");
+    patch(&mut u, json!([{"op": "remove", "path": SCHEMA_ENTERPRISE}]))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(u.get(SCHEMA_ENTERPRISE).is_none());
+    patch(
+        &mut u,
+        json!([{"op": "remove", "path": format!("{SCHEMA_ENTERPRISE}:department")}]),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 #[test]

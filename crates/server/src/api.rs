@@ -298,22 +298,41 @@ async fn post_notice(
         ApiError::forbidden("bad_signature", "notice is not signed by the tenant's KM")
     })?;
     match &notice {
-        Notice::UserDisabled { user, .. } => {
+        Notice::UserDisabled { user, ts, .. } | Notice::UserEnabled { user, ts, .. } => {
             if user.tenant() != *notice.tenant() {
                 return Err(ApiError::forbidden(
                     "wrong_tenant",
                     "a KM can only act on its own users",
                 ));
             }
-            s.store
-                .disable_user(user.as_str())
+            let disable = matches!(notice, Notice::UserDisabled { .. });
+            if !s
+                .store
+                .set_user_standing(user.as_str(), disable, *ts)
                 .await
-                .map_err(ApiError::internal)?;
-            if let Ok(mut d) = s.deny.write() {
-                d.disable(user.clone());
+                .map_err(ApiError::internal)?
+            {
+                return Err(ApiError::conflict(
+                    "stale_notice",
+                    format!("a newer notice about {user} was already applied (replayed notice)"),
+                ));
             }
-            s.hub.drop_where(Some(user), None);
-            tracing::info!(%user, "user disabled by KM notice");
+            if let Ok(mut d) = s.deny.write() {
+                if disable {
+                    d.disable(user.clone());
+                } else {
+                    d.enable(user);
+                }
+            }
+            if disable {
+                s.hub.drop_where(Some(user), None);
+            }
+            tracing::info!(%user, disable, "user standing changed by KM notice");
+        }
+        Notice::Controls {
+            tenant, controls, ..
+        } => {
+            s.accept_controls(tenant, controls, &req.notice).await?;
         }
         Notice::DeviceRevoked { device, .. } => {
             let cert = s.cert(device).await?;
@@ -529,6 +548,15 @@ async fn append_log(
             format!("{u} belongs to another firm; cross-firm rooms are not enabled on this server"),
         ));
     }
+    // The statement's time is checked here, where it is appended: the KM
+    // trusts it later to tell history from a change made now.
+    if !cloister_proto::within_skew(st.ts) {
+        return Err(ApiError::bad_request(
+            "stale_statement",
+            "membership statement timestamp is outside the allowed clock skew",
+        ));
+    }
+    s.check_step(&next.tenant, current.as_deref(), &st, &next)?;
     let row = LogRow {
         seq: st.seq,
         entry: serde_json::to_vec(&req.entry).map_err(ApiError::internal)?,
@@ -612,6 +640,7 @@ async fn post_message(
             "only owners may post in this room",
         ));
     }
+    s.check_walled(&st, &c.user)?;
     if h.epoch != st.epoch {
         return Err(ApiError::conflict(
             "stale_epoch",
@@ -783,6 +812,12 @@ async fn put_blob(
             "only owners may post in this room",
         ));
     }
+    s.check_walled(&st, &c.user)?;
+    s.require(
+        &c.tenant,
+        &c.user,
+        cloister_proto::controls::Entitlement::SendFiles,
+    )?;
     if s.store
         .get_blob(&id)
         .await

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod controls;
 mod hub;
 mod writer;
 
@@ -102,6 +103,8 @@ pub struct Server {
     certs: RwLock<HashMap<DeviceId, Arc<CertEntry>>>,
     /// Revoked devices and disabled users, from KM-signed notices.
     deny: RwLock<cloister_standing::DenyList>,
+    /// Tenants' communication controls, from their KMs' newest notices.
+    controls: RwLock<HashMap<TenantId, Arc<cloister_policy::controls::Rules>>>,
     rooms: Mutex<HashMap<RoomId, Arc<RoomState>>>,
     login_nonces: Mutex<HashMap<[u8; 16], u64>>,
     /// Serialises log appends so the second-line policy check sees a stable head.
@@ -215,7 +218,7 @@ impl Server {
         }
         let hub = hub::Hub::default();
         let writer = writer::Writer::start(store.clone(), hub.clone());
-        Ok(Arc::new(Server {
+        let server = Arc::new(Server {
             store,
             blob_dir,
             session_key,
@@ -225,12 +228,15 @@ impl Server {
             capture: RwLock::new(capture),
             certs: RwLock::new(HashMap::new()),
             deny: RwLock::new(deny),
+            controls: RwLock::new(HashMap::new()),
             rooms: Mutex::new(HashMap::new()),
             login_nonces: Mutex::new(HashMap::new()),
             log_lock: tokio::sync::Mutex::new(()),
             hub,
             writer,
-        }))
+        });
+        server.load_controls().await?;
+        Ok(server)
     }
 
     /// Close every live WebSocket connection (used when stopping).

@@ -157,6 +157,11 @@ impl DenyList {
         self.disabled.insert(user);
     }
 
+    /// A disabled user is active again (a newer KM notice).
+    pub fn enable(&mut self, user: &UserId) {
+        self.disabled.remove(user);
+    }
+
     /// Replace the whole list with a newer one; an older or equal one is
     /// ignored (`false`), so a replayed list cannot undo a revocation.
     pub fn replace(&mut self, body: DenyListBody) -> bool {

@@ -115,6 +115,19 @@ pub trait ServerStore: Send + Sync + 'static {
     async fn devices_of_user(&self, user: &str) -> Result<Vec<DeviceRow>>;
     async fn revoke_device(&self, device: &str) -> Result<()>;
     async fn disable_user(&self, user: &str) -> Result<()>;
+    /// Disable or enable a user as of a KM notice's time; false (and no
+    /// change) if a notice as new or newer was already applied (replay).
+    async fn set_user_standing(&self, user: &str, disabled: bool, ts: u64) -> Result<bool>;
+    /// Keep a tenant's newest KM-signed notice of a kind (`controls`): false
+    /// if one of the same or a higher version is stored.
+    async fn put_tenant_notice(
+        &self,
+        tenant: &str,
+        kind: &str,
+        version: u64,
+        notice: &[u8],
+    ) -> Result<bool>;
+    async fn tenant_notices(&self, kind: &str) -> Result<Vec<Vec<u8>>>;
     async fn is_user_disabled(&self, user: &str) -> Result<bool>;
     /// Devices revoked and users disabled (to prime the in-memory deny list).
     async fn deny_list(&self) -> Result<(Vec<String>, Vec<String>)>;
@@ -167,9 +180,27 @@ pub struct KmDeviceRow {
     pub issued_at: u64,
 }
 
+/// One directory record at the KM: a SCIM user or group, a barrier, a
+/// SCIM token, as a JSON document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirRow {
+    pub kind: String,
+    pub id: String,
+    pub doc: Vec<u8>,
+}
+
+/// The KM's directory: small enough to be held in memory, so the store
+/// only loads it all once and writes changes through.
+#[async_trait]
+pub trait DirectoryStore: Send + Sync + 'static {
+    async fn dir_all(&self) -> Result<Vec<DirRow>>;
+    /// Write `put` and delete `delete` (kind, id) in one transaction.
+    async fn dir_write(&self, put: &[DirRow], delete: &[(String, String)]) -> Result<()>;
+}
+
 /// The Key Manager's storage. Room keys are only ever stored wrapped.
 #[async_trait]
-pub trait KmStore: Send + Sync + 'static {
+pub trait KmStore: DirectoryStore + Send + Sync + 'static {
     async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Insert a meta value; fails with `Conflict` if it exists.
     async fn init_meta(&self, key: &str, value: &[u8]) -> Result<()>;

@@ -11,6 +11,8 @@ use sqlx::{Row, SqlitePool};
 use std::path::Path;
 use std::time::Duration;
 
+mod directory;
+
 /// Open (creating if needed) a SQLite database in WAL mode with full fsync.
 pub async fn open_sqlite(path: &Path, max_conns: u32) -> Result<SqlitePool> {
     let opts = SqliteConnectOptions::new()
@@ -146,6 +148,9 @@ CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, tenant TEXT NOT NUL
 CREATE INDEX IF NOT EXISTS devices_user ON devices(user_id);
 CREATE TABLE IF NOT EXISTS disabled_users (user_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS capture_policy (tenant TEXT PRIMARY KEY, ts INTEGER NOT NULL, notice BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS tenant_notices (tenant TEXT NOT NULL, kind TEXT NOT NULL, version INTEGER NOT NULL,
+    notice BLOB NOT NULL, PRIMARY KEY (tenant, kind));
+CREATE TABLE IF NOT EXISTS user_standing (user_id TEXT PRIMARY KEY, disabled INTEGER NOT NULL, ts INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS shredded_notices (room TEXT NOT NULL, notice BLOB NOT NULL, PRIMARY KEY (room, notice)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, seq INTEGER NOT NULL, state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS room_log (room TEXT NOT NULL, seq INTEGER NOT NULL, entry BLOB NOT NULL,
@@ -272,6 +277,64 @@ impl ServerStore for SqliteServerStore {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    async fn set_user_standing(&self, user: &str, disabled: bool, ts: u64) -> Result<bool> {
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let last: Option<i64> =
+            sqlx::query_scalar("SELECT ts FROM user_standing WHERE user_id = ?")
+                .bind(user)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if last.is_some_and(|t| t >= i(ts)) {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT OR REPLACE INTO user_standing (user_id, disabled, ts) VALUES (?, ?, ?)",
+        )
+        .bind(user)
+        .bind(disabled as i64)
+        .bind(i(ts))
+        .execute(&mut *tx)
+        .await?;
+        let q = if disabled {
+            "INSERT OR IGNORE INTO disabled_users (user_id) VALUES (?)"
+        } else {
+            "DELETE FROM disabled_users WHERE user_id = ?"
+        };
+        sqlx::query(q).bind(user).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn put_tenant_notice(
+        &self,
+        tenant: &str,
+        kind: &str,
+        version: u64,
+        notice: &[u8],
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO tenant_notices (tenant, kind, version, notice) VALUES (?, ?, ?, ?)
+             ON CONFLICT(tenant, kind) DO UPDATE SET version = excluded.version, notice = excluded.notice
+             WHERE excluded.version > tenant_notices.version",
+        )
+        .bind(tenant)
+        .bind(kind)
+        .bind(i(version))
+        .bind(notice)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn tenant_notices(&self, kind: &str) -> Result<Vec<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT notice FROM tenant_notices WHERE kind = ?")
+                .bind(kind)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     async fn is_user_disabled(&self, user: &str) -> Result<bool> {
@@ -523,6 +586,7 @@ impl SqliteKmStore {
     pub async fn open(path: &Path) -> Result<Self> {
         let pool = open_sqlite(path, 8).await?;
         migrate(&pool, KM_DDL).await?;
+        directory::migrate_directory(&pool).await?;
         Ok(SqliteKmStore { pool })
     }
 }

@@ -1,0 +1,128 @@
+//! Communication controls from a device: directory search, the caller's
+//! entitlements, and the admin's and compliance officer's changes
+//! (entitlements, groups, barriers, profiles, SCIM tokens). After a change
+//! that alters the controls, the KM-signed controls are forwarded to the
+//! server (the KM also pushes them itself when it knows the server).
+
+use super::*;
+use cloister_proto::controls::Entitlement;
+use cloister_proto::km::{
+    BarrierInfo, DirectoryEntry, EntitlementsResponse, GroupInfo, ProfileUpdate, ScimTokenResponse,
+};
+
+impl Client {
+    /// People matching every word of `query`, minus those a barrier
+    /// separates from me.
+    pub async fn directory_search(&self, query: &str, limit: u32) -> Result<Vec<DirectoryEntry>> {
+        self.km_request(KmOp::DirectorySearch {
+            query: query.to_owned(),
+            limit,
+        })
+        .await
+    }
+
+    pub async fn my_entitlements(&self) -> Result<Vec<Entitlement>> {
+        let r: EntitlementsResponse = self.km_request(KmOp::MyEntitlements).await?;
+        Ok(r.entitlements)
+    }
+
+    /// Forward the KM's current signed controls to the server.
+    pub async fn sync_controls(&self) -> Result<()> {
+        let n: SignedNotice = self.km_request(KmOp::Controls).await?;
+        match self.post_notice(&n).await {
+            // the KM pushed it first
+            Err(e) if e.code() == Some("stale_notice") => Ok(()),
+            r => r,
+        }
+    }
+
+    pub async fn admin_entitle(
+        &self,
+        user: Option<&UserId>,
+        group: Option<&str>,
+        grant: &[Entitlement],
+        revoke: &[Entitlement],
+    ) -> Result<()> {
+        let _: serde_json::Value = self
+            .km_request(KmOp::Entitle {
+                user: user.cloned(),
+                group: group.map(str::to_owned),
+                grant: grant.to_vec(),
+                revoke: revoke.to_vec(),
+            })
+            .await?;
+        self.sync_controls().await
+    }
+
+    pub async fn admin_group_set(
+        &self,
+        name: &str,
+        add: &[UserId],
+        remove: &[UserId],
+    ) -> Result<GroupInfo> {
+        let g = self
+            .km_request(KmOp::GroupSet {
+                name: name.to_owned(),
+                add: add.to_vec(),
+                remove: remove.to_vec(),
+            })
+            .await?;
+        self.sync_controls().await?;
+        Ok(g)
+    }
+
+    pub async fn group_list(&self) -> Result<Vec<GroupInfo>> {
+        self.km_request(KmOp::GroupList).await
+    }
+
+    pub async fn barrier_add(&self, a: &str, b: &str, reason: &str) -> Result<BarrierInfo> {
+        let r = self
+            .km_request(KmOp::BarrierAdd {
+                a: a.to_owned(),
+                b: b.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .await?;
+        self.sync_controls().await?;
+        Ok(r)
+    }
+
+    pub async fn barrier_list(&self) -> Result<Vec<BarrierInfo>> {
+        self.km_request(KmOp::BarrierList).await
+    }
+
+    pub async fn barrier_disable(&self, id: &str, reason: &str) -> Result<BarrierInfo> {
+        let r = self
+            .km_request(KmOp::BarrierDisable {
+                id: id.to_owned(),
+                reason: reason.to_owned(),
+            })
+            .await?;
+        self.sync_controls().await?;
+        Ok(r)
+    }
+
+    pub async fn admin_profile_set(&self, user: &UserId, profile: ProfileUpdate) -> Result<()> {
+        let _: serde_json::Value = self
+            .km_request(KmOp::ProfileSet {
+                user: user.clone(),
+                profile,
+            })
+            .await?;
+        Ok(())
+    }
+
+    pub async fn admin_scim_token(&self, label: &str) -> Result<ScimTokenResponse> {
+        self.km_request(KmOp::ScimTokenIssue {
+            label: label.to_owned(),
+        })
+        .await
+    }
+
+    pub async fn admin_scim_token_revoke(&self, id: &str) -> Result<()> {
+        let _: serde_json::Value = self
+            .km_request(KmOp::ScimTokenRevoke { id: id.to_owned() })
+            .await?;
+        Ok(())
+    }
+}
