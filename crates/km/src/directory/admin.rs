@@ -35,6 +35,12 @@ impl Km {
         let officer = || {
             self.need(cert, Role::Admin, "information barriers")
                 .or_else(|_| self.need(cert, Role::Compliance, "information barriers"))
+                .map_err(|_| {
+                    Denied::forbidden(
+                        "not_admin",
+                        "information barriers and groups are for admins and compliance officers",
+                    )
+                })
         };
         match op {
             KmOp::DirectorySearch { query, limit } => json(&self.search(&cert.user, &query, limit)),

@@ -95,7 +95,7 @@ impl Km {
                     "member {id} is a group: nested groups are not supported"
                 )));
             }
-            if !d.users.get(id).is_some_and(|u| !u.deleted) {
+            if d.users.get(id).is_none_or(|u| u.deleted) {
                 return Err(invalid(format!(
                     "member {id} is not a user of this directory"
                 )));

@@ -244,12 +244,6 @@ impl Km {
         let mut doc = clean(body)?;
         let _w = self.directory.write.lock().await;
         let name = user_name(&doc).to_owned();
-        if self.user_name_taken(&name, None) {
-            return Err(Denied::conflict(
-                "uniqueness",
-                format!("a user with userName {name:?} exists"),
-            ));
-        }
         let now = now_millis();
         // adopt the admin-made account of that name, else a fresh id
         let base = cloister_name(&name);
@@ -269,6 +263,12 @@ impl Km {
             .user(&wanted)
             .filter(|u| u.managed == Managed::Admin && !u.deleted)
             .cloned();
+        if self.user_name_taken(&name, adopt.as_ref().map(|u| u.scim_id.as_str())) {
+            return Err(Denied::conflict(
+                "uniqueness",
+                format!("a user with userName {name:?} exists"),
+            ));
+        }
         let (scim_id, user, created_ms, granted, denied) = match adopt {
             Some(u) => {
                 let created = u.doc.pointer("/meta/created").cloned();
