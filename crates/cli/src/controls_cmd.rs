@@ -205,10 +205,17 @@ pub async fn admin_cmd(ctx: &Ctx, cmd: ControlsAdminCmd) -> Result<(), BoxError>
         }
         ControlsAdminCmd::Barrier(BarrierCmd::Add { a, b, reason }) => {
             let r = c.barrier_add(&a, &b, &reason).await?;
-            ctx.emit(
-                format!("barrier added: {}", barrier_line(&r)),
-                serde_json::to_value(&r)?,
-            );
+            let mut lines = vec![format!("barrier added: {}", barrier_line(&r.barrier))];
+            for e in &r.evicted {
+                lines.push(format!(
+                    "  evicted {} from room {}: {}",
+                    e.user, e.room, e.reason
+                ));
+            }
+            for p in &r.pending {
+                lines.push(format!("  pending: {p}"));
+            }
+            ctx.emit(lines.join("\n"), serde_json::to_value(&r)?);
         }
         ControlsAdminCmd::Barrier(BarrierCmd::List) => {
             let bs = c.barrier_list().await?;

@@ -3,13 +3,13 @@
 
 mod compliance_cmd;
 mod controls_cmd;
+mod room_cmd;
 mod witness_cmd;
 
 use clap::{Args, Parser, Subcommand};
 use cloister_cli::BoxError;
 use cloister_client::{Client, Received, Storage};
 use cloister_crypto::passphrase::Cost;
-use cloister_proto::room::RoomSettings;
 use cloister_proto::server::Content;
 use cloister_proto::{DeviceId, RoomId, TenantId, UserId};
 use serde_json::json;
@@ -79,7 +79,7 @@ enum Cmd {
     Whoami,
     /// Rooms.
     #[command(subcommand)]
-    Room(RoomCmd),
+    Room(room_cmd::RoomCmd),
     /// The tenant's audit transparency log.
     #[command(subcommand)]
     Audit(AuditCmd),
@@ -276,54 +276,6 @@ enum AuditCmd {
         /// Inclusion proof JSON from `audit prove --json` (repeatable).
         #[arg(long = "inclusion")]
         inclusion: Vec<PathBuf>,
-    },
-}
-
-#[derive(Subcommand)]
-enum RoomCmd {
-    /// Create a room; prints its id.
-    Create {
-        name: String,
-        #[arg(long = "member")]
-        members: Vec<String>,
-        /// New members cannot read messages from before they joined.
-        #[arg(long)]
-        no_history: bool,
-        #[arg(long)]
-        members_may_invite: bool,
-        #[arg(long)]
-        read_only: bool,
-    },
-    Add {
-        room: String,
-        user: String,
-    },
-    Remove {
-        room: String,
-        user: String,
-    },
-    Leave {
-        room: String,
-    },
-    Promote {
-        room: String,
-        user: String,
-    },
-    List,
-    Members {
-        room: String,
-    },
-    /// Show or change settings.
-    Settings {
-        room: String,
-        #[arg(long)]
-        name: Option<String>,
-        #[arg(long)]
-        history: Option<bool>,
-        #[arg(long)]
-        members_may_invite: Option<bool>,
-        #[arg(long)]
-        read_only: Option<bool>,
     },
 }
 
@@ -638,7 +590,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 json!({"user": p.user, "device": p.device, "tenant": p.tenant, "server": p.server, "km": p.km}),
             );
         }
-        Cmd::Room(rc) => room_cmd(&ctx, rc).await?,
+        Cmd::Room(rc) => room_cmd::room_cmd(&ctx, rc).await?,
         Cmd::Vault(vc) => compliance_cmd::vault_cmd(&ctx, vc).await?,
         Cmd::Witness(wc) => witness_cmd::witness_cmd(&ctx, wc).await?,
         Cmd::Admin(AdminCmd::Vault(vc)) => compliance_cmd::admin_vault_cmd(&ctx, vc).await?,
@@ -859,134 +811,6 @@ async fn audit_cmd(ctx: &Ctx, ac: AuditCmd) -> Result<(), BoxError> {
             );
         }
         AuditCmd::Verify { .. } => {}
-    }
-    Ok(())
-}
-
-async fn room_cmd(ctx: &Ctx, rc: RoomCmd) -> Result<(), BoxError> {
-    let c = ctx.client()?;
-    let members_json = |st: &cloister_policy::RoomState| json!({"room": st.room, "epoch": st.epoch, "members": st.members, "owners": st.owners, "settings": st.settings});
-    match rc {
-        RoomCmd::Create {
-            name,
-            members,
-            no_history,
-            members_may_invite,
-            read_only,
-        } => {
-            let members = members
-                .iter()
-                .map(|m| parse(m))
-                .collect::<Result<Vec<UserId>, _>>()?;
-            let settings = RoomSettings {
-                name,
-                view_history: !no_history,
-                members_may_invite,
-                read_only,
-            };
-            let room = c.create_room(settings, &members).await?;
-            ctx.emit(room.to_hex(), json!({"room": room}));
-        }
-        RoomCmd::Add { room, user } => {
-            let room = resolve_room(&c, &room).await?;
-            let st = c.add_member(&room, &parse(&user)?).await?;
-            ctx.emit(
-                format!("added {user}; room at epoch {}", st.epoch),
-                members_json(&st),
-            );
-        }
-        RoomCmd::Remove { room, user } => {
-            let room = resolve_room(&c, &room).await?;
-            let st = c.remove_member(&room, &parse(&user)?).await?;
-            ctx.emit(
-                format!("removed {user}; room at epoch {}", st.epoch),
-                members_json(&st),
-            );
-        }
-        RoomCmd::Leave { room } => {
-            let room = resolve_room(&c, &room).await?;
-            let st = c.leave(&room).await?;
-            ctx.emit(format!("left room {room}"), members_json(&st));
-        }
-        RoomCmd::Promote { room, user } => {
-            let room = resolve_room(&c, &room).await?;
-            let st = c.promote(&room, &parse(&user)?).await?;
-            ctx.emit(format!("{user} is now an owner"), members_json(&st));
-        }
-        RoomCmd::List => {
-            let rooms = c.list_rooms().await?;
-            let lines: Vec<String> = rooms
-                .iter()
-                .map(|r| {
-                    format!(
-                        "{} {:?} {:<20} epoch {} members {}",
-                        r.room,
-                        r.kind,
-                        r.settings.name,
-                        r.epoch,
-                        r.members.len()
-                    )
-                })
-                .collect();
-            ctx.emit(lines.join("\n"), serde_json::to_value(&rooms)?);
-        }
-        RoomCmd::Members { room } => {
-            let room = resolve_room(&c, &room).await?;
-            let st = c.room_state(&room).await?;
-            let lines: Vec<String> = st
-                .members
-                .iter()
-                .map(|m| {
-                    format!(
-                        "{m}{}",
-                        if st.owners.contains(m) {
-                            " (owner)"
-                        } else {
-                            ""
-                        }
-                    )
-                })
-                .collect();
-            ctx.emit(lines.join("\n"), members_json(&st));
-        }
-        RoomCmd::Settings {
-            room,
-            name,
-            history,
-            members_may_invite,
-            read_only,
-        } => {
-            let room = resolve_room(&c, &room).await?;
-            let mut st = c.room_state(&room).await?;
-            if name.is_some()
-                || history.is_some()
-                || members_may_invite.is_some()
-                || read_only.is_some()
-            {
-                let mut s = st.settings.clone();
-                if let Some(n) = name {
-                    s.name = n;
-                }
-                if let Some(h) = history {
-                    s.view_history = h;
-                }
-                if let Some(m) = members_may_invite {
-                    s.members_may_invite = m;
-                }
-                if let Some(r) = read_only {
-                    s.read_only = r;
-                }
-                st = c.set_settings(&room, s).await?;
-            }
-            let s = &st.settings;
-            ctx.emit(
-                format!(
-                    "name={:?} view_history={} members_may_invite={} read_only={}",
-                    s.name, s.view_history, s.members_may_invite, s.read_only
-                ),
-                members_json(&st),
-            );
-        }
     }
     Ok(())
 }

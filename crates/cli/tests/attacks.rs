@@ -91,6 +91,8 @@ async fn a_third_user_cannot_squat_a_one_to_one_conversation() {
         ]
         .into(),
         grants: Default::default(),
+        locked: None,
+        banned: Default::default(),
     };
     let store = cloister_store::SqliteServerStore::open(&w.dir.path().join("server/server.db"))
         .await

@@ -77,6 +77,7 @@ async fn every_security_event_is_logged_without_secrets() {
             "scim_token_issued",
             "scim_token_revoked",
             "control_refused",
+            "room_control",
             "membership_rejected",
             "escrow_initialised",
             "index_keys_released",

@@ -56,7 +56,8 @@ async fn a_barrier_blocks_ims_rooms_and_search_everywhere() {
         .admin
         .barrier_add("research", "trading", "Chinese wall: research / trading")
         .await
-        .unwrap();
+        .unwrap()
+        .barrier;
     assert!(b.barrier.active);
     // a barrier needs existing, different groups; the same pair twice is refused
     assert_eq!(
@@ -186,10 +187,11 @@ async fn a_barrier_blocks_ims_rooms_and_search_everywhere() {
     assert_eq!(e.code(), Some("not_admin"), "{e}");
 }
 
-/// A barrier added while two walled people share a room: until they are
-/// separated neither gets a key at the KM nor has a message routed.
+/// A barrier added while two walled people share a room: the KM evicts
+/// one side (owners are kept first) into a new epoch, says why, and the
+/// evicted member gets no key of it; the log shows the KM's statement.
 #[tokio::test]
-async fn a_new_barrier_stops_keys_and_routing_in_a_shared_room() {
+async fn a_new_barrier_evicts_the_walled_side_into_a_new_epoch() {
     let w = World::new().await;
     let rita = w.user("rita").await;
     let tom = w.user("tom").await;
@@ -199,6 +201,7 @@ async fn a_new_barrier_stops_keys_and_routing_in_a_shared_room() {
         .await
         .unwrap();
     tom.send_text(&room, "before the wall").await.unwrap();
+    let before = sam.room_state(&room).await.unwrap().epoch;
     w.admin
         .admin_group_set("research", &[rita.user().clone()], &[])
         .await
@@ -207,17 +210,225 @@ async fn a_new_barrier_stops_keys_and_routing_in_a_shared_room() {
         .admin_group_set("trading", &[tom.user().clone()], &[])
         .await
         .unwrap();
-    w.admin
+    let added = w
+        .admin
         .barrier_add("research", "trading", "wall")
         .await
         .unwrap();
-    let tom2 = w.device_of(tom.user()).await; // no cached keys
-    let e = tom2.read(&room, 10, None).await.unwrap_err();
-    assert_eq!(e.code(), Some("barrier"), "{e}");
+    assert!(added.pending.is_empty(), "{:?}", added.pending);
+    assert_eq!(added.evicted.len(), 1, "{:?}", added.evicted);
+    let ev = &added.evicted[0];
+    assert_eq!((ev.room, &ev.user), (room, tom.user()));
+    assert!(
+        ev.reason.contains(&added.barrier.barrier.id),
+        "{}",
+        ev.reason
+    );
+
+    // every client replays the KM's statement: a new epoch without tom
+    let st = sam.room_state(&room).await.unwrap();
+    assert!(st.epoch > before);
+    assert!(!st.members.contains(tom.user()) && st.members.contains(rita.user()));
+    sam.send_text(&room, "after the wall").await.unwrap();
+    rita.send_text(&room, "rita too").await.unwrap();
+    let got = rita.read(&room, 10, None).await.unwrap();
+    assert_eq!(got.len(), 3);
+    // tom keeps the history he had, gets nothing new, cannot post
     let e = tom.send_text(&room, "after the wall").await.unwrap_err();
-    assert_eq!(e.code(), Some("barrier"), "{e}");
-    // sam is walled from no one
-    sam.send_text(&room, "sam still talks").await.unwrap();
+    assert!(e.code().is_some(), "{e}");
+    let tom2 = w.device_of(tom.user()).await;
+    let seen = tom2.read(&room, 10, None).await.unwrap_or_default();
+    assert!(
+        seen.iter().flatten().all(|m| m.epoch < st.epoch),
+        "tom read a message of the new epoch"
+    );
+    // the audit log says who was evicted, where and why
+    let audit = audit_kinds(&w).await;
+    assert!(
+        audit
+            .iter()
+            .any(|(k, d)| k == "room_control" && d.contains("\"evict\"") && d.contains("tom@acme")),
+        "{audit:?}"
+    );
+}
+
+/// A compliance officer locks a room (owners cannot unlock it, nobody
+/// posts), bans a member (new epoch, never re-added), and unlocks it.
+#[tokio::test]
+async fn officers_lock_ban_and_unlock() {
+    let w = World::new().await;
+    let owner = w.user("olive").await;
+    let bob = w.user("bob").await;
+    let carl = w.user("carl").await;
+    let officer = w
+        .user_with("cora", &[cloister_proto::km::Role::Compliance])
+        .await;
+    let raw_owner = w.raw("olive").await;
+    let room = owner
+        .create_room(named("desk"), &[bob.user().clone(), carl.user().clone()])
+        .await
+        .unwrap();
+    owner.send_text(&room, "hello").await.unwrap();
+
+    // a justification is required; only compliance officers act
+    let e = officer.room_lock(&room, " ").await.unwrap_err();
+    assert_eq!(e.code(), Some("justification_required"), "{e}");
+    let e = owner.room_lock(&room, "mine").await.unwrap_err();
+    assert_eq!(e.code(), Some("not_compliance"), "{e}");
+
+    officer
+        .room_lock(&room, "case 42: preserve the desk")
+        .await
+        .unwrap();
+    let e = bob.send_text(&room, "still here?").await.unwrap_err();
+    assert!(e.to_string().contains("locked"), "{e}");
+    let e = owner
+        .add_member(&room, &w.user("dan").await.user().clone())
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("locked"), "{e}");
+    // a patched client cannot post either: the server refuses it
+    let st = owner.room_state(&room).await.unwrap();
+    assert!(st.locked.is_some());
+    let r = raw_owner
+        .get::<cloister_proto::server::RoomSummary>(&format!("/v1/rooms/{room}"))
+        .await;
+    assert_eq!(r.room, room);
+    // an owner cannot unlock: only the KM signs Unlock, for an officer
+    let e = owner.room_unlock(&room, "please").await.unwrap_err();
+    assert_eq!(e.code(), Some("not_compliance"), "{e}");
+
+    let banned = officer
+        .room_ban(&room, bob.user(), "case 42: leaked a term sheet")
+        .await
+        .unwrap();
+    assert!(banned.epoch > st.epoch);
+    officer.room_unlock(&room, "case 42 closed").await.unwrap();
+    owner.send_text(&room, "back to work").await.unwrap();
+    let e = owner.add_member(&room, bob.user()).await.unwrap_err();
+    assert!(e.to_string().contains("banned"), "{e}");
+    let audit = audit_kinds(&w).await;
+    for a in ["\"lock\"", "\"ban\"", "\"unlock\""] {
+        assert!(
+            audit
+                .iter()
+                .any(|(k, d)| k == "room_control" && d.contains(a)),
+            "no {a}: {audit:?}"
+        );
+    }
+}
+
+/// Room policies (Symphony's rules) with their constraints, enforced by
+/// the policy code the client, the server and the KM share.
+#[tokio::test]
+async fn room_policies_and_their_constraints() {
+    let w = World::new().await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    let carl = w.user("carl").await;
+    // public needs the entitlement, and a public room is discoverable
+    let public = RoomSettings {
+        public: true,
+        discoverable: true,
+        ..named("rates-chat")
+    };
+    let e = alice.create_room(public.clone(), &[]).await.unwrap_err();
+    assert_eq!(e.code(), Some("entitlement"), "{e}");
+    assert!(e.to_string().contains("create_public_rooms"));
+    w.admin
+        .admin_entitle(
+            Some(alice.user()),
+            None,
+            &[Entitlement::CreatePublicRooms],
+            &[],
+        )
+        .await
+        .unwrap();
+    let e = alice
+        .create_room(
+            RoomSettings {
+                discoverable: false,
+                ..public.clone()
+            },
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("public room is discoverable"), "{e}");
+    let room = alice.create_room(public, &[]).await.unwrap();
+    // listed and joinable by anyone of the firm
+    let listed = bob.room_directory().await.unwrap();
+    assert!(listed.iter().any(|r| r.room == room));
+    assert_eq!(bob.resolve_public_room("rates-chat").await.unwrap(), room);
+    bob.join(&room).await.unwrap();
+    bob.send_text(&room, "joined").await.unwrap();
+
+    // read-only: only owners post; copy protection cannot be removed
+    let ann = alice
+        .create_room(
+            RoomSettings {
+                read_only: true,
+                copy_protected: true,
+                ..named("announcements")
+            },
+            &[bob.user().clone()],
+        )
+        .await
+        .unwrap();
+    alice.send_text(&ann, "dividend notice").await.unwrap();
+    let e = bob.send_text(&ann, "me too").await.unwrap_err();
+    assert!(
+        e.to_string().contains("only owners") || e.to_string().contains("read-only"),
+        "{e}"
+    );
+    let mut s = alice.room_state(&ann).await.unwrap().settings;
+    s.copy_protected = false;
+    let e = alice.set_settings(&ann, s).await.unwrap_err();
+    assert!(
+        e.to_string().contains("copy protection cannot be removed"),
+        "{e}"
+    );
+    // joining a room that is not public is refused
+    let e = carl.join(&ann).await.unwrap_err();
+    assert!(
+        e.code().is_some() || e.to_string().contains("public"),
+        "{e}"
+    );
+
+    // max members, promote / demote
+    let small = alice
+        .create_room(
+            RoomSettings {
+                max_members: Some(2),
+                ..named("pair")
+            },
+            &[bob.user().clone()],
+        )
+        .await
+        .unwrap();
+    let e = alice.add_member(&small, carl.user()).await.unwrap_err();
+    assert!(e.to_string().contains("member limit"), "{e}");
+    alice.promote(&small, bob.user()).await.unwrap();
+    alice.demote(&small, bob.user()).await.unwrap();
+    let e = alice.demote(&small, alice.user()).await.unwrap_err();
+    assert!(e.to_string().contains("only owner"), "{e}");
+    // an external room can be neither public nor discoverable
+    let e = alice
+        .create_room(
+            RoomSettings {
+                external: true,
+                discoverable: true,
+                ..named("ext")
+            },
+            &[],
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("external room cannot be public or discoverable"),
+        "{e}"
+    );
 }
 
 #[tokio::test]
@@ -355,4 +566,157 @@ async fn a_revoked_role_entitlement_stops_the_officer_at_once() {
         .unwrap();
     let e = officer.retention_set("im", 30).await.unwrap_err();
     assert_eq!(e.code(), Some("role_revoked"), "{e}");
+}
+
+/// A patched client cannot sign what only the KM signs, nor post into a
+/// locked room, nor join a room that is not public: the server and the KM
+/// each refuse it on their own.
+#[tokio::test]
+async fn patched_clients_cannot_forge_controls() {
+    let w = World::new().await;
+    let owner = w.user("olive").await;
+    let mallory = w.raw("mallory").await;
+    let officer = w
+        .user_with("cora", &[cloister_proto::km::Role::Compliance])
+        .await;
+    let room = owner
+        .create_room(named("desk"), std::slice::from_ref(&mallory.user))
+        .await
+        .unwrap();
+    let st = owner.room_state(&room).await.unwrap();
+    let stmt = |actor, actor_user: cloister_proto::UserId, action| Statement {
+        room,
+        seq: st.seq + 1,
+        prev: Fixed(st.head),
+        actor,
+        actor_user,
+        ts: now_millis(),
+        action,
+    };
+    let post = |path: String, entry| {
+        let w = &w;
+        let mallory = &mallory;
+        async move {
+            w.http
+                .post(format!("{}{path}", w.stack.server_url))
+                .bearer_auth(mallory.token().await)
+                .json(&AppendLog { entry })
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    // 1. an unlock / ban signed by a member's own device: policy refuses it
+    let forged = sign_statement(
+        &mallory.keys,
+        &stmt(
+            mallory.keys.device_id(),
+            mallory.user.clone(),
+            Action::Ban {
+                user: owner.user().clone(),
+                by: mallory.user.clone(),
+                justification: "mine now".into(),
+            },
+        ),
+    )
+    .unwrap();
+    let r = post(format!("/v1/rooms/{room}/log"), forged.clone()).await;
+    let msg = expect_error(r, 403, "policy").await;
+    assert!(msg.contains("only the tenant's KM"), "{msg}");
+    let (st_km, b) = mallory
+        .km(KmOp::RoomKeys {
+            room,
+            epochs: vec![0],
+            log_from: st.seq + 1,
+            log: vec![forged],
+        })
+        .await;
+    assert_eq!(
+        (st_km, b["error"].as_str()),
+        (403, Some("bad_statement")),
+        "{b}"
+    );
+    // 2. the same claiming to be the KM, signed with the device's key
+    let body = serde_json::to_vec(&stmt(
+        cloister_proto::room::KM_DEVICE,
+        cloister_policy::km_user(&"acme".parse().unwrap()),
+        Action::Ban {
+            user: owner.user().clone(),
+            by: mallory.user.clone(),
+            justification: "x".into(),
+        },
+    ))
+    .unwrap();
+    let sig = mallory.keys.sign(cloister_crypto::signed::STATEMENT, &body);
+    let claims_km = cloister_proto::room::SignedStatement {
+        actor: cloister_proto::room::KM_DEVICE,
+        body: cloister_proto::b64::Bytes(body),
+        sig: Fixed(sig),
+    };
+    let r = post(format!("/v1/km/rooms/{room}/log"), claims_km.clone()).await;
+    expect_error(r, 401, "bad_signature").await;
+    let (s2, b2) = mallory
+        .km(KmOp::RoomKeys {
+            room,
+            epochs: vec![0],
+            log_from: st.seq + 1,
+            log: vec![claims_km],
+        })
+        .await;
+    assert_eq!(
+        (s2, b2["error"].as_str()),
+        (403, Some("bad_statement")),
+        "{b2}"
+    );
+    // 3. posting into a locked room through the API: refused by the server
+    officer.room_lock(&room, "case 7").await.unwrap();
+    let locked = owner.room_state(&room).await.unwrap();
+    let add = sign_statement(
+        &mallory.keys,
+        &Statement {
+            room,
+            seq: locked.seq + 1,
+            prev: Fixed(locked.head),
+            actor: mallory.keys.device_id(),
+            actor_user: mallory.user.clone(),
+            ts: now_millis(),
+            action: Action::Leave,
+        },
+    )
+    .unwrap();
+    let r = post(format!("/v1/rooms/{room}/log"), add).await;
+    let msg = expect_error(r, 403, "locked").await;
+    assert!(msg.contains("case 7"), "{msg}");
+    // 4. joining a room that is not public
+    let private = owner.create_room(named("private"), &[]).await.unwrap();
+    let p = owner.room_state(&private).await.unwrap();
+    let join = sign_statement(
+        &mallory.keys,
+        &Statement {
+            room: private,
+            seq: p.seq + 1,
+            prev: Fixed(p.head),
+            actor: mallory.keys.device_id(),
+            actor_user: mallory.user.clone(),
+            ts: now_millis(),
+            action: Action::Join,
+        },
+    )
+    .unwrap();
+    let r = post(format!("/v1/rooms/{private}/log"), join.clone()).await;
+    let msg = expect_error(r, 403, "policy").await;
+    assert!(msg.contains("public"), "{msg}");
+    let (s3, b3) = mallory
+        .km(KmOp::RoomKeys {
+            room: private,
+            epochs: vec![0],
+            log_from: p.seq + 1,
+            log: vec![join],
+        })
+        .await;
+    assert_eq!(
+        (s3, b3["error"].as_str()),
+        (403, Some("bad_statement")),
+        "{b3}"
+    );
 }

@@ -7,7 +7,8 @@
 use super::*;
 use cloister_proto::controls::Entitlement;
 use cloister_proto::km::{
-    BarrierInfo, DirectoryEntry, EntitlementsResponse, GroupInfo, ProfileUpdate, ScimTokenResponse,
+    BarrierAdded, BarrierInfo, DirectoryEntry, EntitlementsResponse, GroupInfo, ProfileUpdate,
+    RoomControlResponse, ScimTokenResponse,
 };
 
 impl Client {
@@ -75,7 +76,9 @@ impl Client {
         self.km_request(KmOp::GroupList).await
     }
 
-    pub async fn barrier_add(&self, a: &str, b: &str, reason: &str) -> Result<BarrierInfo> {
+    /// Add a barrier; the KM moves the walled members out of shared rooms
+    /// and says who left where.
+    pub async fn barrier_add(&self, a: &str, b: &str, reason: &str) -> Result<BarrierAdded> {
         let r = self
             .km_request(KmOp::BarrierAdd {
                 a: a.to_owned(),
@@ -110,6 +113,46 @@ impl Client {
             })
             .await?;
         Ok(())
+    }
+
+    /// Compliance: lock a room (no posts, no changes) with a justification.
+    pub async fn room_lock(
+        &self,
+        room: &RoomId,
+        justification: &str,
+    ) -> Result<RoomControlResponse> {
+        self.km_request(KmOp::RoomLock {
+            room: *room,
+            justification: justification.to_owned(),
+        })
+        .await
+    }
+
+    pub async fn room_unlock(
+        &self,
+        room: &RoomId,
+        justification: &str,
+    ) -> Result<RoomControlResponse> {
+        self.km_request(KmOp::RoomUnlock {
+            room: *room,
+            justification: justification.to_owned(),
+        })
+        .await
+    }
+
+    /// Compliance: ban a member (a new epoch without them, never re-added).
+    pub async fn room_ban(
+        &self,
+        room: &RoomId,
+        user: &UserId,
+        justification: &str,
+    ) -> Result<RoomControlResponse> {
+        self.km_request(KmOp::RoomBan {
+            room: *room,
+            user: user.clone(),
+            justification: justification.to_owned(),
+        })
+        .await
     }
 
     pub async fn admin_scim_token(&self, label: &str) -> Result<ScimTokenResponse> {

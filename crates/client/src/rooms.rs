@@ -84,10 +84,18 @@ impl Client {
         }
         for e in entries {
             let peek = signed::peek_statement(&e)?;
-            let cert = self.cert_of(&peek.actor).await?;
+            // the KM's own statements (evictions, bans, locks) carry its key
+            let (actor_user, actor_pk) = if cloister_policy::signed_by_km(&e) {
+                (
+                    cloister_policy::km_user(self.tenant()),
+                    self.profile.km_sign_pk.0,
+                )
+            } else {
+                let cert = self.cert_of(&peek.actor).await?;
+                (cert.user.clone(), cert.sign_pk.0)
+            };
             let cur = rooms.get(room).map(|c| &c.state);
-            let (next, _) = match cloister_policy::apply(cur, room, &e, &cert.user, &cert.sign_pk.0)
-            {
+            let (next, _) = match cloister_policy::apply(cur, room, &e, &actor_user, &actor_pk) {
                 Ok(x) => x,
                 Err(
                     cloister_policy::PolicyError::BrokenChain { seq }
@@ -332,6 +340,43 @@ impl Client {
     pub async fn promote(&self, room: &RoomId, user: &UserId) -> Result<RoomState> {
         self.append(room, Action::Promote { user: user.clone() })
             .await
+    }
+
+    pub async fn demote(&self, room: &RoomId, user: &UserId) -> Result<RoomState> {
+        self.append(room, Action::Demote { user: user.clone() })
+            .await
+    }
+
+    /// Join a public room of my firm.
+    pub async fn join(&self, room: &RoomId) -> Result<RoomState> {
+        self.append(room, Action::Join).await
+    }
+
+    /// The firm's discoverable rooms (as the server lists them; joining
+    /// one replays and verifies its log first).
+    pub async fn room_directory(&self) -> Result<Vec<RoomSummary>> {
+        self.server(|h, s| h.get(format!("{s}/v1/room-directory")))
+            .await
+    }
+
+    /// A discoverable room by name (exactly one of that name).
+    pub async fn resolve_public_room(&self, name: &str) -> Result<RoomId> {
+        let hits: Vec<RoomId> = self
+            .room_directory()
+            .await?
+            .into_iter()
+            .filter(|r| r.settings.name == name)
+            .map(|r| r.room)
+            .collect();
+        match hits.as_slice() {
+            [one] => Ok(*one),
+            [] => Err(ClientError::Input(format!(
+                "no discoverable room called {name:?}"
+            ))),
+            _ => Err(ClientError::Input(format!(
+                "several discoverable rooms are called {name:?}; use the room id"
+            ))),
+        }
     }
 
     pub async fn set_settings(&self, room: &RoomId, settings: RoomSettings) -> Result<RoomState> {

@@ -15,6 +15,8 @@ pub const CERT: &str = "cloister/cert/v1";
 pub const STATEMENT: &str = "cloister/statement/v1";
 pub const KM_REQUEST: &str = "cloister/km-request/v1";
 pub const NOTICE: &str = "cloister/notice/v1";
+/// A KM's signed query to the messaging server (its rooms' logs).
+pub const KM_QUERY: &str = "cloister/km-query/v1";
 pub const LOGIN: &str = "cloister/login/v1";
 pub const ENROL: &str = "cloister/enrol/v1";
 pub const ESCROW: &str = "cloister/escrow/v1";
@@ -137,6 +139,21 @@ pub fn sign_statement(keys: &DeviceKeys, st: &Statement) -> Result<SignedStateme
     let sig = keys.sign(STATEMENT, &body);
     Ok(SignedStatement {
         actor: keys.device_id(),
+        body: Bytes(body),
+        sig: Fixed(sig),
+    })
+}
+
+/// KM: sign a statement of its own (evictions, bans, locks) as
+/// [`cloister_proto::room::KM_DEVICE`].
+pub fn sign_statement_km(km: &KmSigner, st: &Statement) -> Result<SignedStatement, CryptoError> {
+    if st.actor != cloister_proto::room::KM_DEVICE {
+        return Err(CryptoError::Malformed("KM statement (actor is not the KM)"));
+    }
+    let body = to_json(st)?;
+    let sig = km.sign(STATEMENT, &body);
+    Ok(SignedStatement {
+        actor: st.actor,
         body: Bytes(body),
         sig: Fixed(sig),
     })

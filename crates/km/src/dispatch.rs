@@ -46,6 +46,9 @@ impl Km {
                 | KmOp::ProfileSet { .. }
                 | KmOp::ScimTokenIssue { .. }
                 | KmOp::ScimTokenRevoke { .. }
+                | KmOp::RoomLock { .. }
+                | KmOp::RoomUnlock { .. }
+                | KmOp::RoomBan { .. }
         );
         let fresh = if durable {
             self.store
@@ -138,6 +141,9 @@ impl Km {
             | KmOp::ProfileSet { .. }
             | KmOp::ScimTokenIssue { .. }
             | KmOp::ScimTokenRevoke { .. }) => self.directory_op(&cert, op).await,
+            op @ (KmOp::RoomLock { .. } | KmOp::RoomUnlock { .. } | KmOp::RoomBan { .. }) => {
+                self.room_control_op(&cert, op).await
+            }
             op => {
                 if !cert.roles.contains(&Role::Admin) {
                     tracing::warn!(user = %cert.user, "admin operation refused: not an admin");

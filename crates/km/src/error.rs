@@ -69,6 +69,9 @@ impl Denied {
     pub fn gone(code: &'static str, message: impl Into<String>) -> Self {
         Self::of(Kind::Gone, code, message)
     }
+    pub fn unavailable(code: &'static str, message: impl Into<String>) -> Self {
+        Self::of(Kind::Unavailable, code, message)
+    }
     pub fn precondition(message: impl Into<String>) -> Self {
         Self::of(Kind::Precondition, "precondition", message)
     }

@@ -27,6 +27,7 @@ pub mod http;
 mod keys;
 mod membership;
 pub mod provider;
+mod roomcontrol;
 mod rooms;
 mod scim;
 mod transparency;

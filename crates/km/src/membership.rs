@@ -78,37 +78,38 @@ impl Km {
             }
             let peek = cloister_crypto::signed::peek_statement(entry)
                 .map_err(|e| Denied::malformed("bad_statement", e.to_string()))?;
-            let actor = self.active_cert(&peek.actor).await.map_err(|e| {
-                Denied::forbidden(
-                    "bad_statement",
-                    format!("membership statement {seq} rejected: actor {}", e.message),
-                )
-            })?;
-            let (next, st) = match cloister_policy::apply(
-                state.as_ref(),
-                room,
-                entry,
-                &actor.user,
-                &actor.sign_pk.0,
-            ) {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(%room, seq, error = %e, "membership statement rejected");
-                    self.record(
-                        Some(&actor.user),
-                        AuditEvent::MembershipRejected {
-                            room: *room,
-                            seq,
-                            reason: e.to_string(),
-                        },
-                    )
-                    .await?;
-                    return Err(Denied::forbidden(
+            // The KM's own statements (evictions, bans, locks) carry its key.
+            let (actor_user, actor_pk) = if cloister_policy::signed_by_km(entry) {
+                (cloister_policy::km_user(&self.tenant), self.signer.public())
+            } else {
+                let actor = self.active_cert(&peek.actor).await.map_err(|e| {
+                    Denied::forbidden(
                         "bad_statement",
-                        format!("membership statement {seq} rejected: {e}"),
-                    ));
-                }
+                        format!("membership statement {seq} rejected: actor {}", e.message),
+                    )
+                })?;
+                (actor.user.clone(), actor.sign_pk.0)
             };
+            let (next, st) =
+                match cloister_policy::apply(state.as_ref(), room, entry, &actor_user, &actor_pk) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::warn!(%room, seq, error = %e, "membership statement rejected");
+                        self.record(
+                            Some(&actor_user),
+                            AuditEvent::MembershipRejected {
+                                room: *room,
+                                seq,
+                                reason: e.to_string(),
+                            },
+                        )
+                        .await?;
+                        return Err(Denied::forbidden(
+                            "bad_statement",
+                            format!("membership statement {seq} rejected: {e}"),
+                        ));
+                    }
+                };
             // Controls judge what is being done now; an entry from before
             // (the server checks each entry's time when it appends it) is
             // history, and a room that breaks a barrier gets no keys anyway.
@@ -116,7 +117,7 @@ impl Km {
                 && let Err(r) = rules.check_step(state.as_ref(), &st, &next)
             {
                 return Err(self
-                    .refused("membership", &actor.user, Some(*room), r)
+                    .refused("membership", &actor_user, Some(*room), r)
                     .await);
             }
             accepted.push((seq, st.actor_user.clone(), op_name(&st.action)));
@@ -169,13 +170,5 @@ impl Km {
 }
 
 pub(crate) fn op_name(a: &cloister_proto::room::Action) -> &'static str {
-    use cloister_proto::room::Action;
-    match a {
-        Action::Create { .. } => "create",
-        Action::Add { .. } => "add",
-        Action::Remove { .. } => "remove",
-        Action::Leave => "leave",
-        Action::Promote { .. } => "promote",
-        Action::Settings { .. } => "settings",
-    }
+    a.name()
 }

@@ -26,10 +26,12 @@ impl Km {
         km_sign_blob(&self.signer, signed::ROOM_HEAD, &h).map_err(Denied::internal)
     }
 
-    /// Anyone who ever held a grant in the room, or the tenant's surveillance.
+    /// Anyone who ever held a grant in the room, the tenant's surveillance,
+    /// and anyone of the tenant for a public room (joining needs its head).
     fn may_follow(cert: &DeviceCert, st: &RoomState) -> Result<(), Denied> {
         if st.grants.contains_key(&cert.user)
             || (cert.roles.contains(&Role::Surveillance) && st.tenant == cert.tenant)
+            || (st.settings.public && st.tenant == cert.tenant)
         {
             return Ok(());
         }

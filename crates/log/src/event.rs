@@ -166,6 +166,16 @@ pub enum AuditEvent {
     ScimTokenRevoked {
         id: String,
     },
+    /// A statement the KM signed into a room's log: an eviction by a
+    /// barrier, or a compliance officer's (`by`) ban, lock or unlock.
+    RoomControl {
+        room: RoomId,
+        seq: u64,
+        action: String,
+        user: Option<UserId>,
+        by: Option<UserId>,
+        reason: String,
+    },
     /// A communication control refused an action (`code`: entitlement or
     /// barrier); key refusals are `key_refused`.
     ControlRefused {
@@ -208,6 +218,7 @@ impl AuditEvent {
             AuditEvent::ScimTokenIssued { .. } => "scim_token_issued",
             AuditEvent::ScimTokenRevoked { .. } => "scim_token_revoked",
             AuditEvent::ControlRefused { .. } => "control_refused",
+            AuditEvent::RoomControl { .. } => "room_control",
         }
     }
 
@@ -222,11 +233,12 @@ impl AuditEvent {
             | AuditEvent::EnvelopeIngested { room, .. }
             | AuditEvent::EnvelopeDeleted { room, .. } => Some(*room),
             AuditEvent::ControlRefused { room, .. } => *room,
+            AuditEvent::RoomControl { room, .. } => Some(*room),
             _ => None,
         }
     }
 
-    pub const KINDS: [&'static str; 27] = [
+    pub const KINDS: [&'static str; 28] = [
         "tenant_initialised",
         "user_added",
         "user_disabled",
@@ -254,6 +266,7 @@ impl AuditEvent {
         "scim_token_issued",
         "scim_token_revoked",
         "control_refused",
+        "room_control",
     ];
 }
 

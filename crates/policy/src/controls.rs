@@ -92,12 +92,23 @@ impl Rules {
         st: &Statement,
         after: &RoomState,
     ) -> Result<(), Refusal> {
-        if let Action::Create {
-            kind: RoomKind::Room,
-            ..
-        } = &st.action
-        {
-            self.require(&st.actor_user, Entitlement::CreateRooms)?;
+        match &st.action {
+            Action::Create {
+                kind: RoomKind::Room,
+                settings,
+                ..
+            } => {
+                self.require(&st.actor_user, Entitlement::CreateRooms)?;
+                if settings.public {
+                    self.require(&st.actor_user, Entitlement::CreatePublicRooms)?;
+                }
+            }
+            Action::Settings { settings }
+                if settings.public && !before.is_some_and(|b| b.settings.public) =>
+            {
+                self.require(&st.actor_user, Entitlement::CreatePublicRooms)?;
+            }
+            _ => {}
         }
         for joined in after
             .members

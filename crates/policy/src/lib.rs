@@ -17,7 +17,9 @@ pub mod barriers;
 pub mod controls;
 
 use cloister_crypto::signed::{entry_hash, verify_statement};
-use cloister_proto::room::{Action, RoomKind, RoomSettings, SignedStatement, Statement};
+use cloister_proto::room::{
+    Action, KM_DEVICE, KM_USER_NAME, RoomKind, RoomSettings, SignedStatement, Statement,
+};
 use cloister_proto::{RoomId, TenantId, UserId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -61,8 +63,45 @@ pub enum PolicyError {
     TooManyMembers,
     #[error("room name too long (at most 200 bytes)")]
     NameTooLong,
-    #[error("the only owner cannot leave; promote another owner first")]
+    #[error("the only owner cannot leave or be demoted; promote another owner first")]
     LastOwner,
+    #[error("only the tenant's KM may {0}")]
+    KmOnly(&'static str),
+    #[error("the room is locked by compliance officer {by}: {justification}")]
+    Locked { by: UserId, justification: String },
+    #[error("{0} was banned from this room by a compliance officer")]
+    Banned(UserId),
+    #[error("room policy: {0}")]
+    Constraint(String),
+    #[error("only a public room can be joined without an invitation")]
+    NotPublic,
+}
+
+/// The user the tenant's KM signs its statements as.
+pub fn km_user(tenant: &TenantId) -> UserId {
+    // "km" is a valid user name and the tenant id a valid tenant
+    format!("{KM_USER_NAME}@{tenant}")
+        .parse()
+        .unwrap_or_else(|_| unreachable_user())
+}
+
+#[allow(clippy::panic)]
+fn unreachable_user() -> UserId {
+    panic!("the KM's reserved user name is always valid")
+}
+
+/// Who must have signed a log entry: the KM (for its own actor id) or the
+/// device named. The caller looks up the key: the KM's, or the device's
+/// certificate.
+pub fn signed_by_km(entry: &SignedStatement) -> bool {
+    entry.actor == KM_DEVICE
+}
+
+/// A compliance officer's lock on a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LockInfo {
+    pub by: UserId,
+    pub justification: String,
 }
 
 /// One stretch of epochs a user may read: `[from, until)`.
@@ -87,6 +126,12 @@ pub struct RoomState {
     pub owners: BTreeSet<UserId>,
     pub members: BTreeSet<UserId>,
     pub grants: BTreeMap<UserId, Vec<Grant>>,
+    /// Locked by a compliance officer (through the KM).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub locked: Option<LockInfo>,
+    /// Banned by a compliance officer: may not be added or join again.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub banned: BTreeSet<UserId>,
 }
 
 impl RoomState {
@@ -101,7 +146,33 @@ impl RoomState {
 
     /// May `user` post in the current epoch?
     pub fn may_post(&self, user: &UserId) -> bool {
-        self.members.contains(user) && (!self.settings.read_only || self.owners.contains(user))
+        self.members.contains(user)
+            && self.locked.is_none()
+            && (!self.settings.read_only || self.owners.contains(user))
+    }
+
+    /// Why `user` may not post, if they may not (for a clear refusal).
+    pub fn why_not_post(&self, user: &UserId) -> Option<String> {
+        if !self.members.contains(user) {
+            Some(format!("{user} is not a member of the room"))
+        } else if let Some(l) = &self.locked {
+            Some(format!(
+                "the room is locked by compliance officer {}: {}",
+                l.by, l.justification
+            ))
+        } else if self.settings.read_only && !self.owners.contains(user) {
+            Some("the room is read-only: only owners may post".into())
+        } else {
+            None
+        }
+    }
+
+    fn capacity(&self) -> usize {
+        self.settings
+            .max_members
+            .map_or(cloister_proto::limits::MAX_ROOM_MEMBERS, |m| {
+                (m as usize).min(cloister_proto::limits::MAX_ROOM_MEMBERS)
+            })
     }
 
     pub fn is_member(&self, user: &UserId) -> bool {
@@ -208,12 +279,18 @@ fn genesis(st: &Statement, hash: [u8; 32]) -> Result<RoomState, PolicyError> {
     if st.prev.0 != [0u8; 32] {
         return Err(PolicyError::BrokenChain { seq: 0 });
     }
-    if settings.name.len() > 200 {
-        return Err(PolicyError::NameTooLong);
+    if st.actor == KM_DEVICE || action_km_only(&st.action) {
+        return Err(PolicyError::KmOnly("sign such a statement"));
     }
+    check_settings(None, settings, members.len() + 1)?;
     let creator = &st.actor_user;
     let others: BTreeSet<UserId> = members.iter().filter(|m| *m != creator).cloned().collect();
-    if others.len() + 1 > cloister_proto::limits::MAX_ROOM_MEMBERS {
+    let cap = settings
+        .max_members
+        .map_or(cloister_proto::limits::MAX_ROOM_MEMBERS, |m| {
+            (m as usize).min(cloister_proto::limits::MAX_ROOM_MEMBERS)
+        });
+    if others.len() + 1 > cap {
         return Err(PolicyError::TooManyMembers);
     }
     match kind {
@@ -246,6 +323,8 @@ fn genesis(st: &Statement, hash: [u8; 32]) -> Result<RoomState, PolicyError> {
         owners: BTreeSet::new(),
         members: BTreeSet::new(),
         grants: BTreeMap::new(),
+        locked: None,
+        banned: BTreeSet::new(),
     };
     if *kind == RoomKind::Room {
         s.owners.insert(creator.clone());
@@ -268,13 +347,42 @@ fn step(s: &RoomState, st: &Statement, hash: [u8; 32]) -> Result<RoomState, Poli
         return Err(PolicyError::BrokenChain { seq: st.seq });
     }
     let actor = &st.actor_user;
+    let mut n = s.clone();
+    n.seq = st.seq;
+    n.head = hash;
+    if st.actor == KM_DEVICE {
+        if *actor != km_user(&s.tenant) {
+            return Err(PolicyError::ActorMismatch {
+                cert_user: km_user(&s.tenant),
+                claimed: actor.clone(),
+            });
+        }
+        km_step(&mut n, &st.action)?;
+        return Ok(n);
+    }
+    if action_km_only(&st.action) {
+        return Err(PolicyError::KmOnly(st.action.name()));
+    }
+    if let Some(l) = &s.locked {
+        return Err(PolicyError::Locked {
+            by: l.by.clone(),
+            justification: l.justification.clone(),
+        });
+    }
+    if st.action == Action::Join {
+        if s.kind == RoomKind::Im || !s.settings.public {
+            return Err(PolicyError::NotPublic);
+        }
+        if s.members.contains(actor) {
+            return Err(PolicyError::AlreadyMember(actor.clone()));
+        }
+        admit(&mut n, actor)?;
+        return Ok(n);
+    }
     if !s.members.contains(actor) {
         return Err(PolicyError::NotMember(actor.clone()));
     }
     let is_owner = s.owners.contains(actor);
-    let mut n = s.clone();
-    n.seq = st.seq;
-    n.head = hash;
     let im = s.kind == RoomKind::Im;
     match &st.action {
         Action::Create { .. } => return Err(PolicyError::AlreadyCreated),
@@ -288,17 +396,7 @@ fn step(s: &RoomState, st: &Statement, hash: [u8; 32]) -> Result<RoomState, Poli
             if s.members.contains(user) {
                 return Err(PolicyError::AlreadyMember(user.clone()));
             }
-            if s.members.len() >= cloister_proto::limits::MAX_ROOM_MEMBERS {
-                return Err(PolicyError::TooManyMembers);
-            }
-            let from = if s.settings.view_history {
-                0
-            } else {
-                n.epoch += 1;
-                n.epoch
-            };
-            n.members.insert(user.clone());
-            n.grant(user, from);
+            admit(&mut n, user)?;
         }
         Action::Remove { user } => {
             if im {
@@ -313,10 +411,7 @@ fn step(s: &RoomState, st: &Statement, hash: [u8; 32]) -> Result<RoomState, Poli
             if user == actor && s.owners.len() == 1 {
                 return Err(PolicyError::LastOwner);
             }
-            n.epoch += 1;
-            n.members.remove(user);
-            n.owners.remove(user);
-            n.close(user, n.epoch);
+            expel(&mut n, user);
         }
         Action::Leave => {
             if im {
@@ -325,10 +420,7 @@ fn step(s: &RoomState, st: &Statement, hash: [u8; 32]) -> Result<RoomState, Poli
             if is_owner && s.owners.len() == 1 && s.members.len() > 1 {
                 return Err(PolicyError::LastOwner);
             }
-            n.epoch += 1;
-            n.members.remove(actor);
-            n.owners.remove(actor);
-            n.close(actor, n.epoch);
+            expel(&mut n, actor);
         }
         Action::Promote { user } => {
             if im {
@@ -342,6 +434,21 @@ fn step(s: &RoomState, st: &Statement, hash: [u8; 32]) -> Result<RoomState, Poli
             }
             n.owners.insert(user.clone());
         }
+        Action::Demote { user } => {
+            if im {
+                return Err(PolicyError::ImImmutable);
+            }
+            if !is_owner {
+                return Err(PolicyError::NotOwner(actor.clone()));
+            }
+            if !s.owners.contains(user) {
+                return Err(PolicyError::NotOwner(user.clone()));
+            }
+            if s.owners.len() == 1 {
+                return Err(PolicyError::LastOwner);
+            }
+            n.owners.remove(user);
+        }
         Action::Settings { settings } => {
             if im {
                 return Err(PolicyError::ImImmutable);
@@ -349,13 +456,136 @@ fn step(s: &RoomState, st: &Statement, hash: [u8; 32]) -> Result<RoomState, Poli
             if !is_owner {
                 return Err(PolicyError::NotOwner(actor.clone()));
             }
-            if settings.name.len() > 200 {
-                return Err(PolicyError::NameTooLong);
-            }
+            check_settings(Some(&s.settings), settings, s.members.len())?;
             n.settings = settings.clone();
         }
+        Action::Join
+        | Action::Evict { .. }
+        | Action::Ban { .. }
+        | Action::Lock { .. }
+        | Action::Unlock { .. } => return Err(PolicyError::KmOnly(st.action.name())),
     }
     Ok(n)
+}
+
+fn action_km_only(a: &Action) -> bool {
+    a.km_only()
+}
+
+/// A new member (added or joining): not banned, room not full; a new epoch
+/// unless history is visible.
+fn admit(n: &mut RoomState, user: &UserId) -> Result<(), PolicyError> {
+    if n.banned.contains(user) {
+        return Err(PolicyError::Banned(user.clone()));
+    }
+    if n.members.len() >= n.capacity() {
+        return Err(PolicyError::TooManyMembers);
+    }
+    let from = if n.settings.view_history {
+        0
+    } else {
+        n.epoch += 1;
+        n.epoch
+    };
+    n.members.insert(user.clone());
+    n.grant(user, from);
+    Ok(())
+}
+
+/// A member leaves (removed, left, evicted, banned): a new epoch without them.
+fn expel(n: &mut RoomState, user: &UserId) {
+    n.epoch += 1;
+    n.members.remove(user);
+    n.owners.remove(user);
+    n.close(user, n.epoch);
+}
+
+/// The KM's own statements: barrier evictions and compliance officers'
+/// bans and locks.
+fn km_step(n: &mut RoomState, a: &Action) -> Result<(), PolicyError> {
+    match a {
+        Action::Evict { user, .. } | Action::Ban { user, .. } => {
+            if !n.members.contains(user) {
+                return Err(PolicyError::NotMember(user.clone()));
+            }
+            expel(n, user);
+            if matches!(a, Action::Ban { .. }) {
+                n.banned.insert(user.clone());
+            }
+        }
+        Action::Lock { by, justification } => {
+            if n.locked.is_some() {
+                return Err(PolicyError::Constraint("the room is already locked".into()));
+            }
+            if justification.trim().is_empty() {
+                return Err(PolicyError::Constraint(
+                    "a lock needs a justification".into(),
+                ));
+            }
+            n.locked = Some(LockInfo {
+                by: by.clone(),
+                justification: justification.clone(),
+            });
+        }
+        Action::Unlock { justification, .. } => {
+            if n.locked.is_none() {
+                return Err(PolicyError::Constraint("the room is not locked".into()));
+            }
+            if justification.trim().is_empty() {
+                return Err(PolicyError::Constraint(
+                    "an unlock needs a justification".into(),
+                ));
+            }
+            n.locked = None;
+        }
+        _ => {
+            return Err(PolicyError::Constraint(format!(
+                "the KM does not sign `{}` statements",
+                a.name()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Room settings rules (Symphony's): at creation (`old` None) and on change.
+pub fn check_settings(
+    old: Option<&RoomSettings>,
+    new: &RoomSettings,
+    members: usize,
+) -> Result<(), PolicyError> {
+    let bad = |m: &str| Err(PolicyError::Constraint(m.into()));
+    if new.name.len() > 200 {
+        return Err(PolicyError::NameTooLong);
+    }
+    if new.public && !new.discoverable {
+        return bad("a public room is discoverable (set discoverable too)");
+    }
+    if new.external && (new.public || new.discoverable) {
+        return bad("an external room cannot be public or discoverable");
+    }
+    if let Some(m) = new.max_members {
+        if m < 2 || m as usize > cloister_proto::limits::MAX_ROOM_MEMBERS {
+            return bad(&format!(
+                "max_members must be between 2 and {}",
+                cloister_proto::limits::MAX_ROOM_MEMBERS
+            ));
+        }
+        if (m as usize) < members {
+            return bad(&format!(
+                "the room has {members} members: max_members cannot be {m}"
+            ));
+        }
+    }
+    if let Some(o) = old {
+        if o.copy_protected && !new.copy_protected {
+            return bad("copy protection cannot be removed once set");
+        }
+        if o.external != new.external {
+            return bad("whether a room is external is fixed at creation");
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

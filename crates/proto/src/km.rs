@@ -263,6 +263,41 @@ pub enum KmOp {
     ScimTokenIssue { label: String },
     /// Admin: revoke a SCIM token.
     ScimTokenRevoke { id: String },
+    /// Compliance: lock a room (no posts, no changes) with a justification.
+    RoomLock { room: RoomId, justification: String },
+    /// Compliance: unlock a room.
+    RoomUnlock { room: RoomId, justification: String },
+    /// Compliance: ban a member (a new epoch without them; never re-added).
+    RoomBan {
+        room: RoomId,
+        user: UserId,
+        justification: String,
+    },
+}
+
+/// What a KM-signed room statement did.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RoomControlResponse {
+    pub room: RoomId,
+    pub seq: u64,
+    pub epoch: u64,
+}
+
+/// A member an information barrier moved out of a room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Eviction {
+    pub room: RoomId,
+    pub user: UserId,
+    pub reason: String,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BarrierAdded {
+    pub barrier: BarrierInfo,
+    /// Rooms where the barrier now applied: who left and why.
+    pub evicted: Vec<Eviction>,
+    /// Evictions the KM could not deliver yet (it retries).
+    pub pending: Vec<String>,
 }
 
 /// Directory attributes to change (`None`: unchanged).

@@ -30,6 +30,24 @@ pub struct RoomSettings {
     /// Only owners may post.
     #[serde(default)]
     pub read_only: bool,
+    /// Anyone of the firm may join without an invitation (implies
+    /// `discoverable`; needs the `create_public_rooms` entitlement).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub public: bool,
+    /// Listed in the firm's room directory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub discoverable: bool,
+    /// Clients offer no copy, forward or export of messages; once set it
+    /// cannot be removed.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub copy_protected: bool,
+    /// Most members (at most the system's limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_members: Option<u32>,
+    /// Has or may have members of other firms: never public or
+    /// discoverable; fixed at creation.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub external: bool,
 }
 
 fn yes() -> bool {
@@ -43,6 +61,11 @@ impl Default for RoomSettings {
             view_history: true,
             members_may_invite: false,
             read_only: false,
+            public: false,
+            discoverable: false,
+            copy_protected: false,
+            max_members: None,
+            external: false,
         }
     }
 }
@@ -67,9 +90,73 @@ pub enum Action {
     Promote {
         user: UserId,
     },
+    /// An owner makes another owner a plain member again.
+    Demote {
+        user: UserId,
+    },
     Settings {
         settings: RoomSettings,
     },
+    /// Join a public room without an invitation.
+    Join,
+    // ---- signed by the tenant's KM only (actor [`KM_DEVICE`]) ----
+    /// An information barrier now separates `user` from another member.
+    Evict {
+        user: UserId,
+        reason: String,
+    },
+    /// A compliance officer (`by`) bans a member: removed, and may not be
+    /// added again.
+    Ban {
+        user: UserId,
+        by: UserId,
+        justification: String,
+    },
+    /// A compliance officer locks the room: no posts, no membership or
+    /// settings changes, until an officer unlocks it.
+    Lock {
+        by: UserId,
+        justification: String,
+    },
+    Unlock {
+        by: UserId,
+        justification: String,
+    },
+}
+
+/// The actor id of statements signed by the tenant's KM itself (no device
+/// id is all zeros: device ids are hashes of keys).
+pub const KM_DEVICE: DeviceId = DeviceId([0; 16]);
+
+/// The user name the KM signs its statements as (reserved in every tenant).
+pub const KM_USER_NAME: &str = "km";
+
+impl Action {
+    /// Only the tenant's KM may sign this action.
+    pub fn km_only(&self) -> bool {
+        matches!(
+            self,
+            Action::Evict { .. } | Action::Ban { .. } | Action::Lock { .. } | Action::Unlock { .. }
+        )
+    }
+
+    /// A short name for logs and audit records.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Action::Create { .. } => "create",
+            Action::Add { .. } => "add",
+            Action::Remove { .. } => "remove",
+            Action::Leave => "leave",
+            Action::Promote { .. } => "promote",
+            Action::Demote { .. } => "demote",
+            Action::Settings { .. } => "settings",
+            Action::Join => "join",
+            Action::Evict { .. } => "evict",
+            Action::Ban { .. } => "ban",
+            Action::Lock { .. } => "lock",
+            Action::Unlock { .. } => "unlock",
+        }
+    }
 }
 
 /// The signed body of a membership statement. (`deny_unknown_fields` cannot be

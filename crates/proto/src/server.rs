@@ -54,6 +54,17 @@ pub struct AppendLogResponse {
     pub head: Fixed<32>,
 }
 
+/// A KM asks for its room's log from `from` (KM-signed, fresh).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmLogQuery {
+    pub tenant: crate::TenantId,
+    pub room: RoomId,
+    pub from: u64,
+    /// Milliseconds; must be within the allowed skew.
+    pub ts: u64,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct LogPage {
     pub room: RoomId,

@@ -38,7 +38,7 @@ use cloister_proto::server::{
     PostNotice, RegisterDevice, RegisterTenant, RoomSummary, StoredMessage,
 };
 use cloister_proto::{DeviceId, RoomId, TenantId, limits, now_millis, now_secs};
-use cloister_store::{BlobRow, DeviceRow, Inserted, LogRow, NewMessage};
+use cloister_store::{BlobRow, DeviceRow, Inserted, NewMessage};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use std::sync::Arc;
@@ -56,8 +56,14 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/session", post(login))
         .route("/v1/notices", post(post_notice))
         .route("/v1/rooms", get(list_rooms))
+        .route("/v1/room-directory", get(crate::roomlog::directory))
         .route("/v1/rooms/{room}", get(get_room))
         .route("/v1/rooms/{room}/log", get(get_log).post(append_log))
+        .route("/v1/km/rooms/{room}/log", post(crate::roomlog::km_append))
+        .route(
+            "/v1/km/rooms/{room}/log-read",
+            post(crate::roomlog::km_read),
+        )
         .route("/v1/rooms/{room}/messages", get(history).post(post_message))
         .route(
             "/v1/rooms/{room}/blobs/{id}",
@@ -424,7 +430,7 @@ async fn post_notice(
 
 // ---------- rooms and the membership log ----------
 
-fn summary(st: &RoomState) -> RoomSummary {
+pub(crate) fn summary(st: &RoomState) -> RoomSummary {
     RoomSummary {
         room: st.room,
         kind: st.kind,
@@ -479,6 +485,8 @@ async fn get_log(
     // Anyone who ever held a grant may read the log (it is what justifies their keys).
     match s.room(&room).await? {
         Some(st) if st.grants.contains_key(&c.user) => {}
+        // a public room's log is what joining it needs
+        Some(st) if st.settings.public && st.tenant == c.tenant => {}
         Some(_) if s.readable_room(&room, &c).await.is_ok() => {}
         _ => {
             return Err(ApiError::not_found(
@@ -517,78 +525,12 @@ async fn append_log(
             "a device may only submit statements it signed itself",
         ));
     }
-    let _guard = s.log_lock.lock().await;
-    let current = s.room(&room).await?;
-    let (next, st) = cloister_policy::apply(
-        current.as_deref(),
-        &room,
-        &req.entry,
-        &c.user,
-        &c.cert.sign_pk.0,
-    )
-    .map_err(|e| match e {
-        cloister_policy::PolicyError::Gap { .. }
-        | cloister_policy::PolicyError::BrokenChain { .. } => {
-            ApiError::conflict("log_conflict", format!("{e}; fetch the log and retry"))
-        }
-        cloister_policy::PolicyError::BadSignature { .. } => {
-            ApiError::unauthorized("bad_signature", e.to_string())
-        }
-        e => ApiError::forbidden("policy", e.to_string()),
-    })?;
-    if next.tenant != c.tenant {
-        return Err(ApiError::forbidden(
-            "wrong_tenant",
-            "rooms can only be changed by their own tenant's users",
-        ));
-    }
-    if let Some(u) = next.members.iter().find(|u| u.tenant() != next.tenant) {
-        return Err(ApiError::forbidden(
-            "cross_tenant",
-            format!("{u} belongs to another firm; cross-firm rooms are not enabled on this server"),
-        ));
-    }
-    // The statement's time is checked here, where it is appended: the KM
-    // trusts it later to tell history from a change made now.
-    if !cloister_proto::within_skew(st.ts) {
-        return Err(ApiError::bad_request(
-            "stale_statement",
-            "membership statement timestamp is outside the allowed clock skew",
-        ));
-    }
-    s.check_step(&next.tenant, current.as_deref(), &st, &next)?;
-    let row = LogRow {
-        seq: st.seq,
-        entry: serde_json::to_vec(&req.entry).map_err(ApiError::internal)?,
-        hash: next.head.to_vec(),
+    let by = crate::roomlog::Signer {
+        user: c.user.clone(),
+        pk: c.cert.sign_pk.0,
+        tenant: c.tenant.clone(),
     };
-    let members: Vec<String> = next.members.iter().map(|m| m.to_string()).collect();
-    let state_bytes = serde_json::to_vec(&next).map_err(ApiError::internal)?;
-    s.store
-        .append_log(&room.to_hex(), &row, &state_bytes, &members)
-        .await
-        .map_err(|e| match e {
-            cloister_store::StoreError::Conflict(m) => ApiError::conflict("log_conflict", m),
-            e => ApiError::internal(e),
-        })?;
-    let next = Arc::new(next);
-    if let Ok(mut m) = s.rooms.lock() {
-        m.insert(room, next.clone());
-    }
-    // Tell old and new members.
-    let ev = Event::Membership { room, seq: st.seq };
-    if let Ok(j) = serde_json::to_string(&ev) {
-        let mut users: Vec<_> = next.members.iter().collect();
-        if let Some(cur) = &current {
-            users.extend(cur.members.iter().filter(|u| !next.members.contains(*u)));
-        }
-        s.hub.send(users.into_iter(), None, j.into());
-    }
-    tracing::info!(%room, seq = st.seq, actor = %c.user, "membership statement accepted");
-    Ok(Json(AppendLogResponse {
-        seq: st.seq,
-        head: Fixed(next.head),
-    }))
+    Ok(Json(s.append_entry(&room, &req.entry, &by).await?))
 }
 
 // ---------- messages ----------
@@ -634,11 +576,13 @@ async fn post_message(
     // The receipt served its purpose; it is neither stored nor forwarded.
     env.receipt = None;
     let st = s.member_room(&room, &c.user).await?;
-    if !st.may_post(&c.user) {
-        return Err(ApiError::forbidden(
-            "read_only",
-            "only owners may post in this room",
-        ));
+    if let Some(why) = st.why_not_post(&c.user) {
+        let code = if st.locked.is_some() {
+            "locked"
+        } else {
+            "read_only"
+        };
+        return Err(ApiError::forbidden(code, why));
     }
     s.check_walled(&st, &c.user)?;
     if h.epoch != st.epoch {
@@ -806,11 +750,13 @@ async fn put_blob(
     let room = parse_room(&room)?;
     let id = parse_blob_id(&id)?;
     let st = s.member_room(&room, &c.user).await?;
-    if !st.may_post(&c.user) {
-        return Err(ApiError::forbidden(
-            "read_only",
-            "only owners may post in this room",
-        ));
+    if let Some(why) = st.why_not_post(&c.user) {
+        let code = if st.locked.is_some() {
+            "locked"
+        } else {
+            "read_only"
+        };
+        return Err(ApiError::forbidden(code, why));
     }
     s.check_walled(&st, &c.user)?;
     s.require(

@@ -17,6 +17,7 @@
 mod api;
 mod controls;
 mod hub;
+mod roomlog;
 mod writer;
 
 pub use api::router;

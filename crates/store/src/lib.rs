@@ -128,6 +128,9 @@ pub trait ServerStore: Send + Sync + 'static {
         notice: &[u8],
     ) -> Result<bool>;
     async fn tenant_notices(&self, kind: &str) -> Result<Vec<Vec<u8>>>;
+    /// Keep the firm's room directory (discoverable rooms) in step.
+    async fn set_listed(&self, room: &str, tenant: &str, listed: bool) -> Result<()>;
+    async fn listed_rooms(&self, tenant: &str) -> Result<Vec<String>>;
     async fn is_user_disabled(&self, user: &str) -> Result<bool>;
     /// Devices revoked and users disabled (to prime the in-memory deny list).
     async fn deny_list(&self) -> Result<(Vec<String>, Vec<String>)>;

@@ -150,6 +150,8 @@ CREATE TABLE IF NOT EXISTS disabled_users (user_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS capture_policy (tenant TEXT PRIMARY KEY, ts INTEGER NOT NULL, notice BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS tenant_notices (tenant TEXT NOT NULL, kind TEXT NOT NULL, version INTEGER NOT NULL,
     notice BLOB NOT NULL, PRIMARY KEY (tenant, kind));
+CREATE TABLE IF NOT EXISTS room_directory (room TEXT PRIMARY KEY, tenant TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS room_directory_tenant ON room_directory(tenant);
 CREATE TABLE IF NOT EXISTS user_standing (user_id TEXT PRIMARY KEY, disabled INTEGER NOT NULL, ts INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS shredded_notices (room TEXT NOT NULL, notice BLOB NOT NULL, PRIMARY KEY (room, notice)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rooms (room TEXT PRIMARY KEY, seq INTEGER NOT NULL, state BLOB NOT NULL);
@@ -305,6 +307,27 @@ impl ServerStore for SqliteServerStore {
         sqlx::query(q).bind(user).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn set_listed(&self, room: &str, tenant: &str, listed: bool) -> Result<()> {
+        let q = if listed {
+            sqlx::query("INSERT OR REPLACE INTO room_directory (room, tenant) VALUES (?, ?)")
+                .bind(room)
+                .bind(tenant)
+        } else {
+            sqlx::query("DELETE FROM room_directory WHERE room = ?").bind(room)
+        };
+        q.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    async fn listed_rooms(&self, tenant: &str) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT room FROM room_directory WHERE tenant = ? ORDER BY room")
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     async fn put_tenant_notice(

@@ -69,7 +69,8 @@ impl Km {
             }
             KmOp::BarrierAdd { a, b, reason } => {
                 officer()?;
-                json(&self.barrier_add(actor, &a, &b, &reason).await?)
+                let info = self.barrier_add(actor, &a, &b, &reason).await?;
+                json(&self.barrier_added(info).await)
             }
             KmOp::BarrierList => {
                 officer()?;

@@ -35,6 +35,8 @@ pub(crate) struct DirState {
     pub write: tokio::sync::Mutex<()>,
     /// The rules of the current version (`None`: rebuild on next use).
     pub rules: Mutex<Option<Arc<Rules>>>,
+    /// One eviction sweep at a time.
+    pub sweep: tokio::sync::Mutex<()>,
 }
 
 impl Km {

@@ -16,6 +16,11 @@ pub(crate) struct Notifier {
 }
 
 impl Notifier {
+    /// The messaging server, once the KM pushes to one.
+    pub fn server(&self) -> Option<String> {
+        self.server.get().cloned()
+    }
+
     pub fn wake(&self) {
         self.wake.notify_one();
     }
@@ -46,12 +51,19 @@ impl Km {
             let url = format!("{}/v1/notices", server.trim_end_matches('/'));
             let mut sent_version = None;
             let mut resynced = false;
+            let mut swept_ok = true;
             loop {
                 let Some(km) = km.upgrade() else { return };
                 if !resynced {
                     resynced = km.queue_standing().await.is_ok();
                 }
+                let before = sent_version;
                 let ok = km.push_pending(&http, &url, &mut sent_version).await;
+                // the controls changed: move walled members out of rooms
+                if ok && (sent_version != before || !swept_ok) {
+                    let (_, pending) = km.evict_walled().await;
+                    swept_ok = pending.is_empty();
+                }
                 let wait = if ok { 5 } else { 1 };
                 let notify = km.notifier_wait();
                 drop(km);
