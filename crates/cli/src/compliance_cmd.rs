@@ -93,6 +93,25 @@ pub enum ComplianceCmd {
     /// Retention policies.
     #[command(subcommand)]
     Retention(RetentionCmd),
+    /// Lock a room: no posts, no membership or settings changes (owners
+    /// cannot unlock it).
+    Lock {
+        room: String,
+        #[arg(long)]
+        justification: String,
+    },
+    Unlock {
+        room: String,
+        #[arg(long)]
+        justification: String,
+    },
+    /// Ban a member: removed into a new epoch, never re-added.
+    Ban {
+        room: String,
+        user: String,
+        #[arg(long)]
+        justification: String,
+    },
 }
 
 #[derive(clap::Args)]
@@ -311,8 +330,52 @@ pub async fn admin_vault_cmd(ctx: &Ctx, vc: AdminVaultCmd) -> Result<(), BoxErro
 
 pub async fn compliance_cmd(ctx: &Ctx, cc: ComplianceCmd) -> Result<(), BoxError> {
     let c = ctx.client()?;
+    // officers' actions on rooms go to the KM only (no vault needed)
+    let room_id = |r: &str| -> Result<RoomId, BoxError> {
+        r.parse()
+            .map_err(|_| format!("{r:?} is not a room id (32 hex characters)").into())
+    };
+    let done = |what: &str, r: &cloister_proto::km::RoomControlResponse| {
+        ctx.emit(
+            format!(
+                "{what} room {} (log entry {}, epoch {})",
+                r.room, r.seq, r.epoch
+            ),
+            json!({"room": r.room, "seq": r.seq, "epoch": r.epoch, "action": what}),
+        )
+    };
+    match &cc {
+        ComplianceCmd::Lock {
+            room,
+            justification,
+        } => {
+            let r = c.room_lock(&room_id(room)?, justification).await?;
+            done("locked", &r);
+            return Ok(());
+        }
+        ComplianceCmd::Unlock {
+            room,
+            justification,
+        } => {
+            let r = c.room_unlock(&room_id(room)?, justification).await?;
+            done("unlocked", &r);
+            return Ok(());
+        }
+        ComplianceCmd::Ban {
+            room,
+            user,
+            justification,
+        } => {
+            let u: UserId = parse(user)?;
+            let r = c.room_ban(&room_id(room)?, &u, justification).await?;
+            done(&format!("banned {u} from"), &r);
+            return Ok(());
+        }
+        _ => {}
+    }
     c.use_registered_vault().await?;
     match cc {
+        ComplianceCmd::Lock { .. } | ComplianceCmd::Unlock { .. } | ComplianceCmd::Ban { .. } => {}
         ComplianceCmd::Search {
             terms,
             sender,

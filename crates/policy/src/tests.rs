@@ -344,3 +344,292 @@ proptest! {
         }
     }
 }
+
+/// The KM's statements, signed with its key as `KM_DEVICE`.
+fn km_run(
+    s: &RoomState,
+    km: &cloister_crypto::KmSigner,
+    action: Action,
+) -> Result<RoomState, PolicyError> {
+    let st = Statement {
+        room: s.room,
+        seq: s.seq + 1,
+        prev: Fixed(s.head),
+        actor: KM_DEVICE,
+        actor_user: km_user(&s.tenant),
+        ts: 1,
+        action,
+    };
+    let e = cloister_crypto::signed::sign_statement_km(km, &st).unwrap();
+    apply(Some(s), &s.room, &e, &km_user(&s.tenant), &km.public()).map(|(n, _)| n)
+}
+
+#[test]
+fn only_the_km_evicts_bans_and_locks() {
+    let (a, b) = (actor("alice"), actor("bob"));
+    let km = cloister_crypto::KmSigner::generate().unwrap();
+    let room = RoomId([9; 16]);
+    let s0 = create(&a, room, &[&b], true);
+    // a member cannot sign KM actions, even as owner
+    let e = run(
+        Some(&s0),
+        room,
+        &a,
+        Action::Lock {
+            by: a.user.clone(),
+            justification: "x".into(),
+        },
+    );
+    assert!(matches!(e, Err(PolicyError::KmOnly(_))), "{e:?}");
+    // a statement naming the KM but signed by a device fails its signature
+    let st = Statement {
+        room,
+        seq: 1,
+        prev: Fixed(s0.head),
+        actor: KM_DEVICE,
+        actor_user: km_user(&s0.tenant),
+        ts: 1,
+        action: Action::Unlock {
+            by: a.user.clone(),
+            justification: "x".into(),
+        },
+    };
+    let body = serde_json::to_vec(&st).unwrap();
+    let forged = SignedStatement {
+        actor: KM_DEVICE,
+        body: cloister_proto::b64::Bytes(body.clone()),
+        sig: Fixed(a.keys.sign(cloister_crypto::signed::STATEMENT, &body)),
+    };
+    assert!(matches!(
+        apply(
+            Some(&s0),
+            &room,
+            &forged,
+            &km_user(&s0.tenant),
+            &km.public()
+        ),
+        Err(PolicyError::BadSignature { .. })
+    ));
+    // lock: nobody posts or changes anything; unlock needs a lock
+    let locked = km_run(
+        &s0,
+        &km,
+        Action::Lock {
+            by: a.user.clone(),
+            justification: "case 1".into(),
+        },
+    )
+    .unwrap();
+    assert!(!locked.may_post(&a.user));
+    assert!(locked.why_not_post(&a.user).unwrap().contains("case 1"));
+    let e = run(
+        Some(&locked),
+        room,
+        &a,
+        Action::Add {
+            user: actor("carl").user,
+        },
+    );
+    assert!(matches!(e, Err(PolicyError::Locked { .. })), "{e:?}");
+    assert!(
+        km_run(
+            &locked,
+            &km,
+            Action::Lock {
+                by: a.user.clone(),
+                justification: "again".into()
+            }
+        )
+        .is_err()
+    );
+    let open = km_run(
+        &locked,
+        &km,
+        Action::Unlock {
+            by: a.user.clone(),
+            justification: "done".into(),
+        },
+    )
+    .unwrap();
+    assert!(open.may_post(&a.user));
+    // ban: a new epoch without them; never re-added; evict: may come back
+    let banned = km_run(
+        &open,
+        &km,
+        Action::Ban {
+            user: b.user.clone(),
+            by: a.user.clone(),
+            justification: "leak".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(banned.epoch, open.epoch + 1);
+    assert!(!banned.may_read(&b.user, banned.epoch) && banned.may_read(&b.user, 0));
+    let e = run(
+        Some(&banned),
+        room,
+        &a,
+        Action::Add {
+            user: b.user.clone(),
+        },
+    );
+    assert!(matches!(e, Err(PolicyError::Banned(_))), "{e:?}");
+    let c = actor("carl");
+    let s = run(
+        Some(&banned),
+        room,
+        &a,
+        Action::Add {
+            user: c.user.clone(),
+        },
+    )
+    .unwrap();
+    let ev = km_run(
+        &s,
+        &km,
+        Action::Evict {
+            user: c.user.clone(),
+            reason: "barrier".into(),
+        },
+    )
+    .unwrap();
+    assert!(!ev.is_member(&c.user));
+    run(
+        Some(&ev),
+        room,
+        &a,
+        Action::Add {
+            user: c.user.clone(),
+        },
+    )
+    .unwrap();
+    // the KM signs nothing else
+    assert!(
+        km_run(
+            &s0,
+            &km,
+            Action::Add {
+                user: c.user.clone()
+            }
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn room_settings_constraints() {
+    let ok = |s: RoomSettings| check_settings(None, &s, 1);
+    assert!(
+        ok(RoomSettings {
+            public: true,
+            discoverable: true,
+            ..Default::default()
+        })
+        .is_ok()
+    );
+    assert!(
+        ok(RoomSettings {
+            public: true,
+            ..Default::default()
+        })
+        .is_err()
+    );
+    assert!(
+        ok(RoomSettings {
+            external: true,
+            discoverable: true,
+            ..Default::default()
+        })
+        .is_err()
+    );
+    assert!(
+        ok(RoomSettings {
+            max_members: Some(1),
+            ..Default::default()
+        })
+        .is_err()
+    );
+    assert!(
+        check_settings(
+            None,
+            &RoomSettings {
+                max_members: Some(3),
+                ..Default::default()
+            },
+            4
+        )
+        .is_err()
+    );
+    let cp = RoomSettings {
+        copy_protected: true,
+        ..Default::default()
+    };
+    assert!(check_settings(Some(&cp), &RoomSettings::default(), 1).is_err());
+    assert!(check_settings(Some(&RoomSettings::default()), &cp, 1).is_ok());
+    let ext = RoomSettings {
+        external: true,
+        ..Default::default()
+    };
+    assert!(check_settings(Some(&ext), &RoomSettings::default(), 1).is_err());
+    // public rooms are joined without invitation; others are not
+    let (a, b) = (actor("alice"), actor("bob"));
+    let room = RoomId([3; 16]);
+    let s = run(
+        None,
+        room,
+        &a,
+        Action::Create {
+            kind: RoomKind::Room,
+            settings: RoomSettings {
+                public: true,
+                discoverable: true,
+                max_members: Some(2),
+                ..Default::default()
+            },
+            members: vec![],
+        },
+    )
+    .unwrap();
+    let s = run(Some(&s), room, &b, Action::Join).unwrap();
+    assert!(s.is_member(&b.user));
+    assert!(matches!(
+        run(Some(&s), room, &actor("carl"), Action::Join),
+        Err(PolicyError::TooManyMembers)
+    ));
+    let private = create(&a, RoomId([4; 16]), &[], true);
+    assert!(matches!(
+        run(Some(&private), RoomId([4; 16]), &b, Action::Join),
+        Err(PolicyError::NotPublic)
+    ));
+    // demote: owners only, never the last owner
+    let s = run(
+        Some(&s),
+        room,
+        &a,
+        Action::Promote {
+            user: b.user.clone(),
+        },
+    )
+    .unwrap();
+    let s = run(
+        Some(&s),
+        room,
+        &a,
+        Action::Demote {
+            user: b.user.clone(),
+        },
+    )
+    .unwrap();
+    assert!(!s.owners.contains(&b.user));
+    assert!(matches!(
+        run(
+            Some(&s),
+            room,
+            &a,
+            Action::Demote {
+                user: a.user.clone()
+            }
+        ),
+        Err(PolicyError::LastOwner)
+    ));
+}
