@@ -62,6 +62,9 @@ pub enum ControlsAdminCmd {
         #[arg(long = "asset-class")]
         asset_classes: Vec<String>,
     },
+    /// Data-loss-prevention policies every device enforces before sealing.
+    #[command(subcommand)]
+    Dlp(DlpCmd),
     /// Mint a bearer token for the SCIM endpoint (shown once), or revoke one.
     ScimToken {
         /// What the token is for (e.g. "okta").
@@ -69,6 +72,37 @@ pub enum ControlsAdminCmd {
         #[arg(long, conflicts_with = "label")]
         revoke: Option<String>,
     },
+}
+
+#[derive(Subcommand)]
+pub enum DlpCmd {
+    /// Add or replace a policy (by id).
+    Put {
+        id: String,
+        #[arg(long)]
+        name: String,
+        /// block: refuse to send; flag: send and mark the archived copy.
+        #[arg(long, value_parser = ["block", "flag"])]
+        action: String,
+        /// A word or phrase (any case, whole words; repeatable).
+        #[arg(long = "keyword")]
+        keywords: Vec<String>,
+        /// A regular expression (repeatable).
+        #[arg(long = "pattern")]
+        patterns: Vec<String>,
+        /// A file extension (repeatable).
+        #[arg(long = "file-type")]
+        file_types: Vec<String>,
+        #[arg(long)]
+        max_file_bytes: Option<u64>,
+        /// Shown to the sender when the policy blocks.
+        #[arg(long, default_value = "")]
+        message: String,
+        /// Keep the policy on record but stop enforcing it.
+        #[arg(long)]
+        disabled: bool,
+    },
+    List,
 }
 
 #[derive(Subcommand)]
@@ -254,6 +288,58 @@ pub async fn admin_cmd(ctx: &Ctx, cmd: ControlsAdminCmd) -> Result<(), BoxError>
                 format!("profile of {u} updated"),
                 json!({"user": u, "profile": p}),
             );
+        }
+        ControlsAdminCmd::Dlp(DlpCmd::Put {
+            id,
+            name,
+            action,
+            keywords,
+            patterns,
+            file_types,
+            max_file_bytes,
+            message,
+            disabled,
+        }) => {
+            let policy = cloister_proto::controls::DlpPolicy {
+                id: id.clone(),
+                name,
+                action: if action == "block" {
+                    cloister_proto::controls::DlpAction::Block
+                } else {
+                    cloister_proto::controls::DlpAction::Flag
+                },
+                keywords,
+                patterns,
+                file_types,
+                max_file_bytes,
+                message,
+                active: !disabled,
+            };
+            c.dlp_put(policy.clone()).await?;
+            ctx.emit(
+                format!("DLP policy {id} saved"),
+                serde_json::to_value(&policy)?,
+            );
+        }
+        ControlsAdminCmd::Dlp(DlpCmd::List) => {
+            let ps = c.dlp_policies().await?;
+            let lines: Vec<String> = ps
+                .iter()
+                .map(|p| {
+                    format!(
+                        "{}  {:?}  {}  keywords={:?} patterns={:?} types={:?} max={:?}{}",
+                        p.id,
+                        p.action,
+                        p.name,
+                        p.keywords,
+                        p.patterns,
+                        p.file_types,
+                        p.max_file_bytes,
+                        if p.active { "" } else { "  (disabled)" }
+                    )
+                })
+                .collect();
+            ctx.emit(lines.join("\n"), serde_json::to_value(&ps)?);
         }
         ControlsAdminCmd::ScimToken { label, revoke } => match (label, revoke) {
             (Some(label), None) => {

@@ -78,6 +78,7 @@ async fn every_security_event_is_logged_without_secrets() {
             "scim_token_revoked",
             "control_refused",
             "room_control",
+            "dlp_changed",
             "membership_rejected",
             "escrow_initialised",
             "index_keys_released",

@@ -383,6 +383,22 @@ async fn case_world() -> CaseWorld {
     let names: Vec<_> = custodians.iter().map(|c| c.user().clone()).collect();
     w.admin.admin_escrow_init(&names, 2).await.unwrap();
     w.register_vault(true).await;
+    // a DLP policy flags what compliance watches: the flag is in the
+    // sealed capture (and the export), never sent to the server
+    w.admin
+        .dlp_put(cloister_proto::controls::DlpPolicy {
+            id: "watch-harbourview".into(),
+            name: "Harbourview watch list".into(),
+            action: cloister_proto::controls::DlpAction::Flag,
+            keywords: vec!["harbourview".into()],
+            patterns: vec![],
+            file_types: vec![],
+            max_file_bytes: None,
+            message: String::new(),
+            active: true,
+        })
+        .await
+        .unwrap();
     for c in [&alice, &bob, &carol, &dave, &officer] {
         c.use_registered_vault().await.unwrap().unwrap();
     }
@@ -520,6 +536,18 @@ async fn a_case_decrypts_only_its_scope_and_only_with_k_approvals() {
         .unwrap();
     assert_eq!(r.summary.messages, 3);
     assert_eq!(seen.lock().unwrap().last(), Some(&(3, 3)), "progress");
+    let jsonl = std::fs::read_to_string(out.join("messages.jsonl")).unwrap();
+    let flagged: Vec<&str> = jsonl
+        .lines()
+        .filter(|l| l.contains("watch-harbourview"))
+        .collect();
+    assert_eq!(flagged.len(), 1, "the text naming Harbourview: {jsonl}");
+    assert!(flagged[0].contains("sell 40mm"));
+    assert!(
+        jsonl
+            .lines()
+            .any(|l| l.contains("agreed") && !l.contains("dlp_flags"))
+    );
     for (path, data) in files_under(&out) {
         assert!(!contains(&data, b"OUTOFSCOPE"), "{}", path.display());
     }

@@ -720,3 +720,102 @@ async fn patched_clients_cannot_forge_controls() {
         "{b3}"
     );
 }
+
+/// DLP: a blocking policy stops a message or a file before it is sealed
+/// or uploaded, naming the policy; a patched client could skip it, so the
+/// policies never leave the firm (signed by the KM, fetched from it).
+#[tokio::test]
+async fn dlp_blocks_before_sealing_and_names_the_policy() {
+    use cloister_proto::controls::{DlpAction, DlpPolicy};
+    let w = World::new().await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    let officer = w
+        .user_with("cora", &[cloister_proto::km::Role::Compliance])
+        .await;
+    let room = alice
+        .create_room(named("desk"), &[bob.user().clone()])
+        .await
+        .unwrap();
+    let policy = DlpPolicy {
+        id: "mna-falcon".into(),
+        name: "Project Falcon (M&A)".into(),
+        action: DlpAction::Block,
+        keywords: vec!["project falcon".into()],
+        patterns: vec![r"\b\d{4}[ -]?\d{4}[ -]?\d{4}[ -]?\d{4}\b".into()],
+        file_types: vec!["exe".into()],
+        max_file_bytes: None,
+        message: "deal names stay off chat".into(),
+        active: true,
+    };
+    // only admins and compliance officers set policies; bad ones are refused
+    let e = alice.dlp_put(policy.clone()).await.unwrap_err();
+    assert_eq!(e.code(), Some("not_admin"), "{e}");
+    let e = officer
+        .dlp_put(DlpPolicy {
+            patterns: vec!["(".into()],
+            ..policy.clone()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("bad_policy"), "{e}");
+    officer.dlp_put(policy.clone()).await.unwrap();
+
+    let e = alice
+        .send_text(&room, "Project FALCON signs Friday")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("dlp_blocked"), "{e}");
+    assert!(
+        e.to_string().contains("Project Falcon (M&A)")
+            && e.to_string().contains("deal names stay off chat"),
+        "{e}"
+    );
+    let e = alice
+        .send_text(&room, "card 4111 1111 1111 1111")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("dlp_blocked"), "{e}");
+    let f = w.dir.path().join("setup.exe");
+    std::fs::write(&f, b"MZ").unwrap();
+    let e = alice.send_file(&room, &f).await.unwrap_err();
+    assert_eq!(e.code(), Some("dlp_blocked"), "{e}");
+    alice.send_text(&room, "falconry weekend").await.unwrap();
+    // nothing blocked reached the server
+    let got = bob.read(&room, 10, None).await.unwrap();
+    assert_eq!(got.len(), 1);
+    // the server never holds the policies
+    for (path, bytes) in common::files_under(&w.dir.path().join("server")) {
+        assert!(
+            !common::contains(&bytes, b"project falcon"),
+            "{}",
+            path.display()
+        );
+    }
+    // disabled (never deleted): allowed again, and audited
+    officer
+        .dlp_put(DlpPolicy {
+            active: false,
+            ..policy
+        })
+        .await
+        .unwrap();
+    // (a device uses the set it fetched for up to a minute; a new one
+    // fetches it at once)
+    let alice2 = w.device_of(alice.user()).await;
+    alice2
+        .send_text(&room, "Project Falcon is public now")
+        .await
+        .unwrap();
+    let pols = alice.dlp_policies().await.unwrap();
+    assert_eq!(pols.len(), 1);
+    assert!(!pols[0].active);
+    assert_eq!(
+        audit_kinds(&w)
+            .await
+            .iter()
+            .filter(|(k, _)| k == "dlp_changed")
+            .count(),
+        2
+    );
+}

@@ -347,6 +347,15 @@ impl Client {
             content: content.clone(),
             attachment_sha256: attachments,
             attribution: attribution.clone(),
+            // what the firm's flagging policies say of it (a blocked one
+            // never got here); a device without the policies records none
+            dlp_flags: match self.dlp().await {
+                Ok(d) => match content {
+                    Content::Text { text } => d.check_text(text).flags,
+                    Content::File { name, size, .. } => d.check_file(name, *size).flags,
+                },
+                Err(_) => Vec::new(),
+            },
         };
         let sealed =
             cloister_crypto::capture::seal(&escrow.public.0, &self.profile.tenant, &audit)?;

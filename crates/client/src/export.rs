@@ -115,6 +115,9 @@ pub struct JsonLine {
     pub envelope_sha256: String,
     pub log_index: u64,
     pub eml: String,
+    /// DLP policies that flagged the message (ids).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dlp_flags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -210,6 +213,9 @@ fn eml(item: &ExportItem, envelope_sha256: &str, tenant: &str) -> Result<Vec<u8>
         )
         .header("X-Cloister-Device", Raw::new(e.device.to_string()))
         .header("X-Cloister-Timestamp-Ms", Raw::new(e.ts.to_string()));
+    if !e.dlp_flags.is_empty() {
+        m = m.header("X-Cloister-DLP-Flags", Raw::new(e.dlp_flags.join(", ")));
+    }
     match &e.content {
         Content::Text { text } => m = m.text_body(text.clone()),
         Content::File {
@@ -376,6 +382,7 @@ pub fn write(
             envelope_sha256: env_sha,
             log_index: it.entry.index,
             eml: eml_path.clone(),
+            dlp_flags: e.dlp_flags.clone(),
         };
         serde_json::to_writer(&mut jsonl, &line).map_err(|e| e.to_string())?;
         jsonl.push(b'\n');

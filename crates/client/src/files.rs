@@ -25,6 +25,8 @@ impl Client {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "file".into());
+        // DLP before a byte leaves the device
+        self.dlp_check_file(&name, meta.len()).await?;
         let file_key = RoomKey::generate()?;
         let blob = cloister_proto::b64::Fixed(cloister_crypto::random_bytes::<16>()?);
         let blob_id = hex::encode(blob.0);

@@ -20,6 +20,7 @@ mod api;
 mod audit;
 mod compliance;
 mod controls;
+mod dlp;
 pub mod export;
 mod files;
 mod freshness;
@@ -72,6 +73,9 @@ pub enum ClientError {
     /// The audit log failed a check: a bad signature, a fork or a rollback.
     #[error("AUDIT LOG ALERT: {0}")]
     Audit(String),
+    /// A policy this device enforces refused (DLP, an infected file).
+    #[error("{message}")]
+    Refused { code: &'static str, message: String },
 }
 
 impl ClientError {
@@ -79,6 +83,7 @@ impl ClientError {
     pub fn code(&self) -> Option<&str> {
         match self {
             ClientError::Api(a) => Some(&a.code),
+            ClientError::Refused { code, .. } => Some(code),
             _ => None,
         }
     }
@@ -142,6 +147,8 @@ pub struct Client {
     alerts: Mutex<Vec<String>>,
     /// What this device remembers of each room's messages.
     transcript: Mutex<transcript::Transcript>,
+    /// The tenant's DLP policies (KM-signed) and when they were fetched.
+    dlp: Mutex<Option<(std::sync::Arc<cloister_policy::dlp::Dlp>, u64)>>,
 }
 
 /// Where this device captures: the tenant's vault as the KM registered it.
@@ -316,6 +323,7 @@ impl Client {
             alerts: Mutex::new(Vec::new()),
             vault: Mutex::new(None),
             vault_checked: Default::default(),
+            dlp: Default::default(),
             escrow: Mutex::new(None),
             index_cache: Mutex::new(HashMap::new()),
         }

@@ -14,6 +14,8 @@ impl Client {
                 limits::MAX_TEXT
             )));
         }
+        // The firm's DLP policies first: nothing blocked is ever sealed.
+        self.dlp_check(content).await?;
         // One number per message: a retry reuses it, a failure gives it back,
         // so recipients see no gap that is not the server's doing.
         let number = self.next_counter(room)?;

@@ -140,6 +140,7 @@ fn capture(c: &mut Criterion) {
             franking_key: Fixed([6; 32]),
             plaintext: cloister_proto::b64::Bytes(text.into_bytes()),
         },
+        dlp_flags: vec![],
     };
     let mut g = c.benchmark_group("capture");
     g.bench_function("seal_envelope_1KiB", |b| {

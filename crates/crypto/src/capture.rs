@@ -128,6 +128,7 @@ mod tests {
                 franking_key: Fixed([6; 32]),
                 plaintext: Bytes(b"{}".to_vec()),
             },
+            dlp_flags: vec![],
         }
     }
 

@@ -15,6 +15,8 @@ pub const CERT: &str = "cloister/cert/v1";
 pub const STATEMENT: &str = "cloister/statement/v1";
 pub const KM_REQUEST: &str = "cloister/km-request/v1";
 pub const NOTICE: &str = "cloister/notice/v1";
+/// The tenant's DLP policy set, for its devices.
+pub const DLP: &str = "cloister/dlp/v1";
 /// A KM's signed query to the messaging server (its rooms' logs).
 pub const KM_QUERY: &str = "cloister/km-query/v1";
 pub const LOGIN: &str = "cloister/login/v1";

@@ -46,6 +46,7 @@ impl Km {
                 | KmOp::ProfileSet { .. }
                 | KmOp::ScimTokenIssue { .. }
                 | KmOp::ScimTokenRevoke { .. }
+                | KmOp::DlpPut { .. }
                 | KmOp::RoomLock { .. }
                 | KmOp::RoomUnlock { .. }
                 | KmOp::RoomBan { .. }
@@ -140,7 +141,9 @@ impl Km {
             | KmOp::BarrierDisable { .. }
             | KmOp::ProfileSet { .. }
             | KmOp::ScimTokenIssue { .. }
-            | KmOp::ScimTokenRevoke { .. }) => self.directory_op(&cert, op).await,
+            | KmOp::ScimTokenRevoke { .. }
+            | KmOp::DlpPut { .. }
+            | KmOp::DlpPolicies) => self.directory_op(&cert, op).await,
             op @ (KmOp::RoomLock { .. } | KmOp::RoomUnlock { .. } | KmOp::RoomBan { .. }) => {
                 self.room_control_op(&cert, op).await
             }

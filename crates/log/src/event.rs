@@ -166,6 +166,13 @@ pub enum AuditEvent {
     ScimTokenRevoked {
         id: String,
     },
+    /// A DLP policy added or changed (never deleted: disabled).
+    DlpChanged {
+        id: String,
+        name: String,
+        action: String,
+        active: bool,
+    },
     /// A statement the KM signed into a room's log: an eviction by a
     /// barrier, or a compliance officer's (`by`) ban, lock or unlock.
     RoomControl {
@@ -219,6 +226,7 @@ impl AuditEvent {
             AuditEvent::ScimTokenRevoked { .. } => "scim_token_revoked",
             AuditEvent::ControlRefused { .. } => "control_refused",
             AuditEvent::RoomControl { .. } => "room_control",
+            AuditEvent::DlpChanged { .. } => "dlp_changed",
         }
     }
 
@@ -238,7 +246,7 @@ impl AuditEvent {
         }
     }
 
-    pub const KINDS: [&'static str; 28] = [
+    pub const KINDS: [&'static str; 29] = [
         "tenant_initialised",
         "user_added",
         "user_disabled",
@@ -267,6 +275,7 @@ impl AuditEvent {
         "scim_token_revoked",
         "control_refused",
         "room_control",
+        "dlp_changed",
     ];
 }
 

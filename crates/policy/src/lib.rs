@@ -15,6 +15,7 @@
 
 pub mod barriers;
 pub mod controls;
+pub mod dlp;
 
 use cloister_crypto::signed::{entry_hash, verify_statement};
 use cloister_proto::room::{

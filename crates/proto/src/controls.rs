@@ -103,3 +103,48 @@ pub struct Controls {
     /// Effective entitlements of each known user.
     pub entitlements: BTreeMap<UserId, Vec<Entitlement>>,
 }
+
+/// What a DLP policy does with content that matches it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DlpAction {
+    /// The device refuses to send it, naming the policy.
+    Block,
+    /// The device sends it and marks the archived copy with the policy.
+    Flag,
+}
+
+/// A content policy every device of the tenant enforces before sealing.
+/// It matches text by keyword (whole words, any case) or regular
+/// expression, and files by type (extension) or size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlpPolicy {
+    pub id: String,
+    pub name: String,
+    pub action: DlpAction,
+    #[serde(default)]
+    pub keywords: Vec<String>,
+    #[serde(default)]
+    pub patterns: Vec<String>,
+    /// File extensions without the dot (`exe`, `xlsm`).
+    #[serde(default)]
+    pub file_types: Vec<String>,
+    /// Files larger than this match.
+    #[serde(default)]
+    pub max_file_bytes: Option<u64>,
+    /// Shown to the sender when the policy blocks.
+    #[serde(default)]
+    pub message: String,
+    pub active: bool,
+}
+
+/// The tenant's DLP policies as its KM signs them (for devices only: the
+/// operator never sees what the firm looks for).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DlpSet {
+    pub tenant: crate::TenantId,
+    pub version: u64,
+    pub policies: Vec<DlpPolicy>,
+}

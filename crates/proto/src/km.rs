@@ -263,6 +263,11 @@ pub enum KmOp {
     ScimTokenIssue { label: String },
     /// Admin: revoke a SCIM token.
     ScimTokenRevoke { id: String },
+    /// Admin or compliance: add or replace a DLP policy (disable it with
+    /// `active: false`; policies are never deleted).
+    DlpPut { policy: crate::controls::DlpPolicy },
+    /// The KM-signed DLP policy set (any device: it enforces them).
+    DlpPolicies,
     /// Compliance: lock a room (no posts, no changes) with a justification.
     RoomLock { room: RoomId, justification: String },
     /// Compliance: unlock a room.

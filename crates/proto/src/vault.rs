@@ -26,6 +26,10 @@ pub struct AuditEnvelope {
     pub attachment_sha256: Vec<Fixed<32>>,
     /// Proof that the sender's device wrote exactly this content.
     pub attribution: Attribution,
+    /// DLP policies that flagged this content (ids), as the capturing
+    /// device evaluated them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dlp_flags: Vec<String>,
 }
 
 /// What makes a captured message attributable: the sender device's signed

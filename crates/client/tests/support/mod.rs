@@ -66,5 +66,6 @@ pub fn attributed(
         content,
         attachment_sha256: vec![],
         attribution,
+        dlp_flags: vec![],
     }
 }

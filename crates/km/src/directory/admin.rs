@@ -89,6 +89,12 @@ impl Km {
                 admin()?;
                 json(&self.scim_token_issue(actor, &label).await?)
             }
+            KmOp::DlpPut { policy } => {
+                officer()?;
+                self.dlp_put(actor, policy).await?;
+                json(&self.signed_dlp()?)
+            }
+            KmOp::DlpPolicies => json(&self.signed_dlp()?),
             KmOp::ScimTokenRevoke { id } => {
                 admin()?;
                 self.scim_token_revoke(actor, &id).await?;
@@ -557,6 +563,44 @@ impl Km {
         )
         .await?;
         self.dir_apply(vec![Change::User(rec)]).await
+    }
+
+    async fn dlp_put(
+        &self,
+        actor: Option<&UserId>,
+        policy: cloister_proto::controls::DlpPolicy,
+    ) -> Result<(), Denied> {
+        cloister_policy::dlp::validate(&policy)
+            .map_err(|e| Denied::malformed("bad_policy", e.to_string()))?;
+        let _w = self.directory.write.lock().await;
+        if !self.dir().dlp.contains_key(&policy.id)
+            && self.dir().dlp.len() >= cloister_policy::dlp::MAX_ITEMS
+        {
+            return Err(Denied::malformed("too_many", "at most 256 DLP policies"));
+        }
+        self.record(
+            actor,
+            AuditEvent::DlpChanged {
+                id: policy.id.clone(),
+                name: policy.name.clone(),
+                action: format!("{:?}", policy.action).to_lowercase(),
+                active: policy.active,
+            },
+        )
+        .await?;
+        self.dir_apply(vec![Change::Dlp(policy)]).await
+    }
+
+    /// The DLP set, signed for the tenant's devices.
+    pub(crate) fn signed_dlp(&self) -> Result<cloister_proto::km::SignedBlob, Denied> {
+        let d = self.dir();
+        let set = cloister_proto::controls::DlpSet {
+            tenant: self.tenant.clone(),
+            version: d.version,
+            policies: d.dlp.values().cloned().collect(),
+        };
+        cloister_crypto::signed::km_sign_blob(&self.signer, cloister_crypto::signed::DLP, &set)
+            .map_err(Denied::internal)
     }
 
     async fn scim_token_issue(

@@ -25,6 +25,7 @@ pub(crate) enum Change {
     GroupGone(String),
     Barrier(BarrierRec),
     Token(TokenRec),
+    Dlp(cloister_proto::controls::DlpPolicy),
 }
 
 /// The directory state of a running KM.
@@ -129,6 +130,7 @@ impl Km {
                 Change::Group(g) => put.push(g.row()),
                 Change::Barrier(b) => put.push(b.row()),
                 Change::Token(t) => put.push(t.row()),
+                Change::Dlp(p) => put.push(model::dlp_row(p)),
                 Change::GroupGone(id) => del.push((model::K_GROUP.to_owned(), id.clone())),
             }
         }
@@ -160,6 +162,9 @@ impl Km {
                     }
                     Change::Token(t) => {
                         d.tokens.insert(t.id.clone(), t);
+                    }
+                    Change::Dlp(p) => {
+                        d.dlp.insert(p.id.clone(), p);
                     }
                 }
             }

@@ -100,6 +100,7 @@ pub(crate) struct Directory {
     pub groups: HashMap<String, GroupRec>,
     pub barriers: BTreeMap<String, BarrierRec>,
     pub tokens: HashMap<String, TokenRec>,
+    pub dlp: BTreeMap<String, cloister_proto::controls::DlpPolicy>,
     /// Bumped by every change that can change the controls.
     pub version: u64,
 }
@@ -109,6 +110,13 @@ pub(crate) const K_GROUP: &str = "group";
 pub(crate) const K_BARRIER: &str = "barrier";
 pub(crate) const K_TOKEN: &str = "scim_token";
 pub(crate) const K_STATE: &str = "state";
+pub(crate) const K_DLP: &str = "dlp";
+
+pub(crate) fn dlp_row(
+    p: &cloister_proto::controls::DlpPolicy,
+) -> Result<DirRow, serde_json::Error> {
+    row(K_DLP, &p.id, p)
+}
 
 fn row<T: Serialize>(kind: &str, id: &str, v: &T) -> Result<DirRow, serde_json::Error> {
     Ok(DirRow {
@@ -221,6 +229,11 @@ impl Directory {
                     d.tokens.insert(t.id.clone(), t);
                 }
                 K_STATE => d.version = serde_json::from_slice(&r.doc).map_err(bad)?,
+                K_DLP => {
+                    let p: cloister_proto::controls::DlpPolicy =
+                        serde_json::from_slice(&r.doc).map_err(bad)?;
+                    d.dlp.insert(p.id.clone(), p);
+                }
                 k => return Err(format!("unknown directory record kind {k:?}")),
             }
         }
