@@ -13,6 +13,7 @@
 pub mod audit;
 pub mod bench;
 pub mod demo;
+pub mod inspect;
 
 use cloister_crypto::passphrase::Cost;
 use cloister_km::provider::{FileKeyProvider, KeyProvider};

@@ -77,6 +77,18 @@ enum Cmd {
     },
     /// Show this device's identity.
     Whoami,
+    /// Run the firm's malware scanner (a device enrolled with the inspector
+    /// role): scan every shared file with clamd and post signed verdicts.
+    Inspect {
+        /// clamd's TCP address.
+        #[arg(long, default_value = "127.0.0.1:3310")]
+        clamd: String,
+        /// One pass, then exit.
+        #[arg(long)]
+        once: bool,
+        #[arg(long, default_value_t = 5)]
+        interval_secs: u64,
+    },
     /// Rooms.
     #[command(subcommand)]
     Room(room_cmd::RoomCmd),
@@ -597,6 +609,33 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Cmd::Admin(AdminCmd::Controls(cc)) => controls_cmd::admin_cmd(&ctx, cc).await?,
         Cmd::Directory(dc) => controls_cmd::directory_cmd(&ctx, dc).await?,
         Cmd::Entitlements => controls_cmd::entitlements_cmd(&ctx).await?,
+        Cmd::Inspect {
+            clamd,
+            once,
+            interval_secs,
+        } => {
+            let mut insp = cloister_cli::inspect::Inspector::new(
+                ctx.client()?,
+                cloister_cli::inspect::Clamd { addr: clamd },
+            );
+            loop {
+                let r = insp.pass().await?;
+                for (room, id, sig) in &r.infected {
+                    eprintln!("INFECTED: message {id} in room {room}: {sig}");
+                }
+                for f in &r.failed {
+                    eprintln!("could not scan: {f}");
+                }
+                ctx.emit(
+                    format!("{} rooms, {} files scanned, {} infected", r.rooms, r.scanned, r.infected.len()),
+                    json!({"rooms": r.rooms, "scanned": r.scanned, "infected": r.infected.len(), "failed": r.failed}),
+                );
+                if once {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_secs(interval_secs.max(1))).await;
+            }
+        }
         Cmd::Compliance(cc) => compliance_cmd::compliance_cmd(&ctx, cc).await?,
         Cmd::Export(ec) => compliance_cmd::export_cmd(&ctx, ec)?,
         Cmd::Audit(ac) => audit_cmd(&ctx, ac).await?,
@@ -680,7 +719,8 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             if msg.seq != seq {
                 return Err(format!("no message #{seq} in this room").into());
             }
-            let n = c.get_file(&msg.content, &out).await?;
+            // refused if the firm's malware scanner found it infected
+            let n = c.open_file(&msg, &out).await?;
             ctx.emit(
                 format!("wrote {} ({n} bytes, verified)", out.display()),
                 json!({"out": out, "bytes": n}),

@@ -13,6 +13,8 @@ pub struct KeyRelease {
     pub epochs: Vec<u64>,
     /// Released to a surveillance role (not a member of the room).
     pub surveillance: bool,
+    /// Released to the firm's malware scanner.
+    pub inspection: bool,
 }
 
 impl Client {
@@ -181,6 +183,7 @@ impl Client {
                     user,
                     device,
                     surveillance,
+                    inspection,
                     ..
                 } if r == *room => {
                     out.push(KeyRelease {
@@ -190,6 +193,7 @@ impl Client {
                         device,
                         epochs,
                         surveillance,
+                        inspection,
                     });
                 }
                 _ => {

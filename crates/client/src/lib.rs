@@ -24,6 +24,7 @@ mod dlp;
 pub mod export;
 mod files;
 mod freshness;
+mod inspect;
 mod keys;
 mod messages;
 mod rooms;

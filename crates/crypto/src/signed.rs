@@ -15,6 +15,8 @@ pub const CERT: &str = "cloister/cert/v1";
 pub const STATEMENT: &str = "cloister/statement/v1";
 pub const KM_REQUEST: &str = "cloister/km-request/v1";
 pub const NOTICE: &str = "cloister/notice/v1";
+/// A malware scanner's verdict on a shared file.
+pub const VERDICT: &str = "cloister/verdict/v1";
 /// The tenant's DLP policy set, for its devices.
 pub const DLP: &str = "cloister/dlp/v1";
 /// A KM's signed query to the messaging server (its rooms' logs).
@@ -144,6 +146,32 @@ pub fn sign_statement(keys: &DeviceKeys, st: &Statement) -> Result<SignedStateme
         body: Bytes(body),
         sig: Fixed(sig),
     })
+}
+
+/// Inspector device: sign a verdict.
+pub fn sign_verdict(
+    keys: &DeviceKeys,
+    cert: &SignedCert,
+    v: &cloister_proto::server::Verdict,
+) -> Result<cloister_proto::server::SignedVerdict, CryptoError> {
+    let body = to_json(v)?;
+    let sig = keys.sign(VERDICT, &body);
+    Ok(cloister_proto::server::SignedVerdict {
+        body: Bytes(body),
+        sig: Fixed(sig),
+        cert: cert.clone(),
+    })
+}
+
+/// Verify a verdict against its signer's certificate (itself checked
+/// against the tenant's KM key by the caller): returns both.
+pub fn verify_verdict(
+    km_pk: &[u8; 32],
+    v: &cloister_proto::server::SignedVerdict,
+) -> Result<(DeviceCert, cloister_proto::server::Verdict), CryptoError> {
+    let cert = verify_cert(km_pk, &v.cert)?;
+    verify(&cert.sign_pk.0, VERDICT, v.body.as_slice(), &v.sig.0)?;
+    Ok((cert, parse(v.body.as_slice(), "verdict")?))
 }
 
 /// KM: sign a statement of its own (evictions, bans, locks) as

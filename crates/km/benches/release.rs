@@ -210,6 +210,7 @@ fn appends(c: &mut Criterion) {
             device: cloister_proto::DeviceId([2; 16]),
             lease_until: 3,
             surveillance: false,
+            inspection: false,
         },
     };
     const N: u64 = 20_000;

@@ -30,7 +30,8 @@ impl Km {
     /// and anyone of the tenant for a public room (joining needs its head).
     fn may_follow(cert: &DeviceCert, st: &RoomState) -> Result<(), Denied> {
         if st.grants.contains_key(&cert.user)
-            || (cert.roles.contains(&Role::Surveillance) && st.tenant == cert.tenant)
+            || ((cert.roles.contains(&Role::Surveillance) || cert.roles.contains(&Role::Inspector))
+                && st.tenant == cert.tenant)
             || (st.settings.public && st.tenant == cert.tenant)
         {
             return Ok(());

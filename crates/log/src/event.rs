@@ -49,6 +49,9 @@ pub enum AuditEvent {
         /// Released to a surveillance role, not to a member.
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         surveillance: bool,
+        /// Released to the firm's malware scanner (inspector role).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        inspection: bool,
     },
     KeyRefused {
         room: RoomId,
@@ -304,6 +307,7 @@ mod tests {
                 device: DeviceId([2; 16]),
                 lease_until: 9,
                 surveillance: false,
+                inspection: false,
             },
         };
         let b = r.to_bytes().unwrap();

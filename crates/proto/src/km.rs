@@ -20,6 +20,10 @@ pub enum Role {
     /// May read rooms it is not a member of (live surveillance); every such
     /// key release is logged.
     Surveillance,
+    /// The firm's malware scanner (`cloister inspect`): reads every file
+    /// shared in the tenant's rooms and signs a verdict; every key release
+    /// to it is logged.
+    Inspector,
 }
 
 impl Role {
@@ -30,6 +34,7 @@ impl Role {
             Role::Compliance => "compliance",
             Role::Custodian => "custodian",
             Role::Surveillance => "surveillance",
+            Role::Inspector => "inspector",
         }
     }
 }
@@ -43,9 +48,10 @@ impl std::str::FromStr for Role {
             "compliance" => Role::Compliance,
             "custodian" => Role::Custodian,
             "surveillance" => Role::Surveillance,
+            "inspector" => Role::Inspector,
             _ => {
                 return Err(format!(
-                    "unknown role {s:?} (admin, user, compliance, custodian, surveillance)"
+                    "unknown role {s:?} (admin, user, compliance, custodian, surveillance, inspector)"
                 ));
             }
         })

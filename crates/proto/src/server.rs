@@ -54,6 +54,33 @@ pub struct AppendLogResponse {
     pub head: Fixed<32>,
 }
 
+/// A malware scanner's finding on one shared file.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Verdict {
+    pub tenant: TenantId,
+    pub room: RoomId,
+    pub message_id: MessageId,
+    /// SHA-256 of the file's plaintext (the message commits to it).
+    pub sha256: Fixed<32>,
+    pub infected: bool,
+    /// The signature that matched (infected), else empty.
+    pub signature: String,
+    /// The engine and its version, e.g. `ClamAV 1.4.6`.
+    pub engine: String,
+    pub ts: u64,
+}
+
+/// A verdict signed by an inspector device, with its KM-signed certificate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignedVerdict {
+    /// JSON of [`Verdict`], exactly as signed.
+    pub body: Bytes,
+    pub sig: Fixed<64>,
+    pub cert: SignedCert,
+}
+
 /// A KM asks for its room's log from `from` (KM-signed, fresh).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

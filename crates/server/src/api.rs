@@ -57,6 +57,15 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/notices", post(post_notice))
         .route("/v1/rooms", get(list_rooms))
         .route("/v1/room-directory", get(crate::roomlog::directory))
+        .route("/v1/tenant-rooms", get(crate::inspect::tenant_rooms))
+        .route(
+            "/v1/rooms/{room}/verdicts",
+            post(crate::inspect::post_verdict),
+        )
+        .route(
+            "/v1/rooms/{room}/verdicts/{message}",
+            get(crate::inspect::get_verdicts),
+        )
         .route("/v1/rooms/{room}", get(get_room))
         .route("/v1/rooms/{room}/log", get(get_log).post(append_log))
         .route("/v1/km/rooms/{room}/log", post(crate::roomlog::km_append))
@@ -893,10 +902,7 @@ async fn ws(
 
 async fn run_ws(s: Arc<Server>, c: Caller, sock: WebSocket) {
     let (id, mut rx) = s.hub.register(&c.user, c.device);
-    if c.cert
-        .roles
-        .contains(&cloister_proto::km::Role::Surveillance)
-    {
+    if c.reads_tenant() {
         s.hub.watch(&c.tenant, &c.user);
     }
     let (mut sink, mut stream) = sock.split();

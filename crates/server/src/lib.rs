@@ -17,6 +17,7 @@
 mod api;
 mod controls;
 mod hub;
+mod inspect;
 mod roomlog;
 mod writer;
 
@@ -67,6 +68,14 @@ pub struct Caller {
     pub user: UserId,
     pub tenant: TenantId,
     pub cert: Arc<CertEntry>,
+}
+
+impl Caller {
+    /// Surveillance and the malware scanner read every room of their tenant.
+    pub fn reads_tenant(&self) -> bool {
+        use cloister_proto::km::Role;
+        self.cert.roles.contains(&Role::Surveillance) || self.cert.roles.contains(&Role::Inspector)
+    }
 }
 
 /// A verified certificate with its parsed signing key.
@@ -353,15 +362,7 @@ impl Server {
     /// released, and logged, by the KM). A uniform 404 otherwise.
     async fn readable_room(&self, room: &RoomId, c: &Caller) -> Result<Arc<RoomState>, ApiError> {
         match self.room(room).await? {
-            Some(s)
-                if s.is_member(&c.user)
-                    || (s.tenant == c.tenant
-                        && c.cert
-                            .roles
-                            .contains(&cloister_proto::km::Role::Surveillance)) =>
-            {
-                Ok(s)
-            }
+            Some(s) if s.is_member(&c.user) || (s.tenant == c.tenant && c.reads_tenant()) => Ok(s),
             _ => Err(ApiError::not_found(
                 "no_such_room",
                 format!("no room {room} that you are a member of"),

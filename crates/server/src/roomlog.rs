@@ -99,6 +99,12 @@ impl Server {
         if let Ok(mut m) = self.rooms.lock() {
             m.insert(*room, next.clone());
         }
+        if current.is_none() {
+            self.store
+                .set_room_tenant(&room.to_hex(), next.tenant.as_str())
+                .await
+                .map_err(ApiError::internal)?;
+        }
         let listed =
             next.settings.discoverable && next.kind == cloister_proto::room::RoomKind::Room;
         if current

@@ -128,6 +128,13 @@ pub trait ServerStore: Send + Sync + 'static {
         notice: &[u8],
     ) -> Result<bool>;
     async fn tenant_notices(&self, kind: &str) -> Result<Vec<Vec<u8>>>;
+    /// Which tenant a room belongs to (set at its creation).
+    async fn set_room_tenant(&self, room: &str, tenant: &str) -> Result<()>;
+    async fn tenant_rooms(&self, tenant: &str) -> Result<Vec<String>>;
+    /// A scanner device's signed verdict on a message's file (its newest).
+    async fn put_verdict(&self, room: &str, message_id: &str, device: &str, v: &[u8])
+    -> Result<()>;
+    async fn verdicts(&self, room: &str, message_id: &str) -> Result<Vec<Vec<u8>>>;
     /// Keep the firm's room directory (discoverable rooms) in step.
     async fn set_listed(&self, room: &str, tenant: &str, listed: bool) -> Result<()>;
     async fn listed_rooms(&self, tenant: &str) -> Result<Vec<String>>;

@@ -151,6 +151,10 @@ CREATE TABLE IF NOT EXISTS capture_policy (tenant TEXT PRIMARY KEY, ts INTEGER N
 CREATE TABLE IF NOT EXISTS tenant_notices (tenant TEXT NOT NULL, kind TEXT NOT NULL, version INTEGER NOT NULL,
     notice BLOB NOT NULL, PRIMARY KEY (tenant, kind));
 CREATE TABLE IF NOT EXISTS room_directory (room TEXT PRIMARY KEY, tenant TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS room_tenant (room TEXT PRIMARY KEY, tenant TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS room_tenant_tenant ON room_tenant(tenant);
+CREATE TABLE IF NOT EXISTS verdicts (room TEXT NOT NULL, message_id TEXT NOT NULL, device TEXT NOT NULL,
+    verdict BLOB NOT NULL, PRIMARY KEY (room, message_id, device));
 CREATE INDEX IF NOT EXISTS room_directory_tenant ON room_directory(tenant);
 CREATE TABLE IF NOT EXISTS user_standing (user_id TEXT PRIMARY KEY, disabled INTEGER NOT NULL, ts INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS shredded_notices (room TEXT NOT NULL, notice BLOB NOT NULL, PRIMARY KEY (room, notice)) WITHOUT ROWID;
@@ -328,6 +332,53 @@ impl ServerStore for SqliteServerStore {
                 .fetch_all(&self.pool)
                 .await?,
         )
+    }
+
+    async fn set_room_tenant(&self, room: &str, tenant: &str) -> Result<()> {
+        sqlx::query("INSERT OR IGNORE INTO room_tenant (room, tenant) VALUES (?, ?)")
+            .bind(room)
+            .bind(tenant)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    async fn tenant_rooms(&self, tenant: &str) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT room FROM room_tenant WHERE tenant = ? ORDER BY room")
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?,
+        )
+    }
+
+    async fn put_verdict(
+        &self,
+        room: &str,
+        message_id: &str,
+        device: &str,
+        v: &[u8],
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT OR REPLACE INTO verdicts (room, message_id, device, verdict) VALUES (?, ?, ?, ?)",
+        )
+        .bind(room)
+        .bind(message_id)
+        .bind(device)
+        .bind(v)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn verdicts(&self, room: &str, message_id: &str) -> Result<Vec<Vec<u8>>> {
+        Ok(sqlx::query_scalar(
+            "SELECT verdict FROM verdicts WHERE room = ? AND message_id = ? ORDER BY device",
+        )
+        .bind(room)
+        .bind(message_id)
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn put_tenant_notice(
