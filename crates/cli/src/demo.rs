@@ -10,6 +10,8 @@ use cloister_proto::room::RoomSettings;
 use cloister_proto::server::Content;
 use std::path::Path;
 
+mod controls;
+
 struct Demo {
     json: bool,
     failures: Vec<String>,
@@ -587,6 +589,21 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
         v.as_ref().is_ok_and(|r| r.unattributable == 0) && x.summary.unattributable == 0,
         "every exported message is attributable to its sender's KM-certified device",
     );
+
+    controls::run(
+        &mut d,
+        controls::Cast {
+            stack: &stack,
+            admin: &admin,
+            alice: &alice,
+            carol: &carol,
+            olivia: &olivia,
+            clients: &clients,
+            dir: &dir,
+        },
+    )
+    .await?;
+    secrets.push("Project Falcon: the issuer signs Friday".into());
 
     d.section("What the operator holds");
     let needles: Vec<Vec<u8>> = secrets
