@@ -131,8 +131,8 @@ pub struct Km {
     /// Nonces of key requests (replay of a key request only re-seals keys to the
     /// same device, so an in-memory window suffices; admin nonces are durable).
     recent_nonces: Mutex<HashMap<(DeviceId, [u8; 16]), u64>>,
-    /// Serialises log ingestion per KM (a room's log is appended in order).
-    ingest: tokio::sync::Mutex<()>,
+    /// Serialises log ingestion per room (a room's log is appended in order).
+    ingest: cloister_store::RoomLocks,
     /// Creating a key (read) against re-wrapping them all (write, retention).
     keys_lock: tokio::sync::RwLock<()>,
     /// Verified certificates of devices found active (device active, user
@@ -294,7 +294,7 @@ impl Km {
             config,
             rooms: Mutex::new(HashMap::new()),
             recent_nonces: Mutex::new(HashMap::new()),
-            ingest: tokio::sync::Mutex::new(()),
+            ingest: Default::default(),
             keys_lock: tokio::sync::RwLock::new(()),
             active: Mutex::new(HashMap::new()),
             wrapped: Mutex::new(HashMap::new()),

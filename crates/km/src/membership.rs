@@ -39,7 +39,7 @@ impl Km {
         if log.is_empty() {
             return self.room_state(room).await;
         }
-        let _guard = self.ingest.lock().await;
+        let _guard = self.ingest.lock(&room.to_hex()).await;
         let current = self.room_state(room).await?;
         let known_next = current.as_ref().map_or(0, |s| s.seq + 1);
         if log_from > known_next {

@@ -34,10 +34,16 @@ impl Km {
         action: Action,
     ) -> Result<Arc<RoomState>, Denied> {
         let server = self.server_url()?;
-        let http = reqwest::Client::builder()
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .map_err(Denied::internal)?;
+        let http = self
+            .directory
+            .http
+            .get_or_init(|| {
+                reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(10))
+                    .build()
+                    .unwrap_or_default()
+            })
+            .clone();
         for _ in 0..ATTEMPTS {
             let state = self.room_state(room).await?.ok_or_else(|| {
                 Denied::not_found(
@@ -220,14 +226,16 @@ impl Km {
     /// knows (owners are kept first). Evictions that could not be delivered
     /// are returned as `pending` (the notifier's next sweep retries).
     pub(crate) async fn evict_walled(&self) -> (Vec<Eviction>, Vec<String>) {
+        use futures_util::StreamExt;
         let _one = self.directory.sweep.lock().await;
         let rules = self.rules();
-        let mut done = Vec::new();
         let mut pending = Vec::new();
         let rooms = match self.store.list_rooms().await {
             Ok(r) => r,
-            Err(e) => return (done, vec![format!("cannot list rooms: {e}")]),
+            Err(e) => return (Vec::new(), vec![format!("cannot list rooms: {e}")]),
         };
+        // who leaves which room (owners kept first)
+        let mut todo: Vec<(RoomId, Vec<cloister_policy::barriers::Walled>)> = Vec::new();
         for row in rooms {
             let Ok(room) = row.room.parse::<RoomId>() else {
                 continue;
@@ -243,45 +251,64 @@ impl Km {
                     .filter(|m| !state.owners.contains(*m))
                     .cloned(),
             );
-            for w in rules.barriers().to_evict(&order) {
-                let reason = w.to_string();
-                match self
-                    .km_statement(
-                        &room,
-                        Action::Evict {
-                            user: w.user.clone(),
-                            reason: reason.clone(),
-                        },
-                    )
-                    .await
-                {
-                    Ok(st) => {
-                        let _ = self
-                            .record(
-                                None,
-                                AuditEvent::RoomControl {
-                                    room,
-                                    seq: st.seq,
-                                    action: "evict".into(),
-                                    user: Some(w.user.clone()),
-                                    by: None,
-                                    reason: reason.clone(),
-                                },
-                            )
-                            .await;
-                        tracing::info!(%room, user = %w.user, "evicted by an information barrier");
-                        done.push(Eviction {
-                            room,
-                            user: w.user,
-                            reason,
-                        });
-                    }
-                    // gone already (left, removed): nothing to do
-                    Err(e) if e.code == "policy" => {}
-                    Err(e) => pending.push(format!("{room}: {}: {e}", w.user)),
-                }
+            let walled = rules.barriers().to_evict(&order);
+            if !walled.is_empty() {
+                todo.push((room, walled));
             }
         }
+        // rooms in parallel (their logs are independent), members of one
+        // room in order
+        let results: Vec<(Vec<Eviction>, Vec<String>)> = futures_util::stream::iter(todo)
+            .map(|(room, walled)| async move {
+                let mut done = Vec::new();
+                let mut failed = Vec::new();
+                for w in walled {
+                    let reason = w.to_string();
+                    let action = Action::Evict {
+                        user: w.user.clone(),
+                        reason: reason.clone(),
+                    };
+                    match self.km_statement(&room, action).await {
+                        Ok(st) => {
+                            if let Err(e) = self
+                                .record(
+                                    None,
+                                    AuditEvent::RoomControl {
+                                        room,
+                                        seq: st.seq,
+                                        action: "evict".into(),
+                                        user: Some(w.user.clone()),
+                                        by: None,
+                                        reason: reason.clone(),
+                                    },
+                                )
+                                .await
+                            {
+                                failed.push(format!("{room}: audit: {e}"));
+                            }
+                            tracing::info!(%room, user = %w.user, "evicted by an information barrier");
+                            done.push(Eviction {
+                                room,
+                                user: w.user,
+                                reason,
+                            });
+                        }
+                        // gone already (left, removed): nothing to do
+                        Err(e) if e.code == "policy" => {}
+                        Err(e) => failed.push(format!("{room}: {}: {e}", w.user)),
+                    }
+                }
+                (done, failed)
+            })
+            .buffer_unordered(16)
+            .collect()
+            .await;
+        let mut done = Vec::new();
+        for (d, f) in results {
+            done.extend(d);
+            pending.extend(f);
+        }
+        done.sort_by(|a, b| (a.room, &a.user).cmp(&(b.room, &b.user)));
         (done, pending)
     }
 

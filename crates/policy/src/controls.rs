@@ -44,6 +44,7 @@ impl Refusal {
 pub struct Rules {
     pub version: u64,
     barriers: Barriers,
+    default: BTreeSet<Entitlement>,
     entitlements: HashMap<UserId, BTreeSet<Entitlement>>,
 }
 
@@ -56,6 +57,7 @@ impl Rules {
         Rules {
             version: c.version,
             barriers: Barriers::new(memberships, &c.barriers),
+            default: c.default_entitlements.iter().copied().collect(),
             entitlements: c
                 .entitlements
                 .iter()
@@ -69,7 +71,10 @@ impl Rules {
     }
 
     pub fn has(&self, user: &UserId, e: Entitlement) -> bool {
-        self.entitlements.get(user).is_some_and(|s| s.contains(&e))
+        match self.entitlements.get(user) {
+            Some(s) => s.contains(&e),
+            None => self.default.contains(&e),
+        }
     }
 
     pub fn require(&self, user: &UserId, e: Entitlement) -> Result<(), Refusal> {

@@ -100,7 +100,11 @@ pub struct Controls {
     pub barriers: Vec<Barrier>,
     /// Members of the groups that take part in an active barrier.
     pub groups: BTreeMap<String, Vec<UserId>>,
-    /// Effective entitlements of each known user.
+    /// What every active user holds unless listed in `entitlements`.
+    #[serde(default)]
+    pub default_entitlements: Vec<Entitlement>,
+    /// Effective entitlements of the users whose set differs from the
+    /// default (an inactive user is listed with none).
     pub entitlements: BTreeMap<UserId, Vec<Entitlement>>,
 }
 

@@ -49,15 +49,16 @@ fn eval(f: &Filter, res: &Value, ctx: &Ctx<'_>, parent: Option<&str>) -> Result<
         Filter::And(a, b) => Ok(eval(a, res, ctx, parent)? && eval(b, res, ctx, parent)?),
         Filter::Or(a, b) => Ok(eval(a, res, ctx, parent)? || eval(b, res, ctx, parent)?),
         Filter::Not(a) => Ok(!eval(a, res, ctx, parent)?),
-        Filter::Present(p) => Ok(leaves(res, p, ctx, parent).iter().any(|v| present(v))),
+        Filter::Present(p) => Ok(any_leaf(res, p, ctx, &mut |v| present(v))),
         Filter::Compare(p, op, v) => {
             check_operand(*op, v)?;
             let exact = is_exact(p, ctx, parent);
-            let ls = leaves(res, p, ctx, parent);
             match op {
-                CompareOp::Ne => Ok(!ls.iter().any(|l| compare(l, CompareOp::Eq, v, exact))),
-                CompareOp::Eq if v.is_null() => Ok(!ls.iter().any(|l| present(l))),
-                _ => Ok(ls.iter().any(|l| compare(l, *op, v, exact))),
+                CompareOp::Ne => Ok(!any_leaf(res, p, ctx, &mut |l| {
+                    compare(l, CompareOp::Eq, v, exact)
+                })),
+                CompareOp::Eq if v.is_null() => Ok(!any_leaf(res, p, ctx, &mut |l| present(l))),
+                _ => Ok(any_leaf(res, p, ctx, &mut |l| compare(l, *op, v, exact))),
             }
         }
         Filter::ValuePath(p, inner) => {
@@ -98,16 +99,19 @@ fn check_operand(op: CompareOp, v: &Value) -> Result<(), ScimError> {
 }
 
 fn is_exact(p: &AttrPath, ctx: &Ctx<'_>, parent: Option<&str>) -> bool {
-    let mut name = match parent {
-        Some(par) => format!("{par}.{}", p.name),
-        None => p.name.clone(),
-    };
-    if let Some(s) = &p.sub {
-        name.push('.');
-        name.push_str(s);
-    }
-    let name = name.to_ascii_lowercase();
-    ctx.case_exact.iter().any(|c| *c == name)
+    // "parent.name.sub" without building it: match each dotted part
+    ctx.case_exact.iter().any(|c| {
+        let mut parts = c.split('.');
+        parent.is_none_or(|par| parts.next().is_some_and(|x| x.eq_ignore_ascii_case(par)))
+            && parts
+                .next()
+                .is_some_and(|x| x.eq_ignore_ascii_case(&p.name))
+            && match &p.sub {
+                Some(sub) => parts.next().is_some_and(|x| x.eq_ignore_ascii_case(sub)),
+                None => true,
+            }
+            && parts.next().is_none()
+    })
 }
 
 fn present(v: &Value) -> bool {
@@ -138,24 +142,23 @@ fn attr<'v>(
     get_ci(base(res, p, ctx)?, &p.name)
 }
 
-/// The simple values a path names (flattening multi-valued attributes).
-fn leaves<'v>(res: &'v Value, p: &AttrPath, ctx: &Ctx<'_>, parent: Option<&str>) -> Vec<&'v Value> {
-    let Some(v) = attr(res, p, ctx, parent) else {
-        return Vec::new();
+/// Does `f` hold for any simple value the path names (multi-valued
+/// attributes flattened; a complex one compared through its `value`)?
+fn any_leaf(res: &Value, p: &AttrPath, ctx: &Ctx<'_>, f: &mut dyn FnMut(&Value) -> bool) -> bool {
+    let Some(v) = attr(res, p, ctx, None) else {
+        return false;
     };
-    let mut out = Vec::new();
     let sub = p.sub.as_deref();
-    let mut push = |e: &'v Value| match (e, sub) {
-        (Value::Object(o), Some(s)) => out.extend(get_ci(o, s)),
-        (Value::Object(o), None) => out.extend(get_ci(o, "value")),
-        (other, None) => out.push(other),
-        (_, Some(_)) => {}
+    let mut one = |e: &Value| match (e, sub) {
+        (Value::Object(o), Some(s)) => get_ci(o, s).is_some_and(&mut *f),
+        (Value::Object(o), None) => get_ci(o, "value").is_some_and(&mut *f),
+        (other, None) => f(other),
+        (_, Some(_)) => false,
     };
     match v {
-        Value::Array(a) => a.iter().for_each(&mut push),
-        other => push(other),
+        Value::Array(a) => a.iter().any(&mut one),
+        other => one(other),
     }
-    out
 }
 
 fn compare(leaf: &Value, op: CompareOp, v: &Value, exact: bool) -> bool {

@@ -46,6 +46,9 @@ use tokio::io::AsyncWriteExt;
 
 type S = State<Arc<Server>>;
 
+/// Largest KM notice (a controls notice names the members of walled groups).
+const MAX_NOTICE: usize = 16 << 20;
+
 pub fn router(server: Arc<Server>) -> Router {
     let blob_limit = server.config.max_attachment as usize + 1;
     Router::new()
@@ -54,7 +57,11 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/devices", post(register_device))
         .route("/v1/devices/{device}", get(get_device))
         .route("/v1/session", post(login))
-        .route("/v1/notices", post(post_notice))
+        // a large firm's controls notice (walled groups' members) is big
+        .route(
+            "/v1/notices",
+            post(post_notice).layer(DefaultBodyLimit::max(MAX_NOTICE)),
+        )
         .route("/v1/rooms", get(list_rooms))
         .route("/v1/room-directory", get(crate::roomlog::directory))
         .route("/v1/tenant-rooms", get(crate::inspect::tenant_rooms))

@@ -118,7 +118,7 @@ pub struct Server {
     rooms: Mutex<HashMap<RoomId, Arc<RoomState>>>,
     login_nonces: Mutex<HashMap<[u8; 16], u64>>,
     /// Serialises log appends so the second-line policy check sees a stable head.
-    log_lock: tokio::sync::Mutex<()>,
+    log_lock: cloister_store::RoomLocks,
     hub: hub::Hub,
     writer: writer::Writer,
 }
@@ -241,7 +241,7 @@ impl Server {
             controls: RwLock::new(HashMap::new()),
             rooms: Mutex::new(HashMap::new()),
             login_nonces: Mutex::new(HashMap::new()),
-            log_lock: tokio::sync::Mutex::new(()),
+            log_lock: Default::default(),
             hub,
             writer,
         });

@@ -42,7 +42,7 @@ impl Server {
         entry: &SignedStatement,
         by: &Signer,
     ) -> Result<AppendLogResponse, ApiError> {
-        let _guard = self.log_lock.lock().await;
+        let _guard = self.log_lock.lock(&room.to_hex()).await;
         let current = self.room(room).await?;
         let (next, st) = cloister_policy::apply(current.as_deref(), room, entry, &by.user, &by.pk)
             .map_err(|e| match e {

@@ -445,3 +445,37 @@ pub trait VaultStore: Send + Sync + 'static {
     ) -> Result<Vec<HitRow>>;
     async fn envelope_count(&self) -> Result<u64>;
 }
+
+/// Appends to one room's log are serialised (the policy check must see a
+/// stable head); appends to different rooms are not. Used by the server and
+/// the KM alike.
+#[derive(Default)]
+pub struct RoomLocks {
+    locks: std::sync::Mutex<
+        std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>,
+    >,
+}
+
+impl RoomLocks {
+    /// Wait for and hold `room`'s lock.
+    pub async fn lock(&self, room: &str) -> tokio::sync::OwnedMutexGuard<()> {
+        let m = {
+            let mut map = match self.locks.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            if map.len() > 4096 {
+                map.retain(|_, w| w.strong_count() > 0);
+            }
+            match map.get(room).and_then(std::sync::Weak::upgrade) {
+                Some(m) => m,
+                None => {
+                    let m = std::sync::Arc::new(tokio::sync::Mutex::new(()));
+                    map.insert(room.to_owned(), std::sync::Arc::downgrade(&m));
+                    m
+                }
+            }
+        };
+        m.lock_owned().await
+    }
+}

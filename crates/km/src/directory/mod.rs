@@ -38,6 +38,8 @@ pub(crate) struct DirState {
     pub rules: Mutex<Option<Arc<Rules>>>,
     /// One eviction sweep at a time.
     pub sweep: tokio::sync::Mutex<()>,
+    /// HTTP client for the KM's own calls to the messaging server.
+    pub http: std::sync::OnceLock<reqwest::Client>,
 }
 
 impl Km {

@@ -331,22 +331,27 @@ impl Directory {
                 b
             })
             .collect();
+        // only who differs from the default travels (a directory of 10^5
+        // mostly-default people stays small)
+        let default: BTreeSet<Entitlement> = Entitlement::DEFAULT.into_iter().collect();
         let entitlements = self
             .users
             .values()
-            .filter(|u| u.active())
-            .map(|u| {
-                let gs = members.get(u.scim_id.as_str()).cloned().unwrap_or_default();
-                (
-                    u.user.clone(),
-                    self.effective_with(u, &gs).into_iter().collect(),
-                )
+            .filter_map(|u| {
+                let set = if u.active() {
+                    let gs = members.get(u.scim_id.as_str()).cloned().unwrap_or_default();
+                    self.effective_with(u, &gs)
+                } else {
+                    BTreeSet::new()
+                };
+                (set != default).then(|| (u.user.clone(), set.into_iter().collect()))
             })
             .collect();
         Controls {
             version: self.version,
             barriers,
             groups,
+            default_entitlements: default.into_iter().collect(),
             entitlements,
         }
     }

@@ -161,12 +161,7 @@ impl Km {
                 hits.push(g);
             }
         }
-        hits.sort_by(|a, b| {
-            a.name()
-                .to_lowercase()
-                .cmp(&b.name().to_lowercase())
-                .then_with(|| a.scim_id.cmp(&b.scim_id))
-        });
+        hits.sort_by_cached_key(|g| (g.name().to_lowercase(), g.scim_id.clone()));
         let total = hits.len();
         let page = hits
             .into_iter()

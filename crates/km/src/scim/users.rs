@@ -191,12 +191,8 @@ impl Km {
                 hits.push(u);
             }
         }
-        hits.sort_by(|a, b| {
-            user_name(&a.doc)
-                .to_lowercase()
-                .cmp(&user_name(&b.doc).to_lowercase())
-                .then_with(|| a.scim_id.cmp(&b.scim_id))
-        });
+        // a stable order for paging: userName (any case), then id
+        hits.sort_by_cached_key(|u| (user_name(&u.doc).to_lowercase(), u.scim_id.clone()));
         let total = hits.len();
         let page = hits
             .into_iter()
