@@ -102,6 +102,10 @@ fn main() {
             users as f64 / prov
         );
 
+        // let the KM finish what provisioning queued (controls pushed to the
+        // server, eviction sweep): steady state is what is measured
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+
         // SCIM list with a filter, one page of 100
         let filter = "title%20eq%20%22trader%22%20and%20urn%3Aietf%3Aparams%3Ascim%3Aschemas%3Aextension%3Aenterprise%3A2.0%3AUser%3Adepartment%20sw%20%22cr%22";
         let mut lat = Vec::new();

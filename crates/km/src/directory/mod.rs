@@ -151,6 +151,8 @@ impl Km {
                 match c {
                     Change::User(u) => {
                         d.by_user.insert(u.user.clone(), u.scim_id.clone());
+                        let old = d.users.get(&u.scim_id).cloned();
+                        d.order_user(old.as_ref(), &u);
                         d.users.insert(u.scim_id.clone(), u);
                     }
                     Change::Group(g) => {

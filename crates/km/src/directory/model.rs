@@ -101,6 +101,8 @@ pub(crate) struct Directory {
     pub barriers: BTreeMap<String, BarrierRec>,
     pub tokens: HashMap<String, TokenRec>,
     pub dlp: BTreeMap<String, cloister_proto::controls::DlpPolicy>,
+    /// Live users in SCIM list order: (userName in lower case, SCIM id).
+    pub user_order: std::collections::BTreeSet<(String, String)>,
     /// Bumped by every change that can change the controls.
     pub version: u64,
 }
@@ -129,6 +131,12 @@ fn row<T: Serialize>(kind: &str, id: &str, v: &T) -> Result<DirRow, serde_json::
 impl UserRec {
     pub fn row(&self) -> Result<DirRow, serde_json::Error> {
         row(K_USER, &self.scim_id, self)
+    }
+    fn order_key(&self) -> (String, String) {
+        (
+            self.attr("userName").unwrap_or("").to_lowercase(),
+            self.scim_id.clone(),
+        )
     }
     pub fn active(&self) -> bool {
         !self.deleted && self.doc.get("active").and_then(Value::as_bool) != Some(false)
@@ -214,6 +222,7 @@ impl Directory {
                 K_USER => {
                     let u: UserRec = serde_json::from_slice(&r.doc).map_err(bad)?;
                     d.by_user.insert(u.user.clone(), u.scim_id.clone());
+                    d.order_user(None, &u);
                     d.users.insert(u.scim_id.clone(), u);
                 }
                 K_GROUP => {
@@ -238,6 +247,16 @@ impl Directory {
             }
         }
         Ok(d)
+    }
+
+    /// Put a user in (or take them out of) the list order.
+    pub fn order_user(&mut self, old: Option<&UserRec>, new: &UserRec) {
+        if let Some(o) = old {
+            self.user_order.remove(&o.order_key());
+        }
+        if !new.deleted {
+            self.user_order.insert(new.order_key());
+        }
     }
 
     pub fn user(&self, u: &UserId) -> Option<&UserRec> {

@@ -181,8 +181,9 @@ impl Km {
 
     pub(crate) fn scim_users_list(&self, req: &Req, q: &ListQuery) -> Result<Answer, Denied> {
         let d = self.dir();
+        // in list order already (userName, then id): no sort per request
         let mut hits: Vec<&UserRec> = Vec::new();
-        for u in d.users.values().filter(|u| !u.deleted) {
+        for u in d.user_order.iter().filter_map(|(_, id)| d.users.get(id)) {
             let keep = match &q.filter {
                 Some(f) => f.matches(&u.doc, &USER_CTX).map_err(scim_error)?,
                 None => true,
@@ -191,8 +192,6 @@ impl Km {
                 hits.push(u);
             }
         }
-        // a stable order for paging: userName (any case), then id
-        hits.sort_by_cached_key(|u| (user_name(&u.doc).to_lowercase(), u.scim_id.clone()));
         let total = hits.len();
         let page = hits
             .into_iter()
