@@ -165,7 +165,7 @@ impl FromRequestParts<Arc<Server>> for Caller {
     }
 }
 
-fn parse_room(s: &str) -> Result<RoomId, ApiError> {
+pub(crate) fn parse_room(s: &str) -> Result<RoomId, ApiError> {
     s.parse().map_err(|e| bad_param("room id", e))
 }
 

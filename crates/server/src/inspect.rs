@@ -9,6 +9,7 @@
 //!  member     GET  /v1/rooms/{room}/verdicts/{message}   verdicts, each with its KM-signed cert
 //! ```
 
+use crate::api::parse_room;
 use crate::{Caller, Server};
 use axum::Json;
 use axum::extract::{Path, State};
@@ -19,11 +20,6 @@ use cloister_proto::{MessageId, RoomId};
 use std::sync::Arc;
 
 type S = State<Arc<Server>>;
-
-fn parse_room(s: &str) -> Result<RoomId, ApiError> {
-    s.parse()
-        .map_err(|_| ApiError::bad_request("bad_room", "room id must be 32 hex characters"))
-}
 
 /// Every room of the caller's tenant (surveillance and the scanner).
 pub(crate) async fn tenant_rooms(

@@ -10,6 +10,7 @@
 //! ```
 
 use crate::Server;
+use crate::api::parse_room;
 use axum::Json;
 use axum::extract::{Path, State};
 use cloister_http::{ApiError, ApiJson};
@@ -26,11 +27,6 @@ pub(crate) struct Signer {
     pub user: UserId,
     pub pk: [u8; 32],
     pub tenant: TenantId,
-}
-
-fn parse_room(s: &str) -> Result<RoomId, ApiError> {
-    s.parse()
-        .map_err(|_| ApiError::bad_request("bad_room", "room id must be 32 hex characters"))
 }
 
 impl Server {

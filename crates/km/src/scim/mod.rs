@@ -77,31 +77,19 @@ pub(crate) fn router(km: Arc<Km>) -> Router {
             axum::routing::post(search_all).fallback(not_allowed),
         )
         .route(
-            "/scim/v2/Users",
-            get(list_users).post(create_user).fallback(not_allowed),
+            "/scim/v2/{rt}",
+            get(list).post(create).fallback(not_allowed),
         )
         .route(
-            "/scim/v2/Users/{id}",
-            get(get_user)
-                .put(put_user)
-                .patch(patch_user)
-                .delete(delete_user)
-                .fallback(not_allowed),
-        )
-        .route(
-            "/scim/v2/Groups",
-            get(list_groups).post(create_group).fallback(not_allowed),
-        )
-        .route(
-            "/scim/v2/Groups/{id}",
-            get(get_group)
-                .put(put_group)
-                .patch(patch_group)
-                .delete(delete_group)
+            "/scim/v2/{rt}/{id}",
+            get(get_one)
+                .put(put_one)
+                .patch(patch_one)
+                .delete(delete_one)
                 .fallback(not_allowed),
         )
         .route("/scim/v2", axum::routing::any(not_found))
-        .route("/scim/v2/{*rest}", axum::routing::any(not_found))
+        .route("/scim/v2/{rt}/{id}/{*rest}", axum::routing::any(not_found))
         .with_state(km)
 }
 
@@ -400,114 +388,113 @@ async fn not_found() -> Fail {
 type K = State<Arc<Km>>;
 type Q = Query<HashMap<String, String>>;
 
-async fn list_users(State(km): K, h: HeaderMap, Query(q): Q) -> Result<Response, Fail> {
-    let req = auth(&km, &h)?;
-    let lq = list_query(&q)?;
-    Ok(respond(km.scim_users_list(&req, &lq)?))
+/// The two resource types, from the path.
+#[derive(Clone, Copy)]
+enum Rt {
+    Users,
+    Groups,
 }
 
-async fn create_user(State(km): K, h: HeaderMap, b: Bytes) -> Result<Response, Fail> {
-    let req = auth(&km, &h)?;
-    Ok(respond(km.scim_user_create(&req, body_json(&b)?).await?))
+fn rt(segment: &str) -> Result<Rt, Fail> {
+    match segment {
+        "Users" => Ok(Rt::Users),
+        "Groups" => Ok(Rt::Groups),
+        _ => Err(Fail(Denied::not_found(
+            "not_found",
+            "no such SCIM endpoint (see /scim/v2/ResourceTypes)",
+        ))),
+    }
 }
 
-async fn get_user(
+async fn list(
     State(km): K,
+    Path(t): Path<String>,
     h: HeaderMap,
-    Path(id): Path<String>,
     Query(q): Q,
 ) -> Result<Response, Fail> {
+    let t = rt(&t)?;
+    let req = auth(&km, &h)?;
+    let lq = list_query(&q)?;
+    Ok(respond(match t {
+        Rt::Users => km.scim_users_list(&req, &lq)?,
+        Rt::Groups => km.scim_groups_list(&req, &lq)?,
+    }))
+}
+
+async fn create(
+    State(km): K,
+    Path(t): Path<String>,
+    h: HeaderMap,
+    b: Bytes,
+) -> Result<Response, Fail> {
+    let t = rt(&t)?;
+    let req = auth(&km, &h)?;
+    let body = body_json(&b)?;
+    Ok(respond(match t {
+        Rt::Users => km.scim_user_create(&req, body).await?,
+        Rt::Groups => km.scim_group_create(&req, body).await?,
+    }))
+}
+
+async fn get_one(
+    State(km): K,
+    Path((t, id)): Path<(String, String)>,
+    h: HeaderMap,
+    Query(q): Q,
+) -> Result<Response, Fail> {
+    let t = rt(&t)?;
     let req = auth(&km, &h)?;
     let (a, e) = get_query(&q)?;
-    let ans = km.scim_user_get(&req, &id, &a, &e)?;
+    let ans = match t {
+        Rt::Users => km.scim_user_get(&req, &id, &a, &e)?,
+        Rt::Groups => km.scim_group_get(&req, &id, &a, &e)?,
+    };
     if not_modified(&h, ans.version) {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
     Ok(respond(ans))
 }
 
-async fn put_user(
+async fn put_one(
     State(km): K,
+    Path((t, id)): Path<(String, String)>,
     h: HeaderMap,
-    Path(id): Path<String>,
     b: Bytes,
 ) -> Result<Response, Fail> {
+    let t = rt(&t)?;
     let req = auth(&km, &h)?;
-    Ok(respond(km.scim_user_put(&req, &id, body_json(&b)?).await?))
+    let body = body_json(&b)?;
+    Ok(respond(match t {
+        Rt::Users => km.scim_user_put(&req, &id, body).await?,
+        Rt::Groups => km.scim_group_put(&req, &id, body).await?,
+    }))
 }
 
-async fn patch_user(
+async fn patch_one(
     State(km): K,
+    Path((t, id)): Path<(String, String)>,
     h: HeaderMap,
-    Path(id): Path<String>,
     b: Bytes,
 ) -> Result<Response, Fail> {
+    let t = rt(&t)?;
     let req = auth(&km, &h)?;
-    Ok(respond(
-        km.scim_user_patch(&req, &id, body_json(&b)?).await?,
-    ))
+    let body = body_json(&b)?;
+    Ok(respond(match t {
+        Rt::Users => km.scim_user_patch(&req, &id, body).await?,
+        Rt::Groups => km.scim_group_patch(&req, &id, body).await?,
+    }))
 }
 
-async fn delete_user(State(km): K, h: HeaderMap, Path(id): Path<String>) -> Result<Response, Fail> {
-    let req = auth(&km, &h)?;
-    km.scim_user_delete(&req, &id).await?;
-    Ok(StatusCode::NO_CONTENT.into_response())
-}
-
-async fn list_groups(State(km): K, h: HeaderMap, Query(q): Q) -> Result<Response, Fail> {
-    let req = auth(&km, &h)?;
-    let lq = list_query(&q)?;
-    Ok(respond(km.scim_groups_list(&req, &lq)?))
-}
-
-async fn create_group(State(km): K, h: HeaderMap, b: Bytes) -> Result<Response, Fail> {
-    let req = auth(&km, &h)?;
-    Ok(respond(km.scim_group_create(&req, body_json(&b)?).await?))
-}
-
-async fn get_group(
+async fn delete_one(
     State(km): K,
+    Path((t, id)): Path<(String, String)>,
     h: HeaderMap,
-    Path(id): Path<String>,
-    Query(q): Q,
 ) -> Result<Response, Fail> {
+    let t = rt(&t)?;
     let req = auth(&km, &h)?;
-    let (a, e) = get_query(&q)?;
-    let ans = km.scim_group_get(&req, &id, &a, &e)?;
-    if not_modified(&h, ans.version) {
-        return Ok(StatusCode::NOT_MODIFIED.into_response());
+    match t {
+        Rt::Users => km.scim_user_delete(&req, &id).await?,
+        Rt::Groups => km.scim_group_delete(&req, &id).await?,
     }
-    Ok(respond(ans))
-}
-
-async fn put_group(
-    State(km): K,
-    h: HeaderMap,
-    Path(id): Path<String>,
-    b: Bytes,
-) -> Result<Response, Fail> {
-    let req = auth(&km, &h)?;
-    Ok(respond(km.scim_group_put(&req, &id, body_json(&b)?).await?))
-}
-
-async fn patch_group(
-    State(km): K,
-    h: HeaderMap,
-    Path(id): Path<String>,
-    b: Bytes,
-) -> Result<Response, Fail> {
-    let req = auth(&km, &h)?;
-    Ok(respond(
-        km.scim_group_patch(&req, &id, body_json(&b)?).await?,
-    ))
-}
-
-async fn delete_group(
-    State(km): K,
-    h: HeaderMap,
-    Path(id): Path<String>,
-) -> Result<Response, Fail> {
-    let req = auth(&km, &h)?;
-    km.scim_group_delete(&req, &id).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
