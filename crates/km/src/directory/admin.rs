@@ -331,10 +331,7 @@ impl Km {
         }
         if !created {
             g.version += 1;
-            if let Some(m) = g.doc.get_mut("meta") {
-                m["version"] = json!(etag(g.version));
-                m["lastModified"] = json!(rfc3339(now_millis()));
-            }
+            g.doc["meta"] = touched_meta(&g.doc, "Group", g.version);
         }
         g.doc["members"] = Value::Array(members);
         self.record(
@@ -547,9 +544,7 @@ impl Km {
             .collect();
         rec.doc["schemas"] = json!(schemas);
         rec.version += 1;
-        let created = rec.doc["meta"]["created"].clone();
-        rec.doc["meta"] = meta("User", 0, now_millis(), rec.version);
-        rec.doc["meta"]["created"] = created;
+        rec.doc["meta"] = touched_meta(&rec.doc, "User", rec.version);
         self.record(
             actor,
             AuditEvent::DirectoryChanged {

@@ -115,8 +115,7 @@ impl Km {
         }
         rec.doc["active"] = json!(false);
         rec.version += 1;
-        rec.doc["meta"]["version"] = json!(etag(rec.version));
-        rec.doc["meta"]["lastModified"] = json!(rfc3339(now_millis()));
+        rec.doc["meta"] = touched_meta(&rec.doc, "User", rec.version);
         self.dir_apply(vec![Change::User(rec)]).await
     }
 
@@ -258,6 +257,14 @@ pub(crate) fn meta(resource_type: &str, created: u64, modified: u64, version: u6
         "lastModified": rfc3339(modified),
         "version": etag(version),
     })
+}
+
+/// A changed resource's `meta`: the next version, modified now, its
+/// creation time kept.
+pub(crate) fn touched_meta(old: &Value, resource_type: &str, version: u64) -> Value {
+    let mut m = meta(resource_type, 0, now_millis(), version);
+    m["created"] = old.pointer("/meta/created").cloned().unwrap_or(Value::Null);
+    m
 }
 
 pub(crate) fn etag(version: u64) -> String {

@@ -3,7 +3,7 @@
 //! the barrier first), so a directory change never silently lifts a wall.
 
 use super::{Answer, ListQuery, Req, check_if_match, list_response, scim_error};
-use crate::directory::{Change, GroupRec, meta, new_id};
+use crate::directory::{Change, GroupRec, meta, new_id, touched_meta};
 use crate::{Denied, Km};
 use cloister_log::AuditEvent;
 use cloister_proto::now_millis;
@@ -297,12 +297,7 @@ impl Km {
         }
         let version = old.version + 1;
         doc["id"] = json!(old.scim_id);
-        doc["meta"] = meta("Group", 0, now_millis(), version);
-        doc["meta"]["created"] = old
-            .doc
-            .pointer("/meta/created")
-            .cloned()
-            .unwrap_or(Value::Null);
+        doc["meta"] = touched_meta(&old.doc, "Group", version);
         let fields = super::users::changed_fields(&old.doc, &doc);
         let before: Vec<String> = old.member_ids().map(str::to_owned).collect();
         let g = GroupRec {

@@ -4,7 +4,7 @@
 
 use super::{Answer, ListQuery, Req, check_if_match, list_response, scim_error};
 use crate::directory::model::SCHEMA_CLOISTER_USER;
-use crate::directory::{Change, Managed, UserRec, meta, new_id};
+use crate::directory::{Change, Managed, UserRec, meta, new_id, touched_meta};
 use crate::{Denied, Km, store_err};
 use cloister_crypto::signed::sign_notice;
 use cloister_log::AuditEvent;
@@ -401,12 +401,7 @@ impl Km {
         }
         let version = old.version + 1;
         doc["id"] = json!(old.scim_id);
-        doc["meta"] = meta("User", 0, now_millis(), version);
-        doc["meta"]["created"] = old
-            .doc
-            .pointer("/meta/created")
-            .cloned()
-            .unwrap_or(Value::Null);
+        doc["meta"] = touched_meta(&old.doc, "User", version);
         let fields = changed_fields(&old.doc, &doc);
         let (was, now) = (active(&old.doc), active(&doc));
         let rec = UserRec {
@@ -483,7 +478,7 @@ impl Km {
                     });
                 }
                 g.version += 1;
-                g.doc["meta"]["version"] = json!(crate::directory::etag(g.version));
+                g.doc["meta"] = crate::directory::touched_meta(&g.doc, "Group", g.version);
                 changes.push(Change::Group(g));
             }
         }
