@@ -33,7 +33,7 @@ impl DirectoryStore for SqliteKmStore {
     }
 
     async fn dir_write(&self, put: &[DirRow], delete: &[(String, String)]) -> Result<()> {
-        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
         for r in put {
             sqlx::query("INSERT OR REPLACE INTO directory (kind, id, doc) VALUES (?, ?, ?)")
                 .bind(&r.kind)
