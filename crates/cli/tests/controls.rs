@@ -11,8 +11,9 @@ use cloister_proto::b64::Fixed;
 use cloister_proto::controls::Entitlement;
 use cloister_proto::km::KmOp;
 use cloister_proto::now_millis;
+use cloister_proto::room::SignedStatement;
 use cloister_proto::room::{Action, RoomKind, RoomSettings, Statement};
-use cloister_proto::server::AppendLog;
+use cloister_proto::server::{AppendLog, KmAppendBatch, KmAppendBatchResponse};
 use common::{World, expect_error};
 
 fn named(name: &str) -> RoomSettings {
@@ -200,6 +201,16 @@ async fn a_new_barrier_evicts_the_walled_side_into_a_new_epoch() {
         .create_room(named("desk"), &[rita.user().clone(), tom.user().clone()])
         .await
         .unwrap();
+    // a second shared room and one the barrier leaves alone
+    let other = rita
+        .create_room(named("lunch"), &[tom.user().clone()])
+        .await
+        .unwrap();
+    let alone = sam
+        .create_room(named("sam-and-tom"), &[tom.user().clone()])
+        .await
+        .unwrap();
+    let alone_seq = sam.room_state(&alone).await.unwrap().seq;
     tom.send_text(&room, "before the wall").await.unwrap();
     let before = sam.room_state(&room).await.unwrap().epoch;
     w.admin
@@ -216,9 +227,16 @@ async fn a_new_barrier_evicts_the_walled_side_into_a_new_epoch() {
         .await
         .unwrap();
     assert!(added.pending.is_empty(), "{:?}", added.pending);
-    assert_eq!(added.evicted.len(), 1, "{:?}", added.evicted);
-    let ev = &added.evicted[0];
+    // both shared rooms at once (one batch); in the lunch room rita owns
+    // it, so tom leaves
+    assert_eq!(added.evicted.len(), 2, "{:?}", added.evicted);
+    let ev = added.evicted.iter().find(|e| e.room == room).unwrap();
     assert_eq!((ev.room, &ev.user), (room, tom.user()));
+    let lunch = added.evicted.iter().find(|e| e.room == other).unwrap();
+    assert_eq!(&lunch.user, tom.user());
+    let l = rita.room_state(&other).await.unwrap();
+    assert!(!l.members.contains(tom.user()));
+    assert_eq!(sam.room_state(&alone).await.unwrap().seq, alone_seq);
     assert!(
         ev.reason.contains(&added.barrier.barrier.id),
         "{}",
@@ -719,6 +737,114 @@ async fn patched_clients_cannot_forge_controls() {
         (403, Some("bad_statement")),
         "{b3}"
     );
+}
+
+/// The KM's batch append (`POST /v1/km/log`, a barrier's evictions across
+/// rooms) takes only statements the room's KM signed: a member's own
+/// statement, one that claims the KM but is signed by a device, one for a
+/// room of another tenant, an oversized or malformed batch are refused, and
+/// a refused entry changes nothing while the rest of the batch goes on.
+#[tokio::test]
+async fn the_kms_batch_append_takes_only_the_kms_statements() {
+    let w = World::new().await;
+    let owner = w.user("olive").await;
+    let mallory = w.raw("mallory").await;
+    let room = owner
+        .create_room(named("desk"), std::slice::from_ref(&mallory.user))
+        .await
+        .unwrap();
+    let st = owner.room_state(&room).await.unwrap();
+    let km_user = cloister_policy::km_user(&"acme".parse().unwrap());
+    let evict = Action::Evict {
+        user: owner.user().clone(),
+        reason: "forged".into(),
+    };
+    let stmt = |actor, actor_user: cloister_proto::UserId| Statement {
+        room,
+        seq: st.seq + 1,
+        prev: Fixed(st.head),
+        actor,
+        actor_user,
+        ts: now_millis(),
+        action: evict.clone(),
+    };
+    // a member's own device
+    let own = sign_statement(
+        &mallory.keys,
+        &stmt(mallory.keys.device_id(), mallory.user.clone()),
+    )
+    .unwrap();
+    // claims to be the KM, signed by the device
+    let body = serde_json::to_vec(&stmt(cloister_proto::room::KM_DEVICE, km_user.clone())).unwrap();
+    let claims_km = SignedStatement {
+        actor: cloister_proto::room::KM_DEVICE,
+        body: cloister_proto::b64::Bytes(body.clone()),
+        sig: Fixed(mallory.keys.sign(cloister_crypto::signed::STATEMENT, &body)),
+    };
+    // signed by another firm's KM key
+    let other_km = cloister_crypto::KmSigner::generate().unwrap();
+    let foreign = cloister_crypto::signed::sign_statement_km(
+        &other_km,
+        &stmt(cloister_proto::room::KM_DEVICE, km_user),
+    )
+    .unwrap();
+    let post = |body: serde_json::Value| {
+        let w = &w;
+        async move {
+            w.http
+                .post(format!("{}/v1/km/log", w.stack.server_url))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let codes = |out: &KmAppendBatchResponse| -> Vec<String> {
+        out.results
+            .iter()
+            .map(|o| o.error.as_ref().map_or("ok".into(), |e| e.error.clone()))
+            .collect()
+    };
+    // a refused entry refuses the room's later entries
+    let r = post(serde_json::json!(KmAppendBatch {
+        entries: vec![own.clone(), claims_km.clone()]
+    }))
+    .await;
+    assert_eq!(r.status(), 200);
+    let out: KmAppendBatchResponse = r.json().await.unwrap();
+    assert_eq!(codes(&out), ["not_actor", "after_refused"], "{out:?}");
+    let r = post(serde_json::json!(KmAppendBatch {
+        entries: vec![claims_km.clone(), foreign.clone()]
+    }))
+    .await;
+    let out: KmAppendBatchResponse = r.json().await.unwrap();
+    assert_eq!(codes(&out), ["bad_signature", "after_refused"], "{out:?}");
+    let r = post(serde_json::json!(KmAppendBatch {
+        entries: vec![foreign.clone()]
+    }))
+    .await;
+    let out: KmAppendBatchResponse = r.json().await.unwrap();
+    assert_eq!(codes(&out), ["bad_signature"], "{out:?}");
+    assert!(
+        out.results
+            .iter()
+            .all(|o| o.room == room && o.head.is_none())
+    );
+    // nothing was appended
+    let after = owner.room_state(&room).await.unwrap();
+    assert_eq!((after.seq, after.head), (st.seq, st.head));
+    assert!(after.members.contains(owner.user()));
+    // too many, malformed, unknown fields
+    let many = vec![own.clone(); cloister_proto::limits::MAX_KM_BATCH + 1];
+    let r = post(serde_json::json!(KmAppendBatch { entries: many })).await;
+    expect_error(r, 413, "too_large").await;
+    let r = post(serde_json::json!({"entries": "nope"})).await;
+    assert_eq!(r.status(), 400);
+    let r = post(serde_json::json!({"entries": [], "room": room.to_hex()})).await;
+    assert_eq!(r.status(), 400);
+    let r = post(serde_json::json!({"entries": []})).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(owner.room_state(&room).await.unwrap().seq, st.seq);
 }
 
 /// DLP: a blocking policy stops a message or a file before it is sealed

@@ -128,6 +128,9 @@ pub struct Km {
     store: Arc<dyn KmStore>,
     config: KmConfig,
     rooms: Mutex<HashMap<RoomId, Arc<RoomState>>>,
+    /// The newest signed head of each room, reused for a second while the
+    /// room does not change (one signature for a burst of key releases).
+    heads: Mutex<HashMap<RoomId, rooms::CachedHead>>,
     /// Nonces of key requests (replay of a key request only re-seals keys to the
     /// same device, so an in-memory window suffices; admin nonces are durable).
     recent_nonces: Mutex<HashMap<(DeviceId, [u8; 16]), u64>>,
@@ -293,6 +296,7 @@ impl Km {
             store,
             config,
             rooms: Mutex::new(HashMap::new()),
+            heads: Mutex::new(HashMap::new()),
             recent_nonces: Mutex::new(HashMap::new()),
             ingest: Default::default(),
             keys_lock: tokio::sync::RwLock::new(()),

@@ -30,17 +30,77 @@ impl Km {
         log_from: u64,
         log: &[SignedStatement],
     ) -> Result<Option<Arc<RoomState>>, Denied> {
+        if log.is_empty() {
+            return self.room_state(room).await;
+        }
+        let _guard = self.ingest.lock(&room.to_hex()).await;
+        let current = self.room_state(room).await?;
+        match self
+            .verify_entries(room, current.clone(), log_from, log)
+            .await?
+        {
+            None => Ok(current),
+            Some(staged) => Ok(self.keep_verified(vec![staged]).await?.pop()),
+        }
+    }
+
+    /// [`Km::ingest`] for many rooms at once (the KM's own statements
+    /// across rooms): each room verified under its lock (taken in room
+    /// order), every verified room stored in one transaction. A room whose
+    /// entries are refused is answered with its error; the others go on.
+    pub(crate) async fn ingest_many(
+        &self,
+        logs: &[(RoomId, u64, Vec<SignedStatement>)],
+    ) -> Vec<(RoomId, Result<Arc<RoomState>, Denied>)> {
+        let mut order: Vec<&(RoomId, u64, Vec<SignedStatement>)> = logs.iter().collect();
+        order.sort_by_key(|(room, _, _)| *room);
+        let mut guards = Vec::with_capacity(order.len());
+        for (room, _, _) in &order {
+            guards.push(self.ingest.lock(&room.to_hex()).await);
+        }
+        let mut out = Vec::new();
+        let mut staged = Vec::new();
+        for (room, from, log) in order {
+            let verified = match self.room_state(room).await {
+                Ok(current) => self.verify_entries(room, current, *from, log).await,
+                Err(e) => Err(e),
+            };
+            match verified {
+                Ok(Some(s)) => staged.push(s),
+                Ok(None) => match self.room_state(room).await {
+                    Ok(Some(st)) => out.push((*room, Ok(st))),
+                    Ok(None) => out.push((*room, Err(Denied::internal("room vanished")))),
+                    Err(e) => out.push((*room, Err(e))),
+                },
+                Err(e) => out.push((*room, Err(e))),
+            }
+        }
+        let rooms: Vec<RoomId> = staged.iter().map(|s| s.room).collect();
+        match self.keep_verified(staged).await {
+            Ok(states) => out.extend(rooms.into_iter().zip(states.into_iter().map(Ok))),
+            Err(e) => out.extend(rooms.into_iter().map(|r| (r, Err(e.clone())))),
+        }
+        drop(guards);
+        out
+    }
+
+    /// Check `log` (entries from `log_from`) against the room's state:
+    /// entries the KM has must be the very ones it verified (fork
+    /// detection); new ones must pass the policy, the actor's standing and
+    /// the controls. `None`: nothing new.
+    async fn verify_entries(
+        &self,
+        room: &RoomId,
+        current: Option<Arc<RoomState>>,
+        log_from: u64,
+        log: &[SignedStatement],
+    ) -> Result<Option<Verified>, Denied> {
         if log.len() > limits::MAX_LOG_BATCH {
             return Err(Denied::too_large(format!(
                 "at most {} log entries per request",
                 limits::MAX_LOG_BATCH
             )));
         }
-        if log.is_empty() {
-            return self.room_state(room).await;
-        }
-        let _guard = self.ingest.lock(&room.to_hex()).await;
-        let current = self.room_state(room).await?;
         let known_next = current.as_ref().map_or(0, |s| s.seq + 1);
         if log_from > known_next {
             return Err(Denied::conflict(
@@ -137,36 +197,80 @@ impl Km {
         let Some(state) = state else {
             return Ok(None);
         };
-        if !new_rows.is_empty() {
-            let bytes = serde_json::to_vec(&state).map_err(Denied::internal)?;
-            self.store
-                .append_log(
-                    &room.to_hex(),
-                    current.as_ref().map(|s| s.seq),
-                    &new_rows,
-                    &bytes,
-                )
-                .await
-                .map_err(store_err)?;
+        if new_rows.is_empty() {
+            return Ok(None);
         }
-        for (seq, actor_user, op) in accepted {
-            self.record(
-                Some(&actor_user),
-                AuditEvent::MembershipAccepted {
-                    room: *room,
-                    seq,
-                    actor_user: actor_user.clone(),
-                    op: op.into(),
-                },
-            )
-            .await?;
-        }
-        let state = Arc::new(state);
-        if let Ok(mut m) = self.rooms.lock() {
-            m.insert(*room, state.clone());
-        }
-        Ok(Some(state))
+        Ok(Some(Verified {
+            room: *room,
+            expected_seq: current.as_ref().map(|s| s.seq),
+            rows: new_rows,
+            state,
+            accepted,
+        }))
     }
+
+    /// Store verified rooms in one transaction, then audit each accepted
+    /// entry (the records are appended together) and cache the states.
+    async fn keep_verified(&self, staged: Vec<Verified>) -> Result<Vec<Arc<RoomState>>, Denied> {
+        if staged.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<(String, Vec<u8>)> = staged
+            .iter()
+            .map(|v| {
+                Ok((
+                    v.room.to_hex(),
+                    serde_json::to_vec(&v.state).map_err(Denied::internal)?,
+                ))
+            })
+            .collect::<Result<_, Denied>>()?;
+        let batch: Vec<cloister_store::RoomAppend<'_>> = staged
+            .iter()
+            .zip(&rows)
+            .map(|(v, (room, state))| cloister_store::RoomAppend {
+                room,
+                expected_seq: v.expected_seq,
+                entries: &v.rows,
+                state,
+                members: &[],
+            })
+            .collect();
+        self.store.append_logs(&batch).await.map_err(store_err)?;
+        let records = staged.iter().flat_map(|v| {
+            v.accepted.iter().map(move |(seq, actor_user, op)| {
+                self.record(
+                    Some(actor_user),
+                    AuditEvent::MembershipAccepted {
+                        room: v.room,
+                        seq: *seq,
+                        actor_user: actor_user.clone(),
+                        op: (*op).into(),
+                    },
+                )
+            })
+        });
+        for r in futures_util::future::join_all(records).await {
+            r?;
+        }
+        let mut out = Vec::with_capacity(staged.len());
+        for v in staged {
+            let state = Arc::new(v.state);
+            if let Ok(mut m) = self.rooms.lock() {
+                m.insert(v.room, state.clone());
+            }
+            out.push(state);
+        }
+        Ok(out)
+    }
+}
+
+/// A room's entries verified by the KM, not yet stored.
+pub(crate) struct Verified {
+    room: RoomId,
+    expected_seq: Option<u64>,
+    rows: Vec<LogRow>,
+    state: RoomState,
+    accepted: Vec<(u64, UserId, &'static str)>,
 }
 
 pub(crate) fn op_name(a: &cloister_proto::room::Action) -> &'static str {

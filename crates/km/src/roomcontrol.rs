@@ -11,8 +11,29 @@
 
 use super::*;
 use cloister_proto::km::{BarrierAdded, Eviction, RoomControlResponse};
+use cloister_proto::room::SignedStatement;
 use cloister_proto::room::{Action, KM_DEVICE, Statement};
-use cloister_proto::server::{AppendLog, AppendLogResponse, KmLogQuery, LogPage};
+use cloister_proto::server::{
+    AppendLog, AppendLogResponse, KmAppendBatch, KmAppendBatchResponse, KmLogQuery, LogPage,
+};
+
+/// One room's evictions, signed and checked, ready to send.
+struct Planned {
+    room: RoomId,
+    /// Seq of the first entry.
+    from: u64,
+    entries: Vec<SignedStatement>,
+    evictions: Vec<Eviction>,
+    walled: Vec<cloister_policy::barriers::Walled>,
+}
+
+/// What became of a batch: done, failed, and rooms to retry one by one.
+#[derive(Default)]
+struct BatchResult {
+    done: Vec<Eviction>,
+    failed: Vec<String>,
+    retry: Vec<(RoomId, Vec<cloister_policy::barriers::Walled>)>,
+}
 
 /// Rounds of catching up with a moving log before giving up.
 const ATTEMPTS: usize = 5;
@@ -27,15 +48,9 @@ impl Km {
         })
     }
 
-    /// Sign `action` into `room`'s log at the server and verify it here.
-    pub(crate) async fn km_statement(
-        &self,
-        room: &RoomId,
-        action: Action,
-    ) -> Result<Arc<RoomState>, Denied> {
-        let server = self.server_url()?;
-        let http = self
-            .directory
+    /// The KM's HTTP client to the messaging server.
+    fn km_http(&self) -> reqwest::Client {
+        self.directory
             .http
             .get_or_init(|| {
                 reqwest::Client::builder()
@@ -43,7 +58,17 @@ impl Km {
                     .build()
                     .unwrap_or_default()
             })
-            .clone();
+            .clone()
+    }
+
+    /// Sign `action` into `room`'s log at the server and verify it here.
+    pub(crate) async fn km_statement(
+        &self,
+        room: &RoomId,
+        action: Action,
+    ) -> Result<Arc<RoomState>, Denied> {
+        let server = self.server_url()?;
+        let http = self.km_http();
         for _ in 0..ATTEMPTS {
             let state = self.room_state(room).await?.ok_or_else(|| {
                 Denied::not_found(
@@ -229,7 +254,7 @@ impl Km {
         use futures_util::StreamExt;
         let _one = self.directory.sweep.lock().await;
         let rules = self.rules();
-        let mut pending = Vec::new();
+        let mut pending: Vec<String> = Vec::new();
         let rooms = match self.store.list_rooms().await {
             Ok(r) => r,
             Err(e) => return (Vec::new(), vec![format!("cannot list rooms: {e}")]),
@@ -256,60 +281,249 @@ impl Km {
                 todo.push((room, walled));
             }
         }
-        // rooms in parallel (their logs are independent), members of one
-        // room in order
-        let results: Vec<(Vec<Eviction>, Vec<String>)> = futures_util::stream::iter(todo)
-            .map(|(room, walled)| async move {
-                let mut done = Vec::new();
-                let mut failed = Vec::new();
-                for w in walled {
-                    let reason = w.to_string();
-                    let action = Action::Evict {
-                        user: w.user.clone(),
-                        reason: reason.clone(),
-                    };
-                    match self.km_statement(&room, action).await {
-                        Ok(st) => {
-                            if let Err(e) = self
-                                .record(
-                                    None,
-                                    AuditEvent::RoomControl {
-                                        room,
-                                        seq: st.seq,
-                                        action: "evict".into(),
-                                        user: Some(w.user.clone()),
-                                        by: None,
-                                        reason: reason.clone(),
-                                    },
-                                )
-                                .await
-                            {
-                                failed.push(format!("{room}: audit: {e}"));
-                            }
-                            tracing::info!(%room, user = %w.user, "evicted by an information barrier");
-                            done.push(Eviction {
-                                room,
-                                user: w.user,
-                                reason,
-                            });
-                        }
-                        // gone already (left, removed): nothing to do
-                        Err(e) if e.code == "policy" => {}
-                        Err(e) => failed.push(format!("{room}: {}: {e}", w.user)),
-                    }
-                }
-                (done, failed)
-            })
-            .buffer_unordered(16)
+        // sign every eviction here, chained on the KM's verified heads, and
+        // send them in batches: one transaction per batch at the server and
+        // here. A room whose log moved on meanwhile goes the one-room way
+        // (catch up, sign again).
+        let mut planned: Vec<Planned> = Vec::new();
+        let mut one_by_one: Vec<(RoomId, Vec<cloister_policy::barriers::Walled>)> = Vec::new();
+        for (room, walled) in todo {
+            match self.plan_evictions(&room, &walled).await {
+                Ok(Some(p)) => planned.push(p),
+                Ok(None) => {}
+                Err(_) => one_by_one.push((room, walled)),
+            }
+        }
+        let mut chunks: Vec<Vec<Planned>> = Vec::new();
+        let mut size = 0;
+        for p in planned {
+            if chunks.is_empty() || size + p.entries.len() > limits::MAX_KM_BATCH {
+                chunks.push(Vec::new());
+                size = 0;
+            }
+            size += p.entries.len();
+            if let Some(c) = chunks.last_mut() {
+                c.push(p);
+            }
+        }
+        let results: Vec<BatchResult> = futures_util::stream::iter(chunks)
+            .map(|c| self.evict_batch(c))
+            .buffer_unordered(2)
             .collect()
             .await;
         let mut done = Vec::new();
+        for r in results {
+            done.extend(r.done);
+            pending.extend(r.failed);
+            one_by_one.extend(r.retry);
+        }
+        // rooms in parallel (their logs are independent), members of one
+        // room in order
+        let results: Vec<(Vec<Eviction>, Vec<String>)> = futures_util::stream::iter(one_by_one)
+            .map(|(room, walled)| self.evict_in_room(room, walled))
+            .buffer_unordered(16)
+            .collect()
+            .await;
         for (d, f) in results {
             done.extend(d);
             pending.extend(f);
         }
         done.sort_by(|a, b| (a.room, &a.user).cmp(&(b.room, &b.user)));
         (done, pending)
+    }
+
+    /// The KM's evict statements for one room, signed and checked against
+    /// its verified state (`None`: nobody is left to evict).
+    async fn plan_evictions(
+        &self,
+        room: &RoomId,
+        walled: &[cloister_policy::barriers::Walled],
+    ) -> Result<Option<Planned>, Denied> {
+        let Some(mut state) = self.room_state(room).await? else {
+            return Ok(None);
+        };
+        let from = state.seq + 1;
+        let km_user = cloister_policy::km_user(&self.tenant);
+        let mut entries = Vec::new();
+        let mut evictions = Vec::new();
+        for w in walled {
+            let reason = w.to_string();
+            let st = Statement {
+                room: *room,
+                seq: state.seq + 1,
+                prev: Fixed(state.head),
+                actor: KM_DEVICE,
+                actor_user: km_user.clone(),
+                ts: now_millis(),
+                action: Action::Evict {
+                    user: w.user.clone(),
+                    reason: reason.clone(),
+                },
+            };
+            let entry = cloister_crypto::signed::sign_statement_km(&self.signer, &st)
+                .map_err(Denied::internal)?;
+            // gone already (left, removed): nothing to do
+            let Ok((next, _)) =
+                cloister_policy::apply(Some(&state), room, &entry, &km_user, &self.signer.public())
+            else {
+                continue;
+            };
+            state = Arc::new(next);
+            entries.push(entry);
+            evictions.push(Eviction {
+                room: *room,
+                user: w.user.clone(),
+                reason,
+            });
+        }
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Planned {
+            room: *room,
+            from,
+            entries,
+            evictions,
+            walled: walled.to_vec(),
+        }))
+    }
+
+    /// Append planned evictions of many rooms at the server in one request,
+    /// then verify and keep them here in one transaction.
+    async fn evict_batch(&self, chunk: Vec<Planned>) -> BatchResult {
+        let mut r = BatchResult::default();
+        let sent = match self.server_url() {
+            Ok(server) => {
+                let entries: Vec<SignedStatement> = chunk
+                    .iter()
+                    .flat_map(|p| p.entries.iter().cloned())
+                    .collect();
+                let resp = self
+                    .km_http()
+                    .post(format!("{server}/v1/km/log"))
+                    .json(&KmAppendBatch { entries })
+                    .send()
+                    .await;
+                match resp {
+                    Ok(x) if x.status().is_success() => {
+                        x.json::<KmAppendBatchResponse>().await.ok()
+                    }
+                    _ => None,
+                }
+            }
+            Err(_) => None,
+        };
+        let Some(sent) = sent else {
+            // the one-room way will say what is wrong
+            r.retry
+                .extend(chunk.into_iter().map(|p| (p.room, p.walled)));
+            return r;
+        };
+        let mut accepted = Vec::new();
+        let mut kept = Vec::new();
+        let mut outcomes = sent.results.iter();
+        for p in chunk {
+            let mine: Vec<_> = outcomes.by_ref().take(p.entries.len()).collect();
+            let all_in = mine.len() == p.entries.len()
+                && mine.iter().all(|o| o.error.is_none() && o.room == p.room);
+            if all_in {
+                accepted.push((p.room, p.from, p.entries.clone()));
+                kept.push(p);
+            } else {
+                r.retry.push((p.room, p.walled));
+            }
+        }
+        let verified = self.ingest_many(&accepted).await;
+        let ok: std::collections::BTreeSet<RoomId> = verified
+            .iter()
+            .filter_map(|(room, v)| match v {
+                Ok(_) => Some(*room),
+                Err(e) => {
+                    r.failed.push(format!("{room}: {e}"));
+                    None
+                }
+            })
+            .collect();
+        let kept: Vec<Planned> = kept.into_iter().filter(|p| ok.contains(&p.room)).collect();
+        let records = kept.iter().flat_map(|p| {
+            let from = p.from;
+            p.evictions.iter().enumerate().map(move |(i, e)| {
+                self.record(
+                    None,
+                    AuditEvent::RoomControl {
+                        room: e.room,
+                        seq: from + i as u64,
+                        action: "evict".into(),
+                        user: Some(e.user.clone()),
+                        by: None,
+                        reason: e.reason.clone(),
+                    },
+                )
+            })
+        });
+        for (res, e) in futures_util::future::join_all(records)
+            .await
+            .into_iter()
+            .zip(kept.iter().flat_map(|p| p.evictions.iter()))
+        {
+            if let Err(x) = res {
+                r.failed.push(format!("{}: audit: {x}", e.room));
+            }
+        }
+        for p in kept {
+            for e in &p.evictions {
+                tracing::info!(room = %e.room, user = %e.user, "evicted by an information barrier");
+            }
+            r.done.extend(p.evictions);
+        }
+        r
+    }
+
+    /// Evict the walled members of one room, one statement at a time.
+    async fn evict_in_room(
+        &self,
+        room: RoomId,
+        walled: Vec<cloister_policy::barriers::Walled>,
+    ) -> (Vec<Eviction>, Vec<String>) {
+        let mut done = Vec::new();
+        let mut failed = Vec::new();
+        for w in walled {
+            let reason = w.to_string();
+            let action = Action::Evict {
+                user: w.user.clone(),
+                reason: reason.clone(),
+            };
+            match self.km_statement(&room, action).await {
+                Ok(st) => {
+                    if let Err(e) = self
+                        .record(
+                            None,
+                            AuditEvent::RoomControl {
+                                room,
+                                seq: st.seq,
+                                action: "evict".into(),
+                                user: Some(w.user.clone()),
+                                by: None,
+                                reason: reason.clone(),
+                            },
+                        )
+                        .await
+                    {
+                        failed.push(format!("{room}: audit: {e}"));
+                    }
+                    tracing::info!(%room, user = %w.user, "evicted by an information barrier");
+                    done.push(Eviction {
+                        room,
+                        user: w.user,
+                        reason,
+                    });
+                }
+                // gone already (left, removed): nothing to do
+                Err(e) if e.code == "policy" => {}
+                Err(e) => failed.push(format!("{room}: {}: {e}", w.user)),
+            }
+        }
+        (done, failed)
     }
 
     pub(crate) async fn barrier_added(

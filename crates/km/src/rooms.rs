@@ -12,18 +12,41 @@ use cloister_proto::km::{
 use cloister_proto::room::SignedStatement;
 use cloister_proto::{RoomId, limits, now_millis};
 
+/// How long a signed room head is handed out again while the room does not
+/// change (devices accept heads up to 60 s old): one signature for a burst
+/// of key releases.
+const HEAD_REUSE_MS: u64 = 1_000;
+
+/// A room's signed head: (seq, head, issued, signed blob).
+pub(crate) type CachedHead = (u64, [u8; 32], u64, cloister_proto::km::SignedBlob);
+
 impl Km {
     /// The KM-signed head of a verified room state.
     pub(crate) fn signed_head(&self, st: &RoomState) -> Result<SignedBlob, Denied> {
+        let now = now_millis();
+        if let Ok(m) = self.heads.lock()
+            && let Some((seq, head, issued, blob)) = m.get(&st.room)
+            && (*seq, *head) == (st.seq, st.head)
+            && now.saturating_sub(*issued) < HEAD_REUSE_MS
+        {
+            return Ok(blob.clone());
+        }
         let h = RoomHead {
             tenant: self.tenant.clone(),
             room: st.room,
             seq: st.seq,
             head: Fixed(st.head),
             epoch: st.epoch,
-            issued_ms: now_millis(),
+            issued_ms: now,
         };
-        km_sign_blob(&self.signer, signed::ROOM_HEAD, &h).map_err(Denied::internal)
+        let blob = km_sign_blob(&self.signer, signed::ROOM_HEAD, &h).map_err(Denied::internal)?;
+        if let Ok(mut m) = self.heads.lock() {
+            if m.len() >= 4096 {
+                m.clear();
+            }
+            m.insert(st.room, (st.seq, st.head, now, blob.clone()));
+        }
+        Ok(blob)
     }
 
     /// Anyone who ever held a grant in the room, the tenant's surveillance,

@@ -39,6 +39,8 @@ pub mod limits {
     pub const DEFAULT_MAX_ATTACHMENT: u64 = 100 * 1024 * 1024;
     /// Largest membership-log batch in one key request.
     pub const MAX_LOG_BATCH: usize = 10_000;
+    /// KM-signed statements in one batch append (evictions across rooms).
+    pub const MAX_KM_BATCH: usize = 256;
     /// Members of one room.
     pub const MAX_ROOM_MEMBERS: usize = 10_000;
     /// Epochs in one key request.

@@ -54,6 +54,32 @@ pub struct AppendLogResponse {
     pub head: Fixed<32>,
 }
 
+/// Statements signed by the tenant's KM for several rooms at once (each
+/// room's entries in log order), appended by the server in one transaction.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmAppendBatch {
+    pub entries: Vec<SignedStatement>,
+}
+
+/// What became of each entry of a [`KmAppendBatch`], in its order.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KmAppendBatchResponse {
+    pub results: Vec<AppendOutcome>,
+}
+
+/// One entry's outcome: appended (`head` is the room's new head) or
+/// refused (`error`; the room's later entries in the batch are refused too).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AppendOutcome {
+    pub room: RoomId,
+    pub seq: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<Fixed<32>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<crate::ErrorBody>,
+}
+
 /// A malware scanner's finding on one shared file.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -76,6 +76,7 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/rooms/{room}", get(get_room))
         .route("/v1/rooms/{room}/log", get(get_log).post(append_log))
         .route("/v1/km/rooms/{room}/log", post(crate::roomlog::km_append))
+        .route("/v1/km/log", post(crate::roomlog::km_append_batch))
         .route(
             "/v1/km/rooms/{room}/log-read",
             post(crate::roomlog::km_read),

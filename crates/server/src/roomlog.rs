@@ -5,6 +5,7 @@
 //! ```text
 //!  device POST /v1/rooms/{room}/log           (session; entry signed by the device)
 //!  KM     POST /v1/km/rooms/{room}/log        (entry signed by the tenant's KM key)
+//!  KM     POST /v1/km/log                     (KM-signed entries of many rooms, one transaction)
 //!  KM     POST /v1/km/rooms/{room}/log-read   (query signed by the KM key, fresh)
 //!     └─▶ append_entry: policy::apply + controls + tenant checks ─▶ store ─▶ tell members
 //! ```
@@ -14,10 +15,16 @@ use crate::api::parse_room;
 use axum::Json;
 use axum::extract::{Path, State};
 use cloister_http::{ApiError, ApiJson};
+use cloister_policy::RoomState;
+use cloister_proto::ErrorBody;
 use cloister_proto::b64::Fixed;
 use cloister_proto::km::SignedBlob;
 use cloister_proto::room::SignedStatement;
-use cloister_proto::server::{AppendLog, AppendLogResponse, Event, KmLogQuery, LogPage};
+use cloister_proto::room::Statement;
+use cloister_proto::server::{
+    AppendLog, AppendLogResponse, AppendOutcome, Event, KmAppendBatch, KmAppendBatchResponse,
+    KmLogQuery, LogPage,
+};
 use cloister_proto::{RoomId, TenantId, UserId, limits};
 use cloister_store::LogRow;
 use std::sync::Arc;
@@ -27,6 +34,36 @@ pub(crate) struct Signer {
     pub user: UserId,
     pub pk: [u8; 32],
     pub tenant: TenantId,
+}
+
+/// A verified entry, ready to store, with what telling members needs.
+struct Staged {
+    current: Option<Arc<RoomState>>,
+    next: Arc<RoomState>,
+    st: Statement,
+    row: LogRow,
+    actor: UserId,
+}
+
+fn policy_error(e: cloister_policy::PolicyError) -> ApiError {
+    match e {
+        cloister_policy::PolicyError::Gap { .. }
+        | cloister_policy::PolicyError::BrokenChain { .. } => {
+            ApiError::conflict("log_conflict", format!("{e}; fetch the log and retry"))
+        }
+        cloister_policy::PolicyError::BadSignature { .. } => {
+            ApiError::unauthorized("bad_signature", e.to_string())
+        }
+        cloister_policy::PolicyError::Locked { .. } => ApiError::forbidden("locked", e.to_string()),
+        e => ApiError::forbidden("policy", e.to_string()),
+    }
+}
+
+fn store_error(e: cloister_store::StoreError) -> ApiError {
+    match e {
+        cloister_store::StoreError::Conflict(m) => ApiError::conflict("log_conflict", m),
+        e => ApiError::internal(e),
+    }
 }
 
 impl Server {
@@ -40,20 +77,28 @@ impl Server {
     ) -> Result<AppendLogResponse, ApiError> {
         let _guard = self.log_lock.lock(&room.to_hex()).await;
         let current = self.room(room).await?;
+        let staged = self.stage(room, current, entry, by)?;
+        let members = member_list(&staged.next);
+        let state = serde_json::to_vec(&*staged.next).map_err(ApiError::internal)?;
+        self.store
+            .append_log(&room.to_hex(), &staged.row, &state, &members)
+            .await
+            .map_err(store_error)?;
+        self.publish(room, &staged).await
+    }
+
+    /// Every check an entry must pass before it is stored: the room's
+    /// policy, its tenant, this deployment's reach, the statement's time
+    /// and the tenant's controls.
+    fn stage(
+        &self,
+        room: &RoomId,
+        current: Option<Arc<RoomState>>,
+        entry: &SignedStatement,
+        by: &Signer,
+    ) -> Result<Staged, ApiError> {
         let (next, st) = cloister_policy::apply(current.as_deref(), room, entry, &by.user, &by.pk)
-            .map_err(|e| match e {
-                cloister_policy::PolicyError::Gap { .. }
-                | cloister_policy::PolicyError::BrokenChain { .. } => {
-                    ApiError::conflict("log_conflict", format!("{e}; fetch the log and retry"))
-                }
-                cloister_policy::PolicyError::BadSignature { .. } => {
-                    ApiError::unauthorized("bad_signature", e.to_string())
-                }
-                cloister_policy::PolicyError::Locked { .. } => {
-                    ApiError::forbidden("locked", e.to_string())
-                }
-                e => ApiError::forbidden("policy", e.to_string()),
-            })?;
+            .map_err(policy_error)?;
         if next.tenant != by.tenant {
             return Err(ApiError::forbidden(
                 "wrong_tenant",
@@ -82,16 +127,19 @@ impl Server {
             entry: serde_json::to_vec(entry).map_err(ApiError::internal)?,
             hash: next.head.to_vec(),
         };
-        let members: Vec<String> = next.members.iter().map(|m| m.to_string()).collect();
-        let state_bytes = serde_json::to_vec(&next).map_err(ApiError::internal)?;
-        self.store
-            .append_log(&room.to_hex(), &row, &state_bytes, &members)
-            .await
-            .map_err(|e| match e {
-                cloister_store::StoreError::Conflict(m) => ApiError::conflict("log_conflict", m),
-                e => ApiError::internal(e),
-            })?;
-        let next = Arc::new(next);
+        Ok(Staged {
+            current,
+            next: Arc::new(next),
+            st,
+            row,
+            actor: by.user.clone(),
+        })
+    }
+
+    /// After an entry is stored: the cached state, the room indexes, and a
+    /// membership event to old and new members.
+    async fn publish(&self, room: &RoomId, s: &Staged) -> Result<AppendLogResponse, ApiError> {
+        let (current, next, st) = (&s.current, &s.next, &s.st);
         if let Ok(mut m) = self.rooms.lock() {
             m.insert(*room, next.clone());
         }
@@ -118,16 +166,146 @@ impl Server {
         };
         if let Ok(j) = serde_json::to_string(&ev) {
             let mut users: Vec<_> = next.members.iter().collect();
-            if let Some(cur) = &current {
+            if let Some(cur) = current {
                 users.extend(cur.members.iter().filter(|u| !next.members.contains(*u)));
             }
             self.hub.send(users.into_iter(), None, j.into());
         }
-        tracing::info!(%room, seq = st.seq, actor = %by.user, op = st.action.name(), "membership statement accepted");
+        tracing::info!(%room, seq = st.seq, actor = %s.actor, op = st.action.name(), "membership statement accepted");
         Ok(AppendLogResponse {
             seq: st.seq,
             head: Fixed(next.head),
         })
+    }
+
+    /// KM-signed statements for many rooms, stored in one transaction.
+    /// Each room's entries are checked in order against its state under its
+    /// log lock (locks taken in room order); a refused entry refuses that
+    /// room's later entries, and the other rooms go on.
+    async fn km_append_batch(&self, entries: &[SignedStatement]) -> Vec<AppendOutcome> {
+        use std::collections::BTreeMap;
+        // each room's entries, in their order
+        let mut out: Vec<AppendOutcome> = Vec::with_capacity(entries.len());
+        let mut by_room: BTreeMap<RoomId, Vec<usize>> = BTreeMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            let peek = cloister_crypto::signed::peek_statement(e);
+            let (room, seq) = peek
+                .as_ref()
+                .map_or((RoomId([0; 16]), 0), |p| (p.room, p.seq));
+            out.push(AppendOutcome {
+                room,
+                seq,
+                head: None,
+                error: None,
+            });
+            match peek {
+                Err(e) => {
+                    out[i].error = Some(body(ApiError::bad_request("bad_statement", e.to_string())))
+                }
+                Ok(_) => by_room.entry(room).or_default().push(i),
+            }
+        }
+        let mut guards = Vec::with_capacity(by_room.len());
+        for room in by_room.keys() {
+            guards.push(self.log_lock.lock(&room.to_hex()).await);
+        }
+        // stage every room's entries against its state
+        let mut staged: Vec<(RoomId, Vec<(usize, Staged)>)> = Vec::new();
+        for (room, idx) in &by_room {
+            let mut done = Vec::new();
+            let first = match self.km_of_room(room).await {
+                Ok((tenant, pk)) => {
+                    let by = Signer {
+                        user: cloister_policy::km_user(&tenant),
+                        pk,
+                        tenant,
+                    };
+                    match self.room(room).await {
+                        Ok(mut current) => {
+                            let mut failed = None;
+                            for &i in idx {
+                                let staged = if cloister_policy::signed_by_km(&entries[i]) {
+                                    self.stage(room, current.clone(), &entries[i], &by)
+                                } else {
+                                    Err(ApiError::forbidden(
+                                        "not_actor",
+                                        "only statements signed by the tenant's KM are taken here",
+                                    ))
+                                };
+                                match staged {
+                                    Ok(s) => {
+                                        current = Some(s.next.clone());
+                                        done.push((i, s));
+                                    }
+                                    Err(e) => {
+                                        failed = Some((i, e));
+                                        break;
+                                    }
+                                }
+                            }
+                            failed
+                        }
+                        Err(e) => Some((idx[0], e)),
+                    }
+                }
+                Err(e) => Some((idx[0], e)),
+            };
+            if let Some((i, e)) = first {
+                refuse_from(&mut out, idx, i, e);
+            }
+            if !done.is_empty() {
+                staged.push((*room, done));
+            }
+        }
+        // one transaction for every room
+        type Rows = (String, Vec<LogRow>, Vec<u8>, Vec<String>, Option<u64>);
+        let rows: Result<Vec<Rows>, ApiError> = staged
+            .iter()
+            .map(|(room, done)| {
+                let (first, last) = (&done[0].1, &done[done.len() - 1].1);
+                Ok((
+                    room.to_hex(),
+                    done.iter().map(|(_, s)| s.row.clone()).collect(),
+                    serde_json::to_vec(&*last.next).map_err(ApiError::internal)?,
+                    member_list(&last.next),
+                    first.current.as_ref().map(|c| c.seq),
+                ))
+            })
+            .collect();
+        let rows = match rows {
+            Ok(r) => r,
+            Err(e) => {
+                fail_all(&mut out, &staged, &e);
+                return out;
+            }
+        };
+        let batch: Vec<cloister_store::RoomAppend<'_>> = rows
+            .iter()
+            .map(
+                |(room, entries, state, members, expected)| cloister_store::RoomAppend {
+                    room,
+                    expected_seq: *expected,
+                    entries,
+                    state,
+                    members,
+                },
+            )
+            .collect();
+        if let Err(e) = self.store.append_logs(&batch).await {
+            fail_all(&mut out, &staged, &store_error(e));
+            return out;
+        }
+        for (room, done) in &staged {
+            for (i, s) in done {
+                match self.publish(room, s).await {
+                    Ok(r) => out[*i].head = Some(r.head),
+                    // stored: the index or the event failed, not the entry
+                    Err(e) => tracing::warn!(%room, error = %e.message, "after a batch append"),
+                }
+            }
+        }
+        drop(guards);
+        out
     }
 
     /// The tenant a KM acts for on `room`, and its key.
@@ -187,6 +365,22 @@ pub(crate) async fn km_append(
     Ok(Json(s.append_entry(&room, &req.entry, &by).await?))
 }
 
+/// Many KM-signed statements at once (a barrier's evictions across rooms).
+pub(crate) async fn km_append_batch(
+    State(s): State<Arc<Server>>,
+    ApiJson(req): ApiJson<KmAppendBatch>,
+) -> Result<Json<KmAppendBatchResponse>, ApiError> {
+    if req.entries.len() > limits::MAX_KM_BATCH {
+        return Err(ApiError::too_large(format!(
+            "at most {} statements per batch",
+            limits::MAX_KM_BATCH
+        )));
+    }
+    Ok(Json(KmAppendBatchResponse {
+        results: s.km_append_batch(&req.entries).await,
+    }))
+}
+
 /// A KM reads its room's log (to extend the head it signs on).
 pub(crate) async fn km_read(
     State(s): State<Arc<Server>>,
@@ -225,4 +419,38 @@ pub(crate) async fn km_read(
         .collect::<Result<Vec<SignedStatement>, _>>()
         .map_err(ApiError::internal)?;
     Ok(Json(LogPage { room, entries }))
+}
+
+fn member_list(st: &RoomState) -> Vec<String> {
+    st.members.iter().map(|m| m.to_string()).collect()
+}
+
+fn body(e: ApiError) -> ErrorBody {
+    ErrorBody {
+        error: e.code.to_string(),
+        message: e.message,
+    }
+}
+
+/// Nothing staged was stored.
+fn fail_all(out: &mut [AppendOutcome], staged: &[(RoomId, Vec<(usize, Staged)>)], e: &ApiError) {
+    for (_, done) in staged {
+        for (i, _) in done {
+            out[*i].error = Some(body(e.clone()));
+        }
+    }
+}
+
+/// Entry `i` of a room was refused: it and the room's later entries fail.
+fn refuse_from(out: &mut [AppendOutcome], idx: &[usize], i: usize, e: ApiError) {
+    for &j in idx.iter().filter(|&&j| j >= i) {
+        out[j].error = Some(if j == i {
+            body(e.clone())
+        } else {
+            ErrorBody {
+                error: "after_refused".into(),
+                message: format!("an earlier statement of room {} was refused", out[j].room),
+            }
+        });
+    }
 }

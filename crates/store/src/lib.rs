@@ -48,6 +48,20 @@ pub struct DeviceRow {
     pub revoked: bool,
 }
 
+/// Entries to append to one room's log (server or KM), with the room's
+/// state after them.
+#[derive(Debug, Clone, Copy)]
+pub struct RoomAppend<'a> {
+    pub room: &'a str,
+    /// The stored state's seq the entries extend (`None`: a new room).
+    pub expected_seq: Option<u64>,
+    pub entries: &'a [LogRow],
+    pub state: &'a [u8],
+    /// Every member after the entries (the server's member index; the KM
+    /// keeps none).
+    pub members: &'a [String],
+}
+
 /// A log entry with its position and chain hash.
 #[derive(Debug, Clone)]
 pub struct LogRow {
@@ -151,7 +165,19 @@ pub trait ServerStore: Send + Sync + 'static {
         entry: &LogRow,
         state: &[u8],
         members: &[String],
-    ) -> Result<()>;
+    ) -> Result<()> {
+        self.append_logs(&[RoomAppend {
+            room,
+            expected_seq: entry.seq.checked_sub(1),
+            entries: std::slice::from_ref(entry),
+            state,
+            members,
+        }])
+        .await
+    }
+    /// Append to several rooms' logs in one transaction: all or nothing
+    /// (`Conflict` if any room's stored state is not at its `expected_seq`).
+    async fn append_logs(&self, batch: &[RoomAppend<'_>]) -> Result<()>;
     async fn get_log(&self, room: &str, from_seq: u64, limit: u32) -> Result<Vec<LogRow>>;
     async fn get_room(&self, room: &str) -> Result<Option<RoomRow>>;
     async fn rooms_of_user(&self, user: &str) -> Result<Vec<RoomRow>>;
@@ -240,7 +266,19 @@ pub trait KmStore: DirectoryStore + Send + Sync + 'static {
         expected_seq: Option<u64>,
         entries: &[LogRow],
         state: &[u8],
-    ) -> Result<()>;
+    ) -> Result<()> {
+        self.append_logs(&[RoomAppend {
+            room,
+            expected_seq,
+            entries,
+            state,
+            members: &[],
+        }])
+        .await
+    }
+    /// Append to several rooms' verified logs in one transaction: all or
+    /// nothing (`Conflict` if any room moved on).
+    async fn append_logs(&self, batch: &[RoomAppend<'_>]) -> Result<()>;
     async fn get_log_hash(&self, room: &str, seq: u64) -> Result<Option<Vec<u8>>>;
     /// Verified log entries of a room from `from_seq` (at most `limit`).
     async fn km_log(&self, room: &str, from_seq: u64, limit: u32) -> Result<Vec<LogRow>>;

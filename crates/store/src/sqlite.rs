@@ -3,7 +3,7 @@
 use crate::{
     AuditIn, AuditQuery, AuditRow, AuditStore, BlobRow, CaptureMeta, CaptureRow, DeviceRow,
     EnvelopeRow, FetchQuery, HitRow, Inserted, KmDeviceRow, KmStore, KmUserRow, LogRow, MessageRow,
-    NewMessage, Result, RoomRow, ServerStore, SideEffect, StoreError, VaultStore,
+    NewMessage, Result, RoomAppend, RoomRow, ServerStore, SideEffect, StoreError, VaultStore,
 };
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -106,6 +106,61 @@ async fn log_rows(pool: &SqlitePool, room: &str, from_seq: u64, limit: u32) -> R
             })
         })
         .collect()
+}
+
+/// Append one room's verified entries and its new state inside `tx`, only
+/// if the stored state is still at `a.expected_seq` (the server's and the
+/// KM's `room_log` and `rooms` tables have the same shape; the server also
+/// keeps `room_members`, from `a.members`).
+async fn append_room_log(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    a: &RoomAppend<'_>,
+    with_members: bool,
+) -> Result<()> {
+    let Some(last) = a.entries.last() else {
+        return Ok(());
+    };
+    let cur: Option<i64> = sqlx::query_scalar("SELECT seq FROM rooms WHERE room = ?")
+        .bind(a.room)
+        .fetch_optional(&mut **tx)
+        .await?;
+    if cur.map(u) != a.expected_seq {
+        return Err(StoreError::Conflict(
+            "the room's log has moved on; fetch it and retry",
+        ));
+    }
+    for e in a.entries {
+        sqlx::query("INSERT INTO room_log (room, seq, entry, hash) VALUES (?, ?, ?, ?)")
+            .bind(a.room)
+            .bind(i(e.seq))
+            .bind(&e.entry)
+            .bind(&e.hash)
+            .execute(&mut **tx)
+            .await?;
+    }
+    sqlx::query(
+        "INSERT INTO rooms (room, seq, state) VALUES (?, ?, ?)
+         ON CONFLICT(room) DO UPDATE SET seq = excluded.seq, state = excluded.state",
+    )
+    .bind(a.room)
+    .bind(i(last.seq))
+    .bind(a.state)
+    .execute(&mut **tx)
+    .await?;
+    if with_members {
+        sqlx::query("DELETE FROM room_members WHERE room = ?")
+            .bind(a.room)
+            .execute(&mut **tx)
+            .await?;
+        for m in a.members {
+            sqlx::query("INSERT INTO room_members (room, user_id) VALUES (?, ?)")
+                .bind(a.room)
+                .bind(m)
+                .execute(&mut **tx)
+                .await?;
+        }
+    }
+    Ok(())
 }
 
 pub(crate) async fn meta_get(pool: &SqlitePool, key: &str) -> Result<Option<Vec<u8>>> {
@@ -441,53 +496,10 @@ impl ServerStore for SqliteServerStore {
         Ok((devs, users))
     }
 
-    async fn append_log(
-        &self,
-        room: &str,
-        entry: &LogRow,
-        state: &[u8],
-        members: &[String],
-    ) -> Result<()> {
+    async fn append_logs(&self, batch: &[RoomAppend<'_>]) -> Result<()> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let cur: Option<i64> = sqlx::query_scalar("SELECT seq FROM rooms WHERE room = ?")
-            .bind(room)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let ok = match cur {
-            None => entry.seq == 0,
-            Some(s) => u(s) + 1 == entry.seq,
-        };
-        if !ok {
-            return Err(StoreError::Conflict(
-                "the room's log has moved on; fetch it and retry",
-            ));
-        }
-        sqlx::query("INSERT INTO room_log (room, seq, entry, hash) VALUES (?, ?, ?, ?)")
-            .bind(room)
-            .bind(i(entry.seq))
-            .bind(&entry.entry)
-            .bind(&entry.hash)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query(
-            "INSERT INTO rooms (room, seq, state) VALUES (?, ?, ?)
-             ON CONFLICT(room) DO UPDATE SET seq = excluded.seq, state = excluded.state",
-        )
-        .bind(room)
-        .bind(i(entry.seq))
-        .bind(state)
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM room_members WHERE room = ?")
-            .bind(room)
-            .execute(&mut *tx)
-            .await?;
-        for m in members {
-            sqlx::query("INSERT INTO room_members (room, user_id) VALUES (?, ?)")
-                .bind(room)
-                .bind(m)
-                .execute(&mut *tx)
-                .await?;
+        for a in batch {
+            append_room_log(&mut tx, a, true).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -830,44 +842,11 @@ impl KmStore for SqliteKmStore {
         r.as_ref().map(room_row).transpose()
     }
 
-    async fn append_log(
-        &self,
-        room: &str,
-        expected_seq: Option<u64>,
-        entries: &[LogRow],
-        state: &[u8],
-    ) -> Result<()> {
-        let Some(last) = entries.last() else {
-            return Ok(());
-        };
+    async fn append_logs(&self, batch: &[RoomAppend<'_>]) -> Result<()> {
         let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
-        let cur: Option<i64> = sqlx::query_scalar("SELECT seq FROM rooms WHERE room = ?")
-            .bind(room)
-            .fetch_optional(&mut *tx)
-            .await?;
-        if cur.map(u) != expected_seq {
-            return Err(StoreError::Conflict(
-                "the room's verified log moved on concurrently",
-            ));
+        for a in batch {
+            append_room_log(&mut tx, a, false).await?;
         }
-        for e in entries {
-            sqlx::query("INSERT INTO room_log (room, seq, entry, hash) VALUES (?, ?, ?, ?)")
-                .bind(room)
-                .bind(i(e.seq))
-                .bind(&e.entry)
-                .bind(&e.hash)
-                .execute(&mut *tx)
-                .await?;
-        }
-        sqlx::query(
-            "INSERT INTO rooms (room, seq, state) VALUES (?, ?, ?)
-             ON CONFLICT(room) DO UPDATE SET seq = excluded.seq, state = excluded.state",
-        )
-        .bind(room)
-        .bind(i(last.seq))
-        .bind(state)
-        .execute(&mut *tx)
-        .await?;
         tx.commit().await?;
         Ok(())
     }
