@@ -4,6 +4,7 @@
 mod compliance_cmd;
 mod controls_cmd;
 mod room_cmd;
+mod trust_cmd;
 mod witness_cmd;
 
 use clap::{Args, Parser, Subcommand};
@@ -208,6 +209,9 @@ enum AdminCmd {
     /// The tenant's compliance vault and capture policy.
     #[command(subcommand)]
     Vault(compliance_cmd::AdminVaultCmd),
+    /// Trust between firms: this KM's key, and partner KMs pinned.
+    #[command(subcommand)]
+    Trust(trust_cmd::TrustCmd),
     /// Communication controls: entitlements, groups, barriers, profiles, SCIM tokens.
     #[command(flatten)]
     Controls(controls_cmd::ControlsAdminCmd),
@@ -607,6 +611,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Cmd::Witness(wc) => witness_cmd::witness_cmd(&ctx, wc).await?,
         Cmd::Admin(AdminCmd::Vault(vc)) => compliance_cmd::admin_vault_cmd(&ctx, vc).await?,
         Cmd::Admin(AdminCmd::Controls(cc)) => controls_cmd::admin_cmd(&ctx, cc).await?,
+        Cmd::Admin(AdminCmd::Trust(tc)) => trust_cmd::trust_cmd(&ctx, tc).await?,
         Cmd::Directory(dc) => controls_cmd::directory_cmd(&ctx, dc).await?,
         Cmd::Entitlements => controls_cmd::entitlements_cmd(&ctx).await?,
         Cmd::Inspect {

@@ -14,28 +14,13 @@ use cloister_proto::now_millis;
 use cloister_proto::room::SignedStatement;
 use cloister_proto::room::{Action, RoomKind, RoomSettings, Statement};
 use cloister_proto::server::{AppendLog, KmAppendBatch, KmAppendBatchResponse};
-use common::{World, expect_error};
+use common::{World, audit_kinds, expect_error};
 
 fn named(name: &str) -> RoomSettings {
     RoomSettings {
         name: name.into(),
         ..Default::default()
     }
-}
-
-async fn audit_kinds(w: &World) -> Vec<(String, String)> {
-    w.admin
-        .audit_list(0, 10_000, None, None, None)
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|(_, r, b)| {
-            (
-                r.event.kind().to_owned(),
-                String::from_utf8_lossy(&b).into_owned(),
-            )
-        })
-        .collect()
 }
 
 #[tokio::test]

@@ -22,6 +22,7 @@ mod compliance;
 mod controls;
 mod dlp;
 pub mod export;
+mod federation;
 mod files;
 mod freshness;
 mod inspect;

@@ -179,6 +179,58 @@ impl KmSigner {
     }
 }
 
+/// The tenant KM's X25519 key for KM-to-KM exchanges: partner KMs seal
+/// room keys to it (HPKE). Kept wrapped under the TMK like the signing key.
+pub struct ExchangeKey {
+    sk: Zeroizing<[u8; 32]>,
+    pk: [u8; 32],
+}
+
+impl std::fmt::Debug for ExchangeKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExchangeKey(<redacted>)")
+    }
+}
+
+impl ExchangeKey {
+    pub fn generate() -> Result<Self, CryptoError> {
+        Self::from_secret(&Zeroizing::new(random_bytes::<32>()?)[..])
+    }
+    pub fn from_secret(b: &[u8]) -> Result<Self, CryptoError> {
+        let sk: Zeroizing<[u8; 32]> = Zeroizing::new(
+            b.try_into()
+                .map_err(|_| CryptoError::Malformed("KM exchange key"))?,
+        );
+        let k = <HpkeKem as hpke::Kem>::PrivateKey::from_bytes(&sk[..])
+            .map_err(|_| CryptoError::Malformed("KM exchange key"))?;
+        let mut pk = [0u8; 32];
+        pk.copy_from_slice(&HpkeKem::sk_to_pk(&k).to_bytes());
+        Ok(ExchangeKey { sk, pk })
+    }
+    pub fn secret_bytes(&self) -> SecretBytes {
+        SecretBytes(self.sk.to_vec())
+    }
+    pub fn public(&self) -> [u8; 32] {
+        self.pk
+    }
+    /// The secret, for [`crate::hpke_seal::open`].
+    pub fn expose(&self) -> &[u8; 32] {
+        &self.sk
+    }
+}
+
+/// A KM's identity as another firm pins it: the text form of its tenant,
+/// signing key and exchange key, and the fingerprint admins compare out of
+/// band (the first 20 bytes of its SHA-256, in groups of four hex digits).
+pub fn km_identity_fingerprint(identity: &str) -> String {
+    let h = sha256(identity.as_bytes());
+    h[..20]
+        .chunks(2)
+        .map(|c| format!("{:02x}{:02x}", c[0], c[1]))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 fn framed(domain: &str, msg: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(domain.len() + 1 + msg.len());
     v.extend_from_slice(domain.as_bytes());

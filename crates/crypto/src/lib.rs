@@ -24,7 +24,7 @@ pub mod passphrase;
 pub mod signed;
 pub mod wrap;
 
-pub use keys::{DeviceKeys, KmSigner, RoomKey, SecretBytes};
+pub use keys::{DeviceKeys, ExchangeKey, KmSigner, RoomKey, SecretBytes, km_identity_fingerprint};
 
 /// Errors from cryptographic operations. Messages never contain key material.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -50,6 +50,8 @@ impl Km {
                 | KmOp::RoomLock { .. }
                 | KmOp::RoomUnlock { .. }
                 | KmOp::RoomBan { .. }
+                | KmOp::TrustAdd { .. }
+                | KmOp::TrustRemove { .. }
         );
         let fresh = if durable {
             self.store
@@ -147,6 +149,10 @@ impl Km {
             op @ (KmOp::RoomLock { .. } | KmOp::RoomUnlock { .. } | KmOp::RoomBan { .. }) => {
                 self.room_control_op(&cert, op).await
             }
+            op @ (KmOp::TrustSelf
+            | KmOp::TrustAdd { .. }
+            | KmOp::TrustList
+            | KmOp::TrustRemove { .. }) => self.trust_op(&cert, op).await,
             op => {
                 if !cert.roles.contains(&Role::Admin) {
                     tracing::warn!(user = %cert.user, "admin operation refused: not an admin");

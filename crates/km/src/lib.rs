@@ -31,6 +31,7 @@ mod roomcontrol;
 mod rooms;
 mod scim;
 mod transparency;
+mod trust;
 mod users;
 
 use cloister_crypto::signed::{
@@ -109,6 +110,8 @@ const META_TENANT: &str = "tenant";
 const META_SIGNER: &str = "signer_wrapped";
 const SIGNER_AAD: &[u8] = b"cloister/km-signer/v1";
 const META_LOG_SIGNER: &str = "log_signer_wrapped";
+const META_EXCHANGE: &str = "exchange_key_wrapped";
+const EXCHANGE_AAD: &[u8] = b"cloister/km-exchange/v1";
 const LOG_SIGNER_AAD: &[u8] = b"cloister/log-signer/v1";
 const BOOTSTRAP_ADMIN: &str = "admin";
 
@@ -124,6 +127,8 @@ pub fn db_path(dir: &Path) -> PathBuf {
 pub struct Km {
     tenant: TenantId,
     signer: KmSigner,
+    /// X25519 key partner KMs seal room keys to (KM-to-KM exchange).
+    exchange: cloister_crypto::ExchangeKey,
     provider: Arc<dyn KeyProvider>,
     store: Arc<dyn KmStore>,
     config: KmConfig,
@@ -180,12 +185,20 @@ impl Km {
         let wrapped = provider.wrap(SIGNER_AAD, signer.secret_bytes().expose())?;
         store.init_meta(META_SIGNER, &wrapped).await?;
         let log_signer = Self::log_signer(&store, &provider).await?;
+        let exchange = Self::exchange_key(&store, &provider).await?;
         store
             .init_meta(META_TENANT, tenant.as_str().as_bytes())
             .await?;
         let audit =
             audit::AuditLog::open(audit_store, log_signer, audit::origin_for(&tenant)).await?;
-        let km = Km::new(tenant.clone(), signer, provider, store, config, audit);
+        let km = Km::new(
+            tenant.clone(),
+            (signer, exchange),
+            provider,
+            store,
+            config,
+            audit,
+        );
         km.load_directory().await?;
         km.record(
             None,
@@ -237,9 +250,10 @@ impl Km {
         let secret = provider.unwrap(SIGNER_AAD, &wrapped)?;
         let signer = KmSigner::from_secret(secret.expose())?;
         let log_signer = Self::log_signer(&store, &provider).await?;
+        let exchange = Self::exchange_key(&store, &provider).await?;
         let audit =
             audit::AuditLog::open(audit_store, log_signer, audit::origin_for(&tenant)).await?;
-        let km = Km::new(tenant, signer, provider, store, config, audit);
+        let km = Km::new(tenant, (signer, exchange), provider, store, config, audit);
         km.load_directory().await?;
         Ok(km)
     }
@@ -264,6 +278,26 @@ impl Km {
         Ok(k)
     }
 
+    /// The KM-to-KM exchange key, wrapped under the TMK (created on first use).
+    async fn exchange_key(
+        store: &Arc<dyn KmStore>,
+        provider: &Arc<dyn KeyProvider>,
+    ) -> Result<cloister_crypto::ExchangeKey, KmError> {
+        if let Some(w) = store.get_meta(META_EXCHANGE).await? {
+            return Ok(cloister_crypto::ExchangeKey::from_secret(
+                provider.unwrap(EXCHANGE_AAD, &w)?.expose(),
+            )?);
+        }
+        let k = cloister_crypto::ExchangeKey::generate()?;
+        store
+            .init_meta(
+                META_EXCHANGE,
+                &provider.wrap(EXCHANGE_AAD, k.secret_bytes().expose())?,
+            )
+            .await?;
+        Ok(k)
+    }
+
     /// Append an audit record; fails closed.
     async fn record(&self, actor: Option<&UserId>, event: AuditEvent) -> Result<u64, Denied> {
         Ok(self
@@ -282,7 +316,7 @@ impl Km {
 
     fn new(
         tenant: TenantId,
-        signer: KmSigner,
+        (signer, exchange): (KmSigner, cloister_crypto::ExchangeKey),
         provider: Arc<dyn KeyProvider>,
         store: Arc<dyn KmStore>,
         config: KmConfig,
@@ -292,6 +326,7 @@ impl Km {
         Km {
             tenant,
             signer,
+            exchange,
             provider,
             store,
             config,

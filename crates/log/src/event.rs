@@ -169,6 +169,17 @@ pub enum AuditEvent {
     ScimTokenRevoked {
         id: String,
     },
+    /// An admin pinned another firm's KM identity.
+    TrustAdded {
+        tenant: TenantId,
+        fingerprint: String,
+    },
+    /// An admin removed the trust in another firm's KM.
+    TrustRemoved {
+        tenant: TenantId,
+        fingerprint: String,
+        reason: String,
+    },
     /// A DLP policy added or changed (never deleted: disabled).
     DlpChanged {
         id: String,
@@ -230,6 +241,8 @@ impl AuditEvent {
             AuditEvent::ControlRefused { .. } => "control_refused",
             AuditEvent::RoomControl { .. } => "room_control",
             AuditEvent::DlpChanged { .. } => "dlp_changed",
+            AuditEvent::TrustAdded { .. } => "trust_added",
+            AuditEvent::TrustRemoved { .. } => "trust_removed",
         }
     }
 
@@ -249,7 +262,7 @@ impl AuditEvent {
         }
     }
 
-    pub const KINDS: [&'static str; 29] = [
+    pub const KINDS: [&'static str; 31] = [
         "tenant_initialised",
         "user_added",
         "user_disabled",
@@ -279,6 +292,8 @@ impl AuditEvent {
         "control_refused",
         "room_control",
         "dlp_changed",
+        "trust_added",
+        "trust_removed",
     ];
 }
 

@@ -274,6 +274,20 @@ pub enum KmOp {
     DlpPut { policy: crate::controls::DlpPolicy },
     /// The KM-signed DLP policy set (any device: it enforces them).
     DlpPolicies,
+    /// Admin: this firm's KM identity and fingerprint, to give a partner.
+    TrustSelf,
+    /// Admin: pin another firm's KM identity (`fingerprint`, when given,
+    /// must be the one compared out of band).
+    TrustAdd {
+        tenant: TenantId,
+        km_key: String,
+        #[serde(default)]
+        fingerprint: Option<String>,
+    },
+    /// Admin: every firm trusted now or before.
+    TrustList,
+    /// Admin: stop trusting a firm's KM (new key exchange stops at once).
+    TrustRemove { tenant: TenantId, reason: String },
     /// Compliance: lock a room (no posts, no changes) with a justification.
     RoomLock { room: RoomId, justification: String },
     /// Compliance: unlock a room.

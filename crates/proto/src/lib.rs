@@ -19,6 +19,7 @@
 
 pub mod b64;
 pub mod controls;
+pub mod federation;
 pub mod ids;
 pub mod km;
 pub mod room;

@@ -301,6 +301,22 @@ impl RawDevice {
 }
 
 /// Assert an error response: status, JSON body with the given code.
+/// Every audit record of the tenant as (kind, JSON).
+pub async fn audit_kinds(w: &World) -> Vec<(String, String)> {
+    w.admin
+        .audit_list(0, 10_000, None, None, None)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(_, r, b)| {
+            (
+                r.event.kind().to_owned(),
+                String::from_utf8_lossy(&b).into_owned(),
+            )
+        })
+        .collect()
+}
+
 pub async fn expect_error(r: reqwest::Response, status: u16, code: &str) -> String {
     assert_eq!(r.status().as_u16(), status, "status");
     let b: ErrorBody = r.json().await.expect("error body is JSON {error, message}");

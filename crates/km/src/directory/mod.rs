@@ -26,6 +26,7 @@ pub(crate) enum Change {
     Barrier(BarrierRec),
     Token(TokenRec),
     Dlp(cloister_proto::controls::DlpPolicy),
+    Trust(cloister_proto::federation::TrustedFirm),
 }
 
 /// The directory state of a running KM.
@@ -132,6 +133,7 @@ impl Km {
                 Change::Barrier(b) => put.push(b.row()),
                 Change::Token(t) => put.push(t.row()),
                 Change::Dlp(p) => put.push(model::dlp_row(p)),
+                Change::Trust(t) => put.push(model::trust_row(t)),
                 Change::GroupGone(id) => del.push((model::K_GROUP.to_owned(), id.clone())),
             }
         }
@@ -168,6 +170,9 @@ impl Km {
                     }
                     Change::Dlp(p) => {
                         d.dlp.insert(p.id.clone(), p);
+                    }
+                    Change::Trust(t) => {
+                        d.trusts.insert(t.tenant.clone(), t);
                     }
                 }
             }

@@ -101,6 +101,8 @@ pub(crate) struct Directory {
     pub barriers: BTreeMap<String, BarrierRec>,
     pub tokens: HashMap<String, TokenRec>,
     pub dlp: BTreeMap<String, cloister_proto::controls::DlpPolicy>,
+    /// Firms whose KM this firm pinned (removed ones are kept).
+    pub trusts: BTreeMap<cloister_proto::TenantId, cloister_proto::federation::TrustedFirm>,
     /// Live users in SCIM list order: (userName in lower case, SCIM id).
     pub user_order: std::collections::BTreeSet<(String, String)>,
     /// Bumped by every change that can change the controls.
@@ -113,6 +115,13 @@ pub(crate) const K_BARRIER: &str = "barrier";
 pub(crate) const K_TOKEN: &str = "scim_token";
 pub(crate) const K_STATE: &str = "state";
 pub(crate) const K_DLP: &str = "dlp";
+pub(crate) const K_TRUST: &str = "trust";
+
+pub(crate) fn trust_row(
+    t: &cloister_proto::federation::TrustedFirm,
+) -> Result<DirRow, serde_json::Error> {
+    row(K_TRUST, t.tenant.as_str(), t)
+}
 
 pub(crate) fn dlp_row(
     p: &cloister_proto::controls::DlpPolicy,
@@ -242,6 +251,11 @@ impl Directory {
                     let p: cloister_proto::controls::DlpPolicy =
                         serde_json::from_slice(&r.doc).map_err(bad)?;
                     d.dlp.insert(p.id.clone(), p);
+                }
+                K_TRUST => {
+                    let t: cloister_proto::federation::TrustedFirm =
+                        serde_json::from_slice(&r.doc).map_err(bad)?;
+                    d.trusts.insert(t.tenant.clone(), t);
                 }
                 k => return Err(format!("unknown directory record kind {k:?}")),
             }
@@ -373,5 +387,28 @@ impl Directory {
             default_entitlements: default.into_iter().collect(),
             entitlements,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    /// A pinned firm survives a restart: its record is written and read
+    /// back by the same directory rows as every other record.
+    #[test]
+    fn trust_records_load_back() {
+        let t = cloister_proto::federation::TrustedFirm {
+            tenant: "bank".parse().unwrap(),
+            km_key: "cloister-km1.bank.x".into(),
+            fingerprint: "ab12".into(),
+            added_ms: 1,
+            added_by: "admin@acme".parse().unwrap(),
+            removed: None,
+        };
+        let d = Directory::load(vec![trust_row(&t).unwrap(), state_row(7).unwrap()]).unwrap();
+        assert_eq!(d.trusts.get(&t.tenant), Some(&t));
+        assert_eq!(d.version, 7);
     }
 }

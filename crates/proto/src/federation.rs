@@ -1,0 +1,144 @@
+//! Trust between firms: the identity one firm's KM publishes and another
+//! firm's admins pin after comparing its fingerprint out of band.
+//!
+//! ```text
+//!  firm A admin ── trust self ──▶ "cloister-km1.bank.<b64(sign ‖ exchange)>" + fingerprint
+//!        (out of band: phone, paper, a signed letter)
+//!  firm B admin ── trust add bank --km-key … [--fingerprint …] ──▶ firm B's KM pins it
+//! ```
+
+use crate::TenantId;
+use crate::b64::{decode, encode};
+use serde::{Deserialize, Serialize};
+
+/// Prefix and version of a KM identity's text form.
+pub const KM_IDENTITY_PREFIX: &str = "cloister-km1";
+
+/// A firm's KM as others pin it: its tenant, its Ed25519 signing key (room
+/// heads, notices, KM-to-KM requests) and its X25519 exchange key (room
+/// keys sealed to it by partner KMs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KmIdentity {
+    pub tenant: TenantId,
+    pub sign_pk: [u8; 32],
+    pub exchange_pk: [u8; 32],
+}
+
+/// Why a KM identity string was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdentityError {
+    #[error(
+        "a KM key looks like {KM_IDENTITY_PREFIX}.TENANT.KEYS (as `cloister admin trust self` prints it)"
+    )]
+    Shape,
+    #[error("the KM key names tenant {0:?}, which is not a valid tenant id")]
+    Tenant(String),
+    #[error("the KM key's key part is not 64 bytes of base64url")]
+    Keys,
+}
+
+impl KmIdentity {
+    /// `cloister-km1.TENANT.BASE64URL(sign_pk ‖ exchange_pk)`.
+    pub fn to_key_string(&self) -> String {
+        let mut k = Vec::with_capacity(64);
+        k.extend_from_slice(&self.sign_pk);
+        k.extend_from_slice(&self.exchange_pk);
+        format!("{KM_IDENTITY_PREFIX}.{}.{}", self.tenant, encode(&k))
+    }
+
+    pub fn parse(s: &str) -> Result<KmIdentity, IdentityError> {
+        let s = s.trim();
+        if s.len() > 256 {
+            return Err(IdentityError::Shape);
+        }
+        let mut parts = s.split('.');
+        let (Some(prefix), Some(tenant), Some(keys), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(IdentityError::Shape);
+        };
+        if prefix != KM_IDENTITY_PREFIX {
+            return Err(IdentityError::Shape);
+        }
+        let tenant: TenantId = tenant
+            .parse()
+            .map_err(|_| IdentityError::Tenant(tenant.chars().take(64).collect()))?;
+        let raw = decode(keys).map_err(|_| IdentityError::Keys)?;
+        if raw.len() != 64 {
+            return Err(IdentityError::Keys);
+        }
+        let mut sign_pk = [0u8; 32];
+        let mut exchange_pk = [0u8; 32];
+        sign_pk.copy_from_slice(&raw[..32]);
+        exchange_pk.copy_from_slice(&raw[32..]);
+        Ok(KmIdentity {
+            tenant,
+            sign_pk,
+            exchange_pk,
+        })
+    }
+}
+
+/// This firm's KM identity, to hand to a partner firm.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OwnIdentity {
+    pub tenant: TenantId,
+    pub km_key: String,
+    pub fingerprint: String,
+}
+
+/// A firm this firm's KM trusts (or trusted: removals are kept).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustedFirm {
+    pub tenant: TenantId,
+    /// The pinned identity, as given.
+    pub km_key: String,
+    pub fingerprint: String,
+    pub added_ms: u64,
+    pub added_by: crate::UserId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removed: Option<TrustRemoval>,
+}
+
+impl TrustedFirm {
+    pub fn active(&self) -> bool {
+        self.removed.is_none()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrustRemoval {
+    pub ms: u64,
+    pub by: crate::UserId,
+    pub reason: String,
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn identity_round_trip_and_refusals() {
+        let id = KmIdentity {
+            tenant: "bank".parse().unwrap(),
+            sign_pk: [1; 32],
+            exchange_pk: [2; 32],
+        };
+        let s = id.to_key_string();
+        assert!(s.starts_with("cloister-km1.bank."));
+        assert_eq!(KmIdentity::parse(&s).unwrap(), id);
+        assert_eq!(KmIdentity::parse(&format!("  {s}\n")).unwrap(), id);
+        for bad in [
+            "",
+            "cloister-km1.bank",
+            "cloister-km2.bank.AAAA",
+            &format!("{s}.x"),
+            &s.replace("bank", "Bad Tenant"),
+            "cloister-km1.bank.AAAA",
+            &"x".repeat(300),
+        ] {
+            assert!(KmIdentity::parse(bad).is_err(), "{bad}");
+        }
+    }
+}
