@@ -80,15 +80,7 @@ pub enum PolicyError {
 
 /// The user the tenant's KM signs its statements as.
 pub fn km_user(tenant: &TenantId) -> UserId {
-    // "km" is a valid user name and the tenant id a valid tenant
-    format!("{KM_USER_NAME}@{tenant}")
-        .parse()
-        .unwrap_or_else(|_| unreachable_user())
-}
-
-#[allow(clippy::panic)]
-fn unreachable_user() -> UserId {
-    panic!("the KM's reserved user name is always valid")
+    UserId::reserved(KM_USER_NAME, tenant)
 }
 
 /// Who must have signed a log entry: the KM (for its own actor id) or the

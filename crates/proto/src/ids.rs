@@ -71,6 +71,12 @@ impl UserId {
     pub fn name(&self) -> &str {
         self.0.rsplit_once('@').map(|(n, _)| n).unwrap_or("")
     }
+    /// `name@tenant` for a name known to be valid (a reserved name such as
+    /// the KM's): a valid tenant and a valid name make a valid user id.
+    pub fn reserved(name: &'static str, tenant: &TenantId) -> UserId {
+        debug_assert!(valid_name(name));
+        UserId(format!("{name}@{tenant}"))
+    }
 }
 
 impl FromStr for UserId {
@@ -182,6 +188,14 @@ str_id_impls!(UserId);
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_reserved_user_id_parses_like_any_other() {
+        let t: TenantId = "acme-bank".parse().unwrap();
+        let km = UserId::reserved("km", &t);
+        assert_eq!(km.as_str().parse::<UserId>().unwrap(), km);
+        assert_eq!(km.tenant(), t);
+    }
 
     #[test]
     fn user_ids() {
