@@ -810,11 +810,39 @@ async fn the_kms_batch_append_takes_only_the_kms_statements() {
     .await;
     let out: KmAppendBatchResponse = r.json().await.unwrap();
     assert_eq!(codes(&out), ["bad_signature"], "{out:?}");
-    assert!(
-        out.results
-            .iter()
-            .all(|o| o.room == room && o.head.is_none())
-    );
+    // a forged statement ends the reading of the batch: another room's
+    // entry after it is not even checked
+    let second = owner.create_room(named("second"), &[]).await.unwrap();
+    let s2 = owner.room_state(&second).await.unwrap();
+    let body2 = serde_json::to_vec(&Statement {
+        room: second,
+        seq: s2.seq + 1,
+        prev: Fixed(s2.head),
+        ..stmt(
+            cloister_proto::room::KM_DEVICE,
+            cloister_policy::km_user(&"acme".parse().unwrap()),
+        )
+    })
+    .unwrap();
+    let later = SignedStatement {
+        actor: cloister_proto::room::KM_DEVICE,
+        body: cloister_proto::b64::Bytes(body2.clone()),
+        sig: Fixed(
+            mallory
+                .keys
+                .sign(cloister_crypto::signed::STATEMENT, &body2),
+        ),
+    };
+    let r = post(serde_json::json!(KmAppendBatch {
+        entries: vec![foreign.clone(), later]
+    }))
+    .await;
+    let out: KmAppendBatchResponse = r.json().await.unwrap();
+    let mut got = codes(&out);
+    got.sort();
+    assert_eq!(got, ["after_forged", "bad_signature"], "{out:?}");
+    assert_eq!(owner.room_state(&second).await.unwrap().seq, s2.seq);
+    assert!(out.results.iter().all(|o| o.head.is_none()));
     // nothing was appended
     let after = owner.room_state(&room).await.unwrap();
     assert_eq!((after.seq, after.head), (st.seq, st.head));

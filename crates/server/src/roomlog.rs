@@ -211,7 +211,22 @@ impl Server {
         }
         // stage every room's entries against its state
         let mut staged: Vec<(RoomId, Vec<(usize, Staged)>)> = Vec::new();
+        // a statement its room's KM did not sign ends the reading: one
+        // signature check is all a forged batch costs the server
+        let mut forged = false;
         for (room, idx) in &by_room {
+            if forged {
+                refuse_from(
+                    &mut out,
+                    idx,
+                    idx[0],
+                    ApiError::forbidden(
+                        "after_forged",
+                        "an earlier statement of this batch was not signed by its room's KM; the rest was not read",
+                    ),
+                );
+                continue;
+            }
             let mut done = Vec::new();
             let first = match self.km_of_room(room).await {
                 Ok((tenant, pk)) => {
@@ -251,6 +266,7 @@ impl Server {
                 Err(e) => Some((idx[0], e)),
             };
             if let Some((i, e)) = first {
+                forged = matches!(e.code, "bad_signature" | "not_actor");
                 refuse_from(&mut out, idx, i, e);
             }
             if !done.is_empty() {
