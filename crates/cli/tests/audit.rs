@@ -67,8 +67,10 @@ async fn every_security_event_is_logged_without_secrets() {
     let kinds: BTreeSet<&str> = rows.iter().map(|(_, r, _)| r.event.kind()).collect();
     for k in cloister_log::AuditEvent::KINDS {
         // (compliance events are covered by tests/compliance.rs, controls
-        // by tests/controls.rs and tests/scim.rs)
+        // by tests/controls.rs and tests/scim.rs, trust by tests/federation.rs)
         if ![
+            "trust_added",
+            "trust_removed",
             "directory_changed",
             "user_enabled",
             "entitlements_changed",
