@@ -386,7 +386,7 @@ async fn post_notice(
             let notice_bytes = serde_json::to_vec(&req.notice).map_err(ApiError::internal)?;
             if !s
                 .store
-                .put_capture_policy(tenant.as_str(), *ts, &notice_bytes)
+                .put_tenant_notice(tenant.as_str(), "capture", *ts, &notice_bytes)
                 .await
                 .map_err(ApiError::internal)?
             {

@@ -205,7 +205,7 @@ impl Server {
         }
         // Policies were verified against the KM key when they arrived.
         let mut capture = HashMap::new();
-        for n in store.capture_policies().await? {
+        for n in store.tenant_notices("capture").await? {
             let Ok(sn) = serde_json::from_slice::<cloister_proto::km::SignedNotice>(&n) else {
                 continue;
             };

@@ -132,8 +132,8 @@ pub trait ServerStore: Send + Sync + 'static {
     /// Disable or enable a user as of a KM notice's time; false (and no
     /// change) if a notice as new or newer was already applied (replay).
     async fn set_user_standing(&self, user: &str, disabled: bool, ts: u64) -> Result<bool>;
-    /// Keep a tenant's newest KM-signed notice of a kind (`controls`): false
-    /// if one of the same or a higher version is stored.
+    /// Keep a tenant's newest KM-signed notice of a kind (`controls`,
+    /// `capture`): false if one of the same or a higher version is stored.
     async fn put_tenant_notice(
         &self,
         tenant: &str,
@@ -187,11 +187,6 @@ pub trait ServerStore: Send + Sync + 'static {
     /// Messages of a room with seq < `before`, newest `limit`, returned oldest first.
     async fn history(&self, room: &str, before: u64, limit: u32) -> Result<Vec<MessageRow>>;
 
-    /// Store a tenant's capture policy (KM-signed notice JSON) if `ts` is
-    /// newer than the stored one; false if it is not.
-    async fn put_capture_policy(&self, tenant: &str, ts: u64, notice: &[u8]) -> Result<bool>;
-    /// Every tenant's stored capture policy notice.
-    async fn capture_policies(&self) -> Result<Vec<Vec<u8>>>;
     /// Keep a KM-signed `keys_shredded` notice for a room.
     async fn add_shredded(&self, room: &str, notice: &[u8]) -> Result<()>;
     async fn shredded_notices(&self, room: &str) -> Result<Vec<Vec<u8>>>;

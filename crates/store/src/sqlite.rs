@@ -207,15 +207,21 @@ fn i(v: u64) -> i64 {
     v.min(i64::MAX as u64) as i64
 }
 
+// `capture_policy` is the table capture notices had before they joined the
+// other KM notices in `tenant_notices`; a database that still has rows there
+// has them moved at open.
 const SERVER_DDL: &str = "
 CREATE TABLE IF NOT EXISTS tenants (tenant TEXT PRIMARY KEY, km_pk BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS devices (device TEXT PRIMARY KEY, tenant TEXT NOT NULL, user_id TEXT NOT NULL,
     cert BLOB NOT NULL, revoked INTEGER NOT NULL DEFAULT 0);
 CREATE INDEX IF NOT EXISTS devices_user ON devices(user_id);
 CREATE TABLE IF NOT EXISTS disabled_users (user_id TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS capture_policy (tenant TEXT PRIMARY KEY, ts INTEGER NOT NULL, notice BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS tenant_notices (tenant TEXT NOT NULL, kind TEXT NOT NULL, version INTEGER NOT NULL,
     notice BLOB NOT NULL, PRIMARY KEY (tenant, kind));
+CREATE TABLE IF NOT EXISTS capture_policy (tenant TEXT PRIMARY KEY, ts INTEGER NOT NULL, notice BLOB NOT NULL);
+INSERT OR IGNORE INTO tenant_notices (tenant, kind, version, notice)
+    SELECT tenant, 'capture', ts, notice FROM capture_policy;
+DELETE FROM capture_policy;
 CREATE TABLE IF NOT EXISTS room_directory (room TEXT PRIMARY KEY, tenant TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS room_tenant (room TEXT PRIMARY KEY, tenant TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS room_tenant_tenant ON room_tenant(tenant);
@@ -580,20 +586,6 @@ impl ServerStore for SqliteServerStore {
         Ok(out)
     }
 
-    async fn put_capture_policy(&self, tenant: &str, ts: u64, notice: &[u8]) -> Result<bool> {
-        let r = sqlx::query(
-            "INSERT INTO capture_policy (tenant, ts, notice) VALUES (?, ?, ?)
-             ON CONFLICT(tenant) DO UPDATE SET ts = excluded.ts, notice = excluded.notice
-             WHERE excluded.ts > capture_policy.ts",
-        )
-        .bind(tenant)
-        .bind(i(ts))
-        .bind(notice)
-        .execute(&self.writer)
-        .await?;
-        Ok(r.rows_affected() == 1)
-    }
-
     async fn add_shredded(&self, room: &str, notice: &[u8]) -> Result<()> {
         sqlx::query("INSERT OR IGNORE INTO shredded_notices (room, notice) VALUES (?, ?)")
             .bind(room)
@@ -610,12 +602,6 @@ impl ServerStore for SqliteServerStore {
                 .fetch_all(&self.pool)
                 .await?,
         )
-    }
-
-    async fn capture_policies(&self) -> Result<Vec<Vec<u8>>> {
-        Ok(sqlx::query_scalar("SELECT notice FROM capture_policy")
-            .fetch_all(&self.pool)
-            .await?)
     }
 
     async fn put_blob(&self, b: &BlobRow) -> Result<()> {
@@ -1296,6 +1282,41 @@ async fn apply_side_effects(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A capture policy stored by an older server in `capture_policy` is
+    /// a `capture` tenant notice after the next open.
+    #[tokio::test]
+    async fn legacy_capture_policies_move_to_tenant_notices() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        drop(SqliteServerStore::open(&path).await.unwrap());
+        let pool = open_sqlite(&path, 1).await.unwrap();
+        sqlx::query("INSERT INTO capture_policy (tenant, ts, notice) VALUES ('acme', 5, x'7b7d')")
+            .execute(&pool)
+            .await
+            .unwrap();
+        pool.close().await;
+        let s = SqliteServerStore::open(&path).await.unwrap();
+        assert_eq!(
+            s.tenant_notices("capture").await.unwrap(),
+            vec![b"{}".to_vec()]
+        );
+        // and a newer one replaces it as for any notice
+        assert!(
+            s.put_tenant_notice("acme", "capture", 6, b"[]")
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s.put_tenant_notice("acme", "capture", 6, b"[1]")
+                .await
+                .unwrap()
+        );
+        assert_eq!(
+            s.tenant_notices("capture").await.unwrap(),
+            vec![b"[]".to_vec()]
+        );
+    }
 
     #[tokio::test]
     async fn server_store_basics() {
