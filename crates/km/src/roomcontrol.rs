@@ -253,6 +253,8 @@ impl Km {
     pub(crate) async fn evict_walled(&self) -> (Vec<Eviction>, Vec<String>) {
         use futures_util::StreamExt;
         let _one = self.directory.sweep.lock().await;
+        // the version first: a change after it makes the next sweep run
+        let version = self.dir().version;
         let rules = self.rules();
         let mut pending: Vec<String> = Vec::new();
         let rooms = match self.store.list_rooms().await {
@@ -329,7 +331,20 @@ impl Km {
             pending.extend(f);
         }
         done.sort_by(|a, b| (a.room, &a.user).cmp(&(b.room, &b.user)));
+        if pending.is_empty() {
+            self.directory
+                .swept
+                .fetch_max(version, std::sync::atomic::Ordering::AcqRel);
+        }
         (done, pending)
+    }
+
+    /// Has a complete sweep run on the current directory version?
+    pub(crate) fn swept_current(&self) -> bool {
+        self.directory
+            .swept
+            .load(std::sync::atomic::Ordering::Acquire)
+            >= self.dir().version
     }
 
     /// The KM's evict statements for one room, signed and checked against

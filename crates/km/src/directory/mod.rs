@@ -39,6 +39,9 @@ pub(crate) struct DirState {
     pub rules: Mutex<Option<Arc<Rules>>>,
     /// One eviction sweep at a time.
     pub sweep: tokio::sync::Mutex<()>,
+    /// The directory version the last complete sweep ran on (nothing left
+    /// pending): a later trigger for the same version has nothing to do.
+    pub swept: std::sync::atomic::AtomicU64,
     /// HTTP client for the KM's own calls to the messaging server.
     pub http: std::sync::OnceLock<reqwest::Client>,
 }

@@ -60,7 +60,9 @@ impl Km {
                 let before = sent_version;
                 let ok = km.push_pending(&http, &url, &mut sent_version).await;
                 // the controls changed: move walled members out of rooms
-                if ok && (sent_version != before || !swept_ok) {
+                // (unless a sweep already ran on this version, as the
+                // request that added a barrier runs one itself)
+                if ok && (sent_version != before || !swept_ok) && !km.swept_current() {
                     let (_, pending) = km.evict_walled().await;
                     swept_ok = pending.is_empty();
                 }
