@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod compliance_cmd;
+mod connect_cmd;
 mod controls_cmd;
 mod room_cmd;
 mod trust_cmd;
@@ -63,6 +64,9 @@ enum Cmd {
     /// The firm's directory.
     #[command(subcommand)]
     Directory(controls_cmd::DirectoryCmd),
+    /// Connections with users of other firms (request, accept, reject, list, remove).
+    #[command(subcommand)]
+    Connect(connect_cmd::ConnectCmd),
     /// My entitlements.
     Entitlements,
     /// Enrol this device with a one-time code from an admin.
@@ -613,6 +617,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Cmd::Admin(AdminCmd::Controls(cc)) => controls_cmd::admin_cmd(&ctx, cc).await?,
         Cmd::Admin(AdminCmd::Trust(tc)) => trust_cmd::trust_cmd(&ctx, tc).await?,
         Cmd::Directory(dc) => controls_cmd::directory_cmd(&ctx, dc).await?,
+        Cmd::Connect(cc) => connect_cmd::connect_cmd(&ctx, cc).await?,
         Cmd::Entitlements => controls_cmd::entitlements_cmd(&ctx).await?,
         Cmd::Inspect {
             clamd,

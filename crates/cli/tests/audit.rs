@@ -71,6 +71,7 @@ async fn every_security_event_is_logged_without_secrets() {
         if ![
             "trust_added",
             "trust_removed",
+            "connection",
             "directory_changed",
             "user_enabled",
             "entitlements_changed",

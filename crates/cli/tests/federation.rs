@@ -194,3 +194,251 @@ async fn admins_pin_partner_kms_explicitly_and_every_change_is_audited() {
         "{audit:?}"
     );
 }
+
+/// A bank user's device, enrolled through bank's KM by its admin.
+async fn bank_user(w: &World, bank: &common::Foreign, name: &str) -> cloister_client::Client {
+    let user: cloister_proto::UserId = format!("{name}@bank").parse().unwrap();
+    let (s, b) = bank
+        .device
+        .km_at(
+            &bank.km_url,
+            KmOp::AddUser {
+                user: user.clone(),
+                roles: vec![cloister_proto::km::Role::User],
+            },
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    cloister_client::Client::enrol(
+        w.http.clone(),
+        &w.stack.server_url,
+        &bank.km_url,
+        &user,
+        b["code"].as_str().unwrap(),
+        cloister_client::Storage::Memory,
+    )
+    .await
+    .unwrap()
+}
+
+/// Connections (issue 11, part 2): a user asks a user of another firm; both
+/// firms' KMs vouch for their own user's step and believe the other's only
+/// under the pinned key; both need `external_chat`. Refused and audited: a
+/// request to an unpinned firm, an answer whose KM does not trust the
+/// asker's, users without the entitlement, a third user answering, a
+/// forged or misplaced answer at the server, a replayed request.
+#[tokio::test]
+async fn connections_need_both_firms_trust_and_entitlements() {
+    use cloister_proto::controls::Entitlement;
+    let w = World::new().await;
+    let bank = w.foreign("bank").await;
+    let alice = w.user("alice").await;
+    let bob = bank_user(&w, &bank, "bob").await;
+    let carol = bank_user(&w, &bank, "carol").await;
+    let code = |r: cloister_client::Result<cloister_client::ConnectionView>| {
+        r.unwrap_err().code().map(str::to_owned)
+    };
+
+    // acme does not trust bank yet; alice is not entitled either
+    assert_eq!(
+        code(alice.connect_request(bob.user()).await).as_deref(),
+        Some("not_trusted")
+    );
+    let bank_id: OwnIdentity =
+        serde_json::from_value(bank.device.km_at(&bank.km_url, KmOp::TrustSelf).await.1).unwrap();
+    w.admin
+        .trust_add(&t("bank"), &bank_id.km_key, Some(&bank_id.fingerprint))
+        .await
+        .unwrap();
+    assert_eq!(
+        code(alice.connect_request(bob.user()).await).as_deref(),
+        Some("entitlement")
+    );
+    w.admin
+        .admin_entitle(Some(alice.user()), None, &[Entitlement::ExternalChat], &[])
+        .await
+        .unwrap();
+    // colleagues need no connection
+    let dan = w.user("dan").await;
+    assert_eq!(
+        code(alice.connect_request(dan.user()).await).as_deref(),
+        Some("same_firm")
+    );
+
+    let req = alice.connect_request(bob.user()).await.unwrap();
+    assert_eq!(
+        (req.state, &req.from, &req.to),
+        ("pending", alice.user(), bob.user())
+    );
+    let seen = bob.connections().await.unwrap();
+    assert_eq!(seen.len(), 1);
+    assert!(carol.connections().await.unwrap().is_empty());
+
+    // bank does not trust acme yet: its KM cannot believe the request
+    assert_eq!(
+        code(bob.connect_answer(&req.id, true).await).as_deref(),
+        Some("not_trusted")
+    );
+    let acme_id = w.admin.trust_self().await.unwrap();
+    let (s, b) = bank
+        .device
+        .km_at(
+            &bank.km_url,
+            KmOp::TrustAdd {
+                tenant: t("acme"),
+                km_key: acme_id.km_key.clone(),
+                fingerprint: Some(acme_id.fingerprint.clone()),
+            },
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    // bob is not entitled; carol is not the one asked
+    assert_eq!(
+        code(bob.connect_answer(&req.id, true).await).as_deref(),
+        Some("entitlement")
+    );
+    let e = carol
+        .km_request::<serde_json::Value>(KmOp::ConnectAnswer {
+            request: seen[0].request.clone(),
+            accept: true,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.status(), e.code()),
+        (Some(403), Some("not_yours")),
+        "{e}"
+    );
+    let (s, b) = bank
+        .device
+        .km_at(
+            &bank.km_url,
+            KmOp::Entitle {
+                user: Some(bob.user().clone()),
+                group: None,
+                grant: vec![Entitlement::ExternalChat],
+                revoke: vec![],
+            },
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+
+    // at the server: an answer not signed by bank's KM, and one for
+    // another connection, are refused
+    let forged = cloister_crypto::signed::km_sign_blob(
+        &cloister_crypto::KmSigner::generate().unwrap(),
+        cloister_crypto::signed::CONNECTION_ANSWER,
+        &cloister_proto::federation::ConnectionAnswer {
+            request: seen[0].id,
+            from: alice.user().clone(),
+            to: bob.user().clone(),
+            accept: true,
+            ts: now_millis(),
+        },
+    )
+    .unwrap();
+    let post = |id: String, blob| {
+        let bob = &bob;
+        let w = &w;
+        async move {
+            let token = bob.session_token().await.unwrap();
+            w.http
+                .post(format!("{}/v1/connections/{id}/answer", w.stack.server_url))
+                .bearer_auth(token)
+                .json(&cloister_proto::federation::ConnectionPost { blob })
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    common::expect_error(post(req.id.clone(), forged).await, 403, "bad_signature").await;
+    common::expect_error(
+        post("00".repeat(32), seen[0].request.clone()).await,
+        404,
+        "unknown_connection",
+    )
+    .await;
+    common::expect_error(
+        post("zz".into(), seen[0].request.clone()).await,
+        400,
+        "bad_param",
+    )
+    .await;
+
+    // accepted, seen alike by both
+    let ok = bob.connect_answer(&req.id, true).await.unwrap();
+    assert_eq!(ok.state, "accepted");
+    let mine = alice.connections().await.unwrap();
+    assert_eq!(
+        cloister_client::ConnectionView::of(&mine[0]).unwrap().state,
+        "accepted"
+    );
+    // answered once only
+    assert_eq!(
+        code(bob.connect_answer(&req.id, false).await).as_deref(),
+        Some("answered")
+    );
+    // the request cannot be posted again
+    let again = w
+        .http
+        .post(format!("{}/v1/connections", w.stack.server_url))
+        .bearer_auth(alice.session_token().await.unwrap())
+        .json(&cloister_proto::federation::ConnectionPost {
+            blob: mine[0].request.clone(),
+        })
+        .send()
+        .await
+        .unwrap();
+    common::expect_error(again, 409, "replayed_request").await;
+    // nor by someone else
+    let by_carol = w
+        .http
+        .post(format!("{}/v1/connections", w.stack.server_url))
+        .bearer_auth(carol.session_token().await.unwrap())
+        .json(&cloister_proto::federation::ConnectionPost {
+            blob: mine[0].request.clone(),
+        })
+        .send()
+        .await
+        .unwrap();
+    common::expect_error(by_carol, 403, "bad_signature").await;
+
+    // either ends it; once
+    let gone = alice.connect_remove(&req.id).await.unwrap();
+    assert_eq!(gone.state, "removed");
+    assert_eq!(
+        code(bob.connect_remove(&req.id).await).as_deref(),
+        Some("removed")
+    );
+
+    // trust removed: no new request
+    w.admin
+        .trust_remove(&t("bank"), "mandate ended")
+        .await
+        .unwrap();
+    assert_eq!(
+        code(alice.connect_request(bob.user()).await).as_deref(),
+        Some("not_trusted")
+    );
+
+    // each KM audited its own users' steps; refusals are on record
+    let acme = common::audit_kinds(&w).await;
+    let steps: Vec<&str> = acme
+        .iter()
+        .filter(|(k, _)| k == "connection")
+        .map(|(_, d)| {
+            if d.contains("\"request\"") {
+                "request"
+            } else if d.contains("\"remove\"") {
+                "remove"
+            } else {
+                "other"
+            }
+        })
+        .collect();
+    assert_eq!(steps, ["request", "remove"], "{acme:?}");
+    assert!(
+        acme.iter()
+            .any(|(k, d)| k == "control_refused" && d.contains("external_chat"))
+    );
+}

@@ -89,6 +89,14 @@ impl ClientError {
             _ => None,
         }
     }
+
+    /// The HTTP status, if the failure came from a service.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api(a) => Some(a.status),
+            _ => None,
+        }
+    }
 }
 
 pub type Result<T> = std::result::Result<T, ClientError>;
@@ -381,6 +389,12 @@ impl Client {
         Ok(r.token)
     }
 
+    /// This device's session token with the server (for tools that call
+    /// the server's API themselves).
+    pub async fn session_token(&self) -> Result<String> {
+        self.token().await
+    }
+
     /// Send an authenticated request to the server.
     async fn server<T: serde::de::DeserializeOwned>(
         &self,
@@ -421,3 +435,4 @@ impl Client {
 }
 
 pub use audit::{KeyRelease, check_inclusion};
+pub use federation::ConnectionView;

@@ -32,6 +32,12 @@ pub const VAULT: &str = "cloister/vault/v1";
 pub const PURGE: &str = "cloister/purge/v1";
 /// The KM's signed head of a room's verified membership log.
 pub const ROOM_HEAD: &str = "cloister/room-head/v1";
+/// A KM vouches that its user asks another firm's user to connect.
+pub const CONNECTION_REQUEST: &str = "cloister/connection-request/v1";
+/// A KM vouches for its user's answer to a connection request.
+pub const CONNECTION_ANSWER: &str = "cloister/connection-answer/v1";
+/// A KM vouches that its user ends a connection.
+pub const CONNECTION_REMOVAL: &str = "cloister/connection-removal/v1";
 /// The KM's list of revoked devices and disabled users, for the vault.
 pub const DENY_LIST: &str = "cloister/deny-list/v1";
 /// The vault's request for that list, signed with its registered receipt key.

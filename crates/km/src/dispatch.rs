@@ -52,6 +52,9 @@ impl Km {
                 | KmOp::RoomBan { .. }
                 | KmOp::TrustAdd { .. }
                 | KmOp::TrustRemove { .. }
+                | KmOp::ConnectRequest { .. }
+                | KmOp::ConnectAnswer { .. }
+                | KmOp::ConnectRemove { .. }
         );
         let fresh = if durable {
             self.store
@@ -153,6 +156,9 @@ impl Km {
             | KmOp::TrustAdd { .. }
             | KmOp::TrustList
             | KmOp::TrustRemove { .. }) => self.trust_op(&cert, op).await,
+            op @ (KmOp::ConnectRequest { .. }
+            | KmOp::ConnectAnswer { .. }
+            | KmOp::ConnectRemove { .. }) => self.connection_op(&cert, op).await,
             op => {
                 if !cert.roles.contains(&Role::Admin) {
                     tracing::warn!(user = %cert.user, "admin operation refused: not an admin");

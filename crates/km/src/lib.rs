@@ -17,6 +17,7 @@
 
 pub use cloister_audit as audit;
 pub mod compliance;
+mod connections;
 mod error;
 pub use error::{Denied, Kind};
 mod devices;

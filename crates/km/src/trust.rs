@@ -19,7 +19,6 @@ impl Km {
     }
 
     /// The pinned identity of `tenant`, if this firm trusts it now.
-    #[allow(dead_code)] // the KM-to-KM exchange (issue 11) reads it
     pub(crate) fn trusted(&self, tenant: &TenantId) -> Option<KmIdentity> {
         self.dir()
             .trusts

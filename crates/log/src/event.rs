@@ -180,6 +180,14 @@ pub enum AuditEvent {
         fingerprint: String,
         reason: String,
     },
+    /// The KM signed a user's connection request, answer or removal
+    /// (`step`: request, accept, reject, remove).
+    Connection {
+        id: String,
+        from: UserId,
+        to: UserId,
+        step: String,
+    },
     /// A DLP policy added or changed (never deleted: disabled).
     DlpChanged {
         id: String,
@@ -243,6 +251,7 @@ impl AuditEvent {
             AuditEvent::DlpChanged { .. } => "dlp_changed",
             AuditEvent::TrustAdded { .. } => "trust_added",
             AuditEvent::TrustRemoved { .. } => "trust_removed",
+            AuditEvent::Connection { .. } => "connection",
         }
     }
 
@@ -262,7 +271,7 @@ impl AuditEvent {
         }
     }
 
-    pub const KINDS: [&'static str; 31] = [
+    pub const KINDS: [&'static str; 32] = [
         "tenant_initialised",
         "user_added",
         "user_disabled",
@@ -294,6 +303,7 @@ impl AuditEvent {
         "dlp_changed",
         "trust_added",
         "trust_removed",
+        "connection",
     ];
 }
 

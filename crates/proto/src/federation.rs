@@ -142,3 +142,56 @@ mod tests {
         }
     }
 }
+
+/// A user asks a user of another firm to connect; signed by the asker's
+/// KM (domain `cloister/connection-request/v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionRequest {
+    pub from: crate::UserId,
+    pub to: crate::UserId,
+    pub ts: u64,
+    pub nonce: crate::b64::Fixed<16>,
+}
+
+/// The asked user's answer; signed by their KM (domain
+/// `cloister/connection-answer/v1`). `request` is the SHA-256 of the
+/// request's signed bytes (the connection's id).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionAnswer {
+    pub request: crate::b64::Fixed<32>,
+    pub from: crate::UserId,
+    pub to: crate::UserId,
+    pub accept: bool,
+    pub ts: u64,
+}
+
+/// Either user ends a connection; signed by their KM (domain
+/// `cloister/connection-removal/v1`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionRemoval {
+    pub request: crate::b64::Fixed<32>,
+    pub by: crate::UserId,
+    pub ts: u64,
+}
+
+/// A connection as the server keeps and shows it: the signed request, and
+/// the signed answer and removal once there are.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Connection {
+    pub id: crate::b64::Fixed<32>,
+    pub request: crate::km::SignedBlob,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<crate::km::SignedBlob>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub removal: Option<crate::km::SignedBlob>,
+}
+
+/// `POST /v1/connections/{id}/answer` and `…/remove` bodies.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionPost {
+    pub blob: crate::km::SignedBlob,
+}

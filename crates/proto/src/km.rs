@@ -288,6 +288,13 @@ pub enum KmOp {
     TrustList,
     /// Admin: stop trusting a firm's KM (new key exchange stops at once).
     TrustRemove { tenant: TenantId, reason: String },
+    /// A user (with `external_chat`) asks a user of a trusted firm to
+    /// connect: the KM signs the request.
+    ConnectRequest { to: UserId },
+    /// The asked user answers a request their firm's KM can verify.
+    ConnectAnswer { request: SignedBlob, accept: bool },
+    /// Either user ends a connection.
+    ConnectRemove { request: SignedBlob },
     /// Compliance: lock a room (no posts, no changes) with a justification.
     RoomLock { room: RoomId, justification: String },
     /// Compliance: unlock a room.

@@ -78,6 +78,18 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/km/rooms/{room}/log", post(crate::roomlog::km_append))
         .route("/v1/km/log", post(crate::roomlog::km_append_batch))
         .route(
+            "/v1/connections",
+            post(crate::connections::request).get(crate::connections::list),
+        )
+        .route(
+            "/v1/connections/{id}/answer",
+            post(crate::connections::answer),
+        )
+        .route(
+            "/v1/connections/{id}/remove",
+            post(crate::connections::remove),
+        )
+        .route(
             "/v1/km/rooms/{room}/log-read",
             post(crate::roomlog::km_read),
         )

@@ -15,6 +15,7 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod connections;
 mod controls;
 mod hub;
 mod inspect;

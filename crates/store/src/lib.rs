@@ -48,6 +48,15 @@ pub struct DeviceRow {
     pub revoked: bool,
 }
 
+/// A connection as stored: JSON of the signed request, answer and removal.
+#[derive(Debug, Clone)]
+pub struct ConnectionRow {
+    pub id: String,
+    pub request: Vec<u8>,
+    pub answer: Option<Vec<u8>>,
+    pub removal: Option<Vec<u8>>,
+}
+
 /// Entries to append to one room's log (server or KM), with the room's
 /// state after them.
 #[derive(Debug, Clone, Copy)]
@@ -142,6 +151,16 @@ pub trait ServerStore: Send + Sync + 'static {
         notice: &[u8],
     ) -> Result<bool>;
     async fn tenant_notices(&self, kind: &str) -> Result<Vec<Vec<u8>>>;
+    /// A connection request between users of two firms (false if the id
+    /// is taken).
+    async fn put_connection(&self, id: &str, from: &str, to: &str, request: &[u8]) -> Result<bool>;
+    /// The answer, once (false if answered or removed already).
+    async fn set_connection_answer(&self, id: &str, answer: &[u8]) -> Result<bool>;
+    /// The removal, once (false if removed already).
+    async fn set_connection_removal(&self, id: &str, removal: &[u8]) -> Result<bool>;
+    async fn get_connection(&self, id: &str) -> Result<Option<ConnectionRow>>;
+    /// Connections a user asked for or was asked for, oldest first.
+    async fn connections_of(&self, user: &str) -> Result<Vec<ConnectionRow>>;
     /// Which tenant a room belongs to (set at its creation).
     async fn set_room_tenant(&self, room: &str, tenant: &str) -> Result<()>;
     async fn tenant_rooms(&self, tenant: &str) -> Result<Vec<String>>;

@@ -1,9 +1,10 @@
 //! SQLite (WAL) implementations.
 
 use crate::{
-    AuditIn, AuditQuery, AuditRow, AuditStore, BlobRow, CaptureMeta, CaptureRow, DeviceRow,
-    EnvelopeRow, FetchQuery, HitRow, Inserted, KmDeviceRow, KmStore, KmUserRow, LogRow, MessageRow,
-    NewMessage, Result, RoomAppend, RoomRow, ServerStore, SideEffect, StoreError, VaultStore,
+    AuditIn, AuditQuery, AuditRow, AuditStore, BlobRow, CaptureMeta, CaptureRow, ConnectionRow,
+    DeviceRow, EnvelopeRow, FetchQuery, HitRow, Inserted, KmDeviceRow, KmStore, KmUserRow, LogRow,
+    MessageRow, NewMessage, Result, RoomAppend, RoomRow, ServerStore, SideEffect, StoreError,
+    VaultStore,
 };
 use async_trait::async_trait;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -218,6 +219,10 @@ CREATE INDEX IF NOT EXISTS devices_user ON devices(user_id);
 CREATE TABLE IF NOT EXISTS disabled_users (user_id TEXT PRIMARY KEY);
 CREATE TABLE IF NOT EXISTS tenant_notices (tenant TEXT NOT NULL, kind TEXT NOT NULL, version INTEGER NOT NULL,
     notice BLOB NOT NULL, PRIMARY KEY (tenant, kind));
+CREATE TABLE IF NOT EXISTS connections (id TEXT PRIMARY KEY, from_user TEXT NOT NULL, to_user TEXT NOT NULL,
+    request BLOB NOT NULL, answer BLOB, removal BLOB, created INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS connections_from ON connections(from_user);
+CREATE INDEX IF NOT EXISTS connections_to ON connections(to_user);
 CREATE TABLE IF NOT EXISTS capture_policy (tenant TEXT PRIMARY KEY, ts INTEGER NOT NULL, notice BLOB NOT NULL);
 INSERT OR IGNORE INTO tenant_notices (tenant, kind, version, notice)
     SELECT tenant, 'capture', ts, notice FROM capture_policy;
@@ -254,6 +259,15 @@ impl SqliteServerStore {
         migrate(&writer, SERVER_DDL).await?;
         Ok(SqliteServerStore { pool, writer })
     }
+}
+
+fn connection_row(r: &sqlx::sqlite::SqliteRow) -> Result<ConnectionRow> {
+    Ok(ConnectionRow {
+        id: r.try_get("id")?,
+        request: r.try_get("request")?,
+        answer: r.try_get("answer")?,
+        removal: r.try_get("removal")?,
+    })
 }
 
 fn device_row(r: &sqlx::sqlite::SqliteRow) -> Result<DeviceRow> {
@@ -473,6 +487,61 @@ impl ServerStore for SqliteServerStore {
         .execute(&self.writer)
         .await?;
         Ok(r.rows_affected() == 1)
+    }
+
+    async fn put_connection(&self, id: &str, from: &str, to: &str, request: &[u8]) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT OR IGNORE INTO connections (id, from_user, to_user, request, created)
+             VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(from)
+        .bind(to)
+        .bind(request)
+        .bind(i(now_ms()))
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn set_connection_answer(&self, id: &str, answer: &[u8]) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE connections SET answer = ? WHERE id = ? AND answer IS NULL AND removal IS NULL",
+        )
+        .bind(answer)
+        .bind(id)
+        .execute(&self.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn set_connection_removal(&self, id: &str, removal: &[u8]) -> Result<bool> {
+        let r = sqlx::query("UPDATE connections SET removal = ? WHERE id = ? AND removal IS NULL")
+            .bind(removal)
+            .bind(id)
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn get_connection(&self, id: &str) -> Result<Option<ConnectionRow>> {
+        let r = sqlx::query("SELECT id, request, answer, removal FROM connections WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        r.as_ref().map(connection_row).transpose()
+    }
+
+    async fn connections_of(&self, user: &str) -> Result<Vec<ConnectionRow>> {
+        let rows = sqlx::query(
+            "SELECT id, request, answer, removal FROM connections
+             WHERE from_user = ? OR to_user = ? ORDER BY created, id",
+        )
+        .bind(user)
+        .bind(user)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(connection_row).collect()
     }
 
     async fn tenant_notices(&self, kind: &str) -> Result<Vec<Vec<u8>>> {
