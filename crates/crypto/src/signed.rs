@@ -215,6 +215,12 @@ pub fn verify_statement(
     peek_statement(s)
 }
 
+/// A connection's id: the SHA-256 of its KM-signed request's bytes (the
+/// answer and the removal name it; the server keys it by it).
+pub fn connection_id(request: &cloister_proto::km::SignedBlob) -> [u8; 32] {
+    sha256(request.body.as_slice())
+}
+
 /// Chain hash of a log entry: SHA-256 over domain, body length, body and signature.
 pub fn entry_hash(s: &SignedStatement) -> [u8; 32] {
     let body = s.body.as_slice();

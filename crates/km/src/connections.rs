@@ -6,16 +6,12 @@
 
 use super::*;
 use cloister_crypto::signed::{
-    CONNECTION_ANSWER, CONNECTION_REMOVAL, CONNECTION_REQUEST, km_sign_blob, verify_blob,
+    CONNECTION_ANSWER, CONNECTION_REMOVAL, CONNECTION_REQUEST, connection_id, km_sign_blob,
+    verify_blob,
 };
 use cloister_proto::controls::Entitlement;
 use cloister_proto::federation::{ConnectionAnswer, ConnectionRemoval, ConnectionRequest};
 use cloister_proto::km::SignedBlob;
-
-/// A connection's id: the SHA-256 of its request's signed bytes.
-pub fn connection_id(request: &SignedBlob) -> [u8; 32] {
-    sha256(request.body.as_slice())
-}
 
 impl Km {
     pub(crate) async fn connection_op(

@@ -264,19 +264,10 @@ impl Km {
         store: &Arc<dyn KmStore>,
         provider: &Arc<dyn KeyProvider>,
     ) -> Result<KmSigner, KmError> {
-        if let Some(w) = store.get_meta(META_LOG_SIGNER).await? {
-            return Ok(KmSigner::from_secret(
-                provider.unwrap(LOG_SIGNER_AAD, &w)?.expose(),
-            )?);
-        }
-        let k = KmSigner::generate()?;
-        store
-            .init_meta(
-                META_LOG_SIGNER,
-                &provider.wrap(LOG_SIGNER_AAD, k.secret_bytes().expose())?,
-            )
-            .await?;
-        Ok(k)
+        let fresh = || Ok(KmSigner::generate()?.secret_bytes());
+        let secret =
+            Self::wrapped_secret(store, provider, META_LOG_SIGNER, LOG_SIGNER_AAD, fresh).await?;
+        Ok(KmSigner::from_secret(secret.expose())?)
     }
 
     /// The KM-to-KM exchange key, wrapped under the TMK (created on first use).
@@ -284,19 +275,29 @@ impl Km {
         store: &Arc<dyn KmStore>,
         provider: &Arc<dyn KeyProvider>,
     ) -> Result<cloister_crypto::ExchangeKey, KmError> {
-        if let Some(w) = store.get_meta(META_EXCHANGE).await? {
-            return Ok(cloister_crypto::ExchangeKey::from_secret(
-                provider.unwrap(EXCHANGE_AAD, &w)?.expose(),
-            )?);
+        let fresh = || Ok(cloister_crypto::ExchangeKey::generate()?.secret_bytes());
+        let secret =
+            Self::wrapped_secret(store, provider, META_EXCHANGE, EXCHANGE_AAD, fresh).await?;
+        Ok(cloister_crypto::ExchangeKey::from_secret(secret.expose())?)
+    }
+
+    /// A secret kept in `meta` wrapped under the TMK: unwrapped if stored,
+    /// else made by `fresh` and stored once.
+    async fn wrapped_secret(
+        store: &Arc<dyn KmStore>,
+        provider: &Arc<dyn KeyProvider>,
+        meta: &str,
+        aad: &[u8],
+        fresh: impl FnOnce() -> Result<cloister_crypto::SecretBytes, KmError>,
+    ) -> Result<cloister_crypto::SecretBytes, KmError> {
+        if let Some(w) = store.get_meta(meta).await? {
+            return Ok(provider.unwrap(aad, &w)?);
         }
-        let k = cloister_crypto::ExchangeKey::generate()?;
+        let secret = fresh()?;
         store
-            .init_meta(
-                META_EXCHANGE,
-                &provider.wrap(EXCHANGE_AAD, k.secret_bytes().expose())?,
-            )
+            .init_meta(meta, &provider.wrap(aad, secret.expose())?)
             .await?;
-        Ok(k)
+        Ok(secret)
     }
 
     /// Append an audit record; fails closed.

@@ -28,7 +28,7 @@ use cloister_proto::km::SignedBlob;
 use cloister_store::ConnectionRow;
 use std::sync::Arc;
 
-fn bad_id(id: &str) -> Result<[u8; 32], ApiError> {
+fn parse_id(id: &str) -> Result<[u8; 32], ApiError> {
     let v = hex::decode(id)
         .ok()
         .and_then(|v| <[u8; 32]>::try_from(v).ok())
@@ -74,7 +74,7 @@ impl Server {
 fn show(row: &ConnectionRow) -> Result<Connection, ApiError> {
     let parse = |b: &[u8]| serde_json::from_slice::<SignedBlob>(b).map_err(ApiError::internal);
     Ok(Connection {
-        id: Fixed(bad_id(&row.id)?),
+        id: Fixed(parse_id(&row.id)?),
         request: parse(&row.request)?,
         answer: row.answer.as_deref().map(parse).transpose()?,
         removal: row.removal.as_deref().map(parse).transpose()?,
@@ -104,7 +104,7 @@ pub(crate) async fn request(
     }
     // the other firm must be served here
     s.tenant_key(&req.to.tenant()).await?;
-    let id = hex::encode(cloister_crypto::sha256(p.blob.body.as_slice()));
+    let id = hex::encode(cloister_crypto::signed::connection_id(&p.blob));
     let blob = serde_json::to_vec(&p.blob).map_err(ApiError::internal)?;
     if !s
         .store
@@ -129,7 +129,7 @@ pub(crate) async fn answer(
     Path(id): Path<String>,
     ApiJson(p): ApiJson<ConnectionPost>,
 ) -> Result<Json<Connection>, ApiError> {
-    let raw = bad_id(&id)?;
+    let raw = parse_id(&id)?;
     let (_, req) = s.connection(&id).await?;
     if req.to != c.user {
         return Err(ApiError::forbidden(
@@ -156,7 +156,7 @@ pub(crate) async fn remove(
     Path(id): Path<String>,
     ApiJson(p): ApiJson<ConnectionPost>,
 ) -> Result<Json<Connection>, ApiError> {
-    let raw = bad_id(&id)?;
+    let raw = parse_id(&id)?;
     let (_, req) = s.connection(&id).await?;
     if req.to != c.user && req.from != c.user {
         return Err(ApiError::forbidden(
