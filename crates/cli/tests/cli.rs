@@ -58,12 +58,35 @@ fn fails(out: Output) -> String {
     lines[0].to_owned()
 }
 
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// Starts a service on an ephemeral port it binds itself (`--listen
+/// 127.0.0.1:0`) and returns it with the URL it reports on stderr
+/// ("... listening on http://ADDR ..."). Picking a free port first and
+/// passing it in raced with every other test binding ports meanwhile.
+fn spawn_service(mut c: Command) -> (Child, String) {
+    use std::io::BufRead;
+    let mut child = c
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    let url = loop {
+        let line = lines
+            .next()
+            .expect("service exited before it listened")
+            .unwrap();
+        if let Some(at) = line.find("listening on http://") {
+            break line[at + "listening on ".len()..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches([';', ','])
+                .to_owned();
+        }
+    };
+    // keep draining stderr so the service never blocks on a full pipe
+    std::thread::spawn(move || for _ in lines {});
+    (child, url)
 }
 
 fn wait_http(url: &str) {
@@ -138,37 +161,17 @@ fn setup() -> Env {
             .output()
             .unwrap(),
     );
-    let (kp, sp) = (port(), port());
-    let km = cmd(None)
-        .args([
-            "km",
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{kp}"),
-            "--data-dir",
-        ])
-        .arg(root.join("km"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let server = cmd(None)
-        .args([
-            "server",
-            "--listen",
-            &format!("127.0.0.1:{sp}"),
-            "--data-dir",
-        ])
-        .arg(root.join("server"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let procs = Procs(vec![km, server]);
-    let (km, server) = (
-        format!("http://127.0.0.1:{kp}"),
-        format!("http://127.0.0.1:{sp}"),
-    );
+    let mut km_cmd = cmd(None);
+    km_cmd
+        .args(["km", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(root.join("km"));
+    let (km_child, km) = spawn_service(km_cmd);
+    let mut server_cmd = cmd(None);
+    server_cmd
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(root.join("server"));
+    let (server_child, server) = spawn_service(server_cmd);
+    let procs = Procs(vec![km_child, server_child]);
     wait_http(&km);
     wait_http(&server);
     let token = root.join("server/operator.token");
@@ -656,23 +659,12 @@ fn compliance_through_the_cli() {
             .unwrap(),
     );
     assert_eq!(v["tenant"], "acme");
-    let vp = port();
-    let vault_url = format!("http://127.0.0.1:{vp}");
-    e._procs.0.push(
-        cmd(None)
-            .args([
-                "vault",
-                "serve",
-                "--listen",
-                &format!("127.0.0.1:{vp}"),
-                "--data-dir",
-            ])
-            .arg(&vdir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let mut vault_cmd = cmd(None);
+    vault_cmd
+        .args(["vault", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&vdir);
+    let (vault_child, vault_url) = spawn_service(vault_cmd);
+    e._procs.0.push(vault_child);
     wait_http(&vault_url);
     let err = fails(e.run(
         "alice",
