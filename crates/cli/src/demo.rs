@@ -418,6 +418,7 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
             epochs: vec![0],
             log_from: 0,
             log: vec![],
+            certs: Vec::new(),
         })
         .await;
     d.check(

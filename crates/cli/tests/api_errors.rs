@@ -360,6 +360,7 @@ async fn km_edge_errors_and_replay() {
             epochs: vec![],
             log_from: 0,
             log: vec![],
+            certs: Vec::new(),
         })
         .await;
     assert_eq!((st, b["error"].as_str()), (400, Some("bad_epochs")));
@@ -369,6 +370,7 @@ async fn km_edge_errors_and_replay() {
             epochs: (0..5000).collect(),
             log_from: 0,
             log: vec![],
+            certs: Vec::new(),
         })
         .await;
     assert_eq!((st, b["error"].as_str()), (400, Some("bad_epochs")));
@@ -378,6 +380,7 @@ async fn km_edge_errors_and_replay() {
             epochs: vec![0],
             log_from: 0,
             log: vec![],
+            certs: Vec::new(),
         })
         .await;
     assert_eq!((st, b["error"].as_str()), (404, Some("unknown_room")));

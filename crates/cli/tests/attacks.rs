@@ -36,6 +36,7 @@ async fn a_third_user_cannot_squat_a_one_to_one_conversation() {
                 settings: RoomSettings::default(),
                 members: vec![alice.user().clone(), bob.user().clone()],
             },
+            connections: Vec::new(),
         },
     )
     .unwrap();
@@ -61,6 +62,7 @@ async fn a_third_user_cannot_squat_a_one_to_one_conversation() {
             epochs: vec![0],
             log_from: 0,
             log: vec![genesis.clone()],
+            certs: Vec::new(),
         })
         .await;
     assert_eq!(
@@ -264,6 +266,7 @@ async fn every_call(
             actor_user: dev.user.clone(),
             ts: now_millis(),
             action: Action::Leave,
+            connections: Vec::new(),
         },
     )
     .unwrap();
@@ -309,6 +312,7 @@ async fn every_call(
             epochs: vec![0],
             log_from: 0,
             log: vec![],
+            certs: Vec::new(),
         },
         KmOp::AuditCheckpoint,
         KmOp::IndexKeys { periods: vec![1] },
@@ -444,6 +448,7 @@ async fn setup_room(w: &World, dev: &RawDevice, member: &RawDevice) -> cloister_
                 settings: RoomSettings::default(),
                 members: vec![dev.user.clone()],
             },
+            connections: Vec::new(),
         },
     )
     .unwrap();
@@ -800,6 +805,7 @@ async fn the_kms_room_head_and_log_are_not_for_strangers() {
         room,
         log_from: 1,
         log: vec![],
+        certs: Vec::new(),
     };
     let log = |room| KmOp::RoomLog { room, from: 0 };
     // a member gives the KM the room's log and gets the signed head
@@ -810,6 +816,7 @@ async fn the_kms_room_head_and_log_are_not_for_strangers() {
             room,
             log_from: 0,
             log: page.entries,
+            certs: Vec::new(),
         })
         .await;
     assert_eq!(st, 200, "{b}");

@@ -58,6 +58,7 @@ async fn every_security_event_is_logged_without_secrets() {
             epochs: vec![0],
             log_from: 0,
             log: vec![],
+            certs: Vec::new(),
         })
         .await;
     assert_eq!(r.unwrap_err().code(), Some("device_revoked"));
@@ -67,8 +68,10 @@ async fn every_security_event_is_logged_without_secrets() {
     let kinds: BTreeSet<&str> = rows.iter().map(|(_, r, _)| r.event.kind()).collect();
     for k in cloister_log::AuditEvent::KINDS {
         // (compliance events are covered by tests/compliance.rs, controls
-        // by tests/controls.rs and tests/scim.rs, trust by tests/federation.rs)
+        // by tests/controls.rs and tests/scim.rs, trust by tests/federation.rs,
+        // the KM-to-KM key exchange by tests/cross_firm.rs)
         if ![
+            "key_exchange",
             "trust_added",
             "trust_removed",
             "connection",

@@ -138,6 +138,7 @@ async fn index_keys_per_period_are_shared_by_the_tenant_and_logged() {
             settings: RoomSettings::default(),
             members: vec![],
         },
+        connections: Vec::new(),
     };
     let e = cloister_crypto::signed::sign_statement(&raw.keys, &st).unwrap();
     let (status, body) = raw
@@ -146,6 +147,7 @@ async fn index_keys_per_period_are_shared_by_the_tenant_and_logged() {
             epochs: vec![p as u64],
             log_from: 0,
             log: vec![e],
+            certs: Vec::new(),
         })
         .await;
     assert_eq!(

@@ -109,6 +109,7 @@ async fn a_barrier_blocks_ims_rooms_and_search_everywhere() {
                 settings: RoomSettings::default(),
                 members: vec![tom.user().clone()],
             },
+            connections: Vec::new(),
         },
     )
     .unwrap();
@@ -131,6 +132,7 @@ async fn a_barrier_blocks_ims_rooms_and_search_everywhere() {
             epochs: vec![0],
             log_from: 0,
             log: vec![genesis],
+            certs: Vec::new(),
         })
         .await;
     assert_eq!(
@@ -484,6 +486,7 @@ async fn entitlements_are_enforced_and_named() {
                 settings: named("side"),
                 members: vec![bob.user().clone()],
             },
+            connections: Vec::new(),
         },
     )
     .unwrap();
@@ -493,6 +496,7 @@ async fn entitlements_are_enforced_and_named() {
             epochs: vec![0],
             log_from: 0,
             log: vec![genesis],
+            certs: Vec::new(),
         })
         .await;
     assert_eq!(
@@ -595,6 +599,7 @@ async fn patched_clients_cannot_forge_controls() {
         actor_user,
         ts: now_millis(),
         action,
+        connections: Vec::new(),
     };
     let post = |path: String, entry| {
         let w = &w;
@@ -632,6 +637,7 @@ async fn patched_clients_cannot_forge_controls() {
             epochs: vec![0],
             log_from: st.seq + 1,
             log: vec![forged],
+            certs: Vec::new(),
         })
         .await;
     assert_eq!(
@@ -664,6 +670,7 @@ async fn patched_clients_cannot_forge_controls() {
             epochs: vec![0],
             log_from: st.seq + 1,
             log: vec![claims_km],
+            certs: Vec::new(),
         })
         .await;
     assert_eq!(
@@ -684,6 +691,7 @@ async fn patched_clients_cannot_forge_controls() {
             actor_user: mallory.user.clone(),
             ts: now_millis(),
             action: Action::Leave,
+            connections: Vec::new(),
         },
     )
     .unwrap();
@@ -703,6 +711,7 @@ async fn patched_clients_cannot_forge_controls() {
             actor_user: mallory.user.clone(),
             ts: now_millis(),
             action: Action::Join,
+            connections: Vec::new(),
         },
     )
     .unwrap();
@@ -715,6 +724,7 @@ async fn patched_clients_cannot_forge_controls() {
             epochs: vec![0],
             log_from: p.seq + 1,
             log: vec![join],
+            certs: Vec::new(),
         })
         .await;
     assert_eq!(
@@ -752,6 +762,7 @@ async fn the_kms_batch_append_takes_only_the_kms_statements() {
         actor_user,
         ts: now_millis(),
         action: evict.clone(),
+        connections: Vec::new(),
     };
     // a member's own device
     let own = sign_statement(

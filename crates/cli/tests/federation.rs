@@ -112,6 +112,7 @@ async fn admins_pin_partner_kms_explicitly_and_every_change_is_audited() {
             tenant: t("evil"),
             km_key: other.to_key_string().replace("bank", "evil"),
             fingerprint: None,
+            km_url: None,
         },
         KmOp::TrustRemove {
             tenant: t("bank"),
@@ -288,6 +289,7 @@ async fn connections_need_both_firms_trust_and_entitlements() {
                 tenant: t("acme"),
                 km_key: acme_id.km_key.clone(),
                 fingerprint: Some(acme_id.fingerprint.clone()),
+                km_url: None,
             },
         )
         .await;

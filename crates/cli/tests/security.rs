@@ -238,6 +238,7 @@ async fn km_rejects_forged_membership_even_if_server_stored_it() {
             settings: RoomSettings::default(),
             members: vec![bob.user.clone()],
         },
+        connections: Vec::new(),
     };
     let g = sign_statement(&alice.keys, &genesis).unwrap();
     let head = cloister_crypto::signed::entry_hash(&g);
@@ -246,6 +247,7 @@ async fn km_rejects_forged_membership_even_if_server_stored_it() {
         epochs: vec![0],
         log_from: 0,
         log,
+        certs: Vec::new(),
     };
 
     // 1. mallory (not a member) adds herself: actor without rights
@@ -516,12 +518,13 @@ async fn server_refuses_what_policy_forbids() {
     // non-owners cannot remove members; checked locally and by the server
     let e = bob.remove_member(&room, alice.user()).await.unwrap_err();
     assert!(e.to_string().contains("not an owner"), "{e}");
-    // cross-firm members are not enabled yet
+    // a user of another firm needs a connection (and an external room;
+    // tests/cross_firm.rs)
     let e = alice
         .add_member(&room, &"zed@otherbank".parse().unwrap())
         .await
         .unwrap_err();
-    assert_eq!(code(&e), "cross_tenant", "{e}");
+    assert_eq!(code(&e), "not_connected", "{e}");
     let st = alice.room_state(&room).await.unwrap();
     assert_eq!(st.members.len(), 2, "nothing was written");
 }

@@ -414,6 +414,7 @@ async fn a_rewritten_history_is_refused_by_a_device_that_remembers() {
         actor_user: alice.user.clone(),
         ts: cloister_proto::now_millis(),
         action,
+        connections: Vec::new(),
     };
     let g = sign_statement(
         &alice.keys,

@@ -3,12 +3,22 @@
 //! user's KM signs each step, the server relays it.
 
 use crate::{Client, ClientError, Result};
+use cloister_crypto::signed::{self, PARTNER_KEYS, verify_blob};
 use cloister_proto::federation::{
-    Connection, ConnectionAnswer, ConnectionPost, ConnectionRemoval, ConnectionRequest,
-    OwnIdentity, TrustedFirm,
+    Connection, ConnectionAnswer, ConnectionPost, ConnectionProof, ConnectionRemoval,
+    ConnectionRequest, OwnIdentity, PartnerKeys, TrustedFirm,
 };
-use cloister_proto::km::{KmOp, SignedBlob};
-use cloister_proto::{TenantId, UserId};
+use cloister_proto::km::{KmOp, SignedBlob, SignedCert};
+use cloister_proto::room::SignedStatement;
+use cloister_proto::{TenantId, UserId, now_millis};
+use std::collections::HashMap;
+
+/// The partner firms' KM keys (KM-signed) and when they were fetched.
+pub(crate) type Partners = (HashMap<TenantId, [u8; 32]>, u64);
+
+/// How long a device uses its KM's signed partner list before asking again
+/// (a firm it does not know yet is asked for at once).
+const PARTNERS_TTL_MS: u64 = 60_000;
 
 /// A connection as a user sees it (the blobs parsed, not judged: each
 /// firm's KM judges them under the keys it pinned).
@@ -63,12 +73,30 @@ impl Client {
         km_key: &str,
         fingerprint: Option<&str>,
     ) -> Result<TrustedFirm> {
-        self.km_request(KmOp::TrustAdd {
-            tenant: tenant.clone(),
-            km_key: km_key.to_owned(),
-            fingerprint: fingerprint.map(str::to_owned),
-        })
-        .await
+        self.trust_add_at(tenant, km_key, fingerprint, None).await
+    }
+
+    /// [`Client::trust_add`] with the partner KM's address (needed for
+    /// rooms homed at that firm: its KM hands their keys to ours).
+    pub async fn trust_add_at(
+        &self,
+        tenant: &TenantId,
+        km_key: &str,
+        fingerprint: Option<&str>,
+        km_url: Option<&str>,
+    ) -> Result<TrustedFirm> {
+        let r = self
+            .km_request(KmOp::TrustAdd {
+                tenant: tenant.clone(),
+                km_key: km_key.to_owned(),
+                fingerprint: fingerprint.map(str::to_owned),
+                km_url: km_url.map(str::to_owned),
+            })
+            .await;
+        if let Ok(mut p) = self.partners.lock() {
+            *p = None;
+        }
+        r
     }
 
     pub async fn trust_list(&self) -> Result<Vec<TrustedFirm>> {
@@ -146,4 +174,123 @@ impl Client {
             .await?;
         ConnectionView::of(&c)
     }
+}
+
+impl Client {
+    /// The signing keys of the firms our KM trusts, as it signed them.
+    async fn partner_map(&self, refresh: bool) -> Result<HashMap<TenantId, [u8; 32]>> {
+        let now = now_millis();
+        if !refresh
+            && let Some((m, at)) = self.partners.lock().ok().and_then(|p| p.clone())
+            && now.saturating_sub(at) < PARTNERS_TTL_MS
+        {
+            return Ok(m);
+        }
+        let blob: SignedBlob = self.km_request(KmOp::PartnerKeys).await?;
+        let pk: PartnerKeys = verify_blob(
+            &self.profile.km_sign_pk.0,
+            PARTNER_KEYS,
+            &blob,
+            "partner keys",
+        )
+        .map_err(|_| ClientError::Local("the partner list is not signed by our KM".into()))?;
+        if pk.tenant != self.profile.tenant {
+            return Err(ClientError::Local(
+                "the KM answered with another firm's partner list".into(),
+            ));
+        }
+        let m: HashMap<TenantId, [u8; 32]> = pk
+            .partners
+            .into_iter()
+            .map(|p| (p.tenant, p.sign_pk.0))
+            .collect();
+        if let Ok(mut p) = self.partners.lock() {
+            *p = Some((m.clone(), now));
+        }
+        Ok(m)
+    }
+
+    /// The KM key `tenant`'s statements and certificates must verify
+    /// under: our own KM's, or a partner's our KM trusts.
+    pub(crate) async fn firm_key(&self, tenant: &TenantId) -> Result<[u8; 32]> {
+        if *tenant == self.profile.tenant {
+            return Ok(self.profile.km_sign_pk.0);
+        }
+        if let Some(k) = self.partner_map(false).await?.get(tenant) {
+            return Ok(*k);
+        }
+        self.partner_map(true)
+            .await?
+            .get(tenant)
+            .copied()
+            .ok_or_else(|| {
+                ClientError::Local(format!(
+                    "{tenant} is not a firm our KM trusts: its users' certificates and statements are refused"
+                ))
+            })
+    }
+
+    /// Every firm key this device trusts now (own and partners').
+    pub(crate) async fn firm_keys(&self) -> Result<HashMap<TenantId, [u8; 32]>> {
+        let mut m = self.partner_map(false).await?;
+        m.insert(self.profile.tenant.clone(), self.profile.km_sign_pk.0);
+        Ok(m)
+    }
+
+    /// For each user of another firm: the accepted connection between me
+    /// and them, as a proof to put in the statement that brings them in.
+    pub(crate) async fn proofs_for(&self, users: &[&UserId]) -> Result<Vec<ConnectionProof>> {
+        let foreign: Vec<&&UserId> = users
+            .iter()
+            .filter(|u| u.tenant() != self.profile.tenant)
+            .collect();
+        if foreign.is_empty() {
+            return Ok(Vec::new());
+        }
+        let conns = self.connections().await?;
+        let mut out = Vec::new();
+        for u in foreign {
+            let found = conns.iter().find_map(|c| {
+                let r: ConnectionRequest = body(&c.request).ok()?;
+                let answer = c.answer.clone()?;
+                let a: ConnectionAnswer = body(&answer).ok()?;
+                let pair = (&r.from == self.user() && &r.to == *u)
+                    || (&r.to == self.user() && &r.from == *u);
+                (pair && a.accept && c.removal.is_none()).then(|| ConnectionProof {
+                    request: c.request.clone(),
+                    answer,
+                })
+            });
+            out.push(found.ok_or_else(|| ClientError::Refused {
+                code: "not_connected",
+                message: format!(
+                    "you and {u} are not connected: `cloister connect request {u}` and wait for them to accept"
+                ),
+            })?);
+        }
+        Ok(out)
+    }
+
+    /// Certificates of the actors of `entries` from other firms (their
+    /// firm's KM signed them; our KM checks them under its pinned keys).
+    pub(crate) async fn foreign_certs(&self, entries: &[SignedStatement]) -> Vec<SignedCert> {
+        let mut out: Vec<SignedCert> = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for e in entries {
+            if cloister_policy::signed_by_km(e) || !seen.insert(e.actor) {
+                continue;
+            }
+            if let Ok((c, sc)) = self.cert_entry(&e.actor).await
+                && c.tenant != self.profile.tenant
+            {
+                out.push(sc);
+            }
+        }
+        out
+    }
+}
+
+/// A signed blob's body, parsed (the signature is the caller's to check).
+pub(crate) fn peek<T: serde::de::DeserializeOwned>(b: &SignedBlob) -> Result<T> {
+    signed::peek_blob(b, "signed object").map_err(|e| ClientError::Local(e.to_string()))
 }

@@ -100,10 +100,12 @@ impl Client {
             .and_then(|m| m.get(room).map(|s| s + 1))
             .unwrap_or(0);
         let ask = |from: u64| async move {
+            let log = self.log_since(room, from).await;
             self.km_request::<RoomHeadResponse>(KmOp::RoomHead {
                 room: *room,
                 log_from: from,
-                log: self.log_since(room, from).await,
+                certs: self.foreign_certs(&log).await,
+                log,
             })
             .await
         };

@@ -37,21 +37,25 @@ impl Client {
             .ok()
             .and_then(|m| m.get(room).map(|s| s + 1))
             .unwrap_or(0);
+        let log = self.log_since(room, from).await;
         let mut r: Result<RoomKeysResponse> = self
             .km_request(KmOp::RoomKeys {
                 room: *room,
                 epochs: missing.clone(),
                 log_from: from,
-                log: self.log_since(room, from).await,
+                certs: self.foreign_certs(&log).await,
+                log,
             })
             .await;
         if matches!(&r, Err(ClientError::Api(a)) if a.code == "log_behind") {
+            let log = self.log_since(room, 0).await;
             r = self
                 .km_request(KmOp::RoomKeys {
                     room: *room,
                     epochs: missing.clone(),
                     log_from: 0,
-                    log: self.log_since(room, 0).await,
+                    certs: self.foreign_certs(&log).await,
+                    log,
                 })
                 .await;
         }

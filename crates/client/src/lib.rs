@@ -159,6 +159,8 @@ pub struct Client {
     transcript: Mutex<transcript::Transcript>,
     /// The tenant's DLP policies (KM-signed) and when they were fetched.
     dlp: Mutex<Option<(std::sync::Arc<cloister_policy::dlp::Dlp>, u64)>>,
+    /// The partner firms' KM keys our KM trusts (KM-signed), and when fetched.
+    partners: Mutex<Option<federation::Partners>>,
 }
 
 /// Where this device captures: the tenant's vault as the KM registered it.
@@ -327,6 +329,7 @@ impl Client {
             key_cache: Mutex::new(cache),
             km_seq: Mutex::new(HashMap::new()),
             certs: Mutex::new(HashMap::new()),
+            partners: Mutex::new(None),
             rooms: tokio::sync::Mutex::new(rooms),
             heads: Mutex::new(HashMap::new()),
             freshness_ms: std::sync::atomic::AtomicU64::new(freshness::DEFAULT_FRESHNESS_MS),

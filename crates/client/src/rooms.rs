@@ -27,9 +27,18 @@ impl Client {
         let sc: cloister_proto::km::SignedCert = self
             .server(|h, s| h.get(format!("{s}/v1/devices/{device}")))
             .await?;
-        let c = signed::verify_cert(&self.profile.km_sign_pk.0, &sc).map_err(|e| {
+        // our firm's devices under our KM's key; a partner firm's under the
+        // key our KM pinned for it
+        let issuer: cloister_proto::km::DeviceCert =
+            crate::federation::peek(&cloister_proto::km::SignedBlob {
+                body: sc.body.clone(),
+                sig: sc.sig,
+            })?;
+        let key = self.firm_key(&issuer.tenant).await?;
+        let c = signed::verify_cert(&key, &sc).map_err(|e| {
             ClientError::Local(format!(
-                "certificate of device {device} is not from our KM: {e}"
+                "certificate of device {device} is not from {}'s KM: {e}",
+                issuer.tenant
             ))
         })?;
         if c.device != *device {
@@ -84,12 +93,12 @@ impl Client {
         }
         for e in entries {
             let peek = signed::peek_statement(&e)?;
-            // the KM's own statements (evictions, bans, locks) carry its key
+            // the home KM's own statements (evictions, bans, locks) carry its key
             let (actor_user, actor_pk) = if cloister_policy::signed_by_km(&e) {
-                (
-                    cloister_policy::km_user(self.tenant()),
-                    self.profile.km_sign_pk.0,
-                )
+                let home = rooms
+                    .get(room)
+                    .map_or_else(|| self.tenant().clone(), |c| c.state.tenant.clone());
+                (cloister_policy::km_user(&home), self.firm_key(&home).await?)
             } else {
                 let cert = self.cert_of(&peek.actor).await?;
                 (cert.user.clone(), cert.sign_pk.0)
@@ -110,6 +119,15 @@ impl Client {
                 }
                 Err(e) => return Err(e.into()),
             };
+            // users of several firms: an IM or an external room, and a
+            // connection for each user of another firm brought in
+            let st = signed::peek_statement(&e)?;
+            if !st.connections.is_empty() || cloister_policy::federation::mixed(&next) {
+                let keys = self.firm_keys().await?;
+                let keys_of = |t: &TenantId| keys.get(t).copied();
+                cloister_policy::federation::check_step(cur, &st, &next, &keys_of)
+                    .map_err(|e| ClientError::Local(format!("membership log rejected: {e}")))?;
+            }
             match rooms.get_mut(room) {
                 Some(c) => {
                     c.state = next;
@@ -226,6 +244,7 @@ impl Client {
                 actor_user: self.user().clone(),
                 ts: now_millis(),
                 action: action.clone(),
+                connections: self.proofs_for(&joining(&action)).await?,
             };
             // Check locally first: a clear error beats a round trip.
             let entry = sign_statement(&self.keys, &st)?;
@@ -386,5 +405,14 @@ impl Client {
     /// Rooms the server lists for this user (names and members as the server reports them).
     pub async fn list_rooms(&self) -> Result<Vec<RoomSummary>> {
         self.server(|h, s| h.get(format!("{s}/v1/rooms"))).await
+    }
+}
+
+/// The users a statement brings into a room.
+fn joining(a: &Action) -> Vec<&UserId> {
+    match a {
+        Action::Create { members, .. } => members.iter().collect(),
+        Action::Add { user } => vec![user],
+        _ => Vec::new(),
     }
 }

@@ -109,9 +109,70 @@ pub fn open_room_key(
     RoomKey::from_slice(&pt)
 }
 
+const EXCHANGE_INFO: &[u8] = b"cloister/km-key-exchange/v1";
+
+/// Associated data of an epoch key one firm's KM seals to another's: the
+/// room's home firm, the receiving firm, the room and the epoch.
+fn exchange_aad(home: &TenantId, to: &TenantId, room: &RoomId, epoch: u64) -> Vec<u8> {
+    let mut v = Vec::with_capacity(64);
+    for t in [home, to] {
+        v.extend_from_slice(&(t.as_str().len() as u32).to_be_bytes());
+        v.extend_from_slice(t.as_str().as_bytes());
+    }
+    v.extend_from_slice(room.as_bytes());
+    v.extend_from_slice(&epoch.to_be_bytes());
+    v
+}
+
+/// Home KM: seal a room's epoch key to a partner firm's pinned exchange key.
+pub fn seal_exchanged_key(
+    partner_exchange_pk: &[u8; 32],
+    home: &TenantId,
+    to: &TenantId,
+    room: &RoomId,
+    epoch: u64,
+    key: &RoomKey,
+) -> Result<([u8; 32], Vec<u8>), CryptoError> {
+    let aad = exchange_aad(home, to, room, epoch);
+    seal(partner_exchange_pk, EXCHANGE_INFO, &aad, key.expose())
+}
+
+/// Partner KM: open an epoch key its firm received from the room's home KM.
+pub fn open_exchanged_key(
+    own: &crate::ExchangeKey,
+    home: &TenantId,
+    to: &TenantId,
+    room: &RoomId,
+    epoch: u64,
+    enc: &[u8; 32],
+    ct: &[u8],
+) -> Result<RoomKey, CryptoError> {
+    let aad = exchange_aad(home, to, room, epoch);
+    let pt = zeroize::Zeroizing::new(open(own.expose(), enc, EXCHANGE_INFO, &aad, ct)?);
+    RoomKey::from_slice(&pt)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn exchanged_key_opens_only_in_its_context() {
+        let bank = crate::ExchangeKey::generate().unwrap();
+        let other = crate::ExchangeKey::generate().unwrap();
+        let (acme, bk): (TenantId, TenantId) = ("acme".parse().unwrap(), "bank".parse().unwrap());
+        let room = RoomId([7; 16]);
+        let k = RoomKey::generate().unwrap();
+        let (enc, ct) = seal_exchanged_key(&bank.public(), &acme, &bk, &room, 3, &k).unwrap();
+        let got = open_exchanged_key(&bank, &acme, &bk, &room, 3, &enc, &ct).unwrap();
+        assert_eq!(got.expose(), k.expose());
+        // another epoch, room, receiving firm, home or key: refused
+        assert!(open_exchanged_key(&bank, &acme, &bk, &room, 4, &enc, &ct).is_err());
+        assert!(open_exchanged_key(&bank, &acme, &bk, &RoomId([8; 16]), 3, &enc, &ct).is_err());
+        assert!(open_exchanged_key(&bank, &acme, &acme, &room, 3, &enc, &ct).is_err());
+        assert!(open_exchanged_key(&bank, &bk, &bk, &room, 3, &enc, &ct).is_err());
+        assert!(open_exchanged_key(&other, &acme, &bk, &room, 3, &enc, &ct).is_err());
+    }
 
     #[test]
     fn room_key_roundtrip_and_context_binding() {

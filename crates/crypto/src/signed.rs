@@ -38,6 +38,12 @@ pub const CONNECTION_REQUEST: &str = "cloister/connection-request/v1";
 pub const CONNECTION_ANSWER: &str = "cloister/connection-answer/v1";
 /// A KM vouches that its user ends a connection.
 pub const CONNECTION_REMOVAL: &str = "cloister/connection-removal/v1";
+/// A KM's signed list of the partner firms' keys it trusts, for its devices.
+pub const PARTNER_KEYS: &str = "cloister/partner-keys/v1";
+/// A partner KM asks a room's home KM for epoch keys.
+pub const KM_KEY_REQUEST: &str = "cloister/km-key-request/v1";
+/// The home KM's answer: epoch keys sealed to the partner's exchange key.
+pub const KM_KEY_GRANT: &str = "cloister/km-key-grant/v1";
 /// The KM's list of revoked devices and disabled users, for the vault.
 pub const DENY_LIST: &str = "cloister/deny-list/v1";
 /// The vault's request for that list, signed with its registered receipt key.
@@ -79,6 +85,15 @@ pub fn device_sign_blob<T: Serialize>(
         body: Bytes(body),
         sig: Fixed(sig),
     })
+}
+
+/// Parse a signed blob without verifying it: only to learn which key must
+/// have signed it (its firm), never to act on it.
+pub fn peek_blob<T: DeserializeOwned>(
+    b: &cloister_proto::km::SignedBlob,
+    what: &'static str,
+) -> Result<T, CryptoError> {
+    parse(b.body.as_slice(), what)
 }
 
 /// Verify a signed blob under a domain, then parse it.
@@ -401,6 +416,7 @@ mod tests {
                 settings: RoomSettings::default(),
                 members: vec![],
             },
+            connections: Vec::new(),
         };
         let s = sign_statement(&k, &st).unwrap();
         assert_eq!(verify_statement(&k.sign_pk(), &s).unwrap(), st);

@@ -72,6 +72,7 @@ fn bench(c: &mut Criterion) {
                     settings: RoomSettings::default(),
                     members: vec![],
                 },
+                connections: Vec::new(),
             },
         )
         .unwrap();
@@ -84,6 +85,7 @@ fn bench(c: &mut Criterion) {
                 epochs: vec![0],
                 log_from: 0,
                 log,
+                certs: Vec::new(),
             },
         };
         km.handle(&signed::sign_request(&dev, &req(vec![g])).unwrap())
@@ -101,6 +103,7 @@ fn bench(c: &mut Criterion) {
                 epochs: vec![0],
                 log_from: 1,
                 log: vec![],
+                certs: Vec::new(),
             },
         };
         signed::sign_request(&dev, &body).unwrap()
@@ -117,6 +120,7 @@ fn bench(c: &mut Criterion) {
                 room,
                 log_from: 1,
                 log: vec![],
+                certs: Vec::new(),
             },
         };
         signed::sign_request(&dev, &body).unwrap()

@@ -82,11 +82,16 @@ impl Km {
                 epochs,
                 log_from,
                 log,
-            } => json(
-                &self
-                    .room_keys(&cert, &room, &epochs, log_from, &log)
-                    .await?,
-            ),
+                certs,
+            } => {
+                self.learn_certs(&certs).await?;
+                json(
+                    &self
+                        .room_keys(&cert, &room, &epochs, log_from, &log)
+                        .await?,
+                )
+            }
+            KmOp::PartnerKeys => json(&self.partner_keys()?),
             KmOp::AuditCheckpoint => {
                 let (_, note) = self.checkpoint().await?;
                 json(&CheckpointResponse {
@@ -108,7 +113,11 @@ impl Km {
                 room,
                 log_from,
                 log,
-            } => self.room_head(&cert, &room, log_from, &log).await,
+                certs,
+            } => {
+                self.learn_certs(&certs).await?;
+                self.room_head(&cert, &room, log_from, &log).await
+            }
             KmOp::RoomLog { room, from } => self.room_log(&cert, &room, from).await,
             KmOp::EscrowInfo => json(&self.signed_escrow().await?),
             KmOp::MyEscrowShare => {

@@ -6,6 +6,7 @@
 //! | POST   | `/v1/enrol`   | [`EnrolRequest`]| [`SignedCert`] |
 //! | POST   | `/v1/request` | [`SignedRequest`] | depends on the op |
 //! | POST   | `/v1/deny-list` | [`DenyListRequest`] (vault-signed) | signed deny list |
+//! | POST   | `/v1/federation/room-keys` | [`SignedBlob`] of a `KmKeyRequest` (partner-KM-signed) | signed `KmKeyGrant` |
 
 use crate::Km;
 use axum::extract::{DefaultBodyLimit, State};
@@ -44,6 +45,7 @@ pub fn router(km: Arc<Km>) -> Router {
         .route("/v1/enrol", post(enrol))
         .route("/v1/request", post(request))
         .route("/v1/deny-list", post(deny_list))
+        .route("/v1/federation/room-keys", post(federation_room_keys))
         .fallback(cloister_http::not_found)
         .layer(DefaultBodyLimit::max(cloister_proto::limits::MAX_JSON_BODY))
         .with_state(km.clone())
@@ -73,6 +75,13 @@ async fn deny_list(
     ApiJson(req): ApiJson<DenyListRequest>,
 ) -> Result<Json<SignedBlob>, ApiError> {
     Ok(Json(km.deny_list(&req).await?))
+}
+
+async fn federation_room_keys(
+    State(km): State<Arc<Km>>,
+    ApiJson(req): ApiJson<SignedBlob>,
+) -> Result<Json<SignedBlob>, ApiError> {
+    Ok(Json(km.serve_key_request(&req).await?))
 }
 
 /// Serve until `shutdown` resolves.

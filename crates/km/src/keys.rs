@@ -58,7 +58,25 @@ impl Km {
         let wrapped = match cached {
             Some(w) => w,
             None => {
-                let w = Arc::new(self.wrapped_key(&room.to_hex(), epoch, &aad).await?);
+                let homed_here = self
+                    .room_state(room)
+                    .await?
+                    .is_none_or(|s| s.tenant == self.tenant);
+                let w = if homed_here {
+                    self.wrapped_key(&room.to_hex(), epoch, &aad).await?
+                } else {
+                    self.store
+                        .get_room_key(&room.to_hex(), epoch)
+                        .await
+                        .map_err(store_err)?
+                        .ok_or_else(|| {
+                            Denied::unavailable(
+                                "key_not_exchanged",
+                                format!("the home KM has not sent epoch {epoch} of room {room}"),
+                            )
+                        })?
+                };
+                let w = Arc::new(w);
                 if let Ok(mut m) = self.wrapped.lock() {
                     m.insert((*room, epoch), w.clone());
                 }
@@ -215,12 +233,13 @@ impl Km {
                 return Err(Denied::forbidden("not_entitled", why));
             }
         }
-        // A barrier between two members (until the eviction lands): no keys.
+        // A barrier between two members (until the eviction lands), or a
+        // room shared with another firm without `external_chat`: no keys.
         if !surveillance
             && state.is_member(&cert.user)
-            && let Err(w) = self.rules().may_hold_keys(&state, &cert.user)
+            && let Err(w) = self.rules().may_hold_keys(&self.tenant, &state, &cert.user)
         {
-            tracing::warn!(user = %cert.user, %room, "key release refused: information barrier");
+            tracing::warn!(user = %cert.user, %room, "key release refused: {}", w.code());
             self.record(
                 Some(&cert.user),
                 AuditEvent::KeyRefused {
@@ -228,11 +247,15 @@ impl Km {
                     epochs: epochs.to_vec(),
                     user: cert.user.clone(),
                     device: cert.device,
-                    reason: format!("barrier: {w}"),
+                    reason: format!("{}: {w}", w.code()),
                 },
             )
             .await?;
-            return Err(Denied::forbidden("barrier", w.to_string()));
+            return Err(Denied::forbidden(w.code(), w.to_string()));
+        }
+        // A room homed at another firm: its keys come from that firm's KM.
+        if state.tenant != self.tenant {
+            self.partner_room_keys(&state, epochs).await?;
         }
         let lease_until = now_secs() + self.config.lease_secs;
         let mut keys = Vec::with_capacity(epochs.len());

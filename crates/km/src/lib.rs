@@ -24,6 +24,7 @@ mod devices;
 mod directory;
 mod dispatch;
 mod escrow;
+mod exchange;
 pub mod http;
 mod keys;
 mod membership;
@@ -151,6 +152,11 @@ pub struct Km {
     /// Room keys as stored: wrapped under the TMK. Every use still unwraps
     /// through the key provider, so a crypto-lock takes effect at once.
     wrapped: Mutex<WrappedKeys>,
+    /// Other firms' device certificates, verified under their firm's
+    /// pinned key (actors of rooms shared with those firms).
+    foreign: Mutex<HashMap<DeviceId, Arc<DeviceCert>>>,
+    /// Client for KM-to-KM calls (the key exchange).
+    http: reqwest::Client,
     audit: Arc<audit::AuditLog>,
     witnesses: audit::Witnesses,
     directory: directory::DirState,
@@ -339,6 +345,8 @@ impl Km {
             keys_lock: tokio::sync::RwLock::new(()),
             active: Mutex::new(HashMap::new()),
             wrapped: Mutex::new(HashMap::new()),
+            foreign: Mutex::new(HashMap::new()),
+            http: reqwest::Client::new(),
             audit,
             witnesses,
             directory: Default::default(),

@@ -138,18 +138,19 @@ impl Km {
             }
             let peek = cloister_crypto::signed::peek_statement(entry)
                 .map_err(|e| Denied::malformed("bad_statement", e.to_string()))?;
-            // The KM's own statements (evictions, bans, locks) carry its key.
-            let (actor_user, actor_pk) = if cloister_policy::signed_by_km(entry) {
-                (cloister_policy::km_user(&self.tenant), self.signer.public())
-            } else {
-                let actor = self.active_cert(&peek.actor).await.map_err(|e| {
+            // The home KM's own statements (evictions, bans, locks) carry
+            // its key; other firms' devices are checked under their firm's
+            // pinned key.
+            let home = state.as_ref().map(|s| s.tenant.clone());
+            let (actor_user, actor_pk) = self
+                .actor_of(home.as_ref(), entry, &peek.actor)
+                .await
+                .map_err(|e| {
                     Denied::forbidden(
                         "bad_statement",
                         format!("membership statement {seq} rejected: actor {}", e.message),
                     )
                 })?;
-                (actor.user.clone(), actor.sign_pk.0)
-            };
             let (next, st) =
                 match cloister_policy::apply(state.as_ref(), room, entry, &actor_user, &actor_pk) {
                     Ok(x) => x,
@@ -170,23 +171,38 @@ impl Km {
                         ));
                     }
                 };
+            // Users of several firms: an IM or an external room, and a
+            // connection, checked under the keys this firm pinned, for
+            // every user of another firm the statement brings in.
+            let crossed = {
+                let keys_of = |t: &TenantId| self.firm_key(t);
+                cloister_policy::federation::check_step(state.as_ref(), &st, &next, &keys_of)
+            };
+            if let Err(e) = crossed {
+                tracing::warn!(%room, seq, error = %e, "membership statement rejected");
+                self.record(
+                    Some(&actor_user),
+                    AuditEvent::MembershipRejected {
+                        room: *room,
+                        seq,
+                        reason: e.to_string(),
+                    },
+                )
+                .await?;
+                return Err(Denied::forbidden(e.code(), e.to_string()));
+            }
             // Controls judge what is being done now; an entry from before
             // (the server checks each entry's time when it appends it) is
             // history, and a room that breaks a barrier gets no keys anyway.
+            // This firm's controls judge this firm's users.
             if cloister_proto::within_skew(st.ts)
-                && let Err(r) = rules.check_step(state.as_ref(), &st, &next)
+                && let Err(r) = rules.check_step(&self.tenant, state.as_ref(), &st, &next)
             {
                 return Err(self
                     .refused("membership", &actor_user, Some(*room), r)
                     .await);
             }
             accepted.push((seq, st.actor_user.clone(), op_name(&st.action)));
-            if next.tenant != self.tenant {
-                return Err(Denied::forbidden(
-                    "wrong_tenant",
-                    "room belongs to another tenant",
-                ));
-            }
             new_rows.push(LogRow {
                 seq,
                 entry: serde_json::to_vec(entry).map_err(Denied::internal)?,
@@ -199,6 +215,14 @@ impl Km {
         };
         if new_rows.is_empty() {
             return Ok(None);
+        }
+        // A KM keeps the rooms of its firm: homed here, or with (or once
+        // with) a user of this firm.
+        if state.tenant != self.tenant && !state.grants.keys().any(|u| u.tenant() == self.tenant) {
+            return Err(Denied::forbidden(
+                "wrong_tenant",
+                format!("room {room} has never had a user of {}", self.tenant),
+            ));
         }
         Ok(Some(Verified {
             room: *room,

@@ -84,6 +84,7 @@ impl Km {
                 actor_user: cloister_policy::km_user(&self.tenant),
                 ts: now_millis(),
                 action: action.clone(),
+                connections: Vec::new(),
             };
             let entry = cloister_crypto::signed::sign_statement_km(&self.signer, &st)
                 .map_err(Denied::internal)?;
@@ -374,6 +375,7 @@ impl Km {
                     user: w.user.clone(),
                     reason: reason.clone(),
                 },
+                connections: Vec::new(),
             };
             let entry = cloister_crypto::signed::sign_statement_km(&self.signer, &st)
                 .map_err(Denied::internal)?;

@@ -47,9 +47,16 @@ impl Km {
                 tenant,
                 km_key,
                 fingerprint,
+                km_url,
             } => json(
                 &self
-                    .trust_add(&cert.user, &tenant, &km_key, fingerprint.as_deref())
+                    .trust_add(
+                        &cert.user,
+                        &tenant,
+                        &km_key,
+                        fingerprint.as_deref(),
+                        km_url.as_deref(),
+                    )
                     .await?,
             ),
             KmOp::TrustRemove { tenant, reason } => {
@@ -65,7 +72,9 @@ impl Km {
         tenant: &TenantId,
         km_key: &str,
         fingerprint: Option<&str>,
+        km_url: Option<&str>,
     ) -> Result<TrustedFirm, Denied> {
+        let km_url = km_url.map(check_url).transpose()?;
         let id = KmIdentity::parse(km_key)
             .map_err(|e| Denied::malformed("bad_km_key", e.to_string()))?;
         if &id.tenant != tenant {
@@ -105,9 +114,23 @@ impl Km {
             }
         }
         let _w = self.directory.write.lock().await;
-        if let Some(old) = self.dir().trusts.get(tenant).filter(|t| t.active()) {
+        let current = self
+            .dir()
+            .trusts
+            .get(tenant)
+            .filter(|t| t.active())
+            .cloned();
+        if let Some(old) = current {
+            if old.km_key == km_key && (km_url.is_none() || old.km_url == km_url) {
+                return Ok(old);
+            }
             if old.km_key == km_key {
-                return Ok(old.clone());
+                // the same key, a new address: the address carries no trust
+                let mut rec = old;
+                rec.km_url = km_url;
+                self.dir_apply(vec![directory::Change::Trust(rec.clone())])
+                    .await?;
+                return Ok(rec);
             }
             return Err(Denied::conflict(
                 "trust_exists",
@@ -123,6 +146,7 @@ impl Km {
             fingerprint: fp.clone(),
             added_ms: now_millis(),
             added_by: by.clone(),
+            km_url,
             removed: None,
         };
         self.record(
@@ -178,4 +202,19 @@ impl Km {
         tracing::info!(%tenant, "trust removed");
         Ok(rec)
     }
+}
+
+/// A partner KM's address: http(s), at most 512 bytes.
+fn check_url(u: &str) -> Result<String, Denied> {
+    let u = u.trim();
+    if u.len() > 512
+        || !(u.starts_with("http://") || u.starts_with("https://"))
+        || u.contains(char::is_whitespace)
+    {
+        return Err(Denied::malformed(
+            "bad_km_url",
+            "a KM address is an http:// or https:// URL of at most 512 bytes",
+        ));
+    }
+    Ok(u.trim_end_matches('/').to_owned())
 }

@@ -188,6 +188,19 @@ pub enum AuditEvent {
         to: UserId,
         step: String,
     },
+    /// This KM (the room's home) sealed epoch keys to a partner firm's KM
+    /// (`sent`), or refused to (`refused` with the reason); or, as the
+    /// partner, received them from the room's home KM (`received`).
+    KeyExchange {
+        room: RoomId,
+        epochs: Vec<u64>,
+        /// The other firm.
+        tenant: TenantId,
+        /// `sent`, `received` or `refused`.
+        step: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
     /// A DLP policy added or changed (never deleted: disabled).
     DlpChanged {
         id: String,
@@ -252,6 +265,7 @@ impl AuditEvent {
             AuditEvent::TrustAdded { .. } => "trust_added",
             AuditEvent::TrustRemoved { .. } => "trust_removed",
             AuditEvent::Connection { .. } => "connection",
+            AuditEvent::KeyExchange { .. } => "key_exchange",
         }
     }
 
@@ -267,11 +281,12 @@ impl AuditEvent {
             | AuditEvent::EnvelopeDeleted { room, .. } => Some(*room),
             AuditEvent::ControlRefused { room, .. } => *room,
             AuditEvent::RoomControl { room, .. } => Some(*room),
+            AuditEvent::KeyExchange { room, .. } => Some(*room),
             _ => None,
         }
     }
 
-    pub const KINDS: [&'static str; 32] = [
+    pub const KINDS: [&'static str; 33] = [
         "tenant_initialised",
         "user_added",
         "user_disabled",
@@ -304,6 +319,7 @@ impl AuditEvent {
         "trust_added",
         "trust_removed",
         "connection",
+        "key_exchange",
     ];
 }
 

@@ -5,16 +5,21 @@
 //!
 //! ```text
 //!  Controls ──Rules::new──▶ Rules
-//!  Rules.check_step(before, statement, after)  ─▶ Ok | Refusal (names what is missing)
-//!  Rules.may_hold_keys(room, user)             ─▶ Ok | Walled (a barrier now applies)
-//!  Rules.require(user, entitlement)            ─▶ Ok | Refusal::Missing
+//!  Rules.check_step(firm, before, statement, after) ─▶ Ok | Refusal (names what is missing)
+//!  Rules.may_hold_keys(firm, room, user)            ─▶ Ok | Refusal (a barrier, or no external_chat)
+//!  Rules.require(user, entitlement)                 ─▶ Ok | Refusal::Missing
 //! ```
+//!
+//! A firm's rules judge only that firm's users (`firm`): in a room shared
+//! with other firms each firm's KM, and the server for each firm, apply
+//! that firm's entitlements and barriers to its own side. Every user of
+//! `firm` in a room with another firm's users needs `external_chat`.
 
 use crate::RoomState;
 use crate::barriers::{Barriers, Walled};
-use cloister_proto::UserId;
 use cloister_proto::controls::{Controls, Entitlement};
 use cloister_proto::room::{Action, RoomKind, Statement};
+use cloister_proto::{TenantId, UserId};
 use std::collections::{BTreeSet, HashMap};
 
 /// Why a control refused an action.
@@ -88,46 +93,186 @@ impl Rules {
         }
     }
 
-    /// May this (already rule-checked) log entry take effect? The creator of
-    /// a named room needs `create_rooms`; no one may join a room where a
-    /// barrier separates them from a member.
+    /// May this (already rule-checked) log entry take effect, as far as
+    /// `firm`'s users are concerned? The creator of a named room needs
+    /// `create_rooms`; no one may join a room where a barrier separates
+    /// them from a member; when anyone joins a room shared with another
+    /// firm, every user of `firm` in it needs `external_chat`.
     pub fn check_step(
         &self,
+        firm: &TenantId,
         before: Option<&RoomState>,
         st: &Statement,
         after: &RoomState,
     ) -> Result<(), Refusal> {
+        let own_actor = st.actor_user.tenant() == *firm;
         match &st.action {
             Action::Create {
                 kind: RoomKind::Room,
                 settings,
                 ..
-            } => {
+            } if own_actor => {
                 self.require(&st.actor_user, Entitlement::CreateRooms)?;
                 if settings.public {
                     self.require(&st.actor_user, Entitlement::CreatePublicRooms)?;
                 }
             }
             Action::Settings { settings }
-                if settings.public && !before.is_some_and(|b| b.settings.public) =>
+                if own_actor && settings.public && !before.is_some_and(|b| b.settings.public) =>
             {
                 self.require(&st.actor_user, Entitlement::CreatePublicRooms)?;
             }
             _ => {}
         }
-        for joined in after
+        let mut joined = after
             .members
             .iter()
             .filter(|m| before.is_none_or(|b| !b.members.contains(*m)))
-        {
-            self.barriers.may_join(joined, &after.members)?;
+            .peekable();
+        if joined.peek().is_none() {
+            return Ok(());
+        }
+        for j in joined {
+            self.barriers.may_join(j, &after.members)?;
+        }
+        if shared_with_others(firm, after) {
+            for m in after.members.iter().filter(|m| m.tenant() == *firm) {
+                self.require(m, Entitlement::ExternalChat)?;
+            }
         }
         Ok(())
     }
 
-    /// May `user` hold the keys of `room` now? Refused while a barrier
-    /// separates them from another member (until the eviction lands).
-    pub fn may_hold_keys(&self, room: &RoomState, user: &UserId) -> Result<(), Walled> {
-        self.barriers.may_join(user, &room.members)
+    /// May `user` (of `firm`) hold the keys of `room` now? Refused while a
+    /// barrier separates them from another member (until the eviction
+    /// lands), and in a room shared with another firm without
+    /// `external_chat`.
+    pub fn may_hold_keys(
+        &self,
+        firm: &TenantId,
+        room: &RoomState,
+        user: &UserId,
+    ) -> Result<(), Refusal> {
+        self.barriers.may_join(user, &room.members)?;
+        if user.tenant() == *firm && shared_with_others(firm, room) {
+            self.require(user, Entitlement::ExternalChat)?;
+        }
+        Ok(())
+    }
+}
+
+/// Does `room` have members of another firm than `firm`?
+pub fn shared_with_others(firm: &TenantId, room: &RoomState) -> bool {
+    room.members.iter().any(|m| m.tenant() != *firm)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::Grant;
+    use cloister_proto::b64::Fixed;
+    use cloister_proto::room::RoomSettings;
+    use cloister_proto::{DeviceId, RoomId};
+    use std::collections::BTreeMap;
+
+    fn u(s: &str) -> UserId {
+        s.parse().unwrap()
+    }
+
+    fn state(members: &[&str]) -> RoomState {
+        let members: BTreeSet<UserId> = members.iter().map(|m| u(m)).collect();
+        RoomState {
+            room: RoomId([1; 16]),
+            tenant: "acme".parse().unwrap(),
+            kind: RoomKind::Room,
+            settings: RoomSettings {
+                external: true,
+                ..Default::default()
+            },
+            epoch: 0,
+            seq: 1,
+            head: [0; 32],
+            owners: BTreeSet::new(),
+            grants: members
+                .iter()
+                .map(|m| {
+                    (
+                        m.clone(),
+                        vec![Grant {
+                            from: 0,
+                            until: None,
+                        }],
+                    )
+                })
+                .collect(),
+            members,
+            locked: None,
+            banned: BTreeSet::new(),
+        }
+    }
+
+    /// Each firm's rules judge its own users: every one of them in a room
+    /// shared with another firm needs `external_chat`, at the change and
+    /// at every key release.
+    #[test]
+    fn a_firm_judges_its_own_side_of_a_shared_room() {
+        let rules = Rules::new(&Controls {
+            version: 1,
+            default_entitlements: vec![Entitlement::CreateRooms],
+            entitlements: BTreeMap::from([(u("alice@acme"), vec![Entitlement::ExternalChat])]),
+            ..Default::default()
+        });
+        let acme: TenantId = "acme".parse().unwrap();
+        let bank: TenantId = "bank".parse().unwrap();
+        let before = state(&["alice@acme", "carol@acme"]);
+        let after = state(&["alice@acme", "carol@acme", "bob@bank"]);
+        let st = Statement {
+            room: RoomId([1; 16]),
+            seq: 2,
+            prev: Fixed([0; 32]),
+            actor: DeviceId([2; 16]),
+            actor_user: u("alice@acme"),
+            ts: 1,
+            action: Action::Add {
+                user: u("bob@bank"),
+            },
+            connections: Vec::new(),
+        };
+        // carol (acme) lacks external_chat: acme refuses
+        let r = rules
+            .check_step(&acme, Some(&before), &st, &after)
+            .unwrap_err();
+        assert_eq!(
+            r,
+            Refusal::Missing {
+                user: u("carol@acme"),
+                entitlement: Entitlement::ExternalChat
+            }
+        );
+        assert!(
+            rules
+                .may_hold_keys(&acme, &after, &u("carol@acme"))
+                .is_err()
+        );
+        assert!(rules.may_hold_keys(&acme, &after, &u("alice@acme")).is_ok());
+        // acme's rules say nothing of bank's users
+        assert!(rules.may_hold_keys(&acme, &after, &u("bob@bank")).is_ok());
+        let bank_side = Rules::new(&Controls {
+            version: 1,
+            entitlements: BTreeMap::from([(u("bob@bank"), vec![Entitlement::ExternalChat])]),
+            ..Default::default()
+        });
+        assert!(
+            bank_side
+                .check_step(&bank, Some(&before), &st, &after)
+                .is_ok()
+        );
+        // a room of one firm needs no external_chat
+        assert!(
+            rules
+                .may_hold_keys(&acme, &before, &u("carol@acme"))
+                .is_ok()
+        );
     }
 }

@@ -16,6 +16,7 @@
 pub mod barriers;
 pub mod controls;
 pub mod dlp;
+pub mod federation;
 
 use cloister_crypto::signed::{entry_hash, verify_statement};
 use cloister_proto::room::{

@@ -25,6 +25,7 @@ fn stmt(a: &Actor, room: RoomId, s: Option<&RoomState>, action: Action) -> Signe
         actor_user: a.user.clone(),
         ts: 1,
         action,
+        connections: Vec::new(),
     };
     sign_statement(&a.keys, &st).unwrap()
 }
@@ -359,6 +360,7 @@ fn km_run(
         actor_user: km_user(&s.tenant),
         ts: 1,
         action,
+        connections: Vec::new(),
     };
     let e = cloister_crypto::signed::sign_statement_km(km, &st).unwrap();
     apply(Some(s), &s.room, &e, &km_user(&s.tenant), &km.public()).map(|(n, _)| n)
@@ -393,6 +395,7 @@ fn only_the_km_evicts_bans_and_locks() {
             by: a.user.clone(),
             justification: "x".into(),
         },
+        connections: Vec::new(),
     };
     let body = serde_json::to_vec(&st).unwrap();
     let forged = SignedStatement {

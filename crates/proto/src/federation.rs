@@ -96,6 +96,10 @@ pub struct TrustedFirm {
     pub fingerprint: String,
     pub added_ms: u64,
     pub added_by: crate::UserId,
+    /// Where the partner's KM answers other KMs (key exchange for rooms
+    /// homed there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub km_url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub removed: Option<TrustRemoval>,
 }
@@ -194,4 +198,74 @@ pub struct Connection {
 #[serde(deny_unknown_fields)]
 pub struct ConnectionPost {
     pub blob: crate::km::SignedBlob,
+}
+
+/// Proof that two users of different firms are connected: the request
+/// signed by the asker's KM and the acceptance signed by the asked user's
+/// KM. A membership statement that puts a user of another firm in a room
+/// carries one linking its actor and that user; every replica checks it
+/// under the keys it trusts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionProof {
+    pub request: crate::km::SignedBlob,
+    pub answer: crate::km::SignedBlob,
+}
+
+/// The signing keys of the firms a KM trusts now, signed by that KM
+/// (domain `cloister/partner-keys/v1`), for its own devices.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerKeys {
+    pub tenant: TenantId,
+    pub partners: Vec<PartnerKey>,
+    pub issued_ms: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartnerKey {
+    pub tenant: TenantId,
+    pub sign_pk: crate::b64::Fixed<32>,
+}
+
+/// A partner KM asks a room's home KM for epoch keys (domain
+/// `cloister/km-key-request/v1`, signed with the asking KM's key). `log`
+/// is the room's log as the asker verified it, from seq 0; `certs` are the
+/// certificates of its actors that are not the home firm's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmKeyRequest {
+    pub from: TenantId,
+    pub home: TenantId,
+    pub room: crate::RoomId,
+    pub epochs: Vec<u64>,
+    pub log: Vec<crate::room::SignedStatement>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certs: Vec<crate::km::SignedCert>,
+    pub ts: u64,
+    pub nonce: crate::b64::Fixed<16>,
+}
+
+/// The home KM's answer (domain `cloister/km-key-grant/v1`): each epoch key
+/// sealed with HPKE to the asking firm's pinned exchange key, bound to
+/// (home, partner, room, epoch); `seq`/`head` name the log state it judged.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KmKeyGrant {
+    pub home: TenantId,
+    pub to: TenantId,
+    pub room: crate::RoomId,
+    pub seq: u64,
+    pub head: crate::b64::Fixed<32>,
+    pub keys: Vec<ExchangedKey>,
+    pub ts: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExchangedKey {
+    pub epoch: u64,
+    pub enc: crate::b64::Fixed<32>,
+    pub ct: crate::b64::Bytes,
 }

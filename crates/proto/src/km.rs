@@ -127,6 +127,10 @@ pub enum KmOp {
         epochs: Vec<u64>,
         log_from: u64,
         log: Vec<SignedStatement>,
+        /// Certificates of the log's actors from other firms (each checked
+        /// under that firm's pinned KM key).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        certs: Vec<SignedCert>,
     },
     /// Admin: create a user (or re-issue a code) and return an enrolment code.
     AddUser { user: UserId, roles: Vec<Role> },
@@ -159,6 +163,8 @@ pub enum KmOp {
         room: RoomId,
         log_from: u64,
         log: Vec<SignedStatement>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        certs: Vec<SignedCert>,
     },
     /// Entries of a room's log as the KM verified them, from `from` (for a
     /// client whose server withholds them).
@@ -283,7 +289,14 @@ pub enum KmOp {
         km_key: String,
         #[serde(default)]
         fingerprint: Option<String>,
+        /// Where the partner's KM answers other KMs (the KM-to-KM key
+        /// exchange); needed only for rooms homed at that firm.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        km_url: Option<String>,
     },
+    /// The KM-signed keys of the firms trusted now (any device: it checks
+    /// partner firms' certificates and room statements under them).
+    PartnerKeys,
     /// Admin: every firm trusted now or before.
     TrustList,
     /// Admin: stop trusting a firm's KM (new key exchange stops at once).

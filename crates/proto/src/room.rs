@@ -174,6 +174,10 @@ pub struct Statement {
     pub ts: u64,
     #[serde(flatten)]
     pub action: Action,
+    /// For each user of another firm than the actor's that this statement
+    /// puts in the room: the accepted connection between the actor and them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connections: Vec<crate::federation::ConnectionProof>,
 }
 
 /// A membership statement as it travels and is stored: the exact signed bytes.

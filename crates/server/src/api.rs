@@ -261,9 +261,10 @@ async fn get_device(
 ) -> Result<Json<SignedCert>, ApiError> {
     let device: DeviceId = device.parse().map_err(|e| bad_param("device id", e))?;
     let row = s.device_row(&device).await?;
-    // Another tenant's certificates (user names, roles) are not for this
-    // caller: the same answer as for a device that does not exist.
-    if row.tenant != c.tenant.as_str() {
+    // Another firm's certificates (user names, roles) are for this caller
+    // only if the two users share (or shared) a room or are connected:
+    // otherwise the same answer as for a device that does not exist.
+    if row.tenant != c.tenant.as_str() && !s.may_see_user(&c.user, &row.user).await? {
         return Err(ApiError::not_found(
             "unknown_device",
             format!("device {device} is not registered"),

@@ -80,26 +80,33 @@ impl Server {
     }
 
     /// May this membership change take effect (entitlements, barriers)?
+    /// Each firm with users in the room (and the actor's) judges its own.
     pub(crate) fn check_step(
         &self,
-        tenant: &TenantId,
         before: Option<&RoomState>,
         st: &Statement,
         after: &RoomState,
     ) -> Result<(), ApiError> {
-        match self.rules(tenant) {
-            Some(r) => r.check_step(before, st, after).map_err(refusal),
-            None => Ok(()),
+        let mut firms = cloister_policy::federation::firms(after);
+        let actor_firm = st.actor_user.tenant();
+        if !firms.contains(&actor_firm) {
+            firms.push(actor_firm);
         }
+        for firm in firms {
+            if let Some(r) = self.rules(&firm) {
+                r.check_step(&firm, before, st, after).map_err(refusal)?;
+            }
+        }
+        Ok(())
     }
 
-    /// No routing for a member a barrier now separates from another
-    /// (until the KM's eviction lands).
+    /// No routing for a member a barrier of their firm now separates from
+    /// another (until the KM's eviction lands), nor for one in a room
+    /// shared with another firm without `external_chat`.
     pub(crate) fn check_walled(&self, st: &RoomState, user: &UserId) -> Result<(), ApiError> {
-        match self.rules(&st.tenant) {
-            Some(r) => r
-                .may_hold_keys(st, user)
-                .map_err(|w| refusal(Refusal::Walled(w))),
+        let firm = user.tenant();
+        match self.rules(&firm) {
+            Some(r) => r.may_hold_keys(&firm, st, user).map_err(refusal),
             None => Ok(()),
         }
     }

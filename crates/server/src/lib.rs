@@ -378,6 +378,48 @@ impl Server {
             .and_then(|m| m.get(tenant).cloned())
     }
 
+    /// May `me` see the certificates of `other`, a user of another firm?
+    /// Only if `me` is in a room `other` is or was in, or the two are
+    /// connected (pending included: the asked user checks who asks).
+    async fn may_see_user(&self, me: &UserId, other: &str) -> Result<bool, ApiError> {
+        let Ok(other) = other.parse::<UserId>() else {
+            return Ok(false);
+        };
+        for row in self
+            .store
+            .rooms_of_user(me.as_str())
+            .await
+            .map_err(ApiError::internal)?
+        {
+            let Ok(id) = row.room.parse::<RoomId>() else {
+                continue;
+            };
+            if self
+                .room(&id)
+                .await?
+                .is_some_and(|st| st.grants.contains_key(&other))
+            {
+                return Ok(true);
+            }
+        }
+        for c in self
+            .store
+            .connections_of(me.as_str())
+            .await
+            .map_err(ApiError::internal)?
+        {
+            if let Ok(sb) = serde_json::from_slice::<cloister_proto::km::SignedBlob>(&c.request)
+                && let Ok(r) = cloister_crypto::signed::peek_blob::<
+                    cloister_proto::federation::ConnectionRequest,
+                >(&sb, "connection request")
+                && (r.from == other || r.to == other)
+            {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The room, if `user` is a current member; a uniform 404 otherwise (no existence oracle).
     async fn member_room(&self, room: &RoomId, user: &UserId) -> Result<Arc<RoomState>, ApiError> {
         match self.room(room).await? {

@@ -29,6 +29,9 @@ use cloister_proto::{RoomId, TenantId, UserId, limits};
 use cloister_store::LogRow;
 use std::sync::Arc;
 
+/// Firms' registered KM keys, for checking connection proofs.
+type FirmKeys = std::collections::HashMap<TenantId, [u8; 32]>;
+
 /// Who signed an entry, as the server established it.
 pub(crate) struct Signer {
     pub user: UserId,
@@ -75,9 +78,10 @@ impl Server {
         entry: &SignedStatement,
         by: &Signer,
     ) -> Result<AppendLogResponse, ApiError> {
+        let keys = self.proof_keys(entry).await?;
         let _guard = self.log_lock.lock(&room.to_hex()).await;
         let current = self.room(room).await?;
-        let staged = self.stage(room, current, entry, by)?;
+        let staged = self.stage(room, current, entry, by, &keys)?;
         let members = member_list(&staged.next);
         let state = serde_json::to_vec(&*staged.next).map_err(ApiError::internal)?;
         self.store
@@ -96,23 +100,22 @@ impl Server {
         current: Option<Arc<RoomState>>,
         entry: &SignedStatement,
         by: &Signer,
+        keys: &FirmKeys,
     ) -> Result<Staged, ApiError> {
         let (next, st) = cloister_policy::apply(current.as_deref(), room, entry, &by.user, &by.pk)
             .map_err(policy_error)?;
-        if next.tenant != by.tenant {
+        if by.user.tenant() != by.tenant {
             return Err(ApiError::forbidden(
                 "wrong_tenant",
-                "rooms can only be changed by their own tenant's users",
+                "a statement is signed by its own firm's device or KM",
             ));
         }
-        if let Some(u) = next.members.iter().find(|u| u.tenant() != next.tenant) {
-            return Err(ApiError::forbidden(
-                "cross_tenant",
-                format!(
-                    "{u} belongs to another firm; cross-firm rooms are not enabled on this server"
-                ),
-            ));
-        }
+        // Users of several firms: an IM or an external room, and for each
+        // user of another firm than the actor's a connection, both halves
+        // signed under the firms' registered KM keys.
+        let keys_of = |t: &TenantId| keys.get(t).copied();
+        cloister_policy::federation::check_step(current.as_deref(), &st, &next, &keys_of)
+            .map_err(|e| ApiError::forbidden(e.code(), e.to_string()))?;
         // The statement's time is checked here, where it is appended: the KM
         // trusts it later to tell history from a change made now.
         if !cloister_proto::within_skew(st.ts) {
@@ -121,7 +124,7 @@ impl Server {
                 "membership statement timestamp is outside the allowed clock skew",
             ));
         }
-        self.check_step(&next.tenant, current.as_deref(), &st, &next)?;
+        self.check_step(current.as_deref(), &st, &next)?;
         let row = LogRow {
             seq: st.seq,
             entry: serde_json::to_vec(entry).map_err(ApiError::internal)?,
@@ -240,7 +243,14 @@ impl Server {
                             let mut failed = None;
                             for &i in idx {
                                 let staged = if cloister_policy::signed_by_km(&entries[i]) {
-                                    self.stage(room, current.clone(), &entries[i], &by)
+                                    // a KM's statements bring no one in: no proofs
+                                    self.stage(
+                                        room,
+                                        current.clone(),
+                                        &entries[i],
+                                        &by,
+                                        &FirmKeys::new(),
+                                    )
                                 } else {
                                     Err(ApiError::forbidden(
                                         "not_actor",
@@ -322,6 +332,49 @@ impl Server {
         }
         drop(guards);
         out
+    }
+
+    /// The registered KM keys of the firms a statement's connection proofs
+    /// name; a proof of a connection the server saw removed is refused.
+    async fn proof_keys(&self, entry: &SignedStatement) -> Result<FirmKeys, ApiError> {
+        let mut keys = FirmKeys::new();
+        let Ok(st) = cloister_crypto::signed::peek_statement(entry) else {
+            return Ok(keys);
+        };
+        if st.connections.len() > cloister_policy::federation::MAX_PROOFS {
+            return Ok(keys); // the policy check names the limit
+        }
+        for p in &st.connections {
+            let Ok(req) = cloister_crypto::signed::peek_blob::<
+                cloister_proto::federation::ConnectionRequest,
+            >(&p.request, "connection request") else {
+                continue;
+            };
+            for t in [req.from.tenant(), req.to.tenant()] {
+                if !keys.contains_key(&t)
+                    && let Ok(k) = self.tenant_key(&t).await
+                {
+                    keys.insert(t, k);
+                }
+            }
+            let id = hex::encode(cloister_crypto::signed::connection_id(&p.request));
+            if let Some(row) = self
+                .store
+                .get_connection(&id)
+                .await
+                .map_err(ApiError::internal)?
+                && row.removal.is_some()
+            {
+                return Err(ApiError::forbidden(
+                    "connection_removed",
+                    format!(
+                        "the connection between {} and {} was ended",
+                        req.from, req.to
+                    ),
+                ));
+            }
+        }
+        Ok(keys)
     }
 
     /// The tenant a KM acts for on `room`, and its key.

@@ -400,3 +400,166 @@ impl World {
         }
     }
 }
+
+/// Another firm on the same messaging server, with its own KM (its own
+/// HTTP listener) and an SDK admin: for rooms between firms.
+pub struct Firm {
+    pub tenant: cloister_proto::TenantId,
+    pub km: std::sync::Arc<cloister_km::Km>,
+    pub km_url: String,
+    pub admin: Client,
+    pub server_url: String,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+    _task: tokio::task::JoinHandle<()>,
+}
+
+impl World {
+    /// A second firm registered with this world's server.
+    pub async fn firm(&self, tenant: &str) -> Firm {
+        let dir = tempfile::tempdir().unwrap();
+        let t: cloister_proto::TenantId = tenant.parse().unwrap();
+        let (km, code) = cloister_cli::open_km(
+            dir.path(),
+            Some(&t),
+            b"other firm",
+            Cost::TEST,
+            cloister_km::KmConfig::default(),
+        )
+        .await
+        .unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let km_url = format!("http://{}", l.local_addr().unwrap());
+        let router = cloister_km::http::router(km.clone());
+        let task = tokio::spawn(async move {
+            let _ = cloister_http::serve(l, router, std::future::pending()).await;
+        });
+        cloister_client::register_tenant(
+            &self.http,
+            &self.stack.server_url,
+            &self.stack.operator_token,
+            &km.info(),
+        )
+        .await
+        .unwrap();
+        let admin = Client::enrol(
+            self.http.clone(),
+            &self.stack.server_url,
+            &km_url,
+            &format!("admin@{tenant}").parse().unwrap(),
+            &code.unwrap(),
+            Storage::Memory,
+        )
+        .await
+        .unwrap();
+        Firm {
+            tenant: t,
+            km,
+            km_url,
+            admin,
+            server_url: self.stack.server_url.clone(),
+            http: self.http.clone(),
+            _dir: dir,
+            _task: task,
+        }
+    }
+
+    /// This world's firm (acme) as a partner sees it: its admin, KM and URL.
+    pub async fn trust_each_other(&self, other: &Firm) {
+        let mine = self.admin.trust_self().await.unwrap();
+        let theirs = other.admin.trust_self().await.unwrap();
+        self.admin
+            .trust_add_at(
+                &other.tenant,
+                &theirs.km_key,
+                Some(&theirs.fingerprint),
+                Some(&other.km_url),
+            )
+            .await
+            .unwrap();
+        other
+            .admin
+            .trust_add_at(
+                &"acme".parse().unwrap(),
+                &mine.km_key,
+                Some(&mine.fingerprint),
+                Some(&self.stack.km_url),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+impl Firm {
+    pub fn uid(&self, name: &str) -> UserId {
+        format!("{name}@{}", self.tenant).parse().unwrap()
+    }
+
+    /// A new user of this firm with one in-memory device.
+    pub async fn user(&self, name: &str) -> Client {
+        let user = self.uid(name);
+        let code = self.admin.admin_add_user(&user, false).await.unwrap().code;
+        Client::enrol(
+            self.http.clone(),
+            &self.server_url,
+            &self.km_url,
+            &user,
+            &code,
+            Storage::Memory,
+        )
+        .await
+        .unwrap()
+    }
+
+    /// Pin another firm (both directions are separate decisions).
+    pub async fn trust(&self, other: &Firm) {
+        let theirs = other.admin.trust_self().await.unwrap();
+        self.admin
+            .trust_add_at(
+                &other.tenant,
+                &theirs.km_key,
+                Some(&theirs.fingerprint),
+                Some(&other.km_url),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+impl Firm {
+    /// Pin acme (the world's firm).
+    pub async fn trust_acme(&self, w: &World) {
+        let acme = w.admin.trust_self().await.unwrap();
+        self.admin
+            .trust_add_at(
+                &"acme".parse().unwrap(),
+                &acme.km_key,
+                Some(&acme.fingerprint),
+                Some(&w.stack.km_url),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Grant `external_chat` to users (through their firm's admin).
+pub async fn entitle_external(admin: &Client, users: &[&Client]) {
+    for u in users {
+        admin
+            .admin_entitle(
+                Some(u.user()),
+                None,
+                &[cloister_proto::controls::Entitlement::ExternalChat],
+                &[],
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// `a` asks `b` (of another firm) to connect and `b` accepts.
+pub async fn connect(a: &Client, b: &Client) {
+    let v = a.connect_request(b.user()).await.unwrap();
+    let v = b.connect_answer(&v.id, true).await.unwrap();
+    assert_eq!(v.state, "accepted");
+}

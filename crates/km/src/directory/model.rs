@@ -405,6 +405,7 @@ mod tests {
             fingerprint: "ab12".into(),
             added_ms: 1,
             added_by: "admin@acme".parse().unwrap(),
+            km_url: Some("https://km.bank.example".into()),
             removed: None,
         };
         let d = Directory::load(vec![trust_row(&t).unwrap(), state_row(7).unwrap()]).unwrap();
