@@ -366,6 +366,38 @@ async fn an_unpinned_firm_gets_nothing() {
     let blob = fund.km.key_request(&st, &[0]).await.unwrap();
     let (s, b) = post_exchange(&w, &blob).await;
     assert_eq!((s, b["error"].as_str()), (403, Some("not_trusted")), "{b}");
+    // a device of a third firm asking bank's KM (or acme's) for the key:
+    // each KM serves only devices it certified
+    let code = fund
+        .admin
+        .admin_add_user(&fund.uid("eve"), false)
+        .await
+        .unwrap()
+        .code;
+    let eve = common::RawDevice::enrol_at(
+        &w.http,
+        &fund.km_url,
+        &fund.km.info().sign_pk.0,
+        &w.stack.server_url,
+        &fund.uid("eve"),
+        &code,
+    )
+    .await;
+    for km in [&bank.km_url, &w.stack.km_url] {
+        let (s, b) = eve
+            .km_at(
+                km,
+                KmOp::RoomKeys {
+                    room,
+                    epochs: vec![0],
+                    log_from: 0,
+                    log: vec![],
+                    certs: vec![],
+                },
+            )
+            .await;
+        assert_eq!((s, b["error"].as_str()), (401, Some("unknown_device")), "{b}");
+    }
     // bank's request altered in transit (another room): the signature fails
     let blob = bank.km.key_request(&st, &[0]).await.unwrap();
     let mut body: serde_json::Value = serde_json::from_slice(blob.body.as_slice()).unwrap();

@@ -276,7 +276,7 @@ impl Km {
         }
         self.learn_certs(&req.certs).await?;
         let state = self
-            .ingest(&req.room, 0, &req.log)
+            .judged_state(&req.room, &req.log)
             .await?
             .ok_or_else(|| Denied::not_found("unknown_room", format!("no room {}", req.room)))?;
         if state.tenant != self.tenant {
@@ -343,6 +343,31 @@ impl Km {
         km_sign_blob(&self.signer, KM_KEY_GRANT, &g).map_err(Denied::internal)
     }
 
+    /// The state a home KM judges a partner's request on: its own log
+    /// caught up from the messaging server when it knows the server (a
+    /// partner KM cannot make it take entries the server never had);
+    /// otherwise the partner's log, verified like any relayed log.
+    async fn judged_state(
+        &self,
+        room: &RoomId,
+        partner_log: &[SignedStatement],
+    ) -> Result<Option<Arc<RoomState>>, Denied> {
+        let Some(server) = self.notifier.server() else {
+            return self.ingest(room, 0, partner_log).await;
+        };
+        let http = self.km_http();
+        for _ in 0..(limits::MAX_LOG_BATCH / limits::MAX_PAGE as usize) {
+            let before = self.room_state(room).await?.map(|s| s.seq);
+            let from = before.map_or(0, |s| s + 1);
+            self.catch_up(&http, &server, room, from).await?;
+            let after = self.room_state(room).await?.map(|s| s.seq);
+            if after == before || after.is_some_and(|s| s + 1 - from < limits::MAX_PAGE as u64) {
+                break;
+            }
+        }
+        self.room_state(room).await
+    }
+
     /// Partner KM: make sure the keys of `epochs` of a room homed at
     /// another firm are stored here, asking the home KM for those missing.
     pub(crate) async fn partner_room_keys(
@@ -383,7 +408,7 @@ impl Km {
         };
         let blob = self.key_request(state, &missing).await?;
         let resp = self
-            .http
+            .km_http()
             .post(format!(
                 "{}/v1/federation/room-keys",
                 url.trim_end_matches('/')

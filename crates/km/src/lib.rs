@@ -155,8 +155,6 @@ pub struct Km {
     /// Other firms' device certificates, verified under their firm's
     /// pinned key (actors of rooms shared with those firms).
     foreign: Mutex<HashMap<DeviceId, Arc<DeviceCert>>>,
-    /// Client for KM-to-KM calls (the key exchange).
-    http: reqwest::Client,
     audit: Arc<audit::AuditLog>,
     witnesses: audit::Witnesses,
     directory: directory::DirState,
@@ -346,7 +344,6 @@ impl Km {
             active: Mutex::new(HashMap::new()),
             wrapped: Mutex::new(HashMap::new()),
             foreign: Mutex::new(HashMap::new()),
-            http: reqwest::Client::new(),
             audit,
             witnesses,
             directory: Default::default(),

@@ -49,7 +49,7 @@ impl Km {
     }
 
     /// The KM's HTTP client to the messaging server.
-    fn km_http(&self) -> reqwest::Client {
+    pub(crate) fn km_http(&self) -> reqwest::Client {
         self.directory
             .http
             .get_or_init(|| {
@@ -134,7 +134,7 @@ impl Km {
     }
 
     /// Read and verify the server's entries from `from` (the KM's log lags).
-    async fn catch_up(
+    pub(crate) async fn catch_up(
         &self,
         http: &reqwest::Client,
         server: &str,
