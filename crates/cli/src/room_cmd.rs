@@ -33,6 +33,10 @@ pub enum RoomCmd {
         copy_protected: bool,
         #[arg(long)]
         max_members: Option<u32>,
+        /// Shared with users of other firms (connected users; never public
+        /// or discoverable; fixed at creation).
+        #[arg(long)]
+        external: bool,
     },
     Add {
         room: String,
@@ -88,7 +92,7 @@ pub enum RoomCmd {
 
 fn describe(s: &RoomSettings) -> String {
     format!(
-        "name={:?} view_history={} members_may_invite={} read_only={} public={} discoverable={} copy_protected={} max_members={}",
+        "name={:?} view_history={} members_may_invite={} read_only={} public={} discoverable={} copy_protected={} max_members={} external={}",
         s.name,
         s.view_history,
         s.members_may_invite,
@@ -96,7 +100,8 @@ fn describe(s: &RoomSettings) -> String {
         s.public,
         s.discoverable,
         s.copy_protected,
-        s.max_members.map_or("-".into(), |m| m.to_string())
+        s.max_members.map_or("-".into(), |m| m.to_string()),
+        s.external
     )
 }
 
@@ -114,6 +119,7 @@ pub async fn room_cmd(ctx: &Ctx, rc: RoomCmd) -> Result<(), BoxError> {
             discoverable,
             copy_protected,
             max_members,
+            external,
         } => {
             let members = members
                 .iter()
@@ -128,7 +134,7 @@ pub async fn room_cmd(ctx: &Ctx, rc: RoomCmd) -> Result<(), BoxError> {
                 discoverable: discoverable || public,
                 copy_protected,
                 max_members,
-                external: false,
+                external,
             };
             let room = c.create_room(settings, &members).await?;
             ctx.emit(room.to_hex(), json!({"room": room}));

@@ -23,6 +23,10 @@ pub enum TrustCmd {
         /// The fingerprint you compared; nothing is pinned if it differs.
         #[arg(long)]
         fingerprint: Option<String>,
+        /// Where their KM answers partner KMs (needed for rooms homed at
+        /// their firm: their KM hands the room keys to ours).
+        #[arg(long)]
+        km_url: Option<String>,
     },
     /// Firms trusted now and before.
     List,
@@ -45,8 +49,11 @@ fn line(t: &TrustedFirm) -> String {
         Some(r) => format!("removed by {} ({})", r.by, r.reason),
     };
     format!(
-        "{}  {}  added by {}  {status}",
-        t.tenant, t.fingerprint, t.added_by
+        "{}  {}  added by {}  {}  {status}",
+        t.tenant,
+        t.fingerprint,
+        t.added_by,
+        t.km_url.as_deref().unwrap_or("(no KM address)")
     )
 }
 
@@ -67,9 +74,12 @@ pub async fn trust_cmd(ctx: &Ctx, cmd: TrustCmd) -> Result<(), BoxError> {
             tenant: t,
             km_key,
             fingerprint,
+            km_url,
         } => {
             let t = tenant(&t)?;
-            let rec = c.trust_add(&t, &km_key, fingerprint.as_deref()).await?;
+            let rec = c
+                .trust_add_at(&t, &km_key, fingerprint.as_deref(), km_url.as_deref())
+                .await?;
             let warn = if fingerprint.is_none() {
                 "\ncompare this fingerprint with the partner's before any room is shared"
             } else {

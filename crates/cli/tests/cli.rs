@@ -780,3 +780,171 @@ fn compliance_through_the_cli() {
         "{err}"
     );
 }
+
+/// Two firms, each with its own KM process, on one messaging server: trust
+/// pinned both ways with the KMs' addresses, a connection, an external
+/// room, messages both ways (bank's KM gets the key from acme's KM), a
+/// member removed and refused, each KM's audit of the exchange.
+#[test]
+fn two_firms_each_with_its_own_km_process() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().to_owned();
+    let mut server_cmd = cmd(None);
+    server_cmd
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(root.join("server"));
+    let (server_child, server) = spawn_service(server_cmd);
+    let mut procs = Procs(vec![server_child]);
+    wait_http(&server);
+    let token = root.join("server/operator.token");
+    let mut kms = Vec::new();
+    for firm in ["acme", "bank"] {
+        let kdir = root.join(format!("km-{firm}"));
+        let init = json(
+            cmd(None)
+                .args(["--json", "km", "init", "--tenant", firm, "--data-dir"])
+                .arg(&kdir)
+                .output()
+                .unwrap(),
+        );
+        let mut c = cmd(None);
+        c.args([
+            "km",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--server",
+            &server,
+        ])
+        .arg("--data-dir")
+        .arg(&kdir);
+        let (child, km) = spawn_service(c);
+        procs.0.push(child);
+        wait_http(&km);
+        ok(cmd(None)
+            .args(["admin", "register-tenant", "--server", &server, "--km", &km])
+            .arg("--operator-token-file")
+            .arg(&token)
+            .output()
+            .unwrap());
+        kms.push((firm, km, init["code"].as_str().unwrap().to_owned()));
+    }
+    let home = |who: &str| root.join("homes").join(who);
+    let run = |who: &str, args: &[&str]| cmd(Some(&home(who))).args(args).output().unwrap();
+    let km_of = |firm: &str| kms.iter().find(|k| k.0 == firm).unwrap().1.clone();
+    let enrol = |who: &str, firm: &str, code: &str| {
+        json(run(
+            &format!("{who}-{firm}"),
+            &[
+                "--json",
+                "enrol",
+                "--server",
+                &server,
+                "--km",
+                &km_of(firm),
+                "--user",
+                &format!("{who}@{firm}"),
+                "--code",
+                code,
+            ],
+        ));
+    };
+    for (firm, _, code) in &kms {
+        enrol("admin", firm, code);
+    }
+    // each admin reads its KM identity and pins the other's, with its address
+    let ids: Vec<Value> = ["acme", "bank"]
+        .iter()
+        .map(|f| {
+            json(run(
+                &format!("admin-{f}"),
+                &["--json", "admin", "trust", "self"],
+            ))
+        })
+        .collect();
+    for (me, other, id) in [("acme", "bank", &ids[1]), ("bank", "acme", &ids[0])] {
+        ok(run(
+            &format!("admin-{me}"),
+            &[
+                "admin",
+                "trust",
+                "add",
+                other,
+                "--km-key",
+                id["km_key"].as_str().unwrap(),
+                "--fingerprint",
+                id["fingerprint"].as_str().unwrap(),
+                "--km-url",
+                &km_of(other),
+            ],
+        ));
+    }
+    for (who, firm) in [("alice", "acme"), ("bob", "bank")] {
+        let code = json(run(
+            &format!("admin-{firm}"),
+            &["--json", "admin", "add-user", &format!("{who}@{firm}")],
+        ))["code"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        enrol(who, firm, &code);
+        ok(run(
+            &format!("admin-{firm}"),
+            &[
+                "admin",
+                "entitle",
+                &format!("{who}@{firm}"),
+                "--grant",
+                "external_chat",
+            ],
+        ));
+    }
+    let req = json(run(
+        "alice-acme",
+        &["--json", "connect", "request", "bob@bank"],
+    ));
+    ok(run(
+        "bob-bank",
+        &["connect", "accept", req["id"].as_str().unwrap()],
+    ));
+    let room = json(run(
+        "alice-acme",
+        &[
+            "--json",
+            "room",
+            "create",
+            "deal",
+            "--external",
+            "--member",
+            "bob@bank",
+        ],
+    ))["room"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    ok(run("alice-acme", &["send", &room, "term sheet attached"]));
+    let text = ok(run("bob-bank", &["read", &room]));
+    assert!(text.contains("term sheet attached"), "{text}");
+    ok(run("bob-bank", &["send", &room, "countersigned"]));
+    let text = ok(run("alice-acme", &["read", &room]));
+    assert!(text.contains("countersigned"), "{text}");
+    // each KM's record of the exchange
+    let sent = ok(run(
+        "admin-acme",
+        &["--json", "audit", "list", "--kind", "key_exchange"],
+    ));
+    assert!(sent.contains("\"sent\"") && sent.contains("bank"), "{sent}");
+    let got = ok(run(
+        "admin-bank",
+        &["--json", "audit", "list", "--kind", "key_exchange"],
+    ));
+    assert!(
+        got.contains("\"received\"") && got.contains("acme"),
+        "{got}"
+    );
+    // bob removed: no longer served by either side
+    ok(run("alice-acme", &["room", "remove", &room, "bob@bank"]));
+    ok(run("alice-acme", &["send", &room, "between us"]));
+    let err = fails(run("bob-bank", &["read", &room]));
+    assert!(err.contains("no_such_room"), "{err}");
+}

@@ -396,7 +396,11 @@ async fn an_unpinned_firm_gets_nothing() {
                 },
             )
             .await;
-        assert_eq!((s, b["error"].as_str()), (401, Some("unknown_device")), "{b}");
+        assert_eq!(
+            (s, b["error"].as_str()),
+            (401, Some("unknown_device")),
+            "{b}"
+        );
     }
     // bank's request altered in transit (another room): the signature fails
     let blob = bank.km.key_request(&st, &[0]).await.unwrap();
