@@ -443,3 +443,128 @@ async fn an_unpinned_firm_gets_nothing() {
         .collect();
     assert!(refused.contains(&"fund".to_owned()), "{refused:?}");
 }
+
+/// Each firm keeps its own record: every device captures what its user
+/// sends and receives into its own firm's vault, under its own escrow key;
+/// each firm exports its side and the export verifies offline against its
+/// own KM key (the other firm's senders under the partner key its KM signed).
+#[tokio::test]
+async fn each_firm_captures_and_exports_its_own_side() {
+    use cloister_proto::km::Role::{Compliance, Custodian};
+    let w = World::new().await;
+    let bank = w.firm("bank").await;
+    w.trust_each_other(&bank).await;
+    // acme: escrow 2-of-2, its vault, capture required
+    let acme_cust = [
+        w.user_with("cust1", &[Custodian]).await,
+        w.user_with("cust2", &[Custodian]).await,
+    ];
+    let acme_officer = w.user_with("officer", &[Compliance]).await;
+    w.admin
+        .admin_escrow_init(
+            &[acme_cust[0].user().clone(), acme_cust[1].user().clone()],
+            2,
+        )
+        .await
+        .unwrap();
+    w.register_vault(true).await;
+    // bank: the same, with its own vault and escrow
+    let bank_cust = [
+        bank.user_with("cust1", &[Custodian]).await,
+        bank.user_with("cust2", &[Custodian]).await,
+    ];
+    let bank_officer = bank.user_with("officer", &[Compliance]).await;
+    bank.admin
+        .admin_escrow_init(
+            &[bank_cust[0].user().clone(), bank_cust[1].user().clone()],
+            2,
+        )
+        .await
+        .unwrap();
+    bank.admin
+        .admin_vault_register(&bank.vault_url, true)
+        .await
+        .unwrap();
+    let alice = w.user("alice").await;
+    let bob = bank.user("bob").await;
+    for c in [&alice, &acme_officer] {
+        c.use_registered_vault().await.unwrap().unwrap();
+    }
+    for c in [&bob, &bank_officer] {
+        c.use_registered_vault().await.unwrap().unwrap();
+    }
+    entitle_external(&w.admin, &[&alice]).await;
+    entitle_external(&bank.admin, &[&bob]).await;
+    connect(&alice, &bob).await;
+    let room = alice
+        .create_room(external("deal"), &[bob.user().clone()])
+        .await
+        .unwrap();
+    alice.send_text(&room, "acme offers 101.5").await.unwrap();
+    assert_eq!(texts(&bob, &room).await, ["acme offers 101.5"]);
+    bob.send_text(&room, "bank takes it").await.unwrap();
+    assert_eq!(
+        texts(&alice, &room).await,
+        ["acme offers 101.5", "bank takes it"]
+    );
+
+    // each firm's officer exports the room from its own vault
+    let scope = || {
+        let now = now_millis();
+        cloister_proto::km::CaseScope {
+            custodians: vec![],
+            rooms: vec![room],
+            from_ms: now - 3_600_000,
+            to_ms: now + 3_600_000,
+        }
+    };
+    let mut exports = Vec::new();
+    for (officer, cust, dir, km_pk) in [
+        (
+            &acme_officer,
+            &acme_cust,
+            w.dir.path().join("export-acme"),
+            w.stack.km.info().sign_pk.0,
+        ),
+        (
+            &bank_officer,
+            &bank_cust,
+            bank.dir.path().join("export-bank"),
+            bank.km.info().sign_pk.0,
+        ),
+    ] {
+        officer
+            .case_open("deal", "the deal", scope(), false)
+            .await
+            .unwrap();
+        for c in cust {
+            c.case_approve("deal").await.unwrap();
+        }
+        let s = officer.case_export("deal", &dir, &|_, _| {}).await.unwrap();
+        assert_eq!(
+            (s.summary.messages, s.summary.unattributable),
+            (2, 0),
+            "{s:?}"
+        );
+        let report = cloister_client::export::verify(&dir, Some(km_pk)).unwrap();
+        assert_eq!(report.messages, 2);
+        let jl = std::fs::read_to_string(dir.join("messages.jsonl")).unwrap();
+        assert!(
+            jl.contains("acme offers 101.5") && jl.contains("bank takes it"),
+            "{jl}"
+        );
+        exports.push((dir, km_pk));
+    }
+    // an export verifies only under its own firm's KM key
+    let e = cloister_client::export::verify(&exports[0].0, Some(exports[1].1)).unwrap_err();
+    assert!(e.contains("TAMPERED"), "{e}");
+    // neither vault holds plaintext; each holds only envelopes sealed to
+    // its own escrow key (the other firm's officer cannot open them)
+    for dir in [w.stack.dir.join("vault"), bank.dir.path().join("vault")] {
+        for (path, bytes) in common::files_under(&dir) {
+            for p in ["acme offers 101.5", "bank takes it"] {
+                assert!(!common::contains(&bytes, p.as_bytes()), "{p} in {path:?}");
+            }
+        }
+    }
+}

@@ -95,6 +95,7 @@ fn bench(c: &mut Criterion) {
         km_sign_pk: km.public(),
         checkpoint: "checkpoint",
         unopened: &[],
+        partners: None,
     };
     let sealed_bytes = serde_json::to_vec(&sealed).unwrap();
     let entry = InclusionProof {

@@ -335,6 +335,12 @@ impl Client {
             Content::File { sha256, .. } => vec![*sha256],
             Content::Text { .. } => vec![],
         };
+        let sender_cert = if received {
+            self.signed_cert_of(&h.device).await?
+        } else {
+            self.profile.cert.clone()
+        };
+        let foreign = h.sender.tenant() != self.profile.tenant;
         let audit = cloister_proto::vault::AuditEnvelope {
             message_id: h.id,
             room: h.room,
@@ -356,6 +362,7 @@ impl Client {
                 },
                 Err(_) => Vec::new(),
             },
+            sender_cert: foreign.then(|| sender_cert.clone()),
         };
         let sealed =
             cloister_crypto::capture::seal(&escrow.public.0, &self.profile.tenant, &audit)?;
@@ -374,11 +381,7 @@ impl Client {
             received,
             header: env.header.clone(),
             sig: env.sig,
-            sender_cert: if received {
-                self.signed_cert_of(&h.device).await?
-            } else {
-                self.profile.cert.clone()
-            },
+            sender_cert,
         };
         let envelope_sha = cloister_crypto::sha256(capture.envelope.as_slice());
         let op = cloister_proto::vault::VaultOp::Capture {

@@ -63,6 +63,11 @@ pub struct Manifest {
     pub checkpoint: String,
     pub exported_by: SignedCert,
     pub exported_ms: u64,
+    /// The partner firms' KM keys, as the tenant KM signed them (domain
+    /// `cloister/partner-keys/v1`): the certificates of other firms'
+    /// senders in shared rooms verify under them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partners: Option<SignedBlob>,
     pub files: Vec<FileEntry>,
     pub envelopes: Vec<EnvelopeEntry>,
     /// Envelopes in scope whose content their named sender did not sign.
@@ -142,6 +147,32 @@ pub struct Source<'a> {
     pub checkpoint: &'a str,
     /// In-scope envelopes that did not even open under the escrow key.
     pub unopened: &'a [Unattributable],
+    /// The KM-signed partner keys (for other firms' senders), if any.
+    pub partners: Option<&'a SignedBlob>,
+}
+
+/// KM signing keys by firm: the tenant's own and its partners'.
+pub type FirmKeys = std::collections::HashMap<cloister_proto::TenantId, [u8; 32]>;
+
+/// The firm keys an export's attributions are checked under: the tenant
+/// KM's, and the partners' it signed (`tenant` must be the list's firm).
+pub fn firm_keys(
+    km: &[u8; 32],
+    tenant: &cloister_proto::TenantId,
+    partners: Option<&SignedBlob>,
+) -> Result<FirmKeys, String> {
+    let mut m = FirmKeys::new();
+    if let Some(b) = partners {
+        let p: cloister_proto::federation::PartnerKeys =
+            verify_blob(km, signed::PARTNER_KEYS, b, "partner keys")
+                .map_err(|_| "TAMPERED: the partner keys are not signed by the KM".to_owned())?;
+        if &p.tenant != tenant {
+            return Err("TAMPERED: the partner keys are another firm's".into());
+        }
+        m.extend(p.partners.into_iter().map(|k| (k.tenant, k.sign_pk.0)));
+    }
+    m.insert(tenant.clone(), *km);
+    Ok(m)
 }
 
 /// What was written.
@@ -243,13 +274,34 @@ fn eml(item: &ExportItem, envelope_sha256: &str, tenant: &str) -> Result<Vec<u8>
 /// header and `ciphertext_sha256`, the franking commitment over the
 /// plaintext, and that the header and content are the envelope's.
 pub fn check_attribution(
-    km: &[u8; 32],
+    keys: &FirmKeys,
     sender_cert: &SignedCert,
     att: &Attribution,
     ciphertext_sha256: &[u8; 32],
 ) -> Result<(cloister_proto::server::MessageHeader, Content), String> {
-    let cert = verify_cert(km, sender_cert)
-        .map_err(|_| "the sender's certificate is not signed by the tenant KM".to_owned())?;
+    let issuer: cloister_proto::km::DeviceCert = signed::peek_blob(
+        &SignedBlob {
+            body: sender_cert.body.clone(),
+            sig: sender_cert.sig,
+        },
+        "certificate",
+    )
+    .map_err(|e| e.to_string())?;
+    let km = keys.get(&issuer.tenant).ok_or_else(|| {
+        format!(
+            "the sender's firm {} is not one the tenant KM trusts",
+            issuer.tenant
+        )
+    })?;
+    let cert = verify_cert(km, sender_cert).map_err(|_| {
+        format!(
+            "the sender's certificate is not signed by {}'s KM",
+            issuer.tenant
+        )
+    })?;
+    if cert.user.tenant() != cert.tenant {
+        return Err("the sender's certificate names a user of another firm".into());
+    }
     let key =
         cloister_crypto::keys::VerifyKey::from_bytes(&cert.sign_pk.0).map_err(|e| e.to_string())?;
     let (h, content) = cloister_crypto::message::verify_attribution(&key, att, ciphertext_sha256)
@@ -268,9 +320,9 @@ pub fn check_attribution(
     Ok((h, content))
 }
 
-fn attributed(e: &AuditEnvelope, km: &[u8; 32], cert: Option<&SignedCert>) -> Result<(), String> {
+fn attributed(e: &AuditEnvelope, keys: &FirmKeys, cert: Option<&SignedCert>) -> Result<(), String> {
     let cert = cert.ok_or("the sender device's certificate was not found")?;
-    let (h, content) = check_attribution(km, cert, &e.attribution, &e.ciphertext_sha256.0)?;
+    let (h, content) = check_attribution(keys, cert, &e.attribution, &e.ciphertext_sha256.0)?;
     if h.id != e.message_id
         || h.room != e.room
         || h.epoch != e.epoch
@@ -299,6 +351,7 @@ pub fn write(
         km_sign_pk,
         checkpoint,
         unopened,
+        partners,
     } = *src;
     if dir.exists()
         && std::fs::read_dir(dir)
@@ -312,6 +365,7 @@ pub fn write(
         ));
     }
     let c: Case = serde_json::from_slice(case.body.as_slice()).map_err(|e| e.to_string())?;
+    let firms = firm_keys(&km_sign_pk, &c.tenant, partners)?;
     for sub in ["messages", "sealed"] {
         std::fs::create_dir_all(dir.join(sub)).map_err(|e| io_err(dir, e))?;
     }
@@ -334,7 +388,7 @@ pub fn write(
     let total = items.len() as u64;
     for (n, it) in items.iter().enumerate() {
         let e = &it.envelope;
-        if let Err(reason) = attributed(e, &km_sign_pk, it.sender_cert.as_ref()) {
+        if let Err(reason) = attributed(e, &firms, it.sender_cert.as_ref()) {
             tracing::warn!(message = %e.message_id, "unattributable envelope left out: {reason}");
             unattributable.push(Unattributable {
                 message_id: e.message_id.to_string(),
@@ -405,6 +459,7 @@ pub fn write(
         checkpoint: checkpoint.to_owned(),
         exported_by: cert.clone(),
         exported_ms: cloister_proto::now_millis(),
+        partners: partners.cloned(),
         files: files.clone(),
         envelopes,
         unattributable,
@@ -478,6 +533,7 @@ pub fn verify(dir: &Path, pinned_km: Option<[u8; 32]>) -> Result<VerifyReport, S
     if cert.user != case.officer || cert.tenant != case.tenant || vault.tenant != case.tenant {
         return Err("TAMPERED: the export was not made by the case officer of this tenant".into());
     }
+    let keys = firm_keys(&km, &case.tenant, m.partners.as_ref())?;
     let verifier = NoteVerifier::parse(&vault.log_key).map_err(|e| e.to_string())?;
     let cp = verifier.verify_checkpoint(&m.checkpoint).map_err(|e| {
         format!("TAMPERED: the checkpoint does not verify under the vault's log key: {e}")
@@ -567,9 +623,13 @@ pub fn verify(dir: &Path, pinned_km: Option<[u8; 32]>) -> Result<VerifyReport, S
         // Attribution: the named sender's device signed exactly this.
         let s: cloister_proto::vault::SealedEnvelope = serde_json::from_slice(&sealed)
             .map_err(|_| format!("TAMPERED: {} is malformed", e.sealed))?;
-        let (h, content) =
-            check_attribution(&km, &e.sender_cert, &e.attribution, &s.ciphertext_sha256.0)
-                .map_err(|why| format!("UNATTRIBUTABLE: message {}: {why}", e.message_id))?;
+        let (h, content) = check_attribution(
+            &keys,
+            &e.sender_cert,
+            &e.attribution,
+            &s.ciphertext_sha256.0,
+        )
+        .map_err(|why| format!("UNATTRIBUTABLE: message {}: {why}", e.message_id))?;
         let line = lines.get(e.message_id.as_str()).ok_or_else(|| {
             format!(
                 "TAMPERED: message {} is missing from messages.jsonl",

@@ -231,10 +231,10 @@ impl Client {
             }
             let r = self.open_envelope(room, m.seq, &m.envelope).await;
             if let Ok(rc) = &r
-                && rc.sender.tenant() == self.profile.tenant
                 && rc.sender != *self.user()
             {
-                // The recipient's capture (idempotent at the vault).
+                // The recipient's capture into this firm's own vault
+                // (idempotent there), whichever firm the sender is of.
                 if let Err(e) = self
                     .capture_envelope(room, &m.envelope, &rc.content, &rc.attribution, true)
                     .await

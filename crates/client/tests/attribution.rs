@@ -152,6 +152,7 @@ fn write(f: &Fixture, dir: &Path) -> export::ExportSummary {
         km_sign_pk: f.km.public(),
         checkpoint: &f.checkpoint,
         unopened: &[],
+        partners: None,
     };
     export::write(dir, &src, &f.items, &|_, _| {}).unwrap()
 }

@@ -141,6 +141,7 @@ fn capture(c: &mut Criterion) {
             plaintext: cloister_proto::b64::Bytes(text.into_bytes()),
         },
         dlp_flags: vec![],
+        sender_cert: None,
     };
     let mut g = c.benchmark_group("capture");
     g.bench_function("seal_envelope_1KiB", |b| {

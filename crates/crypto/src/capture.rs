@@ -129,6 +129,7 @@ mod tests {
                 plaintext: Bytes(b"{}".to_vec()),
             },
             dlp_flags: vec![],
+            sender_cert: None,
         }
     }
 

@@ -257,6 +257,7 @@ impl Km {
             issued_ms: now_millis(),
             revoked: devices.iter().filter_map(|d| d.parse().ok()).collect(),
             disabled: users.iter().filter_map(|u| u.parse().ok()).collect(),
+            partners: self.partner_list(),
         };
         km_sign_blob(&self.signer, signed::DENY_LIST, &body).map_err(Denied::internal)
     }

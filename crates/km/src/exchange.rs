@@ -164,10 +164,9 @@ impl Km {
         Ok((cert.user.clone(), cert.sign_pk.0))
     }
 
-    /// The keys of the firms trusted now, signed for this firm's devices.
-    pub(crate) fn partner_keys(&self) -> Result<SignedBlob, Denied> {
-        let partners = self
-            .dir()
+    /// The signing keys of the firms trusted now.
+    pub(crate) fn partner_list(&self) -> Vec<PartnerKey> {
+        self.dir()
             .trusts
             .values()
             .filter(|t| t.active())
@@ -176,10 +175,14 @@ impl Km {
                 tenant: id.tenant,
                 sign_pk: Fixed(id.sign_pk),
             })
-            .collect();
+            .collect()
+    }
+
+    /// The keys of the firms trusted now, signed for this firm's devices.
+    pub(crate) fn partner_keys(&self) -> Result<SignedBlob, Denied> {
         let pk = PartnerKeys {
             tenant: self.tenant.clone(),
-            partners,
+            partners: self.partner_list(),
             issued_ms: now_millis(),
         };
         km_sign_blob(&self.signer, PARTNER_KEYS, &pk).map_err(Denied::internal)

@@ -30,6 +30,12 @@ pub struct AuditEnvelope {
     /// device evaluated them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dlp_flags: Vec<String>,
+    /// The sender device's certificate when the sender is of another firm
+    /// (a message received in a room shared with a partner firm): the
+    /// record keeps what attributes it, since this firm's officers cannot
+    /// look other firms' devices up later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender_cert: Option<crate::km::SignedCert>,
 }
 
 /// What makes a captured message attributable: the sender device's signed

@@ -114,6 +114,11 @@ pub struct DenyListBody {
     pub issued_ms: u64,
     pub revoked: Vec<DeviceId>,
     pub disabled: Vec<UserId>,
+    /// The partner firms' KM keys the firm trusts now: the vault checks
+    /// the certificates of other firms' senders its users received
+    /// messages from under them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub partners: Vec<cloister_proto::federation::PartnerKey>,
 }
 
 /// Revoked devices and disabled users, as of a time. With a `max_age` the
@@ -268,6 +273,7 @@ mod tests {
             issued_ms: t,
             revoked,
             disabled: vec![],
+            partners: vec![],
         };
         assert!(l.replace(body(10_000, vec![c.device])));
         assert_eq!(

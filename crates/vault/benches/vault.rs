@@ -111,6 +111,7 @@ fn deny_nobody(vault: &Vault, km: &KmSigner, tenant: &TenantId) {
         issued_ms: cloister_proto::now_millis(),
         revoked: vec![],
         disabled: vec![],
+        partners: vec![],
     };
     let blob = signed::km_sign_blob(km, signed::DENY_LIST, &body).unwrap();
     vault.apply_deny_list(&blob).unwrap();

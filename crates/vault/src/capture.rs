@@ -52,6 +52,59 @@ impl Vault {
         Ok(e)
     }
 
+    /// The sender's certificate: this firm's under the KM key; another
+    /// firm's (a message one of this firm's users received in a room
+    /// shared with that firm) under the partner key the KM vouches for.
+    fn sender_cert(
+        &self,
+        sc: &cloister_proto::km::SignedCert,
+        received: bool,
+    ) -> Result<Arc<VerifiedCert>, ApiError> {
+        let refuse =
+            |why: String| ApiError::forbidden("unattributable", format!("capture refused: {why}"));
+        let peek: DeviceCert = signed::peek_blob(
+            &cloister_proto::km::SignedBlob {
+                body: sc.body.clone(),
+                sig: sc.sig,
+            },
+            "certificate",
+        )
+        .map_err(|e| refuse(e.to_string()))?;
+        if peek.tenant == self.tenant {
+            return self.verified_cert(sc).map_err(|_| {
+                refuse("the sender's certificate is not signed by the tenant's KM".into())
+            });
+        }
+        if !received {
+            return Err(refuse("the sender belongs to another tenant".into()));
+        }
+        let key = self
+            .partners
+            .read()
+            .ok()
+            .and_then(|p| p.get(&peek.tenant).copied())
+            .ok_or_else(|| {
+                refuse(format!(
+                    "the sender's firm {} is not one the tenant's KM trusts",
+                    peek.tenant
+                ))
+            })?;
+        let cert = signed::verify_cert(&key, sc).map_err(|_| {
+            refuse(format!(
+                "the sender's certificate is not signed by {}'s KM",
+                peek.tenant
+            ))
+        })?;
+        if cert.user.tenant() != cert.tenant {
+            return Err(refuse(
+                "the certificate names a user of another firm".into(),
+            ));
+        }
+        let vk = VerifyKey::from_bytes(&cert.sign_pk.0)
+            .map_err(|_| refuse("the sender's key is malformed".into()))?;
+        Ok(Arc::new((cert, vk)))
+    }
+
     /// Who wrote the captured message: the sender device's certificate
     /// (signed by the tenant KM) and its signature over the header and the
     /// ciphertext's hash; the header must name the envelope's message, room
@@ -64,12 +117,7 @@ impl Vault {
     ) -> Result<(), ApiError> {
         let refuse =
             |why: String| ApiError::forbidden("unattributable", format!("capture refused: {why}"));
-        let sender = self.verified_cert(&capture.sender_cert).map_err(|_| {
-            refuse("the sender's certificate is not signed by the tenant's KM".into())
-        })?;
-        if sender.0.tenant != self.tenant {
-            return Err(refuse("the sender belongs to another tenant".into()));
-        }
+        let sender = self.sender_cert(&capture.sender_cert, capture.received)?;
         let h = cloister_crypto::message::verify_signed_header(
             &sender.1,
             capture.header.as_slice(),

@@ -77,6 +77,9 @@ pub struct Vault {
     /// Revoked devices and disabled users, pulled from the KM; requests are
     /// refused while it is stale (fail closed).
     deny: std::sync::RwLock<cloister_standing::DenyList>,
+    /// Partner firms' KM keys, from the newest deny list (other firms'
+    /// senders of messages this firm's users received).
+    partners: std::sync::RwLock<HashMap<TenantId, [u8; 32]>>,
     /// Where the deny list comes from, and one pull at a time.
     km_url: std::sync::RwLock<Option<String>>,
     pulling: tokio::sync::Mutex<()>,
@@ -202,6 +205,7 @@ impl Vault {
             deny: std::sync::RwLock::new(cloister_standing::DenyList::pulled(
                 DEFAULT_STANDING_MAX_AGE_MS,
             )),
+            partners: std::sync::RwLock::new(HashMap::new()),
             certs: Mutex::new(HashMap::new()),
             km_url: std::sync::RwLock::new(km_url),
             pulling: tokio::sync::Mutex::new(()),

@@ -130,10 +130,19 @@ impl Vault {
                 "deny list issued outside the clock skew",
             ));
         }
+        let partners: HashMap<TenantId, [u8; 32]> = body
+            .partners
+            .iter()
+            .map(|p| (p.tenant.clone(), p.sign_pk.0))
+            .collect();
         let mut d = self
             .deny
             .write()
             .map_err(|_| VaultError::Corrupt("deny list lock"))?;
-        Ok(d.replace(body))
+        let newer = d.replace(body);
+        if newer && let Ok(mut p) = self.partners.write() {
+            *p = partners;
+        }
+        Ok(newer)
     }
 }

@@ -409,9 +409,11 @@ pub struct Firm {
     pub km_url: String,
     pub admin: Client,
     pub server_url: String,
+    /// The firm's own compliance vault (registered by `with_vault`).
+    pub vault_url: String,
+    pub dir: tempfile::TempDir,
     http: reqwest::Client,
-    _dir: tempfile::TempDir,
-    _task: tokio::task::JoinHandle<()>,
+    _tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl World {
@@ -431,9 +433,32 @@ impl World {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let km_url = format!("http://{}", l.local_addr().unwrap());
         let router = cloister_km::http::router(km.clone());
-        let task = tokio::spawn(async move {
+        let mut tasks = vec![tokio::spawn(async move {
             let _ = cloister_http::serve(l, router, std::future::pending()).await;
-        });
+        })];
+        if let Some(t) = km.push_notices_to(&self.stack.server_url) {
+            tasks.push(t);
+        }
+        // its own vault, pulling its deny list (and partner keys) from its KM
+        let vault = std::sync::Arc::new(
+            cloister_vault::Vault::open_dir(
+                &dir.path().join("vault"),
+                Some((&t, km.info().sign_pk.0)),
+            )
+            .await
+            .unwrap(),
+        );
+        vault.set_km_url(&km_url).await.unwrap();
+        let vl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let vault_url = format!("http://{}", vl.local_addr().unwrap());
+        let vr = cloister_vault::router(vault.clone());
+        tasks.push(tokio::spawn(async move {
+            let _ = cloister_http::serve(vl, vr, std::future::pending()).await;
+        }));
+        tasks.push(tokio::spawn(vault.keep_standing(
+            std::time::Duration::from_millis(200),
+            std::future::pending(),
+        )));
         cloister_client::register_tenant(
             &self.http,
             &self.stack.server_url,
@@ -458,9 +483,10 @@ impl World {
             km_url,
             admin,
             server_url: self.stack.server_url.clone(),
+            vault_url,
+            dir,
             http: self.http.clone(),
-            _dir: dir,
-            _task: task,
+            _tasks: tasks,
         }
     }
 
@@ -497,8 +523,23 @@ impl Firm {
 
     /// A new user of this firm with one in-memory device.
     pub async fn user(&self, name: &str) -> Client {
+        self.user_with(name, &[]).await
+    }
+
+    /// A new user with roles (compliance, custodian…).
+    pub async fn user_with(&self, name: &str, roles: &[cloister_proto::km::Role]) -> Client {
         let user = self.uid(name);
-        let code = self.admin.admin_add_user(&user, false).await.unwrap().code;
+        let roles = if roles.is_empty() {
+            vec![cloister_proto::km::Role::User]
+        } else {
+            roles.to_vec()
+        };
+        let code = self
+            .admin
+            .admin_add_user_roles(&user, &roles)
+            .await
+            .unwrap()
+            .code;
         Client::enrol(
             self.http.clone(),
             &self.server_url,

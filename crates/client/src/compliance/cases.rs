@@ -335,7 +335,12 @@ impl Client {
                     Content::File { .. } => self.fetch_attachment(&env.content).await,
                     Content::Text { .. } => None,
                 };
-                let sender_cert = self.signed_cert_of(&env.device).await.ok();
+                // another firm's sender: the certificate kept in the record
+                // (checked under the partner key the KM signed)
+                let sender_cert = match &env.sender_cert {
+                    Some(c) => Some(c.clone()),
+                    None => self.signed_cert_of(&env.device).await.ok(),
+                };
                 items.push(crate::export::ExportItem {
                     envelope: env,
                     sealed: it.envelope.0,
@@ -351,6 +356,11 @@ impl Client {
         }
         self.case_step(&c.case, "decrypted", items.len() as u64)
             .await?;
+        // other firms' senders (rooms shared with partners) verify under
+        // the partner keys the KM signs
+        let partners: cloister_proto::km::SignedBlob = self
+            .km_request(cloister_proto::km::KmOp::PartnerKeys)
+            .await?;
         let src = crate::export::Source {
             keys: &self.keys,
             cert: &self.profile.cert,
@@ -359,6 +369,7 @@ impl Client {
             km_sign_pk: self.profile.km_sign_pk.0,
             checkpoint: &cp.checkpoint,
             unopened: &unopened,
+            partners: Some(&partners),
         };
         crate::export::write(out, &src, &items, progress).map_err(ClientError::Local)
     }

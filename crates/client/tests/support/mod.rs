@@ -67,5 +67,6 @@ pub fn attributed(
         attachment_sha256: vec![],
         attribution,
         dlp_flags: vec![],
+        sender_cert: None,
     }
 }
