@@ -11,6 +11,7 @@ use cloister_proto::server::Content;
 use std::path::Path;
 
 mod controls;
+mod firms;
 
 struct Demo {
     json: bool,
@@ -606,6 +607,20 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
     .await?;
     secrets.push("Project Falcon: the issuer signs Friday".into());
 
+    firms::run(
+        &mut d,
+        firms::Cast {
+            stack: &stack,
+            admin: &admin,
+            alice: &alice,
+            olivia: &olivia,
+            custodians: &custodians,
+            dir: &dir,
+        },
+        &mut secrets,
+    )
+    .await?;
+
     d.section("What the operator holds");
     let needles: Vec<Vec<u8>> = secrets
         .iter()
@@ -646,6 +661,18 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
     d.check(
         vfound.is_empty(),
         "the vault's storage holds no plaintext either (envelopes are sealed to the escrow key)",
+    );
+    let (hfiles, hbytes, hfound) = scan_for(&dir.join("harbour").join("vault"), &needles)?;
+    d.say(
+        "auditor",
+        format!("scanned {hfiles} files, {hbytes} bytes of Harbour's vault for the same strings"),
+    );
+    for f in &hfound {
+        d.say("auditor", format!("FOUND: {f}"));
+    }
+    d.check(
+        hfound.is_empty(),
+        "Harbour's vault holds no plaintext either (sealed to Harbour's own escrow key)",
     );
 
     stack.stop().await;

@@ -12,6 +12,7 @@
 
 pub mod audit;
 pub mod bench;
+pub mod bench_firms;
 pub mod demo;
 pub mod inspect;
 

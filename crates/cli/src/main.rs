@@ -48,6 +48,9 @@ enum Cmd {
     },
     /// Load test: N clients in rooms of M members over loopback.
     Bench(cloister_cli::bench::BenchArgs),
+    /// Load test between firms: one external room over F firms, each KM its
+    /// own process; time until every member holds a new epoch's key.
+    BenchFirms(cloister_cli::bench_firms::FirmsBenchArgs),
     /// The tenant Key Manager.
     #[command(subcommand)]
     Km(KmCmd),
@@ -403,6 +406,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             }
         }
         Cmd::Bench(args) => cloister_cli::bench::run(args, ctx.json).await?,
+        Cmd::BenchFirms(args) => cloister_cli::bench_firms::run(args, ctx.json).await?,
         Cmd::Km(KmCmd::Init {
             data_dir,
             tenant,
@@ -868,7 +872,10 @@ async fn audit_cmd(ctx: &Ctx, ac: AuditCmd) -> Result<(), BoxError> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo and the load tool print their own story; services log warnings.
-    let quiet = matches!(cli.cmd, Cmd::Demo { .. } | Cmd::Bench(_));
+    let quiet = matches!(
+        cli.cmd,
+        Cmd::Demo { .. } | Cmd::Bench(_) | Cmd::BenchFirms(_)
+    );
     let filter = std::env::var("CLOISTER_LOG")
         .unwrap_or_else(|_| if quiet { "error" } else { "warn" }.into());
     let _ = tracing_subscriber::fmt()

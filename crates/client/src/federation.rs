@@ -247,21 +247,36 @@ impl Client {
         if foreign.is_empty() {
             return Ok(Vec::new());
         }
-        let conns = self.connections().await?;
+        // my accepted, standing connections, by the other user
+        let mut mine: HashMap<UserId, ConnectionProof> = HashMap::new();
+        for c in self.connections().await? {
+            let (Ok(r), Some(answer)) = (body::<ConnectionRequest>(&c.request), c.answer.clone())
+            else {
+                continue;
+            };
+            let Ok(a) = body::<ConnectionAnswer>(&answer) else {
+                continue;
+            };
+            let other = if &r.from == self.user() {
+                r.to
+            } else if &r.to == self.user() {
+                r.from
+            } else {
+                continue;
+            };
+            if a.accept && c.removal.is_none() {
+                mine.insert(
+                    other,
+                    ConnectionProof {
+                        request: c.request,
+                        answer,
+                    },
+                );
+            }
+        }
         let mut out = Vec::new();
         for u in foreign {
-            let found = conns.iter().find_map(|c| {
-                let r: ConnectionRequest = body(&c.request).ok()?;
-                let answer = c.answer.clone()?;
-                let a: ConnectionAnswer = body(&answer).ok()?;
-                let pair = (&r.from == self.user() && &r.to == *u)
-                    || (&r.to == self.user() && &r.from == *u);
-                (pair && a.accept && c.removal.is_none()).then(|| ConnectionProof {
-                    request: c.request.clone(),
-                    answer,
-                })
-            });
-            out.push(found.ok_or_else(|| ClientError::Refused {
+            out.push(mine.get(*u).cloned().ok_or_else(|| ClientError::Refused {
                 code: "not_connected",
                 message: format!(
                     "you and {u} are not connected: `cloister connect request {u}` and wait for them to accept"

@@ -153,5 +153,64 @@ fn capture(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, messages, key_release_primitives, files, capture);
+/// The KM-to-KM exchange of one epoch key: the home KM seals it to the
+/// partner's exchange key and signs the grant; the partner verifies the
+/// grant and opens the key.
+fn exchange(c: &mut Criterion) {
+    use cloister_crypto::signed::{KM_KEY_GRANT, km_sign_blob, verify_blob};
+    use cloister_proto::federation::{ExchangedKey, KmKeyGrant};
+    let home = cloister_crypto::KmSigner::generate().unwrap();
+    let partner = cloister_crypto::ExchangeKey::generate().unwrap();
+    let (acme, bank): (cloister_proto::TenantId, cloister_proto::TenantId) =
+        ("acme".parse().unwrap(), "bank".parse().unwrap());
+    let room = cloister_proto::RoomId([5; 16]);
+    let key = cloister_crypto::RoomKey::generate().unwrap();
+    let grant = |k: &cloister_crypto::RoomKey| {
+        let (enc, ct) =
+            hpke_seal::seal_exchanged_key(&partner.public(), &acme, &bank, &room, 7, k).unwrap();
+        let g = KmKeyGrant {
+            home: acme.clone(),
+            to: bank.clone(),
+            room,
+            seq: 12,
+            head: cloister_proto::b64::Fixed([1; 32]),
+            keys: vec![ExchangedKey {
+                epoch: 7,
+                enc: cloister_proto::b64::Fixed(enc),
+                ct: ct.into(),
+            }],
+            ts: 1,
+        };
+        km_sign_blob(&home, KM_KEY_GRANT, &g).unwrap()
+    };
+    let blob = grant(&key);
+    let mut g = c.benchmark_group("exchange");
+    g.bench_function("home_seal_and_sign_1_epoch", |b| b.iter(|| grant(&key)));
+    g.bench_function("partner_verify_and_open_1_epoch", |b| {
+        b.iter(|| {
+            let g: KmKeyGrant = verify_blob(&home.public(), KM_KEY_GRANT, &blob, "grant").unwrap();
+            let k = &g.keys[0];
+            hpke_seal::open_exchanged_key(
+                &partner,
+                &acme,
+                &bank,
+                &room,
+                7,
+                &k.enc.0,
+                k.ct.as_slice(),
+            )
+            .unwrap()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(
+    benches,
+    messages,
+    key_release_primitives,
+    files,
+    capture,
+    exchange
+);
 criterion_main!(benches);

@@ -379,6 +379,7 @@ impl Km {
         epochs: &[u64],
     ) -> Result<(), Denied> {
         let room = state.room;
+        let _one = self.exchanges.lock(&room.to_hex()).await;
         let mut missing = Vec::new();
         for &e in epochs {
             if self

@@ -143,6 +143,9 @@ pub struct Km {
     recent_nonces: Mutex<HashMap<(DeviceId, [u8; 16]), u64>>,
     /// Serialises log ingestion per room (a room's log is appended in order).
     ingest: cloister_store::RoomLocks,
+    /// One key exchange with a home KM per room at a time (the devices of
+    /// a firm asking at once share the first one's answer).
+    exchanges: cloister_store::RoomLocks,
     /// Creating a key (read) against re-wrapping them all (write, retention).
     keys_lock: tokio::sync::RwLock<()>,
     /// Verified certificates of devices found active (device active, user
@@ -340,6 +343,7 @@ impl Km {
             heads: Mutex::new(HashMap::new()),
             recent_nonces: Mutex::new(HashMap::new()),
             ingest: Default::default(),
+            exchanges: Default::default(),
             keys_lock: tokio::sync::RwLock::new(()),
             active: Mutex::new(HashMap::new()),
             wrapped: Mutex::new(HashMap::new()),

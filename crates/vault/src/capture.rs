@@ -55,7 +55,7 @@ impl Vault {
     /// The sender's certificate: this firm's under the KM key; another
     /// firm's (a message one of this firm's users received in a room
     /// shared with that firm) under the partner key the KM vouches for.
-    fn sender_cert(
+    async fn sender_cert(
         &self,
         sc: &cloister_proto::km::SignedCert,
         received: bool,
@@ -78,17 +78,24 @@ impl Vault {
         if !received {
             return Err(refuse("the sender belongs to another tenant".into()));
         }
-        let key = self
-            .partners
-            .read()
-            .ok()
-            .and_then(|p| p.get(&peek.tenant).copied())
-            .ok_or_else(|| {
-                refuse(format!(
-                    "the sender's firm {} is not one the tenant's KM trusts",
-                    peek.tenant
-                ))
-            })?;
+        let partner = || {
+            self.partners
+                .read()
+                .ok()
+                .and_then(|p| p.get(&peek.tenant).copied())
+        };
+        if partner().is_none() {
+            // a firm pinned since the last pull: ask the KM now, once
+            if let Err(e) = self.pull_deny_list().await {
+                tracing::warn!("vault deny list not refreshed: {e}");
+            }
+        }
+        let key = partner().ok_or_else(|| {
+            refuse(format!(
+                "the sender's firm {} is not one the tenant's KM trusts",
+                peek.tenant
+            ))
+        })?;
         let cert = signed::verify_cert(&key, sc).map_err(|_| {
             refuse(format!(
                 "the sender's certificate is not signed by {}'s KM",
@@ -109,7 +116,7 @@ impl Vault {
     /// (signed by the tenant KM) and its signature over the header and the
     /// ciphertext's hash; the header must name the envelope's message, room
     /// and time. A device captures as sender only its own messages.
-    pub(crate) fn check_authorship(
+    pub(crate) async fn check_authorship(
         &self,
         cert: &DeviceCert,
         env: &SealedEnvelope,
@@ -117,7 +124,9 @@ impl Vault {
     ) -> Result<(), ApiError> {
         let refuse =
             |why: String| ApiError::forbidden("unattributable", format!("capture refused: {why}"));
-        let sender = self.sender_cert(&capture.sender_cert, capture.received)?;
+        let sender = self
+            .sender_cert(&capture.sender_cert, capture.received)
+            .await?;
         let h = cloister_crypto::message::verify_signed_header(
             &sender.1,
             capture.header.as_slice(),
@@ -176,7 +185,7 @@ impl Vault {
                 "this message was deleted by retention; it is not captured again",
             ));
         }
-        self.check_authorship(cert, &env, &capture)?;
+        self.check_authorship(cert, &env, &capture).await?;
         let envelope_sha256 = cloister_crypto::sha256(capture.envelope.as_slice());
         {
             let mut f = self
