@@ -79,6 +79,7 @@ fuzz_target!(|data: &[u8]| {
             actor_user: actor_user.clone(),
             ts: s.ts,
             action: s.action.clone(),
+            connections: Vec::new(),
         };
         let (entry, pk) = if i == 3 {
             (sign_statement_km(&km, &st), km.public())

@@ -203,6 +203,10 @@ enum AdminCmd {
         /// A role: compliance, custodian, surveillance, admin (repeatable).
         #[arg(long = "role")]
         roles: Vec<String>,
+        /// An external guest the firm sponsors (no KM of their own): only
+        /// in rooms the firm's users put them in, never with other firms.
+        #[arg(long, conflicts_with_all = ["admin", "roles"])]
+        guest: bool,
     },
     /// Disable a user: no more keys, no more server access.
     DisableUser { user: String },
@@ -499,7 +503,12 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 json!({"tenant": info.tenant}),
             );
         }
-        Cmd::Admin(AdminCmd::AddUser { user, admin, roles }) => {
+        Cmd::Admin(AdminCmd::AddUser {
+            user,
+            admin,
+            roles,
+            guest,
+        }) => {
             let c = ctx.client()?;
             let mut rs = roles
                 .iter()
@@ -508,7 +517,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             if admin {
                 rs.push(cloister_proto::km::Role::Admin);
             }
-            rs.push(cloister_proto::km::Role::User);
+            rs.push(if guest {
+                cloister_proto::km::Role::Guest
+            } else {
+                cloister_proto::km::Role::User
+            });
             let r = c.admin_add_user_roles(&parse(&user)?, &rs).await?;
             ctx.emit(
                 format!("user {}\none-time enrolment code: {}", r.user, r.code),

@@ -568,3 +568,110 @@ async fn each_firm_captures_and_exports_its_own_side() {
         }
     }
 }
+
+/// Private external communities: a firm sponsors a guest (their
+/// organisation runs no KM) under its own KM. The guest takes part only in
+/// rooms the firm's users put them in: they create no room or IM, join and
+/// invite no one, never share a room with another firm (whatever an admin
+/// grants), and the sponsor's admins remove them.
+#[tokio::test]
+async fn a_sponsored_guest_takes_part_only_where_the_firm_puts_them() {
+    use cloister_proto::km::Role;
+    let w = World::new().await;
+    let bank = w.firm("bank").await;
+    w.trust_each_other(&bank).await;
+    let alice = w.user("alice").await;
+    let bob = bank.user("bob").await;
+    entitle_external(&w.admin, &[&alice]).await;
+    entitle_external(&bank.admin, &[&bob]).await;
+    connect(&alice, &bob).await;
+    let gina = w.user_with("gina", &[Role::Guest]).await;
+    // a guest holds no other role
+    let e = w
+        .admin
+        .admin_add_user_roles(&World::uid("gus"), &[Role::Guest, Role::Admin])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("bad_roles"), "{e}");
+
+    // no room, no IM of their own: refused by the server
+    let e = gina
+        .create_room(RoomSettings::default(), &[alice.user().clone()])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("guest"), "{e}");
+    let e = gina.im(alice.user()).await.unwrap_err();
+    assert_eq!(e.code(), Some("guest"), "{e}");
+    // … and by the KM, for a patched client relaying the statement itself
+    let gino = w.raw_with("gino", &[Role::Guest]).await;
+    let room = cloister_policy::room_id_from_random([42; 16]);
+    let st = Statement {
+        room,
+        seq: 0,
+        prev: Fixed([0; 32]),
+        actor: gino.keys.device_id(),
+        actor_user: gino.user.clone(),
+        ts: now_millis(),
+        action: Action::Create {
+            kind: RoomKind::Room,
+            settings: RoomSettings::default(),
+            members: vec![alice.user().clone()],
+        },
+        connections: vec![],
+    };
+    let entry = cloister_crypto::signed::sign_statement(&gino.keys, &st).unwrap();
+    let (s, b) = gino
+        .km(KmOp::RoomHead {
+            room,
+            log_from: 0,
+            log: vec![entry],
+            certs: vec![],
+        })
+        .await;
+    assert_eq!((s, b["error"].as_str()), (403, Some("guest")), "{b}");
+    // no connection with another firm either
+    let e = gina.connect_request(bob.user()).await.unwrap_err();
+    assert_eq!(e.code(), Some("entitlement"), "{e}");
+
+    // alice puts gina in her room: gina reads and writes there
+    let room = alice
+        .create_room(
+            RoomSettings {
+                name: "client-desk".into(),
+                members_may_invite: true,
+                ..Default::default()
+            },
+            &[gina.user().clone()],
+        )
+        .await
+        .unwrap();
+    alice.send_text(&room, "welcome, Gina").await.unwrap();
+    assert_eq!(texts(&gina, &room).await, ["welcome, Gina"]);
+    gina.send_text(&room, "thanks").await.unwrap();
+    assert_eq!(texts(&alice, &room).await, ["welcome, Gina", "thanks"]);
+    // … but invites no one, even where members may invite
+    let carol = w.user("carol").await;
+    let e = gina.add_member(&room, carol.user()).await.unwrap_err();
+    assert_eq!(e.code(), Some("guest"), "{e}");
+
+    // never with another firm, even if an admin grants external_chat
+    w.admin
+        .admin_entitle(Some(gina.user()), None, &[Entitlement::ExternalChat], &[])
+        .await
+        .unwrap();
+    let e = alice
+        .create_room(
+            external("with-bank"),
+            &[bob.user().clone(), gina.user().clone()],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("entitlement"), "{e}");
+    assert!(e.to_string().contains("gina@acme"), "{e}");
+
+    // the guest may leave; the sponsor's admin removes them
+    gina.leave(&room).await.unwrap();
+    w.admin.admin_disable_user(gina.user()).await.unwrap();
+    gina.clear_key_cache().unwrap();
+    assert!(gina.room_keys(&room, &[0]).await.is_err());
+}

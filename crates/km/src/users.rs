@@ -17,7 +17,16 @@ impl Km {
             ));
         }
         let mut roles: Vec<Role> = roles.to_vec();
-        if !roles.contains(&Role::User) {
+        let guest = roles.contains(&Role::Guest);
+        if guest && roles.iter().any(|r| !matches!(r, Role::Guest | Role::User)) {
+            return Err(Denied::malformed(
+                "bad_roles",
+                "a guest holds no other role (admin, compliance, custodian, surveillance, inspector)",
+            ));
+        }
+        if guest {
+            roles.retain(|r| *r == Role::Guest);
+        } else if !roles.contains(&Role::User) {
             roles.push(Role::User);
         }
         // An existing user gets a new code for another device: roles are only
@@ -35,7 +44,17 @@ impl Km {
                     format!("{user} is disabled; re-enabling is not supported"),
                 ));
             }
-            roles.extend(parse_roles(&existing.roles));
+            let had = parse_roles(&existing.roles);
+            if had.contains(&Role::Guest) != guest {
+                return Err(Denied::conflict(
+                    "guest_mismatch",
+                    format!(
+                        "{user} is already a {}; a guest is never made a user, nor a user a guest",
+                        if guest { "user" } else { "guest" }
+                    ),
+                ));
+            }
+            roles.extend(had);
         }
         roles.sort();
         roles.dedup();
@@ -55,7 +74,7 @@ impl Km {
             },
         )
         .await?;
-        self.ensure_dir_user(user, true).await?;
+        self.ensure_dir_user(user, true, guest).await?;
         let code = random_code().map_err(Denied::internal)?;
         let expires_at = now_secs() + self.config.code_secs;
         self.store

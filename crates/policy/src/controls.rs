@@ -32,6 +32,10 @@ pub enum Refusal {
     },
     #[error(transparent)]
     Walled(#[from] Walled),
+    #[error(
+        "{0} is a guest: guests take part only in rooms the firm's users put them in (they create, join and invite nothing)"
+    )]
+    Guest(UserId),
 }
 
 impl Refusal {
@@ -40,6 +44,7 @@ impl Refusal {
         match self {
             Refusal::Missing { .. } => "entitlement",
             Refusal::Walled(_) => "barrier",
+            Refusal::Guest(_) => "guest",
         }
     }
 }
@@ -51,6 +56,7 @@ pub struct Rules {
     barriers: Barriers,
     default: BTreeSet<Entitlement>,
     entitlements: HashMap<UserId, BTreeSet<Entitlement>>,
+    guests: BTreeSet<UserId>,
 }
 
 impl Rules {
@@ -68,11 +74,17 @@ impl Rules {
                 .iter()
                 .map(|(u, es)| (u.clone(), es.iter().copied().collect()))
                 .collect(),
+            guests: c.guests.iter().cloned().collect(),
         }
     }
 
     pub fn barriers(&self) -> &Barriers {
         &self.barriers
+    }
+
+    /// Is `user` one of the firm's sponsored guests?
+    pub fn is_guest(&self, user: &UserId) -> bool {
+        self.guests.contains(user)
     }
 
     pub fn has(&self, user: &UserId, e: Entitlement) -> bool {
@@ -106,6 +118,10 @@ impl Rules {
         after: &RoomState,
     ) -> Result<(), Refusal> {
         let own_actor = st.actor_user.tenant() == *firm;
+        // a guest only leaves: the firm's users put them in rooms
+        if own_actor && self.is_guest(&st.actor_user) && st.action != Action::Leave {
+            return Err(Refusal::Guest(st.actor_user.clone()));
+        }
         match &st.action {
             Action::Create {
                 kind: RoomKind::Room,

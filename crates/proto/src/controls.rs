@@ -106,6 +106,10 @@ pub struct Controls {
     /// Effective entitlements of the users whose set differs from the
     /// default (an inactive user is listed with none).
     pub entitlements: BTreeMap<UserId, Vec<Entitlement>>,
+    /// The firm's sponsored guests (who may only take part in rooms the
+    /// firm's users put them in).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guests: Vec<UserId>,
 }
 
 /// What a DLP policy does with content that matches it.

@@ -24,6 +24,10 @@ pub enum Role {
     /// shared in the tenant's rooms and signs a verdict; every key release
     /// to it is logged.
     Inspector,
+    /// An external guest the firm sponsors (their organisation runs no
+    /// KM): takes part only in rooms the firm's users put them in, never
+    /// with other firms; captured by the firm's vault.
+    Guest,
 }
 
 impl Role {
@@ -35,6 +39,7 @@ impl Role {
             Role::Custodian => "custodian",
             Role::Surveillance => "surveillance",
             Role::Inspector => "inspector",
+            Role::Guest => "guest",
         }
     }
 }
@@ -49,9 +54,10 @@ impl std::str::FromStr for Role {
             "custodian" => Role::Custodian,
             "surveillance" => Role::Surveillance,
             "inspector" => Role::Inspector,
+            "guest" => Role::Guest,
             _ => {
                 return Err(format!(
-                    "unknown role {s:?} (admin, user, compliance, custodian, surveillance, inspector)"
+                    "unknown role {s:?} (admin, user, compliance, custodian, surveillance, inspector, guest)"
                 ));
             }
         })

@@ -72,7 +72,8 @@ impl Km {
                 continue;
             };
             if self.dir().user(&user).is_none() {
-                self.ensure_dir_user(&user, u.status == "active")
+                let guest = crate::users::parse_roles(&u.roles).contains(&Role::Guest);
+                self.ensure_dir_user(&user, u.status == "active", guest)
                     .await
                     .map_err(|_| KmError::Corrupt("could not write the directory"))?;
             }
@@ -81,9 +82,20 @@ impl Km {
     }
 
     /// A directory record for a user the admin created (idempotent).
-    pub(crate) async fn ensure_dir_user(&self, user: &UserId, active: bool) -> Result<(), Denied> {
+    pub(crate) async fn ensure_dir_user(
+        &self,
+        user: &UserId,
+        active: bool,
+        guest: bool,
+    ) -> Result<(), Denied> {
         let _w = self.directory.write.lock().await;
-        if self.dir().user(user).is_some() {
+        let existing = self.dir().user(user).cloned();
+        if let Some(rec) = existing {
+            if guest && !rec.guest {
+                let mut rec = rec;
+                rec.guest = true;
+                return self.dir_apply(vec![Change::User(rec)]).await;
+            }
             return Ok(());
         }
         let scim_id = new_id()?;
@@ -104,6 +116,7 @@ impl Km {
             deleted: false,
             granted: Default::default(),
             denied: Default::default(),
+            guest,
         };
         self.dir_apply(vec![Change::User(rec)]).await
     }

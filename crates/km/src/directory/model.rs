@@ -40,6 +40,10 @@ pub(crate) struct UserRec {
     pub granted: BTreeSet<Entitlement>,
     #[serde(default)]
     pub denied: BTreeSet<Entitlement>,
+    /// A guest the firm sponsors: sends files, nothing else (no room, no
+    /// invitation, no other firm), whatever is granted.
+    #[serde(default)]
+    pub guest: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -295,6 +299,12 @@ impl Directory {
     }
 
     fn effective_with(&self, u: &UserRec, groups: &[&GroupRec]) -> BTreeSet<Entitlement> {
+        if u.guest {
+            return [Entitlement::SendFiles]
+                .into_iter()
+                .filter(|x| !u.denied.contains(x))
+                .collect();
+        }
         let mut e: BTreeSet<Entitlement> = Entitlement::DEFAULT.into_iter().collect();
         e.extend(u.scim_entitlements());
         e.extend(u.granted.iter().copied());
@@ -380,12 +390,19 @@ impl Directory {
                 (set != default).then(|| (u.user.clone(), set.into_iter().collect()))
             })
             .collect();
+        let guests = self
+            .users
+            .values()
+            .filter(|u| u.guest && !u.deleted)
+            .map(|u| u.user.clone())
+            .collect();
         Controls {
             version: self.version,
             barriers,
             groups,
             default_entitlements: default.into_iter().collect(),
             entitlements,
+            guests,
         }
     }
 }

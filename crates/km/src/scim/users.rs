@@ -308,6 +308,7 @@ impl Km {
             deleted: false,
             granted,
             denied,
+            guest: false,
         };
         self.record(
             None,
