@@ -18,6 +18,17 @@ pub enum DirectoryCmd {
         query: Vec<String>,
         #[arg(long, default_value_t = 50)]
         limit: u32,
+        /// Search a trusted firm's shared directory instead (the fields it
+        /// publishes; needs external_chat).
+        #[arg(long)]
+        firm: Option<String>,
+    },
+    /// Admin: the profile fields this firm publishes to trusted firms
+    /// (display_name, title, department, desk, location, job_function,
+    /// asset_classes; none: not searchable by other firms).
+    Publish {
+        #[arg(long = "field")]
+        fields: Vec<String>,
     },
 }
 
@@ -159,9 +170,31 @@ fn barrier_line(b: &BarrierInfo) -> String {
 
 pub async fn directory_cmd(ctx: &Ctx, cmd: DirectoryCmd) -> Result<(), BoxError> {
     match cmd {
-        DirectoryCmd::Search { query, limit } => {
+        DirectoryCmd::Publish { fields } => {
             let c = ctx.client()?;
-            let hits = c.directory_search(&query.join(" "), limit).await?;
+            let f: Vec<&str> = fields.iter().map(String::as_str).collect();
+            let published = c.admin_directory_publish(&f).await?;
+            ctx.emit(
+                if published.is_empty() {
+                    "nothing published: other firms cannot search this directory".to_owned()
+                } else {
+                    format!("published to trusted firms: {}", published.join(", "))
+                },
+                serde_json::json!({ "published": published }),
+            );
+        }
+        DirectoryCmd::Search { query, limit, firm } => {
+            let c = ctx.client()?;
+            let hits = match firm {
+                Some(f) => {
+                    let t: cloister_proto::TenantId = f
+                        .parse()
+                        .map_err(|e| format!("{f:?} is not a tenant id: {e}"))?;
+                    c.partner_directory_search(&t, &query.join(" "), limit)
+                        .await?
+                }
+                None => c.directory_search(&query.join(" "), limit).await?,
+            };
             let lines: Vec<String> = hits
                 .iter()
                 .map(|e| {

@@ -675,3 +675,158 @@ async fn a_sponsored_guest_takes_part_only_where_the_firm_puts_them() {
     gina.clear_key_cache().unwrap();
     assert!(gina.room_keys(&room, &[0]).await.is_err());
 }
+
+/// The shared directory: each firm publishes the profile fields it
+/// chooses; a trusted firm's entitled users search them through their own
+/// KM, which asks the other firm's KM; guests, people without
+/// `external_chat` and people a barrier of either firm walls off are never
+/// shown, and unpublished fields are neither shown nor searchable. A firm's
+/// barrier may wall one of its groups off from a whole other firm: no
+/// search, no connection, no shared room.
+#[tokio::test]
+async fn the_shared_directory_shows_what_each_firm_publishes() {
+    use cloister_proto::km::{ProfileUpdate, Role};
+    let w = World::new().await;
+    let bank = w.firm("bank").await;
+    let fund = w.firm("fund").await;
+    w.trust_each_other(&bank).await;
+    let (alice, carol, dave) = (
+        w.user("alice").await,
+        w.user("carol").await,
+        w.user("dave").await,
+    );
+    let (bob, bea, sam) = (
+        bank.user("bob").await,
+        bank.user("bea").await,
+        bank.user("sam").await,
+    );
+    let _gil = bank.user_with("gil", &[Role::Guest]).await;
+    entitle_external(&w.admin, &[&alice, &dave]).await;
+    entitle_external(&bank.admin, &[&bob, &sam]).await;
+    for (u, title, dept) in [
+        (&bob, "Rates PM", "Fixed Income"),
+        (&bea, "Rates analyst", "Fixed Income"),
+        (&sam, "Rates sales", "Sales"),
+    ] {
+        bank.admin
+            .admin_profile_set(
+                u.user(),
+                ProfileUpdate {
+                    display_name: Some(format!("{} of Bank", u.user().name())),
+                    title: Some(title.into()),
+                    department: Some(dept.into()),
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+    }
+    bank.admin
+        .admin_profile_set(
+            &bank.uid("gil"),
+            ProfileUpdate {
+                title: Some("Rates guest".into()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    // nothing published yet: bank cannot be searched
+    let e = alice
+        .partner_directory_search(&t("bank"), "rates", 10)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("partner_km_refused"), "{e}");
+    assert!(e.to_string().contains("not_published"), "{e}");
+    // a field that cannot be published; only admins publish
+    let e = bank
+        .admin
+        .admin_directory_publish(&["salary"])
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("bad_field"), "{e}");
+    assert!(bob.admin_directory_publish(&["title"]).await.is_err());
+    bank.admin
+        .admin_directory_publish(&["display_name", "title"])
+        .await
+        .unwrap();
+
+    let hits = alice
+        .partner_directory_search(&t("bank"), "rates", 10)
+        .await
+        .unwrap();
+    let users: Vec<String> = hits.iter().map(|e| e.user.to_string()).collect();
+    // bea lacks external_chat, gil is a guest: neither is shown
+    assert_eq!(users, ["bob@bank", "sam@bank"], "{hits:?}");
+    assert_eq!(hits[0].title, "Rates PM");
+    assert_eq!(hits[0].department, "", "unpublished fields are not shown");
+    // … nor searchable
+    assert!(
+        alice
+            .partner_directory_search(&t("bank"), "income", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // only entitled users search; only trusted firms are asked
+    let e = carol
+        .partner_directory_search(&t("bank"), "rates", 10)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("entitlement"), "{e}");
+    let e = alice
+        .partner_directory_search(&fund.tenant, "x", 10)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("not_trusted"), "{e}");
+
+    // bank walls its sales group off from acme: sam is no longer shown
+    bank.admin
+        .admin_group_set("sales", &[sam.user().clone()], &[])
+        .await
+        .unwrap();
+    bank.admin
+        .barrier_add("sales", "firm:acme", "sales does not talk to acme")
+        .await
+        .unwrap();
+    let users: Vec<String> = alice
+        .partner_directory_search(&t("bank"), "rates", 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.user.to_string())
+        .collect();
+    assert_eq!(users, ["bob@bank"]);
+    // acme walls research off from bank: dave sees no one there, cannot
+    // connect, and cannot share a room with bank's users
+    w.admin
+        .admin_group_set("research", &[dave.user().clone()], &[])
+        .await
+        .unwrap();
+    for bad in ["firm:acme", "firm:Not A Tenant"] {
+        let e = w.admin.barrier_add("research", bad, "x").await.unwrap_err();
+        assert_eq!(e.code(), Some("bad_barrier"), "{bad}: {e}");
+    }
+    w.admin
+        .barrier_add("research", "firm:bank", "research is walled off from bank")
+        .await
+        .unwrap();
+    assert!(
+        dave.partner_directory_search(&t("bank"), "rates", 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let e = dave.connect_request(bob.user()).await.unwrap_err();
+    assert_eq!(e.code(), Some("barrier"), "{e}");
+    connect(&alice, &bob).await;
+    let e = alice
+        .create_room(
+            external("mixed"),
+            &[bob.user().clone(), dave.user().clone()],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("barrier"), "{e}");
+}

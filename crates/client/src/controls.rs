@@ -22,6 +22,33 @@ impl Client {
         .await
     }
 
+    /// Search a trusted firm's directory (its published fields, of its
+    /// people who may talk externally; needs `external_chat`).
+    pub async fn partner_directory_search(
+        &self,
+        firm: &cloister_proto::TenantId,
+        query: &str,
+        limit: u32,
+    ) -> Result<Vec<DirectoryEntry>> {
+        self.km_request(KmOp::PartnerDirectorySearch {
+            firm: firm.clone(),
+            query: query.to_owned(),
+            limit,
+        })
+        .await
+    }
+
+    /// Admin: the profile fields this firm publishes to other firms.
+    pub async fn admin_directory_publish(&self, fields: &[&str]) -> Result<Vec<String>> {
+        let v: serde_json::Value = self
+            .km_request(KmOp::DirectoryPublish {
+                fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+            })
+            .await?;
+        serde_json::from_value(v["published"].clone())
+            .map_err(|e| ClientError::Local(e.to_string()))
+    }
+
     pub async fn my_entitlements(&self) -> Result<Vec<Entitlement>> {
         let r: EntitlementsResponse = self.km_request(KmOp::MyEntitlements).await?;
         Ok(r.entitlements)

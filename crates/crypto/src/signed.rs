@@ -44,6 +44,10 @@ pub const PARTNER_KEYS: &str = "cloister/partner-keys/v1";
 pub const KM_KEY_REQUEST: &str = "cloister/km-key-request/v1";
 /// The home KM's answer: epoch keys sealed to the partner's exchange key.
 pub const KM_KEY_GRANT: &str = "cloister/km-key-grant/v1";
+/// A firm's KM asks a partner's directory for its user.
+pub const DIRECTORY_QUERY: &str = "cloister/directory-query/v1";
+/// The partner KM's answer: its published fields only.
+pub const DIRECTORY_ANSWER: &str = "cloister/directory-answer/v1";
 /// The KM's list of revoked devices and disabled users, for the vault.
 pub const DENY_LIST: &str = "cloister/deny-list/v1";
 /// The vault's request for that list, signed with its registered receipt key.

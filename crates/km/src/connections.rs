@@ -31,10 +31,26 @@ impl Km {
         }
     }
 
-    async fn entitled(&self, user: &UserId) -> Result<(), Denied> {
+    pub(crate) async fn entitled(&self, user: &UserId) -> Result<(), Denied> {
         match self.rules().require(user, Entitlement::ExternalChat) {
             Ok(()) => Ok(()),
             Err(r) => Err(self.refused("connection", user, None, r).await),
+        }
+    }
+
+    /// No connection across one of this firm's barriers (a group walled off
+    /// from the other user's firm).
+    async fn not_walled(&self, user: &UserId, other: &UserId) -> Result<(), Denied> {
+        match self.rules().barriers().blocked(user, other) {
+            None => Ok(()),
+            Some(w) => Err(self
+                .refused(
+                    "connection",
+                    user,
+                    None,
+                    cloister_policy::controls::Refusal::Walled(w),
+                )
+                .await),
         }
     }
 
@@ -74,6 +90,7 @@ impl Km {
         }
         self.km_key_of(&to.tenant())?;
         self.entitled(from).await?;
+        self.not_walled(from, to).await?;
         let req = ConnectionRequest {
             from: from.clone(),
             to: to.clone(),
@@ -102,6 +119,7 @@ impl Km {
         }
         if accept {
             self.entitled(user).await?;
+            self.not_walled(user, &req.from).await?;
         }
         let ans = ConnectionAnswer {
             request: Fixed(connection_id(request)),

@@ -51,6 +51,7 @@ impl Km {
                 | KmOp::RoomUnlock { .. }
                 | KmOp::RoomBan { .. }
                 | KmOp::TrustAdd { .. }
+                | KmOp::DirectoryPublish { .. }
                 | KmOp::TrustRemove { .. }
                 | KmOp::ConnectRequest { .. }
                 | KmOp::ConnectAnswer { .. }
@@ -92,6 +93,11 @@ impl Km {
                 )
             }
             KmOp::PartnerKeys => json(&self.partner_keys()?),
+            KmOp::DirectoryPublish { fields } => self.directory_publish(&cert, &fields).await,
+            KmOp::PartnerDirectorySearch { firm, query, limit } => {
+                self.partner_directory_search(&cert, &firm, &query, limit)
+                    .await
+            }
             KmOp::AuditCheckpoint => {
                 let (_, note) = self.checkpoint().await?;
                 json(&CheckpointResponse {

@@ -7,6 +7,7 @@
 //! | POST   | `/v1/request` | [`SignedRequest`] | depends on the op |
 //! | POST   | `/v1/deny-list` | [`DenyListRequest`] (vault-signed) | signed deny list |
 //! | POST   | `/v1/federation/room-keys` | [`SignedBlob`] of a `KmKeyRequest` (partner-KM-signed) | signed `KmKeyGrant` |
+//! | POST   | `/v1/federation/directory` | [`SignedBlob`] of a `DirectoryQuery` (partner-KM-signed) | signed `DirectoryAnswer` |
 
 use crate::Km;
 use axum::extract::{DefaultBodyLimit, State};
@@ -46,6 +47,7 @@ pub fn router(km: Arc<Km>) -> Router {
         .route("/v1/request", post(request))
         .route("/v1/deny-list", post(deny_list))
         .route("/v1/federation/room-keys", post(federation_room_keys))
+        .route("/v1/federation/directory", post(federation_directory))
         .fallback(cloister_http::not_found)
         .layer(DefaultBodyLimit::max(cloister_proto::limits::MAX_JSON_BODY))
         .with_state(km.clone())
@@ -82,6 +84,13 @@ async fn federation_room_keys(
     ApiJson(req): ApiJson<SignedBlob>,
 ) -> Result<Json<SignedBlob>, ApiError> {
     Ok(Json(km.serve_key_request(&req).await?))
+}
+
+async fn federation_directory(
+    State(km): State<Arc<Km>>,
+    ApiJson(req): ApiJson<SignedBlob>,
+) -> Result<Json<SignedBlob>, ApiError> {
+    Ok(Json(km.serve_directory_query(&req).await?))
 }
 
 /// Serve until `shutdown` resolves.

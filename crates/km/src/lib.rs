@@ -32,6 +32,7 @@ pub mod provider;
 mod roomcontrol;
 mod rooms;
 mod scim;
+mod shared_directory;
 mod transparency;
 mod trust;
 mod users;

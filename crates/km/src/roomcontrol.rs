@@ -271,6 +271,11 @@ impl Km {
             let Ok(Some(state)) = self.room_state(&room).await else {
                 continue;
             };
+            // only the home KM signs a room's evictions; in a room homed at
+            // another firm this firm's walled users get no keys instead
+            if state.tenant != self.tenant {
+                continue;
+            }
             let mut order: Vec<UserId> = state.owners.iter().cloned().collect();
             order.extend(
                 state

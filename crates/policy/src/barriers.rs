@@ -12,8 +12,17 @@
 //! groups in a hash set of blocked pairs: O(g_a × g_b), a handful of
 //! lookups for users in a few groups, whatever the number of policies.
 
-use cloister_proto::UserId;
+use cloister_proto::{TenantId, UserId};
 use std::collections::{BTreeSet, HashMap, HashSet};
+
+/// The prefix of a barrier group that stands for every user of another
+/// firm (`firm:bank`): a firm walls its own groups off from outside firms.
+pub const FIRM_GROUP: &str = "firm:";
+
+/// The firm a barrier group name stands for, if it is a firm group.
+pub fn firm_of_group(g: &str) -> Option<TenantId> {
+    g.strip_prefix(FIRM_GROUP).and_then(|t| t.parse().ok())
+}
 
 /// A barrier group's name (e.g. `research`, from SCIM or an admin).
 pub type Group = String;
@@ -39,6 +48,8 @@ pub struct Barriers {
     blocks: HashMap<(Group, Group), Barrier>,
     /// Groups that take part in at least one active policy.
     walled: HashSet<Group>,
+    /// Firm groups (`firm:TENANT`) that take part in an active policy.
+    firms: HashMap<TenantId, Group>,
 }
 
 fn pair(a: &str, b: &str) -> (Group, Group) {
@@ -58,8 +69,12 @@ impl Barriers {
     ) -> Barriers {
         let mut b = Barriers::default();
         for p in policies.into_iter().filter(|p| p.active) {
-            b.walled.insert(p.a.clone());
-            b.walled.insert(p.b.clone());
+            for g in [&p.a, &p.b] {
+                b.walled.insert(g.clone());
+                if let Some(t) = firm_of_group(g) {
+                    b.firms.insert(t, g.clone());
+                }
+            }
             b.blocks.insert(pair(&p.a, &p.b), p.clone());
         }
         for (u, g) in memberships {
@@ -77,9 +92,39 @@ impl Barriers {
         if x == y {
             return None;
         }
+        if !self.firms.is_empty() {
+            return self.blocked_with_firms(x, y);
+        }
         let (gx, gy) = (self.groups_of.get(x)?, self.groups_of.get(y)?);
+        self.first_block(x, y, gx.iter(), gy.iter())
+    }
+
+    /// [`Barriers::blocked`] when policies name other firms: each user is
+    /// also in their firm's group.
+    fn blocked_with_firms(&self, x: &UserId, y: &UserId) -> Option<Walled> {
+        let groups = |u: &UserId| -> Vec<&Group> {
+            let mut v: Vec<&Group> = self.groups_of.get(u).into_iter().flatten().collect();
+            if let Some(g) = self.firms.get(&u.tenant()) {
+                v.push(g);
+            }
+            v
+        };
+        let (gx, gy) = (groups(x), groups(y));
+        if gx.is_empty() || gy.is_empty() {
+            return None;
+        }
+        self.first_block(x, y, gx.into_iter(), gy.into_iter())
+    }
+
+    fn first_block<'a>(
+        &self,
+        x: &UserId,
+        y: &UserId,
+        gx: impl Iterator<Item = &'a Group>,
+        gy: impl Iterator<Item = &'a Group> + Clone,
+    ) -> Option<Walled> {
         for a in gx {
-            for b in gy {
+            for b in gy.clone() {
                 if let Some(p) = self.blocks.get(&pair(a, b)) {
                     return Some(Walled {
                         user: x.clone(),
@@ -100,7 +145,7 @@ impl Barriers {
         user: &UserId,
         members: impl IntoIterator<Item = &'a UserId>,
     ) -> Result<(), Walled> {
-        if !self.groups_of.contains_key(user) {
+        if !self.groups_of.contains_key(user) && self.firms.is_empty() {
             return Ok(());
         }
         for m in members {

@@ -269,3 +269,40 @@ pub struct ExchangedKey {
     pub enc: crate::b64::Fixed<32>,
     pub ct: crate::b64::Bytes,
 }
+
+/// The profile fields a firm may publish to other firms.
+pub const PUBLISHABLE_FIELDS: [&str; 7] = [
+    "display_name",
+    "title",
+    "department",
+    "desk",
+    "location",
+    "job_function",
+    "asset_classes",
+];
+
+/// One firm's KM asks another's directory on behalf of its user (domain
+/// `cloister/directory-query/v1`, signed by the asking KM).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryQuery {
+    pub from: TenantId,
+    pub to: TenantId,
+    pub searcher: crate::UserId,
+    pub query: String,
+    pub limit: u32,
+    pub ts: u64,
+    pub nonce: crate::b64::Fixed<16>,
+}
+
+/// The answer (domain `cloister/directory-answer/v1`, signed by the
+/// answering KM): only the fields it publishes are filled in.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectoryAnswer {
+    pub firm: TenantId,
+    pub searcher: crate::UserId,
+    pub published: Vec<String>,
+    pub entries: Vec<crate::km::DirectoryEntry>,
+    pub ts: u64,
+}

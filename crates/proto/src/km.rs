@@ -303,6 +303,18 @@ pub enum KmOp {
     /// The KM-signed keys of the firms trusted now (any device: it checks
     /// partner firms' certificates and room statements under them).
     PartnerKeys,
+    /// Admin: the profile fields this firm publishes to trusted firms'
+    /// users (`display_name`, `title`, `department`, `desk`, `location`,
+    /// `job_function`, `asset_classes`); none: the firm is not searchable.
+    DirectoryPublish { fields: Vec<String> },
+    /// Search a trusted firm's directory (needs `external_chat`): the
+    /// fields that firm publishes, of its people who may talk externally.
+    PartnerDirectorySearch {
+        firm: TenantId,
+        query: String,
+        #[serde(default)]
+        limit: u32,
+    },
     /// Admin: every firm trusted now or before.
     TrustList,
     /// Admin: stop trusting a firm's KM (new key exchange stops at once).

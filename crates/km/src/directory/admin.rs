@@ -390,11 +390,44 @@ impl Km {
                 "a barrier separates two different groups",
             ));
         }
+        let firm_groups = [a, b]
+            .iter()
+            .filter(|g| {
+                g.to_ascii_lowercase()
+                    .starts_with(cloister_policy::barriers::FIRM_GROUP)
+            })
+            .count();
+        for g in [a, b] {
+            if !g
+                .to_ascii_lowercase()
+                .starts_with(cloister_policy::barriers::FIRM_GROUP)
+            {
+                continue;
+            }
+            match cloister_policy::barriers::firm_of_group(&g.to_ascii_lowercase()) {
+                Some(t) if t != self.tenant => {}
+                _ => {
+                    return Err(Denied::malformed(
+                        "bad_barrier",
+                        format!("{g}: a firm group names another firm (firm:TENANT)"),
+                    ));
+                }
+            }
+        }
+        if firm_groups == 2 {
+            return Err(Denied::malformed(
+                "bad_barrier",
+                "a barrier walls one of this firm's groups off from another firm",
+            ));
+        }
         let _w = self.directory.write.lock().await;
         {
             let d = self.dir();
             for g in [a, b] {
-                if d.group_by_name(g).is_none() {
+                let firm = g
+                    .to_ascii_lowercase()
+                    .starts_with(cloister_policy::barriers::FIRM_GROUP);
+                if !firm && d.group_by_name(g).is_none() {
                     return Err(Denied::not_found(
                         "unknown_group",
                         format!("no group {g} (create it first, or provision it over SCIM)"),
