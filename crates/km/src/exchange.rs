@@ -346,6 +346,73 @@ impl Km {
         km_sign_blob(&self.signer, KM_KEY_GRANT, &g).map_err(Denied::internal)
     }
 
+    /// A trusted firm's pinned identity and its KM's address (both are
+    /// needed to call it).
+    pub(crate) fn partner_km(
+        &self,
+        firm: &TenantId,
+    ) -> Option<(cloister_proto::federation::KmIdentity, String)> {
+        let url = self
+            .dir()
+            .trusts
+            .get(firm)
+            .filter(|t| t.active())
+            .and_then(|t| t.km_url.clone())?;
+        Some((self.trusted(firm)?, url))
+    }
+
+    /// Post a signed blob to a partner KM's `/v1/federation/{path}` and take
+    /// its signed answer (the caller verifies it under the pinned key).
+    /// `codes`: the refusal codes for an unreachable and a refusing KM.
+    pub(crate) async fn call_partner(
+        &self,
+        firm: &TenantId,
+        url: &str,
+        path: &str,
+        blob: &SignedBlob,
+        codes: (&'static str, &'static str),
+        what: &str,
+    ) -> Result<SignedBlob, Denied> {
+        let (unreachable, refused) = codes;
+        let resp = self
+            .km_http()
+            .post(format!(
+                "{}/v1/federation/{path}",
+                url.trim_end_matches('/')
+            ))
+            .timeout(EXCHANGE_TIMEOUT)
+            .json(blob)
+            .send()
+            .await
+            .map_err(|e| {
+                Denied::unavailable(
+                    unreachable,
+                    format!("the KM of {firm} cannot be reached: {}", e.without_url()),
+                )
+            })?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let body: cloister_proto::ErrorBody =
+                resp.json().await.unwrap_or(cloister_proto::ErrorBody {
+                    error: "unknown".into(),
+                    message: String::new(),
+                });
+            return Err(Denied::forbidden(
+                refused,
+                format!(
+                    "the KM of {firm} refused {what} ({status} {}: {})",
+                    body.error, body.message
+                ),
+            ));
+        }
+        resp.json().await.map_err(|e| {
+            Denied::unavailable(
+                unreachable,
+                format!("the KM of {firm} answered badly: {}", e.without_url()),
+            )
+        })
+    }
+
     /// The state a home KM judges a partner's request on: its own log
     /// caught up from the messaging server when it knows the server (a
     /// partner KM cannot make it take entries the server never had);
@@ -396,13 +463,7 @@ impl Km {
             return Ok(());
         }
         let home = &state.tenant;
-        let url = self
-            .dir()
-            .trusts
-            .get(home)
-            .filter(|t| t.active())
-            .and_then(|t| t.km_url.clone());
-        let (Some(id), Some(url)) = (self.trusted(home), url) else {
+        let Some((id, url)) = self.partner_km(home) else {
             return Err(Denied::forbidden(
                 "not_trusted",
                 format!(
@@ -411,43 +472,16 @@ impl Km {
             ));
         };
         let blob = self.key_request(state, &missing).await?;
-        let resp = self
-            .km_http()
-            .post(format!(
-                "{}/v1/federation/room-keys",
-                url.trim_end_matches('/')
-            ))
-            .timeout(EXCHANGE_TIMEOUT)
-            .json(&blob)
-            .send()
-            .await
-            .map_err(|e| {
-                Denied::unavailable(
-                    "home_km_unreachable",
-                    format!("the KM of {home} cannot be reached: {}", e.without_url()),
-                )
-            })?;
-        if !resp.status().is_success() {
-            let status = resp.status().as_u16();
-            let body: cloister_proto::ErrorBody =
-                resp.json().await.unwrap_or(cloister_proto::ErrorBody {
-                    error: "unknown".into(),
-                    message: String::new(),
-                });
-            return Err(Denied::forbidden(
-                "home_km_refused",
-                format!(
-                    "the KM of {home} refused the key exchange ({status} {}: {})",
-                    body.error, body.message
-                ),
-            ));
-        }
-        let grant: SignedBlob = resp.json().await.map_err(|e| {
-            Denied::unavailable(
-                "home_km_unreachable",
-                format!("the KM of {home} answered badly: {}", e.without_url()),
+        let grant = self
+            .call_partner(
+                home,
+                &url,
+                "room-keys",
+                &blob,
+                ("home_km_unreachable", "home_km_refused"),
+                "the key exchange",
             )
-        })?;
+            .await?;
         let g: KmKeyGrant =
             verify_blob(&id.sign_pk, KM_KEY_GRANT, &grant, "key grant").map_err(|_| {
                 Denied::forbidden(

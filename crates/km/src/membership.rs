@@ -155,20 +155,10 @@ impl Km {
                 match cloister_policy::apply(state.as_ref(), room, entry, &actor_user, &actor_pk) {
                     Ok(x) => x,
                     Err(e) => {
-                        tracing::warn!(%room, seq, error = %e, "membership statement rejected");
-                        self.record(
-                            Some(&actor_user),
-                            AuditEvent::MembershipRejected {
-                                room: *room,
-                                seq,
-                                reason: e.to_string(),
-                            },
-                        )
-                        .await?;
-                        return Err(Denied::forbidden(
-                            "bad_statement",
-                            format!("membership statement {seq} rejected: {e}"),
-                        ));
+                        let why = format!("membership statement {seq} rejected: {e}");
+                        return Err(self
+                            .rejected(room, seq, &actor_user, &e.to_string(), "bad_statement", why)
+                            .await);
                     }
                 };
             // Users of several firms: an IM or an external room, and a
@@ -179,17 +169,16 @@ impl Km {
                 cloister_policy::federation::check_step(state.as_ref(), &st, &next, &keys_of)
             };
             if let Err(e) = crossed {
-                tracing::warn!(%room, seq, error = %e, "membership statement rejected");
-                self.record(
-                    Some(&actor_user),
-                    AuditEvent::MembershipRejected {
-                        room: *room,
+                return Err(self
+                    .rejected(
+                        room,
                         seq,
-                        reason: e.to_string(),
-                    },
-                )
-                .await?;
-                return Err(Denied::forbidden(e.code(), e.to_string()));
+                        &actor_user,
+                        &e.to_string(),
+                        e.code(),
+                        e.to_string(),
+                    )
+                    .await);
             }
             // Controls judge what is being done now; an entry from before
             // (the server checks each entry's time when it appends it) is
@@ -231,6 +220,34 @@ impl Km {
             state,
             accepted,
         }))
+    }
+
+    /// A refused log entry: logged, audited (`membership_rejected`), and
+    /// answered with `code` and `message`.
+    async fn rejected(
+        &self,
+        room: &RoomId,
+        seq: u64,
+        actor: &UserId,
+        reason: &str,
+        code: &'static str,
+        message: String,
+    ) -> Denied {
+        tracing::warn!(%room, seq, error = %reason, "membership statement rejected");
+        if let Err(e) = self
+            .record(
+                Some(actor),
+                AuditEvent::MembershipRejected {
+                    room: *room,
+                    seq,
+                    reason: reason.to_owned(),
+                },
+            )
+            .await
+        {
+            return e;
+        }
+        Denied::forbidden(code, message)
     }
 
     /// Store verified rooms in one transaction, then audit each accepted

@@ -102,13 +102,7 @@ impl Km {
             ));
         }
         self.entitled(&cert.user).await?;
-        let url = self
-            .dir()
-            .trusts
-            .get(firm)
-            .filter(|t| t.active())
-            .and_then(|t| t.km_url.clone());
-        let (Some(id), Some(url)) = (self.trusted(firm), url) else {
+        let Some((id, url)) = self.partner_km(firm) else {
             return Err(Denied::forbidden(
                 "not_trusted",
                 format!("{firm} is not a trusted firm (or its KM address was not given)"),
@@ -124,42 +118,16 @@ impl Km {
             nonce: Fixed(cloister_crypto::random_bytes().map_err(Denied::internal)?),
         };
         let blob = km_sign_blob(&self.signer, DIRECTORY_QUERY, &q).map_err(Denied::internal)?;
-        let resp = self
-            .km_http()
-            .post(format!(
-                "{}/v1/federation/directory",
-                url.trim_end_matches('/')
-            ))
-            .json(&blob)
-            .send()
-            .await
-            .map_err(|e| {
-                Denied::unavailable(
-                    "partner_km_unreachable",
-                    format!("the KM of {firm} cannot be reached: {}", e.without_url()),
-                )
-            })?;
-        if !resp.status().is_success() {
-            let status = resp.status().as_u16();
-            let body: cloister_proto::ErrorBody =
-                resp.json().await.unwrap_or(cloister_proto::ErrorBody {
-                    error: "unknown".into(),
-                    message: String::new(),
-                });
-            return Err(Denied::forbidden(
-                "partner_km_refused",
-                format!(
-                    "the KM of {firm} refused the search ({status} {}: {})",
-                    body.error, body.message
-                ),
-            ));
-        }
-        let answer: SignedBlob = resp.json().await.map_err(|e| {
-            Denied::unavailable(
-                "partner_km_unreachable",
-                format!("the KM of {firm} answered badly: {}", e.without_url()),
+        let answer = self
+            .call_partner(
+                firm,
+                &url,
+                "directory",
+                &blob,
+                ("partner_km_unreachable", "partner_km_refused"),
+                "the search",
             )
-        })?;
+            .await?;
         let a: DirectoryAnswer = verify_blob(&id.sign_pk, DIRECTORY_ANSWER, &answer, "answer")
             .map_err(|_| {
                 Denied::forbidden(
@@ -230,12 +198,7 @@ impl Km {
             ));
         }
         let has = |f: &str| published.iter().any(|p| p == f);
-        let words: Vec<String> = q
-            .query
-            .split_whitespace()
-            .take(16)
-            .map(str::to_lowercase)
-            .collect();
+        let words = directory::query_words(&q.query);
         let rules = self.rules();
         let d = self.dir();
         let mut entries: Vec<DirectoryEntry> = d
@@ -262,21 +225,7 @@ impl Km {
                     },
                 }
             })
-            .filter(|e| {
-                let hay = format!(
-                    "{} {} {} {} {} {} {} {}",
-                    e.user,
-                    e.display_name,
-                    e.title,
-                    e.department,
-                    e.desk,
-                    e.location,
-                    e.job_function,
-                    e.asset_classes.join(" ")
-                )
-                .to_lowercase();
-                words.iter().all(|w| hay.contains(w.as_str()))
-            })
+            .filter(|e| directory::matches(e, &words))
             .collect();
         drop(d);
         entries.sort_by(|a, b| a.user.cmp(&b.user));

@@ -34,6 +34,10 @@ impl Km {
         let skew = limits::MAX_SKEW_SECS * 1000;
         let mut rooms = Vec::new();
         let mut shredded = Vec::new();
+        // the server takes a KM's retention notice for the rooms homed at
+        // its firm only: a room homed at a partner firm is that firm's to
+        // announce (this KM destroys its own copies all the same)
+        let mut notify = Vec::new();
         let mut held_keys = Vec::new();
         for row in self.store.list_rooms().await.map_err(store_err)? {
             let st: RoomState = serde_json::from_slice(&row.state).map_err(Denied::internal)?;
@@ -89,6 +93,9 @@ impl Km {
                     m.remove(&(st.room, e));
                 }
                 shredded.push((st.room, e));
+                if st.tenant == self.tenant {
+                    notify.push((st.room, e));
+                }
             }
             rooms.push(RoomPurge {
                 room: st.room,
@@ -101,7 +108,7 @@ impl Km {
         if !shredded.is_empty() || self.provider.generations() > 1 {
             self.destroy_old_generations().await?;
         }
-        let notice = if shredded.is_empty() {
+        let notice = if notify.is_empty() {
             None
         } else {
             Some(
@@ -109,7 +116,7 @@ impl Km {
                     &self.signer,
                     &cloister_proto::km::Notice::KeysShredded {
                         tenant: self.tenant.clone(),
-                        shredded: shredded.clone(),
+                        shredded: notify,
                         ts: cloister_proto::now_secs(),
                     },
                 )

@@ -109,11 +109,7 @@ impl Km {
     /// walled off from the searcher.
     pub(crate) fn search(&self, searcher: &UserId, query: &str, limit: u32) -> Vec<DirectoryEntry> {
         let limit = if limit == 0 { 50 } else { limit.min(500) } as usize;
-        let words: Vec<String> = query
-            .split_whitespace()
-            .take(16)
-            .map(str::to_lowercase)
-            .collect();
+        let words = super::query_words(query);
         let rules = self.rules();
         let d = self.dir();
         let mut out: Vec<DirectoryEntry> = d
@@ -121,21 +117,7 @@ impl Km {
             .values()
             .filter(|u| u.active() && &u.user != searcher)
             .map(UserRec::entry)
-            .filter(|e| {
-                let hay = format!(
-                    "{} {} {} {} {} {} {} {}",
-                    e.user,
-                    e.display_name,
-                    e.title,
-                    e.department,
-                    e.desk,
-                    e.location,
-                    e.job_function,
-                    e.asset_classes.join(" ")
-                )
-                .to_lowercase();
-                words.iter().all(|w| hay.contains(w.as_str()))
-            })
+            .filter(|e| super::matches(e, &words))
             .filter(|e| rules.barriers().blocked(searcher, &e.user).is_none())
             .collect();
         out.sort_by(|a, b| a.user.cmp(&b.user));

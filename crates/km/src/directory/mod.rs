@@ -291,3 +291,29 @@ pub(crate) fn touched_meta(old: &Value, resource_type: &str, version: u64) -> Va
 pub(crate) fn etag(version: u64) -> String {
     format!("W/\"{version}\"")
 }
+
+/// The words of a directory query (at most 16, lower-cased).
+pub(crate) fn query_words(query: &str) -> Vec<String> {
+    query
+        .split_whitespace()
+        .take(16)
+        .map(str::to_lowercase)
+        .collect()
+}
+
+/// Does a directory entry match every word (in any of its shown fields)?
+pub(crate) fn matches(e: &cloister_proto::km::DirectoryEntry, words: &[String]) -> bool {
+    let hay = format!(
+        "{} {} {} {} {} {} {} {}",
+        e.user,
+        e.display_name,
+        e.title,
+        e.department,
+        e.desk,
+        e.location,
+        e.job_function,
+        e.asset_classes.join(" ")
+    )
+    .to_lowercase();
+    words.iter().all(|w| hay.contains(w.as_str()))
+}
