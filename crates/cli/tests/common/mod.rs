@@ -347,56 +347,33 @@ pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 /// A second firm on the same messaging server: its own KM (in this
-/// process) registered with the server, and a raw device of one of its users.
+/// process) registered with the server, and a raw device of its admin.
 pub struct Foreign {
     pub km: std::sync::Arc<cloister_km::Km>,
     pub km_url: String,
     pub device: RawDevice,
-    _dir: tempfile::TempDir,
+    _firm: Firm,
 }
 
 impl World {
     pub async fn foreign(&self, tenant: &str) -> Foreign {
-        let dir = tempfile::tempdir().unwrap();
-        let t: cloister_proto::TenantId = tenant.parse().unwrap();
-        let (km, code) = cloister_cli::open_km(
-            dir.path(),
-            Some(&t),
-            b"other firm",
-            Cost::TEST,
-            cloister_km::KmConfig::default(),
-        )
-        .await
-        .unwrap();
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let km_url = format!("http://{}", l.local_addr().unwrap());
-        let router = cloister_km::http::router(km.clone());
-        tokio::spawn(async move {
-            let _ = cloister_http::serve(l, router, std::future::pending()).await;
-        });
-        cloister_client::register_tenant(
-            &self.http,
-            &self.stack.server_url,
-            &self.stack.operator_token,
-            &km.info(),
-        )
-        .await
-        .unwrap();
-        let user: UserId = format!("admin@{tenant}").parse().unwrap();
+        let firm = self.firm(tenant).await;
+        let admin = firm.uid("admin");
+        let code = firm.admin.admin_add_user(&admin, true).await.unwrap().code;
         let device = RawDevice::enrol_at(
             &self.http,
-            &km_url,
-            &km.info().sign_pk.0,
+            &firm.km_url,
+            &firm.km.info().sign_pk.0,
             &self.stack.server_url,
-            &user,
-            &code.unwrap(),
+            &admin,
+            &code,
         )
         .await;
         Foreign {
-            km,
+            km: firm.km.clone(),
+            km_url: firm.km_url.clone(),
             device,
-            km_url,
-            _dir: dir,
+            _firm: firm,
         }
     }
 }
@@ -409,7 +386,7 @@ pub struct Firm {
     pub km_url: String,
     pub admin: Client,
     pub server_url: String,
-    /// The firm's own compliance vault (registered by `with_vault`).
+    /// The firm's own compliance vault (its admin registers it with the KM).
     pub vault_url: String,
     pub dir: tempfile::TempDir,
     http: reqwest::Client,
