@@ -899,6 +899,12 @@ fn two_firms_each_with_its_own_km_process() {
             ],
         ));
     }
+    // without a connection, no shared room: refused, one clear line
+    let err = fails(run(
+        "alice-acme",
+        &["room", "create", "early", "--external", "--member", "bob@bank"],
+    ));
+    assert!(err.contains("not connected"), "{err}");
     let req = json(run(
         "alice-acme",
         &["--json", "connect", "request", "bob@bank"],
@@ -928,6 +934,12 @@ fn two_firms_each_with_its_own_km_process() {
     ok(run("bob-bank", &["send", &room, "countersigned"]));
     let text = ok(run("alice-acme", &["read", &room]));
     assert!(text.contains("countersigned"), "{text}");
+    // not an external room: refused
+    let err = fails(run(
+        "alice-acme",
+        &["room", "create", "plain", "--member", "bob@bank"],
+    ));
+    assert!(err.contains("not_external"), "{err}");
     // each KM's record of the exchange
     let sent = ok(run(
         "admin-acme",
@@ -947,4 +959,11 @@ fn two_firms_each_with_its_own_km_process() {
     ok(run("alice-acme", &["send", &room, "between us"]));
     let err = fails(run("bob-bank", &["read", &room]));
     assert!(err.contains("no_such_room"), "{err}");
+    // acme stops trusting bank: bank's users get no new epoch of acme's rooms
+    ok(run(
+        "admin-acme",
+        &["admin", "trust", "remove", "bank", "--reason", "relationship ended"],
+    ));
+    let listed = ok(run("admin-acme", &["admin", "trust", "list"]));
+    assert!(listed.contains("removed"), "{listed}");
 }
