@@ -902,7 +902,14 @@ fn two_firms_each_with_its_own_km_process() {
     // without a connection, no shared room: refused, one clear line
     let err = fails(run(
         "alice-acme",
-        &["room", "create", "early", "--external", "--member", "bob@bank"],
+        &[
+            "room",
+            "create",
+            "early",
+            "--external",
+            "--member",
+            "bob@bank",
+        ],
     ));
     assert!(err.contains("not connected"), "{err}");
     let req = json(run(
@@ -962,7 +969,14 @@ fn two_firms_each_with_its_own_km_process() {
     // acme stops trusting bank: bank's users get no new epoch of acme's rooms
     ok(run(
         "admin-acme",
-        &["admin", "trust", "remove", "bank", "--reason", "relationship ended"],
+        &[
+            "admin",
+            "trust",
+            "remove",
+            "bank",
+            "--reason",
+            "relationship ended",
+        ],
     ));
     let listed = ok(run("admin-acme", &["admin", "trust", "list"]));
     assert!(listed.contains("removed"), "{listed}");
