@@ -14,6 +14,7 @@ pub mod audit;
 pub mod bench;
 pub mod bench_firms;
 pub mod demo;
+pub mod firm;
 pub mod inspect;
 
 use cloister_crypto::passphrase::Cost;

@@ -64,6 +64,20 @@ async fn exchanges(admin: &Client, room: &RoomId) -> Vec<(String, Vec<u64>, Stri
         .collect()
 }
 
+/// Acme and bank pinning each other, alice@acme and bob@bank entitled and
+/// connected.
+async fn acme_and_bank_connected() -> (World, common::Firm, Client, Client) {
+    let w = World::new().await;
+    let bank = w.firm("bank").await;
+    w.trust_each_other(&bank).await;
+    let alice = w.user("alice").await;
+    let bob = bank.user("bob").await;
+    entitle_external(&w.admin, &[&alice]).await;
+    entitle_external(&bank.admin, &[&bob]).await;
+    connect(&alice, &bob).await;
+    (w, bank, alice, bob)
+}
+
 async fn post_exchange(w: &World, blob: &SignedBlob) -> (u16, serde_json::Value) {
     let r = w
         .http
@@ -77,14 +91,7 @@ async fn post_exchange(w: &World, blob: &SignedBlob) -> (u16, serde_json::Value)
 
 #[tokio::test]
 async fn a_room_between_two_firms_each_km_serving_its_own_users() {
-    let w = World::new().await;
-    let bank = w.firm("bank").await;
-    w.trust_each_other(&bank).await;
-    let alice = w.user("alice").await;
-    let bob = bank.user("bob").await;
-    entitle_external(&w.admin, &[&alice]).await;
-    entitle_external(&bank.admin, &[&bob]).await;
-    connect(&alice, &bob).await;
+    let (w, bank, alice, bob) = acme_and_bank_connected().await;
 
     // an external room homed at acme, with bob of bank
     let room = alice
@@ -577,14 +584,7 @@ async fn each_firm_captures_and_exports_its_own_side() {
 #[tokio::test]
 async fn a_sponsored_guest_takes_part_only_where_the_firm_puts_them() {
     use cloister_proto::km::Role;
-    let w = World::new().await;
-    let bank = w.firm("bank").await;
-    w.trust_each_other(&bank).await;
-    let alice = w.user("alice").await;
-    let bob = bank.user("bob").await;
-    entitle_external(&w.admin, &[&alice]).await;
-    entitle_external(&bank.admin, &[&bob]).await;
-    connect(&alice, &bob).await;
+    let (w, _bank, alice, bob) = acme_and_bank_connected().await;
     let gina = w.user_with("gina", &[Role::Guest]).await;
     // a guest holds no other role
     let e = w

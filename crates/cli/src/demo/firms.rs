@@ -36,52 +36,33 @@ struct Harbour {
 }
 
 async fn start(stack: &Stack, dir: &Path) -> Result<Harbour, BoxError> {
-    let tenant: TenantId = "harbour".parse()?;
-    let (km, code) = crate::open_km(
-        &dir.join("km"),
-        Some(&tenant),
-        b"harbour KM passphrase (development only)",
-        Cost::DEFAULT,
-        cloister_km::KmConfig::default(),
+    let f = crate::firm::start_partner_firm(
+        dir,
+        crate::firm::FirmOptions {
+            tenant: "harbour".parse()?,
+            km_passphrase: b"harbour KM passphrase (development only)",
+            cost: Cost::DEFAULT,
+            server_url: &stack.server_url,
+            operator_token: &stack.operator_token,
+            vault_refresh: std::time::Duration::from_secs(1),
+        },
     )
     .await?;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let km_url = format!("http://{}", l.local_addr()?);
-    let r = cloister_km::http::router(km.clone());
-    tokio::spawn(async move {
-        let _ = cloister_http::serve(l, r, std::future::pending()).await;
-    });
-    km.push_notices_to(&stack.server_url);
-    let vault = Arc::new(
-        cloister_vault::Vault::open_dir(&dir.join("vault"), Some((&tenant, km.info().sign_pk.0)))
-            .await?,
-    );
-    vault.set_km_url(&km_url).await?;
-    let vl = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let vault_url = format!("http://{}", vl.local_addr()?);
-    let vr = cloister_vault::router(vault.clone());
-    tokio::spawn(async move {
-        let _ = cloister_http::serve(vl, vr, std::future::pending()).await;
-    });
-    tokio::spawn(vault.keep_standing(std::time::Duration::from_secs(1), std::future::pending()));
-    let http = reqwest::Client::new();
-    cloister_client::register_tenant(&http, &stack.server_url, &stack.operator_token, &km.info())
-        .await?;
     let admin = Client::enrol(
-        http,
+        reqwest::Client::new(),
         &stack.server_url,
-        &km_url,
+        &f.km_url,
         &"admin@harbour".parse()?,
-        &code.ok_or("harbour's KM was not freshly initialised")?,
+        &f.admin_code,
         Storage::Memory,
     )
     .await?;
     Ok(Harbour {
-        km,
-        km_url,
-        vault_url,
+        km: f.km,
+        km_url: f.km_url,
+        vault_url: f.vault_url,
         admin,
-        tenant,
+        tenant: f.tenant,
     })
 }
 
@@ -99,6 +80,33 @@ impl Harbour {
         )
         .await?)
     }
+}
+
+/// Does `c` read `text` in the room (verified and decrypted)?
+async fn sees(c: &Client, room: RoomId, text: &str) -> Result<bool, BoxError> {
+    Ok(c.read(&room, 10, None).await?.iter().any(|m| {
+        m.as_ref().is_ok_and(
+            |r| matches!(&r.content, cloister_proto::server::Content::Text { text: t } if t == text),
+        )
+    }))
+}
+
+/// How many key exchanges of the room the admin's KM recorded.
+async fn exchanges(admin: &Client, room: RoomId) -> Result<usize, BoxError> {
+    Ok(admin
+        .audit_list(0, 1000, Some("key_exchange".into()), Some(room), None)
+        .await?
+        .len())
+}
+
+/// Who the admin's KM released the room's keys to.
+async fn holders(admin: &Client, room: RoomId) -> Result<Vec<String>, BoxError> {
+    Ok(admin
+        .who_has_keys(&room)
+        .await?
+        .iter()
+        .map(|r| r.user.to_string())
+        .collect())
 }
 
 fn scope(room: RoomId) -> cloister_proto::km::CaseScope {
@@ -240,56 +248,31 @@ pub(super) async fn run(
     let t1 = "Axe: we sell 25mm Harbourview 2033s at 101.25";
     let t2 = "Harbour buys 10mm at 101.25, confirm";
     c.alice.send_text(&room, t1).await?;
-    let seen = pat.read(&room, 10, None).await?;
-    let pat_sees = seen.iter().any(|m| {
-        m.as_ref().is_ok_and(
-            |r| matches!(&r.content, cloister_proto::server::Content::Text { text } if text == t1),
-        )
-    });
+    let pat_sees = sees(&pat, room, t1).await?;
     d.say(
         "pat",
         "reads alice's axe: Harbour's KM got epoch 0 from Acme's KM (sealed to Harbour's pinned key) and released it to pat",
     );
     d.check(pat_sees, "a Harbour user reads an Acme user's message");
     pat.send_text(&room, t2).await?;
-    let alice_sees = c.alice.read(&room, 10, None).await?.iter().any(|m| {
-        m.as_ref().is_ok_and(
-            |r| matches!(&r.content, cloister_proto::server::Content::Text { text } if text == t2),
-        )
-    });
+    let alice_sees = sees(c.alice, room, t2).await?;
     d.check(
         alice_sees,
         "and an Acme user reads the Harbour user's reply",
     );
     secrets.extend([t1.to_owned(), t2.to_owned()]);
-    let sent = c
-        .admin
-        .audit_list(0, 1000, Some("key_exchange".into()), Some(room), None)
-        .await?
-        .len();
-    let got = h
-        .admin
-        .audit_list(0, 1000, Some("key_exchange".into()), Some(room), None)
-        .await?
-        .len();
+    let (sent, got) = (
+        exchanges(c.admin, room).await?,
+        exchanges(&h.admin, room).await?,
+    );
     d.say(
         "auditors",
         format!("Acme's audit log records {sent} key exchange(s) sent to Harbour; Harbour's records {got} received"),
     );
-    let acme_holders: Vec<String> = c
-        .admin
-        .who_has_keys(&room)
-        .await?
-        .iter()
-        .map(|r| r.user.to_string())
-        .collect();
-    let harbour_holders: Vec<String> = h
-        .admin
-        .who_has_keys(&room)
-        .await?
-        .iter()
-        .map(|r| r.user.to_string())
-        .collect();
+    let (acme_holders, harbour_holders) = (
+        holders(c.admin, room).await?,
+        holders(&h.admin, room).await?,
+    );
     d.check(
         acme_holders.iter().all(|u| u.ends_with("@acme"))
             && harbour_holders.iter().all(|u| u.ends_with("@harbour"))
@@ -311,11 +294,7 @@ pub(super) async fn run(
                 .map_or("released (!)".to_owned(), |e| e.to_string())
         ),
     );
-    let pat_reads = pat.read(&room, 10, None).await?.iter().any(|m| {
-        m.as_ref().is_ok_and(
-            |r| matches!(&r.content, cloister_proto::server::Content::Text { text } if text == t3),
-        )
-    });
+    let pat_reads = sees(&pat, room, t3).await?;
     d.check(
         refused.is_some() && pat_reads,
         "the removed member is refused the next epoch by her own KM; pat still gets it",

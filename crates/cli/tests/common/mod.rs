@@ -397,100 +397,60 @@ impl World {
     /// A second firm registered with this world's server.
     pub async fn firm(&self, tenant: &str) -> Firm {
         let dir = tempfile::tempdir().unwrap();
-        let t: cloister_proto::TenantId = tenant.parse().unwrap();
-        let (km, code) = cloister_cli::open_km(
+        let f = cloister_cli::firm::start_partner_firm(
             dir.path(),
-            Some(&t),
-            b"other firm",
-            Cost::TEST,
-            cloister_km::KmConfig::default(),
-        )
-        .await
-        .unwrap();
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let km_url = format!("http://{}", l.local_addr().unwrap());
-        let router = cloister_km::http::router(km.clone());
-        let mut tasks = vec![tokio::spawn(async move {
-            let _ = cloister_http::serve(l, router, std::future::pending()).await;
-        })];
-        if let Some(t) = km.push_notices_to(&self.stack.server_url) {
-            tasks.push(t);
-        }
-        // its own vault, pulling its deny list (and partner keys) from its KM
-        let vault = std::sync::Arc::new(
-            cloister_vault::Vault::open_dir(
-                &dir.path().join("vault"),
-                Some((&t, km.info().sign_pk.0)),
-            )
-            .await
-            .unwrap(),
-        );
-        vault.set_km_url(&km_url).await.unwrap();
-        let vl = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let vault_url = format!("http://{}", vl.local_addr().unwrap());
-        let vr = cloister_vault::router(vault.clone());
-        tasks.push(tokio::spawn(async move {
-            let _ = cloister_http::serve(vl, vr, std::future::pending()).await;
-        }));
-        tasks.push(tokio::spawn(vault.keep_standing(
-            std::time::Duration::from_millis(200),
-            std::future::pending(),
-        )));
-        cloister_client::register_tenant(
-            &self.http,
-            &self.stack.server_url,
-            &self.stack.operator_token,
-            &km.info(),
+            cloister_cli::firm::FirmOptions {
+                tenant: tenant.parse().unwrap(),
+                km_passphrase: b"other firm",
+                cost: Cost::TEST,
+                server_url: &self.stack.server_url,
+                operator_token: &self.stack.operator_token,
+                vault_refresh: std::time::Duration::from_millis(200),
+            },
         )
         .await
         .unwrap();
         let admin = Client::enrol(
             self.http.clone(),
             &self.stack.server_url,
-            &km_url,
+            &f.km_url,
             &format!("admin@{tenant}").parse().unwrap(),
-            &code.unwrap(),
+            &f.admin_code,
             Storage::Memory,
         )
         .await
         .unwrap();
         Firm {
-            tenant: t,
-            km,
-            km_url,
+            tenant: f.tenant,
+            km: f.km,
+            km_url: f.km_url,
             admin,
             server_url: self.stack.server_url.clone(),
-            vault_url,
+            vault_url: f.vault_url,
             dir,
             http: self.http.clone(),
-            _tasks: tasks,
+            _tasks: f.tasks,
         }
     }
 
-    /// This world's firm (acme) as a partner sees it: its admin, KM and URL.
+    /// Acme and `other` pin each other (each with the other's KM address).
     pub async fn trust_each_other(&self, other: &Firm) {
-        let mine = self.admin.trust_self().await.unwrap();
-        let theirs = other.admin.trust_self().await.unwrap();
-        self.admin
-            .trust_add_at(
-                &other.tenant,
-                &theirs.km_key,
-                Some(&theirs.fingerprint),
-                Some(&other.km_url),
-            )
-            .await
-            .unwrap();
-        other
-            .admin
-            .trust_add_at(
-                &"acme".parse().unwrap(),
-                &mine.km_key,
-                Some(&mine.fingerprint),
-                Some(&self.stack.km_url),
-            )
-            .await
-            .unwrap();
+        let acme = self.admin.trust_self().await.unwrap();
+        pin(&self.admin, &other.admin, &other.km_url).await;
+        pin_id(&other.admin, &acme, &self.stack.km_url).await;
     }
+}
+
+/// `admin`'s firm pins the firm whose admin is `theirs`, at `km_url`.
+pub async fn pin(admin: &Client, theirs: &Client, km_url: &str) {
+    pin_id(admin, &theirs.trust_self().await.unwrap(), km_url).await;
+}
+
+async fn pin_id(admin: &Client, id: &cloister_proto::federation::OwnIdentity, km_url: &str) {
+    admin
+        .trust_add_at(&id.tenant, &id.km_key, Some(&id.fingerprint), Some(km_url))
+        .await
+        .unwrap();
 }
 
 impl Firm {
@@ -528,35 +488,12 @@ impl Firm {
         .await
         .unwrap()
     }
-
-    /// Pin another firm (both directions are separate decisions).
-    pub async fn trust(&self, other: &Firm) {
-        let theirs = other.admin.trust_self().await.unwrap();
-        self.admin
-            .trust_add_at(
-                &other.tenant,
-                &theirs.km_key,
-                Some(&theirs.fingerprint),
-                Some(&other.km_url),
-            )
-            .await
-            .unwrap();
-    }
 }
 
 impl Firm {
     /// Pin acme (the world's firm).
     pub async fn trust_acme(&self, w: &World) {
-        let acme = w.admin.trust_self().await.unwrap();
-        self.admin
-            .trust_add_at(
-                &"acme".parse().unwrap(),
-                &acme.km_key,
-                Some(&acme.fingerprint),
-                Some(&w.stack.km_url),
-            )
-            .await
-            .unwrap();
+        pin(&self.admin, &w.admin, &w.stack.km_url).await;
     }
 }
 
