@@ -16,6 +16,14 @@ pub enum VaultCmd {
     Init {
         #[arg(long)]
         data_dir: PathBuf,
+        /// The database (`postgres://HOST/DB`, `sqlite://PATH`; default:
+        /// SQLite in the data directory), from the environment.
+        #[arg(
+            long = "database-url",
+            env = "CLOISTER_DATABASE_URL",
+            hide_env_values = true
+        )]
+        database_url: Option<String>,
         /// The tenant KM's URL (its signing key is fetched and pinned).
         #[arg(long)]
         km: String,
@@ -27,6 +35,14 @@ pub enum VaultCmd {
     Serve {
         #[arg(long)]
         data_dir: PathBuf,
+        /// The database (`postgres://HOST/DB`, `sqlite://PATH`; default:
+        /// SQLite in the data directory), from the environment.
+        #[arg(
+            long = "database-url",
+            env = "CLOISTER_DATABASE_URL",
+            hide_env_values = true
+        )]
+        database_url: Option<String>,
         #[arg(long, default_value = "127.0.0.1:7500")]
         listen: String,
         /// The KM's URL, if it moved since `vault init` (its deny list of
@@ -237,10 +253,11 @@ pub async fn vault_cmd(ctx: &Ctx, vc: VaultCmd) -> Result<(), BoxError> {
     match vc {
         VaultCmd::Init {
             data_dir,
+            database_url,
             km,
             km_key,
         } => {
-            if cloister_vault::db_path(&data_dir).exists() {
+            if database_url.is_none() && cloister_vault::db_path(&data_dir).exists() {
                 return Err(format!("{} already holds a vault", data_dir.display()).into());
             }
             let info = cloister_client::km_info(&reqwest::Client::new(), &km).await?;
@@ -249,9 +266,12 @@ pub async fn vault_cmd(ctx: &Ctx, vc: VaultCmd) -> Result<(), BoxError> {
             {
                 return Err("the KM shows another signing key than --km-key".into());
             }
-            let v =
-                cloister_vault::Vault::open_dir(&data_dir, Some((&info.tenant, info.sign_pk.0)))
-                    .await?;
+            let v = cloister_vault::Vault::open_url(
+                &data_dir,
+                database_url.as_deref(),
+                Some((&info.tenant, info.sign_pk.0)),
+            )
+            .await?;
             v.set_km_url(&km).await?;
             let i = v.info();
             ctx.emit(
@@ -266,6 +286,7 @@ pub async fn vault_cmd(ctx: &Ctx, vc: VaultCmd) -> Result<(), BoxError> {
         }
         VaultCmd::Serve {
             data_dir,
+            database_url,
             listen,
             km,
             refresh_secs,
@@ -274,7 +295,9 @@ pub async fn vault_cmd(ctx: &Ctx, vc: VaultCmd) -> Result<(), BoxError> {
             if refresh_secs == 0 || refresh_secs >= max_age_secs {
                 return Err("--refresh-secs must be at least 1 and below --max-age-secs".into());
             }
-            let v = std::sync::Arc::new(cloister_vault::Vault::open_dir(&data_dir, None).await?);
+            let v = std::sync::Arc::new(
+                cloister_vault::Vault::open_url(&data_dir, database_url.as_deref(), None).await?,
+            );
             if let Some(km) = km {
                 v.set_km_url(&km).await?;
             }

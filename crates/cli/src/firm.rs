@@ -35,6 +35,7 @@ pub struct FirmOptions<'a> {
 pub async fn start_partner_firm(dir: &Path, o: FirmOptions<'_>) -> Result<PartnerFirm, BoxError> {
     let (km, code) = open_km(
         &dir.join("km"),
+        None,
         Some(&o.tenant),
         o.km_passphrase,
         o.cost,

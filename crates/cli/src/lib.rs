@@ -32,13 +32,18 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// initialisation, the bootstrap admin's enrolment code.
 pub async fn open_km(
     dir: &Path,
+    database: Option<&str>,
     tenant: Option<&TenantId>,
     pass: &[u8],
     cost: Cost,
     config: KmConfig,
 ) -> Result<(Arc<Km>, Option<String>), BoxError> {
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    let store = Arc::new(cloister_store::SqliteKmStore::open(&cloister_km::db_path(dir)).await?);
+    let url = match database {
+        Some(u) => u.to_owned(),
+        None => cloister_store::sqlite_url(&cloister_km::db_path(dir)),
+    };
+    let store = Arc::new(cloister_store::SqlKmStore::open(&url).await?);
     let tmk = cloister_km::tmk_path(dir);
     if tmk.exists() {
         let provider: Arc<dyn KeyProvider> = Arc::new(FileKeyProvider::open(&tmk, pass)?);
@@ -108,6 +113,7 @@ impl Stack {
     pub async fn start(dir: &Path, o: StackOptions) -> Result<Stack, BoxError> {
         let (km, admin_code) = open_km(
             &dir.join("km"),
+            None,
             Some(&o.tenant),
             &o.km_passphrase,
             o.cost,

@@ -58,6 +58,15 @@ enum Cmd {
     Server {
         #[arg(long)]
         data_dir: PathBuf,
+        /// The database (`postgres://HOST/DB`, `sqlite://PATH`; default:
+        /// SQLite in the data directory). From the environment, so that a
+        /// password in it never shows in a process list.
+        #[arg(
+            long = "database-url",
+            env = "CLOISTER_DATABASE_URL",
+            hide_env_values = true
+        )]
+        database_url: Option<String>,
         #[arg(long, default_value = "127.0.0.1:7300")]
         listen: String,
     },
@@ -154,6 +163,15 @@ enum KmCmd {
     Init {
         #[arg(long)]
         data_dir: PathBuf,
+        /// The database (`postgres://HOST/DB`, `sqlite://PATH`; default:
+        /// SQLite in the data directory). From the environment, so that a
+        /// password in it never shows in a process list.
+        #[arg(
+            long = "database-url",
+            env = "CLOISTER_DATABASE_URL",
+            hide_env_values = true
+        )]
+        database_url: Option<String>,
         #[arg(long)]
         tenant: String,
         #[command(flatten)]
@@ -163,6 +181,15 @@ enum KmCmd {
     Serve {
         #[arg(long)]
         data_dir: PathBuf,
+        /// The database (`postgres://HOST/DB`, `sqlite://PATH`; default:
+        /// SQLite in the data directory). From the environment, so that a
+        /// password in it never shows in a process list.
+        #[arg(
+            long = "database-url",
+            env = "CLOISTER_DATABASE_URL",
+            hide_env_values = true
+        )]
+        database_url: Option<String>,
         #[arg(long, default_value = "127.0.0.1:7400")]
         listen: String,
         #[command(flatten)]
@@ -413,6 +440,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Cmd::BenchFirms(args) => cloister_cli::bench_firms::run(args, ctx.json).await?,
         Cmd::Km(KmCmd::Init {
             data_dir,
+            database_url,
             tenant,
             pass,
         }) => {
@@ -425,6 +453,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let p = read_secret(pass.file.as_deref(), "CLOISTER_KM_PASSPHRASE")?;
             let (km, code) = cloister_cli::open_km(
                 &data_dir,
+                database_url.as_deref(),
                 Some(&tenant),
                 &p,
                 Cost::DEFAULT,
@@ -445,6 +474,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         }
         Cmd::Km(KmCmd::Serve {
             data_dir,
+            database_url,
             listen,
             pass,
             witnesses,
@@ -462,7 +492,15 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 witnesses,
                 ..Default::default()
             };
-            let (km, _) = cloister_cli::open_km(&data_dir, None, &p, Cost::DEFAULT, config).await?;
+            let (km, _) = cloister_cli::open_km(
+                &data_dir,
+                database_url.as_deref(),
+                None,
+                &p,
+                Cost::DEFAULT,
+                config,
+            )
+            .await?;
             let l = tokio::net::TcpListener::bind(&listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
@@ -476,8 +514,17 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             }
             cloister_km::http::serve(km, l, shutdown_signal()).await?;
         }
-        Cmd::Server { data_dir, listen } => {
-            let server = cloister_server::Server::open_dir(&data_dir, Default::default()).await?;
+        Cmd::Server {
+            data_dir,
+            database_url,
+            listen,
+        } => {
+            let server = cloister_server::Server::open_url(
+                &data_dir,
+                database_url.as_deref(),
+                Default::default(),
+            )
+            .await?;
             let l = tokio::net::TcpListener::bind(&listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

@@ -96,18 +96,21 @@ async fn a_third_user_cannot_squat_a_one_to_one_conversation() {
         locked: None,
         banned: Default::default(),
     };
-    let store = cloister_store::SqliteServerStore::open(&w.dir.path().join("server/server.db"))
-        .await
-        .unwrap();
-    use cloister_store::ServerStore;
+    let store = cloister_store::SqlServerStore::open(&cloister_store::sqlite_url(
+        &w.dir.path().join("server/server.db"),
+    ))
+    .await
+    .unwrap();
+    use cloister_store::RoomLogStore;
     store
         .append_log(
-            &room.to_hex(),
-            &cloister_store::LogRow {
+            &room,
+            None,
+            &[cloister_store::LogRow {
                 seq: 0,
                 entry: serde_json::to_vec(&genesis).unwrap(),
                 hash: state.head.to_vec(),
-            },
+            }],
             &serde_json::to_vec(&state).unwrap(),
             &state
                 .members

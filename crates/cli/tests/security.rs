@@ -315,22 +315,24 @@ async fn km_rejects_forged_membership_even_if_server_stored_it() {
 
     // Now a malicious server really stores the forged entry and serves it:
     // write the room straight into its database, bypassing its checks.
-    let store = cloister_store::SqliteServerStore::open(&w.dir.path().join("server/server.db"))
-        .await
-        .unwrap();
-    use cloister_store::ServerStore;
+    let store = cloister_store::SqlServerStore::open(&cloister_store::sqlite_url(
+        &w.dir.path().join("server/server.db"),
+    ))
+    .await
+    .unwrap();
+    use cloister_store::RoomLogStore;
     let row = |seq, e: &cloister_proto::room::SignedStatement| cloister_store::LogRow {
         seq,
         entry: serde_json::to_vec(e).unwrap(),
         hash: cloister_crypto::signed::entry_hash(e).to_vec(),
     };
     store
-        .append_log(&room.to_hex(), &row(0, &g), b"{}", &[])
+        .append_log(&room, None, &[row(0, &g)], b"{}", &[])
         .await
         .unwrap();
     let forged = sign_statement(&mallory.keys, &add_self).unwrap();
     store
-        .append_log(&room.to_hex(), &row(1, &forged), b"{}", &[])
+        .append_log(&room, Some(0), &[row(1, &forged)], b"{}", &[])
         .await
         .unwrap();
     // mallory relays the server's log to the KM: still refused, nothing stored at the KM
@@ -440,9 +442,11 @@ async fn tampered_replayed_readdressed_and_forged_messages_are_rejected() {
     // A malicious server injects a replayed copy, a tampered copy and a
     // re-addressed copy straight into storage: the client flags each one.
     use cloister_store::ServerStore;
-    let store = cloister_store::SqliteServerStore::open(&w.dir.path().join("server/server.db"))
-        .await
-        .unwrap();
+    let store = cloister_store::SqlServerStore::open(&cloister_store::sqlite_url(
+        &w.dir.path().join("server/server.db"),
+    ))
+    .await
+    .unwrap();
     let mk = |id: &str, room: &RoomId, e: &cloister_proto::server::Envelope| {
         cloister_store::NewMessage {
             room: room.to_hex(),

@@ -26,9 +26,11 @@ fn bench(c: &mut Criterion) {
     let tenant: TenantId = "acme".parse().unwrap();
     let (km, dev, room) = rt.block_on(async {
         let store = Arc::new(
-            cloister_store::SqliteKmStore::open(&dir.path().join("km.db"))
-                .await
-                .unwrap(),
+            cloister_store::SqlKmStore::open(&cloister_store::sqlite_url(
+                &dir.path().join("km.db"),
+            ))
+            .await
+            .unwrap(),
         );
         let provider: Arc<dyn KeyProvider> =
             Arc::new(FileKeyProvider::create(&dir.path().join("tmk"), b"pw", Cost::TEST).unwrap());
@@ -216,9 +218,11 @@ fn appends(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
     let log = rt.block_on(async {
         let store = Arc::new(
-            cloister_store::SqliteKmStore::open(&dir.path().join("km.db"))
-                .await
-                .unwrap(),
+            cloister_store::SqlKmStore::open(&cloister_store::sqlite_url(
+                &dir.path().join("km.db"),
+            ))
+            .await
+            .unwrap(),
         );
         cloister_km::audit::AuditLog::open(
             store,

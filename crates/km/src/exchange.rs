@@ -552,7 +552,7 @@ impl Km {
     ) -> Result<SignedBlob, Denied> {
         let rows = self
             .store
-            .km_log(&state.room.to_hex(), 0, limits::MAX_LOG_BATCH as u32)
+            .room_log(&state.room, 0, limits::MAX_LOG_BATCH as u32)
             .await
             .map_err(store_err)?;
         let log = rows

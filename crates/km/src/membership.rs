@@ -7,12 +7,7 @@ impl Km {
         if let Some(s) = self.rooms.lock().ok().and_then(|m| m.get(room).cloned()) {
             return Ok(Some(s));
         }
-        let Some(row) = self
-            .store
-            .get_room(&room.to_hex())
-            .await
-            .map_err(store_err)?
-        else {
+        let Some(row) = self.store.get_room(room).await.map_err(store_err)? else {
             return Ok(None);
         };
         let s: Arc<RoomState> =
@@ -122,7 +117,7 @@ impl Km {
                 // Already verified: it must be the very same entry (fork detection).
                 let stored = self
                     .store
-                    .get_log_hash(&room.to_hex(), seq)
+                    .room_log_hash(room, seq)
                     .await
                     .map_err(store_err)?;
                 if stored.as_deref() != Some(&hash[..]) {
@@ -256,20 +251,15 @@ impl Km {
         if staged.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<(String, Vec<u8>)> = staged
+        let states: Vec<Vec<u8>> = staged
             .iter()
-            .map(|v| {
-                Ok((
-                    v.room.to_hex(),
-                    serde_json::to_vec(&v.state).map_err(Denied::internal)?,
-                ))
-            })
+            .map(|v| serde_json::to_vec(&v.state).map_err(Denied::internal))
             .collect::<Result<_, Denied>>()?;
         let batch: Vec<cloister_store::RoomAppend<'_>> = staged
             .iter()
-            .zip(&rows)
-            .map(|(v, (room, state))| cloister_store::RoomAppend {
-                room,
+            .zip(&states)
+            .map(|(v, state)| cloister_store::RoomAppend {
+                room: &v.room,
                 expected_seq: v.expected_seq,
                 entries: &v.rows,
                 state,

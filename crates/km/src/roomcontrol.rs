@@ -265,9 +265,7 @@ impl Km {
         // who leaves which room (owners kept first)
         let mut todo: Vec<(RoomId, Vec<cloister_policy::barriers::Walled>)> = Vec::new();
         for row in rooms {
-            let Ok(room) = row.room.parse::<RoomId>() else {
-                continue;
-            };
+            let room = row.room;
             let Ok(Some(state)) = self.room_state(&room).await else {
                 continue;
             };

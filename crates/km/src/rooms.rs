@@ -96,7 +96,7 @@ impl Km {
         Self::may_follow(cert, &st)?;
         let rows = self
             .store
-            .km_log(&room.to_hex(), from, limits::MAX_PAGE)
+            .room_log(room, from, limits::MAX_PAGE)
             .await
             .map_err(store_err)?;
         let entries = rows

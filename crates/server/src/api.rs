@@ -531,7 +531,7 @@ async fn get_log(
         .clamp(1, limits::MAX_PAGE);
     let rows = s
         .store
-        .get_log(&room.to_hex(), q.from, limit)
+        .room_log(&room, q.from, limit)
         .await
         .map_err(ApiError::internal)?;
     let entries = rows

@@ -174,8 +174,22 @@ pub fn operator_token_path(dir: &Path) -> PathBuf {
 impl Server {
     /// Open (creating if needed) a server data directory with the SQLite store.
     pub async fn open_dir(dir: &Path, config: ServerConfig) -> Result<Arc<Server>, ServerError> {
+        Self::open_url(dir, None, config).await
+    }
+
+    /// Open with the store at `database` (`sqlite://…`, `postgres://…`;
+    /// default: SQLite in `dir`).
+    pub async fn open_url(
+        dir: &Path,
+        database: Option<&str>,
+        config: ServerConfig,
+    ) -> Result<Arc<Server>, ServerError> {
         std::fs::create_dir_all(dir).map_err(|e| io_err(dir, e))?;
-        let store = cloister_store::SqliteServerStore::open(&dir.join("server.db")).await?;
+        let url = match database {
+            Some(u) => u.to_owned(),
+            None => cloister_store::sqlite_url(&dir.join("server.db")),
+        };
+        let store = cloister_store::SqlServerStore::open(&url).await?;
         Self::open(Arc::new(store), dir, config).await
     }
 
@@ -344,7 +358,7 @@ impl Server {
         }
         let Some(row) = self
             .store
-            .get_room(&room.to_hex())
+            .get_room(room)
             .await
             .map_err(ApiError::internal)?
         else {
@@ -391,9 +405,7 @@ impl Server {
             .await
             .map_err(ApiError::internal)?
         {
-            let Ok(id) = row.room.parse::<RoomId>() else {
-                continue;
-            };
+            let id = row.room;
             if self
                 .room(&id)
                 .await?

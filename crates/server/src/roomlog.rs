@@ -85,7 +85,13 @@ impl Server {
         let members = member_list(&staged.next);
         let state = serde_json::to_vec(&*staged.next).map_err(ApiError::internal)?;
         self.store
-            .append_log(&room.to_hex(), &staged.row, &state, &members)
+            .append_log(
+                room,
+                staged.row.seq.checked_sub(1),
+                std::slice::from_ref(&staged.row),
+                &state,
+                &members,
+            )
             .await
             .map_err(store_error)?;
         self.publish(room, &staged).await
@@ -284,13 +290,13 @@ impl Server {
             }
         }
         // one transaction for every room
-        type Rows = (String, Vec<LogRow>, Vec<u8>, Vec<String>, Option<u64>);
+        type Rows = (RoomId, Vec<LogRow>, Vec<u8>, Vec<String>, Option<u64>);
         let rows: Result<Vec<Rows>, ApiError> = staged
             .iter()
             .map(|(room, done)| {
                 let (first, last) = (&done[0].1, &done[done.len() - 1].1);
                 Ok((
-                    room.to_hex(),
+                    *room,
                     done.iter().map(|(_, s)| s.row.clone()).collect(),
                     serde_json::to_vec(&*last.next).map_err(ApiError::internal)?,
                     member_list(&last.next),
@@ -479,7 +485,7 @@ pub(crate) async fn km_read(
     }
     let rows = s
         .store
-        .get_log(&room.to_hex(), query.from, limits::MAX_PAGE)
+        .room_log(&room, query.from, limits::MAX_PAGE)
         .await
         .map_err(ApiError::internal)?;
     let entries = rows

@@ -1,12 +1,15 @@
 //! Storage for the Cloister services.
 //!
 //! ```text
-//!  server crate ──▶ dyn ServerStore ──▶ SqliteServerStore (server.db, WAL)
-//!  km crate     ──▶ dyn KmStore     ──▶ SqliteKmStore     (km.db, WAL)
+//!  server crate ──▶ dyn ServerStore ─┐
+//!  km crate     ──▶ dyn KmStore     ─┼─▶ Sql*Store ──▶ Db ──▶ sqlite://… (WAL, one writer)
+//!  vault crate  ──▶ dyn VaultStore  ─┘                    └─▶ postgres://… (one pool)
 //! ```
 //!
-//! Callers only see the traits, so another backend (PostgreSQL) is a new
-//! implementation chosen by URL, not a change to the services. Stores hold
+//! Callers only see the traits; the URL picks the engine and each store
+//! runs its own versioned migrations for it on open (`db.rs`). What two
+//! stores share is written once: the room log ([`RoomLogStore`], server and
+//! KM) and the audit log ([`AuditStore`], KM and vault). Stores hold
 //! opaque bytes (certificates, signed statements, envelopes, wrapped keys):
 //! they never interpret or see plaintext, and every multi-row change is one
 //! transaction.
@@ -14,10 +17,14 @@
 
 use async_trait::async_trait;
 
-mod sqlite;
+mod db;
+mod sql;
+pub mod testkit;
 mod witness;
-pub use sqlite::{SqliteKmStore, SqliteServerStore, SqliteVaultStore, open_sqlite};
-pub use witness::{SqliteWitnessStore, WitnessedLog};
+pub use cloister_proto::RoomId;
+pub use db::{Backend, backend_of, open_sqlite, redact_url, sqlite_url};
+pub use sql::{SqlKmStore, SqlServerStore, SqlVaultStore};
+pub use witness::{WitnessStore, WitnessedLog};
 
 /// Storage errors. `Backend` details are logged, never shown to API callers.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +68,7 @@ pub struct ConnectionRow {
 /// state after them.
 #[derive(Debug, Clone, Copy)]
 pub struct RoomAppend<'a> {
-    pub room: &'a str,
+    pub room: &'a RoomId,
     /// The stored state's seq the entries extend (`None`: a new room).
     pub expected_seq: Option<u64>,
     pub entries: &'a [LogRow],
@@ -83,7 +90,7 @@ pub struct LogRow {
 /// A room's derived state after its last verified entry.
 #[derive(Debug, Clone)]
 pub struct RoomRow {
-    pub room: String,
+    pub room: RoomId,
     pub seq: u64,
     /// JSON of the replayed room state.
     pub state: Vec<u8>,
@@ -126,9 +133,41 @@ pub enum Inserted {
     Duplicate,
 }
 
+/// A room's verified membership log and its replayed state, kept the same
+/// way by the server and the KM.
+#[async_trait]
+pub trait RoomLogStore: Send + Sync + 'static {
+    async fn get_room(&self, room: &RoomId) -> Result<Option<RoomRow>>;
+    /// Append to several rooms' logs in one transaction: all or nothing
+    /// (`Conflict` if any room's stored state is not at its `expected_seq`,
+    /// or another writer appended first).
+    async fn append_logs(&self, batch: &[RoomAppend<'_>]) -> Result<()>;
+    /// Append one room's entries and its new state (see `append_logs`).
+    async fn append_log(
+        &self,
+        room: &RoomId,
+        expected_seq: Option<u64>,
+        entries: &[LogRow],
+        state: &[u8],
+        members: &[String],
+    ) -> Result<()> {
+        self.append_logs(&[RoomAppend {
+            room,
+            expected_seq,
+            entries,
+            state,
+            members,
+        }])
+        .await
+    }
+    /// Verified entries of a room from `from_seq` (at most `limit`).
+    async fn room_log(&self, room: &RoomId, from_seq: u64, limit: u32) -> Result<Vec<LogRow>>;
+    async fn room_log_hash(&self, room: &RoomId, seq: u64) -> Result<Option<Vec<u8>>>;
+}
+
 /// The messaging server's storage.
 #[async_trait]
-pub trait ServerStore: Send + Sync + 'static {
+pub trait ServerStore: RoomLogStore {
     /// Register a tenant; registering the same key again is a no-op, another key conflicts.
     async fn put_tenant(&self, tenant: &str, km_pk: &[u8]) -> Result<()>;
     async fn get_tenant(&self, tenant: &str) -> Result<Option<Vec<u8>>>;
@@ -175,30 +214,6 @@ pub trait ServerStore: Send + Sync + 'static {
     /// Devices revoked and users disabled (to prime the in-memory deny list).
     async fn deny_list(&self) -> Result<(Vec<String>, Vec<String>)>;
 
-    /// Append one verified log entry and the room's new state, atomically,
-    /// only if the stored state is at `entry.seq - 1` (or absent for seq 0).
-    /// `members` is the full member list after the entry.
-    async fn append_log(
-        &self,
-        room: &str,
-        entry: &LogRow,
-        state: &[u8],
-        members: &[String],
-    ) -> Result<()> {
-        self.append_logs(&[RoomAppend {
-            room,
-            expected_seq: entry.seq.checked_sub(1),
-            entries: std::slice::from_ref(entry),
-            state,
-            members,
-        }])
-        .await
-    }
-    /// Append to several rooms' logs in one transaction: all or nothing
-    /// (`Conflict` if any room's stored state is not at its `expected_seq`).
-    async fn append_logs(&self, batch: &[RoomAppend<'_>]) -> Result<()>;
-    async fn get_log(&self, room: &str, from_seq: u64, limit: u32) -> Result<Vec<LogRow>>;
-    async fn get_room(&self, room: &str) -> Result<Option<RoomRow>>;
     async fn rooms_of_user(&self, user: &str) -> Result<Vec<RoomRow>>;
 
     /// Insert messages in one transaction; duplicates (same message id) are reported, not stored.
@@ -250,7 +265,7 @@ pub trait DirectoryStore: Send + Sync + 'static {
 
 /// The Key Manager's storage. Room keys are only ever stored wrapped.
 #[async_trait]
-pub trait KmStore: DirectoryStore + Send + Sync + 'static {
+pub trait KmStore: DirectoryStore + RoomLogStore + AuditStore {
     async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Insert a meta value; fails with `Conflict` if it exists.
     async fn init_meta(&self, key: &str, value: &[u8]) -> Result<()>;
@@ -270,32 +285,6 @@ pub trait KmStore: DirectoryStore + Send + Sync + 'static {
     async fn set_device_status(&self, device: &str, status: &str) -> Result<bool>;
     /// Devices not active and users not active (the tenant's deny list).
     async fn km_deny_list(&self) -> Result<(Vec<String>, Vec<String>)>;
-
-    async fn get_room(&self, room: &str) -> Result<Option<RoomRow>>;
-    /// Append verified entries and the new state atomically, only if the
-    /// stored state is still at `expected_seq` (`None`: room unknown).
-    async fn append_log(
-        &self,
-        room: &str,
-        expected_seq: Option<u64>,
-        entries: &[LogRow],
-        state: &[u8],
-    ) -> Result<()> {
-        self.append_logs(&[RoomAppend {
-            room,
-            expected_seq,
-            entries,
-            state,
-            members: &[],
-        }])
-        .await
-    }
-    /// Append to several rooms' verified logs in one transaction: all or
-    /// nothing (`Conflict` if any room moved on).
-    async fn append_logs(&self, batch: &[RoomAppend<'_>]) -> Result<()>;
-    async fn get_log_hash(&self, room: &str, seq: u64) -> Result<Option<Vec<u8>>>;
-    /// Verified log entries of a room from `from_seq` (at most `limit`).
-    async fn km_log(&self, room: &str, from_seq: u64, limit: u32) -> Result<Vec<LogRow>>;
 
     /// A wrapped room key; an empty value means it was crypto-shredded.
     async fn get_room_key(&self, room: &str, epoch: u64) -> Result<Option<Vec<u8>>>;
@@ -465,7 +454,7 @@ pub struct HitRow {
 /// Storage of the compliance vault: sealed envelopes, and blind-index tokens
 /// kept in their own table.
 #[async_trait]
-pub trait VaultStore: Send + Sync + 'static {
+pub trait VaultStore: AuditStore {
     async fn vault_meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
     async fn vault_init_meta(&self, key: &str, value: &[u8]) -> Result<()>;
     async fn vault_set_meta(&self, key: &str, value: &[u8]) -> Result<()>;

@@ -1,16 +1,10 @@
 //! A witness's storage: its key, the logs it follows and, for each, the
-//! newest checkpoint it cosigned (SQLite, WAL, full fsync).
+//! newest checkpoint it cosigned.
 
-use crate::sqlite::{meta_get, meta_init, migrate, open_sqlite};
+use crate::db::{Db, Role};
+use crate::sql::{meta_get, meta_init};
 use crate::{Result, StoreError};
-use sqlx::{Row, SqlitePool};
-use std::path::Path;
-
-const WITNESS_DDL: &str = "
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS logs (origin TEXT PRIMARY KEY, vkey TEXT NOT NULL,
-    size INTEGER NOT NULL DEFAULT 0, root BLOB);
-";
+use sqlx::Row;
 
 /// A followed log: its verifier key and the newest cosigned `(size, root)`.
 #[derive(Debug, Clone)]
@@ -19,32 +13,33 @@ pub struct WitnessedLog {
     pub last: Option<(u64, [u8; 32])>,
 }
 
-pub struct SqliteWitnessStore {
-    pool: SqlitePool,
+pub struct WitnessStore {
+    db: Db,
 }
 
-impl SqliteWitnessStore {
-    pub async fn open(path: &Path) -> Result<Self> {
-        let pool = open_sqlite(path, 4).await?;
-        migrate(&pool, WITNESS_DDL).await?;
-        Ok(SqliteWitnessStore { pool })
+impl WitnessStore {
+    /// Open the database at `url` (`sqlite://…` or `postgres://…`).
+    pub async fn open(url: &str) -> Result<Self> {
+        Ok(WitnessStore {
+            db: Db::open(url, Role::Witness).await?,
+        })
     }
 
     pub async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        meta_get(&self.pool, key).await
+        meta_get(&self.db, key).await
     }
 
     pub async fn init_meta(&self, key: &str, value: &[u8]) -> Result<()> {
-        meta_init(&self.pool, key, value).await
+        meta_init(&self.db, key, value).await
     }
 
     /// Follow a log (its origin is the verifier key's name); `Conflict` if
     /// the origin is already followed under another key.
     pub async fn add_log(&self, origin: &str, vkey: &str) -> Result<()> {
-        sqlx::query("INSERT OR IGNORE INTO logs (origin, vkey) VALUES (?, ?)")
+        sqlx::query("INSERT INTO logs (origin, vkey) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(origin)
             .bind(vkey)
-            .execute(&self.pool)
+            .execute(&self.db.writer)
             .await?;
         match self.log(origin).await? {
             Some(l) if l.vkey == vkey => Ok(()),
@@ -55,9 +50,9 @@ impl SqliteWitnessStore {
     }
 
     pub async fn log(&self, origin: &str) -> Result<Option<WitnessedLog>> {
-        let r = sqlx::query("SELECT vkey, size, root FROM logs WHERE origin = ?")
+        let r = sqlx::query("SELECT vkey, size, root FROM logs WHERE origin = $1")
             .bind(origin)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db.readers)
             .await?;
         r.map(|r| {
             let size: i64 = r.try_get("size")?;
@@ -87,12 +82,12 @@ impl SqliteWitnessStore {
         size: u64,
         root: &[u8; 32],
     ) -> Result<bool> {
-        let r = sqlx::query("UPDATE logs SET size = ?, root = ? WHERE origin = ? AND size = ?")
+        let r = sqlx::query("UPDATE logs SET size = $1, root = $2 WHERE origin = $3 AND size = $4")
             .bind(size.min(i64::MAX as u64) as i64)
             .bind(&root[..])
             .bind(origin)
             .bind(old.min(i64::MAX as u64) as i64)
-            .execute(&self.pool)
+            .execute(&self.db.writer)
             .await?;
         Ok(r.rows_affected() == 1)
     }

@@ -199,7 +199,9 @@ async fn archive(path: &Path, n: u64, tenant: &TenantId, km: &KmSigner) -> Arc<V
         .await
         .unwrap();
     drop(vault);
-    let store = cloister_store::SqliteVaultStore::open(&db).await.unwrap();
+    let store = cloister_store::SqlVaultStore::open(&cloister_store::sqlite_url(&db))
+        .await
+        .unwrap();
     let keys: Vec<RoomKey> = (0..12)
         .map(|p| RoomKey::from_bytes([p as u8 + 1; 32]))
         .collect();

@@ -218,11 +218,25 @@ impl Vault {
         dir: &Path,
         init: Option<(&TenantId, [u8; 32])>,
     ) -> Result<Vault, VaultError> {
+        Self::open_url(dir, None, init).await
+    }
+
+    /// Open (or create) the vault with its store at `database`
+    /// (`sqlite://…`, `postgres://…`; default: SQLite in `dir`).
+    pub async fn open_url(
+        dir: &Path,
+        database: Option<&str>,
+        init: Option<(&TenantId, [u8; 32])>,
+    ) -> Result<Vault, VaultError> {
         std::fs::create_dir_all(dir).map_err(|e| VaultError::Io {
             path: dir.display().to_string(),
             reason: e.to_string(),
         })?;
-        let store = Arc::new(cloister_store::SqliteVaultStore::open(&db_path(dir)).await?);
+        let url = match database {
+            Some(u) => u.to_owned(),
+            None => cloister_store::sqlite_url(&db_path(dir)),
+        };
+        let store = Arc::new(cloister_store::SqlVaultStore::open(&url).await?);
         match init {
             Some((t, k)) => Vault::init(store.clone(), store, t, k).await,
             None => Vault::open(store.clone(), store).await,

@@ -18,7 +18,7 @@ use axum::routing::{get, post};
 use cloister_crypto::KmSigner;
 use cloister_log::NoteVerifier;
 use cloister_log::witness::{AddCheckpoint, Cosigner, WitnessError, note_text, witness_step};
-use cloister_store::SqliteWitnessStore;
+use cloister_store::WitnessStore;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -50,7 +50,7 @@ pub enum WitnessOpenError {
 pub struct Witness {
     name: String,
     signer: KmSigner,
-    store: SqliteWitnessStore,
+    store: WitnessStore,
     /// One add-checkpoint at a time: the check and the update are atomic.
     lock: tokio::sync::Mutex<()>,
 }
@@ -62,7 +62,8 @@ impl Witness {
             path: dir.display().to_string(),
             reason: e.to_string(),
         })?;
-        let store = SqliteWitnessStore::open(&dir.join("witness.db")).await?;
+        let store =
+            WitnessStore::open(&cloister_store::sqlite_url(&dir.join("witness.db"))).await?;
         if let Some(name) = init {
             if name.is_empty() || name.contains(char::is_whitespace) || name.contains('+') {
                 return Err(WitnessOpenError::BadName(name.to_owned()));

@@ -1,75 +1,65 @@
-//! The compliance vault's store on SQLite.
+//! The compliance vault's store (its audit log tables: `audit.rs`).
 
 use super::*;
+use crate::db::Role;
+use crate::{CaptureMeta, EnvelopeRow, FetchQuery, HitRow, VaultStore};
 
-const VAULT_DDL: &str = "
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
-CREATE TABLE IF NOT EXISTS envelopes (message_id TEXT PRIMARY KEY, room TEXT NOT NULL, ts INTEGER NOT NULL,
-    ciphertext_sha256 BLOB NOT NULL, envelope BLOB NOT NULL, envelope_sha256 BLOB NOT NULL,
-    received_ms INTEGER NOT NULL, log_index INTEGER NOT NULL, device TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS envelopes_ts ON envelopes(ts);
-CREATE INDEX IF NOT EXISTS envelopes_room ON envelopes(room, ts);
-CREATE UNIQUE INDEX IF NOT EXISTS envelopes_log ON envelopes(log_index);
-CREATE TABLE IF NOT EXISTS tokens (period INTEGER NOT NULL, token BLOB NOT NULL, message_id TEXT NOT NULL,
-    PRIMARY KEY (period, token, message_id)) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS tokens_msg ON tokens(message_id);
-CREATE TABLE IF NOT EXISTS audit_log (idx INTEGER PRIMARY KEY, ts INTEGER NOT NULL, kind TEXT NOT NULL,
-    room TEXT, data BLOB NOT NULL);
-CREATE INDEX IF NOT EXISTS audit_room ON audit_log(room, idx);
-CREATE INDEX IF NOT EXISTS audit_kind ON audit_log(kind, idx);
-CREATE TABLE IF NOT EXISTS audit_checkpoints (size INTEGER PRIMARY KEY, note TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS tombstones (message_id TEXT PRIMARY KEY, deleted_ms INTEGER NOT NULL)
-";
-
-/// The compliance vault's SQLite store.
+/// The compliance vault's store (SQLite or PostgreSQL).
 #[derive(Clone)]
-pub struct SqliteVaultStore {
-    pub(super) pool: SqlitePool,
-    pub(super) writer: SqlitePool,
+pub struct SqlVaultStore {
+    db: Db,
 }
 
-impl SqliteVaultStore {
-    pub async fn open(path: &Path) -> Result<Self> {
-        let (pool, writer) = open_pools(path).await?;
-        migrate(&writer, VAULT_DDL).await?;
-        Ok(SqliteVaultStore { pool, writer })
+impl SqlVaultStore {
+    /// Open the database at `url` (`sqlite://…` or `postgres://…`),
+    /// applying the vault's migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        Ok(SqlVaultStore {
+            db: Db::open(url, Role::Vault).await?,
+        })
     }
 }
 
+impl HasDb for SqlVaultStore {
+    fn db(&self) -> &Db {
+        &self.db
+    }
+}
+
+impl sealed::SqlAudit for SqlVaultStore {}
+
 #[async_trait]
-impl VaultStore for SqliteVaultStore {
+impl VaultStore for SqlVaultStore {
     async fn vault_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        meta_get(&self.pool, key).await
+        meta_get(&self.db, key).await
     }
 
     async fn vault_init_meta(&self, key: &str, value: &[u8]) -> Result<()> {
-        meta_init(&self.writer, key, value).await
+        meta_init(&self.db, key, value).await
     }
 
     async fn vault_set_meta(&self, key: &str, value: &[u8]) -> Result<()> {
-        meta_set(&self.writer, key, value).await
+        meta_set(&self.db, key, value).await
     }
 
     async fn is_deleted(&self, message_id: &str) -> Result<bool> {
-        Ok(
-            sqlx::query_scalar::<_, i64>("SELECT 1 FROM tombstones WHERE message_id = ?")
-                .bind(message_id)
-                .fetch_optional(&self.pool)
-                .await?
-                .is_some(),
-        )
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tombstones WHERE message_id = $1")
+            .bind(message_id)
+            .fetch_one(&self.db.readers)
+            .await?;
+        Ok(n > 0)
     }
 
     async fn vault_scrub(&self) -> Result<()> {
-        scrub(&self.writer).await
+        self.db.scrub(&["envelopes", "tokens"]).await
     }
 
     async fn get_capture(&self, message_id: &str) -> Result<Option<CaptureMeta>> {
         let r = sqlx::query(
-            "SELECT ciphertext_sha256, envelope_sha256, received_ms, log_index FROM envelopes WHERE message_id = ?",
+            "SELECT ciphertext_sha256, envelope_sha256, received_ms, log_index FROM envelopes WHERE message_id = $1",
         )
         .bind(message_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&self.db.readers)
         .await?;
         r.map(|r| {
             Ok(CaptureMeta {
@@ -83,12 +73,16 @@ impl VaultStore for SqliteVaultStore {
     }
 
     async fn fetch(&self, q: &FetchQuery) -> Result<Vec<EnvelopeRow>> {
-        let mut sql = String::from(
-            "SELECT message_id, room, ts, envelope, envelope_sha256, log_index FROM envelopes
-             WHERE ts >= ? AND ts <= ? AND log_index > ?",
+        let mut sql = Sql::new(
+            "SELECT message_id, room, ts, envelope, envelope_sha256, log_index FROM envelopes WHERE ts >= ",
         );
+        sql.param()
+            .push(" AND ts <= ")
+            .param()
+            .push(" AND log_index > ")
+            .param();
         if !q.rooms.is_empty() {
-            sql.push_str(&format!(" AND room IN ({})", placeholders(q.rooms.len())));
+            sql.push(" AND room IN (").params(q.rooms.len()).push(")");
         }
         let toks: Vec<(u32, &Vec<u8>)> = q
             .any_tokens
@@ -96,18 +90,22 @@ impl VaultStore for SqliteVaultStore {
             .flat_map(|(p, ts)| ts.iter().map(move |t| (*p, t)))
             .collect();
         if !toks.is_empty() {
-            sql.push_str(" AND message_id IN (SELECT message_id FROM tokens WHERE ");
+            sql.push(" AND message_id IN (SELECT message_id FROM tokens WHERE ");
             for n in 0..toks.len() {
-                sql.push_str(if n == 0 {
-                    "(period = ? AND token = ?)"
+                sql.push(if n == 0 {
+                    "(period = "
                 } else {
-                    " OR (period = ? AND token = ?)"
-                });
+                    " OR (period = "
+                })
+                .param()
+                .push(" AND token = ")
+                .param()
+                .push(")");
             }
-            sql.push(')');
+            sql.push(")");
         }
-        sql.push_str(" ORDER BY log_index LIMIT ?");
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        sql.push(" ORDER BY log_index LIMIT ").param();
+        let mut query = sqlx::query(sql.build())
             .bind(i(q.from_ms))
             .bind(i(q.to_ms))
             .bind(q.after.map(i).unwrap_or(-1));
@@ -117,7 +115,10 @@ impl VaultStore for SqliteVaultStore {
         for (p, t) in toks {
             query = query.bind(p as i64).bind(t);
         }
-        let rows = query.bind(q.limit as i64).fetch_all(&self.pool).await?;
+        let rows = query
+            .bind(q.limit as i64)
+            .fetch_all(&self.db.readers)
+            .await?;
         rows.iter()
             .map(|r| {
                 Ok(EnvelopeRow {
@@ -139,11 +140,11 @@ impl VaultStore for SqliteVaultStore {
         held: &[(u64, u64)],
     ) -> Result<(Vec<(String, Vec<u8>)>, u64)> {
         let rows = sqlx::query(
-            "SELECT message_id, ts, envelope_sha256 FROM envelopes WHERE room = ? AND ts < ? ORDER BY ts",
+            "SELECT message_id, ts, envelope_sha256 FROM envelopes WHERE room = $1 AND ts < $2 ORDER BY ts",
         )
         .bind(room)
         .bind(i(before_ms))
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db.readers)
         .await?;
         let mut out = Vec::new();
         let mut kept = 0u64;
@@ -170,16 +171,22 @@ impl VaultStore for SqliteVaultStore {
             if toks.is_empty() {
                 continue;
             }
-            let mut sql = String::from(
+            let mut sql = Sql::new(
                 "SELECT e.message_id, e.room, e.ts, e.ciphertext_sha256 FROM envelopes e JOIN
-                   (SELECT message_id FROM tokens WHERE period = ? AND token IN (",
+                   (SELECT message_id FROM tokens WHERE period = ",
             );
-            sql.push_str(&placeholders(toks.len()));
-            sql.push_str(
-                ") GROUP BY message_id HAVING COUNT(DISTINCT token) = ?) m ON m.message_id = e.message_id
-                 WHERE e.ts >= ? AND e.ts <= ? ORDER BY e.ts LIMIT ?",
-            );
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(*period as i64);
+            sql.param()
+                .push(" AND token IN (")
+                .params(toks.len())
+                .push(") GROUP BY message_id HAVING COUNT(DISTINCT token) = ")
+                .param()
+                .push(") m ON m.message_id = e.message_id WHERE e.ts >= ")
+                .param()
+                .push(" AND e.ts <= ")
+                .param()
+                .push(" ORDER BY e.ts LIMIT ")
+                .param();
+            let mut q = sqlx::query(sql.build()).bind(*period as i64);
             for t in toks {
                 q = q.bind(t);
             }
@@ -191,7 +198,7 @@ impl VaultStore for SqliteVaultStore {
                 .bind(i(from_ms))
                 .bind(i(to_ms))
                 .bind(limit as i64)
-                .fetch_all(&self.pool)
+                .fetch_all(&self.db.readers)
                 .await?;
             for r in rows {
                 out.push(HitRow {
@@ -209,7 +216,7 @@ impl VaultStore for SqliteVaultStore {
 
     async fn envelope_count(&self) -> Result<u64> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM envelopes")
-            .fetch_one(&self.pool)
+            .fetch_one(&self.db.readers)
             .await?;
         Ok(u(n))
     }

@@ -1,25 +1,16 @@
 //! The KM's directory records (SCIM users and groups, barriers, SCIM
-//! tokens) in SQLite: one JSON document per (kind, id).
+//! tokens): one JSON document per (kind, id).
 
-use super::{SqliteKmStore, migrate};
+use super::SqlKmStore;
 use crate::{DirRow, DirectoryStore, Result};
 use async_trait::async_trait;
 use sqlx::Row;
 
-const DDL: &str = "
-CREATE TABLE IF NOT EXISTS directory (kind TEXT NOT NULL, id TEXT NOT NULL, doc BLOB NOT NULL,
-    PRIMARY KEY (kind, id)) WITHOUT ROWID
-";
-
-pub(super) async fn migrate_directory(pool: &sqlx::SqlitePool) -> Result<()> {
-    migrate(pool, DDL).await
-}
-
 #[async_trait]
-impl DirectoryStore for SqliteKmStore {
+impl DirectoryStore for SqlKmStore {
     async fn dir_all(&self) -> Result<Vec<DirRow>> {
         let rows = sqlx::query("SELECT kind, id, doc FROM directory ORDER BY kind, id")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db.readers)
             .await?;
         rows.iter()
             .map(|r| {
@@ -33,17 +24,20 @@ impl DirectoryStore for SqliteKmStore {
     }
 
     async fn dir_write(&self, put: &[DirRow], delete: &[(String, String)]) -> Result<()> {
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db.begin().await?;
         for r in put {
-            sqlx::query("INSERT OR REPLACE INTO directory (kind, id, doc) VALUES (?, ?, ?)")
-                .bind(&r.kind)
-                .bind(&r.id)
-                .bind(&r.doc)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO directory (kind, id, doc) VALUES ($1, $2, $3)
+                 ON CONFLICT (kind, id) DO UPDATE SET doc = excluded.doc",
+            )
+            .bind(&r.kind)
+            .bind(&r.id)
+            .bind(&r.doc)
+            .execute(&mut *tx)
+            .await?;
         }
         for (kind, id) in delete {
-            sqlx::query("DELETE FROM directory WHERE kind = ? AND id = ?")
+            sqlx::query("DELETE FROM directory WHERE kind = $1 AND id = $2")
                 .bind(kind)
                 .bind(id)
                 .execute(&mut *tx)

@@ -1,17 +1,16 @@
-//! The audit log tables on SQLite, for the KM's and the vault's stores.
+//! The audit log tables, one implementation for the KM's and the vault's
+//! stores.
 
 use super::*;
+use crate::{AuditQuery, AuditRow, AuditStore};
 
-/// The audit log tables, shared by the KM's and the vault's stores.
-macro_rules! sqlite_audit_store {
-    ($t:ty) => {
 #[async_trait]
-impl AuditStore for $t {
+impl<T: sealed::SqlAudit + Send + Sync + 'static> AuditStore for T {
     async fn audit_append(&self, rows: &[AuditIn], checkpoint: Option<(u64, &str)>) -> Result<()> {
         let Some(first) = rows.first() else {
             return Ok(());
         };
-        let mut tx = self.writer.begin_with("BEGIN IMMEDIATE").await?;
+        let mut tx = self.db().begin().await?;
         let next: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(idx) + 1, 0) FROM audit_log")
             .fetch_one(&mut *tx)
             .await?;
@@ -23,8 +22,12 @@ impl AuditStore for $t {
         apply_side_effects(&mut tx, rows).await?;
         // Multi-row inserts keep the per-entry cost low.
         for chunk in rows.chunks(100) {
-            let sql = insert_sql("INSERT INTO audit_log (idx, ts, kind, room, data)", 5, chunk.len());
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let sql = Sql::insert(
+                "INSERT INTO audit_log (idx, ts, kind, room, data)",
+                5,
+                chunk.len(),
+            );
+            let mut q = sqlx::query(sql.build());
             for r in chunk {
                 q = q
                     .bind(i(r.index))
@@ -33,14 +36,20 @@ impl AuditStore for $t {
                     .bind(&r.room)
                     .bind(&r.data);
             }
-            q.execute(&mut *tx).await?;
+            // A second appender racing on the same database loses here.
+            q.execute(&mut *tx)
+                .await
+                .map_err(unique("audit log index does not continue the log"))?;
         }
         if let Some((size, note)) = checkpoint {
-            sqlx::query("INSERT OR REPLACE INTO audit_checkpoints (size, note) VALUES (?, ?)")
-                .bind(i(size))
-                .bind(note)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO audit_checkpoints (size, note) VALUES ($1, $2)
+                 ON CONFLICT (size) DO UPDATE SET note = excluded.note",
+            )
+            .bind(i(size))
+            .bind(note)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -48,7 +57,7 @@ impl AuditStore for $t {
 
     async fn audit_all(&self) -> Result<Vec<AuditRow>> {
         let rows = sqlx::query("SELECT idx, data FROM audit_log ORDER BY idx")
-            .fetch_all(&self.pool)
+            .fetch_all(&self.db().readers)
             .await?;
         rows.iter()
             .map(|r| {
@@ -62,18 +71,18 @@ impl AuditStore for $t {
 
     async fn audit_get(&self, index: u64) -> Result<Option<Vec<u8>>> {
         Ok(
-            sqlx::query_scalar("SELECT data FROM audit_log WHERE idx = ?")
+            sqlx::query_scalar("SELECT data FROM audit_log WHERE idx = $1")
                 .bind(i(index))
-                .fetch_optional(&self.pool)
+                .fetch_optional(&self.db().readers)
                 .await?,
         )
     }
 
     async fn audit_list(&self, q: &AuditQuery) -> Result<Vec<AuditRow>> {
         let rows = sqlx::query(
-            "SELECT idx, data FROM audit_log WHERE idx >= ?
-               AND (? IS NULL OR kind = ?) AND (? IS NULL OR room = ?) AND (? IS NULL OR ts >= ?)
-             ORDER BY idx LIMIT ?",
+            "SELECT idx, data FROM audit_log WHERE idx >= $1
+               AND ($2 IS NULL OR kind = $3) AND ($4 IS NULL OR room = $5) AND ($6 IS NULL OR ts >= $7)
+             ORDER BY idx LIMIT $8",
         )
         .bind(i(q.from))
         .bind(&q.kind)
@@ -83,7 +92,7 @@ impl AuditStore for $t {
         .bind(q.since_ms.map(i))
         .bind(q.since_ms.map(i))
         .bind(q.limit as i64)
-        .fetch_all(&self.pool)
+        .fetch_all(&self.db().readers)
         .await?;
         rows.iter()
             .map(|r| {
@@ -96,24 +105,22 @@ impl AuditStore for $t {
     }
 
     async fn audit_put_checkpoint(&self, size: u64, note: &str) -> Result<()> {
-        sqlx::query("INSERT OR REPLACE INTO audit_checkpoints (size, note) VALUES (?, ?)")
-            .bind(i(size))
-            .bind(note)
-            .execute(&self.writer)
-            .await?;
+        sqlx::query(
+            "INSERT INTO audit_checkpoints (size, note) VALUES ($1, $2)
+                 ON CONFLICT (size) DO UPDATE SET note = excluded.note",
+        )
+        .bind(i(size))
+        .bind(note)
+        .execute(&self.db().writer)
+        .await?;
         Ok(())
     }
 
     async fn audit_latest_checkpoint(&self) -> Result<Option<(u64, String)>> {
         let r = sqlx::query("SELECT size, note FROM audit_checkpoints ORDER BY size DESC LIMIT 1")
-            .fetch_optional(&self.pool)
+            .fetch_optional(&self.db().readers)
             .await?;
         r.map(|r| Ok((u(r.try_get("size")?), r.try_get("note")?)))
             .transpose()
     }
 }
-    };
-}
-
-sqlite_audit_store!(SqliteKmStore);
-sqlite_audit_store!(SqliteVaultStore);

@@ -1,0 +1,451 @@
+//! The messaging server's store.
+
+use super::*;
+use crate::db::Role;
+use crate::{BlobRow, ConnectionRow, DeviceRow, Inserted, MessageRow, NewMessage, ServerStore};
+
+/// The messaging server's store (SQLite or PostgreSQL).
+#[derive(Clone)]
+pub struct SqlServerStore {
+    db: Db,
+}
+
+impl SqlServerStore {
+    /// Open the database at `url` (`sqlite://…` or `postgres://…`),
+    /// applying the server's migrations.
+    pub async fn open(url: &str) -> Result<Self> {
+        Ok(SqlServerStore {
+            db: Db::open(url, Role::Server).await?,
+        })
+    }
+}
+
+impl HasDb for SqlServerStore {
+    fn db(&self) -> &Db {
+        &self.db
+    }
+}
+
+impl SqlRoomLog for SqlServerStore {
+    const MEMBER_INDEX: bool = true;
+}
+
+fn connection_row(r: &AnyRow) -> Result<ConnectionRow> {
+    Ok(ConnectionRow {
+        id: r.try_get("id")?,
+        request: r.try_get("request")?,
+        answer: r.try_get("answer")?,
+        removal: r.try_get("removal")?,
+    })
+}
+
+fn device_row(r: &AnyRow) -> Result<DeviceRow> {
+    Ok(DeviceRow {
+        device: r.try_get("device")?,
+        tenant: r.try_get("tenant")?,
+        user: r.try_get("user_id")?,
+        cert: r.try_get("cert")?,
+        revoked: r.try_get::<i64, _>("revoked")? != 0,
+    })
+}
+
+#[async_trait]
+impl ServerStore for SqlServerStore {
+    async fn put_tenant(&self, tenant: &str, km_pk: &[u8]) -> Result<()> {
+        // Insert-if-absent, then compare: two nodes registering the same
+        // tenant at once both succeed; another key conflicts.
+        sqlx::query("INSERT INTO tenants (tenant, km_pk) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(tenant)
+            .bind(km_pk)
+            .execute(&self.db.writer)
+            .await?;
+        match self.get_tenant(tenant).await? {
+            Some(k) if k == km_pk => Ok(()),
+            _ => Err(StoreError::Conflict(
+                "tenant already registered with another KM key",
+            )),
+        }
+    }
+
+    async fn get_tenant(&self, tenant: &str) -> Result<Option<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT km_pk FROM tenants WHERE tenant = $1")
+                .bind(tenant)
+                .fetch_optional(&self.db.readers)
+                .await?,
+        )
+    }
+
+    async fn put_device(&self, d: &DeviceRow) -> Result<()> {
+        // A revoked device stays revoked even if its certificate is presented again.
+        sqlx::query(
+            "INSERT INTO devices (device, tenant, user_id, cert, revoked) VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (device) DO UPDATE SET cert = excluded.cert WHERE devices.revoked = 0",
+        )
+        .bind(&d.device)
+        .bind(&d.tenant)
+        .bind(&d.user)
+        .bind(&d.cert)
+        .bind(d.revoked as i64)
+        .execute(&self.db.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn get_device(&self, device: &str) -> Result<Option<DeviceRow>> {
+        let r = sqlx::query("SELECT * FROM devices WHERE device = $1")
+            .bind(device)
+            .fetch_optional(&self.db.readers)
+            .await?;
+        r.as_ref().map(device_row).transpose()
+    }
+
+    async fn devices_of_user(&self, user: &str) -> Result<Vec<DeviceRow>> {
+        let rows = sqlx::query("SELECT * FROM devices WHERE user_id = $1 ORDER BY device")
+            .bind(user)
+            .fetch_all(&self.db.readers)
+            .await?;
+        rows.iter().map(device_row).collect()
+    }
+
+    async fn revoke_device(&self, device: &str) -> Result<()> {
+        sqlx::query("UPDATE devices SET revoked = 1 WHERE device = $1")
+            .bind(device)
+            .execute(&self.db.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn disable_user(&self, user: &str) -> Result<()> {
+        sqlx::query("INSERT INTO disabled_users (user_id) VALUES ($1) ON CONFLICT DO NOTHING")
+            .bind(user)
+            .execute(&self.db.writer)
+            .await?;
+        Ok(())
+    }
+
+    async fn set_user_standing(&self, user: &str, disabled: bool, ts: u64) -> Result<bool> {
+        let mut tx = self.db.begin().await?;
+        // Only a newer notice moves the standing (the upsert's condition is
+        // checked under the row's lock, so racing nodes cannot reorder it).
+        let r = sqlx::query(
+            "INSERT INTO user_standing (user_id, disabled, ts) VALUES ($1, $2, $3)
+             ON CONFLICT (user_id) DO UPDATE SET disabled = excluded.disabled, ts = excluded.ts
+             WHERE user_standing.ts < excluded.ts",
+        )
+        .bind(user)
+        .bind(disabled as i64)
+        .bind(i(ts))
+        .execute(&mut *tx)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Ok(false);
+        }
+        let q = if disabled {
+            "INSERT INTO disabled_users (user_id) VALUES ($1) ON CONFLICT DO NOTHING"
+        } else {
+            "DELETE FROM disabled_users WHERE user_id = $1"
+        };
+        sqlx::query(q).bind(user).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn set_listed(&self, room: &str, tenant: &str, listed: bool) -> Result<()> {
+        let q = if listed {
+            sqlx::query(
+                "INSERT INTO room_directory (room, tenant) VALUES ($1, $2)
+                 ON CONFLICT (room) DO UPDATE SET tenant = excluded.tenant",
+            )
+            .bind(room)
+            .bind(tenant)
+        } else {
+            sqlx::query("DELETE FROM room_directory WHERE room = $1").bind(room)
+        };
+        q.execute(&self.db.writer).await?;
+        Ok(())
+    }
+
+    async fn listed_rooms(&self, tenant: &str) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT room FROM room_directory WHERE tenant = $1 ORDER BY room")
+                .bind(tenant)
+                .fetch_all(&self.db.readers)
+                .await?,
+        )
+    }
+
+    async fn set_room_tenant(&self, room: &str, tenant: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO room_tenant (room, tenant) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(room)
+        .bind(tenant)
+        .execute(&self.db.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn tenant_rooms(&self, tenant: &str) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT room FROM room_tenant WHERE tenant = $1 ORDER BY room")
+                .bind(tenant)
+                .fetch_all(&self.db.readers)
+                .await?,
+        )
+    }
+
+    async fn put_verdict(
+        &self,
+        room: &str,
+        message_id: &str,
+        device: &str,
+        v: &[u8],
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO verdicts (room, message_id, device, verdict) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (room, message_id, device) DO UPDATE SET verdict = excluded.verdict",
+        )
+        .bind(room)
+        .bind(message_id)
+        .bind(device)
+        .bind(v)
+        .execute(&self.db.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn verdicts(&self, room: &str, message_id: &str) -> Result<Vec<Vec<u8>>> {
+        Ok(sqlx::query_scalar(
+            "SELECT verdict FROM verdicts WHERE room = $1 AND message_id = $2 ORDER BY device",
+        )
+        .bind(room)
+        .bind(message_id)
+        .fetch_all(&self.db.readers)
+        .await?)
+    }
+
+    async fn put_tenant_notice(
+        &self,
+        tenant: &str,
+        kind: &str,
+        version: u64,
+        notice: &[u8],
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO tenant_notices (tenant, kind, version, notice) VALUES ($1, $2, $3, $4)
+             ON CONFLICT (tenant, kind) DO UPDATE SET version = excluded.version, notice = excluded.notice
+             WHERE excluded.version > tenant_notices.version",
+        )
+        .bind(tenant)
+        .bind(kind)
+        .bind(i(version))
+        .bind(notice)
+        .execute(&self.db.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn put_connection(&self, id: &str, from: &str, to: &str, request: &[u8]) -> Result<bool> {
+        let r = sqlx::query(
+            "INSERT INTO connections (id, from_user, to_user, request, created)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(from)
+        .bind(to)
+        .bind(request)
+        .bind(i(now_ms()))
+        .execute(&self.db.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn set_connection_answer(&self, id: &str, answer: &[u8]) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE connections SET answer = $1 WHERE id = $2 AND answer IS NULL AND removal IS NULL",
+        )
+        .bind(answer)
+        .bind(id)
+        .execute(&self.db.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn set_connection_removal(&self, id: &str, removal: &[u8]) -> Result<bool> {
+        let r =
+            sqlx::query("UPDATE connections SET removal = $1 WHERE id = $2 AND removal IS NULL")
+                .bind(removal)
+                .bind(id)
+                .execute(&self.db.writer)
+                .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn get_connection(&self, id: &str) -> Result<Option<ConnectionRow>> {
+        let r = sqlx::query("SELECT id, request, answer, removal FROM connections WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.db.readers)
+            .await?;
+        r.as_ref().map(connection_row).transpose()
+    }
+
+    async fn connections_of(&self, user: &str) -> Result<Vec<ConnectionRow>> {
+        let rows = sqlx::query(
+            "SELECT id, request, answer, removal FROM connections
+             WHERE from_user = $1 OR to_user = $2 ORDER BY created, id",
+        )
+        .bind(user)
+        .bind(user)
+        .fetch_all(&self.db.readers)
+        .await?;
+        rows.iter().map(connection_row).collect()
+    }
+
+    async fn tenant_notices(&self, kind: &str) -> Result<Vec<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT notice FROM tenant_notices WHERE kind = $1")
+                .bind(kind)
+                .fetch_all(&self.db.readers)
+                .await?,
+        )
+    }
+
+    async fn is_user_disabled(&self, user: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM disabled_users WHERE user_id = $1")
+            .bind(user)
+            .fetch_one(&self.db.readers)
+            .await?;
+        Ok(n > 0)
+    }
+
+    async fn deny_list(&self) -> Result<(Vec<String>, Vec<String>)> {
+        let devs = sqlx::query_scalar("SELECT device FROM devices WHERE revoked = 1")
+            .fetch_all(&self.db.readers)
+            .await?;
+        let users = sqlx::query_scalar("SELECT user_id FROM disabled_users")
+            .fetch_all(&self.db.readers)
+            .await?;
+        Ok((devs, users))
+    }
+
+    async fn rooms_of_user(&self, user: &str) -> Result<Vec<RoomRow>> {
+        let rows = sqlx::query(
+            "SELECT r.room, r.seq, r.state FROM room_members m JOIN rooms r ON r.room = m.room
+             WHERE m.user_id = $1 ORDER BY r.room",
+        )
+        .bind(user)
+        .fetch_all(&self.db.readers)
+        .await?;
+        rows.iter().map(room_row).collect()
+    }
+
+    async fn insert_messages(&self, batch: &[NewMessage]) -> Result<Vec<Inserted>> {
+        let mut tx = self.db.begin().await?;
+        // Within a room, seq order must be commit order (a client resumes
+        // after the last seq it saw): writers of one room queue on its lock,
+        // taken in a fixed order so two batches cannot deadlock.
+        let mut rooms: Vec<&str> = batch.iter().map(|m| m.room.as_str()).collect();
+        rooms.sort_unstable();
+        rooms.dedup();
+        for r in rooms {
+            self.db.lock_key(&mut tx, &format!("messages:{r}")).await?;
+        }
+        let mut out = Vec::with_capacity(batch.len());
+        for m in batch {
+            let seq: Option<i64> = sqlx::query_scalar(
+                "INSERT INTO messages (room, msg_id, epoch, device, ts, header, ciphertext, sig)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (msg_id) DO NOTHING RETURNING seq",
+            )
+            .bind(&m.room)
+            .bind(&m.msg_id)
+            .bind(i(m.epoch))
+            .bind(&m.device)
+            .bind(i(m.ts))
+            .bind(&m.header)
+            .bind(&m.ciphertext)
+            .bind(&m.sig)
+            .fetch_optional(&mut *tx)
+            .await?;
+            out.push(match seq {
+                Some(s) => Inserted::Seq(u(s)),
+                None => Inserted::Duplicate,
+            });
+        }
+        tx.commit().await?;
+        Ok(out)
+    }
+
+    async fn history(&self, room: &str, before: u64, limit: u32) -> Result<Vec<MessageRow>> {
+        let rows = sqlx::query(
+            "SELECT seq, header, ciphertext, sig FROM messages WHERE room = $1 AND seq < $2
+             ORDER BY seq DESC LIMIT $3",
+        )
+        .bind(room)
+        .bind(i(before))
+        .bind(limit as i64)
+        .fetch_all(&self.db.readers)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| {
+                Ok(MessageRow {
+                    seq: u(r.try_get("seq")?),
+                    header: r.try_get("header")?,
+                    ciphertext: r.try_get("ciphertext")?,
+                    sig: r.try_get("sig")?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.reverse();
+        Ok(out)
+    }
+
+    async fn add_shredded(&self, room: &str, notice: &[u8]) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO shredded_notices (room, notice) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(room)
+        .bind(notice)
+        .execute(&self.db.writer)
+        .await?;
+        Ok(())
+    }
+
+    async fn shredded_notices(&self, room: &str) -> Result<Vec<Vec<u8>>> {
+        Ok(
+            sqlx::query_scalar("SELECT notice FROM shredded_notices WHERE room = $1")
+                .bind(room)
+                .fetch_all(&self.db.readers)
+                .await?,
+        )
+    }
+
+    async fn put_blob(&self, b: &BlobRow) -> Result<()> {
+        sqlx::query("INSERT INTO blobs (id, room, device, size) VALUES ($1, $2, $3, $4)")
+            .bind(&b.id)
+            .bind(&b.room)
+            .bind(&b.device)
+            .bind(i(b.size))
+            .execute(&self.db.writer)
+            .await
+            .map_err(unique("blob id already used"))?;
+        Ok(())
+    }
+
+    async fn get_blob(&self, id: &str) -> Result<Option<BlobRow>> {
+        let r = sqlx::query("SELECT id, room, device, size FROM blobs WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.db.readers)
+            .await?;
+        r.map(|r| {
+            Ok(BlobRow {
+                id: r.try_get("id")?,
+                room: r.try_get("room")?,
+                device: r.try_get("device")?,
+                size: u(r.try_get("size")?),
+            })
+        })
+        .transpose()
+    }
+}

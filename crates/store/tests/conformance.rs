@@ -1,0 +1,629 @@
+//! One conformance suite for the store traits, run against SQLite and
+//! against PostgreSQL (each test in a database of its own, dropped after
+//! it). Without PostgreSQL the PostgreSQL half warns loudly, and fails
+//! when `CI` is set.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use cloister_store::testkit::PgDatabase;
+use cloister_store::*;
+use std::sync::Arc;
+
+/// A fresh database URL of each backend; the guard keeps it alive.
+enum Guard {
+    Dir(#[allow(dead_code)] tempfile::TempDir),
+    Pg(#[allow(dead_code)] PgDatabase),
+}
+
+async fn fresh(backend: Backend, file: &str) -> Option<(String, Guard)> {
+    match backend {
+        Backend::Sqlite => {
+            let d = tempfile::tempdir().unwrap();
+            let url = sqlite_url(&d.path().join(file));
+            Some((url, Guard::Dir(d)))
+        }
+        Backend::Postgres => {
+            let db = PgDatabase::create().await?;
+            Some((db.url.clone(), Guard::Pg(db)))
+        }
+    }
+}
+
+/// `name_sqlite` and `name_postgres` tests running `suite(url)`.
+macro_rules! on_both {
+    ($name:ident, $file:literal) => {
+        mod $name {
+            use super::*;
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let (url, _g) = fresh(Backend::Sqlite, $file).await.unwrap();
+                super::$name(&url).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                let Some((url, _g)) = fresh(Backend::Postgres, $file).await else {
+                    return;
+                };
+                super::$name(&url).await;
+            }
+        }
+    };
+}
+
+fn room(n: u8) -> RoomId {
+    RoomId([n; 16])
+}
+
+fn row(seq: u64) -> LogRow {
+    LogRow {
+        seq,
+        entry: format!("e{seq}").into_bytes(),
+        hash: format!("h{seq}").into_bytes(),
+    }
+}
+
+fn msg(room: &RoomId, id: &str) -> NewMessage {
+    NewMessage {
+        room: room.to_hex(),
+        msg_id: id.into(),
+        epoch: 0,
+        device: "d".into(),
+        ts: 1,
+        header: b"h".to_vec(),
+        ciphertext: id.as_bytes().to_vec(),
+        sig: b"s".to_vec(),
+    }
+}
+
+on_both!(server_basics, "s.db");
+async fn server_basics(url: &str) {
+    let s = SqlServerStore::open(url).await.unwrap();
+    s.put_tenant("acme", b"k1").await.unwrap();
+    s.put_tenant("acme", b"k1").await.unwrap();
+    assert!(matches!(
+        s.put_tenant("acme", b"k2").await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.get_tenant("acme").await.unwrap().unwrap(), b"k1");
+
+    // devices: a revoked device stays revoked when its certificate returns
+    let d = DeviceRow {
+        device: "d1".into(),
+        tenant: "acme".into(),
+        user: "a@acme".into(),
+        cert: b"c1".to_vec(),
+        revoked: false,
+    };
+    s.put_device(&d).await.unwrap();
+    s.revoke_device("d1").await.unwrap();
+    s.put_device(&DeviceRow {
+        cert: b"c2".to_vec(),
+        ..d.clone()
+    })
+    .await
+    .unwrap();
+    let got = s.get_device("d1").await.unwrap().unwrap();
+    assert!(got.revoked);
+    assert_eq!(got.cert, b"c1");
+    assert_eq!(s.devices_of_user("a@acme").await.unwrap().len(), 1);
+
+    // standing: only a newer notice moves it
+    assert!(s.set_user_standing("b@acme", true, 10).await.unwrap());
+    assert!(!s.set_user_standing("b@acme", false, 10).await.unwrap());
+    assert!(!s.set_user_standing("b@acme", false, 9).await.unwrap());
+    assert!(s.is_user_disabled("b@acme").await.unwrap());
+    assert!(s.set_user_standing("b@acme", false, 11).await.unwrap());
+    assert!(!s.is_user_disabled("b@acme").await.unwrap());
+    let (devs, users) = s.deny_list().await.unwrap();
+    assert_eq!((devs, users), (vec!["d1".to_string()], vec![]));
+
+    // tenant notices keep the newest version
+    assert!(
+        s.put_tenant_notice("acme", "capture", 6, b"[]")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.put_tenant_notice("acme", "capture", 6, b"[1]")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.put_tenant_notice("acme", "capture", 5, b"[2]")
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        s.tenant_notices("capture").await.unwrap(),
+        vec![b"[]".to_vec()]
+    );
+
+    // connections: answered once, removed once
+    assert!(
+        s.put_connection("c1", "a@acme", "z@bank", b"rq")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.put_connection("c1", "a@acme", "z@bank", b"rq2")
+            .await
+            .unwrap()
+    );
+    assert!(s.set_connection_answer("c1", b"ok").await.unwrap());
+    assert!(!s.set_connection_answer("c1", b"ok2").await.unwrap());
+    assert!(s.set_connection_removal("c1", b"rm").await.unwrap());
+    assert!(!s.set_connection_removal("c1", b"rm2").await.unwrap());
+    let c = s.get_connection("c1").await.unwrap().unwrap();
+    assert_eq!(c.answer.as_deref(), Some(&b"ok"[..]));
+    assert_eq!(s.connections_of("z@bank").await.unwrap().len(), 1);
+
+    // rooms, directory, verdicts, shredded notices, blobs
+    let r = room(1).to_hex();
+    s.set_room_tenant(&r, "acme").await.unwrap();
+    s.set_room_tenant(&r, "other").await.unwrap();
+    assert_eq!(s.tenant_rooms("acme").await.unwrap(), vec![r.clone()]);
+    s.set_listed(&r, "acme", true).await.unwrap();
+    s.set_listed(&r, "acme", true).await.unwrap();
+    assert_eq!(s.listed_rooms("acme").await.unwrap(), vec![r.clone()]);
+    s.set_listed(&r, "acme", false).await.unwrap();
+    assert!(s.listed_rooms("acme").await.unwrap().is_empty());
+    s.put_verdict(&r, "m1", "scan", b"v1").await.unwrap();
+    s.put_verdict(&r, "m1", "scan", b"v2").await.unwrap();
+    assert_eq!(s.verdicts(&r, "m1").await.unwrap(), vec![b"v2".to_vec()]);
+    s.add_shredded(&r, b"n1").await.unwrap();
+    s.add_shredded(&r, b"n1").await.unwrap();
+    assert_eq!(s.shredded_notices(&r).await.unwrap().len(), 1);
+    let b = BlobRow {
+        id: "b1".into(),
+        room: r.clone(),
+        device: "d1".into(),
+        size: 5,
+    };
+    s.put_blob(&b).await.unwrap();
+    assert!(matches!(s.put_blob(&b).await, Err(StoreError::Conflict(_))));
+    assert_eq!(s.get_blob("b1").await.unwrap().unwrap().size, 5);
+}
+
+on_both!(room_log, "s.db");
+async fn room_log(url: &str) {
+    let s = SqlServerStore::open(url).await.unwrap();
+    let r = room(2);
+    s.append_log(&r, None, &[row(0)], b"st0", &["a@acme".into()])
+        .await
+        .unwrap();
+    // replaying seq 0 or skipping ahead conflicts and writes nothing
+    assert!(matches!(
+        s.append_log(&r, None, &[row(0)], b"x", &[]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.append_log(&r, Some(1), &[row(2)], b"x", &[]).await,
+        Err(StoreError::Conflict(_))
+    ));
+    s.append_log(
+        &r,
+        Some(0),
+        &[row(1), row(2)],
+        b"st2",
+        &["a@acme".into(), "b@acme".into()],
+    )
+    .await
+    .unwrap();
+    let got = s.get_room(&r).await.unwrap().unwrap();
+    assert_eq!((got.room, got.seq, got.state), (r, 2, b"st2".to_vec()));
+    assert_eq!(s.room_log(&r, 1, 10).await.unwrap().len(), 2);
+    assert_eq!(s.room_log_hash(&r, 1).await.unwrap().unwrap(), b"h1");
+    assert_eq!(s.rooms_of_user("b@acme").await.unwrap().len(), 1);
+
+    // a batch over two rooms is all or nothing
+    let r3 = room(3);
+    let bad = [
+        RoomAppend {
+            room: &r3,
+            expected_seq: None,
+            entries: &[row(0)],
+            state: b"s",
+            members: &[],
+        },
+        RoomAppend {
+            room: &r,
+            expected_seq: Some(0),
+            entries: &[row(1)],
+            state: b"s",
+            members: &[],
+        },
+    ];
+    assert!(s.append_logs(&bad).await.is_err());
+    assert!(s.get_room(&r3).await.unwrap().is_none());
+
+    // racing appenders on one head: exactly one wins
+    let s = Arc::new(s);
+    let r4 = room(4);
+    s.append_log(&r4, None, &[row(0)], b"s", &[]).await.unwrap();
+    let mut tasks = Vec::new();
+    for k in 0..8u8 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut e = row(1);
+            e.entry = vec![k];
+            s.append_log(&r4, Some(0), &[e], &[k], &[]).await
+        }));
+    }
+    let mut won = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(()) => won += 1,
+            Err(StoreError::Conflict(_)) => {}
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(won, 1);
+    assert_eq!(s.room_log(&r4, 0, 10).await.unwrap().len(), 2);
+}
+
+on_both!(messages, "s.db");
+async fn messages(url: &str) {
+    let s = Arc::new(SqlServerStore::open(url).await.unwrap());
+    let r = room(5);
+    let got = s
+        .insert_messages(&[msg(&r, "m1"), msg(&r, "m1")])
+        .await
+        .unwrap();
+    assert!(matches!(got[0], Inserted::Seq(_)));
+    assert_eq!(got[1], Inserted::Duplicate);
+    // concurrent writers to one room: every message stored once, and the
+    // room's history in seq order holds each writer's messages in order
+    let mut tasks = Vec::new();
+    for w in 0..4 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            for k in 0..25 {
+                let id = format!("w{w}-{k:02}");
+                s.insert_messages(&[msg(&r, &id)]).await.unwrap();
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let h = s.history(&r.to_hex(), u64::MAX, 1000).await.unwrap();
+    assert_eq!(h.len(), 101);
+    assert!(h.windows(2).all(|w| w[0].seq < w[1].seq));
+    for w in 0..4 {
+        let mine: Vec<Vec<u8>> = h
+            .iter()
+            .map(|m| m.ciphertext.clone())
+            .filter(|c| c.starts_with(format!("w{w}-").as_bytes()))
+            .collect();
+        let mut sorted = mine.clone();
+        sorted.sort();
+        assert_eq!(mine, sorted);
+    }
+    // paging backwards
+    let last = h[h.len() - 1].seq;
+    assert_eq!(s.history(&r.to_hex(), last, 10).await.unwrap().len(), 10);
+}
+
+on_both!(km_basics, "k.db");
+async fn km_basics(url: &str) {
+    let s = SqlKmStore::open(url).await.unwrap();
+    s.put_code(b"h", "a@acme", 10).await.unwrap();
+    assert_eq!(
+        s.take_code(b"h").await.unwrap(),
+        Some(("a@acme".into(), 10))
+    );
+    assert_eq!(
+        s.take_code(b"h").await.unwrap(),
+        None,
+        "codes are single use"
+    );
+    let k1 = s.put_room_key("r", 0, b"w1").await.unwrap();
+    let k2 = s.put_room_key("r", 0, b"w2").await.unwrap();
+    assert_eq!(k1, k2, "first key wins");
+    s.put_room_key("r", 1, b"w3").await.unwrap();
+    s.shred_room_key("r", 0).await.unwrap();
+    let keys = s.room_keys_of("r").await.unwrap();
+    assert_eq!(
+        keys.iter().map(|k| (k.0, k.2)).collect::<Vec<_>>(),
+        vec![(0, true), (1, false)]
+    );
+    assert_eq!(s.get_room_key("r", 0).await.unwrap().unwrap(), b"");
+    assert_eq!(s.live_wrapped_keys().await.unwrap().len(), 1);
+    s.rewrap_keys(&[
+        ("r".into(), 0, b"x".to_vec()),
+        ("r".into(), 1, b"y".to_vec()),
+    ])
+    .await
+    .unwrap();
+    assert_eq!(
+        s.get_room_key("r", 0).await.unwrap().unwrap(),
+        b"",
+        "shredded stays shredded"
+    );
+    assert_eq!(s.get_room_key("r", 1).await.unwrap().unwrap(), b"y");
+    s.km_scrub().await.unwrap();
+
+    assert!(s.use_nonce("d", b"n", 5, 0).await.unwrap());
+    assert!(!s.use_nonce("d", b"n", 5, 0).await.unwrap());
+    assert!(s.use_nonce("d", b"n", 20, 10).await.unwrap(), "pruned");
+    s.init_meta("x", b"1").await.unwrap();
+    assert!(s.init_meta("x", b"2").await.is_err());
+    s.set_meta("x", b"3").await.unwrap();
+    assert_eq!(s.get_meta("x").await.unwrap().unwrap(), b"3");
+
+    s.upsert_user(&KmUserRow {
+        user: "a@acme".into(),
+        roles: "admin".into(),
+        status: "active".into(),
+    })
+    .await
+    .unwrap();
+    assert!(s.set_user_status("a@acme", "disabled").await.unwrap());
+    assert!(!s.set_user_status("nobody@acme", "disabled").await.unwrap());
+    let dev = KmDeviceRow {
+        device: "d1".into(),
+        user: "a@acme".into(),
+        cert: b"c".to_vec(),
+        status: "active".into(),
+        issued_at: 1,
+    };
+    s.put_device(&dev).await.unwrap();
+    assert!(matches!(
+        s.put_device(&dev).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(
+        s.km_deny_list().await.unwrap().1,
+        vec!["a@acme".to_string()]
+    );
+
+    s.put_case("c1", 1, b"v1").await.unwrap();
+    s.put_case("c1", 2, b"v2").await.unwrap();
+    assert_eq!(s.get_case("c1").await.unwrap().unwrap(), b"v2");
+    s.put_approval("c1", 2, "cu", b"ok").await.unwrap();
+    assert!(s.put_approval("c1", 2, "cu", b"ok").await.is_err());
+    assert_eq!(s.approvals("c1", 2).await.unwrap().len(), 1);
+
+    s.init_escrow(b"desc", &[("cu".into(), 1, b"s1".to_vec())])
+        .await
+        .unwrap();
+    assert!(s.init_escrow(b"desc", &[]).await.is_err());
+    assert_eq!(
+        s.escrow_shares_of("cu").await.unwrap(),
+        vec![(1, b"s1".to_vec())]
+    );
+
+    s.dir_write(
+        &[DirRow {
+            kind: "user".into(),
+            id: "a".into(),
+            doc: b"{}".to_vec(),
+        }],
+        &[],
+    )
+    .await
+    .unwrap();
+    s.dir_write(
+        &[DirRow {
+            kind: "user".into(),
+            id: "a".into(),
+            doc: b"{1}".to_vec(),
+        }],
+        &[("user".into(), "gone".into())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.dir_all().await.unwrap()[0].doc, b"{1}");
+}
+
+fn audit(index: u64) -> AuditIn {
+    AuditIn {
+        index,
+        ts: index,
+        kind: if index.is_multiple_of(2) {
+            "even"
+        } else {
+            "odd"
+        }
+        .into(),
+        room: None,
+        data: format!("entry {index}").into_bytes(),
+        side: None,
+    }
+}
+
+on_both!(audit_log, "k.db");
+async fn audit_log(url: &str) {
+    let s = Arc::new(SqlKmStore::open(url).await.unwrap());
+    s.audit_append(&[audit(0), audit(1)], Some((2, "cp2")))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.audit_append(&[audit(1)], None).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        s.audit_append(&[audit(3)], None).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert_eq!(s.audit_latest_checkpoint().await.unwrap().unwrap().0, 2);
+    // two appenders racing for index 2: one log, no fork
+    let (a, b) = (s.clone(), s.clone());
+    let (ra, rb) = tokio::join!(
+        async move { a.audit_append(&[audit(2)], None).await },
+        async move { b.audit_append(&[audit(2)], None).await }
+    );
+    assert!(ra.is_ok() != rb.is_ok(), "{ra:?} {rb:?}");
+    assert_eq!(s.audit_all().await.unwrap().len(), 3);
+    let q = AuditQuery {
+        from: 0,
+        limit: 10,
+        kind: Some("even".into()),
+        ..Default::default()
+    };
+    assert_eq!(s.audit_list(&q).await.unwrap().len(), 2);
+    assert_eq!(s.audit_get(1).await.unwrap().unwrap(), b"entry 1");
+}
+
+fn capture(index: u64, id: &str, room: &str, ts: u64, tokens: &[&[u8]]) -> AuditIn {
+    AuditIn {
+        side: Some(SideEffect::Capture(Box::new(CaptureRow {
+            message_id: id.into(),
+            room: room.into(),
+            ts,
+            ciphertext_sha256: vec![1; 32],
+            envelope: format!("env {id}").into_bytes(),
+            envelope_sha256: vec![2; 32],
+            received_ms: ts,
+            period: 1,
+            // a token twice in one capture is stored once
+            tokens: tokens.iter().chain(tokens).map(|t| t.to_vec()).collect(),
+            device: "d".into(),
+        }))),
+        ..audit(index)
+    }
+}
+
+on_both!(vault, "v.db");
+async fn vault(url: &str) {
+    let s = SqlVaultStore::open(url).await.unwrap();
+    s.audit_append(
+        &[
+            capture(0, "m0", "r1", 100, &[b"buy", b"gold"]),
+            capture(1, "m1", "r1", 200, &[b"buy"]),
+            capture(2, "m2", "r2", 300, &[b"sell", b"gold"]),
+        ],
+        None,
+    )
+    .await
+    .unwrap();
+    // the same message again: refused, nothing of the batch stored
+    assert!(
+        s.audit_append(&[capture(3, "m0", "r1", 100, &[])], None)
+            .await
+            .is_err()
+    );
+    assert_eq!(s.envelope_count().await.unwrap(), 3);
+    assert_eq!(s.audit_all().await.unwrap().len(), 3);
+    assert_eq!(s.get_capture("m1").await.unwrap().unwrap().log_index, 1);
+
+    let both = vec![(1, vec![b"buy".to_vec(), b"gold".to_vec()])];
+    let hits = s.search(&both, 0, 1000, 10).await.unwrap();
+    assert_eq!(
+        hits.iter()
+            .map(|h| h.message_id.as_str())
+            .collect::<Vec<_>>(),
+        ["m0"]
+    );
+    let gold = vec![(1, vec![b"gold".to_vec()])];
+    assert_eq!(s.search(&gold, 0, 1000, 10).await.unwrap().len(), 2);
+    assert_eq!(s.search(&gold, 0, 150, 10).await.unwrap().len(), 1);
+
+    let q = FetchQuery {
+        rooms: vec!["r1".into()],
+        from_ms: 0,
+        to_ms: 1000,
+        any_tokens: vec![(1, vec![b"gold".to_vec(), b"sell".to_vec()])],
+        after: None,
+        limit: 10,
+    };
+    let got = s.fetch(&q).await.unwrap();
+    assert_eq!(
+        got.iter()
+            .map(|e| e.message_id.as_str())
+            .collect::<Vec<_>>(),
+        ["m0"]
+    );
+    let all = FetchQuery {
+        to_ms: 1000,
+        after: Some(0),
+        limit: 10,
+        ..Default::default()
+    };
+    assert_eq!(s.fetch(&all).await.unwrap().len(), 2);
+
+    // retention: expired outside a hold, then deleted with a tombstone
+    let (old, kept) = s.expired("r1", 250, &[(150, 250)]).await.unwrap();
+    assert_eq!((old.len(), kept), (1, 1));
+    let del = AuditIn {
+        side: Some(SideEffect::DeleteEnvelope {
+            message_id: "m0".into(),
+        }),
+        ..audit(3)
+    };
+    s.audit_append(&[del], None).await.unwrap();
+    assert!(s.is_deleted("m0").await.unwrap());
+    assert!(s.get_capture("m0").await.unwrap().is_none());
+    assert_eq!(s.search(&both, 0, 1000, 10).await.unwrap().len(), 0);
+    s.vault_scrub().await.unwrap();
+
+    s.vault_init_meta("k", b"1").await.unwrap();
+    assert!(s.vault_init_meta("k", b"2").await.is_err());
+    s.vault_set_meta("k", b"3").await.unwrap();
+    assert_eq!(s.vault_meta("k").await.unwrap().unwrap(), b"3");
+}
+
+on_both!(witness, "w.db");
+async fn witness(url: &str) {
+    let s = WitnessStore::open(url).await.unwrap();
+    s.add_log("acme", "vk1").await.unwrap();
+    s.add_log("acme", "vk1").await.unwrap();
+    assert!(s.add_log("acme", "vk2").await.is_err());
+    assert!(s.advance("acme", 0, 5, &[7; 32]).await.unwrap());
+    assert!(!s.advance("acme", 0, 6, &[8; 32]).await.unwrap());
+    assert_eq!(
+        s.log("acme").await.unwrap().unwrap().last,
+        Some((5, [7; 32]))
+    );
+}
+
+on_both!(schema_versions, "s.db");
+/// A database migrated by a newer binary is refused with a clear error;
+/// so is a database that holds another service's tables.
+async fn schema_versions(url: &str) {
+    drop(SqlServerStore::open(url).await.unwrap());
+    // reopening is fine
+    drop(SqlServerStore::open(url).await.unwrap());
+    let e = SqlKmStore::open(url).await.err().unwrap().to_string();
+    assert!(e.contains("holds the server's tables"), "{e}");
+
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::AnyPool::connect(url).await.unwrap();
+    sqlx::query(
+        "INSERT INTO _cloister_server_migrations
+           (version, description, success, checksum, execution_time)
+         VALUES (9999, 'from the future', TRUE, $1, 0)",
+    )
+    .bind(vec![0u8; 48])
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    let e = SqlServerStore::open(url).await.err().unwrap().to_string();
+    assert!(
+        e.contains("schema version 9999, newer than this binary"),
+        "{e}"
+    );
+}
+
+/// A server database made before versioned migrations (no migrations
+/// table, capture notices in their old table) opens, and the notices move.
+#[tokio::test]
+async fn legacy_sqlite_database_is_adopted() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("s.db");
+    let pool = open_sqlite(&path, 1).await.unwrap();
+    sqlx::query("CREATE TABLE capture_policy (tenant TEXT PRIMARY KEY, ts INTEGER NOT NULL, notice BLOB NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    sqlx::query("INSERT INTO capture_policy (tenant, ts, notice) VALUES ('acme', 5, x'7b7d')")
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let s = SqlServerStore::open(&sqlite_url(&path)).await.unwrap();
+    assert_eq!(
+        s.tenant_notices("capture").await.unwrap(),
+        vec![b"{}".to_vec()]
+    );
+}
