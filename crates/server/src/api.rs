@@ -42,7 +42,6 @@ use cloister_store::{BlobRow, DeviceRow, Inserted, NewMessage};
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use std::sync::Arc;
-use tokio::io::AsyncWriteExt;
 
 type S = State<Arc<Server>>;
 
@@ -805,12 +804,8 @@ async fn put_blob(
             "a blob with this id already exists",
         ));
     }
-    let final_path = s.blob_dir.join(&id);
-    let tmp = s.blob_dir.join(format!("{id}.part-{}", now_millis()));
+    let mut w = s.blobs.create(&id).await.map_err(ApiError::internal)?;
     let result = async {
-        let mut f = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(ApiError::internal)?;
         let mut size: u64 = 0;
         let mut stream = body.into_data_stream();
         while let Some(chunk) = stream.next().await {
@@ -827,22 +822,19 @@ async fn put_blob(
                     s.config.max_attachment
                 )));
             }
-            f.write_all(&chunk).await.map_err(ApiError::internal)?;
+            w.write(&chunk).await.map_err(ApiError::internal)?;
         }
-        f.sync_all().await.map_err(ApiError::internal)?;
-        Ok(size)
+        Ok(())
     }
     .await;
-    let size = match result {
-        Ok(n) => n,
-        Err(e) => {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e);
-        }
-    };
-    tokio::fs::rename(&tmp, &final_path)
-        .await
-        .map_err(ApiError::internal)?;
+    if let Err(e) = result {
+        w.abort().await;
+        return Err(e);
+    }
+    let size = w.finish().await.map_err(|e| match e {
+        cloister_store::StoreError::Conflict(m) => ApiError::conflict("blob_exists", m),
+        e => ApiError::internal(e),
+    })?;
     let row = BlobRow {
         id: id.clone(),
         room: room.to_hex(),
@@ -850,7 +842,7 @@ async fn put_blob(
         size,
     };
     if let Err(e) = s.store.put_blob(&row).await {
-        let _ = tokio::fs::remove_file(&final_path).await;
+        let _ = s.blobs.remove(&id).await;
         return Err(match e {
             cloister_store::StoreError::Conflict(m) => ApiError::conflict("blob_exists", m),
             e => ApiError::internal(e),
@@ -881,10 +873,12 @@ async fn get_blob(State(s): S, c: Caller, Path(id): Path<String>) -> Result<Resp
     if !compliance {
         s.readable_room(&room, &c).await.map_err(|_| nf())?;
     }
-    let f = tokio::fs::File::open(s.blob_dir.join(&id))
+    let stream = s
+        .blobs
+        .open(&id)
         .await
-        .map_err(ApiError::internal)?;
-    let stream = tokio_util::io::ReaderStream::with_capacity(f, 64 * 1024);
+        .map_err(ApiError::internal)?
+        .ok_or_else(|| ApiError::internal("an attachment's row has no bytes"))?;
     Ok((
         StatusCode::OK,
         [(axum::http::header::CONTENT_LENGTH, row.size.to_string())],

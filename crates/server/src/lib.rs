@@ -104,7 +104,7 @@ pub struct CapturePolicy {
 /// Shared server state.
 pub struct Server {
     store: Arc<dyn ServerStore>,
-    blob_dir: PathBuf,
+    blobs: Arc<dyn cloister_store::BlobStore>,
     session_key: [u8; 32],
     operator_token_hash: [u8; 32],
     config: ServerConfig,
@@ -190,17 +190,26 @@ impl Server {
             None => cloister_store::sqlite_url(&dir.join("server.db")),
         };
         let store = cloister_store::SqlServerStore::open(&url).await?;
-        Self::open(Arc::new(store), dir, config).await
+        // Nodes sharing PostgreSQL keep attachments there, so any node
+        // serves any; one node keeps them as files beside its database.
+        let blobs: Arc<dyn cloister_store::BlobStore> = match cloister_store::backend_of(&url)? {
+            cloister_store::Backend::Postgres => {
+                Arc::new(cloister_store::SqlBlobStore::of(&store).await?)
+            }
+            cloister_store::Backend::Sqlite => {
+                Arc::new(cloister_store::FsBlobStore::open(&dir.join("blobs"))?)
+            }
+        };
+        Self::open(Arc::new(store), blobs, dir, config).await
     }
 
-    /// Open with any store; `dir` holds blobs and the server's own secrets.
+    /// Open with any store; `dir` holds the server's own secrets.
     pub async fn open(
         store: Arc<dyn ServerStore>,
+        blobs: Arc<dyn cloister_store::BlobStore>,
         dir: &Path,
         config: ServerConfig,
     ) -> Result<Arc<Server>, ServerError> {
-        let blob_dir = dir.join("blobs");
-        std::fs::create_dir_all(&blob_dir).map_err(|e| io_err(&blob_dir, e))?;
         let session_key = secret_file(&dir.join("session.key"))?;
         let tok_path = operator_token_path(dir);
         if !tok_path.exists() {
@@ -245,7 +254,7 @@ impl Server {
         let writer = writer::Writer::start(store.clone(), hub.clone());
         let server = Arc::new(Server {
             store,
-            blob_dir,
+            blobs,
             session_key,
             operator_token_hash,
             config,

@@ -62,11 +62,23 @@ impl Role {
             };
         }
         match (backend, self) {
-            (Backend::Sqlite, Role::Server) => m!("sqlite", "server", [(1, "0001_initial")]),
+            (Backend::Sqlite, Role::Server) => {
+                m!(
+                    "sqlite",
+                    "server",
+                    [(1, "0001_initial"), (2, "0002_blob_chunks")]
+                )
+            }
             (Backend::Sqlite, Role::Km) => m!("sqlite", "km", [(1, "0001_initial")]),
             (Backend::Sqlite, Role::Vault) => m!("sqlite", "vault", [(1, "0001_initial")]),
             (Backend::Sqlite, Role::Witness) => m!("sqlite", "witness", [(1, "0001_initial")]),
-            (Backend::Postgres, Role::Server) => m!("postgres", "server", [(1, "0001_initial")]),
+            (Backend::Postgres, Role::Server) => {
+                m!(
+                    "postgres",
+                    "server",
+                    [(1, "0001_initial"), (2, "0002_blob_chunks")]
+                )
+            }
             (Backend::Postgres, Role::Km) => m!("postgres", "km", [(1, "0001_initial")]),
             (Backend::Postgres, Role::Vault) => m!("postgres", "vault", [(1, "0001_initial")]),
             (Backend::Postgres, Role::Witness) => m!("postgres", "witness", [(1, "0001_initial")]),

@@ -17,10 +17,12 @@
 
 use async_trait::async_trait;
 
+mod blob;
 mod db;
 mod sql;
 pub mod testkit;
 mod witness;
+pub use blob::{BlobStore, BlobStream, BlobWriter, FsBlobStore, SqlBlobStore};
 pub use cloister_proto::RoomId;
 pub use db::{Backend, backend_of, open_sqlite, redact_url, sqlite_url};
 pub use sql::{SqlKmStore, SqlServerStore, SqlVaultStore};
