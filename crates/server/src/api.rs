@@ -645,7 +645,7 @@ async fn post_message(
         return Err(ApiError::internal("message writer stopped"));
     }
     match rx.await {
-        Ok(Ok(Inserted::Seq(seq))) => Ok(Json(PostMessageResponse { seq })),
+        Ok(Ok(Inserted::Seq { seq, .. })) => Ok(Json(PostMessageResponse { seq })),
         Ok(Ok(Inserted::Duplicate)) => Err(ApiError::conflict(
             "duplicate_message",
             format!("message {} was already accepted (replay)", h.id),

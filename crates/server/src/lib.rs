@@ -20,6 +20,7 @@ mod controls;
 mod hub;
 mod inspect;
 mod roomlog;
+pub mod sequencer;
 mod writer;
 
 pub use api::router;

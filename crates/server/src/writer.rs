@@ -43,7 +43,7 @@ impl Writer {
                 match store.insert_messages(&msgs).await {
                     Ok(results) => {
                         for (job, res) in batch.drain(..).zip(results) {
-                            if let Inserted::Seq(seq) = res {
+                            if let Inserted::Seq { seq, .. } = res {
                                 let ev = Event::Message {
                                     room: job.room,
                                     seq,

@@ -131,7 +131,12 @@ pub struct BlobRow {
 /// Outcome of one message in a batch insert.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Inserted {
-    Seq(u64),
+    /// Stored at `seq`; `prev` is the seq of the room's message before it
+    /// (0 for the first), so events can be chained per room.
+    Seq {
+        seq: u64,
+        prev: u64,
+    },
     Duplicate,
 }
 

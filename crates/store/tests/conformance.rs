@@ -268,25 +268,58 @@ async fn messages(url: &str) {
         .insert_messages(&[msg(&r, "m1"), msg(&r, "m1")])
         .await
         .unwrap();
-    assert!(matches!(got[0], Inserted::Seq(_)));
+    let Inserted::Seq {
+        seq: first,
+        prev: 0,
+    } = got[0]
+    else {
+        panic!("{got:?}");
+    };
     assert_eq!(got[1], Inserted::Duplicate);
+    // prev links each message to the one before it in its room
+    let other = room(6);
+    let got = s
+        .insert_messages(&[msg(&r, "m2"), msg(&other, "o1"), msg(&r, "m3")])
+        .await
+        .unwrap();
+    let seqs: Vec<(u64, u64)> = got
+        .iter()
+        .map(|g| match g {
+            Inserted::Seq { seq, prev } => (*seq, *prev),
+            Inserted::Duplicate => panic!("dup"),
+        })
+        .collect();
+    assert_eq!(seqs[0].1, first);
+    assert_eq!(seqs[1].1, 0);
+    assert_eq!(seqs[2].1, seqs[0].0);
     // concurrent writers to one room: every message stored once, and the
     // room's history in seq order holds each writer's messages in order
     let mut tasks = Vec::new();
     for w in 0..4 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
+            let mut links = Vec::new();
             for k in 0..25 {
                 let id = format!("w{w}-{k:02}");
-                s.insert_messages(&[msg(&r, &id)]).await.unwrap();
+                match s.insert_messages(&[msg(&r, &id)]).await.unwrap()[0] {
+                    Inserted::Seq { seq, prev } => links.push((seq, prev)),
+                    Inserted::Duplicate => panic!("dup"),
+                }
             }
+            links
         }));
     }
+    // the room's messages form one chain: each links to the one before
+    let mut links = vec![(first, 0), seqs[0], seqs[2]];
     for t in tasks {
-        t.await.unwrap();
+        links.extend(t.await.unwrap());
+    }
+    links.sort();
+    for w in links.windows(2) {
+        assert_eq!(w[1].1, w[0].0, "{links:?}");
     }
     let h = s.history(&r.to_hex(), u64::MAX, 1000).await.unwrap();
-    assert_eq!(h.len(), 101);
+    assert_eq!(h.len(), 103);
     assert!(h.windows(2).all(|w| w[0].seq < w[1].seq));
     for w in 0..4 {
         let mine: Vec<Vec<u8>> = h

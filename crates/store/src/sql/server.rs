@@ -348,8 +348,18 @@ impl ServerStore for SqlServerStore {
         let mut rooms: Vec<&str> = batch.iter().map(|m| m.room.as_str()).collect();
         rooms.sort_unstable();
         rooms.dedup();
+        // Each room's newest seq before this batch: a message's `prev`
+        // links it to the one before it in its room, so a node receiving
+        // the room's events out of order can put them back in order.
+        let mut heads: std::collections::HashMap<&str, u64> = Default::default();
         for r in rooms {
             self.db.lock_key(&mut tx, &format!("messages:{r}")).await?;
+            let head: Option<i64> =
+                sqlx::query_scalar("SELECT MAX(seq) FROM messages WHERE room = $1")
+                    .bind(r)
+                    .fetch_one(&mut *tx)
+                    .await?;
+            heads.insert(r, head.map(u).unwrap_or(0));
         }
         let mut out = Vec::with_capacity(batch.len());
         for m in batch {
@@ -368,7 +378,11 @@ impl ServerStore for SqlServerStore {
             .fetch_optional(&mut *tx)
             .await?;
             out.push(match seq {
-                Some(s) => Inserted::Seq(u(s)),
+                Some(s) => {
+                    let seq = u(s);
+                    let prev = heads.insert(m.room.as_str(), seq).unwrap_or(0);
+                    Inserted::Seq { seq, prev }
+                }
                 None => Inserted::Duplicate,
             });
         }
