@@ -87,6 +87,8 @@ pub struct StackOptions {
     pub vault_addr: SocketAddr,
     pub km_config: KmConfig,
     pub server_config: ServerConfig,
+    /// The server's database (default: SQLite in its data directory).
+    pub server_database: Option<String>,
     /// How often the vault pulls the KM's deny list.
     pub vault_refresh: std::time::Duration,
 }
@@ -103,6 +105,7 @@ impl StackOptions {
             vault_addr: any,
             km_config: KmConfig::default(),
             server_config: ServerConfig::default(),
+            server_database: None,
             vault_refresh: std::time::Duration::from_secs(5),
         }
     }
@@ -120,7 +123,12 @@ impl Stack {
             o.km_config,
         )
         .await?;
-        let server = Server::open_dir(&dir.join("server"), o.server_config).await?;
+        let server = Server::open_url(
+            &dir.join("server"),
+            o.server_database.as_deref(),
+            o.server_config,
+        )
+        .await?;
         let vdir = dir.join("vault");
         let info = km.info();
         let vault = Arc::new(if cloister_vault::db_path(&vdir).exists() {
@@ -211,5 +219,21 @@ impl Stack {
                 abort.abort();
             }
         }
+    }
+}
+
+/// A server node's name in its cluster: made up once, kept in the data
+/// directory (`node.name`), so that it stays the same across restarts.
+pub fn node_name(dir: &Path) -> Result<String, BoxError> {
+    let path = dir.join("node.name");
+    match std::fs::read_to_string(&path) {
+        Ok(n) => Ok(n.trim().to_owned()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            let n = format!("n{}", hex::encode(cloister_crypto::random_bytes::<6>()?));
+            std::fs::write(&path, &n).map_err(|e| format!("{}: {e}", path.display()))?;
+            Ok(n)
+        }
+        Err(e) => Err(format!("{}: {e}", path.display()).into()),
     }
 }

@@ -69,6 +69,14 @@ enum Cmd {
         database_url: Option<String>,
         #[arg(long, default_value = "127.0.0.1:7300")]
         listen: String,
+        /// Run as one of several nodes sharing the database (PostgreSQL),
+        /// with live events between them over this NATS JetStream server.
+        #[arg(long, env = "CLOISTER_NATS_URL")]
+        nats: Option<String>,
+        /// This node's name in the cluster, stable across restarts
+        /// (default: one made up once and kept in the data directory).
+        #[arg(long, requires = "nats")]
+        node: Option<String>,
     },
     /// Tenant administration (needs an admin device).
     #[command(subcommand)]
@@ -518,13 +526,26 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             data_dir,
             database_url,
             listen,
+            nats,
+            node,
         } => {
-            let server = cloister_server::Server::open_url(
-                &data_dir,
-                database_url.as_deref(),
-                Default::default(),
-            )
-            .await?;
+            let cluster = match nats {
+                Some(nats_url) => Some(cloister_server::ClusterConfig {
+                    nats_url,
+                    node: match node {
+                        Some(n) => n,
+                        None => cloister_cli::node_name(&data_dir)?,
+                    },
+                }),
+                None => None,
+            };
+            let config = cloister_server::ServerConfig {
+                cluster,
+                ..Default::default()
+            };
+            let server =
+                cloister_server::Server::open_url(&data_dir, database_url.as_deref(), config)
+                    .await?;
             let l = tokio::net::TcpListener::bind(&listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;

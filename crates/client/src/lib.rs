@@ -53,7 +53,7 @@ use std::path::Path;
 use std::sync::Mutex;
 use store::{CachedKey, Home, Profile};
 
-pub use api::ApiFailure;
+pub use api::{ApiFailure, EventStream};
 
 /// Everything that can go wrong on the device, each with a one-line message.
 #[derive(Debug, thiserror::Error)]

@@ -300,20 +300,17 @@ async fn login(
             "login timestamp is outside the allowed clock skew",
         ));
     }
-    {
-        let mut n = s
-            .login_nonces
-            .lock()
-            .map_err(|_| ApiError::internal("lock poisoned"))?;
-        if n.len() > 100_000 {
-            n.retain(|_, t| *t + 2 * skew >= now);
-        }
-        if n.insert(req.nonce.0, req.ts).is_some() {
-            return Err(ApiError::conflict(
-                "replayed_request",
-                "this login was already used",
-            ));
-        }
+    // In the database, so that a login is good once on any node.
+    let fresh = s
+        .store
+        .use_login_nonce(&req.nonce.0, req.ts, now.saturating_sub(2 * skew))
+        .await
+        .map_err(ApiError::internal)?;
+    if !fresh {
+        return Err(ApiError::conflict(
+            "replayed_request",
+            "this login was already used",
+        ));
     }
     let expires_at = now_secs() + s.config.session_secs;
     Ok(Json(LoginResponse {
@@ -362,6 +359,7 @@ async fn post_notice(
             if disable {
                 s.hub.drop_where(Some(user), None);
             }
+            s.fanout.standing(notice.tenant()).await;
             tracing::info!(%user, disable, "user standing changed by KM notice");
         }
         Notice::Controls {
@@ -385,6 +383,7 @@ async fn post_notice(
                 r.revoke(*device);
             }
             s.hub.drop_where(None, Some(device));
+            s.fanout.standing(notice.tenant()).await;
             tracing::info!(%device, "device revoked by KM notice");
         }
         Notice::CapturePolicy {
@@ -417,6 +416,7 @@ async fn post_notice(
                     },
                 );
             }
+            s.fanout.notices(tenant).await;
             tracing::info!(%tenant, required, "capture policy updated by KM notice");
         }
         Notice::KeysShredded {
@@ -447,8 +447,15 @@ async fn post_notice(
                     room,
                     notice: req.notice.clone(),
                 };
-                if let Ok(j) = serde_json::to_string(&ev) {
-                    s.hub.send(st.members.iter(), None, j.into());
+                if let Ok(event) = serde_json::to_string(&ev) {
+                    let d = crate::cluster::Delivery {
+                        tenant: st.tenant.clone(),
+                        users: st.members.iter().cloned().collect(),
+                        skip: None,
+                        watchers: false,
+                        event,
+                    };
+                    s.fanout.room(room, d).await;
                 }
             }
             tracing::info!(%tenant, n = shredded.len(), "shredded epochs announced by KM notice");

@@ -75,6 +75,7 @@ impl Server {
         if let Ok(mut m) = self.controls.write() {
             m.insert(tenant.clone(), Arc::new(Rules::new(controls)));
         }
+        self.fanout.notices(tenant).await;
         tracing::info!(%tenant, version = controls.version, "controls updated by KM notice");
         Ok(())
     }

@@ -118,6 +118,20 @@ impl Hub {
         }
     }
 
+    /// Close every connection whose user or device `denied` names.
+    pub fn drop_if(&self, denied: impl Fn(&UserId, &DeviceId) -> bool) {
+        if let Ok(mut m) = self.conns.write() {
+            let mut removed = 0;
+            for (u, v) in m.iter_mut() {
+                let before = v.len();
+                v.retain(|c| !denied(u, &c.device));
+                removed += before - v.len();
+            }
+            m.retain(|_, v| !v.is_empty());
+            self.count.fetch_sub(removed, Ordering::Relaxed);
+        }
+    }
+
     /// Close every connection of a device (revoked) or of a user (disabled).
     pub fn drop_where(&self, user: Option<&UserId>, device: Option<&DeviceId>) {
         if let Ok(mut m) = self.conns.write() {

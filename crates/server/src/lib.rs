@@ -15,15 +15,18 @@
 #![forbid(unsafe_code)]
 
 mod api;
+mod cluster;
 mod connections;
 mod controls;
 mod hub;
 mod inspect;
 mod roomlog;
+mod secrets;
 pub mod sequencer;
 mod writer;
 
 pub use api::router;
+pub use cluster::{ClusterConfig, ClusterError};
 
 use cloister_crypto::signed::verify_cert;
 use cloister_http::ApiError;
@@ -42,6 +45,9 @@ pub struct ServerConfig {
     pub max_attachment: u64,
     /// Session lifetime in seconds.
     pub session_secs: u64,
+    /// Run as one node of several sharing the database, with live events
+    /// between them over NATS (`None`: the only node).
+    pub cluster: Option<ClusterConfig>,
 }
 
 impl Default for ServerConfig {
@@ -49,6 +55,7 @@ impl Default for ServerConfig {
         ServerConfig {
             max_attachment: cloister_proto::limits::DEFAULT_MAX_ATTACHMENT + (1 << 20),
             session_secs: 12 * 3600,
+            cluster: None,
         }
     }
 }
@@ -61,6 +68,8 @@ pub enum ServerError {
     Io { path: String, reason: String },
     #[error("{0}")]
     Crypto(#[from] cloister_crypto::CryptoError),
+    #[error("cluster: {0}")]
+    Cluster(#[from] cluster::ClusterError),
 }
 
 /// The authenticated caller of a request.
@@ -102,6 +111,51 @@ pub struct CapturePolicy {
     pub ts: u64,
 }
 
+/// Revoked devices and disabled users, from the store.
+async fn load_deny(
+    store: &dyn ServerStore,
+) -> Result<cloister_standing::DenyList, cloister_store::StoreError> {
+    let (revoked, disabled) = store.deny_list().await?;
+    let mut deny = cloister_standing::DenyList::pushed();
+    for d in revoked.iter().filter_map(|d| d.parse().ok()) {
+        deny.revoke(d);
+    }
+    for u in disabled.iter().filter_map(|u| u.parse().ok()) {
+        deny.disable(u);
+    }
+    Ok(deny)
+}
+
+/// Tenants' capture policies, from the store (verified against the KM key
+/// when they arrived).
+async fn load_capture(
+    store: &dyn ServerStore,
+) -> Result<HashMap<TenantId, CapturePolicy>, ServerError> {
+    let mut capture = HashMap::new();
+    for n in store.tenant_notices("capture").await? {
+        let Ok(sn) = serde_json::from_slice::<cloister_proto::km::SignedNotice>(&n) else {
+            continue;
+        };
+        if let Ok(cloister_proto::km::Notice::CapturePolicy {
+            tenant,
+            receipt_pk,
+            required,
+            ts,
+        }) = serde_json::from_slice(sn.body.as_slice())
+        {
+            capture.insert(
+                tenant,
+                CapturePolicy {
+                    receipt_key: cloister_crypto::keys::VerifyKey::from_bytes(&receipt_pk.0)?,
+                    required,
+                    ts,
+                },
+            );
+        }
+    }
+    Ok(capture)
+}
+
 /// Shared server state.
 pub struct Server {
     store: Arc<dyn ServerStore>,
@@ -118,42 +172,22 @@ pub struct Server {
     /// Tenants' communication controls, from their KMs' newest notices.
     controls: RwLock<HashMap<TenantId, Arc<cloister_policy::controls::Rules>>>,
     rooms: Mutex<HashMap<RoomId, Arc<RoomState>>>,
-    login_nonces: Mutex<HashMap<[u8; 16], u64>>,
     /// Serialises log appends so the second-line policy check sees a stable head.
     log_lock: cloister_store::RoomLocks,
     hub: hub::Hub,
+    /// Live delivery: here, or through the cluster.
+    fanout: cluster::Fanout,
     writer: writer::Writer,
 }
 
-fn io_err(path: &Path, e: std::io::Error) -> ServerError {
+pub(crate) fn io_err(path: &Path, e: std::io::Error) -> ServerError {
     ServerError::Io {
         path: path.display().to_string(),
         reason: e.to_string(),
     }
 }
 
-/// Read a 32-byte secret from `path`, creating it (mode 0600) if absent.
-fn secret_file(path: &Path) -> Result<[u8; 32], ServerError> {
-    match std::fs::read(path) {
-        Ok(b) if b.len() == 32 => {
-            let mut k = [0u8; 32];
-            k.copy_from_slice(&b);
-            Ok(k)
-        }
-        Ok(_) => Err(ServerError::Io {
-            path: path.display().to_string(),
-            reason: "corrupt key file".into(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let k = cloister_crypto::random_bytes::<32>()?;
-            write_private(path, &k).map_err(|e| io_err(path, e))?;
-            Ok(k)
-        }
-        Err(e) => Err(io_err(path, e)),
-    }
-}
-
-fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -211,53 +245,23 @@ impl Server {
         dir: &Path,
         config: ServerConfig,
     ) -> Result<Arc<Server>, ServerError> {
-        let session_key = secret_file(&dir.join("session.key"))?;
-        let tok_path = operator_token_path(dir);
-        if !tok_path.exists() {
-            let t = cloister_proto::b64::encode(&cloister_crypto::random_bytes::<24>()?);
-            write_private(&tok_path, t.as_bytes()).map_err(|e| io_err(&tok_path, e))?;
-        }
-        let token = std::fs::read(&tok_path).map_err(|e| io_err(&tok_path, e))?;
-        let operator_token_hash =
-            cloister_crypto::sha256(String::from_utf8_lossy(&token).trim().as_bytes());
-        let (revoked, disabled) = store.deny_list().await?;
-        let mut deny = cloister_standing::DenyList::pushed();
-        for d in revoked.iter().filter_map(|d| d.parse().ok()) {
-            deny.revoke(d);
-        }
-        for u in disabled.iter().filter_map(|u| u.parse().ok()) {
-            deny.disable(u);
-        }
-        // Policies were verified against the KM key when they arrived.
-        let mut capture = HashMap::new();
-        for n in store.tenant_notices("capture").await? {
-            let Ok(sn) = serde_json::from_slice::<cloister_proto::km::SignedNotice>(&n) else {
-                continue;
-            };
-            if let Ok(cloister_proto::km::Notice::CapturePolicy {
-                tenant,
-                receipt_pk,
-                required,
-                ts,
-            }) = serde_json::from_slice(sn.body.as_slice())
-            {
-                capture.insert(
-                    tenant,
-                    CapturePolicy {
-                        receipt_key: cloister_crypto::keys::VerifyKey::from_bytes(&receipt_pk.0)?,
-                        required,
-                        ts,
-                    },
-                );
-            }
-        }
+        let shared = secrets::load(&*store, dir).await?;
+        let deny = load_deny(&*store).await?;
+        let capture = load_capture(&*store).await?;
         let hub = hub::Hub::default();
-        let writer = writer::Writer::start(store.clone(), hub.clone());
+        let (fanout, joined) = match &config.cluster {
+            Some(c) => {
+                let (f, j) = cluster::join(c, &shared.cluster_id, hub.clone()).await?;
+                (f, Some(j))
+            }
+            None => (cluster::Fanout::local(hub.clone()), None),
+        };
+        let writer = writer::Writer::start(store.clone(), fanout.clone());
         let server = Arc::new(Server {
             store,
             blobs,
-            session_key,
-            operator_token_hash,
+            session_key: shared.session_key,
+            operator_token_hash: shared.operator_token_hash,
             config,
             tenants: RwLock::new(HashMap::new()),
             capture: RwLock::new(capture),
@@ -265,12 +269,15 @@ impl Server {
             deny: RwLock::new(deny),
             controls: RwLock::new(HashMap::new()),
             rooms: Mutex::new(HashMap::new()),
-            login_nonces: Mutex::new(HashMap::new()),
             log_lock: Default::default(),
             hub,
+            fanout,
             writer,
         });
         server.load_controls().await?;
+        if let Some(j) = joined {
+            j.start(Arc::downgrade(&server));
+        }
         Ok(server)
     }
 

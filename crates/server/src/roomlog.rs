@@ -93,7 +93,11 @@ impl Server {
                 &members,
             )
             .await
-            .map_err(store_error)?;
+            .map_err(|e| {
+                // another node appended first: this node's copy is stale
+                self.forget_room(room);
+                store_error(e)
+            })?;
         self.publish(room, &staged).await
     }
 
@@ -173,12 +177,24 @@ impl Server {
             room: *room,
             seq: st.seq,
         };
-        if let Ok(j) = serde_json::to_string(&ev) {
-            let mut users: Vec<_> = next.members.iter().collect();
+        if let Ok(event) = serde_json::to_string(&ev) {
+            let mut users: Vec<_> = next.members.iter().cloned().collect();
             if let Some(cur) = current {
-                users.extend(cur.members.iter().filter(|u| !next.members.contains(*u)));
+                users.extend(
+                    cur.members
+                        .iter()
+                        .filter(|u| !next.members.contains(*u))
+                        .cloned(),
+                );
             }
-            self.hub.send(users.into_iter(), None, j.into());
+            let d = crate::cluster::Delivery {
+                tenant: next.tenant.clone(),
+                users,
+                skip: None,
+                watchers: false,
+                event,
+            };
+            self.fanout.room(*room, d).await;
         }
         tracing::info!(%room, seq = st.seq, actor = %s.actor, op = st.action.name(), "membership statement accepted");
         Ok(AppendLogResponse {
@@ -324,6 +340,9 @@ impl Server {
             )
             .collect();
         if let Err(e) = self.store.append_logs(&batch).await {
+            for (room, _) in &staged {
+                self.forget_room(room);
+            }
             fail_all(&mut out, &staged, &store_error(e));
             return out;
         }

@@ -2,7 +2,7 @@
 //! transaction (and one fsync) per batch, and fanned out in commit order only
 //! after they are durable.
 
-use crate::hub::Hub;
+use crate::cluster::{Delivery, Fanout};
 use cloister_policy::RoomState;
 use cloister_proto::RoomId;
 use cloister_proto::server::{Envelope, Event};
@@ -27,7 +27,7 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(store: Arc<dyn ServerStore>, hub: Hub) -> Writer {
+    pub fn start(store: Arc<dyn ServerStore>, fanout: Fanout) -> Writer {
         let (tx, mut rx) = mpsc::channel::<Job>(8 * MAX_BATCH);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
@@ -43,18 +43,21 @@ impl Writer {
                 match store.insert_messages(&msgs).await {
                     Ok(results) => {
                         for (job, res) in batch.drain(..).zip(results) {
-                            if let Inserted::Seq { seq, .. } = res {
+                            if let Inserted::Seq { seq, prev } = res {
                                 let ev = Event::Message {
                                     room: job.room,
                                     seq,
                                     envelope: job.envelope,
                                 };
-                                if let Ok(s) = serde_json::to_string(&ev) {
-                                    let watchers = hub.watchers(&job.state.tenant);
-                                    let users = job.state.members.iter().chain(
-                                        watchers.iter().filter(|w| !job.state.members.contains(*w)),
-                                    );
-                                    hub.send(users, Some(job.sender), s.into());
+                                if let Ok(event) = serde_json::to_string(&ev) {
+                                    let d = Delivery {
+                                        tenant: job.state.tenant.clone(),
+                                        users: job.state.members.iter().cloned().collect(),
+                                        skip: Some(job.sender),
+                                        watchers: true,
+                                        event,
+                                    };
+                                    fanout.message(job.room, seq, prev, d).await;
                                 }
                             }
                             let _ = job.reply.send(Ok(res));

@@ -66,7 +66,11 @@ impl Role {
                 m!(
                     "sqlite",
                     "server",
-                    [(1, "0001_initial"), (2, "0002_blob_chunks")]
+                    [
+                        (1, "0001_initial"),
+                        (2, "0002_blob_chunks"),
+                        (3, "0003_meta")
+                    ]
                 )
             }
             (Backend::Sqlite, Role::Km) => m!("sqlite", "km", [(1, "0001_initial")]),
@@ -76,7 +80,11 @@ impl Role {
                 m!(
                     "postgres",
                     "server",
-                    [(1, "0001_initial"), (2, "0002_blob_chunks")]
+                    [
+                        (1, "0001_initial"),
+                        (2, "0002_blob_chunks"),
+                        (3, "0003_meta")
+                    ]
                 )
             }
             (Backend::Postgres, Role::Km) => m!("postgres", "km", [(1, "0001_initial")]),

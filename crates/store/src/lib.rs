@@ -175,6 +175,13 @@ pub trait RoomLogStore: Send + Sync + 'static {
 /// The messaging server's storage.
 #[async_trait]
 pub trait ServerStore: RoomLogStore {
+    /// A value every node of the server shares (session key, …).
+    async fn server_meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    /// Set a shared value once; `Conflict` if another node set it first.
+    async fn init_server_meta(&self, key: &str, value: &[u8]) -> Result<()>;
+    /// Record a login's nonce; false if it was used already (on any node).
+    /// Prunes nonces older than `prune_before`.
+    async fn use_login_nonce(&self, nonce: &[u8], ts: u64, prune_before: u64) -> Result<bool>;
     /// Register a tenant; registering the same key again is a no-op, another key conflicts.
     async fn put_tenant(&self, tenant: &str, km_pk: &[u8]) -> Result<()>;
     async fn get_tenant(&self, tenant: &str) -> Result<Option<Vec<u8>>>;

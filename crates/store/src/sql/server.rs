@@ -51,6 +51,31 @@ fn device_row(r: &AnyRow) -> Result<DeviceRow> {
 
 #[async_trait]
 impl ServerStore for SqlServerStore {
+    async fn server_meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        meta_get(&self.db, key).await
+    }
+
+    async fn init_server_meta(&self, key: &str, value: &[u8]) -> Result<()> {
+        meta_init(&self.db, key, value).await
+    }
+
+    async fn use_login_nonce(&self, nonce: &[u8], ts: u64, prune_before: u64) -> Result<bool> {
+        let mut tx = self.db.begin().await?;
+        sqlx::query("DELETE FROM login_nonces WHERE ts < $1")
+            .bind(i(prune_before))
+            .execute(&mut *tx)
+            .await?;
+        let r = sqlx::query(
+            "INSERT INTO login_nonces (nonce, ts) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+        )
+        .bind(nonce)
+        .bind(i(ts))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     async fn put_tenant(&self, tenant: &str, km_pk: &[u8]) -> Result<()> {
         // Insert-if-absent, then compare: two nodes registering the same
         // tenant at once both succeed; another key conflicts.

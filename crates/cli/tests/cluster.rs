@@ -1,0 +1,306 @@
+//! Several server nodes on one PostgreSQL database, with live events
+//! between them over NATS JetStream: real PostgreSQL (a database made for
+//! each test) and the real NATS server, never a mock. Without them the
+//! tests warn loudly, and fail when `CI` is set.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use cloister_client::{Client, Storage};
+use cloister_proto::UserId;
+use cloister_proto::room::RoomSettings;
+use cloister_proto::server::Event;
+use cloister_server::{ClusterConfig, Server, ServerConfig};
+use cloister_store::testkit::PgDatabase;
+use common::{World, opts};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn nats_url() -> String {
+    std::env::var("CLOISTER_TEST_NATS").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+}
+
+/// PostgreSQL and NATS for one test; dropping it deletes the cluster's
+/// NATS stream (and the database).
+struct Services {
+    pg: PgDatabase,
+}
+
+impl std::ops::Deref for Services {
+    type Target = PgDatabase;
+    fn deref(&self) -> &PgDatabase {
+        &self.pg
+    }
+}
+
+impl Services {
+    /// Delete the cluster's stream from NATS (every test makes one).
+    async fn cleanup(&self) {
+        let pool = sqlx::PgPool::connect(&self.pg.url).await.unwrap();
+        let id: Option<Vec<u8>> =
+            sqlx::query_scalar("SELECT value FROM meta WHERE key = 'cluster_id'")
+                .fetch_optional(&pool)
+                .await
+                .unwrap();
+        pool.close().await;
+        if let Some(id) = id {
+            let c = async_nats::connect(nats_url()).await.unwrap();
+            let js = async_nats::jetstream::new(c);
+            let name = format!("CLOISTER_{}", String::from_utf8_lossy(&id));
+            js.delete_stream(&name).await.unwrap();
+        }
+    }
+}
+
+/// PostgreSQL and NATS, or `None` after a loud warning (a failure in CI).
+async fn services() -> Option<Services> {
+    let url = nats_url();
+    let addr = url.trim_start_matches("nats://").to_owned();
+    if let Err(e) = tokio::net::TcpStream::connect(&addr).await {
+        let msg = format!("NATS is not reachable at {url} ({e}): the cluster test did NOT run");
+        if std::env::var_os("CI").is_some() {
+            panic!("{msg}");
+        }
+        eprintln!("\n*** WARNING: {msg}\n");
+        return None;
+    }
+    Some(Services {
+        pg: PgDatabase::create().await?,
+    })
+}
+
+fn node_config(name: &str) -> ServerConfig {
+    ServerConfig {
+        cluster: Some(ClusterConfig {
+            nats_url: nats_url(),
+            node: name.to_owned(),
+        }),
+        ..Default::default()
+    }
+}
+
+/// Node A is the stack's server; this starts another node on the same
+/// database and returns it with its URL.
+async fn node(pg: &str, name: &str, dir: &std::path::Path) -> (Arc<Server>, String) {
+    let s = Server::open_url(&dir.join(name), Some(pg), node_config(name))
+        .await
+        .unwrap();
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    tokio::spawn(cloister_http::serve(
+        l,
+        cloister_server::router(s.clone()),
+        std::future::pending(),
+    ));
+    (s, url)
+}
+
+async fn cluster_world(pg: &Services, node_a: &str) -> World {
+    let mut o = opts();
+    o.server_database = Some(pg.url.clone());
+    o.server_config = node_config(node_a);
+    World::with(o).await
+}
+
+/// A user whose device talks to the server at `server`.
+async fn user_on(w: &World, name: &str, server: &str) -> Client {
+    let user: UserId = World::uid(name);
+    let code = w.admin.admin_add_user(&user, false).await.unwrap().code;
+    Client::enrol(
+        w.http.clone(),
+        server,
+        &w.stack.km_url,
+        &user,
+        &code,
+        Storage::Memory,
+    )
+    .await
+    .unwrap()
+}
+
+/// The seqs of the next `n` messages of `room` on a live stream.
+async fn live_seqs(
+    c: &Client,
+    stream: &mut cloister_client::EventStream,
+    room: &cloister_proto::RoomId,
+    n: usize,
+) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    while seqs.len() < n {
+        let m = tokio::time::timeout(Duration::from_secs(10), c.next_message(stream, room))
+            .await
+            .expect("a live message within 10 s")
+            .unwrap()
+            .expect("the stream stays open");
+        seqs.push(m.seq);
+    }
+    seqs
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn messages_cross_nodes_live_in_room_order() {
+    let Some(pg) = services().await else { return };
+    let w = cluster_world(&pg, "a").await;
+    let (_b, b_url) = node(&pg.url, "b", w.dir.path()).await;
+    let alice = w.user("alice").await; // on node A
+    let bob = user_on(&w, "bob", &b_url).await; // on node B
+    let carol = user_on(&w, "carol", &b_url).await; // on node B
+    let room = alice
+        .create_room(
+            RoomSettings::default(),
+            &[World::uid("bob"), World::uid("carol")],
+        )
+        .await
+        .unwrap();
+    let mut bob_live = bob.connect_events().await.unwrap();
+    let mut alice_live = alice.connect_events().await.unwrap();
+
+    // alice (node A) and carol (node B) write to the room at once: bob on
+    // node B and alice on node A each see every message once, in seq order
+    let (a, c) = tokio::join!(
+        async {
+            let mut s = Vec::new();
+            for k in 0..20 {
+                s.push(alice.send_text(&room, &format!("a{k}")).await.unwrap().1);
+            }
+            s
+        },
+        async {
+            let mut s = Vec::new();
+            for k in 0..20 {
+                s.push(carol.send_text(&room, &format!("c{k}")).await.unwrap().1);
+            }
+            s
+        }
+    );
+    let mut all: Vec<u64> = a.iter().chain(&c).copied().collect();
+    all.sort();
+    let got = live_seqs(&bob, &mut bob_live, &room, 40).await;
+    assert_eq!(got, all, "bob (node B) sees every message once, in order");
+    // alice does not get her own messages back live: carol's only
+    let got = live_seqs(&alice, &mut alice_live, &room, 20).await;
+    assert_eq!(got, c, "alice (node A) sees carol's messages, in order");
+    pg.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn revocation_and_membership_reach_every_node() {
+    let Some(pg) = services().await else { return };
+    let w = cluster_world(&pg, "a").await;
+    let (_b, b_url) = node(&pg.url, "b", w.dir.path()).await;
+    let alice = w.user("alice").await;
+    let bob = user_on(&w, "bob", &b_url).await;
+    let mut bob_live = bob.connect_events().await.unwrap();
+
+    // a room made on node A: bob, connected to node B, hears of it
+    let room = alice
+        .create_room(RoomSettings::default(), &[World::uid("bob")])
+        .await
+        .unwrap();
+    let ev = tokio::time::timeout(Duration::from_secs(10), bob_live.next())
+        .await
+        .expect("a membership event within 10 s")
+        .unwrap()
+        .unwrap();
+    assert!(
+        matches!(ev, Event::Membership { room: r, .. } if r == room),
+        "{ev:?}"
+    );
+
+    // the KM pushes the revocation to node A; bob's connection to node B
+    // closes, and node B refuses his session
+    w.admin.admin_revoke_device(&bob.device()).await.unwrap();
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match bob_live.next().await {
+                Ok(Some(_)) => continue,
+                _ => return,
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "bob's stream on node B was not closed");
+    let e = bob.send_text(&room, "still here?").await.unwrap_err();
+    assert!(e.to_string().contains("revoked"), "{e}");
+    pg.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_and_an_attachment_are_good_on_every_node() {
+    let Some(pg) = services().await else { return };
+    let w = cluster_world(&pg, "a").await;
+    let (_b, b_url) = node(&pg.url, "b", w.dir.path()).await;
+    let alice = w.user("alice").await;
+    let bob = user_on(&w, "bob", &b_url).await;
+    let room = alice
+        .create_room(RoomSettings::default(), &[World::uid("bob")])
+        .await
+        .unwrap();
+    // a file uploaded through node A is downloaded through node B
+    let src = w.dir.path().join("report.bin");
+    let data: Vec<u8> = (0..300_000u32).map(|k| (k % 253) as u8).collect();
+    std::fs::write(&src, &data).unwrap();
+    let (_, seq) = alice.send_file(&room, &src).await.unwrap();
+    let got = bob.read(&room, 10, None).await.unwrap();
+    let file = got
+        .iter()
+        .find_map(|r| r.as_ref().ok().filter(|m| m.seq == seq))
+        .unwrap();
+    let out = w.dir.path().join("copy.bin");
+    bob.get_file(&file.content, &out).await.unwrap();
+    assert_eq!(std::fs::read(&out).unwrap(), data);
+    // its ciphertext is in the shared database, in chunks
+    let pool = sqlx::PgPool::connect(&pg.url).await.unwrap();
+    let chunks: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM blob_chunks")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(chunks >= 2, "{chunks} chunks");
+    pool.close().await;
+
+    // a session made on node A is good on node B; the login itself is
+    // good once, on any node
+    let dave = w.raw("dave").await;
+    let ts = cloister_proto::now_millis();
+    let nonce = [7u8; 16];
+    let sig = dave.keys.sign(
+        cloister_crypto::signed::LOGIN,
+        &cloister_crypto::signed::login_transcript(&dave.keys.device_id(), ts, &nonce),
+    );
+    let login = cloister_proto::server::LoginRequest {
+        device: dave.keys.device_id(),
+        ts,
+        nonce: cloister_proto::b64::Fixed(nonce),
+        sig: cloister_proto::b64::Fixed(sig),
+    };
+    let r = w
+        .http
+        .post(format!("{}/v1/session", w.stack.server_url))
+        .json(&login)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let token = r
+        .json::<cloister_proto::server::LoginResponse>()
+        .await
+        .unwrap()
+        .token;
+    let r = w
+        .http
+        .get(format!("{b_url}/v1/rooms"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = w
+        .http
+        .post(format!("{b_url}/v1/session"))
+        .json(&login)
+        .send()
+        .await
+        .unwrap();
+    common::expect_error(r, 409, "replayed_request").await;
+    pg.cleanup().await;
+}
