@@ -16,6 +16,7 @@ pub mod bench_firms;
 pub mod demo;
 pub mod firm;
 pub mod inspect;
+pub mod km_serve;
 
 use cloister_crypto::passphrase::Cost;
 use cloister_km::provider::{FileKeyProvider, KeyProvider};

@@ -500,27 +500,18 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 witnesses,
                 ..Default::default()
             };
-            let (km, _) = cloister_cli::open_km(
-                &data_dir,
-                database_url.as_deref(),
-                None,
-                &p,
-                Cost::DEFAULT,
-                config,
+            cloister_cli::km_serve::run(
+                cloister_cli::km_serve::KmServe {
+                    data_dir,
+                    database_url,
+                    listen,
+                    passphrase: p,
+                    config,
+                    server,
+                },
+                shutdown_signal(),
             )
             .await?;
-            let l = tokio::net::TcpListener::bind(&listen)
-                .await
-                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-            eprintln!(
-                "KM for tenant {} listening on http://{}",
-                km.tenant(),
-                l.local_addr()?
-            );
-            if let Some(server) = &server {
-                km.push_notices_to(server);
-            }
-            cloister_km::http::serve(km, l, shutdown_signal()).await?;
         }
         Cmd::Server {
             data_dir,

@@ -3,101 +3,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
-const BIN: &str = env!("CARGO_BIN_EXE_cloister");
+mod common;
 
-struct Procs(Vec<Child>);
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn cmd(home: Option<&Path>) -> Command {
-    let mut c = Command::new(BIN);
-    c.env_remove("CLOISTER_HOME")
-        .env("CLOISTER_PASSPHRASE", "device pass")
-        .env("CLOISTER_KM_PASSPHRASE", "km pass");
-    if let Some(h) = home {
-        c.arg("--home").arg(h);
-    }
-    c
-}
-
-fn ok(out: Output) -> String {
-    assert!(
-        out.status.success(),
-        "command failed: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-fn json(out: Output) -> Value {
-    serde_json::from_str(ok(out).trim()).unwrap()
-}
-
-/// A failing command: non-zero exit, exactly one line on stderr starting with "error:".
-fn fails(out: Output) -> String {
-    assert!(
-        !out.status.success(),
-        "expected failure, got: {}",
-        String::from_utf8_lossy(&out.stdout)
-    );
-    let err = String::from_utf8(out.stderr).unwrap();
-    let lines: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
-    assert_eq!(lines.len(), 1, "one clear line on stderr, got: {err}");
-    assert!(lines[0].starts_with("error: "), "{err}");
-    lines[0].to_owned()
-}
-
-/// Starts a service on an ephemeral port it binds itself (`--listen
-/// 127.0.0.1:0`) and returns it with the URL it reports on stderr
-/// ("... listening on http://ADDR ..."). Picking a free port first and
-/// passing it in raced with every other test binding ports meanwhile.
-fn spawn_service(mut c: Command) -> (Child, String) {
-    use std::io::BufRead;
-    let mut child = c
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("service exited before it listened")
-            .unwrap();
-        if let Some(at) = line.find("listening on http://") {
-            break line[at + "listening on ".len()..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .trim_end_matches([';', ','])
-                .to_owned();
-        }
-    };
-    // keep draining stderr so the service never blocks on a full pipe
-    std::thread::spawn(move || for _ in lines {});
-    (child, url)
-}
-
-fn wait_http(url: &str) {
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(url.trim_start_matches("http://")).is_ok() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("{url} never came up");
-}
+use common::procs::*;
 
 struct Env {
     _dir: tempfile::TempDir,

@@ -19,12 +19,14 @@ use async_trait::async_trait;
 
 mod blob;
 mod db;
+mod lease;
 mod sql;
 pub mod testkit;
 mod witness;
 pub use blob::{BlobStore, BlobStream, BlobWriter, FsBlobStore, SqlBlobStore};
 pub use cloister_proto::RoomId;
 pub use db::{Backend, backend_of, open_sqlite, redact_url, sqlite_url};
+pub use lease::Lease;
 pub use sql::{SqlKmStore, SqlServerStore, SqlVaultStore};
 pub use witness::{WitnessStore, WitnessedLog};
 

@@ -2,6 +2,7 @@
 //! ports, SDK clients, and "raw" devices that speak the wire protocol directly.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod procs;
 pub mod proxy;
 
 use cloister_cli::{Stack, StackOptions};

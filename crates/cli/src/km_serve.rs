@@ -1,0 +1,130 @@
+//! `cloister km serve`: one KM on SQLite, or one of several KM processes
+//! sharing a PostgreSQL database, of which the one holding the appender
+//! lease is active and the others stand by.
+//!
+//! A standby listens from the start but answers every request with 503
+//! `km_standby` (a load balancer's health check on `/v1/info` sends
+//! traffic to the active one only). When it gets the lease (the active
+//! process died: PostgreSQL freed its lock when its connection closed) it
+//! opens the KM from the database, as a restart would, and serves. An
+//! active KM that loses the lease's connection exits at once rather than
+//! serve beside the one taking over; even if it did not, the audit log's
+//! store refuses any append that does not continue the log.
+
+use crate::BoxError;
+use axum::Router;
+use axum::extract::Request;
+use axum::response::IntoResponse;
+use cloister_crypto::passphrase::Cost;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tower::ServiceExt;
+
+/// The lease two KMs of one tenant compete for.
+const LEASE: &str = "cloister-km-appender";
+/// How often a standby asks for the lease and the active one checks it.
+const POLL: Duration = Duration::from_millis(500);
+
+pub struct KmServe {
+    pub data_dir: PathBuf,
+    pub database_url: Option<String>,
+    pub listen: String,
+    pub passphrase: Vec<u8>,
+    pub config: cloister_km::KmConfig,
+    /// The messaging server to push notices to.
+    pub server: Option<String>,
+}
+
+fn standby() -> Router {
+    Router::new().fallback(|| async {
+        let mut r = cloister_http::ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "km_standby",
+            "this KM is the standby: another KM process holds the appender lease",
+        )
+        .into_response();
+        r.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        r
+    })
+}
+
+pub async fn run(
+    o: KmServe,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), BoxError> {
+    let l = tokio::net::TcpListener::bind(&o.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", o.listen))?;
+    let addr = l.local_addr()?;
+    let pg = match &o.database_url {
+        Some(u) => cloister_store::backend_of(u)? == cloister_store::Backend::Postgres,
+        None => false,
+    };
+    if !pg {
+        let (km, _) = open(&o).await?;
+        eprintln!("KM for tenant {} listening on http://{addr}", km.tenant());
+        if let Some(server) = &o.server {
+            km.push_notices_to(server);
+        }
+        cloister_km::http::serve(km, l, shutdown).await?;
+        return Ok(());
+    }
+    // Several KM processes may share this database: serve as a standby
+    // until this one holds the lease.
+    let slot = Arc::new(RwLock::new(standby()));
+    let s = slot.clone();
+    let app = Router::new().fallback(move |req: Request| {
+        let router = s.read().map(|r| r.clone()).unwrap_or_else(|_| standby());
+        async move {
+            match router.oneshot(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            }
+        }
+    });
+    let served = tokio::spawn(cloister_http::serve(l, app, shutdown));
+    let url = o.database_url.clone().unwrap_or_default();
+    eprintln!("KM listening on http://{addr}; waiting for the appender lease");
+    let mut lease = cloister_store::Lease::acquire(&url, LEASE, POLL, || {
+        eprintln!("standby: another KM process holds the appender lease; taking over when it goes")
+    })
+    .await?;
+    let (km, _) = open(&o).await?;
+    if let Some(server) = &o.server {
+        km.push_notices_to(server);
+    }
+    if let Ok(mut r) = slot.write() {
+        *r = cloister_km::http::router(km.clone());
+    }
+    eprintln!(
+        "KM for tenant {} active on http://{addr} (holds the appender lease)",
+        km.tenant()
+    );
+    tokio::select! {
+        e = lease.lost(POLL) => {
+            // Never serve beside the process that takes over.
+            eprintln!("{e}; exiting so that another KM process takes over");
+            std::process::exit(75);
+        }
+        r = served => {
+            r.map_err(|e| format!("KM server task: {e}"))??;
+        }
+    }
+    Ok(())
+}
+
+async fn open(o: &KmServe) -> Result<(Arc<cloister_km::Km>, Option<String>), BoxError> {
+    crate::open_km(
+        &o.data_dir,
+        o.database_url.as_deref(),
+        None,
+        &o.passphrase,
+        Cost::DEFAULT,
+        o.config.clone(),
+    )
+    .await
+}
