@@ -366,12 +366,17 @@ async fn fill_gaps(s: &crate::Server, f: &Fanout, node: &Node) {
         Err(_) => return,
     };
     for (room, last, first) in overdue {
-        let gap = match s.gap(&room, last, first).await {
-            Ok(g) => g,
-            Err(e) => {
-                tracing::warn!(%room, "cannot read a gap in the live events: {e}");
-                Vec::new()
-            }
+        // a room whose place is not known starts at its earliest event;
+        // otherwise the database has what fell between
+        let gap = match last {
+            None => Vec::new(),
+            Some(last) => match s.gap(&room, last, first).await {
+                Ok(g) => g,
+                Err(e) => {
+                    tracing::warn!(%room, "cannot read a gap in the live events: {e}");
+                    Vec::new()
+                }
+            },
         };
         let ready = match node.seq.lock() {
             Ok(mut q) => q.fill(room, gap),
@@ -447,13 +452,17 @@ impl crate::Server {
                 sig: cloister_proto::b64::Fixed(sig),
                 receipt: None,
             };
+            // the sender's device has its own message already
+            let skip = cloister_crypto::message::peek_header(&envelope)
+                .ok()
+                .map(|h| h.device);
             if let Some(event) = message_event(*room, r.seq, envelope) {
                 out.push((
                     r.seq,
                     Delivery {
                         tenant: st.tenant.clone(),
                         users: st.members.iter().cloned().collect(),
-                        skip: None,
+                        skip,
                         watchers: true,
                         event,
                     },

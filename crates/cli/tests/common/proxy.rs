@@ -31,8 +31,21 @@ pub struct Proxy {
 
 impl Proxy {
     pub async fn start(upstream: &str) -> Proxy {
+        Self::failover(&[upstream]).await
+    }
+
+    /// An honest load balancer over several nodes: each request and each
+    /// live stream goes to the first node that takes the connection (a dead
+    /// node refuses it); a stream whose node dies is closed, and the client
+    /// reconnects through the balancer.
+    pub async fn failover(upstreams: &[&str]) -> Proxy {
         let rules = Rules::default();
-        let upstream = upstream.trim_end_matches('/').to_owned();
+        let upstream: Arc<Vec<String>> = Arc::new(
+            upstreams
+                .iter()
+                .map(|u| u.trim_end_matches('/').to_owned())
+                .collect(),
+        );
         let (r, u) = (rules.clone(), upstream.clone());
         let app = axum::Router::new().fallback(move |req: Request| {
             let (r, u) = (r.clone(), u.clone());
@@ -75,7 +88,7 @@ impl Proxy {
     }
 }
 
-async fn forward(rules: Rules, upstream: String, req: Request) -> Response {
+async fn forward(rules: Rules, upstreams: Arc<Vec<String>>, req: Request) -> Response {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path().to_owned();
     let pq = parts
@@ -88,7 +101,7 @@ async fn forward(rules: Rules, upstream: String, req: Request) -> Response {
         let Ok(up) = WebSocketUpgrade::from_request_parts(&mut parts, &()).await else {
             return StatusCode::BAD_REQUEST.into_response();
         };
-        return up.on_upgrade(move |sock| relay_ws(rules, upstream, pq, headers, sock));
+        return up.on_upgrade(move |sock| relay_ws(rules, upstreams, pq, headers, sock));
     }
     let bytes = axum::body::to_bytes(body, usize::MAX).await.unwrap();
     if parts.method == axum::http::Method::POST
@@ -97,13 +110,26 @@ async fn forward(rules: Rules, upstream: String, req: Request) -> Response {
         rules.posted.lock().unwrap().push((path.clone(), v));
     }
     let client = reqwest::Client::new();
-    let mut rb = client.request(parts.method.clone(), format!("{upstream}{pq}"));
-    for (k, v) in &parts.headers {
-        if k == "authorization" || k == "content-type" {
-            rb = rb.header(k, v);
+    let mut answer = None;
+    for upstream in upstreams.iter() {
+        let mut rb = client.request(parts.method.clone(), format!("{upstream}{pq}"));
+        for (k, v) in &parts.headers {
+            if k == "authorization" || k == "content-type" {
+                rb = rb.header(k, v);
+            }
+        }
+        match rb.body(bytes.to_vec()).send().await {
+            Ok(r) => {
+                answer = Some(r);
+                break;
+            }
+            Err(e) if e.is_connect() => continue, // a dead node
+            Err(_) => return StatusCode::BAD_GATEWAY.into_response(),
         }
     }
-    let r = rb.body(bytes.to_vec()).send().await.unwrap();
+    let Some(r) = answer else {
+        return StatusCode::BAD_GATEWAY.into_response();
+    };
     let status = r.status();
     let ctype = r
         .headers()
@@ -131,19 +157,26 @@ async fn forward(rules: Rules, upstream: String, req: Request) -> Response {
 
 async fn relay_ws(
     rules: Rules,
-    upstream: String,
+    upstreams: Arc<Vec<String>>,
     pq: String,
     headers: HeaderMap,
     mut sock: axum::extract::ws::WebSocket,
 ) {
     use tokio_tungstenite::tungstenite::Message as TMessage;
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-    let url = format!("ws://{}{pq}", upstream.trim_start_matches("http://"));
-    let mut req = url.into_client_request().unwrap();
-    if let Some(a) = headers.get("authorization") {
-        req.headers_mut().insert("authorization", a.clone());
+    let mut conn = None;
+    for upstream in upstreams.iter() {
+        let url = format!("ws://{}{pq}", upstream.trim_start_matches("http://"));
+        let mut req = url.into_client_request().unwrap();
+        if let Some(a) = headers.get("authorization") {
+            req.headers_mut().insert("authorization", a.clone());
+        }
+        if let Ok((up, _)) = tokio_tungstenite::connect_async(req).await {
+            conn = Some(up);
+            break;
+        }
     }
-    let Ok((mut up, _)) = tokio_tungstenite::connect_async(req).await else {
+    let Some(mut up) = conn else {
         return;
     };
     loop {

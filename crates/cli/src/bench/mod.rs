@@ -9,7 +9,7 @@
 //! latency (before sealing → after verification and decryption) is measured
 //! on those.
 
-use crate::{BoxError, Stack, StackOptions};
+use crate::BoxError;
 use cloister_client::{Client, Storage};
 use cloister_proto::server::{Content, Event};
 use cloister_proto::{MessageId, RoomId, UserId};
@@ -49,115 +49,31 @@ pub struct BenchArgs {
     /// Keep data here (default: a temporary directory).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// Server nodes to start (above 1: on --database-url postgres://…,
+    /// with live events over --nats).
+    #[arg(long, default_value_t = 1)]
+    pub nodes: usize,
+    /// The started servers' database (default: SQLite in the data directory).
+    #[arg(long = "database-url")]
+    pub database_url: Option<String>,
+    /// NATS JetStream for several nodes, e.g. nats://127.0.0.1:4222.
+    #[arg(long)]
+    pub nats: Option<String>,
+    /// Target a running deployment instead: its server URLs (repeatable;
+    /// clients are spread across them). Needs --km and --admin-home.
+    #[arg(long = "server")]
+    pub servers: Vec<String>,
+    /// The running deployment's KM.
+    #[arg(long)]
+    pub km: Option<String>,
+    /// An enrolled admin device's home (passphrase in CLOISTER_PASSPHRASE),
+    /// to create the bench's users in a running deployment.
+    #[arg(long)]
+    pub admin_home: Option<PathBuf>,
 }
 
-struct Procs {
-    children: Vec<std::process::Child>,
-    server_pid: u32,
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn free_port() -> Result<u16, BoxError> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-async fn wait_up(http: &reqwest::Client, url: &str) -> Result<(), BoxError> {
-    for _ in 0..200 {
-        if http.get(url).send().await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    Err(format!("{url} did not come up").into())
-}
-
-/// Start `cloister km` and `cloister server` as children; returns URLs and the admin code.
-async fn spawn_stack(dir: &std::path::Path) -> Result<(Procs, String, String, String), BoxError> {
-    use std::process::{Command, Stdio};
-    let exe = std::env::current_exe()?;
-    let pass = "bench KM passphrase (development only)";
-    let out = Command::new(&exe)
-        .args(["--json", "km", "init", "--tenant", "bench", "--data-dir"])
-        .arg(dir.join("km"))
-        .env("CLOISTER_KM_PASSPHRASE", pass)
-        .output()?;
-    if !out.status.success() {
-        return Err(format!("km init failed: {}", String::from_utf8_lossy(&out.stderr)).into());
-    }
-    let init: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    let code = init["code"]
-        .as_str()
-        .ok_or("km init printed no code")?
-        .to_owned();
-    let (kp, sp) = (free_port()?, free_port()?);
-    let km = Command::new(&exe)
-        .args([
-            "km",
-            "serve",
-            "--listen",
-            &format!("127.0.0.1:{kp}"),
-            "--data-dir",
-        ])
-        .arg(dir.join("km"))
-        .env("CLOISTER_KM_PASSPHRASE", pass)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let server = Command::new(&exe)
-        .args([
-            "server",
-            "--listen",
-            &format!("127.0.0.1:{sp}"),
-            "--data-dir",
-        ])
-        .arg(dir.join("server"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let server_pid = server.id();
-    let procs = Procs {
-        children: vec![km, server],
-        server_pid,
-    };
-    let (km_url, server_url) = (
-        format!("http://127.0.0.1:{kp}"),
-        format!("http://127.0.0.1:{sp}"),
-    );
-    let http = reqwest::Client::new();
-    wait_up(&http, &format!("{km_url}/v1/info")).await?;
-    wait_up(&http, &format!("{server_url}/v1/rooms")).await?;
-    let token = std::fs::read_to_string(cloister_server::operator_token_path(&dir.join("server")))?;
-    let info = cloister_client::km_info(&http, &km_url).await?;
-    cloister_client::register_tenant(&http, &server_url, token.trim(), &info).await?;
-    Ok((procs, km_url, server_url, code))
-}
-
-fn rss_kib(pid: u32) -> Option<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
-/// CPU seconds (user + system) a process has used so far.
-fn cpu_secs(pid: u32) -> Option<f64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let after = s.rsplit_once(')')?.1;
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
-    Some(ticks / 100.0)
-}
+mod target;
+use target::{Target, cpu_secs, rss_kib};
 
 pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -193,55 +109,36 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
     if a.clients > 5000 || a.messages > 1_000_000 {
         return Err("at most 5,000 clients and 1,000,000 messages per sender".into());
     }
+    if a.nodes == 0 || a.nodes > 16 {
+        return Err("--nodes: 1 to 16".into());
+    }
     let tmp = tempfile::tempdir()?;
     let dir = a.data_dir.clone().unwrap_or_else(|| tmp.path().to_owned());
-    let mut stack = None;
-    let mut procs = None;
-    let (km_url, server_url, admin_code) = if a.in_process {
-        let mut o = StackOptions::new("bench".parse()?);
-        o.cost = cloister_crypto::passphrase::Cost::TEST;
-        let s = Stack::start(&dir, o).await?;
-        let r = (
-            s.km_url.clone(),
-            s.server_url.clone(),
-            s.admin_code.clone().ok_or("KM not fresh")?,
-        );
-        stack = Some(s);
-        r
-    } else {
-        let (p, k, s, c) = spawn_stack(&dir).await?;
-        procs = Some(p);
-        (k, s, c)
-    };
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(4096)
         .build()?;
-    let admin_user: UserId = "admin@bench".parse()?;
-    let admin = Arc::new(
-        Client::enrol(
-            http.clone(),
-            &server_url,
-            &km_url,
-            &admin_user,
-            &admin_code,
-            Storage::Memory,
-        )
-        .await?,
-    );
+    let t = target::target(&a, &dir, &http).await?;
+    let admin = t.admin.clone();
+    let (km_url, tenant) = (t.km_url.clone(), admin.tenant().clone());
+    // users of this run: a prefix of its own, so that runs against one
+    // deployment never collide
+    let run_id = hex::encode(cloister_crypto::random_bytes::<3>()?);
 
     // Enrol users.
     let pb = bar(json, a.clients as u64, "enrolling");
     let clients: Vec<Arc<Client>> = futures_util::stream::iter(0..a.clients)
         .map(|i| {
-            let (admin, http, km_url, server_url, pb) = (
+            let (admin, http, km_url, pb, tenant, run_id) = (
                 admin.clone(),
                 http.clone(),
                 km_url.clone(),
-                server_url.clone(),
                 pb.clone(),
+                tenant.clone(),
+                run_id.clone(),
             );
+            let server_url = t.server_urls[i % t.server_urls.len()].clone();
             async move {
-                let user: UserId = format!("u{i}@bench").parse()?;
+                let user: UserId = format!("b{run_id}u{i}@{tenant}").parse()?;
                 let code = admin.admin_add_user(&user, false).await?.code;
                 let c = Client::enrol(http, &server_url, &km_url, &user, &code, Storage::Memory)
                     .await?;
@@ -359,7 +256,7 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
         }
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let server_rss_connected = procs.as_ref().and_then(|p| rss_kib(p.server_pid));
+    let server_rss_connected = t.servers_sum(|pid| rss_kib(pid).map(|k| k as f64));
 
     // Senders.
     let nsenders_per_room = a.senders.map(|s| s.div_ceil(rooms.len()).max(1));
@@ -377,7 +274,7 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
     let total = (senders.len() * a.messages) as u64;
     let pb = bar(json, total, "sending");
     let text = "x".repeat(a.size);
-    let server_cpu0 = procs.as_ref().and_then(|p| cpu_secs(p.server_pid));
+    let server_cpu0 = t.servers_sum(cpu_secs);
     let self_cpu0 = cpu_secs(std::process::id());
     let t0 = Instant::now();
     let mut tasks = Vec::new();
@@ -425,10 +322,8 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let deliver_secs = t0.elapsed().as_secs_f64();
-    let server_rss_end = procs.as_ref().and_then(|p| rss_kib(p.server_pid));
-    let server_cpu = procs
-        .as_ref()
-        .and_then(|p| Some(cpu_secs(p.server_pid)? - server_cpu0?));
+    let server_rss_end = t.servers_sum(|pid| rss_kib(pid).map(|k| k as f64));
+    let server_cpu = t.servers_sum(cpu_secs).zip(server_cpu0).map(|(a, b)| a - b);
     let clients_cpu = cpu_secs(std::process::id())
         .zip(self_cpu0)
         .map(|(a, b)| a - b);
@@ -442,7 +337,8 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
     let report = serde_json::json!({
         "clients": a.clients, "room_size": a.room_size, "rooms": rooms.len(), "messages_per_sender": a.messages,
         "message_bytes": a.size, "window": a.window, "verify_every": a.verify_every,
-        "mode": if a.in_process { "in-process" } else { "separate processes" },
+        "mode": t.mode, "server_urls": t.server_urls.len(),
+        "server_cpu_us_per_message": server_cpu.map(|c| c * 1e6 / (total - send_errors as u64).max(1) as f64),
         "accepted": accepted, "send_errors": send_errors, "send_seconds": send_secs,
         "messages_per_sec": accepted as f64 / send_secs,
         "deliveries": got, "expected_deliveries": expected_deliveries,
@@ -450,7 +346,7 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
         "verify_failures": verify_failures.load(Ordering::Relaxed),
         "latency_ms": {"samples": lat.len(), "p50": pct(&lat, 0.5), "p90": pct(&lat, 0.9), "p99": pct(&lat, 0.99), "max": lat.last().copied().unwrap_or(f64::NAN)},
         "cpu_seconds": {"server": server_cpu, "clients_and_bench": clients_cpu},
-        "server_rss_mib": {"connected": server_rss_connected.map(|k| k as f64 / 1024.0), "end": server_rss_end.map(|k| k as f64 / 1024.0)},
+        "server_rss_mib": {"connected": server_rss_connected.map(|k| k / 1024.0), "end": server_rss_end.map(|k| k / 1024.0)},
     });
     if json {
         println!("{report}");
@@ -462,7 +358,7 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
             a.room_size,
             a.size,
             a.window,
-            report["mode"]
+            report["mode"].as_str().unwrap_or("")
         );
         println!(
             "accepted   {accepted} messages in {send_secs:.2} s = {:.0} msg/s ({send_errors} errors)",
@@ -483,18 +379,20 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
         );
         if let (Some(s), Some(c)) = (server_cpu, clients_cpu) {
             println!(
-                "cpu        server {s:.2} s, clients {c:.2} s (over {deliver_secs:.2} s wall, 2 cores = {:.2} core-s)",
+                "cpu        server {s:.2} s ({:.0} µs per accepted message), clients {c:.2} s (over {deliver_secs:.2} s wall, 2 cores = {:.2} core-s)",
+                s * 1e6 / accepted.max(1) as f64,
                 2.0 * deliver_secs
             );
         }
         if let (Some(c), Some(e)) = (server_rss_connected, server_rss_end) {
             println!(
-                "server RSS {:.1} MiB with all clients connected, {:.1} MiB at the end",
-                c as f64 / 1024.0,
-                e as f64 / 1024.0
+                "server RSS {:.1} MiB with all clients connected, {:.1} MiB at the end (all nodes)",
+                c / 1024.0,
+                e / 1024.0
             );
         }
     }
+    let Target { procs, stack, .. } = t;
     drop(procs);
     if let Some(s) = stack {
         s.stop().await;
