@@ -278,6 +278,12 @@ impl Client {
     }
 
     /// Follow a room live: verified, decrypted messages as they arrive.
+    ///
+    /// Not cancel-safe: an event is taken from the stream before it is
+    /// verified (which may fetch a key), so dropping this future part way
+    /// (a `timeout` around it) can lose that message. Put a timeout around
+    /// [`api::EventStream::next`] instead and call [`Client::receive`], or
+    /// catch up from history after the last seq seen.
     pub async fn next_message(
         &self,
         stream: &mut api::EventStream,

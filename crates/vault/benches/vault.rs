@@ -117,13 +117,19 @@ fn deny_nobody(vault: &Vault, km: &KmSigner, tenant: &TenantId) {
     vault.apply_deny_list(&blob).unwrap();
 }
 
-fn ingest(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
+/// Ingest into a vault on SQLite (`database` `None`) or on the database at
+/// `database` (PostgreSQL).
+fn ingest(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, database: Option<&str>) {
     let dir = tempfile::tempdir().unwrap();
     let tenant: TenantId = "acme".parse().unwrap();
     let km = KmSigner::generate().unwrap();
     let vault = Arc::new(
-        rt.block_on(Vault::open_dir(dir.path(), Some((&tenant, km.public()))))
-            .unwrap(),
+        rt.block_on(Vault::open_url(
+            dir.path(),
+            database,
+            Some((&tenant, km.public())),
+        ))
+        .unwrap(),
     );
     // Nobody is revoked: a KM-signed, current deny list (renewed before each
     // iteration, as the vault's 5 s pull would).
@@ -135,7 +141,7 @@ fn ingest(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
     g.sample_size(10).measurement_time(Duration::from_secs(20));
     g.throughput(Throughput::Elements(N));
     let mut base = 0u64;
-    g.bench_function("ingest_20k_captures_64_in_flight", |b| {
+    g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
             for _ in 0..iters {
@@ -382,7 +388,16 @@ fn benches(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    ingest(c, &rt);
+    ingest(c, &rt, "ingest_20k_captures_64_in_flight", None);
+    // the same on PostgreSQL (a database made for the run, dropped after)
+    if let Some(pg) = rt.block_on(cloister_store::testkit::PgDatabase::create()) {
+        ingest(
+            c,
+            &rt,
+            "ingest_20k_captures_64_in_flight_postgres",
+            Some(&pg.url),
+        );
+    }
     search(c, &rt);
 }
 
