@@ -378,68 +378,134 @@ async fn follow(
     seen
 }
 
-/// Three server processes on one PostgreSQL and NATS, each client behind a
-/// balancer that prefers another node. Two nodes are killed with -9 while
-/// two clients send: every acknowledged message reaches every other member
-/// exactly once, in the room's order.
+/// A database of its own for one more service of the cluster.
+async fn another_database() -> PgDatabase {
+    PgDatabase::create()
+        .await
+        .expect("PostgreSQL was reachable a moment ago")
+}
+
+/// The whole cluster as processes: three server nodes on one PostgreSQL
+/// database and NATS, two KMs on another (one active, one standing by) and
+/// a vault on a third, capture required. Each client is behind a balancer
+/// that prefers another node. While two clients send, two server nodes and
+/// the active KM are killed with -9: every acknowledged message reaches
+/// every other member exactly once, in the room's order; the standby KM
+/// takes over; the audit log verifies and a device's pinned checkpoint sees
+/// no fork.
 #[test]
-fn killing_server_nodes_under_load_loses_and_duplicates_nothing() {
+fn a_cluster_survives_losing_server_nodes_and_the_active_km() {
+    use common::procs::{Procs, cmd, json, ok, spawn_service, wait_http};
     use std::sync::atomic::{AtomicBool, Ordering};
     let rt = tokio::runtime::Runtime::new().unwrap();
     let Some(pg) = rt.block_on(services()) else {
         return;
     };
+    let (km_db, vault_db) =
+        rt.block_on(async { (another_database().await, another_database().await) });
     let dir = tempfile::tempdir().unwrap();
     let root = dir.path().to_owned();
-    let init = common::procs::json(
-        common::procs::cmd(None)
-            .args(["--json", "km", "init", "--tenant", "acme", "--data-dir"])
-            .arg(root.join("km"))
-            .output()
-            .unwrap(),
-    );
-    let mut km_cmd = common::procs::cmd(None);
-    km_cmd
-        .args(["km", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(root.join("km"));
-    let (km_child, km) = common::procs::spawn_service(km_cmd);
-    let mut procs = common::procs::Procs(vec![km_child]);
+    let mut procs = Procs(Vec::new());
+
+    // three server nodes
     let mut nodes = Vec::new();
     for n in 0..3 {
-        let mut c = common::procs::cmd(None);
+        let mut c = cmd(None);
         c.env("CLOISTER_DATABASE_URL", &pg.url)
             .env("CLOISTER_NATS_URL", nats_url())
             .args(["server", "--listen", "127.0.0.1:0", "--node"])
             .arg(format!("n{n}"))
             .arg("--data-dir")
             .arg(root.join(format!("n{n}")));
-        let (child, url) = common::procs::spawn_service(c);
-        common::procs::wait_http(&url);
+        let (child, url) = spawn_service(c);
+        wait_http(&url);
         procs.0.push(child);
         nodes.push(url);
     }
-    common::procs::ok(
-        common::procs::cmd(None)
-            .args([
-                "admin",
-                "register-tenant",
-                "--server",
-                &nodes[0],
-                "--km",
-                &km,
-            ])
-            .arg("--operator-token-file")
-            .arg(root.join("n0/operator.token"))
-            .output()
-            .unwrap(),
-    );
-    rt.block_on(async move {
-        // alice prefers n0, bob n1, carol n2
+    // balancers: client k prefers node k
+    let fronts = rt.block_on(async {
         let mut fronts = Vec::new();
         for k in 0..3 {
             let order: Vec<&str> = (0..3).map(|j| nodes[(k + j) % 3].as_str()).collect();
             fronts.push(common::proxy::Proxy::failover(&order).await);
         }
+        fronts
+    });
+
+    // two KMs on one database, the second a copy of the first's directory
+    let (k1, k2) = (root.join("km1"), root.join("km2"));
+    let init = json(
+        cmd(None)
+            .env("CLOISTER_DATABASE_URL", &km_db.url)
+            .args(["--json", "km", "init", "--tenant", "acme", "--data-dir"])
+            .arg(&k1)
+            .output()
+            .unwrap(),
+    );
+    std::fs::create_dir_all(&k2).unwrap();
+    for f in std::fs::read_dir(&k1).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), k2.join(f.file_name())).unwrap();
+    }
+    let mut kms = Vec::new();
+    for d in [&k1, &k2] {
+        let mut c = cmd(None);
+        c.env("CLOISTER_DATABASE_URL", &km_db.url)
+            .args(["km", "serve", "--listen", "127.0.0.1:0", "--server"])
+            .arg(&fronts[2].url)
+            .arg("--data-dir")
+            .arg(d);
+        let (child, url) = spawn_service(c);
+        wait_http(&url);
+        procs.0.push(child);
+        kms.push(url);
+        // the first holds the lease before the second starts
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let km_front = rt.block_on(common::proxy::Proxy::failover(&[&kms[0], &kms[1]]));
+    let km = km_front.url.clone();
+    ok(cmd(None)
+        .args([
+            "admin",
+            "register-tenant",
+            "--server",
+            &nodes[0],
+            "--km",
+            &km,
+        ])
+        .arg("--operator-token-file")
+        .arg(root.join("n0/operator.token"))
+        .output()
+        .unwrap());
+
+    // the vault, on its own database
+    let vdir = root.join("vault");
+    ok(cmd(None)
+        .env("CLOISTER_DATABASE_URL", &vault_db.url)
+        .args(["vault", "init", "--km", &km, "--data-dir"])
+        .arg(&vdir)
+        .output()
+        .unwrap());
+    let mut c = cmd(None);
+    c.env("CLOISTER_DATABASE_URL", &vault_db.url)
+        .args([
+            "vault",
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--km",
+            &km,
+            "--refresh-secs",
+            "1",
+            "--data-dir",
+        ])
+        .arg(&vdir);
+    let (child, vault) = spawn_service(c);
+    wait_http(&vault);
+    procs.0.push(child);
+    // procs: 0..3 server nodes, 3 and 4 the KMs, 5 the vault
+
+    rt.block_on(async move {
         let http = reqwest::Client::new();
         let admin = Client::enrol(
             http.clone(),
@@ -451,6 +517,29 @@ fn killing_server_nodes_under_load_loses_and_duplicates_nothing() {
         )
         .await
         .unwrap();
+        // the firm's escrow (2 of 2 custodians), then capture required
+        let mut custodians = Vec::new();
+        for name in ["cust1", "cust2"] {
+            let user: UserId = World::uid(name);
+            let code = admin
+                .admin_add_user_roles(&user, &[cloister_proto::km::Role::Custodian])
+                .await
+                .unwrap()
+                .code;
+            Client::enrol(
+                http.clone(),
+                &fronts[0].url,
+                &km,
+                &user,
+                &code,
+                Storage::Memory,
+            )
+            .await
+            .unwrap();
+            custodians.push(user);
+        }
+        admin.admin_escrow_init(&custodians, 2).await.unwrap();
+        admin.admin_vault_register(&vault, true).await.unwrap();
         let mut users = Vec::new();
         for (k, name) in ["alice", "bob", "carol"].iter().enumerate() {
             let user: UserId = World::uid(name);
@@ -474,14 +563,16 @@ fn killing_server_nodes_under_load_loses_and_duplicates_nothing() {
             )
             .await
             .unwrap();
+        // bob pins the audit log's checkpoint
+        users[1].audit_checkpoint().await.unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let followers: Vec<_> = users
             .iter()
             .map(|u| tokio::spawn(follow(u.clone(), room, stop.clone())))
             .collect();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        // alice (on n0) and carol (on n2) send; what was acknowledged must
-        // reach the others
+        // alice (on n0) and carol (on n2) send, each message captured by
+        // the vault first; what was acknowledged must reach the others
         let senders: Vec<_> = [0usize, 2]
             .into_iter()
             .map(|k| {
@@ -489,8 +580,9 @@ fn killing_server_nodes_under_load_loses_and_duplicates_nothing() {
                 tokio::spawn(async move {
                     let mut acked = Vec::new();
                     for i in 0..60 {
-                        if let Ok((_, seq)) = u.send_text(&room, &format!("m{k}-{i}")).await {
-                            acked.push(seq);
+                        match u.send_text(&room, &format!("m{k}-{i}")).await {
+                            Ok((_, seq)) => acked.push(seq),
+                            Err(e) => eprintln!("{}: send {i}: {e}", u.user()),
                         }
                         tokio::time::sleep(Duration::from_millis(10)).await;
                     }
@@ -498,13 +590,13 @@ fn killing_server_nodes_under_load_loses_and_duplicates_nothing() {
                 })
             })
             .collect();
-        // kill -9 bob's node, then alice's, while they send
+        // kill -9 bob's node, the active KM, then alice's node
         tokio::time::sleep(Duration::from_millis(300)).await;
-        procs.0[2].kill().unwrap();
-        procs.0[2].wait().unwrap();
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        procs.0[1].kill().unwrap();
-        procs.0[1].wait().unwrap();
+        for victim in [1, 3, 0] {
+            procs.0[victim].kill().unwrap();
+            procs.0[victim].wait().unwrap();
+            tokio::time::sleep(Duration::from_millis(400)).await;
+        }
         let mut acked: Vec<(usize, Vec<u64>)> = Vec::new();
         for s in senders {
             acked.push(s.await.unwrap());
@@ -531,10 +623,28 @@ fn killing_server_nodes_under_load_loses_and_duplicates_nothing() {
         let total: usize = acked.iter().map(|(_, s)| s.len()).sum();
         assert!(total >= 60, "only {total} of 120 sends acknowledged");
         eprintln!(
-            "acknowledged {total} of 120 sends across two node kills; received {:?}",
+            "acknowledged {total} of 120 sends across two node kills and a KM kill; received {:?}",
             got.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        // the standby KM serves; bob's pinned checkpoint is consistent with
+        // the log it extends (no fork)
+        users[1].audit_checkpoint().await.unwrap();
+        // every acknowledged message is in the vault's record
+        let n: i64 = {
+            let pool = sqlx::PgPool::connect(&vault_db.url).await.unwrap();
+            let n = sqlx::query_scalar("SELECT COUNT(*) FROM envelopes")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            pool.close().await;
+            n
+        };
+        assert!(
+            n as usize >= total,
+            "{n} captures for {total} acknowledged messages"
         );
         drop(procs);
         pg.cleanup().await;
+        drop((km_db, vault_db));
     });
 }

@@ -36,8 +36,8 @@ impl Proxy {
 
     /// An honest load balancer over several nodes: each request and each
     /// live stream goes to the first node that takes the connection (a dead
-    /// node refuses it); a stream whose node dies is closed, and the client
-    /// reconnects through the balancer.
+    /// node refuses it) and does not answer 503 (a standby); a stream whose
+    /// node dies is closed, and the client reconnects through the balancer.
     pub async fn failover(upstreams: &[&str]) -> Proxy {
         let rules = Rules::default();
         let upstream: Arc<Vec<String>> = Arc::new(
@@ -119,6 +119,11 @@ async fn forward(rules: Rules, upstreams: Arc<Vec<String>>, req: Request) -> Res
             }
         }
         match rb.body(bytes.to_vec()).send().await {
+            // a standby (a KM without the lease): the next one may be active
+            Ok(r) if r.status() == StatusCode::SERVICE_UNAVAILABLE => {
+                answer = Some(r);
+                continue;
+            }
             Ok(r) => {
                 answer = Some(r);
                 break;
