@@ -14,16 +14,8 @@ use std::path::PathBuf;
 pub enum VaultCmd {
     /// Create the tenant's vault (receipt and ingestion-log keys), pinning its KM's key.
     Init {
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// The database (`postgres://HOST/DB`, `sqlite://PATH`; default:
-        /// SQLite in the data directory), from the environment.
-        #[arg(
-            long = "database-url",
-            env = "CLOISTER_DATABASE_URL",
-            hide_env_values = true
-        )]
-        database_url: Option<String>,
+        #[command(flatten)]
+        data: cloister_cli::DataArgs,
         /// The tenant KM's URL (its signing key is fetched and pinned).
         #[arg(long)]
         km: String,
@@ -33,16 +25,8 @@ pub enum VaultCmd {
     },
     /// Serve the vault API.
     Serve {
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// The database (`postgres://HOST/DB`, `sqlite://PATH`; default:
-        /// SQLite in the data directory), from the environment.
-        #[arg(
-            long = "database-url",
-            env = "CLOISTER_DATABASE_URL",
-            hide_env_values = true
-        )]
-        database_url: Option<String>,
+        #[command(flatten)]
+        data: cloister_cli::DataArgs,
         #[arg(long, default_value = "127.0.0.1:7500")]
         listen: String,
         /// The KM's URL, if it moved since `vault init` (its deny list of
@@ -252,8 +236,11 @@ fn case_line(c: &cloister_proto::km::Case) -> String {
 pub async fn vault_cmd(ctx: &Ctx, vc: VaultCmd) -> Result<(), BoxError> {
     match vc {
         VaultCmd::Init {
-            data_dir,
-            database_url,
+            data:
+                cloister_cli::DataArgs {
+                    data_dir,
+                    database_url,
+                },
             km,
             km_key,
         } => {
@@ -285,8 +272,11 @@ pub async fn vault_cmd(ctx: &Ctx, vc: VaultCmd) -> Result<(), BoxError> {
             );
         }
         VaultCmd::Serve {
-            data_dir,
-            database_url,
+            data:
+                cloister_cli::DataArgs {
+                    data_dir,
+                    database_url,
+                },
             listen,
             km,
             refresh_secs,

@@ -223,6 +223,22 @@ impl Stack {
     }
 }
 
+/// Where a service keeps its data: its directory, and its database.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DataArgs {
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// The database (`postgres://HOST/DB`, `sqlite://PATH`; default: SQLite
+    /// in the data directory). From the environment, so that a password in
+    /// it never shows in a process list.
+    #[arg(
+        long = "database-url",
+        env = "CLOISTER_DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+}
+
 /// A server node's name in its cluster: made up once, kept in the data
 /// directory (`node.name`), so that it stays the same across restarts.
 pub fn node_name(dir: &Path) -> Result<String, BoxError> {

@@ -56,17 +56,8 @@ enum Cmd {
     Km(KmCmd),
     /// The messaging server.
     Server {
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// The database (`postgres://HOST/DB`, `sqlite://PATH`; default:
-        /// SQLite in the data directory). From the environment, so that a
-        /// password in it never shows in a process list.
-        #[arg(
-            long = "database-url",
-            env = "CLOISTER_DATABASE_URL",
-            hide_env_values = true
-        )]
-        database_url: Option<String>,
+        #[command(flatten)]
+        data: cloister_cli::DataArgs,
         #[arg(long, default_value = "127.0.0.1:7300")]
         listen: String,
         /// Run as one of several nodes sharing the database (PostgreSQL),
@@ -169,17 +160,8 @@ enum Cmd {
 enum KmCmd {
     /// Create the tenant: master key (sealed with the passphrase), signing key, bootstrap admin code.
     Init {
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// The database (`postgres://HOST/DB`, `sqlite://PATH`; default:
-        /// SQLite in the data directory). From the environment, so that a
-        /// password in it never shows in a process list.
-        #[arg(
-            long = "database-url",
-            env = "CLOISTER_DATABASE_URL",
-            hide_env_values = true
-        )]
-        database_url: Option<String>,
+        #[command(flatten)]
+        data: cloister_cli::DataArgs,
         #[arg(long)]
         tenant: String,
         #[command(flatten)]
@@ -187,17 +169,8 @@ enum KmCmd {
     },
     /// Serve the KM API.
     Serve {
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// The database (`postgres://HOST/DB`, `sqlite://PATH`; default:
-        /// SQLite in the data directory). From the environment, so that a
-        /// password in it never shows in a process list.
-        #[arg(
-            long = "database-url",
-            env = "CLOISTER_DATABASE_URL",
-            hide_env_values = true
-        )]
-        database_url: Option<String>,
+        #[command(flatten)]
+        data: cloister_cli::DataArgs,
         #[arg(long, default_value = "127.0.0.1:7400")]
         listen: String,
         #[command(flatten)]
@@ -447,8 +420,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Cmd::Bench(args) => cloister_cli::bench::run(args, ctx.json).await?,
         Cmd::BenchFirms(args) => cloister_cli::bench_firms::run(args, ctx.json).await?,
         Cmd::Km(KmCmd::Init {
-            data_dir,
-            database_url,
+            data:
+                cloister_cli::DataArgs {
+                    data_dir,
+                    database_url,
+                },
             tenant,
             pass,
         }) => {
@@ -481,8 +457,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             );
         }
         Cmd::Km(KmCmd::Serve {
-            data_dir,
-            database_url,
+            data:
+                cloister_cli::DataArgs {
+                    data_dir,
+                    database_url,
+                },
             listen,
             pass,
             witnesses,
@@ -514,8 +493,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             .await?;
         }
         Cmd::Server {
-            data_dir,
-            database_url,
+            data:
+                cloister_cli::DataArgs {
+                    data_dir,
+                    database_url,
+                },
             listen,
             nats,
             node,
