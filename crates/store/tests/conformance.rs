@@ -708,3 +708,27 @@ async fn blobs_in_database(url: &str) {
     let w = b.create("b3").await.unwrap();
     assert!(matches!(w.finish().await, Err(StoreError::Conflict(_))));
 }
+
+/// A database URL's password never shows in an error.
+#[tokio::test]
+async fn a_database_password_never_shows_in_an_error() {
+    // nothing listens on port 1: the connection is refused
+    let url = "postgres://cloister:s3cret-pw@127.0.0.1:1/db";
+    for e in [
+        SqlServerStore::open(url).await.err().unwrap().to_string(),
+        Lease::acquire(url, "k", std::time::Duration::from_millis(10), || {})
+            .await
+            .err()
+            .unwrap()
+            .to_string(),
+    ] {
+        assert!(!e.contains("s3cret-pw"), "{e}");
+        assert!(e.contains("cloister:***@127.0.0.1:1"), "{e}");
+    }
+    let e = SqlVaultStore::open("mysql://u:s3cret-pw@h/db")
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(!e.contains("s3cret-pw"), "{e}");
+}
