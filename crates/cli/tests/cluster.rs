@@ -395,7 +395,7 @@ async fn another_database() -> PgDatabase {
 /// no fork.
 #[test]
 fn a_cluster_survives_losing_server_nodes_and_the_active_km() {
-    use common::procs::{Procs, cmd, json, ok, spawn_service, wait_http};
+    use common::procs::{Procs, cmd, init_km_pair, ok, spawn_service, wait_http};
     use std::sync::atomic::{AtomicBool, Ordering};
     let rt = tokio::runtime::Runtime::new().unwrap();
     let Some(pg) = rt.block_on(services()) else {
@@ -434,19 +434,7 @@ fn a_cluster_survives_losing_server_nodes_and_the_active_km() {
 
     // two KMs on one database, the second a copy of the first's directory
     let (k1, k2) = (root.join("km1"), root.join("km2"));
-    let init = json(
-        cmd(None)
-            .env("CLOISTER_DATABASE_URL", &km_db.url)
-            .args(["--json", "km", "init", "--tenant", "acme", "--data-dir"])
-            .arg(&k1)
-            .output()
-            .unwrap(),
-    );
-    std::fs::create_dir_all(&k2).unwrap();
-    for f in std::fs::read_dir(&k1).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), k2.join(f.file_name())).unwrap();
-    }
+    let init = init_km_pair(&k1, &k2, &km_db.url);
     let mut kms = Vec::new();
     for d in [&k1, &k2] {
         let mut c = cmd(None);

@@ -114,19 +114,7 @@ fn the_standby_km_takes_over_without_forking_the_audit_log() {
     // one tenant in PostgreSQL; the second KM's directory is a copy of the
     // first's (its sealed master key), as an operator would provision it
     let (k1, k2) = (root.join("km1"), root.join("km2"));
-    let init = json(
-        cmd(None)
-            .env("CLOISTER_DATABASE_URL", &pg.url)
-            .args(["--json", "km", "init", "--tenant", "acme", "--data-dir"])
-            .arg(&k1)
-            .output()
-            .unwrap(),
-    );
-    std::fs::create_dir_all(&k2).unwrap();
-    for f in std::fs::read_dir(&k1).unwrap() {
-        let f = f.unwrap();
-        std::fs::copy(f.path(), k2.join(f.file_name())).unwrap();
-    }
+    let init = init_km_pair(&k1, &k2, &pg.url);
     let (c1, km1) = km_serve(&k1, &pg.url, &server);
     procs.0.push(c1);
     wait_http(&km1);

@@ -98,3 +98,23 @@ pub fn wait_http(url: &str) {
     }
     panic!("{url} never came up");
 }
+
+/// A KM pair's directories: `km init` of tenant acme in `first` on the
+/// database at `db`, and `second` a copy of it (the sealed master key), as
+/// an operator provisions a standby. The init's JSON (the admin's code).
+pub fn init_km_pair(first: &Path, second: &Path, db: &str) -> Value {
+    let init = json(
+        cmd(None)
+            .env("CLOISTER_DATABASE_URL", db)
+            .args(["--json", "km", "init", "--tenant", "acme", "--data-dir"])
+            .arg(first)
+            .output()
+            .unwrap(),
+    );
+    std::fs::create_dir_all(second).unwrap();
+    for f in std::fs::read_dir(first).unwrap() {
+        let f = f.unwrap();
+        std::fs::copy(f.path(), second.join(f.file_name())).unwrap();
+    }
+    init
+}

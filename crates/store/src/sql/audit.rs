@@ -4,6 +4,14 @@
 use super::*;
 use crate::{AuditQuery, AuditRow, AuditStore};
 
+/// An `(idx, data)` row of `audit_log`.
+fn audit_row(r: &AnyRow) -> Result<AuditRow> {
+    Ok(AuditRow {
+        index: u(r.try_get("idx")?),
+        data: r.try_get("data")?,
+    })
+}
+
 #[async_trait]
 impl<T: sealed::SqlAudit + Send + Sync + 'static> AuditStore for T {
     async fn audit_append(&self, rows: &[AuditIn], checkpoint: Option<(u64, &str)>) -> Result<()> {
@@ -59,14 +67,7 @@ impl<T: sealed::SqlAudit + Send + Sync + 'static> AuditStore for T {
         let rows = sqlx::query("SELECT idx, data FROM audit_log ORDER BY idx")
             .fetch_all(&self.db().readers)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditRow {
-                    index: u(r.try_get("idx")?),
-                    data: r.try_get("data")?,
-                })
-            })
-            .collect()
+        rows.iter().map(audit_row).collect()
     }
 
     async fn audit_get(&self, index: u64) -> Result<Option<Vec<u8>>> {
@@ -94,14 +95,7 @@ impl<T: sealed::SqlAudit + Send + Sync + 'static> AuditStore for T {
         .bind(q.limit as i64)
         .fetch_all(&self.db().readers)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(AuditRow {
-                    index: u(r.try_get("idx")?),
-                    data: r.try_get("data")?,
-                })
-            })
-            .collect()
+        rows.iter().map(audit_row).collect()
     }
 
     async fn audit_put_checkpoint(&self, size: u64, note: &str) -> Result<()> {
