@@ -405,7 +405,8 @@ async fn tampered_replayed_readdressed_and_forged_messages_are_rejected() {
         code(&alice.post_envelope(&room, &t).await.unwrap_err()),
         "bad_signature"
     );
-    // bob forwards alice's envelope as if it were his own
+    // bob forwards alice's envelope as if it were his own: the header names
+    // alice's device (refused before its signature is even checked)
     let fresh = alice
         .seal(
             &room,
@@ -417,7 +418,7 @@ async fn tampered_replayed_readdressed_and_forged_messages_are_rejected() {
         .unwrap();
     assert_eq!(
         code(&bob.post_envelope(&room, &fresh).await.unwrap_err()),
-        "bad_signature"
+        "not_sender"
     );
     // bob forges a message naming alice as sender, signed with his own key
     let mut h = cloister_crypto::message::peek_header(&fresh).unwrap();
@@ -436,7 +437,20 @@ async fn tampered_replayed_readdressed_and_forged_messages_are_rejected() {
     forged.header = forged_hdr.into();
     assert_eq!(
         code(&bob.post_envelope(&room, &forged).await.unwrap_err()),
+        "not_sender"
+    );
+    // ... or naming himself, over a header his signature does not cover
+    h.sender = bob.user().clone();
+    forged.header = serde_json::to_vec(&h).unwrap().into();
+    assert_eq!(
+        code(&bob.post_envelope(&room, &forged).await.unwrap_err()),
         "bad_signature"
+    );
+    // ... or with a header that is not one
+    forged.header = b"{not a header".to_vec().into();
+    assert_eq!(
+        code(&bob.post_envelope(&room, &forged).await.unwrap_err()),
+        "bad_header"
     );
 
     // A malicious server injects a replayed copy, a tampered copy and a
@@ -488,6 +502,35 @@ async fn tampered_replayed_readdressed_and_forged_messages_are_rejected() {
     assert!(errs[0].contains("replayed"), "{errs:?}");
     assert!(errs[1].contains("forged or tampered"), "{errs:?}");
     assert!(errs[2].contains("re-addressed"), "{errs:?}");
+
+    // Signatures are checked in batches: 24 posts at once, every third one
+    // tampered. Each tampered one is refused, every other one is stored.
+    let mut envs = Vec::new();
+    for n in 0..24 {
+        let mut e = alice
+            .seal(
+                &room,
+                &Content::Text {
+                    text: format!("batch {n}"),
+                },
+            )
+            .await
+            .unwrap();
+        if n % 3 == 0 {
+            e.ciphertext.0[0] ^= 1;
+        }
+        envs.push(e);
+    }
+    let results =
+        futures_util::future::join_all(envs.iter().map(|e| alice.post_envelope(&room, e))).await;
+    for (n, r) in results.iter().enumerate() {
+        match r {
+            Ok(_) => assert!(n % 3 != 0, "tampered message {n} was accepted"),
+            Err(e) => assert_eq!((n % 3, code(e)), (0, "bad_signature"), "{e}"),
+        }
+    }
+    let stored = carol.read(&room, 40, None).await.unwrap();
+    assert_eq!(stored.iter().filter(|m| m.is_ok()).count(), 1 + 16);
 }
 
 #[tokio::test]

@@ -205,9 +205,42 @@ fn exchange(c: &mut Criterion) {
     g.finish();
 }
 
+/// Sender signatures as the server checks them: one at a time (strict)
+/// and in batches of n (ADR 0017), per signature.
+fn signature_batches(c: &mut Criterion) {
+    let mut g = c.benchmark_group("verify");
+    let items: Vec<(keys::VerifyKey, Vec<u8>, [u8; 64])> = (0..64)
+        .map(|n| {
+            let k = DeviceKeys::generate().unwrap();
+            let msg = vec![n as u8; 300];
+            let sig = k.sign(message::MESSAGE, &msg);
+            let mut signed = message::MESSAGE.as_bytes().to_vec();
+            signed.push(0);
+            signed.extend_from_slice(&msg);
+            (
+                keys::VerifyKey::from_bytes(&k.sign_pk()).unwrap(),
+                signed,
+                sig,
+            )
+        })
+        .collect();
+    for n in [1usize, 2, 4, 8, 16, 32, 64] {
+        let pending: Vec<keys::Pending<'_>> = items[..n]
+            .iter()
+            .map(|(key, signed, sig)| keys::Pending { key, signed, sig })
+            .collect();
+        g.throughput(Throughput::Elements(n as u64));
+        g.bench_function(format!("batch/{n}"), |b| {
+            b.iter(|| assert!(keys::verify_batch(black_box(&pending)).iter().all(|&ok| ok)))
+        });
+    }
+    g.finish();
+}
+
 criterion_group!(
     benches,
     messages,
+    signature_batches,
     key_release_primitives,
     files,
     capture,

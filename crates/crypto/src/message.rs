@@ -147,6 +147,20 @@ pub fn verify_envelope_with(
     )
 }
 
+/// The bytes an envelope's signature covers (domain framing included), to
+/// check many envelopes at once with [`crate::keys::verify_batch`]. The
+/// header still has to be parsed ([`peek_header`]) and is only to be
+/// believed once the batch says the signature holds.
+pub fn envelope_signed_bytes(env: &Envelope) -> Vec<u8> {
+    crate::keys::framed(
+        MESSAGE,
+        &signed_part(
+            env.header.as_slice(),
+            &crate::sha256(env.ciphertext.as_slice()),
+        ),
+    )
+}
+
 /// Verify a sender's signature over a header and a ciphertext hash, then
 /// parse the header (the vault's check at capture).
 pub fn verify_signed_header(
@@ -279,6 +293,34 @@ mod tests {
             ..h
         };
         assert_eq!(h2, committed);
+    }
+
+    #[test]
+    fn batched_envelope_checks_agree_with_single_ones() {
+        let (k, rk, h, c) = setup();
+        let vk = crate::keys::VerifyKey::from_bytes(&k.sign_pk()).unwrap();
+        let good = seal_message(&k, &rk, &h, &c).unwrap();
+        let mut flipped = good.clone();
+        flipped.ciphertext.0[0] ^= 1;
+        let mut other = seal_message(&k, &rk, &h, &c).unwrap();
+        other.header.0.push(b' ');
+        let envs = [good.clone(), flipped, good, other];
+        let signed: Vec<Vec<u8>> = envs.iter().map(envelope_signed_bytes).collect();
+        let pending: Vec<crate::keys::Pending<'_>> = envs
+            .iter()
+            .zip(&signed)
+            .map(|(e, signed)| crate::keys::Pending {
+                key: &vk,
+                signed,
+                sig: &e.sig.0,
+            })
+            .collect();
+        let single: Vec<bool> = envs
+            .iter()
+            .map(|e| verify_envelope_with(&vk, e).is_ok())
+            .collect();
+        assert_eq!(single, [true, false, true, false]);
+        assert_eq!(crate::keys::verify_batch(&pending), single);
     }
 
     #[test]

@@ -354,6 +354,7 @@ async fn sqlite_pool(opts: &AnyConnectOptions, max: u32) -> Result<AnyPool> {
                     "PRAGMA foreign_keys = ON",
                     "PRAGMA cache_size = -32768",
                     "PRAGMA secure_delete = ON",
+                    "PRAGMA temp_store = MEMORY",
                 ] {
                     conn.execute(p).await?;
                 }

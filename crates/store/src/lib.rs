@@ -101,7 +101,7 @@ pub struct RoomRow {
 }
 
 /// A message to store.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct NewMessage {
     pub room: String,
     pub msg_id: String,

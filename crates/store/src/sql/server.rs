@@ -4,6 +4,9 @@ use super::*;
 use crate::db::Role;
 use crate::{BlobRow, ConnectionRow, DeviceRow, Inserted, MessageRow, NewMessage, ServerStore};
 
+/// Messages per multi-row insert statement (8 parameters each).
+const INSERT_ROWS: usize = 64;
+
 /// The messaging server's store (SQLite or PostgreSQL).
 #[derive(Clone)]
 pub struct SqlServerStore {
@@ -386,30 +389,56 @@ impl ServerStore for SqlServerStore {
                     .await?;
             heads.insert(r, head.map(u).unwrap_or(0));
         }
-        let mut out = Vec::with_capacity(batch.len());
-        for m in batch {
-            let seq: Option<i64> = sqlx::query_scalar(
-                "INSERT INTO messages (room, msg_id, epoch, device, ts, header, ciphertext, sig)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (msg_id) DO NOTHING RETURNING seq",
-            )
-            .bind(&m.room)
-            .bind(&m.msg_id)
-            .bind(i(m.epoch))
-            .bind(&m.device)
-            .bind(i(m.ts))
-            .bind(&m.header)
-            .bind(&m.ciphertext)
-            .bind(&m.sig)
-            .fetch_optional(&mut *tx)
-            .await?;
-            out.push(match seq {
-                Some(s) => {
-                    let seq = u(s);
-                    let prev = heads.insert(m.room.as_str(), seq).unwrap_or(0);
-                    Inserted::Seq { seq, prev }
-                }
-                None => Inserted::Duplicate,
-            });
+        // Multi-row inserts: one statement (one round trip to the engine)
+        // per `INSERT_ROWS` messages. A message id seen earlier in the
+        // batch is a replay of it.
+        let mut seen = std::collections::HashSet::with_capacity(batch.len());
+        let fresh: Vec<&NewMessage> = batch
+            .iter()
+            .filter(|m| seen.insert(m.msg_id.as_str()))
+            .collect();
+        let mut seqs: std::collections::HashMap<String, u64> =
+            std::collections::HashMap::with_capacity(fresh.len());
+        for chunk in fresh.chunks(INSERT_ROWS) {
+            let mut sql = crate::db::Sql::insert(
+                "INSERT INTO messages (room, msg_id, epoch, device, ts, header, ciphertext, sig)",
+                8,
+                chunk.len(),
+            );
+            sql.push(" ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id, seq");
+            let sql = sql.build();
+            let mut q = sqlx::query(sql);
+            for m in chunk {
+                q = q
+                    .bind(&m.room)
+                    .bind(&m.msg_id)
+                    .bind(i(m.epoch))
+                    .bind(&m.device)
+                    .bind(i(m.ts))
+                    .bind(&m.header)
+                    .bind(&m.ciphertext)
+                    .bind(&m.sig);
+            }
+            for row in q.fetch_all(&mut *tx).await? {
+                seqs.insert(row.try_get("msg_id")?, u(row.try_get("seq")?));
+            }
+        }
+        // `prev` follows seq order within each room, whatever order the
+        // engine assigned the seqs in.
+        let mut order: Vec<(u64, usize)> = Vec::with_capacity(seqs.len());
+        let mut out = vec![Inserted::Duplicate; batch.len()];
+        seen.clear();
+        for (k, m) in batch.iter().enumerate() {
+            if seen.insert(m.msg_id.as_str())
+                && let Some(&seq) = seqs.get(&m.msg_id)
+            {
+                order.push((seq, k));
+            }
+        }
+        order.sort_unstable();
+        for (seq, k) in order {
+            let prev = heads.insert(batch[k].room.as_str(), seq).unwrap_or(0);
+            out[k] = Inserted::Seq { seq, prev };
         }
         tx.commit().await?;
         Ok(out)
