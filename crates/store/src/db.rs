@@ -21,6 +21,17 @@ pub enum Backend {
     Postgres,
 }
 
+impl Backend {
+    /// The engine behind a connection of the run-time driver.
+    pub fn of(conn: &sqlx::AnyConnection) -> Backend {
+        if conn.backend_name().eq_ignore_ascii_case("sqlite") {
+            Backend::Sqlite
+        } else {
+            Backend::Postgres
+        }
+    }
+}
+
 /// Which service's tables a database holds. Each keeps its own migration
 /// history, so a database given to the wrong service is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -378,6 +389,10 @@ pub(crate) fn unique(msg: &'static str) -> impl Fn(sqlx::Error) -> StoreError {
 pub(crate) struct Sql {
     pub text: String,
     n: usize,
+    /// SQLite: bare `?` placeholders, bound in order. SQLite looks a named
+    /// parameter (`$7`) up by a linear scan, so binding a statement with
+    /// hundreds of them costs time quadratic in their number.
+    anonymous: bool,
 }
 
 impl Sql {
@@ -385,6 +400,7 @@ impl Sql {
         Sql {
             text: s.to_owned(),
             n: 0,
+            anonymous: false,
         }
     }
     pub fn push(&mut self, s: &str) -> &mut Self {
@@ -394,7 +410,11 @@ impl Sql {
     /// Append the next parameter.
     pub fn param(&mut self) -> &mut Self {
         self.n += 1;
-        self.text.push_str(&format!("${}", self.n));
+        if self.anonymous {
+            self.text.push('?');
+        } else {
+            self.text.push_str(&format!("${}", self.n));
+        }
         self
     }
     /// Append `n` parameters separated by commas.
@@ -407,9 +427,11 @@ impl Sql {
         }
         self
     }
-    /// `PREFIX VALUES ($1, …), …` for `rows` rows of `cols` columns.
-    pub fn insert(prefix: &str, cols: usize, rows: usize) -> Sql {
+    /// `PREFIX VALUES ($1, …), …` for `rows` rows of `cols` columns (`?`
+    /// for each on SQLite); `prefix` itself must hold no parameter.
+    pub fn insert(backend: Backend, prefix: &str, cols: usize, rows: usize) -> Sql {
         let mut s = Sql::new(prefix);
+        s.anonymous = backend == Backend::Sqlite;
         s.push(" VALUES ");
         for r in 0..rows {
             if r > 0 {
@@ -461,11 +483,13 @@ mod tests {
 
     #[test]
     fn sql_builder_numbers_parameters() {
-        let mut s = Sql::insert("INSERT INTO t (a, b)", 2, 2);
+        let mut s = Sql::insert(Backend::Postgres, "INSERT INTO t (a, b)", 2, 2);
         s.push(" WHERE x IN (").params(2).push(")");
         assert_eq!(
             s.text,
             "INSERT INTO t (a, b) VALUES ($1, $2), ($3, $4) WHERE x IN ($5, $6)"
         );
+        let s = Sql::insert(Backend::Sqlite, "INSERT INTO t (a, b)", 2, 2);
+        assert_eq!(s.text, "INSERT INTO t (a, b) VALUES (?, ?), (?, ?)");
     }
 }

@@ -424,6 +424,15 @@ pub struct CaptureRow {
     pub device: String,
 }
 
+/// Where a message stands in the vault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CaptureStatus {
+    New,
+    Captured(CaptureMeta),
+    /// Its envelope was deleted by retention; it is not captured again.
+    Deleted,
+}
+
 /// What the vault remembers of a capture (enough to re-issue its receipt).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CaptureMeta {
@@ -474,11 +483,11 @@ pub trait VaultStore: AuditStore {
     async fn vault_meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
     async fn vault_init_meta(&self, key: &str, value: &[u8]) -> Result<()>;
     async fn vault_set_meta(&self, key: &str, value: &[u8]) -> Result<()>;
-    /// A captured message's metadata (captures are stored through
-    /// [`AuditStore::audit_append`] with a [`SideEffect::Capture`]).
-    async fn get_capture(&self, message_id: &str) -> Result<Option<CaptureMeta>>;
-    /// Was this message's envelope deleted by retention (a tombstone)?
-    async fn is_deleted(&self, message_id: &str) -> Result<bool>;
+    /// Where a message stands in the vault, in one read: captured (with
+    /// its metadata; captures are stored through [`AuditStore::audit_append`]
+    /// with a [`SideEffect::Capture`]), deleted by retention (a tombstone),
+    /// or neither.
+    async fn capture_status(&self, message_id: &str) -> Result<CaptureStatus>;
     /// Make deleted bytes unrecoverable from the database files (see
     /// [`KmStore::km_scrub`]).
     async fn vault_scrub(&self) -> Result<()>;

@@ -3,7 +3,7 @@
 //! room's membership log, the audit log, `meta`) is implemented once here
 //! and picked up by each store through a marker trait.
 
-use crate::db::{Db, Sql, i, now_ms, u, unique};
+use crate::db::{Backend, Db, Sql, i, now_ms, u, unique};
 use crate::{
     AuditIn, CaptureRow, LogRow, Result, RoomAppend, RoomLogStore, RoomRow, SideEffect, StoreError,
 };
@@ -157,7 +157,12 @@ async fn append_room_log(
             .execute(&mut *tx)
             .await?;
         for chunk in a.members.chunks(200) {
-            let q = Sql::insert("INSERT INTO room_members (room, user_id)", 2, chunk.len());
+            let q = Sql::insert(
+                Backend::of(&tx),
+                "INSERT INTO room_members (room, user_id)",
+                2,
+                chunk.len(),
+            );
             let mut q = sqlx::query(q.build());
             for m in chunk {
                 q = q.bind(&room).bind(m);
@@ -212,8 +217,9 @@ async fn apply_side_effects(tx: &mut sqlx::AnyConnection, rows: &[AuditIn]) -> R
             _ => None,
         })
         .collect();
-    for chunk in caps.chunks(100) {
+    for chunk in caps.chunks(1000) {
         let sql = Sql::insert(
+            Backend::of(&tx),
             "INSERT INTO envelopes (message_id, room, ts, ciphertext_sha256, envelope, envelope_sha256,
                received_ms, log_index, device)",
             9,
@@ -244,8 +250,9 @@ async fn apply_side_effects(tx: &mut sqlx::AnyConnection, rows: &[AuditIn]) -> R
     // cannot affect a row a second time).
     toks.sort();
     toks.dedup();
-    for chunk in toks.chunks(300) {
+    for chunk in toks.chunks(5000) {
         let mut sql = Sql::insert(
+            Backend::of(&tx),
             "INSERT INTO tokens (period, token, message_id)",
             3,
             chunk.len(),

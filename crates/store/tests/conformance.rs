@@ -537,7 +537,11 @@ async fn vault(url: &str) {
     );
     assert_eq!(s.envelope_count().await.unwrap(), 3);
     assert_eq!(s.audit_all().await.unwrap().len(), 3);
-    assert_eq!(s.get_capture("m1").await.unwrap().unwrap().log_index, 1);
+    let CaptureStatus::Captured(m1) = s.capture_status("m1").await.unwrap() else {
+        panic!("m1 is captured")
+    };
+    assert_eq!(m1.log_index, 1);
+    assert_eq!(s.capture_status("m9").await.unwrap(), CaptureStatus::New);
 
     let both = vec![(1, vec![b"buy".to_vec(), b"gold".to_vec()])];
     let hits = s.search(&both, 0, 1000, 10).await.unwrap();
@@ -584,8 +588,10 @@ async fn vault(url: &str) {
         ..audit(3)
     };
     s.audit_append(&[del], None).await.unwrap();
-    assert!(s.is_deleted("m0").await.unwrap());
-    assert!(s.get_capture("m0").await.unwrap().is_none());
+    assert_eq!(
+        s.capture_status("m0").await.unwrap(),
+        CaptureStatus::Deleted
+    );
     assert_eq!(s.search(&both, 0, 1000, 10).await.unwrap().len(), 0);
     s.vault_scrub().await.unwrap();
 

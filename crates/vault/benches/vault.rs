@@ -1,7 +1,7 @@
 //! The vault's hot paths: envelope ingest (`Vault::handle(Capture)`: request
 //! and certificate verification, one group-committed transaction holding the
 //! envelope, its tokens and its ingestion-log entry, a signed receipt) with
-//! 64 captures in flight; and blind-index search latency over a large
+//! 64 and 256 captures in flight; and blind-index search latency over a large
 //! archive (`CLOISTER_BENCH_ENVELOPES`, default 100,000; the figure in
 //! docs/benchmarks.md uses 1,000,000). The archive is built once under
 //! `target/` and reused.
@@ -119,7 +119,13 @@ fn deny_nobody(vault: &Vault, km: &KmSigner, tenant: &TenantId) {
 
 /// Ingest into a vault on SQLite (`database` `None`) or on the database at
 /// `database` (PostgreSQL).
-fn ingest(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, database: Option<&str>) {
+fn ingest(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    database: Option<&str>,
+    inflight: usize,
+) {
     let dir = tempfile::tempdir().unwrap();
     let tenant: TenantId = "acme".parse().unwrap();
     let km = KmSigner::generate().unwrap();
@@ -156,7 +162,7 @@ fn ingest(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, database:
                     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                     let t = Instant::now();
                     let mut tasks = Vec::new();
-                    for _ in 0..64 {
+                    for _ in 0..inflight {
                         let (v, reqs, next) = (v.clone(), reqs.clone(), next.clone());
                         tasks.push(tokio::spawn(async move {
                             loop {
@@ -386,17 +392,19 @@ fn search(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 fn benches(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .global_queue_interval(4)
         .build()
         .unwrap();
-    ingest(c, &rt, "ingest_20k_captures_64_in_flight", None);
-    // the same on PostgreSQL (a database made for the run, dropped after)
-    if let Some(pg) = rt.block_on(cloister_store::testkit::PgDatabase::create()) {
-        ingest(
-            c,
-            &rt,
-            "ingest_20k_captures_64_in_flight_postgres",
-            Some(&pg.url),
-        );
+    // 64 captures in flight (64 clients each waiting for its receipt), and
+    // 256: group commit is latency-bound at 64 (every request waits in the
+    // same batch), so more in flight shows what the vault can take.
+    for inflight in [64, 256] {
+        let name = format!("ingest_20k_captures_{inflight}_in_flight");
+        ingest(c, &rt, &name, None, inflight);
+        // the same on PostgreSQL (a database made for the run, dropped after)
+        if let Some(pg) = rt.block_on(cloister_store::testkit::PgDatabase::create()) {
+            ingest(c, &rt, &format!("{name}_postgres"), Some(&pg.url), inflight);
+        }
     }
     search(c, &rt);
 }

@@ -153,6 +153,13 @@ impl Vault {
         Ok(())
     }
 
+    async fn status(&self, message_id: &str) -> Result<CaptureStatus, ApiError> {
+        self.store
+            .capture_status(message_id)
+            .await
+            .map_err(ApiError::internal)
+    }
+
     pub(crate) async fn capture(
         &self,
         cert: &DeviceCert,
@@ -173,17 +180,11 @@ impl Vault {
                 "the envelope is sealed for another tenant",
             ));
         }
-        if self
-            .store
-            .is_deleted(&env.message_id.to_hex())
-            .await
-            .map_err(ApiError::internal)?
-        {
-            return Err(ApiError::new(
-                axum::http::StatusCode::GONE,
-                "capture_deleted",
-                "this message was deleted by retention; it is not captured again",
-            ));
+        // A message deleted by retention is refused before anything else;
+        // whether it is already captured is read again below, once no
+        // other capture of it can start.
+        if self.status(&env.message_id.to_hex()).await? == CaptureStatus::Deleted {
+            return Err(deleted());
         }
         self.check_authorship(cert, &env, &capture).await?;
         let envelope_sha256 = cloister_crypto::sha256(capture.envelope.as_slice());
@@ -217,12 +218,11 @@ impl Vault {
         // Idempotent: the same envelope (or, from a recipient, any envelope of
         // the same ciphertext) gets the stored receipt. Checked while no other
         // capture of this message can start.
-        if let Some(m) = self
-            .store
-            .get_capture(&id)
-            .await
-            .map_err(ApiError::internal)?
-        {
+        let status = self.status(&id).await?;
+        if status == CaptureStatus::Deleted {
+            return Err(deleted());
+        }
+        if let CaptureStatus::Captured(m) = status {
             if m.envelope_sha256 == envelope_sha256
                 || (capture.received && m.ciphertext_sha256 == env.ciphertext_sha256.0)
             {
@@ -272,4 +272,12 @@ impl Vault {
             },
         )
     }
+}
+
+fn deleted() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::GONE,
+        "capture_deleted",
+        "this message was deleted by retention; it is not captured again",
+    )
 }

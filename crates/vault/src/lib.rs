@@ -35,7 +35,9 @@ use cloister_proto::vault::{
     SearchHit, SearchResponse, SignedReceipt, VaultInfo, VaultOp, VaultRequest,
 };
 use cloister_proto::{MessageId, TenantId, limits, now_millis};
-use cloister_store::{AuditStore, CaptureMeta, CaptureRow, FetchQuery, SideEffect, VaultStore};
+use cloister_store::{
+    AuditStore, CaptureMeta, CaptureRow, CaptureStatus, FetchQuery, SideEffect, VaultStore,
+};
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
 use std::sync::{Arc, Mutex};

@@ -401,6 +401,7 @@ impl ServerStore for SqlServerStore {
             std::collections::HashMap::with_capacity(fresh.len());
         for chunk in fresh.chunks(INSERT_ROWS) {
             let mut sql = crate::db::Sql::insert(
+                Backend::of(&tx),
                 "INSERT INTO messages (room, msg_id, epoch, device, ts, header, ciphertext, sig)",
                 8,
                 chunk.len(),

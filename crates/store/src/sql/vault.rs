@@ -2,7 +2,7 @@
 
 use super::*;
 use crate::db::Role;
-use crate::{CaptureMeta, EnvelopeRow, FetchQuery, HitRow, VaultStore};
+use crate::{CaptureMeta, CaptureStatus, EnvelopeRow, FetchQuery, HitRow, VaultStore};
 
 /// The compliance vault's store (SQLite or PostgreSQL).
 #[derive(Clone)]
@@ -42,34 +42,31 @@ impl VaultStore for SqlVaultStore {
         meta_set(&self.db, key, value).await
     }
 
-    async fn is_deleted(&self, message_id: &str) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM tombstones WHERE message_id = $1")
-            .bind(message_id)
-            .fetch_one(&self.db.readers)
-            .await?;
-        Ok(n > 0)
-    }
-
     async fn vault_scrub(&self) -> Result<()> {
         self.db.scrub(&["envelopes", "tokens"]).await
     }
 
-    async fn get_capture(&self, message_id: &str) -> Result<Option<CaptureMeta>> {
+    async fn capture_status(&self, message_id: &str) -> Result<CaptureStatus> {
         let r = sqlx::query(
-            "SELECT ciphertext_sha256, envelope_sha256, received_ms, log_index FROM envelopes WHERE message_id = $1",
+            "SELECT (SELECT COUNT(*) FROM tombstones WHERE message_id = $1) AS deleted,
+                    e.ciphertext_sha256, e.envelope_sha256, e.received_ms, e.log_index
+             FROM (SELECT 1 AS one) x LEFT JOIN envelopes e ON e.message_id = $1",
         )
         .bind(message_id)
-        .fetch_optional(&self.db.readers)
+        .fetch_one(&self.db.readers)
         .await?;
-        r.map(|r| {
-            Ok(CaptureMeta {
-                ciphertext_sha256: r.try_get("ciphertext_sha256")?,
-                envelope_sha256: r.try_get("envelope_sha256")?,
-                received_ms: u(r.try_get("received_ms")?),
-                log_index: u(r.try_get("log_index")?),
-            })
-        })
-        .transpose()
+        if r.try_get::<i64, _>("deleted")? > 0 {
+            return Ok(CaptureStatus::Deleted);
+        }
+        let Some(received_ms) = r.try_get::<Option<i64>, _>("received_ms")? else {
+            return Ok(CaptureStatus::New);
+        };
+        Ok(CaptureStatus::Captured(CaptureMeta {
+            ciphertext_sha256: r.try_get("ciphertext_sha256")?,
+            envelope_sha256: r.try_get("envelope_sha256")?,
+            received_ms: u(received_ms),
+            log_index: u(r.try_get("log_index")?),
+        }))
     }
 
     async fn fetch(&self, q: &FetchQuery) -> Result<Vec<EnvelopeRow>> {
