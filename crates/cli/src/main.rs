@@ -502,6 +502,16 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             nats,
             node,
         } => {
+            // Nodes share one database: a node's own SQLite file cannot be it.
+            if nats.is_some()
+                && cloister_store::backend_of(database_url.as_deref().unwrap_or("sqlite:"))?
+                    != cloister_store::Backend::Postgres
+            {
+                return Err(
+                    "--nats needs --database-url postgres://… (the nodes share one database)"
+                        .into(),
+                );
+            }
             let cluster = match nats {
                 Some(nats_url) => Some(cloister_server::ClusterConfig {
                     nats_url,

@@ -893,3 +893,78 @@ fn two_firms_each_with_its_own_km_process() {
     let listed = ok(run("admin-acme", &["admin", "trust", "list"]));
     assert!(listed.contains("removed"), "{listed}");
 }
+
+/// Cluster and bench flags that cannot work are refused with one clear
+/// line before anything starts.
+#[test]
+fn cluster_and_bench_misconfigurations_get_one_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("server");
+    let server = |extra: &[&str]| {
+        cmd(None)
+            .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(&data)
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    // several nodes cannot share one node's own SQLite file
+    let err = fails(server(&["--nats", "nats://127.0.0.1:4222"]));
+    assert!(
+        err.contains("--nats needs --database-url postgres://"),
+        "{err}"
+    );
+    // a node name NATS could not carry (it names a durable consumer)
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    if let Some(pg) = rt.block_on(cloister_store::testkit::PgDatabase::create()) {
+        for bad in ["bad name", "a.b", "x*", ""] {
+            let err = fails(server(&[
+                "--database-url",
+                &pg.url,
+                "--nats",
+                "nats://127.0.0.1:4222",
+                "--node",
+                bad,
+            ]));
+            assert!(err.contains("invalid node name"), "{bad:?}: {err}");
+        }
+        // NATS that is not there
+        let err = fails(server(&[
+            "--database-url",
+            &pg.url,
+            "--nats",
+            "nats://127.0.0.1:9",
+            "--node",
+            "n1",
+        ]));
+        assert!(err.contains("NATS at nats://127.0.0.1:9"), "{err}");
+    }
+    // bench: what it would need and what it cannot do
+    let bench = |args: &[&str]| fails(cmd(None).arg("bench").args(args).output().unwrap());
+    for (args, want) in [
+        (
+            &["--nodes", "3"][..],
+            "--nodes above 1 needs --database-url",
+        ),
+        (&["--nodes", "0"][..], "--nodes: 1 to 16"),
+        (&["--nodes", "17"][..], "--nodes: 1 to 16"),
+        (
+            &["--server", "http://127.0.0.1:9"][..],
+            "--server needs --km",
+        ),
+        (
+            &[
+                "--server",
+                "http://127.0.0.1:9",
+                "--km",
+                "http://127.0.0.1:9",
+            ][..],
+            "--server needs --admin-home",
+        ),
+        (&["--clients", "1"][..], "need clients >= room-size >= 2"),
+    ] {
+        let err = bench(args);
+        assert!(err.contains(want), "{args:?}: {err}");
+    }
+    assert!(!data.join("server.db").exists(), "nothing was created");
+}

@@ -158,7 +158,7 @@ async fn append_room_log(
             .await?;
         for chunk in a.members.chunks(200) {
             let q = Sql::insert(
-                Backend::of(&tx),
+                Backend::of(tx),
                 "INSERT INTO room_members (room, user_id)",
                 2,
                 chunk.len(),
@@ -219,7 +219,7 @@ async fn apply_side_effects(tx: &mut sqlx::AnyConnection, rows: &[AuditIn]) -> R
         .collect();
     for chunk in caps.chunks(1000) {
         let sql = Sql::insert(
-            Backend::of(&tx),
+            Backend::of(tx),
             "INSERT INTO envelopes (message_id, room, ts, ciphertext_sha256, envelope, envelope_sha256,
                received_ms, log_index, device)",
             9,
@@ -252,7 +252,7 @@ async fn apply_side_effects(tx: &mut sqlx::AnyConnection, rows: &[AuditIn]) -> R
     toks.dedup();
     for chunk in toks.chunks(5000) {
         let mut sql = Sql::insert(
-            Backend::of(&tx),
+            Backend::of(tx),
             "INSERT INTO tokens (period, token, message_id)",
             3,
             chunk.len(),
