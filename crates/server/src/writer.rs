@@ -50,10 +50,10 @@ pub struct Writer {
 }
 
 /// Wait for one job, then take every job already queued (up to a batch).
-/// With `linger`, first let the runtime run whatever else is ready (the
-/// requests in flight) up to that many times while the batch is short:
-/// under load a batch fills at no latency cost; alone, a job waits for
-/// nothing, since yielding to an idle runtime returns at once.
+/// With `linger`, and only when the batch before was large (`busy`: many
+/// requests in flight), a short batch waits to fill: first by letting the
+/// runtime run what is ready (the requests in flight) up to `linger` times,
+/// then for up to `LINGER_TIME`. A job that comes alone waits for nothing.
 async fn next_batch(
     rx: &mut mpsc::Receiver<Job>,
     batch: &mut Vec<Job>,
@@ -64,25 +64,30 @@ async fn next_batch(
         return false;
     };
     batch.push(job);
-    for round in 0..=linger {
+    let drain = |rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>| {
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
                 Ok(j) => batch.push(j),
                 Err(_) => break,
             }
         }
-        if round == linger || batch.len() >= GOOD_BATCH {
-            break;
+    };
+    drain(rx, batch);
+    if !busy || linger == 0 {
+        return true;
+    }
+    for _ in 0..linger {
+        if batch.len() >= GOOD_BATCH {
+            return true;
         }
         tokio::task::yield_now().await;
+        drain(rx, batch);
     }
-    if linger > 0 && busy && batch.len() < GOOD_BATCH {
-        let deadline = tokio::time::Instant::now() + LINGER_TIME;
-        while batch.len() < GOOD_BATCH {
-            match tokio::time::timeout_at(deadline, rx.recv()).await {
-                Ok(Some(j)) => batch.push(j),
-                _ => break,
-            }
+    let deadline = tokio::time::Instant::now() + LINGER_TIME;
+    while batch.len() < GOOD_BATCH {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(j)) => batch.push(j),
+            _ => break,
         }
     }
     true
