@@ -16,10 +16,11 @@ use tokio::sync::{mpsc, oneshot};
 const MAX_BATCH: usize = 1024;
 /// Signatures per batch beyond which batching saves little more.
 const GOOD_BATCH: usize = 64;
-/// How many times the verify stage lets other tasks run to fill a batch.
 /// A batch at least this large says many requests are in flight: the next
-/// one may wait (up to `LINGER_TIME`) to fill.
+/// one may wait to fill.
 const BUSY_BATCH: usize = 8;
+/// How many times the verify stage then lets other tasks run to fill a
+/// batch, and how long it then waits at most.
 const LINGER: usize = 4;
 const LINGER_TIME: std::time::Duration = std::time::Duration::from_micros(1000);
 

@@ -392,7 +392,6 @@ fn search(c: &mut Criterion, rt: &tokio::runtime::Runtime) {
 fn benches(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
-        .global_queue_interval(4)
         .build()
         .unwrap();
     // 64 captures in flight (64 clients each waiting for its receipt), and

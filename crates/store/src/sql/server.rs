@@ -393,23 +393,22 @@ impl ServerStore for SqlServerStore {
         // per `INSERT_ROWS` messages. A message id seen earlier in the
         // batch is a replay of it.
         let mut seen = std::collections::HashSet::with_capacity(batch.len());
-        let fresh: Vec<&NewMessage> = batch
-            .iter()
-            .filter(|m| seen.insert(m.msg_id.as_str()))
+        let fresh: Vec<usize> = (0..batch.len())
+            .filter(|&k| seen.insert(batch[k].msg_id.as_str()))
             .collect();
         let mut seqs: std::collections::HashMap<String, u64> =
             std::collections::HashMap::with_capacity(fresh.len());
         for chunk in fresh.chunks(INSERT_ROWS) {
-            let mut sql = crate::db::Sql::insert(
+            let mut sql = Sql::insert(
                 Backend::of(&tx),
                 "INSERT INTO messages (room, msg_id, epoch, device, ts, header, ciphertext, sig)",
                 8,
                 chunk.len(),
             );
             sql.push(" ON CONFLICT (msg_id) DO NOTHING RETURNING msg_id, seq");
-            let sql = sql.build();
-            let mut q = sqlx::query(sql);
-            for m in chunk {
+            let mut q = sqlx::query(sql.build());
+            for &k in chunk {
+                let m = &batch[k];
                 q = q
                     .bind(&m.room)
                     .bind(&m.msg_id)
@@ -426,17 +425,12 @@ impl ServerStore for SqlServerStore {
         }
         // `prev` follows seq order within each room, whatever order the
         // engine assigned the seqs in.
-        let mut order: Vec<(u64, usize)> = Vec::with_capacity(seqs.len());
-        let mut out = vec![Inserted::Duplicate; batch.len()];
-        seen.clear();
-        for (k, m) in batch.iter().enumerate() {
-            if seen.insert(m.msg_id.as_str())
-                && let Some(&seq) = seqs.get(&m.msg_id)
-            {
-                order.push((seq, k));
-            }
-        }
+        let mut order: Vec<(u64, usize)> = fresh
+            .iter()
+            .filter_map(|&k| seqs.get(&batch[k].msg_id).map(|&seq| (seq, k)))
+            .collect();
         order.sort_unstable();
+        let mut out = vec![Inserted::Duplicate; batch.len()];
         for (seq, k) in order {
             let prev = heads.insert(batch[k].room.as_str(), seq).unwrap_or(0);
             out[k] = Inserted::Seq { seq, prev };
