@@ -22,6 +22,9 @@ const BUSY_BATCH: usize = 8;
 /// How many times the verify stage then lets other tasks run to fill a
 /// batch, and how long it then waits at most.
 const LINGER: usize = 4;
+/// A job that comes this soon after the batch before also says the load is
+/// high, though that batch was small.
+const BUSY_GAP: std::time::Duration = std::time::Duration::from_micros(250);
 const LINGER_TIME: std::time::Duration = std::time::Duration::from_micros(1000);
 
 /// Why the pipeline refused a message.
@@ -51,19 +54,25 @@ pub struct Writer {
 }
 
 /// Wait for one job, then take every job already queued (up to a batch).
-/// With `linger`, and only when the batch before was large (`busy`: many
-/// requests in flight), a short batch waits to fill: first by letting the
-/// runtime run what is ready (the requests in flight) up to `linger` times,
-/// then for up to `LINGER_TIME`. A job that comes alone waits for nothing.
+/// With `linger`, and only when the load is high (`busy`: the batch before
+/// was large, or this job came within `BUSY_GAP` of it), a short batch waits
+/// to fill: first by letting the runtime run what is ready (the requests in
+/// flight) up to `linger` times, then for up to `LINGER_TIME`. A job that
+/// comes alone waits for nothing. Without the gap, a busy node fell into
+/// batches of one: each lone job was verified before the next came.
 async fn next_batch(
     rx: &mut mpsc::Receiver<Job>,
     batch: &mut Vec<Job>,
     linger: usize,
     busy: bool,
+    last: &mut Option<std::time::Instant>,
 ) -> bool {
     let Some(job) = rx.recv().await else {
         return false;
     };
+    let now = std::time::Instant::now();
+    let busy = busy || last.is_some_and(|t| now.duration_since(t) < BUSY_GAP);
+    *last = Some(now);
     batch.push(job);
     let drain = |rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>| {
         while batch.len() < MAX_BATCH {
@@ -101,7 +110,8 @@ impl Writer {
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             let mut busy = false;
-            while next_batch(&mut verify_rx, &mut batch, LINGER, busy).await {
+            let mut last = None;
+            while next_batch(&mut verify_rx, &mut batch, LINGER, busy, &mut last).await {
                 busy = batch.len() >= BUSY_BATCH;
                 let verdicts = {
                     let pending: Vec<Pending<'_>> = batch
@@ -127,7 +137,8 @@ impl Writer {
         });
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
-            while next_batch(&mut commit_rx, &mut batch, 0, false).await {
+            let mut last = None;
+            while next_batch(&mut commit_rx, &mut batch, 0, false, &mut last).await {
                 commit(&*store, &fanout, &mut batch).await;
             }
         });
