@@ -66,42 +66,50 @@ pub(crate) async fn send<T: serde::de::DeserializeOwned>(
 
 /// Live events from the server.
 pub struct EventStream {
-    ws: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
+    ws: Socket,
+}
+
+type Socket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// Open the live socket (`/v1/ws`) of a server with a session token.
+pub(crate) async fn ws_connect(server: &str, token: &str) -> Result<Socket> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = if let Some(rest) = server.strip_prefix("http://") {
+        format!("ws://{rest}/v1/ws")
+    } else if let Some(rest) = server.strip_prefix("https://") {
+        format!("wss://{rest}/v1/ws")
+    } else {
+        return Err(ClientError::Input(format!(
+            "server URL {server} must start with http:// or https://"
+        )));
+    };
+    let mut req = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| ClientError::Network {
+            url: url.clone(),
+            reason: e.to_string(),
+        })?;
+    let auth = format!("Bearer {token}")
+        .parse()
+        .map_err(|_| ClientError::Local("bad token".into()))?;
+    req.headers_mut().insert("authorization", auth);
+    let (ws, _) =
+        tokio_tungstenite::connect_async(req)
+            .await
+            .map_err(|e| ClientError::Network {
+                url,
+                reason: e.to_string(),
+            })?;
+    Ok(ws)
 }
 
 impl EventStream {
     pub(crate) async fn connect(server: &str, token: &str) -> Result<Self> {
-        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-        let url = if let Some(rest) = server.strip_prefix("http://") {
-            format!("ws://{rest}/v1/ws")
-        } else if let Some(rest) = server.strip_prefix("https://") {
-            format!("wss://{rest}/v1/ws")
-        } else {
-            return Err(ClientError::Input(format!(
-                "server URL {server} must start with http:// or https://"
-            )));
-        };
-        let mut req = url
-            .as_str()
-            .into_client_request()
-            .map_err(|e| ClientError::Network {
-                url: url.clone(),
-                reason: e.to_string(),
-            })?;
-        let auth = format!("Bearer {token}")
-            .parse()
-            .map_err(|_| ClientError::Local("bad token".into()))?;
-        req.headers_mut().insert("authorization", auth);
-        let (ws, _) =
-            tokio_tungstenite::connect_async(req)
-                .await
-                .map_err(|e| ClientError::Network {
-                    url,
-                    reason: e.to_string(),
-                })?;
-        Ok(EventStream { ws })
+        Ok(EventStream {
+            ws: ws_connect(server, token).await?,
+        })
     }
 
     /// The next event, or `None` when the server closed the stream.

@@ -27,6 +27,7 @@ mod files;
 mod freshness;
 mod inspect;
 mod keys;
+mod live;
 mod messages;
 mod rooms;
 pub mod store;
@@ -54,6 +55,7 @@ use std::sync::Mutex;
 use store::{CachedKey, Home, Profile};
 
 pub use api::{ApiFailure, EventStream};
+pub use live::{Live, Poster};
 
 /// Everything that can go wrong on the device, each with a one-line message.
 #[derive(Debug, thiserror::Error)]

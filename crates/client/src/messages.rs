@@ -278,6 +278,14 @@ impl Client {
         api::EventStream::connect(&self.profile.server, &token).await
     }
 
+    /// The live socket with posting: events as [`Self::connect_events`]
+    /// gives them, and a [`crate::Poster`] that posts sealed messages
+    /// through the same socket instead of one HTTP request each.
+    pub async fn connect_live(&self) -> Result<crate::Live> {
+        let token = self.token().await?;
+        crate::Live::connect(&self.profile.server, &token).await
+    }
+
     /// Follow a room live: verified, decrypted messages as they arrive.
     ///
     /// Not cancel-safe: an event is taken from the stream before it is

@@ -34,6 +34,9 @@ pub mod limits {
     pub const MAX_JSON_BODY: usize = 2 * 1024 * 1024;
     /// Largest encrypted message body (bytes of ciphertext).
     pub const MAX_MESSAGE_CIPHERTEXT: usize = 256 * 1024;
+    /// Largest frame a client may send on its live socket: a post of the
+    /// largest ciphertext (base64 in JSON) with its header and receipt.
+    pub const MAX_LIVE_FRAME: usize = MAX_MESSAGE_CIPHERTEXT * 4 / 3 + 64 * 1024;
     /// Largest text a user may send (bytes of UTF-8).
     pub const MAX_TEXT: usize = 64 * 1024;
     /// Default largest attachment (bytes of plaintext).

@@ -227,6 +227,35 @@ pub enum Event {
         room: RoomId,
         notice: crate::km::SignedNotice,
     },
+    /// A message posted on this socket ([`ClientFrame::Post`]) is stored at `seq`.
+    Posted {
+        req: u64,
+        seq: u64,
+    },
+    /// A frame sent on this socket was refused: the status, error code and
+    /// message `POST /v1/rooms/{room}/messages` would have answered. `req`
+    /// is absent when the frame could not be read at all.
+    Refused {
+        req: Option<u64>,
+        status: u16,
+        error: String,
+        message: String,
+    },
+}
+
+/// What a client sends on its live WebSocket (`/v1/ws`), as JSON text
+/// frames. Each is answered on the same socket, in any order, by an event
+/// naming the same `req`: many may be in flight.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ClientFrame {
+    /// Post a message to a room: the checks and answers of
+    /// `POST /v1/rooms/{room}/messages`, without an HTTP request per message.
+    Post {
+        req: u64,
+        room: RoomId,
+        envelope: Envelope,
+    },
 }
 
 /// Plaintext inside a message (encrypted end to end).

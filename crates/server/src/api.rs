@@ -14,12 +14,10 @@
 //! | GET/POST | `/v1/rooms/{room}/messages` | member | `HistoryPage` / `Envelope` |
 //! | PUT | `/v1/rooms/{room}/blobs/{id}` | member | streamed bytes → `BlobResponse` |
 //! | GET | `/v1/blobs/{id}` | member of the blob's room | streamed bytes |
-//! | GET | `/v1/ws` | session (header or `?token=`) | stream of `Event` |
+//! | GET | `/v1/ws` | session (header or `?token=`) | stream of `Event`; `ClientFrame` posts (`live`) |
 
-use crate::writer::{Job, WriteError};
 use crate::{Caller, Server};
 use axum::body::Body;
-use axum::extract::ws::{Message as WsMessage, WebSocket, WebSocketUpgrade};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
@@ -34,12 +32,12 @@ use cloister_proto::km::{Notice, SignedCert};
 use cloister_proto::room::SignedStatement;
 use cloister_proto::server::{
     AppendLog, AppendLogResponse, BlobResponse, Envelope, Event, HistoryPage, LogPage,
-    LoginRequest, LoginResponse, Ok as OkBody, PinCheck, PinCheckResponse, PostMessageResponse,
-    PostNotice, RegisterDevice, RegisterTenant, RoomSummary, StoredMessage,
+    LoginRequest, LoginResponse, Ok as OkBody, PinCheck, PinCheckResponse, PostNotice,
+    RegisterDevice, RegisterTenant, RoomSummary, StoredMessage,
 };
 use cloister_proto::{DeviceId, RoomId, TenantId, limits, now_millis, now_secs};
-use cloister_store::{BlobRow, DeviceRow, Inserted, NewMessage};
-use futures_util::{SinkExt, StreamExt};
+use cloister_store::{BlobRow, DeviceRow};
+use futures_util::StreamExt;
 use serde::Deserialize;
 use std::sync::Arc;
 
@@ -92,13 +90,16 @@ pub fn router(server: Arc<Server>) -> Router {
             "/v1/km/rooms/{room}/log-read",
             post(crate::roomlog::km_read),
         )
-        .route("/v1/rooms/{room}/messages", get(history).post(post_message))
+        .route(
+            "/v1/rooms/{room}/messages",
+            get(history).post(crate::post::post_message),
+        )
         .route(
             "/v1/rooms/{room}/blobs/{id}",
             put(put_blob).layer(DefaultBodyLimit::max(blob_limit)),
         )
         .route("/v1/blobs/{id}", get(get_blob))
-        .route("/v1/ws", get(ws))
+        .route("/v1/ws", get(crate::live::ws))
         .fallback(cloister_http::not_found)
         .layer(DefaultBodyLimit::max(limits::MAX_JSON_BODY))
         .with_state(server)
@@ -148,14 +149,14 @@ fn check_token(key: &[u8; 32], token: &str) -> Result<DeviceId, ApiError> {
     Ok(device)
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
 }
 
-async fn authenticate(server: &Server, token: &str) -> Result<Caller, ApiError> {
+pub(crate) async fn authenticate(server: &Server, token: &str) -> Result<Caller, ApiError> {
     let device = check_token(&server.session_key, token)?;
     let cert = server.cert(&device).await?;
     server.check_standing(&cert)?;
@@ -571,147 +572,6 @@ async fn append_log(
 
 // ---------- messages ----------
 
-async fn post_message(
-    State(s): S,
-    c: Caller,
-    Path(room): Path<String>,
-    ApiJson(mut env): ApiJson<Envelope>,
-) -> Result<Json<PostMessageResponse>, ApiError> {
-    let room = parse_room(&room)?;
-    if env.ciphertext.len() > limits::MAX_MESSAGE_CIPHERTEXT {
-        return Err(ApiError::too_large(format!(
-            "message ciphertext over {} bytes",
-            limits::MAX_MESSAGE_CIPHERTEXT
-        )));
-    }
-    // The header is believed only once the signature holds: the writer
-    // checks signatures in batches (ADR 0017) and refuses the message then.
-    // Until that point the header only decides which refusal comes first.
-    let h = cloister_crypto::message::peek_header(&env)
-        .map_err(|e| ApiError::bad_request("bad_header", format!("message rejected: {e}")))?;
-    if h.device != c.device || h.sender != c.user {
-        return Err(ApiError::forbidden(
-            "not_sender",
-            "the message header names another sender",
-        ));
-    }
-    if h.room != room {
-        return Err(ApiError::bad_request(
-            "wrong_room",
-            "the message header names another room",
-        ));
-    }
-    if !cloister_proto::within_skew(h.ts) {
-        return Err(ApiError::bad_request(
-            "stale_message",
-            "message timestamp is outside the allowed clock skew",
-        ));
-    }
-    if let Some(policy) = s.capture_policy(&c.tenant)
-        && policy.required
-    {
-        check_receipt(&policy, &c.tenant, &h.id, &env)?;
-    }
-    // The receipt served its purpose; it is neither stored nor forwarded.
-    env.receipt = None;
-    let st = s.member_room(&room, &c.user).await?;
-    if let Some(why) = st.why_not_post(&c.user) {
-        let code = if st.locked.is_some() {
-            "locked"
-        } else {
-            "read_only"
-        };
-        return Err(ApiError::forbidden(code, why));
-    }
-    s.check_walled(&st, &c.user)?;
-    if h.epoch != st.epoch {
-        return Err(ApiError::conflict(
-            "stale_epoch",
-            format!(
-                "the room is at epoch {}; message was sealed for epoch {}",
-                st.epoch, h.epoch
-            ),
-        ));
-    }
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    let job = Job {
-        msg: NewMessage {
-            room: room.to_hex(),
-            msg_id: h.id.to_hex(),
-            epoch: h.epoch,
-            device: c.device.to_hex(),
-            ts: h.ts,
-            header: env.header.0.clone(),
-            ciphertext: env.ciphertext.0.clone(),
-            sig: env.sig.0.to_vec(),
-        },
-        room,
-        signed: cloister_crypto::message::envelope_signed_bytes(&env),
-        envelope: env,
-        state: st,
-        sender: c.device,
-        key: c.cert.key.clone(),
-        reply: tx,
-    };
-    if !s.writer.submit(job).await {
-        return Err(ApiError::internal("message writer stopped"));
-    }
-    match rx.await {
-        Ok(Ok(Inserted::Seq { seq, .. })) => Ok(Json(PostMessageResponse { seq })),
-        Ok(Ok(Inserted::Duplicate)) => Err(ApiError::conflict(
-            "duplicate_message",
-            format!("message {} was already accepted (replay)", h.id),
-        )),
-        Ok(Err(WriteError::BadSignature)) => Err(ApiError::unauthorized(
-            "bad_signature",
-            "message rejected: the signature does not verify under the sending device's key",
-        )),
-        Ok(Err(WriteError::Store(e))) => Err(ApiError::internal(e)),
-        Err(_) => Err(ApiError::internal("message writer dropped the request")),
-    }
-}
-
-/// `capture = required`: the message needs a receipt from the sender's
-/// tenant vault for exactly this message id and ciphertext.
-fn check_receipt(
-    policy: &crate::CapturePolicy,
-    tenant: &TenantId,
-    id: &cloister_proto::MessageId,
-    env: &Envelope,
-) -> Result<(), ApiError> {
-    let Some(r) = &env.receipt else {
-        return Err(ApiError::forbidden(
-            "capture_required",
-            "tenant policy requires every message to be captured by the compliance vault first; no vault receipt was attached",
-        ));
-    };
-    policy
-        .receipt_key
-        .verify(
-            cloister_crypto::signed::RECEIPT,
-            r.body.as_slice(),
-            &r.sig.0,
-        )
-        .map_err(|_| {
-            ApiError::forbidden(
-                "bad_receipt",
-                "the vault receipt is not signed by the tenant's registered vault",
-            )
-        })?;
-    let receipt: cloister_proto::vault::Receipt = serde_json::from_slice(r.body.as_slice())
-        .map_err(|_| ApiError::bad_request("bad_receipt", "the vault receipt is malformed"))?;
-    if receipt.tenant != *tenant
-        || receipt.message_id != *id
-        || receipt.ciphertext_sha256.0 != cloister_crypto::sha256(env.ciphertext.as_slice())
-    {
-        return Err(ApiError::forbidden(
-            "bad_receipt",
-            "the vault receipt is for another message or ciphertext",
-        ));
-    }
-    Ok(())
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HistoryQuery {
@@ -901,68 +761,6 @@ async fn get_blob(State(s): S, c: Caller, Path(id): Path<String>) -> Result<Resp
         Body::from_stream(stream),
     )
         .into_response())
-}
-
-// ---------- WebSocket ----------
-
-#[derive(Deserialize)]
-struct WsQuery {
-    token: Option<String>,
-}
-
-async fn ws(
-    State(s): S,
-    headers: HeaderMap,
-    Query(q): Query<WsQuery>,
-    up: WebSocketUpgrade,
-) -> Result<Response, ApiError> {
-    let token = bearer(&headers)
-        .map(str::to_owned)
-        .or(q.token)
-        .ok_or_else(|| ApiError::unauthorized("no_token", "missing session token"))?;
-    let caller = authenticate(&s, &token).await?;
-    // Clients only listen on this stream: small read buffers and message
-    // limits; a modest write buffer keeps 1,000s of connections cheap.
-    Ok(up
-        .read_buffer_size(4 * 1024)
-        .write_buffer_size(16 * 1024)
-        .max_message_size(64 * 1024)
-        .max_frame_size(64 * 1024)
-        .on_upgrade(move |sock| run_ws(s, caller, sock)))
-}
-
-async fn run_ws(s: Arc<Server>, c: Caller, sock: WebSocket) {
-    let (id, mut rx) = s.hub.register(&c.user, c.device);
-    if c.reads_tenant() {
-        s.hub.watch(&c.tenant, &c.user);
-    }
-    let (mut sink, mut stream) = sock.split();
-    loop {
-        tokio::select! {
-            ev = rx.recv() => match ev {
-                Some(text) => {
-                    // Under load, write everything queued and flush once.
-                    let mut ok = sink.feed(WsMessage::Text(text)).await.is_ok();
-                    let mut n = 1;
-                    while ok && n < 256 {
-                        let Ok(more) = rx.try_recv() else { break };
-                        ok = sink.feed(WsMessage::Text(more)).await.is_ok();
-                        n += 1;
-                    }
-                    if !ok || sink.flush().await.is_err() {
-                        break;
-                    }
-                }
-                None => break, // dropped by the hub (revoked, disabled, too slow)
-            },
-            inc = stream.next() => match inc {
-                Some(Ok(WsMessage::Close(_))) | None | Some(Err(_)) => break,
-                Some(Ok(_)) => {} // clients do not send on this stream
-            },
-        }
-    }
-    s.hub.unregister(&c.user, id);
-    let _ = sink.close().await;
 }
 
 #[cfg(test)]

@@ -20,6 +20,8 @@ mod connections;
 mod controls;
 mod hub;
 mod inspect;
+mod live;
+mod post;
 mod roomlog;
 mod secrets;
 pub mod sequencer;

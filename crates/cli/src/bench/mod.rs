@@ -70,6 +70,16 @@ pub struct BenchArgs {
     /// to create the bench's users in a running deployment.
     #[arg(long)]
     pub admin_home: Option<PathBuf>,
+    /// How senders post: through their live socket (`socket`), or one HTTP
+    /// request per message (`http`).
+    #[arg(long, value_enum, default_value_t = PostOver::Socket)]
+    pub post_over: PostOver,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum PostOver {
+    Socket,
+    Http,
 }
 
 mod target;
@@ -197,9 +207,11 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
     let verify_failures = Arc::new(AtomicU64::new(0));
     let latencies: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
     let mut receivers = Vec::new();
+    let mut posters = HashMap::new();
     for (room, members) in &rooms {
         for c in members {
-            let mut stream = c.connect_events().await?;
+            let mut stream = c.connect_live().await?;
+            posters.insert(c.device(), stream.poster());
             let (c, room) = (c.clone(), *room);
             let (sent_at, received, lat, vf) = (
                 sent_at.clone(),
@@ -268,7 +280,10 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
             .min(members.len());
         expected_deliveries += (k * a.messages * (members.len() - 1)) as u64;
         for c in members.iter().take(k) {
-            senders.push((*room, c.clone()));
+            let poster = (a.post_over == PostOver::Socket)
+                .then(|| posters.get(&c.device()).cloned())
+                .flatten();
+            senders.push((*room, c.clone(), poster));
         }
     }
     let total = (senders.len() * a.messages) as u64;
@@ -278,7 +293,7 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
     let self_cpu0 = cpu_secs(std::process::id());
     let t0 = Instant::now();
     let mut tasks = Vec::new();
-    for (room, c) in senders {
+    for (room, c, poster) in senders {
         let (sent_at, pb, text, window, n) = (
             sent_at.clone(),
             pb.clone(),
@@ -290,8 +305,13 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
             let results: Vec<Result<(), cloister_client::ClientError>> =
                 futures_util::stream::iter(0..n)
                     .map(|_| {
-                        let (c, sent_at, pb, text) =
-                            (c.clone(), sent_at.clone(), pb.clone(), text.clone());
+                        let (c, sent_at, pb, text, poster) = (
+                            c.clone(),
+                            sent_at.clone(),
+                            pb.clone(),
+                            text.clone(),
+                            poster.clone(),
+                        );
                         async move {
                             let start = Instant::now();
                             let env = c.seal(&room, &Content::Text { text }).await?;
@@ -299,7 +319,10 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
                             if let Ok(mut m) = sent_at.lock() {
                                 m.insert(id, start);
                             }
-                            c.post_envelope(&room, &env).await?;
+                            match poster {
+                                Some(p) => p.post(&room, &env).await?,
+                                None => c.post_envelope(&room, &env).await?,
+                            };
                             pb.inc(1);
                             Ok(())
                         }
@@ -336,7 +359,7 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
     let accepted = total - send_errors as u64;
     let report = serde_json::json!({
         "clients": a.clients, "room_size": a.room_size, "rooms": rooms.len(), "messages_per_sender": a.messages,
-        "message_bytes": a.size, "window": a.window, "verify_every": a.verify_every,
+        "message_bytes": a.size, "post_over": format!("{:?}", a.post_over).to_lowercase(), "window": a.window, "verify_every": a.verify_every,
         "mode": t.mode, "server_urls": t.server_urls.len(),
         "server_cpu_us_per_message": server_cpu.map(|c| c * 1e6 / (total - send_errors as u64).max(1) as f64),
         "accepted": accepted, "send_errors": send_errors, "send_seconds": send_secs,
