@@ -1,5 +1,6 @@
 //! Message envelopes and attributions as the server, a recipient, the
-//! vault and `export verify` receive them. The input is tried as JSON as it
+//! vault and `export verify` receive them, and the live socket's frames
+//! (a client's `post`, the server's events). The input is tried as JSON as it
 //! comes, and split into header and plaintext that are sealed and signed
 //! with a fixed device key, so the header and content decoders behind the
 //! signature and the AEAD are reached.
@@ -21,6 +22,16 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(env) = serde_json::from_slice::<Envelope>(data) {
         let _ = peek_header(&env);
         let _ = open_message(&keys.sign_pk(), &room_key, &env);
+    }
+    if let Ok(cloister_proto::server::ClientFrame::Post { envelope, .. }) =
+        serde_json::from_slice::<cloister_proto::server::ClientFrame>(data)
+    {
+        let _ = peek_header(&envelope);
+    }
+    if let Ok(cloister_proto::server::Event::Message { envelope, .. }) =
+        serde_json::from_slice::<cloister_proto::server::Event>(data)
+    {
+        let _ = open_message(&keys.sign_pk(), &room_key, &envelope);
     }
     if let Ok(att) = serde_json::from_slice::<cloister_proto::vault::Attribution>(data) {
         let _ = verify_attribution(&vk, &att, &[0u8; 32]);
