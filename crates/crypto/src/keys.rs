@@ -231,7 +231,9 @@ pub fn km_identity_fingerprint(identity: &str) -> String {
         .join(" ")
 }
 
-pub(crate) fn framed(domain: &str, msg: &[u8]) -> Vec<u8> {
+/// The bytes a signature under `domain` covers: `domain ‖ 0x00 ‖ msg`
+/// (for [`verify_batch`], which takes the bytes exactly as signed).
+pub fn framed(domain: &str, msg: &[u8]) -> Vec<u8> {
     let mut v = Vec::with_capacity(domain.len() + 1 + msg.len());
     v.extend_from_slice(domain.as_bytes());
     v.push(0);

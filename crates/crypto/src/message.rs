@@ -170,6 +170,18 @@ pub fn verify_signed_header(
     ciphertext_sha256: &[u8; 32],
 ) -> Result<MessageHeader, CryptoError> {
     sender.verify(MESSAGE, &signed_part(header, ciphertext_sha256), sig)?;
+    read_signed_header(header)
+}
+
+/// The bytes a sender's signature covers, from the header and the
+/// ciphertext's SHA-256 (an audit envelope's view), for
+/// [`crate::keys::verify_batch`].
+pub fn header_signed_bytes(header: &[u8], ciphertext_sha256: &[u8; 32]) -> Vec<u8> {
+    crate::keys::framed(MESSAGE, &signed_part(header, ciphertext_sha256))
+}
+
+/// Parse a header whose signature the caller has checked (in a batch).
+pub fn read_signed_header(header: &[u8]) -> Result<MessageHeader, CryptoError> {
     let h: MessageHeader =
         serde_json::from_slice(header).map_err(|_| CryptoError::Malformed("message header"))?;
     if h.v != 1 {

@@ -5,6 +5,8 @@
 //! correlation id and never sent to the caller.
 #![forbid(unsafe_code)]
 
+pub mod batch;
+
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};

@@ -6,6 +6,7 @@
 
 use crate::cluster::{Delivery, Fanout};
 use cloister_crypto::keys::{Pending, VerifyKey, verify_batch};
+use cloister_http::batch::{Batcher, Linger};
 use cloister_policy::RoomState;
 use cloister_proto::RoomId;
 use cloister_proto::server::{Envelope, Event};
@@ -14,18 +15,6 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 const MAX_BATCH: usize = 1024;
-/// Signatures per batch beyond which batching saves little more.
-const GOOD_BATCH: usize = 64;
-/// A batch at least this large says many requests are in flight: the next
-/// one may wait to fill.
-const BUSY_BATCH: usize = 8;
-/// How many times the verify stage then lets other tasks run to fill a
-/// batch, and how long it then waits at most.
-const LINGER: usize = 4;
-/// A job that comes this soon after the batch before also says the load is
-/// high, though that batch was small.
-const BUSY_GAP: std::time::Duration = std::time::Duration::from_micros(250);
-const LINGER_TIME: std::time::Duration = std::time::Duration::from_micros(1000);
 
 /// Why the pipeline refused a message.
 #[derive(Debug)]
@@ -53,66 +42,15 @@ pub struct Writer {
     tx: mpsc::Sender<Job>,
 }
 
-/// Wait for one job, then take every job already queued (up to a batch).
-/// With `linger`, and only when the load is high (`busy`: the batch before
-/// was large, or this job came within `BUSY_GAP` of it), a short batch waits
-/// to fill: first by letting the runtime run what is ready (the requests in
-/// flight) up to `linger` times, then for up to `LINGER_TIME`. A job that
-/// comes alone waits for nothing. Without the gap, a busy node fell into
-/// batches of one: each lone job was verified before the next came.
-async fn next_batch(
-    rx: &mut mpsc::Receiver<Job>,
-    batch: &mut Vec<Job>,
-    linger: usize,
-    busy: bool,
-    last: &mut Option<std::time::Instant>,
-) -> bool {
-    let Some(job) = rx.recv().await else {
-        return false;
-    };
-    let now = std::time::Instant::now();
-    let busy = busy || last.is_some_and(|t| now.duration_since(t) < BUSY_GAP);
-    *last = Some(now);
-    batch.push(job);
-    let drain = |rx: &mut mpsc::Receiver<Job>, batch: &mut Vec<Job>| {
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
-            }
-        }
-    };
-    drain(rx, batch);
-    if !busy || linger == 0 {
-        return true;
-    }
-    for _ in 0..linger {
-        if batch.len() >= GOOD_BATCH {
-            return true;
-        }
-        tokio::task::yield_now().await;
-        drain(rx, batch);
-    }
-    let deadline = tokio::time::Instant::now() + LINGER_TIME;
-    while batch.len() < GOOD_BATCH {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some(j)) => batch.push(j),
-            _ => break,
-        }
-    }
-    true
-}
-
 impl Writer {
     pub fn start(store: Arc<dyn ServerStore>, fanout: Fanout) -> Writer {
-        let (tx, mut verify_rx) = mpsc::channel::<Job>(8 * MAX_BATCH);
-        let (commit_tx, mut commit_rx) = mpsc::channel::<Job>(8 * MAX_BATCH);
+        let (tx, verify_rx) = mpsc::channel::<Job>(8 * MAX_BATCH);
+        let (commit_tx, commit_rx) = mpsc::channel::<Job>(8 * MAX_BATCH);
+        let mut verify = Batcher::new(verify_rx, MAX_BATCH, Some(Linger::SIGNATURES));
+        let mut commits = Batcher::new(commit_rx, MAX_BATCH, None);
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
-            let mut busy = false;
-            let mut last = None;
-            while next_batch(&mut verify_rx, &mut batch, LINGER, busy, &mut last).await {
-                busy = batch.len() >= BUSY_BATCH;
+            while verify.next(&mut batch).await {
                 let verdicts = {
                     let pending: Vec<Pending<'_>> = batch
                         .iter()
@@ -137,8 +75,7 @@ impl Writer {
         });
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
-            let mut last = None;
-            while next_batch(&mut commit_rx, &mut batch, 0, false, &mut last).await {
+            while commits.next(&mut batch).await {
                 commit(&*store, &fanout, &mut batch).await;
             }
         });

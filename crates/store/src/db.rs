@@ -446,6 +446,26 @@ impl Sql {
     }
 }
 
+/// Split `items` into runs for multi-row statements: runs of `max` (a power
+/// of two), then what is left in falling powers of two. A statement's text
+/// then takes one of `log2(max) + 1` shapes, which the driver keeps prepared,
+/// instead of a new text (parsed and planned again) for every batch size.
+pub(crate) fn runs<T>(mut items: &[T], max: usize) -> Vec<&[T]> {
+    debug_assert!(max.is_power_of_two());
+    let mut out = Vec::new();
+    while !items.is_empty() {
+        let n = if items.len() >= max {
+            max
+        } else {
+            1 << items.len().ilog2()
+        };
+        let (run, rest) = items.split_at(n);
+        out.push(run);
+        items = rest;
+    }
+    out
+}
+
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -483,6 +503,16 @@ mod tests {
 
     #[test]
     fn sql_builder_numbers_parameters() {
+        let sizes = |n: usize| {
+            let v: Vec<usize> = (0..n).collect();
+            runs(&v, 64).iter().map(|r| r.len()).collect::<Vec<_>>()
+        };
+        assert_eq!(sizes(0), Vec::<usize>::new());
+        assert_eq!(sizes(1), vec![1]);
+        assert_eq!(sizes(100), vec![64, 32, 4]);
+        assert_eq!(sizes(200), vec![64, 64, 64, 8]);
+        let v: Vec<usize> = (0..77).collect();
+        assert_eq!(runs(&v, 64).concat(), v, "in order, each item once");
         let mut s = Sql::insert(Backend::Postgres, "INSERT INTO t (a, b)", 2, 2);
         s.push(" WHERE x IN (").params(2).push(")");
         assert_eq!(

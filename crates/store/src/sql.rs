@@ -3,7 +3,7 @@
 //! room's membership log, the audit log, `meta`) is implemented once here
 //! and picked up by each store through a marker trait.
 
-use crate::db::{Backend, Db, Sql, i, now_ms, u, unique};
+use crate::db::{Backend, Db, Sql, i, now_ms, runs, u, unique};
 use crate::{
     AuditIn, CaptureRow, LogRow, Result, RoomAppend, RoomLogStore, RoomRow, SideEffect, StoreError,
 };
@@ -156,7 +156,7 @@ async fn append_room_log(
             .bind(&room)
             .execute(&mut *tx)
             .await?;
-        for chunk in a.members.chunks(200) {
+        for chunk in runs(a.members, 256) {
             let q = Sql::insert(
                 Backend::of(tx),
                 "INSERT INTO room_members (room, user_id)",
@@ -217,7 +217,7 @@ async fn apply_side_effects(tx: &mut sqlx::AnyConnection, rows: &[AuditIn]) -> R
             _ => None,
         })
         .collect();
-    for chunk in caps.chunks(1000) {
+    for chunk in runs(&caps, 1024) {
         let sql = Sql::insert(
             Backend::of(tx),
             "INSERT INTO envelopes (message_id, room, ts, ciphertext_sha256, envelope, envelope_sha256,
@@ -250,7 +250,7 @@ async fn apply_side_effects(tx: &mut sqlx::AnyConnection, rows: &[AuditIn]) -> R
     // cannot affect a row a second time).
     toks.sort();
     toks.dedup();
-    for chunk in toks.chunks(5000) {
+    for chunk in runs(&toks, 4096) {
         let mut sql = Sql::insert(
             Backend::of(tx),
             "INSERT INTO tokens (period, token, message_id)",

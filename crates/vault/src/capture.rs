@@ -127,13 +127,16 @@ impl Vault {
         let sender = self
             .sender_cert(&capture.sender_cert, capture.received)
             .await?;
-        let h = cloister_crypto::message::verify_signed_header(
-            &sender.1,
+        let signed = cloister_crypto::message::header_signed_bytes(
             capture.header.as_slice(),
-            &capture.sig.0,
             &env.ciphertext_sha256.0,
-        )
-        .map_err(|_| refuse("the sender's signature does not cover this message".into()))?;
+        );
+        let not_covered = || refuse("the sender's signature does not cover this message".into());
+        if !self.verifier.check(&sender.1, signed, &capture.sig.0).await {
+            return Err(not_covered());
+        }
+        let h = cloister_crypto::message::read_signed_header(capture.header.as_slice())
+            .map_err(|_| not_covered())?;
         if h.id != env.message_id || h.room != env.room || h.ts != env.ts {
             return Err(refuse(
                 "the envelope's message, room or time differ from the signed header".into(),
@@ -180,48 +183,28 @@ impl Vault {
                 "the envelope is sealed for another tenant",
             ));
         }
-        // A message deleted by retention is refused before anything else;
-        // whether it is already captured is read again below, once no
-        // other capture of it can start.
-        if self.status(&env.message_id.to_hex()).await? == CaptureStatus::Deleted {
-            return Err(deleted());
-        }
-        self.check_authorship(cert, &env, &capture).await?;
-        let envelope_sha256 = cloister_crypto::sha256(capture.envelope.as_slice());
-        {
-            let mut f = self
-                .inflight
-                .lock()
-                .map_err(|_| ApiError::internal("inflight lock"))?;
-            if !f.insert(env.message_id) {
-                return Err(ApiError::conflict(
-                    "capture_in_progress",
-                    "this message is being captured; retry",
-                ));
-            }
-        }
-        let result = self.ingest(cert, &env, &capture, envelope_sha256).await;
-        if let Ok(mut f) = self.inflight.lock() {
-            f.remove(&env.message_id);
-        }
-        result
+        // One capture of a message at a time: taken before its status is
+        // read, so the status cannot change until this capture is done.
+        let _one = Inflight::take(&self.inflight, env.message_id)?;
+        self.capture_one(cert, &env, &capture).await
     }
 
-    pub(crate) async fn ingest(
+    /// A capture while no other capture of its message can start: a message
+    /// deleted by retention is refused before anything else; then who wrote
+    /// it; then idempotency (the same envelope, or from a recipient any
+    /// envelope of the same ciphertext, gets the stored receipt).
+    async fn capture_one(
         &self,
         cert: &DeviceCert,
         env: &SealedEnvelope,
         capture: &Capture,
-        envelope_sha256: [u8; 32],
     ) -> Result<SignedReceipt, ApiError> {
-        let id = env.message_id.to_hex();
-        // Idempotent: the same envelope (or, from a recipient, any envelope of
-        // the same ciphertext) gets the stored receipt. Checked while no other
-        // capture of this message can start.
-        let status = self.status(&id).await?;
+        let status = self.status(&env.message_id.to_hex()).await?;
         if status == CaptureStatus::Deleted {
             return Err(deleted());
         }
+        self.check_authorship(cert, env, capture).await?;
+        let envelope_sha256 = cloister_crypto::sha256(capture.envelope.as_slice());
         if let CaptureStatus::Captured(m) = status {
             if m.envelope_sha256 == envelope_sha256
                 || (capture.received && m.ciphertext_sha256 == env.ciphertext_sha256.0)
@@ -233,6 +216,18 @@ impl Vault {
                 "another envelope is already captured for this message",
             ));
         }
+        self.ingest(cert, env, capture, envelope_sha256).await
+    }
+
+    /// Store a new capture with its log entry; its receipt.
+    async fn ingest(
+        &self,
+        cert: &DeviceCert,
+        env: &SealedEnvelope,
+        capture: &Capture,
+        envelope_sha256: [u8; 32],
+    ) -> Result<SignedReceipt, ApiError> {
+        let id = env.message_id.to_hex();
         let received_ms = now_millis();
         let row = CaptureRow {
             message_id: id.clone(),
@@ -271,6 +266,39 @@ impl Vault {
                 log_index,
             },
         )
+    }
+}
+
+/// A message being captured; released when the capture ends, however it
+/// ends (a request dropped half way included).
+struct Inflight<'a> {
+    set: &'a std::sync::Mutex<std::collections::HashSet<MessageId>>,
+    id: MessageId,
+}
+
+impl<'a> Inflight<'a> {
+    fn take(
+        set: &'a std::sync::Mutex<std::collections::HashSet<MessageId>>,
+        id: MessageId,
+    ) -> Result<Self, ApiError> {
+        let mut f = set
+            .lock()
+            .map_err(|_| ApiError::internal("inflight lock"))?;
+        if !f.insert(id) {
+            return Err(ApiError::conflict(
+                "capture_in_progress",
+                "this message is being captured; retry",
+            ));
+        }
+        Ok(Inflight { set, id })
+    }
+}
+
+impl Drop for Inflight<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut f) = self.set.lock() {
+            f.remove(&self.id);
+        }
     }
 }
 

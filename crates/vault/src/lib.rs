@@ -21,6 +21,7 @@
 mod capture;
 mod purge;
 mod standing;
+mod verifier;
 
 use cloister_audit::AuditLog;
 use cloister_crypto::KmSigner;
@@ -86,6 +87,8 @@ pub struct Vault {
     km_url: std::sync::RwLock<Option<String>>,
     pulling: tokio::sync::Mutex<()>,
     http: reqwest::Client,
+    /// Checks request and message signatures in batches.
+    verifier: verifier::Verifier,
     /// Certificates already verified under the KM key (by hash of their
     /// signed bytes), with the device's parsed key: a device's next request
     /// costs one signature check, not two.
@@ -212,6 +215,7 @@ impl Vault {
             km_url: std::sync::RwLock::new(km_url),
             pulling: tokio::sync::Mutex::new(()),
             http: reqwest::Client::new(),
+            verifier: verifier::Verifier::start(),
         })
     }
 
@@ -271,15 +275,15 @@ impl Vault {
 
     /// The request's certificate (verified under the KM key, or found in
     /// the cache) and its operation, verified under the device key.
-    fn verify(&self, req: &VaultRequest) -> Result<(DeviceCert, VaultOp), ApiError> {
+    async fn verify(&self, req: &VaultRequest) -> Result<(DeviceCert, VaultOp), ApiError> {
         let bad = |e: cloister_crypto::CryptoError| {
             ApiError::unauthorized("bad_request_signature", format!("request rejected: {e}"))
         };
         let entry = self.verified_cert(&req.cert).map_err(bad)?;
-        entry
-            .1
-            .verify(signed::VAULT_REQUEST, req.body.as_slice(), &req.sig.0)
-            .map_err(bad)?;
+        let signed = cloister_crypto::keys::framed(signed::VAULT_REQUEST, req.body.as_slice());
+        if !self.verifier.check(&entry.1, signed, &req.sig.0).await {
+            return Err(bad(cloister_crypto::CryptoError::BadSignature));
+        }
         let op: VaultOp = serde_json::from_slice(req.body.as_slice()).map_err(|e| {
             ApiError::bad_request("bad_request", format!("vault request is malformed: {e}"))
         })?;
@@ -288,7 +292,7 @@ impl Vault {
 
     /// Handle a signed request.
     pub async fn handle(&self, req: &VaultRequest) -> Result<serde_json::Value, ApiError> {
-        let (cert, op) = self.verify(req)?;
+        let (cert, op) = self.verify(req).await?;
         self.check_standing(&cert).await?;
         match op {
             VaultOp::Capture { ts, capture } => {

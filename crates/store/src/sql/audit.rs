@@ -29,7 +29,7 @@ impl<T: sealed::SqlAudit + Send + Sync + 'static> AuditStore for T {
         }
         apply_side_effects(&mut tx, rows).await?;
         // Multi-row inserts keep the per-entry cost low.
-        for chunk in rows.chunks(1000) {
+        for chunk in runs(rows, 1024) {
             let sql = Sql::insert(
                 Backend::of(&tx),
                 "INSERT INTO audit_log (idx, ts, kind, room, data)",

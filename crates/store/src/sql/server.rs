@@ -398,7 +398,7 @@ impl ServerStore for SqlServerStore {
             .collect();
         let mut seqs: std::collections::HashMap<String, u64> =
             std::collections::HashMap::with_capacity(fresh.len());
-        for chunk in fresh.chunks(INSERT_ROWS) {
+        for chunk in runs(&fresh, INSERT_ROWS) {
             let mut sql = Sql::insert(
                 Backend::of(&tx),
                 "INSERT INTO messages (room, msg_id, epoch, device, ts, header, ciphertext, sig)",
