@@ -772,15 +772,20 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Cmd::Tail { room, count } => {
             let c = ctx.client()?;
             let room = resolve_room(&c, &room).await?;
-            let mut stream = c.connect_events().await?;
+            // new messages only; a dropped connection is reconnected (the
+            // next node behind the load balancer) and what it missed is read
+            // from history, so nothing is skipped or shown twice
+            let mut follow = c.follow(room, c.newest_seq(&room).await?, TAIL_RETRIES);
             let mut n = 0;
             let mut alerted = print_alerts(&c, 0);
             while count.is_none_or(|k| n < k) {
-                let next = c.next_message(&mut stream, &room).await;
+                let next = follow.next().await;
                 alerted = print_alerts(&c, alerted);
                 match next {
-                    Ok(Some(r)) => ctx.emit(show(&r), received_json(&r)),
-                    Ok(None) => return Err("the server closed the live stream".into()),
+                    Ok(r) => ctx.emit(show(&r), received_json(&r)),
+                    Err(e @ cloister_client::ClientError::Network { .. }) => {
+                        return Err(format!("lost the live stream: {e}").into());
+                    }
                     Err(e) => eprintln!("!! {e}"),
                 }
                 n += 1;
@@ -807,6 +812,9 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
     }
     Ok(())
 }
+
+/// Failed reconnections in a row before `tail` gives up (about a minute).
+const TAIL_RETRIES: u32 = 16;
 
 fn b64std(b: &[u8]) -> String {
     cloister_proto::b64::encode(b)

@@ -225,6 +225,95 @@ async fn revocation_and_membership_reach_every_node() {
     pg.cleanup().await;
 }
 
+/// Someone who can publish on the NATS server but cannot read the database
+/// forges the event of a room's next message, with and without a tag: node
+/// B drops both, and delivers the real message at that seq.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_forged_cluster_event_is_dropped() {
+    let Some(pg) = services().await else { return };
+    let w = cluster_world(&pg, "a").await;
+    let (_b, b_url) = node(&pg.url, "b", w.dir.path()).await;
+    let alice = w.user("alice").await; // on node A
+    let bob = user_on(&w, "bob", &b_url).await; // on node B
+    let room = alice
+        .create_room(RoomSettings::default(), &[World::uid("bob")])
+        .await
+        .unwrap();
+    let mut bob_live = bob.connect_events().await.unwrap();
+    let (_, s1) = alice.send_text(&room, "one").await.unwrap();
+    assert_eq!(live_seqs(&bob, &mut bob_live, &room, 1).await, vec![s1]);
+
+    // a real, alice-signed envelope that was never posted, as the next message
+    let env = alice
+        .seal(
+            &room,
+            &cloister_proto::server::Content::Text {
+                text: "forged".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let event = serde_json::to_string(&Event::Message {
+        room,
+        seq: s1 + 1,
+        envelope: env,
+    })
+    .unwrap();
+    let body = serde_json::json!({
+        "node": "mallory",
+        "t": "message",
+        "room": room,
+        "seq": s1 + 1,
+        "prev": s1,
+        "d": {
+            "tenant": alice.tenant(),
+            "users": [World::uid("bob")],
+            "skip": null,
+            "watchers": false,
+            "event": event,
+        },
+    });
+    let body = serde_json::to_vec(&body).unwrap();
+    let pool = sqlx::PgPool::connect(&pg.url).await.unwrap();
+    let id: Vec<u8> = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'cluster_id'")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let subject = format!(
+        "cloister.{}.{}.room.{}",
+        String::from_utf8_lossy(&id),
+        alice.tenant(),
+        room.to_hex()
+    );
+    let nats = async_nats::connect(nats_url()).await.unwrap();
+    let mut tagged = cloister_crypto::random_bytes::<32>().unwrap().to_vec();
+    tagged.extend_from_slice(&body);
+    for payload in [body.clone(), tagged] {
+        nats.publish(subject.clone(), payload.into()).await.unwrap();
+    }
+    nats.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let (_, s2) = alice.send_text(&room, "two").await.unwrap();
+    assert_eq!(s2, s1 + 1);
+    let m = tokio::time::timeout(
+        Duration::from_secs(10),
+        bob.next_message(&mut bob_live, &room),
+    )
+    .await
+    .expect("a live message within 10 s")
+    .unwrap()
+    .expect("the stream stays open");
+    assert_eq!(m.seq, s2);
+    assert_eq!(
+        m.content,
+        cloister_proto::server::Content::Text { text: "two".into() },
+        "node B delivered the forged event"
+    );
+    pg.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_session_and_an_attachment_are_good_on_every_node() {
     let Some(pg) = services().await else { return };

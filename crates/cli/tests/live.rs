@@ -273,3 +273,64 @@ async fn a_revoked_device_loses_its_socket_and_cannot_post() {
         .collect();
     assert_eq!(texts, vec![text("before")]);
 }
+
+/// A follower whose live stream dies (its node went away) reconnects,
+/// reads from history what it missed, and returns every message once, in
+/// seq order.
+#[tokio::test]
+async fn a_follower_reconnects_and_catches_up_each_message_once_in_order() {
+    let w = World::new().await;
+    let alice = w.user("alice").await;
+    let front = common::proxy::Proxy::start(&w.stack.server_url).await;
+    let user = World::uid("bob");
+    let code = w.admin.admin_add_user(&user, false).await.unwrap().code;
+    let bob = cloister_client::Client::enrol(
+        w.http.clone(),
+        &front.url,
+        &w.stack.km_url,
+        &user,
+        &code,
+        cloister_client::Storage::Memory,
+    )
+    .await
+    .unwrap();
+    let room = alice
+        .create_room(RoomSettings::default(), std::slice::from_ref(&user))
+        .await
+        .unwrap();
+    let (_, first) = alice.send_text(&room, "before").await.unwrap();
+    let mut follow = bob.follow(room, bob.newest_seq(&room).await.unwrap(), 5);
+    assert_eq!(follow.last_seq(), first);
+    let next = async |f: &mut cloister_client::Follow<'_>| {
+        tokio::time::timeout(Duration::from_secs(15), f.next())
+            .await
+            .expect("a message within 15 s")
+            .unwrap()
+    };
+    let mut got = Vec::new();
+    for k in 0..3 {
+        alice.send_text(&room, &format!("n{k}")).await.unwrap();
+        got.push(next(&mut follow).await);
+    }
+    // the stream dies; three messages are sent while it is down
+    front.cut();
+    for k in 3..6 {
+        alice.send_text(&room, &format!("n{k}")).await.unwrap();
+    }
+    for _ in 3..6 {
+        got.push(next(&mut follow).await);
+    }
+    // and live again
+    for k in 6..8 {
+        alice.send_text(&room, &format!("n{k}")).await.unwrap();
+        got.push(next(&mut follow).await);
+    }
+    assert_eq!(follow.connections(), 2, "one reconnection");
+    let seqs: Vec<u64> = got.iter().map(|m| m.seq).collect();
+    assert_eq!(seqs, (first + 1..=first + 8).collect::<Vec<_>>());
+    let texts: Vec<Content> = got.into_iter().map(|m| m.content).collect();
+    assert_eq!(
+        texts,
+        (0..8).map(|k| text(&format!("n{k}"))).collect::<Vec<_>>()
+    );
+}

@@ -24,6 +24,7 @@ mod dlp;
 pub mod export;
 mod federation;
 mod files;
+mod follow;
 mod freshness;
 mod inspect;
 mod keys;
@@ -55,6 +56,7 @@ use std::sync::Mutex;
 use store::{CachedKey, Home, Profile};
 
 pub use api::{ApiFailure, EventStream};
+pub use follow::Follow;
 pub use live::{Live, Poster};
 
 /// Everything that can go wrong on the device, each with a one-line message.

@@ -20,6 +20,14 @@
 //! A standing event carries nothing a node trusts: it only tells the node
 //! to reload the deny list from the database. Message events carry the
 //! sender-signed envelope that every recipient verifies.
+//!
+//! Every event is authenticated: its payload is an HMAC-SHA256 (under a key
+//! derived from the session key the nodes share in the database) over the
+//! subject and the event, then the event. A node drops an event whose tag
+//! does not hold, so whoever can publish on the NATS server but cannot read
+//! the database cannot make a node deliver, reorder or suppress anything
+//! (a forged event at the next seq of a room would otherwise stand in for
+//! the real message on that node's sockets).
 
 use crate::hub::Hub;
 use crate::sequencer::Sequencer;
@@ -94,6 +102,8 @@ struct Wire {
 pub(crate) struct Node {
     client: async_nats::Client,
     name: String,
+    /// Authenticates events between the nodes.
+    key: [u8; 32],
     /// `cloister.<cluster>`
     prefix: String,
     seq: Mutex<Sequencer<Delivery>>,
@@ -198,16 +208,15 @@ impl Node {
             node: self.name.clone(),
             kind,
         };
-        let Ok(payload) = serde_json::to_vec(&wire) else {
+        let Ok(body) = serde_json::to_vec(&wire) else {
             return;
         };
+        let subject = self.subject(tenant, room);
+        let mut payload = event_tag(&self.key, &subject, &body).to_vec();
+        payload.extend_from_slice(&body);
         // Into the stream without waiting for its acknowledgement: the
         // database is the source of truth (see the module's docs).
-        if let Err(e) = self
-            .client
-            .publish(self.subject(tenant, room), payload.into())
-            .await
-        {
+        if let Err(e) = self.client.publish(subject, payload.into()).await {
             tracing::warn!("cannot publish a live event to NATS: {e}");
         }
     }
@@ -231,9 +240,34 @@ pub(crate) struct Joined {
 /// Connect to NATS and make sure the cluster's stream and this node's
 /// durable consumer exist. `cluster` is the id the database holds (every
 /// node of one database shares it).
+/// The key that authenticates a cluster's events, from the session key its
+/// nodes share.
+pub(crate) fn event_key(session_key: &[u8; 32]) -> [u8; 32] {
+    cloister_crypto::hmac_sha256(session_key, &[b"cloister/cluster-event-key/v1"])
+}
+
+fn event_tag(key: &[u8; 32], subject: &str, body: &[u8]) -> [u8; 32] {
+    cloister_crypto::hmac_sha256(
+        key,
+        &[
+            b"cloister/cluster-event/v1",
+            &(subject.len() as u64).to_be_bytes(),
+            subject.as_bytes(),
+            body,
+        ],
+    )
+}
+
+/// The event inside an authenticated payload, if its tag holds.
+fn open_event<'a>(key: &[u8; 32], subject: &str, payload: &'a [u8]) -> Option<&'a [u8]> {
+    let (tag, body) = payload.split_at_checked(32)?;
+    cloister_crypto::ct_eq(tag, &event_tag(key, subject, body)).then_some(body)
+}
+
 pub(crate) async fn join(
     cfg: &ClusterConfig,
     cluster: &str,
+    key: [u8; 32],
     hub: Hub,
 ) -> Result<(Fanout, Joined), ClusterError> {
     use async_nats::jetstream::{self, consumer, stream};
@@ -281,6 +315,7 @@ pub(crate) async fn join(
     let node = Arc::new(Node {
         client,
         name: cfg.node.clone(),
+        key,
         prefix,
         seq: Mutex::new(Sequencer::new(MAX_WAIT_MS)),
     });
@@ -312,7 +347,7 @@ impl Joined {
                     m = messages.next() => match m {
                         Some(Ok(m)) => {
                             let Some(s) = server.upgrade() else { break };
-                            apply(&s, &f, &node, &m.payload).await;
+                            apply(&s, &f, &node, m.subject.as_str(), &m.payload).await;
                         }
                         Some(Err(e)) => tracing::warn!("NATS consumer: {e}"),
                         None => break,
@@ -327,8 +362,15 @@ impl Joined {
     }
 }
 
-async fn apply(s: &crate::Server, f: &Fanout, node: &Node, payload: &[u8]) {
-    let Ok(w) = serde_json::from_slice::<Wire>(payload) else {
+async fn apply(s: &crate::Server, f: &Fanout, node: &Node, subject: &str, payload: &[u8]) {
+    let Some(body) = open_event(&node.key, subject, payload) else {
+        tracing::warn!(
+            subject,
+            "ignoring a cluster event this cluster did not sign"
+        );
+        return;
+    };
+    let Ok(w) = serde_json::from_slice::<Wire>(body) else {
         tracing::warn!("ignoring a malformed cluster event");
         return;
     };
@@ -470,5 +512,37 @@ impl crate::Server {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_event_opens_only_under_its_key_and_subject() {
+        let key = event_key(&[7; 32]);
+        let body = br#"{"node":"a","t":"standing"}"#;
+        let mut payload = event_tag(&key, "cloister.x.acme.ctl", body).to_vec();
+        payload.extend_from_slice(body);
+        assert_eq!(
+            open_event(&key, "cloister.x.acme.ctl", &payload),
+            Some(&body[..])
+        );
+        // another subject, another key, a changed byte, a short payload
+        assert_eq!(open_event(&key, "cloister.x.other.ctl", &payload), None);
+        assert_eq!(
+            open_event(&event_key(&[8; 32]), "cloister.x.acme.ctl", &payload),
+            None
+        );
+        let mut bad = payload.clone();
+        let last = bad.len() - 1;
+        bad[last] ^= 1;
+        assert_eq!(open_event(&key, "cloister.x.acme.ctl", &bad), None);
+        assert_eq!(
+            open_event(&key, "cloister.x.acme.ctl", &payload[..31]),
+            None
+        );
+        assert_eq!(open_event(&key, "cloister.x.acme.ctl", body), None);
     }
 }

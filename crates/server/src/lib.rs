@@ -253,7 +253,8 @@ impl Server {
         let hub = hub::Hub::default();
         let (fanout, joined) = match &config.cluster {
             Some(c) => {
-                let (f, j) = cluster::join(c, &shared.cluster_id, hub.clone()).await?;
+                let key = cluster::event_key(&shared.session_key);
+                let (f, j) = cluster::join(c, &shared.cluster_id, key, hub.clone()).await?;
                 (f, Some(j))
             }
             None => (cluster::Fanout::local(hub.clone()), None),

@@ -16,12 +16,14 @@ pub type JsonRule = Arc<dyn Fn(&str, &mut serde_json::Value) + Send + Sync>;
 /// Maps one live-stream text frame to the frames the client gets instead.
 pub type WsRule = Arc<dyn Fn(String) -> Vec<String> + Send + Sync>;
 
-#[derive(Clone, Default)]
+#[derive(Clone)]
 struct Rules {
     json: Arc<Mutex<Option<JsonRule>>>,
     ws: Arc<Mutex<Option<WsRule>>>,
     /// Every JSON body a client POSTed, by path (what was really sent).
     posted: Arc<Mutex<Vec<(String, serde_json::Value)>>>,
+    /// Bumped to close every live stream relayed so far.
+    cut: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 pub struct Proxy {
@@ -39,7 +41,12 @@ impl Proxy {
     /// node refuses it) and does not answer 503 (a standby); a stream whose
     /// node dies is closed, and the client reconnects through the balancer.
     pub async fn failover(upstreams: &[&str]) -> Proxy {
-        let rules = Rules::default();
+        let rules = Rules {
+            json: Arc::default(),
+            ws: Arc::default(),
+            posted: Arc::default(),
+            cut: Arc::new(tokio::sync::watch::channel(0).0),
+        };
         let upstream: Arc<Vec<String>> = Arc::new(
             upstreams
                 .iter()
@@ -67,6 +74,12 @@ impl Proxy {
     /// From now on, map each live-stream frame through `f`.
     pub fn on_ws(&self, f: impl Fn(String) -> Vec<String> + Send + Sync + 'static) {
         *self.rules.ws.lock().unwrap() = Some(Arc::new(f));
+    }
+
+    /// Close every live stream open now, as a dying node would (new
+    /// streams are relayed as before).
+    pub fn cut(&self) {
+        self.rules.cut.send_modify(|n| *n += 1);
     }
 
     /// Back to an honest relay.
@@ -184,8 +197,10 @@ async fn relay_ws(
     let Some(mut up) = conn else {
         return;
     };
+    let mut cut = rules.cut.subscribe();
     loop {
         tokio::select! {
+            _ = cut.changed() => return,
             m = up.next() => match m {
                 Some(Ok(TMessage::Text(t))) => {
                     let rule = rules.ws.lock().unwrap().clone();
