@@ -35,9 +35,10 @@ impl Km {
         if user != req.user.as_str() || expires < now_secs() {
             return Err(invalid());
         }
+        // the code names this user (checked above)
         let urow = self
             .store
-            .get_user(&user)
+            .get_user(&req.user)
             .await
             .map_err(store_err)?
             .ok_or_else(invalid)?;
@@ -122,7 +123,7 @@ impl Km {
     ) -> Result<(DeviceCert, cloister_standing::Known), Denied> {
         let row = self
             .store
-            .get_device(&device.to_hex())
+            .get_device(device)
             .await
             .map_err(store_err)?
             .ok_or_else(|| {
@@ -133,11 +134,7 @@ impl Km {
             })?;
         let sc: SignedCert = serde_json::from_slice(&row.cert).map_err(Denied::internal)?;
         let cert = verify_cert(&self.signer.public(), &sc).map_err(Denied::internal)?;
-        let user = self
-            .store
-            .get_user(cert.user.as_str())
-            .await
-            .map_err(store_err)?;
+        let user = self.store.get_user(&cert.user).await.map_err(store_err)?;
         let facts = cloister_standing::Known {
             revoked: row.status != "active",
             disabled: user.map(|u| u.status) != Some("active".into()),
@@ -152,7 +149,7 @@ impl Km {
     ) -> Result<AdminResponse, Denied> {
         if self
             .store
-            .get_device(&device.to_hex())
+            .get_device(device)
             .await
             .map_err(store_err)?
             .is_none()
@@ -165,7 +162,7 @@ impl Km {
         self.record(actor, AuditEvent::DeviceRevoked { device: *device })
             .await?;
         self.store
-            .set_device_status(&device.to_hex(), "revoked")
+            .set_device_status(device, "revoked")
             .await
             .map_err(store_err)?;
         if let Ok(mut m) = self.active.lock() {
@@ -187,7 +184,7 @@ impl Km {
         if !matches!(e.code, "device_revoked" | "user_disabled" | "cert_expired") {
             return;
         }
-        let Ok(Some(row)) = self.store.get_device(&req.device.to_hex()).await else {
+        let Ok(Some(row)) = self.store.get_device(&req.device).await else {
             return;
         };
         let Ok(sc) = serde_json::from_slice::<SignedCert>(&row.cert) else {

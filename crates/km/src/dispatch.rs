@@ -129,7 +129,7 @@ impl Km {
             KmOp::MyEscrowShare => {
                 let rows = self
                     .store
-                    .escrow_shares_of(cert.user.as_str())
+                    .escrow_shares_of(&cert.user)
                     .await
                     .map_err(store_err)?;
                 let shares = rows

@@ -446,7 +446,7 @@ impl Km {
         epochs: &[u64],
     ) -> Result<(), Denied> {
         let room = state.room;
-        let _one = self.exchanges.lock(&room.to_hex()).await;
+        let _one = self.exchanges.lock(&room).await;
         let mut missing = Vec::new();
         for &e in epochs {
             if self
@@ -589,12 +589,7 @@ impl Km {
         device: &DeviceId,
         skip: &TenantId,
     ) -> Result<Option<SignedCert>, Denied> {
-        if let Some(row) = self
-            .store
-            .get_device(&device.to_hex())
-            .await
-            .map_err(store_err)?
-        {
+        if let Some(row) = self.store.get_device(device).await.map_err(store_err)? {
             return Ok(Some(
                 serde_json::from_slice(&row.cert).map_err(Denied::internal)?,
             ));

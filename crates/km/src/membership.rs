@@ -28,7 +28,7 @@ impl Km {
         if log.is_empty() {
             return self.room_state(room).await;
         }
-        let _guard = self.ingest.lock(&room.to_hex()).await;
+        let _guard = self.ingest.lock(room).await;
         let current = self.room_state(room).await?;
         match self
             .verify_entries(room, current.clone(), log_from, log)
@@ -51,7 +51,7 @@ impl Km {
         order.sort_by_key(|(room, _, _)| *room);
         let mut guards = Vec::with_capacity(order.len());
         for (room, _, _) in &order {
-            guards.push(self.ingest.lock(&room.to_hex()).await);
+            guards.push(self.ingest.lock(room).await);
         }
         let mut out = Vec::new();
         let mut staged = Vec::new();

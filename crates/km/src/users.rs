@@ -32,12 +32,7 @@ impl Km {
         // An existing user gets a new code for another device: roles are only
         // ever added here, never taken away; a disabled user stays disabled
         // (the server keeps refusing them, so re-enabling would split the two).
-        if let Some(existing) = self
-            .store
-            .get_user(user.as_str())
-            .await
-            .map_err(store_err)?
-        {
+        if let Some(existing) = self.store.get_user(user).await.map_err(store_err)? {
             if existing.status != "active" {
                 return Err(Denied::conflict(
                     "user_disabled",
@@ -78,7 +73,7 @@ impl Km {
         let code = random_code().map_err(Denied::internal)?;
         let expires_at = now_secs() + self.config.code_secs;
         self.store
-            .put_code(&code_hash(&code), user.as_str(), expires_at)
+            .put_code(&code_hash(&code), user, expires_at)
             .await
             .map_err(store_err)?;
         tracing::info!(%user, "enrolment code issued");
@@ -96,7 +91,7 @@ impl Km {
     ) -> Result<AdminResponse, Denied> {
         if self
             .store
-            .get_user(user.as_str())
+            .get_user(user)
             .await
             .map_err(store_err)?
             .is_none()
@@ -106,7 +101,7 @@ impl Km {
         self.record(actor, AuditEvent::UserDisabled { user: user.clone() })
             .await?;
         self.store
-            .set_user_status(user.as_str(), "disabled")
+            .set_user_status(user, "disabled")
             .await
             .map_err(store_err)?;
         if let Ok(mut m) = self.active.lock() {
@@ -127,9 +122,13 @@ impl Km {
     pub(crate) async fn list_users(&self) -> Result<Vec<UserRecord>, Denied> {
         let mut out = Vec::new();
         for u in self.store.list_users().await.map_err(store_err)? {
+            let id: UserId = u
+                .user
+                .parse()
+                .map_err(|_| Denied::internal("a stored user id does not parse"))?;
             let devices = self
                 .store
-                .devices_of_user(&u.user)
+                .devices_of_user(&id)
                 .await
                 .map_err(store_err)?
                 .into_iter()

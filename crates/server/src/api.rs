@@ -202,7 +202,7 @@ async fn register_tenant(
         ));
     }
     s.store
-        .put_tenant(req.tenant.as_str(), &req.km_sign_pk.0)
+        .put_tenant(&req.tenant, &req.km_sign_pk.0)
         .await
         .map_err(|e| match e {
             cloister_store::StoreError::Conflict(m) => ApiError::conflict("tenant_exists", m),
@@ -341,7 +341,7 @@ async fn post_notice(
             let disable = matches!(notice, Notice::UserDisabled { .. });
             if !s
                 .store
-                .set_user_standing(user.as_str(), disable, *ts)
+                .set_user_standing(user, disable, *ts)
                 .await
                 .map_err(ApiError::internal)?
             {
@@ -377,7 +377,7 @@ async fn post_notice(
                 ));
             }
             s.store
-                .revoke_device(&device.to_hex())
+                .revoke_device(device)
                 .await
                 .map_err(ApiError::internal)?;
             if let Ok(mut r) = s.deny.write() {
@@ -398,7 +398,7 @@ async fn post_notice(
             let notice_bytes = serde_json::to_vec(&req.notice).map_err(ApiError::internal)?;
             if !s
                 .store
-                .put_tenant_notice(tenant.as_str(), "capture", *ts, &notice_bytes)
+                .put_tenant_notice(tenant, "capture", *ts, &notice_bytes)
                 .await
                 .map_err(ApiError::internal)?
             {
@@ -441,7 +441,7 @@ async fn post_notice(
             }
             for (room, st) in known {
                 s.store
-                    .add_shredded(&room.to_hex(), &notice_bytes)
+                    .add_shredded(&room, &notice_bytes)
                     .await
                     .map_err(ApiError::internal)?;
                 let ev = Event::KeysShredded {
@@ -482,7 +482,7 @@ pub(crate) fn summary(st: &RoomState) -> RoomSummary {
 async fn list_rooms(State(s): S, c: Caller) -> Result<Json<Vec<RoomSummary>>, ApiError> {
     let rows = s
         .store
-        .rooms_of_user(c.user.as_str())
+        .rooms_of_user(&c.user)
         .await
         .map_err(ApiError::internal)?;
     let mut out = Vec::with_capacity(rows.len());
@@ -592,7 +592,7 @@ async fn history(
     let before = q.before.unwrap_or(i64::MAX as u64);
     let rows = s
         .store
-        .history(&room.to_hex(), before, limit)
+        .history(&room, before, limit)
         .await
         .map_err(ApiError::internal)?;
     let next_before = if rows.len() as u32 == limit {
@@ -618,7 +618,7 @@ async fn history(
     }
     let shredded = s
         .store
-        .shredded_notices(&room.to_hex())
+        .shredded_notices(&room)
         .await
         .map_err(ApiError::internal)?
         .iter()

@@ -482,7 +482,7 @@ impl crate::Server {
         let Ok(Some(st)) = self.room(room).await else {
             return Ok(Vec::new());
         };
-        let rows = self.store.history(&room.to_hex(), first, 1000).await?;
+        let rows = self.store.history(room, first, 1000).await?;
         let mut out = Vec::new();
         for r in rows.into_iter().filter(|r| r.seq > last) {
             let Ok(sig) = <[u8; 64]>::try_from(r.sig.as_slice()) else {

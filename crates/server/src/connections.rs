@@ -54,14 +54,20 @@ impl Server {
         })
     }
 
-    async fn connection(&self, id: &str) -> Result<(ConnectionRow, ConnectionRequest), ApiError> {
+    async fn connection(
+        &self,
+        id: &[u8; 32],
+    ) -> Result<(ConnectionRow, ConnectionRequest), ApiError> {
         let row = self
             .store
             .get_connection(id)
             .await
             .map_err(ApiError::internal)?
             .ok_or_else(|| {
-                ApiError::not_found("unknown_connection", format!("no connection {id}"))
+                ApiError::not_found(
+                    "unknown_connection",
+                    format!("no connection {}", hex::encode(id)),
+                )
             })?;
         let request: SignedBlob =
             serde_json::from_slice(&row.request).map_err(ApiError::internal)?;
@@ -104,11 +110,11 @@ pub(crate) async fn request(
     }
     // the other firm must be served here
     s.tenant_key(&req.to.tenant()).await?;
-    let id = hex::encode(cloister_crypto::signed::connection_id(&p.blob));
+    let id = cloister_crypto::signed::connection_id(&p.blob);
     let blob = serde_json::to_vec(&p.blob).map_err(ApiError::internal)?;
     if !s
         .store
-        .put_connection(&id, req.from.as_str(), req.to.as_str(), &blob)
+        .put_connection(&id, &req.from, &req.to, &blob)
         .await
         .map_err(ApiError::internal)?
     {
@@ -130,7 +136,7 @@ pub(crate) async fn answer(
     ApiJson(p): ApiJson<ConnectionPost>,
 ) -> Result<Json<Connection>, ApiError> {
     let raw = parse_id(&id)?;
-    let (_, req) = s.connection(&id).await?;
+    let (_, req) = s.connection(&raw).await?;
     if req.to != c.user {
         return Err(ApiError::forbidden(
             "not_yours",
@@ -146,7 +152,7 @@ pub(crate) async fn answer(
             "the answer is for another connection",
         ));
     }
-    keep(&s, &id, &p.blob, Step::Answer).await
+    keep(&s, &raw, &p.blob, Step::Answer).await
 }
 
 /// Either user posts their KM-signed removal.
@@ -157,7 +163,7 @@ pub(crate) async fn remove(
     ApiJson(p): ApiJson<ConnectionPost>,
 ) -> Result<Json<Connection>, ApiError> {
     let raw = parse_id(&id)?;
-    let (_, req) = s.connection(&id).await?;
+    let (_, req) = s.connection(&raw).await?;
     if req.to != c.user && req.from != c.user {
         return Err(ApiError::forbidden(
             "not_yours",
@@ -173,7 +179,7 @@ pub(crate) async fn remove(
             "the removal is for another connection or user",
         ));
     }
-    keep(&s, &id, &p.blob, Step::Removal).await
+    keep(&s, &raw, &p.blob, Step::Removal).await
 }
 
 enum Step {
@@ -184,7 +190,7 @@ enum Step {
 /// Store a verified answer or removal, once; the connection as it is now.
 async fn keep(
     s: &Server,
-    id: &str,
+    id: &[u8; 32],
     blob: &SignedBlob,
     step: Step,
 ) -> Result<Json<Connection>, ApiError> {
@@ -213,7 +219,7 @@ pub(crate) async fn list(
 ) -> Result<Json<Vec<Connection>>, ApiError> {
     let rows = s
         .store
-        .connections_of(c.user.as_str())
+        .connections_of(&c.user)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(rows.iter().map(show).collect::<Result<_, _>>()?))

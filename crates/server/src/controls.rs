@@ -60,7 +60,7 @@ impl Server {
         let bytes = serde_json::to_vec(notice).map_err(ApiError::internal)?;
         if !self
             .store
-            .put_tenant_notice(tenant.as_str(), "controls", controls.version, &bytes)
+            .put_tenant_notice(tenant, "controls", controls.version, &bytes)
             .await
             .map_err(ApiError::internal)?
         {

@@ -34,7 +34,7 @@ pub(crate) async fn tenant_rooms(
     }
     let ids = s
         .store
-        .tenant_rooms(c.tenant.as_str())
+        .tenant_rooms(&c.tenant)
         .await
         .map_err(ApiError::internal)?;
     let mut out = Vec::new();
@@ -84,12 +84,7 @@ pub(crate) async fn post_verdict(
     s.readable_room(&room, &c).await?;
     let bytes = serde_json::to_vec(&v).map_err(ApiError::internal)?;
     s.store
-        .put_verdict(
-            &room.to_hex(),
-            &verdict.message_id.to_hex(),
-            &c.device.to_hex(),
-            &bytes,
-        )
+        .put_verdict(&room, &verdict.message_id, &c.device, &bytes)
         .await
         .map_err(ApiError::internal)?;
     tracing::info!(%room, message = %verdict.message_id, infected = verdict.infected, "verdict stored");
@@ -109,7 +104,7 @@ pub(crate) async fn get_verdicts(
     s.readable_room(&room, &c).await?;
     let rows = s
         .store
-        .verdicts(&room.to_hex(), &message.to_hex())
+        .verdicts(&room, &message)
         .await
         .map_err(ApiError::internal)?;
     Ok(Json(

@@ -305,7 +305,7 @@ impl Server {
         }
         let k = self
             .store
-            .get_tenant(tenant.as_str())
+            .get_tenant(tenant)
             .await
             .map_err(ApiError::internal)?
             .ok_or_else(|| {
@@ -346,7 +346,7 @@ impl Server {
     /// A registered device's stored row.
     async fn device_row(&self, device: &DeviceId) -> Result<cloister_store::DeviceRow, ApiError> {
         self.store
-            .get_device(&device.to_hex())
+            .get_device(device)
             .await
             .map_err(ApiError::internal)?
             .ok_or_else(|| {
@@ -421,7 +421,7 @@ impl Server {
         };
         for row in self
             .store
-            .rooms_of_user(me.as_str())
+            .rooms_of_user(me)
             .await
             .map_err(ApiError::internal)?
         {
@@ -436,7 +436,7 @@ impl Server {
         }
         for c in self
             .store
-            .connections_of(me.as_str())
+            .connections_of(me)
             .await
             .map_err(ApiError::internal)?
         {

@@ -79,7 +79,7 @@ impl Server {
         by: &Signer,
     ) -> Result<AppendLogResponse, ApiError> {
         let keys = self.proof_keys(entry).await?;
-        let _guard = self.log_lock.lock(&room.to_hex()).await;
+        let _guard = self.log_lock.lock(room).await;
         let current = self.room(room).await?;
         let staged = self.stage(room, current, entry, by, &keys)?;
         let members = member_list(&staged.next);
@@ -158,7 +158,7 @@ impl Server {
         }
         if current.is_none() {
             self.store
-                .set_room_tenant(&room.to_hex(), next.tenant.as_str())
+                .set_room_tenant(room, &next.tenant)
                 .await
                 .map_err(ApiError::internal)?;
         }
@@ -169,7 +169,7 @@ impl Server {
             .is_none_or(|c| c.settings.discoverable != listed)
         {
             self.store
-                .set_listed(&room.to_hex(), next.tenant.as_str(), listed)
+                .set_listed(room, &next.tenant, listed)
                 .await
                 .map_err(ApiError::internal)?;
         }
@@ -232,7 +232,7 @@ impl Server {
         }
         let mut guards = Vec::with_capacity(by_room.len());
         for room in by_room.keys() {
-            guards.push(self.log_lock.lock(&room.to_hex()).await);
+            guards.push(self.log_lock.lock(room).await);
         }
         // stage every room's entries against its state
         let mut staged: Vec<(RoomId, Vec<(usize, Staged)>)> = Vec::new();
@@ -382,7 +382,7 @@ impl Server {
                     keys.insert(t, k);
                 }
             }
-            let id = hex::encode(cloister_crypto::signed::connection_id(&p.request));
+            let id = cloister_crypto::signed::connection_id(&p.request);
             if let Some(row) = self
                 .store
                 .get_connection(&id)
@@ -421,7 +421,7 @@ pub(crate) async fn directory(
 ) -> Result<Json<Vec<cloister_proto::server::RoomSummary>>, ApiError> {
     let ids = s
         .store
-        .listed_rooms(c.tenant.as_str())
+        .listed_rooms(&c.tenant)
         .await
         .map_err(ApiError::internal)?;
     let mut out = Vec::new();

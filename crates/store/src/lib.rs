@@ -25,6 +25,7 @@ pub mod testkit;
 mod witness;
 pub use blob::{BlobStore, BlobStream, BlobWriter, FsBlobStore, SqlBlobStore};
 pub use cloister_proto::RoomId;
+use cloister_proto::{DeviceId, MessageId, TenantId, UserId};
 pub use db::{Backend, backend_of, open_sqlite, redact_url, sqlite_url};
 pub use lease::Lease;
 pub use sql::{SqlKmStore, SqlServerStore, SqlVaultStore};
@@ -185,22 +186,22 @@ pub trait ServerStore: RoomLogStore {
     /// Prunes nonces older than `prune_before`.
     async fn use_login_nonce(&self, nonce: &[u8], ts: u64, prune_before: u64) -> Result<bool>;
     /// Register a tenant; registering the same key again is a no-op, another key conflicts.
-    async fn put_tenant(&self, tenant: &str, km_pk: &[u8]) -> Result<()>;
-    async fn get_tenant(&self, tenant: &str) -> Result<Option<Vec<u8>>>;
+    async fn put_tenant(&self, tenant: &TenantId, km_pk: &[u8]) -> Result<()>;
+    async fn get_tenant(&self, tenant: &TenantId) -> Result<Option<Vec<u8>>>;
 
     async fn put_device(&self, d: &DeviceRow) -> Result<()>;
-    async fn get_device(&self, device: &str) -> Result<Option<DeviceRow>>;
-    async fn devices_of_user(&self, user: &str) -> Result<Vec<DeviceRow>>;
-    async fn revoke_device(&self, device: &str) -> Result<()>;
-    async fn disable_user(&self, user: &str) -> Result<()>;
+    async fn get_device(&self, device: &DeviceId) -> Result<Option<DeviceRow>>;
+    async fn devices_of_user(&self, user: &UserId) -> Result<Vec<DeviceRow>>;
+    async fn revoke_device(&self, device: &DeviceId) -> Result<()>;
+    async fn disable_user(&self, user: &UserId) -> Result<()>;
     /// Disable or enable a user as of a KM notice's time; false (and no
     /// change) if a notice as new or newer was already applied (replay).
-    async fn set_user_standing(&self, user: &str, disabled: bool, ts: u64) -> Result<bool>;
+    async fn set_user_standing(&self, user: &UserId, disabled: bool, ts: u64) -> Result<bool>;
     /// Keep a tenant's newest KM-signed notice of a kind (`controls`,
     /// `capture`): false if one of the same or a higher version is stored.
     async fn put_tenant_notice(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         kind: &str,
         version: u64,
         notice: &[u8],
@@ -208,38 +209,49 @@ pub trait ServerStore: RoomLogStore {
     async fn tenant_notices(&self, kind: &str) -> Result<Vec<Vec<u8>>>;
     /// A connection request between users of two firms (false if the id
     /// is taken).
-    async fn put_connection(&self, id: &str, from: &str, to: &str, request: &[u8]) -> Result<bool>;
+    async fn put_connection(
+        &self,
+        id: &[u8; 32],
+        from: &UserId,
+        to: &UserId,
+        request: &[u8],
+    ) -> Result<bool>;
     /// The answer, once (false if answered or removed already).
-    async fn set_connection_answer(&self, id: &str, answer: &[u8]) -> Result<bool>;
+    async fn set_connection_answer(&self, id: &[u8; 32], answer: &[u8]) -> Result<bool>;
     /// The removal, once (false if removed already).
-    async fn set_connection_removal(&self, id: &str, removal: &[u8]) -> Result<bool>;
-    async fn get_connection(&self, id: &str) -> Result<Option<ConnectionRow>>;
+    async fn set_connection_removal(&self, id: &[u8; 32], removal: &[u8]) -> Result<bool>;
+    async fn get_connection(&self, id: &[u8; 32]) -> Result<Option<ConnectionRow>>;
     /// Connections a user asked for or was asked for, oldest first.
-    async fn connections_of(&self, user: &str) -> Result<Vec<ConnectionRow>>;
+    async fn connections_of(&self, user: &UserId) -> Result<Vec<ConnectionRow>>;
     /// Which tenant a room belongs to (set at its creation).
-    async fn set_room_tenant(&self, room: &str, tenant: &str) -> Result<()>;
-    async fn tenant_rooms(&self, tenant: &str) -> Result<Vec<String>>;
+    async fn set_room_tenant(&self, room: &RoomId, tenant: &TenantId) -> Result<()>;
+    async fn tenant_rooms(&self, tenant: &TenantId) -> Result<Vec<String>>;
     /// A scanner device's signed verdict on a message's file (its newest).
-    async fn put_verdict(&self, room: &str, message_id: &str, device: &str, v: &[u8])
-    -> Result<()>;
-    async fn verdicts(&self, room: &str, message_id: &str) -> Result<Vec<Vec<u8>>>;
+    async fn put_verdict(
+        &self,
+        room: &RoomId,
+        message_id: &MessageId,
+        device: &DeviceId,
+        v: &[u8],
+    ) -> Result<()>;
+    async fn verdicts(&self, room: &RoomId, message_id: &MessageId) -> Result<Vec<Vec<u8>>>;
     /// Keep the firm's room directory (discoverable rooms) in step.
-    async fn set_listed(&self, room: &str, tenant: &str, listed: bool) -> Result<()>;
-    async fn listed_rooms(&self, tenant: &str) -> Result<Vec<String>>;
-    async fn is_user_disabled(&self, user: &str) -> Result<bool>;
+    async fn set_listed(&self, room: &RoomId, tenant: &TenantId, listed: bool) -> Result<()>;
+    async fn listed_rooms(&self, tenant: &TenantId) -> Result<Vec<String>>;
+    async fn is_user_disabled(&self, user: &UserId) -> Result<bool>;
     /// Devices revoked and users disabled (to prime the in-memory deny list).
     async fn deny_list(&self) -> Result<(Vec<String>, Vec<String>)>;
 
-    async fn rooms_of_user(&self, user: &str) -> Result<Vec<RoomRow>>;
+    async fn rooms_of_user(&self, user: &UserId) -> Result<Vec<RoomRow>>;
 
     /// Insert messages in one transaction; duplicates (same message id) are reported, not stored.
     async fn insert_messages(&self, batch: &[NewMessage]) -> Result<Vec<Inserted>>;
     /// Messages of a room with seq < `before`, newest `limit`, returned oldest first.
-    async fn history(&self, room: &str, before: u64, limit: u32) -> Result<Vec<MessageRow>>;
+    async fn history(&self, room: &RoomId, before: u64, limit: u32) -> Result<Vec<MessageRow>>;
 
     /// Keep a KM-signed `keys_shredded` notice for a room.
-    async fn add_shredded(&self, room: &str, notice: &[u8]) -> Result<()>;
-    async fn shredded_notices(&self, room: &str) -> Result<Vec<Vec<u8>>>;
+    async fn add_shredded(&self, room: &RoomId, notice: &[u8]) -> Result<()>;
+    async fn shredded_notices(&self, room: &RoomId) -> Result<Vec<Vec<u8>>>;
     async fn put_blob(&self, b: &BlobRow) -> Result<()>;
     async fn get_blob(&self, id: &str) -> Result<Option<BlobRow>>;
 }
@@ -287,31 +299,33 @@ pub trait KmStore: DirectoryStore + RoomLogStore + AuditStore {
     async fn init_meta(&self, key: &str, value: &[u8]) -> Result<()>;
 
     async fn upsert_user(&self, u: &KmUserRow) -> Result<()>;
-    async fn get_user(&self, user: &str) -> Result<Option<KmUserRow>>;
-    async fn set_user_status(&self, user: &str, status: &str) -> Result<bool>;
+    async fn get_user(&self, user: &UserId) -> Result<Option<KmUserRow>>;
+    async fn set_user_status(&self, user: &UserId, status: &str) -> Result<bool>;
     async fn list_users(&self) -> Result<Vec<KmUserRow>>;
 
-    async fn put_code(&self, code_hash: &[u8], user: &str, expires_at: u64) -> Result<()>;
+    async fn put_code(&self, code_hash: &[u8], user: &UserId, expires_at: u64) -> Result<()>;
     /// Remove and return an enrolment code (single use).
     async fn take_code(&self, code_hash: &[u8]) -> Result<Option<(String, u64)>>;
 
     async fn put_device(&self, d: &KmDeviceRow) -> Result<()>;
-    async fn get_device(&self, device: &str) -> Result<Option<KmDeviceRow>>;
-    async fn devices_of_user(&self, user: &str) -> Result<Vec<KmDeviceRow>>;
-    async fn set_device_status(&self, device: &str, status: &str) -> Result<bool>;
+    async fn get_device(&self, device: &DeviceId) -> Result<Option<KmDeviceRow>>;
+    async fn devices_of_user(&self, user: &UserId) -> Result<Vec<KmDeviceRow>>;
+    async fn set_device_status(&self, device: &DeviceId, status: &str) -> Result<bool>;
     /// Devices not active and users not active (the tenant's deny list).
     async fn km_deny_list(&self) -> Result<(Vec<String>, Vec<String>)>;
 
-    /// A wrapped room key; an empty value means it was crypto-shredded.
-    async fn get_room_key(&self, room: &str, epoch: u64) -> Result<Option<Vec<u8>>>;
+    /// A wrapped key by name and number: a room's epoch key (the room id in
+    /// hex) or another named key (the blind-index keys by period). An empty
+    /// value means it was crypto-shredded.
+    async fn get_room_key(&self, name: &str, epoch: u64) -> Result<Option<Vec<u8>>>;
     /// Store a wrapped key unless one exists; return the one that is stored.
-    async fn put_room_key(&self, room: &str, epoch: u64, wrapped: &[u8]) -> Result<Vec<u8>>;
+    async fn put_room_key(&self, name: &str, epoch: u64, wrapped: &[u8]) -> Result<Vec<u8>>;
     /// Every room the KM knows.
     async fn list_rooms(&self) -> Result<Vec<RoomRow>>;
     /// (epoch, created ms, shredded) of each key of a room, in epoch order.
-    async fn room_keys_of(&self, room: &str) -> Result<Vec<(u64, u64, bool)>>;
+    async fn room_keys_of(&self, room: &RoomId) -> Result<Vec<(u64, u64, bool)>>;
     /// Destroy a wrapped room key (its row stays, empty, so it is never re-created).
-    async fn shred_room_key(&self, room: &str, epoch: u64) -> Result<()>;
+    async fn shred_room_key(&self, room: &RoomId, epoch: u64) -> Result<()>;
     /// Every stored key that is not shredded: (name, number, wrapped).
     async fn live_wrapped_keys(&self) -> Result<Vec<(String, u64, Vec<u8>)>>;
     /// Replace wrapped keys (re-wrapped under a new generation) in one transaction.
@@ -331,7 +345,7 @@ pub trait KmStore: DirectoryStore + RoomLogStore + AuditStore {
         &self,
         case: &str,
         version: u32,
-        custodian: &str,
+        custodian: &UserId,
         blob: &[u8],
     ) -> Result<()>;
     /// The approvals of a case version: (custodian, approval JSON).
@@ -341,12 +355,14 @@ pub trait KmStore: DirectoryStore + RoomLogStore + AuditStore {
     async fn init_escrow(&self, descriptor: &[u8], shares: &[(String, u8, Vec<u8>)]) -> Result<()>;
     async fn get_escrow(&self) -> Result<Option<Vec<u8>>>;
     /// The sealed share(s) of a custodian: (number, share JSON).
-    async fn escrow_shares_of(&self, custodian: &str) -> Result<Vec<(u8, Vec<u8>)>>;
+    async fn escrow_shares_of(&self, custodian: &UserId) -> Result<Vec<(u8, Vec<u8>)>>;
 
-    /// Record a request nonce; false if it was already used. Prunes nonces older than `prune_before`.
+    /// Record a request nonce; false if it was already used. Prunes nonces
+    /// older than `prune_before`. `scope` is whose nonces they are: a
+    /// device's id in hex, or `km:<firm>` for another firm's KM.
     async fn use_nonce(
         &self,
-        device: &str,
+        scope: &str,
         nonce: &[u8],
         ts: u64,
         prune_before: u64,
@@ -487,7 +503,7 @@ pub trait VaultStore: AuditStore {
     /// its metadata; captures are stored through [`AuditStore::audit_append`]
     /// with a [`SideEffect::Capture`]), deleted by retention (a tombstone),
     /// or neither.
-    async fn capture_status(&self, message_id: &str) -> Result<CaptureStatus>;
+    async fn capture_status(&self, message_id: &MessageId) -> Result<CaptureStatus>;
     /// Make deleted bytes unrecoverable from the database files (see
     /// [`KmStore::km_scrub`]).
     async fn vault_scrub(&self) -> Result<()>;
@@ -497,7 +513,7 @@ pub trait VaultStore: AuditStore {
     /// (message id, envelope SHA-256), and how many were kept for a hold.
     async fn expired(
         &self,
-        room: &str,
+        room: &RoomId,
         before_ms: u64,
         held: &[(u64, u64)],
     ) -> Result<(Vec<(String, Vec<u8>)>, u64)>;
@@ -518,13 +534,13 @@ pub trait VaultStore: AuditStore {
 #[derive(Default)]
 pub struct RoomLocks {
     locks: std::sync::Mutex<
-        std::collections::HashMap<String, std::sync::Weak<tokio::sync::Mutex<()>>>,
+        std::collections::HashMap<RoomId, std::sync::Weak<tokio::sync::Mutex<()>>>,
     >,
 }
 
 impl RoomLocks {
     /// Wait for and hold `room`'s lock.
-    pub async fn lock(&self, room: &str) -> tokio::sync::OwnedMutexGuard<()> {
+    pub async fn lock(&self, room: &RoomId) -> tokio::sync::OwnedMutexGuard<()> {
         let m = {
             let mut map = match self.locks.lock() {
                 Ok(g) => g,
@@ -537,7 +553,7 @@ impl RoomLocks {
                 Some(m) => m,
                 None => {
                     let m = std::sync::Arc::new(tokio::sync::Mutex::new(()));
-                    map.insert(room.to_owned(), std::sync::Arc::downgrade(&m));
+                    map.insert(*room, std::sync::Arc::downgrade(&m));
                     m
                 }
             }

@@ -8,7 +8,7 @@ use crate::{
     AuditIn, CaptureRow, LogRow, Result, RoomAppend, RoomLogStore, RoomRow, SideEffect, StoreError,
 };
 use async_trait::async_trait;
-use cloister_proto::RoomId;
+use cloister_proto::{DeviceId, MessageId, RoomId, TenantId, UserId};
 use sqlx::Row;
 use sqlx::any::AnyRow;
 

@@ -49,6 +49,22 @@ macro_rules! on_both {
     };
 }
 
+fn t(s: &str) -> cloister_proto::TenantId {
+    s.parse().unwrap()
+}
+
+fn u(s: &str) -> cloister_proto::UserId {
+    s.parse().unwrap()
+}
+
+fn dev(n: u8) -> cloister_proto::DeviceId {
+    cloister_proto::DeviceId([n; 16])
+}
+
+fn mid(n: u8) -> cloister_proto::MessageId {
+    cloister_proto::MessageId([n; 16])
+}
+
 fn room(n: u8) -> RoomId {
     RoomId([n; 16])
 }
@@ -77,58 +93,58 @@ fn msg(room: &RoomId, id: &str) -> NewMessage {
 on_both!(server_basics, "s.db");
 async fn server_basics(url: &str) {
     let s = SqlServerStore::open(url).await.unwrap();
-    s.put_tenant("acme", b"k1").await.unwrap();
-    s.put_tenant("acme", b"k1").await.unwrap();
+    s.put_tenant(&t("acme"), b"k1").await.unwrap();
+    s.put_tenant(&t("acme"), b"k1").await.unwrap();
     assert!(matches!(
-        s.put_tenant("acme", b"k2").await,
+        s.put_tenant(&t("acme"), b"k2").await,
         Err(StoreError::Conflict(_))
     ));
-    assert_eq!(s.get_tenant("acme").await.unwrap().unwrap(), b"k1");
+    assert_eq!(s.get_tenant(&t("acme")).await.unwrap().unwrap(), b"k1");
 
     // devices: a revoked device stays revoked when its certificate returns
     let d = DeviceRow {
-        device: "d1".into(),
+        device: dev(1).to_hex(),
         tenant: "acme".into(),
         user: "a@acme".into(),
         cert: b"c1".to_vec(),
         revoked: false,
     };
     s.put_device(&d).await.unwrap();
-    s.revoke_device("d1").await.unwrap();
+    s.revoke_device(&dev(1)).await.unwrap();
     s.put_device(&DeviceRow {
         cert: b"c2".to_vec(),
         ..d.clone()
     })
     .await
     .unwrap();
-    let got = s.get_device("d1").await.unwrap().unwrap();
+    let got = s.get_device(&dev(1)).await.unwrap().unwrap();
     assert!(got.revoked);
     assert_eq!(got.cert, b"c1");
-    assert_eq!(s.devices_of_user("a@acme").await.unwrap().len(), 1);
+    assert_eq!(s.devices_of_user(&u("a@acme")).await.unwrap().len(), 1);
 
     // standing: only a newer notice moves it
-    assert!(s.set_user_standing("b@acme", true, 10).await.unwrap());
-    assert!(!s.set_user_standing("b@acme", false, 10).await.unwrap());
-    assert!(!s.set_user_standing("b@acme", false, 9).await.unwrap());
-    assert!(s.is_user_disabled("b@acme").await.unwrap());
-    assert!(s.set_user_standing("b@acme", false, 11).await.unwrap());
-    assert!(!s.is_user_disabled("b@acme").await.unwrap());
+    assert!(s.set_user_standing(&u("b@acme"), true, 10).await.unwrap());
+    assert!(!s.set_user_standing(&u("b@acme"), false, 10).await.unwrap());
+    assert!(!s.set_user_standing(&u("b@acme"), false, 9).await.unwrap());
+    assert!(s.is_user_disabled(&u("b@acme")).await.unwrap());
+    assert!(s.set_user_standing(&u("b@acme"), false, 11).await.unwrap());
+    assert!(!s.is_user_disabled(&u("b@acme")).await.unwrap());
     let (devs, users) = s.deny_list().await.unwrap();
-    assert_eq!((devs, users), (vec!["d1".to_string()], vec![]));
+    assert_eq!((devs, users), (vec![dev(1).to_hex()], vec![]));
 
     // tenant notices keep the newest version
     assert!(
-        s.put_tenant_notice("acme", "capture", 6, b"[]")
+        s.put_tenant_notice(&t("acme"), "capture", 6, b"[]")
             .await
             .unwrap()
     );
     assert!(
-        !s.put_tenant_notice("acme", "capture", 6, b"[1]")
+        !s.put_tenant_notice(&t("acme"), "capture", 6, b"[1]")
             .await
             .unwrap()
     );
     assert!(
-        !s.put_tenant_notice("acme", "capture", 5, b"[2]")
+        !s.put_tenant_notice(&t("acme"), "capture", 5, b"[2]")
             .await
             .unwrap()
     );
@@ -139,39 +155,44 @@ async fn server_basics(url: &str) {
 
     // connections: answered once, removed once
     assert!(
-        s.put_connection("c1", "a@acme", "z@bank", b"rq")
+        s.put_connection(&[1; 32], &u("a@acme"), &u("z@bank"), b"rq")
             .await
             .unwrap()
     );
     assert!(
-        !s.put_connection("c1", "a@acme", "z@bank", b"rq2")
+        !s.put_connection(&[1; 32], &u("a@acme"), &u("z@bank"), b"rq2")
             .await
             .unwrap()
     );
-    assert!(s.set_connection_answer("c1", b"ok").await.unwrap());
-    assert!(!s.set_connection_answer("c1", b"ok2").await.unwrap());
-    assert!(s.set_connection_removal("c1", b"rm").await.unwrap());
-    assert!(!s.set_connection_removal("c1", b"rm2").await.unwrap());
-    let c = s.get_connection("c1").await.unwrap().unwrap();
+    assert!(s.set_connection_answer(&[1; 32], b"ok").await.unwrap());
+    assert!(!s.set_connection_answer(&[1; 32], b"ok2").await.unwrap());
+    assert!(s.set_connection_removal(&[1; 32], b"rm").await.unwrap());
+    assert!(!s.set_connection_removal(&[1; 32], b"rm2").await.unwrap());
+    let c = s.get_connection(&[1; 32]).await.unwrap().unwrap();
     assert_eq!(c.answer.as_deref(), Some(&b"ok"[..]));
-    assert_eq!(s.connections_of("z@bank").await.unwrap().len(), 1);
+    assert_eq!(s.connections_of(&u("z@bank")).await.unwrap().len(), 1);
 
     // rooms, directory, verdicts, shredded notices, blobs
-    let r = room(1).to_hex();
-    s.set_room_tenant(&r, "acme").await.unwrap();
-    s.set_room_tenant(&r, "other").await.unwrap();
-    assert_eq!(s.tenant_rooms("acme").await.unwrap(), vec![r.clone()]);
-    s.set_listed(&r, "acme", true).await.unwrap();
-    s.set_listed(&r, "acme", true).await.unwrap();
-    assert_eq!(s.listed_rooms("acme").await.unwrap(), vec![r.clone()]);
-    s.set_listed(&r, "acme", false).await.unwrap();
-    assert!(s.listed_rooms("acme").await.unwrap().is_empty());
-    s.put_verdict(&r, "m1", "scan", b"v1").await.unwrap();
-    s.put_verdict(&r, "m1", "scan", b"v2").await.unwrap();
-    assert_eq!(s.verdicts(&r, "m1").await.unwrap(), vec![b"v2".to_vec()]);
-    s.add_shredded(&r, b"n1").await.unwrap();
-    s.add_shredded(&r, b"n1").await.unwrap();
-    assert_eq!(s.shredded_notices(&r).await.unwrap().len(), 1);
+    let rid = room(1);
+    let r = rid.to_hex();
+    let acme = t("acme");
+    s.set_room_tenant(&rid, &acme).await.unwrap();
+    s.set_room_tenant(&rid, &t("other")).await.unwrap();
+    assert_eq!(s.tenant_rooms(&acme).await.unwrap(), vec![r.clone()]);
+    s.set_listed(&rid, &acme, true).await.unwrap();
+    s.set_listed(&rid, &acme, true).await.unwrap();
+    assert_eq!(s.listed_rooms(&acme).await.unwrap(), vec![r.clone()]);
+    s.set_listed(&rid, &acme, false).await.unwrap();
+    assert!(s.listed_rooms(&acme).await.unwrap().is_empty());
+    s.put_verdict(&rid, &mid(1), &dev(9), b"v1").await.unwrap();
+    s.put_verdict(&rid, &mid(1), &dev(9), b"v2").await.unwrap();
+    assert_eq!(
+        s.verdicts(&rid, &mid(1)).await.unwrap(),
+        vec![b"v2".to_vec()]
+    );
+    s.add_shredded(&rid, b"n1").await.unwrap();
+    s.add_shredded(&rid, b"n1").await.unwrap();
+    assert_eq!(s.shredded_notices(&rid).await.unwrap().len(), 1);
     let b = BlobRow {
         id: "b1".into(),
         room: r.clone(),
@@ -212,7 +233,7 @@ async fn room_log(url: &str) {
     assert_eq!((got.room, got.seq, got.state), (r, 2, b"st2".to_vec()));
     assert_eq!(s.room_log(&r, 1, 10).await.unwrap().len(), 2);
     assert_eq!(s.room_log_hash(&r, 1).await.unwrap().unwrap(), b"h1");
-    assert_eq!(s.rooms_of_user("b@acme").await.unwrap().len(), 1);
+    assert_eq!(s.rooms_of_user(&u("b@acme")).await.unwrap().len(), 1);
 
     // a batch over two rooms is all or nothing
     let r3 = room(3);
@@ -318,7 +339,7 @@ async fn messages(url: &str) {
     for w in links.windows(2) {
         assert_eq!(w[1].1, w[0].0, "{links:?}");
     }
-    let h = s.history(&r.to_hex(), u64::MAX, 1000).await.unwrap();
+    let h = s.history(&r, u64::MAX, 1000).await.unwrap();
     assert_eq!(h.len(), 103);
     assert!(h.windows(2).all(|w| w[0].seq < w[1].seq));
     for w in 0..4 {
@@ -333,13 +354,13 @@ async fn messages(url: &str) {
     }
     // paging backwards
     let last = h[h.len() - 1].seq;
-    assert_eq!(s.history(&r.to_hex(), last, 10).await.unwrap().len(), 10);
+    assert_eq!(s.history(&r, last, 10).await.unwrap().len(), 10);
 }
 
 on_both!(km_basics, "k.db");
 async fn km_basics(url: &str) {
     let s = SqlKmStore::open(url).await.unwrap();
-    s.put_code(b"h", "a@acme", 10).await.unwrap();
+    s.put_code(b"h", &u("a@acme"), 10).await.unwrap();
     assert_eq!(
         s.take_code(b"h").await.unwrap(),
         Some(("a@acme".into(), 10))
@@ -349,30 +370,31 @@ async fn km_basics(url: &str) {
         None,
         "codes are single use"
     );
-    let k1 = s.put_room_key("r", 0, b"w1").await.unwrap();
-    let k2 = s.put_room_key("r", 0, b"w2").await.unwrap();
+    let r = room(7);
+    let k1 = s.put_room_key(&r.to_hex(), 0, b"w1").await.unwrap();
+    let k2 = s.put_room_key(&r.to_hex(), 0, b"w2").await.unwrap();
     assert_eq!(k1, k2, "first key wins");
-    s.put_room_key("r", 1, b"w3").await.unwrap();
-    s.shred_room_key("r", 0).await.unwrap();
-    let keys = s.room_keys_of("r").await.unwrap();
+    s.put_room_key(&r.to_hex(), 1, b"w3").await.unwrap();
+    s.shred_room_key(&r, 0).await.unwrap();
+    let keys = s.room_keys_of(&r).await.unwrap();
     assert_eq!(
         keys.iter().map(|k| (k.0, k.2)).collect::<Vec<_>>(),
         vec![(0, true), (1, false)]
     );
-    assert_eq!(s.get_room_key("r", 0).await.unwrap().unwrap(), b"");
+    assert_eq!(s.get_room_key(&r.to_hex(), 0).await.unwrap().unwrap(), b"");
     assert_eq!(s.live_wrapped_keys().await.unwrap().len(), 1);
     s.rewrap_keys(&[
-        ("r".into(), 0, b"x".to_vec()),
-        ("r".into(), 1, b"y".to_vec()),
+        (r.to_hex(), 0, b"x".to_vec()),
+        (r.to_hex(), 1, b"y".to_vec()),
     ])
     .await
     .unwrap();
     assert_eq!(
-        s.get_room_key("r", 0).await.unwrap().unwrap(),
+        s.get_room_key(&r.to_hex(), 0).await.unwrap().unwrap(),
         b"",
         "shredded stays shredded"
     );
-    assert_eq!(s.get_room_key("r", 1).await.unwrap().unwrap(), b"y");
+    assert_eq!(s.get_room_key(&r.to_hex(), 1).await.unwrap().unwrap(), b"y");
     s.km_scrub().await.unwrap();
 
     assert!(s.use_nonce("d", b"n", 5, 0).await.unwrap());
@@ -390,8 +412,12 @@ async fn km_basics(url: &str) {
     })
     .await
     .unwrap();
-    assert!(s.set_user_status("a@acme", "disabled").await.unwrap());
-    assert!(!s.set_user_status("nobody@acme", "disabled").await.unwrap());
+    assert!(s.set_user_status(&u("a@acme"), "disabled").await.unwrap());
+    assert!(
+        !s.set_user_status(&u("nobody@acme"), "disabled")
+            .await
+            .unwrap()
+    );
     let dev = KmDeviceRow {
         device: "d1".into(),
         user: "a@acme".into(),
@@ -412,16 +438,16 @@ async fn km_basics(url: &str) {
     s.put_case("c1", 1, b"v1").await.unwrap();
     s.put_case("c1", 2, b"v2").await.unwrap();
     assert_eq!(s.get_case("c1").await.unwrap().unwrap(), b"v2");
-    s.put_approval("c1", 2, "cu", b"ok").await.unwrap();
-    assert!(s.put_approval("c1", 2, "cu", b"ok").await.is_err());
+    s.put_approval("c1", 2, &u("cu@acme"), b"ok").await.unwrap();
+    assert!(s.put_approval("c1", 2, &u("cu@acme"), b"ok").await.is_err());
     assert_eq!(s.approvals("c1", 2).await.unwrap().len(), 1);
 
-    s.init_escrow(b"desc", &[("cu".into(), 1, b"s1".to_vec())])
+    s.init_escrow(b"desc", &[("cu@acme".into(), 1, b"s1".to_vec())])
         .await
         .unwrap();
     assert!(s.init_escrow(b"desc", &[]).await.is_err());
     assert_eq!(
-        s.escrow_shares_of("cu").await.unwrap(),
+        s.escrow_shares_of(&u("cu@acme")).await.unwrap(),
         vec![(1, b"s1".to_vec())]
     );
 
@@ -519,11 +545,14 @@ fn capture(index: u64, id: &str, room: &str, ts: u64, tokens: &[&[u8]]) -> Audit
 on_both!(vault, "v.db");
 async fn vault(url: &str) {
     let s = SqlVaultStore::open(url).await.unwrap();
+    let (m0, m1, m2) = (mid(10).to_hex(), mid(11).to_hex(), mid(12).to_hex());
+    let (r1, r2) = (room(11), room(12));
+    let (r1h, r2h) = (r1.to_hex(), r2.to_hex());
     s.audit_append(
         &[
-            capture(0, "m0", "r1", 100, &[b"buy", b"gold"]),
-            capture(1, "m1", "r1", 200, &[b"buy"]),
-            capture(2, "m2", "r2", 300, &[b"sell", b"gold"]),
+            capture(0, &m0, &r1h, 100, &[b"buy", b"gold"]),
+            capture(1, &m1, &r1h, 200, &[b"buy"]),
+            capture(2, &m2, &r2h, 300, &[b"sell", b"gold"]),
         ],
         None,
     )
@@ -531,17 +560,20 @@ async fn vault(url: &str) {
     .unwrap();
     // the same message again: refused, nothing of the batch stored
     assert!(
-        s.audit_append(&[capture(3, "m0", "r1", 100, &[])], None)
+        s.audit_append(&[capture(3, &m0, &r1h, 100, &[])], None)
             .await
             .is_err()
     );
     assert_eq!(s.envelope_count().await.unwrap(), 3);
     assert_eq!(s.audit_all().await.unwrap().len(), 3);
-    let CaptureStatus::Captured(m1) = s.capture_status("m1").await.unwrap() else {
+    let CaptureStatus::Captured(m1) = s.capture_status(&mid(11)).await.unwrap() else {
         panic!("m1 is captured")
     };
     assert_eq!(m1.log_index, 1);
-    assert_eq!(s.capture_status("m9").await.unwrap(), CaptureStatus::New);
+    assert_eq!(
+        s.capture_status(&mid(19)).await.unwrap(),
+        CaptureStatus::New
+    );
 
     let both = vec![(1, vec![b"buy".to_vec(), b"gold".to_vec()])];
     let hits = s.search(&both, 0, 1000, 10).await.unwrap();
@@ -549,14 +581,14 @@ async fn vault(url: &str) {
         hits.iter()
             .map(|h| h.message_id.as_str())
             .collect::<Vec<_>>(),
-        ["m0"]
+        [m0.as_str()]
     );
     let gold = vec![(1, vec![b"gold".to_vec()])];
     assert_eq!(s.search(&gold, 0, 1000, 10).await.unwrap().len(), 2);
     assert_eq!(s.search(&gold, 0, 150, 10).await.unwrap().len(), 1);
 
     let q = FetchQuery {
-        rooms: vec!["r1".into()],
+        rooms: vec![r1h.clone()],
         from_ms: 0,
         to_ms: 1000,
         any_tokens: vec![(1, vec![b"gold".to_vec(), b"sell".to_vec()])],
@@ -568,7 +600,7 @@ async fn vault(url: &str) {
         got.iter()
             .map(|e| e.message_id.as_str())
             .collect::<Vec<_>>(),
-        ["m0"]
+        [m0.as_str()]
     );
     let all = FetchQuery {
         to_ms: 1000,
@@ -579,17 +611,17 @@ async fn vault(url: &str) {
     assert_eq!(s.fetch(&all).await.unwrap().len(), 2);
 
     // retention: expired outside a hold, then deleted with a tombstone
-    let (old, kept) = s.expired("r1", 250, &[(150, 250)]).await.unwrap();
+    let (old, kept) = s.expired(&r1, 250, &[(150, 250)]).await.unwrap();
     assert_eq!((old.len(), kept), (1, 1));
     let del = AuditIn {
         side: Some(SideEffect::DeleteEnvelope {
-            message_id: "m0".into(),
+            message_id: m0.clone(),
         }),
         ..audit(3)
     };
     s.audit_append(&[del], None).await.unwrap();
     assert_eq!(
-        s.capture_status("m0").await.unwrap(),
+        s.capture_status(&mid(10)).await.unwrap(),
         CaptureStatus::Deleted
     );
     assert_eq!(s.search(&both, 0, 1000, 10).await.unwrap().len(), 0);

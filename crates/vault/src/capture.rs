@@ -156,7 +156,7 @@ impl Vault {
         Ok(())
     }
 
-    async fn status(&self, message_id: &str) -> Result<CaptureStatus, ApiError> {
+    async fn status(&self, message_id: &MessageId) -> Result<CaptureStatus, ApiError> {
         self.store
             .capture_status(message_id)
             .await
@@ -199,7 +199,7 @@ impl Vault {
         env: &SealedEnvelope,
         capture: &Capture,
     ) -> Result<SignedReceipt, ApiError> {
-        let status = self.status(&env.message_id.to_hex()).await?;
+        let status = self.status(&env.message_id).await?;
         if status == CaptureStatus::Deleted {
             return Err(deleted());
         }

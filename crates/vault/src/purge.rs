@@ -40,7 +40,7 @@ impl Vault {
         for rp in &o.rooms {
             let (expired, held) = self
                 .store
-                .expired(&rp.room.to_hex(), rp.before_ms, &rp.held)
+                .expired(&rp.room, rp.before_ms, &rp.held)
                 .await
                 .map_err(ApiError::internal)?;
             kept += held;

@@ -188,7 +188,7 @@ impl Km {
         }
         let mine = self
             .store
-            .escrow_shares_of(cert.user.as_str())
+            .escrow_shares_of(&cert.user)
             .await
             .map_err(store_err)?;
         if !mine.iter().any(|(n, _)| *n == a.number) {
@@ -201,7 +201,7 @@ impl Km {
             .put_approval(
                 &a.case,
                 a.version,
-                cert.user.as_str(),
+                &cert.user,
                 &serde_json::to_vec(&blob).map_err(Denied::internal)?,
             )
             .await
@@ -247,7 +247,7 @@ impl Km {
                 serde_json::from_slice(approval.body.as_slice()).map_err(Denied::internal)?;
             let row = self
                 .store
-                .get_device(&a.device.to_hex())
+                .get_device(&a.device)
                 .await
                 .map_err(store_err)?
                 .ok_or_else(|| Denied::internal("approving device vanished"))?;

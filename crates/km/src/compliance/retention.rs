@@ -60,7 +60,7 @@ impl Km {
                 .collect();
             let keys = self
                 .store
-                .room_keys_of(&row.room.to_hex())
+                .room_keys_of(&row.room)
                 .await
                 .map_err(store_err)?;
             // Epoch e's messages were all sent after its key was created and
@@ -86,7 +86,7 @@ impl Km {
                 )
                 .await?;
                 self.store
-                    .shred_room_key(&row.room.to_hex(), e)
+                    .shred_room_key(&row.room, e)
                     .await
                     .map_err(store_err)?;
                 if let Ok(mut m) = self.wrapped.lock() {

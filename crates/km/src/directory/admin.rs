@@ -225,12 +225,7 @@ impl Km {
     }
 
     pub(crate) async fn sync_roles(&self, user: &UserId) -> Result<(), Denied> {
-        let Some(row) = self
-            .store
-            .get_user(user.as_str())
-            .await
-            .map_err(store_err)?
-        else {
+        let Some(row) = self.store.get_user(user).await.map_err(store_err)? else {
             return Ok(());
         };
         let (granted, denied) = self.dir().role_overrides(user);

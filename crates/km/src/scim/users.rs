@@ -275,7 +275,7 @@ impl Km {
                 if self.dir().user(&user).is_some()
                     || self
                         .store
-                        .get_user(user.as_str())
+                        .get_user(&user)
                         .await
                         .map_err(store_err)?
                         .is_some()
@@ -322,11 +322,7 @@ impl Km {
             },
         )
         .await?;
-        let existing = self
-            .store
-            .get_user(user.as_str())
-            .await
-            .map_err(store_err)?;
+        let existing = self.store.get_user(&user).await.map_err(store_err)?;
         if existing.is_none() {
             self.store
                 .upsert_user(&KmUserRow {
@@ -455,7 +451,7 @@ impl Km {
         // every device revoked; the history (log, keys, archive) stays
         for d in self
             .store
-            .devices_of_user(rec.user.as_str())
+            .devices_of_user(&rec.user)
             .await
             .map_err(store_err)?
         {
@@ -493,12 +489,7 @@ impl Km {
     /// Make the user's standing follow `active`: disable (keys refused at
     /// once, the server told) or enable again. Audited.
     pub(crate) async fn set_standing(&self, user: &UserId, active: bool) -> Result<(), Denied> {
-        let Some(row) = self
-            .store
-            .get_user(user.as_str())
-            .await
-            .map_err(store_err)?
-        else {
+        let Some(row) = self.store.get_user(user).await.map_err(store_err)? else {
             return Ok(());
         };
         if (row.status == "active") == active {
@@ -509,7 +500,7 @@ impl Km {
             self.record(None, AuditEvent::UserEnabled { user: user.clone() })
                 .await?;
             self.store
-                .set_user_status(user.as_str(), "active")
+                .set_user_status(user, "active")
                 .await
                 .map_err(store_err)?;
             Notice::UserEnabled {
@@ -521,7 +512,7 @@ impl Km {
             self.record(None, AuditEvent::UserDisabled { user: user.clone() })
                 .await?;
             self.store
-                .set_user_status(user.as_str(), "disabled")
+                .set_user_status(user, "disabled")
                 .await
                 .map_err(store_err)?;
             if let Ok(mut m) = self.active.lock() {

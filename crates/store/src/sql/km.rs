@@ -74,7 +74,8 @@ impl KmStore for SqlKmStore {
         Ok(())
     }
 
-    async fn get_user(&self, user: &str) -> Result<Option<KmUserRow>> {
+    async fn get_user(&self, user: &UserId) -> Result<Option<KmUserRow>> {
+        let user = user.as_str();
         let r = sqlx::query("SELECT * FROM users WHERE user_id = $1")
             .bind(user)
             .fetch_optional(&self.db.readers)
@@ -82,7 +83,8 @@ impl KmStore for SqlKmStore {
         r.as_ref().map(km_user).transpose()
     }
 
-    async fn set_user_status(&self, user: &str, status: &str) -> Result<bool> {
+    async fn set_user_status(&self, user: &UserId, status: &str) -> Result<bool> {
+        let user = user.as_str();
         let r = sqlx::query("UPDATE users SET status = $1 WHERE user_id = $2")
             .bind(status)
             .bind(user)
@@ -98,7 +100,8 @@ impl KmStore for SqlKmStore {
         rows.iter().map(km_user).collect()
     }
 
-    async fn put_code(&self, code_hash: &[u8], user: &str, expires_at: u64) -> Result<()> {
+    async fn put_code(&self, code_hash: &[u8], user: &UserId, expires_at: u64) -> Result<()> {
+        let user = user.as_str();
         let mut tx = self.db.begin().await?;
         // One live code per user: a new code replaces the old one.
         sqlx::query("DELETE FROM enrol_codes WHERE user_id = $1")
@@ -141,7 +144,9 @@ impl KmStore for SqlKmStore {
         Ok(())
     }
 
-    async fn get_device(&self, device: &str) -> Result<Option<KmDeviceRow>> {
+    async fn get_device(&self, device: &DeviceId) -> Result<Option<KmDeviceRow>> {
+        let device_hex = device.to_hex();
+        let device = device_hex.as_str();
         let r = sqlx::query("SELECT * FROM devices WHERE device = $1")
             .bind(device)
             .fetch_optional(&self.db.readers)
@@ -149,7 +154,8 @@ impl KmStore for SqlKmStore {
         r.as_ref().map(km_device).transpose()
     }
 
-    async fn devices_of_user(&self, user: &str) -> Result<Vec<KmDeviceRow>> {
+    async fn devices_of_user(&self, user: &UserId) -> Result<Vec<KmDeviceRow>> {
+        let user = user.as_str();
         let rows =
             sqlx::query("SELECT * FROM devices WHERE user_id = $1 ORDER BY issued_at, device")
                 .bind(user)
@@ -158,7 +164,9 @@ impl KmStore for SqlKmStore {
         rows.iter().map(km_device).collect()
     }
 
-    async fn set_device_status(&self, device: &str, status: &str) -> Result<bool> {
+    async fn set_device_status(&self, device: &DeviceId, status: &str) -> Result<bool> {
+        let device_hex = device.to_hex();
+        let device = device_hex.as_str();
         let r = sqlx::query("UPDATE devices SET status = $1 WHERE device = $2")
             .bind(status)
             .bind(device)
@@ -216,7 +224,9 @@ impl KmStore for SqlKmStore {
         rows.iter().map(room_row).collect()
     }
 
-    async fn room_keys_of(&self, room: &str) -> Result<Vec<(u64, u64, bool)>> {
+    async fn room_keys_of(&self, room: &RoomId) -> Result<Vec<(u64, u64, bool)>> {
+        let room_hex = room.to_hex();
+        let room = room_hex.as_str();
         let rows = sqlx::query(
             "SELECT epoch, created_ms, CASE WHEN length(wrapped) = 0 THEN 1 ELSE 0 END AS shredded
              FROM room_keys WHERE room = $1 ORDER BY epoch",
@@ -235,7 +245,9 @@ impl KmStore for SqlKmStore {
             .collect()
     }
 
-    async fn shred_room_key(&self, room: &str, epoch: u64) -> Result<()> {
+    async fn shred_room_key(&self, room: &RoomId, epoch: u64) -> Result<()> {
+        let room_hex = room.to_hex();
+        let room = room_hex.as_str();
         sqlx::query("UPDATE room_keys SET wrapped = $1 WHERE room = $2 AND epoch = $3")
             .bind(Vec::<u8>::new())
             .bind(room)
@@ -318,9 +330,10 @@ impl KmStore for SqlKmStore {
         &self,
         case: &str,
         version: u32,
-        custodian: &str,
+        custodian: &UserId,
         blob: &[u8],
     ) -> Result<()> {
+        let custodian = custodian.as_str();
         sqlx::query(
             "INSERT INTO approvals (case_id, version, custodian, blob) VALUES ($1, $2, $3, $4)",
         )
@@ -378,7 +391,8 @@ impl KmStore for SqlKmStore {
         )
     }
 
-    async fn escrow_shares_of(&self, custodian: &str) -> Result<Vec<(u8, Vec<u8>)>> {
+    async fn escrow_shares_of(&self, custodian: &UserId) -> Result<Vec<(u8, Vec<u8>)>> {
+        let custodian = custodian.as_str();
         let rows = sqlx::query(
             "SELECT number, share FROM escrow_shares WHERE custodian = $1 ORDER BY number",
         )

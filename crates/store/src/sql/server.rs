@@ -79,11 +79,11 @@ impl ServerStore for SqlServerStore {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn put_tenant(&self, tenant: &str, km_pk: &[u8]) -> Result<()> {
+    async fn put_tenant(&self, tenant: &TenantId, km_pk: &[u8]) -> Result<()> {
         // Insert-if-absent, then compare: two nodes registering the same
         // tenant at once both succeed; another key conflicts.
         sqlx::query("INSERT INTO tenants (tenant, km_pk) VALUES ($1, $2) ON CONFLICT DO NOTHING")
-            .bind(tenant)
+            .bind(tenant.as_str())
             .bind(km_pk)
             .execute(&self.db.writer)
             .await?;
@@ -95,7 +95,8 @@ impl ServerStore for SqlServerStore {
         }
     }
 
-    async fn get_tenant(&self, tenant: &str) -> Result<Option<Vec<u8>>> {
+    async fn get_tenant(&self, tenant: &TenantId) -> Result<Option<Vec<u8>>> {
+        let tenant = tenant.as_str();
         Ok(
             sqlx::query_scalar("SELECT km_pk FROM tenants WHERE tenant = $1")
                 .bind(tenant)
@@ -120,7 +121,9 @@ impl ServerStore for SqlServerStore {
         Ok(())
     }
 
-    async fn get_device(&self, device: &str) -> Result<Option<DeviceRow>> {
+    async fn get_device(&self, device: &DeviceId) -> Result<Option<DeviceRow>> {
+        let device_hex = device.to_hex();
+        let device = device_hex.as_str();
         let r = sqlx::query("SELECT * FROM devices WHERE device = $1")
             .bind(device)
             .fetch_optional(&self.db.readers)
@@ -128,7 +131,8 @@ impl ServerStore for SqlServerStore {
         r.as_ref().map(device_row).transpose()
     }
 
-    async fn devices_of_user(&self, user: &str) -> Result<Vec<DeviceRow>> {
+    async fn devices_of_user(&self, user: &UserId) -> Result<Vec<DeviceRow>> {
+        let user = user.as_str();
         let rows = sqlx::query("SELECT * FROM devices WHERE user_id = $1 ORDER BY device")
             .bind(user)
             .fetch_all(&self.db.readers)
@@ -136,7 +140,9 @@ impl ServerStore for SqlServerStore {
         rows.iter().map(device_row).collect()
     }
 
-    async fn revoke_device(&self, device: &str) -> Result<()> {
+    async fn revoke_device(&self, device: &DeviceId) -> Result<()> {
+        let device_hex = device.to_hex();
+        let device = device_hex.as_str();
         sqlx::query("UPDATE devices SET revoked = 1 WHERE device = $1")
             .bind(device)
             .execute(&self.db.writer)
@@ -144,7 +150,8 @@ impl ServerStore for SqlServerStore {
         Ok(())
     }
 
-    async fn disable_user(&self, user: &str) -> Result<()> {
+    async fn disable_user(&self, user: &UserId) -> Result<()> {
+        let user = user.as_str();
         sqlx::query("INSERT INTO disabled_users (user_id) VALUES ($1) ON CONFLICT DO NOTHING")
             .bind(user)
             .execute(&self.db.writer)
@@ -152,7 +159,8 @@ impl ServerStore for SqlServerStore {
         Ok(())
     }
 
-    async fn set_user_standing(&self, user: &str, disabled: bool, ts: u64) -> Result<bool> {
+    async fn set_user_standing(&self, user: &UserId, disabled: bool, ts: u64) -> Result<bool> {
+        let user = user.as_str();
         let mut tx = self.db.begin().await?;
         // Only a newer notice moves the standing (the upsert's condition is
         // checked under the row's lock, so racing nodes cannot reorder it).
@@ -179,7 +187,10 @@ impl ServerStore for SqlServerStore {
         Ok(true)
     }
 
-    async fn set_listed(&self, room: &str, tenant: &str, listed: bool) -> Result<()> {
+    async fn set_listed(&self, room: &RoomId, tenant: &TenantId, listed: bool) -> Result<()> {
+        let tenant = tenant.as_str();
+        let room_hex = room.to_hex();
+        let room = room_hex.as_str();
         let q = if listed {
             sqlx::query(
                 "INSERT INTO room_directory (room, tenant) VALUES ($1, $2)
@@ -194,7 +205,8 @@ impl ServerStore for SqlServerStore {
         Ok(())
     }
 
-    async fn listed_rooms(&self, tenant: &str) -> Result<Vec<String>> {
+    async fn listed_rooms(&self, tenant: &TenantId) -> Result<Vec<String>> {
+        let tenant = tenant.as_str();
         Ok(
             sqlx::query_scalar("SELECT room FROM room_directory WHERE tenant = $1 ORDER BY room")
                 .bind(tenant)
@@ -203,7 +215,10 @@ impl ServerStore for SqlServerStore {
         )
     }
 
-    async fn set_room_tenant(&self, room: &str, tenant: &str) -> Result<()> {
+    async fn set_room_tenant(&self, room: &RoomId, tenant: &TenantId) -> Result<()> {
+        let tenant = tenant.as_str();
+        let room_hex = room.to_hex();
+        let room = room_hex.as_str();
         sqlx::query(
             "INSERT INTO room_tenant (room, tenant) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
@@ -214,7 +229,8 @@ impl ServerStore for SqlServerStore {
         Ok(())
     }
 
-    async fn tenant_rooms(&self, tenant: &str) -> Result<Vec<String>> {
+    async fn tenant_rooms(&self, tenant: &TenantId) -> Result<Vec<String>> {
+        let tenant = tenant.as_str();
         Ok(
             sqlx::query_scalar("SELECT room FROM room_tenant WHERE tenant = $1 ORDER BY room")
                 .bind(tenant)
@@ -225,11 +241,17 @@ impl ServerStore for SqlServerStore {
 
     async fn put_verdict(
         &self,
-        room: &str,
-        message_id: &str,
-        device: &str,
+        room: &RoomId,
+        message_id: &MessageId,
+        device: &DeviceId,
         v: &[u8],
     ) -> Result<()> {
+        let device_hex = device.to_hex();
+        let device = device_hex.as_str();
+        let room_hex = room.to_hex();
+        let room = room_hex.as_str();
+        let message_id_hex = message_id.to_hex();
+        let message_id = message_id_hex.as_str();
         sqlx::query(
             "INSERT INTO verdicts (room, message_id, device, verdict) VALUES ($1, $2, $3, $4)
              ON CONFLICT (room, message_id, device) DO UPDATE SET verdict = excluded.verdict",
@@ -243,7 +265,11 @@ impl ServerStore for SqlServerStore {
         Ok(())
     }
 
-    async fn verdicts(&self, room: &str, message_id: &str) -> Result<Vec<Vec<u8>>> {
+    async fn verdicts(&self, room: &RoomId, message_id: &MessageId) -> Result<Vec<Vec<u8>>> {
+        let room_hex = room.to_hex();
+        let room = room_hex.as_str();
+        let message_id_hex = message_id.to_hex();
+        let message_id = message_id_hex.as_str();
         Ok(sqlx::query_scalar(
             "SELECT verdict FROM verdicts WHERE room = $1 AND message_id = $2 ORDER BY device",
         )
@@ -255,11 +281,12 @@ impl ServerStore for SqlServerStore {
 
     async fn put_tenant_notice(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         kind: &str,
         version: u64,
         notice: &[u8],
     ) -> Result<bool> {
+        let tenant = tenant.as_str();
         let r = sqlx::query(
             "INSERT INTO tenant_notices (tenant, kind, version, notice) VALUES ($1, $2, $3, $4)
              ON CONFLICT (tenant, kind) DO UPDATE SET version = excluded.version, notice = excluded.notice
@@ -274,7 +301,17 @@ impl ServerStore for SqlServerStore {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn put_connection(&self, id: &str, from: &str, to: &str, request: &[u8]) -> Result<bool> {
+    async fn put_connection(
+        &self,
+        id: &[u8; 32],
+        from: &UserId,
+        to: &UserId,
+        request: &[u8],
+    ) -> Result<bool> {
+        let from = from.as_str();
+        let to = to.as_str();
+        let id_hex = hex::encode(id);
+        let id = id_hex.as_str();
         let r = sqlx::query(
             "INSERT INTO connections (id, from_user, to_user, request, created)
              VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING",
@@ -289,7 +326,9 @@ impl ServerStore for SqlServerStore {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn set_connection_answer(&self, id: &str, answer: &[u8]) -> Result<bool> {
+    async fn set_connection_answer(&self, id: &[u8; 32], answer: &[u8]) -> Result<bool> {
+        let id_hex = hex::encode(id);
+        let id = id_hex.as_str();
         let r = sqlx::query(
             "UPDATE connections SET answer = $1 WHERE id = $2 AND answer IS NULL AND removal IS NULL",
         )
@@ -300,7 +339,9 @@ impl ServerStore for SqlServerStore {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn set_connection_removal(&self, id: &str, removal: &[u8]) -> Result<bool> {
+    async fn set_connection_removal(&self, id: &[u8; 32], removal: &[u8]) -> Result<bool> {
+        let id_hex = hex::encode(id);
+        let id = id_hex.as_str();
         let r =
             sqlx::query("UPDATE connections SET removal = $1 WHERE id = $2 AND removal IS NULL")
                 .bind(removal)
@@ -310,7 +351,9 @@ impl ServerStore for SqlServerStore {
         Ok(r.rows_affected() == 1)
     }
 
-    async fn get_connection(&self, id: &str) -> Result<Option<ConnectionRow>> {
+    async fn get_connection(&self, id: &[u8; 32]) -> Result<Option<ConnectionRow>> {
+        let id_hex = hex::encode(id);
+        let id = id_hex.as_str();
         let r = sqlx::query("SELECT id, request, answer, removal FROM connections WHERE id = $1")
             .bind(id)
             .fetch_optional(&self.db.readers)
@@ -318,7 +361,8 @@ impl ServerStore for SqlServerStore {
         r.as_ref().map(connection_row).transpose()
     }
 
-    async fn connections_of(&self, user: &str) -> Result<Vec<ConnectionRow>> {
+    async fn connections_of(&self, user: &UserId) -> Result<Vec<ConnectionRow>> {
+        let user = user.as_str();
         let rows = sqlx::query(
             "SELECT id, request, answer, removal FROM connections
              WHERE from_user = $1 OR to_user = $2 ORDER BY created, id",
@@ -339,7 +383,8 @@ impl ServerStore for SqlServerStore {
         )
     }
 
-    async fn is_user_disabled(&self, user: &str) -> Result<bool> {
+    async fn is_user_disabled(&self, user: &UserId) -> Result<bool> {
+        let user = user.as_str();
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM disabled_users WHERE user_id = $1")
             .bind(user)
             .fetch_one(&self.db.readers)
@@ -357,7 +402,8 @@ impl ServerStore for SqlServerStore {
         Ok((devs, users))
     }
 
-    async fn rooms_of_user(&self, user: &str) -> Result<Vec<RoomRow>> {
+    async fn rooms_of_user(&self, user: &UserId) -> Result<Vec<RoomRow>> {
+        let user = user.as_str();
         let rows = sqlx::query(
             "SELECT r.room, r.seq, r.state FROM room_members m JOIN rooms r ON r.room = m.room
              WHERE m.user_id = $1 ORDER BY r.room",
@@ -439,7 +485,9 @@ impl ServerStore for SqlServerStore {
         Ok(out)
     }
 
-    async fn history(&self, room: &str, before: u64, limit: u32) -> Result<Vec<MessageRow>> {
+    async fn history(&self, room: &RoomId, before: u64, limit: u32) -> Result<Vec<MessageRow>> {
+        let room_hex = room.to_hex();
+        let room = room_hex.as_str();
         let rows = sqlx::query(
             "SELECT seq, header, ciphertext, sig FROM messages WHERE room = $1 AND seq < $2
              ORDER BY seq DESC LIMIT $3",
@@ -464,7 +512,9 @@ impl ServerStore for SqlServerStore {
         Ok(out)
     }
 
-    async fn add_shredded(&self, room: &str, notice: &[u8]) -> Result<()> {
+    async fn add_shredded(&self, room: &RoomId, notice: &[u8]) -> Result<()> {
+        let room_hex = room.to_hex();
+        let room = room_hex.as_str();
         sqlx::query(
             "INSERT INTO shredded_notices (room, notice) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
@@ -475,7 +525,9 @@ impl ServerStore for SqlServerStore {
         Ok(())
     }
 
-    async fn shredded_notices(&self, room: &str) -> Result<Vec<Vec<u8>>> {
+    async fn shredded_notices(&self, room: &RoomId) -> Result<Vec<Vec<u8>>> {
+        let room_hex = room.to_hex();
+        let room = room_hex.as_str();
         Ok(
             sqlx::query_scalar("SELECT notice FROM shredded_notices WHERE room = $1")
                 .bind(room)

@@ -46,7 +46,9 @@ impl VaultStore for SqlVaultStore {
         self.db.scrub(&["envelopes", "tokens"]).await
     }
 
-    async fn capture_status(&self, message_id: &str) -> Result<CaptureStatus> {
+    async fn capture_status(&self, message_id: &MessageId) -> Result<CaptureStatus> {
+        let message_id_hex = message_id.to_hex();
+        let message_id = message_id_hex.as_str();
         let r = sqlx::query(
             "SELECT (SELECT COUNT(*) FROM tombstones WHERE message_id = $1) AS deleted,
                     e.ciphertext_sha256, e.envelope_sha256, e.received_ms, e.log_index
@@ -132,10 +134,12 @@ impl VaultStore for SqlVaultStore {
 
     async fn expired(
         &self,
-        room: &str,
+        room: &RoomId,
         before_ms: u64,
         held: &[(u64, u64)],
     ) -> Result<(Vec<(String, Vec<u8>)>, u64)> {
+        let room_hex = room.to_hex();
+        let room = room_hex.as_str();
         let rows = sqlx::query(
             "SELECT message_id, ts, envelope_sha256 FROM envelopes WHERE room = $1 AND ts < $2 ORDER BY ts",
         )
