@@ -147,6 +147,11 @@ fn ingest(
     g.sample_size(10).measurement_time(Duration::from_secs(20));
     g.throughput(Throughput::Elements(N));
     let mut base = 0u64;
+    // CPU this process spent in the timed part (every thread), to say what
+    // a capture costs apart from waiting.
+    let mut cpu = 0.0f64;
+    let mut captures = 0u64;
+    let mut wall = 0.0f64;
     g.bench_function(name, |b| {
         b.iter_custom(|iters| {
             let mut total = Duration::ZERO;
@@ -157,7 +162,8 @@ fn ingest(
                     .collect();
                 base += N;
                 let v = vault.clone();
-                total += rt.block_on(async move {
+                let cpu0 = process_cpu_secs();
+                let spent = rt.block_on(async move {
                     let reqs = Arc::new(reqs);
                     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
                     let t = Instant::now();
@@ -177,11 +183,35 @@ fn ingest(
                     }
                     t.elapsed()
                 });
+                cpu += process_cpu_secs() - cpu0;
+                captures += N;
+                wall += spent.as_secs_f64();
+                total += spent;
             }
             total
         })
     });
     g.finish();
+    if captures > 0 {
+        eprintln!(
+            "vault/{name}: {:.0} µs of this process's CPU per capture, {:.2} of 2 cores busy",
+            cpu * 1e6 / captures as f64,
+            cpu / wall
+        );
+    }
+}
+
+/// CPU seconds this process has used (user + system, every thread).
+fn process_cpu_secs() -> f64 {
+    let Ok(s) = std::fs::read_to_string("/proc/self/stat") else {
+        return 0.0;
+    };
+    let Some((_, after)) = s.rsplit_once(')') else {
+        return 0.0;
+    };
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let tick = |k: usize| f.get(k).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (tick(11) + tick(12)) / 100.0
 }
 
 const WORDS: usize = 20_000;
