@@ -102,22 +102,6 @@ async fn cluster_world(pg: &Services, node_a: &str) -> World {
     World::with(o).await
 }
 
-/// A user whose device talks to the server at `server`.
-async fn user_on(w: &World, name: &str, server: &str) -> Client {
-    let user: UserId = World::uid(name);
-    let code = w.admin.admin_add_user(&user, false).await.unwrap().code;
-    Client::enrol(
-        w.http.clone(),
-        server,
-        &w.stack.km_url,
-        &user,
-        &code,
-        Storage::Memory,
-    )
-    .await
-    .unwrap()
-}
-
 /// The seqs of the next `n` messages of `room` on a live stream.
 async fn live_seqs(
     c: &Client,
@@ -143,8 +127,8 @@ async fn messages_cross_nodes_live_in_room_order() {
     let w = cluster_world(&pg, "a").await;
     let (_b, b_url) = node(&pg.url, "b", w.dir.path()).await;
     let alice = w.user("alice").await; // on node A
-    let bob = user_on(&w, "bob", &b_url).await; // on node B
-    let carol = user_on(&w, "carol", &b_url).await; // on node B
+    let bob = w.user_on("bob", &b_url).await; // on node B
+    let carol = w.user_on("carol", &b_url).await; // on node B
     let room = alice
         .create_room(
             RoomSettings::default(),
@@ -189,7 +173,7 @@ async fn revocation_and_membership_reach_every_node() {
     let w = cluster_world(&pg, "a").await;
     let (_b, b_url) = node(&pg.url, "b", w.dir.path()).await;
     let alice = w.user("alice").await;
-    let bob = user_on(&w, "bob", &b_url).await;
+    let bob = w.user_on("bob", &b_url).await;
     let mut bob_live = bob.connect_events().await.unwrap();
 
     // a room made on node A: bob, connected to node B, hears of it
@@ -234,7 +218,7 @@ async fn a_forged_cluster_event_is_dropped() {
     let w = cluster_world(&pg, "a").await;
     let (_b, b_url) = node(&pg.url, "b", w.dir.path()).await;
     let alice = w.user("alice").await; // on node A
-    let bob = user_on(&w, "bob", &b_url).await; // on node B
+    let bob = w.user_on("bob", &b_url).await; // on node B
     let room = alice
         .create_room(RoomSettings::default(), &[World::uid("bob")])
         .await
@@ -320,7 +304,7 @@ async fn a_session_and_an_attachment_are_good_on_every_node() {
     let w = cluster_world(&pg, "a").await;
     let (_b, b_url) = node(&pg.url, "b", w.dir.path()).await;
     let alice = w.user("alice").await;
-    let bob = user_on(&w, "bob", &b_url).await;
+    let bob = w.user_on("bob", &b_url).await;
     let room = alice
         .create_room(RoomSettings::default(), &[World::uid("bob")])
         .await

@@ -283,17 +283,7 @@ async fn a_follower_reconnects_and_catches_up_each_message_once_in_order() {
     let alice = w.user("alice").await;
     let front = common::proxy::Proxy::start(&w.stack.server_url).await;
     let user = World::uid("bob");
-    let code = w.admin.admin_add_user(&user, false).await.unwrap().code;
-    let bob = cloister_client::Client::enrol(
-        w.http.clone(),
-        &front.url,
-        &w.stack.km_url,
-        &user,
-        &code,
-        cloister_client::Storage::Memory,
-    )
-    .await
-    .unwrap();
+    let bob = w.user_on("bob", &front.url).await;
     let room = alice
         .create_room(RoomSettings::default(), std::slice::from_ref(&user))
         .await

@@ -112,10 +112,7 @@ impl Follow<'_> {
                     return self.client.receive(&room, seq, &envelope).await;
                 }
                 Event::KeysShredded { room, notice } => {
-                    let epochs = self
-                        .client
-                        .shredded_epochs(&room, std::slice::from_ref(&notice));
-                    self.client.forget_keys(&room, &epochs)?;
+                    self.client.on_keys_shredded(&room, &notice)?;
                 }
                 _ => {}
             }

@@ -99,6 +99,17 @@ impl Client {
     /// The epochs of `room` that KM-signed `keys_shredded` notices name (the
     /// server relays them; an unsigned or foreign claim is ignored, with an
     /// alert).
+    /// A live `keys_shredded` notice: drop the keys of the epochs it names
+    /// (a notice that does not verify names none).
+    pub(crate) fn on_keys_shredded(
+        &self,
+        room: &RoomId,
+        notice: &cloister_proto::km::SignedNotice,
+    ) -> Result<()> {
+        let epochs = self.shredded_epochs(room, std::slice::from_ref(notice));
+        self.forget_keys(room, &epochs)
+    }
+
     pub(crate) fn shredded_epochs(
         &self,
         room: &RoomId,

@@ -314,8 +314,7 @@ impl Client {
                     Err(e) => return Err(e),
                 },
                 Some(Event::KeysShredded { room: r, notice }) => {
-                    let epochs = self.shredded_epochs(&r, std::slice::from_ref(&notice));
-                    self.forget_keys(&r, &epochs)?
+                    self.on_keys_shredded(&r, &notice)?
                 }
                 Some(_) => continue,
             }

@@ -655,15 +655,7 @@ async fn put_blob(
     let room = parse_room(&room)?;
     let id = parse_blob_id(&id)?;
     let st = s.member_room(&room, &c.user).await?;
-    if let Some(why) = st.why_not_post(&c.user) {
-        let code = if st.locked.is_some() {
-            "locked"
-        } else {
-            "read_only"
-        };
-        return Err(ApiError::forbidden(code, why));
-    }
-    s.check_walled(&st, &c.user)?;
+    s.check_may_post(&st, &c.user)?;
     s.require(
         &c.tenant,
         &c.user,

@@ -112,6 +112,20 @@ impl Server {
         }
     }
 
+    /// May `user` add to the room (a message or a file)? Not in a locked or
+    /// read-only room, nor past a wall (`check_walled`).
+    pub(crate) fn check_may_post(&self, st: &RoomState, user: &UserId) -> Result<(), ApiError> {
+        if let Some(why) = st.why_not_post(user) {
+            let code = if st.locked.is_some() {
+                "locked"
+            } else {
+                "read_only"
+            };
+            return Err(ApiError::forbidden(code, why));
+        }
+        self.check_walled(st, user)
+    }
+
     pub(crate) fn require(
         &self,
         tenant: &TenantId,

@@ -70,15 +70,7 @@ pub(crate) async fn accept(
     // The receipt served its purpose; it is neither stored nor forwarded.
     env.receipt = None;
     let st = s.member_room(&room, &c.user).await?;
-    if let Some(why) = st.why_not_post(&c.user) {
-        let code = if st.locked.is_some() {
-            "locked"
-        } else {
-            "read_only"
-        };
-        return Err(ApiError::forbidden(code, why));
-    }
-    s.check_walled(&st, &c.user)?;
+    s.check_may_post(&st, &c.user)?;
     if h.epoch != st.epoch {
         return Err(ApiError::conflict(
             "stale_epoch",

@@ -65,6 +65,23 @@ impl World {
         self.device_of(&Self::uid(name)).await
     }
 
+    /// A new user whose in-memory device talks to the server at `server`
+    /// (another node, a proxy in front of the stack's server).
+    pub async fn user_on(&self, name: &str, server: &str) -> Client {
+        let user = Self::uid(name);
+        let code = self.admin.admin_add_user(&user, false).await.unwrap().code;
+        Client::enrol(
+            self.http.clone(),
+            server,
+            &self.stack.km_url,
+            &user,
+            &code,
+            Storage::Memory,
+        )
+        .await
+        .unwrap()
+    }
+
     /// A new user with roles (compliance, custodian, surveillance…).
     pub async fn user_with(&self, name: &str, roles: &[cloister_proto::km::Role]) -> Client {
         let user = Self::uid(name);
