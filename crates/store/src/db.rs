@@ -351,8 +351,13 @@ fn migrate_error(role: Role, e: sqlx::migrate::MigrateError) -> StoreError {
 
 /// Open a SQLite pool with the pragmas every connection needs: WAL with
 /// full fsync, a busy timeout, foreign keys, a 32 MiB page cache (index
-/// pages of large tables stay in memory), and `secure_delete` (deleted
-/// content is overwritten with zeros: retention must destroy, not hide).
+/// pages of large tables stay in memory), `secure_delete` (deleted
+/// content is overwritten with zeros: retention must destroy, not hide),
+/// and a checkpoint every 32,768 WAL pages (128 MiB) instead of SQLite's
+/// 1,000: an index page that every batch dirties (a room's, a busy blind
+/// token's) is copied into the database once per checkpoint, not once per
+/// 4 MiB of log. Measured on the vault's ingest: 47 % more captures per
+/// second, a third fewer bytes written (docs/benchmarks.md).
 async fn sqlite_pool(opts: &AnyConnectOptions, max: u32) -> Result<AnyPool> {
     Ok(AnyPoolOptions::new()
         .max_connections(max)
@@ -366,6 +371,7 @@ async fn sqlite_pool(opts: &AnyConnectOptions, max: u32) -> Result<AnyPool> {
                     "PRAGMA cache_size = -32768",
                     "PRAGMA secure_delete = ON",
                     "PRAGMA temp_store = MEMORY",
+                    "PRAGMA wal_autocheckpoint = 32768",
                 ] {
                     conn.execute(p).await?;
                 }

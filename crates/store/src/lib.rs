@@ -492,6 +492,9 @@ pub struct HitRow {
     pub ciphertext_sha256: Vec<u8>,
 }
 
+/// Most ids one [`VaultStore::capture_statuses`] read takes.
+pub const MAX_STATUS_BATCH: usize = 256;
+
 /// Storage of the compliance vault: sealed envelopes, and blind-index tokens
 /// kept in their own table.
 #[async_trait]
@@ -499,11 +502,12 @@ pub trait VaultStore: AuditStore {
     async fn vault_meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
     async fn vault_init_meta(&self, key: &str, value: &[u8]) -> Result<()>;
     async fn vault_set_meta(&self, key: &str, value: &[u8]) -> Result<()>;
-    /// Where a message stands in the vault, in one read: captured (with
-    /// its metadata; captures are stored through [`AuditStore::audit_append`]
-    /// with a [`SideEffect::Capture`]), deleted by retention (a tombstone),
-    /// or neither.
-    async fn capture_status(&self, message_id: &MessageId) -> Result<CaptureStatus>;
+    /// Where each message stands in the vault, in the order given, in one
+    /// read: captured (with its metadata; captures are stored through
+    /// [`AuditStore::audit_append`] with a [`SideEffect::Capture`]), deleted
+    /// by retention (a tombstone), or neither. The captures in flight share
+    /// it (at most [`MAX_STATUS_BATCH`] ids).
+    async fn capture_statuses(&self, message_ids: &[MessageId]) -> Result<Vec<CaptureStatus>>;
     /// Make deleted bytes unrecoverable from the database files (see
     /// [`KmStore::km_scrub`]).
     async fn vault_scrub(&self) -> Result<()>;

@@ -566,13 +566,14 @@ async fn vault(url: &str) {
     );
     assert_eq!(s.envelope_count().await.unwrap(), 3);
     assert_eq!(s.audit_all().await.unwrap().len(), 3);
-    let CaptureStatus::Captured(m1) = s.capture_status(&mid(11)).await.unwrap() else {
+    let CaptureStatus::Captured(m1) = s.capture_statuses(&[mid(11)]).await.unwrap()[0].clone()
+    else {
         panic!("m1 is captured")
     };
     assert_eq!(m1.log_index, 1);
     assert_eq!(
-        s.capture_status(&mid(19)).await.unwrap(),
-        CaptureStatus::New
+        s.capture_statuses(&[mid(19)]).await.unwrap(),
+        [CaptureStatus::New]
     );
 
     let both = vec![(1, vec![b"buy".to_vec(), b"gold".to_vec()])];
@@ -621,8 +622,23 @@ async fn vault(url: &str) {
     };
     s.audit_append(&[del], None).await.unwrap();
     assert_eq!(
-        s.capture_status(&mid(10)).await.unwrap(),
-        CaptureStatus::Deleted
+        s.capture_statuses(&[mid(10)]).await.unwrap(),
+        [CaptureStatus::Deleted]
+    );
+    // several at once, in the order asked, a repeated id answered twice
+    let many = s
+        .capture_statuses(&[mid(19), mid(10), mid(11), mid(10)])
+        .await
+        .unwrap();
+    assert_eq!(many[0], CaptureStatus::New);
+    assert_eq!(many[1], CaptureStatus::Deleted);
+    assert!(matches!(&many[2], CaptureStatus::Captured(m) if m.log_index == 1));
+    assert_eq!(many[3], CaptureStatus::Deleted);
+    assert!(s.capture_statuses(&[]).await.unwrap().is_empty());
+    assert!(
+        s.capture_statuses(&vec![mid(1); cloister_store::MAX_STATUS_BATCH + 1])
+            .await
+            .is_err()
     );
     assert_eq!(s.search(&both, 0, 1000, 10).await.unwrap().len(), 0);
     s.vault_scrub().await.unwrap();

@@ -157,8 +157,8 @@ impl Vault {
     }
 
     async fn status(&self, message_id: &MessageId) -> Result<CaptureStatus, ApiError> {
-        self.store
-            .capture_status(message_id)
+        self.statuses
+            .status(*message_id)
             .await
             .map_err(ApiError::internal)
     }

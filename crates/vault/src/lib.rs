@@ -21,6 +21,7 @@
 mod capture;
 mod purge;
 mod standing;
+mod status;
 mod verifier;
 
 use cloister_audit::AuditLog;
@@ -89,6 +90,8 @@ pub struct Vault {
     http: reqwest::Client,
     /// Checks request and message signatures in batches.
     verifier: verifier::Verifier,
+    /// Reads the captures' statuses in batches.
+    statuses: status::StatusReader,
     /// Certificates already verified under the KM key (by hash of their
     /// signed bytes), with the device's parsed key: a device's next request
     /// costs one signature check, not two.
@@ -204,7 +207,6 @@ impl Vault {
             tenant,
             km_pk: km,
             signer: KmSigner::from_secret(&key)?,
-            store,
             log,
             inflight: Mutex::new(HashSet::new()),
             deny: std::sync::RwLock::new(cloister_standing::DenyList::pulled(
@@ -216,6 +218,8 @@ impl Vault {
             pulling: tokio::sync::Mutex::new(()),
             http: reqwest::Client::new(),
             verifier: verifier::Verifier::start(),
+            statuses: status::StatusReader::start(store.clone()),
+            store,
         })
     }
 

@@ -2,7 +2,9 @@
 
 use super::*;
 use crate::db::Role;
-use crate::{CaptureMeta, CaptureStatus, EnvelopeRow, FetchQuery, HitRow, VaultStore};
+use crate::{
+    CaptureMeta, CaptureStatus, EnvelopeRow, FetchQuery, HitRow, MAX_STATUS_BATCH, VaultStore,
+};
 
 /// The compliance vault's store (SQLite or PostgreSQL).
 #[derive(Clone)]
@@ -46,29 +48,55 @@ impl VaultStore for SqlVaultStore {
         self.db.scrub(&["envelopes", "tokens"]).await
     }
 
-    async fn capture_status(&self, message_id: &MessageId) -> Result<CaptureStatus> {
-        let message_id_hex = message_id.to_hex();
-        let message_id = message_id_hex.as_str();
-        let r = sqlx::query(
-            "SELECT (SELECT COUNT(*) FROM tombstones WHERE message_id = $1) AS deleted,
-                    e.ciphertext_sha256, e.envelope_sha256, e.received_ms, e.log_index
-             FROM (SELECT 1 AS one) x LEFT JOIN envelopes e ON e.message_id = $1",
-        )
-        .bind(message_id)
-        .fetch_one(&self.db.readers)
-        .await?;
-        if r.try_get::<i64, _>("deleted")? > 0 {
-            return Ok(CaptureStatus::Deleted);
+    async fn capture_statuses(&self, message_ids: &[MessageId]) -> Result<Vec<CaptureStatus>> {
+        if message_ids.is_empty() {
+            return Ok(Vec::new());
         }
-        let Some(received_ms) = r.try_get::<Option<i64>, _>("received_ms")? else {
-            return Ok(CaptureStatus::New);
-        };
-        Ok(CaptureStatus::Captured(CaptureMeta {
-            ciphertext_sha256: r.try_get("ciphertext_sha256")?,
-            envelope_sha256: r.try_get("envelope_sha256")?,
-            received_ms: u(received_ms),
-            log_index: u(r.try_get("log_index")?),
-        }))
+        if message_ids.len() > MAX_STATUS_BATCH {
+            return Err(StoreError::Backend(format!(
+                "at most {MAX_STATUS_BATCH} capture statuses in one read"
+            )));
+        }
+        let hex: Vec<String> = message_ids.iter().map(MessageId::to_hex).collect();
+        // One statement: the tombstones, then the captured envelopes.
+        let mut sql = Sql::new(
+            "SELECT message_id, CAST(1 AS BIGINT) AS deleted, NULL AS ciphertext_sha256, NULL AS envelope_sha256,
+                    NULL AS received_ms, NULL AS log_index
+             FROM tombstones WHERE message_id IN (",
+        );
+        sql.params(hex.len()).push(
+            ") UNION ALL SELECT message_id, CAST(0 AS BIGINT), ciphertext_sha256, envelope_sha256, received_ms, log_index
+             FROM envelopes WHERE message_id IN (",
+        );
+        sql.params(hex.len()).push(")");
+        let mut q = sqlx::query(sql.build());
+        for h in hex.iter().chain(&hex) {
+            q = q.bind(h);
+        }
+        let rows = q.fetch_all(&self.db.readers).await?;
+        let mut found: std::collections::HashMap<String, CaptureStatus> =
+            std::collections::HashMap::with_capacity(rows.len());
+        for r in rows {
+            let id: String = r.try_get("message_id")?;
+            let status = if r.try_get::<i64, _>("deleted")? != 0 {
+                CaptureStatus::Deleted
+            } else {
+                CaptureStatus::Captured(CaptureMeta {
+                    ciphertext_sha256: r.try_get("ciphertext_sha256")?,
+                    envelope_sha256: r.try_get("envelope_sha256")?,
+                    received_ms: u(r.try_get("received_ms")?),
+                    log_index: u(r.try_get("log_index")?),
+                })
+            };
+            // A tombstone wins over a row (never both; deletion removes it).
+            if status == CaptureStatus::Deleted || !found.contains_key(&id) {
+                found.insert(id, status);
+            }
+        }
+        Ok(hex
+            .iter()
+            .map(|h| found.get(h).cloned().unwrap_or(CaptureStatus::New))
+            .collect())
     }
 
     async fn fetch(&self, q: &FetchQuery) -> Result<Vec<EnvelopeRow>> {
