@@ -31,7 +31,7 @@ impl Witnesses {
                 .iter()
                 .map(|u| u.trim_end_matches('/').to_owned())
                 .collect(),
-            http: reqwest::Client::new(),
+            http: cloister_tls::http_client(),
             sizes: Mutex::new(HashMap::new()),
             cosigned: Mutex::new(None),
         }

@@ -30,7 +30,7 @@ async fn enrol(stack: &Stack, admin: &Client, name: &str) -> Client {
     let user = format!("{name}@acme").parse().unwrap();
     let code = admin.admin_add_user(&user, false).await.unwrap().code;
     Client::enrol(
-        reqwest::Client::new(),
+        cloister_tls::http_client(),
         &stack.server_url,
         &stack.km_url,
         &user,
@@ -53,7 +53,7 @@ fn main() {
         let mut o = StackOptions::new("acme".parse().unwrap());
         o.cost = Cost::TEST;
         let stack = Stack::start(dir.path(), o).await.unwrap();
-        let http = reqwest::Client::new();
+        let http = cloister_tls::http_client();
         let admin = Client::enrol(
             http.clone(),
             &stack.server_url,

@@ -205,7 +205,7 @@ pub async fn run(a: FirmsBenchArgs, json: bool) -> Result<(), BoxError> {
     }
     let tmp = tempfile::tempdir()?;
     let dir = a.data_dir.clone().unwrap_or_else(|| tmp.path().to_owned());
-    let http = reqwest::Client::new();
+    let http = cloister_tls::http_client();
     let mut kids = Children(Vec::new());
     let setup = Instant::now();
     let server = spawn(

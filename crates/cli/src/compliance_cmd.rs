@@ -29,6 +29,8 @@ pub enum VaultCmd {
         data: cloister_cli::DataArgs,
         #[arg(long, default_value = "127.0.0.1:7500")]
         listen: String,
+        #[command(flatten)]
+        tls: cloister_cli::tls_args::ListenTls,
         /// The KM's URL, if it moved since `vault init` (its deny list of
         /// revoked devices and disabled users is pulled from there).
         #[arg(long)]
@@ -247,7 +249,7 @@ pub async fn vault_cmd(ctx: &Ctx, vc: VaultCmd) -> Result<(), BoxError> {
             if database_url.is_none() && cloister_vault::db_path(&data_dir).exists() {
                 return Err(format!("{} already holds a vault", data_dir.display()).into());
             }
-            let info = cloister_client::km_info(&reqwest::Client::new(), &km).await?;
+            let info = cloister_client::km_info(&cloister_tls::http_client(), &km).await?;
             if let Some(k) = km_key
                 && key32(&k)? != info.sign_pk.0
             {
@@ -278,10 +280,14 @@ pub async fn vault_cmd(ctx: &Ctx, vc: VaultCmd) -> Result<(), BoxError> {
                     database_url,
                 },
             listen,
+            tls,
             km,
             refresh_secs,
             max_age_secs,
         } => {
+            // Before the vault opens: its pulls from the KM use it.
+            tls.set_outgoing(ctx.ca_file.as_ref())?;
+            let vault_tls = tls.load()?;
             if refresh_secs == 0 || refresh_secs >= max_age_secs {
                 return Err("--refresh-secs must be at least 1 and below --max-age-secs".into());
             }
@@ -300,12 +306,19 @@ pub async fn vault_cmd(ctx: &Ctx, vc: VaultCmd) -> Result<(), BoxError> {
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             eprintln!(
-                "vault for tenant {} listening on http://{} ({} envelopes)",
+                "vault for tenant {} listening on {}://{} ({} envelopes)",
                 v.tenant(),
+                tls.scheme(),
                 l.local_addr()?,
                 v.envelope_count().await.map_err(|e| e.message)?
             );
-            cloister_http::serve(l, cloister_vault::router(v), shutdown_signal()).await?;
+            cloister_http::serve_with(
+                l,
+                vault_tls.as_ref(),
+                cloister_vault::router(v),
+                shutdown_signal(),
+            )
+            .await?;
         }
     }
     Ok(())

@@ -76,7 +76,7 @@ async fn enrol_as(
     let code = admin.admin_add_user_roles(&user, roles).await?.code;
     let path = dir.join(name);
     Ok(Client::enrol(
-        reqwest::Client::new(),
+        cloister_tls::http_client(),
         &stack.server_url,
         &stack.km_url,
         &user,
@@ -140,7 +140,10 @@ fn scan_for(dir: &Path, needles: &[Vec<u8>]) -> Result<(usize, u64, Vec<String>)
 }
 
 /// Run the demo; `Ok(true)` only if every check held.
-pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> {
+/// Run the demo; with `tls`, every service listens on HTTPS with a
+/// certificate from a development CA made in the data directory, and every
+/// client verifies it.
+pub async fn run(data_dir: Option<&Path>, json: bool, tls: bool) -> Result<bool, BoxError> {
     let tmp;
     let dir = match data_dir {
         Some(d) => {
@@ -163,6 +166,11 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
         failures: Vec::new(),
         steps: Vec::new(),
     };
+    let local_tls = if tls {
+        Some(crate::tls_args::LocalTls::create(&dir.join("tls"))?)
+    } else {
+        None
+    };
     // Two witnesses of Acme's audit log: one on the vault's host, one run by
     // the messaging operator.
     let mut witnesses = Vec::new();
@@ -173,15 +181,15 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
         let w = std::sync::Arc::new(
             cloister_witness::Witness::open_dir(&dir.join(sub), Some(name)).await?,
         );
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let url = format!("http://{}", l.local_addr()?);
+        let (l, wtls, url) = crate::tls_args::bind_local(sub, local_tls.as_ref()).await?;
         let r = cloister_witness::router(w.clone());
         tokio::spawn(async move {
-            let _ = cloister_http::serve(l, r, std::future::pending()).await;
+            let _ = cloister_http::serve_with(l, wtls.as_ref(), r, std::future::pending()).await;
         });
         witnesses.push((w, url));
     }
     let mut opts = StackOptions::new("acme".parse()?);
+    opts.tls = local_tls.clone();
     opts.km_config.witnesses = witnesses.iter().map(|(_, u)| u.clone()).collect();
     let stack = Stack::start(&dir, opts).await?;
     for (w, _) in &witnesses {
@@ -212,7 +220,7 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
         .clone()
         .ok_or("KM was not freshly initialised")?;
     let admin = Client::enrol(
-        reqwest::Client::new(),
+        cloister_tls::http_client(),
         &stack.server_url,
         &stack.km_url,
         &uid("admin@acme")?,
@@ -379,7 +387,7 @@ pub async fn run(data_dir: Option<&Path>, json: bool) -> Result<bool, BoxError> 
     d.section("Bob gets a new laptop");
     let code = admin.admin_add_user(bob.user(), false).await?.code;
     let bob2 = Client::enrol(
-        reqwest::Client::new(),
+        cloister_tls::http_client(),
         &stack.server_url,
         &stack.km_url,
         bob.user(),

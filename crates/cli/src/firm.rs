@@ -29,6 +29,8 @@ pub struct FirmOptions<'a> {
     pub operator_token: &'a str,
     /// How often the vault pulls its KM's deny list (and partner keys).
     pub vault_refresh: std::time::Duration,
+    /// Serve over TLS with certificates from this CA.
+    pub tls: Option<&'a crate::tls_args::LocalTls>,
 }
 
 /// Start a new firm in `dir/km` and `dir/vault`.
@@ -43,11 +45,12 @@ pub async fn start_partner_firm(dir: &Path, o: FirmOptions<'_>) -> Result<Partne
     )
     .await?;
     let admin_code = code.ok_or("the firm's KM was not freshly initialised")?;
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let km_url = format!("http://{}", l.local_addr()?);
+    let (l, km_tls, km_url) = crate::tls_args::bind_local("partner-km", o.tls).await?;
     let router = cloister_km::http::router(km.clone());
     let mut tasks = vec![tokio::spawn(async move {
-        if let Err(e) = cloister_http::serve(l, router, std::future::pending()).await {
+        if let Err(e) =
+            cloister_http::serve_with(l, km_tls.as_ref(), router, std::future::pending()).await
+        {
             tracing::error!("partner KM stopped: {e}");
         }
     })];
@@ -57,11 +60,12 @@ pub async fn start_partner_firm(dir: &Path, o: FirmOptions<'_>) -> Result<Partne
             .await?,
     );
     vault.set_km_url(&km_url).await?;
-    let vl = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let vault_url = format!("http://{}", vl.local_addr()?);
+    let (vl, vault_tls, vault_url) = crate::tls_args::bind_local("partner-vault", o.tls).await?;
     let vr = cloister_vault::router(vault.clone());
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = cloister_http::serve(vl, vr, std::future::pending()).await {
+        if let Err(e) =
+            cloister_http::serve_with(vl, vault_tls.as_ref(), vr, std::future::pending()).await
+        {
             tracing::error!("partner vault stopped: {e}");
         }
     }));
@@ -69,7 +73,7 @@ pub async fn start_partner_firm(dir: &Path, o: FirmOptions<'_>) -> Result<Partne
         vault.keep_standing(o.vault_refresh, std::future::pending()),
     ));
     cloister_client::register_tenant(
-        &reqwest::Client::new(),
+        &cloister_tls::http_client(),
         o.server_url,
         o.operator_token,
         &km.info(),

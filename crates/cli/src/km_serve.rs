@@ -30,6 +30,7 @@ pub struct KmServe {
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
     pub listen: String,
+    pub tls: Option<cloister_tls::ServerTls>,
     pub passphrase: Vec<u8>,
     pub config: cloister_km::KmConfig,
     /// The messaging server to push notices to.
@@ -60,17 +61,22 @@ pub async fn run(
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", o.listen))?;
     let addr = l.local_addr()?;
+    let scheme = if o.tls.is_some() { "https" } else { "http" };
     let pg = match &o.database_url {
         Some(u) => cloister_store::backend_of(u)? == cloister_store::Backend::Postgres,
         None => false,
     };
     if !pg {
         let (km, _) = open(&o).await?;
-        eprintln!("KM for tenant {} listening on http://{addr}", km.tenant());
+        eprintln!(
+            "KM for tenant {} listening on {scheme}://{addr}",
+            km.tenant()
+        );
         if let Some(server) = &o.server {
             km.push_notices_to(server);
         }
-        cloister_km::http::serve(km, l, shutdown).await?;
+        cloister_http::serve_with(l, o.tls.as_ref(), cloister_km::http::router(km), shutdown)
+            .await?;
         return Ok(());
     }
     // Several KM processes may share this database: serve as a standby
@@ -86,9 +92,13 @@ pub async fn run(
             }
         }
     });
-    let served = tokio::spawn(cloister_http::serve(l, app, shutdown));
+    let tls = o.tls.clone();
+    let served =
+        tokio::spawn(
+            async move { cloister_http::serve_with(l, tls.as_ref(), app, shutdown).await },
+        );
     let url = o.database_url.clone().unwrap_or_default();
-    eprintln!("KM listening on http://{addr}; waiting for the appender lease");
+    eprintln!("KM listening on {scheme}://{addr}; waiting for the appender lease");
     let mut lease = cloister_store::Lease::acquire(&url, LEASE, POLL, || {
         eprintln!("standby: another KM process holds the appender lease; taking over when it goes")
     })

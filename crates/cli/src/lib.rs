@@ -17,6 +17,7 @@ pub mod demo;
 pub mod firm;
 pub mod inspect;
 pub mod km_serve;
+pub mod tls_args;
 
 use cloister_crypto::passphrase::Cost;
 use cloister_km::provider::{FileKeyProvider, KeyProvider};
@@ -68,6 +69,8 @@ pub struct Stack {
     pub vault: Arc<cloister_vault::Vault>,
     pub km_url: String,
     pub server_url: String,
+    /// The CA the stack's listeners have certificates from (TLS), if any.
+    pub tls: Option<tls_args::LocalTls>,
     pub vault_url: String,
     pub km_addr: SocketAddr,
     pub server_addr: SocketAddr,
@@ -92,6 +95,9 @@ pub struct StackOptions {
     pub server_database: Option<String>,
     /// How often the vault pulls the KM's deny list.
     pub vault_refresh: std::time::Duration,
+    /// Serve the KM, the server and the vault over TLS with certificates
+    /// from this CA (the process trusts it).
+    pub tls: Option<tls_args::LocalTls>,
 }
 
 impl StackOptions {
@@ -108,6 +114,7 @@ impl StackOptions {
             server_config: ServerConfig::default(),
             server_database: None,
             vault_refresh: std::time::Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -140,11 +147,11 @@ impl Stack {
         let token_path = cloister_server::operator_token_path(&dir.join("server"));
         let operator_token = std::fs::read_to_string(&token_path)?.trim().to_owned();
 
-        let kl = tokio::net::TcpListener::bind(o.km_addr).await?;
-        let sl = tokio::net::TcpListener::bind(o.server_addr).await?;
-        let vl = tokio::net::TcpListener::bind(o.vault_addr).await?;
+        let tls = o.tls.as_ref();
+        let (kl, km_tls, km_url) = tls_args::bind("km", o.km_addr, tls).await?;
+        let (sl, server_tls, server_url) = tls_args::bind("server", o.server_addr, tls).await?;
+        let (vl, vault_tls, vault_url) = tls_args::bind("vault", o.vault_addr, tls).await?;
         let (km_addr, server_addr) = (kl.local_addr()?, sl.local_addr()?);
-        let vault_url = format!("http://{}", vl.local_addr()?);
         let r1 = cloister_km::http::router(km.clone());
         let r2 = cloister_server::router(server.clone());
         let r3 = cloister_vault::router(vault.clone());
@@ -152,7 +159,7 @@ impl Stack {
         let signal = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
             let _ = rx.wait_for(|stop| *stop).await;
         };
-        vault.set_km_url(&format!("http://{km_addr}")).await?;
+        vault.set_km_url(&km_url).await?;
         let (s1, s2, s3, s4) = (
             signal(rx.clone()),
             signal(rx.clone()),
@@ -161,28 +168,29 @@ impl Stack {
         );
         let tasks = vec![
             tokio::spawn(async move {
-                if let Err(e) = cloister_http::serve(kl, r1, s1).await {
+                if let Err(e) = cloister_http::serve_with(kl, km_tls.as_ref(), r1, s1).await {
                     tracing::error!("KM stopped: {e}");
                 }
             }),
             tokio::spawn(async move {
-                if let Err(e) = cloister_http::serve(sl, r2, s2).await {
+                if let Err(e) = cloister_http::serve_with(sl, server_tls.as_ref(), r2, s2).await {
                     tracing::error!("server stopped: {e}");
                 }
             }),
             tokio::spawn(async move {
-                if let Err(e) = cloister_http::serve(vl, r3, s3).await {
+                if let Err(e) = cloister_http::serve_with(vl, vault_tls.as_ref(), r3, s3).await {
                     tracing::error!("vault stopped: {e}");
                 }
             }),
             tokio::spawn(vault.clone().keep_standing(o.vault_refresh, s4)),
         ];
         let mut tasks = tasks;
-        tasks.extend(km.push_notices_to(&format!("http://{server_addr}")));
+        tasks.extend(km.push_notices_to(&server_url));
         let stack = Stack {
             dir: dir.to_owned(),
-            km_url: format!("http://{km_addr}"),
-            server_url: format!("http://{server_addr}"),
+            km_url,
+            server_url,
+            tls: o.tls.clone(),
             km,
             server,
             vault,
@@ -194,7 +202,7 @@ impl Stack {
             tasks,
             shutdown,
         };
-        let http = reqwest::Client::new();
+        let http = cloister_tls::http_client();
         cloister_client::register_tenant(
             &http,
             &stack.server_url,

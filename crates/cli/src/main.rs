@@ -34,6 +34,10 @@ struct Cli {
     /// Print machine-readable JSON.
     #[arg(long, global = true)]
     json: bool,
+    /// Trust only this CA (PEM) for https:// services (default: the
+    /// system's roots).
+    #[arg(long, global = true, env = "CLOISTER_CA_FILE")]
+    ca_file: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -45,6 +49,10 @@ enum Cmd {
         /// Keep all data here (default: a temporary directory, removed at the end).
         #[arg(long)]
         data_dir: Option<PathBuf>,
+        /// Run every service over TLS with certificates from a development
+        /// CA made for the run (in the data directory's `tls/`).
+        #[arg(long)]
+        tls: bool,
     },
     /// Load test: N clients in rooms of M members over loopback.
     Bench(cloister_cli::bench::BenchArgs),
@@ -60,6 +68,8 @@ enum Cmd {
         data: cloister_cli::DataArgs,
         #[arg(long, default_value = "127.0.0.1:7300")]
         listen: String,
+        #[command(flatten)]
+        tls: cloister_cli::tls_args::ListenTls,
         /// Run as one of several nodes sharing the database (PostgreSQL),
         /// with live events between them over this NATS JetStream server.
         #[arg(long, env = "CLOISTER_NATS_URL")]
@@ -173,6 +183,8 @@ enum KmCmd {
         data: cloister_cli::DataArgs,
         #[arg(long, default_value = "127.0.0.1:7400")]
         listen: String,
+        #[command(flatten)]
+        tls: cloister_cli::tls_args::ListenTls,
         #[command(flatten)]
         pass: KmPass,
         /// A witness (URL) to submit the audit log's checkpoints to (repeatable).
@@ -336,6 +348,8 @@ struct Ctx {
     home: Option<PathBuf>,
     pass_file: Option<PathBuf>,
     json: bool,
+    /// `--ca-file`: whom this process trusts for https:// services.
+    ca_file: Option<PathBuf>,
 }
 
 impl Ctx {
@@ -346,7 +360,11 @@ impl Ctx {
     }
     fn client(&self) -> Result<Client, BoxError> {
         let pass = read_secret(self.pass_file.as_deref(), "CLOISTER_PASSPHRASE")?;
-        Ok(Client::open(reqwest::Client::new(), self.home()?, &pass)?)
+        Ok(Client::open(
+            cloister_tls::http_client(),
+            self.home()?,
+            &pass,
+        )?)
     }
     fn emit(&self, human: impl std::fmt::Display, machine: serde_json::Value) {
         if self.json {
@@ -405,14 +423,17 @@ async fn shutdown_signal() {
 }
 
 async fn run(cli: Cli) -> Result<(), BoxError> {
+    let ca_file = cli.ca_file;
+    cloister_cli::tls_args::set_outgoing(ca_file.as_ref(), None)?;
     let ctx = Ctx {
         home: cli.home,
         pass_file: cli.passphrase_file,
         json: cli.json,
+        ca_file: ca_file.clone(),
     };
     match cli.cmd {
-        Cmd::Demo { data_dir } => {
-            let ok = cloister_cli::demo::run(data_dir.as_deref(), ctx.json).await?;
+        Cmd::Demo { data_dir, tls } => {
+            let ok = cloister_cli::demo::run(data_dir.as_deref(), ctx.json, tls).await?;
             if !ok {
                 return Err("the demo found a problem (see above)".into());
             }
@@ -463,10 +484,12 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                     database_url,
                 },
             listen,
+            tls,
             pass,
             witnesses,
             server,
         }) => {
+            tls.set_outgoing(ca_file.as_ref())?;
             let p = read_secret(pass.file.as_deref(), "CLOISTER_KM_PASSPHRASE")?;
             if !cloister_km::tmk_path(&data_dir).exists() {
                 return Err(format!(
@@ -484,6 +507,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                     data_dir,
                     database_url,
                     listen,
+                    tls: tls.load()?,
                     passphrase: p,
                     config,
                     server,
@@ -499,9 +523,12 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                     database_url,
                 },
             listen,
+            tls,
             nats,
             node,
         } => {
+            tls.set_outgoing(ca_file.as_ref())?;
+            let server_tls = tls.load()?;
             // Nodes share one database: a node's own SQLite file cannot be it.
             if nats.is_some()
                 && cloister_store::backend_of(database_url.as_deref().unwrap_or("sqlite:"))?
@@ -533,18 +560,25 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             eprintln!(
-                "server listening on http://{}; operator token in {}",
+                "server listening on {}://{}; operator token in {}",
+                tls.scheme(),
                 l.local_addr()?,
                 cloister_server::operator_token_path(&data_dir).display()
             );
-            cloister_http::serve(l, cloister_server::router(server), shutdown_signal()).await?;
+            cloister_http::serve_with(
+                l,
+                server_tls.as_ref(),
+                cloister_server::router(server),
+                shutdown_signal(),
+            )
+            .await?;
         }
         Cmd::Admin(AdminCmd::RegisterTenant {
             server,
             km,
             operator_token_file,
         }) => {
-            let http = reqwest::Client::new();
+            let http = cloister_tls::http_client();
             let tok = std::fs::read_to_string(&operator_token_file)
                 .map_err(|e| format!("{}: {e}", operator_token_file.display()))?;
             let info = cloister_client::km_info(&http, &km).await?;
@@ -653,7 +687,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let pass = read_secret(ctx.pass_file.as_deref(), "CLOISTER_PASSPHRASE")?;
             let u: UserId = parse(&user)?;
             let c = Client::enrol(
-                reqwest::Client::new(),
+                cloister_tls::http_client(),
                 &server,
                 &km,
                 &u,
@@ -943,6 +977,7 @@ async fn audit_cmd(ctx: &Ctx, ac: AuditCmd) -> Result<(), BoxError> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    cloister_tls::install_provider();
     // The demo and the load tool print their own story; services log warnings.
     let quiet = matches!(
         cli.cmd,

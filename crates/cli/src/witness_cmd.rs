@@ -30,6 +30,8 @@ pub enum WitnessCmd {
         data_dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:7600")]
         listen: String,
+        #[command(flatten)]
+        tls: cloister_cli::tls_args::ListenTls,
     },
 }
 
@@ -54,18 +56,30 @@ pub async fn witness_cmd(ctx: &Ctx, wc: WitnessCmd) -> Result<(), BoxError> {
                 json!({"name": w.name(), "log_key": log_key.trim()}),
             );
         }
-        WitnessCmd::Serve { data_dir, listen } => {
+        WitnessCmd::Serve {
+            data_dir,
+            listen,
+            tls,
+        } => {
+            let witness_tls = tls.load()?;
             let w = Arc::new(cloister_witness::Witness::open_dir(&data_dir, None).await?);
             let l = tokio::net::TcpListener::bind(&listen)
                 .await
                 .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
             eprintln!(
-                "witness {} listening on http://{} (key {})",
+                "witness {} listening on {}://{} (key {})",
                 w.name(),
+                tls.scheme(),
                 l.local_addr()?,
                 w.key()
             );
-            cloister_http::serve(l, cloister_witness::router(w), shutdown_signal()).await?;
+            cloister_http::serve_with(
+                l,
+                witness_tls.as_ref(),
+                cloister_witness::router(w),
+                shutdown_signal(),
+            )
+            .await?;
         }
     }
     Ok(())

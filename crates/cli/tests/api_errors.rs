@@ -471,7 +471,7 @@ proptest! {
                 format!("{}/v1/tenants", w.1),
                 format!("{}/v1/request", w.2),
             ];
-            let r = reqwest::Client::new().post(&urls[which]).header("content-type", "application/json").body(body).send().await.unwrap();
+            let r = cloister_tls::http_client().post(&urls[which]).header("content-type", "application/json").body(body).send().await.unwrap();
             let st = r.status().as_u16();
             prop_assert!((400..500).contains(&st), "status {st}");
             let b: cloister_proto::ErrorBody = r.json().await.unwrap();

@@ -517,7 +517,7 @@ async fn witnesses_refuse_a_split_view_and_so_do_clients_that_require_them() {
             .unwrap();
     }
     // a device that never saw the honest log, with the witness policy
-    let http = reqwest::Client::new();
+    let http = cloister_tls::http_client();
     let enrol = |name: &'static str| {
         let (admin, http, st) = (&admin, http.clone(), &st);
         async move {
@@ -559,7 +559,7 @@ async fn witnesses_refuse_a_split_view_and_so_do_clients_that_require_them() {
 async fn the_witness_http_interface() {
     let (wit, url, _d) = start_witness("witness.test/w").await;
     let w = World::new().await;
-    let http = reqwest::Client::new();
+    let http = cloister_tls::http_client();
     let post = |body: String| http.post(format!("{url}/add-checkpoint")).body(body).send();
     let (_, note) = w.admin.audit_checkpoint().await.unwrap();
     // an unknown log: 404

@@ -968,3 +968,63 @@ fn cluster_and_bench_misconfigurations_get_one_clear_error() {
     }
     assert!(!data.join("server.db").exists(), "nothing was created");
 }
+
+#[test]
+fn the_demo_runs_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("demo");
+    let v = json(
+        cmd(None)
+            .args(["--json", "demo", "--tls", "--data-dir"])
+            .arg(&data)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(v["ok"], true, "{v}");
+    assert!(v["failures"].as_array().unwrap().is_empty());
+    // its own CA and a certificate per service, keys readable by the owner only
+    assert!(data.join("tls/ca.pem").exists());
+    for s in ["km", "server", "vault"] {
+        assert!(data.join(format!("tls/{s}.pem")).exists(), "{s}");
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(data.join(format!("tls/{s}.key")))
+                .unwrap()
+                .permissions(),
+        );
+        assert_eq!(mode & 0o077, 0, "{s}.key is {mode:o}");
+    }
+}
+
+#[test]
+fn a_service_with_a_bad_tls_file_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.pem");
+    let out = cmd(None)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("server"))
+        .arg("--tls-cert")
+        .arg(&missing)
+        .arg("--tls-key")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    let err = fails(out);
+    assert!(
+        err.contains("TLS certificate") && err.contains(&missing.display().to_string()),
+        "{err}"
+    );
+    // a key without its certificate: the usage error names what is missing
+    let out = cmd(None)
+        .args(["server", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("server"))
+        .arg("--tls-key")
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("required") && err.contains("--tls-cert"),
+        "{err}"
+    );
+}

@@ -567,7 +567,7 @@ fn a_cluster_survives_losing_server_nodes_and_the_active_km() {
     // procs: 0..3 server nodes, 3 and 4 the KMs, 5 the vault
 
     rt.block_on(async move {
-        let http = reqwest::Client::new();
+        let http = cloister_tls::http_client();
         let admin = Client::enrol(
             http.clone(),
             &fronts[0].url,

@@ -20,7 +20,7 @@ fn failover_front(backends: Vec<String>) -> String {
     std::thread::spawn(move || {
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async move {
-            let http = reqwest::Client::new();
+            let http = cloister_tls::http_client();
             let app = axum::Router::new().fallback(move |req: axum::extract::Request| {
                 let (http, backends) = (http.clone(), backends.clone());
                 async move {

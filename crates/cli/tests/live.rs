@@ -141,10 +141,8 @@ async fn bad_frames_get_a_precise_answer_and_write_nothing() {
     let before = alice.read(&room, 100, None).await.unwrap().len();
     let dev = w.raw("mallory").await;
     let token = dev.token().await;
-    let url = w.stack.server_url.replace("http://", "ws://") + "/v1/ws?token=" + &token;
-    let (mut ws, _) = tokio_tungstenite::connect_async(url.as_str())
-        .await
-        .unwrap();
+    let url = ws_url(&w.stack.server_url) + "?token=" + &token;
+    let mut ws = ws_connect(url.as_str()).await.unwrap();
     let answer = async |ws: &mut _| -> serde_json::Value {
         let ws: &mut tokio_tungstenite::WebSocketStream<_> = ws;
         loop {

@@ -101,6 +101,7 @@ async fn scim2_tester_passes_against_the_live_endpoint() {
             .arg(script)
             .arg(base)
             .env("SCIM_TOKEN", token)
+            .env("SCIM_CA_FILE", common::test_tls().ca_file())
             .output()
             .expect("the SCIM checker runs")
     })

@@ -558,6 +558,7 @@ async fn the_cli_shows_the_alerts() {
             std::process::Command::new(env!("CARGO_BIN_EXE_cloister"))
                 .env_remove("CLOISTER_HOME")
                 .env("CLOISTER_PASSPHRASE", "device pass")
+                .env("CLOISTER_CA_FILE", common::test_tls().ca_file())
                 .arg("--home")
                 .arg(&home)
                 .args(&args)

@@ -27,13 +27,34 @@ fn net(e: reqwest::Error) -> ClientError {
         .map(|u| format!("{}://{}", u.scheme(), u.authority()))
         .unwrap_or_default();
     let reason = if e.is_connect() {
-        "connection refused or unreachable".to_string()
+        match tls_failure(&e) {
+            Some(why) => {
+                format!("TLS handshake failed: {why} (a server under a private CA needs --ca-file)")
+            }
+            None => "connection refused or unreachable".to_string(),
+        }
     } else if e.is_timeout() {
         "timed out".to_string()
     } else {
         e.without_url().to_string()
     };
     ClientError::Network { url, reason }
+}
+
+/// The TLS reason under a connect error, if that is what it was (the
+/// deepest cause that speaks of certificates or TLS).
+fn tls_failure(e: &reqwest::Error) -> Option<String> {
+    let mut found = None;
+    let mut cause: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let m = c.to_string();
+        let l = m.to_ascii_lowercase();
+        if l.contains("certificate") || l.contains("tls") || l.contains("handshake") {
+            found = Some(m);
+        }
+        cause = c.source();
+    }
+    found
 }
 
 /// Send a request; map non-2xx answers to [`ApiFailure`].
@@ -73,7 +94,11 @@ type Socket =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Open the live socket (`/v1/ws`) of a server with a session token.
-pub(crate) async fn ws_connect(server: &str, token: &str) -> Result<Socket> {
+pub(crate) async fn ws_connect(
+    server: &str,
+    token: &str,
+    tls: &cloister_tls::ClientTls,
+) -> Result<Socket> {
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let url = if let Some(rest) = server.strip_prefix("http://") {
         format!("ws://{rest}/v1/ws")
@@ -95,8 +120,11 @@ pub(crate) async fn ws_connect(server: &str, token: &str) -> Result<Socket> {
         .parse()
         .map_err(|_| ClientError::Local("bad token".into()))?;
     req.headers_mut().insert("authorization", auth);
+    // Our TLS configuration (whom this device trusts), never a default;
+    // TCP_NODELAY: events are small.
+    let connector = tokio_tungstenite::Connector::Rustls(tls.config());
     let (ws, _) =
-        tokio_tungstenite::connect_async(req)
+        tokio_tungstenite::connect_async_tls_with_config(req, None, true, Some(connector))
             .await
             .map_err(|e| ClientError::Network {
                 url,
@@ -106,9 +134,13 @@ pub(crate) async fn ws_connect(server: &str, token: &str) -> Result<Socket> {
 }
 
 impl EventStream {
-    pub(crate) async fn connect(server: &str, token: &str) -> Result<Self> {
+    pub(crate) async fn connect(
+        server: &str,
+        token: &str,
+        tls: &cloister_tls::ClientTls,
+    ) -> Result<Self> {
         Ok(EventStream {
-            ws: ws_connect(server, token).await?,
+            ws: ws_connect(server, token, tls).await?,
         })
     }
 

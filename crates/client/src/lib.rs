@@ -139,6 +139,9 @@ const ROOMS_STATE: &str = "rooms";
 /// A device.
 pub struct Client {
     http: reqwest::Client,
+    /// Whom this device trusts over TLS (for its WebSocket; `http` was
+    /// built with the same).
+    tls: cloister_tls::ClientTls,
     profile: Profile,
     keys: DeviceKeys,
     home: Home,
@@ -310,6 +313,14 @@ impl Client {
         Ok(Self::from_parts(http, profile, keys, home))
     }
 
+    /// Use `tls` (a CA file, a client certificate) for every connection
+    /// this device makes from now on, HTTP and WebSocket alike.
+    pub fn with_tls(mut self, tls: cloister_tls::ClientTls) -> Client {
+        self.http = tls.http_or_default();
+        self.tls = tls;
+        self
+    }
+
     /// Open an enrolled device profile.
     pub fn open(http: reqwest::Client, dir: &Path, passphrase: &[u8]) -> Result<Client> {
         let (home, keys, profile) = Home::open(dir, passphrase)?;
@@ -326,6 +337,7 @@ impl Client {
         Client {
             transcript,
             http,
+            tls: cloister_tls::outgoing(),
             profile,
             keys,
             home,

@@ -47,8 +47,12 @@ fn closed() -> ClientError {
 }
 
 impl Live {
-    pub(crate) async fn connect(server: &str, token: &str) -> Result<Live> {
-        let ws = ws_connect(server, token).await?;
+    pub(crate) async fn connect(
+        server: &str,
+        token: &str,
+        tls: &cloister_tls::ClientTls,
+    ) -> Result<Live> {
+        let ws = ws_connect(server, token, tls).await?;
         let (tx, rx) = mpsc::channel(POST_QUEUE);
         let (ev_tx, events) = mpsc::channel(EVENT_BUFFER);
         tokio::spawn(pump(ws, rx, ev_tx));

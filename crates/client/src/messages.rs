@@ -275,7 +275,7 @@ impl Client {
     /// Connect to the live event stream.
     pub async fn connect_events(&self) -> Result<api::EventStream> {
         let token = self.token().await?;
-        api::EventStream::connect(&self.profile.server, &token).await
+        api::EventStream::connect(&self.profile.server, &token, &self.tls).await
     }
 
     /// The live socket with posting: events as [`Self::connect_events`]
@@ -283,7 +283,7 @@ impl Client {
     /// through the same socket instead of one HTTP request each.
     pub async fn connect_live(&self) -> Result<crate::Live> {
         let token = self.token().await?;
-        crate::Live::connect(&self.profile.server, &token).await
+        crate::Live::connect(&self.profile.server, &token, &self.tls).await
     }
 
     /// Follow a room live: verified, decrypted messages as they arrive.

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+pub mod listen;
 
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
@@ -162,21 +163,35 @@ pub async fn not_found() -> ApiError {
     ApiError::not_found("no_such_endpoint", "no such endpoint")
 }
 
-/// Serve a router on a listener until `shutdown` resolves, with TCP_NODELAY
-/// on every connection: small frames (WebSocket events, JSON answers) leave
-/// at once instead of waiting on Nagle's algorithm and delayed ACKs.
+/// Serve a router on a plain TCP listener until `shutdown` resolves (see
+/// [`serve_with`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_with(listener, None, router, shutdown).await
+}
+
+/// Serve a router on a listener, over TLS when `tls` is given, until
+/// `shutdown` resolves; `TCP_NODELAY` on every connection.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    tls: Option<&cloister_tls::ServerTls>,
+    router: axum::Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!("cannot set TCP_NODELAY: {e}");
+    match tls {
+        Some(tls) => {
+            axum::serve(listen::TlsListener::new(listener, tls)?, router)
+                .with_graceful_shutdown(shutdown)
+                .await
         }
-    });
-    axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown)
-        .await
+        None => {
+            axum::serve(listener.tap_io(|t| listen::nodelay(t)), router)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+    }
 }

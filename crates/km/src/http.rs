@@ -92,12 +92,3 @@ async fn federation_directory(
 ) -> Result<Json<SignedBlob>, ApiError> {
     Ok(Json(km.serve_directory_query(&req).await?))
 }
-
-/// Serve until `shutdown` resolves.
-pub async fn serve(
-    km: Arc<Km>,
-    listener: tokio::net::TcpListener,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    cloister_http::serve(listener, router(km), shutdown).await
-}

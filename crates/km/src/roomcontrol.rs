@@ -53,7 +53,7 @@ impl Km {
         self.directory
             .http
             .get_or_init(|| {
-                reqwest::Client::builder()
+                cloister_tls::http_builder()
                     .timeout(std::time::Duration::from_secs(10))
                     .build()
                     .unwrap_or_default()

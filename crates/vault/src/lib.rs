@@ -216,7 +216,7 @@ impl Vault {
             certs: Mutex::new(HashMap::new()),
             km_url: std::sync::RwLock::new(km_url),
             pulling: tokio::sync::Mutex::new(()),
-            http: reqwest::Client::new(),
+            http: cloister_tls::http_client(),
             verifier: verifier::Verifier::start(),
             statuses: status::StatusReader::start(store.clone()),
             store,

@@ -54,7 +54,7 @@ fn bench(c: &mut Criterion) {
         });
         url
     });
-    let http = reqwest::Client::new();
+    let http = cloister_tls::http_client();
     let mut last = 0u64;
     let mut i = 0usize;
     c.bench_function("witness/add_checkpoint_http_fsync", |b| {

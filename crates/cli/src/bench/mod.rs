@@ -74,6 +74,10 @@ pub struct BenchArgs {
     /// request per message (`http`).
     #[arg(long, value_enum, default_value_t = PostOver::Socket)]
     pub post_over: PostOver,
+    /// Run the services it starts over TLS (a development CA made for the
+    /// run); every client verifies them.
+    #[arg(long, conflicts_with = "servers")]
+    pub tls: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -124,10 +128,16 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
     }
     let tmp = tempfile::tempdir()?;
     let dir = a.data_dir.clone().unwrap_or_else(|| tmp.path().to_owned());
-    let http = reqwest::Client::builder()
+    // Before any client is made: they trust its CA.
+    let local_tls = if a.tls {
+        Some(crate::tls_args::LocalTls::create(&dir.join("tls"))?)
+    } else {
+        None
+    };
+    let http = cloister_tls::http_builder()
         .pool_max_idle_per_host(4096)
         .build()?;
-    let t = target::target(&a, &dir, &http).await?;
+    let t = target::target(&a, &dir, &http, local_tls.as_ref()).await?;
     let admin = t.admin.clone();
     let (km_url, tenant) = (t.km_url.clone(), admin.tenant().clone());
     // users of this run: a prefix of its own, so that runs against one

@@ -4,6 +4,7 @@
 //! that is already running (its server URLs, its KM, an admin device).
 
 use super::BenchArgs;
+use crate::tls_args::LocalTls;
 use crate::{BoxError, Stack, StackOptions};
 use cloister_client::{Client, Storage};
 use cloister_proto::UserId;
@@ -85,8 +86,21 @@ async fn spawn(
     a: &BenchArgs,
     dir: &Path,
     http: &reqwest::Client,
+    tls: Option<&LocalTls>,
 ) -> Result<(Procs, String, Vec<String>, String), BoxError> {
     let exe = std::env::current_exe()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    // A service's certificate and key, as flags.
+    let tls_flags = |name: &str| -> Result<Vec<std::ffi::OsString>, BoxError> {
+        let Some(t) = tls else { return Ok(Vec::new()) };
+        let (cert, key) = t.issue(name)?;
+        Ok(vec![
+            "--tls-cert".into(),
+            cert.into(),
+            "--tls-key".into(),
+            key.into(),
+        ])
+    };
     let pass = "bench KM passphrase (development only)";
     let out = Command::new(&exe)
         .args(["--json", "km", "init", "--tenant", "bench", "--data-dir"])
@@ -112,6 +126,7 @@ async fn spawn(
             "--data-dir",
         ])
         .arg(dir.join("km"))
+        .args(tls_flags("km")?)
         .env("CLOISTER_KM_PASSPHRASE", pass)
         .env_remove("CLOISTER_DATABASE_URL")
         .stdout(Stdio::null())
@@ -132,6 +147,7 @@ async fn spawn(
             "--data-dir",
         ])
         .arg(dir.join(format!("server-{n}")))
+        .args(tls_flags(&format!("server-{n}"))?)
         .env_remove("CLOISTER_DATABASE_URL")
         .env_remove("CLOISTER_NATS_URL")
         .stdout(Stdio::null())
@@ -145,7 +161,7 @@ async fn spawn(
         let child = c.spawn()?;
         procs.server_pids.push(child.id());
         procs.children.push(child);
-        let url = format!("http://127.0.0.1:{sp}");
+        let url = format!("{scheme}://127.0.0.1:{sp}");
         wait_up(http, &format!("{url}/v1/rooms")).await?;
         server_urls.push(url);
         if n == 0 && a.nodes > 1 {
@@ -153,7 +169,7 @@ async fn spawn(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    let km_url = format!("http://127.0.0.1:{kp}");
+    let km_url = format!("{scheme}://127.0.0.1:{kp}");
     wait_up(http, &format!("{km_url}/v1/info")).await?;
     let token =
         std::fs::read_to_string(cloister_server::operator_token_path(&dir.join("server-0")))?;
@@ -167,6 +183,7 @@ pub(super) async fn target(
     a: &BenchArgs,
     dir: &Path,
     http: &reqwest::Client,
+    tls: Option<&LocalTls>,
 ) -> Result<Target, BoxError> {
     let admin_user: UserId = "admin@bench".parse()?;
     if !a.servers.is_empty() {
@@ -193,6 +210,7 @@ pub(super) async fn target(
         let mut o = StackOptions::new("bench".parse()?);
         o.cost = cloister_crypto::passphrase::Cost::TEST;
         o.server_database = a.database_url.clone();
+        o.tls = tls.cloned();
         let s = Stack::start(dir, o).await?;
         let code = s.admin_code.clone().ok_or("KM not fresh")?;
         let admin = Client::enrol(
@@ -213,7 +231,7 @@ pub(super) async fn target(
             mode: "in-process".into(),
         });
     }
-    let (procs, km_url, server_urls, code) = spawn(a, dir, http).await?;
+    let (procs, km_url, server_urls, code) = spawn(a, dir, http, tls).await?;
     let admin = Client::enrol(
         http.clone(),
         &server_urls[0],
@@ -228,7 +246,11 @@ pub(super) async fn target(
         _ => "SQLite",
     };
     Ok(Target {
-        mode: format!("separate processes, {} server node(s) on {db}", a.nodes),
+        mode: format!(
+            "separate processes, {} server node(s) on {db}{}",
+            a.nodes,
+            if tls.is_some() { ", TLS 1.3" } else { "" }
+        ),
         km_url,
         server_urls,
         admin: admin.into(),

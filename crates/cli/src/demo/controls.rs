@@ -59,7 +59,7 @@ pub(super) async fn run(d: &mut Demo, c: Cast<'_>) -> Result<(), BoxError> {
             token.id
         ),
     );
-    let http = reqwest::Client::new();
+    let http = cloister_tls::http_client();
     let base = format!("{}/scim/v2", c.stack.km_url);
     let rita = scim(
         &http,

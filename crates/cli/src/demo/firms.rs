@@ -45,11 +45,12 @@ async fn start(stack: &Stack, dir: &Path) -> Result<Harbour, BoxError> {
             server_url: &stack.server_url,
             operator_token: &stack.operator_token,
             vault_refresh: std::time::Duration::from_secs(1),
+            tls: stack.tls.as_ref(),
         },
     )
     .await?;
     let admin = Client::enrol(
-        reqwest::Client::new(),
+        cloister_tls::http_client(),
         &stack.server_url,
         &f.km_url,
         &"admin@harbour".parse()?,
@@ -71,7 +72,7 @@ impl Harbour {
         let user: UserId = format!("{name}@harbour").parse()?;
         let code = self.admin.admin_add_user_roles(&user, roles).await?.code;
         Ok(Client::enrol(
-            reqwest::Client::new(),
+            cloister_tls::http_client(),
             &stack.server_url,
             &self.km_url,
             &user,
@@ -303,7 +304,7 @@ pub(super) async fn run(
     c.alice.remove_member(&room, pat.user()).await?;
     let st = c.alice.room_state(&room).await?;
     let ask = h.km.key_request(&st, &[st.epoch]).await?;
-    let r = reqwest::Client::new()
+    let r = cloister_tls::http_client()
         .post(format!("{}/v1/federation/room-keys", c.stack.km_url))
         .json(&ask)
         .send()

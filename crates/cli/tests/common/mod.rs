@@ -26,7 +26,43 @@ pub fn opts() -> StackOptions {
     let mut o = StackOptions::new("acme".parse().unwrap());
     o.cost = Cost::TEST;
     o.vault_refresh = std::time::Duration::from_millis(200);
+    // The stack speaks TLS in the tests, as in production.
+    o.tls = Some(test_tls());
     o
+}
+
+/// One development CA per test process: every world's services get
+/// certificates from it, and this process trusts it.
+pub fn test_tls() -> cloister_cli::tls_args::LocalTls {
+    static TLS: std::sync::OnceLock<cloister_cli::tls_args::LocalTls> = std::sync::OnceLock::new();
+    TLS.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap().keep();
+        cloister_cli::tls_args::LocalTls::create(&dir).unwrap()
+    })
+    .clone()
+}
+
+/// The live socket's URL of a server (`ws://` or `wss://`).
+pub fn ws_url(server_url: &str) -> String {
+    let url = if let Some(rest) = server_url.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else {
+        server_url.replacen("http://", "ws://", 1)
+    };
+    url + "/v1/ws"
+}
+
+/// Open a WebSocket with this process's TLS (the test CA).
+pub async fn ws_connect(
+    req: impl tokio_tungstenite::tungstenite::client::IntoClientRequest + Unpin,
+) -> Result<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let connector = tokio_tungstenite::Connector::Rustls(cloister_tls::outgoing().config());
+    tokio_tungstenite::connect_async_tls_with_config(req, None, true, Some(connector))
+        .await
+        .map(|(ws, _)| ws)
 }
 
 impl World {
@@ -37,7 +73,7 @@ impl World {
     pub async fn with(o: StackOptions) -> World {
         let dir = tempfile::tempdir().unwrap();
         let stack = Stack::start(dir.path(), o).await.unwrap();
-        let http = reqwest::Client::new();
+        let http = cloister_tls::http_client();
         let admin = Client::enrol(
             http.clone(),
             &stack.server_url,
@@ -424,6 +460,7 @@ impl World {
                 server_url: &self.stack.server_url,
                 operator_token: &self.stack.operator_token,
                 vault_refresh: std::time::Duration::from_millis(200),
+                tls: self.stack.tls.as_ref(),
             },
         )
         .await

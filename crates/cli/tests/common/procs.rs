@@ -23,7 +23,9 @@ pub fn cmd(home: Option<&Path>) -> Command {
     let mut c = Command::new(BIN);
     c.env_remove("CLOISTER_HOME")
         .env("CLOISTER_PASSPHRASE", "device pass")
-        .env("CLOISTER_KM_PASSPHRASE", "km pass");
+        .env("CLOISTER_KM_PASSPHRASE", "km pass")
+        // the tests' stacks speak TLS under this process's CA
+        .env("CLOISTER_CA_FILE", super::test_tls().ca_file());
     if let Some(h) = home {
         c.arg("--home").arg(h);
     }

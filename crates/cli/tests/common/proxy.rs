@@ -122,7 +122,7 @@ async fn forward(rules: Rules, upstreams: Arc<Vec<String>>, req: Request) -> Res
     {
         rules.posted.lock().unwrap().push((path.clone(), v));
     }
-    let client = reqwest::Client::new();
+    let client = cloister_tls::http_client();
     let mut answer = None;
     for upstream in upstreams.iter() {
         let mut rb = client.request(parts.method.clone(), format!("{upstream}{pq}"));
@@ -184,12 +184,12 @@ async fn relay_ws(
     use tokio_tungstenite::tungstenite::client::IntoClientRequest;
     let mut conn = None;
     for upstream in upstreams.iter() {
-        let url = format!("ws://{}{pq}", upstream.trim_start_matches("http://"));
+        let url = super::ws_url(upstream).replacen("/v1/ws", &pq, 1);
         let mut req = url.into_client_request().unwrap();
         if let Some(a) = headers.get("authorization") {
             req.headers_mut().insert("authorization", a.clone());
         }
-        if let Ok((up, _)) = tokio_tungstenite::connect_async(req).await {
+        if let Ok(up) = super::ws_connect(req).await {
             conn = Some(up);
             break;
         }

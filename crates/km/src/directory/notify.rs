@@ -44,7 +44,7 @@ impl Km {
         let server = server.to_owned();
         let km = Arc::downgrade(self);
         Some(tokio::spawn(async move {
-            let http = reqwest::Client::builder()
+            let http = cloister_tls::http_builder()
                 .timeout(std::time::Duration::from_secs(10))
                 .build()
                 .unwrap_or_default();

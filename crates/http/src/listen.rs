@@ -1,0 +1,94 @@
+//! Listeners: plain TCP, or TLS on top (`cloister_tls::ServerTls`). TLS
+//! handshakes run in their own tasks, so a slow or silent client never holds
+//! up the next connection; a handshake that does not finish within
+//! [`HANDSHAKE_TIMEOUT`] is dropped. Every connection gets `TCP_NODELAY`:
+//! small frames (WebSocket events, JSON answers) leave at once instead of
+//! waiting on Nagle's algorithm and delayed ACKs.
+
+use axum::serve::Listener;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio_rustls::server::TlsStream;
+
+/// The longest a TLS handshake may take.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshakes finished but not yet taken by the server.
+const READY: usize = 64;
+
+/// A TCP listener whose connections come out TLS-wrapped.
+pub struct TlsListener {
+    ready: mpsc::Receiver<(TlsStream<TcpStream>, SocketAddr)>,
+    local: SocketAddr,
+    accepting: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for TlsListener {
+    fn drop(&mut self) {
+        // Stop accepting with the server (graceful shutdown drops it).
+        self.accepting.abort();
+    }
+}
+
+impl TlsListener {
+    /// Accept on `listener`, handshaking with `tls`.
+    pub fn new(listener: TcpListener, tls: &cloister_tls::ServerTls) -> std::io::Result<Self> {
+        let local = listener.local_addr()?;
+        let acceptor = tls.acceptor();
+        let (tx, ready) = mpsc::channel(READY);
+        let accepting = tokio::spawn(async move {
+            loop {
+                let (tcp, peer) = match listener.accept().await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // Out of descriptors and the like: wait, as axum does.
+                        tracing::debug!("accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                nodelay(&tcp);
+                let (acceptor, tx) = (acceptor.clone(), tx.clone());
+                tokio::spawn(async move {
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(tls)) => {
+                            let _ = tx.send((tls, peer)).await;
+                        }
+                        Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                        Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                    }
+                });
+            }
+        });
+        Ok(TlsListener {
+            ready,
+            local,
+            accepting,
+        })
+    }
+}
+
+impl Listener for TlsListener {
+    type Io = TlsStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match self.ready.recv().await {
+            Some(c) => c,
+            // The accept task is gone (aborted): nothing more comes.
+            None => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Ok(self.local)
+    }
+}
+
+pub(crate) fn nodelay(tcp: &TcpStream) {
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!("cannot set TCP_NODELAY: {e}");
+    }
+}
