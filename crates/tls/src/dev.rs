@@ -19,21 +19,27 @@ fn gen_err(e: rcgen::Error) -> TlsError {
     TlsError::Config(format!("generating a certificate: {e}"))
 }
 
-fn write(path: &Path, data: &str, secret: bool) -> Result<()> {
-    let err = |e: std::io::Error| TlsError::Read {
+fn read_err(path: &Path, e: std::io::Error) -> TlsError {
+    TlsError::Read {
         what: "file",
         path: path.to_owned(),
         reason: e.to_string(),
-    };
-    std::fs::write(path, data).map_err(err)?;
+    }
+}
+
+/// Write a file that must not exist yet; a secret one is 0600 from birth.
+fn create_new(path: &Path, data: &str, secret: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut o = std::fs::OpenOptions::new();
+    o.write(true).create_new(true);
     #[cfg(unix)]
     if secret {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+        use std::os::unix::fs::OpenOptionsExt;
+        o.mode(0o600);
     }
     #[cfg(not(unix))]
     let _ = secret;
-    Ok(())
+    o.open(path)?.write_all(data.as_bytes())
 }
 
 impl DevCa {
@@ -50,7 +56,8 @@ impl DevCa {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let cert = params.self_signed(&key).map_err(gen_err)?;
-        write(&dir.join("ca.pem"), &cert.pem(), false)?;
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, cert.pem()).map_err(|e| read_err(&ca, e))?;
         Ok(DevCa {
             dir: dir.to_owned(),
             issuer: Issuer::new(params, key),
@@ -64,7 +71,8 @@ impl DevCa {
 
     /// Issue a certificate for `name` valid for `hosts` (DNS names or IP
     /// addresses), usable by a server and as a client (services calling
-    /// services); written to `dir/NAME.pem` and `dir/NAME.key` (0600).
+    /// services); written to `dir/NAME.pem` and `dir/NAME.key` (0600), or
+    /// `NAME-2.pem` and so on when that name was issued before.
     pub fn issue(&self, name: &str, hosts: &[&str]) -> Result<(PathBuf, PathBuf)> {
         let key = KeyPair::generate().map_err(gen_err)?;
         let mut params =
@@ -78,13 +86,28 @@ impl DevCa {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         let cert = params.signed_by(&key, &self.issuer).map_err(gen_err)?;
-        let (cert_path, key_path) = (
-            self.dir.join(format!("{name}.pem")),
-            self.dir.join(format!("{name}.key")),
-        );
-        write(&cert_path, &cert.pem(), false)?;
-        write(&key_path, &key.serialize_pem(), true)?;
-        Ok((cert_path, key_path))
+        // Never overwrite: two stacks in one process may ask for the same
+        // name at once, and a half-written pair would not match.
+        for n in 1u32.. {
+            let stem = if n == 1 {
+                name.to_owned()
+            } else {
+                format!("{name}-{n}")
+            };
+            let (cert_path, key_path) = (
+                self.dir.join(format!("{stem}.pem")),
+                self.dir.join(format!("{stem}.key")),
+            );
+            match create_new(&cert_path, &cert.pem(), false) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(read_err(&cert_path, e)),
+            }
+            create_new(&key_path, &key.serialize_pem(), true)
+                .map_err(|e| read_err(&key_path, e))?;
+            return Ok((cert_path, key_path));
+        }
+        unreachable!("u32 names run out")
     }
 
     /// A listener's files for `name` on loopback (`localhost`, 127.0.0.1).
@@ -105,5 +128,34 @@ impl DevCa {
             identity: None,
             allow_tls12: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Two stacks asking for the same name at once each get a pair that
+    /// matches (a race here once paired one call's key with another's
+    /// certificate).
+    #[test]
+    fn the_same_name_issued_concurrently_gives_matching_pairs() {
+        crate::install_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let ca = std::sync::Arc::new(DevCa::create(dir.path(), "test CA").unwrap());
+        let handles: Vec<_> = (0..8)
+            .map(|_| {
+                let ca = ca.clone();
+                std::thread::spawn(move || ca.server_files("km").unwrap())
+            })
+            .collect();
+        let mut certs = std::collections::BTreeSet::new();
+        for h in handles {
+            let files = h.join().unwrap();
+            assert!(certs.insert(files.cert.clone()), "a file was reused");
+            crate::ServerTls::load(&files).expect("key and certificate match");
+        }
+        assert!(dir.path().join("km.pem").exists());
+        assert!(dir.path().join("km-8.pem").exists());
     }
 }
