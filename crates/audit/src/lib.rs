@@ -43,6 +43,9 @@ pub struct AuditLog {
     latest: Arc<Mutex<Option<(u64, String)>>>,
     /// Entries committed (the tree may briefly hold a batch being stored).
     committed: Arc<AtomicU64>,
+    /// When the newest checkpoint was signed (ms since the Unix epoch; on
+    /// start, the start; 0 while the log is empty).
+    checkpoint_ms: Arc<AtomicU64>,
 }
 
 /// Why the stored log cannot be trusted.
@@ -134,6 +137,12 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let latest = Arc::new(Mutex::new(latest));
         let committed = Arc::new(AtomicU64::new(signed));
+        // Checkpoints carry no time: on start, count from now.
+        let checkpoint_ms = Arc::new(AtomicU64::new(if rows.is_empty() {
+            0
+        } else {
+            cloister_proto::now_millis()
+        }));
         tokio::spawn(appender(
             rx,
             Appender {
@@ -143,6 +152,7 @@ impl AuditLog {
                 origin: origin.clone(),
                 latest: latest.clone(),
                 committed: committed.clone(),
+                checkpoint_ms: checkpoint_ms.clone(),
             },
         ));
         Ok(Arc::new(AuditLog {
@@ -153,7 +163,39 @@ impl AuditLog {
             tx,
             latest,
             committed,
+            checkpoint_ms,
         }))
+    }
+
+    /// Export the log's size and the age of its newest checkpoint as
+    /// gauges of `metrics` (read at each scrape).
+    pub fn register_metrics(self: &Arc<Self>, metrics: &cloister_http::ops::Metrics) {
+        let size = metrics.gauge(
+            "audit_log_entries",
+            "Entries in the transparency log, all under a signed checkpoint",
+        );
+        let age = metrics.seconds_gauge(
+            "audit_checkpoint_age_seconds",
+            "Seconds since the log's newest checkpoint was signed (or since start)",
+        );
+        let queue = metrics.gauge(
+            "audit_append_queue",
+            "Records waiting to be appended to the transparency log",
+        );
+        let log = Arc::downgrade(self);
+        metrics.on_scrape(move || {
+            if let Some(log) = log.upgrade() {
+                size.set(i64::try_from(log.size()).unwrap_or(i64::MAX));
+                queue.set((log.tx.max_capacity() - log.tx.capacity()) as i64);
+                let at = log.checkpoint_ms.load(Ordering::Acquire);
+                let now = cloister_proto::now_millis();
+                age.set(if at == 0 {
+                    0.0
+                } else {
+                    now.saturating_sub(at) as f64 / 1000.0
+                });
+            }
+        });
     }
 
     pub fn origin(&self) -> &str {
@@ -265,6 +307,7 @@ struct Appender {
     origin: String,
     latest: Arc<Mutex<Option<(u64, String)>>>,
     committed: Arc<AtomicU64>,
+    checkpoint_ms: Arc<AtomicU64>,
 }
 
 impl Appender {
@@ -333,6 +376,8 @@ async fn appender(mut rx: mpsc::Receiver<Job>, a: Appender) {
                     *l = Some((size, note));
                 }
                 a.committed.store(size, Ordering::Release);
+                a.checkpoint_ms
+                    .store(cloister_proto::now_millis(), Ordering::Release);
                 for (reply, r) in replies.into_iter().zip(rows.iter()) {
                     let _ = reply.send(Ok(r.index));
                 }

@@ -112,11 +112,10 @@ async fn start_firm(
     }
     let init: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let code = init["code"].as_str().ok_or("km init printed no code")?;
-    let km_url = spawn(
-        kids,
-        &["km", "serve", "--listen", "127.0.0.1:0", "--server", server],
-        &kdir,
-    )?;
+    // the bench measures the exchange, not the rate limiters
+    let mut args = vec!["km", "serve", "--listen", "127.0.0.1:0", "--server", server];
+    args.extend(crate::bench::target::KM_LIMITS_OFF);
+    let km_url = spawn(kids, &args, &kdir)?;
     let info = cloister_client::km_info(http, &km_url).await?;
     cloister_client::register_tenant(http, server, token, &info).await?;
     let admin = Client::enrol(
@@ -208,11 +207,9 @@ pub async fn run(a: FirmsBenchArgs, json: bool) -> Result<(), BoxError> {
     let http = cloister_tls::http_client();
     let mut kids = Children(Vec::new());
     let setup = Instant::now();
-    let server = spawn(
-        &mut kids,
-        &["server", "--listen", "127.0.0.1:0"],
-        &dir.join("server"),
-    )?;
+    let mut args = vec!["server", "--listen", "127.0.0.1:0"];
+    args.extend(crate::bench::target::SERVER_LIMITS_OFF);
+    let server = spawn(&mut kids, &args, &dir.join("server"))?;
     let token = std::fs::read_to_string(cloister_server::operator_token_path(&dir.join("server")))?;
     let token = token.trim();
     let mut firms = Vec::new();

@@ -25,6 +25,11 @@ pub enum VaultCmd {
     },
     /// Serve the vault API.
     Serve {
+        /// A TOML file of this command's flags (`config-example` prints one).
+        #[arg(long, env = "CLOISTER_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        ops: cloister_cli::ops_args::OpsArgs,
         #[command(flatten)]
         data: cloister_cli::DataArgs,
         #[arg(long, default_value = "127.0.0.1:7500")]
@@ -41,7 +46,11 @@ pub enum VaultCmd {
         /// Refuse every request once the deny list is this many seconds old.
         #[arg(long, default_value_t = 60)]
         max_age_secs: u64,
+        #[command(flatten)]
+        limits: cloister_cli::limit_args::VaultLimitArgs,
     },
+    /// Print a commented example of `vault serve --config FILE`.
+    ConfigExample,
 }
 
 #[derive(Subcommand)]
@@ -273,7 +282,15 @@ pub async fn vault_cmd(ctx: &Ctx, vc: VaultCmd) -> Result<(), BoxError> {
                 serde_json::to_value(&i)?,
             );
         }
+        VaultCmd::ConfigExample => {
+            print!(
+                "{}",
+                cloister_cli::config::example::<crate::Cli>(&["vault", "serve"])
+            );
+        }
         VaultCmd::Serve {
+            config: _,
+            ops,
             data:
                 cloister_cli::DataArgs {
                     data_dir,
@@ -284,6 +301,7 @@ pub async fn vault_cmd(ctx: &Ctx, vc: VaultCmd) -> Result<(), BoxError> {
             km,
             refresh_secs,
             max_age_secs,
+            limits,
         } => {
             // Before the vault opens: its pulls from the KM use it.
             tls.set_outgoing(ctx.ca_file.as_ref())?;
@@ -291,9 +309,10 @@ pub async fn vault_cmd(ctx: &Ctx, vc: VaultCmd) -> Result<(), BoxError> {
             if refresh_secs == 0 || refresh_secs >= max_age_secs {
                 return Err("--refresh-secs must be at least 1 and below --max-age-secs".into());
             }
-            let v = std::sync::Arc::new(
-                cloister_vault::Vault::open_url(&data_dir, database_url.as_deref(), None).await?,
-            );
+            let mut v =
+                cloister_vault::Vault::open_url(&data_dir, database_url.as_deref(), None).await?;
+            v.set_limits(limits.limits());
+            let v = std::sync::Arc::new(v);
             if let Some(km) = km {
                 v.set_km_url(&km).await?;
             }
@@ -312,6 +331,11 @@ pub async fn vault_cmd(ctx: &Ctx, vc: VaultCmd) -> Result<(), BoxError> {
                 l.local_addr()?,
                 v.envelope_count().await.map_err(|e| e.message)?
             );
+            ops.serve(
+                vault_tls.as_ref(),
+                cloister_http::ops::ops_router(v.metrics().clone(), v.ready_check()),
+            )
+            .await?;
             cloister_http::serve_with(
                 l,
                 vault_tls.as_ref(),

@@ -30,6 +30,8 @@ pub struct KmServe {
     pub data_dir: PathBuf,
     pub database_url: Option<String>,
     pub listen: String,
+    /// The operations listener (`/metrics`, `/healthz`, `/readyz`).
+    pub ops: crate::ops_args::OpsArgs,
     pub tls: Option<cloister_tls::ServerTls>,
     pub passphrase: Vec<u8>,
     pub config: cloister_km::KmConfig,
@@ -37,20 +39,45 @@ pub struct KmServe {
     pub server: Option<String>,
 }
 
+/// What a standby answers: alive at `/healthz`, 503 `km_standby` to
+/// everything else (`/readyz` included, so a load balancer sends traffic to
+/// the active KM only).
 fn standby() -> Router {
-    Router::new().fallback(|| async {
-        let mut r = cloister_http::ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "km_standby",
-            "this KM is the standby: another KM process holds the appender lease",
+    Router::new()
+        .route(
+            "/healthz",
+            axum::routing::get(|| async { axum::Json(serde_json::json!({"status": "ok"})) }),
         )
-        .into_response();
-        r.headers_mut().insert(
-            axum::http::header::RETRY_AFTER,
-            axum::http::HeaderValue::from_static("1"),
-        );
-        r
+        .fallback(|| async {
+            let mut r = cloister_http::ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "km_standby",
+                "this KM is the standby: another KM process holds the appender lease",
+            )
+            .into_response();
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+            r
+        })
+}
+
+/// A router that serves whatever `slot` holds now.
+fn switchable(slot: Arc<RwLock<Router>>) -> Router {
+    Router::new().fallback(move |req: Request| {
+        let router = slot.read().map(|r| r.clone()).unwrap_or_else(|_| standby());
+        async move {
+            match router.oneshot(req).await {
+                Ok(r) => r,
+                Err(never) => match never {},
+            }
+        }
     })
+}
+
+fn ops_router(km: &Arc<cloister_km::Km>) -> Router {
+    cloister_http::ops::ops_router(km.metrics().clone(), km.ready_check())
 }
 
 pub async fn run(
@@ -75,6 +102,7 @@ pub async fn run(
         if let Some(server) = &o.server {
             km.push_notices_to(server);
         }
+        o.ops.serve(o.tls.as_ref(), ops_router(&km)).await?;
         cloister_http::serve_with(l, o.tls.as_ref(), cloister_km::http::router(km), shutdown)
             .await?;
         return Ok(());
@@ -82,16 +110,11 @@ pub async fn run(
     // Several KM processes may share this database: serve as a standby
     // until this one holds the lease.
     let slot = Arc::new(RwLock::new(standby()));
-    let s = slot.clone();
-    let app = Router::new().fallback(move |req: Request| {
-        let router = s.read().map(|r| r.clone()).unwrap_or_else(|_| standby());
-        async move {
-            match router.oneshot(req).await {
-                Ok(r) => r,
-                Err(never) => match never {},
-            }
-        }
-    });
+    let app = switchable(slot.clone());
+    let ops_slot = Arc::new(RwLock::new(standby()));
+    o.ops
+        .serve(o.tls.as_ref(), switchable(ops_slot.clone()))
+        .await?;
     let tls = o.tls.clone();
     let served =
         tokio::spawn(
@@ -109,6 +132,9 @@ pub async fn run(
     }
     if let Ok(mut r) = slot.write() {
         *r = cloister_km::http::router(km.clone());
+    }
+    if let Ok(mut r) = ops_slot.write() {
+        *r = ops_router(&km);
     }
     eprintln!(
         "KM for tenant {} active on http://{addr} (holds the appender lease)",

@@ -11,12 +11,16 @@
 #![forbid(unsafe_code)]
 
 pub mod audit;
+pub mod backup;
 pub mod bench;
 pub mod bench_firms;
+pub mod config;
 pub mod demo;
 pub mod firm;
 pub mod inspect;
 pub mod km_serve;
+pub mod limit_args;
+pub mod ops_args;
 pub mod tls_args;
 
 use cloister_crypto::passphrase::Cost;
@@ -49,10 +53,18 @@ pub async fn open_km(
     let tmk = cloister_km::tmk_path(dir);
     if tmk.exists() {
         let provider: Arc<dyn KeyProvider> = Arc::new(FileKeyProvider::open(&tmk, pass)?);
-        Ok((
-            Arc::new(Km::open(store.clone(), store, provider, config).await?),
-            None,
-        ))
+        let km = Arc::new(Km::open(store.clone(), store, provider, config).await?);
+        // A restored directory: the log says so before anything else.
+        if let Some(r) = backup::pending_restore(dir)? {
+            let size = r
+                .logs
+                .iter()
+                .find(|l| l.database == "km.db")
+                .map_or(0, |l| l.size);
+            km.record_restore(r.backup_created_ms, size).await?;
+            backup::restore_recorded(dir)?;
+        }
+        Ok((km, None))
     } else {
         let tenant = tenant.ok_or("this KM is not initialised: pass --tenant to create it")?;
         let provider: Arc<dyn KeyProvider> = Arc::new(FileKeyProvider::create(&tmk, pass, cost)?);
@@ -95,6 +107,8 @@ pub struct StackOptions {
     pub server_database: Option<String>,
     /// How often the vault pulls the KM's deny list.
     pub vault_refresh: std::time::Duration,
+    /// The vault's rate limits.
+    pub vault_limits: cloister_vault::VaultLimits,
     /// Serve the KM, the server and the vault over TLS with certificates
     /// from this CA (the process trusts it).
     pub tls: Option<tls_args::LocalTls>,
@@ -114,6 +128,7 @@ impl StackOptions {
             server_config: ServerConfig::default(),
             server_database: None,
             vault_refresh: std::time::Duration::from_secs(5),
+            vault_limits: Default::default(),
             tls: None,
         }
     }
@@ -139,11 +154,13 @@ impl Stack {
         .await?;
         let vdir = dir.join("vault");
         let info = km.info();
-        let vault = Arc::new(if cloister_vault::db_path(&vdir).exists() {
+        let mut vault = if cloister_vault::db_path(&vdir).exists() {
             cloister_vault::Vault::open_dir(&vdir, None).await?
         } else {
             cloister_vault::Vault::open_dir(&vdir, Some((&info.tenant, info.sign_pk.0))).await?
-        });
+        };
+        vault.set_limits(o.vault_limits.clone());
+        let vault = Arc::new(vault);
         let token_path = cloister_server::operator_token_path(&dir.join("server"));
         let operator_token = std::fs::read_to_string(&token_path)?.trim().to_owned();
 

@@ -38,6 +38,11 @@ struct Cli {
     /// system's roots).
     #[arg(long, global = true, env = "CLOISTER_CA_FILE")]
     ca_file: Option<PathBuf>,
+    /// Log lines as text or as JSON objects, one a line (to stderr; the
+    /// level from $CLOISTER_LOG).
+    #[arg(long, global = true, env = "CLOISTER_LOG_FORMAT", default_value = "text",
+          value_parser = ["text", "json"])]
+    log_format: String,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -62,10 +67,18 @@ enum Cmd {
     /// The tenant Key Manager.
     #[command(subcommand)]
     Km(KmCmd),
-    /// The messaging server.
+    /// The messaging server (`server config-example` prints a config file).
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Server {
+        #[command(subcommand)]
+        example: Option<ExampleCmd>,
+        /// A TOML file of this command's flags (`config-example` prints one).
+        #[arg(long, env = "CLOISTER_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
         #[command(flatten)]
-        data: cloister_cli::DataArgs,
+        ops: cloister_cli::ops_args::OpsArgs,
+        #[command(flatten)]
+        data: ServerData,
         #[arg(long, default_value = "127.0.0.1:7300")]
         listen: String,
         #[command(flatten)]
@@ -78,6 +91,8 @@ enum Cmd {
         /// (default: one made up once and kept in the data directory).
         #[arg(long, requires = "nats")]
         node: Option<String>,
+        #[command(flatten)]
+        limits: cloister_cli::limit_args::ServerLimitArgs,
     },
     /// Tenant administration (needs an admin device).
     #[command(subcommand)]
@@ -105,7 +120,13 @@ enum Cmd {
     Whoami,
     /// Run the firm's malware scanner (a device enrolled with the inspector
     /// role): scan every shared file with clamd and post signed verdicts.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Inspect {
+        #[command(subcommand)]
+        example: Option<ExampleCmd>,
+        /// A TOML file of this command's flags (`config-example` prints one).
+        #[arg(long, env = "CLOISTER_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
         /// clamd's TCP address.
         #[arg(long, default_value = "127.0.0.1:3310")]
         clamd: String,
@@ -179,6 +200,11 @@ enum KmCmd {
     },
     /// Serve the KM API.
     Serve {
+        /// A TOML file of this command's flags (`config-example` prints one).
+        #[arg(long, env = "CLOISTER_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        ops: cloister_cli::ops_args::OpsArgs,
         #[command(flatten)]
         data: cloister_cli::DataArgs,
         #[arg(long, default_value = "127.0.0.1:7400")]
@@ -194,7 +220,35 @@ enum KmCmd {
         /// SCIM, controls); without it an admin device forwards them.
         #[arg(long)]
         server: Option<String>,
+        #[command(flatten)]
+        limits: cloister_cli::limit_args::KmLimitArgs,
     },
+    /// Print a commented example of `km serve --config FILE`.
+    ConfigExample,
+}
+
+/// `cloister SERVICE config-example`.
+#[derive(Subcommand)]
+enum ExampleCmd {
+    /// Print a commented example of this service's `--config FILE`.
+    ConfigExample,
+}
+
+/// The server's data directory and database (as [`cloister_cli::DataArgs`];
+/// optional to clap only so that `server config-example` needs neither).
+#[derive(Args)]
+struct ServerData {
+    #[arg(long, required = true)]
+    data_dir: Option<PathBuf>,
+    /// The database (`postgres://HOST/DB`, `sqlite://PATH`; default: SQLite
+    /// in the data directory). From the environment, so that a password in
+    /// it never shows in a process list.
+    #[arg(
+        long = "database-url",
+        env = "CLOISTER_DATABASE_URL",
+        hide_env_values = true
+    )]
+    database_url: Option<String>,
 }
 
 #[derive(Args)]
@@ -246,6 +300,27 @@ enum AdminCmd {
     /// Communication controls: entitlements, groups, barriers, profiles, SCIM tokens.
     #[command(flatten)]
     Controls(controls_cmd::ControlsAdminCmd),
+    /// Copy a service's SQLite data directory (KM, server, vault or
+    /// witness) while it runs: consistent, with a manifest of hashes and
+    /// the audit log's checkpoint.
+    Backup {
+        /// The service's data directory.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// A new directory for the backup.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Bring a backup back into an empty data directory (the service
+    /// stopped); says what the restore loses.
+    Restore {
+        /// A directory written by `admin backup`.
+        #[arg(long)]
+        from: PathBuf,
+        /// The service's data directory: absent or empty.
+        #[arg(long)]
+        data_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -477,7 +552,20 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 json!({"tenant": info.tenant, "km_sign_pk": info.sign_pk, "admin": format!("admin@{}", info.tenant), "code": code}),
             );
         }
+        Cmd::Km(KmCmd::ConfigExample) => {
+            print!("{}", cloister_cli::config::example::<Cli>(&["km", "serve"]));
+        }
+        Cmd::Server {
+            example: Some(ExampleCmd::ConfigExample),
+            ..
+        } => print!("{}", cloister_cli::config::example::<Cli>(&["server"])),
+        Cmd::Inspect {
+            example: Some(ExampleCmd::ConfigExample),
+            ..
+        } => print!("{}", cloister_cli::config::example::<Cli>(&["inspect"])),
         Cmd::Km(KmCmd::Serve {
+            config: _,
+            ops,
             data:
                 cloister_cli::DataArgs {
                     data_dir,
@@ -488,6 +576,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             pass,
             witnesses,
             server,
+            limits,
         }) => {
             tls.set_outgoing(ca_file.as_ref())?;
             let p = read_secret(pass.file.as_deref(), "CLOISTER_KM_PASSPHRASE")?;
@@ -500,6 +589,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             }
             let config = cloister_km::KmConfig {
                 witnesses,
+                limits: limits.limits(),
                 ..Default::default()
             };
             cloister_cli::km_serve::run(
@@ -507,6 +597,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                     data_dir,
                     database_url,
                     listen,
+                    ops,
                     tls: tls.load()?,
                     passphrase: p,
                     config,
@@ -517,16 +608,21 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             .await?;
         }
         Cmd::Server {
-            data:
-                cloister_cli::DataArgs {
-                    data_dir,
-                    database_url,
-                },
+            example: None,
+            config: _,
+            ops,
+            data: ServerData {
+                data_dir,
+                database_url,
+            },
             listen,
             tls,
             nats,
             node,
+            limits,
         } => {
+            // clap requires it unless `config-example` is asked for
+            let data_dir = data_dir.ok_or("--data-dir is required")?;
             tls.set_outgoing(ca_file.as_ref())?;
             let server_tls = tls.load()?;
             // Nodes share one database: a node's own SQLite file cannot be it.
@@ -551,6 +647,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             };
             let config = cloister_server::ServerConfig {
                 cluster,
+                limits: limits.limits(),
                 ..Default::default()
             };
             let server =
@@ -565,6 +662,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 l.local_addr()?,
                 cloister_server::operator_token_path(&data_dir).display()
             );
+            ops.serve(
+                server_tls.as_ref(),
+                cloister_http::ops::ops_router(server.metrics().clone(), server.ready_check()),
+            )
+            .await?;
             cloister_http::serve_with(
                 l,
                 server_tls.as_ref(),
@@ -586,6 +688,31 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             ctx.emit(
                 format!("tenant {} registered", info.tenant),
                 json!({"tenant": info.tenant}),
+            );
+        }
+        Cmd::Admin(AdminCmd::Backup { data_dir, out }) => {
+            let m = cloister_cli::backup::backup(&data_dir, &out).await?;
+            let logs: Vec<String> = m
+                .logs
+                .iter()
+                .map(|l| format!("{} log: {} entries", l.database, l.size))
+                .collect();
+            ctx.emit(
+                format!(
+                    "backed up {} files to {}{}{}",
+                    m.files.len(),
+                    out.display(),
+                    if logs.is_empty() { "" } else { "; " },
+                    logs.join(", ")
+                ),
+                serde_json::to_value(&m)?,
+            );
+        }
+        Cmd::Admin(AdminCmd::Restore { from, data_dir }) => {
+            let m = cloister_cli::backup::restore(&from, &data_dir)?;
+            ctx.emit(
+                cloister_cli::backup::describe(&m),
+                serde_json::to_value(&m)?,
             );
         }
         Cmd::Admin(AdminCmd::AddUser {
@@ -722,6 +849,8 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Cmd::Connect(cc) => connect_cmd::connect_cmd(&ctx, cc).await?,
         Cmd::Entitlements => controls_cmd::entitlements_cmd(&ctx).await?,
         Cmd::Inspect {
+            example: None,
+            config: _,
             clamd,
             once,
             interval_secs,
@@ -976,7 +1105,14 @@ async fn audit_cmd(ctx: &Ctx, ac: AuditCmd) -> Result<(), BoxError> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match cloister_cli::config::parse::<Cli>(std::env::args_os().collect()) {
+        Ok(c) => c,
+        Err(cloister_cli::config::ConfigError::Clap(e)) => e.exit(),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
     cloister_tls::install_provider();
     // The demo and the load tool print their own story; services log warnings.
     let quiet = matches!(
@@ -985,10 +1121,14 @@ fn main() -> ExitCode {
     );
     let filter = std::env::var("CLOISTER_LOG")
         .unwrap_or_else(|_| if quiet { "error" } else { "warn" }.into());
-    let _ = tracing_subscriber::fmt()
+    let logs = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
-        .with_writer(std::io::stderr)
-        .try_init();
+        .with_writer(std::io::stderr);
+    let _ = if cli.log_format == "json" {
+        logs.json().flatten_event(true).try_init()
+    } else {
+        logs.try_init()
+    };
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -1005,5 +1145,37 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_tree_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    /// No flag of any command carries a secret's value: passphrases, PINs
+    /// and tokens come from files or the environment.
+    #[test]
+    fn no_flag_takes_a_secret() {
+        fn walk(c: &clap::Command, path: String, bad: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                if let Some(l) = a.get_long()
+                    && cloister_cli::config::is_secret_value(l)
+                {
+                    bad.push(format!("{path} --{l}"));
+                }
+            }
+            for s in c.get_subcommands() {
+                walk(s, format!("{path} {}", s.get_name()), bad);
+            }
+        }
+        let mut bad = Vec::new();
+        walk(&Cli::command(), "cloister".into(), &mut bad);
+        assert!(bad.is_empty(), "flags that take a secret: {bad:?}");
     }
 }

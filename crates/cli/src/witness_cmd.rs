@@ -26,6 +26,11 @@ pub enum WitnessCmd {
     },
     /// Serve `POST /add-checkpoint` (C2SP tlog-witness).
     Serve {
+        /// A TOML file of this command's flags (`config-example` prints one).
+        #[arg(long, env = "CLOISTER_CONFIG", value_name = "FILE")]
+        config: Option<PathBuf>,
+        #[command(flatten)]
+        ops: cloister_cli::ops_args::OpsArgs,
         #[arg(long)]
         data_dir: PathBuf,
         #[arg(long, default_value = "127.0.0.1:7600")]
@@ -33,6 +38,8 @@ pub enum WitnessCmd {
         #[command(flatten)]
         tls: cloister_cli::tls_args::ListenTls,
     },
+    /// Print a commented example of `witness serve --config FILE`.
+    ConfigExample,
 }
 
 pub async fn witness_cmd(ctx: &Ctx, wc: WitnessCmd) -> Result<(), BoxError> {
@@ -56,7 +63,15 @@ pub async fn witness_cmd(ctx: &Ctx, wc: WitnessCmd) -> Result<(), BoxError> {
                 json!({"name": w.name(), "log_key": log_key.trim()}),
             );
         }
+        WitnessCmd::ConfigExample => {
+            print!(
+                "{}",
+                cloister_cli::config::example::<crate::Cli>(&["witness", "serve"])
+            );
+        }
         WitnessCmd::Serve {
+            config: _,
+            ops,
             data_dir,
             listen,
             tls,
@@ -73,6 +88,11 @@ pub async fn witness_cmd(ctx: &Ctx, wc: WitnessCmd) -> Result<(), BoxError> {
                 l.local_addr()?,
                 w.key()
             );
+            ops.serve(
+                witness_tls.as_ref(),
+                cloister_http::ops::ops_router(w.metrics().clone(), w.ready_check()),
+            )
+            .await?;
             cloister_http::serve_with(
                 l,
                 witness_tls.as_ref(),

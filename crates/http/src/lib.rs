@@ -6,7 +6,9 @@
 #![forbid(unsafe_code)]
 
 pub mod batch;
+pub mod limit;
 pub mod listen;
+pub mod ops;
 
 use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
@@ -20,6 +22,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// Seconds to wait (`Retry-After`), on a 429 or a 503.
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -28,6 +32,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
+        }
+    }
+    /// `429 rate_limited`, come back in `retry_after_secs`.
+    pub fn too_many(retry_after_secs: u64, message: impl Into<String>) -> Self {
+        ApiError {
+            retry_after: Some(retry_after_secs),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", message)
         }
     }
     pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -108,7 +120,14 @@ impl IntoResponse for ApiError {
             error: self.code.to_string(),
             message: self.message,
         };
-        (self.status, axum::Json(body)).into_response()
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            r.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        r
     }
 }
 
@@ -181,15 +200,16 @@ pub async fn serve_with(
     router: axum::Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    use axum::serve::ListenerExt;
+    // The peer's address reaches the handlers (per-address rate limits).
+    let app = router.into_make_service_with_connect_info::<listen::Peer>();
     match tls {
         Some(tls) => {
-            axum::serve(listen::TlsListener::new(listener, tls)?, router)
+            axum::serve(listen::TlsListener::new(listener, tls)?, app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }
         None => {
-            axum::serve(listener.tap_io(|t| listen::nodelay(t)), router)
+            axum::serve(listen::TcpNoDelay(listener), app)
                 .with_graceful_shutdown(shutdown)
                 .await
         }

@@ -92,3 +92,42 @@ pub(crate) fn nodelay(tcp: &TcpStream) {
         tracing::debug!("cannot set TCP_NODELAY: {e}");
     }
 }
+
+/// The peer address of a connection, for handlers and layers
+/// (`ConnectInfo<Peer>`), over TCP and TLS alike.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Peer(pub SocketAddr);
+
+impl<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, TlsListener>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'a, TlsListener>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}
+
+/// A plain TCP listener whose connections have `TCP_NODELAY`.
+pub struct TcpNoDelay(pub TcpListener);
+
+impl Listener for TcpNoDelay {
+    type Io = TcpStream;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let (tcp, addr) = Listener::accept(&mut self.0).await;
+        nodelay(&tcp);
+        (tcp, addr)
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        Listener::local_addr(&self.0)
+    }
+}
+
+impl<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, TcpNoDelay>>
+    for Peer
+{
+    fn connect_info(stream: axum::serve::IncomingStream<'a, TcpNoDelay>) -> Self {
+        Peer(*stream.remote_addr())
+    }
+}

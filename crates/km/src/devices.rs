@@ -23,15 +23,21 @@ impl Km {
         let invalid = || {
             Denied::unauthenticated(
                 "invalid_code",
-                "enrolment code is invalid, expired or already used",
+                format!(
+                    "enrolment code is invalid, expired or already used \
+                     (a code is burned after {MAX_CODE_TRIES} wrong tries)"
+                ),
             )
         };
-        let (user, expires) = self
+        let Some((user, expires)) = self
             .store
             .take_code(&code_hash(&req.code))
             .await
             .map_err(store_err)?
-            .ok_or_else(invalid)?;
+        else {
+            self.wrong_code(&req.user).await?;
+            return Err(invalid());
+        };
         if user != req.user.as_str() || expires < now_secs() {
             return Err(invalid());
         }
@@ -180,6 +186,28 @@ impl Km {
     }
 
     /// Log a refused key request from a device that is no longer in good standing.
+    /// A wrong code for `user`: counted, and the user's code burned (and
+    /// the burning audited) at [`MAX_CODE_TRIES`].
+    async fn wrong_code(&self, user: &UserId) -> Result<(), Denied> {
+        if let cloister_store::CodeTries::Burned = self
+            .store
+            .code_failed(user, MAX_CODE_TRIES)
+            .await
+            .map_err(store_err)?
+        {
+            tracing::warn!(%user, "enrolment code burned after {MAX_CODE_TRIES} wrong tries");
+            self.record(
+                None,
+                AuditEvent::EnrolmentCodeBurned {
+                    user: user.clone(),
+                    tries: MAX_CODE_TRIES,
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
     pub(crate) async fn record_refusal(&self, req: &SignedRequest, e: &Denied) {
         if !matches!(e.code, "device_revoked" | "user_disabled" | "cert_expired") {
             return;

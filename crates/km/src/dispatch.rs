@@ -16,6 +16,11 @@ impl Km {
         let body: RequestBody = verify_request(&cert.sign_pk.0, req).map_err(|_| {
             Denied::unauthenticated("bad_signature", "request signature is invalid")
         })?;
+        // Limits count only requests the device really signed.
+        self.limiters.requests.check(&cert.device)?;
+        if matches!(body.op, KmOp::RoomKeys { .. }) {
+            self.limiters.keys.check(&cert.device)?;
+        }
         let now = now_millis();
         let skew = limits::MAX_SKEW_SECS * 1000;
         if !cloister_proto::within_skew(body.ts) {

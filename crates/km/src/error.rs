@@ -21,6 +21,8 @@ pub enum Kind {
     /// The caller's precondition (an ETag) no longer holds.
     Precondition,
     TooLarge,
+    /// Over a rate limit: come back later.
+    TooMany,
     /// The KM cannot tell (a standing list it depends on is stale).
     Unavailable,
     /// A fault of the KM's own; the detail is logged, never sent.
@@ -33,6 +35,8 @@ pub struct Denied {
     pub kind: Kind,
     pub code: &'static str,
     pub message: String,
+    /// Seconds until a retry may succeed (rate limits).
+    pub retry_after: Option<u64>,
 }
 
 impl Display for Denied {
@@ -49,6 +53,7 @@ impl Denied {
             kind,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
     pub fn malformed(code: &'static str, message: impl Into<String>) -> Self {
@@ -119,5 +124,14 @@ impl From<cloister_http::ApiError> for Denied {
             _ => Kind::Internal,
         };
         Self::of(kind, e.code, e.message)
+    }
+}
+
+impl From<cloister_http::limit::Limited> for Denied {
+    fn from(l: cloister_http::limit::Limited) -> Self {
+        Denied {
+            retry_after: Some(l.retry_after_secs),
+            ..Self::of(Kind::TooMany, "rate_limited", l.to_string())
+        }
     }
 }

@@ -8,6 +8,7 @@
 //! | POST   | `/v1/deny-list` | [`DenyListRequest`] (vault-signed) | signed deny list |
 //! | POST   | `/v1/federation/room-keys` | [`SignedBlob`] of a `KmKeyRequest` (partner-KM-signed) | signed `KmKeyGrant` |
 //! | POST   | `/v1/federation/directory` | [`SignedBlob`] of a `DirectoryQuery` (partner-KM-signed) | signed `DirectoryAnswer` |
+//! | GET    | `/healthz`, `/readyz` |        | `{"status": …}`, 503 when not ready |
 
 use crate::Km;
 use axum::extract::{DefaultBodyLimit, State};
@@ -33,17 +34,36 @@ impl From<crate::Denied> for ApiError {
             Kind::Gone => S::GONE,
             Kind::Precondition => S::PRECONDITION_FAILED,
             Kind::TooLarge => S::PAYLOAD_TOO_LARGE,
+            Kind::TooMany => S::TOO_MANY_REQUESTS,
             Kind::Unavailable => S::SERVICE_UNAVAILABLE,
             Kind::Internal => S::INTERNAL_SERVER_ERROR,
         };
-        ApiError::new(status, d.code, d.message)
+        ApiError {
+            retry_after: d.retry_after,
+            ..ApiError::new(status, d.code, d.message)
+        }
     }
 }
 
 pub fn router(km: Arc<Km>) -> Router {
-    Router::new()
+    use cloister_http::limit::{Limiter, per_address};
+    let metrics = km.metrics().clone();
+    let ready = km.ready_check();
+    let limits = km.limits().clone();
+    // Enrolment codes are guessed from somewhere: few tries per address.
+    let enrol_route = per_address(
+        Router::new()
+            .route("/v1/enrol", post(enrol))
+            .layer(DefaultBodyLimit::max(cloister_proto::limits::MAX_JSON_BODY))
+            .with_state(km.clone()),
+        Arc::new(Limiter::per_minute(
+            "enrolment attempts from this address",
+            limits.enrolments_per_min,
+            limits.enrolments_per_min,
+        )),
+    );
+    let api = Router::new()
         .route("/v1/info", get(info))
-        .route("/v1/enrol", post(enrol))
         .route("/v1/request", post(request))
         .route("/v1/deny-list", post(deny_list))
         .route("/v1/federation/room-keys", post(federation_room_keys))
@@ -51,7 +71,16 @@ pub fn router(km: Arc<Km>) -> Router {
         .fallback(cloister_http::not_found)
         .layer(DefaultBodyLimit::max(cloister_proto::limits::MAX_JSON_BODY))
         .with_state(km.clone())
-        .merge(crate::scim::router(km))
+        .merge(enrol_route)
+        .merge(crate::scim::router(km));
+    let api = per_address(
+        api,
+        Arc::new(Limiter::per_second(
+            "requests from this address",
+            limits.per_address_per_sec,
+        )),
+    );
+    cloister_http::ops::instrument(api, &metrics, ready)
 }
 
 async fn info(State(km): State<Arc<Km>>) -> Json<KmInfo> {

@@ -28,6 +28,7 @@ mod exchange;
 pub mod http;
 mod keys;
 mod membership;
+mod metrics;
 pub mod provider;
 mod roomcontrol;
 mod rooms;
@@ -77,6 +78,54 @@ pub struct KmConfig {
     pub code_secs: u64,
     /// Witnesses (URLs) the audit log's checkpoints are submitted to.
     pub witnesses: Vec<String>,
+    /// Rate limits (0 turns one off).
+    pub limits: KmLimits,
+}
+
+/// The KM's rate limits: averages, with bursts of ten seconds' worth
+/// (enrolments: of `enrolments_per_min`).
+#[derive(Debug, Clone)]
+pub struct KmLimits {
+    /// Signed requests of one device, per second.
+    pub requests_per_sec: u32,
+    /// Key requests of one device, per second.
+    pub key_requests_per_sec: u32,
+    /// Enrolment attempts from one address, per minute.
+    pub enrolments_per_min: u32,
+    /// Requests of any kind from one address, per second.
+    pub per_address_per_sec: u32,
+}
+
+impl Default for KmLimits {
+    fn default() -> Self {
+        KmLimits {
+            requests_per_sec: 50,
+            key_requests_per_sec: 20,
+            enrolments_per_min: 60,
+            per_address_per_sec: 1000,
+        }
+    }
+}
+
+impl KmLimits {
+    /// Every limit off (load tests measure the KM, not its limiter).
+    pub fn off() -> Self {
+        KmLimits {
+            requests_per_sec: 0,
+            key_requests_per_sec: 0,
+            enrolments_per_min: 0,
+            per_address_per_sec: 0,
+        }
+    }
+}
+
+/// An enrolment code is burned after this many wrong tries for its user.
+pub const MAX_CODE_TRIES: u32 = 5;
+
+/// The per-device limiters.
+struct Limiters {
+    requests: cloister_http::limit::Limiter<DeviceId>,
+    keys: cloister_http::limit::Limiter<DeviceId>,
 }
 
 impl Default for KmConfig {
@@ -86,6 +135,7 @@ impl Default for KmConfig {
             cert_secs: 365 * 24 * 3600,
             code_secs: 7 * 24 * 3600,
             witnesses: Vec::new(),
+            limits: KmLimits::default(),
         }
     }
 }
@@ -160,6 +210,8 @@ pub struct Km {
     /// pinned key (actors of rooms shared with those firms).
     foreign: Mutex<HashMap<DeviceId, Arc<DeviceCert>>>,
     audit: Arc<audit::AuditLog>,
+    metrics: metrics::KmMetrics,
+    limiters: Limiters,
     witnesses: audit::Witnesses,
     directory: directory::DirState,
     notifier: directory::notify::Notifier,
@@ -310,14 +362,72 @@ impl Km {
 
     /// Append an audit record; fails closed.
     async fn record(&self, actor: Option<&UserId>, event: AuditEvent) -> Result<u64, Denied> {
-        Ok(self
-            .audit
-            .append(&AuditRecord {
-                ts: now_millis(),
-                actor: actor.cloned(),
-                event,
-            })
-            .await?)
+        let rec = AuditRecord {
+            ts: now_millis(),
+            actor: actor.cloned(),
+            event,
+        };
+        let index = self.audit.append(&rec).await?;
+        self.metrics.observe(&rec.event);
+        Ok(index)
+    }
+
+    /// Record that this KM's data came back from a backup (the first
+    /// entry after the restore).
+    pub async fn record_restore(
+        &self,
+        backup_created_ms: u64,
+        size_at_backup: u64,
+    ) -> Result<u64, Denied> {
+        tracing::warn!(
+            size_at_backup,
+            "the KM was restored from a backup; audit entries after it are lost"
+        );
+        self.record(
+            None,
+            AuditEvent::LogRestored {
+                backup_created_ms,
+                size_at_backup,
+            },
+        )
+        .await
+    }
+
+    /// The KM's rate limits.
+    pub fn limits(&self) -> &KmLimits {
+        &self.config.limits
+    }
+
+    /// This KM's metrics registry (for the operations listener).
+    pub fn metrics(&self) -> &Arc<cloister_http::ops::Metrics> {
+        &self.metrics.ops
+    }
+
+    /// Ready when its database answers and the tenant master key can be
+    /// used (a key provider that cannot unwrap is a crypto-locked tenant).
+    pub fn ready_check(self: &Arc<Self>) -> cloister_http::ops::ReadyCheck {
+        let km = Arc::downgrade(self);
+        cloister_http::ops::ready_check(move || {
+            let km = km.upgrade();
+            async move {
+                let km = km.ok_or("the KM is stopping")?;
+                km.store
+                    .ping()
+                    .await
+                    .map_err(|e| format!("database: {e}"))?;
+                // One unwrap through the key provider proves the TMK usable.
+                let wrapped = km
+                    .store
+                    .get_meta(META_SIGNER)
+                    .await
+                    .map_err(|e| format!("database: {e}"))?
+                    .ok_or("the KM's signing key is missing")?;
+                km.provider
+                    .unwrap(SIGNER_AAD, &wrapped)
+                    .map(|_| ())
+                    .map_err(|e| format!("key provider {}: {e}", km.provider.name()))
+            }
+        })
     }
 
     pub fn audit(&self) -> &Arc<audit::AuditLog> {
@@ -333,6 +443,17 @@ impl Km {
         audit: Arc<audit::AuditLog>,
     ) -> Km {
         let witnesses = audit::Witnesses::new(&config.witnesses);
+        let metrics = metrics::KmMetrics::new(&audit);
+        let limiters = Limiters {
+            requests: cloister_http::limit::Limiter::per_second(
+                "requests from this device",
+                config.limits.requests_per_sec,
+            ),
+            keys: cloister_http::limit::Limiter::per_second(
+                "key requests from this device",
+                config.limits.key_requests_per_sec,
+            ),
+        };
         Km {
             tenant,
             signer,
@@ -350,6 +471,8 @@ impl Km {
             wrapped: Mutex::new(HashMap::new()),
             foreign: Mutex::new(HashMap::new()),
             audit,
+            metrics,
+            limiters,
             witnesses,
             directory: Default::default(),
             notifier: Default::default(),

@@ -40,6 +40,18 @@ pub enum AuditEvent {
     DeviceRevoked {
         device: DeviceId,
     },
+    /// The KM's data was restored from a backup: the log went on from
+    /// `size_at_backup` entries; anything a device or witness saw beyond
+    /// that was lost.
+    LogRestored {
+        backup_created_ms: u64,
+        size_at_backup: u64,
+    },
+    /// A user's enrolment code was deleted after too many wrong tries.
+    EnrolmentCodeBurned {
+        user: UserId,
+        tries: u32,
+    },
     KeyReleased {
         room: RoomId,
         epochs: Vec<u64>,
@@ -238,6 +250,8 @@ impl AuditEvent {
             AuditEvent::UserDisabled { .. } => "user_disabled",
             AuditEvent::DeviceCertified { .. } => "device_certified",
             AuditEvent::DeviceRevoked { .. } => "device_revoked",
+            AuditEvent::EnrolmentCodeBurned { .. } => "enrolment_code_burned",
+            AuditEvent::LogRestored { .. } => "log_restored",
             AuditEvent::KeyReleased { .. } => "key_released",
             AuditEvent::KeyRefused { .. } => "key_refused",
             AuditEvent::MembershipAccepted { .. } => "membership_accepted",
@@ -286,12 +300,14 @@ impl AuditEvent {
         }
     }
 
-    pub const KINDS: [&'static str; 33] = [
+    pub const KINDS: [&'static str; 35] = [
         "tenant_initialised",
         "user_added",
         "user_disabled",
         "device_certified",
         "device_revoked",
+        "enrolment_code_burned",
+        "log_restored",
         "key_released",
         "key_refused",
         "membership_accepted",

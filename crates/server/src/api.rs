@@ -48,7 +48,13 @@ const MAX_NOTICE: usize = 16 << 20;
 
 pub fn router(server: Arc<Server>) -> Router {
     let blob_limit = server.config.max_attachment as usize + 1;
-    Router::new()
+    let metrics = server.metrics().clone();
+    let ready = server.ready_check();
+    let per_address = Arc::new(cloister_http::limit::Limiter::per_second(
+        "requests from this address",
+        server.config.limits.per_address_per_sec,
+    ));
+    let api = Router::new()
         .route("/v1/tenants", post(register_tenant))
         .route("/v1/tenants/{tenant}/pin", post(pin_check))
         .route("/v1/devices", post(register_device))
@@ -102,7 +108,9 @@ pub fn router(server: Arc<Server>) -> Router {
         .route("/v1/ws", get(crate::live::ws))
         .fallback(cloister_http::not_found)
         .layer(DefaultBodyLimit::max(limits::MAX_JSON_BODY))
-        .with_state(server)
+        .with_state(server);
+    let api = cloister_http::limit::per_address(api, per_address);
+    cloister_http::ops::instrument(api, &metrics, ready)
 }
 
 // ---------- authentication ----------
@@ -652,6 +660,7 @@ async fn put_blob(
     Path((room, id)): Path<(String, String)>,
     body: Body,
 ) -> Result<Json<BlobResponse>, ApiError> {
+    s.limiters.uploads.check(&c.device)?;
     let room = parse_room(&room)?;
     let id = parse_blob_id(&id)?;
     let st = s.member_room(&room, &c.user).await?;

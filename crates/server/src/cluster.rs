@@ -122,6 +122,17 @@ impl Fanout {
         Fanout { hub, node: None }
     }
 
+    /// `Err` when this node has lost NATS (its clients would miss what
+    /// other nodes accept).
+    pub fn ready(&self) -> Result<(), String> {
+        match &self.node {
+            Some(n) if n.client.connection_state() != async_nats::connection::State::Connected => {
+                Err("NATS is not connected".into())
+            }
+            _ => Ok(()),
+        }
+    }
+
     /// Deliver to this node's connected clients now.
     pub fn deliver(&self, d: &Delivery) {
         let text: Utf8Bytes = d.event.as_str().into();

@@ -7,6 +7,7 @@
 //! catches up from history), so one slow reader never slows a room.
 
 use axum::extract::ws::Utf8Bytes;
+use cloister_http::ops::prometheus_client::metrics::counter::Counter;
 use cloister_proto::{DeviceId, TenantId, UserId};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -30,6 +31,10 @@ pub struct Hub {
     watchers: Arc<RwLock<HashMap<TenantId, HashSet<UserId>>>>,
     next: Arc<AtomicU64>,
     count: Arc<AtomicUsize>,
+    /// Events queued to connections.
+    pub(crate) delivered: Counter,
+    /// Connections dropped because they fell behind.
+    pub(crate) dropped: Counter,
 }
 
 impl Hub {
@@ -92,17 +97,22 @@ impl Hub {
         event: Utf8Bytes,
     ) {
         let mut full = Vec::new();
+        let mut queued = 0u64;
         if let Ok(m) = self.conns.read() {
             for u in users {
                 if let Some(conns) = m.get(u) {
                     for c in conns.iter().filter(|c| Some(c.device) != skip) {
                         if c.tx.try_send(event.clone()).is_err() {
                             full.push((u.clone(), c.id));
+                        } else {
+                            queued += 1;
                         }
                     }
                 }
             }
         }
+        self.delivered.inc_by(queued);
+        self.dropped.inc_by(full.len() as u64);
         for (u, id) in full {
             tracing::warn!(user = %u, "dropping a live connection that fell behind");
             self.unregister(&u, id);

@@ -50,6 +50,47 @@ pub struct ServerConfig {
     /// Run as one node of several sharing the database, with live events
     /// between them over NATS (`None`: the only node).
     pub cluster: Option<ClusterConfig>,
+    /// Rate limits (0 turns one off).
+    pub limits: ServerLimits,
+}
+
+/// The server's rate limits: averages per second, with bursts of ten
+/// seconds' worth.
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// Messages one device posts.
+    pub posts_per_sec: u32,
+    /// Attachments one device uploads.
+    pub uploads_per_sec: u32,
+    /// Requests of any kind from one address.
+    pub per_address_per_sec: u32,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            posts_per_sec: 50,
+            uploads_per_sec: 5,
+            per_address_per_sec: 1000,
+        }
+    }
+}
+
+impl ServerLimits {
+    /// Every limit off (load tests measure the server, not its limiter).
+    pub fn off() -> Self {
+        ServerLimits {
+            posts_per_sec: 0,
+            uploads_per_sec: 0,
+            per_address_per_sec: 0,
+        }
+    }
+}
+
+/// The per-device limiters.
+pub(crate) struct Limiters {
+    pub(crate) posts: cloister_http::limit::Limiter<DeviceId>,
+    pub(crate) uploads: cloister_http::limit::Limiter<DeviceId>,
 }
 
 impl Default for ServerConfig {
@@ -58,6 +99,7 @@ impl Default for ServerConfig {
             max_attachment: cloister_proto::limits::DEFAULT_MAX_ATTACHMENT + (1 << 20),
             session_secs: 12 * 3600,
             cluster: None,
+            limits: ServerLimits::default(),
         }
     }
 }
@@ -180,6 +222,8 @@ pub struct Server {
     /// Live delivery: here, or through the cluster.
     fanout: cluster::Fanout,
     writer: writer::Writer,
+    metrics: Arc<cloister_http::ops::Metrics>,
+    pub(crate) limiters: Limiters,
 }
 
 pub(crate) fn io_err(path: &Path, e: std::io::Error) -> ServerError {
@@ -259,7 +303,37 @@ impl Server {
             }
             None => (cluster::Fanout::local(hub.clone()), None),
         };
-        let writer = writer::Writer::start(store.clone(), fanout.clone());
+        let limiters = Limiters {
+            posts: cloister_http::limit::Limiter::per_second(
+                "messages from this device",
+                config.limits.posts_per_sec,
+            ),
+            uploads: cloister_http::limit::Limiter::per_second(
+                "uploads from this device",
+                config.limits.uploads_per_sec,
+            ),
+        };
+        let metrics = cloister_http::ops::Metrics::new("server");
+        let accepted = metrics.counter(
+            "messages_accepted",
+            "Messages stored and fanned out (a duplicate post is not counted)",
+        );
+        let writer = writer::Writer::start(store.clone(), fanout.clone(), accepted);
+        metrics.register(
+            "deliveries",
+            "Events queued to live connections",
+            hub.delivered.clone(),
+        );
+        metrics.register(
+            "slow_connections_dropped",
+            "Live connections dropped because they fell behind",
+            hub.dropped.clone(),
+        );
+        let connected = metrics.gauge("connected_clients", "Live WebSocket connections");
+        let h = hub.clone();
+        metrics.on_scrape(move || {
+            connected.set(i64::try_from(h.connections()).unwrap_or(i64::MAX));
+        });
         let server = Arc::new(Server {
             store,
             blobs,
@@ -276,12 +350,37 @@ impl Server {
             hub,
             fanout,
             writer,
+            metrics,
+            limiters,
         });
         server.load_controls().await?;
         if let Some(j) = joined {
             j.start(Arc::downgrade(&server));
         }
         Ok(server)
+    }
+
+    /// This server's metrics registry (for the operations listener).
+    pub fn metrics(&self) -> &Arc<cloister_http::ops::Metrics> {
+        &self.metrics
+    }
+
+    /// Ready when the database answers and, on a cluster node, NATS is
+    /// connected.
+    pub fn ready_check(self: &Arc<Self>) -> cloister_http::ops::ReadyCheck {
+        let server = Arc::downgrade(self);
+        cloister_http::ops::ready_check(move || {
+            let server = server.upgrade();
+            async move {
+                let server = server.ok_or("the server is stopping")?;
+                server
+                    .store
+                    .ping()
+                    .await
+                    .map_err(|e| format!("database: {e}"))?;
+                server.fanout.ready()
+            }
+        })
     }
 
     /// Close every live WebSocket connection (used when stopping).

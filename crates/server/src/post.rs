@@ -33,6 +33,7 @@ pub(crate) async fn accept(
     room: RoomId,
     mut env: Envelope,
 ) -> Result<u64, ApiError> {
+    s.limiters.posts.check(&c.device)?;
     if env.ciphertext.len() > limits::MAX_MESSAGE_CIPHERTEXT {
         return Err(ApiError::too_large(format!(
             "message ciphertext over {} bytes",

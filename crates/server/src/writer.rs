@@ -7,6 +7,7 @@
 use crate::cluster::{Delivery, Fanout};
 use cloister_crypto::keys::{Pending, VerifyKey, verify_batch};
 use cloister_http::batch::{Batcher, Linger};
+use cloister_http::ops::prometheus_client::metrics::counter::Counter;
 use cloister_policy::RoomState;
 use cloister_proto::RoomId;
 use cloister_proto::server::{Envelope, Event};
@@ -43,7 +44,8 @@ pub struct Writer {
 }
 
 impl Writer {
-    pub fn start(store: Arc<dyn ServerStore>, fanout: Fanout) -> Writer {
+    /// Start the writer; `accepted` counts the messages it stores.
+    pub fn start(store: Arc<dyn ServerStore>, fanout: Fanout, accepted: Counter) -> Writer {
         let (tx, verify_rx) = mpsc::channel::<Job>(8 * MAX_BATCH);
         let (commit_tx, commit_rx) = mpsc::channel::<Job>(8 * MAX_BATCH);
         let mut verify = Batcher::new(verify_rx, MAX_BATCH, Some(Linger::SIGNATURES));
@@ -76,7 +78,7 @@ impl Writer {
         tokio::spawn(async move {
             let mut batch = Vec::with_capacity(MAX_BATCH);
             while commits.next(&mut batch).await {
-                commit(&*store, &fanout, &mut batch).await;
+                commit(&*store, &fanout, &accepted, &mut batch).await;
             }
         });
         Writer { tx }
@@ -89,7 +91,12 @@ impl Writer {
 
 /// Insert a batch in one transaction, then fan the stored messages out in
 /// seq order and answer each request.
-async fn commit(store: &dyn ServerStore, fanout: &Fanout, batch: &mut Vec<Job>) {
+async fn commit(
+    store: &dyn ServerStore,
+    fanout: &Fanout,
+    accepted: &Counter,
+    batch: &mut Vec<Job>,
+) {
     // The rows move to the store: the envelope stays for the fan-out.
     let msgs: Vec<NewMessage> = batch
         .iter_mut()
@@ -106,6 +113,11 @@ async fn commit(store: &dyn ServerStore, fanout: &Fanout, batch: &mut Vec<Job>) 
         }
     };
     let mut done: Vec<(Job, Inserted)> = batch.drain(..).zip(results).collect();
+    accepted.inc_by(
+        done.iter()
+            .filter(|(_, r)| matches!(r, Inserted::Seq { .. }))
+            .count() as u64,
+    );
     done.sort_by_key(|(_, r)| match r {
         Inserted::Seq { seq, .. } => *seq,
         Inserted::Duplicate => 0,

@@ -84,7 +84,11 @@ impl Role {
                     ]
                 )
             }
-            (Backend::Sqlite, Role::Km) => m!("sqlite", "km", [(1, "0001_initial")]),
+            (Backend::Sqlite, Role::Km) => m!(
+                "sqlite",
+                "km",
+                [(1, "0001_initial"), (2, "0002_code_failures")]
+            ),
             (Backend::Sqlite, Role::Vault) => m!("sqlite", "vault", [(1, "0001_initial")]),
             (Backend::Sqlite, Role::Witness) => m!("sqlite", "witness", [(1, "0001_initial")]),
             (Backend::Postgres, Role::Server) => {
@@ -98,7 +102,11 @@ impl Role {
                     ]
                 )
             }
-            (Backend::Postgres, Role::Km) => m!("postgres", "km", [(1, "0001_initial")]),
+            (Backend::Postgres, Role::Km) => m!(
+                "postgres",
+                "km",
+                [(1, "0001_initial"), (2, "0002_code_failures")]
+            ),
             (Backend::Postgres, Role::Vault) => m!("postgres", "vault", [(1, "0001_initial")]),
             (Backend::Postgres, Role::Witness) => m!("postgres", "witness", [(1, "0001_initial")]),
         }
@@ -265,6 +273,17 @@ impl Db {
             Backend::Sqlite => self.writer.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.writer.begin().await?,
         })
+    }
+
+    /// Whether the database answers a query (readiness), within 2 s.
+    pub async fn ping(&self) -> Result<()> {
+        let q = sqlx::query("SELECT 1").execute(&self.readers);
+        match tokio::time::timeout(std::time::Duration::from_secs(2), q).await {
+            Ok(r) => r.map(|_| ()).map_err(Into::into),
+            Err(_) => Err(StoreError::Backend(
+                "the database did not answer within 2 s".into(),
+            )),
+        }
     }
 
     /// ` FOR UPDATE` where the engine has row locks (PostgreSQL); SQLite's

@@ -20,6 +20,7 @@ use async_trait::async_trait;
 mod blob;
 mod db;
 mod lease;
+mod snapshot;
 mod sql;
 pub mod testkit;
 mod witness;
@@ -28,6 +29,7 @@ pub use cloister_proto::RoomId;
 use cloister_proto::{DeviceId, MessageId, TenantId, UserId};
 pub use db::{Backend, backend_of, open_sqlite, redact_url, sqlite_url};
 pub use lease::Lease;
+pub use snapshot::{sqlite_latest_checkpoint, sqlite_snapshot};
 pub use sql::{SqlKmStore, SqlServerStore, SqlVaultStore};
 pub use witness::{WitnessStore, WitnessedLog};
 
@@ -143,10 +145,27 @@ pub enum Inserted {
     Duplicate,
 }
 
+/// What a wrong try did to a user's enrolment code.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodeTries {
+    /// The user has no live code.
+    NoCode,
+    /// The code lives on, with this many wrong tries.
+    Counted(u32),
+    /// This try was the last allowed: the code is gone.
+    Burned,
+}
+
+/// Whether the database answers (a service's readiness).
+#[async_trait]
+pub trait Ping: Send + Sync + 'static {
+    async fn ping(&self) -> Result<()>;
+}
+
 /// A room's verified membership log and its replayed state, kept the same
 /// way by the server and the KM.
 #[async_trait]
-pub trait RoomLogStore: Send + Sync + 'static {
+pub trait RoomLogStore: Ping {
     async fn get_room(&self, room: &RoomId) -> Result<Option<RoomRow>>;
     /// Append to several rooms' logs in one transaction: all or nothing
     /// (`Conflict` if any room's stored state is not at its `expected_seq`,
@@ -306,6 +325,9 @@ pub trait KmStore: DirectoryStore + RoomLogStore + AuditStore {
     async fn put_code(&self, code_hash: &[u8], user: &UserId, expires_at: u64) -> Result<()>;
     /// Remove and return an enrolment code (single use).
     async fn take_code(&self, code_hash: &[u8]) -> Result<Option<(String, u64)>>;
+    /// Count a wrong try against `user`'s code; at `burn_at` tries the
+    /// code is deleted. How many tries it has had, if it exists.
+    async fn code_failed(&self, user: &UserId, burn_at: u32) -> Result<CodeTries>;
 
     async fn put_device(&self, d: &KmDeviceRow) -> Result<()>;
     async fn get_device(&self, device: &DeviceId) -> Result<Option<KmDeviceRow>>;
@@ -411,7 +433,7 @@ pub struct AuditQuery {
 
 /// Storage of a tenant's audit transparency log.
 #[async_trait]
-pub trait AuditStore: Send + Sync + 'static {
+pub trait AuditStore: Ping {
     /// Append entries in one transaction; their indexes must continue the
     /// log. The batch's signed checkpoint `(size, note)`, if given, is stored
     /// in the same transaction.

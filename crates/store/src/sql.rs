@@ -52,6 +52,13 @@ fn room_row(r: &AnyRow) -> Result<RoomRow> {
     })
 }
 
+#[async_trait]
+impl<T: HasDb + Send + Sync + 'static> crate::Ping for T {
+    async fn ping(&self) -> Result<()> {
+        self.db().ping().await
+    }
+}
+
 /// The one room-log store: the server and the KM keep a room's verified
 /// membership log and replayed state in the same tables, written the same
 /// way.

@@ -25,6 +25,11 @@ impl WitnessStore {
         })
     }
 
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<()> {
+        self.db.ping().await
+    }
+
     pub async fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
         meta_get(&self.db, key).await
     }

@@ -370,6 +370,36 @@ async fn km_basics(url: &str) {
         None,
         "codes are single use"
     );
+    // wrong tries: counted against the user's code, burned at the limit
+    use cloister_store::CodeTries;
+    assert_eq!(
+        s.code_failed(&u("a@acme"), 3).await.unwrap(),
+        CodeTries::NoCode
+    );
+    s.put_code(b"h2", &u("a@acme"), 10).await.unwrap();
+    assert_eq!(
+        s.code_failed(&u("a@acme"), 3).await.unwrap(),
+        CodeTries::Counted(1)
+    );
+    assert_eq!(
+        s.code_failed(&u("a@acme"), 3).await.unwrap(),
+        CodeTries::Counted(2)
+    );
+    assert_eq!(
+        s.code_failed(&u("a@acme"), 3).await.unwrap(),
+        CodeTries::Burned
+    );
+    assert_eq!(
+        s.take_code(b"h2").await.unwrap(),
+        None,
+        "a burned code is gone"
+    );
+    // a new code starts with no wrong tries
+    s.put_code(b"h3", &u("a@acme"), 10).await.unwrap();
+    assert_eq!(
+        s.code_failed(&u("a@acme"), 3).await.unwrap(),
+        CodeTries::Counted(1)
+    );
     let r = room(7);
     let k1 = s.put_room_key(&r.to_hex(), 0, b"w1").await.unwrap();
     let k2 = s.put_room_key(&r.to_hex(), 0, b"w2").await.unwrap();

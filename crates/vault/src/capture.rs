@@ -168,6 +168,19 @@ impl Vault {
         cert: &DeviceCert,
         capture: Capture,
     ) -> Result<SignedReceipt, ApiError> {
+        let r = self.capture_checked(cert, capture).await;
+        if let Err(e) = &r {
+            self.metrics.captures.inc("refused");
+            self.metrics.refused.inc(e.code);
+        }
+        r
+    }
+
+    async fn capture_checked(
+        &self,
+        cert: &DeviceCert,
+        capture: Capture,
+    ) -> Result<SignedReceipt, ApiError> {
         if capture.envelope.len() > MAX_ENVELOPE || capture.tokens.len() > MAX_TOKENS {
             return Err(ApiError::too_large(format!(
                 "a capture holds at most {MAX_ENVELOPE} bytes of envelope and {MAX_TOKENS} tokens"
@@ -209,6 +222,7 @@ impl Vault {
             if m.envelope_sha256 == envelope_sha256
                 || (capture.received && m.ciphertext_sha256 == env.ciphertext_sha256.0)
             {
+                self.metrics.captures.inc("repeated");
                 return self.receipt(env.message_id, &m);
             }
             return Err(ApiError::conflict(
@@ -216,7 +230,11 @@ impl Vault {
                 "another envelope is already captured for this message",
             ));
         }
-        self.ingest(cert, env, capture, envelope_sha256).await
+        let r = self.ingest(cert, env, capture, envelope_sha256).await;
+        if r.is_ok() {
+            self.metrics.captures.inc("stored");
+        }
+        r
     }
 
     /// Store a new capture with its log entry; its receipt.

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 mod capture;
+mod metrics;
 mod purge;
 mod standing;
 mod status;
@@ -96,6 +97,62 @@ pub struct Vault {
     /// signed bytes), with the device's parsed key: a device's next request
     /// costs one signature check, not two.
     certs: Mutex<HashMap<[u8; 32], Arc<VerifiedCert>>>,
+    metrics: metrics::VaultMetrics,
+    limits: VaultLimits,
+    limiters: Limiters,
+}
+
+/// The vault's rate limits: averages per second, with bursts of ten
+/// seconds' worth (0 turns one off).
+#[derive(Debug, Clone)]
+pub struct VaultLimits {
+    /// Captures one device sends (one per message it sends or receives).
+    pub captures_per_sec: u32,
+    /// Searches one compliance device runs.
+    pub searches_per_sec: u32,
+    /// Requests of any kind from one address.
+    pub per_address_per_sec: u32,
+}
+
+impl Default for VaultLimits {
+    fn default() -> Self {
+        VaultLimits {
+            captures_per_sec: 200,
+            searches_per_sec: 2,
+            per_address_per_sec: 2000,
+        }
+    }
+}
+
+impl VaultLimits {
+    /// Every limit off (load tests measure the vault, not its limiter).
+    pub fn off() -> Self {
+        VaultLimits {
+            captures_per_sec: 0,
+            searches_per_sec: 0,
+            per_address_per_sec: 0,
+        }
+    }
+}
+
+struct Limiters {
+    captures: cloister_http::limit::Limiter<cloister_proto::DeviceId>,
+    searches: cloister_http::limit::Limiter<cloister_proto::DeviceId>,
+}
+
+impl Limiters {
+    fn new(l: &VaultLimits) -> Limiters {
+        Limiters {
+            captures: cloister_http::limit::Limiter::per_second(
+                "captures from this device",
+                l.captures_per_sec,
+            ),
+            searches: cloister_http::limit::Limiter::per_second(
+                "searches from this device",
+                l.searches_per_sec,
+            ),
+        }
+    }
 }
 
 /// A certificate verified under the KM key, with the device's parsed key.
@@ -203,6 +260,9 @@ impl Vault {
             cloister_audit::vault_origin(&tenant),
         )
         .await?;
+        let verifier = verifier::Verifier::start();
+        let statuses = status::StatusReader::start(store.clone());
+        let metrics = metrics::VaultMetrics::new(&log, &verifier, &statuses);
         Ok(Vault {
             tenant,
             km_pk: km,
@@ -217,9 +277,12 @@ impl Vault {
             km_url: std::sync::RwLock::new(km_url),
             pulling: tokio::sync::Mutex::new(()),
             http: cloister_tls::http_client(),
-            verifier: verifier::Verifier::start(),
-            statuses: status::StatusReader::start(store.clone()),
+            verifier,
+            statuses,
             store,
+            metrics,
+            limits: VaultLimits::default(),
+            limiters: Limiters::new(&VaultLimits::default()),
         })
     }
 
@@ -294,10 +357,22 @@ impl Vault {
         Ok((entry.0.clone(), op))
     }
 
+    /// Set the rate limits (before serving).
+    pub fn set_limits(&mut self, limits: VaultLimits) {
+        self.limiters = Limiters::new(&limits);
+        self.limits = limits;
+    }
+
     /// Handle a signed request.
     pub async fn handle(&self, req: &VaultRequest) -> Result<serde_json::Value, ApiError> {
         let (cert, op) = self.verify(req).await?;
         self.check_standing(&cert).await?;
+        // Limits count only requests the device really signed.
+        match &op {
+            VaultOp::Capture { .. } => self.limiters.captures.check(&cert.device)?,
+            VaultOp::Search { .. } => self.limiters.searches.check(&cert.device)?,
+            _ => {}
+        }
         match op {
             VaultOp::Capture { ts, capture } => {
                 fresh(ts)?;
@@ -457,10 +532,45 @@ pub fn router(vault: Arc<Vault>) -> axum::Router {
     ) -> Result<axum::Json<serde_json::Value>, ApiError> {
         v.handle(&req).await.map(axum::Json)
     }
-    axum::Router::new()
+    let metrics = vault.metrics().clone();
+    let ready = vault.ready_check();
+    let per_address = Arc::new(cloister_http::limit::Limiter::per_second(
+        "requests from this address",
+        vault.limits.per_address_per_sec,
+    ));
+    let api = axum::Router::new()
         .route("/v1/info", get(info))
         .route("/v1/request", post(request))
         .fallback(cloister_http::not_found)
         .layer(DefaultBodyLimit::max(limits::MAX_JSON_BODY))
-        .with_state(vault)
+        .with_state(vault);
+    let api = cloister_http::limit::per_address(api, per_address);
+    cloister_http::ops::instrument(api, &metrics, ready)
+}
+
+impl Vault {
+    /// This vault's metrics registry (for the operations listener).
+    pub fn metrics(&self) -> &Arc<cloister_http::ops::Metrics> {
+        &self.metrics.ops
+    }
+
+    /// Ready when the database answers and the KM's deny list is fresh
+    /// (a stale one makes the vault refuse every request).
+    pub fn ready_check(self: &Arc<Self>) -> cloister_http::ops::ReadyCheck {
+        let vault = Arc::downgrade(self);
+        cloister_http::ops::ready_check(move || {
+            let vault = vault.upgrade();
+            async move {
+                use cloister_standing::Facts;
+                let vault = vault.ok_or("the vault is stopping")?;
+                vault
+                    .store
+                    .ping()
+                    .await
+                    .map_err(|e| format!("database: {e}"))?;
+                let deny = vault.deny.read().map_err(|_| "deny list lock")?;
+                deny.current(now_millis()).map_err(|e| e.to_string())
+            }
+        })
+    }
 }

@@ -23,6 +23,14 @@ pub(crate) struct Verifier {
 }
 
 impl Verifier {
+    /// How many requests wait in its queue (for a gauge; holds no handle).
+    pub(crate) fn queued_probe(&self) -> impl Fn() -> i64 + Send + Sync + 'static {
+        let w = self.tx.downgrade();
+        move || {
+            w.upgrade()
+                .map_or(0, |tx| (tx.max_capacity() - tx.capacity()) as i64)
+        }
+    }
     /// Start the task (on the current runtime); it ends with the handle.
     pub(crate) fn start() -> Verifier {
         let (tx, rx) = mpsc::channel::<Item>(4 * MAX_BATCH);

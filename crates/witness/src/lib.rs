@@ -53,6 +53,7 @@ pub struct Witness {
     store: WitnessStore,
     /// One add-checkpoint at a time: the check and the update are atomic.
     lock: tokio::sync::Mutex<()>,
+    metrics: Arc<cloister_http::ops::Metrics>,
 }
 
 impl Witness {
@@ -91,6 +92,24 @@ impl Witness {
             signer: KmSigner::from_secret(&key)?,
             store,
             lock: tokio::sync::Mutex::new(()),
+            metrics: cloister_http::ops::Metrics::new("witness"),
+        })
+    }
+
+    /// This witness's metrics registry (for the operations listener).
+    pub fn metrics(&self) -> &Arc<cloister_http::ops::Metrics> {
+        &self.metrics
+    }
+
+    /// Ready when its database answers.
+    pub fn ready_check(self: &Arc<Self>) -> cloister_http::ops::ReadyCheck {
+        let w = Arc::downgrade(self);
+        cloister_http::ops::ready_check(move || {
+            let w = w.upgrade();
+            async move {
+                let w = w.ok_or("the witness is stopping")?;
+                w.store.ping().await.map_err(|e| format!("database: {e}"))
+            }
         })
     }
 
@@ -230,9 +249,12 @@ pub fn router(w: Arc<Witness>) -> axum::Router {
             key: w.key(),
         })
     }
-    axum::Router::new()
+    let metrics = w.metrics().clone();
+    let ready = w.ready_check();
+    let api = axum::Router::new()
         .route("/add-checkpoint", post(add))
         .route("/v1/info", get(info))
         .layer(DefaultBodyLimit::max(MAX_BODY))
-        .with_state(w)
+        .with_state(w);
+    cloister_http::ops::instrument(api, &metrics, ready)
 }

@@ -86,7 +86,7 @@ pub enum PostOver {
     Http,
 }
 
-mod target;
+pub(crate) mod target;
 use target::{Target, cpu_secs, rss_kib};
 
 pub(crate) fn pct(sorted: &[f64], p: f64) -> f64 {

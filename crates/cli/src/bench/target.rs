@@ -82,6 +82,28 @@ pub(super) fn cpu_secs(pid: u32) -> Option<f64> {
 }
 
 /// Start `cloister km` and `nodes` × `cloister server` as children.
+/// Flags that turn a KM's rate limits off.
+pub(crate) const KM_LIMITS_OFF: [&str; 8] = [
+    "--limit-requests",
+    "0",
+    "--limit-key-requests",
+    "0",
+    "--limit-enrolments",
+    "0",
+    "--limit-per-address",
+    "0",
+];
+
+/// Flags that turn a server's rate limits off.
+pub(crate) const SERVER_LIMITS_OFF: [&str; 6] = [
+    "--limit-posts",
+    "0",
+    "--limit-uploads",
+    "0",
+    "--limit-per-address",
+    "0",
+];
+
 async fn spawn(
     a: &BenchArgs,
     dir: &Path,
@@ -127,6 +149,8 @@ async fn spawn(
         ])
         .arg(dir.join("km"))
         .args(tls_flags("km")?)
+        // the bench measures the KM, not its rate limiter
+        .args(KM_LIMITS_OFF)
         .env("CLOISTER_KM_PASSPHRASE", pass)
         .env_remove("CLOISTER_DATABASE_URL")
         .stdout(Stdio::null())
@@ -148,6 +172,7 @@ async fn spawn(
         ])
         .arg(dir.join(format!("server-{n}")))
         .args(tls_flags(&format!("server-{n}"))?)
+        .args(SERVER_LIMITS_OFF)
         .env_remove("CLOISTER_DATABASE_URL")
         .env_remove("CLOISTER_NATS_URL")
         .stdout(Stdio::null())
@@ -211,6 +236,9 @@ pub(super) async fn target(
         o.cost = cloister_crypto::passphrase::Cost::TEST;
         o.server_database = a.database_url.clone();
         o.tls = tls.cloned();
+        o.km_config.limits = cloister_km::KmLimits::off();
+        o.server_config.limits = cloister_server::ServerLimits::off();
+        o.vault_limits = cloister_vault::VaultLimits::off();
         let s = Stack::start(dir, o).await?;
         let code = s.admin_code.clone().ok_or("KM not fresh")?;
         let admin = Client::enrol(

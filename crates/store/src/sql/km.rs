@@ -129,6 +129,32 @@ impl KmStore for SqlKmStore {
             .transpose()
     }
 
+    async fn code_failed(&self, user: &UserId, burn_at: u32) -> Result<crate::CodeTries> {
+        let mut tx = self.db.begin().await?;
+        let r = sqlx::query(
+            "UPDATE enrol_codes SET failures = failures + 1 WHERE user_id = $1 RETURNING failures",
+        )
+        .bind(user.as_str())
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(r) = r else {
+            tx.commit().await?;
+            return Ok(crate::CodeTries::NoCode);
+        };
+        let tries = u32::try_from(r.try_get::<i64, _>("failures")?).unwrap_or(u32::MAX);
+        let out = if tries >= burn_at {
+            sqlx::query("DELETE FROM enrol_codes WHERE user_id = $1")
+                .bind(user.as_str())
+                .execute(&mut *tx)
+                .await?;
+            crate::CodeTries::Burned
+        } else {
+            crate::CodeTries::Counted(tries)
+        };
+        tx.commit().await?;
+        Ok(out)
+    }
+
     async fn put_device(&self, d: &KmDeviceRow) -> Result<()> {
         sqlx::query(
             "INSERT INTO devices (device, user_id, cert, status, issued_at) VALUES ($1, $2, $3, $4, $5)",
