@@ -182,6 +182,33 @@ pub async fn not_found() -> ApiError {
     ApiError::not_found("no_such_endpoint", "no such endpoint")
 }
 
+/// Fallback for a known route asked with another method.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this endpoint does not take that method",
+    )
+}
+
+/// `GET /openapi.json`: a service's API description, as generated from its
+/// handlers (`json`, serialised once).
+pub fn openapi_route<S: Clone + Send + Sync + 'static>(json: String) -> axum::Router<S> {
+    let body = axum::body::Bytes::from(json);
+    axum::Router::new().route(
+        "/openapi.json",
+        axum::routing::get(move || {
+            let body = body.clone();
+            async move {
+                (
+                    [(axum::http::header::CONTENT_TYPE, "application/json")],
+                    body,
+                )
+            }
+        }),
+    )
+}
+
 /// Serve a router on a plain TCP listener until `shutdown` resolves (see
 /// [`serve_with`]).
 pub async fn serve(

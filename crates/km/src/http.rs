@@ -12,7 +12,6 @@
 
 use crate::Km;
 use axum::extract::{DefaultBodyLimit, State};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use cloister_http::{ApiError, ApiJson};
 use cloister_proto::km::{
@@ -45,15 +44,40 @@ impl From<crate::Denied> for ApiError {
     }
 }
 
+/// The KM's API: routes and OpenAPI description from the same handler
+/// annotations. (The SCIM endpoint's contract is RFC 7644's, described by
+/// its own `/scim/v2/Schemas` and checked by scim2-tester.)
+fn api() -> utoipa_axum::router::OpenApiRouter<Arc<Km>> {
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(crate::openapi::base())
+        .routes(routes!(info))
+        .routes(routes!(request))
+        .routes(routes!(deny_list))
+        .routes(routes!(federation_room_keys))
+        .routes(routes!(federation_directory))
+}
+
+fn enrol_api() -> utoipa_axum::router::OpenApiRouter<Arc<Km>> {
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::new().routes(routes!(enrol))
+}
+
+/// The KM's OpenAPI description (served at `/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().merge(enrol_api()).into_openapi()
+}
+
 pub fn router(km: Arc<Km>) -> Router {
     use cloister_http::limit::{Limiter, per_address};
     let metrics = km.metrics().clone();
     let ready = km.ready_check();
     let limits = km.limits().clone();
+    let doc = openapi().to_pretty_json().unwrap_or_default();
     // Enrolment codes are guessed from somewhere: few tries per address.
     let enrol_route = per_address(
-        Router::new()
-            .route("/v1/enrol", post(enrol))
+        enrol_api()
+            .split_for_parts()
+            .0
             .layer(DefaultBodyLimit::max(cloister_proto::limits::MAX_JSON_BODY))
             .with_state(km.clone()),
         Arc::new(Limiter::per_minute(
@@ -62,13 +86,12 @@ pub fn router(km: Arc<Km>) -> Router {
             limits.enrolments_per_min,
         )),
     );
-    let api = Router::new()
-        .route("/v1/info", get(info))
-        .route("/v1/request", post(request))
-        .route("/v1/deny-list", post(deny_list))
-        .route("/v1/federation/room-keys", post(federation_room_keys))
-        .route("/v1/federation/directory", post(federation_directory))
+    let api = api()
+        .split_for_parts()
+        .0
+        .merge(cloister_http::openapi_route(doc))
         .fallback(cloister_http::not_found)
+        .method_not_allowed_fallback(cloister_http::method_not_allowed)
         .layer(DefaultBodyLimit::max(cloister_proto::limits::MAX_JSON_BODY))
         .with_state(km.clone())
         .merge(enrol_route)
@@ -83,10 +106,12 @@ pub fn router(km: Arc<Km>) -> Router {
     cloister_http::ops::instrument(api, &metrics, ready)
 }
 
+#[utoipa::path(get, path = "/v1/info", tag = "km", responses((status = 200, body = KmInfo)))]
 async fn info(State(km): State<Arc<Km>>) -> Json<KmInfo> {
     Json(km.info())
 }
 
+#[utoipa::path(post, path = "/v1/enrol", tag = "devices", request_body = EnrolRequest, responses((status = 200, body = SignedCert), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 async fn enrol(
     State(km): State<Arc<Km>>,
     ApiJson(req): ApiJson<EnrolRequest>,
@@ -94,6 +119,7 @@ async fn enrol(
     Ok(Json(km.enrol(&req).await?))
 }
 
+#[utoipa::path(post, path = "/v1/request", tag = "requests", request_body(content = SignedRequest, description = "a device-signed RequestBody; its `op` decides the answer (docs/protocol.md)"), responses((status = 200, description = "the answer to the op", body = serde_json::Value), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 async fn request(
     State(km): State<Arc<Km>>,
     ApiJson(req): ApiJson<SignedRequest>,
@@ -101,6 +127,7 @@ async fn request(
     Ok(Json(km.handle(&req).await?))
 }
 
+#[utoipa::path(post, path = "/v1/deny-list", tag = "standing", request_body = DenyListRequest, responses((status = 200, body = SignedBlob), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 async fn deny_list(
     State(km): State<Arc<Km>>,
     ApiJson(req): ApiJson<DenyListRequest>,
@@ -108,6 +135,7 @@ async fn deny_list(
     Ok(Json(km.deny_list(&req).await?))
 }
 
+#[utoipa::path(post, path = "/v1/federation/room-keys", tag = "federation", request_body(content = SignedBlob, description = "a KmKeyRequest signed by a pinned partner KM"), responses((status = 200, body = SignedBlob), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 async fn federation_room_keys(
     State(km): State<Arc<Km>>,
     ApiJson(req): ApiJson<SignedBlob>,
@@ -115,6 +143,7 @@ async fn federation_room_keys(
     Ok(Json(km.serve_key_request(&req).await?))
 }
 
+#[utoipa::path(post, path = "/v1/federation/directory", tag = "federation", request_body(content = SignedBlob, description = "a DirectoryQuery signed by a pinned partner KM"), responses((status = 200, body = SignedBlob), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 async fn federation_directory(
     State(km): State<Arc<Km>>,
     ApiJson(req): ApiJson<SignedBlob>,

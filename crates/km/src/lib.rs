@@ -29,6 +29,7 @@ pub mod http;
 mod keys;
 mod membership;
 mod metrics;
+mod openapi;
 pub mod provider;
 mod roomcontrol;
 mod rooms;

@@ -7,7 +7,19 @@ use std::collections::BTreeMap;
 
 /// Something a user may be allowed to do. The last three are the
 /// privileged roles: granting one makes the user that officer at the KM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Entitlement {
     CreateRooms,
@@ -77,7 +89,7 @@ impl std::str::FromStr for Entitlement {
 }
 
 /// A BLOCK policy between two barrier groups. Disabled, never deleted.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Barrier {
     pub id: String,
@@ -91,7 +103,7 @@ pub struct Barrier {
 
 /// The tenant's controls as the KM last signed them (the messaging server
 /// enforces the same rules on them). Carried in a `Notice::Controls`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Controls {
     /// Increases with every change; the server keeps the highest.
@@ -113,7 +125,7 @@ pub struct Controls {
 }
 
 /// What a DLP policy does with content that matches it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum DlpAction {
     /// The device refuses to send it, naming the policy.
@@ -125,7 +137,7 @@ pub enum DlpAction {
 /// A content policy every device of the tenant enforces before sealing.
 /// It matches text by keyword (whole words, any case) or regular
 /// expression, and files by type (extension) or size.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DlpPolicy {
     pub id: String,
@@ -149,7 +161,7 @@ pub struct DlpPolicy {
 
 /// The tenant's DLP policies as its KM signs them (for devices only: the
 /// operator never sees what the firm looks for).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DlpSet {
     pub tenant: crate::TenantId,

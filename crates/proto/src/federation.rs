@@ -80,7 +80,7 @@ impl KmIdentity {
 }
 
 /// This firm's KM identity, to hand to a partner firm.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OwnIdentity {
     pub tenant: TenantId,
     pub km_key: String,
@@ -88,7 +88,7 @@ pub struct OwnIdentity {
 }
 
 /// A firm this firm's KM trusts (or trusted: removals are kept).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TrustedFirm {
     pub tenant: TenantId,
     /// The pinned identity, as given.
@@ -110,7 +110,7 @@ impl TrustedFirm {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct TrustRemoval {
     pub ms: u64,
     pub by: crate::UserId,
@@ -149,7 +149,7 @@ mod tests {
 
 /// A user asks a user of another firm to connect; signed by the asker's
 /// KM (domain `cloister/connection-request/v1`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionRequest {
     pub from: crate::UserId,
@@ -161,7 +161,7 @@ pub struct ConnectionRequest {
 /// The asked user's answer; signed by their KM (domain
 /// `cloister/connection-answer/v1`). `request` is the SHA-256 of the
 /// request's signed bytes (the connection's id).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionAnswer {
     pub request: crate::b64::Fixed<32>,
@@ -173,7 +173,7 @@ pub struct ConnectionAnswer {
 
 /// Either user ends a connection; signed by their KM (domain
 /// `cloister/connection-removal/v1`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionRemoval {
     pub request: crate::b64::Fixed<32>,
@@ -183,7 +183,7 @@ pub struct ConnectionRemoval {
 
 /// A connection as the server keeps and shows it: the signed request, and
 /// the signed answer and removal once there are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Connection {
     pub id: crate::b64::Fixed<32>,
     pub request: crate::km::SignedBlob,
@@ -194,7 +194,7 @@ pub struct Connection {
 }
 
 /// `POST /v1/connections/{id}/answer` and `…/remove` bodies.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionPost {
     pub blob: crate::km::SignedBlob,
@@ -205,7 +205,7 @@ pub struct ConnectionPost {
 /// KM. A membership statement that puts a user of another firm in a room
 /// carries one linking its actor and that user; every replica checks it
 /// under the keys it trusts.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConnectionProof {
     pub request: crate::km::SignedBlob,
@@ -214,7 +214,7 @@ pub struct ConnectionProof {
 
 /// The signing keys of the firms a KM trusts now, signed by that KM
 /// (domain `cloister/partner-keys/v1`), for its own devices.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PartnerKeys {
     pub tenant: TenantId,
@@ -222,7 +222,7 @@ pub struct PartnerKeys {
     pub issued_ms: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PartnerKey {
     pub tenant: TenantId,
@@ -233,7 +233,7 @@ pub struct PartnerKey {
 /// `cloister/km-key-request/v1`, signed with the asking KM's key). `log`
 /// is the room's log as the asker verified it, from seq 0; `certs` are the
 /// certificates of its actors that are not the home firm's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KmKeyRequest {
     pub from: TenantId,
@@ -250,7 +250,7 @@ pub struct KmKeyRequest {
 /// The home KM's answer (domain `cloister/km-key-grant/v1`): each epoch key
 /// sealed with HPKE to the asking firm's pinned exchange key, bound to
 /// (home, partner, room, epoch); `seq`/`head` name the log state it judged.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KmKeyGrant {
     pub home: TenantId,
@@ -262,7 +262,7 @@ pub struct KmKeyGrant {
     pub ts: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExchangedKey {
     pub epoch: u64,
@@ -283,7 +283,7 @@ pub const PUBLISHABLE_FIELDS: [&str; 7] = [
 
 /// One firm's KM asks another's directory on behalf of its user (domain
 /// `cloister/directory-query/v1`, signed by the asking KM).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DirectoryQuery {
     pub from: TenantId,
@@ -297,7 +297,7 @@ pub struct DirectoryQuery {
 
 /// The answer (domain `cloister/directory-answer/v1`, signed by the
 /// answering KM): only the fields it publishes are filled in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DirectoryAnswer {
     pub firm: TenantId,

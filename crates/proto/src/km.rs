@@ -5,7 +5,19 @@ use crate::{DeviceId, RoomId, TenantId, UserId, room::SignedStatement};
 use serde::{Deserialize, Serialize};
 
 /// A role carried in a device certificate.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+    Serialize,
+    Deserialize,
+    utoipa::ToSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
     /// Tenant administrator: users, devices, enrolment codes.
@@ -65,7 +77,7 @@ impl std::str::FromStr for Role {
 }
 
 /// The body of a device certificate, signed by the tenant KM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DeviceCert {
     pub tenant: TenantId,
@@ -81,7 +93,7 @@ pub struct DeviceCert {
 }
 
 /// A certificate as it travels: the exact signed bytes plus the KM signature.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignedCert {
     pub body: Bytes,
@@ -89,7 +101,7 @@ pub struct SignedCert {
 }
 
 /// Public description of a tenant KM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KmInfo {
     pub tenant: TenantId,
     /// Ed25519 key that signs certificates and notices.
@@ -99,7 +111,7 @@ pub struct KmInfo {
 }
 
 /// A device asks for a certificate with a one-time enrolment code.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EnrolRequest {
     pub user: UserId,
@@ -111,7 +123,7 @@ pub struct EnrolRequest {
 }
 
 /// The signed body of any authenticated request to the KM.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RequestBody {
     pub device: DeviceId,
@@ -123,7 +135,7 @@ pub struct RequestBody {
 }
 
 /// Authenticated KM operations.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum KmOp {
     /// Room keys for the given epochs. `log` carries membership-log entries the
@@ -339,7 +351,7 @@ pub enum KmOp {
 }
 
 /// What a KM-signed room statement did.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoomControlResponse {
     pub room: RoomId,
     pub seq: u64,
@@ -347,14 +359,14 @@ pub struct RoomControlResponse {
 }
 
 /// A member an information barrier moved out of a room.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Eviction {
     pub room: RoomId,
     pub user: UserId,
     pub reason: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BarrierAdded {
     pub barrier: BarrierInfo,
     /// Rooms where the barrier now applied: who left and why.
@@ -364,7 +376,7 @@ pub struct BarrierAdded {
 }
 
 /// Directory attributes to change (`None`: unchanged).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ProfileUpdate {
     pub display_name: Option<String>,
@@ -377,7 +389,7 @@ pub struct ProfileUpdate {
 }
 
 /// A person as directory search shows them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DirectoryEntry {
     pub user: UserId,
     pub display_name: String,
@@ -389,13 +401,13 @@ pub struct DirectoryEntry {
     pub asset_classes: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct EntitlementsResponse {
     pub user: UserId,
     pub entitlements: Vec<crate::controls::Entitlement>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct GroupInfo {
     pub name: String,
     pub scim_id: String,
@@ -403,7 +415,7 @@ pub struct GroupInfo {
     pub entitlements: Vec<crate::controls::Entitlement>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BarrierInfo {
     pub barrier: crate::controls::Barrier,
     pub created_ms: u64,
@@ -413,7 +425,7 @@ pub struct BarrierInfo {
     pub disabled_reason: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ScimTokenResponse {
     pub id: String,
     /// Shown once; the KM keeps only its hash.
@@ -423,7 +435,7 @@ pub struct ScimTokenResponse {
 /// What a case covers: messages in `[from_ms, to_ms]` in any of `rooms`
 /// (all rooms if empty) that any of `custodians` sent or received (anyone if
 /// empty). At least one room or custodian must be named.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CaseScope {
     pub custodians: Vec<UserId>,
@@ -443,7 +455,7 @@ impl CaseScope {
 }
 
 /// A compliance case, signed by the KM (domain `cloister/case/v1`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Case {
     pub tenant: TenantId,
@@ -464,7 +476,7 @@ pub struct Case {
 
 /// A custodian's approval of one version of a case, signed by the
 /// custodian's device (domain `cloister/approval/v1`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Approval {
     pub tenant: TenantId,
@@ -482,7 +494,7 @@ pub struct Approval {
 }
 
 /// Any signed JSON object as it travels: the exact signed bytes and the signature.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignedBlob {
     pub body: Bytes,
@@ -491,26 +503,26 @@ pub struct SignedBlob {
 
 /// A case and the approvals given for its current version, each with the
 /// approving device's certificate.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CaseApprovals {
     pub case: SignedBlob,
     pub approvals: Vec<ApprovalWithCert>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ApprovalWithCert {
     pub approval: SignedBlob,
     pub cert: SignedCert,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CaseListResponse {
     pub cases: Vec<SignedBlob>,
 }
 
 /// The vault asks the KM for the tenant's revoked devices and disabled
 /// users, signing with the receipt key the KM registered for it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DenyListRequest {
     pub tenant: TenantId,
@@ -519,7 +531,7 @@ pub struct DenyListRequest {
 }
 
 /// The tenant's vault as registered with the KM (signed, domain `cloister/vault/v1`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VaultDescriptor {
     pub tenant: TenantId,
@@ -532,7 +544,7 @@ pub struct VaultDescriptor {
     pub registered_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VaultRegisterResponse {
     pub vault: SignedBlob,
     /// Forward to the messaging server (capture policy).
@@ -541,7 +553,7 @@ pub struct VaultRegisterResponse {
 
 /// What retention may delete in one room: envelopes older than `before_ms`
 /// outside every held range.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoomPurge {
     pub room: RoomId,
@@ -551,7 +563,7 @@ pub struct RoomPurge {
 }
 
 /// KM-signed order for the vault to delete expired envelopes (domain `cloister/purge/v1`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PurgeOrder {
     pub tenant: TenantId,
@@ -559,7 +571,7 @@ pub struct PurgeOrder {
     pub issued_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RetentionRunResponse {
     pub order: SignedBlob,
     /// (room, epoch) keys destroyed by this run.
@@ -572,7 +584,7 @@ pub struct RetentionRunResponse {
 }
 
 /// One escrow share sealed (HPKE) to a custodian's device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SealedShare {
     pub custodian: UserId,
@@ -584,7 +596,7 @@ pub struct SealedShare {
 }
 
 /// The tenant's escrow public key and policy, signed by the KM.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct EscrowDescriptor {
     pub tenant: TenantId,
@@ -599,13 +611,13 @@ pub type SignedEscrow = SignedBlob;
 
 /// Blind-index keys, each sealed like a room key (its "room" is the zero id and
 /// its "epoch" the period).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct IndexKeysResponse {
     pub keys: Vec<SealedRoomKey>,
 }
 
 /// A signed audit checkpoint.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CheckpointResponse {
     /// C2SP signed note holding a tlog-checkpoint.
     pub checkpoint: String,
@@ -613,19 +625,19 @@ pub struct CheckpointResponse {
 }
 
 /// An audit entry: its index and the exact bytes hashed into the log.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditEntry {
     pub index: u64,
     pub data: Bytes,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AuditListResponse {
     pub entries: Vec<AuditEntry>,
 }
 
 /// An entry and its inclusion proof in the tree of `size` leaves.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct InclusionProof {
     pub index: u64,
     pub size: u64,
@@ -633,14 +645,14 @@ pub struct InclusionProof {
     pub proof: Vec<Fixed<32>>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ConsistencyProof {
     pub old: u64,
     pub new: u64,
     pub proof: Vec<Fixed<32>>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct WhoHasKeysResponse {
     /// The checkpoint all proofs are against.
     pub checkpoint: String,
@@ -648,7 +660,7 @@ pub struct WhoHasKeysResponse {
 }
 
 /// A signed KM request as it travels.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignedRequest {
     pub device: DeviceId,
@@ -658,7 +670,7 @@ pub struct SignedRequest {
 }
 
 /// One released room key, sealed with HPKE to the requesting device.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SealedRoomKey {
     pub room: RoomId,
     pub epoch: u64,
@@ -670,7 +682,7 @@ pub struct SealedRoomKey {
     pub ct: Bytes,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoomKeysResponse {
     pub keys: Vec<SealedRoomKey>,
     /// Head of the KM's verified copy of the room's log.
@@ -682,7 +694,7 @@ pub struct RoomKeysResponse {
 /// The newest head of a room's log the KM has verified, as of `issued_ms`.
 /// A device seals only in `epoch` (or later) once it holds a head of at most
 /// its freshness bound's age.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoomHead {
     pub tenant: TenantId,
@@ -693,17 +705,17 @@ pub struct RoomHead {
     pub issued_ms: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoomHeadResponse {
     pub head: SignedBlob,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoomLogResponse {
     pub entries: Vec<SignedStatement>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AddUserResponse {
     pub user: UserId,
     /// One-time enrolment code; shown once, stored only as a hash.
@@ -712,7 +724,7 @@ pub struct AddUserResponse {
 }
 
 /// A statement by the KM that the server must act on (user disabled, device revoked).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Notice {
     UserDisabled {
@@ -767,20 +779,20 @@ impl Notice {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignedNotice {
     pub body: Bytes,
     pub sig: Fixed<64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AdminResponse {
     /// Present for user/device changes: forward it to the messaging server.
     pub notice: Option<SignedNotice>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct UserRecord {
     pub user: UserId,
     pub status: String,
@@ -788,7 +800,7 @@ pub struct UserRecord {
     pub devices: Vec<DeviceRecord>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeviceRecord {
     pub device: DeviceId,
     pub status: String,

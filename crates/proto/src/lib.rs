@@ -23,6 +23,8 @@ pub mod federation;
 pub mod ids;
 pub mod km;
 pub mod room;
+mod schema;
+pub use schema::Binary;
 pub mod server;
 pub mod vault;
 
@@ -58,7 +60,7 @@ pub mod limits {
 }
 
 /// JSON error body returned by every HTTP endpoint: `{ "error": code, "message": ... }`.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct ErrorBody {
     /// Stable machine-readable code, e.g. `not_member`.
     pub error: String,

@@ -5,7 +5,7 @@ use crate::{DeviceId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// Conversation mode of a room. Only `Managed` (KM-issued keys) exists today.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RoomKind {
     /// A named room with owners and members.
@@ -15,7 +15,7 @@ pub enum RoomKind {
 }
 
 /// Room settings that change who may do what, enforced by the KM and the server.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RoomSettings {
     /// Room name shown to members (not secret from the operator).
@@ -71,7 +71,7 @@ impl Default for RoomSettings {
 }
 
 /// One change to a room.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Action {
     /// Genesis: the creator becomes owner; `members` are added at epoch 0.
@@ -161,7 +161,7 @@ impl Action {
 
 /// The signed body of a membership statement. (`deny_unknown_fields` cannot be
 /// combined with `flatten`; the body is signed, so extra fields change nothing.)
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Statement {
     pub room: RoomId,
     /// Position in the room's log; genesis is 0.
@@ -181,7 +181,7 @@ pub struct Statement {
 }
 
 /// A membership statement as it travels and is stored: the exact signed bytes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignedStatement {
     /// Signing device (repeated inside `body`; must match).

@@ -7,21 +7,21 @@ use crate::{DeviceId, MessageId, RoomId, TenantId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// Register a tenant on the server (operator only).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterTenant {
     pub tenant: TenantId,
     pub km_sign_pk: Fixed<32>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterDevice {
     pub cert: SignedCert,
 }
 
 /// Login: the device signs `("cloister-login-v1", device, ts, nonce)`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LoginRequest {
     pub device: DeviceId,
@@ -30,25 +30,25 @@ pub struct LoginRequest {
     pub sig: Fixed<64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LoginResponse {
     pub token: String,
     pub expires_at: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostNotice {
     pub notice: SignedNotice,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AppendLog {
     pub entry: SignedStatement,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AppendLogResponse {
     pub seq: u64,
     pub head: Fixed<32>,
@@ -56,21 +56,21 @@ pub struct AppendLogResponse {
 
 /// Statements signed by the tenant's KM for several rooms at once (each
 /// room's entries in log order), appended by the server in one transaction.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KmAppendBatch {
     pub entries: Vec<SignedStatement>,
 }
 
 /// What became of each entry of a [`KmAppendBatch`], in its order.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct KmAppendBatchResponse {
     pub results: Vec<AppendOutcome>,
 }
 
 /// One entry's outcome: appended (`head` is the room's new head) or
 /// refused (`error`; the room's later entries in the batch are refused too).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct AppendOutcome {
     pub room: RoomId,
     pub seq: u64,
@@ -81,7 +81,7 @@ pub struct AppendOutcome {
 }
 
 /// A malware scanner's finding on one shared file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Verdict {
     pub tenant: TenantId,
@@ -98,7 +98,7 @@ pub struct Verdict {
 }
 
 /// A verdict signed by an inspector device, with its KM-signed certificate.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SignedVerdict {
     /// JSON of [`Verdict`], exactly as signed.
@@ -108,7 +108,7 @@ pub struct SignedVerdict {
 }
 
 /// A KM asks for its room's log from `from` (KM-signed, fresh).
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KmLogQuery {
     pub tenant: crate::TenantId,
@@ -118,13 +118,13 @@ pub struct KmLogQuery {
     pub ts: u64,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct LogPage {
     pub room: RoomId,
     pub entries: Vec<SignedStatement>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoomSummary {
     pub room: RoomId,
     pub kind: RoomKind,
@@ -137,7 +137,7 @@ pub struct RoomSummary {
 
 /// The signed, authenticated-but-cleartext header of a message. Its exact bytes
 /// are the AEAD associated data and are covered by the sender's signature.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MessageHeader {
     pub v: u8,
@@ -163,7 +163,7 @@ pub struct MessageHeader {
 pub const MAX_AFTER: usize = 3;
 
 /// An encrypted message as sent and stored.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Envelope {
     /// JSON of [`MessageHeader`], exactly as signed.
@@ -178,19 +178,19 @@ pub struct Envelope {
     pub receipt: Option<crate::vault::SignedReceipt>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PostMessageResponse {
     pub seq: u64,
 }
 
 /// A stored message with the server's order.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StoredMessage {
     pub seq: u64,
     pub envelope: Envelope,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct HistoryPage {
     pub room: RoomId,
     /// Oldest first.
@@ -203,14 +203,14 @@ pub struct HistoryPage {
     pub shredded: Vec<crate::km::SignedNotice>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct BlobResponse {
     pub id: String,
     pub size: u64,
 }
 
 /// Events pushed over the WebSocket.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
     Message {
@@ -246,7 +246,7 @@ pub enum Event {
 /// What a client sends on its live WebSocket (`/v1/ws`), as JSON text
 /// frames. Each is answered on the same socket, in any order, by an event
 /// naming the same `req`: many may be in flight.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ClientFrame {
     /// Post a message to a room: the checks and answers of
@@ -259,7 +259,7 @@ pub enum ClientFrame {
 }
 
 /// Plaintext inside a message (encrypted end to end).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Content {
     Text {
@@ -279,25 +279,25 @@ pub enum Content {
 }
 
 /// Cert lookup response.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeviceCerts {
     pub certs: Vec<SignedCert>,
 }
 
 /// Is this KM key the one registered for the tenant? (Answered the same way
 /// for a missing tenant and a wrong key: no oracle of which tenants exist.)
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PinCheck {
     pub km_sign_pk: Fixed<32>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PinCheckResponse {
     pub pinned: bool,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Ok {
     pub ok: bool,
 }

@@ -7,7 +7,7 @@ use crate::{DeviceId, MessageId, RoomId, TenantId, UserId};
 use serde::{Deserialize, Serialize};
 
 /// What compliance can read after a k-of-n decryption session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AuditEnvelope {
     pub message_id: MessageId,
@@ -42,7 +42,7 @@ pub struct AuditEnvelope {
 /// header (which commits to the plaintext and the ciphertext's hash), its
 /// signature, and the opening of the commitment. Checked against the
 /// sender's KM-signed certificate, it proves who wrote exactly `plaintext`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Attribution {
     /// JSON of the message header, exactly as signed.
@@ -57,7 +57,7 @@ pub struct Attribution {
 
 /// An audit envelope sealed (HPKE) to the tenant's escrow public key. The
 /// cleartext fields are bound as associated data.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SealedEnvelope {
     pub tenant: TenantId,
@@ -71,7 +71,7 @@ pub struct SealedEnvelope {
 
 /// A capture as submitted to the vault: the sealed envelope (its exact JSON
 /// bytes, which the receipt hashes) and its blind-index tokens.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Capture {
     /// JSON of [`SealedEnvelope`].
@@ -93,7 +93,7 @@ pub struct Capture {
 
 /// A request to the vault, signed by a device of the tenant; the device's
 /// KM-signed certificate travels with it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VaultRequest {
     pub cert: crate::km::SignedCert,
@@ -103,7 +103,7 @@ pub struct VaultRequest {
 }
 
 /// What a vault request asks for.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
 pub enum VaultOp {
     /// Store a capture; answered with a signed receipt.
@@ -138,7 +138,7 @@ pub enum VaultOp {
 }
 
 /// One envelope of a case fetch.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FetchedEnvelope {
     /// JSON of [`SealedEnvelope`] exactly as captured.
     pub envelope: Bytes,
@@ -146,21 +146,21 @@ pub struct FetchedEnvelope {
     pub entry: crate::km::InclusionProof,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FetchResponse {
     pub items: Vec<FetchedEnvelope>,
     /// Log index to continue after, if there may be more.
     pub next: Option<u64>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct PurgeResponse {
     pub deleted: u64,
     pub kept_for_hold: u64,
 }
 
 /// The AND of `tokens` within one index-key period.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PeriodQuery {
     pub period: u32,
@@ -168,7 +168,7 @@ pub struct PeriodQuery {
 }
 
 /// The vault's statement that it holds an envelope for a message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Receipt {
     pub tenant: TenantId,
@@ -185,7 +185,7 @@ pub struct Receipt {
 pub type SignedReceipt = crate::km::SignedBlob;
 
 /// Public description of a tenant's vault.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VaultInfo {
     pub tenant: TenantId,
     /// Ed25519 key that signs receipts.
@@ -195,7 +195,7 @@ pub struct VaultInfo {
 }
 
 /// One search hit: metadata only; reading content needs a decryption session.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SearchHit {
     pub message_id: MessageId,
     pub room: RoomId,
@@ -203,7 +203,7 @@ pub struct SearchHit {
     pub ciphertext_sha256: Fixed<32>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SearchResponse {
     pub hits: Vec<SearchHit>,
 }

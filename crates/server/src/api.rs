@@ -22,7 +22,6 @@ use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use cloister_crypto::signed::{LOGIN, login_transcript, verify_cert, verify_notice};
 use cloister_http::{ApiError, ApiJson, bad_param};
@@ -46,6 +45,46 @@ type S = State<Arc<Server>>;
 /// Largest KM notice (a controls notice names the members of walled groups).
 const MAX_NOTICE: usize = 16 << 20;
 
+/// The server's API: its routes and their OpenAPI description, from the
+/// same handler annotations.
+fn api(blob_limit: usize) -> utoipa_axum::router::OpenApiRouter<Arc<Server>> {
+    use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
+    use utoipa_axum::routes;
+    OpenApiRouter::with_openapi(crate::openapi::base())
+        .routes(routes!(register_tenant))
+        .routes(routes!(pin_check))
+        .routes(routes!(register_device))
+        .routes(routes!(get_device))
+        .routes(routes!(login))
+        // a large firm's controls notice (walled groups' members) is big
+        .routes(routes!(post_notice).layer(DefaultBodyLimit::max(MAX_NOTICE)))
+        .routes(routes!(list_rooms))
+        .routes(routes!(crate::roomlog::directory))
+        .routes(routes!(crate::inspect::tenant_rooms))
+        .routes(routes!(crate::inspect::post_verdict))
+        .routes(routes!(crate::inspect::get_verdicts))
+        .routes(routes!(get_room))
+        .routes(routes!(get_log, append_log))
+        .routes(routes!(crate::roomlog::km_append))
+        .routes(routes!(crate::roomlog::km_append_batch))
+        .routes(routes!(
+            crate::connections::request,
+            crate::connections::list
+        ))
+        .routes(routes!(crate::connections::answer))
+        .routes(routes!(crate::connections::remove))
+        .routes(routes!(crate::roomlog::km_read))
+        .routes(routes!(history, crate::post::post_message))
+        .routes(routes!(put_blob).layer(DefaultBodyLimit::max(blob_limit)))
+        .routes(routes!(get_blob))
+        .routes(routes!(crate::live::ws))
+}
+
+/// The server's OpenAPI description (served at `/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api(0).into_openapi()
+}
+
 pub fn router(server: Arc<Server>) -> Router {
     let blob_limit = server.config.max_attachment as usize + 1;
     let metrics = server.metrics().clone();
@@ -54,59 +93,13 @@ pub fn router(server: Arc<Server>) -> Router {
         "requests from this address",
         server.config.limits.per_address_per_sec,
     ));
-    let api = Router::new()
-        .route("/v1/tenants", post(register_tenant))
-        .route("/v1/tenants/{tenant}/pin", post(pin_check))
-        .route("/v1/devices", post(register_device))
-        .route("/v1/devices/{device}", get(get_device))
-        .route("/v1/session", post(login))
-        // a large firm's controls notice (walled groups' members) is big
-        .route(
-            "/v1/notices",
-            post(post_notice).layer(DefaultBodyLimit::max(MAX_NOTICE)),
-        )
-        .route("/v1/rooms", get(list_rooms))
-        .route("/v1/room-directory", get(crate::roomlog::directory))
-        .route("/v1/tenant-rooms", get(crate::inspect::tenant_rooms))
-        .route(
-            "/v1/rooms/{room}/verdicts",
-            post(crate::inspect::post_verdict),
-        )
-        .route(
-            "/v1/rooms/{room}/verdicts/{message}",
-            get(crate::inspect::get_verdicts),
-        )
-        .route("/v1/rooms/{room}", get(get_room))
-        .route("/v1/rooms/{room}/log", get(get_log).post(append_log))
-        .route("/v1/km/rooms/{room}/log", post(crate::roomlog::km_append))
-        .route("/v1/km/log", post(crate::roomlog::km_append_batch))
-        .route(
-            "/v1/connections",
-            post(crate::connections::request).get(crate::connections::list),
-        )
-        .route(
-            "/v1/connections/{id}/answer",
-            post(crate::connections::answer),
-        )
-        .route(
-            "/v1/connections/{id}/remove",
-            post(crate::connections::remove),
-        )
-        .route(
-            "/v1/km/rooms/{room}/log-read",
-            post(crate::roomlog::km_read),
-        )
-        .route(
-            "/v1/rooms/{room}/messages",
-            get(history).post(crate::post::post_message),
-        )
-        .route(
-            "/v1/rooms/{room}/blobs/{id}",
-            put(put_blob).layer(DefaultBodyLimit::max(blob_limit)),
-        )
-        .route("/v1/blobs/{id}", get(get_blob))
-        .route("/v1/ws", get(crate::live::ws))
+    let (routes, doc) = api(blob_limit).split_for_parts();
+    let api = routes
+        .merge(cloister_http::openapi_route(
+            doc.to_pretty_json().unwrap_or_default(),
+        ))
         .fallback(cloister_http::not_found)
+        .method_not_allowed_fallback(cloister_http::method_not_allowed)
         .layer(DefaultBodyLimit::max(limits::MAX_JSON_BODY))
         .with_state(server);
     let api = cloister_http::limit::per_address(api, per_address);
@@ -192,6 +185,7 @@ pub(crate) fn parse_room(s: &str) -> Result<RoomId, ApiError> {
 
 // ---------- tenants, devices, sessions, notices ----------
 
+#[utoipa::path(post, path = "/v1/tenants", tag = "tenants", request_body = cloister_proto::server::RegisterTenant, security(("operator" = [])), responses((status = 200, body = cloister_proto::server::Ok), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 async fn register_tenant(
     State(s): S,
     headers: HeaderMap,
@@ -220,6 +214,7 @@ async fn register_tenant(
     Ok(Json(OkBody { ok: true }))
 }
 
+#[utoipa::path(post, path = "/v1/tenants/{tenant}/pin", tag = "tenants", params(("tenant" = String, Path, description = "tenant id")), request_body = cloister_proto::server::PinCheck, responses((status = 200, body = cloister_proto::server::PinCheckResponse), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 async fn pin_check(
     State(s): S,
     Path(tenant): Path<String>,
@@ -234,6 +229,7 @@ async fn pin_check(
     Ok(Json(PinCheckResponse { pinned }))
 }
 
+#[utoipa::path(post, path = "/v1/devices", tag = "devices", request_body = cloister_proto::server::RegisterDevice, responses((status = 200, body = cloister_proto::server::Ok), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 async fn register_device(
     State(s): S,
     ApiJson(req): ApiJson<RegisterDevice>,
@@ -262,6 +258,7 @@ async fn register_device(
     Ok(Json(OkBody { ok: true }))
 }
 
+#[utoipa::path(get, path = "/v1/devices/{device}", tag = "devices", params(("device" = String, Path, description = "device id, 32 hex digits")), security(("session" = [])), responses((status = 200, body = cloister_proto::km::SignedCert), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 async fn get_device(
     State(s): S,
     c: Caller,
@@ -283,6 +280,7 @@ async fn get_device(
     ))
 }
 
+#[utoipa::path(post, path = "/v1/session", tag = "devices", request_body = cloister_proto::server::LoginRequest, responses((status = 200, body = cloister_proto::server::LoginResponse), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 async fn login(
     State(s): S,
     ApiJson(req): ApiJson<LoginRequest>,
@@ -328,6 +326,7 @@ async fn login(
     }))
 }
 
+#[utoipa::path(post, path = "/v1/notices", tag = "notices", request_body = cloister_proto::server::PostNotice, responses((status = 200, body = cloister_proto::server::Ok), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 async fn post_notice(
     State(s): S,
     ApiJson(req): ApiJson<PostNotice>,
@@ -487,6 +486,7 @@ pub(crate) fn summary(st: &RoomState) -> RoomSummary {
     }
 }
 
+#[utoipa::path(get, path = "/v1/rooms", tag = "rooms", security(("session" = [])), responses((status = 200, body = Vec<cloister_proto::server::RoomSummary>), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 async fn list_rooms(State(s): S, c: Caller) -> Result<Json<Vec<RoomSummary>>, ApiError> {
     let rows = s
         .store
@@ -501,6 +501,7 @@ async fn list_rooms(State(s): S, c: Caller) -> Result<Json<Vec<RoomSummary>>, Ap
     Ok(Json(out))
 }
 
+#[utoipa::path(get, path = "/v1/rooms/{room}", tag = "rooms", params(("room" = String, Path, description = "room id, 32 hex digits")), security(("session" = [])), responses((status = 200, body = cloister_proto::server::RoomSummary), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 async fn get_room(
     State(s): S,
     c: Caller,
@@ -519,6 +520,7 @@ struct LogQuery {
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/v1/rooms/{room}/log", tag = "rooms", params(("room" = String, Path, description = "room id, 32 hex digits"), ("from" = Option<u64>, Query, description = "first seq"), ("limit" = Option<u32>, Query, description = "at most this many entries")), security(("session" = [])), responses((status = 200, body = cloister_proto::server::LogPage), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 async fn get_log(
     State(s): S,
     c: Caller,
@@ -557,6 +559,7 @@ async fn get_log(
     Ok(Json(LogPage { room, entries }))
 }
 
+#[utoipa::path(post, path = "/v1/rooms/{room}/log", tag = "rooms", params(("room" = String, Path, description = "room id, 32 hex digits")), request_body = cloister_proto::server::AppendLog, security(("session" = [])), responses((status = 200, body = cloister_proto::server::AppendLogResponse), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 async fn append_log(
     State(s): S,
     c: Caller,
@@ -587,6 +590,7 @@ struct HistoryQuery {
     limit: Option<u32>,
 }
 
+#[utoipa::path(get, path = "/v1/rooms/{room}/messages", tag = "messages", params(("room" = String, Path, description = "room id, 32 hex digits"), ("before" = Option<u64>, Query, description = "messages before this seq"), ("limit" = Option<u32>, Query, description = "at most this many")), security(("session" = [])), responses((status = 200, body = cloister_proto::server::HistoryPage), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 async fn history(
     State(s): S,
     c: Caller,
@@ -654,6 +658,7 @@ fn parse_blob_id(id: &str) -> Result<String, ApiError> {
     }
 }
 
+#[utoipa::path(put, path = "/v1/rooms/{room}/blobs/{id}", tag = "attachments", params(("room" = String, Path, description = "room id, 32 hex digits"), ("id" = String, Path, description = "attachment id, 32 hex digits")), request_body(content = cloister_proto::Binary, content_type = "application/octet-stream", description = "the encrypted attachment"), security(("session" = [])), responses((status = 200, body = cloister_proto::server::BlobResponse), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 async fn put_blob(
     State(s): S,
     c: Caller,
@@ -728,6 +733,7 @@ async fn put_blob(
     Ok(Json(BlobResponse { id, size }))
 }
 
+#[utoipa::path(get, path = "/v1/blobs/{id}", tag = "attachments", params(("id" = String, Path, description = "attachment id, 32 hex digits")), security(("session" = [])), responses((status = 200, description = "the encrypted attachment", content_type = "application/octet-stream", body = cloister_proto::Binary), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 async fn get_blob(State(s): S, c: Caller, Path(id): Path<String>) -> Result<Response, ApiError> {
     let id = parse_blob_id(&id)?;
     let nf = || {

@@ -88,6 +88,7 @@ fn show(row: &ConnectionRow) -> Result<Connection, ApiError> {
 }
 
 /// The asker posts their KM-signed request.
+#[utoipa::path(post, path = "/v1/connections", tag = "connections", request_body = cloister_proto::federation::ConnectionPost, security(("session" = [])), responses((status = 200, body = cloister_proto::federation::Connection), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 pub(crate) async fn request(
     State(s): State<Arc<Server>>,
     c: Caller,
@@ -129,6 +130,7 @@ pub(crate) async fn request(
 }
 
 /// The asked user posts their KM-signed answer.
+#[utoipa::path(post, path = "/v1/connections/{id}/answer", tag = "connections", params(("id" = String, Path, description = "connection id, 64 hex digits")), request_body = cloister_proto::federation::ConnectionPost, security(("session" = [])), responses((status = 200, body = cloister_proto::federation::Connection), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 pub(crate) async fn answer(
     State(s): State<Arc<Server>>,
     c: Caller,
@@ -156,6 +158,7 @@ pub(crate) async fn answer(
 }
 
 /// Either user posts their KM-signed removal.
+#[utoipa::path(post, path = "/v1/connections/{id}/remove", tag = "connections", params(("id" = String, Path, description = "connection id, 64 hex digits")), request_body = cloister_proto::federation::ConnectionPost, security(("session" = [])), responses((status = 200, body = cloister_proto::federation::Connection), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 pub(crate) async fn remove(
     State(s): State<Arc<Server>>,
     c: Caller,
@@ -213,6 +216,7 @@ async fn keep(
 }
 
 /// The caller's connections.
+#[utoipa::path(get, path = "/v1/connections", tag = "connections", security(("session" = [])), responses((status = 200, body = Vec<cloister_proto::federation::Connection>), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 pub(crate) async fn list(
     State(s): State<Arc<Server>>,
     c: Caller,

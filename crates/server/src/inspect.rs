@@ -22,6 +22,7 @@ use std::sync::Arc;
 type S = State<Arc<Server>>;
 
 /// Every room of the caller's tenant (surveillance and the scanner).
+#[utoipa::path(get, path = "/v1/tenant-rooms", tag = "inspection", security(("session" = [])), responses((status = 200, body = Vec<cloister_proto::server::RoomSummary>), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 pub(crate) async fn tenant_rooms(
     State(s): S,
     c: Caller,
@@ -49,6 +50,7 @@ pub(crate) async fn tenant_rooms(
 }
 
 /// The scanner's verdict on a file message of its tenant.
+#[utoipa::path(post, path = "/v1/rooms/{room}/verdicts", tag = "inspection", params(("room" = String, Path, description = "room id, 32 hex digits")), request_body = cloister_proto::server::SignedVerdict, security(("session" = [])), responses((status = 200, body = cloister_proto::server::Ok), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 pub(crate) async fn post_verdict(
     State(s): S,
     c: Caller,
@@ -92,6 +94,7 @@ pub(crate) async fn post_verdict(
 }
 
 /// Verdicts on one message, for anyone who may read the room.
+#[utoipa::path(get, path = "/v1/rooms/{room}/verdicts/{message}", tag = "inspection", params(("room" = String, Path, description = "room id, 32 hex digits"), ("message" = String, Path, description = "message id, 32 hex digits")), security(("session" = [])), responses((status = 200, body = Vec<cloister_proto::server::SignedVerdict>), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 pub(crate) async fn get_verdicts(
     State(s): S,
     c: Caller,

@@ -21,13 +21,14 @@ mod controls;
 mod hub;
 mod inspect;
 mod live;
+mod openapi;
 mod post;
 mod roomlog;
 mod secrets;
 pub mod sequencer;
 mod writer;
 
-pub use api::router;
+pub use api::{openapi, router};
 pub use cluster::{ClusterConfig, ClusterError};
 
 use cloister_crypto::signed::verify_cert;

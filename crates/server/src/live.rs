@@ -36,6 +36,7 @@ pub(crate) struct WsQuery {
     token: Option<String>,
 }
 
+#[utoipa::path(get, path = "/v1/ws", tag = "live", params(("token" = Option<String>, Query, description = "session token, when no Authorization header")), security(("session" = [])), responses((status = 101, description = "WebSocket: server Events, client post frames (docs/protocol.md)"), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 pub(crate) async fn ws(
     State(s): State<Arc<Server>>,
     headers: HeaderMap,

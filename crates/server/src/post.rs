@@ -13,6 +13,7 @@ use cloister_store::{Inserted, NewMessage};
 use std::sync::Arc;
 
 /// `POST /v1/rooms/{room}/messages`.
+#[utoipa::path(post, path = "/v1/rooms/{room}/messages", tag = "messages", params(("room" = String, Path, description = "room id, 32 hex digits")), request_body = cloister_proto::server::Envelope, security(("session" = [])), responses((status = 200, body = cloister_proto::server::PostMessageResponse), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 pub(crate) async fn post_message(
     State(s): State<Arc<Server>>,
     c: Caller,

@@ -415,6 +415,7 @@ impl Server {
 
 /// The firm's discoverable rooms (name, members, settings: what joining
 /// needs), for any of its users.
+#[utoipa::path(get, path = "/v1/room-directory", tag = "rooms", security(("session" = [])), responses((status = 200, body = Vec<cloister_proto::server::RoomSummary>), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 pub(crate) async fn directory(
     State(s): State<Arc<Server>>,
     c: crate::Caller,
@@ -438,6 +439,7 @@ pub(crate) async fn directory(
 
 /// A statement the tenant's KM signed (anyone may relay it: the signature
 /// is what counts). The KM never creates rooms.
+#[utoipa::path(post, path = "/v1/km/rooms/{room}/log", tag = "km", params(("room" = String, Path, description = "room id, 32 hex digits")), request_body = cloister_proto::server::AppendLog, responses((status = 200, body = cloister_proto::server::AppendLogResponse), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 pub(crate) async fn km_append(
     State(s): State<Arc<Server>>,
     Path(room): Path<String>,
@@ -460,6 +462,7 @@ pub(crate) async fn km_append(
 }
 
 /// Many KM-signed statements at once (a barrier's evictions across rooms).
+#[utoipa::path(post, path = "/v1/km/log", tag = "km", request_body = cloister_proto::server::KmAppendBatch, responses((status = 200, body = cloister_proto::server::KmAppendBatchResponse), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 pub(crate) async fn km_append_batch(
     State(s): State<Arc<Server>>,
     ApiJson(req): ApiJson<KmAppendBatch>,
@@ -476,6 +479,7 @@ pub(crate) async fn km_append_batch(
 }
 
 /// A KM reads its room's log (to extend the head it signs on).
+#[utoipa::path(post, path = "/v1/km/rooms/{room}/log-read", tag = "km", params(("room" = String, Path, description = "room id, 32 hex digits")), request_body = cloister_proto::km::SignedBlob, responses((status = 200, body = cloister_proto::server::LogPage), (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)))]
 pub(crate) async fn km_read(
     State(s): State<Arc<Server>>,
     Path(room): Path<String>,

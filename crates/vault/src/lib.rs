@@ -519,29 +519,67 @@ fn json<T: serde::Serialize>(v: &T) -> Result<serde_json::Value, ApiError> {
     serde_json::to_value(v).map_err(ApiError::internal)
 }
 
+#[utoipa::path(get, path = "/v1/info", tag = "vault", responses((status = 200, body = VaultInfo)))]
+async fn info(axum::extract::State(v): axum::extract::State<Arc<Vault>>) -> axum::Json<VaultInfo> {
+    axum::Json(v.info())
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/request",
+    tag = "requests",
+    request_body(content = VaultRequest, description = "a device-signed request; its `op` decides the answer (docs/compliance.md)"),
+    responses(
+        (status = 200, description = "the answer to the op", body = serde_json::Value),
+        (status = "default", description = "refused: the error body names why", body = cloister_proto::ErrorBody)
+    )
+)]
+async fn request(
+    axum::extract::State(v): axum::extract::State<Arc<Vault>>,
+    cloister_http::ApiJson(req): cloister_http::ApiJson<VaultRequest>,
+) -> Result<axum::Json<serde_json::Value>, ApiError> {
+    v.handle(&req).await.map(axum::Json)
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "Cloister compliance vault",
+        description = "The firm's archive of captured messages, sealed to its escrow key. Requests are authenticated by signatures over their bodies; every error is `{error, message}` (ErrorBody) with its status.",
+    ),
+    components(schemas(cloister_proto::ErrorBody))
+)]
+struct Doc;
+
+fn api() -> utoipa_axum::router::OpenApiRouter<Arc<Vault>> {
+    use utoipa::OpenApi;
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(Doc::openapi())
+        .routes(routes!(info))
+        .routes(routes!(request))
+}
+
+/// The vault's OpenAPI description (served at `/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
 /// The vault's HTTP API: `GET /v1/info`, `POST /v1/request`.
 pub fn router(vault: Arc<Vault>) -> axum::Router {
-    use axum::extract::{DefaultBodyLimit, State};
-    use axum::routing::{get, post};
-    async fn info(State(v): State<Arc<Vault>>) -> axum::Json<VaultInfo> {
-        axum::Json(v.info())
-    }
-    async fn request(
-        State(v): State<Arc<Vault>>,
-        cloister_http::ApiJson(req): cloister_http::ApiJson<VaultRequest>,
-    ) -> Result<axum::Json<serde_json::Value>, ApiError> {
-        v.handle(&req).await.map(axum::Json)
-    }
+    use axum::extract::DefaultBodyLimit;
     let metrics = vault.metrics().clone();
     let ready = vault.ready_check();
     let per_address = Arc::new(cloister_http::limit::Limiter::per_second(
         "requests from this address",
         vault.limits.per_address_per_sec,
     ));
-    let api = axum::Router::new()
-        .route("/v1/info", get(info))
-        .route("/v1/request", post(request))
+    let (routes, doc) = api().split_for_parts();
+    let api = routes
+        .merge(cloister_http::openapi_route(
+            doc.to_pretty_json().unwrap_or_default(),
+        ))
         .fallback(cloister_http::not_found)
+        .method_not_allowed_fallback(cloister_http::method_not_allowed)
         .layer(DefaultBodyLimit::max(limits::MAX_JSON_BODY))
         .with_state(vault);
     let api = cloister_http::limit::per_address(api, per_address);

@@ -14,7 +14,6 @@
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use cloister_crypto::KmSigner;
 use cloister_log::NoteVerifier;
 use cloister_log::witness::{AddCheckpoint, Cosigner, WitnessError, note_text, witness_step};
@@ -232,28 +231,66 @@ impl IntoResponse for Refusal {
     }
 }
 
-#[derive(serde::Serialize)]
+/// The witness's name and cosigning key.
+#[derive(serde::Serialize, utoipa::ToSchema)]
 struct Info {
     name: String,
+    /// Its verifier key (`name+id+key`), for devices' witness policies.
     key: String,
+}
+
+#[utoipa::path(
+    post,
+    path = "/add-checkpoint",
+    tag = "witness",
+    request_body(content = String, content_type = "text/plain", description = "C2SP tlog-witness add-checkpoint request: old size, consistency proof, signed checkpoint"),
+    responses(
+        (status = 200, description = "the cosignature line", content_type = "text/plain", body = String),
+        (status = 409, description = "the size this witness last cosigned", content_type = "text/x.tlog.size", body = String),
+        (status = "default", description = "refused, with the reason", content_type = "text/plain", body = String)
+    )
+)]
+async fn add(State(w): State<Arc<Witness>>, body: String) -> Result<String, Refusal> {
+    w.add_checkpoint(&body).await
+}
+
+#[utoipa::path(get, path = "/v1/info", tag = "witness", responses((status = 200, body = Info)))]
+async fn info(State(w): State<Arc<Witness>>) -> axum::Json<Info> {
+    axum::Json(Info {
+        name: w.name.clone(),
+        key: w.key(),
+    })
+}
+
+#[derive(utoipa::OpenApi)]
+#[openapi(info(
+    title = "Cloister witness",
+    description = "Cosigns a transparency log's checkpoints along one history (C2SP tlog-witness); its errors are plain text, as that protocol says.",
+))]
+struct Doc;
+
+fn api() -> utoipa_axum::router::OpenApiRouter<Arc<Witness>> {
+    use utoipa::OpenApi;
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::with_openapi(Doc::openapi())
+        .routes(routes!(add))
+        .routes(routes!(info))
+}
+
+/// The witness's OpenAPI description (served at `/openapi.json`).
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
 }
 
 /// `POST /add-checkpoint`, `GET /v1/info`.
 pub fn router(w: Arc<Witness>) -> axum::Router {
-    async fn add(State(w): State<Arc<Witness>>, body: String) -> Result<String, Refusal> {
-        w.add_checkpoint(&body).await
-    }
-    async fn info(State(w): State<Arc<Witness>>) -> axum::Json<Info> {
-        axum::Json(Info {
-            name: w.name.clone(),
-            key: w.key(),
-        })
-    }
     let metrics = w.metrics().clone();
     let ready = w.ready_check();
-    let api = axum::Router::new()
-        .route("/add-checkpoint", post(add))
-        .route("/v1/info", get(info))
+    let (routes, doc) = api().split_for_parts();
+    let api = routes
+        .merge(cloister_http::openapi_route(
+            doc.to_pretty_json().unwrap_or_default(),
+        ))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .with_state(w);
     cloister_http::ops::instrument(api, &metrics, ready)
