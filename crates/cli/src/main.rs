@@ -222,6 +222,11 @@ enum KmCmd {
         server: Option<String>,
         #[command(flatten)]
         limits: cloister_cli::limit_args::KmLimitArgs,
+        /// Serve the routes only services call (the vault's deny list, KM
+        /// to KM) only to connections with a client certificate from
+        /// --tls-client-ca's CA.
+        #[arg(long, requires = "tls_client_ca")]
+        require_service_certs: bool,
     },
     /// Print a commented example of `km serve --config FILE`.
     ConfigExample,
@@ -577,6 +582,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             witnesses,
             server,
             limits,
+            require_service_certs,
         }) => {
             tls.set_outgoing(ca_file.as_ref())?;
             let p = read_secret(pass.file.as_deref(), "CLOISTER_KM_PASSPHRASE")?;
@@ -590,6 +596,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             let config = cloister_km::KmConfig {
                 witnesses,
                 limits: limits.limits(),
+                require_service_certs,
                 ..Default::default()
             };
             cloister_cli::km_serve::run(

@@ -8,7 +8,7 @@ mod common;
 
 use cloister_cli::tls_args::LocalTls;
 use cloister_proto::room::RoomSettings;
-use common::{World, opts};
+use common::{World, opts, test_tls};
 
 use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -275,4 +275,64 @@ fn tls_files_that_are_not_what_they_claim_are_named() {
     assert!(!e.contains(&body));
     // and the good files load
     cloister_tls::ServerTls::load(&good).unwrap();
+}
+
+/// With `require_service_certs`, the routes only services call answer only
+/// connections that presented a client certificate from the services' CA.
+#[tokio::test]
+async fn service_routes_need_a_client_certificate_when_required() {
+    let tls = test_tls();
+    let mut o = opts();
+    o.km_config.require_service_certs = true;
+    let w = World::with(o).await;
+    let km = &w.stack.km_url;
+    // a device's connection (no client certificate): refused on service
+    // routes, served elsewhere
+    let plain = cloister_tls::ClientTls::load(&cloister_tls::ClientTlsFiles {
+        ca: Some(tls.ca_file()),
+        identity: None,
+        allow_tls12: false,
+    })
+    .unwrap()
+    .http()
+    .unwrap();
+    for path in [
+        "/v1/deny-list",
+        "/v1/federation/room-keys",
+        "/v1/federation/directory",
+    ] {
+        let r = plain
+            .post(format!("{km}{path}"))
+            .json(&serde_json::json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 403, "{path}");
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "client_certificate_required", "{path}");
+    }
+    let r = plain.get(format!("{km}/v1/info")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    // a service with a certificate from the CA gets past the check (and is
+    // then judged on its request: here a malformed one)
+    let (cert, key) = tls.issue("vault-client").unwrap();
+    let service = cloister_tls::ClientTls::load(&cloister_tls::ClientTlsFiles {
+        ca: Some(tls.ca_file()),
+        identity: Some((cert, key)),
+        allow_tls12: false,
+    })
+    .unwrap()
+    .http()
+    .unwrap();
+    let r = service
+        .post(format!("{km}/v1/deny-list"))
+        .json(&serde_json::json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400, "past the certificate check");
+    // and the vault, whose pulls carry no certificate here, is refused:
+    // the deny list it needs does not come
+    let e = w.stack.vault.pull_deny_list().await.unwrap_err();
+    assert!(e.contains("client_certificate_required"), "{e}");
 }

@@ -125,7 +125,7 @@ async fn by_address(State(l): State<Arc<Limiter<IpAddr>>>, req: Request, next: N
     let peer = req
         .extensions()
         .get::<ConnectInfo<crate::listen::Peer>>()
-        .map(|c| c.0.0.ip());
+        .map(|c| c.0.addr.ip());
     if let Some(ip) = peer
         && let Err(e) = l.check(&ip)
     {

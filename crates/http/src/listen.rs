@@ -94,15 +94,29 @@ pub(crate) fn nodelay(tcp: &TcpStream) {
 }
 
 /// The peer address of a connection, for handlers and layers
-/// (`ConnectInfo<Peer>`), over TCP and TLS alike.
+/// (`ConnectInfo<Peer>`), over TCP and TLS alike, and whether it presented
+/// a client certificate (verified under the listener's `--tls-client-ca`
+/// during the handshake: a service, not a user's device).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Peer(pub SocketAddr);
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub client_cert: bool,
+}
 
 impl<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, TlsListener>>
     for Peer
 {
     fn connect_info(stream: axum::serve::IncomingStream<'a, TlsListener>) -> Self {
-        Peer(*stream.remote_addr())
+        let client_cert = stream
+            .io()
+            .get_ref()
+            .1
+            .peer_certificates()
+            .is_some_and(|c| !c.is_empty());
+        Peer {
+            addr: *stream.remote_addr(),
+            client_cert,
+        }
     }
 }
 
@@ -128,6 +142,35 @@ impl<'a> axum::extract::connect_info::Connected<axum::serve::IncomingStream<'a, 
     for Peer
 {
     fn connect_info(stream: axum::serve::IncomingStream<'a, TcpNoDelay>) -> Self {
-        Peer(*stream.remote_addr())
+        Peer {
+            addr: *stream.remote_addr(),
+            client_cert: false,
+        }
     }
+}
+
+/// Refuse every request of `router` that did not come over a connection
+/// with a client certificate (routes only services call: KM to KM, vault
+/// to KM).
+pub fn require_client_cert(router: axum::Router) -> axum::Router {
+    router.layer(axum::middleware::from_fn(by_certificate))
+}
+
+async fn by_certificate(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let ok = req
+        .extensions()
+        .get::<axum::extract::ConnectInfo<Peer>>()
+        .is_some_and(|c| c.0.client_cert);
+    if !ok {
+        return crate::ApiError::forbidden(
+            "client_certificate_required",
+            "this endpoint is for services: connect with a client certificate from the services' CA",
+        )
+        .into_response();
+    }
+    next.run(req).await
 }

@@ -52,6 +52,12 @@ fn api() -> utoipa_axum::router::OpenApiRouter<Arc<Km>> {
     utoipa_axum::router::OpenApiRouter::with_openapi(crate::openapi::base())
         .routes(routes!(info))
         .routes(routes!(request))
+}
+
+/// The routes only services call: the vault's deny list, KM to KM.
+fn service_api() -> utoipa_axum::router::OpenApiRouter<Arc<Km>> {
+    use utoipa_axum::routes;
+    utoipa_axum::router::OpenApiRouter::new()
         .routes(routes!(deny_list))
         .routes(routes!(federation_room_keys))
         .routes(routes!(federation_directory))
@@ -64,7 +70,7 @@ fn enrol_api() -> utoipa_axum::router::OpenApiRouter<Arc<Km>> {
 
 /// The KM's OpenAPI description (served at `/openapi.json`).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    api().merge(enrol_api()).into_openapi()
+    api().merge(enrol_api()).merge(service_api()).into_openapi()
 }
 
 pub fn router(km: Arc<Km>) -> Router {
@@ -86,6 +92,16 @@ pub fn router(km: Arc<Km>) -> Router {
             limits.enrolments_per_min,
         )),
     );
+    let services = service_api()
+        .split_for_parts()
+        .0
+        .layer(DefaultBodyLimit::max(cloister_proto::limits::MAX_JSON_BODY))
+        .with_state(km.clone());
+    let services = if km.requires_service_certs() {
+        cloister_http::listen::require_client_cert(services)
+    } else {
+        services
+    };
     let api = api()
         .split_for_parts()
         .0
@@ -95,6 +111,7 @@ pub fn router(km: Arc<Km>) -> Router {
         .layer(DefaultBodyLimit::max(cloister_proto::limits::MAX_JSON_BODY))
         .with_state(km.clone())
         .merge(enrol_route)
+        .merge(services)
         .merge(crate::scim::router(km));
     let api = per_address(
         api,

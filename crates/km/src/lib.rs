@@ -81,6 +81,9 @@ pub struct KmConfig {
     pub witnesses: Vec<String>,
     /// Rate limits (0 turns one off).
     pub limits: KmLimits,
+    /// Serve the routes only services call (KM to KM, the vault's deny
+    /// list) only over connections with a client certificate.
+    pub require_service_certs: bool,
 }
 
 /// The KM's rate limits: averages, with bursts of ten seconds' worth
@@ -137,6 +140,7 @@ impl Default for KmConfig {
             code_secs: 7 * 24 * 3600,
             witnesses: Vec::new(),
             limits: KmLimits::default(),
+            require_service_certs: false,
         }
     }
 }
@@ -392,6 +396,11 @@ impl Km {
             },
         )
         .await
+    }
+
+    /// Whether service routes need a client certificate.
+    pub fn requires_service_certs(&self) -> bool {
+        self.config.require_service_certs
     }
 
     /// The KM's rate limits.
