@@ -43,9 +43,12 @@ impl std::fmt::Display for ConfigError {
 /// Words that make a key a secret (unless it names a file).
 const SECRET_WORDS: [&str; 5] = ["passphrase", "password", "pin", "token", "secret"];
 
-/// Whether a flag's long name would carry a secret's value.
+/// Whether a flag's long name would carry a secret's value (a file's
+/// path or a label names one; it is not one).
 pub fn is_secret_value(long: &str) -> bool {
-    !long.ends_with("-file") && long.split('-').any(|w| SECRET_WORDS.contains(&w))
+    !long.ends_with("-file")
+        && !long.ends_with("-label")
+        && long.split('-').any(|w| SECRET_WORDS.contains(&w))
 }
 
 /// The service commands: each has `--config`, and every flag of theirs
@@ -472,6 +475,8 @@ mod tests {
         assert!(!is_secret_value("km-passphrase-file"));
         assert!(!is_secret_value("listen"));
         assert!(!is_secret_value("pinned"));
+        assert!(!is_secret_value("pkcs11-token-label"));
+        assert!(is_secret_value("pkcs11-pin"));
     }
 
     #[test]

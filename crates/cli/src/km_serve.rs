@@ -33,7 +33,8 @@ pub struct KmServe {
     /// The operations listener (`/metrics`, `/healthz`, `/readyz`).
     pub ops: crate::ops_args::OpsArgs,
     pub tls: Option<cloister_tls::ServerTls>,
-    pub passphrase: Vec<u8>,
+    /// Where the master key is.
+    pub custody: crate::custody::Custody,
     pub config: cloister_km::KmConfig,
     /// The messaging server to push notices to.
     pub server: Option<String>,
@@ -96,8 +97,9 @@ pub async fn run(
     if !pg {
         let (km, _) = open(&o).await?;
         eprintln!(
-            "KM for tenant {} listening on {scheme}://{addr}",
-            km.tenant()
+            "KM for tenant {} listening on {scheme}://{addr}; {}",
+            km.tenant(),
+            crate::custody::describe(&o.custody)
         );
         if let Some(server) = &o.server {
             km.push_notices_to(server);
@@ -137,8 +139,9 @@ pub async fn run(
         *r = ops_router(&km);
     }
     eprintln!(
-        "KM for tenant {} active on http://{addr} (holds the appender lease)",
-        km.tenant()
+        "KM for tenant {} active on {scheme}://{addr} (holds the appender lease); {}",
+        km.tenant(),
+        crate::custody::describe(&o.custody)
     );
     tokio::select! {
         e = lease.lost(POLL) => {
@@ -154,11 +157,11 @@ pub async fn run(
 }
 
 async fn open(o: &KmServe) -> Result<(Arc<cloister_km::Km>, Option<String>), BoxError> {
-    crate::open_km(
+    crate::open_km_with(
         &o.data_dir,
         o.database_url.as_deref(),
         None,
-        &o.passphrase,
+        &o.custody,
         Cost::DEFAULT,
         o.config.clone(),
     )

@@ -15,6 +15,7 @@ pub mod backup;
 pub mod bench;
 pub mod bench_firms;
 pub mod config;
+pub mod custody;
 pub mod demo;
 pub mod firm;
 pub mod inspect;
@@ -24,7 +25,6 @@ pub mod ops_args;
 pub mod tls_args;
 
 use cloister_crypto::passphrase::Cost;
-use cloister_km::provider::{FileKeyProvider, KeyProvider};
 use cloister_km::{Km, KmConfig};
 use cloister_proto::TenantId;
 use cloister_server::{Server, ServerConfig};
@@ -34,13 +34,27 @@ use std::sync::Arc;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// Open (or initialise) a KM in `dir`. Returns the KM and, on first
-/// initialisation, the bootstrap admin's enrolment code.
+/// Open (or initialise) a KM in `dir` with its master key in a sealed
+/// file. Returns the KM and, on first initialisation, the bootstrap
+/// admin's enrolment code.
 pub async fn open_km(
     dir: &Path,
     database: Option<&str>,
     tenant: Option<&TenantId>,
     pass: &[u8],
+    cost: Cost,
+    config: KmConfig,
+) -> Result<(Arc<Km>, Option<String>), BoxError> {
+    let custody = custody::Custody::File(pass.to_vec());
+    open_km_with(dir, database, tenant, &custody, cost, config).await
+}
+
+/// [`open_km`] with the master key where `custody` says.
+pub async fn open_km_with(
+    dir: &Path,
+    database: Option<&str>,
+    tenant: Option<&TenantId>,
+    custody: &custody::Custody,
     cost: Cost,
     config: KmConfig,
 ) -> Result<(Arc<Km>, Option<String>), BoxError> {
@@ -50,9 +64,8 @@ pub async fn open_km(
         None => cloister_store::sqlite_url(&cloister_km::db_path(dir)),
     };
     let store = Arc::new(cloister_store::SqlKmStore::open(&url).await?);
-    let tmk = cloister_km::tmk_path(dir);
-    if tmk.exists() {
-        let provider: Arc<dyn KeyProvider> = Arc::new(FileKeyProvider::open(&tmk, pass)?);
+    if custody::initialised(dir) {
+        let provider = custody::provider(dir, custody, false, cost)?;
         let km = Arc::new(Km::open(store.clone(), store, provider, config).await?);
         // A restored directory: the log says so before anything else.
         if let Some(r) = backup::pending_restore(dir)? {
@@ -67,7 +80,7 @@ pub async fn open_km(
         Ok((km, None))
     } else {
         let tenant = tenant.ok_or("this KM is not initialised: pass --tenant to create it")?;
-        let provider: Arc<dyn KeyProvider> = Arc::new(FileKeyProvider::create(&tmk, pass, cost)?);
+        let provider = custody::provider(dir, custody, true, cost)?;
         let (km, out) = Km::init(store.clone(), store, provider, tenant.clone(), config).await?;
         Ok((Arc::new(km), Some(out.admin_code)))
     }
@@ -97,6 +110,9 @@ pub struct Stack {
 pub struct StackOptions {
     pub tenant: TenantId,
     pub km_passphrase: Vec<u8>,
+    /// Keep the KM's master key here instead (an HSM); `None`: the sealed
+    /// file under `km_passphrase`.
+    pub km_custody: Option<custody::Custody>,
     pub cost: Cost,
     pub km_addr: SocketAddr,
     pub server_addr: SocketAddr,
@@ -120,6 +136,7 @@ impl StackOptions {
         StackOptions {
             tenant,
             km_passphrase: b"demo passphrase (development only)".to_vec(),
+            km_custody: None,
             cost: Cost::DEFAULT,
             km_addr: any,
             server_addr: any,
@@ -137,11 +154,15 @@ impl StackOptions {
 impl Stack {
     /// Start (or restart) a KM in `dir/km` and a server in `dir/server`.
     pub async fn start(dir: &Path, o: StackOptions) -> Result<Stack, BoxError> {
-        let (km, admin_code) = open_km(
+        let custody = o
+            .km_custody
+            .clone()
+            .unwrap_or_else(|| custody::Custody::File(o.km_passphrase.clone()));
+        let (km, admin_code) = open_km_with(
             &dir.join("km"),
             None,
             Some(&o.tenant),
-            &o.km_passphrase,
+            &custody,
             o.cost,
             o.km_config,
         )

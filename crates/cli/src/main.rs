@@ -197,6 +197,8 @@ enum KmCmd {
         tenant: String,
         #[command(flatten)]
         pass: KmPass,
+        #[command(flatten)]
+        pkcs11: cloister_cli::custody::Pkcs11Args,
     },
     /// Serve the KM API.
     Serve {
@@ -227,6 +229,10 @@ enum KmCmd {
         /// --tls-client-ca's CA.
         #[arg(long, requires = "tls_client_ca")]
         require_service_certs: bool,
+        /// A file holding the HSM token's user PIN when `km init` put the
+        /// key in one (else $CLOISTER_PKCS11_PIN).
+        #[arg(long)]
+        pkcs11_pin_file: Option<PathBuf>,
     },
     /// Print a commented example of `km serve --config FILE`.
     ConfigExample,
@@ -528,33 +534,41 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 },
             tenant,
             pass,
+            pkcs11,
         }) => {
             let tenant: TenantId = parse(&tenant)?;
-            if cloister_km::tmk_path(&data_dir).exists() {
+            if cloister_cli::custody::initialised(&data_dir) {
                 return Err(
                     format!("{} already holds an initialised KM", data_dir.display()).into(),
                 );
             }
-            let p = read_secret(pass.file.as_deref(), "CLOISTER_KM_PASSPHRASE")?;
-            let (km, code) = cloister_cli::open_km(
+            let custody = match pkcs11.config(tenant.as_str())? {
+                Some(c) => cloister_cli::custody::Custody::Pkcs11(c),
+                None => cloister_cli::custody::Custody::File(read_secret(
+                    pass.file.as_deref(),
+                    "CLOISTER_KM_PASSPHRASE",
+                )?),
+            };
+            let (km, code) = cloister_cli::open_km_with(
                 &data_dir,
                 database_url.as_deref(),
                 Some(&tenant),
-                &p,
+                &custody,
                 Cost::DEFAULT,
                 Default::default(),
             )
             .await?;
             let info = km.info();
             let code = code.unwrap_or_default();
+            let provider = cloister_cli::custody::describe(&custody);
             ctx.emit(
                 format!(
-                    "tenant {} initialised\nKM signing key: {}\nbootstrap admin: admin@{}\none-time enrolment code: {code}",
+                    "tenant {} initialised\n{provider}\nKM signing key: {}\nbootstrap admin: admin@{}\none-time enrolment code: {code}",
                     info.tenant,
                     cloister_proto::b64::encode(&info.sign_pk.0),
                     info.tenant
                 ),
-                json!({"tenant": info.tenant, "km_sign_pk": info.sign_pk, "admin": format!("admin@{}", info.tenant), "code": code}),
+                json!({"tenant": info.tenant, "km_sign_pk": info.sign_pk, "admin": format!("admin@{}", info.tenant), "code": code, "key_provider": km.provider_name()}),
             );
         }
         Cmd::Km(KmCmd::ConfigExample) => {
@@ -583,16 +597,20 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             server,
             limits,
             require_service_certs,
+            pkcs11_pin_file,
         }) => {
             tls.set_outgoing(ca_file.as_ref())?;
-            let p = read_secret(pass.file.as_deref(), "CLOISTER_KM_PASSPHRASE")?;
-            if !cloister_km::tmk_path(&data_dir).exists() {
+            if !cloister_cli::custody::initialised(&data_dir) {
                 return Err(format!(
                     "no KM in {}; run `cloister km init` first",
                     data_dir.display()
                 )
                 .into());
             }
+            let custody =
+                cloister_cli::custody::for_serve(&data_dir, pkcs11_pin_file.as_deref(), || {
+                    read_secret(pass.file.as_deref(), "CLOISTER_KM_PASSPHRASE")
+                })?;
             let config = cloister_km::KmConfig {
                 witnesses,
                 limits: limits.limits(),
@@ -606,7 +624,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                     listen,
                     ops,
                     tls: tls.load()?,
-                    passphrase: p,
+                    custody,
                     config,
                     server,
                 },

@@ -399,7 +399,12 @@ async fn json_logs_carry_no_secret_and_no_content() {
     let url = loop {
         let l = lines.next().unwrap().unwrap();
         if let Some(at) = l.find("listening on ") {
-            break l[at + 13..].split_whitespace().next().unwrap().to_owned();
+            break l[at + 13..]
+                .split_whitespace()
+                .next()
+                .unwrap()
+                .trim_end_matches([';', ','])
+                .to_owned();
         }
     };
     let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));

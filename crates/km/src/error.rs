@@ -135,3 +135,25 @@ impl From<cloister_http::limit::Limited> for Denied {
         }
     }
 }
+
+/// The one reading of a key provider's failure: a destroyed generation is
+/// gone; a key the provider cannot use (HSM key deleted or disabled, PIN
+/// changed, module unreachable, the sealed file unreadable) is a
+/// crypto-locked tenant; anything else is the KM's own fault.
+impl From<crate::provider::ProviderError> for Denied {
+    fn from(e: crate::provider::ProviderError) -> Self {
+        use crate::provider::ProviderError as P;
+        match e {
+            P::Destroyed(_) => Self::gone("key_shredded", "this key was destroyed by retention"),
+            P::Hsm(_) | P::Unlock(_) | P::Io { .. } => {
+                tracing::error!("key provider: {e}");
+                Self::unavailable(
+                    "crypto_locked",
+                    "the tenant is crypto-locked: its master key cannot be used in the key \
+                     provider; nothing is released until it is restored",
+                )
+            }
+            e => Self::internal(e),
+        }
+    }
+}

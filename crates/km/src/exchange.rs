@@ -521,7 +521,7 @@ impl Km {
             let w = self
                 .provider
                 .wrap_destroyable(&aad, key.expose())
-                .map_err(Denied::internal)?;
+                .map_err(Denied::from)?;
             self.store
                 .put_room_key(&room.to_hex(), k.epoch, &w)
                 .await

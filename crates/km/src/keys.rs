@@ -102,7 +102,7 @@ impl Km {
     /// a WAL frame, a backup) can be unwrapped again.
     pub(crate) async fn destroy_old_generations(&self) -> Result<u32, Denied> {
         let _all = self.keys_lock.write().await;
-        let g = self.provider.rotate().map_err(Denied::internal)?;
+        let g = self.provider.rotate().map_err(Denied::from)?;
         let mut rewrapped = Vec::new();
         for (name, n, w) in self.store.live_wrapped_keys().await.map_err(store_err)? {
             if provider::generation_of(&w).is_some_and(|wg| wg >= g) {
@@ -112,18 +112,18 @@ impl Km {
             let k = self
                 .provider
                 .unwrap_destroyable(&aad, &w)
-                .map_err(Denied::internal)?;
+                .map_err(Denied::from)?;
             let nw = self
                 .provider
                 .wrap_destroyable(&aad, k.expose())
-                .map_err(Denied::internal)?;
+                .map_err(Denied::from)?;
             rewrapped.push((name, n, nw));
         }
         self.store
             .rewrap_keys(&rewrapped)
             .await
             .map_err(store_err)?;
-        self.provider.destroy_before(g).map_err(Denied::internal)?;
+        self.provider.destroy_before(g).map_err(Denied::from)?;
         if let Ok(mut m) = self.wrapped.lock() {
             m.clear();
         }
@@ -157,7 +157,7 @@ impl Km {
         let w = self
             .provider
             .wrap_destroyable(aad, k.expose())
-            .map_err(Denied::internal)?;
+            .map_err(Denied::from)?;
         // If another request created it first, the stored one wins.
         self.store
             .put_room_key(name, n, &w)
@@ -170,12 +170,7 @@ impl Km {
         let k = self
             .provider
             .unwrap_destroyable(aad, wrapped)
-            .map_err(|e| match e {
-                provider::ProviderError::Destroyed(_) => {
-                    Denied::gone("key_shredded", "this key was destroyed by retention")
-                }
-                e => Denied::internal(e),
-            })?;
+            .map_err(Denied::from)?;
         RoomKey::from_slice(k.expose()).map_err(Denied::internal)
     }
 

@@ -398,6 +398,11 @@ impl Km {
         .await
     }
 
+    /// Which key provider holds the master key (`file`, `pkcs11`).
+    pub fn provider_name(&self) -> &'static str {
+        self.provider.name()
+    }
+
     /// Whether service routes need a client certificate.
     pub fn requires_service_certs(&self) -> bool {
         self.config.require_service_certs

@@ -1,0 +1,316 @@
+//! The tenant master key in an HSM: SoftHSM2 over PKCS#11. The key is
+//! made in the token and never leaves it; room keys are wrapped and
+//! unwrapped by the token; disabling the key crypto-locks the tenant at
+//! once and enabling it again resumes service with nothing lost.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use cloister_cli::custody::Custody;
+use cloister_km::provider::Pkcs11Config;
+use cloister_proto::room::RoomSettings;
+use common::procs::{Procs, cmd, json};
+use common::*;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::object::{Attribute, AttributeType, ObjectClass};
+use cryptoki::session::UserType;
+use cryptoki::types::AuthPin;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const PIN: &str = "4711-test-pin";
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A SoftHSM token of this test process (made once, before any test loads
+/// the module: SoftHSM lists its tokens when it is initialised), removed
+/// when the process ends.
+fn token() -> &'static str {
+    static TOKEN: OnceLock<String> = OnceLock::new();
+    TOKEN.get_or_init(|| {
+        let st = std::process::Command::new(root().join("scripts/tools"))
+            .status()
+            .expect("scripts/tools runs");
+        assert!(st.success(), "scripts/tools could not install softhsm2");
+        assert!(
+            Path::new(MODULE).exists(),
+            "SoftHSM2's module is missing: {MODULE}"
+        );
+        remove_stale_tokens();
+        let label = format!("cloister-test-{}", std::process::id());
+        let out = std::process::Command::new("softhsm2-util")
+            .args(["--init-token", "--free", "--label", &label])
+            .args(["--so-pin", "so-4711", "--pin", PIN])
+            .output()
+            .expect("softhsm2-util runs");
+        assert!(
+            out.status.success(),
+            "cannot make a SoftHSM token: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        label
+    })
+}
+
+/// Tokens of earlier test processes that are gone (a killed run leaves its
+/// token behind).
+fn remove_stale_tokens() {
+    let Ok(out) = std::process::Command::new("softhsm2-util")
+        .arg("--show-slots")
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(label) = line.trim().strip_prefix("Label:") else {
+            continue;
+        };
+        let label = label.trim();
+        let Some(pid) = label.strip_prefix("cloister-test-") else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid).exists() {
+            let _ = std::process::Command::new("softhsm2-util")
+                .args(["--delete-token", "--token", label])
+                .output();
+        }
+    }
+}
+
+fn config(key_label: &str) -> Pkcs11Config {
+    Pkcs11Config {
+        module: MODULE.into(),
+        token: token().to_owned(),
+        pin: PIN.into(),
+        key_label: key_label.into(),
+    }
+}
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}-{}",
+        hex::encode(cloister_crypto::random_bytes::<6>().unwrap())
+    )
+}
+
+/// A session of our own on the test token (as the bank's HSM team would
+/// have), to look at and change the key from outside the KM.
+fn admin_session() -> cryptoki::session::Session {
+    let ctx = Pkcs11::new(MODULE).unwrap();
+    let _ = ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK));
+    let slot = ctx
+        .get_slots_with_token()
+        .unwrap()
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).unwrap().label().trim_end() == token())
+        .unwrap();
+    let s = ctx.open_rw_session(slot).unwrap();
+    let _ = s.login(UserType::User, Some(&AuthPin::from(PIN.to_owned())));
+    s
+}
+
+fn key_handle(s: &cryptoki::session::Session, label: &str) -> cryptoki::object::ObjectHandle {
+    s.find_objects(&[
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::Label(label.as_bytes().to_vec()),
+    ])
+    .unwrap()
+    .into_iter()
+    .next()
+    .unwrap_or_else(|| panic!("no key {label} in the token"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_flow_with_the_master_key_in_the_token_and_a_lock_stops_releases() {
+    let label = unique("tmk");
+    let mut o = opts();
+    o.km_custody = Some(Custody::Pkcs11(config(&label)));
+    let w = World::with(o).await;
+    assert_eq!(w.stack.km.provider_name(), "pkcs11");
+    assert!(
+        !cloister_km::tmk_path(&w.stack.dir.join("km")).exists(),
+        "no sealed key file beside an HSM key"
+    );
+    let (alice, bob) = (w.user("alice").await, w.user("bob").await);
+    let room = alice
+        .create_room(RoomSettings::default(), &[bob.user().clone()])
+        .await
+        .unwrap();
+    alice.send_text(&room, "HSM-held keys").await.unwrap();
+    assert_eq!(bob.read(&room, 10, None).await.unwrap().len(), 1);
+
+    // The token holds the master key as a sensitive, never-extractable
+    // AES-256 key: its value cannot be read.
+    let s = admin_session();
+    let tmk = key_handle(&s, &label);
+    let attrs = s
+        .get_attributes(
+            tmk,
+            &[
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::NeverExtractable,
+                AttributeType::ValueLen,
+            ],
+        )
+        .unwrap();
+    for a in &attrs {
+        match a {
+            Attribute::Sensitive(b) => assert!(*b, "sensitive"),
+            Attribute::Extractable(b) => assert!(!*b, "not extractable"),
+            Attribute::NeverExtractable(b) => assert!(*b, "never extractable"),
+            Attribute::ValueLen(n) => assert_eq!(u64::from(*n), 32),
+            _ => {}
+        }
+    }
+    let value = s.get_attributes(tmk, &[AttributeType::Value]).unwrap();
+    assert!(
+        !value
+            .iter()
+            .any(|a| matches!(a, Attribute::Value(v) if !v.is_empty())),
+        "the key's value never leaves the token"
+    );
+
+    // Disable the key in the token: the tenant is crypto-locked at once.
+    s.update_attributes(tmk, &[Attribute::Decrypt(false), Attribute::Encrypt(false)])
+        .unwrap();
+    bob.clear_key_cache().unwrap();
+    let e = bob.room_keys(&room, &[0]).await.unwrap_err();
+    assert_eq!(e.code(), Some("crypto_locked"), "{e}");
+    assert!(e.to_string().contains("crypto-locked"), "{e}");
+    let r = cloister_tls::http_client()
+        .get(format!("{}/readyz", w.stack.km_url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503, "not ready while locked");
+
+    // Enable it again: service resumes, nothing lost.
+    s.update_attributes(tmk, &[Attribute::Decrypt(true), Attribute::Encrypt(true)])
+        .unwrap();
+    let got = bob.read(&room, 10, None).await.unwrap();
+    assert_eq!(got.len(), 1);
+    alice.send_text(&room, "after the lock").await.unwrap();
+    assert_eq!(bob.read(&room, 10, None).await.unwrap().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_generations_are_token_keys_and_destroyed_ones_are_gone() {
+    use cloister_km::provider::{KeyProvider, Pkcs11KeyProvider, ProviderError};
+    let label = unique("gen");
+    let p = Pkcs11KeyProvider::create(&config(&label)).unwrap();
+    assert!(
+        matches!(
+            Pkcs11KeyProvider::create(&config(&label)),
+            Err(ProviderError::Exists(_))
+        ),
+        "a second create never replaces a master key"
+    );
+    let w = p.wrap(b"aad", b"a signing key").unwrap();
+    assert_eq!(p.unwrap(b"aad", &w).unwrap().expose(), b"a signing key");
+    assert!(p.unwrap(b"other aad", &w).is_err(), "bound to its context");
+    let old = p.wrap_destroyable(b"e", b"epoch key").unwrap();
+    let g = p.rotate().unwrap();
+    assert_eq!(g, 2);
+    p.destroy_before(g).unwrap();
+    assert!(matches!(
+        p.unwrap_destroyable(b"e", &old),
+        Err(ProviderError::Destroyed(1))
+    ));
+    // reopened (a restart): the same generations, from the token
+    drop(p);
+    let p = Pkcs11KeyProvider::open(&config(&label)).unwrap();
+    assert_eq!(p.generation(), 2);
+    assert_eq!(p.generations(), 1);
+    assert_eq!(p.unwrap(b"aad", &w).unwrap().expose(), b"a signing key");
+    // an unknown token or key is refused with the reason (a wrong PIN is
+    // checked in a process of its own below: a token's login is shared by
+    // the whole process)
+    let mut bad = config(&label);
+    bad.token = "no-such-token".into();
+    let e = Pkcs11KeyProvider::open(&bad).err().unwrap().to_string();
+    assert!(e.contains("no token labelled"), "{e}");
+    let e = Pkcs11KeyProvider::open(&config("no-such-key"))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(e.contains("crypto-locked"), "{e}");
+}
+
+#[test]
+fn km_init_and_serve_say_where_the_key_is_and_never_take_the_pin_as_a_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let pin_file = dir.path().join("pin");
+    std::fs::write(&pin_file, format!("{PIN}\n")).unwrap();
+    let km_dir = dir.path().join("km");
+    let label = unique("cli");
+    let init = json(
+        cmd(None)
+            .args(["--json", "km", "init", "--tenant", "acme", "--data-dir"])
+            .arg(&km_dir)
+            .args(["--pkcs11-module", MODULE, "--pkcs11-token-label", token()])
+            .args(["--pkcs11-key-label", &label, "--pkcs11-pin-file"])
+            .arg(&pin_file)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(init["key_provider"], "pkcs11");
+    let record = std::fs::read_to_string(km_dir.join("provider.json")).unwrap();
+    assert!(record.contains(&label) && !record.contains(PIN), "{record}");
+    assert!(!km_dir.join("tmk.sealed").exists());
+    // serve: the PIN from the environment; the provider is stated
+    let mut c = cmd(None);
+    c.env("CLOISTER_PKCS11_PIN", PIN)
+        .env_remove("CLOISTER_KM_PASSPHRASE")
+        .args(["km", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&km_dir);
+    let mut child = c
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let _p = Procs(vec![child]);
+    let line = lines
+        .find(|l| l.as_ref().is_ok_and(|l| l.contains("listening on")))
+        .unwrap()
+        .unwrap();
+    assert!(
+        line.contains("key provider: pkcs11") && line.contains(&label) && !line.contains(PIN),
+        "{line}"
+    );
+    // without a PIN: a clear refusal
+    let out = cmd(None)
+        .env_remove("CLOISTER_PKCS11_PIN")
+        .args(["km", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&km_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("no PKCS#11 PIN"),
+        "{err}"
+    );
+    // a wrong PIN: refused at start, the PIN never printed
+    let out = cmd(None)
+        .env("CLOISTER_PKCS11_PIN", "wrong-pin-0000")
+        .args(["km", "serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&km_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("login") && !err.contains("wrong-pin-0000"),
+        "{err}"
+    );
+    // a PIN is never a flag
+    let out = cmd(None)
+        .args(["km", "serve", "--pkcs11-pin", PIN])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
