@@ -233,6 +233,10 @@ enum KmCmd {
         /// key in one (else $CLOISTER_PKCS11_PIN).
         #[arg(long)]
         pkcs11_pin_file: Option<PathBuf>,
+        /// Seconds a device may use a released key before asking again: the
+        /// longest a crypto-lock takes to reach devices holding keys.
+        #[arg(long, value_name = "SECS", default_value_t = cloister_km::DEFAULT_LEASE_SECS)]
+        key_lease: u64,
     },
     /// Print a commented example of `km serve --config FILE`.
     ConfigExample,
@@ -598,7 +602,11 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             limits,
             require_service_certs,
             pkcs11_pin_file,
+            key_lease,
         }) => {
+            if key_lease == 0 {
+                return Err("--key-lease must be at least 1 second".into());
+            }
             tls.set_outgoing(ca_file.as_ref())?;
             if !cloister_cli::custody::initialised(&data_dir) {
                 return Err(format!(
@@ -615,6 +623,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 witnesses,
                 limits: limits.limits(),
                 require_service_certs,
+                lease_secs: key_lease,
                 ..Default::default()
             };
             cloister_cli::km_serve::run(

@@ -314,3 +314,46 @@ fn km_init_and_serve_say_where_the_key_is_and_never_take_the_pin_as_a_flag() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// From the lock on, a device that holds a key keeps reading only until
+/// its lease ends: the lease bounds how long a lock takes to reach it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_reaches_a_device_holding_keys_when_its_lease_ends() {
+    let label = unique("lease");
+    let mut o = opts();
+    o.km_custody = Some(Custody::Pkcs11(config(&label)));
+    o.km_config.lease_secs = 2;
+    let w = World::with(o).await;
+    let (alice, bob) = (w.user("alice").await, w.user("bob").await);
+    let room = alice
+        .create_room(RoomSettings::default(), &[bob.user().clone()])
+        .await
+        .unwrap();
+    alice.send_text(&room, "before the lock").await.unwrap();
+    bob.read(&room, 10, None).await.unwrap();
+    let s = admin_session();
+    let tmk = key_handle(&s, &label);
+    s.update_attributes(tmk, &[Attribute::Decrypt(false), Attribute::Encrypt(false)])
+        .unwrap();
+    let locked = std::time::Instant::now();
+    // within the lease: the cached key still reads
+    assert_eq!(bob.read(&room, 10, None).await.unwrap().len(), 1);
+    // then no longer
+    let mut last_readable = locked.elapsed();
+    loop {
+        match bob.read(&room, 10, None).await {
+            Ok(_) => last_readable = locked.elapsed(),
+            Err(e) => {
+                assert_eq!(e.code(), Some("crypto_locked"), "{e}");
+                break;
+            }
+        }
+        assert!(locked.elapsed().as_secs() < 10, "the lease never ended");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // (a measurement, not an assertion: docs/benchmarks.md)
+    eprintln!("lock to last readable message: {last_readable:?} (lease 2 s)");
+    s.update_attributes(tmk, &[Attribute::Decrypt(true), Attribute::Encrypt(true)])
+        .unwrap();
+    assert_eq!(bob.read(&room, 10, None).await.unwrap().len(), 1);
+}

@@ -123,6 +123,10 @@ impl KmLimits {
     }
 }
 
+/// How long a device may use a released key without asking again: the
+/// longest a crypto-lock takes to reach a device that holds keys.
+pub const DEFAULT_LEASE_SECS: u64 = 600;
+
 /// An enrolment code is burned after this many wrong tries for its user.
 pub const MAX_CODE_TRIES: u32 = 5;
 
@@ -135,7 +139,7 @@ struct Limiters {
 impl Default for KmConfig {
     fn default() -> Self {
         KmConfig {
-            lease_secs: 3600,
+            lease_secs: DEFAULT_LEASE_SECS,
             cert_secs: 365 * 24 * 3600,
             code_secs: 7 * 24 * 3600,
             witnesses: Vec::new(),
