@@ -1,19 +1,22 @@
 //! `cloister`: one binary for the services, users, admins, the demo and the load tool.
 #![forbid(unsafe_code)]
 
+mod admin_cmd;
+mod audit_cmd;
 mod compliance_cmd;
 mod connect_cmd;
 mod controls_cmd;
 mod room_cmd;
+mod service_cmd;
 mod trust_cmd;
 mod witness_cmd;
 
-use clap::{Args, Parser, Subcommand};
+use clap::{Parser, Subcommand};
 use cloister_cli::BoxError;
 use cloister_client::{Client, Received, Storage};
 use cloister_crypto::passphrase::Cost;
 use cloister_proto::server::Content;
-use cloister_proto::{DeviceId, RoomId, TenantId, UserId};
+use cloister_proto::{RoomId, UserId};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -66,37 +69,12 @@ enum Cmd {
     BenchFirms(cloister_cli::bench_firms::FirmsBenchArgs),
     /// The tenant Key Manager.
     #[command(subcommand)]
-    Km(KmCmd),
+    Km(service_cmd::KmCmd),
     /// The messaging server (`server config-example` prints a config file).
-    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
-    Server {
-        #[command(subcommand)]
-        example: Option<ExampleCmd>,
-        /// A TOML file of this command's flags (`config-example` prints one).
-        #[arg(long, env = "CLOISTER_CONFIG", value_name = "FILE")]
-        config: Option<PathBuf>,
-        #[command(flatten)]
-        ops: cloister_cli::ops_args::OpsArgs,
-        #[command(flatten)]
-        data: ServerData,
-        #[arg(long, default_value = "127.0.0.1:7300")]
-        listen: String,
-        #[command(flatten)]
-        tls: cloister_cli::tls_args::ListenTls,
-        /// Run as one of several nodes sharing the database (PostgreSQL),
-        /// with live events between them over this NATS JetStream server.
-        #[arg(long, env = "CLOISTER_NATS_URL")]
-        nats: Option<String>,
-        /// This node's name in the cluster, stable across restarts
-        /// (default: one made up once and kept in the data directory).
-        #[arg(long, requires = "nats")]
-        node: Option<String>,
-        #[command(flatten)]
-        limits: cloister_cli::limit_args::ServerLimitArgs,
-    },
+    Server(service_cmd::ServerArgs),
     /// Tenant administration (needs an admin device).
     #[command(subcommand)]
-    Admin(AdminCmd),
+    Admin(admin_cmd::AdminCmd),
     /// The firm's directory.
     #[command(subcommand)]
     Directory(controls_cmd::DirectoryCmd),
@@ -123,7 +101,7 @@ enum Cmd {
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
     Inspect {
         #[command(subcommand)]
-        example: Option<ExampleCmd>,
+        example: Option<service_cmd::ExampleCmd>,
         /// A TOML file of this command's flags (`config-example` prints one).
         #[arg(long, env = "CLOISTER_CONFIG", value_name = "FILE")]
         config: Option<PathBuf>,
@@ -141,7 +119,7 @@ enum Cmd {
     Room(room_cmd::RoomCmd),
     /// The tenant's audit transparency log.
     #[command(subcommand)]
-    Audit(AuditCmd),
+    Audit(audit_cmd::AuditCmd),
     /// A transparency-log witness (cosigns checkpoints along one history).
     #[command(subcommand)]
     Witness(witness_cmd::WitnessCmd),
@@ -184,235 +162,6 @@ enum Cmd {
         seq: u64,
         #[arg(long)]
         out: PathBuf,
-    },
-}
-
-#[derive(Subcommand)]
-enum KmCmd {
-    /// Create the tenant: master key (sealed with the passphrase), signing key, bootstrap admin code.
-    Init {
-        #[command(flatten)]
-        data: cloister_cli::DataArgs,
-        #[arg(long)]
-        tenant: String,
-        #[command(flatten)]
-        pass: KmPass,
-        #[command(flatten)]
-        pkcs11: cloister_cli::custody::Pkcs11Args,
-    },
-    /// Serve the KM API.
-    Serve {
-        /// A TOML file of this command's flags (`config-example` prints one).
-        #[arg(long, env = "CLOISTER_CONFIG", value_name = "FILE")]
-        config: Option<PathBuf>,
-        #[command(flatten)]
-        ops: cloister_cli::ops_args::OpsArgs,
-        #[command(flatten)]
-        data: cloister_cli::DataArgs,
-        #[arg(long, default_value = "127.0.0.1:7400")]
-        listen: String,
-        #[command(flatten)]
-        tls: cloister_cli::tls_args::ListenTls,
-        #[command(flatten)]
-        pass: KmPass,
-        /// A witness (URL) to submit the audit log's checkpoints to (repeatable).
-        #[arg(long = "witness")]
-        witnesses: Vec<String>,
-        /// The messaging server to push notices to (standing changes from
-        /// SCIM, controls); without it an admin device forwards them.
-        #[arg(long)]
-        server: Option<String>,
-        #[command(flatten)]
-        limits: cloister_cli::limit_args::KmLimitArgs,
-        /// Serve the routes only services call (the vault's deny list, KM
-        /// to KM) only to connections with a client certificate from
-        /// --tls-client-ca's CA.
-        #[arg(long, requires = "tls_client_ca")]
-        require_service_certs: bool,
-        /// A file holding the HSM token's user PIN when `km init` put the
-        /// key in one (else $CLOISTER_PKCS11_PIN).
-        #[arg(long)]
-        pkcs11_pin_file: Option<PathBuf>,
-        /// Seconds a device may use a released key before asking again: the
-        /// longest a crypto-lock takes to reach devices holding keys.
-        #[arg(long, value_name = "SECS", default_value_t = cloister_km::DEFAULT_LEASE_SECS)]
-        key_lease: u64,
-    },
-    /// Print a commented example of `km serve --config FILE`.
-    ConfigExample,
-}
-
-/// `cloister SERVICE config-example`.
-#[derive(Subcommand)]
-enum ExampleCmd {
-    /// Print a commented example of this service's `--config FILE`.
-    ConfigExample,
-}
-
-/// The server's data directory and database (as [`cloister_cli::DataArgs`];
-/// optional to clap only so that `server config-example` needs neither).
-#[derive(Args)]
-struct ServerData {
-    #[arg(long, required = true)]
-    data_dir: Option<PathBuf>,
-    /// The database (`postgres://HOST/DB`, `sqlite://PATH`; default: SQLite
-    /// in the data directory). From the environment, so that a password in
-    /// it never shows in a process list.
-    #[arg(
-        long = "database-url",
-        env = "CLOISTER_DATABASE_URL",
-        hide_env_values = true
-    )]
-    database_url: Option<String>,
-}
-
-#[derive(Args)]
-struct KmPass {
-    /// File holding the KM passphrase (else $CLOISTER_KM_PASSPHRASE).
-    #[arg(long = "km-passphrase-file")]
-    file: Option<PathBuf>,
-}
-
-#[derive(Subcommand)]
-enum AdminCmd {
-    /// Register a tenant's KM with a server (operator token needed).
-    RegisterTenant {
-        #[arg(long)]
-        server: String,
-        #[arg(long)]
-        km: String,
-        #[arg(long)]
-        operator_token_file: PathBuf,
-    },
-    /// Create a user (or re-issue a code) and print a one-time enrolment code.
-    AddUser {
-        user: String,
-        #[arg(long)]
-        admin: bool,
-        /// A role: compliance, custodian, surveillance, admin (repeatable).
-        #[arg(long = "role")]
-        roles: Vec<String>,
-        /// An external guest the firm sponsors (no KM of their own): only
-        /// in rooms the firm's users put them in, never with other firms.
-        #[arg(long, conflicts_with_all = ["admin", "roles"])]
-        guest: bool,
-    },
-    /// Disable a user: no more keys, no more server access.
-    DisableUser { user: String },
-    /// Revoke one device.
-    RevokeDevice { device: String },
-    /// List users and their devices.
-    ListUsers,
-    /// The tenant's threshold escrow key.
-    #[command(subcommand)]
-    Escrow(EscrowCmd),
-    /// The tenant's compliance vault and capture policy.
-    #[command(subcommand)]
-    Vault(compliance_cmd::AdminVaultCmd),
-    /// Trust between firms: this KM's key, and partner KMs pinned.
-    #[command(subcommand)]
-    Trust(trust_cmd::TrustCmd),
-    /// Communication controls: entitlements, groups, barriers, profiles, SCIM tokens.
-    #[command(flatten)]
-    Controls(controls_cmd::ControlsAdminCmd),
-    /// Copy a service's SQLite data directory (KM, server, vault or
-    /// witness) while it runs: consistent, with a manifest of hashes and
-    /// the audit log's checkpoint.
-    Backup {
-        /// The service's data directory.
-        #[arg(long)]
-        data_dir: PathBuf,
-        /// A new directory for the backup.
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Bring a backup back into an empty data directory (the service
-    /// stopped); says what the restore loses.
-    Restore {
-        /// A directory written by `admin backup`.
-        #[arg(long)]
-        from: PathBuf,
-        /// The service's data directory: absent or empty.
-        #[arg(long)]
-        data_dir: PathBuf,
-    },
-}
-
-#[derive(Subcommand)]
-enum EscrowCmd {
-    /// Create the escrow key and split it among custodians (once per tenant).
-    Init {
-        /// A custodian user (repeat; each needs an enrolled device).
-        #[arg(long = "custodian", required = true)]
-        custodians: Vec<String>,
-        /// How many custodians must approve a decryption.
-        #[arg(long)]
-        threshold: u8,
-    },
-    /// Show the KM-signed escrow descriptor.
-    Show,
-}
-
-#[derive(Subcommand)]
-enum AuditCmd {
-    /// The latest signed checkpoint, checked against the last one this device saw.
-    Checkpoint,
-    /// Require cosignatures from QUORUM of these witnesses on every checkpoint.
-    WitnessPolicy {
-        #[arg(long)]
-        quorum: usize,
-        /// A witness's cosignature key (`cloister witness init` prints it; repeatable).
-        #[arg(long = "witness", required = true)]
-        witnesses: Vec<String>,
-    },
-    /// Audit entries (admin).
-    List {
-        #[arg(long)]
-        room: Option<String>,
-        /// Only entries at or after this time (seconds since the Unix epoch).
-        #[arg(long)]
-        since: Option<u64>,
-        /// Only this kind of entry (e.g. key_released).
-        #[arg(long)]
-        kind: Option<String>,
-        #[arg(long, default_value_t = 0)]
-        from: u64,
-        #[arg(long, default_value_t = 100)]
-        limit: u32,
-    },
-    /// An entry's inclusion proof against the latest checkpoint, verified here (admin).
-    Prove { entry: u64 },
-    /// A consistency proof from OLD_SIZE to the latest checkpoint.
-    Consistency { old_size: u64 },
-    /// Every device ever given a key of ROOM, each release proven in the log.
-    WhoHasKeys { room: String },
-    /// Write checkpoint.note, log.key and entries.jsonl to a directory (admin).
-    Export {
-        #[arg(long)]
-        out: PathBuf,
-    },
-    /// Verify offline with the log's public key.
-    Verify {
-        /// The log's verifier key (`name+id+key`), or @FILE.
-        #[arg(long)]
-        key: String,
-        /// A directory written by `audit export` (checkpoint.note, entries.jsonl).
-        #[arg(long)]
-        dir: Option<PathBuf>,
-        #[arg(long)]
-        checkpoint: Option<PathBuf>,
-        /// entries.jsonl: recompute the whole tree.
-        #[arg(long)]
-        entries: Option<PathBuf>,
-        /// A remembered older checkpoint (signed note).
-        #[arg(long)]
-        previous: Option<PathBuf>,
-        /// Consistency proof JSON from `audit consistency --json`.
-        #[arg(long)]
-        consistency: Option<PathBuf>,
-        /// Inclusion proof JSON from `audit prove --json` (repeatable).
-        #[arg(long = "inclusion")]
-        inclusion: Vec<PathBuf>,
     },
 }
 
@@ -530,315 +279,13 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         }
         Cmd::Bench(args) => cloister_cli::bench::run(args, ctx.json).await?,
         Cmd::BenchFirms(args) => cloister_cli::bench_firms::run(args, ctx.json).await?,
-        Cmd::Km(KmCmd::Init {
-            data:
-                cloister_cli::DataArgs {
-                    data_dir,
-                    database_url,
-                },
-            tenant,
-            pass,
-            pkcs11,
-        }) => {
-            let tenant: TenantId = parse(&tenant)?;
-            if cloister_cli::custody::initialised(&data_dir) {
-                return Err(
-                    format!("{} already holds an initialised KM", data_dir.display()).into(),
-                );
-            }
-            let custody = match pkcs11.config(tenant.as_str())? {
-                Some(c) => cloister_cli::custody::Custody::Pkcs11(c),
-                None => cloister_cli::custody::Custody::File(read_secret(
-                    pass.file.as_deref(),
-                    "CLOISTER_KM_PASSPHRASE",
-                )?),
-            };
-            let (km, code) = cloister_cli::open_km_with(
-                &data_dir,
-                database_url.as_deref(),
-                Some(&tenant),
-                &custody,
-                Cost::DEFAULT,
-                Default::default(),
-            )
-            .await?;
-            let info = km.info();
-            let code = code.unwrap_or_default();
-            let provider = cloister_cli::custody::describe(&custody);
-            ctx.emit(
-                format!(
-                    "tenant {} initialised\n{provider}\nKM signing key: {}\nbootstrap admin: admin@{}\none-time enrolment code: {code}",
-                    info.tenant,
-                    cloister_proto::b64::encode(&info.sign_pk.0),
-                    info.tenant
-                ),
-                json!({"tenant": info.tenant, "km_sign_pk": info.sign_pk, "admin": format!("admin@{}", info.tenant), "code": code, "key_provider": km.provider_name()}),
-            );
-        }
-        Cmd::Km(KmCmd::ConfigExample) => {
-            print!("{}", cloister_cli::config::example::<Cli>(&["km", "serve"]));
-        }
-        Cmd::Server {
-            example: Some(ExampleCmd::ConfigExample),
-            ..
-        } => print!("{}", cloister_cli::config::example::<Cli>(&["server"])),
+        Cmd::Km(k) => service_cmd::km_cmd(&ctx, ca_file.as_ref(), k).await?,
+        Cmd::Server(a) => service_cmd::server_cmd(ca_file.as_ref(), a).await?,
         Cmd::Inspect {
-            example: Some(ExampleCmd::ConfigExample),
+            example: Some(service_cmd::ExampleCmd::ConfigExample),
             ..
         } => print!("{}", cloister_cli::config::example::<Cli>(&["inspect"])),
-        Cmd::Km(KmCmd::Serve {
-            config: _,
-            ops,
-            data:
-                cloister_cli::DataArgs {
-                    data_dir,
-                    database_url,
-                },
-            listen,
-            tls,
-            pass,
-            witnesses,
-            server,
-            limits,
-            require_service_certs,
-            pkcs11_pin_file,
-            key_lease,
-        }) => {
-            if key_lease == 0 {
-                return Err("--key-lease must be at least 1 second".into());
-            }
-            tls.set_outgoing(ca_file.as_ref())?;
-            if !cloister_cli::custody::initialised(&data_dir) {
-                return Err(format!(
-                    "no KM in {}; run `cloister km init` first",
-                    data_dir.display()
-                )
-                .into());
-            }
-            let custody =
-                cloister_cli::custody::for_serve(&data_dir, pkcs11_pin_file.as_deref(), || {
-                    read_secret(pass.file.as_deref(), "CLOISTER_KM_PASSPHRASE")
-                })?;
-            let config = cloister_km::KmConfig {
-                witnesses,
-                limits: limits.limits(),
-                require_service_certs,
-                lease_secs: key_lease,
-                ..Default::default()
-            };
-            cloister_cli::km_serve::run(
-                cloister_cli::km_serve::KmServe {
-                    data_dir,
-                    database_url,
-                    listen,
-                    ops,
-                    tls: tls.load()?,
-                    custody,
-                    config,
-                    server,
-                },
-                shutdown_signal(),
-            )
-            .await?;
-        }
-        Cmd::Server {
-            example: None,
-            config: _,
-            ops,
-            data: ServerData {
-                data_dir,
-                database_url,
-            },
-            listen,
-            tls,
-            nats,
-            node,
-            limits,
-        } => {
-            // clap requires it unless `config-example` is asked for
-            let data_dir = data_dir.ok_or("--data-dir is required")?;
-            tls.set_outgoing(ca_file.as_ref())?;
-            let server_tls = tls.load()?;
-            // Nodes share one database: a node's own SQLite file cannot be it.
-            if nats.is_some()
-                && cloister_store::backend_of(database_url.as_deref().unwrap_or("sqlite:"))?
-                    != cloister_store::Backend::Postgres
-            {
-                return Err(
-                    "--nats needs --database-url postgres://… (the nodes share one database)"
-                        .into(),
-                );
-            }
-            let cluster = match nats {
-                Some(nats_url) => Some(cloister_server::ClusterConfig {
-                    nats_url,
-                    node: match node {
-                        Some(n) => n,
-                        None => cloister_cli::node_name(&data_dir)?,
-                    },
-                }),
-                None => None,
-            };
-            let config = cloister_server::ServerConfig {
-                cluster,
-                limits: limits.limits(),
-                ..Default::default()
-            };
-            let server =
-                cloister_server::Server::open_url(&data_dir, database_url.as_deref(), config)
-                    .await?;
-            let l = tokio::net::TcpListener::bind(&listen)
-                .await
-                .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
-            eprintln!(
-                "server listening on {}://{}; operator token in {}",
-                tls.scheme(),
-                l.local_addr()?,
-                cloister_server::operator_token_path(&data_dir).display()
-            );
-            ops.serve(
-                server_tls.as_ref(),
-                cloister_http::ops::ops_router(server.metrics().clone(), server.ready_check()),
-            )
-            .await?;
-            cloister_http::serve_with(
-                l,
-                server_tls.as_ref(),
-                cloister_server::router(server),
-                shutdown_signal(),
-            )
-            .await?;
-        }
-        Cmd::Admin(AdminCmd::RegisterTenant {
-            server,
-            km,
-            operator_token_file,
-        }) => {
-            let http = cloister_tls::http_client();
-            let tok = std::fs::read_to_string(&operator_token_file)
-                .map_err(|e| format!("{}: {e}", operator_token_file.display()))?;
-            let info = cloister_client::km_info(&http, &km).await?;
-            cloister_client::register_tenant(&http, &server, tok.trim(), &info).await?;
-            ctx.emit(
-                format!("tenant {} registered", info.tenant),
-                json!({"tenant": info.tenant}),
-            );
-        }
-        Cmd::Admin(AdminCmd::Backup { data_dir, out }) => {
-            let m = cloister_cli::backup::backup(&data_dir, &out).await?;
-            let logs: Vec<String> = m
-                .logs
-                .iter()
-                .map(|l| format!("{} log: {} entries", l.database, l.size))
-                .collect();
-            ctx.emit(
-                format!(
-                    "backed up {} files to {}{}{}",
-                    m.files.len(),
-                    out.display(),
-                    if logs.is_empty() { "" } else { "; " },
-                    logs.join(", ")
-                ),
-                serde_json::to_value(&m)?,
-            );
-        }
-        Cmd::Admin(AdminCmd::Restore { from, data_dir }) => {
-            let m = cloister_cli::backup::restore(&from, &data_dir)?;
-            ctx.emit(
-                cloister_cli::backup::describe(&m),
-                serde_json::to_value(&m)?,
-            );
-        }
-        Cmd::Admin(AdminCmd::AddUser {
-            user,
-            admin,
-            roles,
-            guest,
-        }) => {
-            let c = ctx.client()?;
-            let mut rs = roles
-                .iter()
-                .map(|r| parse(r))
-                .collect::<Result<Vec<cloister_proto::km::Role>, _>>()?;
-            if admin {
-                rs.push(cloister_proto::km::Role::Admin);
-            }
-            rs.push(if guest {
-                cloister_proto::km::Role::Guest
-            } else {
-                cloister_proto::km::Role::User
-            });
-            let r = c.admin_add_user_roles(&parse(&user)?, &rs).await?;
-            ctx.emit(
-                format!("user {}\none-time enrolment code: {}", r.user, r.code),
-                json!({"user": r.user, "code": r.code, "expires_at": r.expires_at}),
-            );
-        }
-        Cmd::Admin(AdminCmd::DisableUser { user }) => {
-            let c = ctx.client()?;
-            let u: UserId = parse(&user)?;
-            c.admin_disable_user(&u).await?;
-            ctx.emit(
-                format!("{u} disabled"),
-                json!({"user": u, "status": "disabled"}),
-            );
-        }
-        Cmd::Admin(AdminCmd::RevokeDevice { device }) => {
-            let c = ctx.client()?;
-            let d: DeviceId = parse(&device)?;
-            c.admin_revoke_device(&d).await?;
-            ctx.emit(
-                format!("device {d} revoked"),
-                json!({"device": d, "status": "revoked"}),
-            );
-        }
-        Cmd::Admin(AdminCmd::Escrow(EscrowCmd::Init {
-            custodians,
-            threshold,
-        })) => {
-            let c = ctx.client()?;
-            let us = custodians
-                .iter()
-                .map(|u| parse(u))
-                .collect::<Result<Vec<UserId>, _>>()?;
-            let d = c.admin_escrow_init(&us, threshold).await?;
-            ctx.emit(
-                format!(
-                    "escrow key {} created; any {} of {} custodians can open the archive; the private key was never stored",
-                    b64std(&d.public.0),
-                    d.threshold,
-                    d.custodians.len()
-                ),
-                serde_json::to_value(&d)?,
-            );
-        }
-        Cmd::Admin(AdminCmd::Escrow(EscrowCmd::Show)) => {
-            let c = ctx.client()?;
-            let d = c.escrow_info().await?;
-            let names: Vec<String> = d.custodians.iter().map(|u| u.to_string()).collect();
-            ctx.emit(
-                format!(
-                    "escrow key {} threshold {} of {}: {}",
-                    b64std(&d.public.0),
-                    d.threshold,
-                    names.len(),
-                    names.join(", ")
-                ),
-                serde_json::to_value(&d)?,
-            );
-        }
-        Cmd::Admin(AdminCmd::ListUsers) => {
-            let c = ctx.client()?;
-            let users = c.admin_list_users().await?;
-            let mut lines = Vec::new();
-            for u in &users {
-                lines.push(format!("{} ({}) roles={:?}", u.user, u.status, u.roles));
-                for d in &u.devices {
-                    lines.push(format!("  device {} ({})", d.device, d.status));
-                }
-            }
-            ctx.emit(lines.join("\n"), serde_json::to_value(&users)?);
-        }
+        Cmd::Admin(ac) => admin_cmd::admin_cmd(&ctx, ac).await?,
         Cmd::Enrol {
             server,
             km,
@@ -876,9 +323,6 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Cmd::Room(rc) => room_cmd::room_cmd(&ctx, rc).await?,
         Cmd::Vault(vc) => compliance_cmd::vault_cmd(&ctx, vc).await?,
         Cmd::Witness(wc) => witness_cmd::witness_cmd(&ctx, wc).await?,
-        Cmd::Admin(AdminCmd::Vault(vc)) => compliance_cmd::admin_vault_cmd(&ctx, vc).await?,
-        Cmd::Admin(AdminCmd::Controls(cc)) => controls_cmd::admin_cmd(&ctx, cc).await?,
-        Cmd::Admin(AdminCmd::Trust(tc)) => trust_cmd::trust_cmd(&ctx, tc).await?,
         Cmd::Directory(dc) => controls_cmd::directory_cmd(&ctx, dc).await?,
         Cmd::Connect(cc) => connect_cmd::connect_cmd(&ctx, cc).await?,
         Cmd::Entitlements => controls_cmd::entitlements_cmd(&ctx).await?,
@@ -913,7 +357,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         }
         Cmd::Compliance(cc) => compliance_cmd::compliance_cmd(&ctx, cc).await?,
         Cmd::Export(ec) => compliance_cmd::export_cmd(&ctx, ec)?,
-        Cmd::Audit(ac) => audit_cmd(&ctx, ac).await?,
+        Cmd::Audit(ac) => audit_cmd::audit_cmd(&ctx, ac).await?,
         Cmd::Im { user } => {
             let c = ctx.client()?;
             let room = c.im(&parse(&user)?).await?;
@@ -1012,131 +456,6 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
 
 /// Failed reconnections in a row before `tail` gives up (about a minute).
 const TAIL_RETRIES: u32 = 16;
-
-fn b64std(b: &[u8]) -> String {
-    cloister_proto::b64::encode(b)
-}
-
-async fn audit_cmd(ctx: &Ctx, ac: AuditCmd) -> Result<(), BoxError> {
-    if let AuditCmd::Verify {
-        key,
-        dir,
-        checkpoint,
-        entries,
-        previous,
-        consistency,
-        inclusion,
-    } = ac
-    {
-        let key = match key.strip_prefix('@') {
-            Some(f) => std::fs::read_to_string(f)
-                .map_err(|e| format!("{f}: {e}"))?
-                .trim()
-                .to_owned(),
-            None => key,
-        };
-        let cp = checkpoint
-            .or_else(|| dir.as_ref().map(|d| d.join("checkpoint.note")))
-            .ok_or("give --checkpoint FILE or --dir DIR")?;
-        let entries = entries.or_else(|| dir.as_ref().map(|d| d.join("entries.jsonl")));
-        let input = cloister_cli::audit::VerifyInput {
-            key: &key,
-            checkpoint: &cp,
-            entries: entries.as_deref(),
-            previous: previous.as_deref(),
-            consistency: consistency.as_deref(),
-            inclusion: &inclusion,
-        };
-        let lines = cloister_cli::audit::verify(&input)?;
-        ctx.emit(lines.join("\n"), json!({"ok": true, "checks": lines}));
-        return Ok(());
-    }
-    let c = ctx.client()?;
-    match ac {
-        AuditCmd::WitnessPolicy { quorum, witnesses } => {
-            c.set_witness_policy(&witnesses, quorum)?;
-            ctx.emit(
-                format!(
-                    "checkpoints now need cosignatures from {quorum} of {} witnesses",
-                    witnesses.len()
-                ),
-                json!({"quorum": quorum, "witnesses": witnesses}),
-            );
-        }
-        AuditCmd::Checkpoint => {
-            let (cp, note) = c.audit_checkpoint().await?;
-            ctx.emit(note.trim_end(), json!({"origin": cp.origin, "size": cp.size, "root": b64std(&cp.root), "note": note}));
-        }
-        AuditCmd::List {
-            room,
-            since,
-            kind,
-            from,
-            limit,
-        } => {
-            let room = match room {
-                Some(r) => Some(resolve_room(&c, &r).await?),
-                None => None,
-            };
-            let rows = c
-                .audit_list(from, limit, kind, room, since.map(|s| s * 1000))
-                .await?;
-            let lines: Vec<String> = rows
-                .iter()
-                .map(|(i, r, _)| {
-                    format!(
-                        "{i:>6} {} {}",
-                        r.ts / 1000,
-                        serde_json::to_string(&r.event).unwrap_or_default()
-                    )
-                })
-                .collect();
-            let items: Vec<_> = rows
-                .iter()
-                .map(|(i, r, _)| json!({"index": i, "record": r}))
-                .collect();
-            ctx.emit(lines.join("\n"), json!({"entries": items}));
-        }
-        AuditCmd::Prove { entry } => {
-            let (p, _) = c.audit_prove(entry).await?;
-            let rec = String::from_utf8_lossy(p.data.as_slice()).into_owned();
-            ctx.emit(
-                format!("entry {} is included in the signed checkpoint of size {} ({} proof hashes, verified)\n{rec}", p.index, p.size, p.proof.len()),
-                serde_json::to_value(&p)?,
-            );
-        }
-        AuditCmd::Consistency { old_size } => {
-            let (p, _) = c.audit_consistency(old_size).await?;
-            ctx.emit(
-                format!(
-                    "consistency proof {} -> {}: {} hashes",
-                    p.old,
-                    p.new,
-                    p.proof.len()
-                ),
-                serde_json::to_value(&p)?,
-            );
-        }
-        AuditCmd::WhoHasKeys { room } => {
-            let room = resolve_room(&c, &room).await?;
-            let rel = c.who_has_keys(&room).await?;
-            let lines: Vec<String> = rel.iter().map(cloister_cli::audit::release_line).collect();
-            ctx.emit(lines.join("\n"), json!({"room": room, "releases": rel}));
-        }
-        AuditCmd::Export { out } => {
-            let size = cloister_cli::audit::export(&c, &out).await?;
-            ctx.emit(
-                format!(
-                    "exported {size} entries and the signed checkpoint to {}",
-                    out.display()
-                ),
-                json!({"out": out, "size": size}),
-            );
-        }
-        AuditCmd::Verify { .. } => {}
-    }
-    Ok(())
-}
 
 fn main() -> ExitCode {
     let cli = match cloister_cli::config::parse::<Cli>(std::env::args_os().collect()) {

@@ -187,10 +187,16 @@ async fn messages_flow_with_the_master_key_in_the_token_and_a_lock_stops_release
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 503, "not ready while locked");
+    let st = w.admin.admin_lock_status().await.unwrap();
+    assert!(st.locked && st.provider == "pkcs11", "{st:?}");
+    assert!(st.reason.is_some_and(|r| !r.contains(PIN)));
 
     // Enable it again: service resumes, nothing lost.
     s.update_attributes(tmk, &[Attribute::Decrypt(true), Attribute::Encrypt(true)])
         .unwrap();
+    let st = w.admin.admin_lock_status().await.unwrap();
+    assert!(!st.locked, "{st:?}");
+    assert_eq!(st.lease_secs, cloister_km::DEFAULT_LEASE_SECS);
     let got = bob.read(&room, 10, None).await.unwrap();
     assert_eq!(got.len(), 1);
     alice.send_text(&room, "after the lock").await.unwrap();

@@ -64,4 +64,9 @@ impl Client {
     pub async fn admin_list_users(&self) -> Result<Vec<UserRecord>> {
         self.km_request(KmOp::ListUsers).await
     }
+
+    /// Whether the tenant is crypto-locked (admin).
+    pub async fn admin_lock_status(&self) -> Result<cloister_proto::km::LockStatus> {
+        self.km_request(KmOp::LockStatus).await
+    }
 }

@@ -9,7 +9,15 @@ impl Client {
         let now = now_secs();
         let mut out = HashMap::new();
         let mut missing = Vec::new();
-        if let Ok(cache) = self.key_cache.lock() {
+        if let Ok(mut cache) = self.key_cache.lock() {
+            // A key whose lease ended is gone from memory (zeroised) and
+            // from the sealed cache on disk: a crypto-lock at the KM
+            // reaches this device when the lease ends.
+            let before = cache.len();
+            cache.retain(|_, k| k.lease_until > now);
+            if cache.len() < before {
+                self.home.save_keys(&cache)?;
+            }
             for &e in epochs {
                 match cache.get(&(*room, e)) {
                     Some(k) if k.lease_until > now => {

@@ -196,6 +196,7 @@ impl Km {
                         json(&self.revoke_device(actor, &device).await?)
                     }
                     KmOp::ListUsers => json(&self.list_users().await?),
+                    KmOp::LockStatus => json(&self.lock_status().await?),
                     KmOp::AuditList {
                         from,
                         limit,

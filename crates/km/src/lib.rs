@@ -402,6 +402,28 @@ impl Km {
         .await
     }
 
+    /// Whether the master key can be used now: one unwrap through the
+    /// provider (the same test as readiness).
+    pub async fn lock_status(&self) -> Result<cloister_proto::km::LockStatus, Denied> {
+        let wrapped = self
+            .store
+            .get_meta(META_SIGNER)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| Denied::internal("the KM's signing key is missing"))?;
+        let reason = self
+            .provider
+            .unwrap(SIGNER_AAD, &wrapped)
+            .err()
+            .map(|e| e.to_string());
+        Ok(cloister_proto::km::LockStatus {
+            locked: reason.is_some(),
+            provider: self.provider.name().to_owned(),
+            reason,
+            lease_secs: self.config.lease_secs,
+        })
+    }
+
     /// Which key provider holds the master key (`file`, `pkcs11`).
     pub fn provider_name(&self) -> &'static str {
         self.provider.name()

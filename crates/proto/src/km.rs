@@ -158,6 +158,8 @@ pub enum KmOp {
     RevokeDevice { device: DeviceId },
     /// Admin: list users and devices.
     ListUsers,
+    /// Admin: whether the tenant's master key can be used (crypto-lock).
+    LockStatus,
     /// The audit log's latest signed checkpoint.
     AuditCheckpoint,
     /// Admin: audit entries, filtered.
@@ -805,4 +807,18 @@ pub struct DeviceRecord {
     pub device: DeviceId,
     pub status: String,
     pub issued_at: u64,
+}
+
+/// The answer to `LockStatus`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LockStatus {
+    /// `true`: the master key cannot be used and no key is released.
+    pub locked: bool,
+    /// Which provider holds the key (`file`, `pkcs11`).
+    pub provider: String,
+    /// Why it is locked (the provider's words, never a secret).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The key lease devices get: the longest a lock takes to reach them.
+    pub lease_secs: u64,
 }
