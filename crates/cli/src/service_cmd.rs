@@ -172,7 +172,10 @@ pub async fn km_cmd(ctx: &Ctx, ca_file: Option<&PathBuf>, cmd: KmCmd) -> Result<
             );
         }
         KmCmd::ConfigExample => {
-            print!("{}", cloister_cli::config::example::<crate::Cli>(&["km", "serve"]));
+            print!(
+                "{}",
+                cloister_cli::config::example::<crate::Cli>(&["km", "serve"])
+            );
         }
         KmCmd::Serve {
             config: _,
