@@ -331,15 +331,13 @@ pub async fn vault_cmd(ctx: &Ctx, vc: VaultCmd) -> Result<(), BoxError> {
                 l.local_addr()?,
                 v.envelope_count().await.map_err(|e| e.message)?
             );
-            ops.serve(
-                vault_tls.as_ref(),
-                cloister_http::ops::ops_router(v.metrics().clone(), v.ready_check()),
-            )
-            .await?;
-            cloister_http::serve_with(
+            let (metrics, ready) = (v.metrics().clone(), v.ready_check());
+            ops.run_service(
                 l,
                 vault_tls.as_ref(),
                 cloister_vault::router(v),
+                metrics,
+                ready,
                 shutdown_signal(),
             )
             .await?;

@@ -104,10 +104,18 @@ pub async fn run(
         if let Some(server) = &o.server {
             km.push_notices_to(server);
         }
-        o.ops.serve(o.tls.as_ref(), ops_router(&km)).await?;
-        cloister_http::serve_with(l, o.tls.as_ref(), cloister_km::http::router(km), shutdown)
-            .await?;
-        return Ok(());
+        let (metrics, ready) = (km.metrics().clone(), km.ready_check());
+        return o
+            .ops
+            .run_service(
+                l,
+                o.tls.as_ref(),
+                cloister_km::http::router(km),
+                metrics,
+                ready,
+                shutdown,
+            )
+            .await;
     }
     // Several KM processes may share this database: serve as a standby
     // until this one holds the lease.

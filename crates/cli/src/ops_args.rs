@@ -13,6 +13,23 @@ pub struct OpsArgs {
 }
 
 impl OpsArgs {
+    /// Serve a service: its operations listener (if asked for) with
+    /// `metrics` and `ready`, then its API on `l` until `shutdown`.
+    pub async fn run_service(
+        &self,
+        l: tokio::net::TcpListener,
+        tls: Option<&cloister_tls::ServerTls>,
+        api: Router,
+        metrics: std::sync::Arc<cloister_http::ops::Metrics>,
+        ready: cloister_http::ops::ReadyCheck,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    ) -> Result<(), BoxError> {
+        self.serve(tls, cloister_http::ops::ops_router(metrics, ready))
+            .await?;
+        cloister_http::serve_with(l, tls, api, shutdown).await?;
+        Ok(())
+    }
+
     /// Bind the operations listener, if asked for, and serve `router` on
     /// it until the process ends.
     pub async fn serve(

@@ -298,17 +298,14 @@ pub async fn server_cmd(ca_file: Option<&PathBuf>, a: ServerArgs) -> Result<(), 
         l.local_addr()?,
         cloister_server::operator_token_path(&data_dir).display()
     );
-    ops.serve(
-        server_tls.as_ref(),
-        cloister_http::ops::ops_router(server.metrics().clone(), server.ready_check()),
-    )
-    .await?;
-    cloister_http::serve_with(
+    let (metrics, ready) = (server.metrics().clone(), server.ready_check());
+    ops.run_service(
         l,
         server_tls.as_ref(),
         cloister_server::router(server),
+        metrics,
+        ready,
         shutdown_signal(),
     )
-    .await?;
-    Ok(())
+    .await
 }

@@ -88,15 +88,13 @@ pub async fn witness_cmd(ctx: &Ctx, wc: WitnessCmd) -> Result<(), BoxError> {
                 l.local_addr()?,
                 w.key()
             );
-            ops.serve(
-                witness_tls.as_ref(),
-                cloister_http::ops::ops_router(w.metrics().clone(), w.ready_check()),
-            )
-            .await?;
-            cloister_http::serve_with(
+            let (metrics, ready) = (w.metrics().clone(), w.ready_check());
+            ops.run_service(
                 l,
                 witness_tls.as_ref(),
                 cloister_witness::router(w),
+                metrics,
+                ready,
                 shutdown_signal(),
             )
             .await?;

@@ -248,36 +248,6 @@ async fn every_service_reports_health_and_metrics_a_prometheus_parser_reads() {
     }
 }
 
-/// Start `cloister` with stderr read line by line until every marker has
-/// been printed; the URL after each.
-fn spawn_until(
-    mut c: std::process::Command,
-    markers: &[&str],
-) -> (std::process::Child, Vec<String>) {
-    let mut child = c
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let mut urls = vec![String::new(); markers.len()];
-    while urls.iter().any(String::is_empty) {
-        let line = lines.next().expect("service exited early").unwrap();
-        for (i, m) in markers.iter().enumerate() {
-            if let Some(at) = line.find(m) {
-                urls[i] = line[at + m.len()..]
-                    .split_whitespace()
-                    .next()
-                    .unwrap()
-                    .trim_end_matches([';', ','])
-                    .to_owned();
-            }
-        }
-    }
-    std::thread::spawn(move || for _ in lines {});
-    (child, urls)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_service_started_from_a_config_file_serves_metrics_apart() {
     let dir = tempfile::tempdir().unwrap();
@@ -312,7 +282,7 @@ async fn a_service_started_from_a_config_file_serves_metrics_apart() {
     .unwrap();
     let mut c = cmd(None);
     c.args(["km", "serve", "--config"]).arg(&file);
-    let (child, urls) = spawn_until(c, &["listening on ", "metrics on "]);
+    let (child, urls) = common::procs::spawn_reporting(c, &["listening on ", "metrics on "]);
     let _p = Procs(vec![child]);
     let (api, metrics) = (&urls[0], urls[1].trim_end_matches("/metrics").to_owned());
     assert_ne!(api, &metrics, "metrics are on their own listener");

@@ -64,7 +64,14 @@ pub fn fails(out: Output) -> String {
 /// 127.0.0.1:0`) and returns it with the URL it reports on stderr
 /// ("... listening on http://ADDR ..."). Picking a free port first and
 /// passing it in raced with every other test binding ports meanwhile.
-pub fn spawn_service(mut c: Command) -> (Child, String) {
+pub fn spawn_service(c: Command) -> (Child, String) {
+    let (child, mut urls) = spawn_reporting(c, &["listening on "]);
+    (child, urls.remove(0))
+}
+
+/// Start `cloister`, reading stderr until each marker has been printed;
+/// the word after each (a URL), in the markers' order.
+pub fn spawn_reporting(mut c: Command, markers: &[&str]) -> (Child, Vec<String>) {
     use std::io::BufRead;
     let mut child = c
         .stdout(Stdio::null())
@@ -72,23 +79,26 @@ pub fn spawn_service(mut c: Command) -> (Child, String) {
         .spawn()
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
-    let url = loop {
+    let mut urls = vec![String::new(); markers.len()];
+    while urls.iter().any(String::is_empty) {
         let line = lines
             .next()
             .expect("service exited before it listened")
             .unwrap();
-        if let Some(at) = line.find("listening on http://") {
-            break line[at + "listening on ".len()..]
-                .split_whitespace()
-                .next()
-                .unwrap()
-                .trim_end_matches([';', ','])
-                .to_owned();
+        for (i, m) in markers.iter().enumerate() {
+            if let Some(at) = line.find(m) {
+                urls[i] = line[at + m.len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap()
+                    .trim_end_matches([';', ','])
+                    .to_owned();
+            }
         }
-    };
+    }
     // keep draining stderr so the service never blocks on a full pipe
     std::thread::spawn(move || for _ in lines {});
-    (child, url)
+    (child, urls)
 }
 
 pub fn wait_http(url: &str) {
