@@ -2,7 +2,7 @@
 //! operator's backup and restore of a data directory.
 
 use super::audit_cmd::b64std;
-use super::{Ctx, compliance_cmd, controls_cmd, parse, trust_cmd};
+use super::{Ctx, compliance_cmd, controls_cmd, parse, rotate_cmd, trust_cmd};
 use clap::Subcommand;
 use cloister_cli::BoxError;
 use cloister_proto::{DeviceId, UserId};
@@ -42,6 +42,10 @@ pub enum AdminCmd {
     /// Whether the tenant's master key can be used, or the tenant is
     /// crypto-locked (a non-zero exit code when locked).
     LockStatus,
+    /// Rotate a key of the tenant: the master key, a room's key, the
+    /// audit log's signing key, the escrow key.
+    #[command(subcommand)]
+    Rotate(rotate_cmd::RotateCmd),
     /// The tenant's threshold escrow key.
     #[command(subcommand)]
     Escrow(EscrowCmd),
@@ -113,6 +117,7 @@ pub async fn admin_cmd(ctx: &Ctx, ac: AdminCmd) -> Result<(), BoxError> {
             }
         }
         AdminCmd::Controls(cc) => controls_cmd::admin_cmd(ctx, cc).await?,
+        AdminCmd::Rotate(rc) => rotate_cmd::rotate_cmd(ctx, rc).await?,
         AdminCmd::Trust(tc) => trust_cmd::trust_cmd(ctx, tc).await?,
         AdminCmd::RegisterTenant {
             server,

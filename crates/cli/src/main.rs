@@ -7,6 +7,7 @@ mod compliance_cmd;
 mod connect_cmd;
 mod controls_cmd;
 mod room_cmd;
+mod rotate_cmd;
 mod service_cmd;
 mod trust_cmd;
 mod witness_cmd;

@@ -69,4 +69,10 @@ impl Client {
     pub async fn admin_lock_status(&self) -> Result<cloister_proto::km::LockStatus> {
         self.km_request(KmOp::LockStatus).await
     }
+
+    /// One step of a master-key rotation (admin): starts or resumes one,
+    /// re-wraps up to `batch` keys, and retires the old key when none is left.
+    pub async fn admin_rotate_tmk(&self, batch: u32) -> Result<cloister_proto::km::TmkRotation> {
+        self.km_request(KmOp::RotateTmk { batch }).await
+    }
 }

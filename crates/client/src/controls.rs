@@ -167,6 +167,16 @@ impl Client {
         .await
     }
 
+    /// Emergency rotation of a room's key (an owner, an admin or a
+    /// compliance officer): the KM signs a new epoch into the room's log.
+    pub async fn room_rekey(&self, room: &RoomId, reason: &str) -> Result<RoomControlResponse> {
+        self.km_request(KmOp::RoomRekey {
+            room: *room,
+            reason: reason.to_owned(),
+        })
+        .await
+    }
+
     /// Compliance: ban a member (a new epoch without them, never re-added).
     pub async fn room_ban(
         &self,

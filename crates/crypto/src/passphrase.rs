@@ -62,6 +62,25 @@ pub fn seal(pass: &[u8], secret: &[u8], cost: Cost) -> Result<Vec<u8>, CryptoErr
     Ok(out)
 }
 
+/// The cost a sealed file was made with (to seal a successor alike).
+pub fn cost_of(sealed: &[u8]) -> Option<Cost> {
+    if sealed.len() < HEADER || &sealed[..5] != MAGIC {
+        return None;
+    }
+    let u32_at = |i: usize| {
+        sealed
+            .get(i..i + 4)?
+            .try_into()
+            .ok()
+            .map(u32::from_be_bytes)
+    };
+    Some(Cost {
+        m_kib: u32_at(5)?,
+        t: u32_at(9)?,
+        p: u32_at(13)?,
+    })
+}
+
 /// Open a file sealed by [`seal`].
 pub fn open(pass: &[u8], sealed: &[u8]) -> Result<SecretBytes, CryptoError> {
     if sealed.len() < HEADER + 28 || &sealed[..5] != MAGIC {

@@ -5,36 +5,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use cloister_crypto::passphrase::Cost;
-use cloister_km::provider::{FileKeyProvider, KeyProvider, Pkcs11Config, Pkcs11KeyProvider};
+use cloister_km::provider::{FileKeyProvider, KeyProvider};
 use criterion::{Criterion, criterion_group, criterion_main};
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-
-fn softhsm() -> Option<Pkcs11KeyProvider> {
-    if !std::path::Path::new(MODULE).exists() {
-        eprintln!("SoftHSM2 is not installed (scripts/tools): measuring the file provider only");
-        return None;
-    }
-    let label = format!("cloister-bench-{}", std::process::id());
-    let ok = std::process::Command::new("softhsm2-util")
-        .args(["--init-token", "--free", "--label", &label])
-        .args(["--so-pin", "so-bench", "--pin", "bench-pin"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!("cannot make a SoftHSM token: measuring the file provider only");
-        return None;
-    }
-    Some(
-        Pkcs11KeyProvider::create(&Pkcs11Config {
-            module: MODULE.into(),
-            token: label,
-            pin: "bench-pin".into(),
-            key_label: "bench-tmk".into(),
-        })
-        .unwrap(),
-    )
-}
+mod softhsm;
+use softhsm::{drop_token, softhsm};
 
 fn bench(c: &mut Criterion) {
     let dir = tempfile::tempdir().unwrap();
@@ -56,11 +31,7 @@ fn bench(c: &mut Criterion) {
     }
     g.finish();
     if let Some(h) = hsm {
-        let token = h.token().to_owned();
-        drop(h);
-        let _ = std::process::Command::new("softhsm2-util")
-            .args(["--delete-token", "--token", &token])
-            .output();
+        drop_token(h);
     }
 }
 

@@ -17,28 +17,26 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+mod softhsm;
+
+/// A KM with one enrolled device and one room whose key epoch 0 exists.
+fn setup(
+    rt: &tokio::runtime::Runtime,
+    dir: &std::path::Path,
+    provider: Arc<dyn KeyProvider>,
+) -> (Arc<Km>, DeviceKeys, RoomId) {
     let tenant: TenantId = "acme".parse().unwrap();
-    let (km, dev, room) = rt.block_on(async {
+    rt.block_on(async {
         let store = Arc::new(
-            cloister_store::SqlKmStore::open(&cloister_store::sqlite_url(
-                &dir.path().join("km.db"),
-            ))
-            .await
-            .unwrap(),
+            cloister_store::SqlKmStore::open(&cloister_store::sqlite_url(&dir.join("km.db")))
+                .await
+                .unwrap(),
         );
-        let provider: Arc<dyn KeyProvider> =
-            Arc::new(FileKeyProvider::create(&dir.path().join("tmk"), b"pw", Cost::TEST).unwrap());
         let (km, _) = Km::init(
             store.clone(),
             store,
             provider,
-            tenant.clone(),
+            tenant,
             // the bench measures release, not the rate limiter
             KmConfig {
                 limits: cloister_km::KmLimits::off(),
@@ -98,22 +96,18 @@ fn bench(c: &mut Criterion) {
             .await
             .unwrap();
         (Arc::new(km), dev, room)
-    });
-    let make = || {
-        let body = RequestBody {
-            device: dev.device_id(),
-            ts: cloister_proto::now_millis(),
-            nonce: Fixed(cloister_crypto::random_bytes().unwrap()),
-            op: KmOp::RoomKeys {
-                room,
-                epochs: vec![0],
-                log_from: 1,
-                log: vec![],
-                certs: Vec::new(),
-            },
-        };
-        signed::sign_request(&dev, &body).unwrap()
-    };
+    })
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (km, dev, room) = setup(&rt, dir.path(), file_provider(dir.path()));
+    let tenant: TenantId = "acme".parse().unwrap();
+    let make = || release_request(&dev, room);
     let mut g = c.benchmark_group("km");
     // The freshness check a sender makes once per room per freshness period:
     // request verification, the verified room state, a signed head.
@@ -174,23 +168,7 @@ fn bench(c: &mut Criterion) {
     // for the last fsync of every 64 with the core idle).
     g.throughput(Throughput::Elements(512));
     g.bench_function("key_release_1_epoch_sustained_64_in_flight_one_core", |b| {
-        use futures_util::StreamExt;
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let reqs: Vec<_> = (0..512).map(|_| make()).collect();
-                let t = Instant::now();
-                let ok = one.block_on(
-                    futures_util::stream::iter(reqs.iter().map(|r| km.handle(r)))
-                        .buffer_unordered(64)
-                        .filter(|r| std::future::ready(r.is_ok()))
-                        .count(),
-                );
-                total += t.elapsed();
-                assert_eq!(ok, 512);
-            }
-            total
-        })
+        b.iter_custom(|iters| (0..iters).map(|_| sustained(&one, &km, make)).sum())
     });
     g.throughput(Throughput::Elements(1));
     // The primitives' limit, measured in the same run.
@@ -210,6 +188,86 @@ fn bench(c: &mut Criterion) {
         })
     });
     g.finish();
+}
+
+/// The TMK in a sealed file in `dir`.
+fn file_provider(dir: &std::path::Path) -> Arc<dyn KeyProvider> {
+    Arc::new(FileKeyProvider::create(&dir.join("tmk"), b"pw", Cost::TEST).unwrap())
+}
+
+/// A signed request for epoch 0 of `room`.
+fn release_request(dev: &DeviceKeys, room: RoomId) -> cloister_proto::km::SignedRequest {
+    let body = RequestBody {
+        device: dev.device_id(),
+        ts: cloister_proto::now_millis(),
+        nonce: Fixed(cloister_crypto::random_bytes().unwrap()),
+        op: KmOp::RoomKeys {
+            room,
+            epochs: vec![0],
+            log_from: 1,
+            log: vec![],
+            certs: Vec::new(),
+        },
+    };
+    signed::sign_request(dev, &body).unwrap()
+}
+
+/// 512 releases with 64 in flight at any time on one core, so one group
+/// commit's fsync overlaps the work of the next releases, as in a loaded
+/// KM: the time they take.
+fn sustained(
+    one: &tokio::runtime::Runtime,
+    km: &Km,
+    make: impl Fn() -> cloister_proto::km::SignedRequest,
+) -> Duration {
+    use futures_util::StreamExt;
+    let reqs: Vec<_> = (0..512).map(|_| make()).collect();
+    let t = Instant::now();
+    let ok = one.block_on(
+        futures_util::stream::iter(reqs.iter().map(|r| km.handle(r)))
+            .buffer_unordered(64)
+            .filter(|r| std::future::ready(r.is_ok()))
+            .count(),
+    );
+    let took = t.elapsed();
+    assert_eq!(ok, 512);
+    took
+}
+
+/// Key releases per second with the master key in a sealed file and in
+/// SoftHSM2 over PKCS#11 (each release unwraps the key through the provider).
+fn custody(c: &mut Criterion) {
+    let (rt, one) = (
+        tokio::runtime::Runtime::new().unwrap(),
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap(),
+    );
+    let file_dir = tempfile::tempdir().unwrap();
+    let file = file_provider(file_dir.path());
+    let mut kms = vec![("file", setup(&rt, file_dir.path(), file))];
+    let hsm_dir = tempfile::tempdir().unwrap();
+    let hsm = softhsm::softhsm().map(Arc::new);
+    if let Some(h) = &hsm {
+        kms.push(("pkcs11_softhsm", setup(&rt, hsm_dir.path(), h.clone())));
+    }
+    let mut g = c.benchmark_group("custody");
+    g.throughput(Throughput::Elements(512));
+    for (name, (km, dev, room)) in &kms {
+        g.bench_function(format!("{name}/key_release_sustained_one_core"), |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| sustained(&one, km, || release_request(dev, *room)))
+                    .sum()
+            })
+        });
+    }
+    g.finish();
+    drop(kms);
+    if let Some(h) = hsm.and_then(|h| Arc::try_unwrap(h).ok()) {
+        softhsm::drop_token(h);
+    }
 }
 
 /// Durable audit appends per second (batched group commit on SQLite).
@@ -265,5 +323,5 @@ fn appends(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, bench, appends);
+criterion_group!(benches, bench, appends, custody);
 criterion_main!(benches);

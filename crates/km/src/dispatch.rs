@@ -169,6 +169,7 @@ impl Km {
             | KmOp::ScimTokenRevoke { .. }
             | KmOp::DlpPut { .. }
             | KmOp::DlpPolicies) => self.directory_op(&cert, op).await,
+            KmOp::RoomRekey { room, reason } => json(&self.room_rekey(&cert, &room, reason).await?),
             op @ (KmOp::RoomLock { .. } | KmOp::RoomUnlock { .. } | KmOp::RoomBan { .. }) => {
                 self.room_control_op(&cert, op).await
             }
@@ -197,6 +198,7 @@ impl Km {
                     }
                     KmOp::ListUsers => json(&self.list_users().await?),
                     KmOp::LockStatus => json(&self.lock_status().await?),
+                    KmOp::RotateTmk { batch } => json(&self.rotate_tmk_step(actor, batch).await?),
                     KmOp::AuditList {
                         from,
                         limit,

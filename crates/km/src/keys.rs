@@ -117,7 +117,7 @@ impl Km {
                 .provider
                 .wrap_destroyable(&aad, k.expose())
                 .map_err(Denied::from)?;
-            rewrapped.push((name, n, nw));
+            rewrapped.push((name, n, w, nw));
         }
         self.store
             .rewrap_keys(&rewrapped)

@@ -35,6 +35,7 @@ mod roomcontrol;
 mod rooms;
 mod scim;
 mod shared_directory;
+mod tmk;
 mod transparency;
 mod trust;
 mod users;
@@ -169,12 +170,6 @@ pub enum KmError {
 }
 
 const META_TENANT: &str = "tenant";
-const META_SIGNER: &str = "signer_wrapped";
-const SIGNER_AAD: &[u8] = b"cloister/km-signer/v1";
-const META_LOG_SIGNER: &str = "log_signer_wrapped";
-const META_EXCHANGE: &str = "exchange_key_wrapped";
-const EXCHANGE_AAD: &[u8] = b"cloister/km-exchange/v1";
-const LOG_SIGNER_AAD: &[u8] = b"cloister/log-signer/v1";
 const BOOTSTRAP_ADMIN: &str = "admin";
 
 /// Files of a KM data directory.
@@ -208,6 +203,8 @@ pub struct Km {
     exchanges: cloister_store::RoomLocks,
     /// Creating a key (read) against re-wrapping them all (write, retention).
     keys_lock: tokio::sync::RwLock<()>,
+    /// One master-key rotation step at a time.
+    rotation: tokio::sync::Mutex<()>,
     /// Verified certificates of devices found active (device active, user
     /// active). The KM is the only writer of that state, so it evicts entries
     /// itself on revocation and disabling.
@@ -251,9 +248,7 @@ impl Km {
         if store.get_meta(META_TENANT).await?.is_some() {
             return Err(KmError::AlreadyInitialised(tenant.to_string()));
         }
-        let signer = KmSigner::generate()?;
-        let wrapped = provider.wrap(SIGNER_AAD, signer.secret_bytes().expose())?;
-        store.init_meta(META_SIGNER, &wrapped).await?;
+        let signer = Self::km_signer(&store, &provider).await?;
         let log_signer = Self::log_signer(&store, &provider).await?;
         let exchange = Self::exchange_key(&store, &provider).await?;
         store
@@ -313,12 +308,7 @@ impl Km {
             .ok()
             .and_then(|t| t.parse().ok())
             .ok_or(KmError::Corrupt("tenant id"))?;
-        let wrapped = store
-            .get_meta(META_SIGNER)
-            .await?
-            .ok_or(KmError::Corrupt("signing key"))?;
-        let secret = provider.unwrap(SIGNER_AAD, &wrapped)?;
-        let signer = KmSigner::from_secret(secret.expose())?;
+        let signer = Self::stored_km_signer(&store, &provider).await?;
         let log_signer = Self::log_signer(&store, &provider).await?;
         let exchange = Self::exchange_key(&store, &provider).await?;
         let audit =
@@ -326,47 +316,6 @@ impl Km {
         let km = Km::new(tenant, (signer, exchange), provider, store, config, audit);
         km.load_directory().await?;
         Ok(km)
-    }
-
-    /// The audit log's signing key, wrapped under the TMK (created on first use).
-    async fn log_signer(
-        store: &Arc<dyn KmStore>,
-        provider: &Arc<dyn KeyProvider>,
-    ) -> Result<KmSigner, KmError> {
-        let fresh = || Ok(KmSigner::generate()?.secret_bytes());
-        let secret =
-            Self::wrapped_secret(store, provider, META_LOG_SIGNER, LOG_SIGNER_AAD, fresh).await?;
-        Ok(KmSigner::from_secret(secret.expose())?)
-    }
-
-    /// The KM-to-KM exchange key, wrapped under the TMK (created on first use).
-    async fn exchange_key(
-        store: &Arc<dyn KmStore>,
-        provider: &Arc<dyn KeyProvider>,
-    ) -> Result<cloister_crypto::ExchangeKey, KmError> {
-        let fresh = || Ok(cloister_crypto::ExchangeKey::generate()?.secret_bytes());
-        let secret =
-            Self::wrapped_secret(store, provider, META_EXCHANGE, EXCHANGE_AAD, fresh).await?;
-        Ok(cloister_crypto::ExchangeKey::from_secret(secret.expose())?)
-    }
-
-    /// A secret kept in `meta` wrapped under the TMK: unwrapped if stored,
-    /// else made by `fresh` and stored once.
-    async fn wrapped_secret(
-        store: &Arc<dyn KmStore>,
-        provider: &Arc<dyn KeyProvider>,
-        meta: &str,
-        aad: &[u8],
-        fresh: impl FnOnce() -> Result<cloister_crypto::SecretBytes, KmError>,
-    ) -> Result<cloister_crypto::SecretBytes, KmError> {
-        if let Some(w) = store.get_meta(meta).await? {
-            return Ok(provider.unwrap(aad, &w)?);
-        }
-        let secret = fresh()?;
-        store
-            .init_meta(meta, &provider.wrap(aad, secret.expose())?)
-            .await?;
-        Ok(secret)
     }
 
     /// Append an audit record; fails closed.
@@ -402,28 +351,6 @@ impl Km {
         .await
     }
 
-    /// Whether the master key can be used now: one unwrap through the
-    /// provider (the same test as readiness).
-    pub async fn lock_status(&self) -> Result<cloister_proto::km::LockStatus, Denied> {
-        let wrapped = self
-            .store
-            .get_meta(META_SIGNER)
-            .await
-            .map_err(store_err)?
-            .ok_or_else(|| Denied::internal("the KM's signing key is missing"))?;
-        let reason = self
-            .provider
-            .unwrap(SIGNER_AAD, &wrapped)
-            .err()
-            .map(|e| e.to_string());
-        Ok(cloister_proto::km::LockStatus {
-            locked: reason.is_some(),
-            provider: self.provider.name().to_owned(),
-            reason,
-            lease_secs: self.config.lease_secs,
-        })
-    }
-
     /// Which key provider holds the master key (`file`, `pkcs11`).
     pub fn provider_name(&self) -> &'static str {
         self.provider.name()
@@ -457,16 +384,7 @@ impl Km {
                     .await
                     .map_err(|e| format!("database: {e}"))?;
                 // One unwrap through the key provider proves the TMK usable.
-                let wrapped = km
-                    .store
-                    .get_meta(META_SIGNER)
-                    .await
-                    .map_err(|e| format!("database: {e}"))?
-                    .ok_or("the KM's signing key is missing")?;
-                km.provider
-                    .unwrap(SIGNER_AAD, &wrapped)
-                    .map(|_| ())
-                    .map_err(|e| format!("key provider {}: {e}", km.provider.name()))
+                km.probe_tmk().await.map_err(|e| e.to_string())
             }
         })
     }
@@ -508,6 +426,7 @@ impl Km {
             ingest: Default::default(),
             exchanges: Default::default(),
             keys_lock: tokio::sync::RwLock::new(()),
+            rotation: tokio::sync::Mutex::new(()),
             active: Mutex::new(HashMap::new()),
             wrapped: Mutex::new(HashMap::new()),
             foreign: Mutex::new(HashMap::new()),

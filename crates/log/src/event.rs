@@ -52,6 +52,17 @@ pub enum AuditEvent {
         user: UserId,
         tries: u32,
     },
+    /// A key of the tenant was rotated (`key`: `master_key`, `audit_log`,
+    /// `escrow`, `room`): `step` `started` or `finished`, from one version
+    /// (or key) to the next; `count`: keys re-wrapped or re-sealed.
+    KeyRotation {
+        key: String,
+        step: String,
+        from: String,
+        to: String,
+        #[serde(default)]
+        count: u64,
+    },
     KeyReleased {
         room: RoomId,
         epochs: Vec<u64>,
@@ -252,6 +263,7 @@ impl AuditEvent {
             AuditEvent::DeviceRevoked { .. } => "device_revoked",
             AuditEvent::EnrolmentCodeBurned { .. } => "enrolment_code_burned",
             AuditEvent::LogRestored { .. } => "log_restored",
+            AuditEvent::KeyRotation { .. } => "key_rotation",
             AuditEvent::KeyReleased { .. } => "key_released",
             AuditEvent::KeyRefused { .. } => "key_refused",
             AuditEvent::MembershipAccepted { .. } => "membership_accepted",
@@ -300,7 +312,7 @@ impl AuditEvent {
         }
     }
 
-    pub const KINDS: [&'static str; 35] = [
+    pub const KINDS: [&'static str; 36] = [
         "tenant_initialised",
         "user_added",
         "user_disabled",
@@ -308,6 +320,7 @@ impl AuditEvent {
         "device_revoked",
         "enrolment_code_burned",
         "log_restored",
+        "key_rotation",
         "key_released",
         "key_refused",
         "membership_accepted",

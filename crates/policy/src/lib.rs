@@ -457,7 +457,8 @@ fn step(s: &RoomState, st: &Statement, hash: [u8; 32]) -> Result<RoomState, Poli
         | Action::Evict { .. }
         | Action::Ban { .. }
         | Action::Lock { .. }
-        | Action::Unlock { .. } => return Err(PolicyError::KmOnly(st.action.name())),
+        | Action::Unlock { .. }
+        | Action::Rekey { .. } => return Err(PolicyError::KmOnly(st.action.name())),
     }
     Ok(n)
 }
@@ -531,6 +532,12 @@ fn km_step(n: &mut RoomState, a: &Action) -> Result<(), PolicyError> {
                 ));
             }
             n.locked = None;
+        }
+        Action::Rekey { reason, .. } => {
+            if reason.trim().is_empty() {
+                return Err(PolicyError::Constraint("a rekey needs a reason".into()));
+            }
+            n.epoch += 1;
         }
         _ => {
             return Err(PolicyError::Constraint(format!(

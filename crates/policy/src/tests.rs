@@ -477,6 +477,40 @@ fn only_the_km_evicts_bans_and_locks() {
         },
     );
     assert!(matches!(e, Err(PolicyError::Banned(_))), "{e:?}");
+    // rekey: a new epoch, members unchanged; only the KM signs it, with a reason
+    let rekeyed = km_run(
+        &banned,
+        &km,
+        Action::Rekey {
+            by: a.user.clone(),
+            reason: "device lost".into(),
+        },
+    )
+    .unwrap();
+    assert_eq!(rekeyed.epoch, banned.epoch + 1);
+    assert_eq!(rekeyed.members, banned.members);
+    assert!(rekeyed.may_read(&a.user, rekeyed.epoch) && rekeyed.may_read(&a.user, 0));
+    assert!(
+        km_run(
+            &banned,
+            &km,
+            Action::Rekey {
+                by: a.user.clone(),
+                reason: " ".into()
+            }
+        )
+        .is_err()
+    );
+    let e = run(
+        Some(&banned),
+        room,
+        &a,
+        Action::Rekey {
+            by: a.user.clone(),
+            reason: "forged".into(),
+        },
+    );
+    assert!(matches!(e, Err(PolicyError::KmOnly(_))), "{e:?}");
     let c = actor("carl");
     let s = run(
         Some(&banned),

@@ -160,6 +160,14 @@ pub enum KmOp {
     ListUsers,
     /// Admin: whether the tenant's master key can be used (crypto-lock).
     LockStatus,
+    /// Emergency rotation of a room's key: the KM signs a `rekey` into
+    /// its log, a new epoch now (an admin, a compliance officer, or an
+    /// owner of the room).
+    RoomRekey { room: RoomId, reason: String },
+    /// Admin: one step of a master-key rotation (the first starts one, or
+    /// resumes an unfinished one): re-wrap up to `batch` keys under the
+    /// new master key; the step that finds none left retires the old key.
+    RotateTmk { batch: u32 },
     /// The audit log's latest signed checkpoint.
     AuditCheckpoint,
     /// Admin: audit entries, filtered.
@@ -807,6 +815,23 @@ pub struct DeviceRecord {
     pub device: DeviceId,
     pub status: String,
     pub issued_at: u64,
+}
+
+/// The answer to `RotateTmk`: where the rotation stands.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TmkRotation {
+    /// The master-key version keys move from.
+    pub from: u32,
+    /// The master-key version keys move to (new wraps use it already).
+    pub to: u32,
+    /// The key generation the re-wrapped keys are under.
+    pub generation: u32,
+    /// Keys re-wrapped by this step.
+    pub rewrapped: u64,
+    /// Keys still under an older generation.
+    pub remaining: u64,
+    /// The old master key is retired: the rotation is complete.
+    pub finished: bool,
 }
 
 /// The answer to `LockStatus`.

@@ -122,6 +122,13 @@ pub enum Action {
         by: UserId,
         justification: String,
     },
+    /// An emergency key rotation (`by`: an admin, a compliance officer or
+    /// an owner, through the KM): a new epoch now, members unchanged; the
+    /// old epoch's key opens only what was sent before.
+    Rekey {
+        by: UserId,
+        reason: String,
+    },
 }
 
 /// The actor id of statements signed by the tenant's KM itself (no device
@@ -136,7 +143,11 @@ impl Action {
     pub fn km_only(&self) -> bool {
         matches!(
             self,
-            Action::Evict { .. } | Action::Ban { .. } | Action::Lock { .. } | Action::Unlock { .. }
+            Action::Evict { .. }
+                | Action::Ban { .. }
+                | Action::Lock { .. }
+                | Action::Unlock { .. }
+                | Action::Rekey { .. }
         )
     }
 
@@ -155,6 +166,7 @@ impl Action {
             Action::Ban { .. } => "ban",
             Action::Lock { .. } => "lock",
             Action::Unlock { .. } => "unlock",
+            Action::Rekey { .. } => "rekey",
         }
     }
 }

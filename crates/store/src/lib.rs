@@ -310,6 +310,9 @@ pub trait DirectoryStore: Send + Sync + 'static {
     async fn dir_write(&self, put: &[DirRow], delete: &[(String, String)]) -> Result<()>;
 }
 
+/// A re-wrap: (name, number, the wrapped bytes it replaces, the new ones).
+pub type RewrapRow = (String, u64, Vec<u8>, Vec<u8>);
+
 /// The Key Manager's storage. Room keys are only ever stored wrapped.
 #[async_trait]
 pub trait KmStore: DirectoryStore + RoomLogStore + AuditStore {
@@ -350,8 +353,20 @@ pub trait KmStore: DirectoryStore + RoomLogStore + AuditStore {
     async fn shred_room_key(&self, room: &RoomId, epoch: u64) -> Result<()>;
     /// Every stored key that is not shredded: (name, number, wrapped).
     async fn live_wrapped_keys(&self) -> Result<Vec<(String, u64, Vec<u8>)>>;
-    /// Replace wrapped keys (re-wrapped under a new generation) in one transaction.
-    async fn rewrap_keys(&self, keys: &[(String, u64, Vec<u8>)]) -> Result<()>;
+    /// Stored keys (not shredded) wrapped under a generation below
+    /// `generation`, at most `limit` of them.
+    async fn wrapped_keys_below(
+        &self,
+        generation: u32,
+        limit: u32,
+    ) -> Result<Vec<(String, u64, Vec<u8>)>>;
+    /// How many stored keys are wrapped under a generation below `generation`.
+    async fn count_wrapped_below(&self, generation: u32) -> Result<u64>;
+    /// Replace wrapped keys (re-wrapped under a new generation) in one
+    /// transaction: (name, number, old, new), each only if it still holds
+    /// `old` (a key shredded or re-wrapped meanwhile is left alone).
+    /// Returns how many were replaced.
+    async fn rewrap_keys(&self, keys: &[RewrapRow]) -> Result<u64>;
     /// Make deleted bytes unrecoverable from the database files: fold the
     /// WAL into the database (whose freed space `secure_delete` zeroed) and
     /// truncate the WAL file.

@@ -413,18 +413,50 @@ async fn km_basics(url: &str) {
     );
     assert_eq!(s.get_room_key(&r.to_hex(), 0).await.unwrap().unwrap(), b"");
     assert_eq!(s.live_wrapped_keys().await.unwrap().len(), 1);
-    s.rewrap_keys(&[
-        (r.to_hex(), 0, b"x".to_vec()),
-        (r.to_hex(), 1, b"y".to_vec()),
-    ])
-    .await
-    .unwrap();
+    let replaced = s
+        .rewrap_keys(&[
+            (r.to_hex(), 0, b"".to_vec(), b"x".to_vec()),
+            (r.to_hex(), 0, b"w1".to_vec(), b"x".to_vec()),
+            (r.to_hex(), 1, b"w3".to_vec(), b"y".to_vec()),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(replaced, 1);
     assert_eq!(
         s.get_room_key(&r.to_hex(), 0).await.unwrap().unwrap(),
         b"",
         "shredded stays shredded"
     );
     assert_eq!(s.get_room_key(&r.to_hex(), 1).await.unwrap().unwrap(), b"y");
+    assert_eq!(
+        s.rewrap_keys(&[(r.to_hex(), 1, b"w3".to_vec(), b"z".to_vec())])
+            .await
+            .unwrap(),
+        0,
+        "a key re-wrapped meanwhile is left alone"
+    );
+    // keys by generation: a wrap begins with its generation (u32 BE)
+    let wrap_at = |g: u32, tail: u8| {
+        let mut w = g.to_be_bytes().to_vec();
+        w.push(tail);
+        w
+    };
+    let r2 = room(8);
+    for (e, g) in [(0u64, 1u32), (1, 2), (2, 3), (3, 256)] {
+        s.put_room_key(&r2.to_hex(), e, &wrap_at(g, 9))
+            .await
+            .unwrap();
+    }
+    // room 7's live key is "y" (0x79...: generation 0x79000000, above all)
+    assert_eq!(s.count_wrapped_below(3).await.unwrap(), 2);
+    assert_eq!(s.count_wrapped_below(257).await.unwrap(), 4);
+    let below = s.wrapped_keys_below(257, 3).await.unwrap();
+    assert_eq!(below.len(), 3, "limit");
+    assert!(
+        below
+            .iter()
+            .all(|(n, _, w)| n == &r2.to_hex() && w[..4] < [0u8, 0, 1, 1][..])
+    );
     s.km_scrub().await.unwrap();
 
     assert!(s.use_nonce("d", b"n", 5, 0).await.unwrap());

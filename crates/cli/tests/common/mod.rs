@@ -4,6 +4,7 @@
 
 pub mod procs;
 pub mod proxy;
+pub mod softhsm;
 
 use cloister_cli::{Stack, StackOptions};
 use cloister_client::{Client, Storage};

@@ -9,8 +9,13 @@
 //! PIN or goes away, every wrap and unwrap fails at once: the crypto-lock.
 //! A lost handle (the token restarted, the key restored) is looked up again
 //! by its label before the provider gives up.
+//!
+//! TMK versions: version 1 is labelled `LABEL`, later ones `LABEL-vN`. A
+//! generation key's `CKA_ID` names the TMK version that was current when
+//! it was made (none: version 1), so its keys' inner layer opens under
+//! that version while a rotation runs.
 
-use super::{KeyProvider, ProviderError, generation_of};
+use super::{KeyProvider, ProviderError, generation_of, split_tagged};
 use cloister_crypto::SecretBytes;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::mechanism::Mechanism;
@@ -35,7 +40,8 @@ pub struct Pkcs11Config {
     pub token: String,
     /// The user PIN.
     pub pin: String,
-    /// The TMK's label; generation keys are `LABEL-gen-N`.
+    /// The TMK's label; later TMK versions are `LABEL-vN`, generation
+    /// keys `LABEL-gen-N`.
     pub key_label: String,
 }
 
@@ -54,8 +60,10 @@ fn hsm(what: &str, e: impl std::fmt::Display) -> ProviderError {
 }
 
 struct Keys {
-    tmk: ObjectHandle,
-    gens: BTreeMap<u32, ObjectHandle>,
+    /// TMK versions.
+    tmks: BTreeMap<u32, ObjectHandle>,
+    /// Generation → (the TMK version it was made under, its key).
+    gens: BTreeMap<u32, (u32, ObjectHandle)>,
 }
 
 /// The PKCS#11 key provider.
@@ -107,8 +115,23 @@ fn secret_key_template(label: &str) -> Vec<Attribute> {
     ]
 }
 
+/// A generation key's template: its `CKA_ID` names its TMK version.
+fn gen_template(label: &str, g: u32, tmk: u32) -> Vec<Attribute> {
+    let mut t = secret_key_template(&gen_label(label, g));
+    t.push(Attribute::Id(tmk.to_be_bytes().to_vec()));
+    t
+}
+
 fn gen_label(label: &str, g: u32) -> String {
     format!("{label}-gen-{g}")
+}
+
+fn tmk_label(label: &str, v: u32) -> String {
+    if v == 1 {
+        label.to_owned()
+    } else {
+        format!("{label}-v{v}")
+    }
 }
 
 impl Pkcs11KeyProvider {
@@ -149,30 +172,49 @@ impl Pkcs11KeyProvider {
         Ok(found.into_iter().next())
     }
 
-    fn generations(
-        session: &Session,
-        label: &str,
-    ) -> Result<BTreeMap<u32, ObjectHandle>, ProviderError> {
-        let prefix = format!("{label}-gen-");
+    /// Every TMK version and generation key in the token under `label`.
+    fn scan(session: &Session, label: &str) -> Result<Keys, ProviderError> {
+        use cryptoki::object::AttributeType;
+        let gen_prefix = format!("{label}-gen-");
+        let tmk_prefix = format!("{label}-v");
         let all = session
             .find_objects(&[Attribute::Class(ObjectClass::SECRET_KEY)])
             .map_err(|e| hsm("listing keys", e))?;
-        let mut gens = BTreeMap::new();
+        let mut keys = Keys {
+            tmks: BTreeMap::new(),
+            gens: BTreeMap::new(),
+        };
         for h in all {
             let attrs = session
-                .get_attributes(h, &[cryptoki::object::AttributeType::Label])
+                .get_attributes(h, &[AttributeType::Label, AttributeType::Id])
                 .map_err(|e| hsm("reading a key's label", e))?;
+            let mut name = String::new();
+            let mut under = 1;
             for a in attrs {
-                if let Attribute::Label(l) = a
-                    && let Some(g) = String::from_utf8_lossy(&l)
-                        .strip_prefix(&prefix)
-                        .and_then(|n| n.parse::<u32>().ok())
-                {
-                    gens.insert(g, h);
+                match a {
+                    Attribute::Label(l) => name = String::from_utf8_lossy(&l).into_owned(),
+                    Attribute::Id(id) if id.len() == 4 => {
+                        under = u32::from_be_bytes([id[0], id[1], id[2], id[3]]);
+                    }
+                    _ => {}
                 }
             }
+            if name == label {
+                keys.tmks.insert(1, h);
+            } else if let Some(g) = name
+                .strip_prefix(&gen_prefix)
+                .and_then(|n| n.parse::<u32>().ok())
+            {
+                keys.gens.insert(g, (under, h));
+            } else if let Some(v) = name
+                .strip_prefix(&tmk_prefix)
+                .and_then(|n| n.parse::<u32>().ok())
+                .filter(|v| *v >= 2)
+            {
+                keys.tmks.insert(v, h);
+            }
         }
-        Ok(gens)
+        Ok(keys)
     }
 
     /// Create the TMK (and generation 1) in the token; refuses if a key
@@ -189,18 +231,15 @@ impl Pkcs11KeyProvider {
             .generate_key(&Mechanism::AesKeyGen, &secret_key_template(&cfg.key_label))
             .map_err(|e| hsm("generating the master key", e))?;
         let g1 = session
-            .generate_key(
-                &Mechanism::AesKeyGen,
-                &secret_key_template(&gen_label(&cfg.key_label, 1)),
-            )
+            .generate_key(&Mechanism::AesKeyGen, &gen_template(&cfg.key_label, 1, 1))
             .map_err(|e| hsm("generating a generation key", e))?;
         Ok(Pkcs11KeyProvider {
             label: cfg.key_label.clone(),
             token: cfg.token.clone(),
             session: Mutex::new(session),
             keys: Mutex::new(Keys {
-                tmk,
-                gens: BTreeMap::from([(1, g1)]),
+                tmks: BTreeMap::from([(1, tmk)]),
+                gens: BTreeMap::from([(1, (1, g1))]),
             }),
             _ctx: ctx,
         })
@@ -209,14 +248,14 @@ impl Pkcs11KeyProvider {
     /// Open the TMK in the token.
     pub fn open(cfg: &Pkcs11Config) -> Result<Self, ProviderError> {
         let (ctx, session) = Self::connect(cfg)?;
-        let tmk = Self::find(&session, &cfg.key_label)?.ok_or_else(|| {
-            ProviderError::Hsm(format!(
+        let keys = Self::scan(&session, &cfg.key_label)?;
+        if keys.tmks.is_empty() {
+            return Err(ProviderError::Hsm(format!(
                 "no key {:?} in token {:?}: the tenant is crypto-locked",
                 cfg.key_label, cfg.token
-            ))
-        })?;
-        let gens = Self::generations(&session, &cfg.key_label)?;
-        if gens.is_empty() {
+            )));
+        }
+        if keys.gens.is_empty() {
             return Err(ProviderError::Hsm(format!(
                 "no generation keys {:?} in token {:?}",
                 gen_label(&cfg.key_label, 1),
@@ -227,7 +266,7 @@ impl Pkcs11KeyProvider {
             label: cfg.key_label.clone(),
             token: cfg.token.clone(),
             session: Mutex::new(session),
-            keys: Mutex::new(Keys { tmk, gens }),
+            keys: Mutex::new(keys),
             _ctx: ctx,
         })
     }
@@ -288,34 +327,60 @@ impl Pkcs11KeyProvider {
         Ok(SecretBytes::new(plain))
     }
 
-    /// The TMK's handle, looked up again by label when `retry`.
-    fn tmk(&self, retry: bool) -> Result<ObjectHandle, ProviderError> {
+    /// TMK version `v`'s handle, looked up again by label when `retry`.
+    fn tmk(&self, v: u32, retry: bool) -> Result<ObjectHandle, ProviderError> {
         let mut keys = self.keys()?;
         if retry {
-            let found = Self::find(&*self.session()?, &self.label)?;
-            keys.tmk = found.ok_or_else(|| {
+            let found = Self::find(&*self.session()?, &tmk_label(&self.label, v))?;
+            let h = found.ok_or_else(|| {
                 ProviderError::Hsm(format!(
                     "the master key {:?} is gone from token {:?}",
-                    self.label, self.token
+                    tmk_label(&self.label, v),
+                    self.token
                 ))
             })?;
+            keys.tmks.insert(v, h);
         }
-        Ok(keys.tmk)
+        keys.tmks.get(&v).copied().ok_or(ProviderError::NoTmk(v))
     }
 
-    /// Run `op` with the TMK; on failure look the key up again once (a
-    /// token restarted, a key restored) before giving up.
+    /// The current TMK version.
+    fn current(&self) -> Result<u32, ProviderError> {
+        self.keys()?
+            .tmks
+            .last_key_value()
+            .map(|(v, _)| *v)
+            .ok_or(ProviderError::NoTmk(0))
+    }
+
+    /// Run `op` with TMK version `v`; on failure look the key up again
+    /// once (a token restarted, a key restored) before giving up.
     fn with_tmk<T>(
         &self,
+        v: u32,
         op: impl Fn(ObjectHandle) -> Result<T, ProviderError>,
     ) -> Result<T, ProviderError> {
-        match op(self.tmk(false)?) {
+        let first = match self.tmk(v, false) {
+            Ok(h) => op(h),
+            Err(e) => Err(e),
+        };
+        match first {
             Ok(v) => Ok(v),
-            Err(first) => match self.tmk(true) {
+            Err(first) => match self.tmk(v, true) {
                 Ok(h) => op(h),
                 Err(_) => Err(first),
             },
         }
+    }
+
+    fn new_generation(&self, keys: &mut Keys, tmk: u32) -> Result<u32, ProviderError> {
+        let g = keys.gens.last_key_value().map_or(1, |(g, _)| g + 1);
+        let h = self
+            .session()?
+            .generate_key(&Mechanism::AesKeyGen, &gen_template(&self.label, g, tmk))
+            .map_err(|e| hsm("generating a generation key", e))?;
+        keys.gens.insert(g, (tmk, h));
+        Ok(g)
     }
 }
 
@@ -324,24 +389,28 @@ impl KeyProvider for Pkcs11KeyProvider {
         "pkcs11"
     }
     fn wrap(&self, aad: &[u8], secret: &[u8]) -> Result<Vec<u8>, ProviderError> {
-        self.with_tmk(|k| self.encrypt(k, aad, secret))
+        let v = self.current()?;
+        let mut out = v.to_be_bytes().to_vec();
+        out.extend_from_slice(&self.with_tmk(v, |k| self.encrypt(k, aad, secret))?);
+        Ok(out)
     }
     fn unwrap(&self, aad: &[u8], wrapped: &[u8]) -> Result<SecretBytes, ProviderError> {
-        self.with_tmk(|k| self.decrypt(k, aad, wrapped))
+        let (v, body) = split_tagged(wrapped)?;
+        self.with_tmk(v, |k| self.decrypt(k, aad, body))
     }
     fn wrap_destroyable(&self, aad: &[u8], secret: &[u8]) -> Result<Vec<u8>, ProviderError> {
-        // Under the TMK, then under the current generation: both are
+        // Under the generation's TMK, then under the generation: both are
         // needed to unwrap, so disabling the TMK locks these keys too, and
         // destroying the generation destroys them.
-        let inner = self.with_tmk(|k| self.encrypt(k, aad, secret))?;
-        let (g, k) = {
+        let (g, (t, k)) = {
             let keys = self.keys()?;
-            let (g, k) = keys
+            let (g, tk) = keys
                 .gens
                 .last_key_value()
                 .ok_or(ProviderError::Destroyed(0))?;
-            (*g, *k)
+            (*g, *tk)
         };
+        let inner = self.with_tmk(t, |h| self.encrypt(h, aad, secret))?;
         let mut out = g.to_be_bytes().to_vec();
         out.extend_from_slice(&self.encrypt(k, aad, &inner)?);
         Ok(out)
@@ -349,13 +418,13 @@ impl KeyProvider for Pkcs11KeyProvider {
     fn unwrap_destroyable(&self, aad: &[u8], wrapped: &[u8]) -> Result<SecretBytes, ProviderError> {
         let g =
             generation_of(wrapped).ok_or(cloister_crypto::CryptoError::Malformed("wrapped key"))?;
-        let k = *self
+        let (t, k) = *self
             .keys()?
             .gens
             .get(&g)
             .ok_or(ProviderError::Destroyed(g))?;
         let inner = self.decrypt(k, aad, &wrapped[4..])?;
-        self.with_tmk(|t| self.decrypt(t, aad, inner.expose()))
+        self.with_tmk(t, |h| self.decrypt(h, aad, inner.expose()))
     }
     fn generation(&self) -> u32 {
         self.keys()
@@ -364,17 +433,9 @@ impl KeyProvider for Pkcs11KeyProvider {
             .unwrap_or(0)
     }
     fn rotate(&self) -> Result<u32, ProviderError> {
+        let t = self.current()?;
         let mut keys = self.keys()?;
-        let g = keys.gens.last_key_value().map_or(1, |(g, _)| g + 1);
-        let h = self
-            .session()?
-            .generate_key(
-                &Mechanism::AesKeyGen,
-                &secret_key_template(&gen_label(&self.label, g)),
-            )
-            .map_err(|e| hsm("generating a generation key", e))?;
-        keys.gens.insert(g, h);
-        Ok(g)
+        self.new_generation(&mut keys, t)
     }
     fn destroy_before(&self, keep: u32) -> Result<(), ProviderError> {
         let mut keys = self.keys()?;
@@ -382,7 +443,7 @@ impl KeyProvider for Pkcs11KeyProvider {
             .gens
             .iter()
             .filter(|(g, _)| **g < keep)
-            .map(|(g, h)| (*g, *h))
+            .map(|(g, (_, h))| (*g, *h))
             .collect();
         let s = self.session()?;
         for (g, h) in old {
@@ -394,5 +455,61 @@ impl KeyProvider for Pkcs11KeyProvider {
     }
     fn generations(&self) -> usize {
         self.keys().map(|k| k.gens.len()).unwrap_or(0)
+    }
+    fn tmk_versions(&self) -> Vec<u32> {
+        self.keys()
+            .map(|k| k.tmks.keys().copied().collect())
+            .unwrap_or_default()
+    }
+    fn begin_tmk_rotation(&self) -> Result<(u32, u32), ProviderError> {
+        let mut keys = self.keys()?;
+        if keys.tmks.len() == 1 {
+            let v = keys.tmks.keys().next_back().map_or(1, |v| v + 1);
+            let h = self
+                .session()?
+                .generate_key(
+                    &Mechanism::AesKeyGen,
+                    &secret_key_template(&tmk_label(&self.label, v)),
+                )
+                .map_err(|e| hsm("generating a new master key", e))?;
+            keys.tmks.insert(v, h);
+        }
+        let t = *keys
+            .tmks
+            .keys()
+            .next_back()
+            .ok_or(ProviderError::NoTmk(0))?;
+        let newest = keys.gens.last_key_value().map(|(g, (u, _))| (*g, *u));
+        let g = match newest {
+            Some((g, u)) if u == t => g,
+            _ => self.new_generation(&mut keys, t)?,
+        };
+        Ok((t, g))
+    }
+    fn retire_tmks_before(&self, keep: u32) -> Result<(), ProviderError> {
+        let mut keys = self.keys()?;
+        if let Some((g, (t, _))) = keys.gens.iter().find(|(_, (t, _))| *t < keep) {
+            return Err(ProviderError::InUse(format!(
+                "generation {g} was made under master key version {t}; re-wrap its keys first"
+            )));
+        }
+        if !keys.tmks.keys().any(|v| *v >= keep) {
+            return Err(ProviderError::InUse(
+                "refusing to retire every master key version".into(),
+            ));
+        }
+        let old: Vec<(u32, ObjectHandle)> = keys
+            .tmks
+            .iter()
+            .filter(|(v, _)| **v < keep)
+            .map(|(v, h)| (*v, *h))
+            .collect();
+        let s = self.session()?;
+        for (v, h) in old {
+            s.destroy_object(h)
+                .map_err(|e| hsm("destroying an old master key", e))?;
+            keys.tmks.remove(&v);
+        }
+        Ok(())
     }
 }

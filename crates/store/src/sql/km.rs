@@ -43,6 +43,15 @@ fn km_device(r: &AnyRow) -> Result<KmDeviceRow> {
     })
 }
 
+/// (name, number, wrapped) of a `room_keys` row.
+fn wrapped_row(r: &AnyRow) -> Result<(String, u64, Vec<u8>)> {
+    Ok((
+        r.try_get("room")?,
+        u(r.try_get("epoch")?),
+        r.try_get("wrapped")?,
+    ))
+}
+
 fn km_user(r: &AnyRow) -> Result<KmUserRow> {
     Ok(KmUserRow {
         user: r.try_get("user_id")?,
@@ -288,29 +297,55 @@ impl KmStore for SqlKmStore {
             sqlx::query("SELECT room, epoch, wrapped FROM room_keys WHERE length(wrapped) > 0")
                 .fetch_all(&self.db.readers)
                 .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("room")?,
-                    u(r.try_get("epoch")?),
-                    r.try_get("wrapped")?,
-                ))
-            })
-            .collect()
+        rows.iter().map(wrapped_row).collect()
     }
 
-    async fn rewrap_keys(&self, keys: &[(String, u64, Vec<u8>)]) -> Result<()> {
+    async fn wrapped_keys_below(
+        &self,
+        generation: u32,
+        limit: u32,
+    ) -> Result<Vec<(String, u64, Vec<u8>)>> {
+        // A wrap begins with its generation, big-endian: bytes compare as numbers.
+        let rows = sqlx::query(
+            "SELECT room, epoch, wrapped FROM room_keys
+             WHERE length(wrapped) > 0 AND substr(wrapped, 1, 4) < $1 LIMIT $2",
+        )
+        .bind(generation.to_be_bytes().to_vec())
+        .bind(i64::from(limit))
+        .fetch_all(&self.db.readers)
+        .await?;
+        rows.iter().map(wrapped_row).collect()
+    }
+
+    async fn count_wrapped_below(&self, generation: u32) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM room_keys
+             WHERE length(wrapped) > 0 AND substr(wrapped, 1, 4) < $1",
+        )
+        .bind(generation.to_be_bytes().to_vec())
+        .fetch_one(&self.db.readers)
+        .await?;
+        Ok(u(n))
+    }
+
+    async fn rewrap_keys(&self, keys: &[crate::RewrapRow]) -> Result<u64> {
         let mut tx = self.db.begin().await?;
-        for (room, epoch, w) in keys {
-            sqlx::query("UPDATE room_keys SET wrapped = $1 WHERE room = $2 AND epoch = $3 AND length(wrapped) > 0")
-                .bind(w)
-                .bind(room)
-                .bind(i(*epoch))
-                .execute(&mut *tx)
-                .await?;
+        let mut n = 0;
+        for (room, epoch, old, new) in keys {
+            n += sqlx::query(
+                "UPDATE room_keys SET wrapped = $1
+                 WHERE room = $2 AND epoch = $3 AND wrapped = $4 AND length(wrapped) > 0",
+            )
+            .bind(new)
+            .bind(room)
+            .bind(i(*epoch))
+            .bind(old)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
         }
         tx.commit().await?;
-        Ok(())
+        Ok(n)
     }
 
     async fn km_scrub(&self) -> Result<()> {
