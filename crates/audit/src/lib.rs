@@ -27,15 +27,27 @@ const MAX_BATCH: usize = 4096;
 
 type Reply = oneshot::Sender<Result<u64, String>>;
 
-struct Job {
-    row: AuditIn,
-    reply: Reply,
+enum Job {
+    Append {
+        row: AuditIn,
+        reply: Reply,
+    },
+    /// Change the signing keys after every batch before it is committed;
+    /// answered with the newest checkpoint the old keys signed.
+    Keys {
+        keys: Vec<Arc<KmSigner>>,
+        reply: oneshot::Sender<Option<(u64, String)>>,
+    },
 }
+
+/// The keys that sign each checkpoint: one, or two during a hand-over
+/// from the first to the second.
+type Signers = Arc<RwLock<Vec<Arc<KmSigner>>>>;
 
 /// The running audit log.
 pub struct AuditLog {
     origin: String,
-    signer: Arc<KmSigner>,
+    signers: Signers,
     tree: Arc<RwLock<Tree>>,
     store: Arc<dyn AuditStore>,
     tx: mpsc::Sender<Job>,
@@ -133,7 +145,7 @@ impl AuditLog {
             });
         }
         let tree = Arc::new(RwLock::new(tree));
-        let signer = Arc::new(signer);
+        let signers: Signers = Arc::new(RwLock::new(vec![Arc::new(signer)]));
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let latest = Arc::new(Mutex::new(latest));
         let committed = Arc::new(AtomicU64::new(signed));
@@ -148,7 +160,7 @@ impl AuditLog {
             Appender {
                 store: store.clone(),
                 tree: tree.clone(),
-                signer: signer.clone(),
+                signers: signers.clone(),
                 origin: origin.clone(),
                 latest: latest.clone(),
                 committed: committed.clone(),
@@ -157,7 +169,7 @@ impl AuditLog {
         ));
         Ok(Arc::new(AuditLog {
             origin,
-            signer,
+            signers,
             tree,
             store,
             tx,
@@ -202,9 +214,75 @@ impl AuditLog {
         &self.origin
     }
 
-    /// The verifier key string (`name+id+key`) clients pin.
+    /// The verifier key string (`name+id+key`) clients pin: the newest key's.
     pub fn verifier_key(&self) -> String {
-        verifier_key(&self.origin, &self.signer.public())
+        let pk = self
+            .signers
+            .read()
+            .ok()
+            .and_then(|s| s.last().map(|k| k.public()))
+            .unwrap_or_default();
+        verifier_key(&self.origin, &pk)
+    }
+
+    /// Start handing the log over to `next`: every batch from now on is
+    /// signed by the current key and by `next`, so a verifier that knows
+    /// the current key can learn the next one from a checkpoint both
+    /// signed.
+    pub async fn begin_handover(&self, next: KmSigner) -> Result<(), ApiError> {
+        let current = self
+            .signers
+            .read()
+            .map_err(|_| ApiError::internal("signer lock"))?
+            .last()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("the log has no key"))?;
+        self.set_keys(vec![current, Arc::new(next)]).await?;
+        Ok(())
+    }
+
+    /// End a hand-over: only the newest key signs batches from now on.
+    /// Returns the newest checkpoint both keys signed (every batch before
+    /// this call is in it).
+    pub async fn end_handover(&self) -> Result<(u64, String), ApiError> {
+        let newest = self
+            .signers
+            .read()
+            .map_err(|_| ApiError::internal("signer lock"))?
+            .last()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("the log has no key"))?;
+        match self.set_keys(vec![newest]).await? {
+            Some(cp) => Ok(cp),
+            None => {
+                let (cp, note) = self.checkpoint().await?;
+                Ok((cp.size, note))
+            }
+        }
+    }
+
+    /// Give up a hand-over before anything recorded it: only the old key
+    /// signs again.
+    pub async fn cancel_handover(&self) -> Result<(), ApiError> {
+        let old = self
+            .signers
+            .read()
+            .map_err(|_| ApiError::internal("signer lock"))?
+            .first()
+            .cloned()
+            .ok_or_else(|| ApiError::internal("the log has no key"))?;
+        self.set_keys(vec![old]).await?;
+        Ok(())
+    }
+
+    async fn set_keys(&self, keys: Vec<Arc<KmSigner>>) -> Result<Option<(u64, String)>, ApiError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job::Keys { keys, reply })
+            .await
+            .map_err(|_| ApiError::internal("audit appender stopped"))?;
+        rx.await
+            .map_err(|_| ApiError::internal("audit appender dropped the request"))
     }
 
     /// Entries committed and covered by a signed checkpoint.
@@ -234,7 +312,7 @@ impl AuditLog {
         };
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Job { row, reply })
+            .send(Job::Append { row, reply })
             .await
             .map_err(|_| ApiError::internal("audit appender stopped"))?;
         match rx.await {
@@ -259,7 +337,7 @@ impl AuditLog {
             size: 0,
             root: cloister_log::tree::empty_root(),
         };
-        let note = sign_checkpoint(&self.signer, &self.origin, &cp)?;
+        let note = sign_checkpoint(&self.signers, &self.origin, &cp)?;
         if let Ok(mut l) = self.latest.lock()
             && l.is_none()
         {
@@ -291,19 +369,35 @@ impl AuditLog {
     }
 }
 
-fn sign_checkpoint(signer: &KmSigner, origin: &str, cp: &Checkpoint) -> Result<String, ApiError> {
-    NoteSigner {
-        name: origin,
-        key: signer,
+/// The checkpoint signed by every current signer (one signature line each).
+fn sign_checkpoint(signers: &Signers, origin: &str, cp: &Checkpoint) -> Result<String, ApiError> {
+    let keys = signers
+        .read()
+        .map_err(|_| ApiError::internal("signer lock"))?
+        .clone();
+    let text = cp.body();
+    let mut note = String::new();
+    for key in keys {
+        let signed = NoteSigner {
+            name: origin,
+            key: &key,
+        }
+        .sign(&text)
+        .map_err(ApiError::internal)?;
+        if note.is_empty() {
+            note = signed;
+        } else {
+            let (_, sigs) = cloister_log::note::split_note(&signed).map_err(ApiError::internal)?;
+            note.push_str(sigs);
+        }
     }
-    .sign(&cp.body())
-    .map_err(ApiError::internal)
+    Ok(note)
 }
 
 struct Appender {
     store: Arc<dyn AuditStore>,
     tree: Arc<RwLock<Tree>>,
-    signer: Arc<KmSigner>,
+    signers: Signers,
     origin: String,
     latest: Arc<Mutex<Option<(u64, String)>>>,
     committed: Arc<AtomicU64>,
@@ -326,7 +420,7 @@ impl Appender {
                 root: t.root(size).map_err(|e| e.to_string())?,
             }
         };
-        let note = sign_checkpoint(&self.signer, &self.origin, &cp).map_err(|e| e.message)?;
+        let note = sign_checkpoint(&self.signers, &self.origin, &cp).map_err(|e| e.message)?;
         Ok((cp.size, note))
     }
 
@@ -338,24 +432,47 @@ impl Appender {
 }
 
 async fn appender(mut rx: mpsc::Receiver<Job>, a: Appender) {
-    let mut batch: Vec<Job> = Vec::with_capacity(MAX_BATCH);
+    let mut batch: Vec<(AuditIn, Reply)> = Vec::with_capacity(MAX_BATCH);
+    let mut keys: Option<(Vec<Arc<KmSigner>>, oneshot::Sender<_>)> = None;
     while let Some(j) = rx.recv().await {
-        batch.push(j);
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(j) => batch.push(j),
-                Err(_) => break,
+        let mut next = Some(j);
+        while let Some(j) = next.take() {
+            match j {
+                Job::Append { row, reply } => batch.push((row, reply)),
+                Job::Keys { keys: k, reply } => {
+                    keys = Some((k, reply));
+                    break;
+                }
+            }
+            if batch.len() < MAX_BATCH {
+                next = rx.try_recv().ok();
             }
         }
+        if !batch.is_empty() {
+            a.commit(&mut batch).await;
+        }
+        if let Some((k, reply)) = keys.take() {
+            if let Ok(mut s) = a.signers.write() {
+                *s = k;
+            }
+            let _ = reply.send(a.latest.lock().ok().and_then(|l| l.clone()));
+        }
+    }
+}
+
+impl Appender {
+    /// Store one batch under one signed checkpoint and answer its callers.
+    async fn commit(&self, batch: &mut Vec<(AuditIn, Reply)>) {
+        let a = self;
         let start = a.committed.load(Ordering::Acquire);
         let mut rows: Vec<AuditIn> = Vec::with_capacity(batch.len());
         let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
-        for (i, j) in batch.drain(..).enumerate() {
+        for (i, (row, reply)) in batch.drain(..).enumerate() {
             rows.push(AuditIn {
                 index: start + i as u64,
-                ..j.row
+                ..row
             });
-            replies.push(j.reply);
+            replies.push(reply);
         }
         let stored = match a.stage(&rows) {
             Ok((size, note)) => match a.store.audit_append(&rows, Some((size, &note))).await {

@@ -22,6 +22,9 @@ pub struct Witnesses {
     sizes: Mutex<HashMap<String, u64>>,
     /// The newest cosigned note.
     cosigned: Mutex<Option<(u64, String)>>,
+    /// The log's newest key hand-over: (new verifier key, the checkpoint
+    /// both keys signed), shown to a witness that still follows the old key.
+    handover: Mutex<Option<(String, String)>>,
 }
 
 impl Witnesses {
@@ -34,7 +37,53 @@ impl Witnesses {
             http: cloister_tls::http_client(),
             sizes: Mutex::new(HashMap::new()),
             cosigned: Mutex::new(None),
+            handover: Mutex::new(None),
         }
+    }
+
+    /// The log handed over to `new_key` at `note` (signed by both keys).
+    pub fn set_handover(&self, new_key: &str, note: &str) {
+        if let Ok(mut h) = self.handover.lock() {
+            *h = Some((new_key.to_owned(), note.to_owned()));
+        }
+    }
+
+    /// Show a witness that refused the new key's signature the hand-over
+    /// (from the size it last cosigned to the checkpoint both keys signed).
+    async fn hand_over(&self, log: &AuditLog, url: &str, old: u64) -> Result<(), String> {
+        let Some((key, note)) = self.handover.lock().ok().and_then(|h| h.clone()) else {
+            return Err("the witness refused the log's signature".into());
+        };
+        let cp = cloister_log::note::split_note(&note)
+            .ok()
+            .and_then(|(t, _)| Checkpoint::parse_body(t).ok())
+            .ok_or("the hand-over checkpoint is unreadable")?;
+        let proof = if old == 0 || old > cp.size {
+            vec![]
+        } else {
+            log.consistency_proof(old, cp.size).map_err(|e| e.message)?
+        };
+        let r = self
+            .http
+            .post(format!("{url}/log-key"))
+            .body(format!(
+                "{key}\n{}",
+                add_checkpoint_body(old, &proof, &note)
+            ))
+            .timeout(Duration::from_secs(5))
+            .send()
+            .await
+            .map_err(|e| format!("unreachable: {e}"))?;
+        let status = r.status();
+        if !status.is_success() {
+            let text = r.text().await.unwrap_or_default();
+            return Err(format!("key hand-over refused: {status}: {}", text.trim()));
+        }
+        tracing::warn!(witness = %url, size = cp.size, "the witness follows the log's new key");
+        if let Ok(mut m) = self.sizes.lock() {
+            m.insert(url.to_owned(), cp.size);
+        }
+        Ok(())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -55,7 +104,8 @@ impl Witnesses {
             .ok()
             .and_then(|m| m.get(url).copied())
             .unwrap_or(0);
-        for _ in 0..2 {
+        let mut handed_over = false;
+        for _ in 0..3 {
             let proof = if old == 0 || old > cp.size {
                 vec![]
             } else {
@@ -82,6 +132,17 @@ impl Witnesses {
                 && size != old
             {
                 old = size;
+                continue;
+            }
+            if status == reqwest::StatusCode::FORBIDDEN && !handed_over {
+                handed_over = true;
+                self.hand_over(log, url, old).await?;
+                old = self
+                    .sizes
+                    .lock()
+                    .ok()
+                    .and_then(|m| m.get(url).copied())
+                    .unwrap_or(old);
                 continue;
             }
             return Err(format!("{status}: {}", text.trim()));

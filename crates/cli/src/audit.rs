@@ -220,6 +220,8 @@ pub async fn export(c: &cloister_client::Client, out: &Path) -> Result<u64, crat
     }
     std::fs::write(out.join("entries.jsonl"), lines)?;
     std::fs::write(out.join("checkpoint.note"), &note)?;
-    std::fs::write(out.join("log.key"), format!("{}\n", c.profile().log_key))?;
+    // the key that signed the exported checkpoint: the newest this device trusts
+    let key = c.log_keys().pop().unwrap_or_default();
+    std::fs::write(out.join("log.key"), format!("{key}\n"))?;
     Ok(cp.size)
 }

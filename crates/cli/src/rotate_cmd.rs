@@ -17,6 +17,9 @@ pub enum RotateCmd {
         #[arg(long, default_value_t = 2_000)]
         batch: u32,
     },
+    /// The audit log's signing key: the log records the hand-over in a
+    /// checkpoint both keys sign; devices and witnesses follow it.
+    AuditLog,
     /// A room's key, now: a new epoch (an owner, an admin or a compliance
     /// officer). Messages from now on are under the new key.
     Room {
@@ -30,6 +33,17 @@ pub enum RotateCmd {
 pub async fn rotate_cmd(ctx: &Ctx, rc: RotateCmd) -> Result<(), BoxError> {
     match rc {
         RotateCmd::MasterKey { batch } => master_key(ctx, batch).await,
+        RotateCmd::AuditLog => {
+            let h = ctx.client()?.admin_rotate_log_key().await?;
+            ctx.emit(
+                format!(
+                    "audit log key rotated at entry {}: {} -> {}",
+                    h.index, h.from, h.to
+                ),
+                json!({"index": h.index, "from": h.from, "to": h.to}),
+            );
+            Ok(())
+        }
         RotateCmd::Room { room, reason } => {
             let room: cloister_proto::RoomId = parse(&room)?;
             let r = ctx.client()?.room_rekey(&room, &reason).await?;

@@ -99,6 +99,8 @@ async fn every_security_event_is_logged_without_secrets() {
             "key_shredded",
             "envelope_ingested",
             "envelope_deleted",
+            // tests/rotation.rs
+            "key_rotation",
         ]
         .contains(&k)
         {
@@ -446,29 +448,6 @@ async fn offline_verifier_detects_tampering() {
     )
     .unwrap();
     assert!(run(None, None, &forged).is_err());
-}
-
-/// A witness on a loopback port, following nothing yet.
-async fn start_witness(
-    name: &str,
-) -> (
-    std::sync::Arc<cloister_witness::Witness>,
-    String,
-    tempfile::TempDir,
-) {
-    let dir = tempfile::tempdir().unwrap();
-    let w = std::sync::Arc::new(
-        cloister_witness::Witness::open_dir(dir.path(), Some(name))
-            .await
-            .unwrap(),
-    );
-    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}", l.local_addr().unwrap());
-    let r = cloister_witness::router(w.clone());
-    tokio::spawn(async move {
-        let _ = cloister_http::serve(l, r, std::future::pending()).await;
-    });
-    (w, url, dir)
 }
 
 /// A KM restored from an old backup grows a different history: the

@@ -327,3 +327,247 @@ async fn a_room_key_rotated_in_an_emergency_starts_a_new_epoch_now() {
     assert_eq!(rekeys[0].0, *alice.user());
     assert_eq!(rekeys[0].1, "laptop stolen");
 }
+
+/// The audit log's key rotates: the log records the hand-over in a
+/// checkpoint both keys sign; a device that pinned the old key and the
+/// witnesses follow it; old checkpoints stay verifiable under the old key;
+/// a KM stopped between the hand-over and its bookkeeping finishes it at
+/// start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_audit_log_key_rotates_and_devices_and_witnesses_follow() {
+    let (w1, u1, _d1) = start_witness("witness.acme-vault/w1").await;
+    let (w2, u2, _d2) = start_witness("witness.operator/w2").await;
+    let with_witnesses = || {
+        let mut o = opts();
+        o.km_config.witnesses = vec![u1.clone(), u2.clone()];
+        o
+    };
+    let w = World::with(with_witnesses()).await;
+    let old_key = w.stack.km.info().log_key;
+    for wit in [&w1, &w2] {
+        wit.follow(&old_key).await.unwrap();
+    }
+    let origin = cloister_log::NoteVerifier::parse(&old_key).unwrap().name;
+    let (alice, bob) = (w.user("alice").await, w.user("bob").await);
+    alice.set_witness_policy(&[w1.key(), w2.key()], 2).unwrap();
+    let room = alice
+        .create_room(RoomSettings::default(), &[bob.user().clone()])
+        .await
+        .unwrap();
+    alice.send_text(&room, "before").await.unwrap();
+    let (before, before_note) = alice.audit_checkpoint().await.unwrap();
+
+    let e = bob.admin_rotate_log_key().await.unwrap_err();
+    assert_eq!(e.code(), Some("not_admin"), "{e}");
+    let kms_db = w.dir.path().join("km/km.db");
+    let old_wrapped = meta(&kms_db, "log_signer_wrapped@tmk").await;
+
+    let h = w.admin.admin_rotate_log_key().await.unwrap();
+    assert_eq!(h.from, old_key);
+    assert_ne!(h.to, old_key);
+    assert_eq!(
+        w.stack.km.info().log_key,
+        h.to,
+        "new devices pin the new key"
+    );
+    let old = cloister_log::NoteVerifier::parse(&h.from).unwrap();
+    let new = cloister_log::NoteVerifier::parse(&h.to).unwrap();
+    old.verify_checkpoint(&h.checkpoint).unwrap();
+    new.verify_checkpoint(&h.checkpoint).unwrap();
+
+    // alice pinned the old key: she learns the new one and goes on, with
+    // both witnesses cosigning under it
+    bob.clear_key_cache().unwrap();
+    bob.read(&room, 10, None).await.unwrap();
+    let (after, note) = alice.audit_checkpoint().await.unwrap();
+    assert!(after.size > before.size);
+    assert_eq!(alice.log_keys(), vec![h.from.clone(), h.to.clone()]);
+    assert_eq!(note.matches('\u{2014}').count(), 3, "{note}");
+    assert!(
+        old.verify_checkpoint(&note).is_err(),
+        "the old key signs no more"
+    );
+    new.verify_checkpoint(&note).unwrap();
+    old.verify_checkpoint(&before_note)
+        .expect("a checkpoint from before stays verifiable under the old key");
+    for wit in [&w1, &w2] {
+        assert_eq!(wit.cosigned_size(&origin).await, Some(after.size));
+    }
+    // the hand-over is an entry of the log itself
+    let entries = w
+        .admin
+        .audit_list(0, 1_000, Some("key_rotation".into()), None, None)
+        .await
+        .unwrap();
+    assert!(entries.iter().any(|(i, r, _)| *i == h.index
+        && matches!(&r.event, cloister_log::AuditEvent::KeyRotation { key, from, to, .. }
+            if key == "audit_log" && *from == h.from && *to == h.to)));
+
+    // A stop between the hand-over and its bookkeeping (the new key only
+    // in `log_signer_next`): the KM finishes it at start.
+    let World {
+        dir, stack, admin, ..
+    } = w;
+    let (k, s) = (stack.km_addr, stack.server_addr);
+    stack.stop().await;
+    let new_wrapped = meta(&kms_db, "log_signer_wrapped@tmk").await;
+    set_meta(&kms_db, "log_signer_next@tmk", &new_wrapped).await;
+    set_meta(&kms_db, "log_signer_wrapped@tmk", &old_wrapped).await;
+    set_meta(&kms_db, "log_handovers", b"[]").await;
+    let mut o = with_witnesses();
+    o.km_addr = k;
+    o.server_addr = s;
+    let stack = cloister_cli::Stack::start(dir.path(), o).await.unwrap();
+    assert_eq!(stack.km.info().log_key, h.to);
+    let keys = admin.follow_log_handovers().await;
+    assert!(keys.is_ok(), "{keys:?}");
+    let (again, _) = alice.audit_checkpoint().await.unwrap();
+    assert!(again.size >= after.size);
+
+    // A stop before the entry reached the log (a next key the log never
+    // named): the KM drops it and keeps its key.
+    stack.stop().await;
+    set_meta(&kms_db, "log_signer_next@tmk", &old_wrapped).await;
+    let mut o = with_witnesses();
+    o.km_addr = k;
+    o.server_addr = s;
+    let stack = cloister_cli::Stack::start(dir.path(), o).await.unwrap();
+    assert_eq!(stack.km.info().log_key, h.to);
+    assert!(meta(&kms_db, "log_signer_next@tmk").await.is_empty());
+    alice.audit_checkpoint().await.unwrap();
+    stack.stop().await;
+}
+
+async fn meta(db: &std::path::Path, key: &str) -> Vec<u8> {
+    let pool = cloister_store::open_sqlite(db, 1).await.unwrap();
+    let v: Vec<u8> = sqlx::query_scalar("SELECT value FROM meta WHERE key = ?")
+        .bind(key)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    v
+}
+
+async fn set_meta(db: &std::path::Path, key: &str, value: &[u8]) {
+    let pool = cloister_store::open_sqlite(db, 1).await.unwrap();
+    sqlx::query("INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value")
+        .bind(key)
+        .bind(value)
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+}
+
+/// A witness takes a new log key only from a checkpoint the key it follows
+/// and the new key both signed, along the history it cosigned.
+#[tokio::test]
+async fn a_witness_follows_a_new_log_key_only_when_the_old_one_vouches() {
+    use cloister_crypto::KmSigner;
+    use cloister_log::note::verifier_key;
+    use cloister_log::witness::add_checkpoint_body;
+    use cloister_log::{Checkpoint, NoteSigner, Tree, leaf_hash};
+    let (w, _, _d) = start_witness("witness.test/w").await;
+    let origin = "cloister-audit/acme";
+    let (a, b, c) = (
+        KmSigner::generate().unwrap(),
+        KmSigner::generate().unwrap(),
+        KmSigner::generate().unwrap(),
+    );
+    let (ka, kb) = (
+        verifier_key(origin, &a.public()),
+        verifier_key(origin, &b.public()),
+    );
+    w.follow(&ka).await.unwrap();
+    let mut t = Tree::new();
+    let note = |t: &Tree, keys: &[&KmSigner]| {
+        let cp = Checkpoint {
+            origin: origin.into(),
+            size: t.len(),
+            root: t.root(t.len()).unwrap(),
+        };
+        let mut out = String::new();
+        for k in keys {
+            let n = NoteSigner {
+                name: origin,
+                key: k,
+            }
+            .sign(&cp.body())
+            .unwrap();
+            if out.is_empty() {
+                out = n;
+            } else {
+                out.push_str(cloister_log::note::split_note(&n).unwrap().1);
+            }
+        }
+        out
+    };
+    for i in 0..2 {
+        t.push(leaf_hash(format!("e{i}").as_bytes()));
+    }
+    w.add_checkpoint(&add_checkpoint_body(0, &[], &note(&t, &[&a])))
+        .await
+        .unwrap();
+    t.push(leaf_hash(b"the hand-over"));
+    let proof = t.consistency_proof(2, 3).unwrap();
+    let hand = |n: &str, key: &str| format!("{key}\n{}", add_checkpoint_body(2, &proof, n));
+    for (signed_by, claimed) in [
+        (vec![&a], &kb),     // the new key did not sign
+        (vec![&b], &kb),     // the followed key did not sign
+        (vec![&a, &c], &kb), // another key signed, not the one claimed
+        (vec![&a, &b], &ka), // "hand over" to the same key: no
+    ] {
+        let e = w.hand_over(&hand(&note(&t, &signed_by), claimed)).await;
+        if claimed == &ka {
+            // both signatures check, and following A again changes nothing
+            assert!(e.is_ok(), "{e:?}");
+            continue;
+        }
+        assert!(
+            e.is_err(),
+            "accepted a hand-over signed by {}",
+            signed_by.len()
+        );
+    }
+    // a dual-signed checkpoint off the cosigned history is refused too
+    let mut fork = Tree::new();
+    for i in 0..3 {
+        fork.push(leaf_hash(format!("f{i}").as_bytes()));
+    }
+    let e = w
+        .hand_over(&format!(
+            "{kb}\n{}",
+            add_checkpoint_body(3, &[], &note(&fork, &[&a, &b]))
+        ))
+        .await;
+    assert!(e.is_err(), "a fork was accepted");
+
+    t.push(leaf_hash(b"after"));
+    let p = t.consistency_proof(3, 4).unwrap();
+    // still following A: a checkpoint by B alone is refused...
+    assert!(
+        w.add_checkpoint(&add_checkpoint_body(3, &p, &note(&t, &[&b])))
+            .await
+            .is_err()
+    );
+    // ...until A hands over to B (at size 4, both signing)
+    w.hand_over(&format!(
+        "{kb}\n{}",
+        add_checkpoint_body(3, &p, &note(&t, &[&a, &b]))
+    ))
+    .await
+    .unwrap();
+    t.push(leaf_hash(b"later"));
+    let p = t.consistency_proof(4, 5).unwrap();
+    assert!(
+        w.add_checkpoint(&add_checkpoint_body(4, &p, &note(&t, &[&a])))
+            .await
+            .is_err(),
+        "the old key alone no longer counts"
+    );
+    w.add_checkpoint(&add_checkpoint_body(4, &p, &note(&t, &[&b])))
+        .await
+        .unwrap();
+    assert_eq!(w.cosigned_size(origin).await, Some(5));
+}

@@ -70,6 +70,15 @@ impl Client {
         self.km_request(KmOp::LockStatus).await
     }
 
+    /// Rotate the audit log's signing key (admin): the log records the
+    /// hand-over in a checkpoint both keys sign.
+    pub async fn admin_rotate_log_key(&self) -> Result<cloister_proto::km::LogHandover> {
+        let h: cloister_proto::km::LogHandover = self.km_request(KmOp::RotateLogKey).await?;
+        // this device follows at once
+        self.follow_log_handovers().await?;
+        Ok(h)
+    }
+
     /// One step of a master-key rotation (admin): starts or resumes one,
     /// re-wraps up to `batch` keys, and retires the old key when none is left.
     pub async fn admin_rotate_tmk(&self, batch: u32) -> Result<cloister_proto::km::TmkRotation> {

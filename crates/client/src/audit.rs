@@ -18,9 +18,123 @@ pub struct KeyRelease {
 }
 
 impl Client {
+    /// Every audit-log key this device trusts, oldest first: the one
+    /// pinned at enrolment, then those learned from verified hand-overs.
+    pub fn log_keys(&self) -> Vec<String> {
+        let mut keys = vec![self.profile.log_key.clone()];
+        keys.extend(self.home.log_keys());
+        keys
+    }
+
+    /// The newest trusted audit-log key.
     pub(crate) fn log_verifier(&self) -> Result<cloister_log::NoteVerifier> {
-        cloister_log::NoteVerifier::parse(&self.profile.log_key)
+        let keys = self.log_keys();
+        let key = keys.last().unwrap_or(&self.profile.log_key);
+        cloister_log::NoteVerifier::parse(key)
             .map_err(|e| ClientError::Audit(format!("pinned audit log key is unusable: {e}")))
+    }
+
+    /// A checkpoint under any trusted key (one this device saw before a
+    /// hand-over stays verifiable).
+    fn verify_under_any(&self, note: &str) -> Result<cloister_log::Checkpoint> {
+        let mut last = None;
+        for k in self.log_keys().iter().rev() {
+            let v = cloister_log::NoteVerifier::parse(k)
+                .map_err(|e| ClientError::Audit(format!("a trusted log key is unusable: {e}")))?;
+            match v.verify_checkpoint(note) {
+                Ok(cp) => return Ok(cp),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(ClientError::Audit(format!(
+            "remembered checkpoint is invalid: {}",
+            last.map_or_else(|| "no key".into(), |e| e.to_string())
+        )))
+    }
+
+    /// Learn the log's newer keys: each hand-over from the newest trusted
+    /// key is a checkpoint both keys signed that includes the entry naming
+    /// them (checked with its proof). The old key vouches for the new one.
+    pub async fn follow_log_handovers(&self) -> Result<usize> {
+        let keys: cloister_proto::km::AuditKeys = self.km_request(KmOp::AuditKeys).await?;
+        let mut known = self.home.log_keys();
+        let mut learned = 0;
+        loop {
+            let current = known.last().unwrap_or(&self.profile.log_key).clone();
+            let Some(h) = keys.handovers.iter().find(|h| h.from == current) else {
+                break;
+            };
+            let bad =
+                |why: &str| ClientError::Audit(format!("audit log key hand-over rejected: {why}"));
+            let old = cloister_log::NoteVerifier::parse(&h.from).map_err(|_| bad("old key"))?;
+            let new = cloister_log::NoteVerifier::parse(&h.to).map_err(|_| bad("new key"))?;
+            if new.name != old.name {
+                return Err(bad("the new key names another log"));
+            }
+            let cp = old
+                .verify_checkpoint(&h.checkpoint)
+                .map_err(|_| bad("the old key did not sign it"))?;
+            new.verify_checkpoint(&h.checkpoint)
+                .map_err(|_| bad("the new key did not sign it"))?;
+            check_inclusion(
+                &cloister_proto::km::InclusionProof {
+                    index: h.index,
+                    size: cp.size,
+                    data: h.entry.clone(),
+                    proof: h.proof.clone(),
+                },
+                &cp,
+            )?;
+            let rec = cloister_log::AuditRecord::from_bytes(h.entry.as_slice())
+                .map_err(|_| bad("the entry is unreadable"))?;
+            if !matches!(&rec.event, cloister_log::AuditEvent::KeyRotation { key, from, to, .. }
+                if key == "audit_log" && *from == h.from && *to == h.to)
+            {
+                return Err(bad("the entry does not name these keys"));
+            }
+            // on the history this device already saw
+            self.check_extends(&cp).await?;
+            known.push(h.to.clone());
+            self.home.save_log_keys(&known)?;
+            learned += 1;
+        }
+        Ok(learned)
+    }
+
+    /// `cp` is consistent with the last checkpoint this device accepted.
+    async fn check_extends(&self, cp: &cloister_log::Checkpoint) -> Result<()> {
+        let Some(old_note) = self.home.last_checkpoint() else {
+            return Ok(());
+        };
+        let old = self.verify_under_any(&old_note)?;
+        let (a, b) = if old.size <= cp.size {
+            (&old, cp)
+        } else {
+            (cp, &old)
+        };
+        if a.size == b.size {
+            return if a.root == b.root {
+                Ok(())
+            } else {
+                Err(ClientError::Audit(format!(
+                    "the log was forked at size {}",
+                    a.size
+                )))
+            };
+        }
+        let p: cloister_proto::km::ConsistencyProof = self
+            .km_request(KmOp::AuditConsistency {
+                old: a.size,
+                new: Some(b.size),
+            })
+            .await?;
+        let proof: Vec<[u8; 32]> = p.proof.iter().map(|h| h.0).collect();
+        cloister_log::verify_consistency(a.size, b.size, &a.root, &b.root, &proof).map_err(|_| {
+            ClientError::Audit(format!(
+                "the log of size {} is not an extension of the one of size {}: it was forked or rewritten",
+                b.size, a.size
+            ))
+        })
     }
 
     /// Fetch the latest audit checkpoint, verify its signature, and prove it
@@ -51,9 +165,18 @@ impl Client {
 
     pub(crate) async fn accept_checkpoint(&self, note: &str) -> Result<cloister_log::Checkpoint> {
         let v = self.log_verifier()?;
-        let cp = v
-            .verify_checkpoint(note)
-            .map_err(|e| ClientError::Audit(format!("checkpoint rejected: {e}")))?;
+        let cp = match v.verify_checkpoint(note) {
+            Ok(cp) => cp,
+            // signed by a key this device has not learned yet?
+            Err(e) => {
+                if self.follow_log_handovers().await? == 0 {
+                    return Err(ClientError::Audit(format!("checkpoint rejected: {e}")));
+                }
+                self.log_verifier()?
+                    .verify_checkpoint(note)
+                    .map_err(|e| ClientError::Audit(format!("checkpoint rejected: {e}")))?
+            }
+        };
         if let Some(p) = self.home.witness_policy() {
             let policy = cloister_log::witness::WitnessPolicy::parse(&p.witnesses, p.quorum)
                 .map_err(|e| ClientError::Audit(format!("witness policy is invalid: {e}")))?;
@@ -65,9 +188,7 @@ impl Client {
             })?;
         }
         if let Some(old_note) = self.home.last_checkpoint() {
-            let old = v.verify_checkpoint(&old_note).map_err(|e| {
-                ClientError::Audit(format!("remembered checkpoint is invalid: {e}"))
-            })?;
+            let old = self.verify_under_any(&old_note)?;
             if cp.size < old.size {
                 return Err(ClientError::Audit(format!(
                     "the log was rolled back: it now has {} entries, but this device saw {}",

@@ -62,6 +62,8 @@ pub struct Home {
     cache_key: RoomKey,
     checkpoint: std::sync::Mutex<Option<String>>,
     witnesses: std::sync::Mutex<Option<WitnessPolicyConfig>>,
+    /// Audit-log keys learned from hand-overs since enrolment, oldest first.
+    log_keys: std::sync::Mutex<Vec<String>>,
     sessions: std::sync::Mutex<HashMap<String, Zeroizing<[u8; 32]>>>,
 }
 
@@ -95,6 +97,7 @@ impl Home {
             cache_key: RoomKey::generate()?,
             checkpoint: Default::default(),
             witnesses: std::sync::Mutex::new(None),
+            log_keys: std::sync::Mutex::new(Vec::new()),
             sessions: Default::default(),
         })
     }
@@ -124,6 +127,7 @@ impl Home {
             cache_key,
             checkpoint: Default::default(),
             witnesses: std::sync::Mutex::new(None),
+            log_keys: std::sync::Mutex::new(Vec::new()),
             sessions: Default::default(),
         };
         home.save_profile(profile)?;
@@ -169,6 +173,7 @@ impl Home {
                 cache_key,
                 checkpoint: Default::default(),
                 witnesses: std::sync::Mutex::new(None),
+                log_keys: std::sync::Mutex::new(Vec::new()),
                 sessions: Default::default(),
             },
             keys,
@@ -320,6 +325,29 @@ impl Home {
         }
         if let Ok(mut c) = self.witnesses.lock() {
             *c = Some(p.clone());
+        }
+        Ok(())
+    }
+
+    /// Audit-log keys this device learned from verified hand-overs.
+    pub fn log_keys(&self) -> Vec<String> {
+        if let Some(d) = &self.dir {
+            return std::fs::read(d.join("log_keys.json"))
+                .ok()
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+        }
+        self.log_keys.lock().map(|k| k.clone()).unwrap_or_default()
+    }
+
+    pub fn save_log_keys(&self, keys: &[String]) -> Result<(), ClientError> {
+        if let Some(d) = &self.dir {
+            let b =
+                serde_json::to_vec_pretty(keys).map_err(|e| ClientError::Local(e.to_string()))?;
+            return write_private(&d.join("log_keys.json"), &b);
+        }
+        if let Ok(mut k) = self.log_keys.lock() {
+            *k = keys.to_vec();
         }
         Ok(())
     }

@@ -110,6 +110,7 @@ impl Km {
                     log_key: self.audit.verifier_key(),
                 })
             }
+            KmOp::AuditKeys => json(&self.audit_keys().await?),
             KmOp::AuditConsistency { old, new } => {
                 let new = new.unwrap_or_else(|| self.audit.size());
                 let proof = self.audit.consistency_proof(old, new)?;
@@ -199,6 +200,7 @@ impl Km {
                     KmOp::ListUsers => json(&self.list_users().await?),
                     KmOp::LockStatus => json(&self.lock_status().await?),
                     KmOp::RotateTmk { batch } => json(&self.rotate_tmk_step(actor, batch).await?),
+                    KmOp::RotateLogKey => json(&self.rotate_log_key(actor).await?),
                     KmOp::AuditList {
                         from,
                         limit,

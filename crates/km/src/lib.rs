@@ -27,6 +27,7 @@ mod escrow;
 mod exchange;
 pub mod http;
 mod keys;
+mod logkey;
 mod membership;
 mod metrics;
 mod openapi;
@@ -309,12 +310,13 @@ impl Km {
             .and_then(|t| t.parse().ok())
             .ok_or(KmError::Corrupt("tenant id"))?;
         let signer = Self::stored_km_signer(&store, &provider).await?;
-        let log_signer = Self::log_signer(&store, &provider).await?;
+        let origin = audit::origin_for(&tenant);
+        let log_signer = Self::settled_log_signer(&store, &provider, &origin).await?;
         let exchange = Self::exchange_key(&store, &provider).await?;
-        let audit =
-            audit::AuditLog::open(audit_store, log_signer, audit::origin_for(&tenant)).await?;
+        let audit = audit::AuditLog::open(audit_store, log_signer, origin).await?;
         let km = Km::new(tenant, (signer, exchange), provider, store, config, audit);
         km.load_directory().await?;
+        km.publish_handover().await?;
         Ok(km)
     }
 

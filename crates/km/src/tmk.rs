@@ -15,31 +15,35 @@ use cloister_proto::km::TmkRotation;
 
 const META_SIGNER: &str = "signer_wrapped";
 const SIGNER_AAD: &[u8] = b"cloister/km-signer/v1";
-const META_LOG_SIGNER: &str = "log_signer_wrapped";
-const LOG_SIGNER_AAD: &[u8] = b"cloister/log-signer/v1";
+pub(crate) const META_LOG_SIGNER: &str = "log_signer_wrapped";
+pub(crate) const LOG_SIGNER_AAD: &[u8] = b"cloister/log-signer/v1";
+/// The audit log's next key while a hand-over is under way (empty: none).
+pub(crate) const META_LOG_NEXT: &str = "log_signer_next";
 const META_EXCHANGE: &str = "exchange_key_wrapped";
 const EXCHANGE_AAD: &[u8] = b"cloister/km-exchange/v1";
 
 /// The KM's own secrets under the TMK: (meta name, associated data).
-const TMK_SECRETS: [(&str, &[u8]); 3] = [
+const TMK_SECRETS: [(&str, &[u8]); 4] = [
     (META_SIGNER, SIGNER_AAD),
     (META_LOG_SIGNER, LOG_SIGNER_AAD),
+    (META_LOG_NEXT, LOG_SIGNER_AAD),
     (META_EXCHANGE, EXCHANGE_AAD),
 ];
 
 /// Where a secret is kept tagged with its TMK version; the bare name holds
 /// one wrapped before versions existed (version 1).
-fn tagged(meta: &str) -> String {
+pub(crate) fn tagged(meta: &str) -> String {
     format!("{meta}@tmk")
 }
 
-/// A secret's wrap as [`KeyProvider::unwrap`] reads it (tagged).
-async fn stored_wrap(
+/// A secret's wrap as [`KeyProvider::unwrap`] reads it (tagged); an
+/// empty value is a secret that was cleared.
+pub(crate) async fn stored_wrap(
     store: &Arc<dyn KmStore>,
     meta: &str,
 ) -> Result<Option<Vec<u8>>, cloister_store::StoreError> {
     if let Some(w) = store.get_meta(&tagged(meta)).await? {
-        return Ok(Some(w));
+        return Ok((!w.is_empty()).then_some(w));
     }
     Ok(store
         .get_meta(meta)

@@ -170,6 +170,12 @@ pub enum KmOp {
     RotateTmk { batch: u32 },
     /// The audit log's latest signed checkpoint.
     AuditCheckpoint,
+    /// The audit log's key hand-overs, each proven in the log (any device:
+    /// a device that pinned an older key learns the newer one from them).
+    AuditKeys,
+    /// Admin: rotate the audit log's signing key (the log records the
+    /// hand-over in a checkpoint both keys sign).
+    RotateLogKey,
     /// Admin: audit entries, filtered.
     AuditList {
         #[serde(default)]
@@ -832,6 +838,33 @@ pub struct TmkRotation {
     pub remaining: u64,
     /// The old master key is retired: the rotation is complete.
     pub finished: bool,
+}
+
+/// One hand-over of the audit log to a new key: the entry that records
+/// it, in a checkpoint both keys signed, with its inclusion proof.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LogHandover {
+    /// The old verifier key (`name+id+key`).
+    pub from: String,
+    /// The new verifier key.
+    pub to: String,
+    /// The `key_rotation` entry's index.
+    pub index: u64,
+    /// A checkpoint that includes the entry, signed by both keys.
+    pub checkpoint: String,
+    /// The entry's bytes.
+    pub entry: Bytes,
+    /// Its inclusion proof in `checkpoint`.
+    pub proof: Vec<Fixed<32>>,
+}
+
+/// The answer to `AuditKeys`.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct AuditKeys {
+    /// The key that signs checkpoints now.
+    pub current: String,
+    /// Every hand-over, oldest first.
+    pub handovers: Vec<LogHandover>,
 }
 
 /// The answer to `LockStatus`.

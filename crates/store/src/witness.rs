@@ -80,6 +80,32 @@ impl WitnessStore {
 
     /// Move a log's cosigned checkpoint from `old` (its size now) to
     /// `(size, root)`, atomically: `false` if another request moved it first.
+    /// Follow `origin` under `new` instead of `old_key`, at the
+    /// checkpoint (`size`, `root`) both keys signed; only if the state is
+    /// still (`old_key`, `old`).
+    pub async fn hand_over(
+        &self,
+        origin: &str,
+        (old_key, old): (&str, u64),
+        new: &str,
+        size: u64,
+        root: &[u8; 32],
+    ) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE logs SET vkey = $1, size = $2, root = $3
+             WHERE origin = $4 AND vkey = $5 AND size = $6",
+        )
+        .bind(new)
+        .bind(size.min(i64::MAX as u64) as i64)
+        .bind(&root[..])
+        .bind(origin)
+        .bind(old_key)
+        .bind(old.min(i64::MAX as u64) as i64)
+        .execute(&self.db.writer)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
     pub async fn advance(
         &self,
         origin: &str,

@@ -183,6 +183,57 @@ impl Witness {
     }
 }
 
+impl Witness {
+    /// Handle a key hand-over: `NEW-KEY\n` then an `add-checkpoint` body
+    /// whose checkpoint both the followed key and the new key signed. The
+    /// followed key vouches for its successor; from then on the witness
+    /// follows the log under the new key (and cosigns this checkpoint).
+    pub async fn hand_over(&self, body: &str) -> Result<String, Refusal> {
+        let (new_key, rest) = body
+            .split_once('\n')
+            .ok_or(WitnessError::Malformed("no new key line"))?;
+        let next =
+            NoteVerifier::parse(new_key).map_err(|_| WitnessError::Malformed("new log key"))?;
+        let req = AddCheckpoint::parse(rest)?;
+        let text = note_text(req.note).map_err(|_| WitnessError::Malformed("checkpoint note"))?;
+        let origin = text.split('\n').next().unwrap_or("").to_owned();
+        if next.name != origin {
+            return Err(WitnessError::Malformed("the new key names another log").into());
+        }
+        let _one = self.lock.lock().await;
+        let log = self
+            .store
+            .log(&origin)
+            .await
+            .map_err(|e| Refusal::Internal(e.to_string()))?
+            .ok_or_else(|| WitnessError::UnknownLog(origin.clone()))?;
+        let current =
+            NoteVerifier::parse(&log.vkey).map_err(|e| Refusal::Internal(e.to_string()))?;
+        // the followed key signed it, along one history...
+        let cp = witness_step(&current, log.last, &req).inspect_err(|e| {
+            tracing::warn!(%origin, "key hand-over refused: {e}");
+        })?;
+        // ...and so did the new key
+        next.verify_checkpoint(req.note)
+            .map_err(|_| WitnessError::BadSignature)?;
+        let old = log.last.map_or(0, |(s, _)| s);
+        if !self
+            .store
+            .hand_over(&origin, (&log.vkey, old), new_key.trim(), cp.size, &cp.root)
+            .await
+            .map_err(|e| Refusal::Internal(e.to_string()))?
+        {
+            return Err(Refusal::Internal("the witness state moved".into()));
+        }
+        tracing::warn!(%origin, size = cp.size, "the log handed over to a new key");
+        Ok(Cosigner {
+            name: &self.name,
+            key: &self.signer,
+        }
+        .cosign(text, cloister_proto::now_secs()))
+    }
+}
+
 /// A refused `add-checkpoint`.
 #[derive(Debug, thiserror::Error)]
 pub enum Refusal {
@@ -254,6 +305,21 @@ async fn add(State(w): State<Arc<Witness>>, body: String) -> Result<String, Refu
     w.add_checkpoint(&body).await
 }
 
+#[utoipa::path(
+    post,
+    path = "/log-key",
+    tag = "witness",
+    request_body(content = String, content_type = "text/plain", description = "A log's key hand-over: the new verifier key on the first line, then an add-checkpoint request whose checkpoint the followed key and the new key both signed"),
+    responses(
+        (status = 200, description = "the cosignature line; the witness follows the new key", content_type = "text/plain", body = String),
+        (status = 409, description = "the size this witness last cosigned", content_type = "text/x.tlog.size", body = String),
+        (status = "default", description = "refused, with the reason", content_type = "text/plain", body = String)
+    )
+)]
+async fn log_key(State(w): State<Arc<Witness>>, body: String) -> Result<String, Refusal> {
+    w.hand_over(&body).await
+}
+
 #[utoipa::path(get, path = "/v1/info", tag = "witness", responses((status = 200, body = Info)))]
 async fn info(State(w): State<Arc<Witness>>) -> axum::Json<Info> {
     axum::Json(Info {
@@ -274,6 +340,7 @@ fn api() -> utoipa_axum::router::OpenApiRouter<Arc<Witness>> {
     use utoipa_axum::routes;
     utoipa_axum::router::OpenApiRouter::with_openapi(Doc::openapi())
         .routes(routes!(add))
+        .routes(routes!(log_key))
         .routes(routes!(info))
 }
 
@@ -282,7 +349,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
     api().into_openapi()
 }
 
-/// `POST /add-checkpoint`, `GET /v1/info`.
+/// `POST /add-checkpoint`, `POST /log-key`, `GET /v1/info`.
 pub fn router(w: Arc<Witness>) -> axum::Router {
     let metrics = w.metrics().clone();
     let ready = w.ready_check();

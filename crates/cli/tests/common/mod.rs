@@ -574,3 +574,26 @@ pub async fn connect(a: &Client, b: &Client) {
     let v = b.connect_answer(&v.id, true).await.unwrap();
     assert_eq!(v.state, "accepted");
 }
+
+/// A witness on a loopback port, following nothing yet.
+pub async fn start_witness(
+    name: &str,
+) -> (
+    std::sync::Arc<cloister_witness::Witness>,
+    String,
+    tempfile::TempDir,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let w = std::sync::Arc::new(
+        cloister_witness::Witness::open_dir(dir.path(), Some(name))
+            .await
+            .unwrap(),
+    );
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", l.local_addr().unwrap());
+    let r = cloister_witness::router(w.clone());
+    tokio::spawn(async move {
+        let _ = cloister_http::serve(l, r, std::future::pending()).await;
+    });
+    (w, url, dir)
+}
