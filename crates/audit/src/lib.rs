@@ -230,13 +230,7 @@ impl AuditLog {
     /// the current key can learn the next one from a checkpoint both
     /// signed.
     pub async fn begin_handover(&self, next: KmSigner) -> Result<(), ApiError> {
-        let current = self
-            .signers
-            .read()
-            .map_err(|_| ApiError::internal("signer lock"))?
-            .last()
-            .cloned()
-            .ok_or_else(|| ApiError::internal("the log has no key"))?;
+        let current = self.signer(|s| s.last())?;
         self.set_keys(vec![current, Arc::new(next)]).await?;
         Ok(())
     }
@@ -245,13 +239,7 @@ impl AuditLog {
     /// Returns the newest checkpoint both keys signed (every batch before
     /// this call is in it).
     pub async fn end_handover(&self) -> Result<(u64, String), ApiError> {
-        let newest = self
-            .signers
-            .read()
-            .map_err(|_| ApiError::internal("signer lock"))?
-            .last()
-            .cloned()
-            .ok_or_else(|| ApiError::internal("the log has no key"))?;
+        let newest = self.signer(|s| s.last())?;
         match self.set_keys(vec![newest]).await? {
             Some(cp) => Ok(cp),
             None => {
@@ -264,15 +252,23 @@ impl AuditLog {
     /// Give up a hand-over before anything recorded it: only the old key
     /// signs again.
     pub async fn cancel_handover(&self) -> Result<(), ApiError> {
-        let old = self
-            .signers
-            .read()
-            .map_err(|_| ApiError::internal("signer lock"))?
-            .first()
-            .cloned()
-            .ok_or_else(|| ApiError::internal("the log has no key"))?;
+        let old = self.signer(|s| s.first())?;
         self.set_keys(vec![old]).await?;
         Ok(())
+    }
+
+    /// One of the current signing keys.
+    fn signer(
+        &self,
+        pick: impl Fn(&[Arc<KmSigner>]) -> Option<&Arc<KmSigner>>,
+    ) -> Result<Arc<KmSigner>, ApiError> {
+        let s = self
+            .signers
+            .read()
+            .map_err(|_| ApiError::internal("signer lock"))?;
+        pick(&s)
+            .cloned()
+            .ok_or_else(|| ApiError::internal("the log has no key"))
     }
 
     async fn set_keys(&self, keys: Vec<Arc<KmSigner>>) -> Result<Option<(u64, String)>, ApiError> {

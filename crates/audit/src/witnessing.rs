@@ -58,11 +58,7 @@ impl Witnesses {
             .ok()
             .and_then(|(t, _)| Checkpoint::parse_body(t).ok())
             .ok_or("the hand-over checkpoint is unreadable")?;
-        let proof = if old == 0 || old > cp.size {
-            vec![]
-        } else {
-            log.consistency_proof(old, cp.size).map_err(|e| e.message)?
-        };
+        let proof = proof_from(log, old, cp.size)?;
         let r = self
             .http
             .post(format!("{url}/log-key"))
@@ -106,11 +102,7 @@ impl Witnesses {
             .unwrap_or(0);
         let mut handed_over = false;
         for _ in 0..3 {
-            let proof = if old == 0 || old > cp.size {
-                vec![]
-            } else {
-                log.consistency_proof(old, cp.size).map_err(|e| e.message)?
-            };
+            let proof = proof_from(log, old, cp.size)?;
             let r = self
                 .http
                 .post(format!("{url}/add-checkpoint"))
@@ -149,6 +141,15 @@ impl Witnesses {
         }
         Err("the witness's size kept moving".into())
     }
+}
+
+/// The consistency proof a witness at size `old` needs for `size` (none
+/// from an empty state or a size beyond it).
+fn proof_from(log: &AuditLog, old: u64, size: u64) -> Result<Vec<[u8; 32]>, String> {
+    if old == 0 || old > size {
+        return Ok(vec![]);
+    }
+    log.consistency_proof(old, size).map_err(|e| e.message)
 }
 
 /// A witness's answer as note signature lines (`— <name> <base64>`); anything
