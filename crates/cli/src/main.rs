@@ -6,6 +6,7 @@ mod audit_cmd;
 mod compliance_cmd;
 mod connect_cmd;
 mod controls_cmd;
+mod device_cmd;
 mod room_cmd;
 mod rotate_cmd;
 mod service_cmd;
@@ -97,6 +98,9 @@ enum Cmd {
     },
     /// Show this device's identity.
     Whoami,
+    /// This device's certificate and my other devices (renew, list, revoke a lost one).
+    #[command(subcommand)]
+    Device(device_cmd::DeviceCmd),
     /// Run the firm's malware scanner (a device enrolled with the inspector
     /// role): scan every shared file with clamd and post signed verdicts.
     #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
@@ -322,6 +326,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             );
         }
         Cmd::Room(rc) => room_cmd::room_cmd(&ctx, rc).await?,
+        Cmd::Device(dc) => device_cmd::device_cmd(&ctx, dc).await?,
         Cmd::Vault(vc) => compliance_cmd::vault_cmd(&ctx, vc).await?,
         Cmd::Witness(wc) => witness_cmd::witness_cmd(&ctx, wc).await?,
         Cmd::Directory(dc) => controls_cmd::directory_cmd(&ctx, dc).await?,

@@ -58,6 +58,10 @@ pub enum KmCmd {
         /// longest a crypto-lock takes to reach devices holding keys.
         #[arg(long, value_name = "SECS", default_value_t = cloister_km::DEFAULT_LEASE_SECS)]
         key_lease: u64,
+        /// Seconds a device certificate is valid (devices in good standing
+        /// renew it without a code after two thirds of it).
+        #[arg(long, value_name = "SECS", default_value_t = cloister_km::DEFAULT_CERT_SECS)]
+        cert_lifetime: u64,
     },
     /// Print a commented example of `km serve --config FILE`.
     ConfigExample,
@@ -194,9 +198,13 @@ pub async fn km_cmd(ctx: &Ctx, ca_file: Option<&PathBuf>, cmd: KmCmd) -> Result<
             require_service_certs,
             pkcs11_pin_file,
             key_lease,
+            cert_lifetime,
         } => {
             if key_lease == 0 {
                 return Err("--key-lease must be at least 1 second".into());
+            }
+            if cert_lifetime < 60 {
+                return Err("--cert-lifetime must be at least 60 seconds".into());
             }
             tls.set_outgoing(ca_file)?;
             if !cloister_cli::custody::initialised(&data_dir) {
@@ -215,6 +223,7 @@ pub async fn km_cmd(ctx: &Ctx, ca_file: Option<&PathBuf>, cmd: KmCmd) -> Result<
                 limits: limits.limits(),
                 require_service_certs,
                 lease_secs: key_lease,
+                cert_secs: cert_lifetime,
                 ..Default::default()
             };
             cloister_cli::km_serve::run(

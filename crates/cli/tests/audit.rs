@@ -101,6 +101,8 @@ async fn every_security_event_is_logged_without_secrets() {
             "envelope_deleted",
             // tests/rotation.rs
             "key_rotation",
+            // tests/devices.rs
+            "device_renewed",
         ]
         .contains(&k)
         {

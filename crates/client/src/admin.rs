@@ -55,10 +55,7 @@ impl Client {
 
     /// Admin: revoke a device at the KM and the server.
     pub async fn admin_revoke_device(&self, device: &DeviceId) -> Result<()> {
-        let r: AdminResponse = self
-            .km_request(KmOp::RevokeDevice { device: *device })
-            .await?;
-        self.forward_notice(r).await
+        self.revoke_device(device).await
     }
 
     pub async fn admin_list_users(&self) -> Result<Vec<UserRecord>> {

@@ -338,7 +338,7 @@ impl Client {
         let sender_cert = if received {
             self.signed_cert_of(&h.device).await?
         } else {
-            self.profile.cert.clone()
+            self.cert()
         };
         let foreign = h.sender.tenant() != self.profile.tenant;
         let audit = cloister_proto::vault::AuditEnvelope {

@@ -15,7 +15,7 @@ impl Client {
 
     /// Inspector: sign and post a verdict.
     pub async fn post_verdict(&self, v: &Verdict) -> Result<()> {
-        let signed = signed::sign_verdict(&self.keys, &self.profile.cert, v)?;
+        let signed = signed::sign_verdict(&self.keys, &self.cert(), v)?;
         let room = v.room;
         let _: serde_json::Value = self
             .server(|h, s| {

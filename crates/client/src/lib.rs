@@ -20,6 +20,7 @@ mod api;
 mod audit;
 mod compliance;
 mod controls;
+mod devices;
 mod dlp;
 pub mod export;
 mod federation;
@@ -143,6 +144,10 @@ pub struct Client {
     /// built with the same).
     tls: cloister_tls::ClientTls,
     profile: Profile,
+    /// This device's certificate (renewed over the device's life).
+    cert: Mutex<cloister_proto::km::SignedCert>,
+    /// A renewal is under way.
+    renewing: std::sync::atomic::AtomicBool,
     keys: DeviceKeys,
     home: Home,
     token: Mutex<Option<(String, u64)>>,
@@ -338,6 +343,8 @@ impl Client {
             transcript,
             http,
             tls: cloister_tls::outgoing(),
+            cert: Mutex::new(profile.cert.clone()),
+            renewing: Default::default(),
             profile,
             keys,
             home,
@@ -423,8 +430,15 @@ impl Client {
         api::send(build(&self.http, &self.profile.server).bearer_auth(token)).await
     }
 
-    /// Send any signed request to the KM.
+    /// Send any signed request to the KM (renewing this device's
+    /// certificate first when it is due).
     pub async fn km_request<T: serde::de::DeserializeOwned>(&self, op: KmOp) -> Result<T> {
+        self.renew_if_due().await;
+        self.km_send(op).await
+    }
+
+    /// Send a signed request to the KM as it is.
+    pub(crate) async fn km_send<T: serde::de::DeserializeOwned>(&self, op: KmOp) -> Result<T> {
         let body = RequestBody {
             device: self.device(),
             ts: now_millis(),

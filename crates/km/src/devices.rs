@@ -180,9 +180,96 @@ impl Km {
             device: *device,
             ts: now_secs(),
         };
+        let signed = sign_notice(&self.signer, &n).map_err(Denied::internal)?;
+        // the KM tells the server itself when it can; the caller forwards it too
+        self.notifier.queue(signed.clone());
         Ok(AdminResponse {
-            notice: Some(sign_notice(&self.signer, &n).map_err(Denied::internal)?),
+            notice: Some(signed),
         })
+    }
+
+    /// Revoke a device for `cert`'s holder: an admin any device of the
+    /// tenant, a user only their own.
+    pub(crate) async fn revoke_device_for(
+        &self,
+        cert: &DeviceCert,
+        device: &DeviceId,
+    ) -> Result<AdminResponse, Denied> {
+        if !cert.roles.contains(&Role::Admin) {
+            let row = self.store.get_device(device).await.map_err(store_err)?;
+            if row.is_none_or(|r| r.user != cert.user.as_str()) {
+                tracing::warn!(user = %cert.user, %device, "revocation refused: not their device");
+                return Err(Denied::forbidden(
+                    "not_your_device",
+                    "a user revokes only their own devices (an admin any)",
+                ));
+            }
+        }
+        self.revoke_device(Some(&cert.user), device).await
+    }
+
+    /// A new certificate for a device in good standing (the caller checked
+    /// it: not expired, not revoked, user active): the same keys, the
+    /// user's current roles, a new expiry. No enrolment code.
+    pub(crate) async fn renew_cert(&self, cert: &DeviceCert) -> Result<SignedCert, Denied> {
+        let urow = self
+            .store
+            .get_user(&cert.user)
+            .await
+            .map_err(store_err)?
+            .ok_or_else(|| Denied::forbidden("user_disabled", "the user is gone"))?;
+        let now = now_secs();
+        let next = DeviceCert {
+            roles: parse_roles(&urow.roles),
+            issued_at: now,
+            not_after: now + self.config.cert_secs,
+            ..cert.clone()
+        };
+        let signed = sign_cert(&self.signer, &next).map_err(Denied::internal)?;
+        let bytes = serde_json::to_vec(&signed).map_err(Denied::internal)?;
+        if !self
+            .store
+            .renew_device(&cert.device, &bytes, now)
+            .await
+            .map_err(store_err)?
+        {
+            return Err(Denied::forbidden(
+                "device_revoked",
+                format!("device {} is revoked", cert.device),
+            ));
+        }
+        if let Ok(mut m) = self.active.lock() {
+            m.insert(cert.device, Arc::new(next.clone()));
+        }
+        self.record(
+            Some(&cert.user),
+            AuditEvent::DeviceRenewed {
+                user: cert.user.clone(),
+                device: cert.device,
+                not_after: next.not_after,
+            },
+        )
+        .await?;
+        tracing::info!(user = %cert.user, device = %cert.device, "certificate renewed");
+        Ok(signed)
+    }
+
+    /// A user's devices and their standing.
+    pub(crate) async fn devices_of(&self, user: &UserId) -> Result<Vec<DeviceRecord>, Denied> {
+        Ok(self
+            .store
+            .devices_of_user(user)
+            .await
+            .map_err(store_err)?
+            .into_iter()
+            .filter_map(|d| {
+                Some(DeviceRecord {
+                    device: d.device.parse().ok()?,
+                    status: d.status,
+                    issued_at: d.issued_at,
+                })
+            })
+            .collect())
     }
 
     /// Log a refused key request from a device that is no longer in good standing.

@@ -36,6 +36,7 @@ impl Km {
             KmOp::AddUser { .. }
                 | KmOp::DisableUser { .. }
                 | KmOp::RevokeDevice { .. }
+                | KmOp::RenewCert
                 | KmOp::EscrowInit { .. }
                 | KmOp::VaultRegister { .. }
                 | KmOp::CaseOpen { .. }
@@ -111,6 +112,9 @@ impl Km {
                 })
             }
             KmOp::AuditKeys => json(&self.audit_keys().await?),
+            KmOp::RevokeDevice { device } => json(&self.revoke_device_for(&cert, &device).await?),
+            KmOp::RenewCert => json(&self.renew_cert(&cert).await?),
+            KmOp::MyDevices => json(&self.devices_of(&cert.user).await?),
             KmOp::AuditConsistency { old, new } => {
                 let new = new.unwrap_or_else(|| self.audit.size());
                 let proof = self.audit.consistency_proof(old, new)?;
@@ -194,9 +198,6 @@ impl Km {
                         json(&self.add_user(actor, &user, &roles).await?)
                     }
                     KmOp::DisableUser { user } => json(&self.disable_user(actor, &user).await?),
-                    KmOp::RevokeDevice { device } => {
-                        json(&self.revoke_device(actor, &device).await?)
-                    }
                     KmOp::ListUsers => json(&self.list_users().await?),
                     KmOp::LockStatus => json(&self.lock_status().await?),
                     KmOp::RotateTmk { batch } => json(&self.rotate_tmk_step(actor, batch).await?),

@@ -127,6 +127,12 @@ impl KmLimits {
 
 /// How long a device may use a released key without asking again: the
 /// longest a crypto-lock takes to reach a device that holds keys.
+/// How long a device certificate is valid by default: a week. A device
+/// renews it without a code while in good standing (after two thirds of
+/// its life); one offline longer re-enrols. Short, so a role taken away or
+/// a certificate copied lasts at most this long anywhere.
+pub const DEFAULT_CERT_SECS: u64 = 7 * 24 * 3600;
+
 pub const DEFAULT_LEASE_SECS: u64 = 600;
 
 /// An enrolment code is burned after this many wrong tries for its user.
@@ -142,7 +148,7 @@ impl Default for KmConfig {
     fn default() -> Self {
         KmConfig {
             lease_secs: DEFAULT_LEASE_SECS,
-            cert_secs: 365 * 24 * 3600,
+            cert_secs: DEFAULT_CERT_SECS,
             code_secs: 7 * 24 * 3600,
             witnesses: Vec::new(),
             limits: KmLimits::default(),

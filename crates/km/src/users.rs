@@ -126,20 +126,7 @@ impl Km {
                 .user
                 .parse()
                 .map_err(|_| Denied::internal("a stored user id does not parse"))?;
-            let devices = self
-                .store
-                .devices_of_user(&id)
-                .await
-                .map_err(store_err)?
-                .into_iter()
-                .filter_map(|d| {
-                    Some(DeviceRecord {
-                        device: d.device.parse().ok()?,
-                        status: d.status,
-                        issued_at: d.issued_at,
-                    })
-                })
-                .collect();
+            let devices = self.devices_of(&id).await?;
             let Ok(user) = u.user.parse() else { continue };
             out.push(UserRecord {
                 user,

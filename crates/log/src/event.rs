@@ -40,6 +40,12 @@ pub enum AuditEvent {
     DeviceRevoked {
         device: DeviceId,
     },
+    /// A device in good standing renewed its certificate (no code).
+    DeviceRenewed {
+        user: UserId,
+        device: DeviceId,
+        not_after: u64,
+    },
     /// The KM's data was restored from a backup: the log went on from
     /// `size_at_backup` entries; anything a device or witness saw beyond
     /// that was lost.
@@ -261,6 +267,7 @@ impl AuditEvent {
             AuditEvent::UserDisabled { .. } => "user_disabled",
             AuditEvent::DeviceCertified { .. } => "device_certified",
             AuditEvent::DeviceRevoked { .. } => "device_revoked",
+            AuditEvent::DeviceRenewed { .. } => "device_renewed",
             AuditEvent::EnrolmentCodeBurned { .. } => "enrolment_code_burned",
             AuditEvent::LogRestored { .. } => "log_restored",
             AuditEvent::KeyRotation { .. } => "key_rotation",
@@ -312,12 +319,13 @@ impl AuditEvent {
         }
     }
 
-    pub const KINDS: [&'static str; 36] = [
+    pub const KINDS: [&'static str; 37] = [
         "tenant_initialised",
         "user_added",
         "user_disabled",
         "device_certified",
         "device_revoked",
+        "device_renewed",
         "enrolment_code_burned",
         "log_restored",
         "key_rotation",

@@ -154,8 +154,14 @@ pub enum KmOp {
     AddUser { user: UserId, roles: Vec<Role> },
     /// Admin: disable a user; all their devices lose key access.
     DisableUser { user: UserId },
-    /// Admin: revoke one device.
+    /// Revoke one device: an admin any device of the tenant, a user their
+    /// own (a lost laptop, from their phone).
     RevokeDevice { device: DeviceId },
+    /// A fresh certificate for the requesting device, without a code,
+    /// while it is in good standing (current roles, a new expiry).
+    RenewCert,
+    /// The requesting user's devices.
+    MyDevices,
     /// Admin: list users and devices.
     ListUsers,
     /// Admin: whether the tenant's master key can be used (crypto-lock).

@@ -242,6 +242,27 @@ async fn register_device(
         ApiError::forbidden("bad_certificate", format!("certificate rejected: {e}"))
     })?;
     s.check_standing(&cert)?;
+    // A renewed certificate replaces an older one, never the other way:
+    // an old certificate (other roles, an earlier expiry) presented again
+    // by anyone is refused.
+    if let Some(row) = s
+        .store
+        .get_device(&cert.device)
+        .await
+        .map_err(ApiError::internal)?
+        && let Ok(stored) = serde_json::from_slice::<SignedCert>(&row.cert)
+        && let Ok(stored) =
+            serde_json::from_slice::<cloister_proto::km::DeviceCert>(stored.body.as_slice())
+        && stored.issued_at > cert.issued_at
+    {
+        return Err(ApiError::conflict(
+            "stale_certificate",
+            format!(
+                "device {} has a newer certificate (issued {}) than this one (issued {})",
+                cert.device, stored.issued_at, cert.issued_at
+            ),
+        ));
+    }
     s.store
         .put_device(&DeviceRow {
             device: cert.device.to_hex(),

@@ -496,6 +496,21 @@ async fn km_basics(url: &str) {
         s.km_deny_list().await.unwrap().1,
         vec!["a@acme".to_string()]
     );
+    // a renewal replaces an active device's certificate, never a revoked one's
+    let id = cloister_proto::DeviceId([3; 16]);
+    s.put_device(&KmDeviceRow {
+        device: id.to_hex(),
+        cert: b"old".to_vec(),
+        ..dev.clone()
+    })
+    .await
+    .unwrap();
+    assert!(s.renew_device(&id, b"new", 5).await.unwrap());
+    let row = s.get_device(&id).await.unwrap().unwrap();
+    assert_eq!((row.cert.as_slice(), row.issued_at), (&b"new"[..], 5));
+    assert!(s.set_device_status(&id, "revoked").await.unwrap());
+    assert!(!s.renew_device(&id, b"newer", 6).await.unwrap());
+    assert_eq!(s.get_device(&id).await.unwrap().unwrap().cert, b"new");
 
     s.put_case("c1", 1, b"v1").await.unwrap();
     s.put_case("c1", 2, b"v2").await.unwrap();

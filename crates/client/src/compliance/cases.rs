@@ -363,7 +363,7 @@ impl Client {
             .await?;
         let src = crate::export::Source {
             keys: &self.keys,
-            cert: &self.profile.cert,
+            cert: &self.cert(),
             case: case_blob,
             vault: &vault_blob,
             km_sign_pk: self.profile.km_sign_pk.0,
@@ -397,7 +397,7 @@ impl Client {
         vault: &VaultTarget,
         op: &VaultOp,
     ) -> Result<T> {
-        let req = signed::sign_vault_request(&self.keys, &self.profile.cert, op)?;
+        let req = signed::sign_vault_request(&self.keys, &self.cert(), op)?;
         api::send(
             self.http
                 .post(format!("{}/v1/request", vault.url))

@@ -210,6 +210,18 @@ impl KmStore for SqlKmStore {
         Ok(r.rows_affected() > 0)
     }
 
+    async fn renew_device(&self, device: &DeviceId, cert: &[u8], issued_at: u64) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE devices SET cert = $1, issued_at = $2 WHERE device = $3 AND status = 'active'",
+        )
+        .bind(cert)
+        .bind(i(issued_at))
+        .bind(device.to_hex())
+        .execute(&self.db.writer)
+        .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
     async fn km_deny_list(&self) -> Result<(Vec<String>, Vec<String>)> {
         let devs = sqlx::query_scalar("SELECT device FROM devices WHERE status != 'active'")
             .fetch_all(&self.db.readers)
