@@ -46,6 +46,9 @@ pub enum AdminCmd {
     /// audit log's signing key, the escrow key.
     #[command(subcommand)]
     Rotate(rotate_cmd::RotateCmd),
+    /// Which devices the KM certifies: the attestation policy.
+    #[command(subcommand)]
+    Attestation(super::enrol_cmd::AttestationCmd),
     /// The tenant's threshold escrow key.
     #[command(subcommand)]
     Escrow(EscrowCmd),
@@ -118,6 +121,7 @@ pub async fn admin_cmd(ctx: &Ctx, ac: AdminCmd) -> Result<(), BoxError> {
         }
         AdminCmd::Controls(cc) => controls_cmd::admin_cmd(ctx, cc).await?,
         AdminCmd::Rotate(rc) => rotate_cmd::rotate_cmd(ctx, rc).await?,
+        AdminCmd::Attestation(ac) => super::enrol_cmd::attestation_cmd(ctx, ac).await?,
         AdminCmd::Trust(tc) => trust_cmd::trust_cmd(ctx, tc).await?,
         AdminCmd::RegisterTenant {
             server,

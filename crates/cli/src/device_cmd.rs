@@ -8,6 +8,9 @@ use serde_json::json;
 
 #[derive(Subcommand)]
 pub enum DeviceCmd {
+    /// Make this device's keys before enrolling (an MDM endorses them for
+    /// a tenant that requires attestation); prints the public keys.
+    Keygen,
     /// This device's certificate: when it was issued and when it expires
     /// (devices renew it by themselves after two thirds of its life).
     Show,
@@ -23,8 +26,12 @@ pub enum DeviceCmd {
 }
 
 pub async fn device_cmd(ctx: &Ctx, dc: DeviceCmd) -> Result<(), BoxError> {
+    if let DeviceCmd::Keygen = dc {
+        return super::enrol_cmd::device_keygen(ctx);
+    }
     let c = ctx.client()?;
     match dc {
+        DeviceCmd::Keygen => {}
         DeviceCmd::Show => {
             let (issued, not_after) = c.cert_validity()?;
             ctx.emit(

@@ -7,6 +7,7 @@ mod compliance_cmd;
 mod connect_cmd;
 mod controls_cmd;
 mod device_cmd;
+mod enrol_cmd;
 mod room_cmd;
 mod rotate_cmd;
 mod service_cmd;
@@ -15,10 +16,9 @@ mod witness_cmd;
 
 use clap::{Parser, Subcommand};
 use cloister_cli::BoxError;
-use cloister_client::{Client, Received, Storage};
-use cloister_crypto::passphrase::Cost;
+use cloister_client::{Client, Received};
+use cloister_proto::RoomId;
 use cloister_proto::server::Content;
-use cloister_proto::{RoomId, UserId};
 use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -86,16 +86,10 @@ enum Cmd {
     /// My entitlements.
     Entitlements,
     /// Enrol this device with a one-time code from an admin.
-    Enrol {
-        #[arg(long)]
-        server: String,
-        #[arg(long)]
-        km: String,
-        #[arg(long)]
-        user: String,
-        #[arg(long)]
-        code: String,
-    },
+    Enrol(enrol_cmd::EnrolArgs),
+    /// The MDM's side of attestation: its key, and endorsements of managed devices' keys.
+    #[command(subcommand)]
+    Mdm(enrol_cmd::MdmCmd),
     /// Show this device's identity.
     Whoami,
     /// This device's certificate and my other devices (renew, list, revoke a lost one).
@@ -291,32 +285,8 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
             ..
         } => print!("{}", cloister_cli::config::example::<Cli>(&["inspect"])),
         Cmd::Admin(ac) => admin_cmd::admin_cmd(&ctx, ac).await?,
-        Cmd::Enrol {
-            server,
-            km,
-            user,
-            code,
-        } => {
-            let pass = read_secret(ctx.pass_file.as_deref(), "CLOISTER_PASSPHRASE")?;
-            let u: UserId = parse(&user)?;
-            let c = Client::enrol(
-                cloister_tls::http_client(),
-                &server,
-                &km,
-                &u,
-                &code,
-                Storage::Dir {
-                    path: ctx.home()?,
-                    passphrase: &pass,
-                    cost: Cost::DEFAULT,
-                },
-            )
-            .await?;
-            ctx.emit(
-                format!("enrolled {} as device {}", c.user(), c.device()),
-                json!({"user": c.user(), "device": c.device(), "tenant": c.tenant()}),
-            );
-        }
+        Cmd::Enrol(a) => enrol_cmd::enrol(&ctx, a).await?,
+        Cmd::Mdm(mc) => enrol_cmd::mdm_cmd(&ctx, mc)?,
         Cmd::Whoami => {
             let c = ctx.client()?;
             let p = c.profile();

@@ -262,6 +262,7 @@ async fn km_edge_errors_and_replay() {
         sign_pk: Fixed(keys.sign_pk()),
         hpke_pk: Fixed(keys.hpke_pk()),
         pop: Fixed(pop),
+        evidence: None,
     };
     let m = expect_error(
         h.post(format!("{k}/v1/enrol"))

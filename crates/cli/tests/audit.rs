@@ -103,6 +103,8 @@ async fn every_security_event_is_logged_without_secrets() {
             "key_rotation",
             // tests/devices.rs
             "device_renewed",
+            // tests/attestation.rs
+            "attestation_policy_set",
         ]
         .contains(&k)
         {

@@ -62,6 +62,19 @@ impl Client {
         self.km_request(KmOp::ListUsers).await
     }
 
+    /// Admin: set the tenant's attestation policy (which devices the KM certifies).
+    pub async fn admin_attestation_set(
+        &self,
+        policy: cloister_proto::km::AttestationPolicy,
+    ) -> Result<cloister_proto::km::AttestationPolicy> {
+        self.km_request(KmOp::AttestationSet { policy }).await
+    }
+
+    /// Admin: the tenant's attestation policy.
+    pub async fn admin_attestation_show(&self) -> Result<cloister_proto::km::AttestationPolicy> {
+        self.km_request(KmOp::AttestationShow).await
+    }
+
     /// Whether the tenant is crypto-locked (admin).
     pub async fn admin_lock_status(&self) -> Result<cloister_proto::km::LockStatus> {
         self.km_request(KmOp::LockStatus).await

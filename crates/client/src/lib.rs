@@ -237,6 +237,15 @@ pub async fn km_info(http: &reqwest::Client, km: &str) -> Result<KmInfo> {
     api::send(http.get(format!("{}/v1/info", trim_url(km)))).await
 }
 
+/// How a device enrols beyond its code: keys made earlier (so that an
+/// MDM could endorse them) and the evidence the tenant's attestation
+/// policy asks for.
+#[derive(Default)]
+pub struct EnrolOptions {
+    pub keys: Option<DeviceKeys>,
+    pub evidence: Option<cloister_proto::km::Evidence>,
+}
+
 impl Client {
     /// Enrol a new device with a one-time code and save it to `storage`.
     pub async fn enrol(
@@ -246,6 +255,28 @@ impl Client {
         user: &UserId,
         code: &str,
         storage: Storage<'_>,
+    ) -> Result<Client> {
+        Self::enrol_with(
+            http,
+            server,
+            km,
+            user,
+            code,
+            storage,
+            EnrolOptions::default(),
+        )
+        .await
+    }
+
+    /// [`Client::enrol`] with prepared keys and attestation evidence.
+    pub async fn enrol_with(
+        http: reqwest::Client,
+        server: &str,
+        km: &str,
+        user: &UserId,
+        code: &str,
+        storage: Storage<'_>,
+        opts: EnrolOptions,
     ) -> Result<Client> {
         let (server, km) = (trim_url(server), trim_url(km));
         let info = km_info(&http, &km).await?;
@@ -269,7 +300,10 @@ impl Client {
                 info.tenant
             )));
         }
-        let keys = DeviceKeys::generate()?;
+        let keys = match opts.keys {
+            Some(k) => k,
+            None => DeviceKeys::generate()?,
+        };
         let pop = keys.sign(
             signed::ENROL,
             &signed::enrol_transcript(user, code, &keys.sign_pk(), &keys.hpke_pk()),
@@ -280,6 +314,7 @@ impl Client {
             sign_pk: Fixed(keys.sign_pk()),
             hpke_pk: Fixed(keys.hpke_pk()),
             pop: Fixed(pop),
+            evidence: opts.evidence,
         };
         let cert: cloister_proto::km::SignedCert =
             api::send(http.post(format!("{km}/v1/enrol")).json(&req)).await?;

@@ -58,6 +58,7 @@ fn setup(
             sign_pk: Fixed(dev.sign_pk()),
             hpke_pk: Fixed(dev.hpke_pk()),
             pop: Fixed(pop),
+            evidence: None,
         })
         .await
         .unwrap();

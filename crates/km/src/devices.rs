@@ -20,6 +20,8 @@ impl Km {
                 "proof of possession of the device key is invalid",
             )
         })?;
+        // the tenant's attestation policy, before the code is spent
+        let attested = self.attest(req).await?;
         let invalid = || {
             Denied::unauthenticated(
                 "invalid_code",
@@ -54,6 +56,9 @@ impl Km {
                 format!("{user} is disabled"),
             ));
         }
+        if let Some(a) = &attested {
+            self.spend_evidence(a).await?;
+        }
         let device = cloister_crypto::keys::device_id_for(&req.sign_pk.0);
         let now = now_secs();
         let cert = DeviceCert {
@@ -87,6 +92,9 @@ impl Km {
             AuditEvent::DeviceCertified {
                 user: req.user.clone(),
                 device,
+                attested: attested
+                    .as_ref()
+                    .map(|a| format!("{}:{}", a.format, a.device)),
             },
         )
         .await?;

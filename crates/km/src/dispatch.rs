@@ -37,6 +37,7 @@ impl Km {
                 | KmOp::DisableUser { .. }
                 | KmOp::RevokeDevice { .. }
                 | KmOp::RenewCert
+                | KmOp::AttestationSet { .. }
                 | KmOp::EscrowInit { .. }
                 | KmOp::VaultRegister { .. }
                 | KmOp::CaseOpen { .. }
@@ -200,6 +201,10 @@ impl Km {
                     KmOp::DisableUser { user } => json(&self.disable_user(actor, &user).await?),
                     KmOp::ListUsers => json(&self.list_users().await?),
                     KmOp::LockStatus => json(&self.lock_status().await?),
+                    KmOp::AttestationSet { policy } => {
+                        json(&self.set_attestation_policy(actor, policy).await?)
+                    }
+                    KmOp::AttestationShow => json(&self.attestation_policy().await?),
                     KmOp::RotateTmk { batch } => json(&self.rotate_tmk_step(actor, batch).await?),
                     KmOp::RotateLogKey => json(&self.rotate_log_key(actor).await?),
                     KmOp::AuditList {

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub use cloister_audit as audit;
+mod attestation;
 pub mod compliance;
 mod connections;
 mod error;

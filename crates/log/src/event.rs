@@ -36,6 +36,15 @@ pub enum AuditEvent {
     DeviceCertified {
         user: UserId,
         device: DeviceId,
+        /// The accepted evidence (`format:device`), when there was some.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        attested: Option<String>,
+    },
+    /// An admin set the tenant's attestation policy.
+    AttestationPolicySet {
+        required: bool,
+        formats: Vec<String>,
+        mdm_keys: Vec<String>,
     },
     DeviceRevoked {
         device: DeviceId,
@@ -268,6 +277,7 @@ impl AuditEvent {
             AuditEvent::DeviceCertified { .. } => "device_certified",
             AuditEvent::DeviceRevoked { .. } => "device_revoked",
             AuditEvent::DeviceRenewed { .. } => "device_renewed",
+            AuditEvent::AttestationPolicySet { .. } => "attestation_policy_set",
             AuditEvent::EnrolmentCodeBurned { .. } => "enrolment_code_burned",
             AuditEvent::LogRestored { .. } => "log_restored",
             AuditEvent::KeyRotation { .. } => "key_rotation",
@@ -319,13 +329,14 @@ impl AuditEvent {
         }
     }
 
-    pub const KINDS: [&'static str; 37] = [
+    pub const KINDS: [&'static str; 38] = [
         "tenant_initialised",
         "user_added",
         "user_disabled",
         "device_certified",
         "device_revoked",
         "device_renewed",
+        "attestation_policy_set",
         "enrolment_code_burned",
         "log_restored",
         "key_rotation",

@@ -120,6 +120,44 @@ pub struct EnrolRequest {
     pub hpke_pk: Fixed<32>,
     /// Proof of possession: the device's signature over the enrolment transcript.
     pub pop: Fixed<64>,
+    /// Evidence about the device the tenant's attestation policy may require.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub evidence: Option<Evidence>,
+}
+
+/// Evidence an enrolment carries about the device (attestation): a format
+/// (`mdm`) and its bytes, which that format's verifier reads.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Evidence {
+    pub format: String,
+    pub body: Bytes,
+}
+
+/// The tenant's attestation policy: which devices the KM certifies.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AttestationPolicy {
+    /// Refuse an enrolment without accepted evidence.
+    pub required: bool,
+    /// The evidence formats accepted (`mdm`).
+    pub formats: Vec<String>,
+    /// The tenant's MDM keys (Ed25519) an `mdm` endorsement must be signed by.
+    #[serde(default)]
+    pub mdm_keys: Vec<Fixed<32>>,
+    /// The oldest evidence accepted, in seconds since it was issued.
+    pub max_age_secs: u64,
+}
+
+impl Default for AttestationPolicy {
+    fn default() -> Self {
+        AttestationPolicy {
+            required: false,
+            formats: Vec::new(),
+            mdm_keys: Vec::new(),
+            max_age_secs: 24 * 3600,
+        }
+    }
 }
 
 /// The signed body of any authenticated request to the KM.
@@ -162,6 +200,10 @@ pub enum KmOp {
     RenewCert,
     /// The requesting user's devices.
     MyDevices,
+    /// Admin: set the tenant's attestation policy.
+    AttestationSet { policy: AttestationPolicy },
+    /// Admin: the tenant's attestation policy.
+    AttestationShow,
     /// Admin: list users and devices.
     ListUsers,
     /// Admin: whether the tenant's master key can be used (crypto-lock).

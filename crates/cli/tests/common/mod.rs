@@ -243,6 +243,7 @@ impl RawDevice {
             sign_pk: Fixed(keys.sign_pk()),
             hpke_pk: Fixed(keys.hpke_pk()),
             pop: Fixed(pop),
+            evidence: None,
         };
         let r = http
             .post(format!("{km_url}/v1/enrol"))
