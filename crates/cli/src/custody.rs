@@ -163,3 +163,28 @@ pub fn describe(custody: &Custody) -> String {
         ),
     }
 }
+
+/// Remove SoftHSM2 tokens labelled `PREFIX<pid>` whose process is gone (a
+/// killed test run or demo leaves its token behind).
+pub fn remove_stale_softhsm_tokens(prefix: &str) {
+    let Ok(out) = std::process::Command::new("softhsm2-util")
+        .arg("--show-slots")
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some(label) = line.trim().strip_prefix("Label:") else {
+            continue;
+        };
+        let label = label.trim();
+        let Some(pid) = label.strip_prefix(prefix) else {
+            continue;
+        };
+        if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::process::Command::new("softhsm2-util")
+                .args(["--delete-token", "--token", label])
+                .output();
+        }
+    }
+}

@@ -11,6 +11,7 @@ use cloister_proto::server::Content;
 use std::path::Path;
 
 mod controls;
+mod custody;
 mod firms;
 
 struct Demo {
@@ -188,10 +189,25 @@ pub async fn run(data_dir: Option<&Path>, json: bool, tls: bool) -> Result<bool,
         });
         witnesses.push((w, url));
     }
-    let mut opts = StackOptions::new("acme".parse()?);
-    opts.tls = local_tls.clone();
-    opts.km_config.witnesses = witnesses.iter().map(|(_, u)| u.clone()).collect();
-    let stack = Stack::start(&dir, opts).await?;
+    // Acme's master key in an HSM when SoftHSM2 is installed
+    let hsm = custody::demo_token();
+    let witness_urls: Vec<String> = witnesses.iter().map(|(_, u)| u.clone()).collect();
+    let make_opts = || {
+        let mut opts = StackOptions::new("acme".parse().unwrap_or_else(|_| unreachable!()));
+        opts.tls = local_tls.clone();
+        opts.km_config.witnesses = witness_urls.clone();
+        opts.km_custody = hsm.clone().map(crate::custody::Custody::Pkcs11);
+        opts
+    };
+    let stack = match Stack::start(&dir, make_opts()).await {
+        Ok(s) => s,
+        Err(e) => {
+            if let Some(h) = &hsm {
+                custody::drop_token(h);
+            }
+            return Err(e);
+        }
+    };
     for (w, _) in &witnesses {
         w.follow(&stack.km.info().log_key).await?;
     }
@@ -629,6 +645,20 @@ pub async fn run(data_dir: Option<&Path>, json: bool, tls: bool) -> Result<bool,
     )
     .await?;
 
+    let stack = custody::run(
+        &mut d,
+        stack,
+        hsm.as_ref(),
+        make_opts,
+        custody::Cast {
+            admin: &admin,
+            reader: &alice,
+            room: desk,
+            dir: &dir,
+        },
+    )
+    .await?;
+
     d.section("What the operator holds");
     let needles: Vec<Vec<u8>> = secrets
         .iter()
@@ -684,6 +714,9 @@ pub async fn run(data_dir: Option<&Path>, json: bool, tls: bool) -> Result<bool,
     );
 
     stack.stop().await;
+    if let Some(h) = &hsm {
+        custody::drop_token(h);
+    }
     let ok = d.failures.is_empty();
     if json {
         println!(

@@ -79,6 +79,14 @@ pub async fn open_km_with(
         }
         Ok((km, None))
     } else {
+        if Km::store_has_tenant(store.as_ref()).await? {
+            return Err(format!(
+                "the KM's database in {} holds a tenant but its master key is not here \
+                 (no tmk.sealed, no provider.json): the tenant is crypto-locked until the key is restored",
+                dir.display()
+            )
+            .into());
+        }
         let tenant = tenant.ok_or("this KM is not initialised: pass --tenant to create it")?;
         let provider = custody::provider(dir, custody, true, cost)?;
         let (km, out) = Km::init(store.clone(), store, provider, tenant.clone(), config).await?;

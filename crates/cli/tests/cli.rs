@@ -359,7 +359,16 @@ fn the_demo_runs_and_every_check_holds() {
         .filter(|s| s.get("check").is_some())
         .count();
     assert!(checks >= 9, "{checks} checks");
-    assert!(data.join("server/server.db").exists() && data.join("km/tmk.sealed").exists());
+    assert!(data.join("server/server.db").exists());
+    // the master key in SoftHSM (CI installs it): no key file, the token's record
+    assert!(data.join("km/provider.json").exists() && !data.join("km/tmk.sealed").exists());
+    let lock = v["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s.get("check").and_then(|c| c.as_str()))
+        .find(|c| c.contains("crypto-locked at once"));
+    assert!(lock.is_some(), "the demo shows a crypto-lock: {v}");
     // refusing to reuse a directory that already holds demo data
     assert!(
         fails(
@@ -973,8 +982,10 @@ fn cluster_and_bench_misconfigurations_get_one_clear_error() {
 fn the_demo_runs_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("demo");
+    // and with the development file provider: the lock is a withdrawn key file
     let v = json(
         cmd(None)
+            .env("CLOISTER_DEMO_FILE_KEY", "1")
             .args(["--json", "demo", "--tls", "--data-dir"])
             .arg(&data)
             .output()
@@ -982,6 +993,7 @@ fn the_demo_runs_over_tls() {
     );
     assert_eq!(v["ok"], true, "{v}");
     assert!(v["failures"].as_array().unwrap().is_empty());
+    assert!(data.join("km/tmk.sealed").exists());
     // its own CA and a certificate per service, keys readable by the owner only
     assert!(data.join("tls/ca.pem").exists());
     for s in ["km", "server", "vault"] {

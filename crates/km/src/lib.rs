@@ -301,6 +301,12 @@ impl Km {
         ))
     }
 
+    /// Whether this store already holds a tenant (its master key must then
+    /// exist somewhere: a new one would open none of its keys).
+    pub async fn store_has_tenant(store: &dyn KmStore) -> Result<bool, KmError> {
+        Ok(store.get_meta(META_TENANT).await?.is_some())
+    }
+
     /// Open an initialised KM.
     pub async fn open(
         store: Arc<dyn KmStore>,

@@ -29,7 +29,7 @@ pub fn token() -> &'static str {
             Path::new(MODULE).exists(),
             "SoftHSM2's module is missing: {MODULE}"
         );
-        remove_stale_tokens();
+        cloister_cli::custody::remove_stale_softhsm_tokens("cloister-test-");
         let label = format!("cloister-test-{}", std::process::id());
         let out = std::process::Command::new("softhsm2-util")
             .args(["--init-token", "--free", "--label", &label])
@@ -43,31 +43,6 @@ pub fn token() -> &'static str {
         );
         label
     })
-}
-
-/// Tokens of earlier test processes that are gone (a killed run leaves its
-/// token behind).
-fn remove_stale_tokens() {
-    let Ok(out) = std::process::Command::new("softhsm2-util")
-        .arg("--show-slots")
-        .output()
-    else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        let Some(label) = line.trim().strip_prefix("Label:") else {
-            continue;
-        };
-        let label = label.trim();
-        let Some(pid) = label.strip_prefix("cloister-test-") else {
-            continue;
-        };
-        if !Path::new("/proc").join(pid).exists() {
-            let _ = std::process::Command::new("softhsm2-util")
-                .args(["--delete-token", "--token", label])
-                .output();
-        }
-    }
 }
 
 pub fn config(key_label: &str) -> Pkcs11Config {

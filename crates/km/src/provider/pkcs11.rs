@@ -271,6 +271,25 @@ impl Pkcs11KeyProvider {
         })
     }
 
+    /// What an HSM administrator does from the token's own console:
+    /// disable (or enable again) the use of every master-key version for
+    /// encryption and decryption, in a session of its own. A disabled key
+    /// crypto-locks the tenant at once; enabling it resumes service. For
+    /// drills and the demo; the KM itself never calls it.
+    pub fn set_master_key_usable(cfg: &Pkcs11Config, usable: bool) -> Result<usize, ProviderError> {
+        let (_ctx, session) = Self::connect(cfg)?;
+        let keys = Self::scan(&session, &cfg.key_label)?;
+        for h in keys.tmks.values() {
+            session
+                .update_attributes(
+                    *h,
+                    &[Attribute::Encrypt(usable), Attribute::Decrypt(usable)],
+                )
+                .map_err(|e| hsm("changing the master key's use", e))?;
+        }
+        Ok(keys.tmks.len())
+    }
+
     /// The token's label (for `km` output).
     pub fn token(&self) -> &str {
         &self.token
