@@ -94,6 +94,10 @@ pub enum EscrowCmd {
         /// How many custodians must approve a decryption.
         #[arg(long)]
         threshold: u8,
+        /// Any THRESHOLD approvals must come from at least this many
+        /// jurisdictions (the custodians' directory jurisdictions).
+        #[arg(long, default_value_t = 0)]
+        min_jurisdictions: u8,
     },
     /// Show the KM-signed escrow descriptor.
     Show,
@@ -209,13 +213,16 @@ pub async fn admin_cmd(ctx: &Ctx, ac: AdminCmd) -> Result<(), BoxError> {
         AdminCmd::Escrow(EscrowCmd::Init {
             custodians,
             threshold,
+            min_jurisdictions,
         }) => {
             let c = ctx.client()?;
             let us = custodians
                 .iter()
                 .map(|u| parse(u))
                 .collect::<Result<Vec<UserId>, _>>()?;
-            let d = c.admin_escrow_init(&us, threshold).await?;
+            let d = c
+                .admin_escrow_init_spread(&us, threshold, min_jurisdictions)
+                .await?;
             ctx.emit(
                 format!(
                     "escrow key {} created; any {} of {} custodians can open the archive; the private key was never stored",

@@ -72,6 +72,10 @@ pub enum ControlsAdminCmd {
         /// An asset class (repeatable; replaces the list).
         #[arg(long = "asset-class")]
         asset_classes: Vec<String>,
+        /// The legal jurisdiction the user works under (UK, US-NY, SG):
+        /// escrow policies count custodians by it.
+        #[arg(long)]
+        jurisdiction: Option<String>,
     },
     /// Data-loss-prevention policies every device enforces before sealing.
     #[command(subcommand)]
@@ -305,6 +309,7 @@ pub async fn admin_cmd(ctx: &Ctx, cmd: ControlsAdminCmd) -> Result<(), BoxError>
             location,
             job_function,
             asset_classes,
+            jurisdiction,
         } => {
             let u: UserId = parse(&user)?;
             let p = ProfileUpdate {
@@ -315,6 +320,7 @@ pub async fn admin_cmd(ctx: &Ctx, cmd: ControlsAdminCmd) -> Result<(), BoxError>
                 location,
                 job_function,
                 asset_classes: (!asset_classes.is_empty()).then_some(asset_classes),
+                jurisdiction,
             };
             c.admin_profile_set(&u, p.clone()).await?;
             ctx.emit(

@@ -1,7 +1,8 @@
 //! Device attestation: a tenant that requires it certifies only devices
 //! whose enrolment carries evidence its policy accepts: an endorsement of
 //! the device's keys by the tenant's MDM key. Rejected, replayed and
-//! expired evidence is refused, and a refusal does not spend the code.
+//! expired evidence is refused; a rejected or expired one does not spend
+//! the code (a replay does: it is an attack).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;

@@ -66,6 +66,14 @@ impl Client {
             };
             let bad =
                 |why: &str| ClientError::Audit(format!("audit log key hand-over rejected: {why}"));
+            // never back to a key already trusted (a loop), and at most one
+            // step per published hand-over
+            if h.to == self.profile.log_key
+                || known.contains(&h.to)
+                || learned >= keys.handovers.len()
+            {
+                return Err(bad("it hands over to a key already trusted"));
+            }
             let old = cloister_log::NoteVerifier::parse(&h.from).map_err(|_| bad("old key"))?;
             let new = cloister_log::NoteVerifier::parse(&h.to).map_err(|_| bad("new key"))?;
             if new.name != old.name {

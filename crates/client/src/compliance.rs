@@ -21,6 +21,19 @@ impl Client {
         custodians: &[UserId],
         threshold: u8,
     ) -> Result<cloister_proto::km::EscrowDescriptor> {
+        self.admin_escrow_init_spread(custodians, threshold, 0)
+            .await
+    }
+
+    /// [`Client::admin_escrow_init`] where any `threshold` shares must come
+    /// from at least `min_jurisdictions` jurisdictions (the custodians'
+    /// jurisdictions in the directory; the KM checks the spread).
+    pub async fn admin_escrow_init_spread(
+        &self,
+        custodians: &[UserId],
+        threshold: u8,
+        min_jurisdictions: u8,
+    ) -> Result<cloister_proto::km::EscrowDescriptor> {
         use cloister_crypto::escrow;
         let n = custodians.len();
         if !(2..=32).contains(&n) || threshold < 2 || threshold as usize > n {
@@ -70,6 +83,7 @@ impl Client {
                 public: Fixed(public),
                 threshold,
                 shares: sealed,
+                min_jurisdictions,
             })
             .await?;
         let d = signed::verify_escrow(&self.profile.km_sign_pk.0, &signed)?;

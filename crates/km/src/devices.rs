@@ -105,6 +105,9 @@ impl Km {
     /// A device's certificate (issued by this KM), if the device is in good
     /// standing: the shared check over the KM's own records.
     pub(crate) async fn active_cert(&self, device: &DeviceId) -> Result<Arc<DeviceCert>, Denied> {
+        // an eviction after this point (a revocation racing this load)
+        // keeps what is loaded below out of the cache
+        let epoch = self.active_epoch.load(std::sync::atomic::Ordering::Acquire);
         let cached = self.active.lock().ok().and_then(|m| m.get(device).cloned());
         let (cert, facts) = match cached {
             // Only active devices of active users are cached; revocation and
@@ -124,10 +127,22 @@ impl Km {
         cloister_standing::check(&cert, Some(&self.tenant), now_millis(), &facts)?;
         if worth_caching(&facts)
             && let Ok(mut m) = self.active.lock()
+            && self.active_epoch.load(std::sync::atomic::Ordering::Acquire) == epoch
         {
             m.insert(*device, cert.clone());
         }
         Ok(cert)
+    }
+
+    /// Change the cache of active devices after a standing change (the
+    /// database already says so): under its lock, with the epoch moved on
+    /// so that a load that read the old standing does not put it back.
+    pub(crate) fn evict_active(&self, f: impl FnOnce(&mut HashMap<DeviceId, Arc<DeviceCert>>)) {
+        if let Ok(mut m) = self.active.lock() {
+            f(&mut m);
+            self.active_epoch
+                .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+        }
     }
 
     /// A device's stored certificate and what the KM's records say of it.
@@ -179,9 +194,9 @@ impl Km {
             .set_device_status(device, "revoked")
             .await
             .map_err(store_err)?;
-        if let Ok(mut m) = self.active.lock() {
+        self.evict_active(|m| {
             m.remove(device);
-        }
+        });
         tracing::info!(%device, "device revoked");
         let n = Notice::DeviceRevoked {
             tenant: self.tenant.clone(),
@@ -243,12 +258,15 @@ impl Km {
         {
             return Err(Denied::forbidden(
                 "device_revoked",
-                format!("device {} is revoked", cert.device),
+                format!("device {} is revoked or its user disabled", cert.device),
             ));
         }
-        if let Ok(mut m) = self.active.lock() {
-            m.insert(cert.device, Arc::new(next.clone()));
-        }
+        // the next request loads the new certificate with the standing
+        // facts of that moment (never a cached "active" that a revocation
+        // racing this renewal evicted)
+        self.evict_active(|m| {
+            m.remove(&cert.device);
+        });
         self.record(
             Some(&cert.user),
             AuditEvent::DeviceRenewed {

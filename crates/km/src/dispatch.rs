@@ -38,6 +38,9 @@ impl Km {
                 | KmOp::RevokeDevice { .. }
                 | KmOp::RenewCert
                 | KmOp::AttestationSet { .. }
+                | KmOp::RotateTmk { .. }
+                | KmOp::RotateLogKey
+                | KmOp::RoomRekey { .. }
                 | KmOp::EscrowInit { .. }
                 | KmOp::VaultRegister { .. }
                 | KmOp::CaseOpen { .. }
@@ -246,9 +249,10 @@ impl Km {
                         public,
                         threshold,
                         shares,
+                        min_jurisdictions,
                     } => json(
                         &self
-                            .escrow_init(&cert.user, public, threshold, shares)
+                            .escrow_init(&cert.user, public, (threshold, min_jurisdictions), shares)
                             .await?,
                     ),
                     _ => Err(Denied::internal("unreachable op")),

@@ -22,7 +22,7 @@ impl Km {
         &self,
         actor: &UserId,
         public: Fixed<32>,
-        threshold: u8,
+        (threshold, min_jurisdictions): (u8, u8),
         shares: Vec<SealedShare>,
     ) -> Result<SignedEscrow, Denied> {
         let n = shares.len();
@@ -73,12 +73,45 @@ impl Km {
             }
             custodians.push(sh.custodian.clone());
         }
+        let jurisdictions: Vec<String> = {
+            let dir = self.dir();
+            custodians
+                .iter()
+                .map(|c| {
+                    dir.user(c)
+                        .map(|u| u.entry().jurisdiction.trim().to_ascii_uppercase())
+                        .unwrap_or_default()
+                })
+                .collect()
+        };
+        if min_jurisdictions > 1 {
+            if let Some((c, _)) = custodians
+                .iter()
+                .zip(&jurisdictions)
+                .find(|(_, j)| j.is_empty())
+            {
+                return Err(Denied::malformed(
+                    "bad_escrow",
+                    format!(
+                        "{c} has no jurisdiction in the directory (admin profile set --jurisdiction)"
+                    ),
+                ));
+            }
+            spread_ok(&jurisdictions, threshold, min_jurisdictions)
+                .map_err(|m| Denied::malformed("bad_escrow", m))?;
+        }
         let d = EscrowDescriptor {
             tenant: self.tenant.clone(),
             public,
             threshold,
             custodians: custodians.clone(),
             created: now_secs(),
+            jurisdictions: if jurisdictions.iter().all(String::is_empty) {
+                Vec::new()
+            } else {
+                jurisdictions
+            },
+            min_jurisdictions,
         };
         let signed =
             cloister_crypto::signed::sign_escrow(&self.signer, &d).map_err(Denied::internal)?;
@@ -114,5 +147,57 @@ impl Km {
             })?;
         tracing::info!(threshold, shares = n, "escrow key initialised");
         Ok(signed)
+    }
+}
+
+/// Whether any `k` of the shares (one per custodian, in `jurisdictions`)
+/// come from at least `m` jurisdictions: exactly when the `m - 1`
+/// jurisdictions holding the most shares hold fewer than `k` together.
+pub(crate) fn spread_ok(jurisdictions: &[String], k: u8, m: u8) -> Result<(), String> {
+    if m > k {
+        return Err(format!(
+            "{k} shares cannot come from {m} jurisdictions: the threshold is below the rule"
+        ));
+    }
+    let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+    for j in jurisdictions {
+        *counts.entry(j.as_str()).or_default() += 1;
+    }
+    let mut by_size: Vec<(&str, usize)> = counts.into_iter().collect();
+    by_size.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    let top: Vec<(&str, usize)> = by_size.into_iter().take(usize::from(m) - 1).collect();
+    let held: usize = top.iter().map(|(_, n)| n).sum();
+    if held >= usize::from(k) {
+        let names: Vec<String> = top.iter().map(|(j, n)| format!("{j} ({n})")).collect();
+        return Err(format!(
+            "{k} custodians from {} alone could open the escrow: spread the shares over more jurisdictions",
+            names.join(" and ")
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::spread_ok;
+
+    fn j(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| (*s).to_owned()).collect()
+    }
+
+    #[test]
+    fn any_threshold_of_shares_spans_enough_jurisdictions() {
+        // 2-of-3, no two from the same jurisdiction
+        assert!(spread_ok(&j(&["UK", "US", "SG"]), 2, 2).is_ok());
+        let e = spread_ok(&j(&["UK", "UK", "SG"]), 2, 2).unwrap_err();
+        assert!(e.contains("UK (2)"), "{e}");
+        // 3-of-5 from at least 2: the biggest jurisdiction holds at most 2
+        assert!(spread_ok(&j(&["UK", "UK", "US", "US", "SG"]), 3, 2).is_ok());
+        assert!(spread_ok(&j(&["UK", "UK", "UK", "US", "SG"]), 3, 2).is_err());
+        // 3-of-5 from at least 3: the two biggest hold at most 2 together
+        assert!(spread_ok(&j(&["UK", "US", "SG", "DE", "JP"]), 3, 3).is_ok());
+        assert!(spread_ok(&j(&["UK", "UK", "US", "SG", "DE"]), 3, 3).is_err());
+        // the rule cannot ask for more jurisdictions than shares needed
+        assert!(spread_ok(&j(&["UK", "US", "SG"]), 2, 3).is_err());
     }
 }

@@ -54,7 +54,11 @@ impl Km {
                 // this firm's own devices are known from its own records
                 continue;
             }
-            if self.foreign_cached(&peek.device).is_some() {
+            // a renewed certificate (issued later) replaces the one known
+            if self
+                .foreign_cached(&peek.device)
+                .is_some_and(|c| (c.issued_at, c.not_after) >= (peek.issued_at, peek.not_after))
+            {
                 continue;
             }
             let key = self.firm_key(&peek.tenant).ok_or_else(|| {

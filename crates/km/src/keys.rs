@@ -123,6 +123,18 @@ impl Km {
             .rewrap_keys(&rewrapped)
             .await
             .map_err(store_err)?;
+        // never destroy a generation a live key is still under
+        let left = self.store.count_wrapped_below(g).await.map_err(store_err)?;
+        if left > 0 {
+            tracing::error!(
+                left,
+                generation = g,
+                "keys are still under older generations; none destroyed"
+            );
+            return Err(Denied::internal(format!(
+                "{left} key(s) are still under an older generation; nothing was destroyed"
+            )));
+        }
         self.provider.destroy_before(g).map_err(Denied::from)?;
         if let Ok(mut m) = self.wrapped.lock() {
             m.clear();

@@ -217,6 +217,8 @@ pub struct Km {
     /// active). The KM is the only writer of that state, so it evicts entries
     /// itself on revocation and disabling.
     active: Mutex<HashMap<DeviceId, Arc<DeviceCert>>>,
+    /// Moves on at every eviction from `active` (see `evict_active`).
+    active_epoch: std::sync::atomic::AtomicU64,
     /// Room keys as stored: wrapped under the TMK. Every use still unwraps
     /// through the key provider, so a crypto-lock takes effect at once.
     wrapped: Mutex<WrappedKeys>,
@@ -443,6 +445,7 @@ impl Km {
             keys_lock: tokio::sync::RwLock::new(()),
             rotation: tokio::sync::Mutex::new(()),
             active: Mutex::new(HashMap::new()),
+            active_epoch: Default::default(),
             wrapped: Mutex::new(HashMap::new()),
             foreign: Mutex::new(HashMap::new()),
             audit,

@@ -7,8 +7,8 @@
 //!
 //! ```text
 //!  next key stored (wrapped) ─▶ both keys sign every batch ─▶ entry
-//!  ─▶ only the new key signs (the last checkpoint both signed is kept)
-//!  ─▶ the new key becomes the log's key; the hand-over is published
+//!  ─▶ the hand-over published with a checkpoint both signed ─▶ only the
+//!  new key signs ─▶ the new key becomes the log's key
 //! ```
 //!
 //! A crash before the entry reached the log leaves the old key in place
@@ -41,15 +41,19 @@ async fn handovers(store: &Arc<dyn KmStore>) -> Result<Vec<Stored>, KmError> {
     })
 }
 
-/// Make `next` the log's key and publish the hand-over (each write on its
-/// own is safe to repeat).
-async fn finish(store: &Arc<dyn KmStore>, next_wrapped: &[u8], h: Stored) -> Result<(), KmError> {
+/// Publish a hand-over (once; safe to repeat).
+async fn publish(store: &Arc<dyn KmStore>, h: Stored) -> Result<(), KmError> {
     let mut all = handovers(store).await?;
     if !all.iter().any(|x| x.to == h.to) {
         all.push(h);
         let b = serde_json::to_vec(&all).map_err(|_| KmError::Corrupt("audit log hand-overs"))?;
         store.set_meta(META_HANDOVERS, &b).await?;
     }
+    Ok(())
+}
+
+/// Make the next key the log's key (safe to repeat).
+async fn promote(store: &Arc<dyn KmStore>, next_wrapped: &[u8]) -> Result<(), KmError> {
     store
         .set_meta(&tagged(META_LOG_SIGNER), next_wrapped)
         .await?;
@@ -85,6 +89,12 @@ impl Km {
                     if key == "audit_log" && *t == to)
             })
         });
+        if handovers(store).await?.iter().any(|h| h.to == to) {
+            // published: only the switch of keys was left
+            promote(store, &w).await?;
+            tracing::warn!("an interrupted audit-log key rotation was finished");
+            return Ok(next);
+        }
         let Some(entry) = entry else {
             tracing::warn!(
                 "an audit-log key rotation stopped before the log recorded it; the old key stays"
@@ -92,16 +102,16 @@ impl Km {
             store.set_meta(&tagged(META_LOG_NEXT), &[]).await?;
             return Ok(current);
         };
-        // Every batch since the entry was signed by both keys: the newest
-        // stored checkpoint is one both signed.
+        // Recorded, not yet published: the hand-over never ended (it is
+        // published first), so every batch since the entry was signed by
+        // both keys and the newest stored checkpoint is one both signed.
         let (size, note) = store
             .audit_latest_checkpoint()
             .await?
             .ok_or(KmError::Corrupt("audit log checkpoint"))?;
         let from = cloister_log::note::verifier_key(origin, &current.public());
-        finish(
+        publish(
             store,
-            &w,
             Stored {
                 from,
                 to,
@@ -111,6 +121,7 @@ impl Km {
             },
         )
         .await?;
+        promote(store, &w).await?;
         tracing::warn!("an interrupted audit-log key rotation was finished");
         Ok(next)
     }
@@ -162,19 +173,25 @@ impl Km {
                 return Err(e);
             }
         };
-        let (size, note) = self.audit.end_handover().await?;
+        // Published while both keys still sign: the newest checkpoint now
+        // includes the entry and carries both signatures.
+        let (cp, note) = self.audit.checkpoint().await?;
         let h = Stored {
             from,
             to,
             index,
-            size,
+            size: cp.size,
             checkpoint: note,
         };
-        finish(&self.store, &wrapped, h.clone())
+        publish(&self.store, h.clone())
+            .await
+            .map_err(Denied::internal)?;
+        self.audit.end_handover().await?;
+        promote(&self.store, &wrapped)
             .await
             .map_err(Denied::internal)?;
         self.witnesses.set_handover(&h.to, &h.checkpoint);
-        tracing::warn!(size, "the audit log's key was rotated");
+        tracing::warn!(size = h.size, "the audit log's key was rotated");
         self.proven(h).await
     }
 

@@ -223,6 +223,7 @@ impl Km {
                     } else {
                         Vec::new()
                     },
+                    jurisdiction: keep("jurisdiction", e.jurisdiction),
                 }
             })
             .filter(|e| directory::matches(e, &words))

@@ -185,7 +185,12 @@ impl Km {
                 .await?;
         }
         self.rewrap_secrets(to).await?;
-        let rewrapped = self.rewrap_batch(generation, batch).await?;
+        let rewrapped = {
+            // not while retention moves keys to a newer generation (its
+            // compare-and-swap would miss a key re-wrapped meanwhile)
+            let _keys = self.keys_lock.read().await;
+            self.rewrap_batch(generation, batch).await?
+        };
         let remaining = self
             .store
             .count_wrapped_below(generation)

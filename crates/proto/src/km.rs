@@ -257,6 +257,10 @@ pub enum KmOp {
         public: Fixed<32>,
         threshold: u8,
         shares: Vec<SealedShare>,
+        /// Any `threshold` shares must come from at least this many
+        /// jurisdictions (0 or 1: no such rule).
+        #[serde(default)]
+        min_jurisdictions: u8,
     },
     /// The KM-signed escrow descriptor (any device: it seals audit envelopes to it).
     EscrowInfo,
@@ -450,6 +454,10 @@ pub struct ProfileUpdate {
     pub location: Option<String>,
     pub job_function: Option<String>,
     pub asset_classes: Option<Vec<String>>,
+    /// The legal jurisdiction the person works under (`UK`, `US-NY`, `SG`):
+    /// escrow policies count custodians by it.
+    #[serde(default)]
+    pub jurisdiction: Option<String>,
 }
 
 /// A person as directory search shows them.
@@ -463,6 +471,8 @@ pub struct DirectoryEntry {
     pub location: String,
     pub job_function: String,
     pub asset_classes: Vec<String>,
+    #[serde(default)]
+    pub jurisdiction: String,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -668,6 +678,13 @@ pub struct EscrowDescriptor {
     pub threshold: u8,
     pub custodians: Vec<UserId>,
     pub created: u64,
+    /// Each custodian's jurisdiction when the key was split (in the order
+    /// of `custodians`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jurisdictions: Vec<String>,
+    /// Any `threshold` shares span at least this many jurisdictions.
+    #[serde(default)]
+    pub min_jurisdictions: u8,
 }
 
 /// A KM-signed escrow descriptor (signed bytes, domain `cloister/escrow/v1`).

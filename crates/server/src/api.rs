@@ -253,7 +253,7 @@ async fn register_device(
         && let Ok(stored) = serde_json::from_slice::<SignedCert>(&row.cert)
         && let Ok(stored) =
             serde_json::from_slice::<cloister_proto::km::DeviceCert>(stored.body.as_slice())
-        && stored.issued_at > cert.issued_at
+        && (stored.issued_at, stored.not_after) > (cert.issued_at, cert.not_after)
     {
         return Err(ApiError::conflict(
             "stale_certificate",

@@ -337,7 +337,8 @@ pub trait KmStore: DirectoryStore + RoomLogStore + AuditStore {
     async fn devices_of_user(&self, user: &UserId) -> Result<Vec<KmDeviceRow>>;
     async fn set_device_status(&self, device: &DeviceId, status: &str) -> Result<bool>;
     /// Replace an active device's certificate (a renewal); `false` if the
-    /// device is not active (revoked meanwhile).
+    /// device is not active or its user is not (revoked or disabled
+    /// meanwhile).
     async fn renew_device(&self, device: &DeviceId, cert: &[u8], issued_at: u64) -> Result<bool>;
     /// Devices not active and users not active (the tenant's deny list).
     async fn km_deny_list(&self) -> Result<(Vec<String>, Vec<String>)>;

@@ -209,6 +209,9 @@ impl Witness {
             .ok_or_else(|| WitnessError::UnknownLog(origin.clone()))?;
         let current =
             NoteVerifier::parse(&log.vkey).map_err(|e| Refusal::Internal(e.to_string()))?;
+        if current.public_key() == next.public_key() {
+            return Err(WitnessError::Malformed("the log already uses that key").into());
+        }
         // the followed key signed it, along one history...
         let cp = witness_step(&current, log.last, &req).inspect_err(|e| {
             tracing::warn!(%origin, "key hand-over refused: {e}");

@@ -145,6 +145,7 @@ impl Client {
         let escrow = self.escrow_info().await?;
         let case_sha = cloister_crypto::sha256(r.case.body.as_slice());
         let mut shares = Vec::new();
+        let mut approvers: Vec<UserId> = Vec::new();
         let mut numbers = HashSet::new();
         for aw in &r.approvals {
             let cert = signed::verify_cert(&self.profile.km_sign_pk.0, &aw.cert)?;
@@ -170,13 +171,33 @@ impl Client {
             }
             let ctx = signed::approval_context(&c.tenant, &c.case, c.version, &case_sha, a.number);
             match escrow::open_session_share(&session, &ctx, &a.enc.0, a.ct.as_slice()) {
-                Ok(s) => shares.push(s),
+                Ok(s) => {
+                    shares.push(s);
+                    approvers.push(a.custodian.clone());
+                }
                 Err(_) => {
                     tracing::warn!(%case, custodian = %a.custodian, "an approval's share does not open for this case; ignored");
                 }
             }
         }
         let k = escrow.threshold;
+        // the escrow's jurisdiction rule, checked here too
+        if escrow.min_jurisdictions > 1 {
+            let spread: std::collections::BTreeSet<&String> = approvers
+                .iter()
+                .filter_map(|u| {
+                    let i = escrow.custodians.iter().position(|c| c == u)?;
+                    escrow.jurisdictions.get(i)
+                })
+                .collect();
+            if spread.len() < usize::from(escrow.min_jurisdictions) {
+                return Err(ClientError::Input(format!(
+                    "case {case:?} has approvals from {} jurisdiction(s); the escrow needs {}: nothing was decrypted",
+                    spread.len(),
+                    escrow.min_jurisdictions
+                )));
+            }
+        }
         if shares.len() < k as usize {
             return Err(ClientError::Input(format!(
                 "case {case:?} has {} valid approval(s) of the {k} needed; nothing was decrypted",

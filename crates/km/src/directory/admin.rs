@@ -521,6 +521,17 @@ impl Km {
         };
         let ent = cloister_scim::SCHEMA_ENTERPRISE;
         let clo = model::SCHEMA_CLOISTER_USER;
+        let mut p = p;
+        if let Some(j) = p.jurisdiction.take() {
+            p.jurisdiction = Some(canonical_jurisdiction(&j).ok_or_else(|| {
+                Denied::malformed(
+                    "bad_jurisdiction",
+                    format!(
+                        "jurisdiction {j:?}: an ISO 3166 code, a country (UK, US, SG) or a subdivision (US-NY)"
+                    ),
+                )
+            })?);
+        }
         for (v, path, name) in [
             (p.display_name, ("displayName", None), "displayName"),
             (p.title, ("title", None), "title"),
@@ -528,6 +539,7 @@ impl Km {
             (p.desk, (clo, Some("desk")), "desk"),
             (p.location, (clo, Some("location")), "location"),
             (p.job_function, (clo, Some("jobFunction")), "jobFunction"),
+            (p.jurisdiction, (clo, Some("jurisdiction")), "jurisdiction"),
         ] {
             if let Some(v) = v {
                 if v.len() > 256 || v.chars().any(char::is_control) {
@@ -679,4 +691,23 @@ fn barrier_info(r: &BarrierRec) -> BarrierInfo {
         disabled_by: r.disabled_by.clone(),
         disabled_reason: r.disabled_reason.clone(),
     }
+}
+
+/// A jurisdiction as escrow policies count it: an ISO 3166-1 alpha-2
+/// country code, or a subdivision (`US-NY`), upper case; `None` if it is
+/// not one. `UK`/`uk`/` UK ` are the same jurisdiction; `US-NY` and
+/// `US-CA` are two (name the country where the policy means countries).
+pub(crate) fn canonical_jurisdiction(j: &str) -> Option<String> {
+    let j = j.trim().to_ascii_uppercase();
+    let (country, sub) = match j.split_once('-') {
+        Some((c, s)) => (c, Some(s)),
+        None => (j.as_str(), None),
+    };
+    let ok_country = country.len() == 2 && country.bytes().all(|b| b.is_ascii_uppercase());
+    let ok_sub = sub.is_none_or(|s| {
+        (1..=3).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    });
+    (ok_country && ok_sub).then_some(j)
 }

@@ -190,6 +190,7 @@ impl UserRec {
             desk: s(self.ext(SCHEMA_CLOISTER_USER, "desk")),
             location: s(self.ext(SCHEMA_CLOISTER_USER, "location")),
             job_function: s(self.ext(SCHEMA_CLOISTER_USER, "jobFunction")),
+            jurisdiction: s(self.ext(SCHEMA_CLOISTER_USER, "jurisdiction")),
             asset_classes: self
                 .ext(SCHEMA_CLOISTER_USER, "assetClasses")
                 .and_then(Value::as_array)

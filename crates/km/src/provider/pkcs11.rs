@@ -185,9 +185,16 @@ impl Pkcs11KeyProvider {
             gens: BTreeMap::new(),
         };
         for h in all {
-            let attrs = session
-                .get_attributes(h, &[AttributeType::Label, AttributeType::Id])
-                .map_err(|e| hsm("reading a key's label", e))?;
+            // an object another session destroyed since the listing is gone
+            let attrs = match session.get_attributes(h, &[AttributeType::Label, AttributeType::Id])
+            {
+                Ok(a) => a,
+                Err(cryptoki::error::Error::Pkcs11(
+                    cryptoki::error::RvError::ObjectHandleInvalid,
+                    _,
+                )) => continue,
+                Err(e) => return Err(hsm("reading a key's label", e)),
+            };
             let mut name = String::new();
             let mut under = 1;
             for a in attrs {
@@ -221,7 +228,8 @@ impl Pkcs11KeyProvider {
     /// with that label is there already.
     pub fn create(cfg: &Pkcs11Config) -> Result<Self, ProviderError> {
         let (ctx, session) = Self::connect(cfg)?;
-        if Self::find(&session, &cfg.key_label)?.is_some() {
+        let existing = Self::scan(&session, &cfg.key_label)?;
+        if !existing.tmks.is_empty() || !existing.gens.is_empty() {
             return Err(ProviderError::Exists(format!(
                 "key {:?} in token {:?}",
                 cfg.key_label, cfg.token

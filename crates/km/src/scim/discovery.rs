@@ -183,6 +183,10 @@ fn schemas_of(req: &Req) -> Vec<Value> {
         s("desk", "Trading desk"),
         s("location", "Office location"),
         s("jobFunction", "Job function"),
+        s(
+            "jurisdiction",
+            "Legal jurisdiction (escrow policies count custodians by it)",
+        ),
         multi(s("assetClasses", "Asset classes covered")),
     ];
     let group_attrs = vec![

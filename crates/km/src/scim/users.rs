@@ -515,9 +515,7 @@ impl Km {
                 .set_user_status(user, "disabled")
                 .await
                 .map_err(store_err)?;
-            if let Ok(mut m) = self.active.lock() {
-                m.retain(|_, c| &c.user != user);
-            }
+            self.evict_active(|m| m.retain(|_, c| &c.user != user));
             Notice::UserDisabled {
                 tenant: self.tenant.clone(),
                 user: user.clone(),

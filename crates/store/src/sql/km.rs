@@ -212,7 +212,9 @@ impl KmStore for SqlKmStore {
 
     async fn renew_device(&self, device: &DeviceId, cert: &[u8], issued_at: u64) -> Result<bool> {
         let r = sqlx::query(
-            "UPDATE devices SET cert = $1, issued_at = $2 WHERE device = $3 AND status = 'active'",
+            "UPDATE devices SET cert = $1, issued_at = $2
+             WHERE device = $3 AND status = 'active'
+               AND EXISTS (SELECT 1 FROM users WHERE users.user_id = devices.user_id AND users.status = 'active')",
         )
         .bind(cert)
         .bind(i(issued_at))
