@@ -72,6 +72,9 @@ pub struct Attested {
     pub nonce: [u8; 16],
     /// Until when the nonce must be remembered (seconds).
     pub expires_at: u64,
+    /// The trusted key the evidence chains to (an MDM key, base64): a
+    /// policy that drops it no longer vouches for the device.
+    pub anchor: String,
 }
 
 /// One evidence format.

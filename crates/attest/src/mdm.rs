@@ -63,11 +63,13 @@ impl Verifier for MdmVerifier {
         }
         let blob: SignedBlob = serde_json::from_slice(body)
             .map_err(|_| AttestError::Malformed("not a signed endorsement"))?;
-        let e: Endorsement = policy
+        let (anchor, e): (&Fixed<32>, Endorsement) = policy
             .mdm_keys
             .iter()
             .find_map(|k| {
-                cloister_crypto::signed::verify_blob(&k.0, DOMAIN, &blob, "endorsement").ok()
+                cloister_crypto::signed::verify_blob(&k.0, DOMAIN, &blob, "endorsement")
+                    .ok()
+                    .map(|e| (k, e))
             })
             .ok_or(AttestError::Untrusted)?;
         if &e.tenant != subject.tenant
@@ -86,6 +88,7 @@ impl Verifier for MdmVerifier {
             device: e.device,
             nonce: e.nonce.0,
             expires_at: e.expires_at,
+            anchor: cloister_proto::b64::encode(&anchor.0),
         })
     }
 }

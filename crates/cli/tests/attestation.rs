@@ -163,6 +163,24 @@ async fn only_devices_with_accepted_evidence_are_certified() {
         cloister_log::AuditEvent::DeviceCertified { device: d, attested: Some(a), .. }
             if *d == device.device() && a == "mdm:SN-1")));
 
+    // Renewal: the attested device renews; bob, enrolled before the policy
+    // required evidence, does not (he enrols again with evidence); and once
+    // the MDM key that vouched is withdrawn, neither does the laptop.
+    device.renew_cert().await.unwrap();
+    let e = bob.renew_cert().await.unwrap_err();
+    assert_eq!(e.code(), Some("attestation_required"), "{e}");
+    let new_mdm = KmSigner::generate().unwrap();
+    w.admin
+        .admin_attestation_set(AttestationPolicy {
+            mdm_keys: vec![Fixed(new_mdm.public())],
+            ..policy.clone()
+        })
+        .await
+        .unwrap();
+    let e = device.renew_cert().await.unwrap_err();
+    assert_eq!(e.code(), Some("attestation_required"), "{e}");
+    w.admin.admin_attestation_set(policy.clone()).await.unwrap();
+
     // the same evidence again, with a new code: a replay
     let code2 = w
         .admin

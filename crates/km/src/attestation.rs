@@ -6,6 +6,16 @@ use cloister_attest::{AttestError, Attested, Subject, Verifiers};
 use cloister_proto::km::{AttestationPolicy, EnrolRequest};
 
 const META_ATTESTATION: &str = "attestation_policy";
+/// What a device's enrolment was attested by (`attestation:DEVICE`).
+const META_DEVICE_ATTESTED: &str = "attestation:";
+
+/// A device's accepted evidence, kept for its renewals.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct DeviceAttested {
+    format: String,
+    device: String,
+    anchor: String,
+}
 
 impl From<AttestError> for Denied {
     fn from(e: AttestError) -> Self {
@@ -99,6 +109,58 @@ impl Km {
             .check(&policy, req.evidence.as_ref(), &subject, now_secs())
             .inspect_err(|e| tracing::warn!(user = %req.user, "enrolment evidence refused: {e}"))
             .map_err(Denied::from)
+    }
+
+    /// Keep what vouched for a newly certified device.
+    pub(crate) async fn keep_attestation(
+        &self,
+        device: &DeviceId,
+        a: &Attested,
+    ) -> Result<(), Denied> {
+        let rec = DeviceAttested {
+            format: a.format.into(),
+            device: a.device.clone(),
+            anchor: a.anchor.clone(),
+        };
+        self.store
+            .set_meta(
+                &format!("{META_DEVICE_ATTESTED}{}", device.to_hex()),
+                &serde_json::to_vec(&rec).map_err(Denied::internal)?,
+            )
+            .await
+            .map_err(store_err)
+    }
+
+    /// At renewal: a tenant that requires attestation renews only devices
+    /// whose enrolment evidence its policy still accepts (the format, and
+    /// the MDM key it chained to). Others enrol again with evidence.
+    pub(crate) async fn still_attested(&self, device: &DeviceId) -> Result<(), Denied> {
+        let policy = self.attestation_policy().await?;
+        if !policy.required {
+            return Ok(());
+        }
+        let rec: Option<DeviceAttested> = self
+            .store
+            .get_meta(&format!("{META_DEVICE_ATTESTED}{}", device.to_hex()))
+            .await
+            .map_err(store_err)?
+            .and_then(|b| serde_json::from_slice(&b).ok());
+        let vouched = rec.is_some_and(|r| {
+            policy.formats.contains(&r.format)
+                && (r.format != cloister_attest::mdm::FORMAT
+                    || policy
+                        .mdm_keys
+                        .iter()
+                        .any(|k| cloister_proto::b64::encode(&k.0) == r.anchor))
+        });
+        if vouched {
+            return Ok(());
+        }
+        tracing::warn!(%device, "renewal refused: the device's enrolment evidence no longer meets the policy");
+        Err(Denied::forbidden(
+            AttestError::Missing.code(),
+            "this tenant now requires attestation this device's enrolment does not meet (no evidence, or its MDM key was withdrawn): enrol again with evidence",
+        ))
     }
 
     /// Spend verified evidence: each enrols one device once.

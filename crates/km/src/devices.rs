@@ -59,6 +59,10 @@ impl Km {
         if let Some(a) = &attested {
             self.spend_evidence(a).await?;
         }
+        let device_id = cloister_crypto::keys::device_id_for(&req.sign_pk.0);
+        if let Some(a) = &attested {
+            self.keep_attestation(&device_id, a).await?;
+        }
         let device = cloister_crypto::keys::device_id_for(&req.sign_pk.0);
         let now = now_secs();
         let cert = DeviceCert {
@@ -235,6 +239,7 @@ impl Km {
     /// it: not expired, not revoked, user active): the same keys, the
     /// user's current roles, a new expiry. No enrolment code.
     pub(crate) async fn renew_cert(&self, cert: &DeviceCert) -> Result<SignedCert, Denied> {
+        self.still_attested(&cert.device).await?;
         let urow = self
             .store
             .get_user(&cert.user)

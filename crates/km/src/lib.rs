@@ -33,6 +33,7 @@ mod membership;
 mod metrics;
 mod openapi;
 pub mod provider;
+mod rekey;
 mod roomcontrol;
 mod rooms;
 mod scim;
