@@ -118,6 +118,13 @@ pub async fn admin_cmd(ctx: &Ctx, ac: AdminCmd) -> Result<(), BoxError> {
                     s.provider, s.lease_secs
                 ),
             };
+            let human = match s.tmk_versions.as_slice() {
+                [.., from, to] => format!(
+                    "{human}\na master-key rotation is unfinished (v{from} -> v{to}): run `cloister admin rotate master-key`"
+                ),
+                [v] => format!("{human}; master key version {v}"),
+                [] => human,
+            };
             ctx.emit(human, serde_json::to_value(&s)?);
             if s.locked {
                 return Err("the tenant is crypto-locked".into());

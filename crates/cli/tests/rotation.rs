@@ -43,6 +43,9 @@ async fn master_key_rotation_runs_online_and_keeps_every_key() {
     assert_eq!(first.remaining, n0 - 1_000);
     assert!(!first.finished);
     assert_eq!(km.tmk_versions(), vec![1, 2]);
+    // lock-status tells the admin a rotation is unfinished
+    let st = w.admin.admin_lock_status().await.unwrap();
+    assert!(!st.locked && st.tmk_versions == vec![1, 2], "{st:?}");
 
     // Mid-rotation the tenant works: keys are released (the room's key is
     // under one master key or the other), and new messages flow.
@@ -62,6 +65,10 @@ async fn master_key_rotation_runs_online_and_keeps_every_key() {
     };
     assert_eq!(last.remaining, 0);
     assert_eq!(km.tmk_versions(), vec![2], "the old master key is retired");
+    assert_eq!(
+        w.admin.admin_lock_status().await.unwrap().tmk_versions,
+        vec![2]
+    );
     assert_eq!(
         km.digest_keys().await.unwrap(),
         (n0, d0),

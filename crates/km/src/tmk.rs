@@ -146,6 +146,7 @@ impl Km {
             provider: self.provider.name().to_owned(),
             reason,
             lease_secs: self.config.lease_secs,
+            tmk_versions: self.provider.tmk_versions(),
         })
     }
 

@@ -944,4 +944,8 @@ pub struct LockStatus {
     pub reason: Option<String>,
     /// The key lease devices get: the longest a lock takes to reach them.
     pub lease_secs: u64,
+    /// The master-key versions that exist; more than one: a rotation is
+    /// unfinished (`cloister admin rotate master-key` finishes it).
+    #[serde(default)]
+    pub tmk_versions: Vec<u32>,
 }
