@@ -203,8 +203,9 @@ pub enum AttestationCmd {
         /// An accepted evidence format (repeat): mdm.
         #[arg(long = "format")]
         formats: Vec<String>,
-        /// An MDM's public key, base64 (repeat), as `mdm keygen` printed it.
-        #[arg(long = "mdm-key")]
+        /// An MDM's public key, base64 (repeat), as `mdm keygen` printed it
+        /// (it may begin with `-`).
+        #[arg(long = "mdm-key", allow_hyphen_values = true)]
         mdm_keys: Vec<String>,
         /// The oldest evidence accepted, in seconds.
         #[arg(long, default_value_t = 24 * 3600)]

@@ -237,9 +237,20 @@ async fn the_cli_flow_mdm_keygen_endorse_and_enrol() {
             "--format",
             "mdm",
         ])
-        .args(["--mdm-key", &public])
+        .args(["--mdm-key", &public]) // may begin with '-': taken as a value
         .output()
         .unwrap());
+    // a key beginning with '-' is a value, not a flag (base64 may start so)
+    let out = cmd(Some(&admin))
+        .args(["admin", "attestation", "set", "--format", "mdm"])
+        .args(["--mdm-key", "-notakey"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("32-byte") && !err.contains("unexpected argument"),
+        "{err}"
+    );
     let code = w
         .admin
         .admin_add_user(&"carol@acme".parse().unwrap(), false)

@@ -496,10 +496,27 @@ async fn km_basics(url: &str) {
         s.km_deny_list().await.unwrap().1,
         vec!["a@acme".to_string()]
     );
-    // a renewal replaces an active device's certificate, never a revoked one's
+    // a renewal replaces an active device's certificate, never a revoked
+    // one's, nor one of a disabled user (a@acme is disabled above)
+    let disabled_users = cloister_proto::DeviceId([4; 16]);
+    s.put_device(&KmDeviceRow {
+        device: disabled_users.to_hex(),
+        ..dev.clone()
+    })
+    .await
+    .unwrap();
+    assert!(!s.renew_device(&disabled_users, b"new", 5).await.unwrap());
+    s.upsert_user(&KmUserRow {
+        user: "b@acme".into(),
+        roles: "user".into(),
+        status: "active".into(),
+    })
+    .await
+    .unwrap();
     let id = cloister_proto::DeviceId([3; 16]);
     s.put_device(&KmDeviceRow {
         device: id.to_hex(),
+        user: "b@acme".into(),
         cert: b"old".to_vec(),
         ..dev.clone()
     })
