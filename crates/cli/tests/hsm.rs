@@ -168,12 +168,16 @@ fn km_init_and_serve_say_where_the_key_is_and_never_take_the_pin_as_a_flag() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
+    let lines = std::io::BufRead::lines(std::io::BufReader::new(child.stderr.take().unwrap()));
     let _p = Procs(vec![child]);
+    let mut seen = Vec::new();
     let line = lines
-        .find(|l| l.as_ref().is_ok_and(|l| l.contains("listening on")))
-        .unwrap()
-        .unwrap();
+        .map_while(Result::ok)
+        .find(|l| {
+            seen.push(l.clone());
+            l.contains("listening on")
+        })
+        .unwrap_or_else(|| panic!("km serve stopped: {seen:?}"));
     assert!(
         line.contains("key provider: pkcs11") && line.contains(&label) && !line.contains(PIN),
         "{line}"

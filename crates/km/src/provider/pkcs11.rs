@@ -185,15 +185,15 @@ impl Pkcs11KeyProvider {
             gens: BTreeMap::new(),
         };
         for h in all {
-            // an object another session destroyed since the listing is gone
+            // an object another session (or process) destroyed since the
+            // listing cannot be read: it is not one of ours any more
             let attrs = match session.get_attributes(h, &[AttributeType::Label, AttributeType::Id])
             {
                 Ok(a) => a,
-                Err(cryptoki::error::Error::Pkcs11(
-                    cryptoki::error::RvError::ObjectHandleInvalid,
-                    _,
-                )) => continue,
-                Err(e) => return Err(hsm("reading a key's label", e)),
+                Err(e) => {
+                    tracing::debug!("skipping a token object whose label cannot be read: {e}");
+                    continue;
+                }
             };
             let mut name = String::new();
             let mut under = 1;
