@@ -100,18 +100,7 @@ pub(super) async fn run(
             );
             Pkcs11KeyProvider::set_master_key_usable(cfg, true)?;
             d.say("HSM team", "enables the master key again");
-            let after = c.reader.read(&c.room, 50, None).await?;
-            let ok = after.iter().all(|m| m.is_ok()) && after.len() == before;
-            if let Some(Ok(m)) = after.last() {
-                d.say(
-                    c.reader.user().name(),
-                    format!("reads again: {}", render(m)),
-                );
-            }
-            d.check(
-                ok,
-                "service resumes with nothing lost: all history reads again",
-            );
+            reads_again(d, &c, before).await?;
             Ok(stack)
         }
         None => {
@@ -128,10 +117,14 @@ pub(super) async fn run(
                 "key custodian",
                 "withdraws the master key file; the KM restarts",
             );
-            let mut o = opts();
-            o.km_addr = km_addr;
-            o.server_addr = server_addr;
-            let locked = Stack::start(c.dir, o).await;
+            // the same addresses: the devices know them
+            let same_place = || {
+                let mut o = opts();
+                o.km_addr = km_addr;
+                o.server_addr = server_addr;
+                o
+            };
+            let locked = Stack::start(c.dir, same_place()).await;
             match &locked {
                 Err(e) => d.say("KM", format!("refuses to start: {e}")),
                 Ok(_) => d.say("KM", "started without its key!"),
@@ -145,24 +138,27 @@ pub(super) async fn run(
             }
             std::fs::rename(&away, &tmk)?;
             d.say("key custodian", "puts the key back; the KM restarts");
-            let mut o = opts();
-            o.km_addr = km_addr;
-            o.server_addr = server_addr;
-            let stack = Stack::start(c.dir, o).await?;
+            let stack = Stack::start(c.dir, same_place()).await?;
             c.reader.clear_key_cache()?;
-            let after = c.reader.read(&c.room, 50, None).await?;
-            let ok = after.iter().all(|m| m.is_ok()) && after.len() == before;
-            if let Some(Ok(m)) = after.last() {
-                d.say(
-                    c.reader.user().name(),
-                    format!("reads again: {}", render(m)),
-                );
-            }
-            d.check(
-                ok,
-                "service resumes with nothing lost: all history reads again",
-            );
+            reads_again(d, &c, before).await?;
             Ok(stack)
         }
     }
+}
+
+/// After the key is back: all `before` messages of the room read again.
+async fn reads_again(d: &mut Demo, c: &Cast<'_>, before: usize) -> Result<(), BoxError> {
+    let after = c.reader.read(&c.room, 50, None).await?;
+    let ok = after.iter().all(|m| m.is_ok()) && after.len() == before;
+    if let Some(Ok(m)) = after.last() {
+        d.say(
+            c.reader.user().name(),
+            format!("reads again: {}", render(m)),
+        );
+    }
+    d.check(
+        ok,
+        "service resumes with nothing lost: all history reads again",
+    );
+    Ok(())
 }
