@@ -1,8 +1,7 @@
 //! `cloister admin …`: tenant administration (an admin device) and the
 //! operator's backup and restore of a data directory.
 
-use super::audit_cmd::b64std;
-use super::{Ctx, compliance_cmd, controls_cmd, parse, rotate_cmd, trust_cmd};
+use super::{Ctx, compliance_cmd, controls_cmd, escrow_cmd, parse, rotate_cmd, trust_cmd};
 use clap::Subcommand;
 use cloister_cli::BoxError;
 use cloister_proto::{DeviceId, UserId};
@@ -51,7 +50,7 @@ pub enum AdminCmd {
     Attestation(super::enrol_cmd::AttestationCmd),
     /// The tenant's threshold escrow key.
     #[command(subcommand)]
-    Escrow(EscrowCmd),
+    Escrow(escrow_cmd::EscrowCmd),
     /// The tenant's compliance vault and capture policy.
     #[command(subcommand)]
     Vault(compliance_cmd::AdminVaultCmd),
@@ -82,25 +81,6 @@ pub enum AdminCmd {
         #[arg(long)]
         data_dir: PathBuf,
     },
-}
-
-#[derive(Subcommand)]
-pub enum EscrowCmd {
-    /// Create the escrow key and split it among custodians (once per tenant).
-    Init {
-        /// A custodian user (repeat; each needs an enrolled device).
-        #[arg(long = "custodian", required = true)]
-        custodians: Vec<String>,
-        /// How many custodians must approve a decryption.
-        #[arg(long)]
-        threshold: u8,
-        /// Any THRESHOLD approvals must come from at least this many
-        /// jurisdictions (the custodians' directory jurisdictions).
-        #[arg(long, default_value_t = 0)]
-        min_jurisdictions: u8,
-    },
-    /// Show the KM-signed escrow descriptor.
-    Show,
 }
 
 pub async fn admin_cmd(ctx: &Ctx, ac: AdminCmd) -> Result<(), BoxError> {
@@ -217,44 +197,7 @@ pub async fn admin_cmd(ctx: &Ctx, ac: AdminCmd) -> Result<(), BoxError> {
                 json!({"device": d, "status": "revoked"}),
             );
         }
-        AdminCmd::Escrow(EscrowCmd::Init {
-            custodians,
-            threshold,
-            min_jurisdictions,
-        }) => {
-            let c = ctx.client()?;
-            let us = custodians
-                .iter()
-                .map(|u| parse(u))
-                .collect::<Result<Vec<UserId>, _>>()?;
-            let d = c
-                .admin_escrow_init_spread(&us, threshold, min_jurisdictions)
-                .await?;
-            ctx.emit(
-                format!(
-                    "escrow key {} created; any {} of {} custodians can open the archive; the private key was never stored",
-                    b64std(&d.public.0),
-                    d.threshold,
-                    d.custodians.len()
-                ),
-                serde_json::to_value(&d)?,
-            );
-        }
-        AdminCmd::Escrow(EscrowCmd::Show) => {
-            let c = ctx.client()?;
-            let d = c.escrow_info().await?;
-            let names: Vec<String> = d.custodians.iter().map(|u| u.to_string()).collect();
-            ctx.emit(
-                format!(
-                    "escrow key {} threshold {} of {}: {}",
-                    b64std(&d.public.0),
-                    d.threshold,
-                    names.len(),
-                    names.join(", ")
-                ),
-                serde_json::to_value(&d)?,
-            );
-        }
+        AdminCmd::Escrow(ec) => escrow_cmd::escrow_cmd(ctx, ec).await?,
         AdminCmd::ListUsers => {
             let c = ctx.client()?;
             let users = c.admin_list_users().await?;

@@ -22,6 +22,10 @@ pub enum VaultCmd {
         /// Expected KM signing key (base64); refuse if the KM shows another.
         #[arg(long)]
         km_key: Option<String>,
+        /// Pin this vault to a jurisdiction (ISO 3166: UK, US-NY): it keeps
+        /// the captures of users certified there, and only theirs.
+        #[arg(long)]
+        jurisdiction: Option<String>,
     },
     /// Serve the vault API.
     Serve {
@@ -95,11 +99,25 @@ pub enum ComplianceCmd {
     Case(CaseCmd),
     /// Custodian: approve a case, releasing your escrow share to its session only.
     Approve { case: String },
+    /// After an escrow-key rotation: re-seal the case's envelopes that are
+    /// under an older generation to the newest (needs that generation's
+    /// approvals); then `admin escrow retire` the old one.
+    Reseal {
+        case: String,
+        /// Re-seal in the vault pinned to this jurisdiction (as for export).
+        #[arg(long)]
+        jurisdiction: Option<String>,
+    },
     /// Decrypt exactly the case's envelopes (needs K approvals) and write an eDiscovery export.
     Export {
         case: String,
         #[arg(long)]
         out: PathBuf,
+        /// Read the vault pinned to this jurisdiction (default: the vault
+        /// of this device's own jurisdiction; `--jurisdiction ''`: the
+        /// default vault).
+        #[arg(long)]
+        jurisdiction: Option<String>,
     },
     /// Retention policies.
     #[command(subcommand)]
@@ -139,6 +157,10 @@ pub struct ScopeArgs {
     /// Last day, YYYY-MM-DD (UTC), inclusive.
     #[arg(long)]
     to: String,
+    /// A re-seal case: every envelope still sealed to this escrow
+    /// generation (any room), for `compliance reseal` after a rotation.
+    #[arg(long)]
+    reseal_generation: Option<u32>,
 }
 
 #[derive(Subcommand)]
@@ -216,6 +238,7 @@ async fn scope(c: &cloister_client::Client, a: &ScopeArgs) -> Result<CaseScope, 
         rooms,
         from_ms: day(&a.from, false)?,
         to_ms: day(&a.to, true)?,
+        reseal: a.reseal_generation,
     })
 }
 
@@ -254,7 +277,14 @@ pub async fn vault_cmd(ctx: &Ctx, vc: VaultCmd) -> Result<(), BoxError> {
                 },
             km,
             km_key,
+            jurisdiction,
         } => {
+            let pin = match &jurisdiction {
+                Some(j) => Some(cloister_proto::canonical_jurisdiction(j).ok_or_else(|| {
+                    format!("{j:?} is not a jurisdiction (an ISO 3166 code such as UK or US-NY)")
+                })?),
+                None => None,
+            };
             if database_url.is_none() && cloister_vault::db_path(&data_dir).exists() {
                 return Err(format!("{} already holds a vault", data_dir.display()).into());
             }
@@ -271,11 +301,17 @@ pub async fn vault_cmd(ctx: &Ctx, vc: VaultCmd) -> Result<(), BoxError> {
             )
             .await?;
             v.set_km_url(&km).await?;
+            if let Some(j) = &pin {
+                v.set_jurisdiction(j).await?;
+            }
             let i = v.info();
             ctx.emit(
                 format!(
-                    "vault for tenant {} created\nreceipt key: {}\nlog key: {}\nnext: an admin runs `cloister admin vault register --url URL`",
+                    "vault for tenant {}{} created\nreceipt key: {}\nlog key: {}\nnext: an admin runs `cloister admin vault register --url URL`",
                     i.tenant,
+                    pin.as_deref()
+                        .map(|j| format!(" pinned to {j}"))
+                        .unwrap_or_default(),
                     cloister_proto::b64::encode(&i.receipt_pk.0),
                     i.log_key
                 ),
@@ -535,7 +571,20 @@ pub async fn compliance_cmd(ctx: &Ctx, cc: ComplianceCmd) -> Result<(), BoxError
                 json!({"case": k.case, "version": k.version, "approved": true}),
             );
         }
-        ComplianceCmd::Export { case, out } => {
+        ComplianceCmd::Reseal { case, jurisdiction } => {
+            if let Some(j) = &jurisdiction {
+                c.use_vault_in(j).await?;
+            }
+            super::escrow_cmd::reseal(ctx, &c, &case).await?
+        }
+        ComplianceCmd::Export {
+            case,
+            out,
+            jurisdiction,
+        } => {
+            if let Some(j) = &jurisdiction {
+                c.use_vault_in(j).await?;
+            }
             let bar = if ctx.json {
                 indicatif::ProgressBar::hidden()
             } else {

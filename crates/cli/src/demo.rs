@@ -560,6 +560,7 @@ pub async fn run(data_dir: Option<&Path>, json: bool, tls: bool) -> Result<bool,
                 rooms: vec![],
                 from_ms: now - 86_400_000,
                 to_ms: now + 86_400_000,
+                reseal: None,
             },
             true,
         )

@@ -8,6 +8,7 @@ mod connect_cmd;
 mod controls_cmd;
 mod device_cmd;
 mod enrol_cmd;
+mod escrow_cmd;
 mod room_cmd;
 mod rotate_cmd;
 mod service_cmd;

@@ -687,6 +687,7 @@ async fn the_vault_refuses_an_envelope_that_lies_about_its_sender() {
             ciphertext_sha256: Fixed(ct_sha),
             enc: Fixed([2; 32]),
             ct: cloister_proto::b64::Bytes(vec![3; 64]),
+            generation: 1,
         })
         .unwrap()
     };

@@ -99,6 +99,8 @@ async fn every_security_event_is_logged_without_secrets() {
             "key_shredded",
             "envelope_ingested",
             "envelope_deleted",
+            // tests/escrow_rotation.rs
+            "envelope_resealed",
             // tests/rotation.rs
             "key_rotation",
             // tests/devices.rs

@@ -540,7 +540,7 @@ fn compliance_through_the_cli() {
     ));
     assert_eq!(d["threshold"], 2);
     let shown = json(e.run("cust2", &["--json", "admin", "escrow", "show"]));
-    assert_eq!(shown["public"], d["public"]);
+    assert_eq!(shown[0]["public"], d["public"]);
     let err = fails(e.run(
         "admin",
         &[
@@ -572,6 +572,16 @@ fn compliance_through_the_cli() {
 
     // the vault: its own process and data directory, registered with the KM
     let vdir = e.root.join("vault");
+    let err = fails(
+        cmd(None)
+            .args(["vault", "init", "--km", &e.km, "--jurisdiction", "Britain"])
+            .arg("--data-dir")
+            .arg(&vdir)
+            .output()
+            .unwrap(),
+    );
+    assert!(err.contains("not a jurisdiction"), "{err}");
+    assert!(!vdir.join("vault.db").exists(), "nothing was created");
     let v = json(
         cmd(None)
             .args(["--json", "vault", "init", "--km", &e.km, "--data-dir"])
@@ -700,6 +710,53 @@ fn compliance_through_the_cli() {
         err.contains("TAMPERED") && err.contains("messages.jsonl"),
         "{err}"
     );
+
+    // an emergency rotation of the escrow key, a re-seal, the retirement
+    let cust = [
+        "--custodian",
+        "cust1@acme",
+        "--custodian",
+        "cust2@acme",
+        "--custodian",
+        "cust3@acme",
+    ];
+    let err = fails(e.run("admin", &["admin", "escrow", "retire", "1"]));
+    assert!(err.contains("newest_generation"), "{err}");
+    let mut args = vec!["--json", "admin", "escrow", "rotate", "--threshold", "2"];
+    args.extend(cust);
+    let g2 = json(e.run("admin", &args));
+    assert_eq!(g2["generation"], 2);
+    let shown = json(e.run("bob", &["--json", "admin", "escrow", "show"]));
+    assert_eq!(shown.as_array().unwrap().len(), 2);
+    ok(e.run("bob", &["send", &room, "after the rotation"]));
+    let err = fails(e.run("admin", &["admin", "escrow", "retire", "1"]));
+    assert!(err.contains("2 envelope(s)"), "{err}");
+    ok(e.run(
+        "officer",
+        &[
+            "compliance",
+            "case",
+            "open",
+            "reseal-1",
+            "--reseal-generation",
+            "1",
+            "--from",
+            &today,
+            "--to",
+            &today,
+        ],
+    ));
+    ok(e.run("cust1", &["compliance", "approve", "reseal-1"]));
+    ok(e.run("cust2", &["compliance", "approve", "reseal-1"]));
+    let r = json(e.run("officer", &["--json", "compliance", "reseal", "reseal-1"]));
+    assert_eq!(
+        (r["resealed"].as_u64(), r["generation"].as_u64()),
+        (Some(2), Some(2))
+    );
+    let r = json(e.run("admin", &["--json", "admin", "escrow", "retire", "1"]));
+    assert_eq!(r["retired"], 1);
+    let shown = json(e.run("bob", &["--json", "admin", "escrow", "show"]));
+    assert_eq!(shown[0]["generation"], 2);
 }
 
 /// Two firms, each with its own KM process, on one messaging server: trust

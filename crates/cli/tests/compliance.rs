@@ -79,15 +79,15 @@ async fn escrow_init_splits_k_of_n_among_custodians() {
     assert!(trader.my_escrow_shares().await.unwrap().is_empty());
     // any two recover the key; one does not
     for (a, b) in [(&s1, &s2), (&s2, &s3), (&s1, &s3)] {
-        let k = escrow::combine(&[a[0].1.clone(), b[0].1.clone()], 2, &d.public.0).unwrap();
+        let k = escrow::combine(&[a[0].2.clone(), b[0].2.clone()], 2, &d.public.0).unwrap();
         assert_eq!(k.public().unwrap(), d.public.0);
     }
-    assert!(escrow::combine(&[s1[0].1.clone()], 2, &d.public.0).is_err());
+    assert!(escrow::combine(&[s1[0].2.clone()], 2, &d.public.0).is_err());
     // the KM's files hold only sealed shares: no share appears in clear
     for (path, data) in files_under(&w.dir.path().join("km")) {
         for s in [&s1, &s2, &s3] {
             assert!(
-                !contains(&data, s[0].1.expose()),
+                !contains(&data, s[0].2.expose()),
                 "{} holds a share in clear",
                 path.display()
             );
@@ -311,6 +311,7 @@ async fn capture_required_refuses_messages_without_a_valid_receipt() {
             receipt_pk: w.stack.vault.info().receipt_pk,
             log_key: w.stack.vault.info().log_key,
             capture_required: false,
+            jurisdiction: String::new(),
         })
         .await
         .unwrap();
@@ -432,19 +433,6 @@ async fn case_world() -> CaseWorld {
         custodians,
         room_a,
         room_b,
-    }
-}
-
-fn today_scope(
-    custodians: Vec<cloister_proto::UserId>,
-    rooms: Vec<cloister_proto::RoomId>,
-) -> cloister_proto::km::CaseScope {
-    let now = cloister_proto::now_millis();
-    cloister_proto::km::CaseScope {
-        custodians,
-        rooms,
-        from_ms: now - 3_600_000,
-        to_ms: now + 3_600_000,
     }
 }
 
@@ -687,6 +675,7 @@ async fn retention_shreds_expired_keys_and_envelopes_but_keeps_held_ones() {
                 rooms: vec![],
                 from_ms: now - 20 * 86_400_000,
                 to_ms: now + 86_400_000,
+                reseal: None,
             },
             true,
         )
@@ -994,6 +983,7 @@ async fn vault_and_case_inputs_are_checked_and_change_nothing() {
             ciphertext_sha256: Fixed([1; 32]),
             enc: Fixed([2; 32]),
             ct: Bytes(vec![3; 40]),
+            generation: 1,
         })
         .unwrap()
     };

@@ -523,6 +523,7 @@ async fn each_firm_captures_and_exports_its_own_side() {
             rooms: vec![room],
             from_ms: now - 3_600_000,
             to_ms: now + 3_600_000,
+            reseal: None,
         }
     };
     let mut exports = Vec::new();

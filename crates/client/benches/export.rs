@@ -67,6 +67,7 @@ fn bench(c: &mut Criterion) {
                 rooms: vec![RoomId([2; 16])],
                 from_ms: 0,
                 to_ms: u64::MAX / 2,
+                reseal: None,
             },
             version: 1,
             hold: false,
@@ -84,6 +85,7 @@ fn bench(c: &mut Criterion) {
             log_key: "x".into(),
             capture_required: true,
             registered_ms: 0,
+            jurisdiction: String::new(),
         },
     )
     .unwrap();

@@ -2,6 +2,11 @@
 //! vault, search, cases, custodian approvals and decryption sessions.
 
 mod cases;
+mod escrow_keys;
+mod reseal;
+mod vaults;
+pub use escrow_keys::MyShare;
+pub use reseal::ResealSummary;
 
 use super::*;
 use cloister_crypto::escrow::{self, EscrowSecret};
@@ -12,122 +17,6 @@ use cloister_proto::km::{
 use cloister_proto::vault::{FetchResponse, PeriodQuery, PurgeResponse, VaultOp};
 
 impl Client {
-    /// Admin: create the tenant's escrow key, split its private key k-of-n
-    /// among `custodians` (one share each, sealed to their newest active
-    /// device), register the public key and the sealed shares with the KM,
-    /// and forget the private key. Returns the KM-signed descriptor.
-    pub async fn admin_escrow_init(
-        &self,
-        custodians: &[UserId],
-        threshold: u8,
-    ) -> Result<cloister_proto::km::EscrowDescriptor> {
-        self.admin_escrow_init_spread(custodians, threshold, 0)
-            .await
-    }
-
-    /// [`Client::admin_escrow_init`] where any `threshold` shares must come
-    /// from at least `min_jurisdictions` jurisdictions (the custodians'
-    /// jurisdictions in the directory; the KM checks the spread).
-    pub async fn admin_escrow_init_spread(
-        &self,
-        custodians: &[UserId],
-        threshold: u8,
-        min_jurisdictions: u8,
-    ) -> Result<cloister_proto::km::EscrowDescriptor> {
-        use cloister_crypto::escrow;
-        let n = custodians.len();
-        if !(2..=32).contains(&n) || threshold < 2 || threshold as usize > n {
-            return Err(ClientError::Input(format!(
-                "need 2 to 32 custodians and 2 <= threshold <= custodians; got {n} and {threshold}"
-            )));
-        }
-        let users = self.admin_list_users().await?;
-        let mut devices = Vec::with_capacity(n);
-        for c in custodians {
-            let u = users
-                .iter()
-                .find(|u| &u.user == c && u.status == "active")
-                .ok_or_else(|| ClientError::Input(format!("{c} is not an active user")))?;
-            let d = u
-                .devices
-                .iter()
-                .filter(|d| d.status == "active")
-                .max_by_key(|d| d.issued_at)
-                .ok_or_else(|| {
-                    ClientError::Input(format!("{c} has no enrolled device to hold a share"))
-                })?;
-            devices.push(self.cert_of(&d.device).await?);
-        }
-        let (public, secret) = escrow::generate()?;
-        let shares = escrow::split(&secret, threshold, n as u8)?;
-        // Check the split before anything leaves this process.
-        let check: Vec<_> = shares.iter().take(threshold as usize).cloned().collect();
-        escrow::combine(&check, threshold, &public)?;
-        drop(secret);
-        let mut sealed = Vec::with_capacity(n);
-        for (i, (share, cert)) in shares.iter().zip(&devices).enumerate() {
-            let number = i as u8 + 1;
-            let ctx = signed::share_context(&self.profile.tenant, &public, number);
-            let (enc, ct) = escrow::seal_share(&cert.hpke_pk.0, &ctx, share)?;
-            sealed.push(cloister_proto::km::SealedShare {
-                custodian: cert.user.clone(),
-                device: cert.device,
-                number,
-                enc: Fixed(enc),
-                ct: ct.into(),
-            });
-        }
-        drop(shares);
-        let signed: cloister_proto::km::SignedEscrow = self
-            .km_request(KmOp::EscrowInit {
-                public: Fixed(public),
-                threshold,
-                shares: sealed,
-                min_jurisdictions,
-            })
-            .await?;
-        let d = signed::verify_escrow(&self.profile.km_sign_pk.0, &signed)?;
-        if d.public.0 != public {
-            return Err(ClientError::Local(
-                "the KM registered another escrow key".into(),
-            ));
-        }
-        Ok(d)
-    }
-
-    /// The tenant's escrow descriptor, verified against the pinned KM key.
-    pub async fn escrow_info(&self) -> Result<cloister_proto::km::EscrowDescriptor> {
-        let signed: cloister_proto::km::SignedEscrow = self.km_request(KmOp::EscrowInfo).await?;
-        let d = signed::verify_escrow(&self.profile.km_sign_pk.0, &signed)?;
-        if d.tenant != self.profile.tenant {
-            return Err(ClientError::Local(
-                "escrow descriptor of another tenant".into(),
-            ));
-        }
-        Ok(d)
-    }
-
-    /// Custodian: open my escrow share(s): (share number, share).
-    pub async fn my_escrow_shares(&self) -> Result<Vec<(u8, cloister_crypto::SecretBytes)>> {
-        let d = self.escrow_info().await?;
-        let shares: Vec<cloister_proto::km::SealedShare> =
-            self.km_request(KmOp::MyEscrowShare).await?;
-        let mut out = Vec::new();
-        for s in shares {
-            if s.device != self.device() {
-                return Err(ClientError::Input(format!(
-                    "your share is sealed to your device {}, not this one",
-                    s.device
-                )));
-            }
-            let ctx = signed::share_context(&self.profile.tenant, &d.public.0, s.number);
-            let share =
-                cloister_crypto::escrow::open_share(&self.keys, &ctx, &s.enc.0, s.ct.as_slice())?;
-            out.push((s.number, share));
-        }
-        Ok(out)
-    }
-
     /// Blind-index keys of the given periods.
     pub async fn index_keys(&self, periods: &[u32]) -> Result<HashMap<u32, RoomKey>> {
         let r: cloister_proto::km::IndexKeysResponse = self
@@ -158,123 +47,23 @@ impl Client {
     }
 }
 
+/// How long a device seals captures to the escrow descriptor it fetched
+/// before asking the KM again (the vault refuses a rotated-out one anyway).
+pub const ESCROW_REFRESH: std::time::Duration = std::time::Duration::from_secs(300);
+
 impl Client {
-    /// The tenant's vault as registered with the KM (verified against the
-    /// pinned KM key), or `None` if none is registered.
-    pub async fn vault_descriptor(&self) -> Result<Option<(SignedBlob, VaultDescriptor)>> {
-        let blob: SignedBlob = match self.km_request(KmOp::VaultInfo).await {
-            Ok(b) => b,
-            Err(ClientError::Api(a)) if a.code == "no_vault" => return Ok(None),
-            Err(e) => return Err(e),
-        };
-        let d: VaultDescriptor =
-            signed::verify_blob(&self.profile.km_sign_pk.0, signed::VAULT, &blob, "vault")
-                .map_err(|_| {
-                    ClientError::Local("the vault descriptor is not signed by the KM".into())
-                })?;
-        if d.tenant != self.profile.tenant {
-            return Err(ClientError::Local(
-                "the KM answered with another tenant's vault".into(),
-            ));
-        }
-        Ok(Some((blob, d)))
-    }
-
-    /// Capture into the tenant's registered vault from now on (if one is
-    /// registered). Returns whether capture is on and required.
-    pub async fn use_registered_vault(&self) -> Result<Option<VaultTarget>> {
-        let found = self.vault_descriptor().await?;
-        self.vault_checked
-            .store(true, std::sync::atomic::Ordering::Relaxed);
-        let Some((_, d)) = found else {
-            return Ok(None);
-        };
-        let t = VaultTarget {
-            url: trim_url(&d.url),
-            receipt_pk: d.receipt_pk.0,
-            log_key: d.log_key,
-            required: d.capture_required,
-        };
-        if let Ok(mut v) = self.vault.lock() {
-            *v = Some(t.clone());
-        }
-        Ok(Some(t))
-    }
-
-    /// Capture into the vault at `url`, which must be the tenant's vault as
-    /// registered with (and signed by) the KM.
-    pub async fn set_vault(&self, url: &str) -> Result<VaultTarget> {
-        let url = trim_url(url);
-        let info: cloister_proto::vault::VaultInfo =
-            api::send(self.http.get(format!("{url}/v1/info"))).await?;
-        let Some((_, d)) = self.vault_descriptor().await? else {
-            return Err(ClientError::Input(
-                "no vault is registered with the KM; run `cloister admin vault register` first"
-                    .into(),
-            ));
-        };
-        if info.tenant != self.profile.tenant
-            || info.receipt_pk != d.receipt_pk
-            || info.log_key != d.log_key
+    /// The escrow descriptor to seal captures to: fetched again after
+    /// [`ESCROW_REFRESH`] or when `fresh` (the vault said it is rotated).
+    async fn escrow_cached(&self, fresh: bool) -> Result<cloister_proto::km::EscrowDescriptor> {
+        if !fresh
+            && let Some((at, d)) = self.escrow.lock().ok().and_then(|e| e.clone())
+            && at.elapsed() < ESCROW_REFRESH
         {
-            return Err(ClientError::Local(format!(
-                "the vault at {url} is not the one the KM registered for {}",
-                self.profile.tenant
-            )));
-        }
-        let t = VaultTarget {
-            url,
-            receipt_pk: d.receipt_pk.0,
-            log_key: d.log_key,
-            required: d.capture_required,
-        };
-        if let Ok(mut v) = self.vault.lock() {
-            *v = Some(t.clone());
-        }
-        Ok(t)
-    }
-
-    fn vault_target(&self) -> Result<VaultTarget> {
-        self.vault
-            .lock()
-            .ok()
-            .and_then(|v| v.clone())
-            .ok_or_else(|| ClientError::Input("no vault configured for this device".into()))
-    }
-
-    /// Admin: register the vault at `url` with the KM, with its capture
-    /// policy, and hand the policy to the messaging server.
-    pub async fn admin_vault_register(&self, url: &str, required: bool) -> Result<VaultDescriptor> {
-        let url = trim_url(url);
-        let info: cloister_proto::vault::VaultInfo =
-            api::send(self.http.get(format!("{url}/v1/info"))).await?;
-        if info.tenant != self.profile.tenant {
-            return Err(ClientError::Input(format!(
-                "the vault at {url} serves tenant {}, not {}",
-                info.tenant, self.profile.tenant
-            )));
-        }
-        let r: VaultRegisterResponse = self
-            .km_request(KmOp::VaultRegister {
-                url: url.clone(),
-                receipt_pk: info.receipt_pk,
-                log_key: info.log_key.clone(),
-                capture_required: required,
-            })
-            .await?;
-        let d: VaultDescriptor =
-            signed::verify_blob(&self.profile.km_sign_pk.0, signed::VAULT, &r.vault, "vault")?;
-        self.post_notice(&r.notice).await?;
-        Ok(d)
-    }
-
-    async fn escrow_cached(&self) -> Result<cloister_proto::km::EscrowDescriptor> {
-        if let Some(d) = self.escrow.lock().ok().and_then(|e| e.clone()) {
             return Ok(d);
         }
         let d = self.escrow_info().await?;
         if let Ok(mut e) = self.escrow.lock() {
-            *e = Some(d.clone());
+            *e = Some((std::time::Instant::now(), d.clone()));
         }
         Ok(d)
     }
@@ -337,8 +126,29 @@ impl Client {
         let Some(vault) = self.vault.lock().ok().and_then(|v| v.clone()) else {
             return Ok(None);
         };
+        match self
+            .capture_to(&vault, room, env, (content, attribution), (received, false))
+            .await
+        {
+            // the escrow key was rotated since this device last looked
+            Err(e) if e.code() == Some("stale_escrow") => {
+                self.capture_to(&vault, room, env, (content, attribution), (received, true))
+                    .await
+            }
+            r => r,
+        }
+    }
+
+    async fn capture_to(
+        &self,
+        vault: &VaultTarget,
+        room: &RoomId,
+        env: &Envelope,
+        (content, attribution): (&Content, &cloister_proto::vault::Attribution),
+        (received, fresh): (bool, bool),
+    ) -> Result<Option<cloister_proto::vault::SignedReceipt>> {
         let h = message::peek_header(env)?;
-        let escrow = self.escrow_cached().await?;
+        let escrow = self.escrow_cached(fresh).await?;
         let participants = self
             .with_state(room, false, |s| {
                 s.members.iter().cloned().collect::<Vec<_>>()
@@ -378,8 +188,12 @@ impl Client {
             },
             sender_cert: foreign.then(|| sender_cert.clone()),
         };
-        let sealed =
-            cloister_crypto::capture::seal(&escrow.public.0, &self.profile.tenant, &audit)?;
+        let sealed = cloister_crypto::capture::seal_to(
+            &escrow.public.0,
+            escrow.generation,
+            &self.profile.tenant,
+            &audit,
+        )?;
         let period = cloister_crypto::blind::period_of(h.ts);
         let key = self.index_key(period).await?;
         let tokens = cloister_crypto::capture::tokens(&key, &audit)
@@ -402,7 +216,7 @@ impl Client {
             ts: now_millis(),
             capture,
         };
-        let r: cloister_proto::vault::SignedReceipt = self.vault_request(&vault, &op).await?;
+        let r: cloister_proto::vault::SignedReceipt = self.vault_request(vault, &op).await?;
         let receipt = signed::verify_receipt(&vault.receipt_pk, &r).map_err(|_| {
             ClientError::Local("the vault's receipt is not signed by the vault".into())
         })?;
@@ -428,7 +242,6 @@ impl Client {
         to_ms: u64,
         limit: u32,
     ) -> Result<Vec<cloister_proto::vault::SearchHit>> {
-        let vault = self.vault_target()?;
         if terms.is_empty() {
             return Err(ClientError::Input("give at least one search term".into()));
         }
@@ -450,14 +263,29 @@ impl Client {
                 .collect();
             queries.push(cloister_proto::vault::PeriodQuery { period: *p, tokens });
         }
-        let op = cloister_proto::vault::VaultOp::Search {
-            ts: now_millis(),
-            queries,
-            from_ms,
-            to_ms,
-            limit,
-        };
-        let r: cloister_proto::vault::SearchResponse = self.vault_request(&vault, &op).await?;
-        Ok(r.hits)
+        // every registered vault (a regional one holds its users' captures)
+        let mut hits: Vec<cloister_proto::vault::SearchHit> = Vec::new();
+        let vaults = self.vault_targets().await?;
+        if vaults.is_empty() {
+            return Err(ClientError::Input("no vault is registered".into()));
+        }
+        for vault in vaults {
+            let op = cloister_proto::vault::VaultOp::Search {
+                ts: now_millis(),
+                queries: queries.clone(),
+                from_ms,
+                to_ms,
+                limit,
+            };
+            let r: cloister_proto::vault::SearchResponse = self.vault_request(&vault, &op).await?;
+            for h in r.hits {
+                if !hits.iter().any(|x| x.message_id == h.message_id) {
+                    hits.push(h);
+                }
+            }
+        }
+        hits.sort_by_key(|h| h.ts);
+        hits.truncate(limit as usize);
+        Ok(hits)
     }
 }

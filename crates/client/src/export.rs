@@ -25,7 +25,7 @@
 use cloister_crypto::keys::verify as verify_sig;
 use cloister_crypto::signed::{self, verify_blob, verify_cert};
 use cloister_crypto::{DeviceKeys, sha256};
-use cloister_log::{AuditEvent, AuditRecord, NoteVerifier};
+use cloister_log::{AuditRecord, NoteVerifier};
 use cloister_proto::b64::{self, Fixed};
 use cloister_proto::km::{Case, InclusionProof, SignedBlob, SignedCert, VaultDescriptor};
 use cloister_proto::server::Content;
@@ -598,12 +598,7 @@ pub fn verify(dir: &Path, pinned_km: Option<[u8; 32]>) -> Result<VerifyReport, S
         .map_err(|_| format!("TAMPERED: {} is not in the vault's log", e.message_id))?;
         let rec = AuditRecord::from_bytes(e.entry.data.as_slice())
             .map_err(|_| format!("TAMPERED: the log entry of {} is unreadable", e.message_id))?;
-        let AuditEvent::EnvelopeIngested {
-            message_id,
-            envelope_sha256,
-            ..
-        } = rec.event
-        else {
+        let Some((message_id, envelope_sha256)) = rec.event.stored_envelope() else {
             return Err(format!(
                 "TAMPERED: the log entry of {} is not an ingestion",
                 e.message_id

@@ -159,7 +159,9 @@ pub struct Client {
     vault: Mutex<Option<VaultTarget>>,
     /// Whether the KM was asked for the tenant's registered vault yet.
     vault_checked: std::sync::atomic::AtomicBool,
-    escrow: Mutex<Option<cloister_proto::km::EscrowDescriptor>>,
+    /// The escrow descriptor devices seal captures to, and when it was
+    /// fetched (refreshed every few minutes: the key may be rotated).
+    escrow: Mutex<Option<(std::time::Instant, cloister_proto::km::EscrowDescriptor)>>,
     index_cache: Mutex<HashMap<u32, RoomKey>>,
     /// Room heads the KM signed, newest per room (freshness).
     heads: Mutex<HashMap<RoomId, cloister_proto::km::RoomHead>>,
@@ -503,4 +505,5 @@ impl Client {
 }
 
 pub use audit::{KeyRelease, check_inclusion};
+pub use compliance::{ESCROW_REFRESH, MyShare, ResealSummary};
 pub use federation::ConnectionView;

@@ -112,6 +112,7 @@ fn fixture(km: KmSigner, envelopes: Vec<(AuditEnvelope, SignedCert)>) -> Fixture
                 rooms: vec![ROOM],
                 from_ms: 0,
                 to_ms: u64::MAX / 2,
+                reseal: None,
             },
             version: 1,
             hold: false,
@@ -129,6 +130,7 @@ fn fixture(km: KmSigner, envelopes: Vec<(AuditEnvelope, SignedCert)>) -> Fixture
             log_key: signer.verifier_key(),
             capture_required: true,
             registered_ms: 0,
+            jurisdiction: String::new(),
         },
     )
     .unwrap();

@@ -18,6 +18,11 @@ fn aad(tenant: &TenantId, env: &SealedEnvelopeHeader<'_>) -> Vec<u8> {
     v.extend_from_slice(env.room);
     v.extend_from_slice(&env.ts.to_be_bytes());
     v.extend_from_slice(env.ciphertext_sha256);
+    // the first generation's associated data is as it was before rotation
+    if env.generation != 1 {
+        v.extend_from_slice(b"generation");
+        v.extend_from_slice(&env.generation.to_be_bytes());
+    }
     v
 }
 
@@ -26,11 +31,22 @@ struct SealedEnvelopeHeader<'a> {
     room: &'a [u8; 16],
     ts: u64,
     ciphertext_sha256: &'a [u8; 32],
+    generation: u32,
 }
 
-/// Seal an audit envelope to the tenant's escrow public key.
+/// Seal an audit envelope to the tenant's escrow public key (generation 1).
 pub fn seal(
     escrow_pk: &[u8; 32],
+    tenant: &TenantId,
+    env: &AuditEnvelope,
+) -> Result<SealedEnvelope, CryptoError> {
+    seal_to(escrow_pk, 1, tenant, env)
+}
+
+/// Seal an audit envelope to the escrow key of `generation`.
+pub fn seal_to(
+    escrow_pk: &[u8; 32],
+    generation: u32,
     tenant: &TenantId,
     env: &AuditEnvelope,
 ) -> Result<SealedEnvelope, CryptoError> {
@@ -39,6 +55,7 @@ pub fn seal(
         room: env.room.as_bytes(),
         ts: env.ts,
         ciphertext_sha256: &env.ciphertext_sha256.0,
+        generation,
     };
     let pt = Zeroizing::new(serde_json::to_vec(env).map_err(|_| CryptoError::Encrypt)?);
     let (enc, ct) = escrow::seal_envelope(escrow_pk, &aad(tenant, &h), &pt)?;
@@ -50,6 +67,7 @@ pub fn seal(
         ciphertext_sha256: env.ciphertext_sha256,
         enc: Fixed(enc),
         ct: Bytes(ct),
+        generation,
     })
 }
 
@@ -60,6 +78,7 @@ pub fn open(secret: &EscrowSecret, sealed: &SealedEnvelope) -> Result<AuditEnvel
         room: sealed.room.as_bytes(),
         ts: sealed.ts,
         ciphertext_sha256: &sealed.ciphertext_sha256.0,
+        generation: sealed.generation,
     };
     let pt = escrow::open_envelope(
         secret,
@@ -148,6 +167,25 @@ mod tests {
         assert!(open(&sk, &other_ct).is_err());
         let (_, sk2) = escrow::generate().unwrap();
         assert!(open(&sk2, &s).is_err());
+    }
+
+    #[test]
+    fn a_later_generation_is_bound_and_gen_one_keeps_its_bytes() {
+        let (pk, sk) = escrow::generate().unwrap();
+        let t: TenantId = "acme".parse().unwrap();
+        let first = seal(&pk, &t, &env()).unwrap();
+        let json = serde_json::to_string(&first).unwrap();
+        assert!(!json.contains("generation"), "{json}");
+        let s = seal_to(&pk, 2, &t, &env()).unwrap();
+        assert_eq!(s.generation, 2);
+        assert_eq!(open(&sk, &s).unwrap(), env());
+        // a vault that relabels the generation breaks the opening
+        let mut relabelled = s.clone();
+        relabelled.generation = 1;
+        assert!(open(&sk, &relabelled).is_err());
+        let mut promoted = first.clone();
+        promoted.generation = 3;
+        assert!(open(&sk, &promoted).is_err());
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub const CASE: &str = "cloister/case/v1";
 pub const APPROVAL: &str = "cloister/approval/v1";
 pub const VAULT: &str = "cloister/vault/v1";
 pub const PURGE: &str = "cloister/purge/v1";
+/// The vault's count of envelopes still sealed to an escrow generation.
+pub const ESCROW_COUNT: &str = "cloister/escrow-count/v1";
 /// The KM's signed head of a room's verified membership log.
 pub const ROOM_HEAD: &str = "cloister/room-head/v1";
 /// A KM vouches that its user asks another firm's user to connect.
@@ -119,12 +121,17 @@ pub fn approval_context(
     case: &str,
     version: u32,
     case_sha256: &[u8; 32],
-    number: u8,
+    (generation, number): (u32, u8),
 ) -> Vec<u8> {
     let mut v = format!("cloister/case-share/v1|{tenant}|{}|{case}|", case.len()).into_bytes();
     v.extend_from_slice(&version.to_be_bytes());
     v.extend_from_slice(case_sha256);
     v.push(number);
+    // the first generation's context is as it was before rotation existed
+    if generation != 1 {
+        v.extend_from_slice(b"|generation");
+        v.extend_from_slice(&generation.to_be_bytes());
+    }
     v
 }
 
@@ -385,6 +392,7 @@ mod tests {
             roles: vec![Role::User],
             issued_at: 1,
             not_after: 2,
+            jurisdiction: String::new(),
         }
     }
 

@@ -93,7 +93,7 @@ proptest! {
         let km = KmSigner::generate().unwrap();
         let d = DeviceKeys::generate().unwrap();
         let cert = DeviceCert { tenant: "acme".parse().unwrap(), user: "a@acme".parse().unwrap(), device: d.device_id(),
-            sign_pk: Fixed(d.sign_pk()), hpke_pk: Fixed(d.hpke_pk()), roles: vec![Role::User], issued_at: 1, not_after: 2 };
+            sign_pk: Fixed(d.sign_pk()), hpke_pk: Fixed(d.hpke_pk()), roles: vec![Role::User], issued_at: 1, not_after: 2, jurisdiction: String::new() };
         let mut sc = signed::sign_cert(&km, &cert).unwrap();
         let n = sc.body.len();
         if pos % (n + 64) < n { sc.body.0[pos % (n + 64)] ^= 1 << bit; } else { sc.sig.0[pos % (n + 64) - n] ^= 1 << bit; }

@@ -74,6 +74,7 @@ impl Km {
             roles: parse_roles(&urow.roles),
             issued_at: now,
             not_after: now + self.config.cert_secs,
+            jurisdiction: self.jurisdiction_of(&req.user),
         };
         let signed = sign_cert(&self.signer, &cert).map_err(Denied::internal)?;
         self.store
@@ -251,6 +252,8 @@ impl Km {
             roles: parse_roles(&urow.roles),
             issued_at: now,
             not_after: now + self.config.cert_secs,
+            // a move to another jurisdiction reaches the certificate here
+            jurisdiction: self.jurisdiction_of(&cert.user),
             ..cert.clone()
         };
         let signed = sign_cert(&self.signer, &next).map_err(Denied::internal)?;
@@ -360,4 +363,14 @@ impl Km {
 /// Facts that admit the device (worth caching).
 pub(crate) fn worth_caching(f: &cloister_standing::Known) -> bool {
     !f.revoked && !f.disabled
+}
+
+impl Km {
+    /// The user's jurisdiction in the directory, as certificates carry it.
+    pub(crate) fn jurisdiction_of(&self, user: &UserId) -> String {
+        self.dir()
+            .user(user)
+            .and_then(|u| cloister_proto::canonical_jurisdiction(&u.entry().jurisdiction))
+            .unwrap_or_default()
+    }
 }

@@ -42,6 +42,8 @@ impl Km {
                 | KmOp::RotateLogKey
                 | KmOp::RoomRekey { .. }
                 | KmOp::EscrowInit { .. }
+                | KmOp::EscrowRotate { .. }
+                | KmOp::EscrowRetire { .. }
                 | KmOp::VaultRegister { .. }
                 | KmOp::CaseOpen { .. }
                 | KmOp::CaseRescope { .. }
@@ -140,6 +142,7 @@ impl Km {
             }
             KmOp::RoomLog { room, from } => self.room_log(&cert, &room, from).await,
             KmOp::EscrowInfo => json(&self.signed_escrow().await?),
+            KmOp::EscrowHistory => json(&self.escrow_history().await?),
             KmOp::MyEscrowShare => {
                 let rows = self
                     .store
@@ -148,7 +151,7 @@ impl Km {
                     .map_err(store_err)?;
                 let shares = rows
                     .into_iter()
-                    .map(|(_, b)| serde_json::from_slice::<SealedShare>(&b))
+                    .map(|(_, _, b)| serde_json::from_slice::<SealedShare>(&b))
                     .collect::<Result<Vec<_>, _>>()
                     .map_err(Denied::internal)?;
                 json(&shares)
@@ -156,6 +159,7 @@ impl Km {
             KmOp::IndexKeys { periods } => json(&self.index_keys(&cert, &periods).await?),
             op @ (KmOp::VaultRegister { .. }
             | KmOp::VaultInfo
+            | KmOp::VaultList
             | KmOp::CaseOpen { .. }
             | KmOp::CaseRescope { .. }
             | KmOp::CaseList
@@ -255,6 +259,24 @@ impl Km {
                             .escrow_init(&cert.user, public, (threshold, min_jurisdictions), shares)
                             .await?,
                     ),
+                    KmOp::EscrowRotate {
+                        public,
+                        threshold,
+                        shares,
+                        min_jurisdictions,
+                    } => json(
+                        &self
+                            .escrow_rotate(
+                                &cert.user,
+                                public,
+                                (threshold, min_jurisdictions),
+                                shares,
+                            )
+                            .await?,
+                    ),
+                    KmOp::EscrowRetire { generation, counts } => {
+                        json(&self.escrow_retire(&cert.user, generation, &counts).await?)
+                    }
                     _ => Err(Denied::internal("unreachable op")),
                 }
             }

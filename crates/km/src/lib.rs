@@ -42,6 +42,7 @@ mod tmk;
 mod transparency;
 mod trust;
 mod users;
+mod vaults;
 
 use cloister_crypto::signed::{
     enrol_transcript, sign_cert, sign_notice, verify_cert, verify_request,

@@ -171,6 +171,17 @@ pub enum AuditEvent {
         room: RoomId,
         envelope_sha256: String,
     },
+    /// The vault replaced an envelope by the same content sealed to a
+    /// newer escrow generation (escrow-key rotation); the old bytes' hash
+    /// is kept here, so the log still proves every envelope's history.
+    EnvelopeResealed {
+        message_id: String,
+        room: RoomId,
+        from_sha256: String,
+        envelope_sha256: String,
+        generation: u32,
+        device: DeviceId,
+    },
     /// A directory record changed (`via` scim or admin; `change` created,
     /// replaced, patched, deleted, adopted; `fields` the attributes touched).
     DirectoryChanged {
@@ -295,6 +306,7 @@ impl AuditEvent {
             AuditEvent::KeyShredded { .. } => "key_shredded",
             AuditEvent::EnvelopeIngested { .. } => "envelope_ingested",
             AuditEvent::EnvelopeDeleted { .. } => "envelope_deleted",
+            AuditEvent::EnvelopeResealed { .. } => "envelope_resealed",
             AuditEvent::DirectoryChanged { .. } => "directory_changed",
             AuditEvent::UserEnabled { .. } => "user_enabled",
             AuditEvent::EntitlementsChanged { .. } => "entitlements_changed",
@@ -321,7 +333,8 @@ impl AuditEvent {
             | AuditEvent::MembershipRejected { room, .. }
             | AuditEvent::KeyShredded { room, .. }
             | AuditEvent::EnvelopeIngested { room, .. }
-            | AuditEvent::EnvelopeDeleted { room, .. } => Some(*room),
+            | AuditEvent::EnvelopeDeleted { room, .. }
+            | AuditEvent::EnvelopeResealed { room, .. } => Some(*room),
             AuditEvent::ControlRefused { room, .. } => *room,
             AuditEvent::RoomControl { room, .. } => Some(*room),
             AuditEvent::KeyExchange { room, .. } => Some(*room),
@@ -329,7 +342,26 @@ impl AuditEvent {
         }
     }
 
-    pub const KINDS: [&'static str; 38] = [
+    /// For the vault's entries that store an envelope (its ingestion, or
+    /// its re-sealing to a newer escrow key): the message id and the
+    /// stored envelope's SHA-256 (hex).
+    pub fn stored_envelope(&self) -> Option<(&str, &str)> {
+        match self {
+            AuditEvent::EnvelopeIngested {
+                message_id,
+                envelope_sha256,
+                ..
+            }
+            | AuditEvent::EnvelopeResealed {
+                message_id,
+                envelope_sha256,
+                ..
+            } => Some((message_id, envelope_sha256)),
+            _ => None,
+        }
+    }
+
+    pub const KINDS: [&'static str; 39] = [
         "tenant_initialised",
         "user_added",
         "user_disabled",
@@ -354,6 +386,7 @@ impl AuditEvent {
         "key_shredded",
         "envelope_ingested",
         "envelope_deleted",
+        "envelope_resealed",
         "directory_changed",
         "user_enabled",
         "entitlements_changed",

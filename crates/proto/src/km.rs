@@ -90,6 +90,11 @@ pub struct DeviceCert {
     pub roles: Vec<Role>,
     pub issued_at: u64,
     pub not_after: u64,
+    /// The user's jurisdiction in the directory when the certificate was
+    /// issued (empty: none): a vault pinned to it takes the captures of
+    /// this device, and only such a vault.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub jurisdiction: String,
 }
 
 /// A certificate as it travels: the exact signed bytes plus the KM signature.
@@ -262,9 +267,30 @@ pub enum KmOp {
         #[serde(default)]
         min_jurisdictions: u8,
     },
+    /// Admin: an emergency rotation of the escrow key: register generation
+    /// n+1 (a new key split among custodians, under the same checks as
+    /// [`KmOp::EscrowInit`]). Older generations stay until retired, so
+    /// their quorum still opens what was sealed to them.
+    EscrowRotate {
+        public: Fixed<32>,
+        threshold: u8,
+        shares: Vec<SealedShare>,
+        #[serde(default)]
+        min_jurisdictions: u8,
+    },
+    /// Every live escrow generation, KM-signed, oldest first.
+    EscrowHistory,
+    /// Admin: retire an older escrow generation (its shares are deleted).
+    /// `counts` are the vaults' signed statements that no envelope is left
+    /// under it, one from every registered vault, each checked under that
+    /// vault's registered key.
+    EscrowRetire {
+        generation: u32,
+        counts: Vec<SignedBlob>,
+    },
     /// The KM-signed escrow descriptor (any device: it seals audit envelopes to it).
     EscrowInfo,
-    /// Custodian: my sealed share.
+    /// Custodian: my sealed shares (one per live generation I hold one of).
     MyEscrowShare,
     /// Blind-index keys of the given periods, sealed to the requesting device.
     IndexKeys { periods: Vec<u32> },
@@ -276,9 +302,16 @@ pub enum KmOp {
         receipt_pk: Fixed<32>,
         log_key: String,
         capture_required: bool,
+        /// The jurisdiction the vault is pinned to (its `/v1/info`); empty:
+        /// the tenant's default vault.
+        #[serde(default)]
+        jurisdiction: String,
     },
-    /// The KM-signed vault descriptor.
+    /// The KM-signed descriptor of the vault this device captures into:
+    /// the one pinned to its certificate's jurisdiction, else the default.
     VaultInfo,
+    /// Compliance or admin: every registered vault's descriptor.
+    VaultList,
     /// Compliance: open a case with its scope and the decryption session's
     /// ephemeral public key.
     CaseOpen {
@@ -508,7 +541,8 @@ pub struct ScimTokenResponse {
 
 /// What a case covers: messages in `[from_ms, to_ms]` in any of `rooms`
 /// (all rooms if empty) that any of `custodians` sent or received (anyone if
-/// empty). At least one room or custodian must be named.
+/// empty). At least one room or custodian must be named (or, for a
+/// re-seal case, the escrow generation).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CaseScope {
@@ -516,6 +550,11 @@ pub struct CaseScope {
     pub rooms: Vec<RoomId>,
     pub from_ms: u64,
     pub to_ms: u64,
+    /// A re-seal case (after an escrow-key rotation): every envelope still
+    /// sealed to this escrow generation, in any room, inside the time
+    /// range; it re-seals them to the newest generation and exports nothing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reseal: Option<u32>,
 }
 
 impl CaseScope {
@@ -564,6 +603,40 @@ pub struct Approval {
     pub number: u8,
     pub enc: Fixed<32>,
     pub ct: Bytes,
+    pub ts: u64,
+    /// The escrow generation of the share above.
+    #[serde(
+        default = "crate::first_generation",
+        skip_serializing_if = "crate::is_first_generation"
+    )]
+    pub generation: u32,
+    /// The custodian's shares of the other live generations, each
+    /// re-sealed the same way (so the old quorum still opens old envelopes).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more: Vec<ShareRelease>,
+}
+
+/// One more escrow share in an [`Approval`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ShareRelease {
+    pub generation: u32,
+    pub number: u8,
+    pub enc: Fixed<32>,
+    pub ct: Bytes,
+}
+
+/// The vault's signed count of the envelopes still sealed to an escrow
+/// generation (domain `cloister/escrow-count/v1`, receipt key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct EscrowCount {
+    pub tenant: TenantId,
+    pub generation: u32,
+    pub remaining: u64,
+    /// The newest escrow generation the vault knows (it refuses captures
+    /// sealed to any older one, so a zero count stays zero).
+    pub newest: u32,
     pub ts: u64,
 }
 
@@ -616,6 +689,18 @@ pub struct VaultDescriptor {
     pub log_key: String,
     pub capture_required: bool,
     pub registered_ms: u64,
+    /// The jurisdiction it is pinned to (empty: the default vault).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub jurisdiction: String,
+}
+
+/// A vault pinned to a jurisdiction, as the messaging server checks its
+/// receipts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RegionalVault {
+    pub jurisdiction: String,
+    pub receipt_pk: Fixed<32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
@@ -667,6 +752,12 @@ pub struct SealedShare {
     pub number: u8,
     pub enc: Fixed<32>,
     pub ct: Bytes,
+    /// The escrow generation this share belongs to.
+    #[serde(
+        default = "crate::first_generation",
+        skip_serializing_if = "crate::is_first_generation"
+    )]
+    pub generation: u32,
 }
 
 /// The tenant's escrow public key and policy, signed by the KM.
@@ -685,6 +776,12 @@ pub struct EscrowDescriptor {
     /// Any `threshold` shares span at least this many jurisdictions.
     #[serde(default)]
     pub min_jurisdictions: u8,
+    /// 1 for the first key; each emergency rotation adds one.
+    #[serde(
+        default = "crate::first_generation",
+        skip_serializing_if = "crate::is_first_generation"
+    )]
+    pub generation: u32,
 }
 
 /// A KM-signed escrow descriptor (signed bytes, domain `cloister/escrow/v1`).
@@ -825,6 +922,11 @@ pub enum Notice {
         receipt_pk: Fixed<32>,
         required: bool,
         ts: u64,
+        /// Vaults pinned to a jurisdiction: a sender whose certificate
+        /// names one needs that vault's receipt (`receipt_pk` is the
+        /// default vault's, for everyone else).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        regional: Vec<RegionalVault>,
     },
     /// Retention destroyed these (room, epoch) keys: devices drop them from
     /// their caches and the server tells every member.

@@ -69,6 +69,37 @@ pub struct ErrorBody {
 }
 
 /// Seconds since the Unix epoch.
+/// A jurisdiction as escrow policies and regional vaults name it: an ISO
+/// 3166-1 alpha-2 country code, or a subdivision (`US-NY`), upper case;
+/// `None` if it is not one. `UK`/`uk`/` UK ` are the same jurisdiction;
+/// `US-NY` and `US-CA` are two (name the country where a policy means
+/// countries).
+pub fn canonical_jurisdiction(j: &str) -> Option<String> {
+    let j = j.trim().to_ascii_uppercase();
+    let (country, sub) = match j.split_once('-') {
+        Some((c, s)) => (c, Some(s)),
+        None => (j.as_str(), None),
+    };
+    let ok_country = country.len() == 2 && country.bytes().all(|b| b.is_ascii_uppercase());
+    let ok_sub = sub.is_none_or(|s| {
+        (1..=3).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
+    });
+    (ok_country && ok_sub).then_some(j)
+}
+
+/// The escrow generation of data from before escrow rotation existed.
+pub fn first_generation() -> u32 {
+    1
+}
+
+/// Whether a generation is the first (left out of serialised forms, so
+/// their bytes stay as before).
+pub fn is_first_generation(g: &u32) -> bool {
+    *g == 1
+}
+
 pub fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -67,6 +67,13 @@ pub struct SealedEnvelope {
     pub ciphertext_sha256: Fixed<32>,
     pub enc: Fixed<32>,
     pub ct: Bytes,
+    /// The escrow generation it is sealed to (bound as associated data
+    /// from generation 2 on).
+    #[serde(
+        default = "crate::first_generation",
+        skip_serializing_if = "crate::is_first_generation"
+    )]
+    pub generation: u32,
 }
 
 /// A capture as submitted to the vault: the sealed envelope (its exact JSON
@@ -135,6 +142,17 @@ pub enum VaultOp {
         ts: u64,
         order: crate::km::SignedBlob,
     },
+    /// Case officer: replace envelopes inside a KM-signed case by the same
+    /// content sealed to a newer escrow generation (each one the JSON of a
+    /// [`SealedEnvelope`]).
+    Reseal {
+        ts: u64,
+        case: crate::km::SignedBlob,
+        envelopes: Vec<Bytes>,
+    },
+    /// Admin or compliance: the vault's signed count of envelopes still
+    /// sealed to an escrow generation ([`crate::km::EscrowCount`]).
+    EscrowCount { ts: u64, generation: u32 },
 }
 
 /// One envelope of a case fetch.
@@ -157,6 +175,14 @@ pub struct FetchResponse {
 pub struct PurgeResponse {
     pub deleted: u64,
     pub kept_for_hold: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ResealResponse {
+    /// Envelopes replaced now.
+    pub resealed: u64,
+    /// Envelopes already sealed to that generation or newer (a re-run).
+    pub already: u64,
 }
 
 /// The AND of `tokens` within one index-key period.
@@ -192,6 +218,9 @@ pub struct VaultInfo {
     pub receipt_pk: Fixed<32>,
     /// C2SP verifier key of the ingestion log.
     pub log_key: String,
+    /// The jurisdiction the vault is pinned to (empty: none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub jurisdiction: String,
 }
 
 /// One search hit: metadata only; reading content needs a decryption session.

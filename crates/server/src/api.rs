@@ -420,9 +420,10 @@ async fn post_notice(
             receipt_pk,
             required,
             ts,
+            regional,
         } => {
-            let receipt_key = cloister_crypto::keys::VerifyKey::from_bytes(&receipt_pk.0)
-                .map_err(|_| ApiError::bad_request("bad_notice", "receipt key is malformed"))?;
+            let policy = crate::CapturePolicy::of(&receipt_pk.0, regional, *required, *ts)
+                .map_err(|_| ApiError::bad_request("bad_notice", "a receipt key is malformed"))?;
             let notice_bytes = serde_json::to_vec(&req.notice).map_err(ApiError::internal)?;
             if !s
                 .store
@@ -436,14 +437,7 @@ async fn post_notice(
                 ));
             }
             if let Ok(mut m) = s.capture.write() {
-                m.insert(
-                    tenant.clone(),
-                    crate::CapturePolicy {
-                        receipt_key,
-                        required: *required,
-                        ts: *ts,
-                    },
-                );
+                m.insert(tenant.clone(), policy);
             }
             s.fanout.notices(tenant).await;
             tracing::info!(%tenant, required, "capture policy updated by KM notice");

@@ -151,9 +151,43 @@ impl std::ops::Deref for CertEntry {
 /// A tenant's capture policy, from its KM's newest signed notice.
 #[derive(Debug, Clone)]
 pub struct CapturePolicy {
+    /// The default vault's receipt key.
     pub receipt_key: cloister_crypto::keys::VerifyKey,
+    /// Vaults pinned to a jurisdiction: their receipt keys.
+    pub regional: HashMap<String, cloister_crypto::keys::VerifyKey>,
     pub required: bool,
     pub ts: u64,
+}
+
+impl CapturePolicy {
+    /// The policy a KM-signed capture-policy notice states.
+    pub fn of(
+        receipt_pk: &[u8; 32],
+        regional: &[cloister_proto::km::RegionalVault],
+        required: bool,
+        ts: u64,
+    ) -> Result<CapturePolicy, cloister_crypto::CryptoError> {
+        Ok(CapturePolicy {
+            receipt_key: cloister_crypto::keys::VerifyKey::from_bytes(receipt_pk)?,
+            regional: regional
+                .iter()
+                .map(|r| {
+                    Ok((
+                        r.jurisdiction.clone(),
+                        cloister_crypto::keys::VerifyKey::from_bytes(&r.receipt_pk.0)?,
+                    ))
+                })
+                .collect::<Result<_, cloister_crypto::CryptoError>>()?,
+            required,
+            ts,
+        })
+    }
+
+    /// The key of the vault that must have captured a message from a
+    /// device certified in `jurisdiction`.
+    pub fn receipt_key_for(&self, jurisdiction: &str) -> &cloister_crypto::keys::VerifyKey {
+        self.regional.get(jurisdiction).unwrap_or(&self.receipt_key)
+    }
 }
 
 /// Revoked devices and disabled users, from the store.
@@ -186,15 +220,12 @@ async fn load_capture(
             receipt_pk,
             required,
             ts,
+            regional,
         }) = serde_json::from_slice(sn.body.as_slice())
         {
             capture.insert(
                 tenant,
-                CapturePolicy {
-                    receipt_key: cloister_crypto::keys::VerifyKey::from_bytes(&receipt_pk.0)?,
-                    required,
-                    ts,
-                },
+                CapturePolicy::of(&receipt_pk.0, &regional, required, ts)?,
             );
         }
     }

@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use cloister_http::{ApiError, ApiJson};
 use cloister_proto::server::{Envelope, PostMessageResponse};
-use cloister_proto::{RoomId, TenantId, limits};
+use cloister_proto::{RoomId, limits};
 use cloister_store::{Inserted, NewMessage};
 use std::sync::Arc;
 
@@ -67,7 +67,7 @@ pub(crate) async fn accept(
     if let Some(policy) = s.capture_policy(&c.tenant)
         && policy.required
     {
-        check_receipt(&policy, &c.tenant, &h.id, &env)?;
+        check_receipt(&policy, &c.cert, &h.id, &env)?;
     }
     // The receipt served its purpose; it is neither stored nor forwarded.
     env.receipt = None;
@@ -124,18 +124,21 @@ pub(crate) async fn accept(
 /// tenant vault for exactly this message id and ciphertext.
 fn check_receipt(
     policy: &crate::CapturePolicy,
-    tenant: &TenantId,
+    sender: &cloister_proto::km::DeviceCert,
     id: &cloister_proto::MessageId,
     env: &Envelope,
 ) -> Result<(), ApiError> {
+    let tenant = &sender.tenant;
     let Some(r) = &env.receipt else {
         return Err(ApiError::forbidden(
             "capture_required",
             "tenant policy requires every message to be captured by the compliance vault first; no vault receipt was attached",
         ));
     };
+    // a sender certified in a jurisdiction with its own vault needs that
+    // vault's receipt, and only that vault's
     policy
-        .receipt_key
+        .receipt_key_for(&sender.jurisdiction)
         .verify(
             cloister_crypto::signed::RECEIPT,
             r.body.as_slice(),
@@ -144,7 +147,7 @@ fn check_receipt(
         .map_err(|_| {
             ApiError::forbidden(
                 "bad_receipt",
-                "the vault receipt is not signed by the tenant's registered vault",
+                "the vault receipt is not signed by the vault the tenant registered for this sender",
             )
         })?;
     let receipt: cloister_proto::vault::Receipt = serde_json::from_slice(r.body.as_slice())
@@ -159,4 +162,86 @@ fn check_receipt(
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use cloister_crypto::KmSigner;
+    use cloister_proto::b64::{Bytes, Fixed};
+    use cloister_proto::km::{DeviceCert, RegionalVault, Role};
+
+    fn sender(jurisdiction: &str) -> DeviceCert {
+        DeviceCert {
+            tenant: "acme".parse().unwrap(),
+            user: "alice@acme".parse().unwrap(),
+            device: cloister_proto::DeviceId([1; 16]),
+            sign_pk: Fixed([2; 32]),
+            hpke_pk: Fixed([3; 32]),
+            roles: vec![Role::User],
+            issued_at: 1,
+            not_after: 2,
+            jurisdiction: jurisdiction.into(),
+        }
+    }
+
+    #[test]
+    fn a_sender_in_a_pinned_jurisdiction_needs_that_vaults_receipt() {
+        let (default, uk) = (KmSigner::generate().unwrap(), KmSigner::generate().unwrap());
+        let policy = crate::CapturePolicy::of(
+            &default.public(),
+            &[RegionalVault {
+                jurisdiction: "UK".into(),
+                receipt_pk: Fixed(uk.public()),
+            }],
+            true,
+            1,
+        )
+        .unwrap();
+        let id = cloister_proto::MessageId([9; 16]);
+        let ciphertext = Bytes(b"sealed".to_vec());
+        let env_from = |vault: &KmSigner| {
+            let r = cloister_proto::vault::Receipt {
+                tenant: "acme".parse().unwrap(),
+                message_id: id,
+                ciphertext_sha256: Fixed(cloister_crypto::sha256(ciphertext.as_slice())),
+                envelope_sha256: Fixed([0; 32]),
+                received_ms: 1,
+                log_index: 0,
+            };
+            Envelope {
+                header: Bytes(vec![]),
+                ciphertext: ciphertext.clone(),
+                sig: Fixed([0; 64]),
+                receipt: Some(cloister_crypto::signed::sign_receipt(vault, &r).unwrap()),
+            }
+        };
+        let code = |r: Result<(), ApiError>| r.err().map(|e| e.code);
+        // the UK sender: the UK vault's receipt only
+        assert_eq!(
+            code(check_receipt(&policy, &sender("UK"), &id, &env_from(&uk))),
+            None
+        );
+        assert_eq!(
+            code(check_receipt(
+                &policy,
+                &sender("UK"),
+                &id,
+                &env_from(&default)
+            )),
+            Some("bad_receipt")
+        );
+        // everyone else: the default vault's only
+        for j in ["", "US-NY"] {
+            assert_eq!(
+                code(check_receipt(&policy, &sender(j), &id, &env_from(&default))),
+                None
+            );
+            assert_eq!(
+                code(check_receipt(&policy, &sender(j), &id, &env_from(&uk))),
+                Some("bad_receipt")
+            );
+        }
+    }
 }

@@ -119,6 +119,18 @@ pub struct DenyListBody {
     /// messages from under them.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub partners: Vec<cloister_proto::federation::PartnerKey>,
+    /// The newest escrow generation (0: no escrow key yet). The vault
+    /// refuses captures sealed to an older one.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub escrow_generation: u32,
+    /// Jurisdictions that have a vault of their own: the default vault
+    /// refuses captures from devices certified in one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pinned: Vec<String>,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
 }
 
 /// Revoked devices and disabled users, as of a time. With a `max_age` the
@@ -226,6 +238,7 @@ mod tests {
             roles: vec![Role::User],
             issued_at: 0,
             not_after,
+            jurisdiction: String::new(),
         }
     }
 
@@ -274,6 +287,8 @@ mod tests {
             revoked,
             disabled: vec![],
             partners: vec![],
+            escrow_generation: 0,
+            pinned: vec![],
         };
         assert!(l.replace(body(10_000, vec![c.device])));
         assert_eq!(

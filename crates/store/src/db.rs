@@ -87,9 +87,17 @@ impl Role {
             (Backend::Sqlite, Role::Km) => m!(
                 "sqlite",
                 "km",
-                [(1, "0001_initial"), (2, "0002_code_failures")]
+                [
+                    (1, "0001_initial"),
+                    (2, "0002_code_failures"),
+                    (3, "0003_escrow_generations")
+                ]
             ),
-            (Backend::Sqlite, Role::Vault) => m!("sqlite", "vault", [(1, "0001_initial")]),
+            (Backend::Sqlite, Role::Vault) => m!(
+                "sqlite",
+                "vault",
+                [(1, "0001_initial"), (2, "0002_escrow_generation")]
+            ),
             (Backend::Sqlite, Role::Witness) => m!("sqlite", "witness", [(1, "0001_initial")]),
             (Backend::Postgres, Role::Server) => {
                 m!(
@@ -105,9 +113,17 @@ impl Role {
             (Backend::Postgres, Role::Km) => m!(
                 "postgres",
                 "km",
-                [(1, "0001_initial"), (2, "0002_code_failures")]
+                [
+                    (1, "0001_initial"),
+                    (2, "0002_code_failures"),
+                    (3, "0003_escrow_generations")
+                ]
             ),
-            (Backend::Postgres, Role::Vault) => m!("postgres", "vault", [(1, "0001_initial")]),
+            (Backend::Postgres, Role::Vault) => m!(
+                "postgres",
+                "vault",
+                [(1, "0001_initial"), (2, "0002_escrow_generation")]
+            ),
             (Backend::Postgres, Role::Witness) => m!("postgres", "witness", [(1, "0001_initial")]),
         }
     }

@@ -319,6 +319,8 @@ pub trait KmStore: DirectoryStore + RoomLogStore + AuditStore {
     async fn get_meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Insert a meta value; fails with `Conflict` if it exists.
     async fn init_meta(&self, key: &str, value: &[u8]) -> Result<()>;
+    /// Every meta value whose key starts with `prefix` (no `%` or `_`), by key.
+    async fn meta_prefixed(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>>;
 
     async fn upsert_user(&self, u: &KmUserRow) -> Result<()>;
     async fn get_user(&self, user: &UserId) -> Result<Option<KmUserRow>>;
@@ -392,11 +394,22 @@ pub trait KmStore: DirectoryStore + RoomLogStore + AuditStore {
     /// The approvals of a case version: (custodian, approval JSON).
     async fn approvals(&self, case: &str, version: u32) -> Result<Vec<(String, Vec<u8>)>>;
 
-    /// Store the escrow descriptor and its sealed shares once; `Conflict` if set.
-    async fn init_escrow(&self, descriptor: &[u8], shares: &[(String, u8, Vec<u8>)]) -> Result<()>;
+    /// Store an escrow generation's descriptor and its sealed shares, at
+    /// once; `Conflict` if that generation exists.
+    async fn init_escrow(
+        &self,
+        generation: u32,
+        descriptor: &[u8],
+        shares: &[(String, u8, Vec<u8>)],
+    ) -> Result<()>;
+    /// The newest escrow generation's descriptor.
     async fn get_escrow(&self) -> Result<Option<Vec<u8>>>;
-    /// The sealed share(s) of a custodian: (number, share JSON).
-    async fn escrow_shares_of(&self, custodian: &UserId) -> Result<Vec<(u8, Vec<u8>)>>;
+    /// Every live generation: (generation, descriptor), oldest first.
+    async fn escrow_generations(&self) -> Result<Vec<(u32, Vec<u8>)>>;
+    /// The sealed shares of a custodian: (generation, number, share JSON).
+    async fn escrow_shares_of(&self, custodian: &UserId) -> Result<Vec<(u32, u8, Vec<u8>)>>;
+    /// Delete a generation's descriptor and shares; `Conflict` if it is not live.
+    async fn retire_escrow(&self, generation: u32) -> Result<()>;
 
     /// Record a request nonce; false if it was already used. Prunes nonces
     /// older than `prune_before`. `scope` is whose nonces they are: a
@@ -431,6 +444,9 @@ pub enum SideEffect {
     Capture(Box<CaptureRow>),
     /// Delete an envelope and its tokens (retention).
     DeleteEnvelope { message_id: String },
+    /// Replace an envelope (escrow rotation); its `log_index` becomes the
+    /// entry's index.
+    Reseal(Box<ResealRow>),
 }
 
 /// A stored audit log entry.
@@ -479,6 +495,19 @@ pub struct CaptureRow {
     pub period: u32,
     pub tokens: Vec<Vec<u8>>,
     pub device: String,
+    /// The escrow generation the envelope is sealed to.
+    pub generation: u32,
+}
+
+/// An envelope replaced by the same content sealed to a newer escrow
+/// generation; only if the stored envelope is still `from_sha256`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResealRow {
+    pub message_id: String,
+    pub from_sha256: Vec<u8>,
+    pub envelope: Vec<u8>,
+    pub envelope_sha256: Vec<u8>,
+    pub generation: u32,
 }
 
 /// Where a message stands in the vault.
@@ -515,6 +544,8 @@ pub struct EnvelopeRow {
 pub struct FetchQuery {
     /// Room ids (hex); empty: any room.
     pub rooms: Vec<String>,
+    /// Only envelopes sealed to this escrow generation.
+    pub generation: Option<u32>,
     pub from_ms: u64,
     pub to_ms: u64,
     /// (period, tokens): an envelope must carry any one of them; empty: no token filter.
@@ -552,6 +583,8 @@ pub trait VaultStore: AuditStore {
     /// Make deleted bytes unrecoverable from the database files (see
     /// [`KmStore::km_scrub`]).
     async fn vault_scrub(&self) -> Result<()>;
+    /// One stored envelope by message id (hex).
+    async fn envelope_of(&self, message_id: &str) -> Result<Option<EnvelopeRow>>;
     /// Envelopes for a case, in log order.
     async fn fetch(&self, q: &FetchQuery) -> Result<Vec<EnvelopeRow>>;
     /// Envelopes of `room` older than `before_ms` outside every held range:
@@ -571,6 +604,8 @@ pub trait VaultStore: AuditStore {
         limit: u32,
     ) -> Result<Vec<HitRow>>;
     async fn envelope_count(&self) -> Result<u64>;
+    /// How many envelopes are sealed to escrow `generation`.
+    async fn envelopes_under(&self, generation: u32) -> Result<u64>;
 }
 
 /// Appends to one room's log are serialised (the policy check must see a

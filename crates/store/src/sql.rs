@@ -228,8 +228,8 @@ async fn apply_side_effects(tx: &mut sqlx::AnyConnection, rows: &[AuditIn]) -> R
         let sql = Sql::insert(
             Backend::of(tx),
             "INSERT INTO envelopes (message_id, room, ts, ciphertext_sha256, envelope, envelope_sha256,
-               received_ms, log_index, device)",
-            9,
+               received_ms, log_index, device, generation)",
+            10,
             chunk.len(),
         );
         let mut q = sqlx::query(sql.build());
@@ -243,7 +243,8 @@ async fn apply_side_effects(tx: &mut sqlx::AnyConnection, rows: &[AuditIn]) -> R
                 .bind(&c.envelope_sha256)
                 .bind(i(c.received_ms))
                 .bind(i(*index))
-                .bind(&c.device);
+                .bind(&c.device)
+                .bind(i64::from(c.generation));
         }
         q.execute(&mut *tx)
             .await
@@ -272,6 +273,25 @@ async fn apply_side_effects(tx: &mut sqlx::AnyConnection, rows: &[AuditIn]) -> R
         q.execute(&mut *tx).await?;
     }
     for r in rows {
+        if let Some(SideEffect::Reseal(x)) = &r.side {
+            let done = sqlx::query(
+                "UPDATE envelopes SET envelope = $1, envelope_sha256 = $2, generation = $3,
+                   log_index = $4 WHERE message_id = $5 AND envelope_sha256 = $6",
+            )
+            .bind(&x.envelope)
+            .bind(&x.envelope_sha256)
+            .bind(i64::from(x.generation))
+            .bind(i(r.index))
+            .bind(&x.message_id)
+            .bind(&x.from_sha256)
+            .execute(&mut *tx)
+            .await?;
+            if done.rows_affected() != 1 {
+                return Err(StoreError::Conflict(
+                    "the envelope changed or was deleted before it was re-sealed",
+                ));
+            }
+        }
         if let Some(SideEffect::DeleteEnvelope { message_id }) = &r.side {
             sqlx::query("DELETE FROM tokens WHERE message_id = $1")
                 .bind(message_id)

@@ -536,14 +536,53 @@ async fn km_basics(url: &str) {
     assert!(s.put_approval("c1", 2, &u("cu@acme"), b"ok").await.is_err());
     assert_eq!(s.approvals("c1", 2).await.unwrap().len(), 1);
 
-    s.init_escrow(b"desc", &[("cu@acme".into(), 1, b"s1".to_vec())])
+    s.set_meta("vault@UK", b"uk").await.unwrap();
+    s.set_meta("vault@US-NY", b"ny").await.unwrap();
+    s.set_meta("vaulted", b"x").await.unwrap();
+    assert_eq!(
+        s.meta_prefixed("vault@").await.unwrap(),
+        vec![
+            ("vault@UK".to_owned(), b"uk".to_vec()),
+            ("vault@US-NY".to_owned(), b"ny".to_vec())
+        ]
+    );
+    assert!(s.meta_prefixed("vault_").await.is_err());
+    assert!(s.get_escrow().await.unwrap().is_none());
+    s.init_escrow(1, b"desc", &[("cu@acme".into(), 1, b"s1".to_vec())])
         .await
         .unwrap();
-    assert!(s.init_escrow(b"desc", &[]).await.is_err());
+    assert!(s.init_escrow(1, b"desc", &[]).await.is_err());
     assert_eq!(
         s.escrow_shares_of(&u("cu@acme")).await.unwrap(),
-        vec![(1, b"s1".to_vec())]
+        vec![(1, 1, b"s1".to_vec())]
     );
+    // a second generation: the newest answers, both stay live
+    s.init_escrow(
+        2,
+        b"desc2",
+        &[
+            ("cu@acme".into(), 1, b"t1".to_vec()),
+            ("cv@acme".into(), 2, b"t2".to_vec()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.get_escrow().await.unwrap().unwrap(), b"desc2");
+    assert_eq!(
+        s.escrow_generations().await.unwrap(),
+        vec![(1, b"desc".to_vec()), (2, b"desc2".to_vec())]
+    );
+    assert_eq!(
+        s.escrow_shares_of(&u("cu@acme")).await.unwrap(),
+        vec![(1, 1, b"s1".to_vec()), (2, 1, b"t1".to_vec())]
+    );
+    s.retire_escrow(1).await.unwrap();
+    assert!(s.retire_escrow(1).await.is_err());
+    assert_eq!(
+        s.escrow_shares_of(&u("cu@acme")).await.unwrap(),
+        vec![(2, 1, b"t1".to_vec())]
+    );
+    assert_eq!(s.escrow_generations().await.unwrap().len(), 1);
 
     s.dir_write(
         &[DirRow {
@@ -631,6 +670,7 @@ fn capture(index: u64, id: &str, room: &str, ts: u64, tokens: &[&[u8]]) -> Audit
             // a token twice in one capture is stored once
             tokens: tokens.iter().chain(tokens).map(|t| t.to_vec()).collect(),
             device: "d".into(),
+            generation: 1,
         }))),
         ..audit(index)
     }
@@ -684,6 +724,7 @@ async fn vault(url: &str) {
 
     let q = FetchQuery {
         rooms: vec![r1h.clone()],
+        generation: None,
         from_ms: 0,
         to_ms: 1000,
         any_tokens: vec![(1, vec![b"gold".to_vec(), b"sell".to_vec()])],
@@ -705,6 +746,50 @@ async fn vault(url: &str) {
     };
     assert_eq!(s.fetch(&all).await.unwrap().len(), 2);
 
+    // escrow rotation: an envelope re-sealed in place, only from the bytes
+    // it replaces; its log index moves to the re-seal entry
+    assert_eq!(s.envelopes_under(1).await.unwrap(), 3);
+    let reseal = |index, from: &[u8]| AuditIn {
+        side: Some(SideEffect::Reseal(Box::new(ResealRow {
+            message_id: m2.clone(),
+            from_sha256: from.to_vec(),
+            envelope: b"env m2 g2".to_vec(),
+            envelope_sha256: vec![3; 32],
+            generation: 2,
+        }))),
+        ..audit(index)
+    };
+    assert!(
+        s.audit_append(&[reseal(3, &[9; 32])], None).await.is_err(),
+        "not from other bytes"
+    );
+    s.audit_append(&[reseal(3, &[2; 32])], None).await.unwrap();
+    assert!(s.audit_append(&[reseal(4, &[2; 32])], None).await.is_err());
+    assert_eq!(
+        (
+            s.envelopes_under(1).await.unwrap(),
+            s.envelopes_under(2).await.unwrap()
+        ),
+        (2, 1)
+    );
+    let CaptureStatus::Captured(m2s) = s.capture_statuses(&[mid(12)]).await.unwrap()[0].clone()
+    else {
+        panic!("m2 is captured")
+    };
+    assert_eq!((m2s.log_index, m2s.envelope_sha256), (3, vec![3; 32]));
+    let g2 = FetchQuery {
+        to_ms: 1000,
+        generation: Some(2),
+        limit: 10,
+        ..Default::default()
+    };
+    let got = s.fetch(&g2).await.unwrap();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].message_id, m2);
+    let row = s.envelope_of(&m2).await.unwrap().unwrap();
+    assert_eq!((row.envelope, row.log_index), (b"env m2 g2".to_vec(), 3));
+    assert!(s.envelope_of(&mid(19).to_hex()).await.unwrap().is_none());
+
     // retention: expired outside a hold, then deleted with a tombstone
     let (old, kept) = s.expired(&r1, 250, &[(150, 250)]).await.unwrap();
     assert_eq!((old.len(), kept), (1, 1));
@@ -712,7 +797,7 @@ async fn vault(url: &str) {
         side: Some(SideEffect::DeleteEnvelope {
             message_id: m0.clone(),
         }),
-        ..audit(3)
+        ..audit(4)
     };
     s.audit_append(&[del], None).await.unwrap();
     assert_eq!(

@@ -40,6 +40,7 @@ fn device(km: &KmSigner, tenant: &TenantId, roles: Vec<Role>) -> Device {
             roles,
             issued_at: 0,
             not_after: u64::MAX / 2,
+            jurisdiction: String::new(),
         },
     )
     .unwrap();
@@ -83,6 +84,7 @@ fn capture_req(d: &Device, tenant: &TenantId, n: u64) -> VaultRequest {
         ciphertext_sha256: Fixed(cloister_crypto::sha256(msg.ciphertext.as_slice())),
         enc: Fixed([4; 32]),
         ct: Bytes(vec![5; 1300]),
+        generation: 1,
     };
     let op = VaultOp::Capture {
         ts: cloister_proto::now_millis(),
@@ -138,6 +140,8 @@ fn deny_nobody(vault: &Vault, km: &KmSigner, tenant: &TenantId) {
         revoked: vec![],
         disabled: vec![],
         partners: vec![],
+        escrow_generation: 0,
+        pinned: vec![],
     };
     let blob = signed::km_sign_blob(km, signed::DENY_LIST, &body).unwrap();
     vault.apply_deny_list(&blob).unwrap();
@@ -372,6 +376,7 @@ async fn archive(path: &Path, n: u64, tenant: &TenantId, km: &KmSigner) -> Arc<V
                     period,
                     tokens: toks.iter().map(|t| t.to_vec()).collect(),
                     device: "01".repeat(16),
+                    generation: 1,
                 }))),
             });
             index += 1;

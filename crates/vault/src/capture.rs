@@ -196,6 +196,8 @@ impl Vault {
                 "the envelope is sealed for another tenant",
             ));
         }
+        self.check_region(cert)?;
+        self.check_generation(env.generation).await?;
         // One capture of a message at a time: taken before its status is
         // read, so the status cannot change until this capture is done.
         let _one = Inflight::take(&self.inflight, env.message_id)?;
@@ -258,6 +260,7 @@ impl Vault {
             period: capture.period,
             tokens: capture.tokens.iter().map(|t| t.0.to_vec()).collect(),
             device: cert.device.to_hex(),
+            generation: env.generation,
         };
         let rec = AuditRecord {
             ts: received_ms,
@@ -289,13 +292,13 @@ impl Vault {
 
 /// A message being captured; released when the capture ends, however it
 /// ends (a request dropped half way included).
-struct Inflight<'a> {
+pub(crate) struct Inflight<'a> {
     set: &'a std::sync::Mutex<std::collections::HashSet<MessageId>>,
     id: MessageId,
 }
 
 impl<'a> Inflight<'a> {
-    fn take(
+    pub(crate) fn take(
         set: &'a std::sync::Mutex<std::collections::HashSet<MessageId>>,
         id: MessageId,
     ) -> Result<Self, ApiError> {

@@ -19,8 +19,10 @@
 #![forbid(unsafe_code)]
 
 mod capture;
+mod cases;
 mod metrics;
 mod purge;
+mod region;
 mod standing;
 mod status;
 mod verifier;
@@ -63,6 +65,8 @@ pub enum VaultError {
     #[error("corrupt vault state: {0}")]
     Corrupt(&'static str),
     #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
     Crypto(#[from] cloister_crypto::CryptoError),
     #[error("ingestion log: {0}")]
     Log(#[from] cloister_audit::AuditOpenError),
@@ -85,6 +89,13 @@ pub struct Vault {
     /// Partner firms' KM keys, from the newest deny list (other firms'
     /// senders of messages this firm's users received).
     partners: std::sync::RwLock<HashMap<TenantId, [u8; 32]>>,
+    /// The newest escrow generation, from the newest deny list (0: not
+    /// known yet): captures sealed to an older one are refused.
+    escrow_generation: std::sync::atomic::AtomicU32,
+    /// The jurisdiction this vault is pinned to (empty: the default vault).
+    jurisdiction: std::sync::RwLock<String>,
+    /// Jurisdictions with a vault of their own (from the newest deny list).
+    pinned: std::sync::RwLock<HashSet<String>>,
     /// Where the deny list comes from, and one pull at a time.
     km_url: std::sync::RwLock<Option<String>>,
     pulling: tokio::sync::Mutex<()>,
@@ -166,6 +177,7 @@ const META_SIGNER: &str = "receipt_key";
 const META_LOG_SIGNER: &str = "log_key";
 const META_LAST_PURGE: &str = "last_purge";
 const META_KM_URL: &str = "km_url";
+const META_JURISDICTION: &str = "jurisdiction";
 
 /// How old the KM's deny list may be before the vault refuses every request.
 pub const DEFAULT_STANDING_MAX_AGE_MS: u64 = 60_000;
@@ -254,6 +266,11 @@ impl Vault {
             .vault_meta(META_KM_URL)
             .await?
             .and_then(|b| String::from_utf8(b).ok());
+        let jurisdiction = store
+            .vault_meta(META_JURISDICTION)
+            .await?
+            .and_then(|b| String::from_utf8(b).ok())
+            .unwrap_or_default();
         let log = AuditLog::open(
             audit,
             KmSigner::from_secret(&log_key)?,
@@ -273,6 +290,9 @@ impl Vault {
                 DEFAULT_STANDING_MAX_AGE_MS,
             )),
             partners: std::sync::RwLock::new(HashMap::new()),
+            escrow_generation: std::sync::atomic::AtomicU32::new(0),
+            jurisdiction: std::sync::RwLock::new(jurisdiction),
+            pinned: std::sync::RwLock::new(HashSet::new()),
             certs: Mutex::new(HashMap::new()),
             km_url: std::sync::RwLock::new(km_url),
             pulling: tokio::sync::Mutex::new(()),
@@ -321,6 +341,7 @@ impl Vault {
             tenant: self.tenant.clone(),
             receipt_pk: Fixed(self.signer.public()),
             log_key: self.log.verifier_key(),
+            jurisdiction: self.jurisdiction(),
         }
     }
 
@@ -338,6 +359,22 @@ impl Vault {
     /// Entries in the ingestion log.
     pub fn log_size(&self) -> u64 {
         self.log.size()
+    }
+
+    /// The kinds of the ingestion log's entries, oldest first (inspection).
+    pub async fn log_kinds(&self) -> Result<Vec<String>, VaultError> {
+        Ok(self
+            .log
+            .store()
+            .audit_all()
+            .await?
+            .iter()
+            .map(|r| {
+                AuditRecord::from_bytes(&r.data)
+                    .map(|rec| rec.event.kind().to_owned())
+                    .unwrap_or_default()
+            })
+            .collect())
     }
 
     /// The request's certificate (verified under the KM key, or found in
@@ -432,66 +469,27 @@ impl Vault {
             } => {
                 fresh(ts)?;
                 role(&cert, Role::Compliance, "fetching a case's envelopes")?;
-                let c: Case =
-                    verify_blob(&self.km_pk, signed::CASE, &case, "case").map_err(|_| {
-                        ApiError::forbidden("bad_case", "the case is not signed by the tenant's KM")
-                    })?;
-                if c.tenant != self.tenant
-                    || c.officer != cert.user
-                    || c.officer_device != cert.device
-                {
-                    return Err(ApiError::forbidden(
-                        "not_case_officer",
-                        "only the case officer's device may fetch its envelopes",
-                    ));
+                json(
+                    &self
+                        .fetch(&cert, &case, &tokens, (after, limit), size)
+                        .await?,
+                )
+            }
+            VaultOp::Reseal {
+                ts,
+                case,
+                envelopes,
+            } => {
+                fresh(ts)?;
+                role(&cert, Role::Compliance, "re-sealing a case's envelopes")?;
+                json(&self.reseal(&cert, &case, envelopes).await?)
+            }
+            VaultOp::EscrowCount { ts, generation } => {
+                fresh(ts)?;
+                if !cert.roles.contains(&Role::Admin) {
+                    role(&cert, Role::Compliance, "counting envelopes by escrow key")?;
                 }
-                check_queries(&tokens, 400)?;
-                if size > self.log.size() {
-                    return Err(ApiError::bad_request(
-                        "bad_size",
-                        format!("the ingestion log has {} entries", self.log.size()),
-                    ));
-                }
-                let q = FetchQuery {
-                    rooms: c.scope.rooms.iter().map(|r| r.to_hex()).collect(),
-                    from_ms: c.scope.from_ms,
-                    to_ms: c.scope.to_ms,
-                    any_tokens: token_queries(&tokens),
-                    after,
-                    limit: limit.clamp(1, MAX_FETCH),
-                };
-                let rows = self.store.fetch(&q).await.map_err(ApiError::internal)?;
-                let full = rows.len() as u32 == q.limit;
-                let mut items = Vec::with_capacity(rows.len());
-                let mut next = None;
-                for r in rows {
-                    next = Some(r.log_index);
-                    if r.log_index >= size {
-                        continue;
-                    }
-                    let data = self
-                        .log
-                        .store()
-                        .audit_get(r.log_index)
-                        .await
-                        .map_err(ApiError::internal)?
-                        .ok_or_else(|| ApiError::internal("ingestion entry missing"))?;
-                    let proof = self.log.inclusion_proof(r.log_index, size)?;
-                    items.push(FetchedEnvelope {
-                        envelope: r.envelope.into(),
-                        entry: InclusionProof {
-                            index: r.log_index,
-                            size,
-                            data: data.into(),
-                            proof: proof.into_iter().map(Fixed).collect(),
-                        },
-                    });
-                }
-                tracing::info!(user = %cert.user, case = %c.case, n = items.len(), "case envelopes fetched");
-                json(&FetchResponse {
-                    items,
-                    next: if full { next } else { None },
-                })
+                json(&self.escrow_count(generation).await?)
             }
             VaultOp::Purge { ts, order } => {
                 fresh(ts)?;

@@ -130,6 +130,8 @@ impl Vault {
                 "deny list issued outside the clock skew",
             ));
         }
+        let escrow_generation = body.escrow_generation;
+        let pinned: HashSet<String> = body.pinned.iter().cloned().collect();
         let partners: HashMap<TenantId, [u8; 32]> = body
             .partners
             .iter()
@@ -140,8 +142,15 @@ impl Vault {
             .write()
             .map_err(|_| VaultError::Corrupt("deny list lock"))?;
         let newer = d.replace(body);
-        if newer && let Ok(mut p) = self.partners.write() {
-            *p = partners;
+        if newer {
+            if let Ok(mut p) = self.partners.write() {
+                *p = partners;
+            }
+            self.escrow_generation
+                .fetch_max(escrow_generation, std::sync::atomic::Ordering::Relaxed);
+            if let Ok(mut p) = self.pinned.write() {
+                *p = pinned;
+            }
         }
         Ok(newer)
     }

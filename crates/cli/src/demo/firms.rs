@@ -117,6 +117,7 @@ fn scope(room: RoomId) -> cloister_proto::km::CaseScope {
         rooms: vec![room],
         from_ms: now - 3_600_000,
         to_ms: now + 3_600_000,
+        reseal: None,
     }
 }
 

@@ -598,3 +598,19 @@ pub async fn start_witness(
     });
     (w, url, dir)
 }
+
+/// A case scope of the last and the next hour: these people's
+/// conversations in these rooms (either may be empty).
+pub fn today_scope(
+    custodians: Vec<cloister_proto::UserId>,
+    rooms: Vec<cloister_proto::RoomId>,
+) -> cloister_proto::km::CaseScope {
+    let now = cloister_proto::now_millis();
+    cloister_proto::km::CaseScope {
+        custodians,
+        rooms,
+        from_ms: now - 3_600_000,
+        to_ms: now + 3_600_000,
+        reseal: None,
+    }
+}

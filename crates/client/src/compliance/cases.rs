@@ -2,6 +2,50 @@
 //! eDiscovery export; retention orders.
 
 use super::*;
+use std::collections::BTreeMap;
+
+/// A decryption session: the case and the escrow keys its approvals
+/// rebuilt, by generation (they exist only in memory).
+pub(crate) struct CaseSession {
+    pub blob: SignedBlob,
+    pub case: Case,
+    pub approvals: usize,
+    pub threshold: u8,
+    pub keys: BTreeMap<u32, EscrowSecret>,
+}
+
+/// One generation's key from the shares its custodians released, if
+/// enough did (and from enough jurisdictions).
+fn open_generation(
+    g: &cloister_proto::km::EscrowDescriptor,
+    shares: &[cloister_crypto::SecretBytes],
+    approvers: &[UserId],
+) -> std::result::Result<EscrowSecret, String> {
+    if g.min_jurisdictions > 1 {
+        let spread: std::collections::BTreeSet<&String> = approvers
+            .iter()
+            .filter_map(|u| {
+                let i = g.custodians.iter().position(|c| c == u)?;
+                g.jurisdictions.get(i)
+            })
+            .collect();
+        if spread.len() < usize::from(g.min_jurisdictions) {
+            return Err(format!(
+                "approvals from {} jurisdiction(s); the escrow needs {}",
+                spread.len(),
+                g.min_jurisdictions
+            ));
+        }
+    }
+    if shares.len() < usize::from(g.threshold) {
+        return Err(format!(
+            "{} valid approval(s) of the {} needed",
+            shares.len(),
+            g.threshold
+        ));
+    }
+    escrow::combine(shares, g.threshold, &g.public.0).map_err(|e| e.to_string())
+}
 
 /// What a decryption session produced.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -81,14 +125,29 @@ impl Client {
             .ok_or_else(|| ClientError::Input(format!("no case {case:?}")))?;
         let case_sha = cloister_crypto::sha256(blob.body.as_slice());
         let shares = self.my_escrow_shares().await?;
-        let (number, share) = shares
-            .into_iter()
-            .next()
-            .ok_or_else(|| ClientError::Input("you hold no escrow share".into()))?;
-        let ctx =
-            signed::approval_context(&self.profile.tenant, &c.case, c.version, &case_sha, number);
-        let (enc, ct) = escrow::seal_share(&c.session_pk.0, &ctx, &share)?;
-        drop(share);
+        if shares.is_empty() {
+            return Err(ClientError::Input("you hold no escrow share".into()));
+        }
+        // one release per live generation held, newest first
+        let mut releases = Vec::with_capacity(shares.len());
+        for (generation, number, share) in shares.iter().rev() {
+            let ctx = signed::approval_context(
+                &self.profile.tenant,
+                &c.case,
+                c.version,
+                &case_sha,
+                (*generation, *number),
+            );
+            let (enc, ct) = escrow::seal_share(&c.session_pk.0, &ctx, share)?;
+            releases.push(cloister_proto::km::ShareRelease {
+                generation: *generation,
+                number: *number,
+                enc: Fixed(enc),
+                ct: ct.into(),
+            });
+        }
+        drop(shares);
+        let first = releases.remove(0);
         let a = Approval {
             tenant: self.profile.tenant.clone(),
             case: c.case.clone(),
@@ -96,10 +155,12 @@ impl Client {
             case_sha256: Fixed(case_sha),
             custodian: self.user().clone(),
             device: self.device(),
-            number,
-            enc: Fixed(enc),
-            ct: ct.into(),
+            number: first.number,
+            enc: first.enc,
+            ct: first.ct,
             ts: now_millis(),
+            generation: first.generation,
+            more: releases,
         };
         let approval = signed::device_sign_blob(&self.keys, signed::APPROVAL, &a)?;
         let _: serde_json::Value = self.km_request(KmOp::CaseApprove { approval }).await?;
@@ -117,13 +178,12 @@ impl Client {
         Ok(())
     }
 
-    /// The escrow key, rebuilt in memory from the case's approvals. Each
-    /// approval must be signed by a custodian's certified device, name this
-    /// case's version and exact bytes, and open under the session key.
-    pub(crate) async fn case_session(
-        &self,
-        case: &str,
-    ) -> Result<(SignedBlob, Case, usize, u8, EscrowSecret)> {
+    /// The escrow keys, rebuilt in memory from the case's approvals: every
+    /// live generation whose custodians gave their threshold of approvals
+    /// (and the jurisdiction spread it asks for). Each approval must be
+    /// signed by a custodian's certified device, name this case's version
+    /// and exact bytes, and open under the session key.
+    pub(crate) async fn case_session(&self, case: &str) -> Result<CaseSession> {
         let r: CaseApprovals = self
             .km_request(KmOp::CaseApprovals {
                 case: case.to_owned(),
@@ -142,11 +202,12 @@ impl Client {
             ))
         })?;
         let session = EscrowSecret::from_bytes(*session);
-        let escrow = self.escrow_info().await?;
+        let live = self.escrow_history().await?;
         let case_sha = cloister_crypto::sha256(r.case.body.as_slice());
-        let mut shares = Vec::new();
-        let mut approvers: Vec<UserId> = Vec::new();
-        let mut numbers = HashSet::new();
+        // per generation: the shares opened and who gave them
+        let mut opened: BTreeMap<u32, (Vec<cloister_crypto::SecretBytes>, Vec<UserId>)> =
+            BTreeMap::new();
+        let mut seen = HashSet::new();
         for aw in &r.approvals {
             let cert = signed::verify_cert(&self.profile.km_sign_pk.0, &aw.cert)?;
             let Ok(a) = signed::verify_blob::<Approval>(
@@ -160,53 +221,79 @@ impl Client {
             };
             if a.custodian != cert.user
                 || a.device != cert.device
-                || !escrow.custodians.contains(&a.custodian)
                 || a.case != c.case
                 || a.version != c.version
                 || a.case_sha256.0 != case_sha
-                || !numbers.insert(a.number)
+                || !seen.insert(a.custodian.clone())
             {
                 tracing::warn!(%case, custodian = %a.custodian, "an approval is for another case or version; ignored");
                 continue;
             }
-            let ctx = signed::approval_context(&c.tenant, &c.case, c.version, &case_sha, a.number);
-            match escrow::open_session_share(&session, &ctx, &a.enc.0, a.ct.as_slice()) {
-                Ok(s) => {
-                    shares.push(s);
-                    approvers.push(a.custodian.clone());
+            let first = cloister_proto::km::ShareRelease {
+                generation: a.generation,
+                number: a.number,
+                enc: a.enc,
+                ct: a.ct.clone(),
+            };
+            for rel in std::iter::once(&first).chain(&a.more) {
+                let Some(g) = live.iter().find(|g| g.generation == rel.generation) else {
+                    continue;
+                };
+                if !g.custodians.contains(&a.custodian) {
+                    continue;
                 }
-                Err(_) => {
-                    tracing::warn!(%case, custodian = %a.custodian, "an approval's share does not open for this case; ignored");
+                let entry = opened.entry(rel.generation).or_default();
+                if entry.1.contains(&a.custodian) {
+                    continue;
+                }
+                let ctx = signed::approval_context(
+                    &c.tenant,
+                    &c.case,
+                    c.version,
+                    &case_sha,
+                    (rel.generation, rel.number),
+                );
+                match escrow::open_session_share(&session, &ctx, &rel.enc.0, rel.ct.as_slice()) {
+                    Ok(s) => {
+                        entry.0.push(s);
+                        entry.1.push(a.custodian.clone());
+                    }
+                    Err(_) => {
+                        tracing::warn!(%case, custodian = %a.custodian, generation = rel.generation, "an approval's share does not open for this case; ignored");
+                    }
                 }
             }
         }
-        let k = escrow.threshold;
-        // the escrow's jurisdiction rule, checked here too
-        if escrow.min_jurisdictions > 1 {
-            let spread: std::collections::BTreeSet<&String> = approvers
-                .iter()
-                .filter_map(|u| {
-                    let i = escrow.custodians.iter().position(|c| c == u)?;
-                    escrow.jurisdictions.get(i)
-                })
-                .collect();
-            if spread.len() < usize::from(escrow.min_jurisdictions) {
-                return Err(ClientError::Input(format!(
-                    "case {case:?} has approvals from {} jurisdiction(s); the escrow needs {}: nothing was decrypted",
-                    spread.len(),
-                    escrow.min_jurisdictions
-                )));
+        let mut keys = BTreeMap::new();
+        let mut why = Vec::new();
+        for g in &live {
+            let (shares, approvers) = opened.remove(&g.generation).unwrap_or_default();
+            match open_generation(g, &shares, &approvers) {
+                Ok(secret) => {
+                    keys.insert(g.generation, secret);
+                }
+                Err(m) => why.push(format!("generation {}: {m}", g.generation)),
             }
         }
-        if shares.len() < k as usize {
+        if keys.is_empty() {
             return Err(ClientError::Input(format!(
-                "case {case:?} has {} valid approval(s) of the {k} needed; nothing was decrypted",
-                shares.len()
+                "case {case:?} cannot open any escrow key ({}); nothing was decrypted",
+                why.join("; ")
             )));
         }
-        let secret = escrow::combine(&shares, k, &escrow.public.0)?;
-        drop(shares);
-        Ok((r.case, c, r.approvals.len(), k, secret))
+        let threshold = live
+            .iter()
+            .filter(|g| keys.contains_key(&g.generation))
+            .map(|g| g.threshold)
+            .max()
+            .unwrap_or(0);
+        Ok(CaseSession {
+            blob: r.case,
+            case: c,
+            approvals: r.approvals.len(),
+            threshold,
+            keys,
+        })
     }
 
     /// Compliance: run the case's decryption session and export exactly the
@@ -218,14 +305,23 @@ impl Client {
         out: &Path,
         progress: &dyn Fn(u64, u64),
     ) -> Result<CaseExport> {
-        let (case_blob, c, approvals, k, secret) = self.case_session(case).await?;
+        let CaseSession {
+            blob: case_blob,
+            case: c,
+            approvals,
+            threshold: k,
+            keys,
+        } = self.case_session(case).await?;
+        if let Some(g) = c.scope.reseal {
+            return Err(ClientError::Input(format!(
+                "case {case:?} re-seals escrow generation {g}; it exports nothing (`cloister compliance reseal {case}`)"
+            )));
+        }
         // Logged (and checked against the threshold) before any decryption.
         self.case_step(case, "session_opened", approvals as u64)
             .await?;
-        let result = self
-            .export_with(&case_blob, &c, &secret, out, progress)
-            .await;
-        drop(secret);
+        let result = self.export_with(&case_blob, &c, &keys, out, progress).await;
+        drop(keys);
         self.case_step(case, "zeroized", 0).await?;
         let summary = result?;
         self.case_step(case, "exported", summary.messages).await?;
@@ -242,15 +338,12 @@ impl Client {
         &self,
         case_blob: &SignedBlob,
         c: &Case,
-        secret: &EscrowSecret,
+        keys: &BTreeMap<u32, EscrowSecret>,
         out: &Path,
         progress: &dyn Fn(u64, u64),
     ) -> Result<crate::export::ExportSummary> {
         let vault = self.vault_target()?;
-        let (vault_blob, _) = self
-            .vault_descriptor()
-            .await?
-            .ok_or_else(|| ClientError::Input("no vault is registered".into()))?;
+        let vault_blob = self.vault_blob_of(&vault).await?;
         // The ingestion log's checkpoint, verified under the KM-registered key.
         let cp: cloister_proto::km::CheckpointResponse = self
             .vault_request(&vault, &VaultOp::Checkpoint { ts: now_millis() })
@@ -314,12 +407,8 @@ impl Client {
                     serde_json::from_slice(it.envelope.as_slice())
                         .map_err(|e| ClientError::Local(format!("malformed envelope: {e}")))?;
                 let sha = hex::encode(cloister_crypto::sha256(it.envelope.as_slice()));
-                match &rec.event {
-                    cloister_log::AuditEvent::EnvelopeIngested {
-                        message_id,
-                        envelope_sha256,
-                        ..
-                    } if *message_id == sealed.message_id.to_hex() && *envelope_sha256 == sha => {}
+                match rec.event.stored_envelope() {
+                    Some((id, stored)) if id == sealed.message_id.to_hex() && stored == sha => {}
                     _ => {
                         return Err(ClientError::Audit(format!(
                             "envelope {} does not match its ingestion entry",
@@ -334,6 +423,17 @@ impl Client {
                 }
                 // An envelope that does not even open (an insider sealed junk)
                 // is listed, not allowed to stop the whole export.
+                let Some(secret) = keys.get(&sealed.generation) else {
+                    unopened.push(crate::export::Unattributable {
+                        message_id: sealed.message_id.to_string(),
+                        log_index: it.entry.index,
+                        reason: format!(
+                            "sealed to escrow generation {}, which this case's approvals do not open",
+                            sealed.generation
+                        ),
+                    });
+                    continue;
+                };
                 let env = match cloister_crypto::capture::open(secret, &sealed) {
                     Ok(e) => e,
                     Err(e) => {
@@ -451,16 +551,26 @@ impl Client {
         Ok((r, p))
     }
 
-    /// Compliance: hand a KM-signed purge order to the vault.
+    /// Compliance: hand a KM-signed purge order to every registered vault
+    /// (the counts are the sums).
     pub async fn apply_purge(&self, order: &SignedBlob) -> Result<PurgeResponse> {
-        let vault = self.vault_target()?;
-        self.vault_request(
-            &vault,
-            &VaultOp::Purge {
-                ts: now_millis(),
-                order: order.clone(),
-            },
-        )
-        .await
+        let mut total = PurgeResponse {
+            deleted: 0,
+            kept_for_hold: 0,
+        };
+        for vault in self.vault_targets().await? {
+            let p: PurgeResponse = self
+                .vault_request(
+                    &vault,
+                    &VaultOp::Purge {
+                        ts: now_millis(),
+                        order: order.clone(),
+                    },
+                )
+                .await?;
+            total.deleted += p.deleted;
+            total.kept_for_hold += p.kept_for_hold;
+        }
+        Ok(total)
     }
 }

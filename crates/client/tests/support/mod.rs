@@ -23,6 +23,7 @@ pub fn cert(km: &KmSigner, keys: &DeviceKeys, user: &str, role: Role) -> SignedC
             roles: vec![role],
             issued_at: 0,
             not_after: u64::MAX / 2,
+            jurisdiction: String::new(),
         },
     )
     .unwrap()

@@ -4,14 +4,25 @@
 use super::*;
 
 impl Km {
-    pub(crate) fn check_scope(&self, scope: &CaseScope) -> Result<(), Denied> {
+    pub(crate) async fn check_scope(&self, scope: &CaseScope) -> Result<(), Denied> {
         if scope.from_ms > scope.to_ms {
             return Err(Denied::malformed(
                 "bad_scope",
                 "the case's time range ends before it starts",
             ));
         }
-        if scope.custodians.is_empty() && scope.rooms.is_empty() {
+        if let Some(g) = scope.reseal {
+            let live = self.escrow_generations().await?;
+            if !live.iter().rev().skip(1).any(|d| d.generation == g) {
+                return Err(Denied::malformed(
+                    "bad_scope",
+                    format!(
+                        "a re-seal case names a live escrow generation older than the newest ({}); {g} is not one",
+                        live.last().map(|d| d.generation).unwrap_or_default()
+                    ),
+                ));
+            }
+        } else if scope.custodians.is_empty() && scope.rooms.is_empty() {
             return Err(Denied::malformed(
                 "bad_scope",
                 "a case names at least one custodian or room",
@@ -91,7 +102,7 @@ impl Km {
                 "a case title is at most 200 bytes without control characters",
             ));
         }
-        self.check_scope(&scope)?;
+        self.check_scope(&scope).await?;
         if self
             .store
             .get_case(&case)
@@ -127,7 +138,7 @@ impl Km {
         case: &str,
         scope: CaseScope,
     ) -> Result<SignedBlob, Denied> {
-        self.check_scope(&scope)?;
+        self.check_scope(&scope).await?;
         let (_, mut c) = self.get_case(case).await?;
         if c.officer != cert.user {
             return Err(Denied::forbidden(
@@ -138,11 +149,6 @@ impl Km {
         c.scope = scope;
         c.version = c.version.saturating_add(1);
         self.put_case(&c).await
-    }
-
-    pub(crate) async fn escrow(&self) -> Result<EscrowDescriptor, Denied> {
-        let s = self.signed_escrow().await?;
-        serde_json::from_slice(s.body.as_slice()).map_err(Denied::internal)
     }
 
     pub(crate) async fn case_approve(
@@ -179,22 +185,36 @@ impl Km {
                 ),
             ));
         }
-        let escrow = self.escrow().await?;
-        if !escrow.custodians.contains(&cert.user) {
-            return Err(Denied::forbidden(
-                "not_custodian",
-                format!("{} holds no escrow share", cert.user),
-            ));
-        }
         let mine = self
             .store
             .escrow_shares_of(&cert.user)
             .await
             .map_err(store_err)?;
-        if !mine.iter().any(|(n, _)| *n == a.number) {
+        if mine.is_empty() {
             return Err(Denied::forbidden(
                 "not_custodian",
-                format!("share {} is not {}'s", a.number, cert.user),
+                format!("{} holds no escrow share", cert.user),
+            ));
+        }
+        // every share released is one of the custodian's, each generation once
+        let mut released = vec![(a.generation, a.number)];
+        released.extend(a.more.iter().map(|m| (m.generation, m.number)));
+        let mut generations: Vec<u32> = released.iter().map(|(g, _)| *g).collect();
+        generations.sort_unstable();
+        generations.dedup();
+        if generations.len() != released.len() {
+            return Err(Denied::malformed(
+                "bad_approval",
+                "an approval releases one share per escrow generation",
+            ));
+        }
+        if let Some((g, n)) = released
+            .iter()
+            .find(|(g, n)| !mine.iter().any(|(mg, mn, _)| mg == g && mn == n))
+        {
+            return Err(Denied::forbidden(
+                "not_custodian",
+                format!("share {n} of escrow generation {g} is not {}'s", cert.user),
             ));
         }
         self.store
@@ -284,13 +304,27 @@ impl Km {
             ));
         }
         if *step == "session_opened" {
-            let k = self.escrow().await?.threshold as usize;
-            let have = self
+            // enough approvals to open at least one live generation
+            let approvers: Vec<String> = self
                 .store
                 .approvals(case, c.version)
                 .await
                 .map_err(store_err)?
-                .len();
+                .into_iter()
+                .map(|(u, _)| u)
+                .collect();
+            let live = self.escrow_generations().await?;
+            let (have, k) = live
+                .iter()
+                .map(|g| {
+                    let have = approvers
+                        .iter()
+                        .filter(|u| g.custodians.iter().any(|c| c.as_str() == u.as_str()))
+                        .count();
+                    (have, g.threshold as usize)
+                })
+                .max_by_key(|(have, k)| (have >= k, *have))
+                .unwrap_or((0, 2));
             if have < k {
                 return Err(Denied::conflict(
                     "not_enough_approvals",

@@ -523,7 +523,7 @@ impl Km {
         let clo = model::SCHEMA_CLOISTER_USER;
         let mut p = p;
         if let Some(j) = p.jurisdiction.take() {
-            p.jurisdiction = Some(canonical_jurisdiction(&j).ok_or_else(|| {
+            p.jurisdiction = Some(cloister_proto::canonical_jurisdiction(&j).ok_or_else(|| {
                 Denied::malformed(
                     "bad_jurisdiction",
                     format!(
@@ -691,23 +691,4 @@ fn barrier_info(r: &BarrierRec) -> BarrierInfo {
         disabled_by: r.disabled_by.clone(),
         disabled_reason: r.disabled_reason.clone(),
     }
-}
-
-/// A jurisdiction as escrow policies count it: an ISO 3166-1 alpha-2
-/// country code, or a subdivision (`US-NY`), upper case; `None` if it is
-/// not one. `UK`/`uk`/` UK ` are the same jurisdiction; `US-NY` and
-/// `US-CA` are two (name the country where the policy means countries).
-pub(crate) fn canonical_jurisdiction(j: &str) -> Option<String> {
-    let j = j.trim().to_ascii_uppercase();
-    let (country, sub) = match j.split_once('-') {
-        Some((c, s)) => (c, Some(s)),
-        None => (j.as_str(), None),
-    };
-    let ok_country = country.len() == 2 && country.bytes().all(|b| b.is_ascii_uppercase());
-    let ok_sub = sub.is_none_or(|s| {
-        (1..=3).contains(&s.len())
-            && s.bytes()
-                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
-    });
-    (ok_country && ok_sub).then_some(j)
 }

@@ -70,6 +70,21 @@ impl KmStore for SqlKmStore {
         meta_init(&self.db, key, value).await
     }
 
+    async fn meta_prefixed(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        if prefix.contains(['%', '_', '\\']) {
+            return Err(StoreError::Backend(
+                "a meta prefix holds no LIKE wildcard".into(),
+            ));
+        }
+        let rows = sqlx::query("SELECT key, value FROM meta WHERE key LIKE $1 ORDER BY key")
+            .bind(format!("{prefix}%"))
+            .fetch_all(&self.db.readers)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("key")?, r.try_get("value")?)))
+            .collect()
+    }
+
     async fn upsert_user(&self, u: &KmUserRow) -> Result<()> {
         sqlx::query(
             "INSERT INTO users (user_id, roles, status) VALUES ($1, $2, $3)
@@ -435,48 +450,99 @@ impl KmStore for SqlKmStore {
             .collect()
     }
 
-    async fn init_escrow(&self, descriptor: &[u8], shares: &[(String, u8, Vec<u8>)]) -> Result<()> {
+    async fn init_escrow(
+        &self,
+        generation: u32,
+        descriptor: &[u8],
+        shares: &[(String, u8, Vec<u8>)],
+    ) -> Result<()> {
         let mut tx = self.db.begin().await?;
         let r = sqlx::query(
-            "INSERT INTO escrow (id, descriptor) VALUES (1, $1) ON CONFLICT DO NOTHING",
+            "INSERT INTO escrow_keys (generation, descriptor) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
+        .bind(i64::from(generation))
         .bind(descriptor)
         .execute(&mut *tx)
         .await?;
         if r.rows_affected() == 0 {
-            return Err(StoreError::Conflict("escrow is already initialised"));
+            return Err(StoreError::Conflict(
+                "this escrow generation is already registered",
+            ));
         }
         for (custodian, number, share) in shares {
-            sqlx::query("INSERT INTO escrow_shares (number, custodian, share) VALUES ($1, $2, $3)")
-                .bind(*number as i64)
-                .bind(custodian)
-                .bind(share)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query(
+                "INSERT INTO escrow_key_shares (generation, number, custodian, share)
+                 VALUES ($1, $2, $3, $4)",
+            )
+            .bind(i64::from(generation))
+            .bind(i64::from(*number))
+            .bind(custodian)
+            .bind(share)
+            .execute(&mut *tx)
+            .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
     async fn get_escrow(&self) -> Result<Option<Vec<u8>>> {
-        Ok(
-            sqlx::query_scalar("SELECT descriptor FROM escrow WHERE id = 1")
-                .fetch_optional(&self.db.readers)
-                .await?,
+        Ok(sqlx::query_scalar(
+            "SELECT descriptor FROM escrow_keys ORDER BY generation DESC LIMIT 1",
         )
+        .fetch_optional(&self.db.readers)
+        .await?)
     }
 
-    async fn escrow_shares_of(&self, custodian: &UserId) -> Result<Vec<(u8, Vec<u8>)>> {
+    async fn escrow_generations(&self) -> Result<Vec<(u32, Vec<u8>)>> {
+        let rows =
+            sqlx::query("SELECT generation, descriptor FROM escrow_keys ORDER BY generation")
+                .fetch_all(&self.db.readers)
+                .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>("generation")? as u32,
+                    r.try_get("descriptor")?,
+                ))
+            })
+            .collect()
+    }
+
+    async fn escrow_shares_of(&self, custodian: &UserId) -> Result<Vec<(u32, u8, Vec<u8>)>> {
         let custodian = custodian.as_str();
         let rows = sqlx::query(
-            "SELECT number, share FROM escrow_shares WHERE custodian = $1 ORDER BY number",
+            "SELECT generation, number, share FROM escrow_key_shares WHERE custodian = $1
+             ORDER BY generation, number",
         )
         .bind(custodian)
         .fetch_all(&self.db.readers)
         .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get::<i64, _>("number")? as u8, r.try_get("share")?)))
+            .map(|r| {
+                Ok((
+                    r.try_get::<i64, _>("generation")? as u32,
+                    r.try_get::<i64, _>("number")? as u8,
+                    r.try_get("share")?,
+                ))
+            })
             .collect()
+    }
+
+    async fn retire_escrow(&self, generation: u32) -> Result<()> {
+        let mut tx = self.db.begin().await?;
+        sqlx::query("DELETE FROM escrow_key_shares WHERE generation = $1")
+            .bind(i64::from(generation))
+            .execute(&mut *tx)
+            .await?;
+        let r = sqlx::query("DELETE FROM escrow_keys WHERE generation = $1")
+            .bind(i64::from(generation))
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(StoreError::Conflict("this escrow generation is not live"));
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     async fn use_nonce(

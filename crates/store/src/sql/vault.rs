@@ -99,6 +99,17 @@ impl VaultStore for SqlVaultStore {
             .collect())
     }
 
+    async fn envelope_of(&self, message_id: &str) -> Result<Option<EnvelopeRow>> {
+        let r = sqlx::query(
+            "SELECT message_id, room, ts, envelope, envelope_sha256, log_index FROM envelopes
+             WHERE message_id = $1",
+        )
+        .bind(message_id)
+        .fetch_optional(&self.db.readers)
+        .await?;
+        r.as_ref().map(envelope_row).transpose()
+    }
+
     async fn fetch(&self, q: &FetchQuery) -> Result<Vec<EnvelopeRow>> {
         let mut sql = Sql::new(
             "SELECT message_id, room, ts, envelope, envelope_sha256, log_index FROM envelopes WHERE ts >= ",
@@ -110,6 +121,9 @@ impl VaultStore for SqlVaultStore {
             .param();
         if !q.rooms.is_empty() {
             sql.push(" AND room IN (").params(q.rooms.len()).push(")");
+        }
+        if q.generation.is_some() {
+            sql.push(" AND generation = ").param();
         }
         let toks: Vec<(u32, &Vec<u8>)> = q
             .any_tokens
@@ -139,6 +153,9 @@ impl VaultStore for SqlVaultStore {
         for r in &q.rooms {
             query = query.bind(r);
         }
+        if let Some(g) = q.generation {
+            query = query.bind(i64::from(g));
+        }
         for (p, t) in toks {
             query = query.bind(p as i64).bind(t);
         }
@@ -146,18 +163,7 @@ impl VaultStore for SqlVaultStore {
             .bind(q.limit as i64)
             .fetch_all(&self.db.readers)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(EnvelopeRow {
-                    message_id: r.try_get("message_id")?,
-                    room: r.try_get("room")?,
-                    ts: u(r.try_get("ts")?),
-                    envelope: r.try_get("envelope")?,
-                    envelope_sha256: r.try_get("envelope_sha256")?,
-                    log_index: u(r.try_get("log_index")?),
-                })
-            })
-            .collect()
+        rows.iter().map(envelope_row).collect()
     }
 
     async fn expired(
@@ -249,4 +255,24 @@ impl VaultStore for SqlVaultStore {
             .await?;
         Ok(u(n))
     }
+
+    async fn envelopes_under(&self, generation: u32) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM envelopes WHERE generation = $1")
+            .bind(i64::from(generation))
+            .fetch_one(&self.db.readers)
+            .await?;
+        Ok(u(n))
+    }
+}
+
+/// A stored envelope as selected by `fetch` and `envelope_of`.
+fn envelope_row(r: &sqlx::any::AnyRow) -> Result<EnvelopeRow> {
+    Ok(EnvelopeRow {
+        message_id: r.try_get("message_id")?,
+        room: r.try_get("room")?,
+        ts: u(r.try_get("ts")?),
+        envelope: r.try_get("envelope")?,
+        envelope_sha256: r.try_get("envelope_sha256")?,
+        log_index: u(r.try_get("log_index")?),
+    })
 }
