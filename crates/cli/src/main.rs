@@ -114,6 +114,16 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         interval_secs: u64,
     },
+    /// The app: this device's web UI on a loopback address (keys and
+    /// plaintext stay in this process; the browser only renders).
+    App {
+        /// Loopback address to listen on (port 0: a free one).
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: std::net::SocketAddr,
+        /// Print the launch link only; do not open a browser.
+        #[arg(long)]
+        no_open: bool,
+    },
     /// Rooms.
     #[command(subcommand)]
     Room(room_cmd::RoomCmd),
@@ -295,6 +305,32 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
                 format!("{} device {} (tenant {}, server {}, KM {})", p.user, p.device, p.tenant, p.server, p.km),
                 json!({"user": p.user, "device": p.device, "tenant": p.tenant, "server": p.server, "km": p.km}),
             );
+        }
+        Cmd::App { listen, no_open } => {
+            let running = cloister_app::start(cloister_app::AppConfig {
+                home: ctx.home()?.to_path_buf(),
+                listen,
+                http: cloister_tls::http_client(),
+            })
+            .await?;
+            // the link carries a one-time secret: it is printed for this
+            // user only, and spent by the first browser that opens it
+            ctx.emit(
+                format!(
+                    "Cloister app at {}\nopen (once): {}\nCtrl-C stops it",
+                    running.url, running.launch_url
+                ),
+                json!({"url": running.url, "launch_url": running.launch_url}),
+            );
+            if !no_open {
+                let _ = std::process::Command::new("xdg-open")
+                    .arg(&running.launch_url)
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::null())
+                    .spawn();
+            }
+            shutdown_signal().await;
+            running.task.abort();
         }
         Cmd::Room(rc) => room_cmd::room_cmd(&ctx, rc).await?,
         Cmd::Device(dc) => device_cmd::device_cmd(&ctx, dc).await?,

@@ -104,12 +104,9 @@ impl Client {
         Ok(out)
     }
 
-    /// The epochs of `room` that KM-signed `keys_shredded` notices name (the
-    /// server relays them; an unsigned or foreign claim is ignored, with an
-    /// alert).
     /// A live `keys_shredded` notice: drop the keys of the epochs it names
     /// (a notice that does not verify names none).
-    pub(crate) fn on_keys_shredded(
+    pub fn on_keys_shredded(
         &self,
         room: &RoomId,
         notice: &cloister_proto::km::SignedNotice,
@@ -118,6 +115,9 @@ impl Client {
         self.forget_keys(room, &epochs)
     }
 
+    /// The epochs of `room` that KM-signed `keys_shredded` notices name (the
+    /// server relays them; an unsigned or foreign claim is ignored, with an
+    /// alert).
     pub(crate) fn shredded_epochs(
         &self,
         room: &RoomId,

@@ -5,6 +5,7 @@
 pub mod procs;
 pub mod proxy;
 pub mod softhsm;
+pub mod webdriver;
 
 use cloister_cli::{Stack, StackOptions};
 use cloister_client::{Client, Storage};

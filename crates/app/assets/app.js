@@ -1,0 +1,95 @@
+// Cloister app: the little the page does by itself. Every key and every
+// plaintext stays in the app's process; this script only moves rendered
+// HTML the app made into the page, and posts what the user typed.
+"use strict";
+
+(function () {
+  const list = document.getElementById("messages");
+  const room = list ? list.dataset.room : null;
+
+  const pane = document.querySelector(".history");
+  function atBottom() {
+    return !pane || pane.scrollHeight - pane.scrollTop - pane.clientHeight < 80;
+  }
+  function toBottom() {
+    if (pane) pane.scrollTop = pane.scrollHeight;
+  }
+
+  // Live feed: this room's messages, the other rooms' unread counts.
+  const feed = new EventSource("/events" + (room ? "?room=" + room : ""));
+  feed.addEventListener("message", function (e) {
+    if (!list || document.getElementById("m" + e.lastEventId)) return;
+    const follow = atBottom();
+    list.insertAdjacentHTML("beforeend", e.data);
+    if (follow) toBottom();
+  });
+  feed.addEventListener("unread", function (e) {
+    const [id, n] = e.data.split(" ");
+    const badge = document.querySelector('[data-unread="' + id + '"]');
+    if (!badge) return;
+    badge.textContent = n;
+    badge.setAttribute("aria-label", n + " unread");
+    badge.hidden = n === "0";
+  });
+  feed.addEventListener("membership", function () {
+    const note = document.getElementById("membership-note");
+    if (note) note.hidden = false;
+  });
+  feed.addEventListener("reload", function () { location.reload(); });
+
+  // Compose: Enter sends, Shift+Enter adds a line.
+  const form = document.getElementById("compose");
+  if (form) {
+    const text = form.querySelector("textarea");
+    const error = document.getElementById("compose-error");
+    async function send() {
+      const body = text.value;
+      if (!body.trim()) return;
+      error.hidden = true;
+      text.value = "";
+      const r = await fetch(form.action, {
+        method: "POST",
+        headers: { "x-cloister-fetch": "1" },
+        body: new URLSearchParams({ text: body }),
+      }).catch(function () { return null; });
+      if (!r || !r.ok) {
+        text.value = body;
+        error.textContent = r ? await r.text() : "Not sent: the app did not answer";
+        error.hidden = false;
+      }
+    }
+    form.addEventListener("submit", function (e) { e.preventDefault(); send(); });
+    text.addEventListener("keydown", function (e) {
+      if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+        e.preventDefault();
+        send();
+      }
+    });
+  }
+
+  // Older history: loaded when the link comes into view (or is followed).
+  const older = document.querySelector("a.older");
+  if (older && list && pane) {
+    let busy = false;
+    async function load() {
+      if (busy || !older.isConnected) return;
+      busy = true;
+      const from = pane.scrollHeight - pane.scrollTop;
+      const r = await fetch(older.href).catch(function () { return null; });
+      if (r && r.ok) {
+        list.insertAdjacentHTML("afterbegin", await r.text());
+        pane.scrollTop = pane.scrollHeight - from;
+        const next = r.headers.get("x-older");
+        if (next) older.href = older.href.replace(/before=\d+/, "before=" + next);
+        else older.remove();
+      }
+      busy = false;
+    }
+    older.addEventListener("click", function (e) { e.preventDefault(); load(); });
+    new IntersectionObserver(function (entries) {
+      if (entries.some(function (x) { return x.isIntersecting; })) load();
+    }, { root: pane }).observe(older);
+  }
+
+  if (list) toBottom();
+})();

@@ -1,0 +1,340 @@
+//! A room: its history (verified and decrypted here, paged as the user
+//! scrolls), the compose box, sending, starting an IM, creating a room.
+
+use crate::App;
+use crate::pages::{Failure, locked, page, room_name, sidebar, status_of};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Redirect, Response};
+use cloister_client::{Client, ClientError, Received};
+use cloister_proto::room::RoomSettings;
+use cloister_proto::server::Content;
+use cloister_proto::{RoomId, UserId};
+use maud::{Markup, html};
+use std::sync::Arc;
+
+/// Messages per page of history.
+pub(crate) const PAGE: u32 = 50;
+
+fn parse_room(s: &str) -> Result<RoomId, Failure> {
+    s.parse().map_err(|_| {
+        Failure::new(
+            StatusCode::NOT_FOUND,
+            "No such room",
+            "that address does not name a room",
+        )
+    })
+}
+
+/// What the page shows of a message.
+pub(crate) struct View<'a> {
+    pub seq: u64,
+    pub sender: &'a str,
+    pub ts: u64,
+    pub content: &'a Content,
+}
+
+impl<'a> From<&'a Received> for View<'a> {
+    fn from(m: &'a Received) -> View<'a> {
+        View {
+            seq: m.seq,
+            sender: m.sender.as_str(),
+            ts: m.ts,
+            content: &m.content,
+        }
+    }
+}
+
+/// One message as the page shows it.
+pub(crate) fn render_message(app: &App, me: &str, m: View<'_>) -> Markup {
+    let mine = m.sender == me;
+    let when = time_of(m.ts);
+    html! {
+        li.msg.mine[mine] data-seq=(m.seq) id={ "m" (m.seq) } {
+            p.meta {
+                span.sender title=(m.sender) { (app.name_of(m.sender)) }
+                " "
+                time datetime=(m.ts) { (when) }
+            }
+            @match m.content {
+                Content::Text { text } => p.text { (text) },
+                Content::File { name, size, sha256, .. } => p.file {
+                    "File " strong { (name) } " (" (size) " bytes), SHA-256 "
+                    code { (hex::encode(sha256.0)) }
+                },
+            }
+        }
+    }
+}
+
+/// A message that did not pass a check: shown in place, in words.
+pub(crate) fn render_refused(e: &ClientError) -> Markup {
+    html! {
+        li.msg.refused role="note" {
+            p { "A message here was not shown: " (e) }
+        }
+    }
+}
+
+/// `HH:MM` UTC of a millisecond timestamp (the page shows it; the full
+/// time is in the element's `datetime`).
+fn time_of(ts_ms: u64) -> String {
+    let s = ts_ms / 1000;
+    format!("{:02}:{:02} UTC", (s / 3600) % 24, (s / 60) % 60)
+}
+
+async fn history(
+    app: &App,
+    c: &Client,
+    room: &RoomId,
+    before: Option<u64>,
+) -> Result<(Markup, Option<u64>), ClientError> {
+    let page = c.read(room, PAGE, before).await?;
+    let senders: Vec<String> = page
+        .iter()
+        .filter_map(|m| m.as_ref().ok().map(|m| m.sender.to_string()))
+        .collect();
+    app.learn_names(c, &senders).await;
+    let me = c.user().to_string();
+    let oldest = page
+        .iter()
+        .filter_map(|m| m.as_ref().ok().map(|m| m.seq))
+        .min();
+    let full = page.len() as u32 >= PAGE;
+    let items = html! {
+        @for m in &page {
+            @match m {
+                Ok(m) => (render_message(app, &me, m.into())),
+                Err(e) => (render_refused(e)),
+            }
+        }
+    };
+    Ok((items, if full { oldest } else { None }))
+}
+
+/// `GET /r/ROOM`: the room with its newest page of history.
+pub(crate) async fn room_page(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+) -> Result<Response, Failure> {
+    let Some(c) = app.client() else {
+        return Ok(locked());
+    };
+    let room = parse_room(&room)?;
+    let summary = c
+        .list_rooms()
+        .await
+        .map_err(|e| Failure::of("Rooms not loaded", &e))?
+        .into_iter()
+        .find(|r| r.room == room)
+        .ok_or_else(|| {
+            Failure::new(
+                StatusCode::NOT_FOUND,
+                "Not a member",
+                "you are not a member of this room (or it does not exist)",
+            )
+        })?;
+    if let Ok(mut u) = app.unread.lock() {
+        u.remove(&room);
+    }
+    let (items, older) = history(&app, &c, &room, None)
+        .await
+        .map_err(|e| Failure::of("History not loaded", &e))?;
+    let me = c.user().to_string();
+    let name = room_name(&app, &me, &summary);
+    let hex = room.to_hex();
+    let side = sidebar(&app, &c, Some(&hex)).await;
+    Ok(page(
+        &name,
+        Some(side),
+        html! {
+            header.room-head {
+                h1 { (name) }
+                p.members { (summary.members.len()) " members, key epoch " (summary.epoch) }
+                p #membership-note role="status" hidden {
+                    "The room's membership changed. " a href={ "/r/" (hex) } { "Reload" }
+                }
+            }
+            section.history aria-label="Messages" {
+                @if let Some(o) = older {
+                    a.older href={ "/r/" (hex) "/older?before=" (o) } data-older=(o) {
+                        "Show older messages"
+                    }
+                }
+                ol #messages data-room=(hex) aria-live="polite" { (items) }
+            }
+            form #compose method="post" action={ "/r/" (hex) "/send" } data-room=(hex) {
+                label for="text" { "Message " (name) }
+                textarea #text name="text" rows="2" required
+                    placeholder="Write a message; Enter sends, Shift+Enter adds a line" {}
+                button type="submit" { "Send" }
+                p #compose-error.error role="alert" hidden {}
+            }
+        },
+    )
+    .into_response())
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct Older {
+    before: u64,
+}
+
+/// `GET /r/ROOM/older?before=SEQ`: the page of history before `SEQ`, as
+/// list items (the script inserts them above; without the script it is a
+/// page of its own).
+pub(crate) async fn older(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    Query(q): Query<Older>,
+) -> Response {
+    let Some(c) = app.client() else {
+        return locked();
+    };
+    let room = match parse_room(&room) {
+        Ok(r) => r,
+        Err(f) => return (f.status, f.why).into_response(),
+    };
+    match history(&app, &c, &room, Some(q.before)).await {
+        Ok((items, older)) => {
+            let mut r = items.into_string().into_response();
+            if let Some(o) = older
+                && let Ok(v) = o.to_string().parse()
+            {
+                r.headers_mut().insert("x-older", v);
+            }
+            r
+        }
+        Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct SendForm {
+    text: String,
+}
+
+/// `POST /r/ROOM/send`: seal and post a text. The script posts it and
+/// waits for the live event; without the script, back to the room.
+pub(crate) async fn send(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    headers: axum::http::HeaderMap,
+    axum::Form(f): axum::Form<SendForm>,
+) -> Response {
+    let Some(c) = app.client() else {
+        return locked();
+    };
+    let room = match parse_room(&room) {
+        Ok(r) => r,
+        Err(f) => return f.into_response(),
+    };
+    let text = f.text.trim_end();
+    if text.trim().is_empty() {
+        return (StatusCode::BAD_REQUEST, "write something first").into_response();
+    }
+    let by_script = headers.contains_key("x-cloister-fetch");
+    match c.send_text(&room, text).await {
+        Ok((_, seq)) if by_script => {
+            // this device's own pages learn of it here (the server's live
+            // socket tells the other members' devices)
+            let content = Content::Text {
+                text: text.to_owned(),
+            };
+            let me = c.user().to_string();
+            let html = render_message(
+                &app,
+                &me,
+                View {
+                    seq,
+                    sender: &me,
+                    ts: cloister_proto::now_millis(),
+                    content: &content,
+                },
+            );
+            let _ = app.events.send(crate::live::PageEvent::Message {
+                room,
+                seq,
+                html: html.into_string(),
+            });
+            seq.to_string().into_response()
+        }
+        Ok(_) => Redirect::to(&format!("/r/{}", room.to_hex())).into_response(),
+        Err(e) if by_script => (status_of(&e), format!("Not sent: {e}")).into_response(),
+        Err(e) => Failure::of("Not sent", &e).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct ImForm {
+    user: String,
+}
+
+/// `POST /im`: open (or find) the IM with a colleague.
+pub(crate) async fn start_im(
+    State(app): State<Arc<App>>,
+    axum::Form(f): axum::Form<ImForm>,
+) -> Response {
+    let Some(c) = app.client() else {
+        return locked();
+    };
+    let user: UserId = match f.user.trim().parse() {
+        Ok(u) => u,
+        Err(_) => {
+            return Failure::new(
+                StatusCode::BAD_REQUEST,
+                "No conversation started",
+                format!("{:?} is not a user id (name@firm)", f.user.trim()),
+            )
+            .into_response();
+        }
+    };
+    match c.im(&user).await {
+        Ok(room) => Redirect::to(&format!("/r/{}", room.to_hex())).into_response(),
+        Err(e) => Failure::of("No conversation started", &e).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct RoomForm {
+    name: String,
+    #[serde(default)]
+    members: String,
+}
+
+/// `POST /rooms`: create a room with these members.
+pub(crate) async fn create_room(
+    State(app): State<Arc<App>>,
+    axum::Form(f): axum::Form<RoomForm>,
+) -> Response {
+    let Some(c) = app.client() else {
+        return locked();
+    };
+    let mut members = Vec::new();
+    for m in f
+        .members
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+    {
+        match m.parse::<UserId>() {
+            Ok(u) => members.push(u),
+            Err(_) => {
+                return Failure::new(
+                    StatusCode::BAD_REQUEST,
+                    "Room not created",
+                    format!("{m:?} is not a user id (name@firm)"),
+                )
+                .into_response();
+            }
+        }
+    }
+    let settings = RoomSettings {
+        name: f.name.trim().to_owned(),
+        ..Default::default()
+    };
+    match c.create_room(settings, &members).await {
+        Ok(room) => Redirect::to(&format!("/r/{}", room.to_hex())).into_response(),
+        Err(e) => Failure::of("Room not created", &e).into_response(),
+    }
+}
