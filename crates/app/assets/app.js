@@ -91,5 +91,46 @@
     }, { root: pane }).observe(older);
   }
 
+  // Files: handed to the app with progress; the app encrypts and sends.
+  const file = document.getElementById("file");
+  if (file) {
+    const bar = document.getElementById("upload-progress");
+    const status = document.getElementById("upload-status");
+    const error = document.getElementById("compose-error");
+    file.addEventListener("change", function () {
+      const f = file.files[0];
+      if (!f) return;
+      const xhr = new XMLHttpRequest();
+      xhr.open("POST", file.dataset.upload);
+      xhr.setRequestHeader("x-file-name", encodeURIComponent(f.name));
+      xhr.upload.onprogress = function (e) {
+        if (e.lengthComputable) bar.value = Math.round((100 * e.loaded) / e.total);
+      };
+      xhr.upload.onload = function () { status.textContent = "Encrypting and sending " + f.name + "…"; };
+      xhr.onload = function () {
+        bar.hidden = true;
+        file.value = "";
+        if (xhr.status === 200) {
+          status.textContent = f.name + " sent";
+        } else {
+          status.textContent = "";
+          error.textContent = xhr.responseText || "Not sent";
+          error.hidden = false;
+        }
+      };
+      xhr.onerror = function () {
+        bar.hidden = true;
+        status.textContent = "";
+        error.textContent = "Not sent: the app did not answer";
+        error.hidden = false;
+      };
+      error.hidden = true;
+      bar.value = 0;
+      bar.hidden = false;
+      status.textContent = "Reading " + f.name + "…";
+      xhr.send(f);
+    });
+  }
+
   if (list) toBottom();
 })();

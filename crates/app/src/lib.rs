@@ -11,10 +11,12 @@
 //! this process, where the SDK does every cryptographic step.
 #![forbid(unsafe_code)]
 
+mod files;
 mod guard;
 mod live;
 mod messaging;
 mod pages;
+mod room_tools;
 
 use cloister_client::Client;
 use cloister_proto::RoomId;
@@ -138,9 +140,19 @@ fn router(app: Arc<App>) -> axum::Router {
         .route("/r/{room}", get(messaging::room_page))
         .route("/r/{room}/older", get(messaging::older))
         .route("/r/{room}/send", post(messaging::send))
+        .route("/r/{room}/upload", post(files::upload))
+        .route("/r/{room}/file/{seq}", get(files::download))
+        .route("/r/{room}/people", get(room_tools::people))
+        .route("/r/{room}/people/add", post(room_tools::add))
+        .route("/r/{room}/people/remove", post(room_tools::remove))
         .route("/im", post(messaging::start_im))
         .route("/rooms", post(messaging::create_room))
         .route("/events", get(live::events))
+        // an upload streams to the app's scratch directory, up to the
+        // attachment limit (the SDK checks it again)
+        .layer(axum::extract::DefaultBodyLimit::max(
+            cloister_proto::limits::DEFAULT_MAX_ATTACHMENT as usize + 1,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             app.clone(),
             guard::guard,

@@ -16,7 +16,7 @@ use std::sync::Arc;
 /// Messages per page of history.
 pub(crate) const PAGE: u32 = 50;
 
-fn parse_room(s: &str) -> Result<RoomId, Failure> {
+pub(crate) fn parse_room(s: &str) -> Result<RoomId, Failure> {
     s.parse().map_err(|_| {
         Failure::new(
             StatusCode::NOT_FOUND,
@@ -28,6 +28,7 @@ fn parse_room(s: &str) -> Result<RoomId, Failure> {
 
 /// What the page shows of a message.
 pub(crate) struct View<'a> {
+    pub room: String,
     pub seq: u64,
     pub sender: &'a str,
     pub ts: u64,
@@ -37,6 +38,7 @@ pub(crate) struct View<'a> {
 impl<'a> From<&'a Received> for View<'a> {
     fn from(m: &'a Received) -> View<'a> {
         View {
+            room: m.room.to_hex(),
             seq: m.seq,
             sender: m.sender.as_str(),
             ts: m.ts,
@@ -59,8 +61,11 @@ pub(crate) fn render_message(app: &App, me: &str, m: View<'_>) -> Markup {
             @match m.content {
                 Content::Text { text } => p.text { (text) },
                 Content::File { name, size, sha256, .. } => p.file {
-                    "File " strong { (name) } " (" (size) " bytes), SHA-256 "
-                    code { (hex::encode(sha256.0)) }
+                    a href={ "/r/" (m.room) "/file/" (m.seq) } download=(name) { (name) }
+                    " (" (size) " bytes) "
+                    span.hash title="SHA-256 of the file, signed by its sender; checked when it is downloaded" {
+                        "SHA-256 " code { (hex::encode(sha256.0)) }
+                    }
                 },
             }
         }
@@ -150,7 +155,10 @@ pub(crate) async fn room_page(
         html! {
             header.room-head {
                 h1 { (name) }
-                p.members { (summary.members.len()) " members, key epoch " (summary.epoch) }
+                p.members {
+                    (summary.members.len()) " members, key epoch " (summary.epoch) " · "
+                    a href={ "/r/" (hex) "/people" } { "People and keys" }
+                }
                 p #membership-note role="status" hidden {
                     "The room's membership changed. " a href={ "/r/" (hex) } { "Reload" }
                 }
@@ -168,6 +176,12 @@ pub(crate) async fn room_page(
                 textarea #text name="text" rows="2" required
                     placeholder="Write a message; Enter sends, Shift+Enter adds a line" {}
                 button type="submit" { "Send" }
+                div.attach {
+                    label for="file" { "Attach a file" }
+                    input #file type="file" data-upload={ "/r/" (hex) "/upload" };
+                    progress #upload-progress max="100" value="0" hidden aria-label="Upload progress" {}
+                    span #upload-status role="status" {}
+                }
                 p #compose-error.error role="alert" hidden {}
             }
         },
@@ -246,6 +260,7 @@ pub(crate) async fn send(
                 &app,
                 &me,
                 View {
+                    room: room.to_hex(),
                     seq,
                     sender: &me,
                     ts: cloister_proto::now_millis(),

@@ -260,3 +260,152 @@ async fn the_app_answers_only_its_own_browser() {
     .unwrap();
     assert!(e.to_string().contains("loopback"), "{e}");
 }
+
+/// A room of three: a file with its hash checked in the page, a removed
+/// member's page that stops showing new messages, a barrier's refusal in
+/// words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_of_three_files_removal_and_a_barrier() {
+    let w = World::new().await;
+    let homes: Vec<PathBuf> = ["alice", "bob", "carol"]
+        .iter()
+        .map(|n| w.dir.path().join(format!("home-{n}")))
+        .collect();
+    for (n, h) in ["alice", "bob", "carol"].iter().zip(&homes) {
+        drop(w.disk_user(n, h).await);
+    }
+    let rita = w.user("rita").await;
+    escrow(&w).await;
+    w.register_vault(true).await;
+    // research and trading are walled off from each other
+    w.admin
+        .admin_group_set("research", &[rita.user().clone()], &[])
+        .await
+        .unwrap();
+    w.admin
+        .admin_group_set("trading", &[World::uid("alice")], &[])
+        .await
+        .unwrap();
+    w.admin
+        .barrier_add("research", "trading", "Chinese wall: research / trading")
+        .await
+        .unwrap();
+    let d = chromedriver();
+    let mut apps = Vec::new();
+    let mut tabs = Vec::new();
+    for (i, h) in homes.iter().enumerate() {
+        let a = app(h).await;
+        let b = Browser::start(&d, &w.dir.path().join(format!("chrome-{i}")), 1280).await;
+        unlock(&b, &a.launch_url).await;
+        apps.push(a);
+        tabs.push(b);
+    }
+    let (ba, bb, bc) = (&tabs[0], &tabs[1], &tabs[2]);
+
+    // alice creates the room from the sidebar
+    ba.find("#room-name").await.send_keys("Rates desk").await;
+    ba.find("#room-members")
+        .await
+        .send_keys("bob@acme, carol@acme")
+        .await;
+    ba.find("form[action='/rooms'] button").await.click().await;
+    ba.find("#compose").await;
+    let path = reqwest::Url::parse(&ba.url().await)
+        .unwrap()
+        .path()
+        .to_owned();
+    for (b, a) in [(bb, &apps[1]), (bc, &apps[2])] {
+        b.goto(&format!("{}{}", a.url.trim_end_matches('/'), path))
+            .await;
+        b.find("#compose").await;
+    }
+
+    // a file: handed to the app, encrypted, sent; bob's page shows it and
+    // its download matches the hash its sender signed
+    let f = w.dir.path().join("term-sheet.txt");
+    std::fs::write(&f, b"TERMSHEET Harbourview 40mm 101.5").unwrap();
+    ba.find("#file").await.send_keys(f.to_str().unwrap()).await;
+    bb.until(
+        "return !!document.querySelector('#messages .file a')",
+        "bob to see the file",
+    )
+    .await;
+    let check = bb
+        .execute(
+            "const a = document.querySelector('#messages .file a'); \
+             const shown = a.parentElement.querySelector('.hash code').textContent; \
+             return fetch(a.href).then(r => r.arrayBuffer()).then(b => crypto.subtle.digest('SHA-256', b)) \
+               .then(d => [shown, [...new Uint8Array(d)].map(x => x.toString(16).padStart(2, '0')).join('')]);",
+        )
+        .await;
+    assert_eq!(
+        check[0], check[1],
+        "the download is the file its sender signed"
+    );
+    assert_eq!(
+        check[0].as_str().unwrap(),
+        hex::encode(cloister_crypto::sha256(b"TERMSHEET Harbourview 40mm 101.5"))
+    );
+    shot(bb, "file").await;
+
+    // alice removes carol; carol's page shows nothing said after that
+    ba.goto(&format!(
+        "{}{}/people",
+        apps[0].url.trim_end_matches('/'),
+        path
+    ))
+    .await;
+    shot(ba, "people").await;
+    ba.find("button[aria-label='Remove carol@acme']")
+        .await
+        .click()
+        .await;
+    ba.until(
+        "return !document.querySelector(\"button[aria-label='Remove carol@acme']\")",
+        "carol to be gone from the members",
+    )
+    .await;
+    ba.goto(&format!("{}{}", apps[0].url.trim_end_matches('/'), path))
+        .await;
+    ba.find("#text")
+        .await
+        .send_keys("AFTER carol left\u{E007}")
+        .await;
+    bb.until(
+        "return document.getElementById('messages').textContent.includes('AFTER carol')",
+        "bob to see the message",
+    )
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let carol_sees = bc
+        .execute("return document.getElementById('messages').textContent.includes('AFTER carol')")
+        .await;
+    assert_eq!(carol_sees, serde_json::Value::Bool(false));
+
+    // the barrier: alice (trading) cannot add rita (research), said in words
+    ba.goto(&format!(
+        "{}{}/people",
+        apps[0].url.trim_end_matches('/'),
+        path
+    ))
+    .await;
+    ba.find("#add-user").await.send_keys("rita@acme").await;
+    ba.find("form[action$='/people/add'] button")
+        .await
+        .click()
+        .await;
+    ba.until(
+        "return !!document.querySelector('p.error[role=alert]')",
+        "the refusal",
+    )
+    .await;
+    let said = ba
+        .execute("return document.querySelector('p.error').textContent")
+        .await;
+    let said = said.as_str().unwrap();
+    assert!(said.to_lowercase().contains("barrier"), "{said}");
+    shot(ba, "barrier").await;
+    for b in tabs {
+        b.close().await;
+    }
+}
