@@ -36,6 +36,16 @@
     if (note) note.hidden = false;
   });
   feed.addEventListener("reload", function () { location.reload(); });
+  feed.addEventListener("progress", function (e) {
+    const [done, total, ...job] = e.data.split(" ");
+    const name = job.join(" ");
+    if (total === "0") { location.reload(); return; }
+    for (const bar of document.querySelectorAll("progress[data-job]")) {
+      if (bar.dataset.job !== name) continue;
+      bar.max = Number(total);
+      bar.value = Number(done);
+    }
+  });
 
   // Compose: Enter sends, Shift+Enter adds a line.
   const form = document.getElementById("compose");
@@ -130,6 +140,23 @@
       status.textContent = "Reading " + f.name + "…";
       xhr.send(f);
     });
+  }
+
+  // A running export: its row is refreshed until it ends (the live feed
+  // moves the bar; this catches an end the feed said before it opened).
+  if (document.querySelector("progress[data-job]")) {
+    const timer = setInterval(async function () {
+      const r = await fetch(location.href).catch(function () { return null; });
+      if (!r || !r.ok) return;
+      const doc = new DOMParser().parseFromString(await r.text(), "text/html");
+      const fresh = doc.getElementById("cases");
+      const here = document.getElementById("cases");
+      if (!fresh || !here) return;
+      if (!fresh.querySelector("progress[data-job]")) {
+        here.replaceWith(fresh);
+        clearInterval(timer);
+      }
+    }, 1000);
   }
 
   if (list) toBottom();

@@ -11,6 +11,10 @@
 //! this process, where the SDK does every cryptographic step.
 #![forbid(unsafe_code)]
 
+mod admin;
+mod audit;
+mod compliance;
+mod directory;
 mod files;
 mod guard;
 mod live;
@@ -67,6 +71,8 @@ pub(crate) struct App {
     names: Mutex<HashMap<String, String>>,
     /// Which rooms open pages show (their messages are not unread).
     viewing: live::Viewing,
+    /// Exports running or done, by case.
+    jobs: Mutex<HashMap<String, compliance::Job>>,
 }
 
 impl App {
@@ -116,6 +122,7 @@ pub async fn start(cfg: AppConfig) -> Result<Running, AppError> {
         unread: Mutex::new(HashMap::new()),
         names: Mutex::new(HashMap::new()),
         viewing: live::Viewing::new(),
+        jobs: Mutex::new(HashMap::new()),
     });
     let router = router(app);
     let task = tokio::spawn(async move {
@@ -148,6 +155,39 @@ fn router(app: Arc<App>) -> axum::Router {
         .route("/im", post(messaging::start_im))
         .route("/rooms", post(messaging::create_room))
         .route("/events", get(live::events))
+        .route("/directory", get(directory::directory))
+        .route("/admin", get(admin::users))
+        .route("/admin/users", post(admin::add_user))
+        .route("/admin/users/disable", post(admin::disable_user))
+        .route("/admin/devices/revoke", post(admin::revoke_device))
+        .route("/admin/controls", get(admin::controls))
+        .route("/admin/groups", post(admin::group_set))
+        .route("/admin/entitle", post(admin::entitle))
+        .route("/admin/barriers", post(admin::barrier_add))
+        .route("/admin/barriers/disable", post(admin::barrier_disable))
+        .route("/admin/firms", get(admin::firms))
+        .route("/admin/scim", post(admin::scim_issue))
+        .route("/admin/scim/revoke", post(admin::scim_revoke))
+        .route("/admin/audit", get(audit::audit))
+        .route(
+            "/compliance",
+            get(compliance::search).post(compliance::search),
+        )
+        .route(
+            "/compliance/cases",
+            get(compliance::cases).post(compliance::open_case),
+        )
+        .route(
+            "/compliance/cases/{case}/approve",
+            post(compliance::approve),
+        )
+        .route("/compliance/cases/{case}/export", post(compliance::export))
+        .route("/compliance/cases/{case}/verify", post(compliance::verify))
+        .route(
+            "/compliance/retention",
+            get(compliance::retention).post(compliance::retention_set),
+        )
+        .route("/compliance/retention/run", post(compliance::retention_run))
         // an upload streams to the app's scratch directory, up to the
         // attachment limit (the SDK checks it again)
         .layer(axum::extract::DefaultBodyLimit::max(

@@ -25,6 +25,8 @@ pub(crate) enum PageEvent {
     },
     /// The room's membership changed (the page reloads its header).
     Membership { room: RoomId },
+    /// An export's progress (`total` 0: it ended).
+    Progress { job: String, done: u64, total: u64 },
 }
 
 /// Follow the server's live socket for as long as the app runs,
@@ -183,6 +185,9 @@ pub(crate) async fn events(State(app): State<Arc<App>>, Query(w): Query<Watch>) 
                     SseEvent::default().event("membership").data(room.to_hex())
                 }
                 PageEvent::Membership { .. } => continue,
+                PageEvent::Progress { job, done, total } => SseEvent::default()
+                    .event("progress")
+                    .data(format!("{done} {total} {job}")),
             };
             return Some((Ok(e), (rx, w)));
         }

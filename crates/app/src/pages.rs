@@ -6,6 +6,7 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Redirect, Response};
 use cloister_client::Client;
+use cloister_proto::km::Role;
 use cloister_proto::room::RoomKind;
 use cloister_proto::server::RoomSummary;
 use maud::{DOCTYPE, Markup, html};
@@ -123,6 +124,13 @@ pub(crate) fn room_name(app: &App, me: &str, r: &RoomSummary) -> String {
     }
 }
 
+/// This device's roles, from its KM-signed certificate.
+pub(crate) fn roles_of(c: &Client) -> Vec<Role> {
+    cloister_crypto::signed::verify_cert(&c.profile().km_sign_pk.0, &c.cert())
+        .map(|cert| cert.roles)
+        .unwrap_or_default()
+}
+
 /// The sidebar: rooms and IMs with unread counts, starting an IM,
 /// creating a room.
 pub(crate) async fn sidebar(app: &App, c: &Client, current: Option<&str>) -> Markup {
@@ -157,6 +165,20 @@ pub(crate) async fn sidebar(app: &App, c: &Client, current: Option<&str>) -> Mar
         nav.sidebar aria-label="Rooms and conversations" {
             p.brand { "Cloister" }
             p.who { "Signed in as " strong { (app.name_of(&me)) } " (" (me) ")" }
+            @let roles = roles_of(c);
+            @if roles.contains(&Role::Admin) || roles.contains(&Role::Compliance) || roles.contains(&Role::Custodian) {
+                ul.consoles {
+                    @if roles.contains(&Role::Admin) { li { a href="/admin" { "Admin console" } } }
+                    @if roles.contains(&Role::Compliance) || roles.contains(&Role::Custodian) {
+                        li { a href="/compliance/cases" { "Compliance console" } }
+                    }
+                }
+            }
+            form.inline method="get" action="/directory" {
+                label for="dir-q" { "Find people" }
+                input #dir-q name="q" type="search" autocomplete="off";
+                button type="submit" { "Search" }
+            }
             h2 #rooms-h { "Rooms" }
             ul aria-labelledby="rooms-h" { @for r in &named { (item(r)) } }
             h2 #ims-h { "Direct messages" }

@@ -409,3 +409,191 @@ async fn a_room_of_three_files_removal_and_a_barrier() {
         b.close().await;
     }
 }
+
+/// The admin console adds a user (the one-time code enrols a real device)
+/// and shows the audit log with each row proven; the compliance console
+/// searches, opens a case, a custodian approves it in their own app, and
+/// the officer exports it with a progress bar and verifies the export.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_and_compliance_consoles() {
+    use cloister_proto::km::Role::{Admin, Compliance, Custodian};
+    let w = World::new().await;
+    let dir = |n: &str| w.dir.path().join(format!("home-{n}"));
+    drop(w.disk_user_with("ada", &[Admin], &dir("ada")).await);
+    drop(
+        w.disk_user_with("olivia", &[Compliance], &dir("olivia"))
+            .await,
+    );
+    drop(w.disk_user_with("cust1", &[Custodian], &dir("cust1")).await);
+    let cust2 = w.user_with("cust2", &[Custodian]).await;
+    w.admin
+        .admin_escrow_init(&[World::uid("cust1"), cust2.user().clone()], 2)
+        .await
+        .unwrap();
+    w.register_vault(true).await;
+    let (alice, bob) = (w.user("alice").await, w.user("bob").await);
+    for c in [&alice, &bob] {
+        c.use_registered_vault().await.unwrap().unwrap();
+    }
+    let room = alice
+        .create_room(Default::default(), &[bob.user().clone()])
+        .await
+        .unwrap();
+    alice
+        .send_text(&room, "Harbourview 2033s: sell 40mm at 101.5")
+        .await
+        .unwrap();
+    bob.send_text(&room, "agreed").await.unwrap();
+
+    let d = chromedriver();
+    let mut apps = Vec::new();
+    let mut tabs = Vec::new();
+    for (i, n) in ["ada", "olivia", "cust1"].iter().enumerate() {
+        let a = app(&dir(n)).await;
+        let b = Browser::start(&d, &w.dir.path().join(format!("chrome-{i}")), 1280).await;
+        unlock(&b, &a.launch_url).await;
+        apps.push(a);
+        tabs.push(b);
+    }
+    let (admin, officer, custodian) = (&tabs[0], &tabs[1], &tabs[2]);
+    let at = |i: usize, path: &str| format!("{}{path}", apps[i].url.trim_end_matches('/'));
+
+    // the admin adds a user; the code shown once enrols a real device
+    admin.goto(&at(0, "/admin")).await;
+    admin.find("#new-user").await.send_keys("newbie@acme").await;
+    admin
+        .find("form[action='/admin/users'] button")
+        .await
+        .click()
+        .await;
+    let code = admin
+        .execute("return document.querySelector('.code-once output').textContent")
+        .await;
+    let code = code.as_str().unwrap().to_owned();
+    shot(admin, "admin-code").await;
+    let newbie = cloister_client::Client::enrol(
+        w.http.clone(),
+        &w.stack.server_url,
+        &w.stack.km_url,
+        &World::uid("newbie"),
+        &code,
+        cloister_client::Storage::Memory,
+    )
+    .await
+    .unwrap();
+    assert_eq!(newbie.user().as_str(), "newbie@acme");
+    admin.goto(&at(0, "/admin")).await;
+    admin
+        .until(
+            "return document.querySelector('table.grid').textContent.includes('newbie@acme')",
+            "the new user in the table",
+        )
+        .await;
+    shot(admin, "admin-users").await;
+    // the audit log: every row proven on the admin's device
+    admin.goto(&at(0, "/admin/audit?kind=user_added")).await;
+    let rows = admin
+        .execute(
+            "const cells = [...document.querySelectorAll('table.grid tbody tr td:last-child')]; \
+             return [cells.length, cells.every(c => c.classList.contains('ok'))]",
+        )
+        .await;
+    assert!(rows[0].as_u64().unwrap() >= 5, "{rows}");
+    assert_eq!(rows[1], serde_json::Value::Bool(true), "every row proven");
+    assert!(
+        admin
+            .source()
+            .await
+            .contains("consistent with every checkpoint this device saw")
+    );
+    shot(admin, "admin-audit").await;
+
+    // the officer searches: tokens only leave the device
+    officer.goto(&at(1, "/compliance")).await;
+    officer
+        .find("#s-words")
+        .await
+        .send_keys("harbourview")
+        .await;
+    officer
+        .find("form[action='/compliance'] button")
+        .await
+        .click()
+        .await;
+    officer
+        .until(
+            "return !!document.querySelector('#hits') && document.querySelectorAll('#hits tbody tr').length === 1",
+            "one hit",
+        )
+        .await;
+    shot(officer, "compliance-search").await;
+    // opens a case on alice's conversations
+    officer.goto(&at(1, "/compliance/cases")).await;
+    officer.find("#c-name").await.send_keys("inq-1").await;
+    officer
+        .find("#c-people")
+        .await
+        .send_keys("alice@acme")
+        .await;
+    officer
+        .find("form[action='/compliance/cases'] button")
+        .await
+        .click()
+        .await;
+    officer
+        .until(
+            "return document.getElementById('cases').textContent.includes('inq-1')",
+            "the case",
+        )
+        .await;
+    // a custodian approves in their own app, the other with their SDK
+    custodian.goto(&at(2, "/compliance/cases")).await;
+    custodian
+        .find("button[aria-label='Approve case inq-1']")
+        .await
+        .click()
+        .await;
+    custodian
+        .until(
+            "return document.body.textContent.includes('approved')",
+            "the approval",
+        )
+        .await;
+    cust2.case_approve("inq-1").await.unwrap();
+    // the export runs in the officer's app; the page follows it
+    officer.goto(&at(1, "/compliance/cases")).await;
+    officer
+        .find("button[aria-label='Export case inq-1']")
+        .await
+        .click()
+        .await;
+    officer
+        .until(
+            "return /Exported 2 messages|Export failed/.test(document.getElementById('cases').textContent)",
+            "the export",
+        )
+        .await;
+    let cases = officer
+        .execute("return document.getElementById('cases').textContent")
+        .await;
+    assert!(
+        cases.as_str().unwrap().contains("Exported 2 messages"),
+        "{cases}"
+    );
+    officer
+        .find("button[aria-label='Verify export of inq-1']")
+        .await
+        .click()
+        .await;
+    officer
+        .until(
+            "return document.body.textContent.includes('Verified: 2 messages')",
+            "the verification",
+        )
+        .await;
+    shot(officer, "compliance-export").await;
+    // a trader's device has no console
+    for b in tabs {
+        b.close().await;
+    }
+}

@@ -341,7 +341,7 @@ pub fn write(
     dir: &Path,
     src: &Source<'_>,
     items: &[ExportItem],
-    progress: &dyn Fn(u64, u64),
+    progress: &(dyn Fn(u64, u64) + Sync),
 ) -> Result<ExportSummary, String> {
     let Source {
         keys,

@@ -163,8 +163,24 @@ impl World {
 
     /// A device stored on disk (for restart tests).
     pub async fn disk_user(&self, name: &str, dir: &Path) -> Client {
+        self.disk_user_with(name, &[], dir).await
+    }
+
+    /// A user with these roles whose device keeps its keys in `dir`
+    /// (passphrase `pw`).
+    pub async fn disk_user_with(
+        &self,
+        name: &str,
+        roles: &[cloister_proto::km::Role],
+        dir: &Path,
+    ) -> Client {
         let user = Self::uid(name);
-        let code = self.admin.admin_add_user(&user, false).await.unwrap().code;
+        let code = self
+            .admin
+            .admin_add_user_roles(&user, roles)
+            .await
+            .unwrap()
+            .code;
         Client::enrol(
             self.http.clone(),
             &self.stack.server_url,

@@ -303,7 +303,7 @@ impl Client {
         &self,
         case: &str,
         out: &Path,
-        progress: &dyn Fn(u64, u64),
+        progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<CaseExport> {
         let CaseSession {
             blob: case_blob,
@@ -340,9 +340,9 @@ impl Client {
         c: &Case,
         keys: &BTreeMap<u32, EscrowSecret>,
         out: &Path,
-        progress: &dyn Fn(u64, u64),
+        progress: &(dyn Fn(u64, u64) + Sync),
     ) -> Result<crate::export::ExportSummary> {
-        let vault = self.vault_target()?;
+        let vault = self.working_vault().await?;
         let vault_blob = self.vault_blob_of(&vault).await?;
         // The ingestion log's checkpoint, verified under the KM-registered key.
         let cp: cloister_proto::km::CheckpointResponse = self
@@ -541,7 +541,7 @@ impl Client {
     /// Compliance: apply retention: the KM shreds expired room-epoch keys no
     /// hold covers, and the vault deletes expired envelopes outside holds.
     pub async fn retention_run(&self) -> Result<(RetentionRunResponse, PurgeResponse)> {
-        self.vault_target()?;
+        self.working_vault().await?;
         let r: RetentionRunResponse = self.km_request(KmOp::RetentionRun).await?;
         // Every member's device drops the destroyed keys (the server tells them).
         if let Some(n) = &r.notice {

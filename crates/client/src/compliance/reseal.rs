@@ -26,7 +26,11 @@ impl Client {
     /// the vault replace it by the same content sealed to the newest one.
     /// Each step is logged at the KM; the old keys exist only inside this
     /// call. Safe to run again: what is done is skipped.
-    pub async fn case_reseal(&self, case: &str, progress: &dyn Fn(u64)) -> Result<ResealSummary> {
+    pub async fn case_reseal(
+        &self,
+        case: &str,
+        progress: &(dyn Fn(u64) + Sync),
+    ) -> Result<ResealSummary> {
         let session = self.case_session(case).await?;
         let newest = self.escrow_info().await?;
         self.case_step(case, "session_opened", session.approvals as u64)
@@ -43,9 +47,9 @@ impl Client {
         &self,
         s: &CaseSession,
         newest: &cloister_proto::km::EscrowDescriptor,
-        progress: &dyn Fn(u64),
+        progress: &(dyn Fn(u64) + Sync),
     ) -> Result<ResealSummary> {
-        let vault = self.vault_target()?;
+        let vault = self.working_vault().await?;
         let verifier = cloister_log::NoteVerifier::parse(&vault.log_key)
             .map_err(|e| ClientError::Audit(e.to_string()))?;
         let mut out = ResealSummary {

@@ -81,6 +81,18 @@ impl Client {
         Ok(t)
     }
 
+    /// The vault this device works with: the one chosen
+    /// ([`Client::use_vault_in`], [`Client::set_vault`]), else the one the
+    /// KM names for this device.
+    pub(crate) async fn working_vault(&self) -> Result<VaultTarget> {
+        if let Ok(t) = self.vault_target() {
+            return Ok(t);
+        }
+        self.use_registered_vault()
+            .await?
+            .ok_or_else(|| ClientError::Input("no vault is registered with the KM".into()))
+    }
+
     pub(crate) fn vault_target(&self) -> Result<VaultTarget> {
         self.vault
             .lock()
