@@ -5,7 +5,7 @@
 
 use crate::App;
 use crate::admin::admin;
-use crate::pages::{Failure, locked, page, sidebar};
+use crate::pages::{Failure, locked, page, sidebar, when};
 use axum::extract::{Query, State};
 use axum::response::{IntoResponse, Response};
 use cloister_proto::km::{InclusionProof, KmOp};
@@ -115,14 +115,14 @@ pub(crate) async fn audit(
             table.grid {
                 caption { (rows.len()) " entries" }
                 thead { tr {
-                    th scope="col" { "Entry" } th scope="col" { "Time (UTC ms)" } th scope="col" { "Who" }
+                    th scope="col" { "Entry" } th scope="col" { "Time" } th scope="col" { "Who" }
                     th scope="col" { "Kind" } th scope="col" { "Details" } th scope="col" { "Proof" }
                 } }
                 tbody {
                     @for ((index, rec, bytes), proof) in rows.iter().zip(&proven) {
                         tr {
                             td { (index) }
-                            td { (rec.ts) }
+                            td { time datetime=(rec.ts) { (when(rec.ts)) } }
                             td { (rec.actor.as_ref().map(|a| a.to_string()).unwrap_or_default()) }
                             td { (rec.event.kind()) }
                             td.details { code { (String::from_utf8_lossy(bytes)) } }

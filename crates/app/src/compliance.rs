@@ -6,7 +6,7 @@
 use crate::App;
 use crate::admin::form_pairs;
 use crate::live::PageEvent;
-use crate::pages::{Failure, locked, page, roles_of, sidebar};
+use crate::pages::{Failure, locked, page, roles_of, sidebar, when};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
@@ -137,10 +137,10 @@ pub(crate) async fn search(State(app): State<Arc<App>>, body: String) -> Result<
                 Some(Ok(hits)) => {
                     table.grid #hits {
                         caption { (hits.len()) " messages match" }
-                        thead { tr { th scope="col" { "Time (UTC ms)" } th scope="col" { "Room" } th scope="col" { "Message" } } }
+                        thead { tr { th scope="col" { "Time" } th scope="col" { "Room" } th scope="col" { "Message" } } }
                         tbody {
                             @for h in hits {
-                                tr { td { (h.ts) } td { code { (h.room) } } td { code { (h.message_id) } } }
+                                tr { td { time datetime=(h.ts) { (when(h.ts)) } } td { code { (h.room) } } td { code { (h.message_id) } } }
                             }
                         }
                     }
@@ -419,7 +419,7 @@ pub(crate) async fn verify(
             h1 { "Export of " (case) }
             @match r {
                 Ok(v) => p.ok role="status" {
-                    "Verified: " (v.messages) " messages and " (v.files) " files, each proven in the vault's log (checkpoint of "
+                    "Verified: " (v.messages) " messages (" (v.files) " files in the package), each proven in the vault's log (checkpoint of "
                     (v.checkpoint_size) " entries) and attributed to its sender's device; signed by KM key " code { (v.km_sign_pk) } "."
                 },
                 Err(e) => p.error role="alert" { "The export does not verify: " (e) },

@@ -124,6 +124,18 @@ pub(crate) fn room_name(app: &App, me: &str, r: &RoomSummary) -> String {
     }
 }
 
+/// A time as people read it: `YYYY-MM-DD HH:MM:SS UTC`.
+pub(crate) fn when(ms: u64) -> String {
+    let s = ms / 1000;
+    format!(
+        "{} {:02}:{:02}:{:02} UTC",
+        cloister_crypto::blind::day_of(ms),
+        (s / 3600) % 24,
+        (s / 60) % 60,
+        s % 60
+    )
+}
+
 /// This device's roles, from its KM-signed certificate.
 pub(crate) fn roles_of(c: &Client) -> Vec<Role> {
     cloister_crypto::signed::verify_cert(&c.profile().km_sign_pk.0, &c.cert())

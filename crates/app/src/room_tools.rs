@@ -62,8 +62,10 @@ pub(crate) async fn people(
                                 @if (owner || m.as_str() == me) && summary.kind != cloister_proto::room::RoomKind::Im {
                                     form.inline-row method="post" action={ "/r/" (hex) "/people/remove" } {
                                         input type="hidden" name="user" value=(m);
-                                        button type="submit" aria-label={ "Remove " (m) } {
-                                            @if m.as_str() == me { "Leave" } @else { "Remove" }
+                                        @if m.as_str() == me {
+                                            button type="submit" aria-label="Leave this room" { "Leave" }
+                                        } @else {
+                                            button type="submit" aria-label={ "Remove " (m) } { "Remove" }
                                         }
                                     }
                                 }

@@ -27,6 +27,31 @@ async fn unlock(b: &Browser, launch: &str) {
     b.find("nav.sidebar").await;
 }
 
+/// axe-core's serious and critical findings on the page: none allowed.
+async fn axe(b: &Browser, page: &str) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../target/tools/axe/node_modules/axe-core/axe.min.js");
+    let src = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "axe-core is not installed at {} ({e}): run scripts/tools",
+            path.display()
+        )
+    });
+    b.execute(&format!("{src}\n;return true")).await;
+    let found = b
+        .execute(
+            "return axe.run(document, {resultTypes: ['violations']}).then(r => r.violations \
+               .filter(v => v.impact === 'serious' || v.impact === 'critical') \
+               .map(v => v.id + ': ' + v.help + ' at ' + v.nodes.map(n => n.target.join(' ')).join(', ')))",
+        )
+        .await;
+    assert_eq!(
+        found,
+        serde_json::json!([]),
+        "accessibility problems on the {page} page"
+    );
+}
+
 fn screenshots() -> Option<PathBuf> {
     std::env::var_os("CLOISTER_SCREENSHOTS").map(PathBuf::from)
 }
@@ -71,7 +96,13 @@ async fn two_users_exchange_messages_live_in_two_browsers() {
         Browser::start(&d, &pa, 1280).await,
         Browser::start(&d, &pb, 420).await,
     );
-    unlock(&ba, &aa.launch_url).await;
+    ba.goto(&aa.launch_url).await;
+    ba.find("#passphrase").await;
+    axe(&ba, "unlock").await;
+    shot(&ba, "unlock").await;
+    ba.find("#passphrase").await.send_keys("pw").await;
+    ba.find("form[action='/unlock'] button").await.click().await;
+    ba.find("nav.sidebar").await;
     unlock(&bb, &ab.launch_url).await;
 
     // alice starts an IM with bob from the sidebar
@@ -110,6 +141,8 @@ async fn two_users_exchange_messages_live_in_two_browsers() {
     .await;
     shot(&ba, "room").await;
     shot(&bb, "room-narrow").await;
+    axe(&ba, "room").await;
+    axe(&bb, "narrow room").await;
 
     // time from Enter in one browser to the message on the other's page
     ba.execute(
@@ -356,6 +389,7 @@ async fn a_room_of_three_files_removal_and_a_barrier() {
     ))
     .await;
     shot(ba, "people").await;
+    axe(ba, "people and keys").await;
     ba.find("button[aria-label='Remove carol@acme']")
         .await
         .click()
@@ -405,6 +439,18 @@ async fn a_room_of_three_files_removal_and_a_barrier() {
     let said = said.as_str().unwrap();
     assert!(said.to_lowercase().contains("barrier"), "{said}");
     shot(ba, "barrier").await;
+    axe(ba, "refusal").await;
+    ba.goto(&format!(
+        "{}/directory?q=bob",
+        apps[0].url.trim_end_matches('/')
+    ))
+    .await;
+    ba.until(
+        "return document.getElementById('people').textContent.includes('bob@acme')",
+        "bob in the directory",
+    )
+    .await;
+    axe(ba, "directory").await;
     for b in tabs {
         b.close().await;
     }
@@ -471,6 +517,7 @@ async fn the_admin_and_compliance_consoles() {
         .await;
     let code = code.as_str().unwrap().to_owned();
     shot(admin, "admin-code").await;
+    axe(admin, "one-time code").await;
     let newbie = cloister_client::Client::enrol(
         w.http.clone(),
         &w.stack.server_url,
@@ -490,6 +537,13 @@ async fn the_admin_and_compliance_consoles() {
         )
         .await;
     shot(admin, "admin-users").await;
+    axe(admin, "users").await;
+    admin.goto(&at(0, "/admin/controls")).await;
+    admin.find("#group-name").await;
+    axe(admin, "controls").await;
+    admin.goto(&at(0, "/admin/firms")).await;
+    admin.find("#scim-label").await;
+    axe(admin, "SCIM and firms").await;
     // the audit log: every row proven on the admin's device
     admin.goto(&at(0, "/admin/audit?kind=user_added")).await;
     let rows = admin
@@ -507,6 +561,7 @@ async fn the_admin_and_compliance_consoles() {
             .contains("consistent with every checkpoint this device saw")
     );
     shot(admin, "admin-audit").await;
+    axe(admin, "audit log").await;
 
     // the officer searches: tokens only leave the device
     officer.goto(&at(1, "/compliance")).await;
@@ -527,6 +582,7 @@ async fn the_admin_and_compliance_consoles() {
         )
         .await;
     shot(officer, "compliance-search").await;
+    axe(officer, "search").await;
     // opens a case on alice's conversations
     officer.goto(&at(1, "/compliance/cases")).await;
     officer.find("#c-name").await.send_keys("inq-1").await;
@@ -592,8 +648,113 @@ async fn the_admin_and_compliance_consoles() {
         )
         .await;
     shot(officer, "compliance-export").await;
+    axe(officer, "export verified").await;
+    officer.goto(&at(1, "/compliance/cases")).await;
+    officer.find("#cases").await;
+    axe(officer, "cases").await;
+    officer.goto(&at(1, "/compliance/retention")).await;
+    officer.find("#r-days").await;
+    axe(officer, "retention").await;
     // a trader's device has no console
     for b in tabs {
         b.close().await;
     }
+}
+
+/// A room with 10,000 messages: the first render (the newest page,
+/// verified and decrypted by the app) and paging older history on scroll.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_of_ten_thousand_messages_renders_its_newest_page_first() {
+    // the history is written at load-test speed: the server's per-device
+    // rate limit would hold it to what a person types
+    let mut o = opts();
+    o.server_config.limits = cloister_server::ServerLimits::off();
+    let w = World::with(o).await;
+    let home = w.dir.path().join("home-alice");
+    drop(w.disk_user("alice", &home).await);
+    let bob = w.user("bob").await;
+    let room = bob
+        .create_room(Default::default(), &[World::uid("alice")])
+        .await
+        .unwrap();
+    // 10,000 messages over one live socket, sealed in batches
+    let live = bob.connect_live().await.unwrap();
+    let poster = live.poster();
+    let n = 10_000;
+    let mut pending = Vec::new();
+    for i in 0..n {
+        let env = bob
+            .seal(
+                &room,
+                &cloister_proto::server::Content::Text {
+                    text: format!("history {i}"),
+                },
+            )
+            .await
+            .unwrap();
+        let p = poster.clone();
+        pending.push(tokio::spawn(async move { p.post(&room, &env).await }));
+        if pending.len() == 256 {
+            for h in pending.drain(..) {
+                h.await.unwrap().unwrap();
+            }
+        }
+    }
+    for h in pending {
+        h.await.unwrap().unwrap();
+    }
+    drop(live);
+    let a = app(&home).await;
+    let d = chromedriver();
+    let b = Browser::start(&d, &w.dir.path().join("chrome"), 1280).await;
+    unlock(&b, &a.launch_url).await;
+    let url = format!("{}/r/{}", a.url.trim_end_matches('/'), room.to_hex());
+    let mut loads = Vec::new();
+    for _ in 0..5 {
+        b.goto(&url).await;
+        b.find("#messages li").await;
+        let t = b
+            .execute(
+                "const e = performance.getEntriesByType('navigation')[0]; \
+                 return [e.responseEnd - e.startTime, e.domContentLoadedEventEnd - e.startTime]",
+            )
+            .await;
+        loads.push((t[0].as_f64().unwrap(), t[1].as_f64().unwrap()));
+    }
+    loads.sort_by(|x, y| x.1.partial_cmp(&y.1).unwrap());
+    let (resp, dom) = loads[loads.len() / 2];
+    println!(
+        "app first render of a room of {n} messages (median of 5): page served in {resp:.0} ms, rendered in {dom:.0} ms"
+    );
+    let shown = b
+        .execute("return document.querySelectorAll('#messages li').length")
+        .await;
+    assert_eq!(shown.as_u64(), Some(50), "the newest page only");
+    let last = b
+        .execute("return document.querySelector('#messages li:last-child .text').textContent")
+        .await;
+    // (posted concurrently: the server's order is the truth)
+    let text_of = |m: &cloister_client::Received| match &m.content {
+        cloister_proto::server::Content::Text { text } => text.clone(),
+        _ => String::new(),
+    };
+    let newest = bob.read(&room, 100, None).await.unwrap();
+    let newest: Vec<String> = newest
+        .iter()
+        .map(|m| text_of(m.as_ref().unwrap()))
+        .collect();
+    assert_eq!(last.as_str(), newest.last().map(String::as_str));
+    // scrolling to the top brings the page before it, in order
+    b.execute("document.querySelector('.history').scrollTop = 0; return true")
+        .await;
+    b.until(
+        "return document.querySelectorAll('#messages li').length >= 100",
+        "the older page",
+    )
+    .await;
+    let first = b
+        .execute("return document.querySelector('#messages li:first-child .text').textContent")
+        .await;
+    assert_eq!(first.as_str(), newest.first().map(String::as_str));
+    b.close().await;
 }
