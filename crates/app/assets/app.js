@@ -23,6 +23,29 @@
     list.insertAdjacentHTML("beforeend", e.data);
     if (follow) toBottom();
   });
+  feed.addEventListener("log", function (e) {
+    const at = e.data.indexOf(" ");
+    const seq = e.data.slice(0, at);
+    if (!list || document.getElementById("e" + seq)) return;
+    const follow = atBottom();
+    list.insertAdjacentHTML("beforeend", e.data.slice(at + 1));
+    if (follow) toBottom();
+  });
+  // Each time the feed (re)opens: what arrived since the last message
+  // shown (between the page's history and the feed, or while away).
+  feed.addEventListener("open", async function () {
+    if (!list) return;
+    const seqs = [...list.querySelectorAll("li.msg[data-seq]")].map(function (li) { return Number(li.dataset.seq); });
+    const after = seqs.length ? Math.max.apply(null, seqs) : 0;
+    const r = await fetch("/r/" + room + "/newer?after=" + after).catch(function () { return null; });
+    if (!r || !r.ok) return;
+    const doc = new DOMParser().parseFromString("<ol>" + (await r.text()) + "</ol>", "text/html");
+    const follow = atBottom();
+    for (const li of doc.querySelectorAll("li.msg")) {
+      if (!document.getElementById(li.id)) list.appendChild(li);
+    }
+    if (follow) toBottom();
+  });
   feed.addEventListener("unread", function (e) {
     const [id, n] = e.data.split(" ");
     const badge = document.querySelector('[data-unread="' + id + '"]');
@@ -90,7 +113,7 @@
         list.insertAdjacentHTML("afterbegin", await r.text());
         pane.scrollTop = pane.scrollHeight - from;
         const next = r.headers.get("x-older");
-        if (next) older.href = older.href.replace(/before=\d+/, "before=" + next);
+        if (next) older.href = older.href.replace(/\?.*$/, "?" + next);
         else older.remove();
       }
       busy = false;

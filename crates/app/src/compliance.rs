@@ -192,6 +192,24 @@ pub(crate) async fn cases(State(app): State<Arc<App>>) -> Result<Response, Failu
                                         button type="submit" aria-label={ "Approve case " (k.case) } { "Approve" }
                                     }
                                 }
+                                @if k.officer == *c.user() && k.scope.reseal.is_none() {
+                                    details {
+                                        summary { "Change scope (approvals are asked again)" }
+                                        form.inline method="post" action={ "/compliance/cases/" (k.case) "/scope" } {
+                                            label for={ "sp-" (k.case) } { "People (comma-separated user ids)" }
+                                            input id={ "sp-" (k.case) } name="people" type="text" autocomplete="off"
+                                                value=(k.scope.custodians.iter().map(|u| u.to_string()).collect::<Vec<_>>().join(", "));
+                                            label for={ "sr-" (k.case) } { "Rooms (comma-separated room ids)" }
+                                            input id={ "sr-" (k.case) } name="rooms" type="text" autocomplete="off"
+                                                value=(k.scope.rooms.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "));
+                                            label for={ "sf-" (k.case) } { "From (YYYY-MM-DD)" }
+                                            input id={ "sf-" (k.case) } name="from" type="text" required value=(cloister_crypto::blind::day_of(k.scope.from_ms));
+                                            label for={ "st-" (k.case) } { "To (YYYY-MM-DD)" }
+                                            input id={ "st-" (k.case) } name="to" type="text" required value=(cloister_crypto::blind::day_of(k.scope.to_ms));
+                                            button type="submit" { "Change scope" }
+                                        }
+                                    }
+                                }
                                 @if k.officer == *c.user() && k.officer_device == c.device() && k.scope.reseal.is_none() {
                                     form.inline-row method="post" action={ "/compliance/cases/" (k.case) "/export" } {
                                         button type="submit" aria-label={ "Export case " (k.case) } { "Export" }
@@ -262,9 +280,22 @@ pub(crate) async fn open_case(
     axum::Form(f): axum::Form<CaseForm>,
 ) -> Result<Response, Failure> {
     let c = console(&app, &[Role::Compliance])?;
-    let bad = |why: String| Failure::new(StatusCode::BAD_REQUEST, "Case not opened", why);
-    let custodians = f
-        .people
+    let scope = scope_of(&f.people, &f.rooms, (&f.from, &f.to), "Case not opened")?;
+    c.case_open(f.case.trim(), f.title.trim(), scope, f.hold.is_some())
+        .await
+        .map_err(|e| Failure::of("Case not opened", &e))?;
+    Ok(Redirect::to("/compliance/cases").into_response())
+}
+
+/// A case scope from a form's fields.
+fn scope_of(
+    people: &str,
+    rooms: &str,
+    (from, to): (&str, &str),
+    what: &'static str,
+) -> Result<CaseScope, Failure> {
+    let bad = |why: String| Failure::new(StatusCode::BAD_REQUEST, what, why);
+    let custodians = people
         .split(',')
         .map(str::trim)
         .filter(|u| !u.is_empty())
@@ -273,8 +304,7 @@ pub(crate) async fn open_case(
                 .map_err(|_| bad(format!("{u:?} is not a user id")))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let rooms = f
-        .rooms
+    let rooms = rooms
         .split(',')
         .map(str::trim)
         .filter(|r| !r.is_empty())
@@ -284,21 +314,40 @@ pub(crate) async fn open_case(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let from_ms =
-        day_ms(&f.from).ok_or_else(|| bad(format!("{:?} is not a date (YYYY-MM-DD)", f.from)))?;
-    let to_ms = day_ms(&f.to)
-        .ok_or_else(|| bad(format!("{:?} is not a date (YYYY-MM-DD)", f.to)))?
+        day_ms(from).ok_or_else(|| bad(format!("{from:?} is not a date (YYYY-MM-DD)")))?;
+    let to_ms = day_ms(to).ok_or_else(|| bad(format!("{to:?} is not a date (YYYY-MM-DD)")))?
         + 86_400_000
         - 1;
-    let scope = CaseScope {
+    Ok(CaseScope {
         custodians,
         rooms,
         from_ms,
         to_ms,
         reseal: None,
-    };
-    c.case_open(f.case.trim(), f.title.trim(), scope, f.hold.is_some())
+    })
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct ScopeForm {
+    #[serde(default)]
+    people: String,
+    #[serde(default)]
+    rooms: String,
+    from: String,
+    to: String,
+}
+
+/// `POST /compliance/cases/CASE/scope`: a new scope (approvals again).
+pub(crate) async fn rescope(
+    State(app): State<Arc<App>>,
+    Path(case): Path<String>,
+    axum::Form(f): axum::Form<ScopeForm>,
+) -> Result<Response, Failure> {
+    let c = console(&app, &[Role::Compliance])?;
+    let scope = scope_of(&f.people, &f.rooms, (&f.from, &f.to), "Scope not changed")?;
+    c.case_rescope(&case, scope)
         .await
-        .map_err(|e| Failure::of("Case not opened", &e))?;
+        .map_err(|e| Failure::of("Scope not changed", &e))?;
     Ok(Redirect::to("/compliance/cases").into_response())
 }
 

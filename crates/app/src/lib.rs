@@ -12,9 +12,13 @@
 #![forbid(unsafe_code)]
 
 mod admin;
+mod admin_controls;
+mod admin_firms;
 mod audit;
 mod compliance;
+mod connections;
 mod directory;
+mod events;
 mod files;
 mod guard;
 mod live;
@@ -146,6 +150,7 @@ fn router(app: Arc<App>) -> axum::Router {
         .route("/assets/app.css", get(pages::style))
         .route("/r/{room}", get(messaging::room_page))
         .route("/r/{room}/older", get(messaging::older))
+        .route("/r/{room}/newer", get(messaging::newer))
         .route("/r/{room}/send", post(messaging::send))
         .route("/r/{room}/upload", post(files::upload))
         .route("/r/{room}/file/{seq}", get(files::download))
@@ -156,18 +161,31 @@ fn router(app: Arc<App>) -> axum::Router {
         .route("/rooms", post(messaging::create_room))
         .route("/events", get(live::events))
         .route("/directory", get(directory::directory))
+        .route(
+            "/connections",
+            get(connections::list).post(connections::ask),
+        )
+        .route("/connections/answer", post(connections::answer))
+        .route("/connections/remove", post(connections::remove))
+        .route("/admin/firms/trust", post(admin_firms::trust_add))
+        .route("/admin/firms/remove", post(admin_firms::trust_remove))
+        .route("/compliance/cases/{case}/scope", post(compliance::rescope))
         .route("/admin", get(admin::users))
         .route("/admin/users", post(admin::add_user))
         .route("/admin/users/disable", post(admin::disable_user))
         .route("/admin/devices/revoke", post(admin::revoke_device))
-        .route("/admin/controls", get(admin::controls))
-        .route("/admin/groups", post(admin::group_set))
-        .route("/admin/entitle", post(admin::entitle))
-        .route("/admin/barriers", post(admin::barrier_add))
-        .route("/admin/barriers/disable", post(admin::barrier_disable))
-        .route("/admin/firms", get(admin::firms))
-        .route("/admin/scim", post(admin::scim_issue))
-        .route("/admin/scim/revoke", post(admin::scim_revoke))
+        .route("/admin/controls", get(admin_controls::controls))
+        .route("/admin/groups", post(admin_controls::group_set))
+        .route("/admin/entitle", post(admin_controls::entitle))
+        .route("/admin/barriers", post(admin_controls::barrier_add))
+        .route(
+            "/admin/barriers/disable",
+            post(admin_controls::barrier_disable),
+        )
+        .route("/admin/dlp", post(admin_controls::dlp_put))
+        .route("/admin/firms", get(admin_firms::firms))
+        .route("/admin/scim", post(admin_firms::scim_issue))
+        .route("/admin/scim/revoke", post(admin_firms::scim_revoke))
         .route("/admin/audit", get(audit::audit))
         .route(
             "/compliance",

@@ -25,6 +25,12 @@ pub(crate) enum PageEvent {
     },
     /// The room's membership changed (the page reloads its header).
     Membership { room: RoomId },
+    /// A statement of the room's log, rendered (shown inline).
+    Log {
+        room: RoomId,
+        seq: u64,
+        html: String,
+    },
     /// An export's progress (`total` 0: it ended).
     Progress { job: String, done: u64, total: u64 },
 }
@@ -81,7 +87,20 @@ async fn on_event(app: &App, c: &Client, ev: Event) {
                 html: html.into_string(),
             });
         }
-        Event::Membership { room, .. } => {
+        Event::Membership { room, seq } => {
+            // the statement, verified with the room's log, shown inline
+            if let Ok(log) = c.room_events(&room).await {
+                let people: Vec<String> = log.iter().map(|s| s.actor_user.to_string()).collect();
+                app.learn_names(c, &people).await;
+                for s in log.iter().filter(|s| s.seq >= seq) {
+                    let html = crate::events::render_statement(app, s);
+                    let _ = app.events.send(PageEvent::Log {
+                        room,
+                        seq: s.seq,
+                        html: html.into_string(),
+                    });
+                }
+            }
             let _ = app.events.send(PageEvent::Membership { room });
         }
         Event::KeysShredded { room, notice } => {
@@ -185,6 +204,10 @@ pub(crate) async fn events(State(app): State<Arc<App>>, Query(w): Query<Watch>) 
                     SseEvent::default().event("membership").data(room.to_hex())
                 }
                 PageEvent::Membership { .. } => continue,
+                PageEvent::Log { room, seq, html } if Some(room) == w.room => SseEvent::default()
+                    .event("log")
+                    .data(format!("{seq} {}", html.replace('\n', " "))),
+                PageEvent::Log { .. } => continue,
                 PageEvent::Progress { job, done, total } => SseEvent::default()
                     .event("progress")
                     .data(format!("{done} {total} {job}")),

@@ -88,33 +88,56 @@ fn time_of(ts_ms: u64) -> String {
     format!("{:02}:{:02} UTC", (s / 3600) % 24, (s / 60) % 60)
 }
 
+/// One page of history before `before` (or the newest), with the room's
+/// log statements of the same stretch of time (`until`: where the newer
+/// page began) in time order; and where the page before it begins.
 async fn history(
     app: &App,
     c: &Client,
     room: &RoomId,
     before: Option<u64>,
-) -> Result<(Markup, Option<u64>), ClientError> {
+    until: Option<u64>,
+) -> Result<(Markup, Option<(u64, u64)>), ClientError> {
     let page = c.read(room, PAGE, before).await?;
-    let senders: Vec<String> = page
+    let log = c.room_events(room).await.unwrap_or_default();
+    let mut people: Vec<String> = page
         .iter()
         .filter_map(|m| m.as_ref().ok().map(|m| m.sender.to_string()))
         .collect();
-    app.learn_names(c, &senders).await;
+    people.extend(log.iter().map(|s| s.actor_user.to_string()));
+    app.learn_names(c, &people).await;
     let me = c.user().to_string();
     let oldest = page
         .iter()
-        .filter_map(|m| m.as_ref().ok().map(|m| m.seq))
+        .filter_map(|m| m.as_ref().ok().map(|m| (m.seq, m.ts)))
         .min();
     let full = page.len() as u32 >= PAGE;
-    let items = html! {
-        @for m in &page {
-            @match m {
-                Ok(m) => (render_message(app, &me, m.into())),
-                Err(e) => (render_refused(e)),
-            }
-        }
+    // the statements of this stretch of time: from the page's first
+    // message (or the room's start when it is the oldest page) to where
+    // the newer page began
+    let lo = if full {
+        oldest.map_or(0, |(_, ts)| ts)
+    } else {
+        0
     };
-    Ok((items, if full { oldest } else { None }))
+    let hi = until.unwrap_or(u64::MAX);
+    // messages in the server's order (seq); each log statement before the
+    // first message sent after it
+    let mut events = crate::events::between(&log, lo, hi).into_iter().peekable();
+    let mut items: Vec<Markup> = Vec::with_capacity(page.len() + 4);
+    for m in &page {
+        let (ts, html) = match m {
+            Ok(m) => (m.ts, render_message(app, &me, m.into())),
+            Err(e) => (0, render_refused(e)),
+        };
+        while let Some(s) = events.next_if(|s| s.ts < ts) {
+            items.push(crate::events::render_statement(app, s));
+        }
+        items.push(html);
+    }
+    items.extend(events.map(|s| crate::events::render_statement(app, s)));
+    let html = html! { @for i in &items { (i) } };
+    Ok((html, if full { oldest } else { None }))
 }
 
 /// `GET /r/ROOM`: the room with its newest page of history.
@@ -142,7 +165,7 @@ pub(crate) async fn room_page(
     if let Ok(mut u) = app.unread.lock() {
         u.remove(&room);
     }
-    let (items, older) = history(&app, &c, &room, None)
+    let (items, older) = history(&app, &c, &room, None, None)
         .await
         .map_err(|e| Failure::of("History not loaded", &e))?;
     let me = c.user().to_string();
@@ -164,8 +187,8 @@ pub(crate) async fn room_page(
                 }
             }
             section.history aria-label="Messages" {
-                @if let Some(o) = older {
-                    a.older href={ "/r/" (hex) "/older?before=" (o) } data-older=(o) {
+                @if let Some((seq, ts)) = older {
+                    a.older href={ "/r/" (hex) "/older?before=" (seq) "&until=" (ts) } {
                         "Show older messages"
                     }
                 }
@@ -192,6 +215,8 @@ pub(crate) async fn room_page(
 #[derive(serde::Deserialize)]
 pub(crate) struct Older {
     before: u64,
+    #[serde(default)]
+    until: Option<u64>,
 }
 
 /// `GET /r/ROOM/older?before=SEQ`: the page of history before `SEQ`, as
@@ -209,17 +234,54 @@ pub(crate) async fn older(
         Ok(r) => r,
         Err(f) => return (f.status, f.why).into_response(),
     };
-    match history(&app, &c, &room, Some(q.before)).await {
+    match history(&app, &c, &room, Some(q.before), q.until).await {
         Ok((items, older)) => {
             let mut r = items.into_string().into_response();
-            if let Some(o) = older
-                && let Ok(v) = o.to_string().parse()
+            if let Some((seq, ts)) = older
+                && let Ok(v) = format!("before={seq}&until={ts}").parse()
             {
                 r.headers_mut().insert("x-older", v);
             }
             r
         }
         Err(e) => (StatusCode::BAD_GATEWAY, e.to_string()).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct Newer {
+    after: u64,
+}
+
+/// `GET /r/ROOM/newer?after=SEQ`: the messages after SEQ (the newest page
+/// at most), for a page that opened its live feed after they arrived.
+pub(crate) async fn newer(
+    State(app): State<Arc<App>>,
+    Path(room): Path<String>,
+    Query(q): Query<Newer>,
+) -> Response {
+    let Some(c) = app.client() else {
+        return locked();
+    };
+    let room = match parse_room(&room) {
+        Ok(r) => r,
+        Err(f) => return (f.status, f.why).into_response(),
+    };
+    match c.read(&room, PAGE, None).await {
+        Ok(page) => {
+            let me = c.user().to_string();
+            let fresh: Vec<&Received> = page
+                .iter()
+                .filter_map(|m| m.as_ref().ok())
+                .filter(|m| m.seq > q.after)
+                .collect();
+            let senders: Vec<String> = fresh.iter().map(|m| m.sender.to_string()).collect();
+            app.learn_names(&c, &senders).await;
+            html! { @for m in &fresh { (render_message(&app, &me, (*m).into())) } }
+                .into_string()
+                .into_response()
+        }
+        Err(e) => (status_of(&e), e.to_string()).into_response(),
     }
 }
 
@@ -315,6 +377,22 @@ pub(crate) struct RoomForm {
     name: String,
     #[serde(default)]
     members: String,
+    #[serde(default)]
+    view_history: Option<String>,
+    #[serde(default)]
+    members_may_invite: Option<String>,
+    #[serde(default)]
+    read_only: Option<String>,
+    #[serde(default)]
+    public: Option<String>,
+    #[serde(default)]
+    discoverable: Option<String>,
+    #[serde(default)]
+    copy_protected: Option<String>,
+    #[serde(default)]
+    external: Option<String>,
+    #[serde(default)]
+    max_members: String,
 }
 
 /// `POST /rooms`: create a room with these members.
@@ -344,9 +422,31 @@ pub(crate) async fn create_room(
             }
         }
     }
+    let max_members = match f.max_members.trim() {
+        "" => None,
+        n => Some(n.parse::<u32>().map_err(|_| {
+            Failure::new(
+                StatusCode::BAD_REQUEST,
+                "Room not created",
+                format!("{n:?} is not a number of members"),
+            )
+        })),
+    };
+    let max_members = match max_members {
+        Some(Err(f)) => return f.into_response(),
+        Some(Ok(n)) => Some(n),
+        None => None,
+    };
     let settings = RoomSettings {
         name: f.name.trim().to_owned(),
-        ..Default::default()
+        view_history: f.view_history.is_some(),
+        members_may_invite: f.members_may_invite.is_some(),
+        read_only: f.read_only.is_some(),
+        public: f.public.is_some(),
+        discoverable: f.discoverable.is_some() || f.public.is_some(),
+        copy_protected: f.copy_protected.is_some(),
+        max_members,
+        external: f.external.is_some(),
     };
     match c.create_room(settings, &members).await {
         Ok(room) => Redirect::to(&format!("/r/{}", room.to_hex())).into_response(),

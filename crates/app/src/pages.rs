@@ -186,6 +186,7 @@ pub(crate) async fn sidebar(app: &App, c: &Client, current: Option<&str>) -> Mar
                     }
                 }
             }
+            p.links { a href="/connections" { "Connections with other firms" } }
             form.inline method="get" action="/directory" {
                 label for="dir-q" { "Find people" }
                 input #dir-q name="q" type="search" autocomplete="off";
@@ -206,6 +207,18 @@ pub(crate) async fn sidebar(app: &App, c: &Client, current: Option<&str>) -> Mar
                 input #room-name name="name" type="text" required autocomplete="off";
                 label for="room-members" { "Members (comma-separated)" }
                 input #room-members name="members" type="text" autocomplete="off";
+                details {
+                    summary { "Room policies" }
+                    label.check { input type="checkbox" name="view_history" value="on" checked; " New members read earlier messages" }
+                    label.check { input type="checkbox" name="members_may_invite" value="on"; " Any member may add members" }
+                    label.check { input type="checkbox" name="read_only" value="on"; " Only owners post" }
+                    label.check { input type="checkbox" name="public" value="on"; " Anyone of the firm may join" }
+                    label.check { input type="checkbox" name="discoverable" value="on"; " Listed in the room directory" }
+                    label.check { input type="checkbox" name="copy_protected" value="on"; " No copy, forward or export (cannot be undone)" }
+                    label.check { input type="checkbox" name="external" value="on"; " May have members of other firms" }
+                    label for="room-max" { "Most members" }
+                    input #room-max name="max_members" type="number" min="2";
+                }
                 button type="submit" { "Create" }
             }
         }

@@ -410,6 +410,18 @@ async fn a_room_of_three_files_removal_and_a_barrier() {
         "bob to see the message",
     )
     .await;
+    // the log shows inline: the removal and the new key epoch it began
+    ba.until(
+        "return [...document.querySelectorAll('#messages .event')].some(e => \
+           e.textContent.includes('removed carol@acme') && e.textContent.includes('new key epoch'))",
+        "the removal shown in the history",
+    )
+    .await;
+    bb.until(
+        "return [...document.querySelectorAll('#messages .event')].some(e => e.textContent.includes('removed carol@acme'))",
+        "bob to see the removal live",
+    )
+    .await;
     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
     let carol_sees = bc
         .execute("return document.getElementById('messages').textContent.includes('AFTER carol')")
@@ -512,6 +524,7 @@ async fn the_admin_and_compliance_consoles() {
         .await
         .click()
         .await;
+    admin.find(".code-once output").await;
     let code = admin
         .execute("return document.querySelector('.code-once output').textContent")
         .await;
@@ -655,7 +668,69 @@ async fn the_admin_and_compliance_consoles() {
     officer.goto(&at(1, "/compliance/retention")).await;
     officer.find("#r-days").await;
     axe(officer, "retention").await;
-    // a trader's device has no console
+    // the officer widens the scope: a new version, approvals again
+    officer.goto(&at(1, "/compliance/cases")).await;
+    officer.find("#cases").await;
+    officer
+        .execute(
+            "document.querySelectorAll('#cases details').forEach(d => d.open = true); return true",
+        )
+        .await;
+    officer
+        .find("#sp-inq-1")
+        .await
+        .send_keys(", bob@acme")
+        .await;
+    officer
+        .find("form[action='/compliance/cases/inq-1/scope'] button")
+        .await
+        .click()
+        .await;
+    officer
+        .until(
+            "const t = document.getElementById('cases'); return !!t && t.textContent.includes('inq-1 v2')",
+            "version 2 of the case",
+        )
+        .await;
+    // a data-loss policy set in the admin console stops a message on the
+    // sending device, and the sender reads why
+    admin.goto(&at(0, "/admin/controls")).await;
+    admin.find("#dlp-id").await.send_keys("no-project-x").await;
+    admin.find("#dlp-name").await.send_keys("Project X").await;
+    admin
+        .execute("document.getElementById('dlp-action').value = 'block'; return true")
+        .await;
+    admin.find("#dlp-words").await.send_keys("projectx").await;
+    admin
+        .find("#dlp-message")
+        .await
+        .send_keys("Project X is confidential")
+        .await;
+    admin
+        .find("form[action='/admin/dlp'] button")
+        .await
+        .click()
+        .await;
+    admin
+        .until(
+            "const t = document.getElementById('dlp'); return !!t && t.textContent.includes('Project X')",
+            "the policy in the table",
+        )
+        .await;
+    axe(admin, "controls with a policy").await;
+    admin.find("#im-user").await.send_keys("bob@acme").await;
+    admin.find("form[action='/im'] button").await.click().await;
+    admin
+        .find("#text")
+        .await
+        .send_keys("the projectx numbers\u{E007}")
+        .await;
+    admin
+        .until(
+            "const e = document.getElementById('compose-error'); return !e.hidden && e.textContent.includes('Project X')",
+            "the policy's refusal",
+        )
+        .await;
     for b in tabs {
         b.close().await;
     }
@@ -752,9 +827,126 @@ async fn a_room_of_ten_thousand_messages_renders_its_newest_page_first() {
         "the older page",
     )
     .await;
-    let first = b
-        .execute("return document.querySelector('#messages li:first-child .text').textContent")
+    // every message between the oldest shown and the newest, once, in order
+    let seqs = b
+        .execute("return [...document.querySelectorAll('#messages li.msg')].map(li => Number(li.dataset.seq))")
         .await;
-    assert_eq!(first.as_str(), newest.first().map(String::as_str));
+    let seqs: Vec<u64> = seqs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .collect();
+    assert!(seqs.len() >= 100, "{}", seqs.len());
+    assert!(
+        seqs.windows(2).all(|p| p[1] == p[0] + 1),
+        "consecutive, oldest first: {seqs:?}"
+    );
+    let texts = b
+        .execute("return [...document.querySelectorAll('#messages li.msg .text')].slice(-100).map(e => e.textContent)")
+        .await;
+    let texts: Vec<String> = serde_json::from_value(texts).unwrap();
+    assert_eq!(texts, newest, "the newest 100, as the server holds them");
     b.close().await;
+}
+
+/// Connections with another firm's people, and a room policy's refusal
+/// said in words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_and_room_policies_in_the_app() {
+    use cloister_proto::controls::Entitlement;
+    let w = World::new().await;
+    let (ha, hb) = (
+        w.dir.path().join("home-alice"),
+        w.dir.path().join("home-bob"),
+    );
+    drop(w.disk_user("alice", &ha).await);
+    drop(w.disk_user("bob", &hb).await);
+    let bank = w.firm("bank").await;
+    w.trust_each_other(&bank).await;
+    w.admin
+        .admin_entitle(
+            Some(&World::uid("alice")),
+            None,
+            &[Entitlement::ExternalChat],
+            &[],
+        )
+        .await
+        .unwrap();
+    let bo = bank.user("bo").await;
+    entitle_external(&bank.admin, &[&bo]).await;
+    let (aa, ab) = (app(&ha).await, app(&hb).await);
+    let d = chromedriver();
+    let ba = Browser::start(&d, &w.dir.path().join("chrome-a"), 1280).await;
+    let bb = Browser::start(&d, &w.dir.path().join("chrome-b"), 1280).await;
+    unlock(&ba, &aa.launch_url).await;
+    unlock(&bb, &ab.launch_url).await;
+
+    // alice asks bo of the bank to connect; bo accepts
+    ba.goto(&format!("{}connections", aa.url)).await;
+    ba.find("#conn-to").await.send_keys("bo@bank").await;
+    ba.find("form[action='/connections'] button")
+        .await
+        .click()
+        .await;
+    ba.until(
+        "return document.getElementById('connections').textContent.includes('pending')",
+        "the pending connection",
+    )
+    .await;
+    axe(&ba, "connections").await;
+    let id = cloister_client::ConnectionView::of(&bo.connections().await.unwrap()[0])
+        .unwrap()
+        .id;
+    bo.connect_answer(&id, true).await.unwrap();
+    ba.goto(&format!("{}connections", aa.url)).await;
+    ba.until(
+        "return document.getElementById('connections').textContent.includes('accepted')",
+        "the accepted connection",
+    )
+    .await;
+    shot(&ba, "connections").await;
+
+    // a read-only room: only owners post; bob is told so in words
+    ba.find("#room-name").await.send_keys("Announcements").await;
+    ba.find("#room-members").await.send_keys("bob@acme").await;
+    ba.execute("document.querySelector('details').open = true; return true")
+        .await;
+    ba.find("input[name='read_only']").await.click().await;
+    ba.find("form[action='/rooms'] button").await.click().await;
+    ba.find("#compose").await;
+    let path = reqwest::Url::parse(&ba.url().await)
+        .unwrap()
+        .path()
+        .to_owned();
+    ba.find("#text")
+        .await
+        .send_keys("Desk opens at 7\u{E007}")
+        .await;
+    bb.goto(&format!("{}{}", ab.url.trim_end_matches('/'), path))
+        .await;
+    bb.until(
+        "return document.getElementById('messages').textContent.includes('Desk opens')",
+        "bob to read the announcement",
+    )
+    .await;
+    bb.find("#text")
+        .await
+        .send_keys("can I post?\u{E007}")
+        .await;
+    bb.until(
+        "const e = document.getElementById('compose-error'); return !e.hidden && e.textContent.length > 0",
+        "the refusal",
+    )
+    .await;
+    let said = bb
+        .execute("return document.getElementById('compose-error').textContent")
+        .await;
+    assert!(said.as_str().unwrap().contains("Not sent"), "{said}");
+    assert!(
+        said.as_str().unwrap().to_lowercase().contains("owner"),
+        "{said}"
+    );
+    ba.close().await;
+    bb.close().await;
 }

@@ -188,6 +188,25 @@ impl Client {
         }
     }
 
+    /// The room's membership log as this device verified it, oldest first:
+    /// who did what and when (creation, additions, removals, settings,
+    /// evictions, bans, locks, key rotations).
+    pub async fn room_events(&self, room: &RoomId) -> Result<Vec<cloister_proto::room::Statement>> {
+        self.room_state(room).await?;
+        let rooms = self.rooms.lock().await;
+        let Some(c) = rooms.get(room) else {
+            return Ok(Vec::new());
+        };
+        c.entries
+            .iter()
+            .map(|e| {
+                serde_json::from_slice(e.body.as_slice()).map_err(|e| {
+                    ClientError::Local(format!("a verified log entry is unreadable: {e}"))
+                })
+            })
+            .collect()
+    }
+
     /// Run `f` on the locally verified room state, fetching new log entries only
     /// when nothing is cached or `refresh` is set.
     pub async fn with_state<R>(

@@ -107,7 +107,19 @@ impl Browser {
         }
         let r: Value = req.send().await.unwrap().json().await.unwrap();
         if let Some(e) = r["value"]["error"].as_str() {
-            panic!("WebDriver {path}: {e}: {}", r["value"]["message"]);
+            let page: Value = self
+                .http
+                .get(format!("{}/source", self.base))
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap_or_default();
+            panic!(
+                "WebDriver {path}: {e}: {}; the page: {}",
+                r["value"]["message"], page["value"]
+            );
         }
         r["value"].clone()
     }
@@ -167,10 +179,12 @@ impl Browser {
         panic!("no element {css} on the page: {}", self.source().await);
     }
 
-    /// Wait until `script` (returning a boolean) is true in the page.
+    /// Wait until `script` (returning a boolean) is true in the page (a
+    /// page still loading, where it throws, counts as not yet).
     pub async fn until(&self, script: &str, what: &str) {
+        let guarded = format!("try {{ {script} }} catch (e) {{ return false; }}");
         for _ in 0..800 {
-            if self.execute(script).await == Value::Bool(true) {
+            if self.execute(&guarded).await == Value::Bool(true) {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
