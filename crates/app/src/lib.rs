@@ -97,7 +97,7 @@ pub async fn start(cfg: AppConfig) -> Result<Running, AppError> {
     if !cfg.listen.ip().is_loopback() {
         return Err(AppError::NotLoopback(cfg.listen));
     }
-    if !cfg.home.join("profile.json").exists() && !cfg.home.exists() {
+    if !cfg.home.join("keys.sealed").exists() {
         return Err(AppError::NoHome(cfg.home.display().to_string()));
     }
     let listener = tokio::net::TcpListener::bind(cfg.listen)

@@ -144,6 +144,41 @@ async fn two_users_exchange_messages_live_in_two_browsers() {
     axe(&ba, "room").await;
     axe(&bb, "narrow room").await;
 
+    // by keyboard alone: the skip link first, then into the conversation,
+    // Tab by Tab to the message box, Enter sends
+    ba.goto(&format!("{}{}", aa.url.trim_end_matches('/'), path))
+        .await;
+    ba.find("#compose").await;
+    ba.keys("\u{E004}").await;
+    let focused = ba.execute("return document.activeElement.className").await;
+    assert_eq!(
+        focused.as_str(),
+        Some("skip"),
+        "the first Tab reaches the skip link"
+    );
+    ba.keys("\u{E007}").await;
+    let mut reached = false;
+    for _ in 0..12 {
+        ba.keys("\u{E004}").await;
+        if ba
+            .execute("return document.activeElement.id")
+            .await
+            .as_str()
+            == Some("text")
+        {
+            reached = true;
+            break;
+        }
+    }
+    assert!(reached, "the message box is a few Tabs after the skip link");
+    ba.keys("typed without a mouse\u{E007}").await;
+    bb.until(
+        "return document.getElementById('messages').textContent.includes('typed without a mouse')",
+        "bob to see the keyboard-only message",
+    )
+    .await;
+    let text = ba.find("#text").await;
+
     // time from Enter in one browser to the message on the other's page
     ba.execute(
         "window.__sent = {}; document.getElementById('text').addEventListener('keydown', e => { \
@@ -463,6 +498,7 @@ async fn a_room_of_three_files_removal_and_a_barrier() {
     )
     .await;
     axe(ba, "directory").await;
+    shot(ba, "directory").await;
     for b in tabs {
         b.close().await;
     }
@@ -554,9 +590,11 @@ async fn the_admin_and_compliance_consoles() {
     admin.goto(&at(0, "/admin/controls")).await;
     admin.find("#group-name").await;
     axe(admin, "controls").await;
+    shot(admin, "admin-controls").await;
     admin.goto(&at(0, "/admin/firms")).await;
     admin.find("#scim-label").await;
     axe(admin, "SCIM and firms").await;
+    shot(admin, "admin-firms").await;
     // the audit log: every row proven on the admin's device
     admin.goto(&at(0, "/admin/audit?kind=user_added")).await;
     let rows = admin
@@ -575,6 +613,32 @@ async fn the_admin_and_compliance_consoles() {
     );
     shot(admin, "admin-audit").await;
     axe(admin, "audit log").await;
+    // a log this device cannot accept (here: a witness it requires never
+    // cosigned it) is an alert on the page, and no row counts as proven
+    let stranger = cloister_crypto::KmSigner::generate().unwrap();
+    let policy = dir("ada").join("witnesses.json");
+    std::fs::write(
+        &policy,
+        serde_json::to_vec(&serde_json::json!({
+            "witnesses": [cloister_log::witness::witness_key("witness.example", &stranger.public())],
+            "quorum": 1,
+        }))
+        .unwrap(),
+    )
+    .unwrap();
+    admin.goto(&at(0, "/admin/audit")).await;
+    admin
+        .until(
+            "return [...document.querySelectorAll('p.alert')].some(p => p.textContent.startsWith('ALERT') && p.textContent.includes('another history'))",
+            "the alert",
+        )
+        .await;
+    let proven = admin
+        .execute("return document.querySelectorAll('table.grid td.ok').length")
+        .await;
+    assert_eq!(proven.as_u64(), Some(0));
+    shot(admin, "admin-audit-alert").await;
+    std::fs::remove_file(&policy).unwrap();
 
     // the officer searches: tokens only leave the device
     officer.goto(&at(1, "/compliance")).await;
@@ -665,6 +729,7 @@ async fn the_admin_and_compliance_consoles() {
     officer.goto(&at(1, "/compliance/cases")).await;
     officer.find("#cases").await;
     axe(officer, "cases").await;
+    shot(officer, "compliance-cases").await;
     officer.goto(&at(1, "/compliance/retention")).await;
     officer.find("#r-days").await;
     axe(officer, "retention").await;
@@ -949,4 +1014,61 @@ async fn connections_and_room_policies_in_the_app() {
     );
     ba.close().await;
     bb.close().await;
+}
+
+/// `cloister app` itself: prints its launch link (JSON with `--json`),
+/// serves the unlock page to the browser that opens it, and stops on a
+/// signal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cloister_app_command_prints_a_launch_link_and_serves_it() {
+    use std::io::BufRead;
+    let w = World::new().await;
+    let home = w.dir.path().join("home-alice");
+    drop(w.disk_user("alice", &home).await);
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_cloister"))
+        .arg("--json")
+        .arg("--home")
+        .arg(&home)
+        .args(["app", "--no-open"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    let launch = v["launch_url"].as_str().unwrap().to_owned();
+    assert!(launch.starts_with("http://127.0.0.1:"), "{launch}");
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = http.get(&launch).send().await.unwrap();
+    assert_eq!(r.status(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    let session = cookie.split(';').next().unwrap().to_owned();
+    let page = http
+        .get(v["url"].as_str().unwrap())
+        .header("cookie", session)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("Unlock this device"), "{page}");
+    // a home that is not there is said in words, and nothing listens
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_cloister"))
+        .arg("--home")
+        .arg(w.dir.path().join("nobody"))
+        .args(["app", "--no-open"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("enrol first"), "{err}");
+    let _ = child.kill();
+    let _ = child.wait();
 }

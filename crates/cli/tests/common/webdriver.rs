@@ -195,6 +195,22 @@ impl Browser {
         );
     }
 
+    /// Press keys on whatever has the focus (W3C actions; `\u{E004}` is
+    /// Tab, `\u{E007}` Enter).
+    pub async fn keys(&self, keys: &str) {
+        let mut actions = Vec::new();
+        for k in keys.chars() {
+            actions.push(json!({"type": "keyDown", "value": k.to_string()}));
+            actions.push(json!({"type": "keyUp", "value": k.to_string()}));
+        }
+        self.call(
+            reqwest::Method::POST,
+            "/actions",
+            Some(json!({"actions": [{"type": "key", "id": "keyboard", "actions": actions}]})),
+        )
+        .await;
+    }
+
     pub async fn screenshot(&self) -> Vec<u8> {
         use base64::Engine;
         let v = self.call(reqwest::Method::GET, "/screenshot", None).await;
