@@ -77,6 +77,8 @@ pub(crate) struct App {
     viewing: live::Viewing,
     /// Exports running or done, by case.
     jobs: Mutex<HashMap<String, compliance::Job>>,
+    /// The live feed's task (stopped when the app is locked).
+    feed: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl App {
@@ -100,6 +102,8 @@ pub async fn start(cfg: AppConfig) -> Result<Running, AppError> {
     if !cfg.home.join("keys.sealed").exists() {
         return Err(AppError::NoHome(cfg.home.display().to_string()));
     }
+    // files a previous run was handing to the SDK when it stopped
+    let _ = std::fs::remove_dir_all(cfg.home.join("app-scratch"));
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .map_err(|e| AppError::Listen {
@@ -127,6 +131,7 @@ pub async fn start(cfg: AppConfig) -> Result<Running, AppError> {
         names: Mutex::new(HashMap::new()),
         viewing: live::Viewing::new(),
         jobs: Mutex::new(HashMap::new()),
+        feed: Mutex::new(None),
     });
     let router = router(app);
     let task = tokio::spawn(async move {
@@ -146,6 +151,7 @@ fn router(app: Arc<App>) -> axum::Router {
     axum::Router::new()
         .route("/", get(pages::home))
         .route("/unlock", post(pages::unlock))
+        .route("/lock", post(pages::lock))
         .route("/assets/app.js", get(pages::script))
         .route("/assets/app.css", get(pages::style))
         .route("/r/{room}", get(messaging::room_page))

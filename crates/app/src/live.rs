@@ -37,7 +37,7 @@ pub(crate) enum PageEvent {
 
 /// Follow the server's live socket for as long as the app runs,
 /// reconnecting after a failure (the page catches up from history).
-pub(crate) fn start(app: Arc<App>, c: Arc<Client>) {
+pub(crate) fn start(app: Arc<App>, c: Arc<Client>) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut wait = Duration::from_millis(200);
         loop {
@@ -60,7 +60,7 @@ pub(crate) fn start(app: Arc<App>, c: Arc<Client>) {
             tokio::time::sleep(wait).await;
             wait = (wait * 2).min(Duration::from_secs(10));
         }
-    });
+    })
 }
 
 async fn on_event(app: &App, c: &Client, ev: Event) {

@@ -177,6 +177,9 @@ pub(crate) async fn sidebar(app: &App, c: &Client, current: Option<&str>) -> Mar
         nav.sidebar aria-label="Rooms and conversations" {
             p.brand { "Cloister" }
             p.who { "Signed in as " strong { (app.name_of(&me)) } " (" (me) ")" }
+            form.inline-row method="post" action="/lock" {
+                button type="submit" { "Lock" }
+            }
             @let roles = roles_of(c);
             @if roles.contains(&Role::Admin) || roles.contains(&Role::Compliance) || roles.contains(&Role::Custodian) {
                 ul.consoles {
@@ -283,7 +286,12 @@ pub(crate) async fn unlock(
             if let Ok(mut slot) = app.client.write() {
                 *slot = Some(c.clone());
             }
-            crate::live::start(app.clone(), c);
+            let feed = crate::live::start(app.clone(), c);
+            if let Ok(mut f) = app.feed.lock()
+                && let Some(old) = f.replace(feed)
+            {
+                old.abort();
+            }
             Redirect::to("/").into_response()
         }
         Ok(Err(e)) => (
@@ -329,6 +337,26 @@ impl App {
             }
         }
     }
+}
+
+/// `POST /lock`: drop the opened keystore from the app's memory (the
+/// live feed stops with it); the page asks for the passphrase again.
+pub(crate) async fn lock(State(app): State<Arc<App>>) -> Response {
+    if let Ok(mut f) = app.feed.lock()
+        && let Some(feed) = f.take()
+    {
+        feed.abort();
+    }
+    if let Ok(mut c) = app.client.write() {
+        *c = None;
+    }
+    if let Ok(mut n) = app.names.lock() {
+        n.clear();
+    }
+    if let Ok(mut u) = app.unread.lock() {
+        u.clear();
+    }
+    Redirect::to("/").into_response()
 }
 
 /// A locked app sends every page to the unlock form.

@@ -144,6 +144,24 @@ async fn two_users_exchange_messages_live_in_two_browsers() {
     axe(&ba, "room").await;
     axe(&bb, "narrow room").await;
 
+    // a message that is markup stays text on both pages: no element, no
+    // script from what someone typed
+    ba.find("#text")
+        .await
+        .send_keys("<img src=x onerror=\"window.__pwned=1\"><b>bold</b>\u{E007}")
+        .await;
+    bb.until(
+        "return [...document.querySelectorAll('#messages .text')].some(e => e.textContent.includes('<img src=x'))",
+        "bob to see the markup as text",
+    )
+    .await;
+    for b in [&ba, &bb] {
+        let injected = b
+            .execute("return [document.querySelectorAll('#messages img, #messages b').length, window.__pwned === undefined]")
+            .await;
+        assert_eq!(injected, serde_json::json!([0, true]));
+    }
+
     // by keyboard alone: the skip link first, then into the conversation,
     // Tab by Tab to the message box, Enter sends
     ba.goto(&format!("{}{}", aa.url.trim_end_matches('/'), path))
@@ -216,6 +234,14 @@ async fn two_users_exchange_messages_live_in_two_browsers() {
         percentile(&lat, 0.99),
         lat[lat.len() - 1]
     );
+
+    // Lock: the app forgets the opened keystore; pages ask again
+    ba.find("form[action='/lock'] button").await.click().await;
+    ba.find("#passphrase").await;
+    ba.goto(&format!("{}{}", aa.url.trim_end_matches('/'), path))
+        .await;
+    ba.find("#passphrase").await;
+    assert!(!ba.source().await.contains("Harbourview"));
 
     // nothing of the conversation is in the browser's storage
     let stored = ba
