@@ -121,10 +121,29 @@ fn the_standby_km_takes_over_without_forking_the_audit_log() {
     let (c2, km2) = km_serve(&k2, &pg.url, &server);
     procs.0.push(c2);
     wait_http(&km2);
-    // exactly one is active
-    std::thread::sleep(Duration::from_millis(300));
-    assert!(active(&km1), "the first KM holds the lease");
-    assert!(!active(&km2), "the second one stands by");
+    // exactly one is active (on a loaded machine either may win the
+    // lease: the other stands by)
+    let started = Instant::now();
+    let first_active = loop {
+        match (active(&km1), active(&km2)) {
+            (true, false) => break true,
+            (false, true) => break false,
+            (true, true) => panic!("both KMs answer as active"),
+            (false, false) => {}
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "neither KM took the lease"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // the active one is killed below, the other takes over
+    let (active_at, standby) = if first_active {
+        (1, km2.clone())
+    } else {
+        (2, km1.clone())
+    };
+    assert!(!active(&standby), "the other one stands by");
     let km = failover_front(vec![km1.clone(), km2.clone()]);
 
     ok(cmd(None)
@@ -209,12 +228,12 @@ fn the_standby_km_takes_over_without_forking_the_audit_log() {
     };
     std::thread::sleep(Duration::from_millis(1500));
     let killed = Instant::now();
-    let mut first = procs.0.remove(1);
+    let mut first = procs.0.remove(active_at);
     first.kill().unwrap(); // SIGKILL
     first.wait().unwrap();
     // the standby becomes active
     let took_over = loop {
-        if active(&km2) {
+        if active(&standby) {
             break killed.elapsed();
         }
         assert!(killed.elapsed() < Duration::from_secs(10), "no takeover");
