@@ -140,6 +140,26 @@ async fn history(
     Ok((html, if full { oldest } else { None }))
 }
 
+/// The room as this device's member list shows it; a room it is not a
+/// member of (or that does not exist) is a 404 in words.
+pub(crate) async fn summary_of(
+    c: &Client,
+    room: &RoomId,
+) -> Result<cloister_proto::server::RoomSummary, Failure> {
+    c.list_rooms()
+        .await
+        .map_err(|e| Failure::of("Rooms not loaded", &e))?
+        .into_iter()
+        .find(|r| r.room == *room)
+        .ok_or_else(|| {
+            Failure::new(
+                StatusCode::NOT_FOUND,
+                "Not a member",
+                "you are not a member of this room (or it does not exist)",
+            )
+        })
+}
+
 /// `GET /r/ROOM`: the room with its newest page of history.
 pub(crate) async fn room_page(
     State(app): State<Arc<App>>,
@@ -149,19 +169,7 @@ pub(crate) async fn room_page(
         return Ok(locked());
     };
     let room = parse_room(&room)?;
-    let summary = c
-        .list_rooms()
-        .await
-        .map_err(|e| Failure::of("Rooms not loaded", &e))?
-        .into_iter()
-        .find(|r| r.room == room)
-        .ok_or_else(|| {
-            Failure::new(
-                StatusCode::NOT_FOUND,
-                "Not a member",
-                "you are not a member of this room (or it does not exist)",
-            )
-        })?;
+    let summary = summary_of(&c, &room).await?;
     if let Ok(mut u) = app.unread.lock() {
         u.remove(&room);
     }

@@ -21,19 +21,7 @@ pub(crate) async fn people(
         return Ok(locked());
     };
     let room = parse_room(&room)?;
-    let summary = c
-        .list_rooms()
-        .await
-        .map_err(|e| Failure::of("Rooms not loaded", &e))?
-        .into_iter()
-        .find(|r| r.room == room)
-        .ok_or_else(|| {
-            Failure::new(
-                StatusCode::NOT_FOUND,
-                "Not a member",
-                "you are not a member of this room",
-            )
-        })?;
+    let summary = crate::messaging::summary_of(&c, &room).await?;
     let members: Vec<String> = summary.members.iter().map(|m| m.to_string()).collect();
     app.learn_names(&c, &members).await;
     let me = c.user().to_string();
