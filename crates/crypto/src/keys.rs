@@ -129,6 +129,13 @@ impl DeviceKeys {
         sign_with(&self.sign, domain, msg)
     }
 
+    /// The signing key as MLS takes it (secret ‖ public, 64 bytes): a
+    /// device's MLS leaves are signed with its certified key, and MLS's own
+    /// labels ("MLS 1.0 …") keep those signatures apart from Cloister's.
+    pub fn mls_signature_secret(&self) -> SecretBytes {
+        SecretBytes(self.sign.to_keypair_bytes().to_vec())
+    }
+
     pub(crate) fn hpke_secret(&self) -> &[u8; 32] {
         &self.hpke_sk
     }
