@@ -397,6 +397,7 @@ pub(crate) struct RoomForm {
     discoverable: Option<String>,
     #[serde(default)]
     copy_protected: Option<String>,
+    mls: Option<String>,
     #[serde(default)]
     external: Option<String>,
     #[serde(default)]
@@ -455,6 +456,11 @@ pub(crate) async fn create_room(
         copy_protected: f.copy_protected.is_some(),
         max_members,
         external: f.external.is_some(),
+        mode: if f.mls.is_some() {
+            cloister_proto::room::RoomMode::Mls
+        } else {
+            cloister_proto::room::RoomMode::Managed
+        },
     };
     match c.create_room(settings, &members).await {
         Ok(room) => Redirect::to(&format!("/r/{}", room.to_hex())).into_response(),

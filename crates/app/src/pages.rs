@@ -218,6 +218,7 @@ pub(crate) async fn sidebar(app: &App, c: &Client, current: Option<&str>) -> Mar
                     label.check { input type="checkbox" name="public" value="on"; " Anyone of the firm may join" }
                     label.check { input type="checkbox" name="discoverable" value="on"; " Listed in the room directory" }
                     label.check { input type="checkbox" name="copy_protected" value="on"; " No copy, forward or export (cannot be undone)" }
+                    label.check { input type="checkbox" name="mls" value="on"; " End-to-end mode (MLS): keys agreed by the members' devices, none at the firm's KM; still captured for compliance (fixed at creation)" }
                     label.check { input type="checkbox" name="external" value="on"; " May have members of other firms" }
                     label for="room-max" { "Most members" }
                     input #room-max name="max_members" type="number" min="2";

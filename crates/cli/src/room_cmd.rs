@@ -4,7 +4,7 @@ use super::{Ctx, parse, resolve_room};
 use clap::Subcommand;
 use cloister_cli::BoxError;
 use cloister_proto::UserId;
-use cloister_proto::room::RoomSettings;
+use cloister_proto::room::{RoomMode, RoomSettings};
 use serde_json::json;
 
 #[derive(Subcommand)]
@@ -37,6 +37,21 @@ pub enum RoomCmd {
         /// or discoverable; fixed at creation).
         #[arg(long)]
         external: bool,
+        /// How the room's keys are made: `managed` (the firm's KM) or `mls`
+        /// (the members' devices, RFC 9420; fixed at creation).
+        #[arg(long, default_value = "managed", value_parser = parse_mode)]
+        mode: RoomMode,
+    },
+    /// MLS room: bring this device's group up to date and make it match
+    /// the membership (add new devices of members, remove leaves that must
+    /// go); prints the epoch and the devices holding a leaf.
+    Sync {
+        room: String,
+    },
+    /// MLS room: a fresh key for this device's leaf (a commit with a new
+    /// path: post-compromise security).
+    Update {
+        room: String,
     },
     Add {
         room: String,
@@ -90,10 +105,19 @@ pub enum RoomCmd {
     },
 }
 
+fn parse_mode(s: &str) -> Result<RoomMode, String> {
+    match s {
+        "managed" => Ok(RoomMode::Managed),
+        "mls" => Ok(RoomMode::Mls),
+        _ => Err(format!("unknown room mode {s:?}: managed or mls")),
+    }
+}
+
 fn describe(s: &RoomSettings) -> String {
     format!(
-        "name={:?} view_history={} members_may_invite={} read_only={} public={} discoverable={} copy_protected={} max_members={} external={}",
+        "name={:?} mode={} view_history={} members_may_invite={} read_only={} public={} discoverable={} copy_protected={} max_members={} external={}",
         s.name,
+        s.mode.name(),
         s.view_history,
         s.members_may_invite,
         s.read_only,
@@ -120,6 +144,7 @@ pub async fn room_cmd(ctx: &Ctx, rc: RoomCmd) -> Result<(), BoxError> {
             copy_protected,
             max_members,
             external,
+            mode,
         } => {
             let members = members
                 .iter()
@@ -135,9 +160,40 @@ pub async fn room_cmd(ctx: &Ctx, rc: RoomCmd) -> Result<(), BoxError> {
                 copy_protected,
                 max_members,
                 external,
+                mode,
             };
             let room = c.create_room(settings, &members).await?;
             ctx.emit(room.to_hex(), json!({"room": room}));
+        }
+        RoomCmd::Sync { room } => {
+            let room = resolve_room(&c, &room).await?;
+            c.replenish_key_packages().await?;
+            c.mls_reconcile(&room).await?;
+            let roster = c.mls_roster(&room).await?;
+            let epoch = c.mls_sync(&room).await?;
+            let devices: Vec<_> = roster
+                .iter()
+                .map(|l| json!({"user": l.user, "device": l.device}))
+                .collect();
+            ctx.emit(
+                format!(
+                    "MLS group at epoch {epoch}; leaves: {}",
+                    roster
+                        .iter()
+                        .map(|l| format!("{} ({})", l.user, l.device))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+                json!({"room": room, "epoch": epoch, "leaves": devices}),
+            );
+        }
+        RoomCmd::Update { room } => {
+            let room = resolve_room(&c, &room).await?;
+            let epoch = c.mls_update(&room).await?;
+            ctx.emit(
+                format!("new leaf key; MLS group at epoch {epoch}"),
+                json!({"room": room, "epoch": epoch}),
+            );
         }
         RoomCmd::Add { room, user } => {
             let room = resolve_room(&c, &room).await?;

@@ -31,6 +31,7 @@ mod inspect;
 mod keys;
 mod live;
 mod messages;
+mod mls;
 mod rooms;
 pub mod store;
 mod transcript;
@@ -175,6 +176,8 @@ pub struct Client {
     dlp: Mutex<Option<(std::sync::Arc<cloister_policy::dlp::Dlp>, u64)>>,
     /// The partner firms' KM keys our KM trusts (KM-signed), and when fetched.
     partners: Mutex<Option<federation::Partners>>,
+    /// This device's MLS side (loaded on first use).
+    mls: tokio::sync::Mutex<Option<mls::MlsState>>,
 }
 
 /// Where this device captures: the tenant's vault as the KM registered it.
@@ -399,6 +402,7 @@ impl Client {
             dlp: Default::default(),
             escrow: Mutex::new(None),
             index_cache: Mutex::new(HashMap::new()),
+            mls: tokio::sync::Mutex::new(None),
         }
     }
 

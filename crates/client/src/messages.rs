@@ -41,8 +41,18 @@ impl Client {
                 .capture_envelope(room, &env, content, &att, false)
                 .await?;
             match self.post_envelope(room, &env).await {
-                Ok(seq) => return Ok((id, seq)),
+                Ok(seq) => {
+                    if message::peek_header(&env)?.v == 2 {
+                        self.mls_sent(room, seq, &env, &att).await?;
+                    }
+                    return Ok((id, seq));
+                }
                 Err(ClientError::Api(a)) if a.code == "stale_epoch" && attempt == 0 => continue,
+                // an MLS group still holds a leaf that must go: remove it, then send
+                Err(ClientError::Api(a)) if a.code == "commit_required" && attempt == 0 => {
+                    self.mls_reconcile(room).await?;
+                    continue;
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -83,7 +93,11 @@ impl Client {
         number: &(u64, Vec<MessageId>),
     ) -> Result<(Envelope, cloister_proto::vault::Attribution)> {
         // Never in an epoch older than the newest one the KM knows.
-        let epoch = self.current_state(room, refresh).await?.epoch;
+        let state = self.current_state(room, refresh).await?;
+        if state.settings.mode == cloister_proto::room::RoomMode::Mls {
+            return self.mls_seal(room, content, number).await;
+        }
+        let epoch = state.epoch;
         let keys = self.room_keys(room, &[epoch]).await?;
         let key = keys
             .get(&epoch)
@@ -139,6 +153,18 @@ impl Client {
                 "signature does not verify (forged or tampered)".into(),
             )
         })?;
+        let mode = self.with_state(room, false, |s| s.settings.mode).await?;
+        if mode != h.mode() {
+            return Err(bad(
+                id,
+                format!("a {} message in a {} room", h.mode().name(), mode.name()),
+            ));
+        }
+        if mode == cloister_proto::room::RoomMode::Mls {
+            // the sender's leaf in that epoch, matched to the signed header,
+            // is what proves membership in an MLS room
+            return self.mls_open(room, seq, env, &h).await;
+        }
         let check = |s: &RoomState| (h.epoch <= s.epoch, s.may_read(&h.sender, h.epoch));
         let mut ok = self.with_state(room, false, check).await?;
         if !ok.0 || !ok.1 {
@@ -198,7 +224,9 @@ impl Client {
         let mut epochs: Vec<u64> = page
             .messages
             .iter()
-            .filter_map(|m| message::peek_header(&m.envelope).ok().map(|h| h.epoch))
+            .filter_map(|m| message::peek_header(&m.envelope).ok())
+            .filter(|h| h.v == 1)
+            .map(|h| h.epoch)
             .filter(|e| !shredded.contains(e))
             .collect();
         epochs.sort_unstable();
@@ -327,7 +355,7 @@ impl Client {
 /// batch of new messages touches the index's last page instead of one
 /// random page each; 80 random bits keep ids unguessable (nobody can claim
 /// another device's next id in advance).
-fn ordered_id(ts: u64) -> Result<MessageId> {
+pub(crate) fn ordered_id(ts: u64) -> Result<MessageId> {
     let mut id = [0u8; 16];
     id[..6].copy_from_slice(&ts.to_be_bytes()[2..]);
     id[6..].copy_from_slice(&cloister_crypto::random_bytes::<10>()?);

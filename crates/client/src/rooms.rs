@@ -309,6 +309,7 @@ impl Client {
     /// Create a room; the creator becomes its owner.
     pub async fn create_room(&self, settings: RoomSettings, members: &[UserId]) -> Result<RoomId> {
         let room = cloister_policy::room_id_from_random(cloister_crypto::random_bytes::<16>()?);
+        let mls = settings.mode == cloister_proto::room::RoomMode::Mls;
         self.append(
             &room,
             Action::Create {
@@ -318,6 +319,9 @@ impl Client {
             },
         )
         .await?;
+        if mls {
+            self.mls_create(&room).await?;
+        }
         Ok(room)
     }
 
@@ -363,12 +367,26 @@ impl Client {
     }
 
     pub async fn add_member(&self, room: &RoomId, user: &UserId) -> Result<RoomState> {
-        self.append(room, Action::Add { user: user.clone() }).await
+        let st = self
+            .append(room, Action::Add { user: user.clone() })
+            .await?;
+        self.after_change(room, st).await
     }
 
     pub async fn remove_member(&self, room: &RoomId, user: &UserId) -> Result<RoomState> {
-        self.append(room, Action::Remove { user: user.clone() })
-            .await
+        let st = self
+            .append(room, Action::Remove { user: user.clone() })
+            .await?;
+        self.after_change(room, st).await
+    }
+
+    /// In an MLS room a change of members is followed at once by the
+    /// commit that makes the group match it.
+    async fn after_change(&self, room: &RoomId, st: RoomState) -> Result<RoomState> {
+        if st.settings.mode == cloister_proto::room::RoomMode::Mls {
+            self.mls_reconcile(room).await?;
+        }
+        Ok(st)
     }
 
     pub async fn leave(&self, room: &RoomId) -> Result<RoomState> {

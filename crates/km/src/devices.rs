@@ -306,6 +306,41 @@ impl Km {
             .collect())
     }
 
+    /// Which of `devices` (of the asker's tenant) are revoked or belong to
+    /// a disabled user; unknown ones count as barred.
+    pub(crate) async fn device_standing(
+        &self,
+        asker: &DeviceCert,
+        devices: &[DeviceId],
+    ) -> Result<cloister_proto::km::DeviceStandingAnswer, Denied> {
+        if devices.len() > 1000 {
+            return Err(Denied::too_large("ask about at most 1,000 devices at once"));
+        }
+        let mut barred = Vec::new();
+        for d in devices {
+            let ok = match self.store.get_device(d).await.map_err(store_err)? {
+                Some(row) => {
+                    let user: Option<UserId> = row.user.parse().ok();
+                    row.status == "active"
+                        && match &user {
+                            Some(u) if u.tenant() == asker.tenant => self
+                                .store
+                                .get_user(u)
+                                .await
+                                .map_err(store_err)?
+                                .is_some_and(|r| r.status == "active"),
+                            _ => false,
+                        }
+                }
+                None => false,
+            };
+            if !ok {
+                barred.push(*d);
+            }
+        }
+        Ok(cloister_proto::km::DeviceStandingAnswer { barred })
+    }
+
     /// Log a refused key request from a device that is no longer in good standing.
     /// A wrong code for `user`: counted, and the user's code burned (and
     /// the burning audited) at [`MAX_CODE_TRIES`].

@@ -121,6 +121,7 @@ impl Km {
             KmOp::RevokeDevice { device } => json(&self.revoke_device_for(&cert, &device).await?),
             KmOp::RenewCert => json(&self.renew_cert(&cert).await?),
             KmOp::MyDevices => json(&self.devices_of(&cert.user).await?),
+            KmOp::DeviceStanding { devices } => json(&self.device_standing(&cert, &devices).await?),
             KmOp::AuditConsistency { old, new } => {
                 let new = new.unwrap_or_else(|| self.audit.size());
                 let proof = self.audit.consistency_proof(old, new)?;

@@ -206,6 +206,27 @@ impl Km {
                 format!("the KM has no verified log for room {room}; send it"),
             )
         })?;
+        // An MLS room's keys are agreed by its members' devices; the KM
+        // makes none (ADR 0028).
+        if state.settings.mode == cloister_proto::room::RoomMode::Mls {
+            self.record(
+                Some(&cert.user),
+                AuditEvent::KeyRefused {
+                    room: *room,
+                    epochs: epochs.to_vec(),
+                    user: cert.user.clone(),
+                    device: cert.device,
+                    reason: "mls_room".into(),
+                },
+            )
+            .await?;
+            return Err(Denied::forbidden(
+                "mls_room",
+                format!(
+                    "room {room} is an MLS room: its keys are agreed by the members' devices, and the KM holds none"
+                ),
+            ));
+        }
         // A surveillance role may read any existing epoch of a room of its
         // tenant; every such release is logged as one.
         // the firm's malware scanner reads files the same way, logged as such

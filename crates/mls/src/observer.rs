@@ -7,6 +7,7 @@
 use crate::identity::KmIdentity;
 use crate::rules::{self, Change, Expected, Leaf, Roster};
 use crate::{Error, crypto_provider};
+use cloister_proto::km::DeviceCert;
 use cloister_proto::{DeviceId, RoomId};
 use mls_rs::MlsMessage;
 use mls_rs::external_client::builder::{
@@ -75,6 +76,35 @@ impl Observer {
         Ok(Observed { group })
     }
 
+    /// Check a key package a device uploads: an MLS key package of
+    /// Cloister's ciphersuite, validly signed, whose leaf is a device
+    /// certified by a pinned KM. Returns the certificate and the package's
+    /// reference (hex), which a Welcome names.
+    pub fn key_package(&self, bytes: &[u8]) -> Result<(DeviceCert, String), Error> {
+        use mls_rs::CryptoProvider;
+        let msg = MlsMessage::from_bytes(bytes).map_err(|_| Error::Malformed("key package"))?;
+        if msg.cipher_suite() != Some(crate::CIPHER_SUITE) {
+            return Err(Error::Malformed("key package (not Cloister's ciphersuite)"));
+        }
+        let cs = crypto_provider()
+            .cipher_suite_provider(crate::CIPHER_SUITE)
+            .ok_or(Error::Malformed("ciphersuite"))?;
+        let reference = msg
+            .key_package_reference(&cs)
+            .map_err(Error::mls)?
+            .ok_or(Error::Malformed("key package"))?;
+        let kp = self
+            .client
+            .validate_key_package(msg, Some(mls_rs::time::MlsTime::now()))
+            .map_err(Error::mls)?;
+        let cert = self
+            .identity
+            .certificate(kp.signing_identity())
+            .map_err(|e| Error::Mls(e.to_string()))?;
+        let hex: String = reference.iter().map(|b| format!("{b:02x}")).collect();
+        Ok((cert, hex))
+    }
+
     /// A group from its stored state.
     pub fn load(&self, snapshot: &[u8]) -> Result<Observed, Error> {
         let snap = ExternalSnapshot::from_bytes(snapshot).map_err(Error::mls)?;
@@ -129,6 +159,23 @@ impl Observed {
                     user,
                     device,
                 })
+            })
+            .collect()
+    }
+
+    /// The devices a commit (not yet applied) brings in, read without
+    /// verifying: only to look up their standing before the check.
+    pub fn added_devices(commit: &[u8]) -> Vec<DeviceId> {
+        let Ok(msg) = MlsMessage::from_bytes(commit) else {
+            return Vec::new();
+        };
+        msg.proposals_by_value()
+            .into_iter()
+            .filter_map(|p| match p {
+                mls_rs::group::proposal::Proposal::Add(a) => {
+                    rules::existing_owner(a.signing_identity()).map(|(_, d)| d)
+                }
+                _ => None,
             })
             .collect()
     }

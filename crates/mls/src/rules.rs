@@ -66,6 +66,18 @@ impl LogBinding {
     }
 }
 
+/// The log entry a commit names, read without verifying (only to know which
+/// entry to check it against).
+pub fn peek_binding(commit: &[u8]) -> Option<LogBinding> {
+    let msg = MlsMessage::from_bytes(commit).ok()?;
+    match msg.description() {
+        mls_rs::MlsMessageDescription::PublicProtocolMessage {
+            authenticated_data, ..
+        } => LogBinding::decode(authenticated_data),
+        _ => None,
+    }
+}
+
 /// What the room's verified log (and the checker's view of device
 /// standing) allows at the entry a commit names.
 #[derive(Debug, Clone)]

@@ -585,6 +585,9 @@ pub fn check_settings(
         if o.external != new.external {
             return bad("whether a room is external is fixed at creation");
         }
+        if o.mode != new.mode {
+            return bad("a room's mode (managed or mls) is fixed at creation");
+        }
     }
     Ok(())
 }

@@ -205,6 +205,10 @@ pub enum KmOp {
     RenewCert,
     /// The requesting user's devices.
     MyDevices,
+    /// Which of these devices of the tenant are revoked (or their user
+    /// disabled): what a member of an MLS room needs to judge a commit
+    /// that removes a leaf, or adds one (at most 1,000 devices).
+    DeviceStanding { devices: Vec<DeviceId> },
     /// Admin: set the tenant's attestation policy.
     AttestationSet { policy: AttestationPolicy },
     /// Admin: the tenant's attestation policy.
@@ -984,6 +988,13 @@ pub struct UserRecord {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeviceStandingAnswer {
+    /// Those of the asked devices that may not hold a leaf.
+    pub barred: Vec<DeviceId>,
+}
+
+/// One of a user's devices as the KM knows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct DeviceRecord {
     pub device: DeviceId,
     pub status: String,

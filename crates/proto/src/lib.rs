@@ -22,6 +22,7 @@ pub mod controls;
 pub mod federation;
 pub mod ids;
 pub mod km;
+pub mod mls;
 pub mod room;
 mod schema;
 pub use schema::Binary;

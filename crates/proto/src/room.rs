@@ -4,7 +4,7 @@ use crate::b64::{Bytes, Fixed};
 use crate::{DeviceId, RoomId, UserId};
 use serde::{Deserialize, Serialize};
 
-/// Conversation mode of a room. Only `Managed` (KM-issued keys) exists today.
+/// Whether a conversation is a named room or a 1:1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RoomKind {
@@ -12,6 +12,30 @@ pub enum RoomKind {
     Room,
     /// A 1:1 conversation: exactly two members, fixed at creation.
     Im,
+}
+
+/// How a room's keys are made (fixed at creation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum RoomMode {
+    /// The tenant's KM makes each epoch's key and releases it to members.
+    #[default]
+    Managed,
+    /// The members' devices agree the keys with MLS (RFC 9420); the KM
+    /// holds none of them (ADR 0028).
+    Mls,
+}
+
+impl RoomMode {
+    pub fn is_managed(&self) -> bool {
+        *self == RoomMode::Managed
+    }
+    pub fn name(&self) -> &'static str {
+        match self {
+            RoomMode::Managed => "managed",
+            RoomMode::Mls => "mls",
+        }
+    }
 }
 
 /// Room settings that change who may do what, enforced by the KM and the server.
@@ -48,6 +72,9 @@ pub struct RoomSettings {
     /// discoverable; fixed at creation.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub external: bool,
+    /// How the room's keys are made; fixed at creation.
+    #[serde(default, skip_serializing_if = "RoomMode::is_managed")]
+    pub mode: RoomMode,
 }
 
 fn yes() -> bool {
@@ -66,6 +93,7 @@ impl Default for RoomSettings {
             copy_protected: false,
             max_members: None,
             external: false,
+            mode: RoomMode::Managed,
         }
     }
 }

@@ -222,6 +222,16 @@ pub enum Event {
         room: RoomId,
         seq: u64,
     },
+    /// An MLS room's group moved to `epoch` (a commit was ordered): fetch
+    /// it from `GET /v1/rooms/{room}/mls/commits`.
+    MlsCommit {
+        room: RoomId,
+        epoch: u64,
+    },
+    /// A Welcome waits for this device (`GET /v1/mls/welcomes`).
+    MlsWelcome {
+        room: RoomId,
+    },
     /// Retention destroyed keys of this room: the KM-signed notice.
     KeysShredded {
         room: RoomId,
@@ -300,4 +310,16 @@ pub struct PinCheckResponse {
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Ok {
     pub ok: bool,
+}
+
+impl MessageHeader {
+    /// Header version 1 is a managed-mode message, 2 an MLS-mode one (the
+    /// ciphertext is an MLS private message and `epoch` the group's epoch).
+    pub fn mode(&self) -> crate::room::RoomMode {
+        if self.v == 2 {
+            crate::room::RoomMode::Mls
+        } else {
+            crate::room::RoomMode::Managed
+        }
+    }
 }

@@ -15,6 +15,7 @@
 //! | PUT | `/v1/rooms/{room}/blobs/{id}` | member | streamed bytes → `BlobResponse` |
 //! | GET | `/v1/blobs/{id}` | member of the blob's room | streamed bytes |
 //! | GET | `/v1/ws` | session (header or `?token=`) | stream of `Event`; `ClientFrame` posts (`live`) |
+//! | | `/v1/mls/…`, `/v1/rooms/{room}/mls/…` | session / member | the MLS delivery service (`mls`) |
 
 use crate::{Caller, Server};
 use axum::body::Body;
@@ -78,6 +79,16 @@ fn api(blob_limit: usize) -> utoipa_axum::router::OpenApiRouter<Arc<Server>> {
         .routes(routes!(put_blob).layer(DefaultBodyLimit::max(blob_limit)))
         .routes(routes!(get_blob))
         .routes(routes!(crate::live::ws))
+        .routes(routes!(
+            crate::mls::upload_key_packages,
+            crate::mls::key_package_count
+        ))
+        .routes(routes!(crate::mls::claim))
+        .routes(routes!(crate::mls::status))
+        .routes(routes!(crate::mls::init_group))
+        .routes(routes!(crate::mls::commits, crate::mls::post_commit))
+        .routes(routes!(crate::mls::welcomes))
+        .routes(routes!(crate::mls::delete_welcome))
 }
 
 /// The server's OpenAPI description (served at `/openapi.json`).

@@ -21,6 +21,7 @@ mod controls;
 mod hub;
 mod inspect;
 mod live;
+mod mls;
 mod openapi;
 mod post;
 mod roomlog;
@@ -53,6 +54,10 @@ pub struct ServerConfig {
     pub cluster: Option<ClusterConfig>,
     /// Rate limits (0 turns one off).
     pub limits: ServerLimits,
+    /// How long an MLS group may still hold a leaf that should be gone (a
+    /// revoked device, a disabled user, a removed member) before the server
+    /// refuses messages in that epoch, in milliseconds.
+    pub mls_grace_ms: u64,
 }
 
 /// The server's rate limits: averages per second, with bursts of ten
@@ -101,6 +106,7 @@ impl Default for ServerConfig {
             session_secs: 12 * 3600,
             cluster: None,
             limits: ServerLimits::default(),
+            mls_grace_ms: 60_000,
         }
     }
 }

@@ -73,7 +73,19 @@ pub(crate) async fn accept(
     env.receipt = None;
     let st = s.member_room(&room, &c.user).await?;
     s.check_may_post(&st, &c.user)?;
-    if h.epoch != st.epoch {
+    if h.mode() != st.settings.mode {
+        return Err(ApiError::bad_request(
+            "wrong_mode",
+            format!(
+                "the room is a {} room; the message is sealed for a {} room",
+                st.settings.mode.name(),
+                h.mode().name()
+            ),
+        ));
+    }
+    if h.mode() == cloister_proto::room::RoomMode::Mls {
+        s.check_mls_post(&room, &st, h.epoch).await?;
+    } else if h.epoch != st.epoch {
         return Err(ApiError::conflict(
             "stale_epoch",
             format!(

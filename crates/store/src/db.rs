@@ -80,7 +80,8 @@ impl Role {
                     [
                         (1, "0001_initial"),
                         (2, "0002_blob_chunks"),
-                        (3, "0003_meta")
+                        (3, "0003_meta"),
+                        (4, "0004_mls")
                     ]
                 )
             }
@@ -106,7 +107,8 @@ impl Role {
                     [
                         (1, "0001_initial"),
                         (2, "0002_blob_chunks"),
-                        (3, "0003_meta")
+                        (3, "0003_meta"),
+                        (4, "0004_mls")
                     ]
                 )
             }

@@ -195,8 +195,69 @@ pub trait RoomLogStore: Ping {
 }
 
 /// The messaging server's storage.
+/// An MLS group as the server follows it.
+#[derive(Debug, Clone)]
+pub struct MlsGroupRow {
+    pub epoch: u64,
+    /// The observer's snapshot (public state only).
+    pub state: Vec<u8>,
+    /// When the server first saw a leaf in this epoch that may not be there.
+    pub stale_since: Option<u64>,
+}
+
+/// The server's MLS delivery-service tables (ADR 0028).
 #[async_trait]
-pub trait ServerStore: RoomLogStore {
+pub trait MlsStore: Send + Sync {
+    /// Add a device's one-time key packages (`(reference, bytes)`, keeping at
+    /// most `max`: the oldest go) and replace its last-resort one.
+    async fn put_key_packages(
+        &self,
+        device: &DeviceId,
+        one_time: &[(String, Vec<u8>)],
+        last_resort: Option<&(String, Vec<u8>)>,
+        max: usize,
+    ) -> Result<()>;
+    /// (one-time packages held, whether a last-resort one is held).
+    async fn key_package_count(&self, device: &DeviceId) -> Result<(u32, bool)>;
+    /// Take one one-time key package of a device (it is deleted), else its
+    /// last-resort one (kept).
+    async fn claim_key_package(&self, device: &DeviceId) -> Result<Option<Vec<u8>>>;
+    async fn mls_group(&self, room: &RoomId) -> Result<Option<MlsGroupRow>>;
+    /// Start following a group; false if the room has one already.
+    async fn init_mls_group(&self, room: &RoomId, state: &[u8]) -> Result<bool>;
+    /// Store a commit made in `epoch`, the group state after it and its
+    /// Welcome for `welcomed`, all at once and only if the group is still
+    /// at `epoch` (false otherwise: another commit won that epoch).
+    async fn put_mls_commit(
+        &self,
+        room: &RoomId,
+        epoch: u64,
+        commit: &[u8],
+        state: &[u8],
+        welcome: Option<&[u8]>,
+        welcomed: &[DeviceId],
+    ) -> Result<bool>;
+    /// Commits made in epochs `from..`, oldest first, at most `limit`.
+    async fn mls_commits(
+        &self,
+        room: &RoomId,
+        from: u64,
+        limit: u32,
+    ) -> Result<Vec<(u64, Vec<u8>)>>;
+    /// Mark (or clear) when a disallowed leaf was first seen in `epoch`.
+    async fn set_mls_stale_since(
+        &self,
+        room: &RoomId,
+        epoch: u64,
+        since: Option<u64>,
+    ) -> Result<()>;
+    /// Welcomes waiting for a device: (room, epoch, bytes).
+    async fn mls_welcomes(&self, device: &DeviceId) -> Result<Vec<(RoomId, u64, Vec<u8>)>>;
+    async fn delete_mls_welcome(&self, device: &DeviceId, room: &RoomId) -> Result<()>;
+}
+
+#[async_trait]
+pub trait ServerStore: RoomLogStore + MlsStore {
     /// A value every node of the server shares (session key, …).
     async fn server_meta(&self, key: &str) -> Result<Option<Vec<u8>>>;
     /// Set a shared value once; `Conflict` if another node set it first.

@@ -15,6 +15,7 @@ use sqlx::any::AnyRow;
 mod audit;
 mod directory;
 mod km;
+mod mls;
 mod server;
 mod vault;
 
