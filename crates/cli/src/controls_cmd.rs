@@ -80,6 +80,12 @@ pub enum ControlsAdminCmd {
     /// Data-loss-prevention policies every device enforces before sealing.
     #[command(subcommand)]
     Dlp(DlpCmd),
+    /// Whether new named rooms may (allowed), must (required) or must not
+    /// (forbidden) be end-to-end MLS rooms.
+    Mls {
+        #[arg(value_parser = ["allowed", "required", "forbidden"])]
+        policy: String,
+    },
     /// Mint a bearer token for the SCIM endpoint (shown once), or revoke one.
     ScimToken {
         /// What the token is for (e.g. "okta").
@@ -233,6 +239,14 @@ pub async fn entitlements_cmd(ctx: &Ctx) -> Result<(), BoxError> {
 pub async fn admin_cmd(ctx: &Ctx, cmd: ControlsAdminCmd) -> Result<(), BoxError> {
     let c = ctx.client()?;
     match cmd {
+        ControlsAdminCmd::Mls { policy } => {
+            let p: cloister_proto::controls::MlsPolicy = policy.parse()?;
+            c.mls_policy_set(p).await?;
+            ctx.emit(
+                format!("new named rooms: MLS {}", p.as_str()),
+                json!({"mls": p}),
+            );
+        }
         ControlsAdminCmd::Entitle {
             user,
             group,

@@ -88,6 +88,7 @@ async fn every_security_event_is_logged_without_secrets() {
             "control_refused",
             "room_control",
             "dlp_changed",
+            "mls_policy_set",
             "membership_rejected",
             "escrow_initialised",
             "index_keys_released",

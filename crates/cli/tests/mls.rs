@@ -388,3 +388,44 @@ async fn a_revoked_leaf_blocks_the_epoch_after_the_grace_period() {
     assert_eq!(leaves.len(), 2);
     assert!(leaves.iter().all(|l| l.device != bob2.device()));
 }
+
+/// The firm's policy on MLS rooms, enforced where the log is checked.
+#[tokio::test]
+async fn a_firm_can_require_or_forbid_mls_rooms() {
+    use cloister_proto::controls::MlsPolicy;
+    let w = World::new().await;
+    let alice = w.user("alice").await;
+    // a plain user may not set it
+    let e = alice.mls_policy_set(MlsPolicy::Required).await.unwrap_err();
+    assert_eq!(e.code(), Some("not_admin"), "{e}");
+    w.admin.mls_policy_set(MlsPolicy::Required).await.unwrap();
+    // the server learns the new controls from the KM's notice
+    let mut refused = None;
+    for _ in 0..50 {
+        match alice.create_room(RoomSettings::default(), &[]).await {
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    let e = refused.expect("managed rooms refused once MLS is required");
+    assert_eq!(e.code(), Some("room_mode"), "{e}");
+    alice.create_room(mls_room("ok"), &[]).await.unwrap();
+    w.admin.mls_policy_set(MlsPolicy::Forbidden).await.unwrap();
+    let mut refused = None;
+    for _ in 0..50 {
+        match alice.create_room(mls_room("no"), &[]).await {
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+            Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    let e = refused.expect("MLS rooms refused once forbidden");
+    assert_eq!(e.code(), Some("room_mode"), "{e}");
+    let kinds = audit_kinds(&w).await;
+    assert!(kinds.iter().any(|(k, _)| k == "mls_policy_set"));
+}

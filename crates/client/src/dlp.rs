@@ -86,6 +86,12 @@ impl Client {
     }
 
     /// Admin or compliance: add or replace a policy (disable: `active: false`).
+    /// Admin or compliance: the firm's rule on MLS rooms.
+    pub async fn mls_policy_set(&self, policy: cloister_proto::controls::MlsPolicy) -> Result<()> {
+        let _: serde_json::Value = self.km_request(KmOp::MlsPolicySet { policy }).await?;
+        Ok(())
+    }
+
     pub async fn dlp_put(&self, policy: DlpPolicy) -> Result<()> {
         let _: cloister_proto::km::SignedBlob = self.km_request(KmOp::DlpPut { policy }).await?;
         if let Ok(mut g) = self.dlp.lock() {

@@ -59,6 +59,7 @@ impl Km {
                 | KmOp::ScimTokenIssue { .. }
                 | KmOp::ScimTokenRevoke { .. }
                 | KmOp::DlpPut { .. }
+                | KmOp::MlsPolicySet { .. }
                 | KmOp::RoomLock { .. }
                 | KmOp::RoomUnlock { .. }
                 | KmOp::RoomBan { .. }
@@ -182,6 +183,7 @@ impl Km {
             | KmOp::ScimTokenIssue { .. }
             | KmOp::ScimTokenRevoke { .. }
             | KmOp::DlpPut { .. }
+            | KmOp::MlsPolicySet { .. }
             | KmOp::DlpPolicies) => self.directory_op(&cert, op).await,
             KmOp::RoomRekey { room, reason } => json(&self.room_rekey(&cert, &room, reason).await?),
             op @ (KmOp::RoomLock { .. } | KmOp::RoomUnlock { .. } | KmOp::RoomBan { .. }) => {

@@ -257,6 +257,10 @@ pub enum AuditEvent {
         action: String,
         active: bool,
     },
+    /// The firm's rule on MLS rooms changed.
+    MlsPolicySet {
+        policy: String,
+    },
     /// A statement the KM signed into a room's log: an eviction by a
     /// barrier, or a compliance officer's (`by`) ban, lock or unlock.
     RoomControl {
@@ -317,6 +321,7 @@ impl AuditEvent {
             AuditEvent::ControlRefused { .. } => "control_refused",
             AuditEvent::RoomControl { .. } => "room_control",
             AuditEvent::DlpChanged { .. } => "dlp_changed",
+            AuditEvent::MlsPolicySet { .. } => "mls_policy_set",
             AuditEvent::TrustAdded { .. } => "trust_added",
             AuditEvent::TrustRemoved { .. } => "trust_removed",
             AuditEvent::Connection { .. } => "connection",

@@ -36,6 +36,8 @@ pub enum Refusal {
         "{0} is a guest: guests take part only in rooms the firm's users put them in (they create, join and invite nothing)"
     )]
     Guest(UserId),
+    #[error("the firm's policy: new rooms {0}")]
+    Mode(&'static str),
 }
 
 impl Refusal {
@@ -45,6 +47,7 @@ impl Refusal {
             Refusal::Missing { .. } => "entitlement",
             Refusal::Walled(_) => "barrier",
             Refusal::Guest(_) => "guest",
+            Refusal::Mode(_) => "room_mode",
         }
     }
 }
@@ -57,6 +60,7 @@ pub struct Rules {
     default: BTreeSet<Entitlement>,
     entitlements: HashMap<UserId, BTreeSet<Entitlement>>,
     guests: BTreeSet<UserId>,
+    mls: cloister_proto::controls::MlsPolicy,
 }
 
 impl Rules {
@@ -75,6 +79,7 @@ impl Rules {
                 .map(|(u, es)| (u.clone(), es.iter().copied().collect()))
                 .collect(),
             guests: c.guests.iter().cloned().collect(),
+            mls: c.mls,
         }
     }
 
@@ -131,6 +136,17 @@ impl Rules {
                 self.require(&st.actor_user, Entitlement::CreateRooms)?;
                 if settings.public {
                     self.require(&st.actor_user, Entitlement::CreatePublicRooms)?;
+                }
+                use cloister_proto::controls::MlsPolicy;
+                use cloister_proto::room::RoomMode;
+                match (self.mls, settings.mode) {
+                    (MlsPolicy::Required, RoomMode::Managed) => {
+                        return Err(Refusal::Mode("must be end-to-end (MLS) rooms (--mode mls)"));
+                    }
+                    (MlsPolicy::Forbidden, RoomMode::Mls) => {
+                        return Err(Refusal::Mode("may not be MLS rooms"));
+                    }
+                    _ => {}
                 }
             }
             Action::Settings { settings }

@@ -88,6 +88,47 @@ impl std::str::FromStr for Entitlement {
     }
 }
 
+/// The firm's rule on end-to-end (MLS) rooms, for the named rooms its
+/// users create.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MlsPolicy {
+    /// Managed or MLS, as the creator chooses.
+    #[default]
+    Allowed,
+    /// Every new named room is an MLS room.
+    Required,
+    /// No MLS rooms.
+    Forbidden,
+}
+
+impl MlsPolicy {
+    pub fn is_allowed(&self) -> bool {
+        *self == MlsPolicy::Allowed
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            MlsPolicy::Allowed => "allowed",
+            MlsPolicy::Required => "required",
+            MlsPolicy::Forbidden => "forbidden",
+        }
+    }
+}
+
+impl std::str::FromStr for MlsPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "allowed" => Ok(MlsPolicy::Allowed),
+            "required" => Ok(MlsPolicy::Required),
+            "forbidden" => Ok(MlsPolicy::Forbidden),
+            _ => Err(format!(
+                "unknown MLS policy {s:?} (allowed, required, forbidden)"
+            )),
+        }
+    }
+}
+
 /// A BLOCK policy between two barrier groups. Disabled, never deleted.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -122,6 +163,10 @@ pub struct Controls {
     /// firm's users put them in).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub guests: Vec<UserId>,
+    /// Whether the firm's users' new named rooms may, must or must not be
+    /// MLS rooms.
+    #[serde(default, skip_serializing_if = "MlsPolicy::is_allowed")]
+    pub mls: MlsPolicy,
 }
 
 /// What a DLP policy does with content that matches it.

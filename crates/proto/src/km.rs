@@ -403,6 +403,9 @@ pub enum KmOp {
     DlpPut { policy: crate::controls::DlpPolicy },
     /// The KM-signed DLP policy set (any device: it enforces them).
     DlpPolicies,
+    /// Admin or compliance: may, must or must not the firm's new named
+    /// rooms be MLS rooms.
+    MlsPolicySet { policy: crate::controls::MlsPolicy },
     /// Admin: this firm's KM identity and fingerprint, to give a partner.
     TrustSelf,
     /// Admin: pin another firm's KM identity (`fingerprint`, when given,

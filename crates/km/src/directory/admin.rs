@@ -95,6 +95,19 @@ impl Km {
                 json(&self.signed_dlp()?)
             }
             KmOp::DlpPolicies => json(&self.signed_dlp()?),
+            KmOp::MlsPolicySet { policy } => {
+                officer()?;
+                let _w = self.directory.write.lock().await;
+                self.record(
+                    actor,
+                    AuditEvent::MlsPolicySet {
+                        policy: policy.as_str().into(),
+                    },
+                )
+                .await?;
+                self.dir_apply(vec![Change::Mls(policy)]).await?;
+                json(&serde_json::json!({"mls": policy}))
+            }
             KmOp::ScimTokenRevoke { id } => {
                 admin()?;
                 self.scim_token_revoke(actor, &id).await?;

@@ -27,6 +27,7 @@ pub(crate) enum Change {
     Token(TokenRec),
     Dlp(cloister_proto::controls::DlpPolicy),
     Trust(cloister_proto::federation::TrustedFirm),
+    Mls(cloister_proto::controls::MlsPolicy),
 }
 
 /// The directory state of a running KM.
@@ -150,6 +151,7 @@ impl Km {
                 Change::Token(t) => put.push(t.row()),
                 Change::Dlp(p) => put.push(model::dlp_row(p)),
                 Change::Trust(t) => put.push(model::trust_row(t)),
+                Change::Mls(m) => put.push(model::mls_row(m)),
                 Change::GroupGone(id) => del.push((model::K_GROUP.to_owned(), id.clone())),
             }
         }
@@ -190,6 +192,7 @@ impl Km {
                     Change::Trust(t) => {
                         d.trusts.insert(t.tenant.clone(), t);
                     }
+                    Change::Mls(m) => d.mls = m,
                 }
             }
             d.version = version;

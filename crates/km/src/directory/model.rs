@@ -109,6 +109,8 @@ pub(crate) struct Directory {
     pub trusts: BTreeMap<cloister_proto::TenantId, cloister_proto::federation::TrustedFirm>,
     /// Live users in SCIM list order: (userName in lower case, SCIM id).
     pub user_order: std::collections::BTreeSet<(String, String)>,
+    /// The firm's rule on MLS rooms.
+    pub mls: cloister_proto::controls::MlsPolicy,
     /// Bumped by every change that can change the controls.
     pub version: u64,
 }
@@ -120,6 +122,13 @@ pub(crate) const K_TOKEN: &str = "scim_token";
 pub(crate) const K_STATE: &str = "state";
 pub(crate) const K_DLP: &str = "dlp";
 pub(crate) const K_TRUST: &str = "trust";
+pub(crate) const K_MLS: &str = "mls_policy";
+
+pub(crate) fn mls_row(
+    p: &cloister_proto::controls::MlsPolicy,
+) -> Result<DirRow, serde_json::Error> {
+    row(K_MLS, "tenant", p)
+}
 
 pub(crate) fn trust_row(
     t: &cloister_proto::federation::TrustedFirm,
@@ -252,6 +261,7 @@ impl Directory {
                     d.tokens.insert(t.id.clone(), t);
                 }
                 K_STATE => d.version = serde_json::from_slice(&r.doc).map_err(bad)?,
+                K_MLS => d.mls = serde_json::from_slice(&r.doc).map_err(bad)?,
                 K_DLP => {
                     let p: cloister_proto::controls::DlpPolicy =
                         serde_json::from_slice(&r.doc).map_err(bad)?;
@@ -404,6 +414,7 @@ impl Directory {
             default_entitlements: default.into_iter().collect(),
             entitlements,
             guests,
+            mls: self.mls,
         }
     }
 }
