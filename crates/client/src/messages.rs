@@ -95,7 +95,7 @@ impl Client {
         // Never in an epoch older than the newest one the KM knows.
         let state = self.current_state(room, refresh).await?;
         if state.settings.mode == cloister_proto::room::RoomMode::Mls {
-            return self.mls_seal(room, content, number).await;
+            return self.mls_seal(room, content, number, refresh).await;
         }
         let epoch = state.epoch;
         let keys = self.room_keys(room, &[epoch]).await?;

@@ -19,6 +19,13 @@ use std::collections::BTreeMap;
 
 const MLS_STATE: &str = "mls";
 const MLS_SEEN: &str = "mls-seen";
+
+/// One record of the seen log.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SeenRecord {
+    room: RoomId,
+    seen: Seen,
+}
 /// Key packages the server should hold for this device at least.
 const KEY_PACKAGES_LOW: u32 = 10;
 const KEY_PACKAGES_BATCH: usize = 20;
@@ -84,11 +91,12 @@ impl Client {
                 }
                 None => DeviceStore::default(),
             };
-            let seen = self
-                .home
-                .load_sealed(MLS_SEEN)
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
+            let mut seen: BTreeMap<RoomId, BTreeMap<u64, Seen>> = BTreeMap::new();
+            for rec in self.home.load_sealed_log(MLS_SEEN) {
+                if let Ok(r) = serde_json::from_slice::<SeenRecord>(&rec) {
+                    seen.entry(r.room).or_default().insert(r.seen.seq, r.seen);
+                }
+            }
             let identity = cloister_mls::KmIdentity::new(self.firm_keys().await?);
             let cert = self
                 .cert
@@ -102,12 +110,28 @@ impl Client {
     }
 
     fn save_mls(&self, st: &MlsState) -> Result<()> {
+        if !self.home.persistent() {
+            return Ok(());
+        }
         self.home
-            .save_sealed(MLS_STATE, &st.member.store().export())?;
-        let seen = zeroize::Zeroizing::new(
-            serde_json::to_vec(&st.seen).map_err(|e| ClientError::Local(e.to_string()))?,
-        );
-        self.home.save_sealed(MLS_SEEN, &seen)
+            .save_sealed(MLS_STATE, &st.member.store().export())
+    }
+
+    /// Keep a message read (or sent): in memory and, before the MLS state
+    /// that no longer holds its key is saved, in the sealed log.
+    fn keep_seen(&self, st: &mut MlsState, room: &RoomId, seen: Seen) -> Result<()> {
+        if self.home.persistent() {
+            let rec = zeroize::Zeroizing::new(
+                serde_json::to_vec(&SeenRecord {
+                    room: *room,
+                    seen: seen.clone(),
+                })
+                .map_err(|e| ClientError::Local(e.to_string()))?,
+            );
+            self.home.append_sealed(MLS_SEEN, &rec)?;
+        }
+        st.seen.entry(*room).or_default().insert(seen.seq, seen);
+        Ok(())
     }
 
     /// Keep the server stocked with this device's key packages (one-time,
@@ -454,8 +478,18 @@ impl Client {
         room: &RoomId,
         content: &Content,
         number: &(u64, Vec<MessageId>),
+        refresh: bool,
     ) -> Result<(Envelope, cloister_proto::vault::Attribution)> {
-        self.mls_sync(room).await?;
+        // the server refuses a stale epoch (409), and the send is retried
+        // with `refresh`: no round trip per message otherwise
+        let joined = self
+            .mls_state()
+            .await?
+            .as_ref()
+            .is_some_and(|s| s.member.has_group(room));
+        if refresh || !joined {
+            self.mls_sync(room).await?;
+        }
         let mut g = self.mls_state().await?;
         let st = g
             .as_mut()
@@ -510,16 +544,16 @@ impl Client {
             .ok_or_else(|| ClientError::Local("no MLS state".into()))?;
         let mut env = env.clone();
         env.receipt = None;
-        st.seen.entry(*room).or_default().insert(
-            seq,
+        self.keep_seen(
+            st,
+            room,
             Seen {
                 seq,
                 envelope: env,
                 franking_key: att.franking_key,
                 plaintext: att.plaintext.clone(),
             },
-        );
-        self.save_mls(st)
+        )
     }
 
     /// Open a message of an MLS room: from what this device kept if it read
@@ -584,22 +618,49 @@ impl Client {
             data,
         } = r
         else {
+            self.save_mls(st)?;
             return Err(bad("not an application message".into()));
         };
+        let checked = self.check_opened(room, seq, env, h, user, device, epoch, &aad, &data);
+        if let Ok(seen) = &checked {
+            // kept before the state that no longer holds its key is saved
+            self.keep_seen(st, room, seen.clone())?;
+        }
         self.save_mls(st)?;
+        checked?.received(room)
+    }
+
+    /// The checks of a decrypted MLS message against its signed header.
+    #[allow(clippy::too_many_arguments)]
+    fn check_opened(
+        &self,
+        _room: &RoomId,
+        seq: u64,
+        env: &Envelope,
+        h: &MessageHeader,
+        user: UserId,
+        device: DeviceId,
+        epoch: u64,
+        aad: &[u8],
+        data: &[u8],
+    ) -> Result<Seen> {
+        let bad = |reason: String| ClientError::BadMessage {
+            id: h.id.to_hex(),
+            reason,
+        };
         if user != h.sender || device != h.device || epoch != h.epoch || aad != h.id.0 {
             return Err(bad(format!(
                 "the MLS sender ({user}, device {device}, epoch {epoch}) does not match the signed header"
             )));
         }
         let (fk, content) =
-            cloister_mls::payload::decode(&data).ok_or_else(|| bad("truncated payload".into()))?;
+            cloister_mls::payload::decode(data).ok_or_else(|| bad("truncated payload".into()))?;
         if !cloister_crypto::ct_eq(&message::commitment(&fk, content), &h.commit.0) {
             return Err(bad(
                 "the content does not match the header's commitment".into()
             ));
         }
-        let seen = Seen {
+        Ok(Seen {
             seq,
             envelope: Envelope {
                 receipt: None,
@@ -607,10 +668,6 @@ impl Client {
             },
             franking_key: Fixed(fk),
             plaintext: cloister_proto::b64::Bytes(content.to_vec()),
-        };
-        let out = seen.received(room)?;
-        st.seen.entry(*room).or_default().insert(seq, seen);
-        self.save_mls(st)?;
-        Ok(out)
+        })
     }
 }

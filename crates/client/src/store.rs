@@ -257,6 +257,52 @@ impl Home {
         }
     }
 
+    /// Append one record to `name.log`, each record sealed on its own
+    /// (`u32 length ‖ sealed bytes`, synced): what grows with use is
+    /// written once, not rewritten whole.
+    pub fn append_sealed(&self, name: &str, plain: &[u8]) -> Result<(), ClientError> {
+        use std::io::Write;
+        let Some(d) = &self.dir else { return Ok(()) };
+        let path = d.join(format!("{name}.log"));
+        let aad = format!("cloister/device-log/v1|{name}");
+        let sealed = wrap::wrap(&self.cache_key, aad.as_bytes(), plain)?;
+        let mut opts = std::fs::OpenOptions::new();
+        opts.append(true).create(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut f = opts.open(&path).map_err(|e| io(&path, e))?;
+        let mut frame = Vec::with_capacity(4 + sealed.len());
+        frame.extend_from_slice(&(sealed.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&sealed);
+        f.write_all(&frame).map_err(|e| io(&path, e))?;
+        f.sync_all().map_err(|e| io(&path, e))
+    }
+
+    /// Every record of `name.log`, in order; a torn or unreadable tail (a
+    /// crash mid-append) ends the list.
+    pub fn load_sealed_log(&self, name: &str) -> Vec<Vec<u8>> {
+        let Some(d) = &self.dir else { return Vec::new() };
+        let Ok(bytes) = std::fs::read(d.join(format!("{name}.log"))) else {
+            return Vec::new();
+        };
+        let aad = format!("cloister/device-log/v1|{name}");
+        let mut out = Vec::new();
+        let mut rest = bytes.as_slice();
+        while rest.len() >= 4 {
+            let n = u32::from_be_bytes([rest[0], rest[1], rest[2], rest[3]]) as usize;
+            let Some(rec) = rest.get(4..4 + n) else { break };
+            match wrap::unwrap(&self.cache_key, aad.as_bytes(), rec) {
+                Ok(p) => out.push(p.expose().to_vec()),
+                Err(_) => break,
+            }
+            rest = &rest[4 + n..];
+        }
+        out
+    }
+
     pub fn save_sealed(&self, name: &str, plain: &[u8]) -> Result<(), ClientError> {
         let Some(d) = &self.dir else { return Ok(()) };
         let aad = format!("cloister/device-state/v1|{name}");

@@ -50,6 +50,9 @@ pub fn group_rules() -> DefaultMlsRules {
 /// One device's MLS side.
 pub struct Member {
     client: Client<DeviceConfig>,
+    /// Groups in use, as loaded (saved to the store after every change;
+    /// a group whose operation failed is dropped and read again).
+    open: std::sync::Mutex<std::collections::HashMap<RoomId, Group<DeviceConfig>>>,
     store: DeviceStore,
     identity: KmIdentity,
     device: DeviceId,
@@ -142,6 +145,7 @@ impl Member {
             .build();
         Ok(Member {
             client,
+            open: Default::default(),
             store,
             identity,
             device: keys.device_id(),
@@ -182,10 +186,22 @@ impl Member {
             )
             .map_err(Error::mls)?;
         g.write_to_storage().map_err(Error::mls)?;
-        group_info(&g)
+        let info = group_info(&g);
+        self.keep(room, g);
+        info
+    }
+
+    /// Put a group back among the open ones.
+    fn keep(&self, room: &RoomId, g: Group<DeviceConfig>) {
+        if let Ok(mut m) = self.open.lock() {
+            m.insert(*room, g);
+        }
     }
 
     fn load(&self, room: &RoomId) -> Result<Group<DeviceConfig>, Error> {
+        if let Some(g) = self.open.lock().ok().and_then(|mut m| m.remove(room)) {
+            return Ok(g);
+        }
         self.client.load_group(&room.0).map_err(|e| match e {
             mls_rs::error::MlsError::GroupNotFound => Error::NoGroup,
             e => Error::mls(e),
@@ -198,13 +214,17 @@ impl Member {
     }
 
     pub fn epoch(&self, room: &RoomId) -> Result<u64, Error> {
-        Ok(self.load(room)?.current_epoch())
+        let g = self.load(room)?;
+        let e = g.current_epoch();
+        self.keep(room, g);
+        Ok(e)
     }
 
     /// The group's leaves (user and device of each).
     pub fn roster(&self, room: &RoomId) -> Result<Vec<Leaf>, Error> {
         let g = self.load(room)?;
-        Ok(g.roster()
+        let leaves = g
+            .roster()
             .members_iter()
             .filter_map(|m| {
                 let (user, device) = rules::existing_owner(m.signing_identity())?;
@@ -214,12 +234,17 @@ impl Member {
                     device,
                 })
             })
-            .collect())
+            .collect();
+        self.keep(room, g);
+        Ok(leaves)
     }
 
     /// The GroupInfo of the current epoch (with the ratchet tree).
     pub fn group_info(&self, room: &RoomId) -> Result<Vec<u8>, Error> {
-        group_info(&self.load(room)?)
+        let g = self.load(room)?;
+        let info = group_info(&g);
+        self.keep(room, g);
+        info
     }
 
     /// Stage a commit that adds the devices of `key_packages` and removes
@@ -283,7 +308,11 @@ impl Member {
     pub fn merge(&self, mut staged: Staged) -> Result<u64, Error> {
         staged.group.apply_pending_commit().map_err(Error::mls)?;
         staged.group.write_to_storage().map_err(Error::mls)?;
-        Ok(staged.group.current_epoch())
+        let e = staged.group.current_epoch();
+        if let Ok(room) = <[u8; 16]>::try_from(staged.group.group_id()) {
+            self.keep(&RoomId(room), staged.group);
+        }
+        Ok(e)
     }
 
     /// Join a group from a Welcome; returns the room and epoch joined.
@@ -297,7 +326,9 @@ impl Member {
             .map(RoomId)
             .map_err(|_| Error::Malformed("group id"))?;
         g.write_to_storage().map_err(Error::mls)?;
-        Ok((room, g.current_epoch()))
+        let e = g.current_epoch();
+        self.keep(&room, g);
+        Ok((room, e))
     }
 
     /// Encrypt application data for the group's current epoch.
@@ -308,6 +339,7 @@ impl Member {
             .encrypt_application_message(data, aad.to_vec())
             .map_err(Error::mls)?;
         g.write_to_storage().map_err(Error::mls)?;
+        self.keep(room, g);
         Ok((epoch, msg.to_bytes().map_err(Error::mls)?))
     }
 
@@ -348,17 +380,19 @@ impl Member {
             g.member_at_index(index)
                 .and_then(|m| rules::existing_owner(m.signing_identity()))
         };
-        let epoch_before = g.current_epoch();
+        // the message's own epoch (a late one may be of a prior epoch)
+        let msg_epoch = msg.epoch().unwrap_or_else(|| g.current_epoch());
         match g.process_incoming_message(msg).map_err(Error::mls)? {
             ReceivedMessage::ApplicationMessage(app) => {
                 let (user, device) =
                     sender_of(&g, app.sender_index).ok_or(Error::Malformed("sender leaf"))?;
                 // The secret tree advanced: the used key is gone from storage too.
                 g.write_to_storage().map_err(Error::mls)?;
+                self.keep(room, g);
                 Ok(Received::Application {
                     user,
                     device,
-                    epoch: epoch_before,
+                    epoch: msg_epoch,
                     aad: app.authenticated_data.clone(),
                     data: zeroize::Zeroizing::new(app.data().to_vec()),
                 })
@@ -366,6 +400,7 @@ impl Member {
             ReceivedMessage::Commit(c) => match c.effect {
                 CommitEffect::NewEpoch(e) => {
                     g.write_to_storage().map_err(Error::mls)?;
+                    self.keep(room, g);
                     Ok(Received::Commit {
                         epoch: e.epoch,
                         changes,

@@ -254,6 +254,9 @@ pub struct Server {
     /// Tenants' communication controls, from their KMs' newest notices.
     controls: RwLock<HashMap<TenantId, Arc<cloister_policy::controls::Rules>>>,
     rooms: Mutex<HashMap<RoomId, Arc<RoomState>>>,
+    /// Each MLS room's leaves at an epoch (an epoch's roster never changes,
+    /// so the cache is right on every node).
+    mls_rosters: Mutex<HashMap<RoomId, (u64, Arc<Vec<cloister_mls::Leaf>>)>>,
     /// Serialises log appends so the second-line policy check sees a stable head.
     log_lock: cloister_store::RoomLocks,
     hub: hub::Hub,
@@ -384,6 +387,7 @@ impl Server {
             deny: RwLock::new(deny),
             controls: RwLock::new(HashMap::new()),
             rooms: Mutex::new(HashMap::new()),
+            mls_rosters: Mutex::new(HashMap::new()),
             log_lock: Default::default(),
             hub,
             fanout,

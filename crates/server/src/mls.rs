@@ -131,17 +131,51 @@ impl Server {
         st: &RoomState,
         epoch: u64,
     ) -> Result<(), ApiError> {
-        let (_, observed, row) = self.observed(room, st).await?;
-        if epoch != row.epoch {
+        let (current, stale_since) = self
+            .store
+            .mls_epoch(room)
+            .await
+            .map_err(ApiError::internal)?
+            .ok_or_else(|| {
+                ApiError::conflict(
+                    "no_group",
+                    format!("the MLS group of room {room} was not set up by its creator yet"),
+                )
+            })?;
+        if epoch != current {
             return Err(ApiError::conflict(
                 "stale_epoch",
-                format!(
-                    "the group is at epoch {}; message was sealed for epoch {epoch}",
-                    row.epoch
-                ),
+                format!("the group is at epoch {current}; message was sealed for epoch {epoch}"),
             ));
         }
-        let roster = observed.roster();
+        let cached = self
+            .mls_rosters
+            .lock()
+            .ok()
+            .and_then(|m| m.get(room).filter(|(e, _)| *e == current).map(|(_, r)| r.clone()));
+        let roster = match cached {
+            Some(r) => r,
+            None => {
+                let (_, observed, row) = self.observed(room, st).await?;
+                let r = Arc::new(observed.roster());
+                if let Ok(mut m) = self.mls_rosters.lock() {
+                    m.insert(*room, (row.epoch, r.clone()));
+                }
+                if row.epoch != current {
+                    // a commit landed in between: the sender must catch up
+                    return Err(ApiError::conflict(
+                        "stale_epoch",
+                        format!("the group moved to epoch {}", row.epoch),
+                    ));
+                }
+                r
+            }
+        };
+        let row = cloister_store::MlsGroupRow {
+            epoch: current,
+            state: Vec::new(),
+            stale_since,
+        };
         let expected = self.mls_expected(st, roster.iter().map(|l| l.device));
         let outstaying: Vec<_> = roster
             .iter()

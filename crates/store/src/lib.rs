@@ -223,6 +223,8 @@ pub trait MlsStore: Send + Sync {
     /// last-resort one (kept).
     async fn claim_key_package(&self, device: &DeviceId) -> Result<Option<Vec<u8>>>;
     async fn mls_group(&self, room: &RoomId) -> Result<Option<MlsGroupRow>>;
+    /// A group's epoch and `stale_since`, without its state.
+    async fn mls_epoch(&self, room: &RoomId) -> Result<Option<(u64, Option<u64>)>>;
     /// Start following a group; false if the room has one already.
     async fn init_mls_group(&self, room: &RoomId, state: &[u8]) -> Result<bool>;
     /// Store a commit made in `epoch`, the group state after it and its

@@ -78,6 +78,16 @@ pub struct BenchArgs {
     /// run); every client verifies them.
     #[arg(long, conflicts_with = "servers")]
     pub tls: bool,
+    /// Room mode: `managed` (KM-made keys) or `mls` (RFC 9420 groups; every
+    /// receipt is decrypted, as an MLS message must be read once, in order).
+    #[arg(long, value_enum, default_value_t = BenchMode::Managed)]
+    pub mode: BenchMode,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchMode {
+    Managed,
+    Mls,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -173,6 +183,25 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
         .collect::<Result<_, _>>()?;
     pb.finish_and_clear();
 
+    let mls = a.mode == BenchMode::Mls;
+    if mls {
+        let pb = bar(json, a.clients as u64, "key pkgs");
+        futures_util::stream::iter(clients.iter())
+            .map(|c| {
+                let pb = pb.clone();
+                async move {
+                    c.replenish_key_packages().await?;
+                    pb.inc(1);
+                    Ok::<_, BoxError>(())
+                }
+            })
+            .buffer_unordered(16)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?;
+        pb.finish_and_clear();
+    }
     // Rooms.
     let mut rooms: Vec<(RoomId, Vec<Arc<Client>>)> = Vec::new();
     for group in clients.chunks(a.room_size) {
@@ -184,6 +213,11 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
             .create_room(
                 cloister_proto::room::RoomSettings {
                     name: format!("bench-{}", rooms.len()),
+                    mode: if mls {
+                        cloister_proto::room::RoomMode::Mls
+                    } else {
+                        cloister_proto::room::RoomMode::Managed
+                    },
                     ..Default::default()
                 },
                 &members,
@@ -198,7 +232,11 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
             .map(|c| {
                 let pb = pb.clone();
                 async move {
-                    c.room_keys(room, &[0]).await?;
+                    if mls {
+                        c.mls_sync(room).await?;
+                    } else {
+                        c.room_keys(room, &[0]).await?;
+                    }
                     pb.inc(1);
                     Ok::<_, BoxError>(())
                 }
@@ -229,7 +267,7 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
                 latencies.clone(),
                 verify_failures.clone(),
             );
-            let every = a.verify_every.max(1);
+            let every = if mls { 1 } else { a.verify_every.max(1) };
             receivers.push(tokio::spawn(async move {
                 let me = c.device();
                 let mut n: u64 = 0;
@@ -370,7 +408,7 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
     let report = serde_json::json!({
         "clients": a.clients, "room_size": a.room_size, "rooms": rooms.len(), "messages_per_sender": a.messages,
         "message_bytes": a.size, "post_over": format!("{:?}", a.post_over).to_lowercase(), "window": a.window, "verify_every": a.verify_every,
-        "mode": t.mode, "server_urls": t.server_urls.len(),
+        "mode": t.mode, "room_mode": format!("{:?}", a.mode).to_lowercase(), "server_urls": t.server_urls.len(),
         "server_cpu_us_per_message": server_cpu.map(|c| c * 1e6 / (total - send_errors as u64).max(1) as f64),
         "accepted": accepted, "send_errors": send_errors, "send_seconds": send_secs,
         "messages_per_sec": accepted as f64 / send_secs,
@@ -385,9 +423,10 @@ pub async fn run(a: BenchArgs, json: bool) -> Result<(), BoxError> {
         println!("{report}");
     } else {
         println!(
-            "clients {} in {} room(s) of {}, {} B messages, window {}, {}",
+            "clients {} in {} {} room(s) of {}, {} B messages, window {}, {}",
             a.clients,
             rooms.len(),
+            report["room_mode"].as_str().unwrap_or(""),
             a.room_size,
             a.size,
             a.window,

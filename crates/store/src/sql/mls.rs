@@ -116,6 +116,21 @@ impl MlsStore for server::SqlServerStore {
         .transpose()
     }
 
+    async fn mls_epoch(&self, room: &RoomId) -> Result<Option<(u64, Option<u64>)>> {
+        let room = room.to_hex();
+        let row = sqlx::query("SELECT epoch, stale_since FROM mls_groups WHERE room = $1")
+            .bind(room.as_str())
+            .fetch_optional(&self.db().readers)
+            .await?;
+        row.map(|r| {
+            Ok((
+                u(r.try_get("epoch")?),
+                r.try_get::<Option<i64>, _>("stale_since")?.map(u),
+            ))
+        })
+        .transpose()
+    }
+
     async fn init_mls_group(&self, room: &RoomId, state: &[u8]) -> Result<bool> {
         let room = room.to_hex();
         let r = sqlx::query(
