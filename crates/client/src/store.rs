@@ -284,7 +284,9 @@ impl Home {
     /// Every record of `name.log`, in order; a torn or unreadable tail (a
     /// crash mid-append) ends the list.
     pub fn load_sealed_log(&self, name: &str) -> Vec<Vec<u8>> {
-        let Some(d) = &self.dir else { return Vec::new() };
+        let Some(d) = &self.dir else {
+            return Vec::new();
+        };
         let Ok(bytes) = std::fs::read(d.join(format!("{name}.log"))) else {
             return Vec::new();
         };

@@ -239,6 +239,9 @@ async fn load_capture(
 }
 
 /// Shared server state.
+/// An MLS group's leaves at one epoch.
+type EpochRoster = (u64, Arc<Vec<cloister_mls::Leaf>>);
+
 pub struct Server {
     store: Arc<dyn ServerStore>,
     blobs: Arc<dyn cloister_store::BlobStore>,
@@ -256,7 +259,7 @@ pub struct Server {
     rooms: Mutex<HashMap<RoomId, Arc<RoomState>>>,
     /// Each MLS room's leaves at an epoch (an epoch's roster never changes,
     /// so the cache is right on every node).
-    mls_rosters: Mutex<HashMap<RoomId, (u64, Arc<Vec<cloister_mls::Leaf>>)>>,
+    mls_rosters: Mutex<HashMap<RoomId, EpochRoster>>,
     /// Serialises log appends so the second-line policy check sees a stable head.
     log_lock: cloister_store::RoomLocks,
     hub: hub::Hub,

@@ -148,11 +148,11 @@ impl Server {
                 format!("the group is at epoch {current}; message was sealed for epoch {epoch}"),
             ));
         }
-        let cached = self
-            .mls_rosters
-            .lock()
-            .ok()
-            .and_then(|m| m.get(room).filter(|(e, _)| *e == current).map(|(_, r)| r.clone()));
+        let cached = self.mls_rosters.lock().ok().and_then(|m| {
+            m.get(room)
+                .filter(|(e, _)| *e == current)
+                .map(|(_, r)| r.clone())
+        });
         let roster = match cached {
             Some(r) => r,
             None => {
