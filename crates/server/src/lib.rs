@@ -238,10 +238,10 @@ async fn load_capture(
     Ok(capture)
 }
 
-/// Shared server state.
 /// An MLS group's leaves at one epoch.
 type EpochRoster = (u64, Arc<Vec<cloister_mls::Leaf>>);
 
+/// Shared server state.
 pub struct Server {
     store: Arc<dyn ServerStore>,
     blobs: Arc<dyn cloister_store::BlobStore>,
