@@ -13,6 +13,7 @@ use std::path::Path;
 mod controls;
 mod custody;
 mod firms;
+mod mls;
 
 struct Demo {
     json: bool,
@@ -631,6 +632,18 @@ pub async fn run(data_dir: Option<&Path>, json: bool, tls: bool) -> Result<bool,
     )
     .await?;
     secrets.push("Project Falcon: the issuer signs Friday".into());
+
+    mls::run(
+        &mut d,
+        mls::Cast {
+            alice: &alice,
+            bob: &bob2,
+            carol: &carol,
+            olivia: &olivia,
+        },
+        &mut secrets,
+    )
+    .await?;
 
     firms::run(
         &mut d,

@@ -230,6 +230,13 @@ impl Client {
             })
     }
 
+    /// [`Self::firm_keys`], with the partner list fetched from the KM again.
+    pub(crate) async fn fresh_firm_keys(&self) -> Result<HashMap<TenantId, [u8; 32]>> {
+        let mut m = self.partner_map(true).await?;
+        m.insert(self.profile.tenant.clone(), self.profile.km_sign_pk.0);
+        Ok(m)
+    }
+
     /// Every firm key this device trusts now (own and partners').
     pub(crate) async fn firm_keys(&self) -> Result<HashMap<TenantId, [u8; 32]>> {
         let mut m = self.partner_map(false).await?;
