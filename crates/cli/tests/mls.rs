@@ -113,6 +113,27 @@ async fn an_mls_room_end_to_end_with_capture_and_removal() {
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0].room, room);
     let _ = vault;
+    // a case over the MLS room, approved by both custodians, exported and
+    // verified offline: every message attributed, each line naming its mode
+    officer
+        .case_open("e2e", "rates desk", today_scope(vec![], vec![room]), false)
+        .await
+        .unwrap();
+    c1.case_approve("e2e").await.unwrap();
+    c2.case_approve("e2e").await.unwrap();
+    let out = w.dir.path().join("export-e2e");
+    let r = officer.case_export("e2e", &out, &|_, _| {}).await.unwrap();
+    assert_eq!(r.summary.messages, 3);
+    assert_eq!(r.summary.unattributable, 0);
+    let jsonl = std::fs::read_to_string(out.join("messages.jsonl")).unwrap();
+    assert_eq!(jsonl.lines().count(), 3);
+    assert!(
+        jsonl.lines().all(|l| l.contains(r#""mode":"mls""#)),
+        "{jsonl}"
+    );
+    assert!(jsonl.contains("MLSSECRET buy 5y Bund"));
+    let v = cloister_client::export::verify(&out, Some(w.stack.km.info().sign_pk.0)).unwrap();
+    assert_eq!(v.messages, 3);
 
     // nothing sent is in the server's files
     for (path, bytes) in files_under(&w.dir.path().join("server")) {

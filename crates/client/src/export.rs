@@ -101,11 +101,27 @@ pub struct EnvelopeEntry {
     pub attribution: Attribution,
 }
 
+fn managed() -> String {
+    "managed".into()
+}
+
+/// The mode a captured message was sent in, from its signed header.
+fn mode_of(e: &cloister_proto::vault::AuditEnvelope) -> String {
+    cloister_crypto::message::read_signed_header(e.attribution.header.as_slice())
+        .map(|h| h.mode().name())
+        .unwrap_or("managed")
+        .to_owned()
+}
+
 /// One line of `messages.jsonl`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JsonLine {
     pub message_id: String,
     pub room: String,
+    /// The room's mode when the message was sent (`managed` or `mls`), as
+    /// the sender's signed header says.
+    #[serde(default = "managed")]
+    pub mode: String,
     pub epoch: u64,
     pub sender: String,
     pub device: String,
@@ -236,6 +252,7 @@ fn eml(item: &ExportItem, envelope_sha256: &str, tenant: &str) -> Result<Vec<u8>
         .message_id(format!("{}@{tenant}.cloister", e.message_id))
         .header("X-Cloister-Room", Raw::new(e.room.to_string()))
         .header("X-Cloister-Epoch", Raw::new(e.epoch.to_string()))
+        .header("X-Cloister-Room-Mode", Raw::new(mode_of(e)))
         .header("X-Cloister-Message-Id", Raw::new(e.message_id.to_string()))
         .header("X-Cloister-Envelope", Raw::new(envelope_sha256.to_owned()))
         .header(
@@ -424,6 +441,7 @@ pub fn write(
         let line = JsonLine {
             message_id: e.message_id.to_string(),
             room: e.room.to_string(),
+            mode: mode_of(e),
             epoch: e.epoch,
             sender: e.sender.to_string(),
             device: e.device.to_string(),
@@ -654,6 +672,7 @@ pub fn verify(dir: &Path, pinned_km: Option<[u8; 32]>) -> Result<VerifyReport, S
             || line.room != h.room.to_string()
             || line.text.as_ref() != text
             || line.epoch != h.epoch
+            || line.mode != h.mode().name()
             || !file_ok
         {
             return Err(format!(

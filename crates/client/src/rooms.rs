@@ -129,9 +129,8 @@ impl Client {
                     // our copy of the partner list may predate a new trust
                     let keys = self.fresh_firm_keys().await?;
                     let keys_of = |t: &TenantId| keys.get(t).copied();
-                    cloister_policy::federation::check_step(cur, &st, &next, &keys_of).map_err(
-                        |e| ClientError::Local(format!("membership log rejected: {e}")),
-                    )?;
+                    cloister_policy::federation::check_step(cur, &st, &next, &keys_of)
+                        .map_err(|e| ClientError::Local(format!("membership log rejected: {e}")))?;
                 }
             }
             match rooms.get_mut(room) {

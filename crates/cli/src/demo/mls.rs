@@ -17,7 +17,11 @@ pub(super) struct Cast<'a> {
     pub olivia: &'a Client,
 }
 
-pub(super) async fn run(d: &mut Demo, c: Cast<'_>, secrets: &mut Vec<String>) -> Result<(), BoxError> {
+pub(super) async fn run(
+    d: &mut Demo,
+    c: Cast<'_>,
+    secrets: &mut Vec<String>,
+) -> Result<(), BoxError> {
     d.section("An end-to-end (MLS) room");
     for m in [c.alice, c.bob, c.carol] {
         m.replenish_key_packages().await?;
