@@ -180,6 +180,19 @@ pub(crate) async fn room_page(
     let name = room_name(&app, &me, &summary);
     let hex = room.to_hex();
     let side = sidebar(&app, &c, Some(&hex)).await;
+    // an MLS room: the group as this device holds it
+    let mls = if summary.settings.mode == cloister_proto::room::RoomMode::Mls {
+        Some(match c.mls_roster(&room).await {
+            Ok(leaves) => format!(
+                "End-to-end (MLS): keys agreed by the members' devices, none at the firm's KM; {} devices in the group, group epoch {}",
+                leaves.len(),
+                c.mls_sync(&room).await.unwrap_or_default()
+            ),
+            Err(e) => format!("End-to-end (MLS): this device is not in the group yet ({e})"),
+        })
+    } else {
+        None
+    };
     Ok(page(
         &name,
         Some(side),
@@ -187,8 +200,15 @@ pub(crate) async fn room_page(
             header.room-head {
                 h1 { (name) }
                 p.members {
-                    (summary.members.len()) " members, key epoch " (summary.epoch) " · "
+                    @if mls.is_some() {
+                        (summary.members.len()) " members · "
+                    } @else {
+                        (summary.members.len()) " members, key epoch " (summary.epoch) " · "
+                    }
                     a href={ "/r/" (hex) "/people" } { "People and keys" }
+                }
+                @if let Some(m) = &mls {
+                    p.mode #room-mode { (m) }
                 }
                 p #membership-note role="status" hidden {
                     "The room's membership changed. " a href={ "/r/" (hex) } { "Reload" }

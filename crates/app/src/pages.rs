@@ -287,6 +287,12 @@ pub(crate) async fn unlock(
             if let Ok(mut slot) = app.client.write() {
                 *slot = Some(c.clone());
             }
+            let kp = c.clone();
+            tokio::spawn(async move {
+                if let Err(e) = kp.replenish_key_packages().await {
+                    tracing::warn!("MLS key packages not topped up: {e}");
+                }
+            });
             let feed = crate::live::start(app.clone(), c);
             if let Ok(mut f) = app.feed.lock()
                 && let Some(old) = f.replace(feed)

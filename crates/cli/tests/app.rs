@@ -1038,6 +1038,41 @@ async fn connections_and_room_policies_in_the_app() {
         said.as_str().unwrap().to_lowercase().contains("owner"),
         "{said}"
     );
+
+    // an end-to-end (MLS) room made in the app: the group holds both
+    // devices (bob's app uploaded its key packages when it was unlocked)
+    ba.goto(&aa.url).await;
+    ba.find("#room-name").await.send_keys("E2E desk").await;
+    ba.find("#room-members").await.send_keys("bob@acme").await;
+    ba.execute("document.querySelector('details').open = true; return true")
+        .await;
+    ba.find("input[name='mls']").await.click().await;
+    ba.find("form[action='/rooms'] button").await.click().await;
+    ba.find("#compose").await;
+    let mode = ba
+        .execute("return document.getElementById('room-mode').textContent")
+        .await;
+    assert!(
+        mode.as_str().unwrap().contains("2 devices in the group"),
+        "{mode}"
+    );
+    shot(&ba, "mls-room").await;
+    axe(&ba, "mls room").await;
+    let path = reqwest::Url::parse(&ba.url().await)
+        .unwrap()
+        .path()
+        .to_owned();
+    ba.find("#text")
+        .await
+        .send_keys("E2E first fill at 99.5\u{E007}")
+        .await;
+    bb.goto(&format!("{}{}", ab.url.trim_end_matches('/'), path))
+        .await;
+    bb.until(
+        "return document.getElementById('messages').textContent.includes('first fill')",
+        "bob to read the MLS message",
+    )
+    .await;
     ba.close().await;
     bb.close().await;
 }

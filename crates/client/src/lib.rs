@@ -355,7 +355,14 @@ impl Client {
             } => Home::create(path, passphrase, cost, &keys, &profile)?,
             Storage::Memory => Home::in_memory()?,
         };
-        Ok(Self::from_parts(http, profile, keys, home))
+        let c = Self::from_parts(http, profile, keys, home);
+        // key packages on the server, so that members can add this device
+        // to MLS rooms (best effort: a later `room sync` or app start tops
+        // them up)
+        if let Err(e) = c.replenish_key_packages().await {
+            tracing::warn!("MLS key packages not uploaded at enrolment: {e}");
+        }
+        Ok(c)
     }
 
     /// Use `tls` (a CA file, a client certificate) for every connection

@@ -308,6 +308,12 @@ impl Client {
             let _: cloister_proto::server::Ok = self
                 .server(|h, s| h.delete(format!("{s}/v1/mls/welcomes/{room}")))
                 .await?;
+            // the Welcome used one of this device's key packages
+            drop(g);
+            if let Err(e) = self.replenish_key_packages().await {
+                tracing::warn!("MLS key packages not topped up: {e}");
+            }
+            return Box::pin(self.mls_sync(room)).await;
         }
         loop {
             let epoch = st.member.epoch(room).map_err(mls_err)?;
