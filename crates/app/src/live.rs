@@ -108,6 +108,12 @@ async fn on_event(app: &App, c: &Client, ev: Event) {
                 tracing::warn!("shredded keys not dropped: {e}");
             }
         }
+        // a member's new device waits to be added to an MLS room's group
+        Event::MlsNewDevice { room, .. } => {
+            if let Err(e) = c.mls_reconcile(&room).await {
+                tracing::warn!(%room, "new device not added to the MLS group: {e}");
+            }
+        }
         _ => {}
     }
 }

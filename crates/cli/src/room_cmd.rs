@@ -53,6 +53,24 @@ pub enum RoomCmd {
     Update {
         room: String,
     },
+    /// MLS rooms: hand what this device has read to another device of
+    /// yours (signed by this device, sealed to the other's certified key;
+    /// carry the file over any channel).
+    HistoryExport {
+        /// The receiving device (of the same user).
+        #[arg(long)]
+        to: String,
+        /// Only these rooms (repeatable; default: every MLS room).
+        #[arg(long = "room")]
+        rooms: Vec<String>,
+        #[arg(long)]
+        out: std::path::PathBuf,
+    },
+    /// MLS rooms: take a history file another device of yours made for
+    /// this one (every message's sender and words are checked).
+    HistoryImport {
+        file: std::path::PathBuf,
+    },
     Add {
         room: String,
         user: String,
@@ -185,6 +203,30 @@ pub async fn room_cmd(ctx: &Ctx, rc: RoomCmd) -> Result<(), BoxError> {
                         .join(", ")
                 ),
                 json!({"room": room, "epoch": epoch, "leaves": devices}),
+            );
+        }
+        RoomCmd::HistoryExport { to, rooms, out } => {
+            let to: cloister_proto::DeviceId = to.parse().map_err(|e| format!("--to: {e}"))?;
+            let mut ids = Vec::new();
+            for r in &rooms {
+                ids.push(resolve_room(&c, r).await?);
+            }
+            let (sealed, n) = c.mls_history_export(&to, &ids).await?;
+            std::fs::write(&out, serde_json::to_vec(&sealed)?)
+                .map_err(|e| format!("{}: {e}", out.display()))?;
+            ctx.emit(
+                format!("{n} message(s) sealed for device {to} in {}", out.display()),
+                json!({"to": to, "messages": n, "file": out}),
+            );
+        }
+        RoomCmd::HistoryImport { file } => {
+            let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let sealed: cloister_crypto::history::SealedHistory = serde_json::from_slice(&bytes)
+                .map_err(|e| format!("{}: not a history file: {e}", file.display()))?;
+            let n = c.mls_history_import(&sealed).await?;
+            ctx.emit(
+                format!("{n} message(s) taken from device {}", sealed.from),
+                json!({"from": sealed.from, "new_messages": n}),
             );
         }
         RoomCmd::Update { room } => {

@@ -450,3 +450,87 @@ async fn a_firm_can_require_or_forbid_mls_rooms() {
     let kinds = audit_kinds(&w).await;
     assert!(kinds.iter().any(|(k, _)| k == "mls_policy_set"));
 }
+
+/// A user's new device joins the MLS rooms (added by a member's sync) and
+/// reads what came after; what came before reaches it only by a sealed
+/// hand-over from the user's other device, checked message by message.
+#[tokio::test]
+async fn a_new_device_gets_earlier_history_only_from_its_users_other_device() {
+    let w = World::new().await;
+    let alice = w.user("alice").await;
+    let bob = w.user("bob").await;
+    let room = alice
+        .create_room(mls_room("desk"), std::slice::from_ref(bob.user()))
+        .await
+        .unwrap();
+    alice
+        .send_text(&room, "before the new laptop")
+        .await
+        .unwrap();
+    assert_eq!(bob.read(&room, 10, None).await.unwrap().len(), 1);
+
+    // bob's new device puts up its key packages at enrolment; the server
+    // tells the room's members, and a member's device adds it
+    let mut events = alice.connect_events().await.unwrap();
+    let bob2 = w.device_of(bob.user()).await;
+    let prompted = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        loop {
+            match events.next().await {
+                Ok(Some(cloister_proto::server::Event::MlsNewDevice { room: r, device }))
+                    if r == room =>
+                {
+                    return device;
+                }
+                Ok(Some(_)) => continue,
+                other => panic!("{other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("the new device is announced to the members");
+    assert_eq!(prompted, bob2.device());
+    alice.mls_reconcile(&room).await.unwrap();
+    assert_eq!(alice.mls_roster(&room).await.unwrap().len(), 3);
+    alice
+        .send_text(&room, "after the new laptop")
+        .await
+        .unwrap();
+    let got = bob2.read(&room, 10, None).await.unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(
+        got[0].is_err(),
+        "the earlier message is not readable on the new device"
+    );
+    assert_eq!(text(got[1].as_ref().unwrap()), "after the new laptop");
+
+    // the hand-over: only to the same user's device
+    let carol = w.user("carol").await;
+    let e = bob
+        .mls_history_export(&carol.device(), &[])
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("same user") || e.to_string().contains("another device of"),
+        "{e}"
+    );
+    let (sealed, n) = bob
+        .mls_history_export(&bob2.device(), &[room])
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    // a device it was not sealed to cannot open it
+    assert!(carol.mls_history_import(&sealed).await.is_err());
+    // a tampered bundle is refused whole
+    let mut bad = sealed.clone();
+    bad.ct.0[10] ^= 1;
+    assert!(bob2.mls_history_import(&bad).await.is_err());
+    assert_eq!(bob2.mls_history_import(&sealed).await.unwrap(), 1);
+    assert_eq!(
+        bob2.mls_history_import(&sealed).await.unwrap(),
+        0,
+        "idempotent"
+    );
+    let got = bob2.read(&room, 10, None).await.unwrap();
+    let texts: Vec<_> = got.iter().map(|r| text(r.as_ref().unwrap())).collect();
+    assert_eq!(texts, ["before the new laptop", "after the new laptop"]);
+}

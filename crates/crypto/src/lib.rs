@@ -17,6 +17,7 @@ pub mod blind;
 pub mod capture;
 pub mod escrow;
 pub mod file;
+pub mod history;
 pub mod hpke_seal;
 pub mod keys;
 pub mod message;

@@ -232,6 +232,12 @@ pub enum Event {
     MlsWelcome {
         room: RoomId,
     },
+    /// A member's device without a leaf put key packages up: a member's
+    /// device adds it (`Client::mls_reconcile`).
+    MlsNewDevice {
+        room: RoomId,
+        device: DeviceId,
+    },
     /// Retention destroyed keys of this room: the KM-signed notice.
     KeysShredded {
         room: RoomId,

@@ -249,11 +249,58 @@ pub(crate) async fn upload_key_packages(
         .map(check)
         .collect::<Result<Vec<_>, _>>()?;
     let last_resort = req.last_resort.as_ref().map(check).transpose()?;
+    let (had, _) = s
+        .store
+        .key_package_count(&c.device)
+        .await
+        .map_err(ApiError::internal)?;
     s.store
         .put_key_packages(&c.device, &one_time, last_resort.as_ref(), MAX_KEY_PACKAGES)
         .await
         .map_err(ApiError::internal)?;
+    if had == 0 && !one_time.is_empty() {
+        s.prompt_new_device(&c).await;
+    }
     count(&s, &c.device).await
+}
+
+impl Server {
+    /// A device put up its first key packages: tell the members of each
+    /// MLS room of its user whose group lacks it, so that one of them adds
+    /// it.
+    async fn prompt_new_device(&self, c: &Caller) {
+        let Ok(rows) = self.store.rooms_of_user(&c.user).await else {
+            return;
+        };
+        for row in rows {
+            let Ok(Some(st)) = self.room(&row.room).await else {
+                continue;
+            };
+            if st.settings.mode != RoomMode::Mls || !st.is_member(&c.user) {
+                continue;
+            }
+            let Ok((_, observed, _)) = self.observed(&row.room, &st).await else {
+                continue;
+            };
+            if observed.roster().iter().any(|l| l.device == c.device) {
+                continue;
+            }
+            let ev = Event::MlsNewDevice {
+                room: row.room,
+                device: c.device,
+            };
+            if let Ok(event) = serde_json::to_string(&ev) {
+                let d = crate::cluster::Delivery {
+                    tenant: st.tenant.clone(),
+                    users: st.members.iter().cloned().collect(),
+                    skip: Some(c.device),
+                    watchers: false,
+                    event,
+                };
+                self.fanout.room(row.room, d).await;
+            }
+        }
+    }
 }
 
 async fn count(s: &Server, device: &DeviceId) -> Result<Json<KeyPackageCount>, ApiError> {
