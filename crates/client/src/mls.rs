@@ -391,27 +391,8 @@ impl Client {
                 .member
                 .commit(room, &kps, &remove, &expected)
                 .map_err(mls_err)?;
-            let req = PostCommit {
-                commit: cloister_proto::b64::Bytes(staged.commit.clone()),
-                welcome: staged.welcome.clone().map(cloister_proto::b64::Bytes),
-            };
-            let r: Result<CommitAccepted> = self
-                .server(|h, s| {
-                    h.post(format!("{s}/v1/rooms/{room}/mls/commits"))
-                        .json(&req)
-                })
-                .await;
-            match r {
-                Ok(_) => {
-                    st.member.merge(staged).map_err(mls_err)?;
-                    self.save_mls(st)?;
-                    return Ok(());
-                }
-                // another commit won the epoch, or the log moved: catch up, again
-                Err(ClientError::Api(a)) if a.code == "stale_epoch" || a.code == "log_behind" => {
-                    continue;
-                }
-                Err(e) => return Err(e),
+            if self.post_staged(room, st, staged).await?.is_some() {
+                return Ok(());
             }
         }
         Err(ClientError::Local(
@@ -441,31 +422,46 @@ impl Client {
                 .member
                 .commit(room, &[], &[], &expected)
                 .map_err(mls_err)?;
-            let req = PostCommit {
-                commit: cloister_proto::b64::Bytes(staged.commit.clone()),
-                welcome: None,
-            };
-            let r: Result<CommitAccepted> = self
-                .server(|h, s| {
-                    h.post(format!("{s}/v1/rooms/{room}/mls/commits"))
-                        .json(&req)
-                })
-                .await;
-            match r {
-                Ok(_) => {
-                    let e = st.member.merge(staged).map_err(mls_err)?;
-                    self.save_mls(st)?;
-                    return Ok(e);
-                }
-                Err(ClientError::Api(a)) if a.code == "stale_epoch" || a.code == "log_behind" => {
-                    continue;
-                }
-                Err(e) => return Err(e),
+            if let Some(e) = self.post_staged(room, st, staged).await? {
+                return Ok(e);
             }
         }
         Err(ClientError::Local(
             "the MLS group kept changing; try again".into(),
         ))
+    }
+
+    /// Order a staged commit at the server and apply it: the new epoch, or
+    /// `None` when another commit won the epoch or the log moved (catch up
+    /// and try again).
+    async fn post_staged(
+        &self,
+        room: &RoomId,
+        st: &mut MlsState,
+        staged: cloister_mls::Staged,
+    ) -> Result<Option<u64>> {
+        let req = PostCommit {
+            commit: cloister_proto::b64::Bytes(staged.commit.clone()),
+            welcome: staged.welcome.clone().map(cloister_proto::b64::Bytes),
+        };
+        let r: Result<CommitAccepted> = self
+            .server(|h, s| {
+                h.post(format!("{s}/v1/rooms/{room}/mls/commits"))
+                    .json(&req)
+            })
+            .await;
+        match r {
+            Ok(_) => {
+                let e = st.member.merge(staged).map_err(mls_err)?;
+                self.save_mls(st)?;
+                Ok(Some(e))
+            }
+            // another commit won the epoch, or the log moved
+            Err(ClientError::Api(a)) if a.code == "stale_epoch" || a.code == "log_behind" => {
+                Ok(None)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// The devices holding a leaf of the room's group (this device's view).

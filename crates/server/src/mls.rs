@@ -55,6 +55,13 @@ fn mls_error(e: cloister_mls::Error) -> ApiError {
     }
 }
 
+fn no_group(room: &RoomId) -> ApiError {
+    ApiError::conflict(
+        "no_group",
+        format!("the MLS group of room {room} was not set up by its creator yet"),
+    )
+}
+
 impl Server {
     /// The KM keys a room's leaves may be certified under: those of its
     /// members' firms, as registered on this server.
@@ -110,12 +117,7 @@ impl Server {
             .mls_group(room)
             .await
             .map_err(ApiError::internal)?
-            .ok_or_else(|| {
-                ApiError::conflict(
-                    "no_group",
-                    format!("the MLS group of room {room} was not set up by its creator yet"),
-                )
-            })?;
+            .ok_or_else(|| no_group(room))?;
         let observer = Observer::new(self.mls_identity(st).await?);
         let observed = observer.load(&row.state).map_err(ApiError::internal)?;
         Ok((observer, observed, row))
@@ -136,12 +138,7 @@ impl Server {
             .mls_epoch(room)
             .await
             .map_err(ApiError::internal)?
-            .ok_or_else(|| {
-                ApiError::conflict(
-                    "no_group",
-                    format!("the MLS group of room {room} was not set up by its creator yet"),
-                )
-            })?;
+            .ok_or_else(|| no_group(room))?;
         if epoch != current {
             return Err(ApiError::conflict(
                 "stale_epoch",
