@@ -32,6 +32,8 @@ mod keys;
 mod live;
 mod messages;
 mod mls;
+mod mls_history;
+mod mls_messages;
 mod rooms;
 pub mod store;
 mod transcript;

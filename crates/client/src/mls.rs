@@ -33,15 +33,15 @@ const KEY_PACKAGES_BATCH: usize = 20;
 /// A message this device read (or sent) in an MLS room.
 #[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Seen {
-    seq: u64,
-    envelope: Envelope,
-    franking_key: Fixed<32>,
-    plaintext: cloister_proto::b64::Bytes,
+    pub(crate) seq: u64,
+    pub(crate) envelope: Envelope,
+    pub(crate) franking_key: Fixed<32>,
+    pub(crate) plaintext: cloister_proto::b64::Bytes,
 }
 
 pub(crate) struct MlsState {
-    member: Member,
-    seen: BTreeMap<RoomId, BTreeMap<u64, Seen>>,
+    pub(crate) member: Member,
+    pub(crate) seen: BTreeMap<RoomId, BTreeMap<u64, Seen>>,
 }
 
 impl std::fmt::Debug for MlsState {
@@ -50,12 +50,12 @@ impl std::fmt::Debug for MlsState {
     }
 }
 
-fn mls_err(e: cloister_mls::Error) -> ClientError {
+pub(crate) fn mls_err(e: cloister_mls::Error) -> ClientError {
     ClientError::Local(format!("MLS: {e}"))
 }
 
 impl Seen {
-    fn received(&self, room: &RoomId) -> Result<Received> {
+    pub(crate) fn received(&self, room: &RoomId) -> Result<Received> {
         let h = message::peek_header(&self.envelope)?;
         let content = serde_json::from_slice(self.plaintext.as_slice())
             .map_err(|_| ClientError::Local("unreadable stored message".into()))?;
@@ -109,7 +109,7 @@ impl Client {
         Ok(g)
     }
 
-    fn save_mls(&self, st: &MlsState) -> Result<()> {
+    pub(crate) fn save_mls(&self, st: &MlsState) -> Result<()> {
         if !self.home.persistent() {
             return Ok(());
         }
@@ -119,7 +119,7 @@ impl Client {
 
     /// Keep a message read (or sent): in memory and, before the MLS state
     /// that no longer holds its key is saved, in the sealed log.
-    fn keep_seen(&self, st: &mut MlsState, room: &RoomId, seen: Seen) -> Result<()> {
+    pub(crate) fn keep_seen(&self, st: &mut MlsState, room: &RoomId, seen: Seen) -> Result<()> {
         if self.home.persistent() {
             let rec = zeroize::Zeroizing::new(
                 serde_json::to_vec(&SeenRecord {
@@ -472,361 +472,5 @@ impl Client {
             .as_ref()
             .ok_or_else(|| ClientError::Local("no MLS state".into()))?;
         st.member.roster(room).map_err(mls_err)
-    }
-
-    /// Seal a message for an MLS room at the group's current epoch.
-    pub(crate) async fn mls_seal(
-        &self,
-        room: &RoomId,
-        content: &Content,
-        number: &(u64, Vec<MessageId>),
-        refresh: bool,
-    ) -> Result<(Envelope, cloister_proto::vault::Attribution)> {
-        // the server refuses a stale epoch (409), and the send is retried
-        // with `refresh`: no round trip per message otherwise
-        let joined = self
-            .mls_state()
-            .await?
-            .as_ref()
-            .is_some_and(|s| s.member.has_group(room));
-        if refresh || !joined {
-            self.mls_sync(room).await?;
-        }
-        let mut g = self.mls_state().await?;
-        let st = g
-            .as_mut()
-            .ok_or_else(|| ClientError::Local("no MLS state".into()))?;
-        let pt = zeroize::Zeroizing::new(
-            serde_json::to_vec(content).map_err(|e| ClientError::Local(e.to_string()))?,
-        );
-        let fk = zeroize::Zeroizing::new(cloister_crypto::random_bytes::<32>()?);
-        let ts = now_millis();
-        let id = super::messages::ordered_id(ts)?;
-        let epoch = st.member.epoch(room).map_err(mls_err)?;
-        let header = MessageHeader {
-            v: 2,
-            room: *room,
-            epoch,
-            id,
-            sender: self.user().clone(),
-            device: self.device(),
-            ts,
-            commit: Fixed(message::commitment(&fk, &pt)),
-            counter: number.0,
-            after: number.1.clone(),
-        };
-        let header_bytes =
-            serde_json::to_vec(&header).map_err(|e| ClientError::Local(e.to_string()))?;
-        let (_, ct) = st
-            .member
-            .encrypt(room, &cloister_mls::payload::encode(&fk, &pt), &id.0)
-            .map_err(mls_err)?;
-        self.save_mls(st)?;
-        let env = message::sign_envelope(&self.keys, header_bytes, ct);
-        let att = cloister_proto::vault::Attribution {
-            header: env.header.clone(),
-            sig: env.sig,
-            franking_key: Fixed(*fk),
-            plaintext: cloister_proto::b64::Bytes(pt.to_vec()),
-        };
-        Ok((env, att))
-    }
-
-    /// Keep a message this device sent (it cannot decrypt its own).
-    pub(crate) async fn mls_sent(
-        &self,
-        room: &RoomId,
-        seq: u64,
-        env: &Envelope,
-        att: &cloister_proto::vault::Attribution,
-    ) -> Result<()> {
-        let mut g = self.mls_state().await?;
-        let st = g
-            .as_mut()
-            .ok_or_else(|| ClientError::Local("no MLS state".into()))?;
-        let mut env = env.clone();
-        env.receipt = None;
-        self.keep_seen(
-            st,
-            room,
-            Seen {
-                seq,
-                envelope: env,
-                franking_key: att.franking_key,
-                plaintext: att.plaintext.clone(),
-            },
-        )
-    }
-
-    /// Open a message of an MLS room: from what this device kept if it read
-    /// it before, else decrypted now (once) after the same checks as in a
-    /// managed room, with the sender's leaf matched to the signed header.
-    pub(crate) async fn mls_open(
-        &self,
-        room: &RoomId,
-        seq: u64,
-        env: &Envelope,
-        h: &MessageHeader,
-    ) -> Result<Received> {
-        let bad = |reason: String| ClientError::BadMessage {
-            id: h.id.to_hex(),
-            reason,
-        };
-        {
-            let g = self.mls_state().await?;
-            let st = g
-                .as_ref()
-                .ok_or_else(|| ClientError::Local("no MLS state".into()))?;
-            if let Some(s) = st.seen.get(room).and_then(|m| m.get(&seq)) {
-                if s.envelope.header != env.header || s.envelope.sig != env.sig {
-                    return Err(bad(format!(
-                        "the server now shows another message at seq {seq} than this device read there"
-                    )));
-                }
-                return s.received(room);
-            }
-        }
-        if h.device == self.device() {
-            return Err(bad(
-                "a message from this device that it has no record of sending".into(),
-            ));
-        }
-        // not joined yet, or the message is of a newer epoch: catch up first
-        let behind = {
-            let g = self.mls_state().await?;
-            g.as_ref()
-                .is_none_or(|s| s.member.epoch(room).map_or(true, |e| e < h.epoch))
-        };
-        if behind {
-            self.mls_sync(room).await?;
-        }
-        let mut g = self.mls_state().await?;
-        let st = g
-            .as_mut()
-            .ok_or_else(|| ClientError::Local("no MLS state".into()))?;
-        let r = st
-            .member
-            .process(room, env.ciphertext.as_slice(), |_| {
-                Err(cloister_mls::Error::Malformed(
-                    "a commit where a message belongs",
-                ))
-            })
-            .map_err(|e| bad(format!("cannot decrypt: {e}")))?;
-        let MlsReceived::Application {
-            user,
-            device,
-            epoch,
-            aad,
-            data,
-        } = r
-        else {
-            self.save_mls(st)?;
-            return Err(bad("not an application message".into()));
-        };
-        let checked = self.check_opened(room, seq, env, h, user, device, epoch, &aad, &data);
-        if let Ok(seen) = &checked {
-            // kept before the state that no longer holds its key is saved
-            self.keep_seen(st, room, seen.clone())?;
-        }
-        self.save_mls(st)?;
-        checked?.received(room)
-    }
-
-    /// The checks of a decrypted MLS message against its signed header.
-    #[allow(clippy::too_many_arguments)]
-    fn check_opened(
-        &self,
-        _room: &RoomId,
-        seq: u64,
-        env: &Envelope,
-        h: &MessageHeader,
-        user: UserId,
-        device: DeviceId,
-        epoch: u64,
-        aad: &[u8],
-        data: &[u8],
-    ) -> Result<Seen> {
-        let bad = |reason: String| ClientError::BadMessage {
-            id: h.id.to_hex(),
-            reason,
-        };
-        if user != h.sender || device != h.device || epoch != h.epoch || aad != h.id.0 {
-            return Err(bad(format!(
-                "the MLS sender ({user}, device {device}, epoch {epoch}) does not match the signed header"
-            )));
-        }
-        let (fk, content) =
-            cloister_mls::payload::decode(data).ok_or_else(|| bad("truncated payload".into()))?;
-        if !cloister_crypto::ct_eq(&message::commitment(&fk, content), &h.commit.0) {
-            return Err(bad(
-                "the content does not match the header's commitment".into()
-            ));
-        }
-        Ok(Seen {
-            seq,
-            envelope: Envelope {
-                receipt: None,
-                ..env.clone()
-            },
-            franking_key: Fixed(fk),
-            plaintext: cloister_proto::b64::Bytes(content.to_vec()),
-        })
-    }
-}
-
-/// What one device hands another of the same user: the MLS messages it
-/// read, by room (signed and sealed by `cloister_crypto::history`).
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HistoryBody {
-    user: UserId,
-    from: DeviceId,
-    to: DeviceId,
-    created_ms: u64,
-    rooms: Vec<HistoryRoom>,
-}
-
-#[derive(serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HistoryRoom {
-    room: RoomId,
-    messages: Vec<Seen>,
-}
-
-impl Client {
-    /// Hand the MLS history this device holds (of `rooms`, or of every MLS
-    /// room) to another device of the same user: signed by this device,
-    /// sealed to the other's certified key. Returns the bundle and the
-    /// number of messages in it.
-    pub async fn mls_history_export(
-        &self,
-        to: &DeviceId,
-        rooms: &[RoomId],
-    ) -> Result<(cloister_crypto::history::SealedHistory, usize)> {
-        if *to == self.device() {
-            return Err(ClientError::Input(
-                "history goes to another device, not this one".into(),
-            ));
-        }
-        let cert = self.cert_of(to).await?;
-        if cert.user != *self.user() {
-            return Err(ClientError::Input(format!(
-                "device {to} belongs to {}: history goes only to another device of {}",
-                cert.user,
-                self.user()
-            )));
-        }
-        let standing: cloister_proto::km::DeviceStandingAnswer = self
-            .km_request(cloister_proto::km::KmOp::DeviceStanding { devices: vec![*to] })
-            .await?;
-        if !standing.barred.is_empty() {
-            return Err(ClientError::Input(format!(
-                "device {to} is revoked (or its user disabled): no history for it"
-            )));
-        }
-        let g = self.mls_state().await?;
-        let st = g
-            .as_ref()
-            .ok_or_else(|| ClientError::Local("no MLS state".into()))?;
-        let picked: Vec<HistoryRoom> = st
-            .seen
-            .iter()
-            .filter(|(r, _)| rooms.is_empty() || rooms.contains(r))
-            .map(|(r, m)| HistoryRoom {
-                room: *r,
-                messages: m.values().cloned().collect(),
-            })
-            .collect();
-        drop(g);
-        let n = picked.iter().map(|r| r.messages.len()).sum();
-        let body = zeroize::Zeroizing::new(
-            serde_json::to_vec(&HistoryBody {
-                user: self.user().clone(),
-                from: self.device(),
-                to: *to,
-                created_ms: now_millis(),
-                rooms: picked,
-            })
-            .map_err(|e| ClientError::Local(e.to_string()))?,
-        );
-        let sealed = cloister_crypto::history::seal(&self.keys, to, &cert.hpke_pk.0, &body)?;
-        Ok((sealed, n))
-    }
-
-    /// Take a history bundle another device of this user sealed to this
-    /// one: the sender's certificate and signature, then every message's
-    /// own attribution (its sender device's signature and the commitment
-    /// to its words) are checked before it is kept. Returns how many
-    /// messages were new here.
-    pub async fn mls_history_import(
-        &self,
-        sealed: &cloister_crypto::history::SealedHistory,
-    ) -> Result<usize> {
-        let from = self.cert_of(&sealed.from).await?;
-        if from.user != *self.user() {
-            return Err(ClientError::Input(format!(
-                "the bundle comes from a device of {}, not of {}",
-                from.user,
-                self.user()
-            )));
-        }
-        let body = zeroize::Zeroizing::new(cloister_crypto::history::open(
-            &self.keys,
-            sealed,
-            &from.sign_pk.0,
-        )?);
-        let hb: HistoryBody = serde_json::from_slice(&body)
-            .map_err(|_| ClientError::Local("unreadable history bundle".into()))?;
-        if hb.from != sealed.from || hb.to != self.device() || hb.user != *self.user() {
-            return Err(ClientError::Local(
-                "the history bundle names other devices than it was sealed between".into(),
-            ));
-        }
-        // every message checked before any is kept
-        let mut checked = Vec::new();
-        for r in hb.rooms {
-            for m in r.messages {
-                let h = message::peek_header(&m.envelope)?;
-                let id = h.id.to_hex();
-                let bad = |reason: String| ClientError::BadMessage {
-                    id: id.clone(),
-                    reason,
-                };
-                if h.room != r.room || h.v != 2 {
-                    return Err(bad("not a message of that MLS room".into()));
-                }
-                let sender = self.cert_of(&h.device).await?;
-                if sender.user != h.sender {
-                    return Err(bad("the header names another user than the device's".into()));
-                }
-                let vk = cloister_crypto::keys::VerifyKey::from_bytes(&sender.sign_pk.0)?;
-                let att = cloister_proto::vault::Attribution {
-                    header: m.envelope.header.clone(),
-                    sig: m.envelope.sig,
-                    franking_key: m.franking_key,
-                    plaintext: m.plaintext.clone(),
-                };
-                message::verify_attribution(
-                    &vk,
-                    &att,
-                    &cloister_crypto::sha256(m.envelope.ciphertext.as_slice()),
-                )
-                .map_err(|e| bad(format!("not attributable to its sender: {e}")))?;
-                checked.push((r.room, m));
-            }
-        }
-        let mut g = self.mls_state().await?;
-        let st = g
-            .as_mut()
-            .ok_or_else(|| ClientError::Local("no MLS state".into()))?;
-        let mut new = 0;
-        for (room, m) in checked {
-            if st.seen.get(&room).is_some_and(|s| s.contains_key(&m.seq)) {
-                continue;
-            }
-            self.keep_seen(st, &room, m)?;
-            new += 1;
-        }
-        Ok(new)
     }
 }
