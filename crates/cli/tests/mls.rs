@@ -268,6 +268,38 @@ async fn an_insider_with_a_patched_client_is_refused_by_the_server() {
     assert!(msg.contains("eve@acme"), "{msg}");
     drop(forged);
 
+    // mallet's own second device, revoked: adding it back is refused
+    let code = w
+        .admin
+        .admin_add_user(&mallet.user, false)
+        .await
+        .unwrap()
+        .code;
+    let mallet2 = RawDevice::enrol(&w, &mallet.user, &code).await;
+    let kp2 = raw_member(&w, &mallet2).key_packages(1).unwrap();
+    w.admin
+        .admin_revoke_device(&mallet2.keys.device_id())
+        .await
+        .unwrap();
+    let honest_members = Expected {
+        binding,
+        members: state.members.clone(),
+        barred: Default::default(),
+    };
+    let revoked_add = m_mls.commit(&room, &kp2, &[], &honest_members).unwrap();
+    let r = post(
+        &mallet,
+        &rpath("/commits"),
+        &PostCommit {
+            commit: Bytes(revoked_add.commit.clone()),
+            welcome: revoked_add.welcome.clone().map(Bytes),
+        },
+    )
+    .await;
+    let msg = expect_error(r, 403, "commit_refused").await;
+    assert!(msg.contains("revoked"), "{msg}");
+    drop(revoked_add);
+
     // a commit bound to a log entry that is not the head
     let old = Expected {
         binding: LogBinding {

@@ -211,8 +211,9 @@ impl Client {
                 b.seq
             )));
         }
-        // only leaves already in the group: revocation is final, so a removal
-        // the server judged justified still is; adds were judged at ordering
+        // the KM's word on this firm's devices: a removal it justifies, an
+        // add of a revoked device it refuses (a server that orders one is
+        // reported by the caller)
         Ok(Expected {
             binding: b,
             members: state.members.clone(),
@@ -328,8 +329,10 @@ impl Client {
                     continue;
                 }
                 let binding = cloister_mls::rules::peek_binding(c.commit.as_slice());
-                let roster = st.member.roster(room).map_err(mls_err)?;
-                let expected = self.expected_at(room, binding, &roster).await?;
+                // the leaves it touches: those in the group, and those it adds
+                let mut leaves = st.member.roster(room).map_err(mls_err)?;
+                leaves.extend(cloister_mls::rules::added_leaves(c.commit.as_slice()));
+                let expected = self.expected_at(room, binding, &leaves).await?;
                 let r = st
                     .member
                     .process(room, c.commit.as_slice(), |_| Ok(expected))

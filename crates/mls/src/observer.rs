@@ -166,17 +166,9 @@ impl Observed {
     /// The devices a commit (not yet applied) brings in, read without
     /// verifying: only to look up their standing before the check.
     pub fn added_devices(commit: &[u8]) -> Vec<DeviceId> {
-        let Ok(msg) = MlsMessage::from_bytes(commit) else {
-            return Vec::new();
-        };
-        msg.proposals_by_value()
+        rules::added_leaves(commit)
             .into_iter()
-            .filter_map(|p| match p {
-                mls_rs::group::proposal::Proposal::Add(a) => {
-                    rules::existing_owner(a.signing_identity()).map(|(_, d)| d)
-                }
-                _ => None,
-            })
+            .map(|l| l.device)
             .collect()
     }
 

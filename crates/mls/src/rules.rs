@@ -66,6 +66,25 @@ impl LogBinding {
     }
 }
 
+/// The leaves a commit (not yet applied) adds, read without verifying:
+/// only to look up their standing before the check (index 0: unknown).
+pub fn added_leaves(commit: &[u8]) -> Vec<Leaf> {
+    let Ok(msg) = MlsMessage::from_bytes(commit) else {
+        return Vec::new();
+    };
+    msg.proposals_by_value()
+        .into_iter()
+        .filter_map(|p| match p {
+            Proposal::Add(a) => existing_owner(a.signing_identity()).map(|(user, device)| Leaf {
+                index: 0,
+                user,
+                device,
+            }),
+            _ => None,
+        })
+        .collect()
+}
+
 /// The log entry a commit names, read without verifying (only to know which
 /// entry to check it against).
 pub fn peek_binding(commit: &[u8]) -> Option<LogBinding> {
