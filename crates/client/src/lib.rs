@@ -130,6 +130,31 @@ pub struct Received {
     pub attribution: cloister_proto::vault::Attribution,
 }
 
+impl Received {
+    /// A message whose header, content and attribution passed every check.
+    pub(crate) fn of(
+        seq: u64,
+        room: RoomId,
+        h: MessageHeader,
+        content: Content,
+        attribution: cloister_proto::vault::Attribution,
+    ) -> Received {
+        Received {
+            seq,
+            id: h.id,
+            room,
+            epoch: h.epoch,
+            sender: h.sender,
+            device: h.device,
+            ts: h.ts,
+            content,
+            counter: h.counter,
+            after: h.after,
+            attribution,
+        }
+    }
+}
+
 /// A room's verified state and the entries it was built from (kept,
 /// sealed, across runs: the past a server showed once cannot be changed).
 #[derive(serde::Serialize, serde::Deserialize)]

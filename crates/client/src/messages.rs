@@ -186,19 +186,7 @@ impl Client {
             .ok_or_else(|| ClientError::Local("no key".into()))?;
         let (content, attribution) =
             message::decrypt_attributed(key, &h, env).map_err(|e| bad(id, e.to_string()))?;
-        Ok(Received {
-            seq,
-            id: h.id,
-            room: *room,
-            epoch: h.epoch,
-            sender: h.sender,
-            device: h.device,
-            ts: h.ts,
-            content,
-            counter: h.counter,
-            after: h.after,
-            attribution,
-        })
+        Ok(Received::of(seq, *room, h, content, attribution))
     }
 
     /// One page of history (oldest first), each message verified and decrypted.

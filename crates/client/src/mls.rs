@@ -59,24 +59,13 @@ impl Seen {
         let h = message::peek_header(&self.envelope)?;
         let content = serde_json::from_slice(self.plaintext.as_slice())
             .map_err(|_| ClientError::Local("unreadable stored message".into()))?;
-        Ok(Received {
-            seq: self.seq,
-            id: h.id,
-            room: *room,
-            epoch: h.epoch,
-            sender: h.sender,
-            device: h.device,
-            ts: h.ts,
-            content,
-            counter: h.counter,
-            after: h.after,
-            attribution: cloister_proto::vault::Attribution {
-                header: self.envelope.header.clone(),
-                sig: self.envelope.sig,
-                franking_key: self.franking_key,
-                plaintext: self.plaintext.clone(),
-            },
-        })
+        let attribution = cloister_proto::vault::Attribution {
+            header: self.envelope.header.clone(),
+            sig: self.envelope.sig,
+            franking_key: self.franking_key,
+            plaintext: self.plaintext.clone(),
+        };
+        Ok(Received::of(self.seq, *room, h, content, attribution))
     }
 }
 

@@ -4,6 +4,28 @@
 use super::*;
 
 impl Km {
+    /// Record a refused key release (before the refusal is answered).
+    async fn refuse_keys(
+        &self,
+        cert: &DeviceCert,
+        room: &RoomId,
+        epochs: &[u64],
+        reason: String,
+    ) -> Result<(), Denied> {
+        self.record(
+            Some(&cert.user),
+            AuditEvent::KeyRefused {
+                room: *room,
+                epochs: epochs.to_vec(),
+                user: cert.user.clone(),
+                device: cert.device,
+                reason,
+            },
+        )
+        .await?;
+        Ok(())
+    }
+
     /// Blind-index keys per period (random, wrapped under the TMK), sealed to the device.
     pub(crate) async fn index_keys(
         &self,
@@ -209,17 +231,8 @@ impl Km {
         // An MLS room's keys are agreed by its members' devices; the KM
         // makes none (ADR 0028).
         if state.settings.mode == cloister_proto::room::RoomMode::Mls {
-            self.record(
-                Some(&cert.user),
-                AuditEvent::KeyRefused {
-                    room: *room,
-                    epochs: epochs.to_vec(),
-                    user: cert.user.clone(),
-                    device: cert.device,
-                    reason: "mls_room".into(),
-                },
-            )
-            .await?;
+            self.refuse_keys(cert, room, epochs, "mls_room".into())
+                .await?;
             return Err(Denied::forbidden(
                 "mls_room",
                 format!(
@@ -247,17 +260,8 @@ impl Km {
                     format!("{} is not entitled to epoch {e} of room {room}", cert.user)
                 };
                 tracing::warn!(user = %cert.user, device = %cert.device, %room, epoch = e, "key release refused");
-                self.record(
-                    Some(&cert.user),
-                    AuditEvent::KeyRefused {
-                        room: *room,
-                        epochs: epochs.to_vec(),
-                        user: cert.user.clone(),
-                        device: cert.device,
-                        reason: "not_entitled".into(),
-                    },
-                )
-                .await?;
+                self.refuse_keys(cert, room, epochs, "not_entitled".into())
+                    .await?;
                 return Err(Denied::forbidden("not_entitled", why));
             }
         }
@@ -268,17 +272,8 @@ impl Km {
             && let Err(w) = self.rules().may_hold_keys(&self.tenant, &state, &cert.user)
         {
             tracing::warn!(user = %cert.user, %room, "key release refused: {}", w.code());
-            self.record(
-                Some(&cert.user),
-                AuditEvent::KeyRefused {
-                    room: *room,
-                    epochs: epochs.to_vec(),
-                    user: cert.user.clone(),
-                    device: cert.device,
-                    reason: format!("{}: {w}", w.code()),
-                },
-            )
-            .await?;
+            self.refuse_keys(cert, room, epochs, format!("{}: {w}", w.code()))
+                .await?;
             return Err(Denied::forbidden(w.code(), w.to_string()));
         }
         // A room homed at another firm: its keys come from that firm's KM.
