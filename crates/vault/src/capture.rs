@@ -196,7 +196,7 @@ impl Vault {
                 "the envelope is sealed for another tenant",
             ));
         }
-        self.check_region(cert)?;
+        self.check_region(cert).await?;
         self.check_generation(env.generation).await?;
         // One capture of a message at a time: taken before its status is
         // read, so the status cannot change until this capture is done.

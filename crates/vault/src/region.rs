@@ -37,7 +37,24 @@ impl Vault {
     /// Whether this vault keeps the captures of a device certified in
     /// `theirs`: a pinned vault only its own jurisdiction's; the default
     /// vault everyone's but those of jurisdictions with their own vault.
-    pub(crate) fn check_region(&self, cert: &DeviceCert) -> Result<(), ApiError> {
+    ///
+    /// The default vault learns the pinned jurisdictions from the deny
+    /// list; a certificate issued since that list was signed may name a
+    /// jurisdiction pinned since, so the list is pulled once first.
+    pub(crate) async fn check_region(&self, cert: &DeviceCert) -> Result<(), ApiError> {
+        let pinned_here = |j: &String| self.pinned.read().map(|p| p.contains(j)).unwrap_or(true);
+        if self.jurisdiction().is_empty()
+            && !cert.jurisdiction.is_empty()
+            && !pinned_here(&cert.jurisdiction)
+        {
+            let as_of = self.deny.read().ok().and_then(|d| d.as_of_ms());
+            let issued_ms = cert.issued_at.saturating_add(1).saturating_mul(1000);
+            if as_of.is_none_or(|t| issued_ms > t) {
+                if let Err(e) = self.pull_deny_list().await {
+                    tracing::warn!("vault deny list not refreshed: {e}");
+                }
+            }
+        }
         let mine = self.jurisdiction();
         let theirs = &cert.jurisdiction;
         let wrong = |why: String| ApiError::forbidden("wrong_vault", why);
@@ -55,13 +72,7 @@ impl Vault {
             }
             return Ok(());
         }
-        if !theirs.is_empty()
-            && self
-                .pinned
-                .read()
-                .map(|p| p.contains(theirs))
-                .unwrap_or(true)
-        {
+        if !theirs.is_empty() && pinned_here(theirs) {
             return Err(wrong(format!(
                 "captures of users in {theirs} go to that jurisdiction's own vault, not this one"
             )));
