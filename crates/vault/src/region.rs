@@ -49,10 +49,10 @@ impl Vault {
         {
             let as_of = self.deny.read().ok().and_then(|d| d.as_of_ms());
             let issued_ms = cert.issued_at.saturating_add(1).saturating_mul(1000);
-            if as_of.is_none_or(|t| issued_ms > t) {
-                if let Err(e) = self.pull_deny_list().await {
-                    tracing::warn!("vault deny list not refreshed: {e}");
-                }
+            if as_of.is_none_or(|t| issued_ms > t)
+                && let Err(e) = self.pull_deny_list().await
+            {
+                tracing::warn!("vault deny list not refreshed: {e}");
             }
         }
         let mine = self.jurisdiction();
