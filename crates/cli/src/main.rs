@@ -134,7 +134,12 @@ enum Cmd {
     #[command(subcommand)]
     Witness(witness_cmd::WitnessCmd),
     /// Open (or create) the 1:1 conversation with USER; prints its room id.
-    Im { user: String },
+    /// A new IM is managed unless a firm's policy requires MLS (or --mode).
+    Im {
+        user: String,
+        #[arg(long, value_parser = room_cmd::parse_mode)]
+        mode: Option<cloister_proto::room::RoomMode>,
+    },
     /// Send a message or a file.
     Send {
         room: String,
@@ -371,9 +376,9 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Cmd::Compliance(cc) => compliance_cmd::compliance_cmd(&ctx, cc).await?,
         Cmd::Export(ec) => compliance_cmd::export_cmd(&ctx, ec)?,
         Cmd::Audit(ac) => audit_cmd::audit_cmd(&ctx, ac).await?,
-        Cmd::Im { user } => {
+        Cmd::Im { user, mode } => {
             let c = ctx.client()?;
-            let room = c.im(&parse(&user)?).await?;
+            let room = c.im_with_mode(&parse(&user)?, mode).await?;
             ctx.emit(room.to_hex(), json!({"room": room}));
         }
         Cmd::Send { room, text, file } => {

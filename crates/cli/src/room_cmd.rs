@@ -123,7 +123,7 @@ pub enum RoomCmd {
     },
 }
 
-fn parse_mode(s: &str) -> Result<RoomMode, String> {
+pub(crate) fn parse_mode(s: &str) -> Result<RoomMode, String> {
     match s {
         "managed" => Ok(RoomMode::Managed),
         "mls" => Ok(RoomMode::Mls),

@@ -230,6 +230,13 @@ impl Client {
             })
     }
 
+    /// Read the firms our KM trusts from it again now (they are otherwise
+    /// cached for a minute): a trust removed takes effect on this device
+    /// at once. Returns how many partner firms it trusts.
+    pub async fn refresh_trust(&self) -> Result<usize> {
+        Ok(self.partner_map(true).await?.len())
+    }
+
     /// [`Self::firm_keys`], with the partner list fetched from the KM again.
     pub(crate) async fn fresh_firm_keys(&self) -> Result<HashMap<TenantId, [u8; 32]>> {
         let mut m = self.partner_map(true).await?;

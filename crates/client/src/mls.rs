@@ -70,10 +70,14 @@ impl Seen {
 }
 
 impl Client {
-    /// This device's MLS side, loaded on first use.
+    /// This device's MLS side, loaded on first use, trusting the firms our
+    /// KM trusts now (a partner pinned since, or one no longer trusted).
     pub(crate) async fn mls_state(&self) -> Result<tokio::sync::MutexGuard<'_, Option<MlsState>>> {
+        let firms = self.firm_keys().await?;
         let mut g = self.mls.lock().await;
-        if g.is_none() {
+        if let Some(st) = g.as_ref() {
+            st.member.identity().trust(firms);
+        } else {
             let store = match self.home.load_sealed(MLS_STATE) {
                 Some(b) => {
                     DeviceStore::import(&b).map_err(|e| ClientError::Local(e.to_string()))?
@@ -86,7 +90,7 @@ impl Client {
                     seen.entry(r.room).or_default().insert(r.seen.seq, r.seen);
                 }
             }
-            let identity = cloister_mls::KmIdentity::new(self.firm_keys().await?);
+            let identity = cloister_mls::KmIdentity::new(firms);
             let cert = self
                 .cert
                 .lock()
@@ -275,6 +279,8 @@ impl Client {
     /// Welcome if it holds no state yet, then apply each ordered commit
     /// after checking it against the log.
     pub async fn mls_sync(&self, room: &RoomId) -> Result<u64> {
+        let members = self.with_state(room, false, |s| s.members.clone()).await?;
+        self.know_firms_of(&members).await;
         let mut g = self.mls_state().await?;
         let st = g
             .as_mut()
@@ -343,12 +349,25 @@ impl Client {
         }
     }
 
+    /// Learn the KM keys of the members' firms our KM trusts, asking it
+    /// again for a firm not in the cached list (pinned since). A firm it
+    /// does not trust stays unknown: its leaves are then refused.
+    async fn know_firms_of(&self, members: &std::collections::BTreeSet<cloister_proto::UserId>) {
+        let firms: std::collections::BTreeSet<_> = members.iter().map(|u| u.tenant()).collect();
+        for firm in firms {
+            if let Err(e) = self.firm_key(&firm).await {
+                tracing::warn!(%firm, "a member's firm is not trusted: {e}");
+            }
+        }
+    }
+
     /// Make the group match the log: add the devices of members that hold
     /// no leaf, remove the leaves of users who are no longer members.
     pub async fn mls_reconcile(&self, room: &RoomId) -> Result<()> {
         for _ in 0..4 {
             self.mls_sync(room).await?;
             let state = self.current_state(room, true).await?;
+            self.know_firms_of(&state.members).await;
             let mut g = self.mls_state().await?;
             let st = g
                 .as_mut()
@@ -398,6 +417,7 @@ impl Client {
         for _ in 0..3 {
             self.mls_sync(room).await?;
             let state = self.current_state(room, true).await?;
+            self.know_firms_of(&state.members).await;
             let mut g = self.mls_state().await?;
             let st = g
                 .as_mut()

@@ -2,6 +2,7 @@
 //! (kept across runs), names, and membership changes.
 
 use super::*;
+use cloister_proto::room::RoomMode;
 
 impl Client {
     /// A device certificate, fetched from the server and verified against the pinned KM key.
@@ -330,8 +331,15 @@ impl Client {
         Ok(room)
     }
 
-    /// Open (creating if needed) the 1:1 conversation with `other`.
+    /// Open (creating if needed) the 1:1 conversation with `other`. A new
+    /// one is managed unless a firm's policy requires MLS, then MLS.
     pub async fn im(&self, other: &UserId) -> Result<RoomId> {
+        self.im_with_mode(other, None).await
+    }
+
+    /// [`Self::im`], creating a new IM in `mode` (`None`: as the firms'
+    /// policies allow, managed first). An existing IM keeps its mode.
+    pub async fn im_with_mode(&self, other: &UserId, mode: Option<RoomMode>) -> Result<RoomId> {
         if other == self.user() {
             return Err(ClientError::Input("cannot open an IM with yourself".into()));
         }
@@ -355,13 +363,31 @@ impl Client {
                 Ok(room)
             }
             Err(ClientError::Api(a)) if a.code == "no_such_room" => {
-                let action = Action::Create {
+                let create = |mode: RoomMode| Action::Create {
                     kind: RoomKind::Im,
-                    settings: RoomSettings::default(),
+                    settings: RoomSettings {
+                        mode,
+                        ..RoomSettings::default()
+                    },
                     members: vec![other.clone()],
                 };
-                match self.append(&room, action).await {
-                    Ok(_) => Ok(room),
+                let first = mode.unwrap_or(RoomMode::Managed);
+                let mut created = self.append(&room, create(first)).await.map(|_| first);
+                if mode.is_none()
+                    && matches!(&created, Err(ClientError::Api(a)) if a.code == "room_mode")
+                {
+                    // a firm's policy requires end-to-end rooms
+                    created = self
+                        .append(&room, create(RoomMode::Mls))
+                        .await
+                        .map(|_| RoomMode::Mls);
+                }
+                match created {
+                    Ok(RoomMode::Mls) => {
+                        self.mls_create(&room).await?;
+                        Ok(room)
+                    }
+                    Ok(RoomMode::Managed) => Ok(room),
                     // the other side created it at the same moment
                     Err(ClientError::Api(a)) if a.code == "log_conflict" => Ok(room),
                     Err(e) => Err(e),

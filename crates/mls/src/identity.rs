@@ -18,7 +18,7 @@ use mls_rs::time::MlsTime;
 use mls_rs::{ExtensionList, IdentityProvider};
 use mls_rs_core::identity::MemberValidationContext;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 /// Why a leaf's credential is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -73,18 +73,45 @@ pub fn signed_cert_of(credential: &Credential) -> Result<SignedCert, CredentialE
     })
 }
 
+/// The device a credential names, read without checking its certificate.
+fn claimed_device(identity: &SigningIdentity) -> Result<DeviceId, CredentialError> {
+    let signed = signed_cert_of(&identity.credential)?;
+    serde_json::from_slice::<DeviceCert>(&signed.body.0)
+        .map(|c| c.device)
+        .map_err(|_| CredentialError::NotACertificate)
+}
+
 /// Validates leaves against the KM keys a device (or the server) pinned:
-/// its own tenant's and, for rooms between firms, its partners'.
+/// its own tenant's and, for rooms between firms, its partners'. Clones
+/// share the keys, so a device that learns of a newly trusted firm (or of
+/// a trust removed) updates every group of its client at once.
 #[derive(Clone, Debug, Default)]
 pub struct KmIdentity {
-    keys: Arc<BTreeMap<TenantId, [u8; 32]>>,
+    keys: Arc<RwLock<BTreeMap<TenantId, [u8; 32]>>>,
 }
 
 impl KmIdentity {
     pub fn new(keys: impl IntoIterator<Item = (TenantId, [u8; 32])>) -> Self {
         KmIdentity {
-            keys: Arc::new(keys.into_iter().collect()),
+            keys: Arc::new(RwLock::new(keys.into_iter().collect())),
         }
+    }
+
+    /// Trust exactly these firms' KM keys from now on.
+    pub fn trust(&self, keys: impl IntoIterator<Item = (TenantId, [u8; 32])>) {
+        let keys: BTreeMap<_, _> = keys.into_iter().collect();
+        if let Ok(mut k) = self.keys.write() {
+            *k = keys;
+        }
+    }
+
+    /// Whether `tenant`'s KM is one of the trusted firms.
+    pub fn trusts(&self, tenant: &TenantId) -> bool {
+        self.key_of(tenant).is_some()
+    }
+
+    fn key_of(&self, tenant: &TenantId) -> Option<[u8; 32]> {
+        self.keys.read().ok().and_then(|k| k.get(tenant).copied())
     }
 
     /// The verified certificate of a leaf: KM signature under the pinned
@@ -96,10 +123,9 @@ impl KmIdentity {
             .map_err(|_| CredentialError::NotACertificate)?
             .tenant;
         let km = self
-            .keys
-            .get(&tenant)
+            .key_of(&tenant)
             .ok_or_else(|| CredentialError::UntrustedTenant(tenant.to_string()))?;
-        let cert = cloister_crypto::signed::verify_cert(km, &signed)
+        let cert = cloister_crypto::signed::verify_cert(&km, &signed)
             .map_err(|_| CredentialError::BadSignature)?;
         if identity.signature_key.as_bytes() != cert.sign_pk.0.as_slice() {
             return Err(CredentialError::KeyMismatch);
@@ -146,7 +172,10 @@ impl IdentityProvider for KmIdentity {
         identity: &SigningIdentity,
         _extensions: &ExtensionList,
     ) -> Result<Vec<u8>, Self::Error> {
-        Ok(self.device(identity)?.0.to_vec())
+        // Only the device a leaf names: every leaf was validated (above)
+        // when it entered the group, and a leaf of a firm no longer trusted
+        // must still be found to be removed.
+        Ok(claimed_device(identity)?.0.to_vec())
     }
 
     fn valid_successor(
@@ -155,8 +184,9 @@ impl IdentityProvider for KmIdentity {
         successor: &SigningIdentity,
         _extensions: &ExtensionList,
     ) -> Result<bool, Self::Error> {
-        // A renewed certificate is fine; another device is not.
-        Ok(self.device(predecessor)? == self.device(successor)?)
+        // A renewed certificate is fine; another device is not (the
+        // successor itself is validated as any new leaf).
+        Ok(claimed_device(predecessor)? == claimed_device(successor)?)
     }
 
     fn supported_types(&self) -> Vec<CredentialType> {

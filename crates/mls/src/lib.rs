@@ -27,7 +27,7 @@ pub use observer::{Observed, Observer};
 pub use rules::{Change, CommitRefusal, Expected, Leaf, LogBinding};
 pub use storage::DeviceStore;
 
-use cloister_proto::DeviceId;
+use cloister_proto::{DeviceId, TenantId};
 use mls_rs::CipherSuite;
 use mls_rs_crypto_rustcrypto::RustCryptoProvider;
 
@@ -51,6 +51,10 @@ pub enum Error {
     NotInGroup(DeviceId),
     #[error("malformed {0}")]
     Malformed(&'static str),
+    #[error(
+        "the group holds devices of {0}, a firm this device's KM does not trust (now): nothing is sent to or read from it until its users leave the room"
+    )]
+    Untrusted(TenantId),
     #[error("MLS: {0}")]
     Mls(String),
 }

@@ -156,6 +156,11 @@ impl Member {
         &self.store
     }
 
+    /// The firms whose certificates this device's groups accept.
+    pub fn identity(&self) -> &KmIdentity {
+        &self.identity
+    }
+
     pub fn device(&self) -> DeviceId {
         self.device
     }
@@ -332,8 +337,20 @@ impl Member {
     }
 
     /// Encrypt application data for the group's current epoch.
+    /// Refused while the group holds a leaf of a firm this device no
+    /// longer trusts (a trust removed after it joined).
     pub fn encrypt(&self, room: &RoomId, data: &[u8], aad: &[u8]) -> Result<(u64, Vec<u8>), Error> {
         let mut g = self.load(room)?;
+        let untrusted = g
+            .roster()
+            .members_iter()
+            .filter_map(|m| rules::existing_owner(m.signing_identity()))
+            .map(|(user, _)| user.tenant())
+            .find(|t| !self.identity.trusts(t));
+        if let Some(t) = untrusted {
+            self.keep(room, g);
+            return Err(Error::Untrusted(t));
+        }
         let epoch = g.current_epoch();
         let msg = g
             .encrypt_application_message(data, aad.to_vec())
@@ -386,6 +403,12 @@ impl Member {
             ReceivedMessage::ApplicationMessage(app) => {
                 let (user, device) =
                     sender_of(&g, app.sender_index).ok_or(Error::Malformed("sender leaf"))?;
+                if !self.identity.trusts(&user.tenant()) {
+                    // the key is spent either way: keep the advanced tree
+                    g.write_to_storage().map_err(Error::mls)?;
+                    self.keep(room, g);
+                    return Err(Error::Untrusted(user.tenant()));
+                }
                 // The secret tree advanced: the used key is gone from storage too.
                 g.write_to_storage().map_err(Error::mls)?;
                 self.keep(room, g);

@@ -36,8 +36,8 @@ pub enum Refusal {
         "{0} is a guest: guests take part only in rooms the firm's users put them in (they create, join and invite nothing)"
     )]
     Guest(UserId),
-    #[error("the firm's policy: new rooms {0}")]
-    Mode(&'static str),
+    #[error("{user}'s firm {why}")]
+    Mode { user: UserId, why: &'static str },
 }
 
 impl Refusal {
@@ -47,7 +47,7 @@ impl Refusal {
             Refusal::Missing { .. } => "entitlement",
             Refusal::Walled(_) => "barrier",
             Refusal::Guest(_) => "guest",
-            Refusal::Mode(_) => "room_mode",
+            Refusal::Mode { .. } => "room_mode",
         }
     }
 }
@@ -137,17 +137,6 @@ impl Rules {
                 if settings.public {
                     self.require(&st.actor_user, Entitlement::CreatePublicRooms)?;
                 }
-                use cloister_proto::controls::MlsPolicy;
-                use cloister_proto::room::RoomMode;
-                match (self.mls, settings.mode) {
-                    (MlsPolicy::Required, RoomMode::Managed) => {
-                        return Err(Refusal::Mode("must be end-to-end (MLS) rooms (--mode mls)"));
-                    }
-                    (MlsPolicy::Forbidden, RoomMode::Mls) => {
-                        return Err(Refusal::Mode("may not be MLS rooms"));
-                    }
-                    _ => {}
-                }
             }
             Action::Settings { settings }
                 if own_actor && settings.public && !before.is_some_and(|b| b.settings.public) =>
@@ -166,6 +155,9 @@ impl Rules {
         }
         for j in joined {
             self.barriers.may_join(j, &after.members)?;
+            if j.tenant() == *firm {
+                self.fits_mode(j, after.settings.mode)?;
+            }
         }
         if shared_with_others(firm, after) {
             for m in after.members.iter().filter(|m| m.tenant() == *firm) {
@@ -173,6 +165,31 @@ impl Rules {
             }
         }
         Ok(())
+    }
+
+    /// The firm's MLS policy holds for every room (and IM) its users
+    /// join, whoever created it: `required`, end-to-end (MLS) rooms only;
+    /// `forbidden`, managed rooms only.
+    fn fits_mode(
+        &self,
+        user: &UserId,
+        mode: cloister_proto::room::RoomMode,
+    ) -> Result<(), Refusal> {
+        use cloister_proto::controls::MlsPolicy;
+        use cloister_proto::room::RoomMode;
+        let why = match (self.mls, mode) {
+            (MlsPolicy::Required, RoomMode::Managed) => {
+                "requires end-to-end (MLS) rooms: its users join no managed room (create it with --mode mls)"
+            }
+            (MlsPolicy::Forbidden, RoomMode::Mls) => {
+                "forbids MLS rooms: its users join only managed rooms"
+            }
+            _ => return Ok(()),
+        };
+        Err(Refusal::Mode {
+            user: user.clone(),
+            why,
+        })
     }
 
     /// May `user` (of `firm`) hold the keys of `room` now? Refused while a
@@ -304,6 +321,72 @@ mod tests {
         assert!(
             rules
                 .may_hold_keys(&acme, &before, &u("carol@acme"))
+                .is_ok()
+        );
+    }
+
+    /// A firm's MLS policy holds for every room its users join, whoever
+    /// created it; another firm's users are that firm's to judge.
+    #[test]
+    fn a_firms_mls_policy_holds_for_every_room_its_users_join() {
+        use cloister_proto::controls::MlsPolicy;
+        use cloister_proto::room::RoomMode;
+        let all = vec![Entitlement::CreateRooms, Entitlement::ExternalChat];
+        let with = |mls| {
+            Rules::new(&Controls {
+                version: 1,
+                default_entitlements: all.clone(),
+                mls,
+                ..Default::default()
+            })
+        };
+        let (acme, bank): (TenantId, TenantId) = ("acme".parse().unwrap(), "bank".parse().unwrap());
+        let before = state(&["alice@acme"]);
+        let add = |mode| {
+            let mut after = state(&["alice@acme", "bob@bank"]);
+            after.settings.mode = mode;
+            let st = Statement {
+                room: RoomId([1; 16]),
+                seq: 2,
+                prev: Fixed([0; 32]),
+                actor: DeviceId([2; 16]),
+                actor_user: u("alice@acme"),
+                ts: 1,
+                action: Action::Add {
+                    user: u("bob@bank"),
+                },
+                connections: Vec::new(),
+            };
+            (st, after)
+        };
+        let (st, mls_room) = add(RoomMode::Mls);
+        let (st2, managed_room) = add(RoomMode::Managed);
+        // bank forbids MLS: bob may not join acme's MLS room, but its
+        // managed one
+        let r = with(MlsPolicy::Forbidden)
+            .check_step(&bank, Some(&before), &st, &mls_room)
+            .unwrap_err();
+        assert_eq!(r.code(), "room_mode");
+        assert!(r.to_string().contains("bob@bank's firm forbids MLS"), "{r}");
+        assert!(
+            with(MlsPolicy::Forbidden)
+                .check_step(&bank, Some(&before), &st2, &managed_room)
+                .is_ok()
+        );
+        // bank requires MLS: the other way round
+        let r = with(MlsPolicy::Required)
+            .check_step(&bank, Some(&before), &st2, &managed_room)
+            .unwrap_err();
+        assert!(r.to_string().contains("requires end-to-end"), "{r}");
+        assert!(
+            with(MlsPolicy::Required)
+                .check_step(&bank, Some(&before), &st, &mls_room)
+                .is_ok()
+        );
+        // acme's policy does not judge bob (only acme's users joining)
+        assert!(
+            with(MlsPolicy::Forbidden)
+                .check_step(&acme, Some(&before), &st, &mls_room)
                 .is_ok()
         );
     }

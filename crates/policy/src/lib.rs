@@ -298,7 +298,13 @@ fn genesis(st: &Statement, hash: [u8; 32]) -> Result<RoomState, PolicyError> {
             if st.room != im_room_id(creator, other) {
                 return Err(PolicyError::BadIm);
             }
-            if *settings != RoomSettings::default() {
+            // An IM's settings are fixed; only its mode is chosen (the
+            // firms' MLS policies decide which one it may have).
+            let fixed = RoomSettings {
+                mode: settings.mode,
+                ..RoomSettings::default()
+            };
+            if *settings != fixed {
                 return Err(PolicyError::ImImmutable);
             }
         }

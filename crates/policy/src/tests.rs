@@ -272,6 +272,35 @@ fn ims_are_fixed() {
         ),
         Err(PolicyError::BadIm)
     );
+    // an IM's mode is chosen at creation; nothing else of its settings is
+    let mls = RoomSettings {
+        mode: cloister_proto::room::RoomMode::Mls,
+        ..Default::default()
+    };
+    let im = |settings: RoomSettings| {
+        run(
+            None,
+            room,
+            &a,
+            Action::Create {
+                kind: RoomKind::Im,
+                settings,
+                members: vec![b.user.clone()],
+            },
+        )
+    };
+    assert_eq!(
+        im(mls.clone()).unwrap().settings.mode,
+        cloister_proto::room::RoomMode::Mls
+    );
+    assert_eq!(
+        im(RoomSettings {
+            name: "side deal".into(),
+            ..mls
+        })
+        .unwrap_err(),
+        PolicyError::ImImmutable
+    );
 }
 
 #[test]

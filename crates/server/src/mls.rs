@@ -51,6 +51,7 @@ fn mls_error(e: cloister_mls::Error) -> ApiError {
         E::Refused(r) => ApiError::forbidden("commit_refused", r.to_string()),
         E::Malformed(what) => ApiError::bad_request("bad_mls", format!("malformed {what}")),
         E::Mls(m) => ApiError::bad_request("bad_mls", m),
+        E::Untrusted(_) => ApiError::forbidden("untrusted_firm", e.to_string()),
         E::NoGroup | E::NotInGroup(_) => ApiError::internal(e),
     }
 }
