@@ -144,7 +144,7 @@ pub(crate) async fn download(
         .and_then(Result::ok)
         .filter(|m| m.seq == seq)
         .ok_or_else(not_found)?;
-    let Content::File { name, .. } = &m.content else {
+    let Content::File { name, .. } = m.content.said() else {
         return Err(not_found());
     };
     let scratch = Scratch::new(&app).map_err(|e| {

@@ -58,8 +58,12 @@ pub(crate) fn render_message(app: &App, me: &str, m: View<'_>) -> Markup {
                 " "
                 time datetime=(m.ts) { (when) }
             }
-            @match m.content {
+            @if let Content::Relayed { from, network, .. } = &m.content {
+                p.relayed { "From " strong { (from) } " on " (network) ", relayed by the firm's gateway" }
+            }
+            @match m.content.said() {
                 Content::Text { text } => p.text { (text) },
+                Content::Relayed { .. } => p.text { "[relayed twice]" },
                 Content::File { name, size, sha256, .. } => p.file {
                     a href={ "/r/" (m.room) "/file/" (m.seq) } download=(name) { (name) }
                     " (" (size) " bytes) "
@@ -481,6 +485,7 @@ pub(crate) async fn create_room(
         } else {
             cloister_proto::room::RoomMode::Managed
         },
+        bridge: None,
     };
     match c.create_room(settings, &members).await {
         Ok(room) => Redirect::to(&format!("/r/{}", room.to_hex())).into_response(),

@@ -78,7 +78,7 @@ pub(crate) async fn people(
                         tbody {
                             @for r in rs {
                                 tr {
-                                    td { (r.user) @if r.surveillance { " (surveillance)" } @if r.inspection { " (malware scanner)" } }
+                                    td { (r.user) @if r.surveillance { " (surveillance)" } @if r.inspection { " (malware scanner)" } @if r.gateway { " (gateway: leaves end-to-end encryption)" } }
                                     td { code { (r.device) } }
                                     td { (r.epochs.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")) }
                                     td.ok { "✓ in the audit log, entry " (r.index) }

@@ -20,6 +20,10 @@ pub fn release_line(r: &cloister_client::KeyRelease) -> String {
         r.epochs,
         if r.surveillance {
             " SURVEILLANCE (not a member)"
+        } else if r.inspection {
+            " MALWARE SCANNER"
+        } else if r.gateway {
+            " GATEWAY (leaves end-to-end encryption)"
         } else {
             ""
         }

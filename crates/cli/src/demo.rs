@@ -13,6 +13,7 @@ use std::path::Path;
 mod controls;
 mod custody;
 mod firms;
+mod gateway;
 mod mls;
 
 struct Demo {
@@ -53,13 +54,16 @@ fn uid(s: &str) -> Result<UserId, BoxError> {
 }
 
 fn render(r: &Received) -> String {
-    match &r.content {
-        Content::Text { text } => format!("{} (epoch {}): {}", r.sender.name(), r.epoch, text),
-        Content::File { name, size, .. } => format!(
-            "{} (epoch {}): [file {name}, {size} bytes]",
-            r.sender.name(),
-            r.epoch
-        ),
+    let who = match &r.content {
+        Content::Relayed { from, network, .. } => format!("{from} (on {network}, via the gateway)"),
+        _ => r.sender.name().to_owned(),
+    };
+    match r.content.said() {
+        Content::Text { text } => format!("{who} (epoch {}): {}", r.epoch, text),
+        Content::File { name, size, .. } => {
+            format!("{who} (epoch {}): [file {name}, {size} bytes]", r.epoch)
+        }
+        Content::Relayed { .. } => format!("{who}: [relayed twice]"),
     }
 }
 
@@ -653,6 +657,20 @@ pub async fn run(data_dir: Option<&Path>, json: bool, tls: bool) -> Result<bool,
             alice: &alice,
             olivia: &olivia,
             custodians: &custodians,
+            dir: &dir,
+        },
+        &mut secrets,
+    )
+    .await?;
+
+    gateway::run(
+        &mut d,
+        gateway::Cast {
+            stack: &stack,
+            admin: &admin,
+            alice: &alice,
+            olivia: &olivia,
+            clients: &clients,
             dir: &dir,
         },
         &mut secrets,

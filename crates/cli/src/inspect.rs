@@ -143,7 +143,7 @@ impl Inspector {
                 }
             };
             for m in msgs.into_iter().flatten() {
-                let Content::File { sha256, name, .. } = &m.content else {
+                let Content::File { sha256, name, .. } = m.content.said() else {
                     continue;
                 };
                 if self.seen.contains(&m.id) {

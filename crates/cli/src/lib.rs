@@ -22,6 +22,7 @@ pub mod inspect;
 pub mod km_serve;
 pub mod limit_args;
 pub mod ops_args;
+pub mod synapse;
 pub mod tls_args;
 
 use cloister_crypto::passphrase::Cost;

@@ -9,6 +9,7 @@ mod controls_cmd;
 mod device_cmd;
 mod enrol_cmd;
 mod escrow_cmd;
+mod gateway_cmd;
 mod room_cmd;
 mod rotate_cmd;
 mod service_cmd;
@@ -133,6 +134,10 @@ enum Cmd {
     /// A transparency-log witness (cosigns checkpoints along one history).
     #[command(subcommand)]
     Witness(witness_cmd::WitnessCmd),
+    /// The firm's gateway to another network (run on the gateway user's
+    /// device; ADR 0029).
+    #[command(subcommand)]
+    Gateway(gateway_cmd::GatewayCmd),
     /// Open (or create) the 1:1 conversation with USER; prints its room id.
     /// A new IM is managed unless a firm's policy requires MLS (or --mode).
     Im {
@@ -250,24 +255,35 @@ async fn resolve_room(c: &Client, s: &str) -> Result<RoomId, BoxError> {
 
 fn show(r: &Received) -> String {
     let when = r.ts / 1000;
-    let body = match &r.content {
+    let body = match r.content.said() {
         Content::Text { text } => text.clone(),
         Content::File { name, size, .. } => format!(
             "[file {name}, {size} bytes; cloister get-file {} {}]",
             r.room, r.seq
         ),
+        Content::Relayed { .. } => "[relayed twice]".into(),
     };
-    format!(
-        "#{:<6} epoch {} {} {}: {}",
-        r.seq, r.epoch, when, r.sender, body
-    )
+    let who = match &r.content {
+        Content::Relayed { from, network, .. } => {
+            format!("{from} (on {network}, via {})", r.sender)
+        }
+        _ => r.sender.to_string(),
+    };
+    format!("#{:<6} epoch {} {} {}: {}", r.seq, r.epoch, when, who, body)
 }
 
 fn received_json(r: &Received) -> serde_json::Value {
-    let content = match &r.content {
+    let mut content = match r.content.said() {
         Content::Text { text } => json!({"type": "text", "text": text}),
         Content::File { name, size, .. } => json!({"type": "file", "name": name, "size": size}),
+        Content::Relayed { .. } => json!({"type": "relayed"}),
     };
+    if let Content::Relayed {
+        network, from, id, ..
+    } = &r.content
+    {
+        content["relayed"] = json!({"network": network, "from": from, "id": id});
+    }
     json!({"seq": r.seq, "id": r.id.to_hex(), "room": r.room.to_hex(), "epoch": r.epoch,
            "sender": r.sender, "device": r.device.to_hex(), "ts": r.ts, "verified": true, "content": content})
 }
@@ -341,6 +357,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         Cmd::Device(dc) => device_cmd::device_cmd(&ctx, dc).await?,
         Cmd::Vault(vc) => compliance_cmd::vault_cmd(&ctx, vc).await?,
         Cmd::Witness(wc) => witness_cmd::witness_cmd(&ctx, wc).await?,
+        Cmd::Gateway(gc) => gateway_cmd::gateway_cmd(&ctx, gc).await?,
         Cmd::Directory(dc) => controls_cmd::directory_cmd(&ctx, dc).await?,
         Cmd::Connect(cc) => connect_cmd::connect_cmd(&ctx, cc).await?,
         Cmd::Entitlements => controls_cmd::entitlements_cmd(&ctx).await?,

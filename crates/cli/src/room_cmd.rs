@@ -42,6 +42,18 @@ pub enum RoomCmd {
         #[arg(long, default_value = "managed", value_parser = parse_mode)]
         mode: RoomMode,
     },
+    /// A bridged room: talk with CONTACT on NETWORK (`matrix`) through the
+    /// firm's gateway (needs the `federation` entitlement).
+    Bridge {
+        network: String,
+        contact: String,
+        /// The firm's gateway user (default: gateway@<your firm>).
+        #[arg(long)]
+        gateway: Option<String>,
+        /// More of the firm's users in the conversation.
+        #[arg(long = "member")]
+        members: Vec<String>,
+    },
     /// MLS room: bring this device's group up to date and make it match
     /// the membership (add new devices of members, remove leaves that must
     /// go); prints the epoch and the devices holding a leaf.
@@ -179,8 +191,28 @@ pub async fn room_cmd(ctx: &Ctx, rc: RoomCmd) -> Result<(), BoxError> {
                 max_members,
                 external,
                 mode,
+                bridge: None,
             };
             let room = c.create_room(settings, &members).await?;
+            ctx.emit(room.to_hex(), json!({"room": room}));
+        }
+        RoomCmd::Bridge {
+            network,
+            contact,
+            gateway,
+            members,
+        } => {
+            let gateway = match gateway {
+                Some(g) => parse(&g)?,
+                None => parse(&format!("gateway@{}", c.user().tenant()))?,
+            };
+            let members = members
+                .iter()
+                .map(|m| parse(m))
+                .collect::<Result<Vec<UserId>, _>>()?;
+            let room = c
+                .open_bridge(&network, &contact, &gateway, &members)
+                .await?;
             ctx.emit(room.to_hex(), json!({"room": room}));
         }
         RoomCmd::Sync { room } => {

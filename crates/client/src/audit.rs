@@ -15,6 +15,8 @@ pub struct KeyRelease {
     pub surveillance: bool,
     /// Released to the firm's malware scanner.
     pub inspection: bool,
+    /// Released to the firm's gateway to another network.
+    pub gateway: bool,
 }
 
 impl Client {
@@ -313,6 +315,7 @@ impl Client {
                     device,
                     surveillance,
                     inspection,
+                    gateway,
                     ..
                 } if r == *room => {
                     out.push(KeyRelease {
@@ -323,6 +326,7 @@ impl Client {
                         epochs,
                         surveillance,
                         inspection,
+                        gateway,
                     });
                 }
                 _ => {

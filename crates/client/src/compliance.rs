@@ -155,9 +155,9 @@ impl Client {
             })
             .await?;
         let ct_sha = cloister_crypto::sha256(env.ciphertext.as_slice());
-        let attachments = match content {
+        let attachments = match content.said() {
             Content::File { sha256, .. } => vec![*sha256],
-            Content::Text { .. } => vec![],
+            _ => vec![],
         };
         let sender_cert = if received {
             self.signed_cert_of(&h.device).await?
@@ -180,9 +180,10 @@ impl Client {
             // what the firm's flagging policies say of it (a blocked one
             // never got here); a device without the policies records none
             dlp_flags: match self.dlp().await {
-                Ok(d) => match content {
+                Ok(d) => match content.said() {
                     Content::Text { text } => d.check_text(text).flags,
                     Content::File { name, size, .. } => d.check_file(name, *size).flags,
+                    Content::Relayed { .. } => Vec::new(),
                 },
                 Err(_) => Vec::new(),
             },

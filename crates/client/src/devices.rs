@@ -15,6 +15,11 @@ impl Client {
             .unwrap_or_else(|_| self.profile.cert.clone())
     }
 
+    /// The roles this device's certificate carries.
+    pub fn roles(&self) -> Result<Vec<cloister_proto::km::Role>> {
+        Ok(signed::verify_cert(&self.profile.km_sign_pk.0, &self.cert())?.roles)
+    }
+
     /// This device's certificate, parsed: (issued at, not after), seconds.
     pub fn cert_validity(&self) -> Result<(u64, u64)> {
         let c = signed::verify_cert(&self.profile.km_sign_pk.0, &self.cert())?;

@@ -139,6 +139,32 @@ pub struct JsonLine {
     /// DLP policies that flagged the message (ids).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dlp_flags: Vec<String>,
+    /// Relayed by the firm's gateway from a contact on another network
+    /// (the sender is the gateway).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub relayed: Option<JsonRelayed>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JsonRelayed {
+    pub network: String,
+    /// The contact's address there.
+    pub from: String,
+    /// The network's id of the message.
+    pub id: String,
+}
+
+fn relayed_of(c: &Content) -> Option<JsonRelayed> {
+    match c {
+        Content::Relayed {
+            network, from, id, ..
+        } => Some(JsonRelayed {
+            network: network.clone(),
+            from: from.clone(),
+            id: id.clone(),
+        }),
+        _ => None,
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -231,9 +257,10 @@ fn eml(item: &ExportItem, envelope_sha256: &str, tenant: &str) -> Result<Vec<u8>
         .map(|p| Address::from(p.to_string()))
         .collect();
     let names: Vec<String> = e.participants.iter().map(|p| p.to_string()).collect();
-    let preview = match &e.content {
+    let preview = match e.content.said() {
         Content::Text { text } => text.lines().next().unwrap_or("").chars().take(60).collect(),
         Content::File { name, .. } => format!("file {name}"),
+        Content::Relayed { .. } => String::new(),
     };
     let mut m = MessageBuilder::new()
         .from(Address::from(e.sender.to_string()))
@@ -264,7 +291,15 @@ fn eml(item: &ExportItem, envelope_sha256: &str, tenant: &str) -> Result<Vec<u8>
     if !e.dlp_flags.is_empty() {
         m = m.header("X-Cloister-DLP-Flags", Raw::new(e.dlp_flags.join(", ")));
     }
-    match &e.content {
+    if let Some(r) = relayed_of(&e.content) {
+        // one header line each, whatever the network sent
+        let line = |v: String| Raw::new(v.chars().filter(|c| !c.is_control()).collect::<String>());
+        m = m
+            .header("X-Cloister-Relayed-Network", line(r.network))
+            .header("X-Cloister-Relayed-From", line(r.from))
+            .header("X-Cloister-Relayed-Id", line(r.id));
+    }
+    match e.content.said() {
         Content::Text { text } => m = m.text_body(text.clone()),
         Content::File {
             name, size, sha256, ..
@@ -282,6 +317,7 @@ fn eml(item: &ExportItem, envelope_sha256: &str, tenant: &str) -> Result<Vec<u8>
                 m = m.attachment("application/octet-stream", name.clone(), bytes.as_slice());
             }
         }
+        Content::Relayed { .. } => m = m.text_body("[relayed twice: not shown]"),
     }
     m.write_to_vec().map_err(|e| e.to_string())
 }
@@ -424,7 +460,7 @@ pub fn write(
             &mut files,
         )?;
         put(sealed_path.clone(), &it.sealed, &mut files)?;
-        let (text, file) = match &e.content {
+        let (text, file) = match e.content.said() {
             Content::Text { text } => (Some(text.clone()), None),
             Content::File {
                 name, size, sha256, ..
@@ -437,6 +473,7 @@ pub fn write(
                     included: it.attachment.is_some(),
                 }),
             ),
+            Content::Relayed { .. } => (None, None),
         };
         let line = JsonLine {
             message_id: e.message_id.to_string(),
@@ -455,6 +492,7 @@ pub fn write(
             log_index: it.entry.index,
             eml: eml_path.clone(),
             dlp_flags: e.dlp_flags.clone(),
+            relayed: relayed_of(&e.content),
         };
         serde_json::to_writer(&mut jsonl, &line).map_err(|e| e.to_string())?;
         jsonl.push(b'\n');
@@ -649,11 +687,18 @@ pub fn verify(dir: &Path, pinned_km: Option<[u8; 32]>) -> Result<VerifyReport, S
                 e.message_id
             )
         })?;
-        let text = match &content {
+        if relayed_of(&content) != line.relayed {
+            return Err(format!(
+                "TAMPERED: message {}: who it was relayed from differs from what was signed",
+                e.message_id
+            ));
+        }
+        let said = content.said();
+        let text = match said {
             Content::Text { text } => Some(text),
-            Content::File { .. } => None,
+            _ => None,
         };
-        let file_ok = match (&content, &line.file) {
+        let file_ok = match (said, &line.file) {
             (
                 Content::File {
                     name, size, sha256, ..

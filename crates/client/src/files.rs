@@ -5,6 +5,13 @@ use super::*;
 impl Client {
     /// Encrypt a file in chunks while uploading it, then send a message that carries its key.
     pub async fn send_file(&self, room: &RoomId, path: &Path) -> Result<(MessageId, u64)> {
+        let content = self.upload_file(room, path).await?;
+        self.send(room, &content).await
+    }
+
+    /// Encrypt and upload a file (after the firm's DLP rules on files); the
+    /// content that carries its key, for a message (`send`).
+    pub async fn upload_file(&self, room: &RoomId, path: &Path) -> Result<Content> {
         let meta = std::fs::metadata(path)
             .map_err(|e| ClientError::Input(format!("{}: {e}", path.display())))?;
         if !meta.is_file() {
@@ -59,7 +66,7 @@ impl Client {
             blob_sha256: Fixed(blob_sha),
             sha256: Fixed(sha),
         };
-        self.send(room, &content).await
+        Ok(content)
     }
 
     /// Download, verify and decrypt an attachment to `out` (written only if every check passes).
@@ -71,7 +78,7 @@ impl Client {
             sha256,
             size,
             ..
-        } = content
+        } = content.said()
         else {
             return Err(ClientError::Input("that message is not a file".into()));
         };

@@ -58,7 +58,7 @@ impl Client {
     /// infected (the reason is shown); otherwise downloaded, verified and
     /// decrypted to `out`.
     pub async fn open_file(&self, msg: &Received, out: &Path) -> Result<u64> {
-        let Content::File { name, sha256, .. } = &msg.content else {
+        let Content::File { name, sha256, .. } = msg.content.said() else {
             return Err(ClientError::Input("that message is not a file".into()));
         };
         for v in self.verdicts(&msg.room, &msg.id).await? {

@@ -184,8 +184,16 @@ impl Client {
         let key = keys
             .get(&h.epoch)
             .ok_or_else(|| ClientError::Local("no key".into()))?;
-        let (content, attribution) =
-            message::decrypt_attributed(key, &h, env).map_err(|e| bad(id, e.to_string()))?;
+        let (content, attribution) = message::decrypt_attributed(key, &h, env)
+            .map_err(|e| bad(id.clone(), e.to_string()))?;
+        if let Content::Relayed { network, from, .. } = &content {
+            // the bridge is fixed at creation: the state we hold names it
+            self.with_state(room, false, |st| {
+                cloister_policy::check_relayed(st, &cert.user, &cert.roles, network, from)
+            })
+            .await?
+            .map_err(|why| bad(id, why))?;
+        }
         Ok(Received::of(seq, *room, h, content, attribution))
     }
 

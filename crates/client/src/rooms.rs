@@ -331,6 +331,33 @@ impl Client {
         Ok(room)
     }
 
+    /// A bridged room: this user (and `members` of the firm) with `contact`
+    /// on `network`, through the firm's `gateway` user (ADR 0029).
+    pub async fn open_bridge(
+        &self,
+        network: &str,
+        contact: &str,
+        gateway: &UserId,
+        members: &[UserId],
+    ) -> Result<RoomId> {
+        let bridge = cloister_proto::room::Bridge {
+            network: network.to_owned(),
+            contact: contact.trim().to_owned(),
+            gateway: gateway.clone(),
+        };
+        if let Some(why) = bridge.malformed() {
+            return Err(ClientError::Input(why));
+        }
+        let mut all = vec![gateway.clone()];
+        all.extend(members.iter().filter(|m| *m != gateway).cloned());
+        let settings = RoomSettings {
+            name: format!("{} ({network})", bridge.contact),
+            bridge: Some(bridge),
+            ..RoomSettings::default()
+        };
+        self.create_room(settings, &all).await
+    }
+
     /// Open (creating if needed) the 1:1 conversation with `other`. A new
     /// one is managed unless a firm's policy requires MLS, then MLS.
     pub async fn im(&self, other: &UserId) -> Result<RoomId> {

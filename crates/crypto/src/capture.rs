@@ -110,9 +110,14 @@ pub fn tokens(index_key: &RoomKey, env: &AuditEnvelope) -> Vec<[u8; 16]> {
     for p in &env.participants {
         out.push(blind::token(index_key, Field::Participant, p.as_str()));
     }
-    let text = match &env.content {
+    // a contact on another network is a participant too
+    if let Content::Relayed { from, .. } = &env.content {
+        out.push(blind::token(index_key, Field::Participant, from));
+    }
+    let text = match env.content.said() {
         Content::Text { text } => text.as_str(),
         Content::File { name, .. } => name.as_str(),
+        Content::Relayed { .. } => "",
     };
     for w in blind::keywords(text) {
         out.push(blind::token(index_key, Field::Keyword, &w));

@@ -306,6 +306,7 @@ fn appends(c: &mut Criterion) {
             lease_until: 3,
             surveillance: false,
             inspection: false,
+            gateway: false,
         },
     };
     const N: u64 = 20_000;

@@ -240,6 +240,21 @@ impl Km {
                 ),
             ));
         }
+        // The firm's gateway reads the bridged rooms it is the gateway of,
+        // and nothing else.
+        if cert.roles.contains(&Role::Gateway)
+            && !cloister_policy::is_gateway_of(&state, &cert.user)
+        {
+            self.refuse_keys(cert, room, epochs, "not_bridged".into())
+                .await?;
+            return Err(Denied::forbidden(
+                "not_bridged",
+                format!(
+                    "{} is a gateway: it reads only the bridged rooms it is the gateway of, and room {room} is not one",
+                    cert.user
+                ),
+            ));
+        }
         // A surveillance role may read any existing epoch of a room of its
         // tenant; every such release is logged as one.
         // the firm's malware scanner reads files the same way, logged as such
@@ -308,6 +323,7 @@ impl Km {
                 lease_until,
                 surveillance: surveillance && !inspector,
                 inspection: surveillance && inspector,
+                gateway: cert.roles.contains(&Role::Gateway),
             },
         )
         .await?;

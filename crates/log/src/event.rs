@@ -90,6 +90,10 @@ pub enum AuditEvent {
         /// Released to the firm's malware scanner (inspector role).
         #[serde(default, skip_serializing_if = "std::ops::Not::not")]
         inspection: bool,
+        /// Released to the firm's gateway to another network (gateway
+        /// role): what it reads leaves end-to-end encryption.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        gateway: bool,
     },
     KeyRefused {
         room: RoomId,
@@ -435,6 +439,7 @@ mod tests {
                 lease_until: 9,
                 surveillance: false,
                 inspection: false,
+                gateway: false,
             },
         };
         let b = r.to_bytes().unwrap();

@@ -164,6 +164,11 @@ impl Rules {
                 self.require(m, Entitlement::ExternalChat)?;
             }
         }
+        if after.settings.bridge.is_some() {
+            for m in after.members.iter().filter(|m| m.tenant() == *firm) {
+                self.require(m, Entitlement::Federation)?;
+            }
+        }
         Ok(())
     }
 
@@ -205,6 +210,9 @@ impl Rules {
         self.barriers.may_join(user, &room.members)?;
         if user.tenant() == *firm && shared_with_others(firm, room) {
             self.require(user, Entitlement::ExternalChat)?;
+        }
+        if user.tenant() == *firm && room.settings.bridge.is_some() {
+            self.require(user, Entitlement::Federation)?;
         }
         Ok(())
     }

@@ -310,7 +310,21 @@ fn genesis(st: &Statement, hash: [u8; 32]) -> Result<RoomState, PolicyError> {
         }
         // Any other creation in the 1:1 id space would squat a conversation.
         RoomKind::Room if is_im_space(&st.room) => return Err(PolicyError::ImSpace(st.room)),
-        RoomKind::Room => {}
+        RoomKind::Room => {
+            if let Some(b) = &settings.bridge {
+                if b.gateway.tenant() != creator.tenant() {
+                    return Err(PolicyError::Constraint(
+                        "a bridged room's gateway is of the creator's firm".into(),
+                    ));
+                }
+                if *creator != b.gateway && !others.contains(&b.gateway) {
+                    return Err(PolicyError::Constraint(format!(
+                        "a bridged room is created with its gateway {} as a member",
+                        b.gateway
+                    )));
+                }
+            }
+        }
     }
     let mut s = RoomState {
         room: st.room,
@@ -555,6 +569,47 @@ fn km_step(n: &mut RoomState, a: &Action) -> Result<(), PolicyError> {
     Ok(())
 }
 
+/// Whether `user` is the gateway of the bridged room `st` (the only room
+/// whose keys a gateway device may hold).
+pub fn is_gateway_of(st: &RoomState, user: &UserId) -> bool {
+    st.settings
+        .bridge
+        .as_ref()
+        .is_some_and(|b| b.gateway == *user)
+}
+
+/// May a message of `sender` (certified with `roles`) speak for `from` on
+/// `network` in the room `st`? Only the bridged room's own gateway, with
+/// the gateway role, for the room's own contact: anyone else claiming to
+/// relay is lying about who wrote the message.
+pub fn check_relayed(
+    st: &RoomState,
+    sender: &UserId,
+    roles: &[cloister_proto::km::Role],
+    network: &str,
+    from: &str,
+) -> Result<(), String> {
+    let Some(b) = &st.settings.bridge else {
+        return Err(format!(
+            "it claims to be relayed from {from} on {network}, but room {} is not bridged",
+            st.room
+        ));
+    };
+    if b.gateway != *sender || !roles.contains(&cloister_proto::km::Role::Gateway) {
+        return Err(format!(
+            "it claims to be relayed from {from}, but {sender} is not the room's gateway ({})",
+            b.gateway
+        ));
+    }
+    if b.network != network || b.contact != from {
+        return Err(format!(
+            "it claims to be relayed from {from} on {network}; the room is bridged to {} on {}",
+            b.contact, b.network
+        ));
+    }
+    Ok(())
+}
+
 /// Room settings rules (Symphony's): at creation (`old` None) and on change.
 pub fn check_settings(
     old: Option<&RoomSettings>,
@@ -570,6 +625,19 @@ pub fn check_settings(
     }
     if new.external && (new.public || new.discoverable) {
         return bad("an external room cannot be public or discoverable");
+    }
+    if let Some(b) = &new.bridge {
+        if let Some(why) = b.malformed() {
+            return bad(&format!("bridge: {why}"));
+        }
+        if new.public || new.discoverable || new.external {
+            return bad(
+                "a bridged room holds one firm's users and its contact: never public, discoverable or external",
+            );
+        }
+        if new.mode != cloister_proto::room::RoomMode::Managed {
+            return bad("a bridged room is managed: its gateway reads it (not MLS)");
+        }
     }
     if let Some(m) = new.max_members {
         if m < 2 || m as usize > cloister_proto::limits::MAX_ROOM_MEMBERS {
@@ -593,6 +661,9 @@ pub fn check_settings(
         }
         if o.mode != new.mode {
             return bad("a room's mode (managed or mls) is fixed at creation");
+        }
+        if o.bridge != new.bridge {
+            return bad("a room's bridge (network, contact, gateway) is fixed at creation");
         }
     }
     Ok(())

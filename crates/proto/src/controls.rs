@@ -29,10 +29,13 @@ pub enum Entitlement {
     Compliance,
     Custodian,
     Surveillance,
+    /// Talk with contacts on another messaging network through the firm's
+    /// gateway (bridged rooms).
+    Federation,
 }
 
 impl Entitlement {
-    pub const ALL: [Entitlement; 7] = [
+    pub const ALL: [Entitlement; 8] = [
         Entitlement::CreateRooms,
         Entitlement::CreatePublicRooms,
         Entitlement::SendFiles,
@@ -40,6 +43,7 @@ impl Entitlement {
         Entitlement::Compliance,
         Entitlement::Custodian,
         Entitlement::Surveillance,
+        Entitlement::Federation,
     ];
 
     /// Held by a new user unless the tenant or SCIM says otherwise.
@@ -54,6 +58,7 @@ impl Entitlement {
             Entitlement::Compliance => "compliance",
             Entitlement::Custodian => "custodian",
             Entitlement::Surveillance => "surveillance",
+            Entitlement::Federation => "federation",
         }
     }
 
@@ -88,8 +93,8 @@ impl std::str::FromStr for Entitlement {
     }
 }
 
-/// The firm's rule on end-to-end (MLS) rooms, for the named rooms its
-/// users create.
+/// The firm's rule on end-to-end (MLS) rooms, for every room and IM its
+/// users join.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum MlsPolicy {

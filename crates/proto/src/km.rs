@@ -40,6 +40,11 @@ pub enum Role {
     /// KM): takes part only in rooms the firm's users put them in, never
     /// with other firms; captured by the firm's vault.
     Guest,
+    /// The firm's gateway to another messaging network (`cloister
+    /// gateway`), where end-to-end encryption ends on purpose: it gets the
+    /// keys of bridged rooms it is the gateway of, and of no other room;
+    /// every key release to it is logged.
+    Gateway,
 }
 
 impl Role {
@@ -52,6 +57,7 @@ impl Role {
             Role::Surveillance => "surveillance",
             Role::Inspector => "inspector",
             Role::Guest => "guest",
+            Role::Gateway => "gateway",
         }
     }
 }
@@ -67,9 +73,10 @@ impl std::str::FromStr for Role {
             "surveillance" => Role::Surveillance,
             "inspector" => Role::Inspector,
             "guest" => Role::Guest,
+            "gateway" => Role::Gateway,
             _ => {
                 return Err(format!(
-                    "unknown role {s:?} (admin, user, compliance, custodian, surveillance, inspector, guest)"
+                    "unknown role {s:?} (admin, user, compliance, custodian, surveillance, inspector, guest, gateway)"
                 ));
             }
         })

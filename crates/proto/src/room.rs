@@ -75,6 +75,52 @@ pub struct RoomSettings {
     /// How the room's keys are made; fixed at creation.
     #[serde(default, skip_serializing_if = "RoomMode::is_managed")]
     pub mode: RoomMode,
+    /// A bridged room: the firm's users talk with one contact on another
+    /// messaging network through the firm's gateway. Fixed at creation;
+    /// never public, discoverable or external; managed mode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<Bridge>,
+}
+
+/// The other end of a bridged room.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Bridge {
+    /// The network (`matrix`; lower-case letters, digits, `-`, `_`).
+    pub network: String,
+    /// The contact's address on that network (a Matrix user id).
+    pub contact: String,
+    /// The firm's gateway user: a member of the room, the only one whose
+    /// messages may speak for the contact.
+    pub gateway: crate::UserId,
+}
+
+impl Bridge {
+    /// Longest contact address accepted.
+    pub const MAX_CONTACT: usize = 255;
+
+    /// Why this bridge description is malformed, if it is.
+    pub fn malformed(&self) -> Option<String> {
+        let n = &self.network;
+        if n.is_empty()
+            || n.len() > 32
+            || !n
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        {
+            return Some(format!(
+                "network {n:?}: 1 to 32 lower-case letters, digits, '-' or '_'"
+            ));
+        }
+        let c = &self.contact;
+        if c.is_empty() || c.len() > Self::MAX_CONTACT || c.chars().any(char::is_control) {
+            return Some(format!(
+                "contact: 1 to {} characters, no control characters",
+                Self::MAX_CONTACT
+            ));
+        }
+        None
+    }
 }
 
 fn yes() -> bool {
@@ -94,6 +140,7 @@ impl Default for RoomSettings {
             max_members: None,
             external: false,
             mode: RoomMode::Managed,
+            bridge: None,
         }
     }
 }

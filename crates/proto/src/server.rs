@@ -292,6 +292,28 @@ pub enum Content {
         /// SHA-256 of the plaintext file.
         sha256: Fixed<32>,
     },
+    /// What the firm's gateway relays from the bridged room's contact on
+    /// another network; accepted only from the room's gateway user.
+    Relayed {
+        network: String,
+        /// The contact's address on that network.
+        from: String,
+        /// The network's id of the message (a Matrix event id).
+        id: String,
+        /// What they sent (text or a file).
+        content: Box<Content>,
+    },
+}
+
+impl Content {
+    /// What was said: for a relayed message what the contact sent, else
+    /// the content itself.
+    pub fn said(&self) -> &Content {
+        match self {
+            Content::Relayed { content, .. } => content.said(),
+            c => c,
+        }
+    }
 }
 
 /// Cert lookup response.

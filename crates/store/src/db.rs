@@ -40,10 +40,17 @@ pub enum Role {
     Km,
     Vault,
     Witness,
+    Gateway,
 }
 
 impl Role {
-    const ALL: [Role; 4] = [Role::Server, Role::Km, Role::Vault, Role::Witness];
+    const ALL: [Role; 5] = [
+        Role::Server,
+        Role::Km,
+        Role::Vault,
+        Role::Witness,
+        Role::Gateway,
+    ];
 
     fn name(self) -> &'static str {
         match self {
@@ -51,6 +58,7 @@ impl Role {
             Role::Km => "km",
             Role::Vault => "vault",
             Role::Witness => "witness",
+            Role::Gateway => "gateway",
         }
     }
 
@@ -60,6 +68,7 @@ impl Role {
             Role::Km => "_cloister_km_migrations",
             Role::Vault => "_cloister_vault_migrations",
             Role::Witness => "_cloister_witness_migrations",
+            Role::Gateway => "_cloister_gateway_migrations",
         }
     }
 
@@ -100,6 +109,7 @@ impl Role {
                 [(1, "0001_initial"), (2, "0002_escrow_generation")]
             ),
             (Backend::Sqlite, Role::Witness) => m!("sqlite", "witness", [(1, "0001_initial")]),
+            (Backend::Sqlite, Role::Gateway) => m!("sqlite", "gateway", [(1, "0001_initial")]),
             (Backend::Postgres, Role::Server) => {
                 m!(
                     "postgres",
@@ -127,6 +137,7 @@ impl Role {
                 [(1, "0001_initial"), (2, "0002_escrow_generation")]
             ),
             (Backend::Postgres, Role::Witness) => m!("postgres", "witness", [(1, "0001_initial")]),
+            (Backend::Postgres, Role::Gateway) => m!("postgres", "gateway", [(1, "0001_initial")]),
         }
     }
 

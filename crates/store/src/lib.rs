@@ -19,6 +19,7 @@ use async_trait::async_trait;
 
 mod blob;
 mod db;
+mod gateway;
 mod lease;
 mod snapshot;
 mod sql;
@@ -28,6 +29,7 @@ pub use blob::{BlobStore, BlobStream, BlobWriter, FsBlobStore, SqlBlobStore};
 pub use cloister_proto::RoomId;
 use cloister_proto::{DeviceId, MessageId, TenantId, UserId};
 pub use db::{Backend, backend_of, open_sqlite, redact_url, sqlite_url};
+pub use gateway::{Conversation, Failure, GatewayStore, Inbound};
 pub use lease::Lease;
 pub use snapshot::{sqlite_latest_checkpoint, sqlite_snapshot};
 pub use sql::{SqlKmStore, SqlServerStore, SqlVaultStore};

@@ -452,9 +452,9 @@ impl Client {
                 if !c.scope.covers(&env.room, env.ts, &people) {
                     continue;
                 }
-                let attachment = match &env.content {
-                    Content::File { .. } => self.fetch_attachment(&env.content).await,
-                    Content::Text { .. } => None,
+                let attachment = match env.content.said() {
+                    Content::File { .. } => self.fetch_attachment(env.content.said()).await,
+                    _ => None,
                 };
                 // another firm's sender: the certificate kept in the record
                 // (checked under the partner key the KM signed)
