@@ -606,3 +606,126 @@ async fn the_gateway_resumes_after_a_restart_and_refuses_what_it_must() {
     let _ = bob;
     running.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_cross_both_ways_and_a_locked_room_is_reported_to_the_contact() {
+    let b = Bridged::new().await;
+    let w = &b.w;
+    let officer = w.user_with("officer", &[Compliance]).await;
+    let gw_client = w
+        .disk_user_with("gateway", &[GatewayRole], &b.gw_dir.join("device"))
+        .await;
+    let gw_user = gw_client.user().clone();
+    let alice = w.user("alice").await;
+    entitle(w, &[alice.user(), &gw_user]).await;
+    let running = b.start(gw_client).await;
+    let room = alice
+        .open_bridge("matrix", &b.mat.0, &gw_user, &[])
+        .await
+        .unwrap();
+
+    // a file out: the Matrix user downloads exactly its bytes
+    let out = w.dir.path().join("term-sheet.txt");
+    std::fs::write(&out, b"TERM SHEET v3: 5y at 2.41").unwrap();
+    alice.send_file(&room, &out).await.unwrap();
+    let mroom = eventually("the Matrix invitation", || async {
+        b.mat_invites().await.into_iter().next()
+    })
+    .await;
+    b.mat_call(
+        reqwest::Method::POST,
+        &format!("/_matrix/client/v3/join/{}", urlenc(&mroom)),
+        json!({}),
+    )
+    .await;
+    let path = format!(
+        "/_matrix/client/v3/rooms/{}/messages?dir=f&limit=100",
+        urlenc(&mroom)
+    );
+    let url = eventually("the file on Matrix", || async {
+        let v = b.mat_call(reqwest::Method::GET, &path, Value::Null).await;
+        v["chunk"].as_array().unwrap().iter().find_map(|e| {
+            (e["content"]["msgtype"] == "m.file" && e["content"]["body"] == "term-sheet.txt")
+                .then(|| e["content"]["url"].as_str().unwrap().to_owned())
+        })
+    })
+    .await;
+    let mxc = url.strip_prefix("mxc://").unwrap();
+    let bytes = b
+        .http
+        .get(format!(
+            "{}/_matrix/client/v1/media/download/{mxc}",
+            b.synapse.url
+        ))
+        .bearer_auth(&b.mat.1)
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(&bytes[..], b"TERM SHEET v3: 5y at 2.41");
+
+    // a file in: alice gets it, relayed from the contact, checked on download
+    let up: Value = b
+        .http
+        .post(format!(
+            "{}/_matrix/media/v3/upload?filename=signed.pdf",
+            b.synapse.url
+        ))
+        .bearer_auth(&b.mat.1)
+        .header("content-type", "application/pdf")
+        .body(b"%PDF signed by mat".to_vec())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    b.mat_call(
+        reqwest::Method::PUT,
+        &format!(
+            "/_matrix/client/v3/rooms/{}/send/m.room.message/f1",
+            urlenc(&mroom)
+        ),
+        json!({"msgtype": "m.file", "body": "signed.pdf", "url": up["content_uri"]}),
+    )
+    .await;
+    let got = eventually("the Matrix file in Cloister", || async {
+        alice
+            .read(&room, 100, None)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter_map(Result::ok)
+            .find(|m| matches!(&m.content, Content::Relayed { content, .. } if matches!(&**content, Content::File { .. })))
+    })
+    .await;
+    let dest = w.dir.path().join("signed-in.pdf");
+    alice.get_file(&got.content, &dest).await.unwrap();
+    assert_eq!(std::fs::read(&dest).unwrap(), b"%PDF signed by mat");
+
+    // the officer locks the room: alice cannot post, and what the contact
+    // sends is not posted either: the contact is told, the failure kept
+    officer.room_lock(&room, "investigation 42").await.unwrap();
+    let e = alice.send_text(&room, "still there?").await.unwrap_err();
+    assert!(e.to_string().contains("lock"), "{e}");
+    b.mat_send(&mroom, "m-locked", "after the lock").await;
+    let notice = eventually("the notice to the contact", || async {
+        let v = b.mat_call(reqwest::Method::GET, &path, Value::Null).await;
+        v["chunk"].as_array().unwrap().iter().find_map(|e| {
+            (e["content"]["msgtype"] == "m.notice")
+                .then(|| e["content"]["body"].as_str().unwrap_or("").to_owned())
+        })
+    })
+    .await;
+    assert!(notice.contains("Not delivered"), "{notice}");
+    let failures = running.gateway.store().failures(10).await.unwrap();
+    assert!(
+        failures
+            .iter()
+            .any(|f| f.direction == "inbound" && f.room.as_deref() == Some(room.to_hex().as_str())),
+        "{failures:?}"
+    );
+    running.stop().await;
+}
