@@ -71,6 +71,9 @@ enum Cmd {
     /// Load test between firms: one external room over F firms, each KM its
     /// own process; time until every member holds a new epoch's key.
     BenchFirms(cloister_cli::bench_firms::FirmsBenchArgs),
+    /// Messages through the firm's gateway to a real Synapse and back:
+    /// throughput and added latency each way.
+    BenchGateway(cloister_cli::bench_gateway::GatewayBenchArgs),
     /// The tenant Key Manager.
     #[command(subcommand)]
     Km(service_cmd::KmCmd),
@@ -310,6 +313,7 @@ async fn run(cli: Cli) -> Result<(), BoxError> {
         }
         Cmd::Bench(args) => cloister_cli::bench::run(args, ctx.json).await?,
         Cmd::BenchFirms(args) => cloister_cli::bench_firms::run(args, ctx.json).await?,
+        Cmd::BenchGateway(args) => cloister_cli::bench_gateway::run(args, ctx.json).await?,
         Cmd::Km(k) => service_cmd::km_cmd(&ctx, ca_file.as_ref(), k).await?,
         Cmd::Server(a) => service_cmd::server_cmd(ca_file.as_ref(), a).await?,
         Cmd::Inspect {
@@ -505,7 +509,7 @@ fn main() -> ExitCode {
     // The demo and the load tool print their own story; services log warnings.
     let quiet = matches!(
         cli.cmd,
-        Cmd::Demo { .. } | Cmd::Bench(_) | Cmd::BenchFirms(_)
+        Cmd::Demo { .. } | Cmd::Bench(_) | Cmd::BenchFirms(_) | Cmd::BenchGateway(_)
     );
     let filter = std::env::var("CLOISTER_LOG")
         .unwrap_or_else(|_| if quiet { "error" } else { "warn" }.into());
