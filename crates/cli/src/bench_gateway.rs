@@ -24,6 +24,10 @@ pub struct GatewayBenchArgs {
     /// Messages each way.
     #[arg(long, default_value_t = 200)]
     pub messages: usize,
+    /// Messages each way sent one at a time (each waits for the previous
+    /// to arrive): the added latency without a queue.
+    #[arg(long, default_value_t = 20)]
+    pub paced: usize,
     /// Keep data here (default: a temporary directory).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
@@ -170,7 +174,46 @@ pub async fn run(a: GatewayBenchArgs, json: bool) -> Result<(), BoxError> {
         .collect();
     let in_last = got.iter().map(|(_, ts)| *ts).max().unwrap_or(t0);
     let in_secs = in_last.saturating_sub(t0) as f64 / 1000.0;
+    // one at a time: the latency a conversation sees
+    let mut out_paced = Vec::new();
+    let mut in_paced = Vec::new();
+    for i in 0..a.paced {
+        let text = format!("paced out {i}");
+        alice.send_text(&room, &text).await?;
+        let t = now_millis();
+        for _ in 0..3000 {
+            let m = lab.messages(&mroom).await?;
+            if let Some((_, _, ts)) = m.iter().rev().find(|(_, b, _)| *b == text) {
+                out_paced.push(ts.saturating_sub(t) as f64);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let text = format!("paced in {i}");
+        let ev = lab.send(&mroom, &format!("paced-{i}"), &text).await?;
+        let origin = lab.event_ts(&mroom, &ev).await?;
+        for _ in 0..3000 {
+            let got = alice
+                .read(&room, 20, None)
+                .await?
+                .into_iter()
+                .filter_map(Result::ok)
+                .find_map(|m| match &m.content {
+                    Content::Relayed { content, .. } => match &**content {
+                        Content::Text { text: t } if *t == text => Some(m.ts),
+                        _ => None,
+                    },
+                    _ => None,
+                });
+            if let Some(ts) = got {
+                in_paced.push(ts.saturating_sub(origin) as f64);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
     let report = serde_json::json!({
+        "paced": {"out_added_latency_ms": summary(out_paced), "in_added_latency_ms": summary(in_paced)},
         "messages_each_way": n,
         "out": {"delivered": out_lat.len(), "msgs_per_s": out_lat.len() as f64 / out_secs.max(1e-3), "added_latency_ms": summary(out_lat.clone())},
         "in": {"delivered": in_lat.len(), "msgs_per_s": in_lat.len() as f64 / in_secs.max(1e-3), "added_latency_ms": summary(in_lat.clone())},
@@ -190,6 +233,16 @@ pub async fn run(a: GatewayBenchArgs, json: bool) -> Result<(), BoxError> {
                 l["p90"],
                 l["p99"],
                 l["max"]
+            );
+        }
+        for (dir, k) in [
+            ("out", "out_added_latency_ms"),
+            ("in", "in_added_latency_ms"),
+        ] {
+            let l = &report["paced"][k];
+            println!(
+                "{dir:<4} one at a time ({} samples): added latency p50 {} ms p90 {} ms max {} ms",
+                l["samples"], l["p50"], l["p90"], l["max"]
             );
         }
         println!("failures recorded by the gateway: {}", report["failures"]);
