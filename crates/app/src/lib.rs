@@ -165,6 +165,7 @@ fn router(app: Arc<App>) -> axum::Router {
         .route("/r/{room}/people/remove", post(room_tools::remove))
         .route("/im", post(messaging::start_im))
         .route("/rooms", post(messaging::create_room))
+        .route("/bridge", post(messaging::open_bridge))
         .route("/events", get(live::events))
         .route("/directory", get(directory::directory))
         .route(

@@ -214,6 +214,12 @@ pub(crate) async fn room_page(
                 @if let Some(m) = &mls {
                     p.mode #room-mode { (m) }
                 }
+                @if let Some(b) = &summary.settings.bridge {
+                    p.mode #room-bridge {
+                        "Bridged to " strong { (b.contact) } " on " (b.network)
+                        " through the firm's gateway (" (b.gateway) "): what is said here leaves end-to-end encryption there, and is kept in the firm's archive both ways"
+                    }
+                }
                 p #membership-note role="status" hidden {
                     "The room's membership changed. " a href={ "/r/" (hex) } { "Reload" }
                 }
@@ -401,6 +407,34 @@ pub(crate) async fn start_im(
     match c.im(&user).await {
         Ok(room) => Redirect::to(&format!("/r/{}", room.to_hex())).into_response(),
         Err(e) => Failure::of("No conversation started", &e).into_response(),
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(crate) struct BridgeForm {
+    network: String,
+    contact: String,
+}
+
+/// `POST /bridge`: a bridged room with a contact on another network,
+/// through the firm's gateway user (`gateway@<firm>`).
+pub(crate) async fn open_bridge(
+    State(app): State<Arc<App>>,
+    axum::Form(f): axum::Form<BridgeForm>,
+) -> Response {
+    let Some(c) = app.client() else {
+        return locked();
+    };
+    let gateway = match format!("gateway@{}", c.user().tenant()).parse::<UserId>() {
+        Ok(g) => g,
+        Err(e) => {
+            return Failure::new(StatusCode::BAD_REQUEST, "Not started", e.to_string())
+                .into_response();
+        }
+    };
+    match c.open_bridge(&f.network, &f.contact, &gateway, &[]).await {
+        Ok(room) => Redirect::to(&format!("/r/{}", room.to_hex())).into_response(),
+        Err(e) => Failure::of("Conversation not started", &e).into_response(),
     }
 }
 

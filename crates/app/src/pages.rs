@@ -205,6 +205,13 @@ pub(crate) async fn sidebar(app: &App, c: &Client, current: Option<&str>) -> Mar
                     autocomplete="off";
                 button type="submit" { "Start" }
             }
+            form.inline method="post" action="/bridge" {
+                label for="bridge-contact" { "Talk with a contact on Matrix (through the firm's gateway)" }
+                input #bridge-contact name="contact" type="text" placeholder="@name:server" required
+                    autocomplete="off";
+                input type="hidden" name="network" value="matrix";
+                button type="submit" { "Start" }
+            }
             form.inline method="post" action="/rooms" {
                 label for="room-name" { "New room" }
                 input #room-name name="name" type="text" required autocomplete="off";

@@ -1073,6 +1073,70 @@ async fn connections_and_room_policies_in_the_app() {
         "bob to read the MLS message",
     )
     .await;
+
+    // a conversation with a contact on Matrix through the firm's gateway:
+    // the room says so, and what the gateway relays shows who wrote it
+    let gw = w
+        .user_with("gateway", &[cloister_proto::km::Role::Gateway])
+        .await;
+    for u in [World::uid("alice"), gw.user().clone()] {
+        w.admin
+            .admin_entitle(Some(&u), None, &[Entitlement::Federation], &[])
+            .await
+            .unwrap();
+    }
+    ba.goto(&aa.url).await;
+    ba.find("#bridge-contact")
+        .await
+        .send_keys("@mat:matrix.example")
+        .await;
+    ba.find("form[action='/bridge'] button").await.click().await;
+    ba.find("#compose").await;
+    let bridge = ba
+        .execute("return document.getElementById('room-bridge').textContent")
+        .await;
+    assert!(
+        bridge.as_str().unwrap().contains("@mat:matrix.example"),
+        "{bridge}"
+    );
+    let path = reqwest::Url::parse(&ba.url().await)
+        .unwrap()
+        .path()
+        .to_owned();
+    let room: cloister_proto::RoomId = path.trim_start_matches("/r/").parse().unwrap();
+    use cloister_proto::server::Content;
+    gw.send(
+        &room,
+        &Content::Relayed {
+            network: "matrix".into(),
+            from: "@mat:matrix.example".into(),
+            id: "$e1".into(),
+            content: Box::new(Content::Text {
+                text: "Confirmed from Matrix".into(),
+            }),
+        },
+    )
+    .await
+    .unwrap();
+    ba.goto(&format!("{}{}", aa.url.trim_end_matches('/'), path))
+        .await;
+    ba.until(
+        "return document.getElementById('messages').textContent.includes('Confirmed from Matrix')",
+        "the relayed message",
+    )
+    .await;
+    let shown = ba
+        .execute("return document.getElementById('messages').textContent")
+        .await;
+    assert!(
+        shown
+            .as_str()
+            .unwrap()
+            .contains("From @mat:matrix.example on matrix"),
+        "{shown}"
+    );
+    shot(&ba, "bridged-room").await;
+    axe(&ba, "bridged room").await;
     ba.close().await;
     bb.close().await;
 }

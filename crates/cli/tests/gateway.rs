@@ -618,6 +618,21 @@ async fn files_cross_both_ways_and_a_locked_room_is_reported_to_the_contact() {
     let gw_user = gw_client.user().clone();
     let alice = w.user("alice").await;
     entitle(w, &[alice.user(), &gw_user]).await;
+    // (before alice's device first loads the firm's DLP rules)
+    w.admin
+        .dlp_put(cloister_proto::controls::DlpPolicy {
+            id: "no-mnpi".into(),
+            name: "No inside information outside".into(),
+            action: cloister_proto::controls::DlpAction::Block,
+            keywords: vec!["falcon".into()],
+            patterns: vec![],
+            file_types: vec![],
+            max_file_bytes: None,
+            message: "Project names stay inside".into(),
+            active: true,
+        })
+        .await
+        .unwrap();
     let running = b.start(gw_client).await;
     let room = alice
         .open_bridge("matrix", &b.mat.0, &gw_user, &[])
@@ -704,6 +719,17 @@ async fn files_cross_both_ways_and_a_locked_room_is_reported_to_the_contact() {
     let dest = w.dir.path().join("signed-in.pdf");
     alice.get_file(&got.content, &dest).await.unwrap();
     assert_eq!(std::fs::read(&dest).unwrap(), b"%PDF signed by mat");
+
+    // the firm's DLP rules hold at alice's device: a blocked text never
+    // leaves it, so it never reaches the gateway or Matrix
+    let e = alice
+        .send_text(&room, "Project Falcon signs Friday")
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("dlp_blocked"), "{e}");
+    running.gateway.pass().await.unwrap();
+    let v = b.mat_call(reqwest::Method::GET, &path, Value::Null).await;
+    assert!(!v.to_string().contains("Falcon"), "{v}");
 
     // the officer locks the room: alice cannot post, and what the contact
     // sends is not posted either: the contact is told, the failure kept

@@ -566,3 +566,36 @@ async fn a_new_device_gets_earlier_history_only_from_its_users_other_device() {
     let texts: Vec<_> = got.iter().map(|r| text(r.as_ref().unwrap())).collect();
     assert_eq!(texts, ["before the new laptop", "after the new laptop"]);
 }
+
+/// Bridged rooms are managed: a member's patched client that sends a
+/// message claiming to be relayed from a contact on another network into
+/// an MLS room is refused by every reader, now and when read again.
+#[tokio::test]
+async fn a_relayed_message_in_an_mls_room_is_refused() {
+    let w = World::new().await;
+    let (alice, bob) = (w.user("alice").await, w.user("bob").await);
+    bob.replenish_key_packages().await.unwrap();
+    let room = alice
+        .create_room(mls_room("no-bridge"), &[bob.user().clone()])
+        .await
+        .unwrap();
+    alice
+        .send(
+            &room,
+            &Content::Relayed {
+                network: "matrix".into(),
+                from: "@mat:localhost".into(),
+                id: "$forged".into(),
+                content: Box::new(Content::Text {
+                    text: "I, mat, agree".into(),
+                }),
+            },
+        )
+        .await
+        .unwrap();
+    for _ in 0..2 {
+        let got = bob.read(&room, 10, None).await.unwrap();
+        let e = got[0].as_ref().unwrap_err().to_string();
+        assert!(e.contains("never bridged"), "{e}");
+    }
+}

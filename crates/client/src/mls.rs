@@ -57,8 +57,17 @@ pub(crate) fn mls_err(e: cloister_mls::Error) -> ClientError {
 impl Seen {
     pub(crate) fn received(&self, room: &RoomId) -> Result<Received> {
         let h = message::peek_header(&self.envelope)?;
-        let content = serde_json::from_slice(self.plaintext.as_slice())
+        let content: Content = serde_json::from_slice(self.plaintext.as_slice())
             .map_err(|_| ClientError::Local("unreadable stored message".into()))?;
+        if let Content::Relayed { from, .. } = &content {
+            // bridged rooms are managed: in an MLS room a member made it up
+            return Err(ClientError::BadMessage {
+                id: h.id.to_hex(),
+                reason: format!(
+                    "it claims to be relayed from {from}, but an MLS room is never bridged"
+                ),
+            });
+        }
         let attribution = cloister_proto::vault::Attribution {
             header: self.envelope.header.clone(),
             sig: self.envelope.sig,
