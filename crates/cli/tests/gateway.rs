@@ -500,6 +500,55 @@ async fn the_gateway_resumes_after_a_restart_and_refuses_what_it_must() {
             .unwrap();
         assert_eq!(r.status().as_u16(), 200);
     }
+    // malformed and oversized transactions: a precise error, nothing taken
+    let put = |txn: &str, body: Vec<u8>| {
+        b.http
+            .put(format!(
+                "http://{}/_matrix/app/v1/transactions/{txn}",
+                b.listen
+            ))
+            .bearer_auth(&b.cfg.hs_token)
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    for (txn, body, status, code) in [
+        ("bad-1", b"not json".to_vec(), 400, "M_NOT_JSON"),
+        ("bad-2", br#"{"no": []}"#.to_vec(), 400, "M_BAD_JSON"),
+        (
+            "bad-3",
+            serde_json::to_vec(&json!({"events": vec![json!({}); 1001]})).unwrap(),
+            400,
+            "M_TOO_LARGE",
+        ),
+    ] {
+        let r = put(txn, body).await.unwrap();
+        assert_eq!(r.status().as_u16(), status, "{txn}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["errcode"], code, "{txn}: {v}");
+    }
+    let long_txn = "t".repeat(300);
+    let r = put(
+        &long_txn,
+        serde_json::to_vec(&json!({"events": []})).unwrap(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    // (on a connection of its own: the gateway answers 413 before reading
+    // the body, then closes the connection)
+    let r = reqwest::Client::new()
+        .put(format!(
+            "http://{}/_matrix/app/v1/transactions/bad-4",
+            b.listen
+        ))
+        .bearer_auth(&b.cfg.hs_token)
+        .header("content-type", "application/json")
+        .body(vec![b' '; 9 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
     // the same event again under another transaction id: once too
     let r = b
         .http

@@ -699,3 +699,102 @@ fn room_settings_constraints() {
         Err(PolicyError::LastOwner)
     ));
 }
+
+/// A bridged room: one firm's users and its contact, through a gateway of
+/// the creator's firm that is a member from the start; never public,
+/// discoverable, external or MLS; its bridge fixed.
+#[test]
+fn bridged_rooms_are_fixed_and_private() {
+    use cloister_proto::room::{Bridge, RoomMode};
+    let (a, g) = (actor("alice"), actor("gateway"));
+    let bridge = |gateway: &UserId| Bridge {
+        network: "matrix".into(),
+        contact: "@mat:example.org".into(),
+        gateway: gateway.clone(),
+    };
+    let settings = |b: Bridge| RoomSettings {
+        bridge: Some(b),
+        ..Default::default()
+    };
+    let ok = |s: RoomSettings| check_settings(None, &s, 2);
+    assert!(ok(settings(bridge(&g.user))).is_ok());
+    for bad in [
+        RoomSettings {
+            public: true,
+            discoverable: true,
+            ..settings(bridge(&g.user))
+        },
+        RoomSettings {
+            discoverable: true,
+            ..settings(bridge(&g.user))
+        },
+        RoomSettings {
+            external: true,
+            ..settings(bridge(&g.user))
+        },
+        RoomSettings {
+            mode: RoomMode::Mls,
+            ..settings(bridge(&g.user))
+        },
+        settings(Bridge {
+            network: "Matrix!".into(),
+            ..bridge(&g.user)
+        }),
+        settings(Bridge {
+            contact: "@mat\n:example.org".into(),
+            ..bridge(&g.user)
+        }),
+        settings(Bridge {
+            contact: "x".repeat(Bridge::MAX_CONTACT + 1),
+            ..bridge(&g.user)
+        }),
+    ] {
+        assert!(ok(bad.clone()).is_err(), "{bad:?}");
+    }
+    let create = |s: RoomSettings, members: Vec<UserId>| {
+        run(
+            None,
+            RoomId([9; 16]),
+            &a,
+            Action::Create {
+                kind: RoomKind::Room,
+                settings: s,
+                members,
+            },
+        )
+    };
+    // the gateway is a member from the start, and of the creator's firm
+    let s0 = create(settings(bridge(&g.user)), vec![g.user.clone()]).unwrap();
+    assert!(is_gateway_of(&s0, &g.user));
+    assert!(!is_gateway_of(&s0, &a.user));
+    assert!(create(settings(bridge(&g.user)), vec![]).is_err());
+    let other: UserId = "gateway@bank".parse().unwrap();
+    assert!(create(settings(bridge(&other)), vec![other.clone()]).is_err());
+    // the bridge cannot change
+    let moved = run(
+        Some(&s0),
+        RoomId([9; 16]),
+        &a,
+        Action::Settings {
+            settings: settings(Bridge {
+                contact: "@eve:example.org".into(),
+                ..bridge(&g.user)
+            }),
+        },
+    );
+    assert!(moved.is_err());
+    // only the room's gateway, with the role, speaks for its contact
+    use cloister_proto::km::Role;
+    assert!(check_relayed(&s0, &g.user, &[Role::Gateway], "matrix", "@mat:example.org").is_ok());
+    for (who, roles, net, from) in [
+        (&a.user, vec![Role::Gateway], "matrix", "@mat:example.org"),
+        (&g.user, vec![Role::User], "matrix", "@mat:example.org"),
+        (&g.user, vec![Role::Gateway], "matrix", "@eve:example.org"),
+        (&g.user, vec![Role::Gateway], "sms", "@mat:example.org"),
+    ] {
+        assert!(
+            check_relayed(&s0, who, &roles, net, from).is_err(),
+            "{who} {net} {from}"
+        );
+    }
+}

@@ -191,7 +191,22 @@ impl GatewayStore {
             return Ok(false);
         }
         for (remote_id, body) in messages {
-            // the same event in another transaction is taken once too
+            // the same event in another transaction is taken once too,
+            // even after it was posted and left the inbox
+            let first = sqlx::query(
+                "INSERT INTO seen_events (network, remote_id, received_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (network, remote_id) DO NOTHING",
+            )
+            .bind(network)
+            .bind(remote_id.as_str())
+            .bind(i64_of(now_ms))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                == 1;
+            if !first {
+                continue;
+            }
             sqlx::query(
                 "INSERT INTO inbox (network, remote_id, body) VALUES ($1, $2, $3)
                  ON CONFLICT (network, remote_id) DO NOTHING",
@@ -284,15 +299,20 @@ impl GatewayStore {
         .collect()
     }
 
-    /// Forget transaction ids older than `before_ms` (the network retries
-    /// a transaction for far less long).
+    /// Forget transaction and event ids older than `before_ms` (the
+    /// network retries for far less long).
     pub async fn prune_transactions(&self, before_ms: u64) -> Result<u64> {
-        Ok(
-            sqlx::query("DELETE FROM transactions WHERE received_ms < $1")
+        let mut n = 0;
+        for q in [
+            "DELETE FROM transactions WHERE received_ms < $1",
+            "DELETE FROM seen_events WHERE received_ms < $1",
+        ] {
+            n += sqlx::query(q)
                 .bind(i64_of(before_ms))
                 .execute(&self.db.writer)
                 .await?
-                .rows_affected(),
-        )
+                .rows_affected();
+        }
+        Ok(n)
     }
 }

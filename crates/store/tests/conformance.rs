@@ -842,6 +842,94 @@ async fn witness(url: &str) {
     );
 }
 
+on_both!(gateway, "g.db");
+/// A gateway's state: a transaction taken once, an event once across
+/// transactions (also after it left the inbox), cursors only forward,
+/// failures kept, old ids pruned.
+async fn gateway(url: &str) {
+    let s = GatewayStore::open(url).await.unwrap();
+    s.add_conversation("r1", "matrix", "@mat:hs").await.unwrap();
+    s.add_conversation("r1", "matrix", "@other:hs")
+        .await
+        .unwrap();
+    let c = s.conversation("r1").await.unwrap().unwrap();
+    assert_eq!(
+        (c.contact.as_str(), c.remote.as_deref(), c.cursor),
+        ("@mat:hs", None, 0)
+    );
+    s.set_remote("r1", "!room:hs", "alice@acme").await.unwrap();
+    assert_eq!(
+        s.conversation_of_remote("matrix", "!room:hs")
+            .await
+            .unwrap()
+            .unwrap()
+            .opener_user(),
+        Some(u("alice@acme"))
+    );
+    s.advance_cursor("r1", 5).await.unwrap();
+    s.advance_cursor("r1", 3).await.unwrap();
+    assert_eq!(s.conversation("r1").await.unwrap().unwrap().cursor, 5);
+
+    let ev = |id: &str| (id.to_owned(), format!("body of {id}").into_bytes());
+    assert!(
+        s.accept_transaction("matrix", "t1", 1_000, &[ev("$a"), ev("$b")])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.accept_transaction("matrix", "t1", 1_001, &[ev("$c")])
+            .await
+            .unwrap()
+    );
+    let inbox = s.inbox(10).await.unwrap();
+    assert_eq!(
+        inbox
+            .iter()
+            .map(|i| i.remote_id.as_str())
+            .collect::<Vec<_>>(),
+        ["$a", "$b"]
+    );
+    assert_eq!(s.inbox_retry(inbox[0].id, "down").await.unwrap(), 1);
+    s.inbox_done(inbox[0].id).await.unwrap();
+    // $a again in another transaction, after it was posted: not again
+    assert!(
+        s.accept_transaction("matrix", "t2", 2_000, &[ev("$a"), ev("$d")])
+            .await
+            .unwrap()
+    );
+    let left: Vec<String> = s
+        .inbox(10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.remote_id)
+        .collect();
+    assert_eq!(left, ["$b", "$d"]);
+
+    s.record_failure(&Failure {
+        direction: "inbound".into(),
+        room: Some("r1".into()),
+        item: "$x".into(),
+        reason: "locked".into(),
+        at_ms: 3,
+    })
+    .await
+    .unwrap();
+    assert_eq!(s.failures(5).await.unwrap()[0].reason, "locked");
+    // pruning forgets old ids only
+    assert_eq!(s.prune_transactions(1_500).await.unwrap(), 3);
+    assert!(
+        s.accept_transaction("matrix", "t1", 3_000, &[])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !s.accept_transaction("matrix", "t2", 3_000, &[])
+            .await
+            .unwrap()
+    );
+}
+
 on_both!(schema_versions, "s.db");
 /// A database migrated by a newer binary is refused with a clear error;
 /// so is a database that holds another service's tables.

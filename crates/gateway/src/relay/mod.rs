@@ -21,6 +21,8 @@ mod outbound;
 
 /// Attempts at one message before it is reported undeliverable.
 pub const MAX_ATTEMPTS: u32 = 8;
+/// How long transaction and event ids are kept to recognise a retry.
+const KEEP_IDS_MS: u64 = 7 * 24 * 3_600_000;
 /// Messages read from a room per page.
 const PAGE: u32 = 100;
 
@@ -53,8 +55,8 @@ pub struct Gateway {
     unreadable: Mutex<HashSet<(RoomId, String)>>,
     /// Failed attempts at the next outbound message of a room: (seq, n).
     out_attempts: Mutex<HashMap<RoomId, (u64, u32)>>,
-    /// One pass at a time.
-    pass: tokio::sync::Mutex<()>,
+    /// One pass at a time; when ids were last pruned.
+    pass: tokio::sync::Mutex<u64>,
 }
 
 /// The webhook's sink: a pushed transaction goes to the store's inbox.
@@ -108,7 +110,7 @@ impl Gateway {
             not_bridged: Mutex::new(HashSet::new()),
             unreadable: Mutex::new(HashSet::new()),
             out_attempts: Mutex::new(HashMap::new()),
-            pass: tokio::sync::Mutex::new(()),
+            pass: tokio::sync::Mutex::new(0),
         })
     }
 
@@ -171,7 +173,14 @@ impl Gateway {
 
     /// One pass: new bridged rooms, then what waits in either direction.
     pub async fn pass(&self) -> Result<Pass, GatewayError> {
-        let _one = self.pass.lock().await;
+        let mut pruned = self.pass.lock().await;
+        let now = now_millis();
+        if now.saturating_sub(*pruned) > 3_600_000 {
+            self.store
+                .prune_transactions(now.saturating_sub(KEEP_IDS_MS))
+                .await?;
+            *pruned = now;
+        }
         tracing::debug!("gateway pass");
         let mut p = Pass::default();
         self.discover().await?;

@@ -6,7 +6,11 @@ use super::*;
 
 impl Gateway {
     /// The firm's users' new messages in one room, to the network.
-    pub(super) async fn outbound(&self, conv: &Conversation, p: &mut Pass) -> Result<(), GatewayError> {
+    pub(super) async fn outbound(
+        &self,
+        conv: &Conversation,
+        p: &mut Pass,
+    ) -> Result<(), GatewayError> {
         let Some(conn) = self.connectors.get(&conv.network) else {
             return Ok(());
         };

@@ -17,6 +17,14 @@ CREATE TABLE transactions (
     received_ms BIGINT NOT NULL,
     PRIMARY KEY (network, txn)
 );
+-- Every event taken (a retried one in a new transaction is taken once,
+-- also after it left the inbox).
+CREATE TABLE seen_events (
+    network TEXT NOT NULL,
+    remote_id TEXT NOT NULL,
+    received_ms BIGINT NOT NULL,
+    PRIMARY KEY (network, remote_id)
+);
 CREATE TABLE inbox (
     id BIGSERIAL PRIMARY KEY,
     network TEXT NOT NULL,

@@ -17,6 +17,14 @@ CREATE TABLE IF NOT EXISTS transactions (
     received_ms INTEGER NOT NULL,
     PRIMARY KEY (network, txn)
 );
+-- Every event taken (a retried one in a new transaction is taken once,
+-- also after it left the inbox).
+CREATE TABLE IF NOT EXISTS seen_events (
+    network TEXT NOT NULL,
+    remote_id TEXT NOT NULL,
+    received_ms INTEGER NOT NULL,
+    PRIMARY KEY (network, remote_id)
+);
 CREATE TABLE IF NOT EXISTS inbox (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     network TEXT NOT NULL,
