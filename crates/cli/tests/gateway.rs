@@ -804,3 +804,109 @@ async fn files_cross_both_ways_and_a_locked_room_is_reported_to_the_contact() {
     );
     running.stop().await;
 }
+
+/// The commands: `gateway matrix-register` writes its tokens privately and
+/// a registration the homeserver loads; `gateway status` reads the state;
+/// `gateway run` refuses a device without the gateway role; `room bridge`
+/// refuses a malformed network or contact, and a user without
+/// `federation`, each with one clear line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_and_bridge_commands() {
+    use common::procs::{cmd, fails, json};
+    let w = World::new().await;
+    let dir = w.dir.path().join("gw-cli");
+    let out = json(
+        cmd(None)
+            .args(["--json", "gateway", "matrix-register", "--data-dir"])
+            .arg(&dir)
+            .args([
+                "--homeserver",
+                "http://127.0.0.1:1",
+                "--server-name",
+                "example.org",
+                "--url",
+                "http://127.0.0.1:9",
+            ])
+            .output()
+            .unwrap(),
+    );
+    let settings = std::path::PathBuf::from(out["settings"].as_str().unwrap());
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&settings).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+    }
+    let reg: Value =
+        serde_json::from_slice(&std::fs::read(dir.join("registration.yaml")).unwrap()).unwrap();
+    let secret: Value = serde_json::from_slice(&std::fs::read(&settings).unwrap()).unwrap();
+    assert_eq!(reg["hs_token"], secret["hs_token"]);
+    assert_eq!(
+        reg["namespaces"]["users"][0]["regex"],
+        "@cloister_.*:example\\.org"
+    );
+    assert_eq!(reg["url"], "http://127.0.0.1:9");
+    let status = json(
+        cmd(None)
+            .args(["--json", "gateway", "status", "--data-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(status["conversations"], json!([]));
+    assert_eq!(status["failures"], json!([]));
+
+    // a device that is not the firm's gateway cannot run it
+    let home = w.dir.path().join("home-alice");
+    let code = w
+        .admin
+        .admin_add_user_roles(&World::uid("alice"), &[])
+        .await
+        .unwrap()
+        .code;
+    json(
+        cmd(Some(&home))
+            .args([
+                "--json",
+                "enrol",
+                "--server",
+                &w.stack.server_url,
+                "--km",
+                &w.stack.km_url,
+            ])
+            .args(["--user", "alice@acme", "--code", &code])
+            .output()
+            .unwrap(),
+    );
+    let e = fails(
+        cmd(Some(&home))
+            .args(["gateway", "run", "--data-dir"])
+            .arg(&dir)
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("does not hold the gateway role"), "{e}");
+    // room bridge: malformed input, then a user without `federation`
+    let e = fails(
+        cmd(Some(&home))
+            .args(["room", "bridge", "Matrix!", "@mat:example.org"])
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("network"), "{e}");
+    let e = fails(
+        cmd(Some(&home))
+            .args(["room", "bridge", "matrix", ""])
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("contact"), "{e}");
+    w.user_with("gateway", &[GatewayRole]).await;
+    let e = fails(
+        cmd(Some(&home))
+            .args(["room", "bridge", "matrix", "@mat:example.org"])
+            .output()
+            .unwrap(),
+    );
+    assert!(e.contains("federation"), "{e}");
+}

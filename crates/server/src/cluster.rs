@@ -164,9 +164,7 @@ impl Fanout {
             },
         )
         .await;
-        for ready in n.offer(room, seq, prev, d) {
-            self.deliver(&ready);
-        }
+        n.offer_and_deliver(room, seq, prev, d, self);
     }
 
     /// A room's state changed; deliver its event here and on every node.
@@ -232,10 +230,16 @@ impl Node {
         }
     }
 
-    fn offer(&self, room: RoomId, seq: u64, prev: u64, d: Delivery) -> Vec<Delivery> {
-        match self.seq.lock() {
-            Ok(mut s) => s.offer(room, seq, prev, d, now_ms()),
-            Err(_) => Vec::new(),
+    /// Offer an event to the room's chain and deliver what is ready, in
+    /// order, while holding the chain: this node's writer and the bus
+    /// consumer both deliver, and two deliveries decided one after the
+    /// other must not reach a client the other way round. (Delivery only
+    /// queues to each connection, without waiting.)
+    fn offer_and_deliver(&self, room: RoomId, seq: u64, prev: u64, d: Delivery, f: &Fanout) {
+        if let Ok(mut s) = self.seq.lock() {
+            for ready in s.offer(room, seq, prev, d, now_ms()) {
+                f.deliver(&ready);
+            }
         }
     }
 }
@@ -390,9 +394,7 @@ async fn apply(s: &crate::Server, f: &Fanout, node: &Node, subject: &str, payloa
     }
     match w.kind {
         Kind::Message { room, seq, prev, d } => {
-            for ready in node.offer(room, seq, prev, d) {
-                f.deliver(&ready);
-            }
+            node.offer_and_deliver(room, seq, prev, d, f);
         }
         Kind::Room { room, d } => {
             s.forget_room(&room);
@@ -431,11 +433,11 @@ async fn fill_gaps(s: &crate::Server, f: &Fanout, node: &Node) {
                 }
             },
         };
-        let ready = match node.seq.lock() {
-            Ok(mut q) => q.fill(room, gap),
-            Err(_) => return,
+        // delivered under the chain, as `offer_and_deliver`
+        let Ok(mut q) = node.seq.lock() else {
+            return;
         };
-        for d in ready {
+        for d in q.fill(room, gap) {
             f.deliver(&d);
         }
     }
