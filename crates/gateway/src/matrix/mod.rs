@@ -136,6 +136,17 @@ impl Matrix {
             || mxid == format!("@{}:{}", self.cfg.sender_localpart, self.cfg.server_name)
     }
 
+    /// The homeserver's URL with `path` (each segment escaped).
+    fn url(&self, path: &[&str]) -> Result<Url, ConnectorError> {
+        let mut url = Url::parse(&self.cfg.homeserver)
+            .map_err(|e| ConnectorError::Permanent(format!("homeserver URL: {e}")))?;
+        url.path_segments_mut()
+            .map_err(|_| ConnectorError::Permanent("homeserver URL cannot take a path".into()))?
+            .pop_if_empty()
+            .extend(path);
+        Ok(url)
+    }
+
     /// One client-server API call, acting as `as_user` (`None`: the bot).
     async fn call(
         &self,
@@ -144,12 +155,7 @@ impl Matrix {
         as_user: Option<&str>,
         body: Option<Value>,
     ) -> Result<Value, ConnectorError> {
-        let mut url = Url::parse(&self.cfg.homeserver)
-            .map_err(|e| ConnectorError::Permanent(format!("homeserver URL: {e}")))?;
-        url.path_segments_mut()
-            .map_err(|_| ConnectorError::Permanent("homeserver URL cannot take a path".into()))?
-            .pop_if_empty()
-            .extend(path);
+        let mut url = self.url(path)?;
         if let Some(u) = as_user {
             url.query_pairs_mut().append_pair("user_id", u);
         }
@@ -260,12 +266,7 @@ impl Matrix {
     }
 
     async fn upload(&self, ghost: &str, name: &str, data: &[u8]) -> Result<String, ConnectorError> {
-        let mut url = Url::parse(&self.cfg.homeserver)
-            .map_err(|e| ConnectorError::Permanent(format!("homeserver URL: {e}")))?;
-        url.path_segments_mut()
-            .map_err(|_| ConnectorError::Permanent("homeserver URL cannot take a path".into()))?
-            .pop_if_empty()
-            .extend(["_matrix", "media", "v3", "upload"]);
+        let mut url = self.url(&["_matrix", "media", "v3", "upload"])?;
         url.query_pairs_mut()
             .append_pair("filename", name)
             .append_pair("user_id", ghost);
@@ -292,12 +293,7 @@ impl Matrix {
         let (server, id) = rest
             .split_once('/')
             .ok_or_else(|| ConnectorError::Permanent(format!("{mxc:?} is malformed")))?;
-        let mut url = Url::parse(&self.cfg.homeserver)
-            .map_err(|e| ConnectorError::Permanent(format!("homeserver URL: {e}")))?;
-        url.path_segments_mut()
-            .map_err(|_| ConnectorError::Permanent("homeserver URL cannot take a path".into()))?
-            .pop_if_empty()
-            .extend(["_matrix", "client", "v1", "media", "download", server, id]);
+        let url = self.url(&["_matrix", "client", "v1", "media", "download", server, id])?;
         let r = self
             .http
             .get(url)
